@@ -1,0 +1,75 @@
+"""The container runtime protocol: the only way the scheduler touches Docker or processes.
+
+Two implementations: `manager.docker_runtime.DockerRuntime` (default on the GPU PC)
+and `manager.process_runtime.ProcessRuntime` (a GPU box without Docker, and the
+one-machine demo). Unit tests use a fake behind this same protocol.
+
+All methods are coroutines and safe to cancel; implementations that call
+blocking libraries (the docker SDK) do so through `asyncio.to_thread`.
+Every method raises `manager.errors.RuntimeFailure` for engine/OS failures.
+Model servers always listen on `INTERNAL_PORT` inside a container, and on the
+spec's `port` on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from manager.spec import ImageModel, TextModel
+
+INTERNAL_PORT = 8000
+LABEL_MANAGED = "homelab-ai.managed"
+LABEL_MODEL = "homelab-ai.model"
+LABEL_SPEC = "homelab-ai.spec"
+
+Spec = TextModel | ImageModel
+
+
+def spec_hash(spec: Spec) -> str:
+    """A short stable digest of a spec; a container whose label differs is recreated."""
+    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the runtime sees of one model server it owns."""
+
+    model: str
+    """The model name (the `homelab-ai.model` label, or the process registry key)."""
+    running: bool
+    exit_code: int | None = None
+    """Set once the server has exited."""
+    spec_hash: str | None = None
+
+
+@runtime_checkable
+class ContainerRuntime(Protocol):
+    async def start(self, name: str, spec: Spec) -> None:
+        """Start the model server for `name` and return once it is launched (not ready).
+
+        An existing container/process for `name` with the same spec hash is reused
+        (started again if it had stopped); one with a different hash is removed
+        and recreated. Never creates a duplicate.
+        """
+
+    async def stop(self, name: str, spec: Spec, timeout: float) -> None:
+        """Stop and remove the server for `name`. Idempotent: absent is success.
+
+        Sends SIGTERM, waits up to `timeout` seconds, then kills.
+        """
+
+    async def inspect(self, name: str, spec: Spec) -> Instance | None:
+        """The server's current status, or None if no container/process exists."""
+
+    async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
+        """The last `tail` lines of the server's output ('' if none)."""
+
+    async def list_owned(self) -> list[Instance]:
+        """Every server this runtime owns (Docker: by the managed label), known or not."""
+
+    def base_url(self, spec: Spec) -> str:
+        """Where the manager reaches the server, e.g. 'http://127.0.0.1:8001'."""

@@ -1,0 +1,210 @@
+"""The models.json catalogue: its schema, and loading it strictly.
+
+`models.json` is a flat JSON object keyed by model name::
+
+    {"llama3-8b": {"type": "text", "container": "vllm-llama3-8b", "port": 8001,
+                   "image": "vllm/vllm-openai:v0.11.0", "model": "meta-llama/..."}}
+
+A `"$schema"` key is allowed (editors use it) and ignored. Every other key is a
+model name. Unknown fields are refused, so a typo fails at start-up instead of
+being silently ignored. `load_catalogue` raises `CatalogueError`, whose message
+names the file, the key path and the reason.
+
+Names and container names are checked against conservative patterns because
+they reach Docker (container names, labels) and process arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from manager.errors import CatalogueError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Model and container names: what Docker accepts, without a leading separator."""
+
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]{1,128})?(@sha256:[a-f0-9]{64})?$"
+"""A Docker image reference. `:latest` and untagged references are refused separately."""
+
+Seconds = Annotated[float, Field(gt=0, le=24 * 3600)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ModelBase(_Strict):
+    container: str = Field(
+        pattern=NAME_PATTERN,
+        description="Container name (Docker runtime) or process label (process runtime). Unique.",
+    )
+    port: int = Field(ge=1024, le=65535, description="Host port the model server is published on. Unique.")
+    image: str = Field(
+        pattern=IMAGE_PATTERN,
+        description="Docker image with a pinned tag or digest, never `latest`.",
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Hugging Face model id or a local path (process runtime) the server loads.",
+    )
+    start_timeout: Seconds = Field(
+        default=900.0, description="Seconds from container start to ready before the start fails."
+    )
+    idle_ttl: Seconds | None = Field(
+        default=None, description="Stop the model after this many idle seconds. Unset: never."
+    )
+    gpu: bool = Field(default=True, description="Request the GPU for the container (Docker runtime).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the model server."
+    )
+    command: list[str] | None = Field(
+        default=None,
+        description=(
+            "Process runtime only: program and leading arguments to run instead of the "
+            "type's default server module. The type's arguments are appended."
+        ),
+    )
+    description: str = Field(default="", max_length=500)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        last = value.rsplit("/", 1)[-1]
+        if "@sha256:" not in value and ":" not in last:
+            raise ValueError("image must be pinned to a tag or digest, e.g. vllm/vllm-openai:v0.11.0")
+        if last.endswith(":latest"):
+            raise ValueError("image must not use the 'latest' tag; pin a version")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key.replace("_", "a").isalnum() or key[0].isdigit():
+                raise ValueError(f"environment variable name {key!r} is not valid")
+        return value
+
+
+class TextModel(_ModelBase):
+    """A text model served by vLLM's OpenAI server."""
+
+    type: Literal["text"]
+    args: list[str] = Field(
+        default_factory=list, description="Extra vLLM arguments, e.g. [\"--max-model-len\", \"8192\"]."
+    )
+    start_timeout: Seconds = 900.0
+
+
+ImageSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")]
+
+
+class ImageModel(_ModelBase):
+    """An image model served by homelab-ai's diffusers image server."""
+
+    type: Literal["image"]
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    device: str = Field(default="cuda", pattern=r"^(cuda(:[0-9]+)?|cpu|mps)$")
+    cpu_offload: bool = Field(default=False, description="enable_model_cpu_offload()")
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    sizes: list[ImageSize] = Field(
+        default_factory=lambda: ["1024x1024"],
+        min_length=1,
+        description="Sizes clients may ask for; the first is the default.",
+    )
+    max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
+    steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
+    start_timeout: Seconds = 1200.0
+
+    @field_validator("sizes")
+    @classmethod
+    def _multiple_of_8(cls, value: list[str]) -> list[str]:
+        for size in value:
+            w, h = (int(x) for x in size.split("x"))
+            if w % 8 or h % 8:
+                raise ValueError(f"size {size} must have width and height divisible by 8")
+        return value
+
+
+ModelSpec = Annotated[TextModel | ImageModel, Field(discriminator="type")]
+
+
+class Catalogue(BaseModel):
+    """All models, keyed by name. Immutable once loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: dict[str, TextModel | ImageModel]
+    source: str = "<memory>"
+
+    def get(self, name: str) -> TextModel | ImageModel | None:
+        return self.models.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+
+_ENTRIES = TypeAdapter(dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelSpec])
+
+
+def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
+    """Validate already-decoded JSON. Raises CatalogueError naming source, key and reason."""
+    if not isinstance(data, dict):
+        raise CatalogueError(source, "", "the top level must be a JSON object keyed by model name")
+    entries = {k: v for k, v in data.items() if k != "$schema"}
+    if not entries:
+        raise CatalogueError(source, "", "no models are defined")
+    try:
+        models = _ENTRIES.validate_python(entries)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        # A discriminated union puts the tag ('text'/'image') in the path: drop it.
+        if len(loc) > 1 and loc[1] in ("text", "image"):
+            loc.pop(1)
+        raise CatalogueError(source, ".".join(loc), err["msg"]) from exc
+    _check_unique(models, "container", source)
+    _check_unique(models, "port", source)
+    return Catalogue(models=models, source=source)
+
+
+def _check_unique(models: dict[str, TextModel | ImageModel], field: str, source: str) -> None:
+    seen: dict[object, str] = {}
+    for name, spec in models.items():
+        value = getattr(spec, field)
+        if value in seen:
+            raise CatalogueError(
+                source, f"{name}.{field}", f"{value!r} is already used by model {seen[value]!r}"
+            )
+        seen[value] = name
+
+
+def load_catalogue(path: str | Path) -> Catalogue:
+    """Read and validate a models.json file. Raises CatalogueError on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogueError(str(path), "", f"cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(
+            str(path), "", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    return parse_catalogue(data, source=str(path))
+
+
+def json_schema() -> dict:
+    """The JSON Schema of models.json, generated from the pydantic models."""
+    schema = _ENTRIES.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "homelab-ai models.json"
+    schema["description"] = "Models the manager can run, keyed by model name."
+    schema.setdefault("properties", {})["$schema"] = {"type": "string"}
+    return schema
