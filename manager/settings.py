@@ -1,0 +1,131 @@
+"""The manager's settings, read from the environment (prefix `HOMELAB_`).
+
+Every default lives here, once. `ManagerSettings()` raises pydantic's
+`ValidationError` when a value is missing or wrong (the token above all);
+`python -m manager` prints that as one line per problem and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOKEN_MIN_LENGTH = 16
+
+_PLACEHOLDER_WORDS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "token",
+    "password",
+    "placeholder",
+    "replaceme",
+    "replace-me",
+    "example",
+)
+_HOST_PATTERN = r"^[A-Za-z0-9.:\-\[\]]{1,253}$"
+
+
+def placeholder_reason(token: str) -> str | None:
+    """Why `token` looks like a placeholder rather than a real secret, or None if it does not."""
+    lowered = token.lower()
+    for word in _PLACEHOLDER_WORDS:
+        if word in lowered:
+            return f"contains the placeholder word {word!r}"
+    if re.fullmatch(r"(.)\1*", lowered):
+        return "is one character repeated"
+    if len(set(lowered)) < 6:
+        return "uses fewer than 6 distinct characters"
+    return None
+
+
+class ManagerSettings(BaseSettings):
+    """Settings of the manager daemon. Environment names are the field names upper-cased
+    with the `HOMELAB_` prefix, e.g. `queue_limit` is `HOMELAB_QUEUE_LIMIT`."""
+
+    model_config = SettingsConfigDict(env_prefix="HOMELAB_", extra="ignore", frozen=True)
+
+    models_file: Path = Field(default=Path("models.json"), description="The models.json catalogue.")
+    manager_token: SecretStr = Field(
+        description="Bearer token every API call but /healthz must carry. At least 16 characters."
+    )
+    manager_host: str = Field(default="0.0.0.0", pattern=_HOST_PATTERN)
+    manager_port: int = Field(default=8090, ge=1, le=65535)
+    runtime: Literal["docker", "process"] = "docker"
+    model_host: str = Field(
+        default="127.0.0.1",
+        pattern=_HOST_PATTERN,
+        description="How the manager reaches model servers' published ports.",
+    )
+    advertise_host: str | None = Field(
+        default=None,
+        pattern=_HOST_PATTERN,
+        description="Host put in lease base_urls for the proxy. Unset: model_host.",
+    )
+    hf_cache: str = Field(
+        default="homelab-hf-cache",
+        min_length=1,
+        description="Docker volume name or host path mounted as the Hugging Face cache.",
+    )
+    queue_limit: int = Field(default=64, ge=1, le=100_000, description="Most waiters at once.")
+    queue_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds a lease request may wait before a 429."
+    )
+    batch_bound: int = Field(
+        default=8,
+        ge=1,
+        description="Leases the resident model may still get while other models wait.",
+    )
+    lease_ttl: float = Field(
+        default=300.0, gt=0, description="Seconds a lease lives unless renewed."
+    )
+    stop_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds between SIGTERM and kill when stopping a server."
+    )
+    gpu_release_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds to wait for GPU memory to be released after a stop (0: do not check).",
+    )
+    liveness_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between housekeeping passes (liveness, TTLs)."
+    )
+    sse_heartbeat: float = Field(
+        default=15.0, gt=0, description="Seconds between SSE heartbeat comments on /v1/events."
+    )
+    max_body_bytes: int = Field(
+        default=65536, ge=1024, description="Largest request body accepted."
+    )
+    vllm_python: str = Field(
+        default="python3", min_length=1, description="Process runtime: Python that has vLLM."
+    )
+    imageserver_python: str = Field(
+        default="python3",
+        min_length=1,
+        description="Process runtime: Python that has the image server's stack.",
+    )
+    log_dir: Path = Field(
+        default=Path("logs"), description="Process runtime: where model servers' output is kept."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("manager_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        hint = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        if len(token) < TOKEN_MIN_LENGTH:
+            raise ValueError(f"must be at least {TOKEN_MIN_LENGTH} characters; {hint}")
+        reason = placeholder_reason(token)
+        if reason:
+            raise ValueError(f"looks like a placeholder ({reason}); {hint}")
+        return value
+
+    def advertised_host(self) -> str:
+        """The host the proxy should use to reach model servers."""
+        return self.advertise_host or self.model_host
