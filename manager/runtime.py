@@ -56,10 +56,13 @@ class ContainerRuntime(Protocol):
         and recreated. Never creates a duplicate.
         """
 
-    async def stop(self, name: str, spec: Spec, timeout: float) -> None:
+    async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:
         """Stop and remove the server for `name`. Idempotent: absent is success.
 
-        Sends SIGTERM, waits up to `timeout` seconds, then kills.
+        Sends SIGTERM, waits up to `timeout` seconds, then kills. `spec` is None for
+        an owned server of a model that is no longer in models.json (found by
+        `list_owned` at adoption): find it by its model name alone (Docker: the
+        `homelab-ai.model` label; process runtime: the registry key).
         """
 
     async def inspect(self, name: str, spec: Spec) -> Instance | None:
