@@ -1,0 +1,23 @@
+"""What every route needs, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from proxy.images import ImageStore
+from proxy.manager_client import ManagerClient
+from proxy.metrics import Metrics
+from proxy.settings import ProxySettings
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    settings: ProxySettings
+    manager: ManagerClient
+    http: aiohttp.ClientSession
+    """The one client session to model servers (and the manager) of this process."""
+    metrics: Metrics
+    images: ImageStore
+    upstream_timeout: aiohttp.ClientTimeout

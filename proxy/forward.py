@@ -1,0 +1,245 @@
+"""Forwarding one request to a model server, streaming or not, under a lease.
+
+`Forward` and `EventRelay` are ASGI responses: a route validates the request and
+returns one, and the work happens when the server calls it. Both watch for the
+client going away: a disconnect cancels the work, which closes the upstream
+connection (vLLM then aborts the generation) and releases the lease.
+
+Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffered
+(``X-Accel-Buffering: no``). If the upstream dies mid-stream the client gets a
+final ``data: {"error": {...}}`` event, which the openai SDK raises as
+``APIError``. Everything else is read whole, so errors can be normalised and
+image answers rewritten to URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import ProxyContext
+from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+from proxy.images import urls_for
+
+log = logging.getLogger("proxy.forward")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_UPSTREAM_ERROR_LIMIT = 1 << 20
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+class _Watch:
+    __slots__ = ("finished", "disconnected")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.disconnected = False
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task, watch: _Watch) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not watch.finished:
+                watch.disconnected = True
+                task.cancel()
+            return
+
+
+async def send_error(send: Send, exc: ProxyError) -> None:
+    body = exc.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Watched(Response):
+    """An ASGI response whose `run` is cancelled when the client disconnects."""
+
+    background = None
+    status_code = 200
+
+    def __init__(self) -> None:  # noqa: D107 - no Response.__init__: nothing to render up front
+        pass
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        watch = _Watch()
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
+        try:
+            await self.run(send, watch)
+        except asyncio.CancelledError:
+            if not watch.disconnected or task.uncancel() > 0:
+                raise
+        finally:
+            watcher.cancel()
+
+    async def run(self, send: Send, watch: _Watch) -> None:
+        raise NotImplementedError
+
+
+class Forward(_Watched):
+    """POST the request body, unchanged, to the leased model server's `path`."""
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        *,
+        endpoint: str,
+        model: str,
+        path: str,
+        body: bytes,
+        content_type: str,
+        url_base: str | None = None,
+    ) -> None:
+        self.ctx, self.endpoint, self.model, self.path = ctx, endpoint, model, path
+        self.body, self.content_type = body, content_type
+        self.url_base = url_base
+        """Set for images with response_format=url: b64 answers become URLs under it."""
+
+    async def run(self, send: Send, watch: _Watch) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
+        t0 = time.perf_counter()
+        status = 499  # nginx's "client closed request", if we are cancelled
+        held = None
+        resp = None
+        metrics.in_flight.inc()
+        try:
+            try:
+                lease = await ctx.manager.acquire(self.model)
+            finally:
+                metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
+            held = ctx.manager.hold(lease)
+            try:
+                resp = await ctx.http.post(
+                    lease.base_url + self.path,
+                    data=self.body,
+                    headers={"Content-Type": self.content_type, "Accept-Encoding": "identity"},
+                    timeout=ctx.upstream_timeout,
+                )
+            except _TRANSPORT_ERRORS as exc:
+                raise UpstreamError(
+                    f"The model server of '{self.model}' at {lease.base_url} cannot be reached: "
+                    f"{exc.__class__.__name__}: {exc}",
+                    code="model_server_unreachable",
+                ) from exc
+            if resp.status >= 400:
+                try:
+                    raw = await resp.content.read(_UPSTREAM_ERROR_LIMIT)
+                except _TRANSPORT_ERRORS:
+                    raw = b""
+                raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+            if resp.content_type == "text/event-stream":
+                status = await self._stream(resp, send, watch)
+            else:
+                status = await self._whole(resp, send, watch)
+        except ProxyError as exc:
+            status = exc.status
+            watch.finished = True
+            await send_error(send, exc)
+        finally:
+            if resp is not None:
+                resp.close()  # no-op once fully read; otherwise drops the upstream connection
+            if held is not None:
+                held.end()
+            metrics.in_flight.dec()
+            metrics.requests.labels(self.endpoint, self.model, str(status)).inc()
+            metrics.latency.labels(self.endpoint).observe(time.perf_counter() - t0)
+
+    async def _stream(self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch) -> int:
+        await send({"type": "http.response.start", "status": resp.status, "headers": SSE_HEADERS})
+        at_boundary = True
+        try:
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                at_boundary = chunk.endswith(b"\n\n")
+        except _TRANSPORT_ERRORS as exc:
+            err = UpstreamError(
+                f"The model server's stream for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
+                code="stream_interrupted",
+            )
+            # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
+            tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
+            watch.finished = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            return err.status
+        watch.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return resp.status
+
+    async def _whole(self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch) -> int:
+        try:
+            raw = await resp.read()
+        except _TRANSPORT_ERRORS as exc:
+            raise UpstreamError(
+                f"The model server's answer for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
+                code="model_server_error",
+            ) from exc
+        ctype = resp.headers.get("Content-Type", "application/json")
+        if self.url_base is not None:
+            raw = await asyncio.to_thread(self._to_urls, raw)
+            ctype = "application/json"
+        watch.finished = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(raw)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": raw, "more_body": False})
+        return resp.status
+
+    def _to_urls(self, raw: bytes) -> bytes:
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(
+                "The model server's images answer is not JSON", code="bad_image"
+            ) from exc
+        if not isinstance(answer, dict):
+            raise UpstreamError(
+                "The model server's images answer is not a JSON object", code="bad_image"
+            )
+        return orjson.dumps(urls_for(self.ctx.images, answer, self.url_base))
+
+
+class EventRelay(_Watched):
+    """Relay the manager's SSE event stream unchanged until either side closes."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+
+    async def run(self, send: Send, watch: _Watch) -> None:
+        try:
+            resp = await self.ctx.manager.open_events()
+        except ProxyError as exc:
+            watch.finished = True
+            await send_error(send, exc)
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            try:
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except _TRANSPORT_ERRORS as exc:
+                log.info("manager event stream ended: %s", exc)
+            watch.finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            resp.close()

@@ -1,0 +1,152 @@
+"""Image handling: n/size checks against the model's limits, and the URL store.
+
+Model servers only return ``b64_json``. For ``response_format: "url"`` the proxy
+asks the model server for ``b64_json``, keeps each image in an `ImageStore` on its
+own disk and answers with a URL on its own host (``/images/<id>.<ext>``), valid
+for ``HOMELAB_IMAGE_URL_TTL`` seconds. URLs never point at the GPU PC.
+
+`ImageStore` methods do blocking file I/O: call them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+from proxy.errors import InvalidRequest, UpstreamError
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from its magic bytes, or None if it is no image we know."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return None
+
+
+def check_image_request(model: dict, n: object, size: object, response_format: object) -> None:
+    """Validate n, size and response_format against the manager's ModelStatus for an
+    image model (``sizes``, ``max_n``). Raises InvalidRequest naming the param."""
+    max_n = model.get("max_n")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidRequest("n must be a positive integer", param="n", code="invalid_n")
+        if isinstance(max_n, int) and n > max_n:
+            raise InvalidRequest(
+                f"n={n} is more than model '{model['id']}' allows (max_n={max_n})",
+                param="n",
+                code="invalid_n",
+            )
+    sizes = model.get("sizes")
+    if size is not None and size != "auto":
+        if not isinstance(size, str):
+            raise InvalidRequest(
+                "size must be a string like '1024x1024'", param="size", code="invalid_size"
+            )
+        if isinstance(sizes, list) and sizes and size not in sizes:
+            raise InvalidRequest(
+                f"size '{size}' is not supported by model '{model['id']}'; "
+                f"supported sizes: {', '.join(map(str, sizes))}",
+                param="size",
+                code="invalid_size",
+            )
+    if response_format is not None and response_format not in ("url", "b64_json"):
+        raise InvalidRequest(
+            "response_format must be 'url' or 'b64_json'",
+            param="response_format",
+            code="invalid_value",
+        )
+
+
+class ImageStore:
+    """Images kept on disk for a limited time, named by an unguessable id."""
+
+    def __init__(self, directory: Path, ttl: float) -> None:
+        self.directory = Path(directory)
+        self.ttl = ttl
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._last_purge = 0.0
+
+    def put(self, data: bytes) -> str:
+        """Store an image; returns its file name (``<id>.<ext>``). Blocking."""
+        fmt = sniff_format(data)
+        if fmt is None:
+            raise UpstreamError(
+                "The model server returned data that is not an image", code="bad_image"
+            )
+        name = f"{secrets.token_urlsafe(24)}.{fmt}"
+        tmp = self.directory / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.directory / name)
+        if time.time() - self._last_purge > 60:
+            self.purge_expired()
+        return name
+
+    def get(self, name: str) -> tuple[bytes, str, float] | None:
+        """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""
+        match = _NAME.match(name)
+        if not match:
+            return None
+        path = self.directory / name
+        try:
+            left = path.stat().st_mtime + self.ttl - time.time()
+            if left <= 0:
+                path.unlink(missing_ok=True)
+                return None
+            return path.read_bytes(), _MEDIA[match.group(1)], left
+        except FileNotFoundError:
+            return None
+
+    def purge_expired(self) -> int:
+        """Delete expired images; returns how many. Blocking."""
+        self._last_purge = now = time.time()
+        removed = 0
+        for path in self.directory.iterdir():
+            try:
+                if path.stat().st_mtime + self.ttl < now:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def urls_for(store: ImageStore, answer: dict, base_url: str) -> dict:
+    """Replace every ``b64_json`` item of an images answer by a ``url`` on the proxy.
+
+    Blocking (writes files). Raises UpstreamError when the answer has no image data.
+    """
+    data = answer.get("data")
+    if not isinstance(data, list):
+        raise UpstreamError("The model server's images answer has no 'data' list", code="bad_image")
+    out = []
+    for item in data:
+        b64 = item.get("b64_json") if isinstance(item, dict) else None
+        if not isinstance(b64, str):
+            raise UpstreamError(
+                "The model server's images answer has an item without b64_json", code="bad_image"
+            )
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise UpstreamError(
+                "The model server returned invalid base64 image data", code="bad_image"
+            ) from exc
+        name = store.put(raw)
+        new = {k: v for k, v in item.items() if k != "b64_json"}
+        new["url"] = f"{base_url}/images/{name}"
+        out.append(new)
+    return {**answer, "data": out}

@@ -1,0 +1,255 @@
+"""The proxy's side of the manager's HTTP contract (docs/architecture.md).
+
+`ManagerClient` speaks to the manager over one shared `aiohttp.ClientSession`:
+the model list (cached for ``models_ttl`` seconds, one fetch at a time), leases
+(acquire / renew / release), the manager's health, and its event stream.
+
+Errors: every method that talks to the manager raises `ManagerUnavailable` when
+it cannot be reached or answers something that is not its contract, and
+`ManagerRefused` (status, envelope and ``Retry-After`` kept) when it answers an
+error. A 401 or 422 from the manager is the proxy's own misconfiguration or bug,
+never the client's, so it becomes a 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from proxy.errors import MANAGER, ManagerRefused, ManagerUnavailable, normalise_error_body
+
+log = logging.getLogger("proxy.manager")
+
+_SHORT = aiohttp.ClientTimeout(total=15.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted lease: the model is resident and stays so until released or expired."""
+
+    lease_id: str
+    model: str
+    type: str
+    base_url: str
+    ttl: float
+
+
+class HeldLease:
+    """Keeps a lease alive (renews at half its ttl) until `end()` releases it.
+
+    `end()` never blocks and never raises: the release runs as a background task
+    so that the client's response is not delayed by it.
+    """
+
+    __slots__ = ("_client", "lease", "_timer", "_ttl", "_ended")
+
+    def __init__(self, client: ManagerClient, lease: Lease) -> None:
+        self._client, self.lease, self._ttl, self._ended = client, lease, lease.ttl, False
+        self._timer: asyncio.TimerHandle | None = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._ttl > 0 and not self._ended:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._ttl / 2, self._due)
+
+    def _due(self) -> None:
+        self._client._spawn(self._renew())
+
+    async def _renew(self) -> None:
+        if self._ended:
+            return
+        try:
+            self._ttl = await self._client.renew(self.lease.lease_id)
+        except Exception as exc:  # noqa: BLE001 - logged; the request goes on regardless
+            log.warning(
+                "renewing lease %s for %s failed: %s", self.lease.lease_id, self.lease.model, exc
+            )
+        self._schedule()
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._client._spawn(self._client.release(self.lease.lease_id))
+
+
+class ManagerClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        session: aiohttp.ClientSession,
+        *,
+        models_ttl: float = 2.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._models_ttl = models_ttl
+        self._models: dict[str, dict] | None = None
+        self._models_at = 0.0
+        self._models_lock = asyncio.Lock()
+        self._lease_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        client_timeout: aiohttp.ClientTimeout = _SHORT,
+    ) -> tuple[int, bytes]:
+        """One request; returns (status, body) for a 2xx, raises for anything else."""
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                data=body,
+                headers=self._json_headers if body is not None else self._headers,
+                timeout=client_timeout,
+            ) as resp:
+                raw = await resp.read()
+                if resp.status < 400:
+                    return resp.status, raw
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ManagerUnavailable(
+                f"The manager at {self.base_url} cannot be reached: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        err = normalise_error_body(raw, resp.status, MANAGER)
+        if resp.status in (401, 403, 422):
+            raise ManagerUnavailable(
+                f"The manager refused the proxy's request ({resp.status}: {err.message}); "
+                "check HOMELAB_MANAGER_TOKEN on both sides.",
+                status=502,
+                code="manager_misconfigured",
+            )
+        headers = {"Retry-After": retry_after} if retry_after else None
+        raise ManagerRefused(
+            err.message,
+            param=err.param,
+            status=err.status,
+            type=err.type,
+            code=err.code,
+            headers=headers,
+        )
+
+    def _json(self, raw: bytes, what: str) -> dict:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ManagerUnavailable(f"The manager's answer to {what} is not JSON") from exc
+        if not isinstance(data, dict):
+            raise ManagerUnavailable(f"The manager's answer to {what} is not a JSON object")
+        return data
+
+    # -- the contract -----------------------------------------------------------
+
+    async def models(self, *, max_age: float | None = None) -> dict[str, dict]:
+        """The manager's ModelStatus objects keyed by id, at most `max_age` seconds old.
+
+        Concurrent callers share one fetch. Raises ManagerUnavailable / ManagerRefused.
+        """
+        age = self._models_ttl if max_age is None else max_age
+        if self._models is not None and time.monotonic() - self._models_at <= age:
+            return self._models
+        async with self._models_lock:
+            if self._models is not None and time.monotonic() - self._models_at <= age:
+                return self._models
+            started = time.monotonic()
+            _, raw = await self._call("GET", "/v1/models")
+            data = self._json(raw, "GET /v1/models").get("data")
+            if not isinstance(data, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
+            ):
+                raise ManagerUnavailable("The manager's model list has no 'data' list of models")
+            self._models = {m["id"]: m for m in data}
+            self._models_at = started
+            return self._models
+
+    def invalidate_models(self) -> None:
+        """Make the next `models()` call fetch afresh (a state changed)."""
+        self._models_at = float("-inf")
+
+    async def acquire(self, model: str) -> Lease:
+        """Block until `model` is ready and a lease is granted (bounded by the manager's
+        queue timeout). Cancellable: cancelling closes the connection, which withdraws
+        the request from the manager's queue."""
+        _, raw = await self._call(
+            "POST", "/v1/leases", orjson.dumps({"model": model}), client_timeout=self._lease_timeout
+        )
+        data = self._json(raw, "POST /v1/leases")
+        try:
+            return Lease(
+                lease_id=str(data["lease_id"]),
+                model=str(data["model"]),
+                type=str(data["type"]),
+                base_url=str(data["base_url"]).rstrip("/"),
+                ttl=float(data.get("ttl") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManagerUnavailable(f"The manager's lease answer is incomplete: {exc}") from exc
+
+    def hold(self, lease: Lease) -> HeldLease:
+        """Start renewing `lease`; call `.end()` on the result when the request is over."""
+        return HeldLease(self, lease)
+
+    async def renew(self, lease_id: str) -> float:
+        """Extend a lease; returns its new ttl in seconds."""
+        _, raw = await self._call("POST", f"/v1/leases/{lease_id}/renew", b"{}")
+        return float(self._json(raw, "lease renew").get("ttl") or 0)
+
+    async def release(self, lease_id: str) -> None:
+        """Release a lease. Never raises (an expired lease is already free)."""
+        try:
+            await self._call("DELETE", f"/v1/leases/{lease_id}")
+        except (ManagerUnavailable, ManagerRefused) as exc:
+            log.warning("releasing lease %s failed: %s", lease_id, exc.message)
+
+    async def health(self) -> dict:
+        """The manager's /healthz answer. Raises ManagerUnavailable."""
+        _, raw = await self._call(
+            "GET", "/healthz", client_timeout=aiohttp.ClientTimeout(total=5.0)
+        )
+        return self._json(raw, "GET /healthz")
+
+    async def open_events(self) -> aiohttp.ClientResponse:
+        """Open the manager's SSE stream (GET /v1/events). The caller must `.close()` it."""
+        try:
+            resp = await self._session.get(
+                self.base_url + "/v1/events",
+                headers={**self._headers, "Accept": "text/event-stream"},
+                timeout=self._lease_timeout,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ManagerUnavailable(f"The manager's event stream cannot be opened: {exc}") from exc
+        if resp.status >= 400:
+            raw = await resp.read()
+            resp.close()
+            err = normalise_error_body(raw, resp.status, MANAGER)
+            raise ManagerUnavailable(
+                f"The manager refused its event stream: {err.message}", status=502
+            )
+        return resp
+
+    async def aclose(self) -> None:
+        """Wait (briefly) for pending lease releases and renewals."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)

@@ -1,0 +1,51 @@
+"""Prometheus metrics of one proxy process, in a registry of its own.
+
+``homelab_proxy_requests_total{endpoint,model,status}``, ``..._request_seconds{endpoint}``
+(until the last byte), ``..._queue_wait_seconds{model}`` (lease acquire: queueing
+plus any swap), ``..._in_flight``, and ``..._swaps_total{from_model,to_model}``
+counted from the manager's ``swap`` events. A model label is only ever a model
+the manager knows (else ``"unknown"``), so clients cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "homelab_proxy_requests",
+            "Requests answered, by endpoint, model and HTTP status.",
+            ["endpoint", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "homelab_proxy_request_seconds",
+            "Seconds from request to the last byte of the answer.",
+            ["endpoint"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "homelab_proxy_queue_wait_seconds",
+            "Seconds waiting for the manager's lease (queue and swap).",
+            ["model"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "homelab_proxy_in_flight", "Requests being forwarded now.", registry=self.registry
+        )
+        self.swaps = Counter(
+            "homelab_proxy_swaps",
+            "Model swaps reported by the manager's event stream.",
+            ["from_model", "to_model"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

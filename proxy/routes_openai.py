@@ -1,0 +1,207 @@
+"""The OpenAI-compatible routes: /v1/models and the forwarding endpoints.
+
+Each forwarding route reads the body (bounded), looks only at the fields it
+routes on, checks the model exists and has the right type (an unknown model is
+a 404 listing the known ones, a wrong type a 400 naming the endpoints that model
+serves), and returns a `Forward`, which takes the lease and forwards the body.
+No pydantic request models: the request schemas below exist for the OpenAPI
+document only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from proxy.context import ProxyContext
+from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
+from proxy.forward import Forward
+from proxy.images import check_image_request, sniff_format
+from proxy.openapi_docs import ERRORS, body_schema, edit_schema
+from proxy.parsing import (
+    check_stream,
+    encode_form,
+    form_int,
+    form_text,
+    model_name,
+    parse_form,
+    parse_object,
+    read_body,
+)
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+def _ctx(request: Request) -> ProxyContext:
+    return request.app.state.ctx
+
+
+async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> dict:
+    """The manager's ModelStatus for `name`, checked to be of type `want`.
+
+    A name missing from the cached list is looked up once more (at most one
+    fresh fetch a second), so a model added on the manager is found at once.
+    """
+    models = await ctx.manager.models()
+    info = models.get(name)
+    if info is None:
+        models = await ctx.manager.models(max_age=1.0)
+        info = models.get(name)
+        if info is None:
+            raise ModelNotFound(name, sorted(models))
+    if info.get("type") != want:
+        raise WrongModelType(name, str(info.get("type")), endpoint)
+    return info
+
+
+def image_url_base(ctx: ProxyContext, request: Request) -> str:
+    return ctx.settings.public_url or str(request.base_url).rstrip("/")
+
+
+def model_object(m: dict) -> dict:
+    out = {
+        "id": m["id"],
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "homelab-ai",
+        "type": m.get("type"),
+        "state": m.get("state"),
+        "description": m.get("description", ""),
+    }
+    if m.get("type") == "image":
+        out["sizes"] = m.get("sizes")
+        out["max_n"] = m.get("max_n")
+    return out
+
+
+@router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")
+async def list_models(request: Request) -> Response:
+    models = await _ctx(request).manager.models()
+    data = [model_object(models[name]) for name in sorted(models)]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/models/{model}", responses=ERRORS, summary="One model with its type and state")
+async def get_model(request: Request, model: str) -> Response:
+    models = await _ctx(request).manager.models()
+    if model not in models:
+        raise ModelNotFound(model[:200], sorted(models))
+    return Response(orjson.dumps(model_object(models[model])), media_type="application/json")
+
+
+async def _forward_json(request: Request, endpoint: str, want: str) -> Forward:
+    ctx = _ctx(request)
+    raw = await read_body(request, ctx.settings.max_body_bytes)
+    data = parse_object(raw)
+    model = model_name(data.get("model"))
+    check_stream(data.get("stream"))
+    info = await resolve_model(ctx, model, want, endpoint)
+    url_base = None
+    if want == "image":
+        fmt = data.get("response_format")
+        check_image_request(info, data.get("n"), data.get("size"), fmt)
+        if fmt == "url":
+            raw = orjson.dumps({**data, "response_format": "b64_json"})
+            url_base = image_url_base(ctx, request)
+    return Forward(
+        ctx,
+        endpoint=endpoint,
+        model=model,
+        path=endpoint,
+        body=raw,
+        content_type="application/json",
+        url_base=url_base,
+    )
+
+
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=body_schema("chat"),
+    responses=ERRORS,
+    summary="Chat completion (text models; SSE when stream is true)",
+)
+async def chat_completions(request: Request) -> Response:
+    return await _forward_json(request, "/v1/chat/completions", "text")
+
+
+@router.post(
+    "/v1/completions",
+    openapi_extra=body_schema("completion"),
+    responses=ERRORS,
+    summary="Text completion (text models; SSE when stream is true)",
+)
+async def completions(request: Request) -> Response:
+    return await _forward_json(request, "/v1/completions", "text")
+
+
+@router.post(
+    "/v1/embeddings",
+    openapi_extra=body_schema("embedding"),
+    responses=ERRORS,
+    summary="Embeddings (text models)",
+)
+async def embeddings(request: Request) -> Response:
+    return await _forward_json(request, "/v1/embeddings", "text")
+
+
+@router.post(
+    "/v1/images/generations",
+    openapi_extra=body_schema("image"),
+    responses=ERRORS,
+    summary="Generate images (image models)",
+)
+async def images_generations(request: Request) -> Response:
+    return await _forward_json(request, "/v1/images/generations", "image")
+
+
+@router.post(
+    "/v1/images/edits",
+    openapi_extra=edit_schema(),
+    responses=ERRORS,
+    summary="Edit an uploaded image (image models; multipart/form-data)",
+)
+async def images_edits(request: Request) -> Response:
+    endpoint = "/v1/images/edits"
+    ctx = _ctx(request)
+    limit = ctx.settings.max_upload_bytes
+    raw = await read_body(request, limit)
+    form = await parse_form(request, raw, limit)
+    try:
+        model = model_name(form_text(form, "model"))
+        images = [v for k, v in form.multi_items() if k in ("image", "image[]")]
+        if not images or not all(isinstance(v, UploadFile) for v in images):
+            raise InvalidRequest("'image' must be uploaded as a file part.", param="image")
+        for upload in images:
+            if sniff_format(await upload.read(16)) is None:
+                raise InvalidRequest(
+                    "'image' must be a PNG, JPEG, WebP or GIF file.", param="image"
+                )
+        mask = form.get("mask")
+        if mask is not None and not isinstance(mask, UploadFile):
+            raise InvalidRequest("'mask' must be uploaded as a file part.", param="mask")
+        if form_text(form, "stream") not in (None, "true", "false"):
+            raise InvalidRequest("'stream' must be true or false.", param="stream")
+        info = await resolve_model(ctx, model, "image", endpoint)
+        fmt = form_text(form, "response_format")
+        check_image_request(info, form_int(form, "n"), form_text(form, "size"), fmt)
+        content_type = request.headers["content-type"]
+        url_base = None
+        if fmt == "url":
+            raw, content_type = await encode_form(form, {"response_format": "b64_json"})
+            url_base = image_url_base(ctx, request)
+    finally:
+        await form.close()
+    return Forward(
+        ctx,
+        endpoint=endpoint,
+        model=model,
+        path=endpoint,
+        body=raw,
+        content_type=content_type,
+        url_base=url_base,
+    )

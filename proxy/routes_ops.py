@@ -1,0 +1,48 @@
+"""The proxy's own endpoints: health, readiness, metrics, and stored image URLs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from proxy.errors import NotFound
+from proxy.openapi_docs import ERRORS
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The proxy process is up (no auth, no manager call)")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz", responses={503: ERRORS[503]}, summary="The proxy can reach the manager")
+async def readyz(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope
+    body = {"status": "ready", "manager": ctx.manager.base_url}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/metrics", summary="Prometheus metrics of this proxy process")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/images/{name}",
+    responses={404: ERRORS[404]},
+    summary="An image stored for a response_format=url answer (expires after HOMELAB_IMAGE_URL_TTL)",
+)
+async def stored_image(request: Request, name: str) -> Response:
+    found = await asyncio.to_thread(request.app.state.ctx.images.get, name)
+    if found is None:
+        raise NotFound("This image does not exist or its URL has expired.", code="image_not_found")
+    data, media_type, left = found
+    return Response(
+        data, media_type=media_type, headers={"Cache-Control": f"private, max-age={int(left)}"}
+    )

@@ -1,0 +1,108 @@
+"""The proxy's settings, read from the environment (prefix ``HOMELAB_``).
+
+Defaults live here and only here. ``ProxySettings()`` raises pydantic's
+``ValidationError`` at start-up for a missing or placeholder manager token, a bad
+URL or a non-positive limit, so a misconfigured proxy never starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from manager.settings import TOKEN_MIN_LENGTH, placeholder_reason
+
+_APP_DIR = Path(__file__).resolve().parent.parent / "app"
+
+
+class ProxySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOMELAB_", extra="ignore", frozen=True)
+
+    manager_url: str = Field(
+        default="http://127.0.0.1:8090",
+        pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+        description="Base URL of the manager on the GPU PC.",
+    )
+    manager_token: SecretStr = Field(
+        description="Bearer token the manager expects (HOMELAB_MANAGER_TOKEN on the GPU PC)."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma list of API keys clients must send as `Authorization: Bearer`. Empty: open.",
+    )
+    proxy_host: str = "0.0.0.0"
+    proxy_port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        gt=0,
+        description="Largest JSON request body (vision content parts included).",
+    )
+    max_upload_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        gt=0,
+        description="Largest multipart upload (images/edits), all parts together.",
+    )
+    image_url_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds an image URL stays valid."
+    )
+    image_dir: Path | None = Field(
+        default=None, description="Where url-format images are kept. Unset: a temporary directory."
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="How clients reach the proxy (for image URLs). Unset: taken from the request's Host.",
+    )
+    models_cache_ttl: float = Field(
+        default=2.0, ge=0, description="Seconds the manager's model list is cached."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_timeout: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest silence (seconds) from a model server before giving up.",
+    )
+    default_model: str | None = Field(default=None, description="Model the UI selects first.")
+    app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
+    access_log: bool = False
+
+    @field_validator("manager_token")
+    @classmethod
+    def _real_token(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if len(raw) < TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {TOKEN_MIN_LENGTH} characters (the manager's token)"
+            )
+        reason = placeholder_reason(raw)
+        if reason:
+            raise ValueError(f"looks like a placeholder ({reason})")
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            raw = key.get_secret_value()
+            reason = placeholder_reason(raw) if len(raw) >= TOKEN_MIN_LENGTH else "is too short"
+            if reason:
+                raise ValueError(
+                    f"each key must be at least {TOKEN_MIN_LENGTH} characters and not a "
+                    f"placeholder; one {reason}"
+                )
+        return value
+
+    @field_validator("manager_url", "public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value

@@ -1,0 +1,456 @@
+"""Unit-tier stand-ins for the proxy's two peers, speaking their real HTTP contracts.
+
+- `FakeManager`: a small FastAPI app implementing the manager's API as
+  docs/architecture.md defines it (bearer token, /v1/models, leases with
+  acquire/renew/release, /v1/events SSE, OpenAI error envelopes with
+  ``"source": "manager"``). One model resident at a time; a swap takes
+  ``swap_delay`` seconds and is announced on the event stream. Knobs (`busy`,
+  `fail_start`) make it answer 429 / 503; counters let tests see what the proxy did.
+- `FakeModelServer`: an aiohttp.web app shaped like vLLM's OpenAI server and the
+  image server. It records every request's raw body, and the last user message
+  steers it: ``"fail"`` (500, vLLM's old error shape), ``"bad"`` (400, vLLM's new
+  shape), ``"die"`` (streams two chunks then drops the connection), ``"slow"``
+  (streams one chunk, then waits for `gate` before the rest).
+
+Both are served for real on loopback by `serve_asgi` / `serve_aiohttp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import uvicorn
+from aiohttp import web
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+
+PORTS = range(18400, 18500)
+TOKEN = "fm-7Qx2kLp9Vd4Rw8Zs"
+
+
+def free_port() -> int:
+    """A free port from this suite's range (18400-18499)."""
+    for port in PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18400-18499")
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app, port: int | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on the running loop; yields its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        await task
+        raise RuntimeError(f"uvicorn did not start on port {port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serve_aiohttp(app: web.Application, port: int | None = None) -> AsyncIterator[str]:
+    port = port or free_port()
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def png_bytes(
+    width: int = 8, height: int = 8, colour: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _envelope(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+    etype = {
+        401: "authentication_error",
+        404: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "server_error")
+    body = {
+        "error": {
+            "message": message,
+            "type": etype,
+            "param": None,
+            "code": code,
+            "source": "manager",
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class FakeManager:
+    def __init__(
+        self, models: dict[str, dict], base_url: str, *, swap_delay: float = 0.0, ttl: float = 60.0
+    ):
+        self.models = models
+        self.base_url = base_url
+        self.swap_delay = swap_delay
+        self.ttl = ttl
+        self.resident: str | None = None
+        self.states = {name: "stopped" for name in models}
+        self.leases: dict[str, str] = {}
+        self.granted = 0
+        self.released: list[str] = []
+        self.renewed: list[str] = []
+        self.abandoned = 0
+        self.busy = False
+        self.fail_start: set[str] = set()
+        self.model_fetches = 0
+        self.subscribers: list[asyncio.Queue] = []
+        self._lock = asyncio.Lock()
+        self.app = self._build()
+
+    def status(self, name: str) -> dict:
+        spec = self.models[name]
+        out = {
+            "id": name,
+            "object": "model",
+            "type": spec["type"],
+            "state": self.states[name],
+            "last_error": None,
+            "last_used": None,
+            "since": time.time(),
+            "in_flight": sum(1 for m in self.leases.values() if m == name),
+            "waiting": 0,
+            "description": f"fake {spec['type']} model",
+        }
+        if spec["type"] == "image":
+            out["sizes"] = spec.get("sizes", ["64x64"])
+            out["max_n"] = spec.get("max_n", 2)
+        return out
+
+    def _publish(self, event: str, data: dict) -> None:
+        for queue in self.subscribers:
+            queue.put_nowait((event, data))
+
+    def _set_state(self, name: str, state: str) -> None:
+        previous, self.states[name] = self.states[name], state
+        self._publish(
+            "state",
+            {"model": name, "state": state, "previous": previous, "at": time.time(), "error": None},
+        )
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+        fake = self
+
+        @app.middleware("http")
+        async def auth(request: Request, call_next):
+            if (
+                request.url.path != "/healthz"
+                and request.headers.get("authorization") != f"Bearer {TOKEN}"
+            ):
+                return _envelope(401, "bad manager token", "unauthorized")
+            return await call_next(request)
+
+        @app.get("/healthz")
+        async def healthz():
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        async def models():
+            fake.model_fetches += 1
+            return {"object": "list", "data": [fake.status(n) for n in sorted(fake.models)]}
+
+        @app.post("/v1/leases")
+        async def lease(request: Request):
+            body = await request.json()
+            name = body.get("model")
+            if name not in fake.models:
+                known = ", ".join(sorted(fake.models))
+                return _envelope(
+                    404,
+                    f"model {name!r} is not in models.json; known models: {known}",
+                    "model_not_found",
+                )
+            if fake.busy:
+                return _envelope(429, "queue full", "busy", headers={"Retry-After": "3"})
+            if name in fake.fail_start:
+                fake.states[name] = "failed"
+                return _envelope(
+                    503, f"model {name!r} failed to start: exit code 1", "model_start_failed"
+                )
+            try:
+                async with fake._lock:
+                    if fake.resident != name:
+                        previous = fake.resident
+                        if previous:
+                            fake._set_state(previous, "stopping")
+                            fake._set_state(previous, "stopped")
+                        fake._set_state(name, "starting")
+                        await asyncio.sleep(fake.swap_delay)
+                        fake._set_state(name, "ready")
+                        fake.resident = name
+                        fake._publish("swap", {"from": previous, "to": name, "at": time.time()})
+            except asyncio.CancelledError:
+                fake.abandoned += 1
+                raise
+            lease_id = uuid.uuid4().hex
+            fake.leases[lease_id] = name
+            fake.granted += 1
+            return {
+                "lease_id": lease_id,
+                "model": name,
+                "type": fake.models[name]["type"],
+                "base_url": fake.base_url,
+                "ttl": fake.ttl,
+            }
+
+        @app.post("/v1/leases/{lease_id}/renew")
+        async def renew(lease_id: str):
+            if lease_id not in fake.leases:
+                return _envelope(404, "no such lease", "lease_not_found")
+            fake.renewed.append(lease_id)
+            return {"lease_id": lease_id, "ttl": fake.ttl}
+
+        @app.delete("/v1/leases/{lease_id}")
+        async def release(lease_id: str):
+            if fake.leases.pop(lease_id, None) is None:
+                return _envelope(404, "no such lease", "lease_not_found")
+            fake.released.append(lease_id)
+            return Response(status_code=204)
+
+        @app.get("/v1/events")
+        async def events():
+            queue: asyncio.Queue = asyncio.Queue()
+            fake.subscribers.append(queue)
+
+            async def stream():
+                try:
+                    snapshot = [fake.status(n) for n in sorted(fake.models)]
+                    yield b"event: snapshot\ndata: " + orjson.dumps(snapshot) + b"\n\n"
+                    while True:
+                        event, data = await queue.get()
+                        yield (
+                            f"event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+                        )
+                finally:
+                    fake.subscribers.remove(queue)
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        return app
+
+
+class FakeModelServer:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes, dict]] = []
+        self.gate = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/images/generations", self.generations)
+        self.app.router.add_post("/v1/images/edits", self.edits)
+
+    async def _record(self, request: web.Request) -> bytes:
+        raw = await request.read()
+        self.requests.append((request.path, raw, dict(request.headers)))
+        return raw
+
+    @staticmethod
+    def _last_text(body: dict) -> str:
+        messages = body.get("messages") or [{}]
+        content = messages[-1].get("content", "")
+        if isinstance(content, list):
+            return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await self._record(request))
+        text = self._last_text(body)
+        if text == "fail":
+            return web.json_response(
+                {
+                    "object": "error",
+                    "message": "engine exploded",
+                    "type": "InternalServerError",
+                    "code": 500,
+                },
+                status=500,
+            )
+        if text == "bad":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "messages are bad",
+                        "type": "BadRequestError",
+                        "param": "messages",
+                        "code": 400,
+                    }
+                },
+                status=400,
+            )
+        words = f"echo {text}".split()
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": " ".join(words)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 1,
+                        "completion_tokens": len(words),
+                        "total_tokens": 1 + len(words),
+                    },
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for i, word in enumerate(words):
+                chunk = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"content": (" " if i else "") + word},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if text == "die" and i == 1:
+                    request.transport.abort()
+                    return resp
+                if text == "slow" and i == 0:
+                    await self.gate.wait()
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.finished.set()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return resp
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await self._record(request))
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": f"echo {body.get('prompt')}",
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+            }
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await self._record(request))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.5, 0.5, 0.0]}
+                    for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
+
+    @staticmethod
+    def _images(n: int, size: str) -> web.Response:
+        w, h = (int(x) for x in size.split("x"))
+        b64 = base64.b64encode(png_bytes(w, h)).decode()
+        return web.json_response({"created": 1, "data": [{"b64_json": b64} for _ in range(n)]})
+
+    async def generations(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await self._record(request))
+        if body.get("response_format") == "url":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "only b64_json",
+                        "type": "BadRequestError",
+                        "param": "response_format",
+                        "code": 400,
+                    }
+                },
+                status=400,
+            )
+        return self._images(int(body.get("n") or 1), body.get("size") or "64x64")
+
+    async def edits(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        form = await request.post()
+        image = form.get("image")
+        if not isinstance(image, web.FileField):
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "image file required",
+                        "type": "BadRequestError",
+                        "param": "image",
+                        "code": 400,
+                    }
+                },
+                status=400,
+            )
+        if form.get("response_format") == "url":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "only b64_json",
+                        "type": "BadRequestError",
+                        "param": "response_format",
+                        "code": 400,
+                    }
+                },
+                status=400,
+            )
+        return self._images(int(form.get("n") or 1), str(form.get("size") or "64x64"))
