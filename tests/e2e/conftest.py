@@ -1,0 +1,254 @@
+"""End-to-end fixtures: a REAL vLLM (its CPU build) serving a REAL small model.
+
+Where things are (``./setup.sh deps`` makes both and writes them to
+``$HOMELAB_STATE_DIR/env``):
+
+- ``HOMELAB_VLLM_PYTHON``: the python of the vLLM CPU venv
+  (default ``$HOMELAB_STATE_DIR/vllm-venv/bin/python``);
+- ``HOMELAB_TEXT_MODEL_DIR``: SmolLM2-135M-Instruct as a bf16 transformers folder
+  (default ``$HOMELAB_STATE_DIR/models/smollm2-135m-instruct``);
+- ``HOMELAB_STATE_DIR`` defaults to ``~/.local/share/homelab-ai``.
+
+Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
+
+- ``vllm_runtime``: the two paths above as a ``VllmRuntime``; SKIPS (with the
+  reason and the fix) when either is missing. Use it to have the manager start
+  vLLM itself (process runtime).
+- ``vllm_server``: a running ``python -m vllm.entrypoints.openai.api_server`` on
+  127.0.0.1 (port from 18200-18299), serving the model as ``smollm2``. FAILS (not
+  skips) when the server exits or is not healthy in time, with its log tail.
+  Torn down (process group: TERM, then KILL) at the end of the session.
+- ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``.
+
+The server's log is kept in ``test-artifacts/vllm-server.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+SERVED_NAME = "smollm2"
+PORT_RANGE = range(18200, 18300)
+# How long vLLM may take to load (about 35 s here). A deadline, not a performance
+# assertion: it only keeps a broken start from hanging the session. Override with
+# HOMELAB_VLLM_START_TIMEOUT on a slow machine.
+START_TIMEOUT_S = float(os.environ.get("HOMELAB_VLLM_START_TIMEOUT", "600"))
+STOP_TIMEOUT_S = 30.0
+
+
+def state_dir() -> Path:
+    """``$HOMELAB_STATE_DIR``, default ``~/.local/share/homelab-ai`` (as in setup.sh)."""
+    raw = os.environ.get("HOMELAB_STATE_DIR")
+    return Path(raw).expanduser() if raw else Path.home() / ".local" / "share" / "homelab-ai"
+
+
+def vllm_python_path() -> Path:
+    """``$HOMELAB_VLLM_PYTHON``, default the python of the venv setup.sh builds."""
+    raw = os.environ.get("HOMELAB_VLLM_PYTHON")
+    return Path(raw).expanduser() if raw else state_dir() / "vllm-venv" / "bin" / "python"
+
+
+def text_model_path() -> Path:
+    """``$HOMELAB_TEXT_MODEL_DIR``, default the folder scripts/prepare_text_model.py writes."""
+    raw = os.environ.get("HOMELAB_TEXT_MODEL_DIR")
+    if raw:
+        return Path(raw).expanduser()
+    return state_dir() / "models" / "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class VllmRuntime:
+    """Where the real vLLM and the real model are on this machine."""
+
+    python: Path
+    model_dir: Path
+    served_name: str = SERVED_NAME
+
+    def server_command(self, port: int, host: str = "127.0.0.1") -> list[str]:
+        """The argv that starts vLLM's OpenAI server for the model on host:port.
+
+        ``vllm serve`` fails on a package-metadata lookup in the CPU build, hence
+        the module entry point. On the CPU backend ``--gpu-memory-utilization`` is
+        the share of RAM reserved for the KV cache; the default 0.92 fails.
+        """
+        return [
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            self.served_name,
+            "--enforce-eager",
+            "--gpu-memory-utilization",
+            "0.2",
+            "--max-model-len",
+            "2048",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+
+
+@dataclass(frozen=True)
+class VllmServer:
+    """A running vLLM server: ``base_url`` ends in ``/v1`` (what the openai SDK wants)."""
+
+    runtime: VllmRuntime
+    host: str
+    port: int
+    log_path: Path
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    @property
+    def model(self) -> str:
+        return self.runtime.served_name
+
+
+def offline_env() -> dict[str, str]:
+    """The environment for a model server: ours, with every phone-home switched off."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def free_port(candidates: range = PORT_RANGE, host: str = "127.0.0.1") -> int:
+    """The first port in ``candidates`` nothing listens on (our assigned range)."""
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {candidates.start}-{candidates.stop - 1}")
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, or a note that there is none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop ``proc`` and every process it started (vLLM forks an engine core).
+
+    Blocks up to ``timeout`` s after SIGTERM, then SIGKILLs the group. Idempotent.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # The leader may be gone while children linger in its group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def wait_until_healthy(
+    proc: subprocess.Popen[bytes], server: VllmServer, deadline_s: float
+) -> None:
+    """Poll ``GET /health`` until 200. Raises RuntimeError if the process exits or time runs out.
+
+    While vLLM loads, its port refuses connections; that is not an error.
+    """
+    started = time.monotonic()
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise RuntimeError(f"vLLM exited with code {code} while loading")
+            try:
+                if client.get(f"{server.root_url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > deadline_s:
+                raise RuntimeError(f"vLLM not healthy after {deadline_s:.0f} s")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def vllm_runtime() -> VllmRuntime:
+    """The vLLM CPU venv and the small model; skips with the fix when either is missing."""
+    python, model_dir = vllm_python_path(), text_model_path()
+    if not python.exists():
+        pytest.skip(f"no vLLM CPU venv at {python} (HOMELAB_VLLM_PYTHON); run ./setup.sh deps")
+    if not (model_dir / "config.json").is_file():
+        pytest.skip(
+            f"no text model at {model_dir} (HOMELAB_TEXT_MODEL_DIR); run ./setup.sh deps "
+            "or python scripts/prepare_text_model.py"
+        )
+    return VllmRuntime(python=python, model_dir=model_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_runtime: VllmRuntime) -> Iterator[VllmServer]:
+    """A real vLLM OpenAI server for the whole session; see the module docstring."""
+    host, port = "127.0.0.1", free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / "vllm-server.log"
+    server = VllmServer(runtime=vllm_runtime, host=host, port=port, log_path=log_path)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            vllm_runtime.server_command(port, host),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=offline_env(),
+            start_new_session=True,  # its own process group, so teardown reaches the engine core
+        )
+    try:
+        try:
+            wait_until_healthy(proc, server, START_TIMEOUT_S)
+        except RuntimeError as exc:
+            stop_process_group(proc)
+            pytest.fail(f"{exc}; last lines of {log_path}:\n{log_tail(log_path)}", pytrace=False)
+        yield server
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture(scope="session")
+def openai_client(vllm_server: VllmServer):
+    """The real ``openai`` SDK talking straight to ``vllm_server`` (no retries)."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=vllm_server.base_url, api_key="unused-by-vllm", max_retries=0, timeout=120.0
+    )
+    yield client
+    client.close()
