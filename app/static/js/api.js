@@ -1,0 +1,354 @@
+// @ts-check
+/**
+ * The one module that talks to the network. Everything goes to the proxy that
+ * served the page (relative URLs, so a reverse-proxy sub-path works too):
+ * the OpenAI endpoints under v1/ and the manager's state events at api/events.
+ *
+ * Every failure surfaces as an ApiError carrying the OpenAI error envelope's
+ * fields; a cancelled request rejects with the AbortSignal's reason
+ * (a DOMException named "AbortError") so callers can tell "stopped" from "failed".
+ */
+
+import { SseParser } from "./sse.js";
+
+/**
+ * @typedef {object} ModelInfo
+ * @property {string} id
+ * @property {"text" | "image" | string} type
+ * @property {string} state  stopped | starting | ready | stopping | failed
+ * @property {string} [description]
+ * @property {string[]} [sizes]
+ * @property {number} [max_n]
+ * @property {string | null} [last_error]
+ */
+
+/**
+ * @typedef {{type: "text", text: string} | {type: "image_url", image_url: {url: string}}} ContentPart
+ * @typedef {{role: "system" | "user" | "assistant", content: string | ContentPart[]}} ChatMessage
+ */
+
+/**
+ * @typedef {object} StateEvent
+ * @property {"snapshot" | "state" | "swap" | string} event
+ * @property {any} data  parsed JSON (snapshot: ModelInfo[]; state: {model, state, previous, at, error}; swap: {from, to, at})
+ */
+
+/** An error the proxy (or the network) reported, shaped like OpenAI's envelope. */
+export class ApiError extends Error {
+  /**
+   * @param {string} message
+   * @param {{status?: number, type?: string, code?: string | null, param?: string | null, source?: string | null}} [fields]
+   */
+  constructor(message, fields = {}) {
+    super(message);
+    this.name = "ApiError";
+    /** HTTP status; 0 when the proxy could not be reached. */
+    this.status = fields.status ?? 0;
+    this.type = fields.type ?? "api_error";
+    this.code = fields.code ?? null;
+    this.param = fields.param ?? null;
+    /** Which component produced it: "proxy" | "manager" | "model_server" | "network" | null. */
+    this.source = fields.source ?? null;
+  }
+}
+
+/**
+ * True when `err` is the rejection of a cancelled request.
+ * @param {unknown} err
+ */
+export function isAbort(err) {
+  return err instanceof DOMException && err.name === "AbortError";
+}
+
+/**
+ * Build an ApiError from a non-2xx response, reading the OpenAI envelope when there is one.
+ * @param {Response} res
+ * @returns {Promise<ApiError>}
+ */
+async function errorFrom(res) {
+  let text = "";
+  try {
+    text = await res.text();
+  } catch {
+    // the body is gone; the status line still says something
+  }
+  try {
+    const body = JSON.parse(text);
+    const err = body && typeof body === "object" ? body.error ?? body : null;
+    if (err && typeof err === "object" && typeof err.message === "string") {
+      return new ApiError(err.message, { status: res.status, ...err });
+    }
+    if (typeof err === "string") return new ApiError(err, { status: res.status });
+    if (body && typeof body.detail === "string") return new ApiError(body.detail, { status: res.status });
+  } catch {
+    // not JSON: fall through
+  }
+  const snippet = text.replace(/\s+/g, " ").trim().slice(0, 200);
+  return new ApiError(
+    `the proxy answered ${res.status} ${res.statusText || ""}`.trim() + (snippet ? `: ${snippet}` : ""),
+    { status: res.status, source: "proxy" },
+  );
+}
+
+/**
+ * Decode base64 into a Blob.
+ * @param {string} b64
+ * @param {string} [type]
+ */
+export function base64ToBlob(b64, type = "image/png") {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return new Blob([bytes], { type: sniffImageType(bytes) ?? type });
+}
+
+/**
+ * The image MIME type from magic bytes, or null.
+ * @param {Uint8Array} b
+ */
+function sniffImageType(b) {
+  if (b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return "image/png";
+  if (b[0] === 0xff && b[1] === 0xd8) return "image/jpeg";
+  if (b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57) return "image/webp";
+  return null;
+}
+
+/**
+ * The client for one page. Holds no settings of its own: the key comes from
+ * `getKey` at each request, so changing it takes effect at once.
+ * @param {{getKey: () => string | null, base?: string}} options
+ */
+export function createApi({ getKey, base = document.baseURI }) {
+  /**
+   * @param {string} path
+   * @param {RequestInit} [init]
+   * @returns {Promise<Response>} a 2xx response
+   * @throws {ApiError | DOMException}
+   */
+  async function request(path, init = {}) {
+    const headers = new Headers(init.headers);
+    const key = getKey();
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    let res;
+    try {
+      res = await fetch(new URL(path, base), { ...init, headers });
+    } catch (err) {
+      if (isAbort(err) || init.signal?.aborted) throw init.signal?.reason ?? err;
+      throw new ApiError(`cannot reach the proxy (${err instanceof Error ? err.message : err})`, {
+        type: "network_error",
+        source: "network",
+      });
+    }
+    if (!res.ok) throw await errorFrom(res);
+    return res;
+  }
+
+  /**
+   * @param {string} path
+   * @param {unknown} body
+   * @param {AbortSignal} [signal]
+   */
+  function postJson(path, body, signal) {
+    return request(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal,
+    });
+  }
+
+  /**
+   * Read a text/event-stream body, calling `onEvent` for each event.
+   * Resolves when the stream ends; rejects with the signal's reason when cancelled.
+   * @param {Response} res
+   * @param {(e: import("./sse.js").SseEvent) => boolean | void} onEvent  return true to stop reading
+   * @param {AbortSignal} [signal]
+   */
+  async function readSse(res, onEvent, signal) {
+    if (!res.body) throw new ApiError("the proxy sent an empty stream", { source: "proxy" });
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    const parser = new SseParser();
+    try {
+      for (;;) {
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          if (signal?.aborted) throw signal.reason;
+          throw new ApiError(`the stream broke off (${err instanceof Error ? err.message : err})`, {
+            type: "network_error",
+            source: "network",
+          });
+        }
+        const events = chunk.done ? parser.end() : parser.feed(chunk.value);
+        for (const event of events) if (onEvent(event)) return;
+        if (chunk.done) return;
+      }
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  /**
+   * Images from an OpenAI ImagesResponse: b64_json decoded, url fetched.
+   * @param {any} body
+   * @param {AbortSignal} [signal]
+   * @returns {Promise<Blob[]>}
+   */
+  async function imagesFrom(body, signal) {
+    const data = Array.isArray(body?.data) ? body.data : [];
+    if (!data.length) throw new ApiError("the image server returned no image", { source: "model_server" });
+    /** @type {Blob[]} */
+    const out = [];
+    for (const item of data) {
+      if (typeof item?.b64_json === "string") out.push(base64ToBlob(item.b64_json));
+      else if (typeof item?.url === "string") out.push(await (await request(item.url, { signal })).blob());
+      else throw new ApiError("an image in the answer has neither b64_json nor url", { source: "model_server" });
+    }
+    return out;
+  }
+
+  return {
+    /**
+     * GET v1/models.
+     * @param {AbortSignal} [signal]
+     * @returns {Promise<ModelInfo[]>}
+     */
+    async listModels(signal) {
+      const body = await (await request("v1/models", { signal })).json();
+      return Array.isArray(body?.data) ? body.data : [];
+    },
+
+    /**
+     * POST v1/chat/completions with stream: true; `onDelta` gets each piece of text
+     * as it arrives. Resolves with the finish reason (null when the stream ended
+     * without one). Rejects with ApiError for HTTP errors and for an error event
+     * in the stream, with the signal's reason when stopped.
+     * @param {{model: string, messages: ChatMessage[], signal?: AbortSignal,
+     *          onDelta: (text: string) => void}} args
+     * @returns {Promise<string | null>}
+     */
+    async chatStream({ model, messages, signal, onDelta }) {
+      const res = await postJson("v1/chat/completions", { model, messages, stream: true }, signal);
+      if (!(res.headers.get("content-type") ?? "").includes("text/event-stream")) {
+        // A server that ignored stream: true answers with one JSON object.
+        const body = await res.json();
+        const choice = body?.choices?.[0];
+        if (choice?.message?.content) onDelta(String(choice.message.content));
+        return choice?.finish_reason ?? null;
+      }
+      /** @type {string | null} */
+      let finish = null;
+      /** @type {ApiError | null} */
+      let failure = null;
+      await readSse(
+        res,
+        (event) => {
+          if (event.data === "[DONE]") return true;
+          let chunk;
+          try {
+            chunk = JSON.parse(event.data);
+          } catch {
+            return false; // keep-alives and comments in other shapes
+          }
+          if (chunk?.error || event.event === "error") {
+            const err = chunk?.error ?? chunk;
+            failure = new ApiError(String(err?.message ?? "the model server failed mid-answer"), err ?? {});
+            return true;
+          }
+          const choice = chunk?.choices?.[0];
+          const piece = choice?.delta?.content;
+          if (typeof piece === "string" && piece) onDelta(piece);
+          if (choice?.finish_reason) finish = choice.finish_reason;
+          return false;
+        },
+        signal,
+      );
+      if (failure) throw failure;
+      return finish;
+    },
+
+    /**
+     * POST v1/images/generations (response_format b64_json).
+     * @param {{model: string, prompt: string, n?: number, size?: string, signal?: AbortSignal}} args
+     * @returns {Promise<Blob[]>}
+     */
+    async generateImage({ model, prompt, n, size, signal }) {
+      /** @type {Record<string, unknown>} */
+      const body = { model, prompt, response_format: "b64_json" };
+      if (n) body.n = n;
+      if (size) body.size = size;
+      const res = await postJson("v1/images/generations", body, signal);
+      return imagesFrom(await res.json(), signal);
+    },
+
+    /**
+     * POST v1/images/edits (multipart, as OpenAI defines it).
+     * @param {{model: string, prompt: string, image: Blob, filename: string, n?: number,
+     *          size?: string, signal?: AbortSignal}} args
+     * @returns {Promise<Blob[]>}
+     */
+    async editImage({ model, prompt, image, filename, n, size, signal }) {
+      const form = new FormData();
+      form.append("model", model);
+      form.append("prompt", prompt);
+      form.append("image", image, filename);
+      form.append("response_format", "b64_json");
+      if (n) form.append("n", String(n));
+      if (size) form.append("size", size);
+      const res = await request("v1/images/edits", { method: "POST", body: form, signal });
+      return imagesFrom(await res.json(), signal);
+    },
+
+    /**
+     * Follow GET api/events (the manager's state events relayed by the proxy)
+     * until `signal` aborts, reconnecting with backoff when the stream drops.
+     * fetch() is used rather than EventSource so the Authorization header goes along.
+     * Never rejects: a 401 reports status "unauthorized" and stops (call again after
+     * a new key); other failures report "reconnecting" and retry.
+     * @param {{onEvent: (e: StateEvent) => void,
+     *          onStatus: (s: "connected" | "reconnecting" | "unauthorized" | "unavailable") => void,
+     *          signal: AbortSignal}} args
+     */
+    async watchEvents({ onEvent, onStatus, signal }) {
+      let delay = 1000;
+      while (!signal.aborted) {
+        try {
+          const res = await request("api/events", { headers: { Accept: "text/event-stream" }, signal });
+          onStatus("connected");
+          delay = 1000;
+          await readSse(
+            res,
+            (event) => {
+              try {
+                onEvent({ event: event.event, data: JSON.parse(event.data) });
+              } catch {
+                // a malformed event is skipped; the next snapshot repairs the view
+              }
+            },
+            signal,
+          );
+        } catch (err) {
+          if (signal.aborted) return;
+          if (err instanceof ApiError && err.status === 401) {
+            onStatus("unauthorized");
+            return;
+          }
+          if (err instanceof ApiError && err.status === 404) {
+            onStatus("unavailable");
+            return;
+          }
+        }
+        if (signal.aborted) return;
+        onStatus("reconnecting");
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, delay);
+          signal.addEventListener("abort", () => (clearTimeout(timer), resolve(undefined)), { once: true });
+        });
+        delay = Math.min(delay * 2, 15000);
+      }
+    },
+  };
+}
+
+/** @typedef {ReturnType<typeof createApi>} Api */

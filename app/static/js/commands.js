@@ -1,0 +1,105 @@
+// @ts-check
+/**
+ * What the user typed, parsed. Pure functions: no DOM, no network.
+ */
+
+/**
+ * @typedef {{kind: "empty"} | {kind: "chat", text: string} |
+ *           {kind: "command", name: string, args: string}} Parsed
+ */
+
+/** @type {{usage: string, summary: string}[]} */
+export const COMMANDS = [
+  { usage: "/help", summary: "this list" },
+  { usage: "/models", summary: "every model, with its type and state" },
+  { usage: "/model NAME", summary: "switch to NAME (the next request loads it)" },
+  { usage: "/image [-n N] [-s WxH] PROMPT", summary: "generate an image (edits the attached image, if any)" },
+  { usage: "/attach", summary: "pick an image to attach (or drop / paste one)" },
+  { usage: "/detach", summary: "drop the attached image" },
+  { usage: "/clear", summary: "clear the screen and start a new conversation" },
+  { usage: "/key [forget]", summary: "enter a new API key, or forget the stored one" },
+  { usage: "/theme green|amber|white", summary: "phosphor colour" },
+];
+
+export const KEYS = [
+  { usage: "Enter", summary: "send  (Shift+Enter: new line)" },
+  { usage: "Up / Down", summary: "previous / next line from history" },
+  { usage: "Esc  or  Ctrl+C", summary: "stop the answer being written" },
+  { usage: "Ctrl+L", summary: "same as /clear" },
+];
+
+/**
+ * Split a prompt line into a chat message or a command.
+ * "//text" sends "/text" as a chat message.
+ * @param {string} input
+ * @returns {Parsed}
+ */
+export function parseInput(input) {
+  const text = input.trim();
+  if (!text) return { kind: "empty" };
+  if (text.startsWith("//")) return { kind: "chat", text: text.slice(1) };
+  const match = /^\/([A-Za-z][\w-]*)(?:\s+([\s\S]*))?$/.exec(text);
+  if (!match) return { kind: "chat", text };
+  return { kind: "command", name: match[1].toLowerCase(), args: (match[2] ?? "").trim() };
+}
+
+/**
+ * Parse "/image" arguments: optional "-n N" / "--n N" and "-s WxH" / "--size WxH"
+ * before the prompt.
+ * @param {string} args
+ * @returns {{prompt: string, n?: number, size?: string} | {error: string}}
+ */
+export function parseImageArgs(args) {
+  /** @type {{prompt: string, n?: number, size?: string}} */
+  const out = { prompt: "" };
+  let rest = args.trim();
+  for (;;) {
+    const m = /^(-n|--n|-s|--size)(?:\s+|=)(\S+)\s*/.exec(rest);
+    if (!m) break;
+    rest = rest.slice(m[0].length);
+    if (m[1] === "-n" || m[1] === "--n") {
+      const n = Number(m[2]);
+      if (!Number.isInteger(n) || n < 1 || n > 16) return { error: `-n wants a whole number from 1 to 16, not '${m[2]}'` };
+      out.n = n;
+    } else {
+      if (!/^\d{2,5}x\d{2,5}$/.test(m[2])) return { error: `-s wants a size like 1024x1024, not '${m[2]}'` };
+      out.size = m[2];
+    }
+  }
+  out.prompt = rest.trim();
+  if (!out.prompt) return { error: "usage: /image [-n N] [-s WxH] PROMPT" };
+  return out;
+}
+
+/**
+ * The closest known names to a mistyped one (for "did you mean").
+ * @param {string} name
+ * @param {string[]} known
+ * @returns {string[]}
+ */
+export function closest(name, known) {
+  const lower = name.toLowerCase();
+  return known
+    .map((k) => ({ k, d: distance(lower, k.toLowerCase()) }))
+    .filter(({ k, d }) => d <= Math.max(2, Math.floor(k.length / 3)) || k.toLowerCase().includes(lower))
+    .sort((a, b) => a.d - b.d)
+    .slice(0, 3)
+    .map(({ k }) => k);
+}
+
+/**
+ * Levenshtein distance.
+ * @param {string} a
+ * @param {string} b
+ */
+function distance(a, b) {
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length];
+}

@@ -1,0 +1,161 @@
+// @ts-check
+/**
+ * Images in the scrollback: an inline view with a retro touch (scanlines and a
+ * phosphor tint that lift on hover or focus, a top-to-bottom scan-in), opened
+ * full size in a dialog, or saved. Also reads uploads (button, drop, paste).
+ */
+
+import { h } from "./dom.js";
+
+/** Uploads larger than this are refused before they leave the browser. */
+export const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+
+/** Images smaller than this (longest side, CSS px) are shown scaled up. */
+const MIN_SHOWN_PX = 256;
+
+const ACCEPTED = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
+
+/**
+ * @typedef {{blob: Blob, name: string, width: number, height: number}} Upload
+ */
+
+/**
+ * Check and decode an uploaded file.
+ * @param {File | Blob} file
+ * @param {string} [name]
+ * @returns {Promise<Upload>}
+ * @throws {Error} with a message fit for the terminal when it is not a usable image.
+ */
+export async function readUpload(file, name = file instanceof File ? file.name : "pasted.png") {
+  if (!ACCEPTED.includes(file.type)) {
+    throw new Error(`${name}: not an image this UI can send (${file.type || "unknown type"}); use PNG, JPEG, WebP, GIF or BMP`);
+  }
+  if (file.size > MAX_UPLOAD_BYTES) {
+    throw new Error(`${name}: ${(file.size / 1048576).toFixed(1)} MB is over the ${MAX_UPLOAD_BYTES / 1048576} MB upload limit`);
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    throw new Error(`${name}: the file could not be decoded as an image`);
+  }
+  const { width, height } = bitmap;
+  bitmap.close();
+  return { blob: file, name: name || "image.png", width, height };
+}
+
+/**
+ * A data: URL for a blob (for vision content parts).
+ * @param {Blob} blob
+ * @returns {Promise<string>}
+ */
+export function blobToDataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+/**
+ * @param {string} type
+ */
+function extension(type) {
+  return { "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp" }[type] ?? "png";
+}
+
+/** Owns the object URLs of shown images and the full-size dialog. */
+export class ImageViewer {
+  /** @param {HTMLDialogElement} dialog  the page's #lightbox */
+  constructor(dialog) {
+    this.dialog = dialog;
+    /** @private @type {Set<string>} */
+    this.urls = new Set();
+    dialog.addEventListener("click", (e) => {
+      // A click on the backdrop (the dialog itself, not its content) closes it.
+      if (e.target === dialog) dialog.close();
+    });
+    dialog.addEventListener("close", () => {
+      const img = dialog.querySelector("img");
+      if (img) img.removeAttribute("src");
+    });
+  }
+
+  /**
+   * An inline image with its caption and actions.
+   * @param {{blob: Blob, caption: string, filename: string, alt: string}} args
+   * @returns {HTMLElement}
+   */
+  card({ blob, caption, filename, alt }) {
+    const url = URL.createObjectURL(blob);
+    this.urls.add(url);
+    const name = `${filename}.${extension(blob.type)}`;
+    const img = h("img", { src: url, alt, decoding: "async", class: "retro-img" });
+    img.addEventListener("load", () => {
+      meta.textContent = `${img.naturalWidth}x${img.naturalHeight}`;
+      // Small pictures are blown up by a whole factor with hard pixels: legible, and retro.
+      const factor = Math.floor(MIN_SHOWN_PX / Math.max(img.naturalWidth, img.naturalHeight, 1));
+      if (factor > 1) {
+        img.style.width = `${img.naturalWidth * factor}px`;
+        img.classList.add("pixelated");
+      }
+      frame.classList.add("loaded");
+    });
+    img.addEventListener("error", () => {
+      frame.classList.add("broken");
+      meta.textContent = "could not be decoded";
+    });
+    const frame = h(
+      "button",
+      { type: "button", class: "crt", "aria-label": `open full size: ${alt}`, onclick: () => this.open(url, name, alt) },
+      img,
+    );
+    const meta = h("span", { class: "img-meta", text: "…" });
+    return h(
+      "figure",
+      { class: "image-card" },
+      frame,
+      h(
+        "figcaption",
+        {},
+        h("span", { class: "img-caption", text: caption }),
+        " ",
+        meta,
+        " ",
+        h("a", { href: url, target: "_blank", rel: "noopener", class: "img-action", text: "[open]" }),
+        " ",
+        h("a", { href: url, download: name, class: "img-action", text: "[save]" }),
+      ),
+    );
+  }
+
+  /**
+   * Full size, without the retro effect.
+   * @param {string} url
+   * @param {string} name
+   * @param {string} alt
+   */
+  open(url, name, alt) {
+    const img = this.dialog.querySelector("img");
+    const save = this.dialog.querySelector("a[download]");
+    const title = this.dialog.querySelector(".lightbox-title");
+    if (img) {
+      img.src = url;
+      img.alt = alt;
+    }
+    if (save instanceof HTMLAnchorElement) {
+      save.href = url;
+      save.download = name;
+    }
+    if (title) title.textContent = name;
+    if (!this.dialog.open) this.dialog.showModal();
+  }
+
+  /** Release every shown image (the screen was cleared). */
+  releaseAll() {
+    if (this.dialog.open) this.dialog.close();
+    for (const url of this.urls) URL.revokeObjectURL(url);
+    this.urls.clear();
+  }
+}
