@@ -24,6 +24,8 @@ INTERNAL_PORT = 8000
 LABEL_MANAGED = "homelab-ai.managed"
 LABEL_MODEL = "homelab-ai.model"
 LABEL_SPEC = "homelab-ai.spec"
+LABEL_INSTANCE = "homelab-ai.instance"
+"""Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
 Spec = TextModel | ImageModel
 
@@ -56,7 +58,7 @@ class ContainerRuntime(Protocol):
         and recreated. Never creates a duplicate.
         """
 
-    async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:
+    async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109
         """Stop and remove the server for `name`. Idempotent: absent is success.
 
         Sends SIGTERM, waits up to `timeout` seconds, then kills. `spec` is None for

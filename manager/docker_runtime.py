@@ -1,0 +1,400 @@
+"""`DockerRuntime`: model servers as Docker containers, through the docker SDK.
+
+Each model runs in the container named by its spec's `container`, labelled
+`homelab-ai.managed=true`, `homelab-ai.model=<name>` and
+`homelab-ai.spec=<spec hash>`; the runtime only ever stops, removes or reuses
+containers that carry the managed label. Text models run the vLLM OpenAI image
+with vLLM's arguments; image models run homelab-ai's image server, configured
+through `HOMELAB_IMAGE_*` variables (see `image_server_env`, and the "Image
+server environment" section of docs/architecture.md).
+
+Every docker SDK call is blocking and runs in `asyncio.to_thread`; cancelling a
+coroutine abandons the wait but not the engine call already under way (a
+`start` cancelled mid-create may leave a created container, which the next
+`start` reuses or replaces). Every engine failure is raised as `RuntimeFailure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from manager.errors import RuntimeFailure
+from manager.runtime import (
+    INTERNAL_PORT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_SPEC,
+    Instance,
+    Spec,
+    spec_hash,
+)
+from manager.spec import ImageModel, TextModel
+
+log = logging.getLogger(__name__)
+
+HF_CACHE_TARGET = "/root/.cache/huggingface"
+"""Where the Hugging Face cache (volume or host folder) is mounted inside model containers."""
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_T = TypeVar("_T")
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
+
+
+def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
+    """vLLM's OpenAI server arguments for `spec`, served as `name` on host:port.
+
+    `vllm serve` (the vllm/vllm-openai entrypoint) and
+    `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
+    logs that `--model` is deprecated in favour of a positional model but honours it.
+    """
+    return [
+        "--model",
+        spec.model,
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *spec.args,
+    ]
+
+
+def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
+    """The `HOMELAB_IMAGE_*` variables the image server reads (documented in docs/architecture.md)."""
+    return {
+        "HOMELAB_IMAGE_MODEL": spec.model,
+        "HOMELAB_IMAGE_SERVED_NAME": name,
+        "HOMELAB_IMAGE_DTYPE": spec.dtype,
+        "HOMELAB_IMAGE_DEVICE": spec.device,
+        "HOMELAB_IMAGE_CPU_OFFLOAD": "true" if spec.cpu_offload else "false",
+        "HOMELAB_IMAGE_ATTENTION_SLICING": "true" if spec.attention_slicing else "false",
+        "HOMELAB_IMAGE_VAE_TILING": "true" if spec.vae_tiling else "false",
+        "HOMELAB_IMAGE_SIZES": ",".join(spec.sizes),
+        "HOMELAB_IMAGE_MAX_N": str(spec.max_n),
+        "HOMELAB_IMAGE_STEPS": str(spec.steps),
+        "HOMELAB_IMAGE_PORT": str(port),
+    }
+
+
+def hf_token(settings: Any) -> str | None:
+    """The Hugging Face token from settings (`hf_token`, HOMELAB_HF_TOKEN), or None."""
+    token = getattr(settings, "hf_token", None)
+    if token is None:
+        return None
+    value = token.get_secret_value() if hasattr(token, "get_secret_value") else str(token)
+    return value or None
+
+
+def _hf_cache_mount(source: str) -> docker.types.Mount:
+    """A named volume, or a bind mount of an absolute host path. Raises RuntimeFailure otherwise."""
+    if source.startswith("/"):
+        if ":" in source or ".." in source.split("/"):
+            raise RuntimeFailure(
+                f"HOMELAB_HF_CACHE={source!r}: a host path must be absolute, without ':' or '..'"
+            )
+        return docker.types.Mount(HF_CACHE_TARGET, source, type="bind")
+    if _VOLUME_NAME.fullmatch(source):
+        return docker.types.Mount(HF_CACHE_TARGET, source, type="volume")
+    raise RuntimeFailure(
+        f"HOMELAB_HF_CACHE={source!r} is neither a Docker volume name "
+        "(letters, digits, '_', '.', '-') nor an absolute host path"
+    )
+
+
+def _instance(container: Any, fallback_name: str | None = None) -> Instance:
+    labels = container.labels or {}
+    state = container.attrs.get("State")
+    exit_code = state.get("ExitCode") if isinstance(state, dict) else None
+    return Instance(
+        model=labels.get(LABEL_MODEL) or fallback_name or container.name,
+        running=container.status == "running",
+        exit_code=exit_code if container.status in ("exited", "dead") else None,
+        spec_hash=labels.get(LABEL_SPEC),
+    )
+
+
+class DockerRuntime:
+    """The `ContainerRuntime` for Docker. Safe for concurrent use across model names;
+    calls for one name are serialised by a per-name lock."""
+
+    def __init__(self, settings: Any, client: docker.DockerClient | None = None) -> None:
+        """`settings` needs `hf_cache` and `model_host` (and optionally `hf_token`).
+        `client` defaults to `docker.from_env()`, created on first use."""
+        self._settings = settings
+        self._instance: str | None = getattr(settings, "instance", None) or None
+        self._client = client
+        self._client_lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    async def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await self._call(
+                        docker.from_env, what="connect to the Docker engine"
+                    )
+        return self._client
+
+    @staticmethod
+    async def _call(fn: Callable[..., _T], *args: Any, what: str, **kwargs: Any) -> _T:
+        """Run a blocking SDK call in a thread; NotFound passes through, the rest becomes RuntimeFailure."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except _ENGINE_ERRORS as exc:
+            detail = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+            raise RuntimeFailure(f"Docker: cannot {what}: {detail}") from exc
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _get(self, container_name: str) -> Any | None:
+        client = await self._docker()
+        try:
+            return await self._call(
+                client.containers.get, container_name, what=f"inspect container {container_name}"
+            )
+        except docker.errors.NotFound:
+            return None
+
+    def _is_managed(self, container: Any) -> bool:
+        """Ours: labelled managed, and of this manager's instance (both unset, or equal)."""
+        labels = container.labels or {}
+        return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_INSTANCE) == self._instance
+
+    async def _owned(self, model: str | None = None) -> list[Any]:
+        """Containers this manager owns, optionally only those of one model (by label)."""
+        client = await self._docker()
+        wanted = [f"{LABEL_MANAGED}=true"]
+        if model is not None:
+            wanted.append(f"{LABEL_MODEL}={model}")
+        if self._instance is not None:
+            wanted.append(f"{LABEL_INSTANCE}={self._instance}")
+        containers = await self._call(
+            client.containers.list,
+            all=True,
+            filters={"label": wanted},
+            ignore_removed=True,
+            what="list containers",
+        )
+        return [c for c in containers if self._is_managed(c)]
+
+    @staticmethod
+    def _foreign(container_name: str) -> RuntimeFailure:
+        return RuntimeFailure(
+            f"a container named {container_name!r} already exists and is not managed by homelab-ai "
+            f"(it lacks the label {LABEL_MANAGED}=true); homelab-ai never touches containers it does "
+            "not own: rename or remove it, or change 'container' in models.json"
+        )
+
+    # ---- what a container looks like ----------------------------------------------------------
+    def labels(self, name: str, spec: Spec) -> dict[str, str]:
+        labels = {LABEL_MANAGED: "true", LABEL_MODEL: name, LABEL_SPEC: spec_hash(spec)}
+        if self._instance is not None:
+            labels[LABEL_INSTANCE] = self._instance
+        return labels
+
+    def container_config(self, name: str, spec: Spec) -> dict[str, Any]:
+        """Keyword arguments for `containers.create` (pure; exposed for tests and docs)."""
+        env = {"HF_HOME": HF_CACHE_TARGET}
+        token = hf_token(self._settings)
+        if token:
+            env["HUGGING_FACE_HUB_TOKEN"] = token
+            env["HF_TOKEN"] = token
+        command: list[str] | None = None
+        if isinstance(spec, TextModel):
+            command = text_server_args(name, spec, "0.0.0.0", INTERNAL_PORT)
+        else:
+            env.update(image_server_env(name, spec, INTERNAL_PORT))
+        env.update(spec.env)
+        config: dict[str, Any] = {
+            "image": spec.image,
+            "command": command,
+            "name": spec.container,
+            "detach": True,
+            "environment": env,
+            "labels": self.labels(name, spec),
+            "ports": {f"{INTERNAL_PORT}/tcp": spec.port},
+            "ipc_mode": "host",
+            "restart_policy": {"Name": "no"},
+            "mounts": [_hf_cache_mount(self._settings.hf_cache)],
+        }
+        if spec.gpu:
+            config["device_requests"] = [
+                docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
+            ]
+        return config
+
+    # ---- ContainerRuntime ---------------------------------------------------------------------
+    async def start(self, name: str, spec: Spec) -> None:
+        """Create (or reuse) and start the container; returns once it is started, not ready.
+
+        Reuses a managed container of the same name, model and spec hash (starting it
+        if stopped); removes and recreates one that differs. Pulls the image if it is
+        not present (which may take long). Raises RuntimeFailure for a foreign
+        container of that name, an unavailable image, a busy port, or any engine error.
+        """
+        async with self._lock(name):
+            wanted = spec_hash(spec)
+            existing = await self._get(spec.container)
+            if existing is not None:
+                if not self._is_managed(existing):
+                    raise self._foreign(spec.container)
+                labels = existing.labels or {}
+                if labels.get(LABEL_SPEC) == wanted and labels.get(LABEL_MODEL) == name:
+                    if existing.status != "running":
+                        log.info("starting existing container %s for %s", spec.container, name)
+                        await self._start_container(existing, spec)
+                    else:
+                        log.info("reusing running container %s for %s", spec.container, name)
+                    return
+                log.info(
+                    "container %s differs from the spec of %s (hash %s, want %s): recreating",
+                    spec.container,
+                    name,
+                    labels.get(LABEL_SPEC),
+                    wanted,
+                )
+                await self._remove(existing)
+            # A container of this model under an old name (models.json changed) would be a
+            # duplicate, and would likely hold the port: remove it.
+            for stale in await self._owned(name):
+                if stale.name != spec.container:
+                    log.info("removing %s, an old container of %s", stale.name, name)
+                    await self._remove(stale)
+            container = await self._create(name, spec)
+            await self._start_container(container, spec)
+
+    async def _create(self, name: str, spec: Spec) -> Any:
+        client = await self._docker()
+        config = self.container_config(name, spec)
+        try:
+            return await self._call(
+                client.containers.create, what=f"create container {spec.container}", **config
+            )
+        except docker.errors.NotFound as exc:  # ImageNotFound is a NotFound
+            if not isinstance(exc, docker.errors.ImageNotFound) and "image" not in str(exc).lower():
+                raise RuntimeFailure(
+                    f"Docker: cannot create container {spec.container}: {exc}"
+                ) from exc
+        log.info("image %s is not present: pulling it", spec.image)
+        repository, _, tag = spec.image.partition("@")[0].rpartition(":")
+        try:
+            if "@" in spec.image:
+                await self._call(client.images.pull, spec.image, what=f"pull image {spec.image}")
+            else:
+                await self._call(
+                    client.images.pull, repository, tag=tag, what=f"pull image {spec.image}"
+                )
+        except docker.errors.NotFound as exc:
+            raise RuntimeFailure(
+                f"Docker: image {spec.image} is not present and not in any registry"
+            ) from exc
+        try:
+            return await self._call(
+                client.containers.create, what=f"create container {spec.container}", **config
+            )
+        except docker.errors.NotFound as exc:
+            raise RuntimeFailure(
+                f"Docker: cannot create container {spec.container}: {exc}"
+            ) from exc
+
+    async def _start_container(self, container: Any, spec: Spec) -> None:
+        try:
+            await self._call(container.start, what=f"start container {spec.container}")
+        except docker.errors.NotFound as exc:
+            raise RuntimeFailure(f"container {spec.container} vanished while starting") from exc
+        except RuntimeFailure:
+            # A container that cannot start (busy port, bad device request) is useless: remove it
+            # so the next attempt starts from a clean slate.
+            await self._remove(container)
+            raise
+
+    async def _remove(self, container: Any) -> None:
+        try:
+            await self._call(
+                container.remove, force=True, v=False, what=f"remove container {container.name}"
+            )
+        except docker.errors.NotFound:
+            pass
+
+    async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
+        """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove the container. Absent is success.
+
+        With a spec, the container named by it; with None (a model no longer in
+        models.json), every owned container labelled with the model name. Blocks up to
+        about `timeout` seconds. Raises RuntimeFailure for a container of the spec's name
+        that homelab-ai does not own, or an engine error.
+        """
+        async with self._lock(name):
+            if spec is None:
+                targets = await self._owned(name)
+            else:
+                container = await self._get(spec.container)
+                if container is not None and not self._is_managed(container):
+                    raise self._foreign(spec.container)
+                targets = [container] if container is not None else []
+            for container in targets:
+                await self._stop_remove(container, timeout)
+
+    async def _stop_remove(self, container: Any, grace: float) -> None:
+        try:
+            if container.status in ("running", "restarting", "paused"):
+                await self._call(
+                    container.stop,
+                    timeout=max(1, math.ceil(grace)),
+                    what=f"stop container {container.name}",
+                )
+        except docker.errors.NotFound:
+            return
+        await self._remove(container)
+
+    async def inspect(self, name: str, spec: Spec) -> Instance | None:
+        """The managed container's status; None if there is none (or it is not ours)."""
+        container = await self._get(spec.container)
+        if container is None or not self._is_managed(container):
+            return None
+        return _instance(container, name)
+
+    async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
+        """The last `tail` lines of the container's stdout+stderr; '' if there is no container."""
+        container = await self._get(spec.container)
+        if container is None or not self._is_managed(container):
+            return ""
+        try:
+            raw = await self._call(
+                container.logs,
+                stdout=True,
+                stderr=True,
+                tail=max(0, int(tail)),
+                what=f"read logs of {spec.container}",
+            )
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    async def list_owned(self) -> list[Instance]:
+        """Every container this manager owns (managed label, same instance), running or not."""
+        return [_instance(c) for c in await self._owned()]
+
+    def base_url(self, spec: Spec) -> str:
+        return f"http://{self._settings.model_host}:{spec.port}"
+
+    async def aclose(self) -> None:
+        """Close the docker client's HTTP session (optional; for tidy shutdowns)."""
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)

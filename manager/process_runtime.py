@@ -1,0 +1,384 @@
+"""`ProcessRuntime`: model servers as local processes (a GPU box without Docker, the demo).
+
+Each server is started with `asyncio.create_subprocess_exec` from an argv list
+(never a shell) in its own session, so it leads a process group and `stop`
+reaches every child it spawned (vLLM runs its engine in a child process):
+SIGTERM to the group, then SIGKILL after the timeout.
+
+Text models run `[vllm_python, -m, vllm.entrypoints.openai.api_server]`, image
+models `[imageserver_python, -m, imageserver]`; a spec's `command` replaces that
+program part and the type's arguments are appended. Servers listen on
+127.0.0.1:<spec.port>.
+
+Output goes to `<log_dir>/<name>.log` (appended; rotated once past 20 MB).
+`<log_dir>/registry.json` maps model name -> pid, process start time, spec hash,
+so a restarted manager adopts the servers it launched (`list_owned`) and never
+signals a process that merely reuses a recorded pid (the start time must match).
+
+The inherited environment is passed on without any `HOMELAB_*` variable (the
+manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
+variables and the spec's `env` are added.
+
+POSIX only (process groups, signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from manager.docker_runtime import hf_token, image_server_env, text_server_args
+from manager.errors import RuntimeFailure
+from manager.runtime import Instance, Spec, spec_hash
+from manager.spec import TextModel
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOST = "127.0.0.1"
+REGISTRY_FILE = "registry.json"
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class _Record:
+    pid: int
+    spec_hash: str
+    started: str | None
+    """The process's start time as the kernel reports it (/proc/<pid>/stat field 22)."""
+    argv: list[str]
+    log: str
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The start time of `pid` from /proc, or None if unknown (no /proc, or no such process)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return raw[raw.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a file, reading only its end."""
+    if lines <= 0:
+        return ""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            block, data = 8192, b""
+            while end > 0 and data.count(b"\n") <= lines:
+                step = min(block, end)
+                end -= step
+                f.seek(end)
+                data = f.read(step) + data
+                block *= 2
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read log {path}: {exc.strerror or exc}") from exc
+    text = data.decode("utf-8", "replace")
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+class ProcessRuntime:
+    """The `ContainerRuntime` for local processes. One instance per manager process."""
+
+    def __init__(self, settings: Any) -> None:
+        """`settings` needs `model_host`, `log_dir`, `vllm_python`, `imageserver_python`
+        (and optionally `hf_token`)."""
+        self._settings = settings
+        self._dir = Path(settings.log_dir)
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._reapers: dict[str, asyncio.Task[int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._registry_lock = asyncio.Lock()
+
+    # ---- registry ---------------------------------------------------------------------------
+    @property
+    def registry_path(self) -> Path:
+        return self._dir / REGISTRY_FILE
+
+    def _read_registry(self) -> dict[str, _Record]:
+        try:
+            data = json.loads(self.registry_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable process registry %s: %s", self.registry_path, exc)
+            return {}
+        records: dict[str, _Record] = {}
+        for name, entry in data.items() if isinstance(data, dict) else ():
+            try:
+                records[name] = _Record(**entry)
+            except TypeError:
+                log.warning("ignoring malformed registry entry %r", name)
+        return records
+
+    def _write_registry(self, records: dict[str, _Record]) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.registry_path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({k: asdict(v) for k, v in records.items()}, indent=2), encoding="utf-8"
+        )
+        os.replace(tmp, self.registry_path)
+
+    async def _update_registry(self, name: str, record: _Record | None) -> None:
+        async with self._registry_lock:
+
+            def update() -> None:
+                records = self._read_registry()
+                if record is None:
+                    records.pop(name, None)
+                else:
+                    records[name] = record
+                self._write_registry(records)
+
+            try:
+                await asyncio.to_thread(update)
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"cannot write {self.registry_path}: {exc.strerror or exc}"
+                ) from exc
+
+    async def _record(self, name: str) -> _Record | None:
+        async with self._registry_lock:
+            return (await asyncio.to_thread(self._read_registry)).get(name)
+
+    @staticmethod
+    def _is_ours(record: _Record) -> bool:
+        """The recorded process is alive and is the one we started (not a reused pid)."""
+        if not _alive(record.pid):
+            return False
+        now = _proc_start_time(record.pid)
+        return record.started is None or now is None or now == record.started
+
+    # ---- what a server process looks like -----------------------------------------------------
+    def argv(self, name: str, spec: Spec) -> list[str]:
+        """The full argv for `spec` (pure; exposed for tests)."""
+        if isinstance(spec, TextModel):
+            program = spec.command or [
+                self._settings.vllm_python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+            ]
+            return [*program, *text_server_args(name, spec, LOCAL_HOST, spec.port)]
+        return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
+
+    def environment(self, name: str, spec: Spec) -> dict[str, str]:
+        """The server's environment: the manager's minus HOMELAB_*, plus the type's and spec's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        token = hf_token(self._settings)
+        if token:
+            env["HUGGING_FACE_HUB_TOKEN"] = token
+            env["HF_TOKEN"] = token
+        if not isinstance(spec, TextModel):
+            env.update(image_server_env(name, spec, spec.port))
+            env["HOMELAB_IMAGE_HOST"] = LOCAL_HOST
+        env.update(spec.env)
+        return env
+
+    def log_path(self, name: str) -> Path:
+        return self._dir / f"{name}.log"
+
+    # ---- ContainerRuntime ---------------------------------------------------------------------
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def start(self, name: str, spec: Spec) -> None:
+        """Launch the server (or keep the running one if its spec hash matches); not ready yet.
+
+        A running server with another spec hash is stopped first (settings' stop_timeout,
+        default 30 s). Raises RuntimeFailure if the program cannot be executed or the log
+        folder cannot be written.
+        """
+        async with self._lock(name):
+            wanted = spec_hash(spec)
+            record = await self._record(name)
+            if record is not None:
+                if self._is_ours(record) and record.spec_hash == wanted:
+                    child = self._children.get(name)
+                    if child is None or child.returncode is None:
+                        log.info("reusing running process %s for %s", record.pid, name)
+                        return
+                if self._is_ours(record):
+                    log.info("process %s for %s has another spec: replacing it", record.pid, name)
+                    timeout = float(getattr(self._settings, "stop_timeout", 30.0))
+                    await self._terminate(name, record, timeout)
+                await self._forget(name)
+            await self._spawn(name, spec, wanted)
+
+    async def _spawn(self, name: str, spec: Spec, wanted: str) -> None:
+        argv = self.argv(name, spec)
+        path = self.log_path(name)
+
+        def open_log() -> Any:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(path, path.with_suffix(".log.1"))
+            handle = path.open("ab")
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            handle.write(f"==== homelab-ai {stamp}: starting {name}: {argv!r}\n".encode())
+            handle.flush()
+            return handle
+
+        try:
+            handle = await asyncio.to_thread(open_log)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot open log file {path}: {exc.strerror or exc}") from exc
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=handle,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.environment(name, spec),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot run {argv[0]!r} for model {name!r}: {exc.strerror or exc}"
+            ) from exc
+        finally:
+            handle.close()
+        self._children[name] = proc
+        self._reapers[name] = asyncio.create_task(proc.wait(), name=f"reap-{name}")
+        record = _Record(
+            pid=proc.pid,
+            spec_hash=wanted,
+            started=_proc_start_time(proc.pid),
+            argv=argv,
+            log=str(path),
+        )
+        await self._update_registry(name, record)
+        log.info("started %s as pid %s: %s", name, proc.pid, argv)
+
+    async def _forget(self, name: str) -> None:
+        self._children.pop(name, None)
+        reaper = self._reapers.pop(name, None)
+        if reaper is not None and not reaper.done():
+            reaper.cancel()
+        await self._update_registry(name, None)
+
+    async def _exited(self, name: str, record: _Record) -> bool:
+        child = self._children.get(name)
+        if child is not None and child.pid == record.pid:
+            return child.returncode is not None
+        return not self._is_ours(record)
+
+    async def _terminate(self, name: str, record: _Record, grace: float) -> None:
+        """SIGTERM the process group, wait up to `grace` s for it to empty, then SIGKILL."""
+        pgid = record.pid  # start_new_session: the server leads its own group
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if await self._exited(name, record) and not _group_alive(pgid):
+                return
+            await asyncio.sleep(_POLL)
+        log.warning("%s (pid %s) did not stop within %.1fs: killing", name, record.pid, grace)
+        _signal_group(pgid, signal.SIGKILL)
+        for _ in range(100):  # the kernel needs a moment to tear the group down
+            if await self._exited(name, record) and not _group_alive(pgid):
+                return
+            await asyncio.sleep(_POLL)
+
+    async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
+        """SIGTERM the server's process group, SIGKILL after `timeout` s; forget it. Absent is success."""
+        async with self._lock(name):
+            record = await self._record(name)
+            if record is None:
+                return
+            # Signal the group when its leader is ours, or when the leader is gone but members
+            # remain (the kernel does not reuse a pid while a group of that id exists).
+            orphans = not _alive(record.pid) and _group_alive(record.pid)
+            if self._is_ours(record) or orphans:
+                await self._terminate(name, record, timeout)
+            await self._forget(name)
+
+    async def inspect(self, name: str, spec: Spec) -> Instance | None:
+        """Running, or exited (with the exit code when this manager launched it); None if unknown."""
+        record = await self._record(name)
+        if record is None:
+            return None
+        child = self._children.get(name)
+        if child is not None and child.pid == record.pid:
+            if child.returncode is None and not _alive(child.pid):
+                # It exited but the reaper task has not run yet: give it a moment for the code.
+                reaper = self._reapers.get(name)
+                if reaper is not None:
+                    await asyncio.wait({reaper}, timeout=1.0)
+            if child.returncode is None:
+                return Instance(model=name, running=True, spec_hash=record.spec_hash)
+            return Instance(
+                model=name, running=False, exit_code=child.returncode, spec_hash=record.spec_hash
+            )
+        return Instance(model=name, running=self._is_ours(record), spec_hash=record.spec_hash)
+
+    async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
+        """The last `tail` lines of the server's log file ('' if none)."""
+        return await asyncio.to_thread(_tail, self.log_path(name), int(tail))
+
+    async def list_owned(self) -> list[Instance]:
+        """Every server in the registry, with whether its process is still alive."""
+        async with self._registry_lock:
+            records = await asyncio.to_thread(self._read_registry)
+        owned = []
+        for name, record in records.items():
+            child = self._children.get(name)
+            if child is not None and child.pid == record.pid and child.returncode is not None:
+                owned.append(
+                    Instance(
+                        name, running=False, exit_code=child.returncode, spec_hash=record.spec_hash
+                    )
+                )
+            else:
+                owned.append(
+                    Instance(name, running=self._is_ours(record), spec_hash=record.spec_hash)
+                )
+        return owned
+
+    def base_url(self, spec: Spec) -> str:
+        return f"http://{self._settings.model_host}:{spec.port}"

@@ -1,0 +1,1 @@
+"""homelab-ai test suite."""

@@ -1,0 +1,1 @@
+"""Integration tier: real Docker engine, real HTTP servers on loopback."""

@@ -1,0 +1,346 @@
+"""DockerRuntime + HttpReadinessProbe against the real Docker engine and the fake vLLM image.
+
+Ports 18100-18129. Stops right after a start use timeout=1: a container stopped
+before Python has installed its SIGTERM handler ignores SIGTERM (it is PID 1), so
+Docker kills it only after the timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import docker.errors
+import httpx
+import pytest
+
+from manager.docker_runtime import HF_CACHE_TARGET, DockerRuntime
+from manager.errors import RuntimeFailure, StartFailed
+from manager.health import HttpReadinessProbe
+from manager.runtime import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, ContainerRuntime, spec_hash
+from manager.settings import ManagerSettings
+from tests.integration.conftest import FAKE_IMAGE, SESSION, image_spec, model_name, text_spec, token
+
+pytestmark = pytest.mark.docker
+
+
+class InstanceSettings(ManagerSettings):
+    """ManagerSettings plus `instance` (HOMELAB_INSTANCE), which DockerRuntime honours."""
+
+    instance: str | None = None
+
+
+def settings(hf_cache: str, instance: str | None = None) -> ManagerSettings:
+    return InstanceSettings(
+        manager_token=token(), hf_cache=hf_cache, model_host="127.0.0.1", instance=instance
+    )
+
+
+@pytest.fixture
+def runtime(docker_env: Any, hf_cache: str) -> DockerRuntime:
+    return DockerRuntime(settings(hf_cache))
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[HttpReadinessProbe]:
+    async with HttpReadinessProbe(first_delay=0.1, max_interval=0.5) as p:
+        yield p
+
+
+def env_of(container: Any) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+
+
+async def test_docker_runtime_is_a_container_runtime(runtime: DockerRuntime) -> None:
+    assert isinstance(runtime, ContainerRuntime)
+
+
+async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, docker_env) -> None:
+    name = model_name("chat")
+    spec = text_spec(
+        "chat", 18101, env={"FAKEVLLM_LOAD_SECONDS": "1"}, args=["--max-model-len", "99"]
+    )
+    await runtime.start(name, spec)
+    container = docker_env.containers.get(spec.container)
+    assert container.labels[LABEL_MANAGED] == "true"
+    assert container.labels[LABEL_MODEL] == name
+    assert container.labels[LABEL_SPEC] == spec_hash(spec)
+    assert container.attrs["Config"]["Cmd"] == [
+        "--model", "fake/chat", "--served-model-name", name,
+        "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "99",
+    ]  # fmt: skip
+    assert container.attrs["HostConfig"]["IpcMode"] == "host"
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert env_of(container)["HF_HOME"] == HF_CACHE_TARGET
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts[HF_CACHE_TARGET]["Type"] == "bind"
+
+    await probe.wait_ready(name, spec, runtime)
+    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+        reply = await client.post(
+            "/v1/chat/completions",
+            json={"model": name, "messages": [{"role": "user", "content": "hello over docker"}]},
+        )
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == f"[{name}] hello over docker"
+
+    instance = await runtime.inspect(name, spec)
+    assert instance is not None and instance.running and instance.model == name
+    assert instance.spec_hash == spec_hash(spec)
+    owned = {i.model: i for i in await runtime.list_owned()}
+    assert owned[name].running
+    logs = await runtime.logs(name, spec, tail=200)
+    assert "Uvicorn running on http://0.0.0.0:8000" in logs
+    assert len((await runtime.logs(name, spec, tail=2)).splitlines()) == 2
+    assert await probe.check_alive(name, spec, runtime) is None
+
+    await runtime.stop(name, spec, timeout=5)
+    assert await runtime.inspect(name, spec) is None
+    with pytest.raises(docker.errors.NotFound):
+        docker_env.containers.get(spec.container)
+    assert name not in {i.model for i in await runtime.list_owned()}
+    assert await runtime.logs(name, spec) == ""
+    await runtime.stop(name, spec, timeout=5)  # idempotent
+
+
+async def test_start_reuses_a_matching_container_and_restarts_a_stopped_one(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    name = model_name("reuse")
+    spec = text_spec("reuse", 18102)
+    await runtime.start(name, spec)
+    first = docker_env.containers.get(spec.container).id
+    await runtime.start(name, spec)
+    assert docker_env.containers.get(spec.container).id == first
+
+    await probe.wait_ready(name, spec, runtime)  # its SIGTERM handler is installed by now
+    docker_env.containers.get(spec.container).stop(timeout=5)
+    stopped = await runtime.inspect(name, spec)
+    assert stopped is not None and not stopped.running and stopped.exit_code == 0
+
+    await runtime.start(name, spec)
+    container = docker_env.containers.get(spec.container)
+    assert container.id == first and container.status == "running"
+    await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_start_recreates_a_container_whose_spec_changed(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    name = model_name("recreate")
+    old = text_spec("recreate", 18103, env={"MARK": "old"})
+    new = text_spec("recreate", 18103, env={"MARK": "new"})
+    await runtime.start(name, old)
+    old_id = docker_env.containers.get(old.container).id
+    await runtime.start(name, new)
+    same_name = docker_env.containers.list(all=True, filters={"name": f"^/{new.container}$"})
+    assert len(same_name) == 1
+    container = same_name[0]
+    assert container.id != old_id
+    assert container.labels[LABEL_SPEC] == spec_hash(new)
+    assert env_of(container)["MARK"] == "new"
+    await runtime.stop(name, new, timeout=1)
+
+
+async def test_an_old_container_of_the_model_under_another_name_is_replaced(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    name = model_name("renamed")
+    before = text_spec("renamed-a", 18104)
+    after = text_spec("renamed-b", 18104)
+    await runtime.start(name, before)
+    await runtime.start(name, after)  # same port: would fail if the old one still held it
+    owned = [
+        c.name
+        for c in docker_env.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={name}"})
+    ]
+    assert owned == [after.container]
+    await runtime.stop(name, None, timeout=1)  # spec None: found by its model label
+    assert docker_env.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={name}"}) == []
+
+
+async def test_a_foreign_container_with_the_name_is_never_touched(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    name = model_name("foreign")
+    spec = text_spec("foreign", 18105)
+    foreign = docker_env.containers.create(FAKE_IMAGE, ["--port", "8000"], name=spec.container)
+    with pytest.raises(RuntimeFailure, match="not managed by homelab-ai"):
+        await runtime.start(name, spec)
+    with pytest.raises(RuntimeFailure, match="not managed by homelab-ai"):
+        await runtime.stop(name, spec, timeout=1)
+    assert await runtime.inspect(name, spec) is None
+    assert await runtime.logs(name, spec) == ""
+    foreign.reload()  # still there, untouched
+    assert foreign.status == "created"
+    assert spec.container not in {i.model for i in await runtime.list_owned()}
+
+
+async def test_another_instance_does_not_own_our_containers(docker_env, hf_cache: str) -> None:
+    mine = DockerRuntime(settings(hf_cache))
+    other = DockerRuntime(settings(hf_cache, instance=f"{SESSION}-other"))
+    name = model_name("instance")
+    spec = text_spec("instance", 18106)
+    await mine.start(name, spec)
+    assert name not in {i.model for i in await other.list_owned()}
+    assert await other.inspect(name, spec) is None
+    with pytest.raises(RuntimeFailure, match="not managed"):
+        await other.stop(name, spec, timeout=1)
+    await mine.stop(name, spec, timeout=1)
+
+
+async def test_crash_during_start_fails_with_exit_code_and_logs(
+    runtime: DockerRuntime, probe
+) -> None:
+    name = model_name("crash")
+    spec = text_spec(
+        "crash", 18107, env={"FAKEVLLM_FAIL_LOAD": "1", "FAKEVLLM_LOAD_SECONDS": "0.5"}
+    )
+    await runtime.start(name, spec)
+    with pytest.raises(StartFailed) as failed:
+        await probe.wait_ready(name, spec, runtime)
+    assert failed.value.exit_code == 1
+    assert "exited with code 1" in failed.value.reason
+    assert "Engine core initialization failed" in failed.value.logs
+    await runtime.stop(name, spec, timeout=5)
+    assert await runtime.inspect(name, spec) is None
+
+
+async def test_a_server_that_never_becomes_ready_fails_at_start_timeout(
+    runtime: DockerRuntime, probe
+) -> None:
+    name = model_name("never")
+    spec = text_spec("never", 18108, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2)
+    await runtime.start(name, spec)
+    with pytest.raises(StartFailed) as failed:
+        await probe.wait_ready(name, spec, runtime)
+    assert "start_timeout of 2s" in failed.value.reason
+    assert failed.value.exit_code is None
+    assert "loading forever" in failed.value.logs
+    instance = await runtime.inspect(name, spec)
+    assert instance is not None and instance.running  # the caller decides to stop it
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_vllm_health_503_means_the_engine_died(runtime: DockerRuntime, probe) -> None:
+    name = model_name("dead")
+    spec = text_spec("dead", 18109, env={"FAKEVLLM_UNHEALTHY": "1"})
+    await runtime.start(name, spec)
+    with pytest.raises(StartFailed, match="engine is dead"):
+        await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_check_alive_reports_unhealthy_and_crashed_servers(
+    runtime: DockerRuntime, probe
+) -> None:
+    name = model_name("alive")
+    spec = text_spec("alive", 18110, env={"FAKEVLLM_CRASH_AFTER": "2"})
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    assert await probe.check_alive(name, spec, runtime) is None
+    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+        await client.post("/_fake/health", json={"healthy": False})
+        assert "engine is dead" in (await probe.check_alive(name, spec, runtime) or "")
+        await client.post("/_fake/health", json={"healthy": True})
+        assert await probe.check_alive(name, spec, runtime) is None
+        for _ in range(2):  # the second inference request is the last one it answers
+            ok = await client.post("/v1/completions", json={"prompt": "x"})
+            assert ok.status_code == 200
+    instance = await runtime.inspect(name, spec)
+    for _ in range(50):
+        if instance is not None and not instance.running:
+            break
+        instance = await runtime.inspect(name, spec)
+    assert instance is not None and not instance.running and instance.exit_code == 3
+    assert await probe.check_alive(name, spec, runtime) == "the server exited with code 3"
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_image_model_env_health_and_generation(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    name = model_name("img")
+    spec = image_spec("img", 18111, env={"FAKEVLLM_LOAD_SECONDS": "1"}, vae_tiling=True)
+    await runtime.start(name, spec)
+    container = docker_env.containers.get(spec.container)
+    env = env_of(container)
+    assert {k: v for k, v in env.items() if k.startswith("HOMELAB_IMAGE_")} == {
+        "HOMELAB_IMAGE_MODEL": "fake/img",
+        "HOMELAB_IMAGE_SERVED_NAME": name,
+        "HOMELAB_IMAGE_DTYPE": "bf16",
+        "HOMELAB_IMAGE_DEVICE": "cpu",
+        "HOMELAB_IMAGE_CPU_OFFLOAD": "false",
+        "HOMELAB_IMAGE_ATTENTION_SLICING": "false",
+        "HOMELAB_IMAGE_VAE_TILING": "true",
+        "HOMELAB_IMAGE_SIZES": "64x64,32x48",
+        "HOMELAB_IMAGE_MAX_N": "2",
+        "HOMELAB_IMAGE_STEPS": "2",
+        "HOMELAB_IMAGE_PORT": "8000",
+    }
+    assert container.attrs["Config"]["Cmd"] is None  # the image server is configured by env only
+
+    await probe.wait_ready(name, spec, runtime)
+    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+        reply = await client.post(
+            "/v1/images/generations", json={"prompt": "a red fox", "size": "32x48", "n": 2}
+        )
+    assert reply.status_code == 200
+    images = [base64.b64decode(d["b64_json"]) for d in reply.json()["data"]]
+    assert len(images) == 2
+    for png in images:
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert struct.unpack(">II", png[16:24]) == (32, 48)
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_image_server_reporting_failed_fails_the_start(runtime: DockerRuntime, probe) -> None:
+    name = model_name("imgfail")
+    spec = image_spec("imgfail", 18112, env={"FAKEVLLM_FAIL_LOAD": "1"})
+    await runtime.start(name, spec)
+    with pytest.raises(StartFailed) as failed:
+        await probe.wait_ready(name, spec, runtime)
+    assert "pipeline load failed" in failed.value.reason
+    assert "pipeline load failed" in failed.value.logs
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_a_busy_port_fails_the_start_and_leaves_no_container(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    first = text_spec("port-a", 18113)
+    second = text_spec("port-b", 18113)
+    await runtime.start(model_name("port-a"), first)
+    with pytest.raises(RuntimeFailure, match="start container"):
+        await runtime.start(model_name("port-b"), second)
+    assert docker_env.containers.list(all=True, filters={"name": f"^/{second.container}$"}) == []
+    await runtime.stop(model_name("port-a"), first, timeout=1)
+
+
+async def test_a_named_volume_hf_cache_is_mounted(docker_env) -> None:
+    volume = f"{SESSION}-hf"
+    runtime = DockerRuntime(settings(volume))
+    name = model_name("vol")
+    spec = text_spec("vol", 18114)
+    try:
+        await runtime.start(name, spec)
+        mounts = docker_env.containers.get(spec.container).attrs["Mounts"]
+        assert [(m["Type"], m["Name"]) for m in mounts if m["Destination"] == HF_CACHE_TARGET] == [
+            ("volume", volume)
+        ]
+        await runtime.stop(name, spec, timeout=1)
+    finally:
+        try:
+            docker_env.volumes.get(volume).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.mark.parametrize("bad", ["relative/path", "/etc/../root", "/a:b", "bad name"])
+async def test_an_unusable_hf_cache_is_refused(bad: str, docker_env) -> None:
+    runtime = DockerRuntime(settings(bad))
+    with pytest.raises(RuntimeFailure, match="HOMELAB_HF_CACHE"):
+        await runtime.start(model_name("badcache"), text_spec("badcache", 18115))
