@@ -199,6 +199,9 @@ ensure_dockerd() {
         info "running ($(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
         return
     fi
+    if [[ -S /var/run/docker.sock && ! -w /var/run/docker.sock ]]; then
+        die "the Docker engine runs but $(id -un) may not use /var/run/docker.sock: run as root, or 'sudo usermod -aG docker $(id -un)' and log in again"
+    fi
     command -v dockerd >/dev/null 2>&1 || [[ -x /usr/sbin/dockerd ]] || die "dockerd is not installed (apt-get install docker.io)"
     mkdir -p "$STATE_DIR"
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
@@ -396,4 +399,7 @@ main() {
     esac
 }
 
-main "$@"
+# Sourcing the file (for testing one step) defines the functions without running anything.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi
