@@ -161,6 +161,14 @@ ensure_apt_packages() {
         for pkg in "${APT_PACKAGES[@]}"; do
             pkg_installed "$pkg" || missing+=("$pkg")
         done
+        # With Debian's own python3 the project goes into a venv (see select_python),
+        # and Debian ships venv's ensurepip separately.
+        if ! command -v python3 >/dev/null 2>&1; then
+            missing+=(python3 python3-venv)
+        elif [[ -z "${VIRTUAL_ENV:-}" ]] && python_externally_managed &&
+            ! python3 -c 'import ensurepip' 2>/dev/null; then
+            missing+=(python3-venv)
+        fi
     else
         # Not Debian: accept the tools if they are on PATH, else say what is needed.
         command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
@@ -230,6 +238,12 @@ ensure_dockerd() {
 
 # ---------------------------------------------------------------- deps: Python
 
+# True when python3 is a distribution's Python that refuses `pip install` (PEP 668).
+python_externally_managed() {
+    python3 -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)' 2>/dev/null
+}
+
 # Pick the Python the project is installed into and set PY to it.
 select_python() {
     if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
@@ -238,7 +252,7 @@ select_python() {
         command -v python3 >/dev/null 2>&1 || die "python3 is not installed (Python 3.11+ is required)"
         PY="$(python3 -c 'import sys; print(sys.executable)')"
         # Debian's own python3 refuses pip installs (PEP 668): use a venv of ours then.
-        if "$PY" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+        if python_externally_managed; then
             local venv="$STATE_DIR/venv"
             if [[ ! -x "$venv/bin/python" ]]; then
                 info "python3 is externally managed; creating $venv"
