@@ -1,0 +1,50 @@
+"""`python -m imageserver`: serve the model named by HOMELAB_IMAGE_MODEL.
+
+Exit codes: 2 for invalid settings (one line on stderr naming the variable),
+otherwise uvicorn's. The port is listening before the model starts loading;
+watch `GET /health`. SIGTERM stops the server (a generation in progress is
+abandoned with the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from imageserver.api import create_app
+from imageserver.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"HOMELAB_IMAGE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        print(f"imageserver: invalid settings: {problems}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def main() -> None:
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

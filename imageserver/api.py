@@ -1,0 +1,374 @@
+"""The image server's HTTP surface: OpenAI's images API for one diffusers model.
+
+Routes:
+- `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name}`
+  (200 while loading or ready, 503 once failed).
+- `GET /v1/models` -> the one model.
+- `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart)
+  -> OpenAI's ImagesResponse with `b64_json` images.
+
+Every error is an OpenAI envelope with `"source": "model_server"`. Status
+codes (this module is the only place that maps exceptions to them):
+400 bad input (validation, size, n, images, masks, uploads over the limit,
+a task the model cannot do), 404/405 unknown route or method, 429 queue full
+(`Retry-After`), 503 model loading / failed to load (`Retry-After` while
+loading) and **503 `out_of_memory`** when the device ran out of memory (the
+request may succeed later or smaller; the server stays up), 500
+`generation_failed` for any other pipeline error (message only, no traceback).
+
+Request validation happens on the event loop (image decoding in a thread);
+the pipeline runs on the one GPU worker thread, so /health always answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imageserver.body_limit import BodyLimit
+from imageserver.errors import (
+    GenerationFailed,
+    ImageServerError,
+    InvalidRequest,
+    ModelNotReady,
+    OutOfMemory,
+    QueueFull,
+    UnsupportedTask,
+)
+from imageserver.host import Loader, ModelHost
+from imageserver.images import (
+    OUTPUT_FORMATS,
+    choose_size,
+    decode_upload,
+    encode_image,
+    prepare_image,
+    prepare_mask,
+)
+from imageserver.model import EditJob, GenerateJob
+from imageserver.settings import Settings
+from imageserver.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+
+SOURCE = "model_server"
+MAX_PROMPT_CHARS = 32000
+MAX_SEED = 2**63 - 1
+LOADING_RETRY_AFTER = 5
+
+
+def error_body(
+    message: str, *, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error envelope, marked as coming from the model server."""
+    return {
+        "error": {
+            "message": message,
+            "type": type_,
+            "param": param,
+            "code": code,
+            "source": SOURCE,
+        }
+    }
+
+
+def _status_of(exc: ImageServerError) -> int:
+    if isinstance(exc, InvalidRequest):
+        return 400
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, ModelNotReady | OutOfMemory):
+        return 503
+    return 500
+
+
+def _error_response(exc: ImageServerError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, ModelNotReady) and not exc.failed:
+        headers["Retry-After"] = str(LOADING_RETRY_AFTER)
+    return JSONResponse(
+        error_body(exc.message, type_=exc.type, code=exc.code, param=exc.param),
+        status_code=_status_of(exc),
+        headers=headers,
+    )
+
+
+class GenerationRequest(BaseModel):
+    """OpenAI's image generation body plus our optional extras. Unknown fields are ignored
+    (quality, style, user, background, moderation, ...)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str | None = None
+    n: int = 1
+    size: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1, le=200)
+    guidance: float | None = Field(default=None, ge=0, le=100)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+
+def _get_host(request: Request) -> ModelHost:
+    return request.app.state.host
+
+
+def _get_worker(request: Request) -> GpuWorker:
+    return request.app.state.worker
+
+
+HostDep = Annotated[ModelHost, Depends(_get_host)]
+WorkerDep = Annotated[GpuWorker, Depends(_get_worker)]
+
+
+def _check_common(
+    settings: Settings, n: int, response_format: str | None, output_format: str | None
+) -> str:
+    """Validate n and the formats; return the output format."""
+    if not 1 <= n <= settings.max_n:
+        raise InvalidRequest(
+            f"n must be between 1 and {settings.max_n} for this model, not {n}", param="n"
+        )
+    if response_format not in (None, "b64_json"):
+        raise InvalidRequest(
+            f"response_format {response_format!r} is not supported by the model server; use 'b64_json'",
+            param="response_format",
+        )
+    fmt = output_format or "png"
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidRequest(
+            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}",
+            param="output_format",
+        )
+    return fmt
+
+
+def _new_seed() -> int:
+    import secrets
+
+    return secrets.randbelow(2**32)
+
+
+async def _respond(images: list, fmt: str, width: int, height: int) -> dict[str, Any]:
+    encoded = await asyncio.to_thread(lambda: [encode_image(im, fmt) for im in images])
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": b64, "revised_prompt": None} for b64 in encoded],
+        "output_format": fmt,
+        "size": f"{width}x{height}",
+    }
+
+
+def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
+    """Build the app. `loader` builds the model (default: the real diffusers loader,
+    imported lazily so the port is up before torch is imported). Loading starts
+    in the lifespan, in the background."""
+    if loader is None:
+
+        def loader(s: Settings):  # noqa: ANN202 - the real loader, imported on the worker thread
+            from imageserver.diffusers_model import load_diffusers_model
+
+            return load_diffusers_model(s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = GpuWorker(settings.queue_limit)
+        host = ModelHost(settings, loader, worker)
+        app.state.worker, app.state.host = worker, host
+        host.start()
+        try:
+            yield
+        finally:
+            worker.shutdown()
+
+    app = FastAPI(
+        title="homelab-ai image server",
+        description="OpenAI images API over one diffusers pipeline.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health(host: HostDep) -> JSONResponse:
+        status = host.status
+        body = {"status": status, "error": host.error, "model": settings.served_name}
+        return JSONResponse(body, status_code=503 if status == "failed" else 200)
+
+    @app.get("/v1/models")
+    async def models(host: HostDep) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": settings.served_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "homelab-ai",
+                    "type": "image",
+                    "status": host.status,
+                    "sizes": list(settings.sizes),
+                    "max_n": settings.max_n,
+                }
+            ],
+        }
+
+    @app.post("/v1/images/generations")
+    async def generations(
+        body: GenerationRequest, host: HostDep, worker: WorkerDep
+    ) -> dict[str, Any]:
+        fmt = _check_common(settings, body.n, body.response_format, body.output_format)
+        width, height = choose_size(body.size, settings.size_pairs)
+        model = host.ready_model()
+        if not model.capabilities.generate:
+            raise UnsupportedTask(
+                f"model {settings.served_name!r} ({model.capabilities.pipeline}) edits images and "
+                "cannot generate from text alone; use POST /v1/images/edits"
+            )
+        job = GenerateJob(
+            prompt=body.prompt,
+            n=body.n,
+            width=width,
+            height=height,
+            steps=body.steps or settings.steps,
+            seed=body.seed if body.seed is not None else _new_seed(),
+            guidance=body.guidance,
+            negative_prompt=body.negative_prompt,
+        )
+        images = await worker.run(model.generate, job)
+        return await _respond(images, fmt, width, height)
+
+    @app.post("/v1/images/edits")
+    async def edits(
+        host: HostDep,
+        worker: WorkerDep,
+        prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+        image: Annotated[UploadFile | None, File()] = None,
+        image_list: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
+        mask: Annotated[UploadFile | None, File()] = None,
+        model: Annotated[str | None, Form()] = None,
+        n: Annotated[int, Form()] = 1,
+        size: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str | None, Form()] = None,
+        output_format: Annotated[str | None, Form()] = None,
+        seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
+        steps: Annotated[int | None, Form(ge=1, le=200)] = None,
+        guidance: Annotated[float | None, Form(ge=0, le=100)] = None,
+        strength: Annotated[float | None, Form(gt=0, le=1)] = None,
+        negative_prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
+    ) -> dict[str, Any]:
+        fmt = _check_common(settings, n, response_format, output_format)
+        width, height = choose_size(size, settings.size_pairs)
+        uploads = ([image] if image is not None else []) + list(image_list or [])
+        if len(uploads) != 1:
+            raise InvalidRequest(
+                f"send exactly one image to edit ('image'), not {len(uploads)}", param="image"
+            )
+        limit = settings.max_upload_bytes
+        image_bytes = await uploads[0].read(limit + 1)
+        mask_bytes = await mask.read(limit + 1) if mask is not None else None
+        source = await asyncio.to_thread(decode_upload, image_bytes, param="image", max_bytes=limit)
+        mask_image = None
+        if mask_bytes is not None:
+            raw_mask = await asyncio.to_thread(
+                decode_upload, mask_bytes, param="mask", max_bytes=limit
+            )
+            mask_image = prepare_mask(raw_mask, source.size, (width, height))
+        source = await asyncio.to_thread(prepare_image, source, (width, height))
+        loaded = host.ready_model()
+        caps = loaded.capabilities
+        if mask_image is not None and not caps.inpaint:
+            raise UnsupportedTask(
+                f"model {settings.served_name!r} ({caps.pipeline}) cannot do masked edits; "
+                + ("send the image without a mask" if caps.edit else "it cannot edit images"),
+                param="mask",
+            )
+        if mask_image is None and not caps.edit:
+            raise UnsupportedTask(
+                f"model {settings.served_name!r} ({caps.pipeline}) cannot edit images"
+                + ("; it needs a mask (inpainting only)" if caps.inpaint else ""),
+                param="image" if caps.inpaint else None,
+            )
+        job = EditJob(
+            prompt=prompt,
+            image=source,
+            mask=mask_image,
+            n=n,
+            width=width,
+            height=height,
+            steps=steps or settings.steps,
+            seed=seed if seed is not None else _new_seed(),
+            guidance=guidance,
+            strength=strength,
+            negative_prompt=negative_prompt,
+        )
+        images = await worker.run(loaded.edit, job)
+        return await _respond(images, fmt, width, height)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImageServerError)
+    async def _own(request: Request, exc: ImageServerError) -> JSONResponse:
+        if isinstance(exc, GenerationFailed):
+            log.error("generation failed: %s", exc.message, exc_info=exc.__cause__)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            message = (
+                f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}"
+            )
+            param = None
+        else:
+            loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+            names = [str(p) for p in loc]
+            param = names[0] if names and isinstance(loc[0], str) else None
+            message = (
+                f"{'.'.join(names) + ': ' if names else ''}{first.get('msg', 'invalid request')}"
+            )
+        return JSONResponse(
+            error_body(message, type_="invalid_request_error", code="invalid_request", param=param),
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(
+            error_body(str(exc.detail), type_=type_, code=code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body(
+                f"internal error in the image server: {type(exc).__name__}",
+                type_="server_error",
+                code="internal_error",
+            ),
+            status_code=500,
+        )
