@@ -173,6 +173,6 @@ def normalise_error_body(raw: bytes, status: int, source: str) -> ProxyError:
         param=param,
         status=out_status,
         type=etype,
-        code=str(code) if code is not None else None,
+        code=str(code) if code is not None else f"{source}_error",
         source=source,
     )

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.policy
 import io
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from email.parser import BytesParser
 
 import orjson
 import uvicorn
@@ -46,6 +48,20 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
+    raise RuntimeError("no free port in 18400-18499")
+
+
+@contextlib.contextmanager
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections: bound (so nothing else takes it) but not listening."""
+    with socket.socket() as sock:
+        for port in PORTS:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            yield port
+            return
     raise RuntimeError("no free port in 18400-18499")
 
 
@@ -111,6 +127,11 @@ def _envelope(status: int, message: str, code: str, headers: dict | None = None)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class FakeManager:
     def __init__(
         self, models: dict[str, dict], base_url: str, *, swap_delay: float = 0.0, ttl: float = 60.0
@@ -163,6 +184,19 @@ class FakeManager:
             {"model": name, "state": state, "previous": previous, "at": time.time(), "error": None},
         )
 
+    async def _make_resident(self, name: str) -> None:
+        async with self._lock:
+            if self.resident != name:
+                previous = self.resident
+                if previous:
+                    self._set_state(previous, "stopping")
+                    self._set_state(previous, "stopped")
+                self._set_state(name, "starting")
+                await asyncio.sleep(self.swap_delay)
+                self._set_state(name, "ready")
+                self.resident = name
+                self._publish("swap", {"from": previous, "to": name, "at": time.time()})
+
     def _build(self) -> FastAPI:
         app = FastAPI()
         fake = self
@@ -203,21 +237,15 @@ class FakeManager:
                 return _envelope(
                     503, f"model {name!r} failed to start: exit code 1", "model_start_failed"
                 )
-            try:
-                async with fake._lock:
-                    if fake.resident != name:
-                        previous = fake.resident
-                        if previous:
-                            fake._set_state(previous, "stopping")
-                            fake._set_state(previous, "stopped")
-                        fake._set_state(name, "starting")
-                        await asyncio.sleep(fake.swap_delay)
-                        fake._set_state(name, "ready")
-                        fake.resident = name
-                        fake._publish("swap", {"from": previous, "to": name, "at": time.time()})
-            except asyncio.CancelledError:
+            # Like the real manager: a caller that hangs up leaves the queue.
+            work = asyncio.create_task(fake._make_resident(name))
+            gone = asyncio.create_task(_disconnected(request))
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                work.cancel()
                 fake.abandoned += 1
-                raise
+                return Response(status_code=499)
+            gone.cancel()
             lease_id = uuid.uuid4().hex
             fake.leases[lease_id] = name
             fake.granted += 1
@@ -356,7 +384,7 @@ class FakeModelServer:
                     ],
                 }
                 await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                if text == "die" and i == 1:
+                if text.startswith("die") and i == 1:
                     request.transport.abort()
                     return resp
                 if text == "slow" and i == 0:
@@ -426,10 +454,15 @@ class FakeModelServer:
         return self._images(int(body.get("n") or 1), body.get("size") or "64x64")
 
     async def edits(self, request: web.Request) -> web.Response:
-        await self._record(request)
-        form = await request.post()
-        image = form.get("image")
-        if not isinstance(image, web.FileField):
+        raw = await self._record(request)
+        head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        form: dict[str, object] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            form[name] = payload if part.get_filename() else payload.decode()
+        if not isinstance(form.get("image"), bytes):
             return web.json_response(
                 {
                     "error": {

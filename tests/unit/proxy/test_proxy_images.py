@@ -1,0 +1,193 @@
+"""Images through the proxy: b64 and url answers, the URL store, multipart edits."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import orjson
+import pytest
+from conftest import Stack
+from proxy_fakes import png_bytes
+
+from proxy.errors import InvalidRequest, UpstreamError
+from proxy.images import ImageStore, check_image_request, urls_for
+
+
+async def test_generation_b64_is_forwarded_unchanged(stack: Stack) -> None:
+    body = orjson.dumps(
+        {"model": "img", "prompt": "a cat", "size": "32x48", "response_format": "b64_json"}
+    )
+    r = await stack.client.post(
+        "/v1/images/generations", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    png = base64.b64decode(r.json()["data"][0]["b64_json"])
+    assert png.startswith(b"\x89PNG")
+    assert stack.upstream.requests[-1][1] == body
+
+
+async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: Stack) -> None:
+    r = await stack.client.post(
+        "/v1/images/generations",
+        json={"model": "img", "prompt": "a cat", "n": 2, "response_format": "url"},
+    )
+    assert r.status_code == 200, r.text
+    urls = [item["url"] for item in r.json()["data"]]
+    assert len(urls) == 2 and len(set(urls)) == 2
+    sent = orjson.loads(stack.upstream.requests[-1][1])
+    assert sent["response_format"] == "b64_json" and sent["n"] == 2 and sent["prompt"] == "a cat"
+    for url in urls:
+        assert url.startswith(stack.url + "/images/")
+        img = await stack.client.get(url)
+        assert img.status_code == 200
+        assert img.headers["content-type"] == "image/png"
+        assert img.content.startswith(b"\x89PNG")
+
+
+async def test_public_url_setting_is_used_for_image_urls(make_stack) -> None:
+    async with make_stack(public_url="https://ai.example.lan:8443/") as stack:
+        r = await stack.client.post(
+            "/v1/images/generations", json={"model": "img", "prompt": "x", "response_format": "url"}
+        )
+        assert r.json()["data"][0]["url"].startswith("https://ai.example.lan:8443/images/")
+
+
+async def test_edit_multipart_is_forwarded_and_url_rewritten(stack: Stack) -> None:
+    files = {"image": ("in.png", png_bytes(), "image/png")}
+    data = {
+        "model": "img",
+        "prompt": "make it blue",
+        "size": "64x64",
+        "response_format": "b64_json",
+    }
+    r = await stack.client.post("/v1/images/edits", files=files, data=data)
+    assert r.status_code == 200, r.text
+    raw_sent = stack.upstream.requests[-1][1]
+    assert png_bytes() in raw_sent and b"make it blue" in raw_sent
+
+    data["response_format"] = "url"
+    r = await stack.client.post("/v1/images/edits", files=files, data=data)
+    assert r.status_code == 200, r.text
+    url = r.json()["data"][0]["url"]
+    assert (await stack.client.get(url)).content.startswith(b"\x89PNG")
+    raw_sent = stack.upstream.requests[-1][1]
+    assert b'name="response_format"\r\n\r\nb64_json' in raw_sent and png_bytes() in raw_sent
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "param"),
+    [
+        ({}, {"model": "img", "prompt": "x"}, "image"),
+        (
+            {"image": ("a.txt", b"not an image", "text/plain")},
+            {"model": "img", "prompt": "x"},
+            "image",
+        ),
+        (
+            {"image": ("a.png", png_bytes(), "image/png")},
+            {"model": "img", "prompt": "x", "n": "9"},
+            "n",
+        ),
+        (
+            {"image": ("a.png", png_bytes(), "image/png")},
+            {"model": "img", "prompt": "x", "n": "two"},
+            "n",
+        ),
+        ({"image": ("a.png", png_bytes(), "image/png")}, {"prompt": "x"}, "model"),
+    ],
+)
+async def test_bad_edits_are_refused_before_any_lease(stack: Stack, files, data, param) -> None:
+    r = await stack.client.post(
+        "/v1/images/edits", files=files or {"dummy": ("d", b"", "x/y")}, data=data
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert stack.manager.granted == 0
+
+
+async def test_edit_needs_multipart(stack: Stack) -> None:
+    r = await stack.client.post("/v1/images/edits", json={"model": "img", "prompt": "x"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_content_type"
+
+
+async def test_oversize_upload_is_413(make_stack) -> None:
+    async with make_stack(max_upload_bytes=4096) as stack:
+        files = {"image": ("big.png", png_bytes() + b"\0" * 8192, "image/png")}
+        r = await stack.client.post(
+            "/v1/images/edits", files=files, data={"model": "img", "prompt": "x"}
+        )
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert stack.manager.granted == 0
+
+
+async def test_unknown_or_expired_image_is_404(stack: Stack) -> None:
+    for name in ["nope.png", "../../etc/passwd", "A" * 32 + ".png"]:
+        r = await stack.client.get(f"/images/{name}")
+        assert r.status_code == 404
+        assert r.json()["error"]["source"] == "proxy"
+
+
+def test_store_expires_images(tmp_path) -> None:
+    store = ImageStore(tmp_path, ttl=60)
+    name = store.put(png_bytes())
+    assert store.get(name)[0] == png_bytes()
+    path = tmp_path / name
+    old = time.time() - 120
+    import os
+
+    os.utime(path, (old, old))
+    assert store.get(name) is None
+    assert not path.exists()
+    other = store.put(png_bytes())
+    os.utime(tmp_path / other, (old, old))
+    assert store.purge_expired() == 1
+
+
+def test_store_refuses_non_images(tmp_path) -> None:
+    with pytest.raises(UpstreamError):
+        ImageStore(tmp_path, 60).put(b"<html>")
+
+
+def test_urls_for_keeps_other_fields(tmp_path) -> None:
+    store = ImageStore(tmp_path, 60)
+    answer = {
+        "created": 5,
+        "data": [{"b64_json": base64.b64encode(png_bytes()).decode(), "revised_prompt": "p"}],
+    }
+    out = urls_for(store, answer, "http://h:1")
+    assert out["created"] == 5
+    item = out["data"][0]
+    assert item["revised_prompt"] == "p" and "b64_json" not in item
+    assert item["url"].startswith("http://h:1/images/")
+    with pytest.raises(UpstreamError):
+        urls_for(store, {"data": [{"b64_json": "!!!"}]}, "http://h:1")
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "fmt", "param"),
+    [
+        (0, None, None, "n"),
+        (True, None, None, "n"),
+        (3, None, None, "n"),
+        (None, 64, None, "size"),
+        (None, "1x1", None, "size"),
+        (None, None, "png", "response_format"),
+    ],
+)
+def test_check_image_request_refuses(n, size, fmt, param) -> None:
+    model = {"id": "img", "sizes": ["64x64"], "max_n": 2}
+    with pytest.raises(InvalidRequest) as info:
+        check_image_request(model, n, size, fmt)
+    assert info.value.param == param
+
+
+def test_check_image_request_accepts_defaults_and_auto() -> None:
+    model = {"id": "img", "sizes": ["64x64"], "max_n": 2}
+    check_image_request(model, None, None, None)
+    check_image_request(model, 2, "auto", "url")
+    check_image_request(model, 1, "64x64", "b64_json")
+    assert httpx  # the module is used by fixtures through conftest
