@@ -195,6 +195,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._closed = False
+        self.adopted = False
+        """Whether adoption has run (it is retried by `tick()` until it has)."""
         self.swaps = 0
         """How many starts the scheduler has begun (adoption excluded)."""
 
@@ -529,10 +531,13 @@ class Scheduler:
     # ----------------------------------------------------------------- housekeeping
 
     async def tick(self) -> None:
-        """One housekeeping pass: expire leases, check the ready model is alive, stop idle ones.
+        """One housekeeping pass: adopt (if not done yet), expire leases, check the ready
+        model is alive, stop idle ones.
 
         Blocks only on the liveness probe. Never raises (probe errors are logged).
         """
+        if not self.adopted:
+            await self._try_adopt()
         self._expire_leases()
         await self._check_liveness()
         self._pump()
@@ -567,12 +572,20 @@ class Scheduler:
     # ----------------------------------------------------------------- life of the scheduler
 
     async def start(self) -> None:
-        """Adopt running servers, then begin periodic housekeeping. Call once."""
-        await self.adopt()
+        """Adopt running servers, then begin periodic housekeeping. Call once. Never raises:
+        if the runtime cannot list its servers yet (Docker Desktop still starting), adoption
+        is retried on every housekeeping pass until it succeeds."""
+        await self._try_adopt()
         if self._housekeeper is None:
             self._housekeeper = asyncio.get_running_loop().create_task(
                 self._housekeeping(), name="scheduler housekeeping"
             )
+
+    async def _try_adopt(self) -> None:
+        try:
+            await self.adopt()
+        except ManagerError as exc:
+            log.warning("adopting running servers failed, will retry: %s", exc)
 
     async def adopt(self) -> None:
         """Take over servers this runtime owns, found at start-up.
@@ -585,6 +598,7 @@ class Scheduler:
         RuntimeFailure if the runtime cannot list its servers.
         """
         instances = await self.runtime.list_owned()
+        self.adopted = True
         order = {name: i for i, name in enumerate(self.catalogue.models)}
         instances.sort(key=lambda inst: (order.get(inst.model, len(order)), inst.model))
         keep: Instance | None = None

@@ -163,7 +163,8 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
         models = _ENTRIES.validate_python(entries)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"]]
+        # A bad model *name* is reported at the name, without pydantic's '[key]' marker.
+        loc = [str(p) for p in err["loc"] if p != "[key]"]
         # A discriminated union puts the tag ('text'/'image') in the path: drop it.
         if len(loc) > 1 and loc[1] in ("text", "image"):
             loc.pop(1)

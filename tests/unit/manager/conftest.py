@@ -31,7 +31,7 @@ def gpu() -> GpuCheck:
 @pytest.fixture
 def config() -> SchedulerConfig:
     return SchedulerConfig(
-        queue_limit=16, queue_timeout=30, batch_bound=3, lease_ttl=120, stop_backoff=0
+        queue_limit=16, queue_timeout=300, batch_bound=3, lease_ttl=120, stop_backoff=0
     )
 
 

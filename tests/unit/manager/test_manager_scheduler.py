@@ -533,3 +533,40 @@ async def test_a_removal_failure_during_adoption_is_not_fatal(runtime, probe):
         assert sched.status()  # the scheduler is usable
     finally:
         await sched.close()
+
+
+async def test_a_lease_granted_as_the_request_is_cancelled_is_released(sched, probe):
+    probe.hold("alpha")
+    task = asyncio.create_task(sched.acquire("alpha"))
+    await until(lambda: sched.waiting_count() == 1, "the waiter")
+    future = sched._records["alpha"].waiters[0].future
+    # Cancel the request in the same loop step as the grant, before it can resume.
+    future.add_done_callback(lambda _: task.cancel())
+    probe.release("alpha")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert future.done() and not future.cancelled()
+    assert sched.model_status("alpha").in_flight == 0
+
+
+async def test_adoption_is_retried_until_the_runtime_answers(runtime, probe, monkeypatch):
+    runtime.put("alpha", hash_=_hash("alpha"))
+    real_list = runtime.list_owned
+
+    async def engine_down():
+        raise RuntimeFailure("Docker engine is not reachable")
+
+    monkeypatch.setattr(runtime, "list_owned", engine_down)
+    sched = _sched(runtime, probe)
+    try:
+        await sched.start()  # does not raise
+        assert not sched.adopted
+        await sched.tick()
+        assert not sched.adopted
+        monkeypatch.setattr(runtime, "list_owned", real_list)
+        await sched.tick()
+        assert sched.adopted
+        await until(lambda: sched.state("alpha") is ModelState.READY, "alpha adopted")
+        assert runtime.calls == []
+    finally:
+        await sched.close()

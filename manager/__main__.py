@@ -1,0 +1,162 @@
+"""`python -m manager`: run the manager daemon, print the models.json schema, or check a file.
+
+    python -m manager [serve]            run the daemon (settings from HOMELAB_* variables)
+    python -m manager schema             print the JSON Schema of models.json
+    python -m manager check FILE         validate a models.json file
+
+Configuration problems end the program with a one-line-per-problem message on
+stderr and a non-zero status, never a traceback: exit 2 for bad settings, 1 for
+a bad models.json or a runtime that cannot be built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from manager.errors import CatalogueError, ManagerError
+from manager.settings import ManagerSettings
+from manager.spec import Catalogue, json_schema, load_catalogue
+
+log = logging.getLogger("manager")
+
+RUNTIMES = {
+    "docker": ("manager.docker_runtime", "DockerRuntime"),
+    "process": ("manager.process_runtime", "ProcessRuntime"),
+}
+
+
+class ConfigProblem(Exception):
+    """A start-up problem to print as is and exit with `status`."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def load_settings() -> ManagerSettings:
+    """ManagerSettings from the environment. Raises ConfigProblem naming each bad variable."""
+    try:
+        return ManagerSettings()  # type: ignore[call-arg]  (values come from the environment)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"HOMELAB_{field.upper()}: {err['msg']}")
+        raise ConfigProblem("invalid settings:\n  " + "\n  ".join(lines), status=2) from exc
+
+
+def load_models(path: str) -> Catalogue:
+    """The catalogue at `path`. Raises ConfigProblem with "file: key 'x.y': reason"."""
+    try:
+        return load_catalogue(path)
+    except CatalogueError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
+def _construct(module: str, attr: str, *args: Any) -> Any:
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigProblem(f"cannot load {module}.{attr}: {exc}") from exc
+    try:
+        return cls(*args)
+    except ManagerError as exc:
+        raise ConfigProblem(f"{attr}: {exc}") from exc
+
+
+def build_runtime(settings: ManagerSettings) -> Any:
+    """The runtime HOMELAB_RUNTIME names, imported only when chosen."""
+    module, attr = RUNTIMES[settings.runtime]
+    return _construct(module, attr, settings)
+
+
+def build_probe(settings: ManagerSettings) -> Any:
+    return _construct("manager.health", "HttpReadinessProbe", settings)
+
+
+def build_gpu_check(settings: ManagerSettings) -> Any | None:
+    """`manager.gpu.wait_gpu_memory_released`, or None when the check is off (timeout 0)."""
+    if settings.gpu_release_timeout <= 0:
+        return None
+    try:
+        from manager.gpu import wait_gpu_memory_released
+    except ImportError as exc:
+        log.warning("GPU memory release check unavailable: %s", exc)
+        return None
+    return wait_gpu_memory_released
+
+
+def serve() -> int:
+    import uvicorn
+
+    from manager.api import create_app
+    from manager.scheduler import Scheduler, SchedulerConfig
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    catalogue = load_models(str(settings.models_file))
+    runtime = build_runtime(settings)
+    probe = build_probe(settings)
+    scheduler = Scheduler(
+        catalogue,
+        runtime,
+        probe,
+        SchedulerConfig.from_settings(settings),
+        gpu_released=build_gpu_check(settings),
+    )
+    app = create_app(scheduler, settings)
+    log.info(
+        "manager: %d models from %s, %s runtime, listening on %s:%d",
+        len(catalogue.models),
+        catalogue.source,
+        settings.runtime,
+        settings.manager_host,
+        settings.manager_port,
+    )
+    uvicorn.run(
+        app,
+        host=settings.manager_host,
+        port=settings.manager_port,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def check(path: str) -> int:
+    catalogue = load_models(path)
+    names = catalogue.names()
+    print(f"{path}: ok, {len(names)} models: {', '.join(names)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m manager", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the manager daemon (the default)")
+    commands.add_parser("schema", help="print the JSON Schema of models.json")
+    check_cmd = commands.add_parser("check", help="validate a models.json file")
+    check_cmd.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "schema":
+            print(json.dumps(json_schema(), indent=2))
+            return 0
+        if args.command == "check":
+            return check(args.file)
+        return serve()
+    except ConfigProblem as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

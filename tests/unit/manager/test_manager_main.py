@@ -1,0 +1,127 @@
+"""`python -m manager`: schema, check, and serve's start-up wiring and error exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import manager.__main__ as cli
+from manager.scheduler import Scheduler
+from manager.spec import json_schema
+
+ROOT = Path(__file__).resolve().parents[3]
+GOOD = "k9F2-pQx7_LmZr4Ws8Tb"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "manager", *args],
+        cwd=ROOT,
+        env=clean | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_schema_prints_the_json_schema():
+    result = run_cli("schema")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json_schema()
+
+
+def test_check_accepts_the_repository_file():
+    result = run_cli("check", "models.json")
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_reports_file_key_and_reason_without_traceback(tmp_path):
+    bad = tmp_path / "models.json"
+    bad.write_text(
+        json.dumps(
+            {"a": {"type": "text", "container": "c", "port": 80, "image": "x/y:1", "model": "m"}}
+        )
+    )
+    result = run_cli("check", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"{bad}: key 'a.port': ")
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_without_a_token_exits_2_naming_the_variable():
+    result = run_cli("serve")
+    assert result.returncode == 2
+    assert "HOMELAB_MANAGER_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_bad_models_file_exits_1(tmp_path):
+    bad = tmp_path / "models.json"
+    bad.write_text("{")
+    result = run_cli(env={"HOMELAB_MANAGER_TOKEN": GOOD, "HOMELAB_MODELS_FILE": str(bad)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{bad}: is not valid JSON")
+    assert "Traceback" not in result.stderr
+
+
+class RecordingRuntime:
+    """Stands in for DockerRuntime/ProcessRuntime at construction (the scheduler is not run)."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+
+def test_serve_wires_settings_runtime_probe_and_scheduler(monkeypatch):
+    captured: dict = {}
+    fake_runtime_module = types.ModuleType("fake_runtime_module")
+    fake_runtime_module.Runtime = RecordingRuntime
+    monkeypatch.setitem(sys.modules, "fake_runtime_module", fake_runtime_module)
+    monkeypatch.setitem(cli.RUNTIMES, "process", ("fake_runtime_module", "Runtime"))
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: captured.update(app=app, **kw))
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+    monkeypatch.setenv("HOMELAB_RUNTIME", "process")
+    monkeypatch.setenv("HOMELAB_MODELS_FILE", str(ROOT / "models.json"))
+    monkeypatch.setenv("HOMELAB_MANAGER_PORT", "18990")
+    monkeypatch.setenv("HOMELAB_ADVERTISE_HOST", "10.0.0.5")
+
+    assert cli.main(["serve"]) == 0
+    assert (captured["host"], captured["port"]) == ("0.0.0.0", 18990)
+    scheduler: Scheduler = captured["app"].state.scheduler
+    assert isinstance(scheduler.runtime, RecordingRuntime)
+    assert scheduler.runtime.settings.runtime == "process"
+    assert type(scheduler.probe).__name__ == "HttpReadinessProbe"
+    assert scheduler.config.advertise_host == "10.0.0.5"
+    assert "llama3-8b" in scheduler.catalogue.models
+
+
+def test_an_unloadable_runtime_is_a_clean_exit(monkeypatch, capsys):
+    monkeypatch.setitem(cli.RUNTIMES, "docker", ("no_such_module_here", "Runtime"))
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+    monkeypatch.setenv("HOMELAB_MODELS_FILE", str(ROOT / "models.json"))
+    assert cli.main(["serve"]) == 1
+    assert "cannot load no_such_module_here.Runtime" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["docker", "process"])
+def test_the_real_runtime_classes_exist_with_the_agreed_names(runtime):
+    import importlib
+
+    module, attr = cli.RUNTIMES[runtime]
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_gpu_check_is_off_with_a_zero_timeout(monkeypatch):
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+    from manager.settings import ManagerSettings
+
+    assert cli.build_gpu_check(ManagerSettings(gpu_release_timeout=0)) is None
+    assert cli.build_gpu_check(ManagerSettings()) is not None
