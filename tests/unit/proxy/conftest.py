@@ -1,5 +1,4 @@
-"""Fixtures for the proxy's unit tier: the real proxy app served by uvicorn on
-loopback, in front of `FakeManager` and `FakeModelServer` (proxy_fakes.py).
+"""Fixtures for the proxy's unit tier (the stack itself is in proxy_stack.py).
 
 `make_stack(**settings)` builds one stack with extra `ProxySettings` values;
 `stack` is the default one. Everything is torn down after each test.
@@ -7,56 +6,11 @@ loopback, in front of `FakeManager` and `FakeModelServer` (proxy_fakes.py).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from proxy_fakes import TOKEN, FakeManager, FakeModelServer, serve_aiohttp, serve_asgi
-
-from proxy.app import create_app
-from proxy.settings import ProxySettings
-
-MODELS = {
-    "chat-a": {"type": "text"},
-    "chat-b": {"type": "text"},
-    "img": {"type": "image", "sizes": ["64x64", "32x48"], "max_n": 2},
-}
-API_KEY = "ut-k3y-9Fq2Lm7Xc4Vb"
-
-
-@dataclass
-class Stack:
-    url: str
-    manager: FakeManager
-    upstream: FakeModelServer
-    settings: ProxySettings
-    client: httpx.AsyncClient
-
-
-@contextlib.asynccontextmanager
-async def build_stack(
-    tmp_path: Path, swap_delay: float = 0.0, ttl: float = 60.0, **overrides
-) -> AsyncIterator[Stack]:
-    upstream = FakeModelServer()
-    async with serve_aiohttp(upstream.app) as upstream_url:
-        manager = FakeManager(MODELS, upstream_url, swap_delay=swap_delay, ttl=ttl)
-        async with serve_asgi(manager.app) as manager_url:
-            values = {
-                "manager_url": manager_url,
-                "manager_token": TOKEN,
-                "app_dir": tmp_path / "app",
-                "image_dir": tmp_path / "images",
-                "models_cache_ttl": 0.5,
-                "api_keys": [],
-                **overrides,
-            }
-            settings = ProxySettings(**values)
-            async with serve_asgi(create_app(settings)) as url:
-                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                    yield Stack(url, manager, upstream, settings, client)
+from proxy_stack import Stack, build_stack
 
 
 @pytest.fixture

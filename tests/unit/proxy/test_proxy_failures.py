@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import orjson
 import pytest
-from conftest import Stack
 from proxy_fakes import dead_port
+from proxy_stack import Stack
 
 
 async def _eventually(predicate, what: str, tries: int = 300) -> None:
@@ -205,7 +204,7 @@ async def test_oversize_json_body_is_413(make_stack) -> None:
 
 
 async def test_api_keys_guard_the_api_but_not_health_or_images(make_stack) -> None:
-    from conftest import API_KEY
+    from proxy_stack import API_KEY
 
     async with make_stack(api_keys=[API_KEY]) as stack:
         r = await stack.client.get("/v1/models")
@@ -293,4 +292,3 @@ async def test_state_changes_show_in_models_list_without_waiting_for_the_cache(m
                 break
             await asyncio.sleep(0.01)
         assert states["chat-a"] == "ready"
-    assert httpx

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 import pytest
-from conftest import Stack
+from proxy_stack import Stack
 
 
 async def test_models_list_reports_type_state_and_image_limits(stack: Stack) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import time
 
-import httpx
 import orjson
 import pytest
-from conftest import Stack
 from proxy_fakes import png_bytes
+from proxy_stack import Stack
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.images import ImageStore, check_image_request, urls_for
@@ -190,4 +189,3 @@ def test_check_image_request_accepts_defaults_and_auto() -> None:
     check_image_request(model, None, None, None)
     check_image_request(model, 2, "auto", "url")
     check_image_request(model, 1, "64x64", "b64_json")
-    assert httpx  # the module is used by fixtures through conftest

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import API_KEY, Stack
+from proxy_stack import API_KEY, Stack
 
 TEMPLATE = (
     "<html><script>const CONFIG = {{ config|tojson }};</script><p>{{ config.version }}</p></html>"

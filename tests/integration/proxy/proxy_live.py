@@ -1,0 +1,192 @@
+"""A live stack (`run_live_stack`) for the proxy's integration tier, all real programs on loopback:
+
+    openai SDK ──▶ `python -m proxy` ──▶ `python -m manager` (process runtime)
+                                              └─▶ tests.fixtures.fakevllm host processes
+
+The manager reads a models.json written here: two text models, one image model
+(fakevllm in image mode, sizes 64x64 / 32x48, max_n 2) and one image model whose
+load fails. Ports come from 18400-18499. Teardown stops the proxy and the
+manager, then every model server left in the process runtime's registry (the
+manager leaves servers running on exit, so the next manager can adopt them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from manager.process_runtime import ProcessRuntime
+from manager.settings import ManagerSettings
+from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, image_spec, text_spec
+
+ROOT = Path(__file__).resolve().parents[3]
+PORTS = range(18400, 18500)
+API_KEY = "it-" + secrets.token_urlsafe(24)
+MAX_UPLOAD = 64 * 1024
+TEMPLATE = "<!doctype html><title>t</title><script>const CONFIG = {{ config|tojson }};</script>"
+
+
+def free_ports(count: int) -> list[int]:
+    found = []
+    for port in PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError("not enough free ports in 18400-18499")
+
+
+@dataclass
+class LiveStack:
+    proxy_url: str
+    manager_url: str
+    manager_token: str
+    api_key: str
+    text: str
+    other_text: str
+    image: str
+    broken_image: str
+    log_dir: Path
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        return httpx.Client(base_url=self.proxy_url, headers=headers, timeout=60, **kwargs)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, deadline_s: float = 60.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in time:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _stop_model_servers(settings: ManagerSettings) -> None:
+    async def stop_all() -> None:
+        runtime = ProcessRuntime(settings)
+        for instance in await runtime.list_owned():
+            await runtime.stop(instance.model, None, timeout=5)
+
+    asyncio.run(stop_all())
+
+
+@contextlib.contextmanager
+def run_live_stack(work: Path) -> Iterator[LiveStack]:
+    manager_port, proxy_port, p1, p2, p3, p4 = free_ports(6)
+    names = {
+        "text": "it-chat",
+        "other_text": "it-other",
+        "image": "it-image",
+        "broken_image": "it-broken",
+    }
+    specs = {
+        names["text"]: text_spec("it-chat", p1, command=FAKE_COMMAND, env=FAKE_ENV),
+        names["other_text"]: text_spec("it-other", p2, command=FAKE_COMMAND, env=FAKE_ENV),
+        names["image"]: image_spec("it-image", p3, command=FAKE_COMMAND, env=FAKE_ENV),
+        names["broken_image"]: image_spec(
+            "it-broken", p4, command=FAKE_COMMAND, env={**FAKE_ENV, "FAKEVLLM_FAIL_LOAD": "1"}
+        ),
+    }
+    models_file = work / "models.json"
+    models_file.write_text(
+        json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
+    )
+    (work / "app" / "templates").mkdir(parents=True)
+    (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
+
+    token = secrets.token_urlsafe(32)
+    log_dir = work / "logs"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    manager_env = {
+        **base_env,
+        "HOMELAB_MANAGER_TOKEN": token,
+        "HOMELAB_MODELS_FILE": str(models_file),
+        "HOMELAB_RUNTIME": "process",
+        "HOMELAB_MANAGER_HOST": "127.0.0.1",
+        "HOMELAB_MANAGER_PORT": str(manager_port),
+        "HOMELAB_LOG_DIR": str(log_dir),
+        "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+        "HOMELAB_QUEUE_TIMEOUT": "60",
+        "HOMELAB_STOP_TIMEOUT": "5",
+        "HOMELAB_LOG_LEVEL": "warning",
+    }
+    proxy_env = {
+        **base_env,
+        "HOMELAB_MANAGER_URL": f"http://127.0.0.1:{manager_port}",
+        "HOMELAB_MANAGER_TOKEN": token,
+        "HOMELAB_PROXY_HOST": "127.0.0.1",
+        "HOMELAB_PROXY_PORT": str(proxy_port),
+        "HOMELAB_API_KEYS": API_KEY,
+        "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "HOMELAB_IMAGE_DIR": str(work / "images"),
+        "HOMELAB_APP_DIR": str(work / "app"),
+    }
+    manager_log = (work / "manager.log").open("w")
+    proxy_log = (work / "proxy.log").open("w")
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "manager"],
+        cwd=ROOT,
+        env=manager_env,
+        stdout=manager_log,
+        stderr=subprocess.STDOUT,
+    )
+    proxy = None
+    settings = ManagerSettings(manager_token=token, log_dir=log_dir, model_host="127.0.0.1")
+    try:
+        _wait_http(f"http://127.0.0.1:{manager_port}/healthz", manager, work / "manager.log")
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy"],
+            cwd=ROOT,
+            env=proxy_env,
+            stdout=proxy_log,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy, work / "proxy.log")
+        yield LiveStack(
+            proxy_url=f"http://127.0.0.1:{proxy_port}",
+            manager_url=f"http://127.0.0.1:{manager_port}",
+            manager_token=token,
+            api_key=API_KEY,
+            log_dir=log_dir,
+            **names,
+        )
+    finally:
+        if proxy is not None:
+            _stop(proxy)
+        _stop(manager)
+        _stop_model_servers(settings)
+        manager_log.close()
+        proxy_log.close()
