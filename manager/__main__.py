@@ -15,16 +15,23 @@ import argparse
 import importlib
 import json
 import logging
+import socket
 import sys
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
 
+from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
+from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, json_schema, load_catalogue
 
 log = logging.getLogger("manager")
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds uvicorn waits for open requests at shutdown before cancelling them."""
 
 RUNTIMES = {
     "docker": ("manager.docker_runtime", "DockerRuntime"),
@@ -93,16 +100,23 @@ def build_gpu_check(settings: ManagerSettings) -> Any | None:
     return wait_gpu_memory_released
 
 
-def serve() -> int:
-    import uvicorn
+class ManagerServer(uvicorn.Server):
+    """uvicorn's server, but shutting down closes the scheduler *first*: waiting lease
+    requests get their 503 and event streams end, so open connections can finish
+    instead of holding the shutdown (uvicorn waits for them before the lifespan ends)."""
 
-    from manager.api import create_app
-    from manager.scheduler import Scheduler, SchedulerConfig
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler) -> None:
+        super().__init__(config)
+        self.scheduler = scheduler
 
-    settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.scheduler.close()
+        await super().shutdown(sockets)
+
+
+def build_server(settings: ManagerSettings) -> ManagerServer:
+    """Everything `serve` runs: catalogue, runtime, probe, scheduler, app, server.
+    Raises ConfigProblem."""
     catalogue = load_models(str(settings.models_file))
     runtime = build_runtime(settings)
     probe = build_probe(settings)
@@ -113,7 +127,13 @@ def serve() -> int:
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
     )
-    app = create_app(scheduler, settings)
+    config = uvicorn.Config(
+        create_app(scheduler, settings),
+        host=settings.manager_host,
+        port=settings.manager_port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
     log.info(
         "manager: %d models from %s, %s runtime, listening on %s:%d",
         len(catalogue.models),
@@ -122,12 +142,15 @@ def serve() -> int:
         settings.manager_host,
         settings.manager_port,
     )
-    uvicorn.run(
-        app,
-        host=settings.manager_host,
-        port=settings.manager_port,
-        log_level=settings.log_level,
+    return ManagerServer(config, scheduler)
+
+
+def serve() -> int:
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    build_server(settings).run()
     return 0
 
 

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRouter
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -360,8 +360,28 @@ async def list_models(scheduler: SchedulerDep) -> dict[str, Any]:
     return {"object": "list", "data": [s.to_dict() for s in scheduler.status()]}
 
 
-@router.post("/v1/leases", response_model=LeaseOut)
-async def create_lease(body: LeaseRequest, request: Request, scheduler: SchedulerDep) -> LeaseOut:
+async def lease_request(request: Request) -> LeaseRequest:
+    """The body as JSON whatever its Content-Type says (curl's default is a form type)."""
+    try:
+        return LeaseRequest.model_validate_json(await request.body() or b"null")
+    except ValidationError as exc:
+        errors = [dict(err, loc=("body", *err["loc"])) for err in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+
+
+@router.post(
+    "/v1/leases",
+    response_model=LeaseOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LeaseRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_lease(
+    body: Annotated[LeaseRequest, Depends(lease_request)], request: Request, scheduler: SchedulerDep
+) -> LeaseOut:
     """Blocks until the model is ready (or 429/503). A client that leaves stops waiting."""
     scheduler.spec(body.model)
     lease = await unless_disconnected(request, scheduler.acquire(body.model))

@@ -147,6 +147,14 @@ async def test_lease_lifecycle(api, sched):
     assert_envelope(await api.post(f"/v1/leases/{lease['lease_id']}/renew"), 404, "lease_not_found")
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+async def test_lease_body_is_read_as_json_whatever_the_content_type(api, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = await api.post("/v1/leases", content=b'{"model": "beta"}', headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "beta"
+
+
 async def test_lease_for_an_unknown_model_is_404_listing_the_known(api, runtime):
     error = assert_envelope(
         await api.post("/v1/leases", json={"model": "gamma"}), 404, "model_not_found"

@@ -86,7 +86,7 @@ def test_serve_wires_settings_runtime_probe_and_scheduler(monkeypatch):
     fake_runtime_module.Runtime = RecordingRuntime
     monkeypatch.setitem(sys.modules, "fake_runtime_module", fake_runtime_module)
     monkeypatch.setitem(cli.RUNTIMES, "process", ("fake_runtime_module", "Runtime"))
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: captured.update(app=app, **kw))
+    monkeypatch.setattr(cli.ManagerServer, "run", lambda self: captured.update(server=self))
     monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
     monkeypatch.setenv("HOMELAB_RUNTIME", "process")
     monkeypatch.setenv("HOMELAB_MODELS_FILE", str(ROOT / "models.json"))
@@ -94,8 +94,11 @@ def test_serve_wires_settings_runtime_probe_and_scheduler(monkeypatch):
     monkeypatch.setenv("HOMELAB_ADVERTISE_HOST", "10.0.0.5")
 
     assert cli.main(["serve"]) == 0
-    assert (captured["host"], captured["port"]) == ("0.0.0.0", 18990)
-    scheduler: Scheduler = captured["app"].state.scheduler
+    server = captured["server"]
+    assert (server.config.host, server.config.port) == ("0.0.0.0", 18990)
+    assert server.config.timeout_graceful_shutdown is not None
+    scheduler: Scheduler = server.config.app.state.scheduler
+    assert server.scheduler is scheduler
     assert isinstance(scheduler.runtime, RecordingRuntime)
     assert scheduler.runtime.settings.runtime == "process"
     assert type(scheduler.probe).__name__ == "HttpReadinessProbe"
