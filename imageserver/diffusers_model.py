@@ -182,6 +182,12 @@ class DiffusersModel:
         config = getattr(getattr(main, "transformer", None), "config", None)
         self._guidance_embeds = bool(config is not None and config.get("guidance_embeds", False))
 
+    @property
+    def pipelines(self) -> dict[str, DiffusionPipeline]:
+        """The pipeline serving each supported task ('generate', 'edit', 'inpaint')."""
+        tasks = {"generate": self._generate, "edit": self._edit, "inpaint": self._inpaint}
+        return {task: pipe for task, pipe in tasks.items() if pipe is not None}
+
     def generate(self, job: GenerateJob) -> list[Image]:
         if self._generate is None:
             raise UnsupportedTask(
@@ -207,6 +213,14 @@ class DiffusersModel:
                     f"{type(pipe).__name__} does not take 'strength'", param="strength"
                 )
             args["strength"] = job.strength
+        if "strength" in params:
+            strength = job.strength if job.strength is not None else params["strength"].default
+            if isinstance(strength, int | float) and int(job.steps * strength) < 1:
+                raise InvalidRequest(
+                    f"steps ({job.steps}) x strength ({strength:g}) is less than one denoising "
+                    "step; raise steps or strength",
+                    param="steps",
+                )
         return self._run(pipe, args, job)
 
     def _run(

@@ -29,6 +29,8 @@ Loader = Callable[[Settings], ImageModel]
 """Builds the model; blocks; raises LoadFailed (or anything, reported as the reason)."""
 
 WARMUP_SEED = 0
+EDIT_WARMUP_MIN_STEPS = 4
+"""An edit runs int(steps * strength) denoising steps; 4 covers default strengths down to 0.25."""
 
 
 class ModelHost:
@@ -114,6 +116,8 @@ class ModelHost:
                     )
                 )
             elif model.capabilities.edit or model.capabilities.inpaint:
+                # Image-to-image runs only steps x strength of its steps: give it enough for one.
+                steps = max(steps, EDIT_WARMUP_MIN_STEPS)
                 mask = None if model.capabilities.edit else Image.new("L", (width, height), 255)
                 model.edit(
                     EditJob(

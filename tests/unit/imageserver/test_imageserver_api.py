@@ -80,6 +80,8 @@ async def test_warm_up_of_an_edit_only_model_is_an_edit() -> None:
     async with serve(settings(), loader_for(model)) as client:
         await wait_status(client, "ready")
     assert len(model.jobs) == 1 and hasattr(model.jobs[0], "image")
+    # int(steps * strength) must be >= 1 for image-to-image, so edits warm up with 4 steps.
+    assert model.jobs[0].steps == 4
 
 
 async def test_a_load_failure_reports_failed_with_its_reason_and_requests_get_503() -> None:
