@@ -1,0 +1,289 @@
+"""The whole manager (HTTP API, scheduler, DockerRuntime, HttpReadinessProbe) against real
+containers of the fake vLLM image.
+
+Managers listen on 18160-18179; model servers use 18150-18159.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from manager.runtime import LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODEL
+from tests.integration.conftest import FAKE_IMAGE, SESSION
+from tests.integration.manager_harness import (
+    RunningManager,
+    event_log,
+    model_status,
+    start_manager,
+    wait_for_state,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def text_model(suffix: str, port: int, **fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": "text",
+        "container": f"{SESSION}-{suffix}",
+        "port": port,
+        "image": FAKE_IMAGE,
+        "model": f"fake/{suffix}",
+        "gpu": False,
+        "start_timeout": 30,
+    }
+    entry.update(fields)
+    return entry
+
+
+def image_model(suffix: str, port: int, **fields: Any) -> dict[str, Any]:
+    entry = text_model(suffix, port, type="image", device="cpu", sizes=["64x64"], max_n=1)
+    entry["env"] = {"FAKEVLLM_KIND": "image", **fields.pop("env", {})}
+    entry.update(fields)
+    return entry
+
+
+MODELS = {
+    "chat-a": text_model("a", 18150, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
+    "chat-b": text_model("b", 18151, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
+}
+
+
+@pytest.fixture
+async def managers(docker_env: Any) -> AsyncIterator[list[RunningManager]]:
+    """Managers a test starts are stopped at its end (then docker_env removes containers)."""
+    started: list[RunningManager] = []
+    yield started
+    for m in started:
+        if not m.task.done():
+            await m.stop()
+
+
+async def launch(
+    managers: list[RunningManager], models: dict, port: int, tmp_path: Path, **kw: Any
+) -> RunningManager:
+    manager = await start_manager(models, port, tmp_path, **kw)
+    managers.append(manager)
+    return manager
+
+
+def containers_of(docker_env: Any, model: str) -> list[Any]:
+    return docker_env.containers.list(
+        all=True,
+        filters={"label": [f"{LABEL_MODEL}={model}", f"{LABEL_INSTANCE}={SESSION}"]},
+    )
+
+
+async def chat(base_url: str, text: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=30) as client:
+        return await client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]}
+        )
+
+
+async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path) -> None:
+    manager = await launch(managers, MODELS, 18160, tmp_path)
+    api = manager.client()
+    assert (await model_status(api, "chat-a"))["state"] == "stopped"
+    assert containers_of(docker_env, "chat-a") == []
+
+    lease = await api.post("/v1/leases", json={"model": "chat-a"})
+    assert lease.status_code == 200, lease.text
+    body = lease.json()
+    assert body["model"] == "chat-a" and body["type"] == "text"
+    assert body["base_url"] == "http://127.0.0.1:18150"
+    reply = await chat(body["base_url"], "first words")
+    assert reply.json()["choices"][0]["message"]["content"] == "[chat-a] first words"
+
+    status = await model_status(api, "chat-a")
+    assert status["state"] == "ready" and status["in_flight"] == 1
+    [container] = containers_of(docker_env, "chat-a")
+    assert container.labels[LABEL_MANAGED] == "true" and container.status == "running"
+    logs = await api.get("/v1/models/chat-a/logs", params={"tail": 5})
+    assert logs.status_code == 200 and "POST /v1/chat/completions" in logs.text
+
+    assert (await api.delete(f"/v1/leases/{body['lease_id']}")).status_code == 204
+    assert (await model_status(api, "chat-a"))["in_flight"] == 0
+    assert (await api.delete(f"/v1/leases/{body['lease_id']}")).status_code == 404
+
+
+async def test_swap_from_a_to_b(managers, docker_env, tmp_path: Path) -> None:
+    manager = await launch(managers, MODELS, 18161, tmp_path)
+    api = manager.client()
+    async with event_log(manager) as events:
+        first = (await api.post("/v1/models/chat-a/ensure")).json()
+        assert first["state"] == "ready"
+        a_id = containers_of(docker_env, "chat-a")[0].id
+
+        lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()
+        assert (await chat(lease["base_url"], "after the swap")).json()["choices"][0]["message"][
+            "content"
+        ] == "[chat-b] after the swap"
+        await api.delete(f"/v1/leases/{lease['lease_id']}")
+        await wait_for_state(api, "chat-a", "stopped")
+
+    assert containers_of(docker_env, "chat-a") == []  # stopped and removed
+    assert [c.status for c in containers_of(docker_env, "chat-b")] == ["running"]
+    swaps = [data for kind, data in events if kind == "swap"]
+    assert [(s["from"], s["to"]) for s in swaps] == [(None, "chat-a"), ("chat-a", "chat-b")]
+    states_a = [d["state"] for kind, d in events if kind == "state" and d["model"] == "chat-a"]
+    assert states_a == ["starting", "ready", "stopping", "stopped"]
+    assert a_id not in {c.id for c in docker_env.containers.list(all=True)}
+
+
+async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Path) -> None:
+    manager = await launch(managers, MODELS, 18162, tmp_path)
+    api = manager.client()
+    held = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
+    wanting_b = asyncio.create_task(manager.client().post("/v1/leases", json={"model": "chat-b"}))
+    for _ in range(600):
+        if (await model_status(api, "chat-b"))["waiting"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await model_status(api, "chat-b"))["waiting"] == 1
+    # Give the scheduler every chance to do the wrong thing (housekeeping runs every 0.5 s).
+    await asyncio.sleep(1.5)
+    assert (await model_status(api, "chat-a"))["state"] == "ready"
+    assert [c.status for c in containers_of(docker_env, "chat-a")] == ["running"]
+    assert containers_of(docker_env, "chat-b") == []
+    assert not wanting_b.done()
+    assert (await chat(held["base_url"], "still mine")).status_code == 200
+
+    await api.delete(f"/v1/leases/{held['lease_id']}")
+    granted = await wanting_b
+    assert granted.status_code == 200 and granted.json()["model"] == "chat-b"
+    assert containers_of(docker_env, "chat-a") == []
+
+
+async def test_fifty_concurrent_requests_over_two_models(managers, tmp_path: Path) -> None:
+    bound = 5
+    manager = await launch(managers, MODELS, 18163, tmp_path, batch_bound=bound)
+
+    async def one_request(i: int) -> str:
+        model = ("chat-a", "chat-b")[i % 2]
+        async with manager.client() as api:
+            lease = await api.post("/v1/leases", json={"model": model})
+            assert lease.status_code == 200, lease.text
+            body = lease.json()
+            try:
+                reply = await chat(body["base_url"], f"request {i}")
+                assert reply.status_code == 200, reply.text
+                return reply.json()["choices"][0]["message"]["content"]
+            finally:
+                released = await api.delete(f"/v1/leases/{body['lease_id']}")
+                assert released.status_code == 204
+
+    async with event_log(manager) as events:
+        answers = await asyncio.gather(*(one_request(i) for i in range(50)))
+    assert answers == [f"[{('chat-a', 'chat-b')[i % 2]}] request {i}" for i in range(50)]
+    swaps = [data for kind, data in events if kind == "swap"]
+    # Each residency serves at least `bound` waiting requests (or all that remain), so
+    # 25 requests per model need at most ceil(25 / bound) starts of each.
+    assert 2 <= len(swaps) <= 2 * math.ceil(25 / bound), swaps
+    assert len(swaps) == manager.scheduler.swaps
+
+
+async def test_a_crash_during_start_is_a_503_with_exit_code_and_logs(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    models = {
+        **MODELS,
+        "broken": text_model("broken", 18152, env={"FAKEVLLM_FAIL_LOAD": "1"}),
+    }
+    manager = await launch(managers, models, 18164, tmp_path)
+    api = manager.client()
+    failed = await api.post("/v1/leases", json={"model": "broken"})
+    assert failed.status_code == 503
+    error = failed.json()["error"]
+    assert error["source"] == "manager" and error["code"] == "model_start_failed"
+    assert "exit code 1" in error["message"]
+    assert "Engine core initialization failed" in error["message"]
+    status = await model_status(api, "broken")
+    assert status["state"] == "failed" and "exited with code 1" in status["last_error"]
+
+    ok = await api.post("/v1/leases", json={"model": "chat-a"})  # the failed one is cleared away
+    assert ok.status_code == 200
+    assert containers_of(docker_env, "broken") == []
+
+
+async def test_a_server_that_never_becomes_ready_fails_at_its_start_timeout(
+    managers, tmp_path: Path
+) -> None:
+    models = {
+        "stuck": text_model("stuck", 18153, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2),
+    }
+    manager = await launch(managers, models, 18165, tmp_path)
+    api = manager.client()
+    failed = await api.post("/v1/leases", json={"model": "stuck"})
+    assert failed.status_code == 503
+    assert "start_timeout of 2s" in failed.json()["error"]["message"]
+    assert (await model_status(api, "stuck"))["state"] == "failed"
+
+
+async def test_a_restarted_manager_adopts_the_running_model(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    models = {**MODELS, "img": image_model("img", 18154)}
+    # A server of a model the next catalogue does not have, left running by a manager:
+    # it must be removed at adoption.
+    other = await launch(managers, {"gone": text_model("gone", 18155)}, 18167, tmp_path)
+    assert (await other.client().post("/v1/models/gone/ensure")).status_code == 200
+    await other.stop()
+    assert [c.status for c in containers_of(docker_env, "gone")] == ["running"]
+
+    first = await launch(managers, models, 18166, tmp_path)
+    assert (await first.client().post("/v1/models/chat-b/ensure")).json()["state"] == "ready"
+    assert containers_of(docker_env, "gone") == []
+    [running] = containers_of(docker_env, "chat-b")
+    await first.stop()
+    assert docker_env.containers.get(running.id).status == "running"  # left up on exit
+
+    second = await launch(managers, models, 18168, tmp_path)
+    api = second.client()
+    await wait_for_state(api, "chat-b", "ready")
+    assert second.scheduler.swaps == 0  # adopted, not started
+    assert [c.id for c in containers_of(docker_env, "chat-b")] == [running.id]
+    lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()
+    assert (await chat(lease["base_url"], "adopted")).status_code == 200
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+
+    image = await api.post("/v1/leases", json={"model": "img"})  # and swaps on from there
+    assert image.status_code == 200 and image.json()["type"] == "image"
+    assert containers_of(docker_env, "chat-b") == []
+
+
+async def test_an_idle_model_is_stopped_after_its_idle_ttl(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    models = {"sleepy": text_model("sleepy", 18156, idle_ttl=1)}
+    manager = await launch(managers, models, 18169, tmp_path, liveness_interval=0.2)
+    api = manager.client()
+    lease = (await api.post("/v1/leases", json={"model": "sleepy"})).json()
+    await asyncio.sleep(1.5)  # a held lease is not idleness
+    assert (await model_status(api, "sleepy"))["state"] == "ready"
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+    await wait_for_state(api, "sleepy", "stopped")
+    assert containers_of(docker_env, "sleepy") == []
+
+
+async def test_the_token_is_required_and_checked(managers, tmp_path: Path) -> None:
+    manager = await launch(managers, MODELS, 18170, tmp_path)
+    assert (await manager.client("").get("/healthz")).json() == {"status": "ok"}
+    for client in (manager.client(""), manager.client("wrong-token-of-enough-length")):
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("POST", "/v1/leases"),
+            ("POST", "/v1/models/chat-a/ensure"),
+            ("GET", "/v1/events"),
+        ):
+            refused = await client.request(method, path, json={"model": "chat-a"})
+            assert refused.status_code == 401, (method, path)
+            error = refused.json()["error"]
+            assert error["type"] == "authentication_error" and error["source"] == "manager"
+    assert manager.scheduler.swaps == 0  # nothing was started by refused calls
