@@ -344,3 +344,30 @@ async def test_an_unusable_hf_cache_is_refused(bad: str, docker_env) -> None:
     runtime = DockerRuntime(settings(bad))
     with pytest.raises(RuntimeFailure, match="HOMELAB_HF_CACHE"):
         await runtime.start(model_name("badcache"), text_spec("badcache", 18115))
+
+
+async def test_an_image_that_is_nowhere_is_a_runtime_failure(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    spec = text_spec("noimage", 18116, image="homelab-ai/does-not-exist:0")
+    with pytest.raises(RuntimeFailure, match="homelab-ai/does-not-exist:0"):
+        await runtime.start(model_name("noimage"), spec)
+    assert docker_env.containers.list(all=True, filters={"name": f"^/{spec.container}$"}) == []
+
+
+async def test_a_gpu_model_requests_every_gpu(runtime: DockerRuntime, docker_env) -> None:
+    """The device request reaches the engine. Without GPU support (this machine) the engine
+    refuses it and no container is left; with it the container carries the request."""
+    name = model_name("gpu")
+    spec = text_spec("gpu", 18117, gpu=True)
+    [request] = runtime.container_config(name, spec)["device_requests"]
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    try:
+        await runtime.start(name, spec)
+    except RuntimeFailure as failure:
+        assert "gpu" in str(failure).lower()
+        assert docker_env.containers.list(all=True, filters={"name": f"^/{spec.container}$"}) == []
+    else:
+        host = docker_env.containers.get(spec.container).attrs["HostConfig"]
+        assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+        await runtime.stop(name, spec, timeout=1)

@@ -287,3 +287,22 @@ async def test_the_token_is_required_and_checked(managers, tmp_path: Path) -> No
             error = refused.json()["error"]
             assert error["type"] == "authentication_error" and error["source"] == "manager"
     assert manager.scheduler.swaps == 0  # nothing was started by refused calls
+
+
+async def test_a_server_that_dies_while_ready_is_marked_failed_and_restarted(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    models = {"fragile": text_model("fragile", 18157, env={"FAKEVLLM_CRASH_AFTER": "1"})}
+    manager = await launch(managers, models, 18176, tmp_path, liveness_interval=0.2)
+    api = manager.client()
+    lease = (await api.post("/v1/leases", json={"model": "fragile"})).json()
+    assert (await chat(lease["base_url"], "last words")).status_code == 200  # then it exits 3
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+    failed = await wait_for_state(api, "fragile", "failed")
+    assert "exited with code 3" in failed["last_error"]
+    [dead] = containers_of(docker_env, "fragile")
+
+    again = await api.post("/v1/leases", json={"model": "fragile"})  # the next request retries
+    assert again.status_code == 200
+    assert (await chat(again.json()["base_url"], "back")).status_code == 200
+    assert [c.id for c in containers_of(docker_env, "fragile")] != [dead.id]
