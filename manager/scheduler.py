@@ -154,7 +154,8 @@ class _Record:
 
 
 class Scheduler:
-    """Owns model lifecycle, the wait queue and leases. Create it on the running loop.
+    """Owns model lifecycle, the wait queue and leases. Construct it anywhere; use it on
+    one event loop (it is not thread-safe).
 
     Call `start()` once (adopts running servers, starts housekeeping) and
     `close()` at the end. Model servers are left running on close, so the next

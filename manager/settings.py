@@ -72,6 +72,10 @@ class ManagerSettings(BaseSettings):
         min_length=1,
         description="Docker volume name or host path mounted as the Hugging Face cache.",
     )
+    hf_token: SecretStr | None = Field(
+        default=None,
+        description="Hugging Face token passed to model servers (gated models). Optional.",
+    )
     queue_limit: int = Field(default=64, ge=1, le=100_000, description="Most waiters at once.")
     queue_timeout: float = Field(
         default=900.0, gt=0, description="Seconds a lease request may wait before a 429."

@@ -96,6 +96,25 @@ async def test_every_route_but_healthz_needs_the_token(app, runtime, method, pat
     assert runtime.calls == []  # nothing happened
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/v1/leases", b"{not json"),
+        ("POST", "/v1/models/gamma/ensure", b""),
+        ("GET", "/v1/models/alpha/logs?tail=0", b""),
+        ("GET", "/v1/nothing-here", b""),
+    ],
+)
+async def test_the_token_is_checked_before_the_request_is(app, method, path, content):
+    async with client_for(app, headers={}) as anonymous:
+        response = await anonymous.request(method, path, content=content)
+    if path == "/v1/nothing-here":
+        assert_envelope(response, 404)  # no route: nothing to protect, nothing revealed
+    else:
+        assert_envelope(response, 401, "invalid_api_key")
+        assert "gamma" not in response.text
+
+
 # ---------------------------------------------------------------- models and leases
 
 

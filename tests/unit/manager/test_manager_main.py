@@ -128,3 +128,56 @@ def test_gpu_check_is_off_with_a_zero_timeout(monkeypatch):
 
     assert cli.build_gpu_check(ManagerSettings(gpu_release_timeout=0)) is None
     assert cli.build_gpu_check(ManagerSettings()) is not None
+
+
+async def test_shutdown_is_not_held_by_an_open_event_stream_or_a_waiting_request():
+    import asyncio
+
+    import httpx
+    import uvicorn
+    from manager_fakes import FakeProbe, FakeRuntime, catalogue, until
+
+    from manager.api import create_app
+    from manager.settings import ManagerSettings
+
+    probe = FakeProbe()
+    probe.hold("alpha")  # a lease request that would wait "forever"
+    scheduler = Scheduler(catalogue(), FakeRuntime(), probe)
+    app = create_app(scheduler, ManagerSettings(manager_token=GOOD, sse_heartbeat=60))
+    # A long grace: only the early scheduler.close() can end the shutdown quickly.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=600
+    )
+    server = cli.ManagerServer(config, scheduler)
+    serving = asyncio.create_task(server.serve())
+    await until(lambda: server.started, "the server to start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    headers = {"Authorization": f"Bearer {GOOD}"}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=headers, trust_env=False, timeout=30
+    ) as client:
+        lease = asyncio.create_task(client.post("/v1/leases", json={"model": "alpha"}))
+        async with client.stream("GET", "/v1/events") as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "event: snapshot"
+            await until(lambda: scheduler.waiting_count() == 1, "the lease request to queue")
+            server.should_exit = True
+            await until(serving.done, "the server to shut down")
+        response = await lease
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == "the manager is shutting down"
+
+
+def test_the_real_runtimes_accept_manager_settings(tmp_path):
+    """B's runtimes are built from these settings exactly as `serve` builds them."""
+    from manager_fakes import catalogue
+
+    from manager.docker_runtime import hf_token
+    from manager.settings import ManagerSettings
+
+    settings = ManagerSettings(manager_token=GOOD, log_dir=tmp_path, hf_token="hf_abcdefghijklmnop")
+    alpha = catalogue().models["alpha"]
+    for runtime in ("docker", "process"):
+        built = cli.build_runtime(settings.model_copy(update={"runtime": runtime}))
+        assert built.base_url(alpha) == "http://127.0.0.1:18001"
+    assert hf_token(settings) == "hf_abcdefghijklmnop"

@@ -34,6 +34,9 @@ def test_reads_homelab_variables(monkeypatch):
     assert settings.advertised_host() == "192.168.1.20"
     assert str(settings.models_file) == "/etc/homelab/models.json"
     assert GOOD not in repr(settings)  # the secret is not printed
+    assert settings.hf_token is None
+    monkeypatch.setenv("HOMELAB_HF_TOKEN", "hf_abcdefghijklmnop")
+    assert ManagerSettings().hf_token.get_secret_value() == "hf_abcdefghijklmnop"
 
 
 def test_defaults(monkeypatch):
