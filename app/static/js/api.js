@@ -90,6 +90,22 @@ async function errorFrom(res) {
   );
 }
 
+/** Pauses before retrying a GET that failed without an answer. */
+const GET_RETRY_DELAYS_MS = [300, 1000];
+
+/**
+ * Resolve after `ms`, or at once when `signal` aborts.
+ * @param {number} ms
+ * @param {AbortSignal | null} [signal]
+ * @returns {Promise<void>}
+ */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}
+
 /**
  * Decode base64 into a Blob.
  * @param {string} b64
@@ -129,15 +145,24 @@ export function createApi({ getKey, base = document.baseURI }) {
     const headers = new Headers(init.headers);
     const key = getKey();
     if (key) headers.set("Authorization", `Bearer ${key}`);
+    // A GET that failed before any answer (the network blipped) is tried again; a POST
+    // is not, because it may have reached the model already.
+    const attempts = (init.method ?? "GET") === "GET" ? GET_RETRY_DELAYS_MS.length + 1 : 1;
     let res;
-    try {
-      res = await fetch(new URL(path, base), { ...init, headers });
-    } catch (err) {
-      if (isAbort(err) || init.signal?.aborted) throw init.signal?.reason ?? err;
-      throw new ApiError(`cannot reach the proxy (${err instanceof Error ? err.message : err})`, {
-        type: "network_error",
-        source: "network",
-      });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        res = await fetch(new URL(path, base), { ...init, headers });
+        break;
+      } catch (err) {
+        if (isAbort(err) || init.signal?.aborted) throw init.signal?.reason ?? err;
+        if (attempt >= attempts) {
+          throw new ApiError(`cannot reach the proxy (${err instanceof Error ? err.message : err})`, {
+            type: "network_error",
+            source: "network",
+          });
+        }
+        await sleep(GET_RETRY_DELAYS_MS[attempt - 1], init.signal);
+      }
     }
     if (!res.ok) throw await errorFrom(res);
     return res;
@@ -341,10 +366,7 @@ export function createApi({ getKey, base = document.baseURI }) {
         }
         if (signal.aborted) return;
         onStatus("reconnecting");
-        await new Promise((resolve) => {
-          const timer = setTimeout(resolve, delay);
-          signal.addEventListener("abort", () => (clearTimeout(timer), resolve(undefined)), { once: true });
-        });
+        await sleep(delay, signal);
         delay = Math.min(delay * 2, 15000);
       }
     },

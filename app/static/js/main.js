@@ -5,7 +5,7 @@
  * the `Terminal` instance made at start-up; nothing is put on `window`.
  */
 
-import { ApiError, createApi, isAbort } from "./api.js";
+import { ApiError, createApi, isAbort, sleep } from "./api.js";
 import { COMMANDS, KEYS, closest, parseImageArgs, parseInput } from "./commands.js";
 import { buildMessages } from "./conversation.js";
 import { byId, clear, h } from "./dom.js";
@@ -114,11 +114,18 @@ class Terminal {
   /** Load the model list, pick a model, follow state events. */
   async connect() {
     this.watchEvents();
-    try {
-      await this.refreshModels();
-    } catch (err) {
-      this.fail(err);
-      return;
+    // An unreachable proxy (restarting, or the network is down) is retried until it answers.
+    for (let delay = 1000, said = false; ; delay = Math.min(delay * 2, 15000)) {
+      try {
+        await this.refreshModels();
+        if (said) this.screen.print("the proxy answers again", "ok");
+        break;
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 0) return void this.fail(err);
+        if (!said) this.screen.print(`${err.message}; trying again…`, "warn");
+        said = true;
+        await sleep(delay);
+      }
     }
     const names = this.models.map((m) => m.id);
     if (!names.includes(this.model)) {
@@ -303,7 +310,7 @@ class Terminal {
     const table = h(
       "table",
       { class: "models" },
-      h("thead", {}, h("tr", {}, ...["", "model", "type", "state", "about"].map((t) => h("th", { scope: "col", text: t })))),
+      h("thead", {}, h("tr", {}, ...["", "model", "type", "state", "about"].map((t) => h("th", { scope: "col", class: t, text: t })))),
     );
     const body = table.appendChild(h("tbody"));
     for (const m of models) {
@@ -727,4 +734,6 @@ class Terminal {
 }
 
 const terminal = new Terminal(readConfig());
+// Marks the page as running its script (the browser tests wait for it).
+document.documentElement.dataset.ui = "started";
 void terminal.start();

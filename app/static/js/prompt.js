@@ -112,7 +112,8 @@ export class Prompt {
     const input = this.input;
     if (e.key === "Enter" && !e.shiftKey && !e.altKey) {
       e.preventDefault();
-      if (!this.busy) this.submit();
+      // While busy the handler says so and keeps the line; it is not lost.
+      this.submit();
       return;
     }
     if (e.key === "Escape") {
