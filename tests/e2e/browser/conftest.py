@@ -1,0 +1,65 @@
+"""Fixtures of the browser tests (marker ``browser``); the harness is in uistack.py.
+
+- ``stack`` (session): the real manager + proxy + API-key proxy, fakevllm model servers.
+- ``browser`` (session): Debian's Chromium through playwright.
+- ``ui`` / ``phone``: a fresh page on the proxy's UI (desktop / phone viewport), every
+  model stopped first; ``auth_ui``: the same on the proxy that requires an API key.
+All skip with the reason when Chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.browser.uistack import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Stack,
+    Ui,
+    open_page,
+    require_browser,
+    run_stack,
+)
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_browser()
+    with run_stack(tmp_path_factory.mktemp("ui-stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def ui(browser: object, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Ui]:
+    stack.stop_all_models()
+    yield from open_page(browser, stack.proxy_url, request.node.name, DESKTOP)
+
+
+@pytest.fixture
+def phone(browser: object, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Ui]:
+    stack.stop_all_models()
+    yield from open_page(browser, stack.proxy_url, request.node.name, PHONE)
+
+
+@pytest.fixture
+def auth_ui(browser: object, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Ui]:
+    stack.stop_all_models()
+    yield from open_page(browser, stack.auth_proxy_url, request.node.name, DESKTOP)

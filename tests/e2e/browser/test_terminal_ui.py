@@ -1,0 +1,444 @@
+"""The web UI in real headless Chromium against the real proxy, manager and model servers.
+
+Each test drives the page the way a user does (typing at the prompt, picking
+files, dropping and pasting images) and checks what the terminal shows. The
+model servers are fakevllm processes: their answers are deterministic
+("[<model>] <your text>", streamed word by word; images are solid-colour PNGs).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.e2e.browser.uistack import API_KEY, ARTIFACTS, REPO_ROOT, SCREENSHOTS, Stack, Ui
+
+pytestmark = pytest.mark.browser
+
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="Python playwright is not installed"
+).expect
+
+
+def png_bytes(
+    size: tuple[int, int] = (48, 48), colour: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def natural_width(locator) -> int:  # noqa: ANN001 (a playwright Locator)
+    """The decoded width of an <img>, once it has loaded (0 if it never decodes)."""
+    locator.page.wait_for_function("img => img.complete", arg=locator.element_handle())
+    return locator.evaluate("img => img.naturalWidth")
+
+
+def record_answer_text(ui: Ui) -> None:
+    """Start recording every text the newest answer shows, as it changes."""
+    ui.page.evaluate(
+        """() => {
+          window.__seen = [];
+          new MutationObserver(() => {
+            const body = document.querySelector('.entry.answer:last-of-type .answer-body')
+              ?? [...document.querySelectorAll('.entry.answer .answer-body')].pop();
+            const text = body ? body.textContent : '';
+            if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+          }).observe(document.getElementById('scrollback'), {childList: true, subtree: true, characterData: true});
+        }"""
+    )
+
+
+def test_chat_streams_the_answer_token_by_token_and_survives_a_reload(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    ui.shot("ready")
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    record_answer_text(ui)
+    ui.type_line(f"count with me {words}")
+
+    expect(page.locator(".entry.user").last).to_contain_text("chat> count with me one")
+    streaming = page.locator(".entry.answer.streaming")
+    expect(streaming.locator(".cursor")).to_be_visible()
+    expect(page.locator("#send-btn")).to_have_text("[stop]")
+    ui.shot("streaming")
+
+    answer = page.locator(".entry.answer").last
+    full = f"[chat] count with me {words}"
+    expect(answer.locator(".answer-body")).to_have_text(full)
+    expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"))
+    expect(answer.locator(".cursor")).to_have_count(0)
+    expect(page.locator("#send-btn")).to_have_text("[send]")
+    seen = page.evaluate("window.__seen")
+    partial = [t for t in seen if t != full]
+    # Token by token: the answer was on screen in several growing pieces before it was whole.
+    assert len(partial) >= 3, seen
+    assert all(full.startswith(t) for t in partial), seen
+    assert sorted(partial, key=len) == partial, seen
+    expect(page.locator("#status")).to_have_attribute("data-state", "ready")
+    ui.shot("answered")
+
+    page.reload()
+    ui.wait_ready()
+    expect(page.locator(".entry.user")).to_contain_text([f"chat> count with me {words}"])
+    expect(page.locator(".entry.answer .answer-body")).to_have_text([full])
+    expect(page.locator("#scrollback")).to_contain_text("restored 2 lines")
+    ui.shot("reloaded")
+
+
+def test_stop_mid_answer_keeps_what_was_written_and_frees_the_model(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    long = " ".join(f"word{i}" for i in range(60))
+    ui.type_line(long)
+    streaming = page.locator(".entry.answer.streaming .answer-body")
+    expect(streaming).to_contain_text("word2")
+    page.locator("#prompt-input").press("Escape")
+
+    answer = page.locator(".entry.answer").last
+    expect(answer.locator(".stopped")).to_have_text("^C stopped")
+    text = answer.locator(".answer-body").text_content() or ""
+    assert text.startswith("[chat] word0 word1 word2")
+    assert "word59" not in text
+    expect(page.locator("#send-btn")).to_have_text("[send]")
+    ui.shot("stopped")
+
+    # The stopped request released its lease: the next one is answered.
+    ui.type_line("and again")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] and again")
+
+    # The stopped answer stays stopped after a reload.
+    page.reload()
+    ui.wait_ready()
+    expect(page.locator(".entry.answer").first.locator(".stopped")).to_have_text("^C stopped")
+
+
+def test_models_lists_types_and_states_and_model_switches(ui: Ui, stack: Stack) -> None:
+    page = ui.page
+    stack.ensure("chat")
+    ui.wait_ready()
+    ui.type_line("/models")
+    table = page.locator("table.models").last
+    expect(table.locator("tr[data-model=chat] td")).to_have_text(
+        ["*", "chat", "text", "ready", re.compile("echoes")]
+    )
+    expect(table.locator("tr[data-model=paint] td")).to_have_text(
+        ["", "paint", "image", "stopped", re.compile(r"sizes 64x64 128x128")]
+    )
+    expect(table.locator("tr[data-model=slow] td").nth(2)).to_have_text("text")
+    ui.shot("models")
+
+    ui.type_line("/model slow")
+    expect(page.locator("#prompt-label")).to_have_text("slow>")
+    expect(page.locator(".line.ok").last).to_contain_text("switched to slow")
+    ui.type_line("which model are you")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[slow] which model are you"
+    )
+    ui.shot("switched")
+
+    # The choice is kept in the browser.
+    page.reload()
+    expect(page.locator("#prompt-label")).to_have_text("slow>")
+
+
+def test_loading_indicator_shows_the_swap_and_its_elapsed_time(ui: Ui, stack: Stack) -> None:
+    page = ui.page
+    stack.ensure("chat")
+    ui.wait_ready()
+    ui.type_line("/model slow")
+    expect(page.locator("#prompt-label")).to_have_text("slow>")
+    ui.type_line("hello after the swap")
+
+    status = page.locator("#status")
+    # The manager's events, relayed by the proxy: which model, that it swaps, for how long.
+    expect(status).to_have_attribute("data-phase", re.compile("swapping|loading|stopping"))
+    expect(status).to_have_attribute("data-phase", "swapping")
+    expect(status).to_have_attribute("data-model", "slow")
+    expect(page.locator("#status-text")).to_contain_text("swapping chat → slow")
+    expect(page.locator("#status-text")).to_contain_text("loading slow")
+    expect(page.locator("#status-clock")).to_have_text(re.compile(r"^0:0[1-9]$"))
+    # The waiting line in the scrollback says the same.
+    expect(page.locator(".line.pending")).to_contain_text("loading slow")
+    ui.shot("swapping")
+
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[slow] hello after the swap"
+    )
+    expect(status).to_have_attribute("data-phase", "idle")
+    expect(page.locator("#status-text")).to_have_text("slow · ready")
+    expect(page.locator("#status-clock")).to_have_text("")
+    ui.shot("swapped")
+
+
+def test_image_generation_renders_inline_opens_full_size_and_downloads(
+    ui: Ui, tmp_path: Path
+) -> None:
+    page = ui.page
+    ui.wait_ready()
+    ui.type_line("/image -s 64x64 a lighthouse at dusk")
+    expect(page.locator(".entry.user").last).to_contain_text("paint> /image a lighthouse at dusk")
+    expect(page.locator(".line.pending")).to_contain_text("paint")
+    ui.shot("painting")
+
+    card = page.locator(".entry.images .image-card").last
+    img = card.locator("img")
+    expect(img).to_be_visible()
+    assert natural_width(img) == 64
+    expect(card.locator("figcaption")).to_contain_text("paint")
+    expect(card.locator(".img-meta")).to_have_text("64x64")
+    ui.shot("painted")
+
+    # Full size, in a dialog, without the retro effect.
+    card.locator("button.crt").click()
+    dialog = page.locator("#lightbox")
+    expect(dialog).to_be_visible()
+    assert natural_width(dialog.locator("img")) == 64
+    ui.shot("full-size")
+    dialog.get_by_role("button", name="close").click()
+    expect(dialog).to_be_hidden()
+
+    # Saved as a real PNG.
+    with page.expect_download() as info:
+        card.get_by_text("[save]").click()
+    download = info.value
+    assert download.suggested_filename.endswith(".png")
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert Image.open(saved).size == (64, 64)
+
+    # The picture is still there after a reload (kept in the browser's IndexedDB).
+    page.reload()
+    ui.wait_ready()
+    again = page.locator(".entry.images img").last
+    expect(again).to_be_visible()
+    assert natural_width(again) == 64
+
+
+def test_upload_with_the_button_edits_the_image(ui: Ui, tmp_path: Path) -> None:
+    page = ui.page
+    source = tmp_path / "source.png"
+    source.write_bytes(png_bytes((48, 48)))
+    ui.wait_ready()
+    ui.type_line("/model paint")
+    expect(page.locator("#prompt-label")).to_have_text("paint>")
+
+    page.locator("#file-input").set_input_files(str(source))
+    chip = page.locator("#attachment")
+    expect(chip).to_be_visible()
+    expect(chip).to_contain_text("source.png 48x48")
+    expect(page.locator(".line.ok").last).to_contain_text("your next line edits it")
+    ui.shot("attached")
+
+    ui.type_line("make it blue")
+    expect(chip).to_be_hidden()
+    user = page.locator(".entry.user").last
+    expect(user).to_contain_text("paint> /image make it blue [+img source.png]")
+    result = page.locator(".entry.images .image-card").last
+    expect(result.locator("figcaption")).to_contain_text("paint edit")
+    assert natural_width(result.locator("img")) > 0
+    ui.shot("edited")
+
+
+def test_drop_and_paste_attach_an_image_for_a_vision_message(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    b64 = base64.b64encode(png_bytes((40, 30))).decode()
+    make_file = """(b64, name) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name, {type: 'image/png'}));
+        return data;
+    }"""
+    # Drag and drop onto the page.
+    page.evaluate(
+        f"""([b64]) => {{
+        const data = ({make_file})(b64, 'dropped.png');
+        for (const type of ['dragenter', 'dragover', 'drop']) {{
+          document.getElementById('scrollback').dispatchEvent(
+            new DragEvent(type, {{dataTransfer: data, bubbles: true, cancelable: true}}));
+        }}
+    }}""",
+        [b64],
+    )
+    expect(page.locator("#attachment")).to_contain_text("dropped.png 40x30")
+    expect(page.locator("#drop")).to_be_hidden()
+    ui.type_line("/detach")
+    expect(page.locator("#attachment")).to_be_hidden()
+
+    # Paste into the prompt.
+    page.evaluate(
+        f"""([b64]) => {{
+        const data = ({make_file})(b64, 'clip.png');
+        document.getElementById('prompt-input').dispatchEvent(
+          new ClipboardEvent('paste', {{clipboardData: data, bubbles: true, cancelable: true}}));
+    }}""",
+        [b64],
+    )
+    expect(page.locator("#attachment")).to_contain_text("clip.png 40x30")
+    ui.shot("pasted")
+
+    # Sent to a text model, the image goes along as an OpenAI image_url content part.
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        ui.type_line("what is in this picture")
+    body = json.loads(sent.value.post_data or "{}")
+    content = body["messages"][-1]["content"]
+    assert content[0] == {"type": "text", "text": "what is in this picture"}
+    assert content[1]["type"] == "image_url"
+    assert content[1]["image_url"]["url"] == f"data:image/png;base64,{b64}"
+    expect(page.locator(".entry.user").last).to_contain_text("[+img clip.png]")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[chat] what is in this picture"
+    )
+    ui.shot("vision-message")
+
+
+def test_unknown_model_commands_and_proxy_errors_print_as_terminal_messages(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    ui.type_line("/model nosuch")
+    error = page.locator(".line.error").last
+    expect(error).to_contain_text("unknown model 'nosuch'")
+    expect(error).to_contain_text("known: chat, paint, slow")
+    expect(page.locator("#prompt-label")).to_have_text("chat>")
+
+    ui.type_line("/modle chat")
+    expect(page.locator(".line.error").last).to_contain_text(
+        "unknown command /modle (did you mean /model?)"
+    )
+
+    # An error envelope from the proxy (n over the model's max_n) is a message, not a broken page.
+    ui.type_line("/image -n 5 five lighthouses")
+    proxy_error = page.locator(".line.error").last
+    expect(proxy_error).to_contain_text("400")
+    expect(proxy_error).to_contain_text(re.compile(r"\bn\b"))
+    ui.shot("errors")
+
+    # The terminal still works.
+    ui.type_line("still here")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] still here")
+
+
+def test_prompt_history_with_arrow_keys_and_clear(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    prompt = page.locator("#prompt-input")
+    ui.type_line("/help")
+    expect(page.locator("table.help")).to_contain_text("/image [-n N] [-s WxH] PROMPT")
+    ui.type_line("first line")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] first line")
+    prompt.press_sequentially("a draft")
+    prompt.press("ArrowUp")
+    expect(prompt).to_have_value("first line")
+    prompt.press("ArrowUp")
+    expect(prompt).to_have_value("/help")
+    prompt.press("ArrowDown")
+    expect(prompt).to_have_value("first line")
+    prompt.press("ArrowDown")
+    expect(prompt).to_have_value("a draft")
+    # The mirror draws the line with the block cursor after it.
+    expect(page.locator("#prompt-mirror .cursor")).to_have_count(1)
+    expect(page.locator("#prompt-mirror")).to_contain_text("a draft")
+    ui.shot("history")
+
+    prompt.fill("")
+    ui.type_line("/clear")
+    expect(page.locator(".entry")).to_have_count(0)
+    expect(page.locator("#scrollback")).to_contain_text("new conversation")
+    page.reload()
+    ui.wait_ready()
+    expect(page.locator(".entry")).to_have_count(0)
+    prompt.press("ArrowUp")
+    expect(prompt).to_have_value("/clear")
+
+
+def test_api_key_is_asked_for_checked_and_kept(auth_ui: Ui) -> None:
+    ui = auth_ui
+    page = ui.page
+    expect(page.locator("#prompt-label")).to_have_text("key>")
+    expect(page.locator(".line.warn").first).to_contain_text("needs an API key")
+    ui.input.press_sequentially("not-the-key")
+    # Drawn masked.
+    expect(page.locator("#prompt-mirror")).to_have_text(re.compile(r"^\*{11}"))
+    ui.shot("asked")
+    ui.input.press("Enter")
+    expect(page.locator(".line.error").last).to_contain_text("401")
+    expect(page.locator("#prompt-label")).to_have_text("key>")
+
+    ui.type_line(API_KEY)
+    expect(page.locator(".line.ok").last).to_contain_text("key accepted")
+    ui.wait_ready()
+    ui.type_line("hello with a key")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] hello with a key")
+    ui.shot("accepted")
+
+    page.reload()
+    ui.wait_ready()
+    expect(page.locator(".line.warn")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('homelab-ai.apiKey')") == API_KEY
+
+
+def test_phone_viewport_stays_readable(phone: Ui) -> None:
+    page = phone.page
+    phone.wait_ready()
+    phone.type_line("hello from a phone, a fairly long line that has to wrap on a narrow screen")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[chat] hello from a phone, a fairly long line that has to wrap on a narrow screen"
+    )
+    phone.type_line("/models")
+    expect(page.locator("table.models")).to_be_visible()
+    # No sideways scrolling; the prompt and its buttons are on screen.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(
+        "document.getElementById('scrollback').scrollWidth <= document.getElementById('scrollback').clientWidth"
+    )
+    for selector in ("#prompt-input", "#send-btn", "#attach-btn"):
+        box = page.locator(selector).bounding_box()
+        assert (
+            box
+            and box["x"] >= 0
+            and box["x"] + box["width"] <= 390
+            and box["y"] + box["height"] <= 844
+        ), selector
+    # Big enough text for a phone, and no zoom-on-focus (16px or more in the field).
+    assert (
+        page.evaluate(
+            "parseFloat(getComputedStyle(document.getElementById('prompt-input')).fontSize)"
+        )
+        >= 16
+    )
+    phone.shot("phone")
+
+
+def test_readme_screenshot_streamed_answer_and_rendered_image(ui: Ui) -> None:
+    """The picture in the README: a streamed answer and a rendered image.
+    Written to test-artifacts/screenshots/terminal.png; HOMELAB_UPDATE_DOCS_IMAGES=1 also
+    copies it to docs/img/terminal.png."""
+    page = ui.page
+    ui.wait_ready()
+    ui.type_line("/models")
+    ui.type_line("say hello to the home lab")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[chat] say hello to the home lab"
+    )
+    ui.type_line("/image -s 128x128 a neon terminal")
+    img = page.locator(".entry.images img").last
+    expect(img).to_be_visible()
+    assert natural_width(img) == 128
+    page.wait_for_function("() => document.querySelector('.entry.images .crt.loaded') !== null")
+    page.wait_for_timeout(1200)  # let the scan-in animation finish, for the picture only
+    ui.input.press_sequentially("/help")
+    path = ui.shot("terminal")
+    shutil.copyfile(path, SCREENSHOTS / "terminal.png")
+    if os.environ.get("HOMELAB_UPDATE_DOCS_IMAGES") == "1":
+        (REPO_ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, REPO_ROOT / "docs" / "img" / "terminal.png")
+    assert ARTIFACTS.is_dir()

@@ -1,0 +1,228 @@
+"""The UI's pure modules, run in real Chromium as the page loads them (from the real proxy).
+
+These pin down edge cases that are slow or awkward to reach through the page:
+an SSE chunk split inside "\\r\\n", an unclosed code fence, a model answer that
+looks like HTML, the chat context rules, a server clock far off.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.browser.uistack import Ui
+
+pytestmark = pytest.mark.browser
+
+
+def run(ui: Ui, body: str) -> object:
+    """Evaluate `body` (an async function body) with the UI's modules imported as `m`."""
+    return ui.page.evaluate(
+        """async (body) => {
+          const names = ['sse', 'markdown', 'commands', 'conversation', 'status', 'dom', 'api'];
+          const m = {};
+          for (const n of names) Object.assign(m, await import(`/static/js/${n}.js`));
+          return await new Function('m', `return (async () => { ${body} })()`)(m);
+        }""",
+        body,
+    )
+
+
+def test_sse_parser_handles_any_chunking(ui: Ui) -> None:
+    stream = (
+        ": comment\r\n"
+        'event: state\r\ndata: {"model":"a"}\r\n\r\n'
+        "data: line one\ndata: line two\n\n"
+        'id: 7\nevent: swap\ndata:{"to":"b"}\n\n'
+        "data: [DONE]"
+    )
+    expected = [
+        {"event": "state", "data": '{"model":"a"}', "id": ""},
+        {"event": "message", "data": "line one\nline two", "id": ""},
+        {"event": "swap", "data": '{"to":"b"}', "id": "7"},
+        {"event": "message", "data": "[DONE]", "id": "7"},
+    ]
+    # Whole, one character at a time, and split right between "\r" and "\n".
+    for size in (len(stream), 1, 2, 3, 7):
+        got = run(
+            ui,
+            f"""const p = new m.SseParser(); const s = {stream!r}; const out = [];
+                for (let i = 0; i < s.length; i += {size}) out.push(...p.feed(s.slice(i, i + {size})));
+                out.push(...p.end()); return out;""",
+        )
+        assert got == expected, size
+
+
+def test_markdown_renders_code_blocks_and_never_markup(ui: Ui) -> None:
+    blocks = run(
+        ui,
+        "return m.splitBlocks('intro\\n```python\\nx = 1\\n\\ny = 2\\n```\\nafter\\n~~~\\nstill open');",
+    )
+    assert blocks == [
+        {"kind": "text", "text": "intro"},
+        {"kind": "code", "lang": "python", "text": "x = 1\n\ny = 2", "closed": True},
+        {"kind": "text", "text": "after"},
+        {"kind": "code", "lang": "", "text": "still open", "closed": False},
+    ]
+    rendered = run(
+        ui,
+        """const host = document.createElement('div');
+           host.appendChild(m.renderMarkdown('use `ls -la` and **care**: <img src=x onerror="window.pwned=1">\\n```sh\\necho <b>hi</b>\\n```'));
+           document.body.appendChild(host);
+           await new Promise(r => setTimeout(r, 50));
+           return {
+             imgs: host.querySelectorAll('img, b').length,
+             inline: [...host.querySelectorAll('code.inline')].map(c => c.textContent),
+             strong: host.querySelector('strong')?.textContent,
+             lang: host.querySelector('figure.code .code-lang')?.textContent,
+             code: host.querySelector('figure.code code')?.textContent,
+             copy: host.querySelector('figure.code button')?.textContent,
+             pwned: window.pwned ?? null,
+           };""",
+    )
+    assert rendered == {
+        "imgs": 0,
+        "inline": ["ls -la"],
+        "strong": "care",
+        "lang": "sh",
+        "code": "echo <b>hi</b>",
+        "copy": "[copy]",
+        "pwned": None,
+    }
+
+
+def test_input_parsing(ui: Ui) -> None:
+    got = run(
+        ui,
+        """return [' ', 'hello', '/help', '/Model  big-one ', '//etc/passwd', '/ spaced', '/image\\nmulti line']
+             .map(m.parseInput);""",
+    )
+    assert got == [
+        {"kind": "empty"},
+        {"kind": "chat", "text": "hello"},
+        {"kind": "command", "name": "help", "args": ""},
+        {"kind": "command", "name": "model", "args": "big-one"},
+        {"kind": "chat", "text": "/etc/passwd"},
+        {"kind": "chat", "text": "/ spaced"},
+        {"kind": "command", "name": "image", "args": "multi line"},
+    ]
+    args = run(
+        ui,
+        """return ['-n 2 -s 64x64 a cat', '--size=128x128 --n=1 dog', 'plain prompt', '-n 0 x',
+                   '-s big x', '-n 2', ''].map(m.parseImageArgs);""",
+    )
+    assert args[:3] == [
+        {"prompt": "a cat", "n": 2, "size": "64x64"},
+        {"prompt": "dog", "n": 1, "size": "128x128"},
+        {"prompt": "plain prompt"},
+    ]
+    assert "1 to 16" in args[3]["error"]
+    assert "1024x1024" in args[4]["error"]
+    assert args[5]["error"].startswith("usage:") and args[6]["error"].startswith("usage:")
+    near = run(
+        ui,
+        "return [m.closest('modle', ['models', 'model', 'help']), m.closest('zzz', ['models'])];",
+    )
+    assert near[0][0] == "model"
+    assert near[1] == []
+
+
+def test_chat_context_rules(ui: Ui) -> None:
+    got = run(
+        ui,
+        """const e = (t, text, extra = {}) => ({id: String(Math.random()), t, text, model: 'x', mode: 'chat', ...extra});
+           const entries = [
+             e('user', 'lost question'),                      // never answered: dropped
+             e('user', 'first'), e('assistant', 'one'),
+             e('user', 'draw', {mode: 'image'}),              // an image prompt: not chat
+             {id: 'i', t: 'image', model: 'p', prompt: 'draw', images: []},
+             e('user', 'look', {image: {id: 'a', name: 'a.png'}}), e('assistant', 'half', {stopped: true}),
+             {id: 'r', t: 'error', text: 'boom'},
+             e('user', 'now this'),
+           ];
+           return [m.buildMessages(entries, null), m.buildMessages(entries, 'data:image/png;base64,AAAA')];""",
+    )
+    plain, with_image = got
+    assert plain == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "look\n[an image was attached: a.png]"},
+        {"role": "assistant", "content": "half"},
+        {"role": "user", "content": "now this"},
+    ]
+    assert with_image[-1] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "now this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        ],
+    }
+    trimmed = run(
+        ui,
+        """const entries = [];
+           for (let i = 0; i < 50; i++) entries.push({id: 'u' + i, t: 'user', text: 'q' + i, model: 'x', mode: 'chat'},
+                                                     {id: 'a' + i, t: 'assistant', text: 'a' + i, model: 'x'});
+           entries.push({id: 'n', t: 'user', text: 'last', model: 'x', mode: 'chat'});
+           const out = m.buildMessages(entries, null);
+           return {n: out.length, first: out[0], last: out[out.length - 1]};""",
+    )
+    assert trimmed["n"] <= 40
+    assert trimmed["first"]["role"] == "user"
+    assert trimmed["last"] == {"role": "user", "content": "last"}
+
+
+def test_model_states_describe_a_swap(ui: Ui) -> None:
+    got = run(
+        ui,
+        """const mk = () => document.createElement('span');
+           const s = new m.ModelStates({bar: document.createElement('div'), text: mk(), clock: mk(), live: mk()});
+           const now = Date.now() / 1000;
+           const seen = [];
+           const note = () => seen.push([s.bar.dataset.phase, s.text.textContent]);
+           s.setCurrent('a');
+           s.apply({event: 'snapshot', data: [{id: 'a', type: 'text', state: 'ready'}, {id: 'b', type: 'image', state: 'stopped'}]}); note();
+           s.apply({event: 'state', data: {model: 'a', state: 'stopping', previous: 'ready', at: now, error: null}}); note();
+           s.apply({event: 'state', data: {model: 'a', state: 'stopped', previous: 'stopping', at: now, error: null}});
+           s.apply({event: 'state', data: {model: 'b', state: 'starting', previous: 'stopped', at: now - 5, error: null}});
+           s.apply({event: 'swap', data: {from: 'a', to: 'b', at: now - 5}}); note();
+           const clock = s.clock.textContent;
+           s.apply({event: 'state', data: {model: 'b', state: 'ready', previous: 'starting', at: now, error: null}}); note();
+           s.apply({event: 'state', data: {model: 'a', state: 'failed', previous: 'starting', at: now, error: 'exit 1'}}); note();
+           clearInterval(s.timer);
+           return {seen, clock};""",
+    )
+    assert got["seen"] == [
+        ["idle", "a · ready"],
+        ["stopping", "stopping a"],
+        ["swapping", "swapping a → b · loading b"],
+        ["idle", "a · stopped (loads on first use)"],
+        ["idle", "a · failed: exit 1"],
+    ]
+    assert got["clock"] in ("0:05", "0:06")
+
+
+def test_time_helpers(ui: Ui) -> None:
+    got = run(
+        ui,
+        """const now = Date.now();
+           const near = (t) => Math.abs(t - now) < 2000;
+           return {
+             seconds: near(m.toLocalTime(now / 1000)),
+             millis: near(m.toLocalTime(now)),
+             iso: near(m.toLocalTime(new Date(now).toISOString())),
+             numeric_string: near(m.toLocalTime(String(now / 1000))),
+             garbage: near(m.toLocalTime('yesterday-ish')),
+             skewed_is_now: near(m.toLocalTime(now / 1000 - 86400)),
+             past: m.toLocalTime(now / 1000 - 30) <= now - 29000,
+             elapsed: [m.formatElapsed(0), m.formatElapsed(61500), m.formatElapsed(3723000)],
+           };""",
+    )
+    assert got == {
+        "seconds": True,
+        "millis": True,
+        "iso": True,
+        "numeric_string": True,
+        "garbage": True,
+        "skewed_is_now": True,
+        "past": True,
+        "elapsed": ["0:00", "1:01", "1:02:03"],
+    }

@@ -1,0 +1,382 @@
+"""The browser tests' harness: the real stack they run against, and page helpers.
+
+The stack, all real processes on loopback (ports 18500-18599):
+
+- ``python -m manager`` with the process runtime, serving a models.json whose
+  model servers are ``tests.fixtures.fakevllm`` host processes (two text models, one
+  image model; the image model and ``slow`` load for a few seconds so a swap is visible);
+- ``python -m proxy`` in front of it (and a second proxy with API keys enabled);
+- Debian's Chromium driven by Python ``playwright`` (``playwright install`` is not
+  used: its download does not work offline).
+
+`require_browser` skips with the reason when Chromium or playwright is missing
+(CI refuses a skipped ``browser`` tier). Every process started here is stopped at the end of the
+session, model servers included (the manager's process registry is checked for
+leftovers). Screenshots of each step go to ``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("HOMELAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PORTS = range(18500, 18600)
+MANAGER_TOKEN = "ui-tests-manager-4f7b9c2e1d"
+API_KEY = "ui-tests-key-8e3a61f0c5b2"
+# Deadlines, not performance assertions: they only stop a broken start from hanging.
+START_DEADLINE_S = 60.0
+SLOW_LOAD_S = "3"
+"""How long the image model and `slow` take to load: long enough to see the swap."""
+
+
+def free_port(taken: set[int]) -> int:
+    """A port from this suite's range that nothing listens on."""
+    for port in PORTS:
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError("no free port in 18500-18599")
+
+
+def models_json(ports: set[int]) -> dict:
+    """The catalogue: fakevllm servers launched by the manager's process runtime."""
+    fake = [sys.executable, "-m", "tests.fixtures.fakevllm"]
+
+    def entry(kind: str, port: int, **extra: object) -> dict:
+        return {
+            "type": kind,
+            "container": f"ui-test-{port}",
+            "port": port,
+            "image": "homelab-ai/fakevllm:test",
+            "model": f"fake/{kind}-{port}",
+            "command": fake,
+            "gpu": False,
+            "start_timeout": 60,
+            **extra,
+        }
+
+    return {
+        "chat": entry(
+            "text",
+            free_port(ports),
+            env={"FAKEVLLM_STREAM_DELAY": "0.12"},
+            description="Fake chat model (echoes you, word by word).",
+        ),
+        "slow": entry(
+            "text",
+            free_port(ports),
+            env={"FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S, "FAKEVLLM_STREAM_DELAY": "0.05"},
+            description="Fake chat model that takes a while to load.",
+        ),
+        "paint": entry(
+            "image",
+            free_port(ports),
+            env={"FAKEVLLM_KIND": "image", "FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S},
+            sizes=["64x64", "128x128"],
+            max_n=2,
+            steps=2,
+            description="Fake image model (solid colours).",
+        ),
+    }
+
+
+@dataclass
+class Proc:
+    """A started child process, stopped with its whole process group."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout)
+
+
+def start(name: str, args: list[str], env: dict[str, str], log: Path) -> Proc:
+    out = log.open("wb")
+    popen = subprocess.Popen(
+        args,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    out.close()
+    return Proc(name, popen, log)
+
+
+def wait_http(proc: Proc, url: str) -> None:
+    """Wait until `url` answers 200; fail with the process's log if it dies or never does."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            pytest.fail(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"{proc.name} did not answer {url} within {START_DEADLINE_S}s:\n{proc.tail()}")
+
+
+@dataclass
+class Stack:
+    """The running manager and proxies."""
+
+    manager_url: str
+    proxy_url: str
+    auth_proxy_url: str
+    models: dict
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def manager(self, method: str, path: str, **kw: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {MANAGER_TOKEN}"}
+        return httpx.request(method, self.manager_url + path, headers=headers, timeout=60, **kw)
+
+    def stop_all_models(self) -> None:
+        """Stop every model server (a clean GPU for the next test)."""
+        for name in self.models:
+            with contextlib.suppress(httpx.HTTPError):
+                self.manager("POST", f"/v1/models/{name}/stop")
+
+    def ensure(self, name: str) -> None:
+        """Make `name` resident and ready, through the manager."""
+        res = self.manager("POST", f"/v1/models/{name}/ensure")
+        assert res.status_code == 200, res.text
+
+
+def _kill_leftover_servers(log_dir: Path) -> None:
+    """Kill model servers the manager's process registry still lists (belt and braces)."""
+    for registry in log_dir.glob("registry.json"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(registry.read_text())
+            entries = data.values() if isinstance(data, dict) else []
+            for item in entries:
+                pid = item.get("pid") if isinstance(item, dict) else None
+                if isinstance(pid, int) and pid > 1 and _is_fake_server(pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+
+
+def _is_fake_server(pid: int) -> bool:
+    """Only a fakevllm process is ever killed here (a pid may have been reused)."""
+    try:
+        return b"tests.fixtures.fakevllm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def run_stack(workdir: Path) -> Iterator[Stack]:
+    """Start manager (process runtime, fakevllm servers) + proxy + API-key proxy; stop
+    them all (model servers included) on exit. Fails with the log tail if one does not start."""
+    ports: set[int] = set()
+    models = models_json(ports)
+    models_file = workdir / "models.json"
+    models_file.write_text(json.dumps(models, indent=2))
+    manager_port, proxy_port, auth_port = (free_port(ports) for _ in range(3))
+    log_dir = workdir / "model-logs"
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    base_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + base_env.get("PYTHONPATH", "")
+    base_env["PYTHONUNBUFFERED"] = "1"
+    manager_env = {
+        **base_env,
+        "HOMELAB_MODELS_FILE": str(models_file),
+        "HOMELAB_MANAGER_TOKEN": MANAGER_TOKEN,
+        "HOMELAB_MANAGER_HOST": "127.0.0.1",
+        "HOMELAB_MANAGER_PORT": str(manager_port),
+        "HOMELAB_RUNTIME": "process",
+        "HOMELAB_LOG_DIR": str(log_dir),
+        "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+        "HOMELAB_STOP_TIMEOUT": "5",
+        "HOMELAB_QUEUE_TIMEOUT": "60",
+        "HOMELAB_SSE_HEARTBEAT": "2",
+    }
+    proxy_env = {
+        **base_env,
+        "HOMELAB_MANAGER_URL": f"http://127.0.0.1:{manager_port}",
+        "HOMELAB_MANAGER_TOKEN": MANAGER_TOKEN,
+        "HOMELAB_PROXY_HOST": "127.0.0.1",
+        "HOMELAB_PROXY_PORT": str(proxy_port),
+        "HOMELAB_DEFAULT_MODEL": "chat",
+        "HOMELAB_MODELS_CACHE_TTL": "0",
+    }
+    auth_env = {**proxy_env, "HOMELAB_PROXY_PORT": str(auth_port), "HOMELAB_API_KEYS": API_KEY}
+
+    stack = Stack(
+        manager_url=f"http://127.0.0.1:{manager_port}",
+        proxy_url=f"http://127.0.0.1:{proxy_port}/",
+        auth_proxy_url=f"http://127.0.0.1:{auth_port}/",
+        models=models,
+        workdir=workdir,
+    )
+    try:
+        manager = start(
+            "manager", [sys.executable, "-m", "manager"], manager_env, ARTIFACTS / "ui-manager.log"
+        )
+        stack.procs.append(manager)
+        wait_http(manager, f"{stack.manager_url}/healthz")
+        for name, env, url in (
+            ("proxy", proxy_env, stack.proxy_url),
+            ("auth-proxy", auth_env, stack.auth_proxy_url),
+        ):
+            proc = start(name, [sys.executable, "-m", "proxy"], env, ARTIFACTS / f"ui-{name}.log")
+            stack.procs.append(proc)
+            wait_http(proc, f"{url}healthz")
+        yield stack
+    finally:
+        if stack.procs and stack.procs[0].popen.poll() is None:
+            stack.stop_all_models()
+        for proc in reversed(stack.procs):
+            proc.stop()
+        _kill_leftover_servers(log_dir)
+        # Model server logs are useful when a test failed.
+        with contextlib.suppress(OSError):
+            shutil.copytree(log_dir, ARTIFACTS / "ui-model-logs", dirs_exist_ok=True)
+
+
+def require_browser() -> None:
+    """Skip (with the fix) when Chromium or Python playwright is missing."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set HOMELAB_CHROMIUM)"
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("Python playwright is not installed (pip install -e '.[dev]')")
+
+
+class Screens:
+    """Numbered screenshots of one test's steps, in test-artifacts/screenshots/."""
+
+    def __init__(self, page: object, test_name: str) -> None:
+        self.page = page
+        self.prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", test_name).strip("-")
+        self.count = 0
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for old in SCREENSHOTS.glob(f"{self.prefix}--*.png"):
+            old.unlink()
+
+    def __call__(self, step: str) -> Path:
+        self.count += 1
+        path = SCREENSHOTS / f"{self.prefix}--{self.count:02d}-{step}.png"
+        self.page.screenshot(path=str(path))  # type: ignore[attr-defined]
+        return path
+
+
+@dataclass
+class Ui:
+    """One browser page on the terminal, with helpers in the user's terms."""
+
+    page: object
+    shot: Screens
+    errors: list[str]
+
+    @property
+    def input(self):  # noqa: ANN201 (a playwright Locator)
+        return self.page.locator("#prompt-input")  # type: ignore[attr-defined]
+
+    def type_line(self, text: str) -> None:
+        """Type a line at the prompt and press Enter, the way a user does."""
+        self.input.click()
+        self.input.press_sequentially(text)
+        self.input.press("Enter")
+
+    def wait_ready(self, model: str = "chat") -> None:
+        """The page has loaded, listed the models and shows `model>` at the prompt."""
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#prompt-label")).to_have_text(f"{model}>")  # type: ignore[attr-defined]
+        expect(self.page.locator("#live")).to_have_attribute("data-status", "connected")  # type: ignore[attr-defined]
+
+
+def load(page: object, url: str, errors: list[str]) -> None:
+    """Open `url` and wait until the UI's script runs.
+
+    Chromium aborts loads with ERR_NETWORK_CHANGED when a network interface comes
+    or goes (another Docker container starting on a shared machine): a page whose
+    module scripts were cut off that way is loaded once more; any other failure is not.
+    """
+    for attempt in (1, 2):
+        page.goto(url)  # type: ignore[attr-defined]
+        try:
+            page.wait_for_selector("html[data-ui=started]", state="attached", timeout=15_000)  # type: ignore[attr-defined]
+            return
+        except Exception:
+            if attempt == 2 or not any("ERR_NETWORK_CHANGED" in e for e in errors):
+                raise
+
+
+def open_page(browser: object, url: str, test_name: str, viewport: dict) -> Iterator[Ui]:
+    """A fresh browser context (empty storage) on `url`; asserts no uncaught page error at the end."""
+    context = browser.new_context(viewport=viewport, accept_downloads=True)  # type: ignore[attr-defined]
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
+    )
+    load(page, url, errors)
+    ui = Ui(page, Screens(page, test_name), errors)
+    try:
+        yield ui
+    finally:
+        context.close()
+    # An uncaught exception in the page is a bug even when the test's checks passed.
+    uncaught = [e for e in errors if e.startswith("uncaught")]
+    assert not uncaught, "\n".join(uncaught)
