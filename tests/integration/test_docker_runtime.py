@@ -32,9 +32,13 @@ class InstanceSettings(ManagerSettings):
     instance: str | None = None
 
 
-def settings(hf_cache: str, instance: str | None = None) -> ManagerSettings:
+def settings(hf_cache: str, instance: str | None = None, **extra: object) -> ManagerSettings:
     return InstanceSettings(
-        manager_token=token(), hf_cache=hf_cache, model_host="127.0.0.1", instance=instance
+        manager_token=token(),
+        hf_cache=hf_cache,
+        model_host="127.0.0.1",
+        instance=instance,
+        **extra,
     )
 
 
@@ -371,3 +375,15 @@ async def test_a_gpu_model_requests_every_gpu(runtime: DockerRuntime, docker_env
         host = docker_env.containers.get(spec.container).attrs["HostConfig"]
         assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
         await runtime.stop(name, spec, timeout=1)
+
+
+async def test_the_hf_token_reaches_the_container_and_spec_env_wins(docker_env, hf_cache) -> None:
+    runtime = DockerRuntime(settings(hf_cache, hf_token="hf_abcdefghijklmnop"))
+    name = model_name("token")
+    spec = text_spec("token", 18118, env={"HF_HOME": "/models"})
+    await runtime.start(name, spec)
+    env = env_of(docker_env.containers.get(spec.container))
+    assert env["HUGGING_FACE_HUB_TOKEN"] == env["HF_TOKEN"] == "hf_abcdefghijklmnop"
+    assert env["HF_HOME"] == "/models"
+    assert not any(key.startswith("HOMELAB_") for key in env)  # a text server gets no HOMELAB_*
+    await runtime.stop(name, spec, timeout=1)

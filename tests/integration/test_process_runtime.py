@@ -32,8 +32,8 @@ from tests.integration.conftest import (
 )
 
 
-def settings(log_dir: Path) -> ManagerSettings:
-    return ManagerSettings(manager_token=token(), log_dir=log_dir, model_host="127.0.0.1")
+def settings(log_dir: Path, **extra: object) -> ManagerSettings:
+    return ManagerSettings(manager_token=token(), log_dir=log_dir, model_host="127.0.0.1", **extra)
 
 
 @pytest.fixture
@@ -97,6 +97,9 @@ async def test_argv_and_environment(
     assert env["HOMELAB_IMAGE_HOST"] == "127.0.0.1"
     assert env["HOMELAB_IMAGE_SERVED_NAME"] == model_name("argv-img")
     assert env["FAKEVLLM_KIND"] == "image"  # the spec's env
+    assert "HF_TOKEN" not in env
+    with_token = ProcessRuntime(settings(runtime.registry_path.parent, hf_token="hf_secretvalue1"))
+    assert with_token.environment("x", default)["HF_TOKEN"] == "hf_secretvalue1"
 
 
 async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> None:
