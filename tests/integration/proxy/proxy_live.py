@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -40,8 +41,11 @@ TEMPLATE = "<!doctype html><title>t</title><script>const CONFIG = {{ config|tojs
 
 
 def free_ports(count: int) -> list[int]:
+    """`count` ports of 18400-18499 free right now, picked at random so that two runs of
+    this suite at once (the machine is shared) rarely reach for the same ones."""
+    candidates = random.sample(PORTS, len(PORTS))
     found = []
-    for port in PORTS:
+    for port in candidates:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -70,18 +74,27 @@ class LiveStack:
         return httpx.Client(base_url=self.proxy_url, headers=headers, timeout=60, **kwargs)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, deadline_s: float = 60.0) -> None:
+class PortTaken(Exception):
+    """Our server exited at start (its port was taken meanwhile): try other ports."""
+
+
+def _wait_ours(proc: subprocess.Popen, log: Path, is_ours, deadline_s: float = 60.0) -> None:
+    """Wait until `is_ours()` (a check that only OUR server passes) is true.
+
+    Another program may answer on the same port (the machine is shared), so a plain
+    health check is not enough. Raises PortTaken if the process exits meanwhile.
+    """
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise PortTaken(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if is_ours():
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError, KeyError):
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in time:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"server did not come up in time:\n{log.read_text()[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -103,90 +116,114 @@ def _stop_model_servers(settings: ManagerSettings) -> None:
     asyncio.run(stop_all())
 
 
-@contextlib.contextmanager
-def run_live_stack(work: Path) -> Iterator[LiveStack]:
-    manager_port, proxy_port, p1, p2, p3, p4 = free_ports(6)
-    names = {
-        "text": "it-chat",
-        "other_text": "it-other",
-        "image": "it-image",
-        "broken_image": "it-broken",
-    }
+NAMES = {
+    "text": "it-chat",
+    "other_text": "it-other",
+    "image": "it-image",
+    "broken_image": "it-broken",
+}
+
+
+def _models_json(ports: list[int]) -> str:
+    p1, p2, p3, p4 = ports
     specs = {
-        names["text"]: text_spec("it-chat", p1, command=FAKE_COMMAND, env=FAKE_ENV),
-        names["other_text"]: text_spec("it-other", p2, command=FAKE_COMMAND, env=FAKE_ENV),
-        names["image"]: image_spec("it-image", p3, command=FAKE_COMMAND, env=FAKE_ENV),
-        names["broken_image"]: image_spec(
+        NAMES["text"]: text_spec("it-chat", p1, command=FAKE_COMMAND, env=FAKE_ENV),
+        NAMES["other_text"]: text_spec("it-other", p2, command=FAKE_COMMAND, env=FAKE_ENV),
+        NAMES["image"]: image_spec("it-image", p3, command=FAKE_COMMAND, env=FAKE_ENV),
+        NAMES["broken_image"]: image_spec(
             "it-broken", p4, command=FAKE_COMMAND, env={**FAKE_ENV, "FAKEVLLM_FAIL_LOAD": "1"}
         ),
     }
-    models_file = work / "models.json"
-    models_file.write_text(
-        json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
-    )
+    return json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
+
+
+@contextlib.contextmanager
+def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+
+
+@contextlib.contextmanager
+def run_live_stack(work: Path) -> Iterator[LiveStack]:
+    """Start manager and proxy (on fresh random ports, up to 3 tries), yield, stop all."""
     (work / "app" / "templates").mkdir(parents=True)
     (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
-
     token = secrets.token_urlsafe(32)
     log_dir = work / "logs"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
-    manager_env = {
-        **base_env,
-        "HOMELAB_MANAGER_TOKEN": token,
-        "HOMELAB_MODELS_FILE": str(models_file),
-        "HOMELAB_RUNTIME": "process",
-        "HOMELAB_MANAGER_HOST": "127.0.0.1",
-        "HOMELAB_MANAGER_PORT": str(manager_port),
-        "HOMELAB_LOG_DIR": str(log_dir),
-        "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
-        "HOMELAB_QUEUE_TIMEOUT": "60",
-        "HOMELAB_STOP_TIMEOUT": "5",
-        "HOMELAB_LOG_LEVEL": "warning",
-    }
-    proxy_env = {
-        **base_env,
-        "HOMELAB_MANAGER_URL": f"http://127.0.0.1:{manager_port}",
-        "HOMELAB_MANAGER_TOKEN": token,
-        "HOMELAB_PROXY_HOST": "127.0.0.1",
-        "HOMELAB_PROXY_PORT": str(proxy_port),
-        "HOMELAB_API_KEYS": API_KEY,
-        "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "HOMELAB_IMAGE_DIR": str(work / "images"),
-        "HOMELAB_APP_DIR": str(work / "app"),
-    }
-    manager_log = (work / "manager.log").open("w")
-    proxy_log = (work / "proxy.log").open("w")
-    manager = subprocess.Popen(
-        [sys.executable, "-m", "manager"],
-        cwd=ROOT,
-        env=manager_env,
-        stdout=manager_log,
-        stderr=subprocess.STDOUT,
-    )
-    proxy = None
     settings = ManagerSettings(manager_token=token, log_dir=log_dir, model_host="127.0.0.1")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     try:
-        _wait_http(f"http://127.0.0.1:{manager_port}/healthz", manager, work / "manager.log")
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "proxy"],
-            cwd=ROOT,
-            env=proxy_env,
-            stdout=proxy_log,
-            stderr=subprocess.STDOUT,
-        )
-        _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy, work / "proxy.log")
-        yield LiveStack(
-            proxy_url=f"http://127.0.0.1:{proxy_port}",
-            manager_url=f"http://127.0.0.1:{manager_port}",
-            manager_token=token,
-            api_key=API_KEY,
-            log_dir=log_dir,
-            **names,
-        )
+        for attempt in range(3):
+            manager_port, proxy_port, *model_ports = free_ports(6)
+            manager_url = f"http://127.0.0.1:{manager_port}"
+            proxy_url = f"http://127.0.0.1:{proxy_port}"
+            models_file = work / f"models-{attempt}.json"
+            models_file.write_text(_models_json(model_ports))
+            manager_env = {
+                **base_env,
+                "HOMELAB_MANAGER_TOKEN": token,
+                "HOMELAB_MODELS_FILE": str(models_file),
+                "HOMELAB_RUNTIME": "process",
+                "HOMELAB_MANAGER_HOST": "127.0.0.1",
+                "HOMELAB_MANAGER_PORT": str(manager_port),
+                "HOMELAB_LOG_DIR": str(log_dir),
+                "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+                "HOMELAB_QUEUE_TIMEOUT": "60",
+                "HOMELAB_STOP_TIMEOUT": "5",
+                "HOMELAB_LOG_LEVEL": "warning",
+            }
+            proxy_env = {
+                **base_env,
+                "HOMELAB_MANAGER_URL": manager_url,
+                "HOMELAB_MANAGER_TOKEN": token,
+                "HOMELAB_PROXY_HOST": "127.0.0.1",
+                "HOMELAB_PROXY_PORT": str(proxy_port),
+                "HOMELAB_API_KEYS": API_KEY,
+                "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                "HOMELAB_IMAGE_DIR": str(work / "images"),
+                "HOMELAB_APP_DIR": str(work / "app"),
+            }
+
+            def manager_is_ours(manager_url: str = manager_url) -> bool:
+                r = httpx.get(
+                    manager_url + "/v1/models",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=2,
+                )
+                return r.status_code == 200 and {m["id"] for m in r.json()["data"]} == set(
+                    NAMES.values()
+                )
+
+            def proxy_is_ours(proxy_url: str = proxy_url, manager_url: str = manager_url) -> bool:
+                r = httpx.get(proxy_url + "/readyz", timeout=2)
+                return r.status_code == 200 and r.json()["manager"] == manager_url
+
+            try:
+                with (
+                    _process(
+                        [sys.executable, "-m", "manager"], manager_env, work / "manager.log"
+                    ) as manager,
+                ):
+                    _wait_ours(manager, work / "manager.log", manager_is_ours)
+                    with _process(
+                        [sys.executable, "-m", "proxy"], proxy_env, work / "proxy.log"
+                    ) as proxy:
+                        _wait_ours(proxy, work / "proxy.log", proxy_is_ours)
+                        yield LiveStack(
+                            proxy_url=proxy_url,
+                            manager_url=manager_url,
+                            manager_token=token,
+                            api_key=API_KEY,
+                            log_dir=log_dir,
+                            **NAMES,
+                        )
+                        return
+            except PortTaken:
+                if attempt == 2:
+                    raise
     finally:
-        if proxy is not None:
-            _stop(proxy)
-        _stop(manager)
         _stop_model_servers(settings)
-        manager_log.close()
-        proxy_log.close()

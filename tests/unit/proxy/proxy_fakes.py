@@ -22,6 +22,7 @@ import base64
 import contextlib
 import email.policy
 import io
+import random
 import socket
 import time
 import uuid
@@ -40,8 +41,9 @@ TOKEN = "fm-7Qx2kLp9Vd4Rw8Zs"
 
 
 def free_port() -> int:
-    """A free port from this suite's range (18400-18499)."""
-    for port in PORTS:
+    """A port of this suite's range (18400-18499) that is free now, picked at random so
+    that two runs at once (the machine is shared) rarely reach for the same one."""
+    for port in random.sample(PORTS, len(PORTS)):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -66,21 +68,28 @@ def dead_port() -> Iterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app, port: int | None = None) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on the running loop; yields its base URL."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
+async def serve_asgi(app) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on the running loop; yields its base URL.
+
+    A port taken between picking and binding (another test run) means another try."""
+    for _ in range(5):
+        port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if server.started:
             break
-        await asyncio.sleep(0.01)
-    if not server.started:
         server.should_exit = True
-        await task
-        raise RuntimeError(f"uvicorn did not start on port {port}")
+        with contextlib.suppress(SystemExit):
+            await task
+    else:
+        raise RuntimeError("uvicorn did not start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -89,12 +98,17 @@ async def serve_asgi(app, port: int | None = None) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_aiohttp(app: web.Application, port: int | None = None) -> AsyncIterator[str]:
-    port = port or free_port()
+async def serve_aiohttp(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
+    for attempt in range(5):
+        port = free_port()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            break
+        except OSError:
+            if attempt == 4:
+                raise
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
