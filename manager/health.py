@@ -52,15 +52,18 @@ class HttpReadinessProbe:
         first_delay: float = 0.25,
         max_interval: float = 2.0,
         request_timeout: float = 5.0,
+        exit_grace: float = 0.5,
     ) -> None:
         """`client` defaults to a private AsyncClient that ignores proxy variables
-        (model servers are reached directly)."""
+        (model servers are reached directly). `exit_grace`: how long `check_alive` waits
+        before asking the runtime again about a server that stopped answering."""
         self._settings = settings
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._first_delay = first_delay
         self._max_interval = max_interval
         self._timeout = request_timeout
+        self._exit_grace = exit_grace
 
     async def aclose(self) -> None:
         if self._own_client:
@@ -178,6 +181,15 @@ class HttpReadinessProbe:
         verdict = await self.check(name, spec, runtime.base_url(spec))
         if verdict.state == "ready":
             return None
+        # A server that is exiting drops connections a moment before the runtime sees it
+        # exit: look again shortly, so the reason carries the exit code when there is one.
+        await asyncio.sleep(self._exit_grace)
+        try:
+            instance = await runtime.inspect(name, spec)
+        except RuntimeFailure:
+            instance = None
+        if instance is not None and not instance.running:
+            return _exit_reason(instance.exit_code)
         if verdict.state == "loading":  # a ready server that stops answering is not loading
             return f"the server stopped answering: {verdict.reason}"
         return verdict.reason
