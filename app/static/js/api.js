@@ -249,12 +249,13 @@ export function createApi({ getKey, base = document.baseURI }) {
      * as it arrives. Resolves with the finish reason (null when the stream ended
      * without one). Rejects with ApiError for HTTP errors and for an error event
      * in the stream, with the signal's reason when stopped.
-     * @param {{model: string, messages: ChatMessage[], signal?: AbortSignal,
-     *          onDelta: (text: string) => void}} args
+     * `options` are extra request fields (max_tokens, temperature, top_p).
+     * @param {{model: string, messages: ChatMessage[], options?: Record<string, number>,
+     *          signal?: AbortSignal, onDelta: (text: string) => void}} args
      * @returns {Promise<string | null>}
      */
-    async chatStream({ model, messages, signal, onDelta }) {
-      const res = await postJson("v1/chat/completions", { model, messages, stream: true }, signal);
+    async chatStream({ model, messages, options = {}, signal, onDelta }) {
+      const res = await postJson("v1/chat/completions", { ...options, model, messages, stream: true }, signal);
       if (!(res.headers.get("content-type") ?? "").includes("text/event-stream")) {
         // A server that ignored stream: true answers with one JSON object.
         const body = await res.json();

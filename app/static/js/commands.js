@@ -16,6 +16,7 @@ export const COMMANDS = [
   { usage: "/image [-n N] [-s WxH] PROMPT", summary: "generate an image (edits the attached image, if any)" },
   { usage: "/attach", summary: "pick an image to attach (or drop / paste one)" },
   { usage: "/detach", summary: "drop the attached image" },
+  { usage: "/set [NAME [VALUE]]", summary: "chat options: max_tokens, temperature, top_p (no value: reset)" },
   { usage: "/clear", summary: "clear the screen and start a new conversation" },
   { usage: "/key [forget]", summary: "enter a new API key, or forget the stored one" },
   { usage: "/theme green|amber|white", summary: "phosphor colour" },
@@ -107,4 +108,31 @@ function distance(a, b) {
     }
   }
   return d[a.length][b.length];
+}
+
+/** Chat request options `/set` accepts, with their allowed ranges. */
+export const OPTIONS = {
+  max_tokens: { min: 1, max: 131072, integer: true },
+  temperature: { min: 0, max: 2, integer: false },
+  top_p: { min: 0, max: 1, integer: false },
+};
+
+/**
+ * Parse "/set NAME [VALUE]".
+ * @param {string} args
+ * @returns {{list: true} | {name: string, value: number | null} | {error: string}}
+ */
+export function parseSet(args) {
+  const [name, value, ...rest] = args.split(/\s+/).filter(Boolean);
+  if (!name) return { list: true };
+  const names = Object.keys(OPTIONS);
+  if (!Object.hasOwn(OPTIONS, name)) return { error: `/set knows ${names.join(", ")}, not '${name}'` };
+  if (rest.length) return { error: "usage: /set NAME [VALUE]" };
+  if (value === undefined) return { name, value: null };
+  const spec = OPTIONS[/** @type {keyof typeof OPTIONS} */ (name)];
+  const number = Number(value);
+  if (!Number.isFinite(number) || number < spec.min || number > spec.max || (spec.integer && !Number.isInteger(number))) {
+    return { error: `${name} wants ${spec.integer ? "a whole number" : "a number"} from ${spec.min} to ${spec.max}, not '${value}'` };
+  }
+  return { name, value: number };
 }

@@ -6,7 +6,7 @@
  */
 
 import { ApiError, createApi, isAbort, sleep } from "./api.js";
-import { COMMANDS, KEYS, closest, parseImageArgs, parseInput } from "./commands.js";
+import { COMMANDS, KEYS, closest, parseImageArgs, parseInput, parseSet } from "./commands.js";
 import { buildMessages } from "./conversation.js";
 import { byId, clear, h } from "./dom.js";
 import { ImageViewer, blobToDataUrl, readUpload } from "./images.js";
@@ -259,6 +259,8 @@ class Terminal {
       case "detach":
         this.setAttachment(null);
         return void this.screen.print("attachment dropped", "dim");
+      case "set":
+        return this.setOption(args);
       case "clear":
       case "cls":
         return this.clearAll();
@@ -302,6 +304,30 @@ class Terminal {
         table,
       ),
     );
+  }
+
+  /** Chat options sent with every message, kept in this browser. @returns {Record<string, number>} */
+  options() {
+    try {
+      const raw = JSON.parse(getPref("options") ?? "{}");
+      return raw && typeof raw === "object" && !Array.isArray(raw) ? raw : {};
+    } catch {
+      return {};
+    }
+  }
+
+  /** @param {string} args */
+  setOption(args) {
+    const parsed = parseSet(args);
+    if ("error" in parsed) return void this.screen.error(parsed.error, { source: "ui" });
+    const options = this.options();
+    if ("name" in parsed) {
+      if (parsed.value === null) delete options[parsed.name];
+      else options[parsed.name] = parsed.value;
+      setPref("options", JSON.stringify(options));
+    }
+    const shown = Object.entries(options).map(([k, v]) => `${k}=${v}`);
+    this.screen.print(shown.length ? `chat options: ${shown.join(" ")}` : "chat options: the model's defaults", "ok");
   }
 
   async listModels() {
@@ -424,10 +450,14 @@ class Terminal {
     /** @type {import("./terminal.js").StreamingAnswer | null} */
     let answer = null;
     let stopped = false;
+    let failed = false;
+    /** @type {string | null} */
+    let finish = null;
     try {
-      await this.api.chatStream({
+      finish = await this.api.chatStream({
         model,
         messages,
+        options: this.options(),
         signal: controller.signal,
         onDelta: (piece) => {
           if (!answer) {
@@ -439,18 +469,24 @@ class Terminal {
       });
     } catch (err) {
       if (isAbort(err)) stopped = true;
-      else this.fail(err, true);
+      else {
+        failed = true;
+        this.fail(err, true);
+      }
     } finally {
       wait.done();
       this.end(controller);
     }
     // (a cast: TypeScript cannot see the assignment inside onDelta)
     const done = /** @type {import("./terminal.js").StreamingAnswer | null} */ (answer);
+    const truncated = finish === "length";
     if (done) {
-      done.finish({ stopped });
-      this.record({ id: newId(), t: "assistant", text: done.text, model, stopped });
+      done.finish({ stopped, truncated });
+      this.record({ id: newId(), t: "assistant", text: done.text, model, stopped, truncated });
     } else if (stopped) {
       this.screen.print("^C stopped before the first word", "dim");
+    } else if (!failed) {
+      this.screen.print(`(${model} answered with no text; finish reason: ${finish ?? "none"})`, "dim");
     }
   }
 
@@ -600,7 +636,7 @@ class Terminal {
         return;
       }
       case "assistant":
-        this.screen.answer(entry.text, entry.model, entry.stopped);
+        this.screen.answer(entry.text, entry.model, { stopped: entry.stopped, truncated: entry.truncated });
         return;
       case "error":
         this.screen.print(`ERR ${entry.text}`, "error");

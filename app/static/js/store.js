@@ -13,7 +13,7 @@ const MAX_HISTORY = 200;
 /**
  * @typedef {{id: string, name: string}} ImageRef
  * @typedef {{id: string, t: "user", text: string, model: string, mode: "chat" | "image", image?: ImageRef}} UserEntry
- * @typedef {{id: string, t: "assistant", text: string, model: string, stopped?: boolean}} AssistantEntry
+ * @typedef {{id: string, t: "assistant", text: string, model: string, stopped?: boolean, truncated?: boolean}} AssistantEntry
  * @typedef {{id: string, t: "image", model: string, prompt: string, images: ImageRef[], edit?: boolean, seconds?: number}} ImageEntry
  * @typedef {{id: string, t: "error", text: string}} ErrorEntry
  * @typedef {UserEntry | AssistantEntry | ImageEntry | ErrorEntry} Entry

@@ -119,13 +119,13 @@ export class Scrollback {
    * A model's answer, rendered from Markdown. For one still being written use `stream()`.
    * @param {string} text
    * @param {string} model
-   * @param {boolean} [stopped]
+   * @param {{stopped?: boolean, truncated?: boolean}} [how]
    */
-  answer(text, model, stopped = false) {
+  answer(text, model, how = {}) {
     const body = h("div", { class: "answer-body" });
     body.appendChild(renderMarkdown(text));
     const node = h("div", { class: "entry answer", "data-model": model }, body);
-    if (stopped) node.appendChild(h("div", { class: "line dim stopped", text: "^C stopped" }));
+    endNote(node, how);
     return this.add(node);
   }
 
@@ -226,7 +226,7 @@ export class StreamingAnswer {
 
   /**
    * Stop updating: render the final text, drop the cursor.
-   * @param {{stopped?: boolean}} [how]
+   * @param {{stopped?: boolean, truncated?: boolean}} [how]
    */
   finish(how = {}) {
     if (this.scheduled) cancelAnimationFrame(this.scheduled);
@@ -234,7 +234,16 @@ export class StreamingAnswer {
     this.cursor.remove();
     this.node.classList.remove("streaming");
     this.node.removeAttribute("aria-busy");
-    if (how.stopped) this.node.appendChild(h("div", { class: "line dim stopped", text: "^C stopped" }));
-    if (!this.text && !how.stopped) this.node.remove();
+    endNote(this.node, how);
   }
+}
+
+/**
+ * Say why an answer ended early: stopped by the user, or cut at max_tokens.
+ * @param {HTMLElement} node
+ * @param {{stopped?: boolean, truncated?: boolean}} how
+ */
+function endNote(node, how) {
+  if (how.stopped) node.appendChild(h("div", { class: "line dim stopped", text: "^C stopped" }));
+  else if (how.truncated) node.appendChild(h("div", { class: "line dim truncated", text: "… cut off at max_tokens (/set max_tokens N)" }));
 }
