@@ -16,21 +16,21 @@ import pytest
 from tests.e2e.browser.uistack import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
     Stack,
     Ui,
+    fake_models,
     open_page,
     require_browser,
     run_stack,
 )
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_browser()
-    with run_stack(tmp_path_factory.mktemp("ui-stack")) as running:
+    with run_stack(tmp_path_factory.mktemp("ui-stack"), fake_models(), "chat") as running:
         yield running
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +18,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.browser.uistack import API_KEY, ARTIFACTS, REPO_ROOT, SCREENSHOTS, Stack, Ui
+from tests.e2e.browser.uistack import (
+    API_KEY,
+    SCREENSHOTS,
+    Stack,
+    Ui,
+    natural_width,
+    record_answer_text,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -34,27 +40,6 @@ def png_bytes(
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, "PNG")
     return buf.getvalue()
-
-
-def natural_width(locator) -> int:  # noqa: ANN001 (a playwright Locator)
-    """The decoded width of an <img>, once it has loaded (0 if it never decodes)."""
-    locator.page.wait_for_function("img => img.complete", arg=locator.element_handle())
-    return locator.evaluate("img => img.naturalWidth")
-
-
-def record_answer_text(ui: Ui) -> None:
-    """Start recording every text the newest answer shows, as it changes."""
-    ui.page.evaluate(
-        """() => {
-          window.__seen = [];
-          new MutationObserver(() => {
-            const body = document.querySelector('.entry.answer:last-of-type .answer-body')
-              ?? [...document.querySelectorAll('.entry.answer .answer-body')].pop();
-            const text = body ? body.textContent : '';
-            if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
-          }).observe(document.getElementById('scrollback'), {childList: true, subtree: true, characterData: true});
-        }"""
-    )
 
 
 def test_chat_streams_the_answer_token_by_token_and_survives_a_reload(ui: Ui) -> None:
@@ -418,10 +403,44 @@ def test_phone_viewport_stays_readable(phone: Ui) -> None:
     phone.shot("phone")
 
 
-def test_readme_screenshot_streamed_answer_and_rendered_image(ui: Ui) -> None:
-    """The picture in the README: a streamed answer and a rendered image.
-    Written to test-artifacts/screenshots/terminal.png; HOMELAB_UPDATE_DOCS_IMAGES=1 also
-    copies it to docs/img/terminal.png."""
+def test_set_options_are_sent_with_each_message(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    ui.type_line("/set max_tokens 3")
+    expect(page.locator(".line.ok").last).to_have_text("chat options: max_tokens=3")
+    ui.type_line("/set temperature hot")
+    expect(page.locator(".line.error").last).to_contain_text(
+        "temperature wants a number from 0 to 2"
+    )
+    ui.type_line("/set seed 1")
+    expect(page.locator(".line.error").last).to_contain_text(
+        "/set knows max_tokens, temperature, top_p"
+    )
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        ui.type_line("one two three four five")
+    assert json.loads(sent.value.post_data or "{}")["max_tokens"] == 3
+    # The model server honours it: three words ("[chat]" is the first).
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] one two")
+    expect(page.locator(".entry.answer").last.locator(".truncated")).to_contain_text(
+        "cut off at max_tokens"
+    )
+
+    page.reload()
+    ui.wait_ready()
+    ui.type_line("/set")
+    expect(page.locator(".line.ok").last).to_have_text("chat options: max_tokens=3")
+    ui.type_line("/set max_tokens")
+    expect(page.locator(".line.ok").last).to_have_text("chat options: the model's defaults")
+    ui.type_line("one two three four five")
+    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+        "[chat] one two three four five"
+    )
+
+
+def test_terminal_screenshot_with_an_answer_and_an_image(ui: Ui) -> None:
+    """A whole screen (a streamed answer and a rendered image) as
+    test-artifacts/screenshots/terminal.png. The README's picture comes from the same
+    screen with real models (test_real_models.py)."""
     page = ui.page
     ui.wait_ready()
     ui.type_line("/models")
@@ -436,9 +455,4 @@ def test_readme_screenshot_streamed_answer_and_rendered_image(ui: Ui) -> None:
     page.wait_for_function("() => document.querySelector('.entry.images .crt.loaded') !== null")
     page.wait_for_timeout(1200)  # let the scan-in animation finish, for the picture only
     ui.input.press_sequentially("/help")
-    path = ui.shot("terminal")
-    shutil.copyfile(path, SCREENSHOTS / "terminal.png")
-    if os.environ.get("HOMELAB_UPDATE_DOCS_IMAGES") == "1":
-        (REPO_ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, REPO_ROOT / "docs" / "img" / "terminal.png")
-    assert ARTIFACTS.is_dir()
+    shutil.copyfile(ui.shot("terminal"), SCREENSHOTS / "terminal.png")

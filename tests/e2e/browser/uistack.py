@@ -47,6 +47,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PORTS = range(18500, 18600)
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 MANAGER_TOKEN = "ui-tests-manager-4f7b9c2e1d"
 API_KEY = "ui-tests-key-8e3a61f0c5b2"
 # Deadlines, not performance assertions: they only stop a broken start from hanging.
@@ -55,26 +57,32 @@ SLOW_LOAD_S = "3"
 """How long the image model and `slow` take to load: long enough to see the swap."""
 
 
-def free_port(taken: set[int]) -> int:
-    """A port from this suite's range that nothing listens on."""
+_TAKEN: set[int] = set()
+"""Ports handed out in this test process. A model server's port is free while the model
+is stopped, so a later stack must not get it: hand each port out once."""
+
+
+def free_port() -> int:
+    """A port from this suite's range that nothing listens on and no stack was given."""
     for port in PORTS:
-        if port in taken:
+        if port in _TAKEN:
             continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        taken.add(port)
+        _TAKEN.add(port)
         return port
     raise RuntimeError("no free port in 18500-18599")
 
 
-def models_json(ports: set[int]) -> dict:
+def fake_models() -> dict:
     """The catalogue: fakevllm servers launched by the manager's process runtime."""
     fake = [sys.executable, "-m", "tests.fixtures.fakevllm"]
 
-    def entry(kind: str, port: int, **extra: object) -> dict:
+    def entry(kind: str, **extra: object) -> dict:
+        port = free_port()
         return {
             "type": kind,
             "container": f"ui-test-{port}",
@@ -90,19 +98,16 @@ def models_json(ports: set[int]) -> dict:
     return {
         "chat": entry(
             "text",
-            free_port(ports),
             env={"FAKEVLLM_STREAM_DELAY": "0.12"},
             description="Fake chat model (echoes you, word by word).",
         ),
         "slow": entry(
             "text",
-            free_port(ports),
             env={"FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S, "FAKEVLLM_STREAM_DELAY": "0.05"},
             description="Fake chat model that takes a while to load.",
         ),
         "paint": entry(
             "image",
-            free_port(ports),
             env={"FAKEVLLM_KIND": "image", "FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S},
             sizes=["64x64", "128x128"],
             max_n=2,
@@ -193,36 +198,52 @@ class Stack:
         assert res.status_code == 200, res.text
 
 
-def _kill_leftover_servers(log_dir: Path) -> None:
+def _server_modules(models: dict) -> list[str]:
+    """The `-m` module of each model's command: what a leftover server's argv contains."""
+    found = []
+    for spec in models.values():
+        command = spec.get("command") or []
+        if "-m" in command[:-1]:
+            found.append(command[command.index("-m") + 1])
+    return found
+
+
+def _kill_leftover_servers(log_dir: Path, modules: list[str]) -> None:
     """Kill model servers the manager's process registry still lists (belt and braces)."""
-    for registry in log_dir.glob("registry.json"):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(registry.read_text())
-            entries = data.values() if isinstance(data, dict) else []
-            for item in entries:
-                pid = item.get("pid") if isinstance(item, dict) else None
-                if isinstance(pid, int) and pid > 1 and _is_fake_server(pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
+    registry = log_dir / "registry.json"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(registry.read_text())
+        for item in data.values() if isinstance(data, dict) else []:
+            pid = item.get("pid") if isinstance(item, dict) else None
+            if isinstance(pid, int) and pid > 1 and _runs_one_of(pid, modules):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
-def _is_fake_server(pid: int) -> bool:
-    """Only a fakevllm process is ever killed here (a pid may have been reused)."""
+def _runs_one_of(pid: int, modules: list[str]) -> bool:
+    """Only our model servers are ever killed here (a pid may have been reused)."""
     try:
-        return b"tests.fixtures.fakevllm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return any(m.encode() in argv for m in modules)
 
 
 @contextlib.contextmanager
-def run_stack(workdir: Path) -> Iterator[Stack]:
-    """Start manager (process runtime, fakevllm servers) + proxy + API-key proxy; stop
-    them all (model servers included) on exit. Fails with the log tail if one does not start."""
-    ports: set[int] = set()
-    models = models_json(ports)
+def run_stack(
+    workdir: Path,
+    models: dict,
+    default_model: str,
+    name: str = "ui",
+    manager_settings: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Start a manager (process runtime) serving `models`, a proxy and an API-key proxy;
+    stop them all (model servers included) on exit. Fails with the log tail if one does
+    not start. Logs go to test-artifacts/<name>-*.log. `manager_settings` adds or
+    overrides HOMELAB_* variables of the manager."""
     models_file = workdir / "models.json"
     models_file.write_text(json.dumps(models, indent=2))
-    manager_port, proxy_port, auth_port = (free_port(ports) for _ in range(3))
+    manager_port, proxy_port, auth_port = (free_port() for _ in range(3))
     log_dir = workdir / "model-logs"
     ARTIFACTS.mkdir(exist_ok=True)
 
@@ -241,6 +262,7 @@ def run_stack(workdir: Path) -> Iterator[Stack]:
         "HOMELAB_STOP_TIMEOUT": "5",
         "HOMELAB_QUEUE_TIMEOUT": "60",
         "HOMELAB_SSE_HEARTBEAT": "2",
+        **(manager_settings or {}),
     }
     proxy_env = {
         **base_env,
@@ -248,7 +270,7 @@ def run_stack(workdir: Path) -> Iterator[Stack]:
         "HOMELAB_MANAGER_TOKEN": MANAGER_TOKEN,
         "HOMELAB_PROXY_HOST": "127.0.0.1",
         "HOMELAB_PROXY_PORT": str(proxy_port),
-        "HOMELAB_DEFAULT_MODEL": "chat",
+        "HOMELAB_DEFAULT_MODEL": default_model,
         "HOMELAB_MODELS_CACHE_TTL": "0",
     }
     auth_env = {**proxy_env, "HOMELAB_PROXY_PORT": str(auth_port), "HOMELAB_API_KEYS": API_KEY}
@@ -262,15 +284,20 @@ def run_stack(workdir: Path) -> Iterator[Stack]:
     )
     try:
         manager = start(
-            "manager", [sys.executable, "-m", "manager"], manager_env, ARTIFACTS / "ui-manager.log"
+            "manager",
+            [sys.executable, "-m", "manager"],
+            manager_env,
+            ARTIFACTS / f"{name}-manager.log",
         )
         stack.procs.append(manager)
         wait_http(manager, f"{stack.manager_url}/healthz")
-        for name, env, url in (
+        for label, env, url in (
             ("proxy", proxy_env, stack.proxy_url),
             ("auth-proxy", auth_env, stack.auth_proxy_url),
         ):
-            proc = start(name, [sys.executable, "-m", "proxy"], env, ARTIFACTS / f"ui-{name}.log")
+            proc = start(
+                label, [sys.executable, "-m", "proxy"], env, ARTIFACTS / f"{name}-{label}.log"
+            )
             stack.procs.append(proc)
             wait_http(proc, f"{url}healthz")
         yield stack
@@ -279,10 +306,10 @@ def run_stack(workdir: Path) -> Iterator[Stack]:
             stack.stop_all_models()
         for proc in reversed(stack.procs):
             proc.stop()
-        _kill_leftover_servers(log_dir)
+        _kill_leftover_servers(log_dir, _server_modules(models))
         # Model server logs are useful when a test failed.
         with contextlib.suppress(OSError):
-            shutil.copytree(log_dir, ARTIFACTS / "ui-model-logs", dirs_exist_ok=True)
+            shutil.copytree(log_dir, ARTIFACTS / f"{name}-model-logs", dirs_exist_ok=True)
 
 
 def require_browser() -> None:
@@ -380,3 +407,24 @@ def open_page(browser: object, url: str, test_name: str, viewport: dict) -> Iter
     # An uncaught exception in the page is a bug even when the test's checks passed.
     uncaught = [e for e in errors if e.startswith("uncaught")]
     assert not uncaught, "\n".join(uncaught)
+
+
+def natural_width(locator) -> int:  # noqa: ANN001 (a playwright Locator)
+    """The decoded width of an <img>, once it has loaded (0 if it never decodes)."""
+    locator.page.wait_for_function("img => img.complete", arg=locator.element_handle())
+    return locator.evaluate("img => img.naturalWidth")
+
+
+def record_answer_text(ui: Ui) -> None:
+    """Start recording every text the newest answer shows, as it changes."""
+    ui.page.evaluate(
+        """() => {
+          window.__seen = [];
+          new MutationObserver(() => {
+            const body = document.querySelector('.entry.answer:last-of-type .answer-body')
+              ?? [...document.querySelectorAll('.entry.answer .answer-body')].pop();
+            const text = body ? body.textContent : '';
+            if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+          }).observe(document.getElementById('scrollback'), {childList: true, subtree: true, characterData: true});
+        }"""
+    )
