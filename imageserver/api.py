@@ -3,7 +3,7 @@
 Routes:
 - `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name}`
   (200 while loading or ready, 503 once failed).
-- `GET /v1/models` -> the one model.
+- `GET /v1/models` -> the one model (with its sizes, max_n and, once loaded, what it can do).
 - `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart)
   -> OpenAI's ImagesResponse with `b64_json` images.
 
@@ -211,6 +211,16 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(host: HostDep) -> dict[str, Any]:
+        try:
+            caps = host.ready_model().capabilities
+            capabilities: dict[str, Any] | None = {
+                "pipeline": caps.pipeline,
+                "generate": caps.generate,
+                "edit": caps.edit,
+                "inpaint": caps.inpaint,
+            }
+        except ModelNotReady:
+            capabilities = None
         return {
             "object": "list",
             "data": [
@@ -223,6 +233,7 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
                     "status": host.status,
                     "sizes": list(settings.sizes),
                     "max_n": settings.max_n,
+                    "capabilities": capabilities,
                 }
             ],
         }

@@ -27,7 +27,7 @@ from PIL import Image
 from manager.runtime import LABEL_MANAGED, LABEL_MODEL
 from tests.integration.conftest import SESSION
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, require_diffusers
 
 pytestmark = [pytest.mark.docker, pytest.mark.diffusers]
 
@@ -57,6 +57,7 @@ def _docker_build(args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def imageserver_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Build the CPU torch base, then the image server image on it (Docker caches both)."""
+    require_diffusers()
     import torch
 
     if not HOST_CA.exists():

@@ -59,6 +59,12 @@ def test_models_lists_the_served_name(server: ImageServerProcess) -> None:
     body = httpx.get(f"{server.base_url}/v1/models").json()
     assert [m["id"] for m in body["data"]] == ["tiny-sd"]
     assert body["data"][0]["sizes"] == ["64x64", "128x64"]
+    assert body["data"][0]["capabilities"] == {
+        "pipeline": "StableDiffusionPipeline",
+        "generate": True,
+        "edit": True,
+        "inpaint": True,
+    }
 
 
 def test_generation_returns_pngs_of_the_asked_size(server: ImageServerProcess) -> None:

@@ -238,6 +238,12 @@ async def test_models_lists_the_one_model() -> None:
     assert [(m["id"], m["object"], m["sizes"], m["max_n"]) for m in body["data"]] == [
         ("fake-image", "model", ["64x64", "128x64"], 3)
     ]
+    assert body["data"][0]["capabilities"] == {
+        "pipeline": "FakeText2ImagePipeline",
+        "generate": True,
+        "edit": True,
+        "inpaint": True,
+    }
 
 
 async def test_edit_with_and_without_mask() -> None:
