@@ -26,6 +26,7 @@ from proxy.auth import ApiKeyMiddleware
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, NotFound, ProxyError, error_response
 from proxy.events import follow_events
+from proxy.hotpath import HotPath
 from proxy.images import ImageStore
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
@@ -99,6 +100,7 @@ def create_app(
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
     mount_ui(app, settings)
+    app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
 
     def reply(request: Request, exc: ProxyError) -> Response:

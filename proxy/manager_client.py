@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from proxy.errors import MANAGER, ManagerRefused, ManagerUnavailable, normalise_
 log = logging.getLogger("proxy.manager")
 
 _SHORT = aiohttp.ClientTimeout(total=15.0)
+_LEASE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+"""A lease id goes into URL paths (renew, release): only URL-safe ids are accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +199,11 @@ class ManagerClient:
             "POST", "/v1/leases", orjson.dumps({"model": model}), client_timeout=self._lease_timeout
         )
         data = self._json(raw, "POST /v1/leases")
+        if not isinstance(data.get("lease_id"), str) or not _LEASE_ID.match(data["lease_id"]):
+            raise ManagerUnavailable("The manager's lease answer has no usable lease_id")
         try:
             return Lease(
-                lease_id=str(data["lease_id"]),
+                lease_id=data["lease_id"],
                 model=str(data["model"]),
                 type=str(data["type"]),
                 base_url=str(data["base_url"]).rstrip("/"),

@@ -205,3 +205,13 @@ async def images_edits(request: Request) -> Response:
         content_type=content_type,
         url_base=url_base,
     )
+
+
+FORWARDING = {
+    "/v1/chat/completions": chat_completions,
+    "/v1/completions": completions,
+    "/v1/embeddings": embeddings,
+    "/v1/images/generations": images_generations,
+    "/v1/images/edits": images_edits,
+}
+"""The forwarding endpoints by path, for `proxy.hotpath.HotPath`."""
