@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imageserver.errors import InvalidRequest, LoadFailed, UnsupportedTask
+from imageserver.errors import (
+    GenerationFailed,
+    InvalidRequest,
+    LoadFailed,
+    OutOfMemory,
+    UnsupportedTask,
+)
 from imageserver.model import EditJob, GenerateJob, ImageModel
 from imageserver.settings import Settings
 
@@ -122,6 +128,33 @@ def test_an_edit_with_less_than_one_denoising_step_is_a_400(tiny_pipeline: Path)
     with pytest.raises(InvalidRequest, match="less than one denoising step") as info:
         model.edit(job)  # the default strength 0.8 x 1 step = 0 steps
     assert info.value.param == "steps"
+
+
+def test_out_of_memory_in_the_pipeline_is_reported_and_the_model_keeps_working(
+    tiny_pipeline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    model = load(tiny_pipeline)
+    unet = model.pipelines["generate"].unet
+    job = GenerateJob(prompt="p", n=1, width=64, height=64, steps=1, seed=0)
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(unet, "forward", out_of_memory)
+    with pytest.raises(OutOfMemory, match="out of memory on cpu making 1 image") as info:
+        model.generate(job)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(unet, "forward", broken)
+    with pytest.raises(GenerationFailed, match="RuntimeError: shape mismatch"):
+        model.generate(job)
+    monkeypatch.undo()
+    assert [im.size for im in model.generate(job)] == [(64, 64)]
 
 
 def test_asking_for_a_missing_cuda_device_fails_clearly(tiny_pipeline: Path) -> None:
