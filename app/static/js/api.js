@@ -72,11 +72,14 @@ async function errorFrom(res) {
   } catch {
     // the body is gone; the status line still says something
   }
+  // 429 (the GPU is busy) and 503 may say when to come back.
+  const retry = Number(res.headers.get("retry-after"));
+  const later = Number.isFinite(retry) && retry > 0 ? ` (try again in ${Math.ceil(retry)} s)` : "";
   try {
     const body = JSON.parse(text);
     const err = body && typeof body === "object" ? body.error ?? body : null;
     if (err && typeof err === "object" && typeof err.message === "string") {
-      return new ApiError(err.message, { status: res.status, ...err });
+      return new ApiError(err.message + later, { status: res.status, ...err });
     }
     if (typeof err === "string") return new ApiError(err, { status: res.status });
     if (body && typeof body.detail === "string") return new ApiError(body.detail, { status: res.status });
@@ -142,16 +145,18 @@ export function createApi({ getKey, base = document.baseURI }) {
    * @throws {ApiError | DOMException}
    */
   async function request(path, init = {}) {
+    const url = new URL(path, base);
     const headers = new Headers(init.headers);
     const key = getKey();
-    if (key) headers.set("Authorization", `Bearer ${key}`);
+    // The key goes to the proxy only, never to another host an answer points at.
+    if (key && url.origin === new URL(base).origin) headers.set("Authorization", `Bearer ${key}`);
     // A GET that failed before any answer (the network blipped) is tried again; a POST
     // is not, because it may have reached the model already.
     const attempts = (init.method ?? "GET") === "GET" ? GET_RETRY_DELAYS_MS.length + 1 : 1;
     let res;
     for (let attempt = 1; ; attempt++) {
       try {
-        res = await fetch(new URL(path, base), { ...init, headers });
+        res = await fetch(url, { ...init, headers });
         break;
       } catch (err) {
         if (isAbort(err) || init.signal?.aborted) throw init.signal?.reason ?? err;

@@ -97,6 +97,8 @@ class Terminal {
     this.applyTheme(getPref("theme") ?? "green");
     this.screen.print(`homelab-ai ${this.config.version ? `v${this.config.version}` : ""} · one endpoint for every model at home`, "dim");
     this.screen.print("type /help for commands · Enter sends · Esc stops an answer", "dim");
+    // Pictures of lines that fell off the end of the kept transcript are deleted.
+    void this.images.prune(this.imageIds());
     if (this.entries.length) {
       for (const entry of this.entries) this.render(entry);
       this.screen.print(`── restored ${this.entries.length} line${this.entries.length === 1 ? "" : "s"} from this browser (/clear starts over) ──`, "dim");
@@ -676,6 +678,16 @@ class Terminal {
       if (!blob) return;
       line.appendChild(this.viewer.card({ blob, caption: "attached", filename: name.replace(/\.[^.]+$/, ""), alt: `attached: ${name}` })).classList.add("thumb");
     });
+  }
+
+  /** Ids of every picture the transcript refers to. */
+  imageIds() {
+    const ids = new Set();
+    for (const e of this.entries) {
+      if (e.t === "user" && e.image) ids.add(e.image.id);
+      if (e.t === "image") for (const ref of e.images) ids.add(ref.id);
+    }
+    return ids;
   }
 
   async clearAll() {
