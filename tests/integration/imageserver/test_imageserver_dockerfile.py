@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,9 @@ def imageserver_image(docker_client: Any, tmp_path_factory: pytest.TempPathFacto
     context = tmp_path_factory.mktemp("torchbase")
     wheels = context / "wheels"
     version = torch.__version__
+    # The wheel the suite runs on, from pip's configured sources or the index setup.sh
+    # installed torch from (HOMELAB_TORCH_INDEX_URL).
+    index = os.environ.get("HOMELAB_TORCH_INDEX_URL")
     download = subprocess.run(
         [
             sys.executable,
@@ -76,6 +80,7 @@ def imageserver_image(docker_client: Any, tmp_path_factory: pytest.TempPathFacto
             f"torch=={version}",
             "-d",
             str(wheels),
+            *(["--index-url", index] if index else []),
         ],
         capture_output=True,
         text=True,
