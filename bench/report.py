@@ -1,0 +1,437 @@
+"""Regenerate docs/benchmarks.md from bench/results/*.json. Never edit that file by hand.
+
+    python -m bench.report
+
+Reads whichever of latency, streaming, swap, storm, memory (and the optional
+experiment latency-shared-lease) exist; a missing one is reported as not run.
+The findings section is computed from the same numbers, with the thresholds
+written next to each statement.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench.common import DOC, fmt, read_json, table
+
+TARGET_ADDED_P50_MS = 1.0
+
+
+def _machine_section(results: dict[str, dict]) -> str:
+    rows = []
+    for name, r in results.items():
+        m = r.get("machine", {})
+        rows.append(
+            [
+                name,
+                m.get("taken_at", "?"),
+                m.get("git_commit", "?"),
+                " ".join(str(x) for x in m.get("loadavg_at_start", [])),
+            ]
+        )
+    first = next(iter(results.values()))["machine"]
+    desc = table(
+        ["", ""],
+        [
+            ["CPU", f"{first.get('cpu_model')} x {first.get('nproc')} (nproc)"],
+            ["memory", f"{first.get('memory_gib')} GiB"],
+            ["OS / kernel", f"{first.get('os')} / {first.get('kernel')}"],
+            ["Python", first.get("python")],
+            ["load client", first.get("wrk") or "wrk not found"],
+            ["Docker engine", first.get("docker_server") or "not reachable"],
+        ],
+    )
+    runs = table(["result", "taken at (UTC)", "git commit", "load average at start"], rows)
+    return f"{desc}\n\n{runs}"
+
+
+def _latency_section(
+    lat: dict, title: str = "Added latency (non-streaming chat completion)"
+) -> tuple[str, list[str]]:
+    findings: list[str] = []
+    s = lat["settings"]
+    out = [f"## {title}\n"]
+    out.append(
+        f"`{lat.get('command', 'python -m bench.latency')}`: wrk (1 thread, keep-alive), "
+        f"{s['duration_s']:g} s per run, {s['repeats']} repeats, median kept; both paths hit the same "
+        "upstream process, back to back. CPU ms/req: CPU time of that process divided by requests served. "
+        "Other load: CPU used by processes outside the benchmark during the proxied run, as a share of all cores."
+    )
+    if s.get("env"):
+        out.append(f"\nSettings given: `{' '.join(f'{k}={v}' for k, v in s['env'].items())}`.")
+    rows = []
+    for row in lat["summary"]:
+        d, p = row.get("direct"), row.get("proxied")
+        if not d or not p:
+            continue
+        a, lr = row["added_ms"], row["latency_ratio"]
+        rows.append(
+            [
+                row["concurrency"],
+                f"{fmt(d['p50_ms'], 3)} / {fmt(d['p95_ms'], 3)} / {fmt(d['p99_ms'], 3)}",
+                f"{fmt(p['p50_ms'], 3)} / {fmt(p['p95_ms'], 3)} / {fmt(p['p99_ms'], 3)}",
+                f"{fmt(a['p50'], 3)} / {fmt(a['p95'], 3)} / {fmt(a['p99'], 3)}",
+                fmt(lr["p50"], 1),
+                f"{d['rps']:.0f}",
+                f"{p['rps']:.0f}",
+                fmt(row["rps_ratio"], 3),
+                fmt(p.get("proxy_cpu_ms_per_req"), 3),
+                fmt(p.get("manager_cpu_ms_per_req"), 3),
+                p["errors"] + d["errors"],
+                f"{p['other_cpu_share'] * 100:.0f}%",
+            ]
+        )
+    out.append(
+        "\n"
+        + table(
+            [
+                "clients",
+                "direct p50 / p95 / p99 ms",
+                "proxied p50 / p95 / p99 ms",
+                "added p50 / p95 / p99 ms",
+                "p50 ratio",
+                "direct req/s",
+                "proxied req/s",
+                "req/s ratio",
+                "proxy CPU ms/req",
+                "manager CPU ms/req",
+                "errors",
+                "other load",
+            ],
+            rows,
+        )
+    )
+    lr = lat.get("lease_roundtrip")
+    if lr:
+        out.append(
+            f"\nThe manager alone, one client, {lr['samples']} lease grants and releases on one keep-alive "
+            f"connection: grant p50 {fmt(lr['grant_ms']['p50'], 3)} ms (p99 {fmt(lr['grant_ms']['p99'], 3)}), "
+            f"release p50 {fmt(lr['release_ms']['p50'], 3)} ms (p99 {fmt(lr['release_ms']['p99'], 3)}), "
+            f"manager CPU {fmt(lr.get('manager_cpu_ms_per_roundtrip'), 3)} ms per grant+release."
+        )
+    by_c = {r["concurrency"]: r for r in lat["summary"] if "added_ms" in r}
+    if 1 in by_c:
+        added = by_c[1]["added_ms"]["p50"]
+        verdict = "met" if added < TARGET_ADDED_P50_MS else "NOT met"
+        findings.append(
+            f"Added latency at 1 client, p50: {fmt(added, 3)} ms against a target of "
+            f"{TARGET_ADDED_P50_MS:g} ms: **{verdict}**."
+        )
+    for c in sorted(by_c):
+        if c == 1:
+            continue
+        r = by_c[c]
+        findings.append(
+            f"At {c} clients the proxied path adds {fmt(r['added_ms']['p50'], 2)} ms at p50 and "
+            f"{fmt(r['added_ms']['p99'], 2)} ms at p99, and serves {fmt(r['rps_ratio'], 3)} of the direct "
+            "path's requests per second."
+        )
+    top = by_c.get(max(by_c)) if by_c else None
+    if top:
+        p = top["proxied"]
+        proxy_ms, mgr_ms = p.get("proxy_cpu_ms_per_req"), p.get("manager_cpu_ms_per_req")
+        if proxy_ms is not None and mgr_ms is not None:
+            total = (
+                proxy_ms
+                + mgr_ms
+                + p.get("upstream_cpu_ms_per_req", 0)
+                + p.get("client_cpu_ms_per_req", 0)
+            )
+            cores = lat["machine"].get("nproc") or 1
+            free = cores * max(0.0, 1.0 - p.get("other_cpu_share", 0.0))
+            findings.append(
+                f"CPU per proxied request at {top['concurrency']} clients: proxy {fmt(proxy_ms, 3)} ms, "
+                f"manager {fmt(mgr_ms, 3)} ms ({fmt(100 * mgr_ms / (proxy_ms + mgr_ms), 0)}% of the gateway's "
+                f"CPU goes to lease grants and releases); {fmt(total, 3)} ms with the upstream and the client. "
+                f"On {cores} idle cores that caps the proxied path near {fmt(cores * 1000 / total, 0)} req/s; with "
+                f"the {fmt(free, 2)} cores other processes left free during the run, near "
+                f"{fmt(free * 1000 / total, 0)} req/s; measured {p['rps']:.0f}. Past one client the added latency "
+                "is queueing behind that CPU (clients / req/s), so it scales with the CPU per request."
+            )
+            if mgr_ms > 0.3 * proxy_ms:
+                findings.append(
+                    "Hot path: every request costs two HTTP round trips to the manager (POST /v1/leases, "
+                    "DELETE /v1/leases/{id}); the manager spends more than 30% of the proxy's own CPU on them. "
+                    "See the shared-lease experiment below if it was run."
+                )
+    return "\n".join(out), findings
+
+
+def _streaming_section(st: dict) -> tuple[str, list[str]]:
+    s = st["settings"]
+    out = ["## Streaming\n"]
+    out.append(
+        f"`{st.get('command', 'python -m bench.streaming')}`: {s['chunks']} chunks per stream, the upstream "
+        f"writes one every {s['gap_ms']:g} ms and stamps it with its monotonic clock; {s['streams']} streams per "
+        f"path, concurrency and repeat, {s['repeats']} repeats (median). Delivery delay: upstream write to "
+        "client read of one chunk. A chunk is *held back* when it reached the client only after the upstream "
+        "had already produced the next one: a buffering proxy does that to nearly every chunk, while on a "
+        "loaded machine a few chunks of either path miss it when the client is not scheduled in time, so "
+        "compare the proxied count with the direct one."
+    )
+    rows = []
+    findings = []
+    for row in st["summary"]:
+        for path in ("direct", "proxied"):
+            f = row.get(path)
+            if not f:
+                continue
+            rows.append(
+                [
+                    row["concurrency"],
+                    path,
+                    f"{fmt(f['first_chunk_p50_ms'], 3)} / {fmt(f['first_chunk_p99_ms'], 3)}",
+                    f"{fmt(f['gap_p50_ms'], 2)} / {fmt(f['gap_p99_ms'], 2)} / {fmt(f['gap_max_ms'], 2)}",
+                    f"{fmt(f['delay_p50_ms'], 3)} / {fmt(f['delay_p99_ms'], 3)} / {fmt(f['delay_max_ms'], 3)}",
+                    f"{f['held_back']} of {f['chunks']}",
+                    f"{f['incomplete']} of {f['streams']}",
+                ]
+            )
+        if "added_ms" in row:
+            p = row["proxied"]
+            d = row["direct"]
+            held_p = p["held_back"] / p["chunks"] if p["chunks"] else 0.0
+            held_d = d["held_back"] / d["chunks"] if d["chunks"] else 0.0
+            if held_p > 0.5:
+                verdict = "**the proxy buffers**"
+            elif held_p <= max(2 * held_d, 0.02):
+                verdict = "no sign of buffering: no more often than on the direct path"
+            else:
+                verdict = "more often than on the direct path: some chunks wait in the proxy; rerun on a quiet machine"
+            findings.append(
+                f"Streaming at {row['concurrency']} concurrent: the proxy adds "
+                f"{fmt(row['added_ms']['first_chunk_p50_ms'], 3)} ms to the first chunk (p50) and "
+                f"{fmt(row['added_ms']['delay_p50_ms'], 3)} ms to each chunk's delivery (p50); chunks held back "
+                f"{p['held_back']} of {p['chunks']} proxied, {d['held_back']} of {d['chunks']} direct ({verdict})."
+            )
+    out.append(
+        "\n"
+        + table(
+            [
+                "streams at once",
+                "path",
+                "first chunk p50 / p99 ms",
+                "gap p50 / p99 / max ms",
+                "delivery delay p50 / p99 / max ms",
+                "held back",
+                "incomplete",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(out), findings
+
+
+def _swap_section(sw: dict) -> tuple[str, list[str]]:
+    s = sw["summary"]
+    out = ["## Swap overhead (real Docker engine)\n"]
+    out.append(
+        f"`{sw.get('command', 'python -m bench.swap')}`: two text models of `{sw['settings']['image']}`, each "
+        f"loading for {sw['settings']['load_seconds']:g} s; with A resident the client asks B through the proxy. "
+        "Overhead = total minus B's own start-to-ready (container start to its server listening, from Docker's "
+        "StartedAt and the log timestamp of its 'Uvicorn running' line). Phases come from the manager's "
+        "/v1/events state events and Docker's timestamps, all on this machine's clock."
+    )
+    names = {
+        "total_ms": "request sent to answer (total)",
+        "own_load_ms": "B's own start-to-ready (subtracted)",
+        "overhead_ms": "**swap overhead**",
+        "stopping_old_ms": "stopping A (request to A stopped)",
+        "starting_new_ms": "starting B (A stopped to B's container running)",
+        "readiness_detection_ms": "readiness detection (B listening to manager's ready)",
+        "lease_and_forward_ms": "lease grant, forward and answer",
+    }
+    rows = [
+        [label, fmt(s.get(f"{k}_median"), 1), fmt(s.get(f"{k}_max"), 1)]
+        for k, label in names.items()
+    ]
+    out.append("\n" + table(["phase", "median ms", "max ms"], rows))
+    out.append(f"\n{s['swaps']} swaps, {s['failed']} failed.")
+    findings = []
+    over, det = s.get("overhead_ms_median"), s.get("readiness_detection_ms_median")
+    if over and det is not None:
+        findings.append(
+            f"Swap overhead is {fmt(over, 0)} ms (median) on top of the model's own load; readiness detection "
+            f"is {fmt(det, 0)} ms of it ({fmt(100 * det / over, 0)}%), stopping the old model "
+            f"{fmt(s.get('stopping_old_ms_median'), 0)} ms, starting the new container "
+            f"{fmt(s.get('starting_new_ms_median'), 0)} ms."
+        )
+        if det > 0.3 * over:
+            findings.append(
+                "Hot spot in swaps: the readiness probe's poll interval grows while the model loads, so a "
+                "server that is ready waits on average half an interval (up to a whole one) before the manager "
+                "notices. A flat short interval (a refused connection costs well under a millisecond) would cut "
+                "most of it."
+            )
+    return "\n".join(out), findings
+
+
+def _storm_section(sm: dict) -> tuple[str, list[str]]:
+    s, cfg = sm["summary"], sm["settings"]
+    out = ["## Storm: two models, interleaved\n"]
+    out.append(
+        f"`{sm.get('command', 'python -m bench.storm')}`: {cfg['requests']} requests, {cfg['concurrency']} at a "
+        f"time, {cfg['pattern']}, {cfg['runtime']} runtime, each model server starting in "
+        f"{cfg['load_seconds']:g} s. Manager settings: "
+        f"{' '.join(f'{k}={v}' for k, v in cfg.get('manager_env', {}).items()) or 'defaults'}."
+    )
+    rows = [
+        ["requests", s["requests"]],
+        ["answered 200", s["ok"]],
+        ["errors", s["errors"]],
+        [
+            "errors by status, code (source)",
+            ", ".join(f"{k}: {v}" for k, v in s["errors_by_code"].items()) or "none",
+        ],
+        ["answers from the wrong model", s["misrouted"]],
+        ["swaps performed (manager swap events)", s["swaps"]],
+        ["longest wait ms", fmt(s["longest_wait_ms"], 1)],
+        ["wait p50 / p99 ms", f"{fmt(s['p50_wait_ms'], 1)} / {fmt(s['p99_wait_ms'], 1)}"],
+        ["wall time s", fmt(s["wall_s"], 2)],
+    ]
+    for model, f in s["per_model"].items():
+        rows.append(
+            [
+                f"{model} answered, p50 / p99 / max ms",
+                f"{f['ok']}, {fmt(f['p50_ms'], 1)} / {fmt(f['p99_ms'], 1)} / {fmt(f['max_ms'], 1)}",
+            ]
+        )
+    out.append("\n" + table(["", "value"], rows))
+    findings = [
+        f"Storm: {s['errors']} errors and {s['misrouted']} misrouted answers in {s['requests']} requests; "
+        f"{s['swaps']} swaps; longest wait {fmt(s['longest_wait_ms'] / 1000, 2)} s."
+    ]
+    return "\n".join(out), findings
+
+
+def _memory_section(mem: dict) -> tuple[str, list[str]]:
+    out = ["## Memory (resident set size)\n"]
+    out.append(
+        f"`{mem.get('command', 'python -m bench.memory')}`: VmRSS sampled every 0.1 s; the proxy with its "
+        "worker processes, the manager without the model server it launched."
+    )
+    rows = []
+    for p in mem["phases"]:
+        rows.append(
+            [
+                p["phase"],
+                fmt(p["start_kib"]["proxy"] / 1024, 1),
+                fmt(p["peak_kib"]["proxy"] / 1024, 1),
+                fmt(p["start_kib"]["manager"] / 1024, 1),
+                fmt(p["peak_kib"]["manager"] / 1024, 1),
+            ]
+        )
+    out.append(
+        "\n"
+        + table(
+            [
+                "phase",
+                "proxy at start MiB",
+                "proxy peak MiB",
+                "manager at start MiB",
+                "manager peak MiB",
+            ],
+            rows,
+        )
+    )
+    phases = mem["phases"]
+    findings = []
+    if len(phases) >= 2:
+        first, last = phases[0]["start_kib"], phases[-1]["end_kib"]
+        findings.append(
+            f"Memory: proxy {fmt(first['proxy'] / 1024, 1)} MiB idle, {fmt(max(p['peak_kib']['proxy'] for p in phases) / 1024, 1)} "
+            f"MiB peak, {fmt(last['proxy'] / 1024, 1)} MiB after the load; manager {fmt(first['manager'] / 1024, 1)} / "
+            f"{fmt(max(p['peak_kib']['manager'] for p in phases) / 1024, 1)} / {fmt(last['manager'] / 1024, 1)} MiB."
+        )
+    return "\n".join(out), findings
+
+
+def render() -> str:
+    names = ["latency", "streaming", "swap", "storm", "memory", "latency-shared-lease"]
+    results = {n: r for n in names if (r := read_json(n)) is not None}
+    if not results:
+        raise SystemExit("no results under bench/results/: run bench/run_all.sh first")
+    parts = [
+        "# Benchmarks: what the proxy and the manager cost",
+        "",
+        "<!-- Generated by `python -m bench.report` from bench/results/*.json. Do not edit by hand: "
+        "rerun `bench/run_all.sh`. -->",
+        "",
+        "Every figure compares the gateway path (client, proxy, lease from the manager, model server) with "
+        "the direct path (client, model server) against the same fast stand-in model server "
+        "(`bench/upstream.py`, tens of microseconds per request) on loopback, so what is measured is the "
+        "gateway's own cost. Read the ratios and the CPU per request: absolute times depend on the machine "
+        "and on what else ran on it (the *other load* column).",
+        "",
+        "Rerun: `bench/run_all.sh` (everything, about 10 minutes, then this page), or one script: "
+        "`python -m bench.latency`, `python -m bench.streaming`, `python -m bench.swap`, "
+        "`python -m bench.storm`, `python -m bench.memory`; then `python -m bench.report`. Raw numbers: "
+        "`bench/results/*.json` and `*.csv`.",
+        "",
+        "## Machine",
+        "",
+        _machine_section(results),
+        "",
+    ]
+    lat = results.get("latency")
+    if lat:
+        loads = [
+            r["other_cpu_s"] / r["wall_s"] / (lat["machine"].get("nproc") or 1)
+            for r in lat["runs"]
+            if r["wall_s"]
+        ]
+        busy = max(loads, default=0.0)
+        if busy > 0.2:
+            parts += [
+                f"**Noisy run:** other processes used up to {busy * 100:.0f}% of the machine's CPU during the "
+                "latency runs (median per point in the *other load* column), so latencies and req/s below are "
+                "depressed and spread; CPU per request and the direct/proxied ratios hold better. Rerun on a "
+                "quiet machine for final numbers.",
+                "",
+            ]
+    findings: list[str] = []
+    sections = [
+        ("latency", _latency_section),
+        ("streaming", _streaming_section),
+        ("swap", _swap_section),
+        ("storm", _storm_section),
+        ("memory", _memory_section),
+    ]
+    for name, fn in sections:
+        if name in results:
+            text, found = fn(results[name])
+            parts += [text, ""]
+            findings += found
+        else:
+            parts += [f"## {name}\n\nNot run: bench/results/{name}.json is missing.", ""]
+    exp = results.get("latency-shared-lease")
+    if exp:
+        text, found = _latency_section(
+            exp,
+            "Experiment: a proxy-side shared lease per model (bench/experiments/shared_lease.py)",
+        )
+        parts += [
+            text,
+            "",
+            "This is a prototype in bench/, not the shipped proxy: the real proxy's code with its manager "
+            "client replaced by one that shares a lease among concurrent requests for the same model, keeps it "
+            "briefly after the last one, and retires it after as many uses as the manager's batch bound so "
+            "the manager's fairness between models still holds.",
+            "",
+        ]
+        findings += [f"Shared-lease experiment: {f}" for f in found if "Hot path" not in f]
+    parts += ["## Findings (computed from the numbers above)", ""]
+    parts += [f"- {f}" for f in findings]
+    parts.append("")
+    return "\n".join(parts)
+
+
+def main() -> int:
+    text = render()
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
