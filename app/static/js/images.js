@@ -13,6 +13,9 @@ export const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
 /** Images smaller than this (longest side, CSS px) are shown scaled up. */
 const MIN_SHOWN_PX = 256;
 
+/** The same, in the full-size view. */
+const LIGHTBOX_MIN_PX = 512;
+
 const ACCEPTED = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
 
 /**
@@ -141,6 +144,12 @@ export class ImageViewer {
     const save = this.dialog.querySelector("a[download]");
     const title = this.dialog.querySelector(".lightbox-title");
     if (img) {
+      // Small pictures are shown at a whole multiple of their size, with hard pixels.
+      img.onload = () => {
+        const factor = Math.floor(LIGHTBOX_MIN_PX / Math.max(img.naturalWidth, img.naturalHeight, 1));
+        img.style.width = factor > 1 ? `${img.naturalWidth * factor}px` : "";
+        img.classList.toggle("pixelated", factor > 1);
+      };
       img.src = url;
       img.alt = alt;
     }

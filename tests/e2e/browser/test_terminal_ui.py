@@ -380,6 +380,13 @@ def test_phone_viewport_stays_readable(phone: Ui) -> None:
     )
     phone.type_line("/models")
     expect(page.locator("table.models")).to_be_visible()
+    phone.type_line("/image -s 128x128 a picture on a small screen")
+    img = page.locator(".entry.images img")
+    expect(img).to_be_visible()
+    assert natural_width(img) == 128
+    page.wait_for_function("() => document.querySelector('.entry.images .crt.loaded') !== null")
+    box = img.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390
     # No sideways scrolling; the prompt and its buttons are on screen.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert page.evaluate(
