@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -41,6 +41,8 @@ class HotPath:
             return
         try:
             response = await endpoint(Request(scope, receive))
+        except ClientDisconnect:
+            return  # the client left while sending its body: nobody to answer
         except ProxyError as exc:
             self.metrics.requests.labels(scope["path"], "unknown", str(exc.status)).inc()
             await send_error(send, exc)
