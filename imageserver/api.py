@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,7 +55,7 @@ from imageserver.images import (
     prepare_image,
     prepare_mask,
 )
-from imageserver.model import EditJob, GenerateJob
+from imageserver.model import EditJob, GenerateJob, ImageModel
 from imageserver.settings import Settings
 from imageserver.worker import GpuWorker
 
@@ -157,8 +158,6 @@ def _check_common(
 
 
 def _new_seed() -> int:
-    import secrets
-
     return secrets.randbelow(2**32)
 
 
@@ -178,7 +177,7 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
     in the lifespan, in the background."""
     if loader is None:
 
-        def loader(s: Settings):  # noqa: ANN202 - the real loader, imported on the worker thread
+        def loader(s: Settings) -> ImageModel:  # runs on the worker thread: torch loads there
             from imageserver.diffusers_model import load_diffusers_model
 
             return load_diffusers_model(s)
@@ -205,8 +204,8 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(host: HostDep) -> JSONResponse:
-        status = host.status
-        body = {"status": status, "error": host.error, "model": settings.served_name}
+        status, error = host.snapshot()
+        body = {"status": status, "error": error, "model": settings.served_name}
         return JSONResponse(body, status_code=503 if status == "failed" else 200)
 
     @app.get("/v1/models")

@@ -57,6 +57,11 @@ class ModelHost:
         with self._lock:
             return self._error
 
+    def snapshot(self) -> tuple[Status, str | None]:
+        """(status, error) read together, so a reader never sees one without the other."""
+        with self._lock:
+            return self._status, self._error
+
     def start(self) -> None:
         """Queue load + warm-up on the worker thread. Returns at once. Idempotent."""
         with self._lock:
