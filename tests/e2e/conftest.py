@@ -20,7 +20,7 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
   Torn down (process group: TERM, then KILL) at the end of the session.
 - ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``.
 
-The server's log is kept in ``test-artifacts/vllm-server.log``.
+The server's log is kept in ``test-artifacts/vllm-server-PORT.log``.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def vllm_server(vllm_runtime: VllmRuntime) -> Iterator[VllmServer]:
     """A real vLLM OpenAI server for the whole session; see the module docstring."""
     host, port = "127.0.0.1", free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / "vllm-server.log"
+    log_path = ARTIFACTS / f"vllm-server-{port}.log"
     server = VllmServer(runtime=vllm_runtime, host=host, port=port, log_path=log_path)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
