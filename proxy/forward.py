@@ -70,8 +70,8 @@ class _Watched(Response):
     background = None
     status_code = 200
 
-    def __init__(self) -> None:  # noqa: D107 - no Response.__init__: nothing to render up front
-        pass
+    def __init__(self) -> None:
+        """No Response.__init__: there is nothing to render up front."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -90,7 +90,7 @@ class _Watched(Response):
 
 
 class Forward(_Watched):
-    """POST the request body, unchanged, to the leased model server's `path`."""
+    """POST the request body, unchanged, to the same `endpoint` on the leased model server."""
 
     def __init__(
         self,
@@ -98,12 +98,11 @@ class Forward(_Watched):
         *,
         endpoint: str,
         model: str,
-        path: str,
         body: bytes,
         content_type: str,
         url_base: str | None = None,
     ) -> None:
-        self.ctx, self.endpoint, self.model, self.path = ctx, endpoint, model, path
+        self.ctx, self.endpoint, self.model = ctx, endpoint, model
         self.body, self.content_type = body, content_type
         self.url_base = url_base
         """Set for images with response_format=url: b64 answers become URLs under it."""
@@ -124,7 +123,7 @@ class Forward(_Watched):
             held = ctx.manager.hold(lease)
             try:
                 resp = await ctx.http.post(
-                    lease.base_url + self.path,
+                    lease.base_url + self.endpoint,
                     data=self.body,
                     headers={"Content-Type": self.content_type, "Accept-Encoding": "identity"},
                     timeout=ctx.upstream_timeout,

@@ -292,3 +292,19 @@ async def test_state_changes_show_in_models_list_without_waiting_for_the_cache(m
                 break
             await asyncio.sleep(0.01)
         assert states["chat-a"] == "ready"
+
+
+async def test_an_unexpected_exception_is_a_500_envelope_without_traceback(
+    stack: Stack, monkeypatch
+) -> None:
+    from proxy import routes_openai
+
+    async def boom(request):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setitem(routes_openai.FORWARDING, "/v1/embeddings", boom)
+    r = await stack.client.post("/v1/embeddings", json={"model": "chat-a", "input": "x"})
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["source"] == "proxy" and err["type"] == "server_error"
+    assert "secret internals" not in r.text and "Traceback" not in r.text
