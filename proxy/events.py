@@ -56,5 +56,7 @@ async def follow_events(ctx: ProxyContext) -> None:
                 resp.close()
         except (ProxyError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.debug("manager event stream unavailable: %s", exc)
+        except Exception:  # a malformed stream must not end the follower for good
+            log.exception("following the manager's event stream failed; reconnecting")
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
