@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.images import urls_for
+from proxy.manager_client import HeldLease
 
 log = logging.getLogger("proxy.forward")
 
@@ -141,11 +142,13 @@ class Forward(_Watched):
                     raw = b""
                 raise normalise_error_body(raw, resp.status, MODEL_SERVER)
             if resp.content_type == "text/event-stream":
-                status = await self._stream(resp, send, watch)
+                status = await self._stream(resp, send, watch, held)
             else:
-                status = await self._whole(resp, send, watch)
+                status = await self._whole(resp, send, watch, held)
         except ProxyError as exc:
             status = exc.status
+            if held is not None:
+                held.end()
             watch.finished = True
             await send_error(send, exc)
         finally:
@@ -157,7 +160,13 @@ class Forward(_Watched):
             metrics.requests.labels(self.endpoint, self.model, str(status)).inc()
             metrics.latency.labels(self.endpoint).observe(time.perf_counter() - t0)
 
-    async def _stream(self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch) -> int:
+    # The lease is ended as soon as the model server is done with the request, before
+    # the last bytes go to the client: the manager then handles the release while
+    # the answer travels, instead of just when the client's next request arrives.
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: HeldLease
+    ) -> int:
         await send({"type": "http.response.start", "status": resp.status, "headers": SSE_HEADERS})
         at_boundary = True
         try:
@@ -171,14 +180,18 @@ class Forward(_Watched):
             )
             # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
             tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
+            held.end()
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return err.status
+        held.end()
         watch.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return resp.status
 
-    async def _whole(self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch) -> int:
+    async def _whole(
+        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: HeldLease
+    ) -> int:
         try:
             raw = await resp.read()
         except _TRANSPORT_ERRORS as exc:
@@ -186,6 +199,7 @@ class Forward(_Watched):
                 f"The model server's answer for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
                 code="model_server_error",
             ) from exc
+        held.end()
         ctype = resp.headers.get("Content-Type", "application/json")
         if self.url_base is not None:
             raw = await asyncio.to_thread(self._to_urls, raw)
