@@ -64,19 +64,10 @@ def image_url_base(ctx: ProxyContext, request: Request) -> str:
 
 
 def model_object(m: dict) -> dict:
-    out = {
-        "id": m["id"],
-        "object": "model",
-        "created": _STARTED,
-        "owned_by": "homelab-ai",
-        "type": m.get("type"),
-        "state": m.get("state"),
-        "description": m.get("description", ""),
-    }
-    if m.get("type") == "image":
-        out["sizes"] = m.get("sizes")
-        out["max_n"] = m.get("max_n")
-    return out
+    """An OpenAI model object carrying everything the manager reports about the model
+    (type, state, last_error, since, in_flight, waiting, description; sizes and
+    max_n for image models)."""
+    return {**m, "object": "model", "created": _STARTED, "owned_by": "homelab-ai"}
 
 
 @router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")

@@ -17,6 +17,8 @@ async def test_models_list_reports_type_state_and_image_limits(stack: Stack) -> 
     assert data["chat-a"]["type"] == "text" and data["chat-a"]["state"] == "stopped"
     assert data["chat-a"]["object"] == "model" and "sizes" not in data["chat-a"]
     assert data["img"]["sizes"] == ["64x64", "32x48"] and data["img"]["max_n"] == 2
+    # The manager's other ModelStatus fields pass through for the UI.
+    assert {"last_error", "since", "in_flight", "waiting", "description"} <= set(data["chat-a"])
 
 
 async def test_chat_body_reaches_the_model_server_byte_for_byte(stack: Stack) -> None:
