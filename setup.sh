@@ -12,8 +12,10 @@
 #   vllm-venv/                     vLLM's CPU build in its own virtual environment
 #   models/smollm2-135m-instruct/  the small real text model (bf16, ~260 MB)
 #   smollm2-wheel/                 the PyPI wheel the model is converted from
+#   venv/                          the project's venv, only where python3 is the
+#                                  distribution's (PEP 668) and no venv is active
 #   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR to source
-#   dockerd.log                    the engine's log, when this script started it
+#   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
