@@ -46,11 +46,11 @@ def test_chat_streams_the_answer_token_by_token_and_survives_a_reload(ui: Ui) ->
     page = ui.page
     ui.wait_ready()
     ui.shot("ready")
-    words = "one two three four five six seven eight nine ten eleven twelve"
+    words = " ".join(f"w{i}" for i in range(1, 31))  # 30 words, 0.12 s apart
     record_answer_text(ui)
     ui.type_line(f"count with me {words}")
 
-    expect(page.locator(".entry.user").last).to_contain_text("chat> count with me one")
+    expect(page.locator(".entry.user").last).to_contain_text("chat> count with me w1 w2")
     streaming = page.locator(".entry.answer.streaming")
     expect(streaming.locator(".cursor")).to_be_visible()
     expect(page.locator("#send-btn")).to_have_text("[stop]")
@@ -98,7 +98,7 @@ def test_stop_mid_answer_keeps_what_was_written_and_frees_the_model(ui: Ui) -> N
 
     # The stopped request released its lease: the next one is answered.
     ui.type_line("and again")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] and again")
+    ui.answered("[chat] and again")
 
     # The stopped answer stays stopped after a reload.
     page.reload()
@@ -125,9 +125,7 @@ def test_models_lists_types_and_states_and_model_switches(ui: Ui, stack: Stack) 
     expect(page.locator("#prompt-label")).to_have_text("slow>")
     expect(page.locator(".line.ok").last).to_contain_text("switched to slow")
     ui.type_line("which model are you")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
-        "[slow] which model are you"
-    )
+    ui.answered("[slow] which model are you")
     ui.shot("switched")
 
     # The choice is kept in the browser.
@@ -155,9 +153,7 @@ def test_loading_indicator_shows_the_swap_and_its_elapsed_time(ui: Ui, stack: St
     expect(page.locator(".line.pending")).to_contain_text("loading slow")
     ui.shot("swapping")
 
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
-        "[slow] hello after the swap"
-    )
+    ui.answered("[slow] hello after the swap")
     expect(status).to_have_attribute("data-phase", "idle")
     expect(page.locator("#status-text")).to_have_text("slow · ready")
     expect(page.locator("#status-clock")).to_have_text("")
@@ -280,9 +276,7 @@ def test_drop_and_paste_attach_an_image_for_a_vision_message(ui: Ui) -> None:
     assert content[1]["type"] == "image_url"
     assert content[1]["image_url"]["url"] == f"data:image/png;base64,{b64}"
     expect(page.locator(".entry.user").last).to_contain_text("[+img clip.png]")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
-        "[chat] what is in this picture"
-    )
+    ui.answered("[chat] what is in this picture")
     ui.shot("vision-message")
 
 
@@ -309,7 +303,7 @@ def test_unknown_model_commands_and_proxy_errors_print_as_terminal_messages(ui: 
 
     # The terminal still works.
     ui.type_line("still here")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] still here")
+    ui.answered("[chat] still here")
 
 
 def test_prompt_history_with_arrow_keys_and_clear(ui: Ui) -> None:
@@ -319,7 +313,7 @@ def test_prompt_history_with_arrow_keys_and_clear(ui: Ui) -> None:
     ui.type_line("/help")
     expect(page.locator("table.help")).to_contain_text("/image [-n N] [-s WxH] PROMPT")
     ui.type_line("first line")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] first line")
+    ui.answered("[chat] first line")
     prompt.press_sequentially("a draft")
     prompt.press("ArrowUp")
     expect(prompt).to_have_value("first line")
@@ -362,7 +356,7 @@ def test_api_key_is_asked_for_checked_and_kept(auth_ui: Ui) -> None:
     expect(page.locator(".line.ok").last).to_contain_text("key accepted")
     ui.wait_ready()
     ui.type_line("hello with a key")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] hello with a key")
+    ui.answered("[chat] hello with a key")
     ui.shot("accepted")
 
     page.reload()
@@ -375,7 +369,7 @@ def test_phone_viewport_stays_readable(phone: Ui) -> None:
     page = phone.page
     phone.wait_ready()
     phone.type_line("hello from a phone, a fairly long line that has to wrap on a narrow screen")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
+    phone.answered(
         "[chat] hello from a phone, a fairly long line that has to wrap on a narrow screen"
     )
     phone.type_line("/models")
@@ -427,7 +421,7 @@ def test_set_options_are_sent_with_each_message(ui: Ui) -> None:
         ui.type_line("one two three four five")
     assert json.loads(sent.value.post_data or "{}")["max_tokens"] == 3
     # The model server honours it: three words ("[chat]" is the first).
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text("[chat] one two")
+    ui.answered("[chat] one two")
     expect(page.locator(".entry.answer").last.locator(".truncated")).to_contain_text(
         "cut off at max_tokens"
     )
@@ -439,9 +433,7 @@ def test_set_options_are_sent_with_each_message(ui: Ui) -> None:
     ui.type_line("/set max_tokens")
     expect(page.locator(".line.ok").last).to_have_text("chat options: the model's defaults")
     ui.type_line("one two three four five")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
-        "[chat] one two three four five"
-    )
+    ui.answered("[chat] one two three four five")
 
 
 def test_terminal_screenshot_with_an_answer_and_an_image(ui: Ui) -> None:
@@ -452,9 +444,7 @@ def test_terminal_screenshot_with_an_answer_and_an_image(ui: Ui) -> None:
     ui.wait_ready()
     ui.type_line("/models")
     ui.type_line("say hello to the home lab")
-    expect(page.locator(".entry.answer .answer-body").last).to_have_text(
-        "[chat] say hello to the home lab"
-    )
+    ui.answered("[chat] say hello to the home lab")
     ui.type_line("/image -s 128x128 a neon terminal")
     img = page.locator(".entry.images img").last
     expect(img).to_be_visible()

@@ -360,6 +360,15 @@ class Ui:
         self.input.press_sequentially(text)
         self.input.press("Enter")
 
+    def answered(self, text: str) -> None:
+        """The newest answer reads `text` and is finished (the prompt takes input again)."""
+        from playwright.sync_api import expect
+
+        answer = self.page.locator(".entry.answer").last  # type: ignore[attr-defined]
+        expect(answer.locator(".answer-body")).to_have_text(text)
+        expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"))
+        expect(self.page.locator("#send-btn")).to_have_text("[send]")  # type: ignore[attr-defined]
+
     def wait_ready(self, model: str = "chat") -> None:
         """The page has loaded, listed the models and shows `model>` at the prompt."""
         from playwright.sync_api import expect
