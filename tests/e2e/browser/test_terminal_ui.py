@@ -211,6 +211,12 @@ def test_upload_with_the_button_edits_the_image(ui: Ui, tmp_path: Path) -> None:
     ui.wait_ready()
     ui.type_line("/model paint")
     expect(page.locator("#prompt-label")).to_have_text("paint>")
+    # With an image model, a plain line is the picture's prompt.
+    ui.type_line("a red square")
+    first = page.locator(".entry.images .image-card")
+    expect(first).to_have_count(1)
+    expect(first.locator("figcaption")).not_to_contain_text("edit")
+    assert natural_width(first.locator("img")) == 64  # the model's first size
 
     page.locator("#file-input").set_input_files(str(source))
     chip = page.locator("#attachment")
