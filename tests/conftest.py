@@ -25,6 +25,16 @@ def _required() -> set[str]:
     return {t.strip() for t in raw.split(",") if t.strip()}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run browser tests last.
+
+    Playwright's sync API keeps an asyncio loop running in the main thread for
+    as long as its session fixture lives; async tests collected after it would
+    fail with "Runner.run() cannot be called from a running event loop".
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     tiers = [t for t in TIERS if t in report.keywords]
     if not tiers:
