@@ -5,6 +5,9 @@
 #   ./setup.sh help [COMMAND]     what each command does
 #   ./setup.sh deps               install what the project and its tests need
 #   ./setup.sh test [PYTEST ARGS] deps + test images + the whole test suite
+#   ./setup.sh demo [--detach]    the whole system on this machine, on the CPU (demo stop)
+#   ./setup.sh gpu-pc             the manager on the GPU PC, as a container that survives reboots
+#   ./setup.sh server             the proxy and web UI on the server, as a container
 #
 # Every step checks first and skips what is already done, so running a command
 # twice is safe. State that is not source lives outside the repository, in
@@ -15,6 +18,8 @@
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
 #   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR to source
+#   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
+#   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
 set -euo pipefail
 
@@ -40,6 +45,16 @@ VLLM_PYTHON="$VLLM_VENV/bin/python"
 TEXT_MODEL_DIR="$STATE_DIR/models/smollm2-135m-instruct"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
 REQUIRED_TIERS="docker,vllm,diffusers,browser"
+# The demo's image pipeline, and what gpu-pc / server create.
+TINY_DIR="$STATE_DIR/models/tiny-sd"
+HOMELAB_VERSION="0.1.0"
+MANAGER_IMAGE="homelab-ai/manager:$HOMELAB_VERSION"
+PROXY_IMAGE="homelab-ai/proxy:$HOMELAB_VERSION"
+MANAGER_CONTAINER="homelab-manager"
+PROXY_CONTAINER="homelab-proxy"
+HF_CACHE_DEFAULT="homelab-hf-cache"
+# What gpu-pc runs `nvidia-smi -L` in with --gpus all (the NVIDIA runtime injects nvidia-smi).
+GPU_CHECK_IMAGE="${HOMELAB_GPU_CHECK_IMAGE:-nvidia/cuda:12.8.1-base-ubuntu24.04}"
 
 # ---------------------------------------------------------------- output helpers
 
@@ -96,9 +111,15 @@ Commands:
   test      deps, then build the test images, then run the whole test suite
             (unit, integration on the real Docker engine, e2e on real vLLM,
             diffusers and Chromium). Extra arguments go to pytest.
-  demo      (not implemented yet) run the whole system on this machine, on the CPU.
-  gpu-pc    (not implemented yet) set up the manager on the GPU PC.
-  server    (not implemented yet) set up the proxy and web UI on the server.
+  demo      deps, then the whole system on this machine on the CPU: the manager,
+            real vLLM with a small real model, the diffusers image server, the
+            proxy and the web UI. `demo --detach` runs it in the background,
+            `demo stop` stops it.
+  gpu-pc    On the GPU PC (Docker Desktop/WSL2 or Linux): check the GPU is visible
+            in containers, build/pull the model images, write .env with a fresh
+            manager token and start the manager container (restarts with Docker).
+  server    On the Linux server: build and start the proxy and web UI container,
+            pointed at the manager.
   help      This text; `./setup.sh help COMMAND` (or COMMAND --help) for one command.
 
 Environment:
@@ -146,10 +167,90 @@ This is the exact command CI runs (.ci/run).
 EOF
 }
 
-help_placeholder() {
-    echo "Usage: ./setup.sh $1"
-    echo
-    echo "Not implemented yet."
+help_demo() {
+    cat <<EOF
+Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--no-deps]
+       ./setup.sh demo stop | status
+
+The whole system on this one Linux machine, on the CPU, no GPU and no internet needed:
+  1. deps (see ./setup.sh help deps); --no-deps skips it when deps already ran
+  2. the tiny offline diffusers pipeline: $STATE_DIR/models/tiny-sd
+     (python -m imageserver.tiny; random weights, so its pictures are noise)
+  3. deploy/demo.py writes \$HOMELAB_DEMO_DIR/models.json (default $STATE_DIR/demo):
+       smollm2   SmolLM2-135M-Instruct on real vLLM (the CPU build), port N+11
+       tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
+     and a manager token (manager-token, mode 600, never printed)
+  4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
+     web UI on ADDR:N (default 127.0.0.1:8080), prints the URL
+  5. stays in the foreground; Ctrl-C stops everything, model servers included
+
+  --detach    return once the manager and the proxy answer; stop later with
+              \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
+  --port N    the proxy's port (default 8080); the demo also uses N+10, N+11, N+12
+  --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN,
+              with no API key)
+
+The first request for a model loads it (vLLM on the CPU: a minute or so); asking for
+the other model swaps them. Logs: \$HOMELAB_DEMO_DIR/logs/.
+EOF
+}
+
+help_gpu_pc() {
+    cat <<EOF
+Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--port N] [--models FILE]
+                         [--env-file FILE] [--skip-gpu-check] [--show-token]
+
+On the GPU PC (a WSL 2 shell or Git Bash with Docker Desktop, or Linux with Docker and
+the NVIDIA Container Toolkit). Each step checks first and skips what is done:
+  1. Docker answers (start Docker Desktop first)
+  2. containers see the GPU: docker run --rm --gpus all IMAGE nvidia-smi -L
+     (IMAGE: \$HOMELAB_GPU_CHECK_IMAGE, default $GPU_CHECK_IMAGE); stops with
+     what to fix when they do not. --skip-gpu-check skips this (the manager then
+     runs without the GPU: only for trying the set-up out)
+  3. warns when the Hugging Face cache (\$HOMELAB_HF_CACHE) is a Windows path
+     (/mnt/c/..., C:\\...): models load several times slower from there
+  4. builds the manager image homelab-ai/manager:$HOMELAB_VERSION (dockerfiles/manager.Dockerfile)
+     and checks models.json with it (--models FILE, default ./models.json)
+  5. builds the image-server image (dockerfiles/imageserver.Dockerfile) for the image
+     models that name homelab-ai/imageserver:*, and pulls every other pinned image
+     models.json names (vLLM); images already present are kept
+  6. creates the Hugging Face cache volume (\$HOMELAB_HF_CACHE, default $HF_CACHE_DEFAULT)
+  7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
+     HOMELAB_MANAGER_TOKEN, or keeps the token already there. Add HOMELAB_HF_TOKEN=...
+     to it yourself for gated models.
+  8. starts the manager as the container $MANAGER_CONTAINER: --restart unless-stopped
+     (it comes back with Docker Desktop after a reboot), the Docker socket mounted,
+     port N (default 8090); recreated only when its settings changed
+  9. prints the manager's address, where the token is (in full only with
+     --show-token), the command for the server, and the Windows firewall rule
+
+  --advertise-host HOST  the GPU PC's LAN name or address the server reaches it by
+                         (required under WSL and Git Bash: see \`ipconfig\` in
+                         PowerShell; on Linux the first address of \`hostname -I\`)
+EOF
+}
+
+help_server() {
+    cat <<EOF
+Usage: ./setup.sh server --manager-url URL [--token-file FILE] [--port N]
+                         [--api-keys-file FILE] [--env-file FILE] [--name NAME]
+
+On the Linux server, with Docker (./setup.sh deps installs it on Debian):
+  1. Docker answers
+  2. writes --env-file (default ./.env.server, mode 600, git-ignored) with
+     HOMELAB_MANAGER_URL and HOMELAB_MANAGER_TOKEN (and HOMELAB_API_KEYS). They come
+     from the flags, else from the environment (HOMELAB_MANAGER_URL,
+     HOMELAB_MANAGER_TOKEN, HOMELAB_API_KEYS), else from the env file of an earlier run.
+     --token-file FILE: a file holding the token, or the GPU PC's .env
+     (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a line
+  3. builds the proxy image homelab-ai/proxy:$HOMELAB_VERSION (dockerfiles/proxy.Dockerfile;
+     build-arg BASE from \$HOMELAB_PYTHON_BASE when set)
+  4. starts the proxy and web UI as the container NAME (default $PROXY_CONTAINER),
+     --restart unless-stopped, port N (default 8080), generated images in the volume
+     homelab-proxy-images; recreated only when its settings changed
+  5. waits for /healthz, then asks /readyz whether it reaches the manager and prints
+     the URL (a manager that does not answer yet is a warning, not a failure)
+EOF
 }
 
 # ---------------------------------------------------------------- deps: Debian packages
@@ -393,8 +494,454 @@ cmd_test() {
     return "$rc"
 }
 
-cmd_placeholder() {
-    die "'$1' is not implemented yet (see ./setup.sh help)"
+# ---------------------------------------------------------------- demo
+
+# `demo_python_env`: PY and the vLLM/model paths, without running deps (demo --no-deps, stop).
+demo_python_env() {
+    select_python
+    "$PY" -c 'import manager, proxy, httpx' 2>/dev/null ||
+        die "the project is not installed in $PY: run ./setup.sh deps (or drop --no-deps)"
+}
+
+ensure_tiny_pipeline() {
+    step "Tiny offline diffusers pipeline: $TINY_DIR"
+    if [[ -f "$TINY_DIR/model_index.json" ]]; then
+        info "already built"
+        return
+    fi
+    "$PY" -c 'import diffusers' 2>/dev/null || die "diffusers is not installed in $PY: run ./setup.sh deps"
+    info "python -m imageserver.tiny $TINY_DIR"
+    mkdir -p "$(dirname "$TINY_DIR")"
+    (cd "$REPO_DIR" && "$PY" -m imageserver.tiny "$TINY_DIR") >"$STATE_DIR/tiny-sd.log" 2>&1 ||
+        die "could not build the tiny pipeline in $TINY_DIR (see $STATE_DIR/tiny-sd.log)"
+    info "built"
+}
+
+cmd_demo() {
+    local action=run detach=0 deps=1 port=8080 host=127.0.0.1
+    case "${1:-}" in
+        stop | status)
+            action="$1"
+            shift
+            (($# == 0)) || die "demo $action takes no arguments (got: $*)"
+            ;;
+    esac
+    while (($#)); do
+        case "$1" in
+            --detach | -d) detach=1 ;;
+            --no-deps) deps=0 ;;
+            --port)
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65523)"
+                port="$2"
+                shift
+                ;;
+            --host)
+                [[ "${2:-}" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || die "--host needs an address like 127.0.0.1 or 0.0.0.0"
+                host="$2"
+                shift
+                ;;
+            *) die "unknown demo option '$1' (see ./setup.sh help demo)" ;;
+        esac
+        shift
+    done
+    local demo_dir="${HOMELAB_DEMO_DIR:-$STATE_DIR/demo}"
+    mkdir -p "$demo_dir"
+    chmod 700 "$demo_dir"
+    if [[ "$action" != run ]]; then
+        demo_python_env
+        step "demo $action ($demo_dir)"
+        exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir"
+    fi
+    if ((deps)); then
+        cmd_deps
+    else
+        step "deps: skipped (--no-deps)"
+        demo_python_env
+        [[ -x "$VLLM_PYTHON" ]] || die "no vLLM CPU venv at $VLLM_PYTHON: run ./setup.sh deps"
+        [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
+    fi
+    ensure_tiny_pipeline
+    ((detach)) && action=start
+    step "demo: manager, model servers, proxy and web UI ($demo_dir)"
+    exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
+        --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
+        --image-python "$PY"
+}
+
+# ---------------------------------------------------------------- gpu-pc and server: Docker helpers
+
+require_docker() {
+    command -v docker >/dev/null 2>&1 || die "the docker command is not installed (Docker Desktop on Windows; apt-get install docker.io on Debian)"
+    docker_answers || die "Docker does not answer: start Docker Desktop (Windows) or the Docker service (Linux: ./setup.sh deps starts it), then rerun"
+    info "Docker $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?') answers"
+}
+
+# A path Docker on Windows accepts for a bind mount (Git Bash: C:/..., elsewhere as is).
+host_path() {
+    if command -v cygpath >/dev/null 2>&1; then cygpath -m "$1"; else printf '%s\n' "$1"; fi
+}
+
+# True when PATH sits on a Windows drive (slow for model loads from WSL 2 containers).
+windows_mounted_path() {
+    [[ "$1" =~ ^/mnt/[A-Za-z](/|$) || "$1" =~ ^[A-Za-z]:[\\/] ]] && return 0
+    command -v cygpath >/dev/null 2>&1 && [[ "$1" =~ ^/[A-Za-z](/|$) ]]
+}
+
+# Generate a token: 43 URL-safe characters from 32 random bytes.
+new_token() {
+    head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+}
+
+# `env_file_value FILE KEY`: the value of KEY=... in FILE (empty when absent).
+env_file_value() {
+    [[ -f "$1" ]] || return 0
+    sed -n "s/^$2=//p" "$1" | tail -n 1
+}
+
+# `write_private FILE` < content: write FILE with mode 600 (created private, never world-readable).
+write_private() {
+    local file="$1" tmp
+    tmp="$(umask 077 && mktemp "$file.XXXXXX")"
+    cat >"$tmp"
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$file"
+}
+
+# `build_image TAG DOCKERFILE PATHS...`: docker build from a context holding only PATHS.
+build_image() {
+    local tag="$1" dockerfile="$2"
+    shift 2
+    local base_arg=()
+    [[ -n "${HOMELAB_PYTHON_BASE:-}" ]] && base_arg=(--build-arg "BASE=$HOMELAB_PYTHON_BASE")
+    info "docker build -t $tag -f $dockerfile${HOMELAB_PYTHON_BASE:+ (BASE=$HOMELAB_PYTHON_BASE)}"
+    local log
+    log="$(mktemp)"
+    if ! tar -C "$REPO_DIR" --exclude=__pycache__ -c "$@" "$dockerfile" |
+        DOCKER_BUILDKIT=0 docker build "${base_arg[@]}" -t "$tag" -f "$dockerfile" - >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "docker build of $tag failed (output above)"
+    fi
+    rm -f "$log"
+    info "built $tag"
+}
+
+# `run_service NAME CONFIG_HASH docker-run-args...`: (re)create a restarting container,
+# unless one with the same settings already runs.
+run_service() {
+    local name="$1" hash="$2"
+    shift 2
+    local have
+    have="$(docker inspect -f '{{index .Config.Labels "homelab-ai.config"}} {{.State.Running}}' "$name" 2>/dev/null || true)"
+    if [[ "$have" == "$hash true" ]]; then
+        info "$name already runs with these settings"
+        return
+    fi
+    if [[ -n "$have" ]]; then
+        info "replacing $name (its settings changed or it is not running)"
+        docker rm -f "$name" >/dev/null
+    fi
+    info "docker run -d --name $name --restart unless-stopped ..."
+    docker run -d --name "$name" --restart unless-stopped --label "homelab-ai.config=$hash" "$@" >/dev/null ||
+        die "could not start the container $name"
+}
+
+# `wait_healthz NAME URL`: wait up to 60 s for URL to answer; show the container's log if not.
+wait_healthz() {
+    local name="$1" url="$2" waited=0
+    until curl -fsS -o /dev/null --max-time 3 "$url" 2>/dev/null; do
+        if ((waited >= 60)) || [[ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]]; then
+            docker logs --tail 30 "$name" >&2 || true
+            die "$name does not answer $url (its log is above: docker logs $name)"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    info "$name answers $url"
+}
+
+config_hash() {
+    printf '%s\n' "$@" | sha256sum | cut -c1-16
+}
+
+# ---------------------------------------------------------------- gpu-pc
+
+gpu_check() {
+    local image="$GPU_CHECK_IMAGE"
+    step "GPU visible in containers (docker run --rm --gpus all $image nvidia-smi -L)"
+    if ! docker image inspect "$image" >/dev/null 2>&1; then
+        info "docker pull $image"
+        docker pull "$image" >/dev/null || die "could not pull $image to test the GPU (no internet? set HOMELAB_GPU_CHECK_IMAGE to a local image)"
+    fi
+    local out
+    if ! out="$(docker run --rm --gpus all "$image" nvidia-smi -L 2>&1)"; then
+        printf '%s\n' "$out" | tail -n 5 | sed 's/^/    docker: /' >&2
+        die "containers do not see an NVIDIA GPU: 'docker run --gpus all' failed (above).
+    Fix: install the current NVIDIA Windows driver (on Windows, not inside WSL), update WSL
+    ('wsl --update' in PowerShell), use Docker Desktop's WSL 2 backend, restart Docker
+    Desktop; on Linux install the NVIDIA Container Toolkit and run
+    'nvidia-ctk runtime configure --runtime=docker'. See docs/troubleshooting.md
+    (\"The GPU is not visible in containers\"). --skip-gpu-check sets up the manager
+    without the GPU (only for trying the set-up out: models will not start)."
+    fi
+    printf '%s\n' "$out" | grep '^GPU' | sed 's/ (UUID.*//; s/^/    /' || true
+}
+
+# The manager image answers questions about models.json (no Python needed on the PC).
+models_query() {
+    local file="$1" code="$2"
+    docker run --rm -i --entrypoint python "$MANAGER_IMAGE" -c "$code" <"$file"
+}
+
+cmd_gpu_pc() {
+    local models="$REPO_DIR/models.json" env_file="$REPO_DIR/.env" port=8090
+    local advertise="" skip_gpu=0 show_token=0
+    while (($#)); do
+        case "$1" in
+            --models) models="${2:?--models needs a file}"; shift ;;
+            --env-file) env_file="${2:?--env-file needs a file}"; shift ;;
+            --port)
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65535)"
+                port="$2"
+                shift
+                ;;
+            --advertise-host) advertise="${2:?--advertise-host needs a host}"; shift ;;
+            --skip-gpu-check) skip_gpu=1 ;;
+            --show-token) show_token=1 ;;
+            *) die "unknown gpu-pc option '$1' (see ./setup.sh help gpu-pc)" ;;
+        esac
+        shift
+    done
+    # Git Bash rewrites arguments that look like paths (/var/run/docker.sock); Docker needs them as written.
+    export MSYS_NO_PATHCONV=1
+    [[ -f "$models" ]] || die "no models.json at $models"
+    local hf_cache="${HOMELAB_HF_CACHE:-$HF_CACHE_DEFAULT}"
+    [[ "$hf_cache" =~ ^[A-Za-z0-9._/:\\-]+$ ]] || die "HOMELAB_HF_CACHE has characters Docker does not take: $hf_cache"
+    if [[ -z "$advertise" ]]; then
+        advertise="$(env_file_value "$env_file" HOMELAB_ADVERTISE_HOST)"
+    fi
+    if [[ -z "$advertise" ]]; then
+        if grep -qi microsoft /proc/version 2>/dev/null || command -v cygpath >/dev/null 2>&1; then
+            die "--advertise-host is required here: the GPU PC's LAN address or name as the server reaches it (PowerShell: ipconfig, the IPv4 Address of your LAN adapter)"
+        fi
+        advertise="$(hostname -I 2>/dev/null | awk '{print $1}')"
+        [[ -n "$advertise" ]] || die "could not guess this PC's address: pass --advertise-host HOST"
+        info "advertise host: $advertise (guessed from hostname -I; --advertise-host to change)"
+    fi
+    [[ "$advertise" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || die "--advertise-host must be a host name or address, got: $advertise"
+
+    step "Docker"
+    require_docker
+    if ((skip_gpu)); then
+        step "GPU check: skipped (--skip-gpu-check); the manager runs without the GPU"
+    else
+        gpu_check
+    fi
+
+    step "Model storage"
+    if windows_mounted_path "$hf_cache"; then
+        printf '%s    WARNING: the Hugging Face cache %s is on a Windows drive: models load several times\n    slower from there. Use a Docker volume (the default, %s) or a path inside WSL.%s\n' \
+            "$_RED" "$hf_cache" "$HF_CACHE_DEFAULT" "$_RESET" >&2
+    elif windows_mounted_path "$REPO_DIR"; then
+        info "note: this checkout is on a Windows drive; only models.json is read from it (fine)"
+    else
+        info "Hugging Face cache: $hf_cache"
+    fi
+
+    step "Manager image ($MANAGER_IMAGE)"
+    build_image "$MANAGER_IMAGE" dockerfiles/manager.Dockerfile pyproject.toml manager
+    info "checking $models"
+    models_query "$models" 'import json, sys, tempfile
+from manager.spec import load_catalogue
+with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    f.write(sys.stdin.read())
+load_catalogue(f.name)' || die "$models is not valid (the reason is above)"
+    local listing
+    # shellcheck disable=SC2016 # Python code: "$schema" is a models.json key
+    listing="$(models_query "$models" 'import json, sys
+d = json.load(sys.stdin)
+for name, m in d.items():
+    if name != "$schema":
+        print(m["type"], m["image"], m["port"])')"
+
+    step "Model images"
+    local type image mport ports=("$port") built=""
+    while read -r type image mport; do
+        ports+=("$mport")
+        if docker image inspect "$image" >/dev/null 2>&1; then
+            info "$image present"
+        elif [[ "$type" == image && "$image" == homelab-ai/imageserver:* ]]; then
+            [[ " $built " == *" $image "* ]] && continue
+            local ibase=()
+            [[ -n "${HOMELAB_IMAGESERVER_BASE:-}" ]] && ibase=(--build-arg "BASE=$HOMELAB_IMAGESERVER_BASE")
+            info "docker build -t $image -f dockerfiles/imageserver.Dockerfile imageserver (pulls the CUDA PyTorch base: several GB)"
+            DOCKER_BUILDKIT=0 docker build -q "${ibase[@]}" -t "$image" -f "$REPO_DIR/dockerfiles/imageserver.Dockerfile" "$REPO_DIR/imageserver" >/dev/null ||
+                die "could not build $image"
+            built+=" $image"
+        else
+            info "docker pull $image (several GB the first time)"
+            docker pull "$image" >/dev/null || die "could not pull $image"
+        fi
+    done <<<"$listing"
+
+    step "Hugging Face cache ($hf_cache)"
+    if [[ "$hf_cache" == */* || "$hf_cache" == *\\* ]]; then
+        mkdir -p "$hf_cache"
+        info "host folder $hf_cache"
+    elif docker volume inspect "$hf_cache" >/dev/null 2>&1; then
+        info "volume exists"
+    else
+        docker volume create "$hf_cache" >/dev/null
+        info "volume created"
+    fi
+
+    step "Manager token ($env_file)"
+    local token
+    token="$(env_file_value "$env_file" HOMELAB_MANAGER_TOKEN)"
+    local hf_token
+    hf_token="$(env_file_value "$env_file" HOMELAB_HF_TOKEN)"
+    if [[ ${#token} -ge 32 ]]; then
+        info "keeping the token already there"
+    else
+        token="$(new_token)"
+        info "generated a new token"
+    fi
+    {
+        echo "# Written by ./setup.sh gpu-pc. Secret: never commit or share this file."
+        echo "HOMELAB_MANAGER_TOKEN=$token"
+        echo "HOMELAB_ADVERTISE_HOST=$advertise"
+        [[ -n "$hf_token" ]] && echo "HOMELAB_HF_TOKEN=$hf_token"
+    } | write_private "$env_file"
+    info "written (mode 600)"
+
+    step "Manager container ($MANAGER_CONTAINER, port $port)"
+    local image_id gpu_args=(--gpus all) gpu_env=()
+    image_id="$(docker image inspect -f '{{.Id}}' "$MANAGER_IMAGE")"
+    if ((skip_gpu)); then
+        gpu_args=()
+        gpu_env=(-e HOMELAB_GPU_RELEASE_TIMEOUT=0)
+    fi
+    local models_host
+    models_host="$(host_path "$(cd "$(dirname "$models")" && pwd)/$(basename "$models")")"
+    run_service "$MANAGER_CONTAINER" \
+        "$(config_hash "$image_id" "$models_host" "$(sha256sum <"$models")" "$(sha256sum <"$env_file")" "$port" "$hf_cache" "$skip_gpu")" \
+        "${gpu_args[@]}" "${gpu_env[@]}" \
+        -p "$port:8090" \
+        -v /var/run/docker.sock:/var/run/docker.sock \
+        -v "$models_host:/etc/homelab-ai/models.json:ro" \
+        --env-file "$(host_path "$env_file")" \
+        -e HOMELAB_MODEL_HOST=host.docker.internal \
+        --add-host host.docker.internal:host-gateway \
+        -e "HOMELAB_HF_CACHE=$hf_cache" \
+        "$MANAGER_IMAGE"
+    wait_healthz "$MANAGER_CONTAINER" "http://127.0.0.1:$port/healthz"
+
+    local shown="${token:0:4}...${token: -4} (in full: grep HOMELAB_MANAGER_TOKEN $env_file)"
+    ((show_token)) && shown="$token"
+    local rule_ports
+    rule_ports="$(printf '%s,' "${ports[@]}")"
+    rule_ports="${rule_ports%,}"
+    cat <<EOF
+
+================================================ for the server (./setup.sh server)
+  Manager URL:    http://$advertise:$port
+  Manager token:  $shown
+  On the server:  ./setup.sh server --manager-url http://$advertise:$port --token-file FILE
+                  (FILE: a copy of $env_file, or a file holding just the token)
+
+  Windows firewall (PowerShell as Administrator): let the server reach the manager
+  and the model servers it hands out (ports $rule_ports):
+    New-NetFirewallRule -DisplayName "homelab-ai" -Direction Inbound -Protocol TCP -LocalPort $rule_ports -Action Allow -Profile Private
+  or: netsh advfirewall firewall add rule name="homelab-ai" dir=in action=allow protocol=TCP localport=$rule_ports
+===================================================================================
+EOF
+}
+
+# ---------------------------------------------------------------- server
+
+cmd_server() {
+    local url="" token_file="" keys_file="" env_file="$REPO_DIR/.env.server" port=8080 name="$PROXY_CONTAINER"
+    while (($#)); do
+        case "$1" in
+            --manager-url) url="${2:?--manager-url needs a URL}"; shift ;;
+            --token-file) token_file="${2:?--token-file needs a file}"; shift ;;
+            --api-keys-file) keys_file="${2:?--api-keys-file needs a file}"; shift ;;
+            --env-file) env_file="${2:?--env-file needs a file}"; shift ;;
+            --port)
+                [[ "${2:-}" =~ ^[0-9]{2,5}$ ]] || die "--port needs a number"
+                port="$2"
+                shift
+                ;;
+            --name)
+                [[ "${2:-}" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ ]] || die "--name needs a container name"
+                name="$2"
+                shift
+                ;;
+            *) die "unknown server option '$1' (see ./setup.sh help server)" ;;
+        esac
+        shift
+    done
+    step "Manager address and token"
+    [[ -n "$url" ]] || url="${HOMELAB_MANAGER_URL:-$(env_file_value "$env_file" HOMELAB_MANAGER_URL)}"
+    [[ -n "$url" ]] || die "no manager URL: pass --manager-url http://GPU-PC:8090 (./setup.sh gpu-pc prints it)"
+    [[ "$url" =~ ^https?://[A-Za-z0-9.:\[\]-]+(:[0-9]+)?/?$ ]] || die "--manager-url must look like http://host:8090, got: $url"
+    local token=""
+    if [[ -n "$token_file" ]]; then
+        [[ -r "$token_file" ]] || die "cannot read --token-file $token_file"
+        token="$(env_file_value "$token_file" HOMELAB_MANAGER_TOKEN)"
+        [[ -n "$token" ]] || token="$(grep -v '^[[:space:]]*#' "$token_file" | grep -v '^[[:space:]]*$' | head -n 1 | tr -d '[:space:]')"
+    fi
+    [[ -n "$token" ]] || token="${HOMELAB_MANAGER_TOKEN:-$(env_file_value "$env_file" HOMELAB_MANAGER_TOKEN)}"
+    [[ -n "$token" ]] || die "no manager token: pass --token-file FILE (the GPU PC's .env) or set HOMELAB_MANAGER_TOKEN"
+    [[ ${#token} -ge 16 && "$token" =~ ^[A-Za-z0-9._~+/=-]+$ ]] || die "the manager token must be at least 16 characters of [A-Za-z0-9._~+/=-]"
+    local keys=""
+    if [[ -n "$keys_file" ]]; then
+        [[ -r "$keys_file" ]] || die "cannot read --api-keys-file $keys_file"
+        keys="$(grep -v '^[[:space:]]*#' "$keys_file" | tr -d ' \t\r' | grep -v '^$' | paste -sd, -)"
+    fi
+    [[ -n "$keys" ]] || keys="${HOMELAB_API_KEYS:-$(env_file_value "$env_file" HOMELAB_API_KEYS)}"
+    [[ -z "$keys" || "$keys" =~ ^[A-Za-z0-9._~+/=,-]+$ ]] || die "API keys must be [A-Za-z0-9._~+/=-], one a line"
+    {
+        echo "# Written by ./setup.sh server. Secret: never commit or share this file."
+        echo "HOMELAB_MANAGER_URL=$url"
+        echo "HOMELAB_MANAGER_TOKEN=$token"
+        [[ -n "$keys" ]] && echo "HOMELAB_API_KEYS=$keys"
+    } | write_private "$env_file"
+    info "manager: $url; token and settings in $env_file (mode 600)"
+    [[ -n "$keys" ]] && info "clients need one of the API keys (HOMELAB_API_KEYS in $env_file)"
+    [[ -z "$keys" ]] && info "no API keys: anyone who reaches port $port may use the models (--api-keys-file to require keys)"
+
+    step "Docker"
+    require_docker
+
+    step "Proxy image ($PROXY_IMAGE)"
+    build_image "$PROXY_IMAGE" dockerfiles/proxy.Dockerfile pyproject.toml manager proxy app
+
+    step "Proxy and web UI container ($name, port $port)"
+    local image_id
+    image_id="$(docker image inspect -f '{{.Id}}' "$PROXY_IMAGE")"
+    run_service "$name" "$(config_hash "$image_id" "$(sha256sum <"$env_file")" "$port")" \
+        -p "$port:8080" \
+        --env-file "$env_file" \
+        --add-host host.docker.internal:host-gateway \
+        -v homelab-proxy-images:/var/lib/homelab-ai/images \
+        "$PROXY_IMAGE"
+    wait_healthz "$name" "http://127.0.0.1:$port/healthz"
+    local ready
+    if ready="$(curl -sS --max-time 15 "http://127.0.0.1:$port/readyz" 2>&1)" && [[ "$ready" == *'"ready"'* ]]; then
+        info "the proxy reaches the manager"
+    else
+        printf '%s    WARNING: the proxy does not reach the manager yet: %s%s\n' "$_RED" "$ready" "$_RESET" >&2
+        info "check that the manager runs (./setup.sh gpu-pc) and the firewall rule it printed"
+    fi
+    cat <<EOF
+
+==================================================================== homelab-ai server
+  Web UI:           http://$(hostname 2>/dev/null || echo localhost):$port/
+  OpenAI base URL:  http://$(hostname 2>/dev/null || echo localhost):$port/v1
+  Logs:             docker logs -f $name
+======================================================================================
+EOF
 }
 
 main() {
@@ -405,7 +952,9 @@ main() {
             case "${1:-}" in
                 deps) help_deps ;;
                 test) help_test ;;
-                demo | gpu-pc | server) help_placeholder "$1" ;;
+                demo) help_demo ;;
+                gpu-pc) help_gpu_pc ;;
+                server) help_server ;;
                 "") usage ;;
                 *) die "unknown command '$1' (see ./setup.sh help)" ;;
             esac
@@ -420,9 +969,19 @@ main() {
             if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then help_test; return; fi
             cmd_test "$@"
             ;;
-        demo | gpu-pc | server)
-            if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then help_placeholder "$cmd"; return; fi
-            cmd_placeholder "$cmd"
+        demo)
+            if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then help_demo; return; fi
+            cmd_demo "$@"
+            ;;
+        gpu-pc)
+            if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then help_gpu_pc; return; fi
+            cmd_gpu_pc "$@"
+            step "gpu-pc: done"
+            ;;
+        server)
+            if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then help_server; return; fi
+            cmd_server "$@"
+            step "server: done"
             ;;
         *)
             usage >&2

@@ -1,0 +1,482 @@
+"""The one-machine demo: manager (process runtime) + proxy + web UI on the CPU.
+
+`./setup.sh demo` runs this after `deps` and after building the tiny image pipeline;
+the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh demo`
+too, so the demo is what is tested.
+
+    python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T [--port N]
+    python deploy/demo.py start ...   (the same, then detach and return once both answer)
+    python deploy/demo.py stop  --dir DIR
+    python deploy/demo.py status --dir DIR
+
+Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
+
+    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build) and `tiny-sd`
+                    (the real diffusers image server with the tiny offline pipeline)
+    manager-token   the manager's bearer token (mode 600, generated once, never printed)
+    pids.json       the manager's and the proxy's pid and start time (while running)
+    logs/           manager.log, proxy.log, and one log per model server (+ registry.json)
+
+Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
+two model servers on N+11 and N+12. Only 127.0.0.1 unless `--host` says otherwise.
+
+Contracts: `run` blocks until SIGINT/SIGTERM or until the manager or the proxy exits,
+then stops everything (model servers first, through the manager). `start` is
+idempotent: when the demo in DIR already runs it says so and returns 0. `stop` is
+idempotent and never signals a process whose pid was reused (the start time recorded
+in pids.json must match). Exit status 1 with a `demo:` message on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+TEXT_MODEL = "smollm2"
+IMAGE_MODEL = "tiny-sd"
+# Model server modules: only processes running one of them are ever killed as leftovers.
+SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
+MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET = 10, 11, 12
+# Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
+LOAD_TIMEOUT_S = 900
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which and what to do."""
+
+
+def say(message: str) -> None:
+    print(f"    {message}", flush=True)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
+    """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
+
+    The programs come from the manager's HOMELAB_VLLM_PYTHON / HOMELAB_IMAGESERVER_PYTHON.
+    """
+    return {
+        TEXT_MODEL: {
+            "type": "text",
+            "container": f"demo-{TEXT_MODEL}",
+            "port": port + TEXT_OFFSET,
+            "image": "vllm/vllm-openai:v0.32.0",
+            "model": str(text_model),
+            "args": [
+                "--enforce-eager",
+                "--gpu-memory-utilization",
+                "0.2",
+                "--max-model-len",
+                "2048",
+            ],
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
+        },
+        IMAGE_MODEL: {
+            "type": "image",
+            "container": f"demo-{IMAGE_MODEL}",
+            "port": port + IMAGE_OFFSET,
+            "image": "homelab-ai/imageserver:0.1.0",
+            "model": str(image_model),
+            "device": "cpu",
+            "dtype": "fp32",
+            "sizes": ["128x128", "64x64"],
+            "max_n": 2,
+            "steps": 2,
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
+        },
+    }
+
+
+def manager_token(demo_dir: Path) -> str:
+    """The demo manager's token from DIR/manager-token, generated (mode 600) on first use."""
+    path = demo_dir / "manager-token"
+    if path.is_file():
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (/proc/PID/stat field 22), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(record: dict) -> bool:
+    pid = record.get("pid")
+    return isinstance(pid, int) and pid > 1 and _start_time(pid) == record.get("started")
+
+
+def _signal_group(record: dict, sig: int) -> None:
+    if _alive(record):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record["pid"], sig)
+
+
+def _stop_record(name: str, record: dict) -> None:
+    """SIGTERM the process group, SIGKILL after STOP_TIMEOUT_S. Blocks until it is gone."""
+    if not _alive(record):
+        return
+    say(f"stopping the {name} (pid {record['pid']})")
+    _signal_group(record, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _alive(record) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(record):
+        say(f"the {name} did not stop within {STOP_TIMEOUT_S:.0f} s: SIGKILL")
+        _signal_group(record, signal.SIGKILL)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> dict:
+    """Start `args` in its own session (it survives this script), output to `log`."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return {"pid": proc.pid, "started": _start_time(proc.pid), "log": str(log)}
+
+
+def _log_tail(path: str, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def _wait_http(name: str, record: dict, url: str) -> None:
+    """Wait until `url` answers 200. Raises DemoError with the log tail if it exits or never does."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not _alive(record):
+            raise DemoError(
+                f"the {name} exited while starting; last lines of {record['log']}:\n"
+                f"{_log_tail(record['log'])}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise DemoError(
+        f"the {name} did not answer {url} within {READY_TIMEOUT_S:.0f} s; "
+        f"last lines of {record['log']}:\n{_log_tail(record['log'])}"
+    )
+
+
+def _read_pids(demo_dir: Path) -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((demo_dir / "pids.json").read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start(opts: argparse.Namespace) -> dict:
+    """Write the catalogue, start the manager and the proxy, wait until both answer.
+
+    Returns the pids record (also in DIR/pids.json). Raises DemoError.
+    """
+    demo_dir: Path = opts.dir
+    running = _read_pids(demo_dir)
+    if running and all(_alive(running[k]) for k in ("manager", "proxy")):
+        say(f"already running (pids {running['manager']['pid']}, {running['proxy']['pid']})")
+        return running
+    stop(demo_dir, quiet=True)  # a half-dead earlier demo: clear it first
+
+    for path, what in (
+        (opts.vllm_python, "vLLM's python"),
+        (opts.image_python, "the project's python"),
+    ):
+        if not Path(path).is_file():
+            raise DemoError(f"{what} not found at {path}: run ./setup.sh deps")
+    if not (opts.text_model / "config.json").is_file():
+        raise DemoError(f"no text model at {opts.text_model}: run ./setup.sh deps")
+    if not (opts.image_model / "model_index.json").is_file():
+        raise DemoError(
+            f"no image pipeline at {opts.image_model}: "
+            f"run python -m imageserver.tiny {opts.image_model}"
+        )
+    port = opts.port
+    ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
+    busy = [p for p in ports if not _port_free("127.0.0.1", p)]
+    if busy:
+        raise DemoError(
+            f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{IMAGE_OFFSET})"
+        )
+
+    logs = demo_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    models_file = demo_dir / "models.json"
+    models = demo_models(opts.text_model, opts.image_model, port)
+    models_file.write_text(json.dumps(models, indent=2) + "\n")
+    say(f"wrote {models_file} ({', '.join(models)})")
+    token = manager_token(demo_dir)
+
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    base_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_DIR), base_env.get("PYTHONPATH")])
+    )
+    base_env["PYTHONUNBUFFERED"] = "1"
+    manager_port = port + MANAGER_OFFSET
+    manager_env = {
+        **base_env,
+        "HOMELAB_MODELS_FILE": str(models_file),
+        "HOMELAB_MANAGER_TOKEN": token,
+        "HOMELAB_MANAGER_HOST": "127.0.0.1",
+        "HOMELAB_MANAGER_PORT": str(manager_port),
+        "HOMELAB_RUNTIME": "process",
+        "HOMELAB_VLLM_PYTHON": str(opts.vllm_python),
+        "HOMELAB_IMAGESERVER_PYTHON": str(opts.image_python),
+        "HOMELAB_LOG_DIR": str(logs),
+        "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+        "HOMELAB_QUEUE_TIMEOUT": str(LOAD_TIMEOUT_S),
+    }
+    proxy_env = {
+        **base_env,
+        "HOMELAB_MANAGER_URL": f"http://127.0.0.1:{manager_port}",
+        "HOMELAB_MANAGER_TOKEN": token,
+        "HOMELAB_PROXY_HOST": opts.host,
+        "HOMELAB_PROXY_PORT": str(port),
+        "HOMELAB_DEFAULT_MODEL": TEXT_MODEL,
+    }
+    python = opts.image_python
+    pids: dict = {"port": port, "manager_port": manager_port, "models": list(models)}
+    try:
+        say(f"starting the manager on 127.0.0.1:{manager_port} (process runtime)")
+        pids["manager"] = _spawn([python, "-m", "manager"], manager_env, logs / "manager.log")
+        _write_pids(demo_dir, pids)
+        _wait_http("manager", pids["manager"], f"http://127.0.0.1:{manager_port}/healthz")
+        say(f"starting the proxy and web UI on {opts.host}:{port}")
+        pids["proxy"] = _spawn([python, "-m", "proxy"], proxy_env, logs / "proxy.log")
+        _write_pids(demo_dir, pids)
+        _wait_http("proxy", pids["proxy"], f"http://127.0.0.1:{port}/healthz")
+    except BaseException:
+        stop(demo_dir, quiet=True)
+        raise
+    return pids
+
+
+def _write_pids(demo_dir: Path, pids: dict) -> None:
+    (demo_dir / "pids.json").write_text(json.dumps(pids, indent=2) + "\n")
+
+
+def _leftover_servers(logs: Path) -> list[dict]:
+    """Model servers the manager's process registry lists that still run one of ours."""
+    found = []
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((logs / "registry.json").read_text())
+        for item in data.values() if isinstance(data, dict) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
+                continue
+            record = {"pid": item["pid"], "started": _start_time(item["pid"])}
+            try:
+                argv = Path(f"/proc/{item['pid']}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(m.encode() in argv for m in SERVER_MODULES):
+                found.append(record)
+    return found
+
+
+def stop(demo_dir: Path, quiet: bool = False) -> bool:
+    """Stop the model servers (through the manager), then the proxy and the manager.
+
+    Idempotent. Returns whether anything was running.
+    """
+    pids = _read_pids(demo_dir)
+    manager, proxy = pids.get("manager", {}), pids.get("proxy", {})
+    was_running = _alive(manager) or _alive(proxy)
+    if _alive(manager):
+        token_file = demo_dir / "manager-token"
+        token = token_file.read_text().strip() if token_file.is_file() else ""
+        url = f"http://127.0.0.1:{pids.get('manager_port')}"
+        for name in pids.get("models", []):
+            with contextlib.suppress(httpx.HTTPError):
+                res = httpx.post(
+                    f"{url}/v1/models/{name}/stop",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=STOP_TIMEOUT_S + 30,
+                )
+                if res.status_code == 200 and res.json().get("state") == "stopped" and not quiet:
+                    say(f"model {name}: stopped")
+    _stop_record("proxy", proxy)
+    _stop_record("manager", manager)
+    for server in _leftover_servers(demo_dir / "logs"):
+        _stop_record("model server", server)
+    with contextlib.suppress(FileNotFoundError):
+        (demo_dir / "pids.json").unlink()
+    if not quiet:
+        say("stopped" if was_running else f"no demo was running (in {demo_dir})")
+    return was_running
+
+
+def banner(opts: argparse.Namespace, pids: dict) -> None:
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+    url = f"http://{host}:{pids['port']}"
+    print(
+        f"""
+==================================================================== homelab-ai demo
+  Web UI:           {url}/
+  OpenAI base URL:  {url}/v1   (any API key; models: {TEXT_MODEL}, {IMAGE_MODEL})
+  Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"})
+  Logs:             {opts.dir / "logs"}
+
+  The first request for a model loads it (vLLM on the CPU: a minute or so);
+  asking the other model swaps them.
+  Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+          -d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+====================================================================================""",
+        flush=True,
+    )
+
+
+def run(opts: argparse.Namespace) -> int:
+    """Start, then block until Ctrl-C / SIGTERM or until the manager or proxy dies; stop all."""
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pids = start(opts)
+    banner(opts, pids)
+    print("  Ctrl-C stops the demo (model servers included).", flush=True)
+    died = None
+    while not stopping:
+        for name in ("manager", "proxy"):
+            if not _alive(pids[name]):
+                died = name
+                stopping = True
+        time.sleep(0.5)
+    print(flush=True)
+    if died:
+        print(
+            f"demo: the {died} exited; last lines of {pids[died]['log']}:\n"
+            f"{_log_tail(pids[died]['log'])}",
+            file=sys.stderr,
+        )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
+    print("==> Stopping the demo", flush=True)
+    stop(opts.dir)
+    return 1 if died else 0
+
+
+def status(demo_dir: Path) -> int:
+    pids = _read_pids(demo_dir)
+    if pids and all(_alive(pids.get(k, {})) for k in ("manager", "proxy")):
+        say(f"running: http://127.0.0.1:{pids['port']}/ (manager on {pids['manager_port']})")
+        return 0
+    say(f"not running (in {demo_dir})")
+    return 3
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="deploy/demo.py", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["run", "start", "stop", "status"])
+    parser.add_argument("--dir", type=Path, required=True, help="the demo's state folder")
+    parser.add_argument("--port", type=int, default=8080, help="the proxy's port (default 8080)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the proxy's address (default 127.0.0.1)"
+    )
+    parser.add_argument("--vllm-python", type=Path, help="python of the vLLM CPU venv")
+    parser.add_argument("--text-model", type=Path, help="the small text model's folder")
+    parser.add_argument("--image-model", type=Path, help="the diffusers pipeline's folder")
+    parser.add_argument(
+        "--image-python",
+        type=Path,
+        default=Path(sys.executable),
+        help="python with the project and diffusers (default: this one)",
+    )
+    opts = parser.parse_args(argv)
+    if not 1024 <= opts.port <= 65535 - IMAGE_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - IMAGE_OFFSET}")
+    if opts.action in ("run", "start"):
+        missing = [
+            f"--{n.replace('_', '-')}"
+            for n in ("vllm_python", "text_model", "image_model")
+            if getattr(opts, n) is None
+        ]
+        if missing:
+            parser.error(f"{opts.action} needs {', '.join(missing)}")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    opts.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if opts.action == "run":
+            return run(opts)
+        if opts.action == "start":
+            banner(opts, start(opts))
+            print("  Stop it with: ./setup.sh demo stop", flush=True)
+            return 0
+        if opts.action == "stop":
+            stop(opts.dir)
+            return 0
+        return status(opts.dir)
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
