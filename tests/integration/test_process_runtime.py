@@ -33,6 +33,12 @@ from tests.integration.conftest import (
 
 
 def settings(log_dir: Path, **extra: object) -> ManagerSettings:
+    """Settings that do not depend on the caller's HOMELAB_* environment.
+
+    `setup.sh test` exports HOMELAB_VLLM_PYTHON (the vLLM venv); the argv test
+    must see the interpreters it names, not the developer's.
+    """
+    extra = {"vllm_python": "python3", "imageserver_python": "python3", **extra}
     return ManagerSettings(manager_token=token(), log_dir=log_dir, model_host="127.0.0.1", **extra)
 
 
