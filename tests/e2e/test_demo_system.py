@@ -1,0 +1,252 @@
+"""The README's demo, tested: `./setup.sh demo --detach` on the CPU with the real engines.
+
+setup.sh (with --no-deps: the session already has deps) builds the tiny diffusers
+pipeline if needed and runs deploy/demo.py, which writes the demo models.json and
+starts the real manager (process runtime) and the real proxy. Through the proxy, the
+real `openai` SDK then asks real vLLM (CPU build, SmolLM2-135M-Instruct) a question
+(plain and streamed), asks the real diffusers image server for a picture, and asks
+the text model again; the manager's /v1/events stream must show the swaps
+text -> image -> text. Finally `./setup.sh demo stop` must stop everything, the
+model servers included.
+
+Markers ``vllm`` and ``diffusers``; skips (with the fix) when the vLLM venv, the
+model or diffusers is missing. vLLM starts twice (about 35 s each on an idle
+machine); the waits below are deadlines, not expectations.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+
+pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
+
+PORT_BASES = range(18700, 18788)
+"""The proxy's port N; the demo also takes N+10 (manager), N+11 and N+12 (models)."""
+LOAD_DEADLINE_S = 900.0
+QUESTION = "What is the capital of France? Answer in one word."
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base() -> int:
+    """A proxy port N in our range with N, N+10, N+11 and N+12 all free."""
+    for base in PORT_BASES:
+        if all(_free(base + offset) for offset in (0, 10, 11, 12)):
+            return base
+    raise RuntimeError("no free demo ports in 18700-18799")
+
+
+@dataclass
+class Demo:
+    """The running demo, as `./setup.sh demo --detach` left it."""
+
+    dir: Path
+    env: dict[str, str]
+    proxy_url: str
+    manager_url: str
+    token: str
+
+    def setup_sh(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO_ROOT / "setup.sh"), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def pids(self) -> list[int]:
+        """The manager's, the proxy's and every model server's pid the demo recorded."""
+        found = []
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads((self.dir / "pids.json").read_text())
+            found += [data[k]["pid"] for k in ("manager", "proxy")]
+        with contextlib.suppress(OSError, ValueError):
+            registry = json.loads((self.dir / "logs" / "registry.json").read_text())
+            found += [item["pid"] for item in registry.values()]
+        return found
+
+
+class SwapRecorder:
+    """Follows the manager's /v1/events (real SSE) in a thread and keeps every swap event."""
+
+    def __init__(self, demo: Demo) -> None:
+        self.swaps: list[tuple[str | None, str]] = []
+        self.changed = threading.Condition()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, args=(demo,), daemon=True)
+        self._thread.start()
+        assert self._connected.wait(30), f"no event stream from the manager: {self._error}"
+
+    def _follow(self, demo: Demo) -> None:
+        headers = {"Authorization": f"Bearer {demo.token}"}
+        timeout = httpx.Timeout(10.0, read=None)
+        try:
+            with (
+                httpx.Client(timeout=timeout) as client,
+                client.stream("GET", f"{demo.manager_url}/v1/events", headers=headers) as res,
+            ):
+                res.raise_for_status()
+                event = ""
+                for line in res.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("event:"):
+                        event = line.split(":", 1)[1].strip()
+                        if event == "snapshot":
+                            self._connected.set()
+                    elif line.startswith("data:") and event == "swap":
+                        data = json.loads(line.split(":", 1)[1])
+                        with self.changed:
+                            self.swaps.append((data["from"], data["to"]))
+                            self.changed.notify_all()
+        except BaseException as exc:  # noqa: BLE001 (reported by the waiting test)
+            self._error = exc
+            self._connected.set()
+
+    def wait_for(self, count: int, deadline: float = 60.0) -> list[tuple[str | None, str]]:
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.swaps) >= count, timeout=deadline)
+            return list(self.swaps)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture(scope="module")
+def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """`./setup.sh demo --detach --no-deps` on free ports; `./setup.sh demo stop` at the end."""
+    pytest.importorskip(
+        "diffusers", reason="diffusers is not installed (pip install -e '.[image]')"
+    )
+    if vllm_runtime.python != state_dir() / "vllm-venv" / "bin" / "python":
+        pytest.skip(
+            "setup.sh demo uses the vLLM venv in HOMELAB_STATE_DIR; "
+            "HOMELAB_VLLM_PYTHON points elsewhere"
+        )
+    demo_dir = tmp_path_factory.mktemp("demo")
+    port = free_port_base()
+    env = {**os.environ, "HOMELAB_DEMO_DIR": str(demo_dir), "NO_COLOR": "1"}
+    env["HOMELAB_STATE_DIR"] = str(state_dir())
+    running = Demo(
+        dir=demo_dir,
+        env=env,
+        proxy_url=f"http://127.0.0.1:{port}",
+        manager_url=f"http://127.0.0.1:{port + 10}",
+        token="",
+    )
+    started = running.setup_sh("demo", "--detach", "--no-deps", "--port", str(port), timeout=900)
+    try:
+        assert started.returncode == 0, f"demo --detach failed:\n{started.stdout}\n{started.stderr}"
+        assert f"Web UI:           {running.proxy_url}/" in started.stdout
+        running.token = (demo_dir / "manager-token").read_text().strip()
+        yield running
+    finally:
+        running.setup_sh("demo", "stop")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copytree(demo_dir / "logs", ARTIFACTS / "demo-logs", dirs_exist_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def test_demo_answers_chat_then_draws_then_chats_again_with_swaps(demo: Demo) -> None:
+    import openai
+    from PIL import Image
+
+    models = httpx.get(f"{demo.proxy_url}/v1/models", timeout=30).json()
+    assert {m["id"]: m["type"] for m in models["data"]} == {"smollm2": "text", "tiny-sd": "image"}
+    # The models.json the demo wrote: the CPU settings the issue asks for.
+    written = json.loads((demo.dir / "models.json").read_text())
+    assert written["smollm2"]["gpu"] is False and "--enforce-eager" in written["smollm2"]["args"]
+    assert written["tiny-sd"]["device"] == "cpu" and written["tiny-sd"]["dtype"] == "fp32"
+
+    swaps = SwapRecorder(demo)
+    client = openai.OpenAI(
+        base_url=f"{demo.proxy_url}/v1", api_key="demo", max_retries=0, timeout=LOAD_DEADLINE_S
+    )
+    ask = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 20,
+        "temperature": 0,
+    }
+    try:
+        answer = client.chat.completions.create(**ask).choices[0].message.content or ""
+        assert "paris" in answer.lower(), answer
+
+        chunks = [
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(**ask, stream=True)
+            if c.choices
+        ]
+        assert sum(1 for c in chunks if c) > 1, chunks  # streamed token by token
+        assert "paris" in "".join(chunks).lower(), chunks
+
+        image = client.images.generate(
+            model="tiny-sd", prompt="a lighthouse", size="64x64", response_format="b64_json"
+        )
+        png = base64.b64decode(image.data[0].b64_json or "")
+        assert png.startswith(b"\x89PNG")
+        assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+        again = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(**ask, stream=True)
+            if c.choices
+        )
+        assert "paris" in again.lower(), again
+
+        assert swaps.wait_for(3) == [
+            (None, "smollm2"),
+            ("smollm2", "tiny-sd"),
+            ("tiny-sd", "smollm2"),
+        ]
+    finally:
+        swaps.close()
+        client.close()
+
+    pids = demo.pids()
+    assert len(pids) >= 3, pids  # manager, proxy and at least the resident model server
+    stopped = demo.setup_sh("demo", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout
+    assert [pid for pid in pids if _alive(pid)] == []
+    status = demo.setup_sh("demo", "status")
+    assert status.returncode == 3 and "not running" in status.stdout
