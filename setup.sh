@@ -810,7 +810,7 @@ for name, m in d.items():
         echo "# Written by ./setup.sh gpu-pc. Secret: never commit or share this file."
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_ADVERTISE_HOST=$advertise"
-        [[ -n "$hf_token" ]] && echo "HOMELAB_HF_TOKEN=$hf_token"
+        if [[ -n "$hf_token" ]]; then echo "HOMELAB_HF_TOKEN=$hf_token"; fi
     } | write_private "$env_file"
     info "written (mode 600)"
 
@@ -884,7 +884,8 @@ cmd_server() {
     step "Manager address and token"
     [[ -n "$url" ]] || url="${HOMELAB_MANAGER_URL:-$(env_file_value "$env_file" HOMELAB_MANAGER_URL)}"
     [[ -n "$url" ]] || die "no manager URL: pass --manager-url http://GPU-PC:8090 (./setup.sh gpu-pc prints it)"
-    [[ "$url" =~ ^https?://[A-Za-z0-9.:\[\]-]+(:[0-9]+)?/?$ ]] || die "--manager-url must look like http://host:8090, got: $url"
+    local url_re='^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?/?$'
+    [[ "$url" =~ $url_re ]] || die "--manager-url must look like http://host:8090, got: $url"
     local token=""
     if [[ -n "$token_file" ]]; then
         [[ -r "$token_file" ]] || die "cannot read --token-file $token_file"
@@ -905,11 +906,14 @@ cmd_server() {
         echo "# Written by ./setup.sh server. Secret: never commit or share this file."
         echo "HOMELAB_MANAGER_URL=$url"
         echo "HOMELAB_MANAGER_TOKEN=$token"
-        [[ -n "$keys" ]] && echo "HOMELAB_API_KEYS=$keys"
+        if [[ -n "$keys" ]]; then echo "HOMELAB_API_KEYS=$keys"; fi
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
-    [[ -n "$keys" ]] && info "clients need one of the API keys (HOMELAB_API_KEYS in $env_file)"
-    [[ -z "$keys" ]] && info "no API keys: anyone who reaches port $port may use the models (--api-keys-file to require keys)"
+    if [[ -n "$keys" ]]; then
+        info "clients need one of the API keys (HOMELAB_API_KEYS in $env_file)"
+    else
+        info "no API keys: anyone who reaches port $port may use the models (--api-keys-file to require keys)"
+    fi
 
     step "Docker"
     require_docker

