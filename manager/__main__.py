@@ -132,6 +132,7 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         host=settings.manager_host,
         port=settings.manager_port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     log.info(

@@ -10,8 +10,11 @@ Image models (homelab-ai's image server): `GET /health` answers JSON
 `{"status": "loading" | "ready" | "failed", "error": str | null}` whatever its
 HTTP status; "failed" fails the start with that error.
 
-`wait_ready` has one shape for both: a short first delay, then polls with a
-growing interval (capped) until the spec's `start_timeout`. Every round it asks
+`wait_ready` has one shape for both: a short first delay (0.1 s), then polls
+with a growing interval capped at 0.5 s until the spec's `start_timeout`. The cap
+is low on purpose: a ready server waits on average half an interval before the
+manager notices, and a look at a server still loading costs almost nothing (a
+refused connection on the model host). Every round it asks
 the runtime first, so a server that exited fails at once with its exit code
 and last 50 log lines. One `httpx.AsyncClient` serves every probe.
 """
@@ -49,8 +52,8 @@ class HttpReadinessProbe:
         settings: Any = None,
         *,
         client: httpx.AsyncClient | None = None,
-        first_delay: float = 0.25,
-        max_interval: float = 2.0,
+        first_delay: float = 0.1,
+        max_interval: float = 0.5,
         request_timeout: float = 5.0,
         exit_grace: float = 0.5,
     ) -> None:

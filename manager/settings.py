@@ -117,6 +117,9 @@ class ManagerSettings(BaseSettings):
         default=Path("logs"), description="Process runtime: where model servers' output is kept."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(
+        default=False, description="uvicorn's access log (off: it costs CPU on every request)."
+    )
 
     @field_validator("manager_token")
     @classmethod

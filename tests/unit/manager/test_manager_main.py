@@ -106,6 +106,36 @@ def test_serve_wires_settings_runtime_probe_and_scheduler(monkeypatch):
     assert "llama3-8b" in scheduler.catalogue.models
 
 
+@pytest.mark.parametrize(
+    ("env", "access_log", "level"),
+    [
+        ({}, False, "info"),
+        ({"HOMELAB_ACCESS_LOG": "true", "HOMELAB_LOG_LEVEL": "debug"}, True, "debug"),
+    ],
+)
+def test_serve_access_log_is_off_unless_asked_and_log_level_comes_from_settings(
+    monkeypatch, env, access_log, level
+):
+    captured: dict = {}
+    fake_runtime_module = types.ModuleType("fake_runtime_module")
+    fake_runtime_module.Runtime = RecordingRuntime
+    monkeypatch.setitem(sys.modules, "fake_runtime_module", fake_runtime_module)
+    monkeypatch.setitem(cli.RUNTIMES, "process", ("fake_runtime_module", "Runtime"))
+    monkeypatch.setattr(cli.ManagerServer, "run", lambda self: captured.update(server=self))
+    monkeypatch.delenv("HOMELAB_ACCESS_LOG", raising=False)
+    monkeypatch.delenv("HOMELAB_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+    monkeypatch.setenv("HOMELAB_RUNTIME", "process")
+    monkeypatch.setenv("HOMELAB_MODELS_FILE", str(ROOT / "models.json"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    assert cli.main(["serve"]) == 0
+    config = captured["server"].config
+    assert config.access_log is access_log
+    assert config.log_level == level
+
+
 def test_an_unloadable_runtime_is_a_clean_exit(monkeypatch, capsys):
     monkeypatch.setitem(cli.RUNTIMES, "docker", ("no_such_module_here", "Runtime"))
     monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
