@@ -270,6 +270,8 @@ class LeaseOut(BaseModel):
     type: str
     base_url: str
     ttl: float
+    max_uses: int
+    """How many proxy requests may share this lease (docs/architecture.md, "Leases")."""
 
 
 class RenewOut(BaseModel):
@@ -391,6 +393,7 @@ async def create_lease(
         type=lease.type,
         base_url=lease.base_url,
         ttl=lease.ttl,
+        max_uses=lease.max_uses,
     )
 
 

@@ -92,6 +92,9 @@ class Lease:
     ttl: float
     expires_at: float
     """On the scheduler's monotonic clock."""
+    max_uses: int = 1
+    """How many proxy requests may share this lease: `batch_bound` when no other model
+    had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class Scheduler:
         self._resident: str | None = None
         self._last_resident: str | None = None
         self._grants_since_contention = 0
+        self._contended = False
+        """Whether other models than the resident had waiters at the last pump."""
         self._gpu_dirty = False
         self._tickets = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -324,7 +329,7 @@ class Scheduler:
     def waiting_count(self) -> int:
         return sum(len(rec.waiters) for rec in self._records.values())
 
-    def _new_lease(self, rec: _Record) -> Lease:
+    def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
         lease = Lease(
             lease_id=secrets.token_urlsafe(18),
             model=rec.name,
@@ -332,6 +337,7 @@ class Scheduler:
             base_url=self.base_url(rec.name),
             ttl=self.config.lease_ttl,
             expires_at=self._clock() + self.config.lease_ttl,
+            max_uses=max_uses,
         )
         self._leases[lease.lease_id] = lease
         rec.leases.add(lease.lease_id)
@@ -402,10 +408,14 @@ class Scheduler:
         if self._closed:
             return
         for _ in range(10_000):
-            if not any(
-                rec.waiters for name, rec in self._records.items() if name != self._resident
-            ):
+            if not self._others_waiting():
                 self._grants_since_contention = 0
+                self._contended = False
+            elif not self._contended:
+                # Contention begins: requests that may still join the resident's shared
+                # leases (granted before anyone else waited) count against the bound.
+                self._contended = True
+                self._grants_since_contention = self._shareable_uses()
             decision = policy.decide(self._view())
             if decision.is_wait:
                 return
@@ -418,10 +428,23 @@ class Scheduler:
                 self._begin_start(self._records[decision.start])
         log.error("scheduler pump did not settle; state: %s", self._view())
 
+    def _others_waiting(self) -> bool:
+        return any(rec.waiters for name, rec in self._records.items() if name != self._resident)
+
+    def _shareable_uses(self) -> int:
+        """Uses the resident's leases in flight may still admit (at most `batch_bound`):
+        an upper bound, since the manager does not see the proxy's joins."""
+        if self._resident is None:
+            return 0
+        rec = self._records[self._resident]
+        spare = sum(self._leases[i].max_uses - 1 for i in rec.leases if i in self._leases)
+        return min(self.config.batch_bound, spare)
+
     def _grant(self, rec: _Record, count: int) -> None:
+        max_uses = 1 if self._others_waiting() else self.config.batch_bound
         for _ in range(count):
             waiter = rec.waiters.popleft()
-            waiter.future.set_result(self._new_lease(rec))
+            waiter.future.set_result(self._new_lease(rec, max_uses))
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state

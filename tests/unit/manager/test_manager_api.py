@@ -145,11 +145,12 @@ async def test_lease_lifecycle(api, sched):
     response = await api.post("/v1/leases", json={"model": "alpha", "extra": "ignored"})
     assert response.status_code == 200, response.text
     lease = response.json()
-    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl"}
-    assert (lease["model"], lease["type"], lease["base_url"]) == (
+    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl", "max_uses"}
+    assert (lease["model"], lease["type"], lease["base_url"], lease["max_uses"]) == (
         "alpha",
         "text",
         "http://127.0.0.1:18001",
+        sched.config.batch_bound,  # nobody else waits: the proxy may share it
     )
     assert sched.model_status("alpha").in_flight == 1
 

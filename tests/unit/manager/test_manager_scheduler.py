@@ -95,10 +95,12 @@ async def test_no_stop_while_a_lease_is_held(sched, runtime):
 
 async def test_resident_keeps_serving_up_to_the_batch_bound_while_others_wait(sched, runtime):
     held = await sched.acquire("alpha")
+    held.max_uses = 1  # as if taken by a client that shares nothing (the bound is then exact)
     beta = asyncio.create_task(sched.acquire("beta"))
     await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
     extra = [await sched.acquire("alpha") for _ in range(sched.config.batch_bound)]
     assert len(extra) == 3
+    assert [lease.max_uses for lease in extra] == [1, 1, 1], "contention: no sharing"
     queued = asyncio.create_task(sched.acquire("alpha"))
     await until(lambda: sched.model_status("alpha").waiting == 1, "the 4th alpha request to queue")
     for lease in [held, *extra]:
@@ -109,6 +111,39 @@ async def test_resident_keeps_serving_up_to_the_batch_bound_while_others_wait(sc
     sched.release((await _only_lease(sched, "beta")).lease_id)
     again = await queued
     assert again.model == "alpha"
+
+
+async def test_a_lease_granted_without_contention_may_be_shared_by_batch_bound_requests(sched):
+    lease = await sched.acquire("alpha")
+    assert lease.max_uses == sched.config.batch_bound == 3
+
+
+async def test_a_lease_granted_while_another_model_waits_is_for_one_request(sched, probe):
+    held = await sched.acquire("alpha")
+    beta = asyncio.create_task(sched.acquire("beta"))
+    await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
+    # `held` may still admit 2 more requests at the proxy: they count against the bound,
+    # so only one more lease is granted before beta's turn (3 requests in all).
+    granted = await sched.acquire("alpha")
+    assert granted.max_uses == 1
+    queued = asyncio.create_task(sched.acquire("alpha"))
+    await until(lambda: sched.model_status("alpha").waiting == 1, "the next alpha request to queue")
+    sched.release(held.lease_id)
+    sched.release(granted.lease_id)
+    assert (await beta).model == "beta"
+    assert not queued.done()
+    sched.release((await _only_lease(sched, "beta")).lease_id)
+    assert (await queued).model == "alpha"
+
+
+async def test_when_contention_ends_leases_are_shareable_again(sched):
+    held = await sched.acquire("alpha")
+    beta = asyncio.create_task(sched.acquire("beta"))
+    await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
+    sched.release(held.lease_id)
+    lease = await beta
+    assert lease.max_uses == 3
+    sched.release(lease.lease_id)
 
 
 async def _only_lease(sched, model):
