@@ -142,8 +142,19 @@ def _start_time(pid: int) -> str | None:
 
 
 def _alive(record: dict) -> bool:
+    """Whether the recorded process still runs (same pid and start time, not a zombie).
+
+    A zombie child of ours (`run` is the parent of what it started) is reaped here.
+    """
     pid = record.get("pid")
-    return isinstance(pid, int) and pid > 1 and _start_time(pid) == record.get("started")
+    if not (isinstance(pid, int) and pid > 1 and _start_time(pid) == record.get("started")):
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True
 
 
 def _signal_group(record: dict, sig: int) -> None:
