@@ -62,6 +62,7 @@ def create_app(
             http,
             models_ttl=settings.models_cache_ttl,
             connect_timeout=settings.connect_timeout,
+            lease_linger=settings.lease_linger,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.images import urls_for
-from proxy.manager_client import HeldLease
+from proxy.lease_pool import LeaseUse
 
 log = logging.getLogger("proxy.forward")
 
@@ -118,10 +118,10 @@ class Forward(_Watched):
         metrics.in_flight.inc()
         try:
             try:
-                lease = await ctx.manager.acquire(self.model)
+                held = await ctx.manager.acquire(self.model)
             finally:
                 metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
-            held = ctx.manager.hold(lease)
+            lease = held.lease
             try:
                 resp = await ctx.http.post(
                     lease.base_url + self.endpoint,
@@ -130,6 +130,7 @@ class Forward(_Watched):
                     timeout=ctx.upstream_timeout,
                 )
             except _TRANSPORT_ERRORS as exc:
+                held.discard()  # the server may be gone: later requests take a fresh lease
                 raise UpstreamError(
                     f"The model server of '{self.model}' at {lease.base_url} cannot be reached: "
                     f"{exc.__class__.__name__}: {exc}",
@@ -165,7 +166,7 @@ class Forward(_Watched):
     # the answer travels, instead of just when the client's next request arrives.
 
     async def _stream(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: HeldLease
+        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: LeaseUse
     ) -> int:
         await send({"type": "http.response.start", "status": resp.status, "headers": SSE_HEADERS})
         at_boundary = True
@@ -180,7 +181,7 @@ class Forward(_Watched):
             )
             # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
             tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
-            held.end()
+            held.discard()
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return err.status
@@ -190,11 +191,12 @@ class Forward(_Watched):
         return resp.status
 
     async def _whole(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: HeldLease
+        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: LeaseUse
     ) -> int:
         try:
             raw = await resp.read()
         except _TRANSPORT_ERRORS as exc:
+            held.discard()
             raise UpstreamError(
                 f"The model server's answer for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
                 code="model_server_error",

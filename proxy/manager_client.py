@@ -2,7 +2,9 @@
 
 `ManagerClient` speaks to the manager over one shared `aiohttp.ClientSession`:
 the model list (cached for ``models_ttl`` seconds, one fetch at a time), leases
-(acquire / renew / release), the manager's health, and its event stream.
+(grant / renew / release), the manager's health, and its event stream. Requests
+get their lease through `acquire()`, which shares one manager lease among
+concurrent requests for a model (`proxy.lease_pool`).
 
 Errors: every method that talks to the manager raises `ManagerUnavailable` when
 it cannot be reached or answers something that is not its contract, and
@@ -23,6 +25,7 @@ import aiohttp
 import orjson
 
 from proxy.errors import MANAGER, ManagerRefused, ManagerUnavailable, normalise_error_body
+from proxy.lease_pool import LeasePool, LeaseUse
 
 log = logging.getLogger("proxy.manager")
 
@@ -33,55 +36,15 @@ _LEASE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A granted lease: the model is resident and stays so until released or expired."""
+    """A granted lease: the model is resident and stays so until released or expired.
+    Up to `max_uses` proxy requests may share it (1 when the manager does not say)."""
 
     lease_id: str
     model: str
     type: str
     base_url: str
     ttl: float
-
-
-class HeldLease:
-    """Keeps a lease alive (renews at half its ttl) until `end()` releases it.
-
-    `end()` never blocks and never raises: the release runs as a background task
-    so that the client's response is not delayed by it.
-    """
-
-    __slots__ = ("_client", "lease", "_timer", "_ttl", "_ended")
-
-    def __init__(self, client: ManagerClient, lease: Lease) -> None:
-        self._client, self.lease, self._ttl, self._ended = client, lease, lease.ttl, False
-        self._timer: asyncio.TimerHandle | None = None
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self._ttl > 0 and not self._ended:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._ttl / 2, self._due)
-
-    def _due(self) -> None:
-        self._client._spawn(self._renew())
-
-    async def _renew(self) -> None:
-        if self._ended:
-            return
-        try:
-            self._ttl = await self._client.renew(self.lease.lease_id)
-        except Exception as exc:  # noqa: BLE001 - logged; the request goes on regardless
-            log.warning(
-                "renewing lease %s for %s failed: %s", self.lease.lease_id, self.lease.model, exc
-            )
-        self._schedule()
-
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._client._spawn(self._client.release(self.lease.lease_id))
+    max_uses: int = 1
 
 
 class ManagerClient:
@@ -93,6 +56,7 @@ class ManagerClient:
         *,
         models_ttl: float = 2.0,
         connect_timeout: float = 10.0,
+        lease_linger: float = 0.05,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -103,14 +67,10 @@ class ManagerClient:
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
         self._lease_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
-        self._tasks: set[asyncio.Task] = set()
+        self.leases = LeasePool(self, linger=lease_linger)
+        """Shares leases among concurrent requests; `acquire()` goes through it."""
 
     # -- plumbing ---------------------------------------------------------------
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _call(
         self,
@@ -191,16 +151,26 @@ class ManagerClient:
         """Make the next `models()` call fetch afresh (a state changed)."""
         self._models_at = float("-inf")
 
-    async def acquire(self, model: str) -> Lease:
-        """Block until `model` is ready and a lease is granted (bounded by the manager's
-        queue timeout). Cancellable: cancelling closes the connection, which withdraws
-        the request from the manager's queue."""
+    async def acquire(self, model: str) -> LeaseUse:
+        """A share of a lease on `model` for one request (`proxy.lease_pool`): call
+        `.end()` on it when the model server is done, `.discard()` when the model server
+        could not be reached. Blocks until `model` is ready (bounded by the manager's
+        queue timeout). Raises ManagerRefused / ManagerUnavailable. Cancellable."""
+        return await self.leases.acquire(model)
+
+    async def grant(self, model: str) -> Lease:
+        """POST /v1/leases: block until `model` is ready and a lease is granted (bounded
+        by the manager's queue timeout). Cancellable: cancelling closes the connection,
+        which withdraws the request from the manager's queue."""
         _, raw = await self._call(
             "POST", "/v1/leases", orjson.dumps({"model": model}), client_timeout=self._lease_timeout
         )
         data = self._json(raw, "POST /v1/leases")
         if not isinstance(data.get("lease_id"), str) or not _LEASE_ID.match(data["lease_id"]):
             raise ManagerUnavailable("The manager's lease answer has no usable lease_id")
+        max_uses = data.get("max_uses", 1)
+        if not isinstance(max_uses, int) or isinstance(max_uses, bool) or max_uses < 1:
+            raise ManagerUnavailable("The manager's lease answer has no usable max_uses")
         try:
             return Lease(
                 lease_id=data["lease_id"],
@@ -208,13 +178,10 @@ class ManagerClient:
                 type=str(data["type"]),
                 base_url=str(data["base_url"]).rstrip("/"),
                 ttl=float(data.get("ttl") or 0),
+                max_uses=max_uses,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManagerUnavailable(f"The manager's lease answer is incomplete: {exc}") from exc
-
-    def hold(self, lease: Lease) -> HeldLease:
-        """Start renewing `lease`; call `.end()` on the result when the request is over."""
-        return HeldLease(self, lease)
 
     async def renew(self, lease_id: str) -> float:
         """Extend a lease; returns its new ttl in seconds."""
@@ -255,6 +222,5 @@ class ManagerClient:
         return resp
 
     async def aclose(self) -> None:
-        """Wait (briefly) for pending lease releases and renewals."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        """Release every pooled lease and wait (briefly) for the releases."""
+        await self.leases.close()

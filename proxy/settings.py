@@ -68,6 +68,12 @@ class ProxySettings(BaseSettings):
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
+    lease_linger: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="Seconds a shared manager lease is kept after its last request (0: release at once).",
+    )
 
     @field_validator("manager_token")
     @classmethod

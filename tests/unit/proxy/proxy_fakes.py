@@ -162,6 +162,9 @@ class FakeManager:
         self.renewed: list[str] = []
         self.abandoned = 0
         self.busy = False
+        self.max_uses = 8
+        """What lease answers carry as max_uses (the real manager: its batch bound, or 1
+        under contention); None leaves the field out (a manager before max_uses)."""
         self.fail_start: set[str] = set()
         self.model_fetches = 0
         self.subscribers: list[asyncio.Queue] = []
@@ -263,13 +266,16 @@ class FakeManager:
             lease_id = uuid.uuid4().hex
             fake.leases[lease_id] = name
             fake.granted += 1
-            return {
+            answer = {
                 "lease_id": lease_id,
                 "model": name,
                 "type": fake.models[name]["type"],
                 "base_url": fake.base_url,
                 "ttl": fake.ttl,
             }
+            if fake.max_uses is not None:
+                answer["max_uses"] = fake.max_uses
+            return answer
 
         @app.post("/v1/leases/{lease_id}/renew")
         async def renew(lease_id: str):

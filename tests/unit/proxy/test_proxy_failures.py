@@ -69,6 +69,24 @@ async def test_unreachable_model_server_is_502(stack: Stack) -> None:
     assert err["source"] == "model_server" and err["code"] == "model_server_unreachable"
 
 
+async def test_an_unreachable_model_server_drops_the_shared_lease(make_stack) -> None:
+    async with make_stack(lease_linger=30.0) as stack:
+        live = stack.manager.base_url
+        with dead_port() as port:
+            stack.manager.base_url = f"http://127.0.0.1:{port}"  # the server died
+            r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
+            assert r.status_code == 502
+            assert r.json()["error"]["code"] == "model_server_unreachable"
+        broken = stack.manager.released or list(stack.manager.leases)
+        # Not kept for 30 s: released at once, so nobody else rides on it.
+        await _eventually(lambda: len(stack.manager.released) == 1, "the broken lease released")
+        assert stack.manager.released == broken
+        stack.manager.base_url = live  # the model is back (e.g. restarted elsewhere)
+        r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
+        assert r.status_code == 200, "a fresh lease, not the broken one"
+        assert stack.manager.granted == 2
+
+
 async def test_manager_busy_is_429_with_retry_after(stack: Stack) -> None:
     stack.manager.busy = True
     r = await stack.client.post("/v1/chat/completions", json=chat("hi"))

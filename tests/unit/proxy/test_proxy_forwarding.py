@@ -56,17 +56,35 @@ async def test_chat_body_reaches_the_model_server_byte_for_byte(stack: Stack) ->
     assert "authorization" not in {k.lower() for k in headers}
 
 
-async def test_lease_is_released_after_each_request(stack: Stack) -> None:
-    for _ in range(3):
-        r = await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "hi"})
-        assert r.status_code == 200
-    for _ in range(100):
-        if len(stack.manager.released) == 3:
-            break
-        await asyncio.sleep(0.01)
-    assert stack.manager.granted == 3
-    assert len(stack.manager.released) == 3
-    assert stack.manager.leases == {}
+async def test_with_linger_0_every_request_takes_and_releases_its_own_lease(make_stack) -> None:
+    async with make_stack(lease_linger=0) as stack:
+        for _ in range(3):
+            r = await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "hi"})
+            assert r.status_code == 200
+        for _ in range(100):
+            if len(stack.manager.released) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert stack.manager.granted == 3
+        assert len(stack.manager.released) == 3
+        assert stack.manager.leases == {}
+
+
+async def test_back_to_back_requests_share_one_lease_released_after_the_linger(
+    make_stack,
+) -> None:
+    async with make_stack(lease_linger=2.0) as stack:
+        for _ in range(3):
+            r = await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "hi"})
+            assert r.status_code == 200
+        assert stack.manager.granted == 1
+        assert len(stack.manager.leases) == 1, "kept for the next request during the linger"
+        for _ in range(500):
+            if stack.manager.leases == {}:
+                break
+            await asyncio.sleep(0.01)
+        assert stack.manager.released and stack.manager.leases == {}
+        assert len(stack.upstream.requests) == 3
 
 
 async def test_streaming_passes_sse_through_and_ends_with_done(stack: Stack) -> None:

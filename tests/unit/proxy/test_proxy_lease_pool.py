@@ -1,0 +1,257 @@
+"""The lease pool (proxy/lease_pool.py) through the real `ManagerClient`, against the
+fake manager served on loopback: sharing, the max_uses cap, linger, contention,
+lost leases, cancellation and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from proxy_fakes import TOKEN, FakeManager, serve_asgi
+
+from proxy.errors import ManagerRefused, ManagerUnavailable
+from proxy.manager_client import ManagerClient
+
+MODELS = {"chat-a": {"type": "text"}, "chat-b": {"type": "text"}}
+
+
+@dataclass
+class Pooled:
+    manager: FakeManager
+    client: ManagerClient
+
+
+@contextlib.asynccontextmanager
+async def pooled(
+    linger: float = 5.0, ttl: float = 60.0, swap_delay: float = 0.0, max_uses: int | None = 8
+) -> AsyncIterator[Pooled]:
+    fake = FakeManager(MODELS, "http://127.0.0.1:9", swap_delay=swap_delay, ttl=ttl)
+    fake.max_uses = max_uses
+    async with serve_asgi(fake.app) as url, aiohttp.ClientSession() as session:
+        client = ManagerClient(url, TOKEN, session, lease_linger=linger)
+        try:
+            yield Pooled(fake, client)
+        finally:
+            await client.aclose()
+
+
+async def eventually(predicate, what: str, tries: int = 500) -> None:
+    for _ in range(tries):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_concurrent_requests_share_one_lease() -> None:
+    async with pooled() as p:
+        first = await p.client.acquire("chat-a")
+        assert first.lease.max_uses == 8
+        others = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(5)))
+        assert {u.lease.lease_id for u in others} == {first.lease.lease_id}
+        assert p.manager.granted == 1
+        for use in [first, *others]:
+            use.end()
+        assert p.manager.released == [], "lingering, not released yet"
+
+
+async def test_a_lease_admits_at_most_max_uses_requests() -> None:
+    async with pooled(max_uses=3) as p:
+        uses = [await p.client.acquire("chat-a") for _ in range(7)]
+        by_lease: dict[str, int] = {}
+        for use in uses:
+            by_lease[use.lease.lease_id] = by_lease.get(use.lease.lease_id, 0) + 1
+        assert sorted(by_lease.values()) == [1, 3, 3]
+        assert p.manager.granted == 3
+        full = uses[0].lease.lease_id
+        for use in uses[:3]:
+            use.end()
+        # A lease that reached max_uses is released as soon as it drains (no linger).
+        await eventually(lambda: full in p.manager.released, "the full lease released")
+        for use in uses[3:]:
+            use.end()
+
+
+async def test_concurrent_first_requests_ride_on_one_grant_when_the_model_allows_it() -> None:
+    async with pooled(max_uses=4) as p:
+        (await p.client.acquire("chat-a")).end()  # learns max_uses=4 for chat-a
+        p.manager.leases.clear()  # that lease is gone at the manager: ...
+        p.client.leases._retire(p.client.leases._current["chat-a"])  # ... and retired here
+        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(8)))
+        assert len({u.lease.lease_id for u in uses}) == 2
+        assert p.manager.granted == 3
+        for use in uses:
+            use.end()
+
+
+async def test_the_last_request_out_releases_after_the_linger() -> None:
+    async with pooled(linger=0.3) as p:
+        use = await p.client.acquire("chat-a")
+        lease_id = use.lease.lease_id
+        use.end()
+        again = await p.client.acquire("chat-a")  # within the linger: joins
+        assert again.lease.lease_id == lease_id and p.manager.granted == 1
+        again.end()
+        assert lease_id in p.manager.leases
+        await eventually(lambda: p.manager.released == [lease_id], "released after the linger")
+        assert p.client.leases.stats() == {"leases": 0, "asks": 0}
+        fresh = await p.client.acquire("chat-a")
+        assert fresh.lease.lease_id != lease_id and p.manager.granted == 2
+        fresh.end()
+
+
+async def test_linger_0_releases_at_once_and_the_next_request_gets_a_new_lease() -> None:
+    async with pooled(linger=0) as p:
+        use = await p.client.acquire("chat-a")
+        use.end()
+        await eventually(lambda: p.manager.released == [use.lease.lease_id], "released")
+        nxt = await p.client.acquire("chat-a")
+        assert nxt.lease.lease_id != use.lease.lease_id
+        assert p.manager.granted == 2
+        nxt.end()
+
+
+async def test_under_contention_every_request_has_its_own_lease() -> None:
+    async with pooled(max_uses=1) as p:  # the manager answers 1 while another model waits
+        one = await p.client.acquire("chat-a")
+        two = await p.client.acquire("chat-a")
+        many = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(4)))
+        ids = {u.lease.lease_id for u in [one, two, *many]}
+        assert len(ids) == 6 and p.manager.granted == 6
+        for use in [one, two, *many]:
+            use.end()
+        await eventually(lambda: len(p.manager.released) == 6, "each released when it ends")
+
+
+async def test_a_manager_without_max_uses_is_not_shared() -> None:
+    async with pooled(max_uses=None) as p:
+        one = await p.client.acquire("chat-a")
+        two = await p.client.acquire("chat-a")
+        assert one.lease.max_uses == 1 and one.lease.lease_id != two.lease.lease_id
+        one.end()
+        two.end()
+
+
+async def test_each_model_has_its_own_lease() -> None:
+    async with pooled() as p:
+        a = await p.client.acquire("chat-a")
+        b = await p.client.acquire("chat-b")
+        assert (a.lease.model, b.lease.model) == ("chat-a", "chat-b")
+        assert p.manager.granted == 2
+        a.end()
+        b.end()
+
+
+async def test_a_lease_the_manager_forgot_is_replaced_and_not_released() -> None:
+    async with pooled(ttl=0.2) as p:
+        use = await p.client.acquire("chat-a")
+        lost = use.lease.lease_id
+        del p.manager.leases[lost]  # expired at the manager: the next renewal answers 404
+        await eventually(lambda: "chat-a" not in p.client.leases._current, "lease retired")
+        fresh = await p.client.acquire("chat-a")
+        assert fresh.lease.lease_id != lost and p.manager.granted == 2
+        use.end()
+        fresh.end()
+        await p.client.aclose()
+        assert lost not in p.manager.released
+        assert p.manager.released == [fresh.lease.lease_id]
+
+
+async def test_one_renewal_loop_per_shared_lease_and_it_stops_with_the_lease() -> None:
+    async with pooled(ttl=0.2, linger=0) as p:
+        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(1)))
+        uses += [await p.client.acquire("chat-a") for _ in range(3)]
+        assert p.manager.granted == 1
+        await eventually(lambda: len(p.manager.renewed) >= 3, "renewed")
+        # One loop: renewals come at ttl/2, not four at a time.
+        assert set(p.manager.renewed) == {uses[0].lease.lease_id}
+        for use in uses:
+            use.end()
+        await eventually(lambda: p.manager.leases == {}, "released")
+        count = len(p.manager.renewed)
+        await asyncio.sleep(0.3)
+        assert len(p.manager.renewed) == count, "no renewal after the release"
+
+
+async def test_discard_stops_sharing_the_lease() -> None:
+    async with pooled() as p:
+        first = await p.client.acquire("chat-a")
+        second = await p.client.acquire("chat-a")
+        first.discard()  # its model server could not be reached
+        third = await p.client.acquire("chat-a")
+        assert third.lease.lease_id != first.lease.lease_id
+        assert first.lease.lease_id in p.manager.leases, "still held by the second request"
+        second.end()
+        await eventually(
+            lambda: first.lease.lease_id in p.manager.released, "released once drained"
+        )
+        third.end()
+
+
+async def test_a_refused_grant_fails_every_request_riding_on_it() -> None:
+    async with pooled(max_uses=4) as p:
+        (await p.client.acquire("chat-a")).end()
+        p.client.leases._retire(p.client.leases._current["chat-a"])
+        p.manager.busy = True
+        results = await asyncio.gather(
+            *(p.client.acquire("chat-a") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, ManagerRefused) and r.status == 429 for r in results)
+        assert p.client.leases.stats()["asks"] == 0
+
+
+async def test_cancelled_riders_withdraw_the_grant_request() -> None:
+    async with pooled(swap_delay=30.0) as p:
+        tasks = [asyncio.create_task(p.client.acquire("chat-a")) for _ in range(2)]
+        await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await eventually(lambda: p.manager.abandoned == 2, "the manager saw both leave")
+        assert p.manager.granted == 0
+
+
+async def test_one_cancelled_rider_leaves_the_others_waiting() -> None:
+    async with pooled(swap_delay=0.5, max_uses=4) as p:
+        p.client.leases._hint["chat-a"] = 4  # as if learnt from an earlier grant
+        tasks = [asyncio.create_task(p.client.acquire("chat-a")) for _ in range(3)]
+        await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
+        tasks[0].cancel()
+        uses = [await tasks[1], await tasks[2]]
+        assert p.manager.granted == 1 and p.manager.abandoned == 0
+        assert uses[0].lease.lease_id == uses[1].lease.lease_id
+        for use in uses:
+            use.end()
+
+
+async def test_close_releases_every_lease_and_refuses_new_requests() -> None:
+    async with pooled() as p:
+        busy = await p.client.acquire("chat-a")
+        lingering = await p.client.acquire("chat-b")
+        lingering.end()
+        waiting = asyncio.create_task(p.client.acquire("chat-a"))  # joins: no wait
+        joined = await waiting
+        await p.client.aclose()
+        assert p.manager.leases == {}
+        assert sorted(p.manager.released) == sorted({busy.lease.lease_id, lingering.lease.lease_id})
+        with pytest.raises(ManagerUnavailable) as refused:
+            await p.client.acquire("chat-a")
+        assert refused.value.status == 503
+        busy.end()  # after close: harmless
+        joined.end()
+        assert len(p.manager.released) == 2
+
+
+async def test_close_fails_requests_waiting_for_a_grant() -> None:
+    async with pooled(swap_delay=30.0) as p:
+        task = asyncio.create_task(p.client.acquire("chat-a"))
+        await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
+        await p.client.aclose()
+        with pytest.raises(ManagerUnavailable):
+            await task
