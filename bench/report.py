@@ -2,8 +2,8 @@
 
     python -m bench.report
 
-Reads whichever of latency, streaming, swap, storm, memory (and the optional
-experiment latency-shared-lease) exist; a missing one is reported as not run.
+Reads whichever of latency, streaming, swap, storm, memory exist; a missing one is
+reported as not run.
 The findings section is computed from the same numbers, with the thresholds
 written next to each statement.
 """
@@ -151,8 +151,8 @@ def _latency_section(
             if mgr_ms > 0.3 * proxy_ms:
                 findings.append(
                     "Hot path: every request costs two HTTP round trips to the manager (POST /v1/leases, "
-                    "DELETE /v1/leases/{id}); the manager spends more than 30% of the proxy's own CPU on them. "
-                    "See the shared-lease experiment below if it was run."
+                    "DELETE /v1/leases/{id}) per shared lease; the manager spends more than 30% of the "
+                    "proxy's own CPU on them."
                 )
     return "\n".join(out), findings
 
@@ -347,7 +347,7 @@ def _memory_section(mem: dict) -> tuple[str, list[str]]:
 
 
 def render() -> str:
-    names = ["latency", "streaming", "swap", "storm", "memory", "latency-shared-lease"]
+    names = ["latency", "streaming", "swap", "storm", "memory"]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     if not results:
         raise SystemExit("no results under bench/results/: run bench/run_all.sh first")
@@ -404,22 +404,6 @@ def render() -> str:
             findings += found
         else:
             parts += [f"## {name}\n\nNot run: bench/results/{name}.json is missing.", ""]
-    exp = results.get("latency-shared-lease")
-    if exp:
-        text, found = _latency_section(
-            exp,
-            "Experiment: a proxy-side shared lease per model (bench/experiments/shared_lease.py)",
-        )
-        parts += [
-            text,
-            "",
-            "This is a prototype in bench/, not the shipped proxy: the real proxy's code with its manager "
-            "client replaced by one that shares a lease among concurrent requests for the same model, keeps it "
-            "briefly after the last one, and retires it after as many uses as the manager's batch bound so "
-            "the manager's fairness between models still holds.",
-            "",
-        ]
-        findings += [f"Shared-lease experiment: {f}" for f in found if "Hot path" not in f]
     parts += ["## Findings (computed from the numbers above)", ""]
     parts += [f"- {f}" for f in findings]
     parts.append("")

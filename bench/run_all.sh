@@ -7,8 +7,7 @@
 # Needs: the project installed (pip install -e '.[dev]'), wrk (apt-get install wrk),
 # and for the swap benchmark a running Docker engine (the test image is built by
 # scripts/build-test-images.sh when missing). Ports 18600-18699 must be free.
-# Env: PYTHON (default: python3), HOMELAB_BENCH_EXPERIMENTS=1 also runs the
-# shared-lease experiment (bench/experiments/shared_lease.py).
+# Env: PYTHON (default: python3).
 # A benchmark that cannot run (no Docker engine, say) is reported as not run; the
 # script's exit status is non-zero if any benchmark failed.
 set -uo pipefail
@@ -58,9 +57,6 @@ else
 fi
 run storm bench.storm "${STORM[@]}"
 run memory bench.memory "${MEMORY[@]}"
-if [[ "${HOMELAB_BENCH_EXPERIMENTS:-0}" == "1" ]]; then
-    run latency-shared-lease bench.latency --proxy-module bench.experiments.shared_lease --output latency-shared-lease "${LATENCY[@]}"
-fi
 "$PY" -m bench.report || failed+=("report")
 
 if ((${#failed[@]})); then
