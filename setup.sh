@@ -324,9 +324,9 @@ ensure_dockerd() {
     fi
     command -v dockerd >/dev/null 2>&1 || [[ -x /usr/sbin/dockerd ]] || die "dockerd is not installed (apt-get install docker.io)"
     mkdir -p "$STATE_DIR"
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
-        info "systemctl start docker"
-        as_root systemctl start docker
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1 \
+        && as_root systemctl start docker; then
+        info "started with systemctl start docker"
     elif [[ -S /var/run/docker.sock ]] && pgrep -x dockerd >/dev/null 2>&1; then
         info "dockerd is running but does not answer yet; waiting"
     else
