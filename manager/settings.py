@@ -76,6 +76,14 @@ class ManagerSettings(BaseSettings):
         default=None,
         description="Hugging Face token passed to model servers (gated models). Optional.",
     )
+    instance: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description=(
+            "Docker runtime: label this manager's containers homelab-ai.instance=<value> and "
+            "own only those, so several managers can share one engine. Unset: the usual one."
+        ),
+    )
     queue_limit: int = Field(default=64, ge=1, le=100_000, description="Most waiters at once.")
     queue_timeout: float = Field(
         default=900.0, gt=0, description="Seconds a lease request may wait before a 429."

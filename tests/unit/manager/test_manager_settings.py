@@ -87,3 +87,17 @@ def test_weak_or_placeholder_tokens_are_refused(token):
 def test_bad_values_are_refused(name, value):
     with pytest.raises(ValidationError, match=name):
         ManagerSettings(manager_token=GOOD, **{name: value})
+
+
+def test_instance_reaches_the_docker_runtime(monkeypatch):
+    """HOMELAB_INSTANCE was read by DockerRuntime but missing from the settings."""
+    from manager.docker_runtime import DockerRuntime
+
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+    monkeypatch.setenv("HOMELAB_INSTANCE", "lab-2")
+    settings = ManagerSettings()
+    assert settings.instance == "lab-2"
+    assert DockerRuntime(settings)._instance == "lab-2"
+    monkeypatch.setenv("HOMELAB_INSTANCE", "bad name; rm")
+    with pytest.raises(ValidationError):
+        ManagerSettings()
