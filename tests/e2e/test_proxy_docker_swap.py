@@ -16,8 +16,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import random
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,25 +35,12 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures used by name
     docker_env,
 )
 from tests.integration.manager_harness import start_manager
+from tests.integration.proxy.proxy_live import free_ports
 
 pytestmark = pytest.mark.docker
 
 TEXT = f"{SESSION}-pxtext"
 IMAGE = f"{SESSION}-pximage"
-
-
-def free_ports(count: int) -> list[int]:
-    found: list[int] = []
-    for port in random.sample(range(18400, 18500), 100):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError("no free ports in 18400-18499")
 
 
 def catalogue(text_port: int, image_port: int) -> dict[str, Any]:
