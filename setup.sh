@@ -217,7 +217,8 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
      models.json names (vLLM); images already present are kept
   6. creates the Hugging Face cache volume (\$HOMELAB_HF_CACHE, default $HF_CACHE_DEFAULT)
   7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
-     HOMELAB_MANAGER_TOKEN, or keeps the token already there. Add HOMELAB_HF_TOKEN=...
+     HOMELAB_MANAGER_TOKEN (python -m wire.tokens new, run in the manager image), or
+     keeps the token already there when the token rules accept it. Add HOMELAB_HF_TOKEN=...
      to it yourself for gated models.
   8. starts the manager as the container $MANAGER_CONTAINER: --restart unless-stopped
      (it comes back with Docker Desktop after a reboot), the Docker socket mounted,
@@ -238,14 +239,15 @@ Usage: ./setup.sh server --manager-url URL [--token-file FILE] [--port N]
 
 On the Linux server, with Docker (./setup.sh deps installs it on Debian):
   1. Docker answers
-  2. writes --env-file (default ./.env.server, mode 600, git-ignored) with
-     HOMELAB_MANAGER_URL and HOMELAB_MANAGER_TOKEN (and HOMELAB_API_KEYS). They come
-     from the flags, else from the environment (HOMELAB_MANAGER_URL,
-     HOMELAB_MANAGER_TOKEN, HOMELAB_API_KEYS), else from the env file of an earlier run.
-     --token-file FILE: a file holding the token, or the GPU PC's .env
-     (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a line
-  3. builds the proxy image homelab-ai/proxy:$HOMELAB_VERSION (dockerfiles/proxy.Dockerfile;
+  2. builds the proxy image homelab-ai/proxy:$HOMELAB_VERSION (dockerfiles/proxy.Dockerfile;
      build-arg BASE from \$HOMELAB_PYTHON_BASE when set)
+  3. checks the manager token and the API keys with the token rules (python -m
+     wire.tokens check, run in that image) and writes --env-file (default ./.env.server,
+     mode 600, git-ignored) with HOMELAB_MANAGER_URL and HOMELAB_MANAGER_TOKEN (and
+     HOMELAB_API_KEYS). They come from the flags, else from the environment
+     (HOMELAB_MANAGER_URL, HOMELAB_MANAGER_TOKEN, HOMELAB_API_KEYS), else from the env
+     file of an earlier run. --token-file FILE: a file holding the token, or the GPU
+     PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a line
   4. starts the proxy and web UI as the container NAME (default $PROXY_CONTAINER),
      --restart unless-stopped, port N (default 8080), generated images in the volume
      homelab-proxy-images; recreated only when its settings changed
@@ -611,9 +613,14 @@ windows_mounted_path() {
     command -v cygpath >/dev/null 2>&1 && [[ "$1" =~ ^/[A-Za-z](/|$) ]]
 }
 
-# Generate a token: 43 URL-safe characters from 32 random bytes.
-new_token() {
-    head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+# `in_image IMAGE -m MODULE ARGS...` < stdin: run the project's Python inside IMAGE (the
+# GPU PC and the server need no Python of their own). The token rules live in
+# wire/tokens.py, once: `in_image IMAGE -m wire.tokens new` prints a new token, and
+# `... -m wire.tokens check` < tokens (one a line) fails naming the first bad one's problem.
+in_image() {
+    local image="$1"
+    shift
+    docker run --rm -i --network none --entrypoint python "$image" "$@"
 }
 
 # `env_file_value FILE KEY`: the value of KEY=... in FILE (empty when absent).
@@ -773,7 +780,7 @@ cmd_gpu_pc() {
     fi
 
     step "Manager image ($MANAGER_IMAGE)"
-    build_image "$MANAGER_IMAGE" dockerfiles/manager.Dockerfile pyproject.toml manager
+    build_image "$MANAGER_IMAGE" dockerfiles/manager.Dockerfile pyproject.toml wire manager
     info "checking $models"
     models_query "$models" 'import json, sys, tempfile
 from manager.spec import load_catalogue
@@ -798,8 +805,9 @@ for name, m in d.items():
             [[ " $built " == *" $image "* ]] && continue
             local ibase=()
             [[ -n "${HOMELAB_IMAGESERVER_BASE:-}" ]] && ibase=(--build-arg "BASE=$HOMELAB_IMAGESERVER_BASE")
-            info "docker build -t $image -f dockerfiles/imageserver.Dockerfile imageserver (pulls the CUDA PyTorch base: several GB)"
-            DOCKER_BUILDKIT=0 docker build -q "${ibase[@]}" -t "$image" -f "$REPO_DIR/dockerfiles/imageserver.Dockerfile" "$REPO_DIR/imageserver" >/dev/null ||
+            info "docker build -t $image -f dockerfiles/imageserver.Dockerfile (context: imageserver, wire; pulls the CUDA PyTorch base: several GB)"
+            tar -C "$REPO_DIR" --exclude=__pycache__ -c imageserver wire dockerfiles/imageserver.Dockerfile |
+                DOCKER_BUILDKIT=0 docker build -q "${ibase[@]}" -t "$image" -f dockerfiles/imageserver.Dockerfile - >/dev/null ||
                 die "could not build $image"
             built+=" $image"
         else
@@ -824,10 +832,10 @@ for name, m in d.items():
     token="$(env_file_value "$env_file" HOMELAB_MANAGER_TOKEN)"
     local hf_token
     hf_token="$(env_file_value "$env_file" HOMELAB_HF_TOKEN)"
-    if [[ ${#token} -ge 32 ]]; then
+    if [[ -n "$token" ]] && printf '%s\n' "$token" | in_image "$MANAGER_IMAGE" -m wire.tokens check 2>/dev/null; then
         info "keeping the token already there"
     else
-        token="$(new_token)"
+        token="$(in_image "$MANAGER_IMAGE" -m wire.tokens new </dev/null)" || die "could not generate a token"
         info "generated a new token"
     fi
     {
@@ -918,14 +926,27 @@ cmd_server() {
     fi
     [[ -n "$token" ]] || token="${HOMELAB_MANAGER_TOKEN:-$(env_file_value "$env_file" HOMELAB_MANAGER_TOKEN)}"
     [[ -n "$token" ]] || die "no manager token: pass --token-file FILE (the GPU PC's .env) or set HOMELAB_MANAGER_TOKEN"
-    [[ ${#token} -ge 16 && "$token" =~ ^[A-Za-z0-9._~+/=-]+$ ]] || die "the manager token must be at least 16 characters of [A-Za-z0-9._~+/=-]"
     local keys=""
     if [[ -n "$keys_file" ]]; then
         [[ -r "$keys_file" ]] || die "cannot read --api-keys-file $keys_file"
         keys="$(grep -v '^[[:space:]]*#' "$keys_file" | tr -d ' \t\r' | grep -v '^$' | paste -sd, -)"
     fi
     [[ -n "$keys" ]] || keys="${HOMELAB_API_KEYS:-$(env_file_value "$env_file" HOMELAB_API_KEYS)}"
-    [[ -z "$keys" || "$keys" =~ ^[A-Za-z0-9._~+/=,-]+$ ]] || die "API keys must be [A-Za-z0-9._~+/=-], one a line"
+
+    step "Docker"
+    require_docker
+
+    step "Proxy image ($PROXY_IMAGE)"
+    build_image "$PROXY_IMAGE" dockerfiles/proxy.Dockerfile pyproject.toml wire proxy app
+
+    step "Settings ($env_file)"
+    local problem
+    problem="$(printf '%s\n' "$token" | in_image "$PROXY_IMAGE" -m wire.tokens check 2>&1)" ||
+        die "HOMELAB_MANAGER_TOKEN: $problem"
+    if [[ -n "$keys" ]]; then
+        problem="$(tr ',' '\n' <<<"$keys" | in_image "$PROXY_IMAGE" -m wire.tokens check 2>&1)" ||
+            die "HOMELAB_API_KEYS: $problem"
+    fi
     {
         echo "# Written by ./setup.sh server. Secret: never commit or share this file."
         echo "HOMELAB_MANAGER_URL=$url"
@@ -938,12 +959,6 @@ cmd_server() {
     else
         info "no API keys: anyone who reaches port $port may use the models (--api-keys-file to require keys)"
     fi
-
-    step "Docker"
-    require_docker
-
-    step "Proxy image ($PROXY_IMAGE)"
-    build_image "$PROXY_IMAGE" dockerfiles/proxy.Dockerfile pyproject.toml manager proxy app
 
     step "Proxy and web UI container ($name, port $port)"
     local image_id

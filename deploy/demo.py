@@ -15,7 +15,8 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     (the real diffusers image server with the tiny offline pipeline)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     pids.json       the manager's and the proxy's pid and start time (while running)
-    logs/           manager.log, proxy.log, and one log per model server (+ registry.json)
+    logs/           manager.log, proxy.log, one log per model server, and the process
+                    runtime's registry of them (`wire.procs`)
 
 Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
 two model servers on N+11 and N+12. Only 127.0.0.1 unless `--host` says otherwise.
@@ -33,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -43,6 +43,12 @@ from pathlib import Path
 import httpx
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+if str(REPO_DIR) not in sys.path:  # run as a script: the project's packages are beside it
+    sys.path.insert(0, str(REPO_DIR))
+
+from wire.procs import is_zombie, read_registry, start_time  # noqa: E402
+from wire.tokens import new_token, token_problem  # noqa: E402
+
 TEXT_MODEL = "smollm2"
 IMAGE_MODEL = "tiny-sd"
 # Model server modules: only processes running one of them are ever killed as leftovers.
@@ -119,9 +125,9 @@ def manager_token(demo_dir: Path) -> str:
     path = demo_dir / "manager-token"
     if path.is_file():
         token = path.read_text().strip()
-        if len(token) >= 32:
+        if token_problem(token) is None:
             return token
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(token + "\n")
@@ -132,28 +138,18 @@ def manager_token(demo_dir: Path) -> str:
 # ---------------------------------------------------------------- processes
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (/proc/PID/stat field 22), or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _alive(record: dict) -> bool:
     """Whether the recorded process still runs (same pid and start time, not a zombie).
 
     A zombie child of ours (`run` is the parent of what it started) is reaped here.
     """
     pid = record.get("pid")
-    if not (isinstance(pid, int) and pid > 1 and _start_time(pid) == record.get("started")):
+    if not (isinstance(pid, int) and pid > 1 and start_time(pid) == record.get("started")):
         return False
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
+    if is_zombie(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
     return True
 
 
@@ -189,7 +185,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> dict:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return {"pid": proc.pid, "started": _start_time(proc.pid), "log": str(log)}
+    return {"pid": proc.pid, "started": start_time(proc.pid), "log": str(log)}
 
 
 def _log_tail(path: str, lines: int = 30) -> str:
@@ -328,20 +324,19 @@ def _write_pids(demo_dir: Path, pids: dict) -> None:
 
 
 def _leftover_servers(logs: Path) -> list[dict]:
-    """Model servers the manager's process registry lists that still run one of ours."""
+    """Model servers the manager's process runtime recorded (`wire.procs`) that still run
+    one of ours (a manager that died leaves them behind)."""
     found = []
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads((logs / "registry.json").read_text())
-        for item in data.values() if isinstance(data, dict) else []:
-            if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
-                continue
-            record = {"pid": item["pid"], "started": _start_time(item["pid"])}
-            try:
-                argv = Path(f"/proc/{item['pid']}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(m.encode() in argv for m in SERVER_MODULES):
-                found.append(record)
+    for record in read_registry(logs).values():
+        started = start_time(record.pid)
+        if started is None or (record.started is not None and started != record.started):
+            continue
+        try:
+            argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(m.encode() in argv for m in SERVER_MODULES):
+            found.append({"pid": record.pid, "started": started})
     return found
 
 

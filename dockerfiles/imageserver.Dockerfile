@@ -1,7 +1,9 @@
 # homelab-ai image server: one diffusers pipeline behind OpenAI's images API.
 #
-# The build context is the imageserver/ folder:
-#   docker build -f dockerfiles/imageserver.Dockerfile -t homelab-ai/imageserver:0.1.0 imageserver
+# The build context holds imageserver/ and wire/ (the contract it shares with the other
+# programs); setup.sh sends just those, from the repository's root:
+#   tar -c imageserver wire dockerfiles/imageserver.Dockerfile \
+#     | docker build -f dockerfiles/imageserver.Dockerfile -t homelab-ai/imageserver:0.1.0 -
 #
 # BASE must bring Python >= 3.11 with pip and torch built for the GPU (the default is
 # PyTorch's CUDA 12.8 runtime image, which needs an NVIDIA driver >= 570; pick another
@@ -25,7 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/homelab-ai
 
-COPY requirements.txt /opt/homelab-ai/requirements.txt
+COPY imageserver/requirements.txt /opt/homelab-ai/requirements.txt
 # torch must be the base image's build: refuse to build without one, and fail if pip
 # replaced it while resolving the pinned stack.
 RUN before="$(python -c 'import torch; print(torch.__version__)')" \
@@ -34,7 +36,8 @@ RUN before="$(python -c 'import torch; print(torch.__version__)')" \
     && test "$before" = "$after" \
     && python -c "import diffusers, transformers, accelerate; print('torch', '$after', 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 
-COPY . /opt/homelab-ai/imageserver/
+COPY wire/ /opt/homelab-ai/wire/
+COPY imageserver/ /opt/homelab-ai/imageserver/
 
 EXPOSE 8000
 CMD ["python", "-m", "imageserver"]

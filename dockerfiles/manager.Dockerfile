@@ -1,8 +1,8 @@
 # homelab-ai manager: starts and stops the model containers on the GPU PC.
 #
 # The build context is a tarball setup.sh makes from the repository (pyproject.toml,
-# manager/, dockerfiles/), so nothing else (.env, test output) is sent:
-#   tar -c pyproject.toml manager dockerfiles \
+# wire/, manager/, dockerfiles/), so nothing else (.env, test output) is sent:
+#   tar -c pyproject.toml wire manager dockerfiles \
 #     | docker build -f dockerfiles/manager.Dockerfile -t homelab-ai/manager:0.1.0 -
 #
 # BASE must bring Python >= 3.11 with pip. The tests build it offline against a local
@@ -23,12 +23,14 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/homelab-ai
 
-# The pinned runtime dependencies and the `gpu` extra (NVML), as pyproject.toml lists them.
+# The pinned runtime dependencies, the `manager` extra (docker SDK) and the `gpu` extra
+# (NVML), as pyproject.toml lists them.
 COPY pyproject.toml /opt/homelab-ai/pyproject.toml
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['manager'] + x['gpu']))" > /tmp/requirements.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+COPY wire/ /opt/homelab-ai/wire/
 COPY manager/ /opt/homelab-ai/manager/
 
 ENV HOMELAB_MODELS_FILE=/etc/homelab-ai/models.json \

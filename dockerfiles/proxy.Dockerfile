@@ -1,13 +1,13 @@
 # homelab-ai proxy: the OpenAI-compatible router and the web UI (runs on the server).
 #
 # The build context is a tarball setup.sh makes from the repository (pyproject.toml,
-# manager/, proxy/, app/, dockerfiles/), so nothing else (.env, test output) is sent:
-#   tar -c pyproject.toml manager proxy app dockerfiles \
+# wire/, proxy/, app/, dockerfiles/), so nothing else (.env, test output) is sent:
+#   tar -c pyproject.toml wire proxy app dockerfiles \
 #     | docker build -f dockerfiles/proxy.Dockerfile -t homelab-ai/proxy:0.1.0 -
 #
 # BASE must bring Python >= 3.11 with pip. The tests build it offline against a local
 # Debian image (python3 + python3-pip; PIP_BREAK_SYSTEM_PACKAGES and PIP_CERT set there).
-# The proxy imports manager.settings (token rules), hence manager/ in the image.
+# The proxy shares only the wire contract (wire/) with the manager: no manager/, no docker SDK.
 # Settings come from HOMELAB_* variables (proxy/settings.py); listens on 0.0.0.0:8080.
 ARG BASE=python:3.11.13-slim-bookworm
 FROM ${BASE}
@@ -26,7 +26,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && python -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-COPY manager/ /opt/homelab-ai/manager/
+COPY wire/ /opt/homelab-ai/wire/
 COPY proxy/ /opt/homelab-ai/proxy/
 COPY app/ /opt/homelab-ai/app/
 

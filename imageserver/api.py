@@ -7,10 +7,11 @@ Routes:
 - `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart)
   -> OpenAI's ImagesResponse with `b64_json` images.
 
-Every error is an OpenAI envelope with `"source": "model_server"`. Status
-codes (this module is the only place that maps exceptions to them):
-400 bad input (validation, size, n, images, masks, uploads over the limit,
-a task the model cannot do), 404/405 unknown route or method, 429 queue full
+Every error is an OpenAI envelope with `"source": "model_server"`; each exception
+carries its status (`imageserver.errors`) and `wire.errors` installs the handlers:
+400 bad input (validation, size, n, images, masks, a task the model cannot do),
+413 `request_too_large` (a body or an uploaded image over its limit, as in every
+program), 404/405 unknown route or method, 429 queue full
 (`Retry-After`), 503 model loading / failed to load (`Retry-After` while
 loading) and **503 `out_of_memory`** when the device ran out of memory (the
 request may succeed later or smaller; the server stays up), 500
@@ -32,18 +33,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imageserver.body_limit import BodyLimit
 from imageserver.errors import (
     GenerationFailed,
-    ImageServerError,
     InvalidRequest,
     ModelNotReady,
-    OutOfMemory,
-    QueueFull,
     UnsupportedTask,
 )
 from imageserver.host import Loader, ModelHost
@@ -58,51 +54,13 @@ from imageserver.images import (
 from imageserver.model import EditJob, GenerateJob, ImageModel
 from imageserver.settings import Settings
 from imageserver.worker import GpuWorker
+from wire.errors import MODEL_SERVER, install_error_handlers
+from wire.limits import BodyLimit
 
 log = logging.getLogger(__name__)
 
-SOURCE = "model_server"
 MAX_PROMPT_CHARS = 32000
 MAX_SEED = 2**63 - 1
-LOADING_RETRY_AFTER = 5
-
-
-def error_body(
-    message: str, *, type_: str, code: str | None, param: str | None = None
-) -> dict[str, Any]:
-    """The OpenAI error envelope, marked as coming from the model server."""
-    return {
-        "error": {
-            "message": message,
-            "type": type_,
-            "param": param,
-            "code": code,
-            "source": SOURCE,
-        }
-    }
-
-
-def _status_of(exc: ImageServerError) -> int:
-    if isinstance(exc, InvalidRequest):
-        return 400
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, ModelNotReady | OutOfMemory):
-        return 503
-    return 500
-
-
-def _error_response(exc: ImageServerError) -> JSONResponse:
-    headers: dict[str, str] = {}
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, ModelNotReady) and not exc.failed:
-        headers["Retry-After"] = str(LOADING_RETRY_AFTER)
-    return JSONResponse(
-        error_body(exc.message, type_=exc.type, code=exc.code, param=exc.param),
-        status_code=_status_of(exc),
-        headers=headers,
-    )
 
 
 class GenerationRequest(BaseModel):
@@ -329,56 +287,16 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
         images = await worker.run(loaded.edit, job)
         return await _respond(images, fmt, width, height)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MODEL_SERVER)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ImageServerError)
-    async def _own(request: Request, exc: ImageServerError) -> JSONResponse:
-        if isinstance(exc, GenerationFailed):
-            log.error("generation failed: %s", exc.message, exc_info=exc.__cause__)
-        return _error_response(exc)
+    install_error_handlers(
+        app, MODEL_SERVER, validation_error=RequestValidationError, name="image server"
+    )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        if first.get("type") == "json_invalid":
-            message = (
-                f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}"
-            )
-            param = None
-        else:
-            loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-            names = [str(p) for p in loc]
-            param = names[0] if names and isinstance(loc[0], str) else None
-            message = (
-                f"{'.'.join(names) + ': ' if names else ''}{first.get('msg', 'invalid request')}"
-            )
-        return JSONResponse(
-            error_body(message, type_="invalid_request_error", code="invalid_request", param=param),
-            status_code=400,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_body(str(exc.detail), type_=type_, code=code),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body(
-                f"internal error in the image server: {type(exc).__name__}",
-                type_="server_error",
-                code="internal_error",
-            ),
-            status_code=500,
-        )
+    @app.exception_handler(GenerationFailed)
+    async def _generation_failed(request: Request, exc: GenerationFailed) -> Response:
+        log.error("generation failed: %s", exc.message, exc_info=exc.__cause__)
+        return exc.response(MODEL_SERVER)

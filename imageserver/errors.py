@@ -1,41 +1,37 @@
-"""The image server's one exception tree. Only `imageserver.api` maps these to HTTP.
+"""The image server's one exception tree.
 
-Every class carries the OpenAI error `type` and `code` a client sees, and the
-`param` it is about (or None). Lower layers wrap foreign exceptions
+Every class carries its HTTP status, the OpenAI error `type` and `code` a client
+sees, and the `param` it is about (or None): `wire.errors.ApiError`, answered by the
+handlers `imageserver.api` installs from `wire.errors`. Lower layers wrap foreign exceptions
 (`torch.OutOfMemoryError`, `PIL.UnidentifiedImageError`, diffusers' errors)
 with ``raise X from exc``.
 """
 
 from __future__ import annotations
 
+from wire.errors import TOO_LARGE_CODE, TOO_LARGE_STATUS, ApiError
 
-class ImageServerError(Exception):
-    """Base of every error the image server raises on purpose."""
+LOADING_RETRY_AFTER = 5
+"""Retry-After (seconds) while the model is still loading."""
 
-    type = "server_error"
-    code = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        self.message, self.param = message, param
-        super().__init__(message)
+class ImageServerError(ApiError):
+    """Base of every error the image server raises on purpose (500 unless a subclass says)."""
+
+    status, type, code = 500, "server_error", "server_error"
 
 
 class InvalidRequest(ImageServerError):
-    """The request is malformed: a bad size, n out of range, an undecodable image, ..."""
+    """The request is malformed: a bad size, n out of range, an undecodable image, ... (400)"""
 
-    type = "invalid_request_error"
-    code = "invalid_request"
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, param=param)
-        if code:
-            self.code = code
+    status, type, code = 400, "invalid_request_error", "invalid_request"
 
 
 class UploadTooLarge(InvalidRequest):
-    """An uploaded file or the whole body is over the configured limit."""
+    """An uploaded file is over the configured limit: 413 ``request_too_large``, the one
+    "too large" answer of every program (`wire.errors`)."""
 
-    code = "upload_too_large"
+    status, code = TOO_LARGE_STATUS, TOO_LARGE_CODE
 
 
 class UnsupportedTask(InvalidRequest):
@@ -45,25 +41,28 @@ class UnsupportedTask(InvalidRequest):
 
 
 class QueueFull(ImageServerError):
-    """One generation is running and `queue_limit` more are waiting."""
+    """One generation is running and `queue_limit` more are waiting (429)."""
 
-    type = "rate_limit_error"
-    code = "queue_full"
+    status, type, code = 429, "rate_limit_error", "queue_full"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
 
 
 class ModelNotReady(ImageServerError):
-    """The pipeline is still loading (`code` model_loading) or failed to load (model_load_failed)."""
+    """The pipeline is still loading (`code` model_loading, with Retry-After) or failed to
+    load (model_load_failed). 503."""
 
-    type = "server_error"
+    status, type = 503, "server_error"
 
     def __init__(self, message: str, *, failed: bool) -> None:
-        super().__init__(message)
+        super().__init__(
+            message,
+            code="model_load_failed" if failed else "model_loading",
+            headers=None if failed else {"Retry-After": str(LOADING_RETRY_AFTER)},
+        )
         self.failed = failed
-        self.code = "model_load_failed" if failed else "model_loading"
 
 
 class LoadFailed(ImageServerError):
@@ -75,7 +74,7 @@ class LoadFailed(ImageServerError):
 class OutOfMemory(ImageServerError):
     """The device ran out of memory during a generation. The server stays up (HTTP 503)."""
 
-    code = "out_of_memory"
+    status, code = 503, "out_of_memory"
 
 
 class GenerationFailed(ImageServerError):

@@ -1,4 +1,5 @@
-"""The manager's one exception tree. Only `manager.api` maps these to HTTP statuses.
+"""The manager's one exception tree. Each class carries its HTTP answer (`wire.errors.ApiError`:
+status, OpenAI type, code, param); `manager.api` installs the one set of handlers.
 
 Lower layers wrap foreign exceptions (`docker.errors.*`, `httpx.*`, `OSError`)
 with ``raise X from exc`` so callers handle one family.
@@ -6,11 +7,26 @@ with ``raise X from exc`` so callers handle one family.
 
 from __future__ import annotations
 
+import math
 
-class ManagerError(Exception):
-    """Base of every error the manager raises on purpose."""
+from wire.errors import ApiError
 
-    code = "manager_error"
+LOG_LINES_IN_ERRORS = 20
+
+
+class ManagerError(ApiError):
+    """Base of every error the manager raises on purpose (500 unless a subclass says)."""
+
+    status, type, code = 500, "server_error", "manager_error"
+
+
+class Unauthorized(ManagerError):
+    """Missing or wrong bearer token (401)."""
+
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 class CatalogueError(ManagerError):
@@ -19,15 +35,15 @@ class CatalogueError(ManagerError):
     code = "invalid_catalogue"
 
     def __init__(self, source: str, key: str, reason: str) -> None:
-        self.source, self.key, self.reason = source, key, reason
+        self.file, self.key, self.reason = source, key, reason
         where = f"{source}: key '{key}'" if key else source
         super().__init__(f"{where}: {reason}")
 
 
 class UnknownModelError(ManagerError):
-    """The name is not in the catalogue."""
+    """The name is not in the catalogue (404)."""
 
-    code = "model_not_found"
+    status, type, code, param = 404, "invalid_request_error", "model_not_found", "model"
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name, self.known = name, known
@@ -35,42 +51,53 @@ class UnknownModelError(ManagerError):
 
 
 class RuntimeFailure(ManagerError):
-    """The container runtime (Docker engine or process launcher) failed an operation."""
+    """The container runtime (Docker engine or process launcher) failed an operation (503)."""
 
-    code = "runtime_error"
+    status, code = 503, "runtime_error"
 
 
 class StartFailed(ManagerError):
-    """A model server did not become ready: it exited, reported failure, or timed out.
+    """A model server did not become ready: it exited, reported failure, or timed out (503).
 
     `exit_code` is set when the server process/container exited; `logs` carries
-    its last log lines.
+    its last log lines. `str()` is the short reason; the client's message adds the
+    exit code and the last `LOG_LINES_IN_ERRORS` log lines.
     """
 
-    code = "model_start_failed"
+    status, code, param = 503, "model_start_failed", "model"
 
-    def __init__(self, model: str, reason: str, *, exit_code: int | None = None, logs: str = "") -> None:
+    def __init__(
+        self, model: str, reason: str, *, exit_code: int | None = None, logs: str = ""
+    ) -> None:
         self.model, self.reason, self.exit_code, self.logs = model, reason, exit_code, logs
-        super().__init__(f"model {model!r} failed to start: {reason}")
+        short = f"model {model!r} failed to start: {reason}"
+        super().__init__(short)
+        text = short
+        if exit_code is not None:
+            text += f" (exit code {exit_code})"
+        lines = [line for line in logs.splitlines() if line.strip()][-LOG_LINES_IN_ERRORS:]
+        if lines:
+            text += "\nlast log lines:\n" + "\n".join(lines)
+        self.message = text
 
 
 class GpuMemoryNotReleased(ManagerError):
-    """GPU memory stayed in use after the previous model stopped."""
+    """GPU memory stayed in use after the previous model stopped (503)."""
 
-    code = "gpu_memory_busy"
+    status, code = 503, "gpu_memory_busy"
 
 
 class BusyError(ManagerError):
-    """The wait queue is full, or the caller waited past the queue timeout."""
+    """The wait queue is full, or the caller waited past the queue timeout (429)."""
 
-    code = "busy"
+    status, type, code = 429, "rate_limit_error", "busy"
 
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class LeaseNotFound(ManagerError):
-    """The lease id is unknown (already released or expired)."""
+    """The lease id is unknown: already released or expired (404)."""
 
-    code = "lease_not_found"
+    status, type, code, param = 404, "invalid_request_error", "lease_not_found", "lease_id"

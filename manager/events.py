@@ -1,6 +1,7 @@
 """An in-process publish/subscribe bus for model state and swap events.
 
-The scheduler publishes; `GET /v1/events` subscribers read. Publishing never
+The scheduler publishes the event types of `wire.events` (`StateEvent`, `SwapEvent`);
+`GET /v1/events` subscribers read. Publishing never
 blocks and never fails: each subscriber has a bounded queue, and a slow
 subscriber loses its *oldest* events (counted in `Subscription.dropped`).
 Everything runs on the event loop's thread; nothing here is thread-safe.
@@ -10,41 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+
+from wire.events import Event, StateEvent, SwapEvent
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "Event", "EventBus", "StateEvent", "SwapEvent", "Subscription"]
 
 DEFAULT_QUEUE_SIZE = 256
-
-
-@dataclass(frozen=True)
-class StateEvent:
-    """A model moved from `previous` to `state` at `at` (Unix seconds)."""
-
-    kind: ClassVar[str] = "state"
-    model: str
-    state: str
-    previous: str
-    at: float
-    error: str | None = None
-
-    def payload(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SwapEvent:
-    """The scheduler began starting `to`; `from_model` was resident before (None: nothing)."""
-
-    kind: ClassVar[str] = "swap"
-    from_model: str | None
-    to: str
-    at: float
-
-    def payload(self) -> dict[str, Any]:
-        return {"from": self.from_model, "to": self.to, "at": self.at}
-
-
-Event = StateEvent | SwapEvent
 
 
 class Subscription:

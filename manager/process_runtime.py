@@ -11,9 +11,10 @@ program part and the type's arguments are appended. Servers listen on
 127.0.0.1:<spec.port>.
 
 Output goes to `<log_dir>/<name>.log` (appended; rotated once past 20 MB).
-`<log_dir>/registry.json` maps model name -> pid, process start time, spec hash,
-so a restarted manager adopts the servers it launched (`list_owned`) and never
-signals a process that merely reuses a recorded pid (the start time must match).
+`<log_dir>/registry.json` (`wire.procs`, a contract: deploy/demo.py reads it too) maps
+model name -> pid, process start time, spec hash, so a restarted manager adopts the
+servers it launched (`list_owned`) and never signals a process that merely reuses a
+recorded pid (the start time must match).
 
 The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
@@ -26,12 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,49 +38,21 @@ from manager.docker_runtime import hf_token, image_server_env, text_server_args
 from manager.errors import RuntimeFailure
 from manager.runtime import Instance, Spec, spec_hash
 from manager.spec import TextModel
+from wire.procs import (
+    REGISTRY_FILE,
+    ProcessRecord,
+    is_alive,
+    is_same_process,
+    read_registry,
+    start_time,
+)
+from wire.procs import write_registry as _write_records
 
 log = logging.getLogger(__name__)
 
 LOCAL_HOST = "127.0.0.1"
-REGISTRY_FILE = "registry.json"
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 _POLL = 0.05
-
-
-@dataclass(frozen=True)
-class _Record:
-    pid: int
-    spec_hash: str
-    started: str | None
-    """The process's start time as the kernel reports it (/proc/<pid>/stat field 22)."""
-    argv: list[str]
-    log: str
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The start time of `pid` from /proc, or None if unknown (no /proc, or no such process)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-        return raw[raw.rfind(")") + 2 :].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
 
 
 def _group_alive(pgid: int) -> bool:
@@ -141,31 +112,13 @@ class ProcessRuntime:
     def registry_path(self) -> Path:
         return self._dir / REGISTRY_FILE
 
-    def _read_registry(self) -> dict[str, _Record]:
-        try:
-            data = json.loads(self.registry_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable process registry %s: %s", self.registry_path, exc)
-            return {}
-        records: dict[str, _Record] = {}
-        for name, entry in data.items() if isinstance(data, dict) else ():
-            try:
-                records[name] = _Record(**entry)
-            except TypeError:
-                log.warning("ignoring malformed registry entry %r", name)
-        return records
+    def _read_registry(self) -> dict[str, ProcessRecord]:
+        return read_registry(self._dir)
 
-    def _write_registry(self, records: dict[str, _Record]) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.registry_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({k: asdict(v) for k, v in records.items()}, indent=2), encoding="utf-8"
-        )
-        os.replace(tmp, self.registry_path)
+    def _write_registry(self, records: dict[str, ProcessRecord]) -> None:
+        _write_records(self._dir, records)
 
-    async def _update_registry(self, name: str, record: _Record | None) -> None:
+    async def _update_registry(self, name: str, record: ProcessRecord | None) -> None:
         async with self._registry_lock:
 
             def update() -> None:
@@ -183,17 +136,14 @@ class ProcessRuntime:
                     f"cannot write {self.registry_path}: {exc.strerror or exc}"
                 ) from exc
 
-    async def _record(self, name: str) -> _Record | None:
+    async def _record(self, name: str) -> ProcessRecord | None:
         async with self._registry_lock:
             return (await asyncio.to_thread(self._read_registry)).get(name)
 
     @staticmethod
-    def _is_ours(record: _Record) -> bool:
+    def _is_ours(record: ProcessRecord) -> bool:
         """The recorded process is alive and is the one we started (not a reused pid)."""
-        if not _alive(record.pid):
-            return False
-        now = _proc_start_time(record.pid)
-        return record.started is None or now is None or now == record.started
+        return is_same_process(record.pid, record.started)
 
     # ---- what a server process looks like -----------------------------------------------------
     def argv(self, name: str, spec: Spec) -> list[str]:
@@ -286,10 +236,10 @@ class ProcessRuntime:
             handle.close()
         self._children[name] = proc
         self._reapers[name] = asyncio.create_task(proc.wait(), name=f"reap-{name}")
-        record = _Record(
+        record = ProcessRecord(
             pid=proc.pid,
             spec_hash=wanted,
-            started=_proc_start_time(proc.pid),
+            started=start_time(proc.pid),
             argv=argv,
             log=str(path),
         )
@@ -303,13 +253,13 @@ class ProcessRuntime:
             reaper.cancel()
         await self._update_registry(name, None)
 
-    async def _exited(self, name: str, record: _Record) -> bool:
+    async def _exited(self, name: str, record: ProcessRecord) -> bool:
         child = self._children.get(name)
         if child is not None and child.pid == record.pid:
             return child.returncode is not None
         return not self._is_ours(record)
 
-    async def _terminate(self, name: str, record: _Record, grace: float) -> None:
+    async def _terminate(self, name: str, record: ProcessRecord, grace: float) -> None:
         """SIGTERM the process group, wait up to `grace` s for it to empty, then SIGKILL."""
         pgid = record.pid  # start_new_session: the server leads its own group
         _signal_group(pgid, signal.SIGTERM)
@@ -333,7 +283,7 @@ class ProcessRuntime:
                 return
             # Signal the group when its leader is ours, or when the leader is gone but members
             # remain (the kernel does not reuse a pid while a group of that id exists).
-            orphans = not _alive(record.pid) and _group_alive(record.pid)
+            orphans = not is_alive(record.pid) and _group_alive(record.pid)
             if self._is_ours(record) or orphans:
                 await self._terminate(name, record, timeout)
             await self._forget(name)
@@ -345,7 +295,7 @@ class ProcessRuntime:
             return None
         child = self._children.get(name)
         if child is not None and child.pid == record.pid:
-            if child.returncode is None and not _alive(child.pid):
+            if child.returncode is None and not is_alive(child.pid):
                 # It exited but the reaper task has not run yet: give it a moment for the code.
                 reaper = self._reapers.get(name)
                 if reaper is not None:

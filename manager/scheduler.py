@@ -37,12 +37,15 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
-from manager.events import EventBus, StateEvent, SwapEvent
+from manager.events import EventBus
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
+from wire.events import StateEvent, SwapEvent
+from wire.lease import LeaseGrant
+from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -83,53 +86,38 @@ class SchedulerConfig:
 
 @dataclass
 class Lease:
-    """A promise that `model` stays resident until released or expired."""
+    """A promise that `model` stays resident until released or expired: the `grant`
+    the manager sends (`wire.lease.LeaseGrant`) and when it expires."""
 
-    lease_id: str
-    model: str
-    type: str
-    base_url: str
-    ttl: float
+    grant: LeaseGrant
     expires_at: float
     """On the scheduler's monotonic clock."""
-    max_uses: int = 1
-    """How many proxy requests may share this lease: `batch_bound` when no other model
-    had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
 
+    @property
+    def lease_id(self) -> str:
+        return self.grant.lease_id
 
-@dataclass(frozen=True)
-class ModelStatus:
-    """One model as `GET /v1/models` shows it. Times are Unix seconds."""
+    @property
+    def model(self) -> str:
+        return self.grant.model
 
-    id: str
-    type: str
-    state: ModelState
-    last_error: str | None
-    last_used: float | None
-    since: float
-    in_flight: int
-    waiting: int
-    description: str
-    sizes: list[str] | None = None
-    max_n: int | None = None
+    @property
+    def type(self) -> str:
+        return self.grant.type
 
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "object": "model",
-            "type": self.type,
-            "state": self.state.value,
-            "last_error": self.last_error,
-            "last_used": self.last_used,
-            "since": self.since,
-            "in_flight": self.in_flight,
-            "waiting": self.waiting,
-            "description": self.description,
-        }
-        if self.type == "image":
-            data["sizes"] = self.sizes
-            data["max_n"] = self.max_n
-        return data
+    @property
+    def base_url(self) -> str:
+        return self.grant.base_url
+
+    @property
+    def ttl(self) -> float:
+        return self.grant.ttl
+
+    @property
+    def max_uses(self) -> int:
+        """How many proxy requests may share this lease: `batch_bound` when no other model
+        had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
+        return self.grant.max_uses
 
 
 @dataclass(eq=False)
@@ -330,15 +318,15 @@ class Scheduler:
         return sum(len(rec.waiters) for rec in self._records.values())
 
     def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
-        lease = Lease(
+        grant = LeaseGrant(
             lease_id=secrets.token_urlsafe(18),
             model=rec.name,
             type=rec.spec.type,
             base_url=self.base_url(rec.name),
             ttl=self.config.lease_ttl,
-            expires_at=self._clock() + self.config.lease_ttl,
             max_uses=max_uses,
         )
+        lease = Lease(grant, expires_at=self._clock() + self.config.lease_ttl)
         self._leases[lease.lease_id] = lease
         rec.leases.add(lease.lease_id)
         self._touch(rec)
@@ -454,7 +442,9 @@ class Scheduler:
             rec.last_error = error
         log.info("model %s: %s -> %s%s", rec.name, previous, new, f" ({error})" if error else "")
         self.events.publish(
-            StateEvent(rec.name, new.value, previous.value, at=rec.since, error=error)
+            StateEvent(
+                model=rec.name, state=new.wire, previous=previous.wire, at=rec.since, error=error
+            )
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -471,7 +461,9 @@ class Scheduler:
         self._grants_since_contention = 0
         if not adopted:
             self.swaps += 1
-            self.events.publish(SwapEvent(self._last_resident, rec.name, at=self._wall()))
+            self.events.publish(
+                SwapEvent(from_model=self._last_resident, to=rec.name, at=self._wall())
+            )
         self._spawn(self._run_start(rec, adopted), name=f"start {rec.name}")
 
     async def _run_start(self, rec: _Record, adopted: bool) -> None:
@@ -702,7 +694,7 @@ class Scheduler:
         return ModelStatus(
             id=rec.name,
             type=rec.spec.type,
-            state=rec.state,
+            state=rec.state.wire,
             last_error=rec.last_error,
             last_used=rec.last_used,
             since=rec.since,

@@ -7,41 +7,15 @@ Every default lives here, once. `ManagerSettings()` raises pydantic's
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TOKEN_MIN_LENGTH = 16
+from wire.tokens import check_token
 
-_PLACEHOLDER_WORDS = (
-    "changeme",
-    "change-me",
-    "change_me",
-    "secret",
-    "token",
-    "password",
-    "placeholder",
-    "replaceme",
-    "replace-me",
-    "example",
-)
 _HOST_PATTERN = r"^[A-Za-z0-9.:\-\[\]]{1,253}$"
-
-
-def placeholder_reason(token: str) -> str | None:
-    """Why `token` looks like a placeholder rather than a real secret, or None if it does not."""
-    lowered = token.lower()
-    for word in _PLACEHOLDER_WORDS:
-        if word in lowered:
-            return f"contains the placeholder word {word!r}"
-    if re.fullmatch(r"(.)\1*", lowered):
-        return "is one character repeated"
-    if len(set(lowered)) < 6:
-        return "uses fewer than 6 distinct characters"
-    return None
 
 
 class ManagerSettings(BaseSettings):
@@ -52,7 +26,7 @@ class ManagerSettings(BaseSettings):
 
     models_file: Path = Field(default=Path("models.json"), description="The models.json catalogue.")
     manager_token: SecretStr = Field(
-        description="Bearer token every API call but /healthz must carry. At least 16 characters."
+        description="Bearer token every API call but /healthz must carry (rules: wire.tokens)."
     )
     manager_host: str = Field(default="0.0.0.0", pattern=_HOST_PATTERN)
     manager_port: int = Field(default=8090, ge=1, le=65535)
@@ -132,13 +106,7 @@ class ManagerSettings(BaseSettings):
     @field_validator("manager_token")
     @classmethod
     def _strong_token(cls, value: SecretStr) -> SecretStr:
-        token = value.get_secret_value()
-        hint = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
-        if len(token) < TOKEN_MIN_LENGTH:
-            raise ValueError(f"must be at least {TOKEN_MIN_LENGTH} characters; {hint}")
-        reason = placeholder_reason(token)
-        if reason:
-            raise ValueError(f"looks like a placeholder ({reason}); {hint}")
+        check_token(value.get_secret_value())  # the rules of wire.tokens
         return value
 
     def advertised_host(self) -> str:

@@ -16,8 +16,10 @@ A model is *resident* (may hold the GPU) while `starting`, `ready` or
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import cast
 
 from manager.errors import ManagerError
+from wire.models import ModelStateName
 
 
 class ModelState(StrEnum):
@@ -26,6 +28,11 @@ class ModelState(StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+
+    @property
+    def wire(self) -> ModelStateName:
+        """The state's name on the wire (`wire.models.ModelStateName`)."""
+        return cast(ModelStateName, self.value)
 
 
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {

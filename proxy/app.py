@@ -18,13 +18,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
 
 from proxy import routes_openai, routes_ops
 from proxy.auth import ApiKeyMiddleware
 from proxy.context import ProxyContext
-from proxy.errors import InvalidRequest, NotFound, ProxyError, error_response
 from proxy.events import follow_events
 from proxy.hotpath import HotPath
 from proxy.images import ImageStore
@@ -32,6 +29,8 @@ from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.settings import ProxySettings
 from proxy.web import mount_ui, proxy_version
+from wire.errors import PROXY, install_error_handlers
+from wire.limits import BodyLimit
 
 log = logging.getLogger("proxy")
 
@@ -102,42 +101,18 @@ def create_app(
     app.include_router(routes_ops.router)
     mount_ui(app, settings)
     app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={routes_openai.EDITS: settings.max_upload_bytes},
+        source=PROXY,
+    )
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
 
-    def reply(request: Request, exc: ProxyError) -> Response:
-        metrics.requests.labels(_route_label(request), "unknown", str(exc.status)).inc()
-        return error_response(exc)
+    def observe(request: Request, status: int) -> None:
+        metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()
 
-    @app.exception_handler(ProxyError)
-    async def _proxy_error(request: Request, exc: ProxyError) -> Response:
-        return reply(request, exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            err: ProxyError = NotFound(f"No such endpoint: {request.method} {request.url.path}")
-        else:
-            err = ProxyError(
-                str(exc.detail),
-                status=exc.status_code,
-                type="invalid_request_error" if exc.status_code < 500 else "server_error",
-                code="method_not_allowed" if exc.status_code == 405 else None,
-                headers=dict(exc.headers or {}),
-            )
-        return reply(request, err)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        return reply(
-            request,
-            InvalidRequest(first.get("msg", "Invalid request"), param=".".join(loc) or None),
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return reply(request, ProxyError("Internal error in the proxy; see its log."))
-
+    install_error_handlers(
+        app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
+    )
     return app

@@ -14,7 +14,6 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import AuthenticationFailed
-from proxy.forward import send_error
 
 PROTECTED_PREFIXES = ("/v1/", "/api/")
 PROTECTED_PATHS = ("/metrics",)
@@ -54,6 +53,6 @@ class ApiKeyMiddleware:
                 "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-            await send_error(send, err)
+            await err.send(send)
             return
         await self.app(scope, receive, send)

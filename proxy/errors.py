@@ -5,63 +5,26 @@ Every error leaves the proxy as ``{"error": {"message", "type", "param", "code",
 request was refused here), ``"manager"`` (the manager refused it or is
 unreachable) or ``"model_server"`` (vLLM / the image server failed or answered
 an error). Lower layers raise these; the HTTP layer turns them into responses
-with `envelope` / `error_response`. Foreign exceptions (aiohttp, OSError) are
-wrapped with ``raise X from exc``.
+with the handlers of `wire.errors` (each class carries its status, type and code).
+Foreign exceptions (aiohttp, OSError) are wrapped with ``raise X from exc``.
 """
 
 from __future__ import annotations
 
 import orjson
-from starlette.responses import Response
 
-PROXY, MANAGER, MODEL_SERVER = "proxy", "manager", "model_server"
+from wire.errors import MANAGER as MANAGER
+from wire.errors import MODEL_SERVER as MODEL_SERVER
+from wire.errors import PROXY as PROXY
+from wire.errors import ApiError, Source
 
 
-class ProxyError(Exception):
-    """Base of every error the proxy raises on purpose. Carries its HTTP answer."""
+class ProxyError(ApiError):
+    """Base of every error the proxy raises on purpose. Carries its HTTP answer
+    (`wire.errors.ApiError`); ``source`` is the proxy unless a subclass says otherwise."""
 
-    status = 500
-    type = "server_error"
-    code: str | None = "internal_error"
-    source = PROXY
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        status: int | None = None,
-        type: str | None = None,
-        code: str | None = None,
-        source: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if status is not None:
-            self.status = status
-        if type is not None:
-            self.type = type
-        if code is not None:
-            self.code = code
-        if source is not None:
-            self.source = source
-        self.headers = headers or {}
-
-    def envelope(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-                "source": self.source,
-            }
-        }
-
-    def body(self) -> bytes:
-        return orjson.dumps(self.envelope())
+    status, type, code = 500, "server_error", "internal_error"
+    source: Source | None = PROXY
 
 
 class InvalidRequest(ProxyError):
@@ -109,10 +72,6 @@ class WrongModelType(InvalidRequest):
         )
 
 
-class PayloadTooLarge(ProxyError):
-    status, type, code = 413, "invalid_request_error", "payload_too_large"
-
-
 class ManagerUnavailable(ProxyError):
     """The manager could not be reached or answered nonsense (503)."""
 
@@ -131,13 +90,7 @@ class UpstreamError(ProxyError):
     status, type, code, source = 502, "server_error", "model_server_error", MODEL_SERVER
 
 
-def error_response(exc: ProxyError) -> Response:
-    return Response(
-        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
-    )
-
-
-def normalise_error_body(raw: bytes, status: int, source: str) -> ProxyError:
+def normalise_error_body(raw: bytes, status: int, source: Source) -> ProxyError:
     """Turn a foreign error answer (vLLM's, the manager's, FastAPI's) into a ProxyError.
 
     Understands ``{"error": {...}}`` (OpenAI and recent vLLM), ``{"object": "error",

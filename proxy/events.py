@@ -2,8 +2,10 @@
 
 `follow_events` runs for the life of the proxy (a lifespan task). It counts
 ``swap`` events into ``homelab_proxy_swaps_total`` and drops the cached model
-list on every ``state`` event, so /v1/models shows "loading" vs "ready" at once.
-It reconnects with backoff (1 s doubling to 30 s) and stops only when cancelled.
+list on every ``state``, ``swap`` or ``snapshot`` event, so /v1/models shows
+"loading" vs "ready" at once. Frames are parsed with the types the manager sends
+(`wire.events`). It reconnects with backoff (1 s doubling to 30 s) and stops only
+when cancelled.
 """
 
 from __future__ import annotations
@@ -12,25 +14,20 @@ import asyncio
 import logging
 
 import aiohttp
-import orjson
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
+from wire.events import SNAPSHOT, STATE, SWAP, SseParser, SwapEvent, parse_event
 
 log = logging.getLogger("proxy.events")
 
 
-def handle_event(ctx: ProxyContext, event: bytes, data: bytes) -> None:
-    if event == b"swap":
-        try:
-            swap = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(swap, dict):
-            ctx.metrics.swaps.labels(
-                str(swap.get("from") or "none"), str(swap.get("to") or "none")
-            ).inc()
-    if event in (b"state", b"swap", b"snapshot"):
+def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
+    if event == SWAP:
+        swap = parse_event(event, data)
+        if isinstance(swap, SwapEvent):
+            ctx.metrics.swaps.labels(swap.from_model or "none", swap.to or "none").inc()
+    if event in (STATE, SWAP, SNAPSHOT):
         ctx.manager.invalidate_models()
 
 
@@ -41,17 +38,11 @@ async def follow_events(ctx: ProxyContext) -> None:
             resp = await ctx.manager.open_events()
             try:
                 backoff = 1.0
-                event, data = b"", []
+                parser = SseParser()
                 async for line in resp.content:
-                    line = line.rstrip(b"\r\n")
-                    if not line:
-                        if data:
-                            handle_event(ctx, event or b"message", b"\n".join(data))
-                        event, data = b"", []
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip()
-                    elif line.startswith(b"data:"):
-                        data.append(line[5:].lstrip(b" "))
+                    frame = parser.feed(line)
+                    if frame is not None:
+                        handle_event(ctx, *frame)
             finally:
                 resp.close()
         except (ProxyError, aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -27,46 +27,23 @@ from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.images import urls_for
 from proxy.lease_pool import LeaseUse
+from wire.disconnect import ClientDisconnected, watch_disconnect
+from wire.events import SSE_HEADERS as _SSE_HEADERS
+from wire.events import SSE_MEDIA_TYPE
 
 log = logging.getLogger("proxy.forward")
 
 SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
+    (b"content-type", f"{SSE_MEDIA_TYPE}; charset=utf-8".encode()),
+    *((k.lower().encode(), v.encode()) for k, v in _SSE_HEADERS.items()),
 ]
 _UPSTREAM_ERROR_LIMIT = 1 << 20
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
-class _Watch:
-    __slots__ = ("finished", "disconnected")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.disconnected = False
-
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task, watch: _Watch) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if not watch.finished:
-                watch.disconnected = True
-                task.cancel()
-            return
-
-
-async def send_error(send: Send, exc: ProxyError) -> None:
-    body = exc.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
 class _Watched(Response):
-    """An ASGI response whose `run` is cancelled when the client disconnects."""
+    """An ASGI response whose `run` is cancelled when the client disconnects
+    (`wire.disconnect.watch_disconnect`)."""
 
     background = None
     status_code = 200
@@ -75,18 +52,13 @@ class _Watched(Response):
         """No Response.__init__: there is nothing to render up front."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        watch = _Watch()
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
         try:
-            await self.run(send, watch)
-        except asyncio.CancelledError:
-            if not watch.disconnected or task.uncancel() > 0:
-                raise
-        finally:
-            watcher.cancel()
+            async with watch_disconnect(receive) as watch:
+                await self.run(send, watch)
+        except ClientDisconnected:
+            return  # nobody to answer
 
-    async def run(self, send: Send, watch: _Watch) -> None:
+    async def run(self, send: Send, watch: watch_disconnect) -> None:
         raise NotImplementedError
 
 
@@ -108,7 +80,7 @@ class Forward(_Watched):
         self.url_base = url_base
         """Set for images with response_format=url: b64 answers become URLs under it."""
 
-    async def run(self, send: Send, watch: _Watch) -> None:
+    async def run(self, send: Send, watch: watch_disconnect) -> None:
         ctx = self.ctx
         metrics = ctx.metrics
         t0 = time.perf_counter()
@@ -150,8 +122,8 @@ class Forward(_Watched):
             status = exc.status
             if held is not None:
                 held.end()
-            watch.finished = True
-            await send_error(send, exc)
+            watch.finish()
+            await exc.send(send)
         finally:
             if resp is not None:
                 resp.close()  # no-op once fully read; otherwise drops the upstream connection
@@ -166,7 +138,7 @@ class Forward(_Watched):
     # the answer travels, instead of just when the client's next request arrives.
 
     async def _stream(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: LeaseUse
+        self, resp: aiohttp.ClientResponse, send: Send, watch: watch_disconnect, held: LeaseUse
     ) -> int:
         await send({"type": "http.response.start", "status": resp.status, "headers": SSE_HEADERS})
         at_boundary = True
@@ -182,16 +154,16 @@ class Forward(_Watched):
             # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
             tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
             held.discard()
-            watch.finished = True
+            watch.finish()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return err.status
         held.end()
-        watch.finished = True
+        watch.finish()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return resp.status
 
     async def _whole(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: _Watch, held: LeaseUse
+        self, resp: aiohttp.ClientResponse, send: Send, watch: watch_disconnect, held: LeaseUse
     ) -> int:
         try:
             raw = await resp.read()
@@ -206,7 +178,7 @@ class Forward(_Watched):
         if self.url_base is not None:
             raw = await asyncio.to_thread(self._to_urls, raw)
             ctype = "application/json"
-        watch.finished = True
+        watch.finish()
         await send(
             {
                 "type": "http.response.start",
@@ -240,12 +212,12 @@ class EventRelay(_Watched):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
 
-    async def run(self, send: Send, watch: _Watch) -> None:
+    async def run(self, send: Send, watch: watch_disconnect) -> None:
         try:
             resp = await self.ctx.manager.open_events()
         except ProxyError as exc:
-            watch.finished = True
-            await send_error(send, exc)
+            watch.finish()
+            await exc.send(send)
             return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -254,7 +226,7 @@ class EventRelay(_Watched):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except _TRANSPORT_ERRORS as exc:
                 log.info("manager event stream ended: %s", exc)
-            watch.finished = True
+            watch.finish()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             resp.close()

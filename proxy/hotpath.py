@@ -6,8 +6,8 @@ nothing but CPU on the hottest path. `HotPath` sends ``POST`` requests for those
 paths straight to the endpoint functions; everything else goes on to FastAPI.
 The same endpoints stay declared on the FastAPI router, so the OpenAPI
 document (and schemathesis) still describes them. Errors are handled as the
-app's exception handlers would: a `ProxyError` becomes its envelope, anything
-else a logged 500 envelope.
+app's exception handlers would: an `ApiError` becomes its envelope, anything
+else a logged 500 envelope; a body over the limit is left to `wire.limits.BodyLimit`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError
-from proxy.forward import send_error
 from proxy.metrics import Metrics
+from wire.errors import PROXY, ApiError
+from wire.limits import BodyTooLarge
 
 log = logging.getLogger("proxy")
 
@@ -43,13 +44,15 @@ class HotPath:
             response = await endpoint(Request(scope, receive))
         except ClientDisconnect:
             return  # the client left while sending its body: nobody to answer
-        except ProxyError as exc:
+        except BodyTooLarge:
+            raise  # `wire.limits.BodyLimit`, around this middleware, answers 413
+        except ApiError as exc:
             self.metrics.requests.labels(scope["path"], "unknown", str(exc.status)).inc()
-            await send_error(send, exc)
+            await exc.send(send, PROXY)
             return
         except Exception:
             log.exception("unexpected error on POST %s", scope["path"])
             self.metrics.requests.labels(scope["path"], "unknown", "500").inc()
-            await send_error(send, ProxyError("Internal error in the proxy; see its log."))
+            await ProxyError("Internal error in the proxy; see its log.").send(send)
             return
         await response(scope, receive, send)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from proxy.errors import InvalidRequest, UpstreamError
+from wire.models import ModelStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
@@ -37,20 +38,22 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def check_image_request(model: dict, n: object, size: object, response_format: object) -> None:
+def check_image_request(
+    model: ModelStatus, n: object, size: object, response_format: object
+) -> None:
     """Validate n, size and response_format against the manager's ModelStatus for an
     image model (``sizes``, ``max_n``). Raises InvalidRequest naming the param."""
-    max_n = model.get("max_n")
+    max_n = model.max_n
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRequest("n must be a positive integer", param="n", code="invalid_n")
         if isinstance(max_n, int) and n > max_n:
             raise InvalidRequest(
-                f"n={n} is more than model '{model['id']}' allows (max_n={max_n})",
+                f"n={n} is more than model '{model.id}' allows (max_n={max_n})",
                 param="n",
                 code="invalid_n",
             )
-    sizes = model.get("sizes")
+    sizes = model.sizes
     if size is not None and size != "auto":
         if not isinstance(size, str):
             raise InvalidRequest(
@@ -58,7 +61,7 @@ def check_image_request(model: dict, n: object, size: object, response_format: o
             )
         if isinstance(sizes, list) and sizes and size not in sizes:
             raise InvalidRequest(
-                f"size '{size}' is not supported by model '{model['id']}'; "
+                f"size '{size}' is not supported by model '{model.id}'; "
                 f"supported sizes: {', '.join(map(str, sizes))}",
                 param="size",
                 code="invalid_size",

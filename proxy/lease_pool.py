@@ -42,6 +42,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from proxy.errors import ManagerRefused, ManagerUnavailable
+from wire.lease import LeaseGrant
 
 log = logging.getLogger("proxy.leases")
 
@@ -49,18 +50,10 @@ RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
 
 
-class LeaseLike(Protocol):
-    lease_id: str
-    model: str
-    base_url: str
-    ttl: float
-    max_uses: int
-
-
 class LeaseSource(Protocol):
     """The manager's lease calls (`proxy.manager_client.ManagerClient` implements them)."""
 
-    async def grant(self, model: str) -> Any:
+    async def grant(self, model: str) -> LeaseGrant:
         """Block until a lease on `model` is granted; cancellable. Raises ProxyError."""
 
     async def renew(self, lease_id: str) -> float:
@@ -76,7 +69,7 @@ class _Shared:
 
     __slots__ = ("lease", "refs", "uses", "open", "lost", "done", "expires_at", "linger", "renewal")
 
-    def __init__(self, lease: Any, now: float) -> None:
+    def __init__(self, lease: LeaseGrant, now: float) -> None:
         self.lease = lease
         self.refs = 0
         """Requests holding a share now."""
@@ -215,10 +208,10 @@ class LeasePool:
             if not rider.done():
                 rider.set_exception(exc)
 
-    def _settle(self, model: str, ask: _Ask, lease: Any) -> None:
+    def _settle(self, model: str, ask: _Ask, lease: LeaseGrant) -> None:
         """A grant arrived: admit its riders in order, up to max_uses; make it current."""
         loop = asyncio.get_running_loop()
-        max_uses = max(1, int(lease.max_uses))
+        max_uses = lease.max_uses
         self._hint[model] = max_uses
         shared = _Shared(lease, loop.time())
         self._live.add(shared)

@@ -17,34 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from proxy.errors import MANAGER, ManagerRefused, ManagerUnavailable, normalise_error_body
 from proxy.lease_pool import LeasePool, LeaseUse
+from wire.lease import LeaseGrant, LeaseRenewal
+from wire.models import ModelList, ModelStatus
 
 log = logging.getLogger("proxy.manager")
 
 _SHORT = aiohttp.ClientTimeout(total=15.0)
-_LEASE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-"""A lease id goes into URL paths (renew, release): only URL-safe ids are accepted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A granted lease: the model is resident and stays so until released or expired.
-    Up to `max_uses` proxy requests may share it (1 when the manager does not say)."""
-
-    lease_id: str
-    model: str
-    type: str
-    base_url: str
-    ttl: float
-    max_uses: int = 1
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ManagerClient:
@@ -63,7 +51,7 @@ class ManagerClient:
         self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._models_ttl = models_ttl
-        self._models: dict[str, dict] | None = None
+        self._models: dict[str, ModelStatus] | None = None
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
         self._lease_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
@@ -114,7 +102,7 @@ class ManagerClient:
             headers=headers,
         )
 
-    def _json(self, raw: bytes, what: str) -> dict:
+    def _json(self, raw: bytes, what: str) -> dict[str, Any]:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -123,9 +111,22 @@ class ManagerClient:
             raise ManagerUnavailable(f"The manager's answer to {what} is not a JSON object")
         return data
 
+    @staticmethod
+    def _parse(model: type[_M], raw: bytes, what: str) -> _M:
+        """The manager's answer as its `wire` type; ManagerUnavailable if it is not one."""
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(p) for p in first.get("loc", ())) or "the answer"
+            raise ManagerUnavailable(
+                f"The manager's answer to {what} is not its contract ({where}: "
+                f"{first.get('msg', 'invalid')})"
+            ) from exc
+
     # -- the contract -----------------------------------------------------------
 
-    async def models(self, *, max_age: float | None = None) -> dict[str, dict]:
+    async def models(self, *, max_age: float | None = None) -> dict[str, ModelStatus]:
         """The manager's ModelStatus objects keyed by id, at most `max_age` seconds old.
 
         Concurrent callers share one fetch. Raises ManagerUnavailable / ManagerRefused.
@@ -138,12 +139,8 @@ class ManagerClient:
                 return self._models
             started = time.monotonic()
             _, raw = await self._call("GET", "/v1/models")
-            data = self._json(raw, "GET /v1/models").get("data")
-            if not isinstance(data, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
-            ):
-                raise ManagerUnavailable("The manager's model list has no 'data' list of models")
-            self._models = {m["id"]: m for m in data}
+            listing = self._parse(ModelList, raw, "GET /v1/models")
+            self._models = {m.id: m for m in listing.data}
             self._models_at = started
             return self._models
 
@@ -158,35 +155,19 @@ class ManagerClient:
         queue timeout). Raises ManagerRefused / ManagerUnavailable. Cancellable."""
         return await self.leases.acquire(model)
 
-    async def grant(self, model: str) -> Lease:
+    async def grant(self, model: str) -> LeaseGrant:
         """POST /v1/leases: block until `model` is ready and a lease is granted (bounded
         by the manager's queue timeout). Cancellable: cancelling closes the connection,
         which withdraws the request from the manager's queue."""
         _, raw = await self._call(
             "POST", "/v1/leases", orjson.dumps({"model": model}), client_timeout=self._lease_timeout
         )
-        data = self._json(raw, "POST /v1/leases")
-        if not isinstance(data.get("lease_id"), str) or not _LEASE_ID.match(data["lease_id"]):
-            raise ManagerUnavailable("The manager's lease answer has no usable lease_id")
-        max_uses = data.get("max_uses", 1)
-        if not isinstance(max_uses, int) or isinstance(max_uses, bool) or max_uses < 1:
-            raise ManagerUnavailable("The manager's lease answer has no usable max_uses")
-        try:
-            return Lease(
-                lease_id=data["lease_id"],
-                model=str(data["model"]),
-                type=str(data["type"]),
-                base_url=str(data["base_url"]).rstrip("/"),
-                ttl=float(data.get("ttl") or 0),
-                max_uses=max_uses,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManagerUnavailable(f"The manager's lease answer is incomplete: {exc}") from exc
+        return self._parse(LeaseGrant, raw, "POST /v1/leases")
 
     async def renew(self, lease_id: str) -> float:
         """Extend a lease; returns its new ttl in seconds."""
         _, raw = await self._call("POST", f"/v1/leases/{lease_id}/renew", b"{}")
-        return float(self._json(raw, "lease renew").get("ttl") or 0)
+        return self._parse(LeaseRenewal, raw, "lease renew").ttl
 
     async def release(self, lease_id: str) -> None:
         """Release a lease. Never raises (an expired lease is already free)."""
@@ -195,7 +176,7 @@ class ManagerClient:
         except (ManagerUnavailable, ManagerRefused) as exc:
             log.warning("releasing lease %s failed: %s", lease_id, exc.message)
 
-    async def health(self) -> dict:
+    async def health(self) -> dict[str, Any]:
         """The manager's /healthz answer. Raises ManagerUnavailable."""
         _, raw = await self._call(
             "GET", "/healthz", client_timeout=aiohttp.ClientTimeout(total=5.0)

@@ -2,7 +2,8 @@
 
 Only the fields the proxy routes on are looked at (model, stream, n, size,
 response_format); the body is forwarded as it came. Every function raises
-`InvalidRequest` or `PayloadTooLarge` for a bad request.
+`InvalidRequest` for a bad request. Body sizes are limited before any of this runs
+(`wire.limits.BodyLimit`, installed by `proxy.app`).
 """
 
 from __future__ import annotations
@@ -13,23 +14,15 @@ import orjson
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from proxy.errors import InvalidRequest, PayloadTooLarge
+from proxy.errors import InvalidRequest
 
 MAX_MODEL_NAME = 200
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes (413) before or while reading."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
+async def read_body(request: Request) -> bytes:
+    """The whole body. Its size is bounded by the app's `BodyLimit`: past the limit the
+    read raises `wire.limits.BodyTooLarge`, which that middleware answers (413)."""
+    chunks = [chunk async for chunk in request.stream()]
     return b"".join(chunks)
 
 

@@ -11,6 +11,7 @@ document only.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -32,8 +33,11 @@ from proxy.parsing import (
     parse_object,
     read_body,
 )
+from wire.models import ModelStatus
 
 router = APIRouter()
+EDITS = "/v1/images/edits"
+"""The multipart route: its body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_MAX_BODY_BYTES."""
 _STARTED = int(time.time())
 
 
@@ -41,7 +45,7 @@ def _ctx(request: Request) -> ProxyContext:
     return request.app.state.ctx
 
 
-async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> dict:
+async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
     """The manager's ModelStatus for `name`, checked to be of type `want`.
 
     A name missing from the cached list is looked up once more (at most one
@@ -54,8 +58,8 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
         info = models.get(name)
         if info is None:
             raise ModelNotFound(name, sorted(models))
-    if info.get("type") != want:
-        raise WrongModelType(name, str(info.get("type")), endpoint)
+    if info.type != want:
+        raise WrongModelType(name, info.type, endpoint)
     return info
 
 
@@ -63,11 +67,11 @@ def image_url_base(ctx: ProxyContext, request: Request) -> str:
     return ctx.settings.public_url or str(request.base_url).rstrip("/")
 
 
-def model_object(m: dict) -> dict:
+def model_object(m: ModelStatus) -> dict[str, Any]:
     """An OpenAI model object carrying everything the manager reports about the model
     (type, state, last_error, since, in_flight, waiting, description; sizes and
     max_n for image models)."""
-    return {**m, "object": "model", "created": _STARTED, "owned_by": "homelab-ai"}
+    return {**m.to_wire(), "object": "model", "created": _STARTED, "owned_by": "homelab-ai"}
 
 
 @router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")
@@ -87,7 +91,7 @@ async def get_model(request: Request, model: str) -> Response:
 
 async def _forward_json(request: Request, endpoint: str, want: str) -> Forward:
     ctx = _ctx(request)
-    raw = await read_body(request, ctx.settings.max_body_bytes)
+    raw = await read_body(request)
     data = parse_object(raw)
     model = model_name(data.get("model"))
     check_stream(data.get("stream"))
@@ -156,10 +160,10 @@ async def images_generations(request: Request) -> Response:
     summary="Edit an uploaded image (image models; multipart/form-data)",
 )
 async def images_edits(request: Request) -> Response:
-    endpoint = "/v1/images/edits"
+    endpoint = EDITS
     ctx = _ctx(request)
     limit = ctx.settings.max_upload_bytes
-    raw = await read_body(request, limit)
+    raw = await read_body(request)
     form = await parse_form(request, raw, limit)
     try:
         model = model_name(form_text(form, "model"))

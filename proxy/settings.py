@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from manager.settings import TOKEN_MIN_LENGTH, placeholder_reason
+from wire.tokens import check_token, token_problem
 
 _APP_DIR = Path(__file__).resolve().parent.parent / "app"
 
@@ -78,14 +78,7 @@ class ProxySettings(BaseSettings):
     @field_validator("manager_token")
     @classmethod
     def _real_token(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if len(raw) < TOKEN_MIN_LENGTH:
-            raise ValueError(
-                f"must be at least {TOKEN_MIN_LENGTH} characters (the manager's token)"
-            )
-        reason = placeholder_reason(raw)
-        if reason:
-            raise ValueError(f"looks like a placeholder ({reason})")
+        check_token(value.get_secret_value())  # the manager's own rules (wire.tokens)
         return value
 
     @field_validator("api_keys", mode="before")
@@ -98,14 +91,10 @@ class ProxySettings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _real_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
-            raw = key.get_secret_value()
-            reason = placeholder_reason(raw) if len(raw) >= TOKEN_MIN_LENGTH else "is too short"
-            if reason:
-                raise ValueError(
-                    f"each key must be at least {TOKEN_MIN_LENGTH} characters and not a "
-                    f"placeholder; one {reason}"
-                )
+        for number, key in enumerate(value, 1):
+            problem = token_problem(key.get_secret_value())
+            if problem:
+                raise ValueError(f"API key {number} of {len(value)} {problem}")
         return value
 
     @field_validator("manager_url", "public_url")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from manager.process_runtime import REGISTRY_FILE, ProcessRuntime, _alive
+from manager.process_runtime import ProcessRuntime
 from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, SESSION
 from tests.integration.manager_harness import (
     RunningManager,
@@ -22,6 +22,8 @@ from tests.integration.manager_harness import (
     start_manager,
     wait_for_state,
 )
+from wire.procs import REGISTRY_FILE
+from wire.procs import is_alive as _alive
 
 
 def fake_model(suffix: str, port: int, **fields: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 
 from manager.errors import RuntimeFailure, StartFailed
 from manager.health import HttpReadinessProbe
-from manager.process_runtime import REGISTRY_FILE, ProcessRuntime, _alive, _group_alive
+from manager.process_runtime import ProcessRuntime, _group_alive
 from manager.runtime import ContainerRuntime, spec_hash
 from manager.settings import ManagerSettings
 from tests.integration.conftest import (
@@ -30,6 +30,8 @@ from tests.integration.conftest import (
     text_spec,
     token,
 )
+from wire.procs import REGISTRY_FILE
+from wire.procs import is_alive as _alive
 
 
 def settings(log_dir: Path, **extra: object) -> ManagerSettings:

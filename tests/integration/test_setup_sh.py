@@ -6,9 +6,11 @@
 - `gpu-pc` on this machine (no GPU): its GPU check really runs
   `docker run --gpus all` and stops with the fix, before writing anything.
 - `server` for real: builds the proxy image (from a Python base made offline here:
-  the Debian test base + python3-pip, trusting the host's CA for PyPI), starts the
-  proxy container pointed at a real manager process on this host, and the proxy
-  inside the container reaches it; a second run changes nothing.
+  the Debian test base + python3-pip, trusting the host's CA for PyPI), checks the
+  token inside it (`python -m wire.tokens check`), starts the proxy container pointed
+  at a real manager process on this host, and the proxy inside the container reaches
+  it; the image holds `proxy` and `wire` but neither `manager` nor the docker SDK; a
+  second run changes nothing.
 
 `demo --detach` / `demo stop` are covered by tests/e2e/test_demo_system.py.
 Containers are named after SESSION and removed at the end; ports from 18700-18799.
@@ -48,6 +50,10 @@ ENV PIP_CERT=/usr/local/share/ca-certificates/host-ca.crt \\
     PIP_BREAK_SYSTEM_PACKAGES=1
 """
 COMMANDS = ("deps", "test", "demo", "gpu-pc", "server")
+FIND_PACKAGES = (
+    "import importlib.util as u\n"
+    "print(*(m for m in ('docker', 'manager', 'proxy', 'wire') if u.find_spec(m)))"
+)
 
 
 def setup_sh(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
@@ -90,7 +96,9 @@ def test_shellcheck_passes_on_every_shell_script() -> None:
         pytest.skip("shellcheck is not installed (./setup.sh deps installs it)")
     scripts = shell_scripts()
     assert ROOT / "scripts" / "build-test-images.sh" in scripts
-    result = subprocess.run([str(find_program("shellcheck")), *map(str, scripts)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(find_program("shellcheck")), *map(str, scripts)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -258,6 +266,16 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         assert [m["id"] for m in models["data"]] == ["demo-text"]
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200  # the UI
 
+        # The proxy's image carries the wire contract, not the manager nor the docker SDK.
+        found = subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python"]
+            + [container.image.id, "-c", FIND_PACKAGES],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert found.stdout.split() == ["proxy", "wire"], found.stdout + found.stderr
+
         # Idempotent: the same settings leave the running container alone.
         second = setup_sh(*args, env=env, timeout=600)
         assert second.returncode == 0, second.stdout + second.stderr
@@ -265,6 +283,25 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         assert docker_client.containers.get(name).id == container.id
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_server_refuses_a_placeholder_token_by_the_one_token_rule(
+    python_base: str, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env.server"
+    result = setup_sh(
+        "server",
+        "--manager-url",
+        "http://127.0.0.1:9",
+        "--env-file",
+        str(env_file),
+        env={"HOMELAB_PYTHON_BASE": python_base, "HOMELAB_MANAGER_TOKEN": "changeme-changeme-1"},
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "HOMELAB_MANAGER_TOKEN: the token looks like a placeholder" in result.stderr
+    assert "changeme-changeme-1" not in result.stdout + result.stderr
+    assert not env_file.exists()
 
 
 def test_server_stops_with_a_clear_message_without_a_manager_url(tmp_path: Path) -> None:

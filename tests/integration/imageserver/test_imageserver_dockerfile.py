@@ -93,15 +93,24 @@ def imageserver_image(docker_client: Any, tmp_path_factory: pytest.TempPathFacto
     shutil.copyfile(HOST_CA, context / "host-ca.crt")
     shutil.copyfile(HERE / "torchbase.Dockerfile", context / "Dockerfile")
     _docker_build(["-t", TORCHBASE, str(context)])
+    # The context setup.sh sends: imageserver/, wire/ and the Dockerfile, nothing else.
+    build = tmp_path_factory.mktemp("imageserver-context")
+    for folder in ("imageserver", "wire"):
+        shutil.copytree(ROOT / folder, build / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (build / "dockerfiles").mkdir()
+    shutil.copyfile(
+        ROOT / "dockerfiles" / "imageserver.Dockerfile",
+        build / "dockerfiles" / "imageserver.Dockerfile",
+    )
     _docker_build(
         [
             "-f",
-            str(ROOT / "dockerfiles" / "imageserver.Dockerfile"),
+            str(build / "dockerfiles" / "imageserver.Dockerfile"),
             "--build-arg",
             f"BASE={TORCHBASE}",
             "-t",
             IMAGE,
-            str(ROOT / "imageserver"),
+            str(build),
         ]
     )
     return IMAGE

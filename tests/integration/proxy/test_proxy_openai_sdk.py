@@ -180,7 +180,7 @@ def test_oversize_upload_is_413(sdk: openai.OpenAI, live_stack: LiveStack) -> No
     with pytest.raises(openai.APIStatusError) as info:
         sdk.images.edit(model=live_stack.image, image=("big.png", big, "image/png"), prompt="x")
     assert info.value.status_code == 413
-    assert info.value.body["code"] == "payload_too_large"
+    assert info.value.body["code"] == "request_too_large"
 
 
 def test_bad_api_key_is_authentication_error(live_stack: LiveStack) -> None:

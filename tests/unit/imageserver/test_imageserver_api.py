@@ -370,7 +370,7 @@ async def test_bad_edit_requests_get_a_400_envelope(
     assert len(model.jobs) == 1
 
 
-async def test_an_upload_over_the_file_limit_gets_400() -> None:
+async def test_an_upload_over_the_file_limit_gets_413() -> None:
     import os
 
     noise = os.urandom(70 * 1024)  # limit is 64 KiB per file, body limit ~1.1 MiB
@@ -379,11 +379,11 @@ async def test_an_upload_over_the_file_limit_gets_400() -> None:
         response = await client.post(
             "/v1/images/edits", files={"image": ("a.png", noise, "image/png")}, data={"prompt": "x"}
         )
-    error = assert_envelope(response, 400, "upload_too_large", "image")
+    error = assert_envelope(response, 413, "request_too_large", "image")
     assert "65536" in error["message"]
 
 
-async def test_a_body_over_the_request_limit_gets_400_before_it_is_read() -> None:
+async def test_a_body_over_the_request_limit_gets_413_before_it_is_read() -> None:
     s = settings()
     async with serve(s, loader_for(FakeModel())) as client:
         response = await client.post(
@@ -391,10 +391,10 @@ async def test_a_body_over_the_request_limit_gets_400_before_it_is_read() -> Non
             files={"image": ("a.png", b"\0" * (s.max_body_bytes + 1), "image/png")},
             data={"prompt": "x"},
         )
-    assert_envelope(response, 400, "upload_too_large")
+    assert_envelope(response, 413, "request_too_large")
 
 
-async def test_a_chunked_body_over_the_limit_gets_400() -> None:
+async def test_a_chunked_body_over_the_limit_gets_413() -> None:
     s = settings()
 
     async def chunks():
@@ -405,7 +405,7 @@ async def test_a_chunked_body_over_the_limit_gets_400() -> None:
         response = await client.post(
             "/v1/images/generations", content=chunks(), headers={"content-type": "application/json"}
         )
-    assert_envelope(response, 400, "upload_too_large")
+    assert_envelope(response, 413, "request_too_large")
 
 
 async def test_a_chunked_body_under_the_limit_is_served() -> None:

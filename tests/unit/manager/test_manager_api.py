@@ -220,7 +220,7 @@ async def test_logs_are_plain_text_and_tail_is_bounded(api, runtime):
     assert response.text == "line 7\nline 8\nline 9"
     assert (await api.get("/v1/models/alpha/logs", params={"tail": 5000})).status_code == 200
     for bad in (0, 5001, "x"):
-        error = assert_envelope(await api.get("/v1/models/alpha/logs", params={"tail": bad}), 422)
+        error = assert_envelope(await api.get("/v1/models/alpha/logs", params={"tail": bad}), 400)
         assert error["param"] == "tail"
 
 
@@ -237,11 +237,11 @@ async def test_logs_are_plain_text_and_tail_is_bounded(api, runtime):
         (b"[]", None),
     ],
 )
-async def test_bad_lease_bodies_are_422_envelopes(api, content, param):
+async def test_bad_lease_bodies_are_400_envelopes_like_the_other_programs(api, content, param):
     response = await api.post(
         "/v1/leases", content=content, headers={"content-type": "application/json"}
     )
-    error = assert_envelope(response, 422, "invalid_request")
+    error = assert_envelope(response, 400, "invalid_request")
     assert error["type"] == "invalid_request_error"
     if param:
         assert error["param"] == param

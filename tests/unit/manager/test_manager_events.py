@@ -73,7 +73,9 @@ async def test_closing_a_subscription_unsubscribes_and_wakes_its_reader():
 
 
 def test_state_event_payload_has_the_contract_fields():
-    payload = StateEvent("a", "failed", "starting", at=2.0, error="boom").payload()
+    payload = StateEvent(
+        model="a", state="failed", previous="starting", at=2.0, error="boom"
+    ).payload()
     assert payload == {
         "model": "a",
         "state": "failed",

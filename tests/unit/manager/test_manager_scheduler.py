@@ -95,7 +95,8 @@ async def test_no_stop_while_a_lease_is_held(sched, runtime):
 
 async def test_resident_keeps_serving_up_to_the_batch_bound_while_others_wait(sched, runtime):
     held = await sched.acquire("alpha")
-    held.max_uses = 1  # as if taken by a client that shares nothing (the bound is then exact)
+    # As if taken by a client that shares nothing (the bound is then exact).
+    held.grant = held.grant.model_copy(update={"max_uses": 1})
     beta = asyncio.create_task(sched.acquire("beta"))
     await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
     extra = [await sched.acquire("alpha") for _ in range(sched.config.batch_bound)]
@@ -457,7 +458,7 @@ async def test_state_and_swap_events_in_order(sched):
 
 
 async def test_status_lists_every_model_with_image_fields(sched):
-    statuses = {s.id: s.to_dict() for s in sched.status()}
+    statuses = {s.id: s.to_wire() for s in sched.status()}
     assert list(statuses) == ["alpha", "beta", "pix"]
     assert statuses["alpha"]["object"] == "model"
     assert statuses["alpha"]["description"] == "the first"

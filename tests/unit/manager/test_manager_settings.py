@@ -70,7 +70,7 @@ def test_token_is_required():
 def test_weak_or_placeholder_tokens_are_refused(token):
     with pytest.raises(ValidationError) as info:
         ManagerSettings(manager_token=token)
-    assert "secrets.token_urlsafe" in str(info.value)
+    assert "python -m wire.tokens new" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,7 @@ async def test_oversize_json_body_is_413(make_stack) -> None:
     async with make_stack(max_body_bytes=1024) as stack:
         r = await stack.client.post("/v1/chat/completions", json=chat("x" * 2000))
         assert r.status_code == 413
-        assert r.json()["error"]["code"] == "payload_too_large"
+        assert r.json()["error"]["code"] == "request_too_large"
 
         # Without a Content-Length (chunked upload) the limit holds while reading.
         async def body():

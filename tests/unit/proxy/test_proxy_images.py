@@ -12,6 +12,7 @@ from proxy_stack import Stack
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.images import ImageStore, check_image_request, urls_for
+from wire.models import ModelStatus
 
 
 async def test_generation_b64_is_forwarded_unchanged(stack: Stack) -> None:
@@ -119,7 +120,7 @@ async def test_oversize_upload_is_413(make_stack) -> None:
             "/v1/images/edits", files=files, data={"model": "img", "prompt": "x"}
         )
         assert r.status_code == 413
-        assert r.json()["error"]["code"] == "payload_too_large"
+        assert r.json()["error"]["code"] == "request_too_large"
         assert stack.manager.granted == 0
 
 
@@ -178,14 +179,14 @@ def test_urls_for_keeps_other_fields(tmp_path) -> None:
     ],
 )
 def test_check_image_request_refuses(n, size, fmt, param) -> None:
-    model = {"id": "img", "sizes": ["64x64"], "max_n": 2}
+    model = ModelStatus(id="img", type="image", state="ready", since=0.0, sizes=["64x64"], max_n=2)
     with pytest.raises(InvalidRequest) as info:
         check_image_request(model, n, size, fmt)
     assert info.value.param == param
 
 
 def test_check_image_request_accepts_defaults_and_auto() -> None:
-    model = {"id": "img", "sizes": ["64x64"], "max_n": 2}
+    model = ModelStatus(id="img", type="image", state="ready", since=0.0, sizes=["64x64"], max_n=2)
     check_image_request(model, None, None, None)
     check_image_request(model, 2, "auto", "url")
     check_image_request(model, 1, "64x64", "b64_json")

@@ -1,0 +1,113 @@
+"""The manager's event stream (``GET /v1/events``): payloads, SSE framing and parsing.
+
+The stream is Server-Sent Events: first ``event: snapshot`` (data: a JSON list of every
+`ModelStatus`), then ``event: state`` (`StateEvent`) and ``event: swap`` (`SwapEvent`)
+as they happen, and a ``: keepalive`` comment after idle seconds. Each data is one line
+of JSON. The proxy relays the stream unchanged to the web UI (``/api/events``) and
+follows it itself with `SseParser` and `parse_event`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from wire.models import ModelStateName, ModelStatus
+
+SNAPSHOT, STATE, SWAP = "snapshot", "state", "swap"
+KEEPALIVE = b": keepalive\n\n"
+SSE_MEDIA_TYPE = "text/event-stream"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+"""Headers of every event stream (no proxy buffering in between)."""
+
+
+class StateEvent(BaseModel):
+    """A model moved from `previous` to `state` at `at` (Unix seconds)."""
+
+    kind: ClassVar[str] = STATE
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    state: ModelStateName
+    previous: ModelStateName
+    at: float
+    error: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class SwapEvent(BaseModel):
+    """The manager began starting `to`; `from_model` (``"from"`` on the wire) was resident
+    before (None: nothing was)."""
+
+    kind: ClassVar[str] = SWAP
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    from_model: str | None = Field(alias="from")
+    to: str
+    at: float
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+Event = StateEvent | SwapEvent
+_SNAPSHOT = TypeAdapter(list[ModelStatus])
+
+
+def frame(event: str, data: Any) -> bytes:
+    """One SSE frame with single-line JSON data."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def event_frame(event: Event) -> bytes:
+    return frame(event.kind, event.payload())
+
+
+def snapshot_frame(statuses: Iterable[ModelStatus]) -> bytes:
+    return frame(SNAPSHOT, [s.to_wire() for s in statuses])
+
+
+class SseParser:
+    """Incremental SSE parsing: feed it lines (with or without line ends); a blank line
+    completes a frame, returned as ``(event name, data)``. Comments are skipped."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: bytes | str) -> tuple[str, str] | None:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.rstrip("\r\n")
+        if not text:
+            event, data = self._event or "message", self._data
+            self._event, self._data = "", []
+            return (event, "\n".join(data)) if data else None
+        if text.startswith(":"):
+            return None
+        name, _, value = text.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+
+def parse_event(event: str, data: str) -> Event | list[ModelStatus] | None:
+    """A frame's typed payload; None for an unknown event or a payload that does not
+    validate (a newer manager's additions are skipped, not fatal)."""
+    try:
+        if event == STATE:
+            return StateEvent.model_validate_json(data)
+        if event == SWAP:
+            return SwapEvent.model_validate_json(data)
+        if event == SNAPSHOT:
+            return _SNAPSHOT.validate_json(data)
+    except ValidationError:
+        return None
+    return None

@@ -1,0 +1,54 @@
+"""The lease contract: ``POST /v1/leases``, its renewal and release.
+
+A lease is the manager's promise that its model stays resident until released or
+expired; up to ``max_uses`` proxy requests may share it (docs/architecture.md,
+"Leases"). The manager answers with a `LeaseGrant` and the proxy reads the same type.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wire.models import ModelType
+
+LEASE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+"""A lease id goes into URL paths (renew, release): URL-safe characters only."""
+
+
+class LeaseRequest(BaseModel):
+    """``POST /v1/leases`` body. Only `model` is read; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+
+
+class LeaseGrant(BaseModel):
+    """The answer to ``POST /v1/leases``: the model is ready at `base_url`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    lease_id: str = Field(pattern=LEASE_ID_PATTERN)
+    model: str
+    type: ModelType
+    base_url: str = Field(min_length=1)
+    """Where the proxy reaches the model server (no trailing slash)."""
+    ttl: float = Field(ge=0)
+    """Seconds until the lease expires unless renewed (0: it does not expire)."""
+    max_uses: int = Field(default=1, ge=1, strict=True)
+    """How many proxy requests may share the lease: the batch bound when no other model
+    had waiters at grant time, 1 under contention. Absent (an older manager): 1."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class LeaseRenewal(BaseModel):
+    """The answer to ``POST /v1/leases/{id}/renew``: the lease's new ttl."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    lease_id: str
+    ttl: float = Field(ge=0)

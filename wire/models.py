@@ -1,0 +1,73 @@
+"""`ModelStatus`: one model as the manager reports it and the proxy reads it.
+
+``GET /v1/models`` on the manager answers ``{"object": "list", "data": [ModelStatus]}``;
+the event stream's ``snapshot`` is a list of them; the proxy's own ``/v1/models`` adds
+``created`` and ``owned_by`` to each. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+ModelType = Literal["text", "image"]
+ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
+"""A model's lifecycle state (the manager's `manager.state.ModelState` values)."""
+
+
+class ModelStatus(BaseModel):
+    """One model. ``sizes`` and ``max_n`` are sent for image models only."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str
+    object: Literal["model"] = "model"
+    type: ModelType
+    state: ModelStateName
+    last_error: str | None = None
+    """The most recent failure, kept after the model is ready again."""
+    last_used: float | None = None
+    since: float
+    """When `state` was entered."""
+    in_flight: int = 0
+    """Leases held now."""
+    waiting: int = 0
+    """Lease requests queued now."""
+    description: str = ""
+    sizes: list[str] | None = None
+    """Image models: the sizes it makes, the first the default."""
+    max_n: int | None = None
+    """Image models: most images per request."""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object the manager sends."""
+        data = self.model_dump()
+        if self.type != "image":
+            del data["sizes"], data["max_n"]
+        return data
+
+
+class ModelList(BaseModel):
+    """The manager's ``GET /v1/models`` answer."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelStatus]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"object": "list", "data": [m.to_wire() for m in self.data]}
+
+
+class EnsureAnswer(BaseModel):
+    """``POST /v1/models/{name}/ensure``: the model is ready (nothing is held)."""
+
+    model: str
+    state: ModelStateName
+    base_url: str
+
+
+class StopAnswer(BaseModel):
+    """``POST /v1/models/{name}/stop``: the model's state once stopped."""
+
+    model: str
+    state: ModelStateName
