@@ -17,13 +17,16 @@ import json
 import logging
 import socket
 import sys
-from typing import Any
+from typing import cast
 
 import uvicorn
 from pydantic import ValidationError
 
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
+from manager.health import HttpReadinessProbe
+from manager.probe import GpuReleaseCheck, ReadinessProbe
+from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, json_schema, load_catalogue
@@ -67,7 +70,7 @@ def load_models(path: str) -> Catalogue:
         raise ConfigProblem(str(exc)) from exc
 
 
-def _construct(module: str, attr: str, *args: Any) -> Any:
+def _construct(module: str, attr: str, *args: object) -> object:
     try:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
@@ -78,17 +81,18 @@ def _construct(module: str, attr: str, *args: Any) -> Any:
         raise ConfigProblem(f"{attr}: {exc}") from exc
 
 
-def build_runtime(settings: ManagerSettings) -> Any:
-    """The runtime HOMELAB_RUNTIME names, imported only when chosen."""
+def build_runtime(settings: ManagerSettings) -> ContainerRuntime:
+    """The runtime HOMELAB_RUNTIME names, imported only when chosen (the Docker runtime
+    needs the docker SDK, the `manager` extra)."""
     module, attr = RUNTIMES[settings.runtime]
-    return _construct(module, attr, settings)
+    return cast(ContainerRuntime, _construct(module, attr, settings))
 
 
-def build_probe(settings: ManagerSettings) -> Any:
-    return _construct("manager.health", "HttpReadinessProbe", settings)
+def build_probe() -> ReadinessProbe:
+    return HttpReadinessProbe()
 
 
-def build_gpu_check(settings: ManagerSettings) -> Any | None:
+def build_gpu_check(settings: ManagerSettings) -> GpuReleaseCheck | None:
     """`manager.gpu.wait_gpu_memory_released`, or None when the check is off (timeout 0)."""
     if settings.gpu_release_timeout <= 0:
         return None
@@ -119,7 +123,7 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
     Raises ConfigProblem."""
     catalogue = load_models(str(settings.models_file))
     runtime = build_runtime(settings)
-    probe = build_probe(settings)
+    probe = build_probe()
     scheduler = Scheduler(
         catalogue,
         runtime,

@@ -39,6 +39,7 @@ from manager.runtime import (
     Spec,
     spec_hash,
 )
+from manager.settings import ManagerSettings
 from manager.spec import ImageModel, TextModel
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,11 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     }
 
 
-def hf_token(settings: Any) -> str | None:
+def hf_token(settings: ManagerSettings) -> str | None:
     """The Hugging Face token from settings (`hf_token`, HOMELAB_HF_TOKEN), or None."""
-    token = getattr(settings, "hf_token", None)
-    if token is None:
+    if settings.hf_token is None:
         return None
-    value = token.get_secret_value() if hasattr(token, "get_secret_value") else str(token)
-    return value or None
+    return settings.hf_token.get_secret_value() or None
 
 
 def _hf_cache_mount(source: str) -> docker.types.Mount:
@@ -129,11 +128,11 @@ class DockerRuntime:
     """The `ContainerRuntime` for Docker. Safe for concurrent use across model names;
     calls for one name are serialised by a per-name lock."""
 
-    def __init__(self, settings: Any, client: docker.DockerClient | None = None) -> None:
-        """`settings` needs `hf_cache` and `model_host` (and optionally `hf_token`).
+    def __init__(self, settings: ManagerSettings, client: docker.DockerClient | None = None) -> None:
+        """Reads `hf_cache`, `model_host`, `hf_token` and `instance` from `settings`.
         `client` defaults to `docker.from_env()`, created on first use."""
         self._settings = settings
-        self._instance: str | None = getattr(settings, "instance", None) or None
+        self._instance = settings.instance or None
         self._client = client
         self._client_lock = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}

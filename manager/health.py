@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 
@@ -49,7 +49,6 @@ class HttpReadinessProbe:
 
     def __init__(
         self,
-        settings: Any = None,
         *,
         client: httpx.AsyncClient | None = None,
         first_delay: float = 0.1,
@@ -60,7 +59,6 @@ class HttpReadinessProbe:
         """`client` defaults to a private AsyncClient that ignores proxy variables
         (model servers are reached directly). `exit_grace`: how long `check_alive` waits
         before asking the runtime again about a server that stopped answering."""
-        self._settings = settings
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._first_delay = first_delay

@@ -37,6 +37,7 @@ from typing import Any
 from manager.docker_runtime import hf_token, image_server_env, text_server_args
 from manager.errors import RuntimeFailure
 from manager.runtime import Instance, Spec, spec_hash
+from manager.settings import ManagerSettings
 from manager.spec import TextModel
 from wire.procs import (
     REGISTRY_FILE,
@@ -97,9 +98,9 @@ def _tail(path: Path, lines: int) -> str:
 class ProcessRuntime:
     """The `ContainerRuntime` for local processes. One instance per manager process."""
 
-    def __init__(self, settings: Any) -> None:
-        """`settings` needs `model_host`, `log_dir`, `vllm_python`, `imageserver_python`
-        (and optionally `hf_token`)."""
+    def __init__(self, settings: ManagerSettings) -> None:
+        """Reads `model_host`, `log_dir`, `vllm_python`, `imageserver_python`, `hf_token`
+        and `stop_timeout` from `settings`."""
         self._settings = settings
         self._dir = Path(settings.log_dir)
         self._children: dict[str, asyncio.subprocess.Process] = {}
@@ -196,8 +197,7 @@ class ProcessRuntime:
                         return
                 if self._is_ours(record):
                     log.info("process %s for %s has another spec: replacing it", record.pid, name)
-                    timeout = float(getattr(self._settings, "stop_timeout", 30.0))
-                    await self._terminate(name, record, timeout)
+                    await self._terminate(name, record, self._settings.stop_timeout)
                 await self._forget(name)
             await self._spawn(name, spec, wanted)
 

@@ -100,7 +100,7 @@ async def start_manager(
     scheduler = Scheduler(
         catalogue,
         rt,
-        HttpReadinessProbe(settings),
+        HttpReadinessProbe(),
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
     )
