@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import logging
 import math
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -27,24 +26,23 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from manager import policy
+from manager import adoption, policy
 from manager.errors import (
     BusyError,
     GpuMemoryNotReleased,
-    LeaseNotFound,
     ManagerError,
     RuntimeFailure,
     StartFailed,
     UnknownModelError,
 )
 from manager.events import EventBus
+from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
 from wire.events import StateEvent, SwapEvent
-from wire.lease import LeaseGrant
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -84,42 +82,6 @@ class SchedulerConfig:
         )
 
 
-@dataclass
-class Lease:
-    """A promise that `model` stays resident until released or expired: the `grant`
-    the manager sends (`wire.lease.LeaseGrant`) and when it expires."""
-
-    grant: LeaseGrant
-    expires_at: float
-    """On the scheduler's monotonic clock."""
-
-    @property
-    def lease_id(self) -> str:
-        return self.grant.lease_id
-
-    @property
-    def model(self) -> str:
-        return self.grant.model
-
-    @property
-    def type(self) -> str:
-        return self.grant.type
-
-    @property
-    def base_url(self) -> str:
-        return self.grant.base_url
-
-    @property
-    def ttl(self) -> float:
-        return self.grant.ttl
-
-    @property
-    def max_uses(self) -> int:
-        """How many proxy requests may share this lease: `batch_bound` when no other model
-        had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
-        return self.grant.max_uses
-
-
 @dataclass(eq=False)
 class _Waiter:
     model: str
@@ -140,7 +102,6 @@ class _Record:
     last_used: float | None = None
     stop_requested: bool = False
     waiters: deque[_Waiter] = field(default_factory=deque)
-    leases: set[str] = field(default_factory=set)
     stop_futures: list[asyncio.Future[ModelState]] = field(default_factory=list)
 
 
@@ -178,7 +139,8 @@ class Scheduler:
             name: _Record(name, spec, since=wall, last_active=now)
             for name, spec in catalogue.models.items()
         }
-        self._leases: dict[str, Lease] = {}
+        self.leases = LeaseTable(self.config.lease_ttl, clock)
+        """Every live lease (`manager.leases`)."""
         self._resident: str | None = None
         self._last_resident: str | None = None
         self._grants_since_contention = 0
@@ -216,10 +178,7 @@ class Scheduler:
 
     def lease(self, lease_id: str) -> Lease:
         """The live lease `lease_id`. Raises LeaseNotFound."""
-        lease = self._leases.get(lease_id)
-        if lease is None:
-            raise LeaseNotFound(f"lease {lease_id!r} is unknown, released or expired")
-        return lease
+        return self.leases.get(lease_id)
 
     def base_url(self, model: str) -> str:
         """Where the proxy reaches `model`'s server (the advertised host, else the runtime's)."""
@@ -277,9 +236,7 @@ class Scheduler:
 
     def renew(self, lease_id: str) -> Lease:
         """Push a lease's expiry `lease_ttl` seconds from now. Raises LeaseNotFound."""
-        lease = self.lease(lease_id)
-        lease.expires_at = self._clock() + lease.ttl
-        return lease
+        return self.leases.renew(lease_id)
 
     async def ensure(self, model: str, timeout: float | None = None) -> tuple[ModelState, str]:  # noqa: ASYNC109
         """Make `model` resident and wait until it is ready, holding nothing afterwards.
@@ -318,25 +275,13 @@ class Scheduler:
         return sum(len(rec.waiters) for rec in self._records.values())
 
     def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
-        grant = LeaseGrant(
-            lease_id=secrets.token_urlsafe(18),
-            model=rec.name,
-            type=rec.spec.type,
-            base_url=self.base_url(rec.name),
-            ttl=self.config.lease_ttl,
-            max_uses=max_uses,
-        )
-        lease = Lease(grant, expires_at=self._clock() + self.config.lease_ttl)
-        self._leases[lease.lease_id] = lease
-        rec.leases.add(lease.lease_id)
+        lease = self.leases.grant(rec.name, rec.spec.type, self.base_url(rec.name), max_uses)
         self._touch(rec)
         return lease
 
     def _drop_lease(self, lease: Lease) -> None:
-        self._leases.pop(lease.lease_id, None)
-        rec = self._records[lease.model]
-        rec.leases.discard(lease.lease_id)
-        self._touch(rec)
+        self.leases.drop(lease)
+        self._touch(self._records[lease.model])
 
     def _touch(self, rec: _Record) -> None:
         rec.last_used = self._wall()
@@ -350,7 +295,7 @@ class Scheduler:
         if waiter.future.done():
             if not waiter.future.cancelled() and waiter.future.exception() is None:
                 lease = waiter.future.result()
-                if lease.lease_id in self._leases:
+                if lease.lease_id in self.leases:
                     self._drop_lease(lease)
         else:
             waiter.future.cancel()
@@ -370,7 +315,7 @@ class Scheduler:
         return policy.View(
             resident=self._resident,
             resident_state=resident.state if resident else None,
-            in_flight={name: len(rec.leases) for name, rec in self._records.items() if rec.leases},
+            in_flight=self.leases.in_flight(),
             waiters={
                 name: [w.ticket for w in rec.waiters]
                 for name, rec in self._records.items()
@@ -386,7 +331,7 @@ class Scheduler:
         return (
             ttl is not None
             and rec.state is ModelState.READY
-            and not rec.leases
+            and not self.leases.held(rec.name)
             and not rec.waiters
             and now - rec.last_active >= ttl
         )
@@ -424,9 +369,7 @@ class Scheduler:
         an upper bound, since the manager does not see the proxy's joins."""
         if self._resident is None:
             return 0
-        rec = self._records[self._resident]
-        spare = sum(self._leases[i].max_uses - 1 for i in rec.leases if i in self._leases)
-        return min(self.config.batch_bound, spare)
+        return min(self.config.batch_bound, self.leases.spare_uses(self._resident))
 
     def _grant(self, rec: _Record, count: int) -> None:
         max_uses = 1 if self._others_waiting() else self.config.batch_bound
@@ -559,8 +502,7 @@ class Scheduler:
         self._pump()
 
     def _expire_leases(self) -> None:
-        now = self._clock()
-        for lease in [lease for lease in self._leases.values() if lease.expires_at <= now]:
+        for lease in self.leases.expired():
             log.warning("lease %s on %s expired without release", lease.lease_id, lease.model)
             self._drop_lease(lease)
 
@@ -606,40 +548,35 @@ class Scheduler:
     async def adopt(self) -> None:
         """Take over servers this runtime owns, found at start-up.
 
-        A running server of a known model with the current spec hash is adopted
-        as `starting` and health-checked (the first such, in catalogue order; at
-        most one stays resident). Every other owned server (stopped or exited,
-        an unknown model, an outdated spec, or an extra one) is stopped and
-        removed; a failure to remove one is logged, not raised. Raises
+        `manager.adoption.plan` decides: a running server of a known model with the
+        current spec hash is adopted as `starting` and health-checked (the first such,
+        in catalogue order; at most one stays resident). Every other owned server
+        (stopped or exited, an unknown model, an outdated spec, or an extra one) is
+        stopped and removed; a failure to remove one is logged, not raised. Raises
         RuntimeFailure if the runtime cannot list its servers.
         """
-        instances = await self.runtime.list_owned()
+        owned = await self.runtime.list_owned()
         self.adopted = True
-        order = {name: i for i, name in enumerate(self.catalogue.models)}
-        instances.sort(key=lambda inst: (order.get(inst.model, len(order)), inst.model))
-        keep: Instance | None = None
-        for inst in instances:
-            if keep is None and self._resident is None and self._adoptable(inst):
-                keep = inst
-                continue
-            await self._remove_owned(inst)
+        candidates = {
+            name: adoption.Candidate(spec_hash(rec.spec), rec.state is ModelState.STOPPED)
+            for name, rec in self._records.items()
+        }
+        decided = adoption.plan(owned, candidates, resident=self._resident)
+        for inst, why in decided.remove:
+            await self._remove_owned(inst, why)
+        keep = decided.keep
         if keep is not None:
-            log.info("adopting running server of %s", keep.model)
-            self._begin_start(self._records[keep.model], adopted=True)
+            rec = self._records[keep.model]
+            if self._resident is None and rec.state is ModelState.STOPPED:
+                log.info("adopting running server of %s", keep.model)
+                self._begin_start(rec, adopted=True)
+            else:  # a request started a model while others were being removed
+                await self._remove_owned(keep, "extra or outdated")
 
-    def _adoptable(self, inst: Instance) -> bool:
-        rec = self._records.get(inst.model)
-        if rec is None or not inst.running or rec.state is not ModelState.STOPPED:
-            return False
-        return inst.spec_hash is None or inst.spec_hash == spec_hash(rec.spec)
-
-    async def _remove_owned(self, inst: Instance) -> None:
+    async def _remove_owned(self, inst: Instance, why: str) -> None:
         rec = self._records.get(inst.model)
         if rec is not None and self._resident == inst.model:
             return  # never remove the server this scheduler is using
-        why = (
-            "unknown model" if rec is None else ("extra or outdated" if inst.running else "exited")
-        )
         log.info("removing owned server of %s (%s)", inst.model, why)
         try:
             await self._stop_with_retry(inst.model, rec.spec if rec else None)
@@ -698,7 +635,7 @@ class Scheduler:
             last_error=rec.last_error,
             last_used=rec.last_used,
             since=rec.since,
-            in_flight=len(rec.leases),
+            in_flight=self.leases.held(rec.name),
             waiting=len(rec.waiters),
             description=rec.spec.description,
             sizes=list(rec.spec.sizes) if image else None,

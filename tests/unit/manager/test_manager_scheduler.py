@@ -148,7 +148,7 @@ async def test_when_contention_ends_leases_are_shareable_again(sched):
 
 
 async def _only_lease(sched, model):
-    leases = [lease for lease in sched._leases.values() if lease.model == model]
+    leases = sched.leases.of(model)
     assert len(leases) == 1
     return leases[0]
 

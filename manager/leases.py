@@ -1,0 +1,125 @@
+"""The scheduler's lease table: every live lease, by id and by model.
+
+A lease is the manager's promise that its model stays resident until released or
+expired (docs/architecture.md, "Leases"). The table hands out `wire.lease.LeaseGrant`
+answers (the type the proxy reads), keeps each lease's expiry on the scheduler's
+monotonic clock and answers the questions the scheduler's policy asks: how many
+leases a model holds, how many more proxy requests its leases may still admit.
+Synchronous, no I/O; used on the scheduler's event loop only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from manager.errors import LeaseNotFound
+from wire.lease import LeaseGrant
+from wire.models import ModelType
+
+
+@dataclass
+class Lease:
+    """A live lease: the `grant` the manager sent (`wire.lease.LeaseGrant`) and when it
+    expires."""
+
+    grant: LeaseGrant
+    expires_at: float
+    """On the scheduler's monotonic clock."""
+
+    @property
+    def lease_id(self) -> str:
+        return self.grant.lease_id
+
+    @property
+    def model(self) -> str:
+        return self.grant.model
+
+    @property
+    def type(self) -> ModelType:
+        return self.grant.type
+
+    @property
+    def base_url(self) -> str:
+        return self.grant.base_url
+
+    @property
+    def ttl(self) -> float:
+        return self.grant.ttl
+
+    @property
+    def max_uses(self) -> int:
+        """How many proxy requests may share this lease: `batch_bound` when no other model
+        had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
+        return self.grant.max_uses
+
+
+class LeaseTable:
+    """Live leases. `ttl` is every lease's lifetime unless renewed; `clock` is monotonic."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._leases: dict[str, Lease] = {}
+        self._by_model: dict[str, set[str]] = {}
+
+    def get(self, lease_id: str) -> Lease:
+        """The live lease `lease_id`. Raises LeaseNotFound."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise LeaseNotFound(f"lease {lease_id!r} is unknown, released or expired")
+        return lease
+
+    def __contains__(self, lease_id: object) -> bool:
+        return lease_id in self._leases
+
+    def grant(self, model: str, type: ModelType, base_url: str, max_uses: int = 1) -> Lease:
+        """A new lease on `model`, live until dropped or expired."""
+        grant = LeaseGrant(
+            lease_id=secrets.token_urlsafe(18),
+            model=model,
+            type=type,
+            base_url=base_url,
+            ttl=self.ttl,
+            max_uses=max_uses,
+        )
+        lease = Lease(grant, expires_at=self._clock() + self.ttl)
+        self._leases[lease.lease_id] = lease
+        self._by_model.setdefault(model, set()).add(lease.lease_id)
+        return lease
+
+    def renew(self, lease_id: str) -> Lease:
+        """Push a lease's expiry `ttl` seconds from now. Raises LeaseNotFound."""
+        lease = self.get(lease_id)
+        lease.expires_at = self._clock() + lease.ttl
+        return lease
+
+    def drop(self, lease: Lease) -> bool:
+        """Forget `lease`; whether it was live."""
+        if self._leases.pop(lease.lease_id, None) is None:
+            return False
+        self._by_model.get(lease.model, set()).discard(lease.lease_id)
+        return True
+
+    def expired(self) -> list[Lease]:
+        """The leases past their expiry now (still in the table: drop them)."""
+        now = self._clock()
+        return [lease for lease in self._leases.values() if lease.expires_at <= now]
+
+    def held(self, model: str) -> int:
+        """How many live leases `model` has."""
+        return len(self._by_model.get(model, ()))
+
+    def in_flight(self) -> dict[str, int]:
+        """Live leases per model, for the models that hold any."""
+        return {model: len(ids) for model, ids in self._by_model.items() if ids}
+
+    def spare_uses(self, model: str) -> int:
+        """Proxy requests `model`'s live leases may still admit, at most (the manager does
+        not see the proxy's joins): the sum of `max_uses - 1`."""
+        return sum(self._leases[i].max_uses - 1 for i in self._by_model.get(model, ()))
+
+    def of(self, model: str) -> list[Lease]:
+        """`model`'s live leases."""
+        return [self._leases[i] for i in self._by_model.get(model, ())]
