@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,15 +82,24 @@ class GenerationRequest(BaseModel):
 
 
 def _get_host(request: Request) -> ModelHost:
-    return request.app.state.host
+    host: ModelHost = request.app.state.host
+    return host
 
 
 def _get_worker(request: Request) -> GpuWorker:
-    return request.app.state.worker
+    worker: GpuWorker = request.app.state.worker
+    return worker
+
+
+def _get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 HostDep = Annotated[ModelHost, Depends(_get_host)]
 WorkerDep = Annotated[GpuWorker, Depends(_get_worker)]
+SettingsDep = Annotated[Settings, Depends(_get_settings)]
+router = APIRouter()
 
 
 def _check_common(
@@ -129,6 +138,142 @@ async def _respond(images: list, fmt: str, width: int, height: int) -> dict[str,
     }
 
 
+# --------------------------------------------------------------------- routes
+
+
+@router.get("/health")
+async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
+    status, error = host.snapshot()
+    body = {"status": status, "error": error, "model": settings.served_name}
+    return JSONResponse(body, status_code=503 if status == "failed" else 200)
+
+
+@router.get("/v1/models")
+async def models(host: HostDep, settings: SettingsDep) -> dict[str, Any]:
+    try:
+        caps = host.ready_model().capabilities
+        capabilities: dict[str, Any] | None = {
+            "pipeline": caps.pipeline,
+            "generate": caps.generate,
+            "edit": caps.edit,
+            "inpaint": caps.inpaint,
+        }
+    except ModelNotReady:
+        capabilities = None
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": settings.served_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "homelab-ai",
+                "type": "image",
+                "status": host.status,
+                "sizes": list(settings.sizes),
+                "max_n": settings.max_n,
+                "capabilities": capabilities,
+            }
+        ],
+    }
+
+
+@router.post("/v1/images/generations")
+async def generations(
+    body: GenerationRequest, host: HostDep, worker: WorkerDep, settings: SettingsDep
+) -> dict[str, Any]:
+    fmt = _check_common(settings, body.n, body.response_format, body.output_format)
+    width, height = choose_size(body.size, settings.size_pairs)
+    model = host.ready_model()
+    if not model.capabilities.generate:
+        raise UnsupportedTask(
+            f"model {settings.served_name!r} ({model.capabilities.pipeline}) edits images and "
+            "cannot generate from text alone; use POST /v1/images/edits"
+        )
+    job = GenerateJob(
+        prompt=body.prompt,
+        n=body.n,
+        width=width,
+        height=height,
+        steps=body.steps or settings.steps,
+        seed=body.seed if body.seed is not None else _new_seed(),
+        guidance=body.guidance,
+        negative_prompt=body.negative_prompt,
+    )
+    images = await worker.run(model.generate, job)
+    return await _respond(images, fmt, width, height)
+
+
+@router.post("/v1/images/edits")
+async def edits(
+    host: HostDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
+    prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+    image: Annotated[UploadFile | None, File()] = None,
+    image_list: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
+    mask: Annotated[UploadFile | None, File()] = None,
+    model: Annotated[str | None, Form()] = None,
+    n: Annotated[int, Form()] = 1,
+    size: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form()] = None,
+    output_format: Annotated[str | None, Form()] = None,
+    seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
+    steps: Annotated[int | None, Form(ge=1, le=200)] = None,
+    guidance: Annotated[float | None, Form(ge=0, le=100)] = None,
+    strength: Annotated[float | None, Form(gt=0, le=1)] = None,
+    negative_prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
+) -> dict[str, Any]:
+    fmt = _check_common(settings, n, response_format, output_format)
+    width, height = choose_size(size, settings.size_pairs)
+    uploads = ([image] if image is not None else []) + list(image_list or [])
+    if len(uploads) != 1:
+        raise InvalidRequest(
+            f"send exactly one image to edit ('image'), not {len(uploads)}", param="image"
+        )
+    limit = settings.max_upload_bytes
+    image_bytes = await uploads[0].read(limit + 1)
+    mask_bytes = await mask.read(limit + 1) if mask is not None else None
+    source = await asyncio.to_thread(decode_upload, image_bytes, param="image", max_bytes=limit)
+    mask_image = None
+    if mask_bytes is not None:
+        raw_mask = await asyncio.to_thread(decode_upload, mask_bytes, param="mask", max_bytes=limit)
+        mask_image = prepare_mask(raw_mask, source.size, (width, height))
+    source = await asyncio.to_thread(prepare_image, source, (width, height))
+    loaded = host.ready_model()
+    caps = loaded.capabilities
+    if mask_image is not None and not caps.inpaint:
+        raise UnsupportedTask(
+            f"model {settings.served_name!r} ({caps.pipeline}) cannot do masked edits; "
+            + ("send the image without a mask" if caps.edit else "it cannot edit images"),
+            param="mask",
+        )
+    if mask_image is None and not caps.edit:
+        raise UnsupportedTask(
+            f"model {settings.served_name!r} ({caps.pipeline}) cannot edit images"
+            + ("; it needs a mask (inpainting only)" if caps.inpaint else ""),
+            param="image" if caps.inpaint else None,
+        )
+    job = EditJob(
+        prompt=prompt,
+        image=source,
+        mask=mask_image,
+        n=n,
+        width=width,
+        height=height,
+        steps=steps or settings.steps,
+        seed=seed if seed is not None else _new_seed(),
+        guidance=guidance,
+        strength=strength,
+        negative_prompt=negative_prompt,
+    )
+    images = await worker.run(loaded.edit, job)
+    return await _respond(images, fmt, width, height)
+
+
+# --------------------------------------------------------------------- the app
+
+
 def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
     """Build the app. `loader` builds the model (default: the real diffusers loader,
     imported lazily so the port is up before torch is imported). Loading starts
@@ -158,134 +303,8 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.include_router(router)
     _install_error_handlers(app)
-
-    @app.get("/health")
-    async def health(host: HostDep) -> JSONResponse:
-        status, error = host.snapshot()
-        body = {"status": status, "error": error, "model": settings.served_name}
-        return JSONResponse(body, status_code=503 if status == "failed" else 200)
-
-    @app.get("/v1/models")
-    async def models(host: HostDep) -> dict[str, Any]:
-        try:
-            caps = host.ready_model().capabilities
-            capabilities: dict[str, Any] | None = {
-                "pipeline": caps.pipeline,
-                "generate": caps.generate,
-                "edit": caps.edit,
-                "inpaint": caps.inpaint,
-            }
-        except ModelNotReady:
-            capabilities = None
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": settings.served_name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "homelab-ai",
-                    "type": "image",
-                    "status": host.status,
-                    "sizes": list(settings.sizes),
-                    "max_n": settings.max_n,
-                    "capabilities": capabilities,
-                }
-            ],
-        }
-
-    @app.post("/v1/images/generations")
-    async def generations(
-        body: GenerationRequest, host: HostDep, worker: WorkerDep
-    ) -> dict[str, Any]:
-        fmt = _check_common(settings, body.n, body.response_format, body.output_format)
-        width, height = choose_size(body.size, settings.size_pairs)
-        model = host.ready_model()
-        if not model.capabilities.generate:
-            raise UnsupportedTask(
-                f"model {settings.served_name!r} ({model.capabilities.pipeline}) edits images and "
-                "cannot generate from text alone; use POST /v1/images/edits"
-            )
-        job = GenerateJob(
-            prompt=body.prompt,
-            n=body.n,
-            width=width,
-            height=height,
-            steps=body.steps or settings.steps,
-            seed=body.seed if body.seed is not None else _new_seed(),
-            guidance=body.guidance,
-            negative_prompt=body.negative_prompt,
-        )
-        images = await worker.run(model.generate, job)
-        return await _respond(images, fmt, width, height)
-
-    @app.post("/v1/images/edits")
-    async def edits(
-        host: HostDep,
-        worker: WorkerDep,
-        prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
-        image: Annotated[UploadFile | None, File()] = None,
-        image_list: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
-        mask: Annotated[UploadFile | None, File()] = None,
-        model: Annotated[str | None, Form()] = None,
-        n: Annotated[int, Form()] = 1,
-        size: Annotated[str | None, Form()] = None,
-        response_format: Annotated[str | None, Form()] = None,
-        output_format: Annotated[str | None, Form()] = None,
-        seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
-        steps: Annotated[int | None, Form(ge=1, le=200)] = None,
-        guidance: Annotated[float | None, Form(ge=0, le=100)] = None,
-        strength: Annotated[float | None, Form(gt=0, le=1)] = None,
-        negative_prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
-    ) -> dict[str, Any]:
-        fmt = _check_common(settings, n, response_format, output_format)
-        width, height = choose_size(size, settings.size_pairs)
-        uploads = ([image] if image is not None else []) + list(image_list or [])
-        if len(uploads) != 1:
-            raise InvalidRequest(
-                f"send exactly one image to edit ('image'), not {len(uploads)}", param="image"
-            )
-        limit = settings.max_upload_bytes
-        image_bytes = await uploads[0].read(limit + 1)
-        mask_bytes = await mask.read(limit + 1) if mask is not None else None
-        source = await asyncio.to_thread(decode_upload, image_bytes, param="image", max_bytes=limit)
-        mask_image = None
-        if mask_bytes is not None:
-            raw_mask = await asyncio.to_thread(
-                decode_upload, mask_bytes, param="mask", max_bytes=limit
-            )
-            mask_image = prepare_mask(raw_mask, source.size, (width, height))
-        source = await asyncio.to_thread(prepare_image, source, (width, height))
-        loaded = host.ready_model()
-        caps = loaded.capabilities
-        if mask_image is not None and not caps.inpaint:
-            raise UnsupportedTask(
-                f"model {settings.served_name!r} ({caps.pipeline}) cannot do masked edits; "
-                + ("send the image without a mask" if caps.edit else "it cannot edit images"),
-                param="mask",
-            )
-        if mask_image is None and not caps.edit:
-            raise UnsupportedTask(
-                f"model {settings.served_name!r} ({caps.pipeline}) cannot edit images"
-                + ("; it needs a mask (inpainting only)" if caps.inpaint else ""),
-                param="image" if caps.inpaint else None,
-            )
-        job = EditJob(
-            prompt=prompt,
-            image=source,
-            mask=mask_image,
-            n=n,
-            width=width,
-            height=height,
-            steps=steps or settings.steps,
-            seed=seed if seed is not None else _new_seed(),
-            guidance=guidance,
-            strength=strength,
-            negative_prompt=negative_prompt,
-        )
-        images = await worker.run(loaded.edit, job)
-        return await _respond(images, fmt, width, height)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MODEL_SERVER)
     return app

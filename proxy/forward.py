@@ -1,9 +1,9 @@
 """Forwarding one request to a model server, streaming or not, under a lease.
 
-`Forward` and `EventRelay` are ASGI responses: a route validates the request and
-returns one, and the work happens when the server calls it. Both watch for the
-client going away: a disconnect cancels the work, which closes the upstream
-connection (vLLM then aborts the generation) and releases the lease.
+`Forward` is an ASGI response (`proxy.asgi.Watched`): a route validates the request
+and returns one, and the work happens when the server calls it. A client that goes
+away cancels the work, which closes the upstream connection (vLLM then aborts the
+generation) and releases the lease.
 
 Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffered
 (``X-Accel-Buffering: no``). If the upstream dies mid-stream the client gets a
@@ -20,49 +20,21 @@ import time
 
 import aiohttp
 import orjson
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
+from proxy.asgi import SSE_HEADERS, TRANSPORT_ERRORS, Watched
 from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.images import urls_for
 from proxy.lease_pool import LeaseUse
-from wire.disconnect import ClientDisconnected, watch_disconnect
-from wire.events import SSE_HEADERS as _SSE_HEADERS
-from wire.events import SSE_MEDIA_TYPE
+from wire.disconnect import watch_disconnect
 
 log = logging.getLogger("proxy.forward")
 
-SSE_HEADERS = [
-    (b"content-type", f"{SSE_MEDIA_TYPE}; charset=utf-8".encode()),
-    *((k.lower().encode(), v.encode()) for k, v in _SSE_HEADERS.items()),
-]
 _UPSTREAM_ERROR_LIMIT = 1 << 20
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
-class _Watched(Response):
-    """An ASGI response whose `run` is cancelled when the client disconnects
-    (`wire.disconnect.watch_disconnect`)."""
-
-    background = None
-    status_code = 200
-
-    def __init__(self) -> None:
-        """No Response.__init__: there is nothing to render up front."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with watch_disconnect(receive) as watch:
-                await self.run(send, watch)
-        except ClientDisconnected:
-            return  # nobody to answer
-
-    async def run(self, send: Send, watch: watch_disconnect) -> None:
-        raise NotImplementedError
-
-
-class Forward(_Watched):
+class Forward(Watched):
     """POST the request body, unchanged, to the same `endpoint` on the leased model server."""
 
     def __init__(
@@ -101,7 +73,7 @@ class Forward(_Watched):
                     headers={"Content-Type": self.content_type, "Accept-Encoding": "identity"},
                     timeout=ctx.upstream_timeout,
                 )
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 held.discard()  # the server may be gone: later requests take a fresh lease
                 raise UpstreamError(
                     f"The model server of '{self.model}' at {lease.base_url} cannot be reached: "
@@ -111,7 +83,7 @@ class Forward(_Watched):
             if resp.status >= 400:
                 try:
                     raw = await resp.content.read(_UPSTREAM_ERROR_LIMIT)
-                except _TRANSPORT_ERRORS:
+                except TRANSPORT_ERRORS:
                     raw = b""
                 raise normalise_error_body(raw, resp.status, MODEL_SERVER)
             if resp.content_type == "text/event-stream":
@@ -146,7 +118,7 @@ class Forward(_Watched):
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 at_boundary = chunk.endswith(b"\n\n")
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             err = UpstreamError(
                 f"The model server's stream for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
                 code="stream_interrupted",
@@ -167,7 +139,7 @@ class Forward(_Watched):
     ) -> int:
         try:
             raw = await resp.read()
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             held.discard()
             raise UpstreamError(
                 f"The model server's answer for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
@@ -204,29 +176,3 @@ class Forward(_Watched):
                 "The model server's images answer is not a JSON object", code="bad_image"
             )
         return orjson.dumps(urls_for(self.ctx.images, answer, self.url_base))
-
-
-class EventRelay(_Watched):
-    """Relay the manager's SSE event stream unchanged until either side closes."""
-
-    def __init__(self, ctx: ProxyContext) -> None:
-        self.ctx = ctx
-
-    async def run(self, send: Send, watch: watch_disconnect) -> None:
-        try:
-            resp = await self.ctx.manager.open_events()
-        except ProxyError as exc:
-            watch.finish()
-            await exc.send(send)
-            return
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            try:
-                async for chunk in resp.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except _TRANSPORT_ERRORS as exc:
-                log.info("manager event stream ended: %s", exc)
-            watch.finish()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            resp.close()

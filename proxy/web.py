@@ -18,8 +18,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from proxy.errors import ProxyError
-from proxy.forward import EventRelay
 from proxy.openapi_docs import ERRORS
+from proxy.relay import EventRelay
 from proxy.settings import ProxySettings
 
 
