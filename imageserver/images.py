@@ -66,7 +66,7 @@ def decode_upload(data: bytes, *, param: str, max_bytes: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width > MAX_INPUT_SIDE or height > MAX_INPUT_SIDE:
                 raise InvalidRequest(

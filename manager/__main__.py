@@ -33,7 +33,7 @@ from manager.spec import Catalogue, json_schema, load_catalogue
 
 log = logging.getLogger("manager")
 
-SHUTDOWN_GRACE = 10.0
+SHUTDOWN_GRACE = 10
 """Seconds uvicorn waits for open requests at shutdown before cancelling them."""
 
 RUNTIMES = {
@@ -53,7 +53,7 @@ class ConfigProblem(Exception):
 def load_settings() -> ManagerSettings:
     """ManagerSettings from the environment. Raises ConfigProblem naming each bad variable."""
     try:
-        return ManagerSettings()  # type: ignore[call-arg]  (values come from the environment)
+        return ManagerSettings()  # the values come from the environment
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -34,7 +34,7 @@ _reader_cache: object = _UNSET
 def nvml_reader() -> MemoryReader | None:
     """A reader backed by NVML, or None if NVML is not installed or has no driver/GPU."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         log.info("GPU memory check skipped: nvidia-ml-py (pynvml) is not installed")
         return None

@@ -81,7 +81,9 @@ def oldest_other(waiters: Mapping[str, Sequence[float]], model: str) -> float | 
 
 def grants_for_resident(view: View) -> tuple[int, int]:
     """(how many of the resident's oldest waiters to grant, how many of those count)."""
-    mine = view.waiters.get(view.resident, ()) if view.resident else ()
+    if view.resident is None:
+        return 0, 0
+    mine = view.waiters.get(view.resident, ())
     if not mine:
         return 0, 0
     contender = oldest_other(view.waiters, view.resident)

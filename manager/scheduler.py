@@ -353,6 +353,7 @@ class Scheduler:
             if decision.is_wait:
                 return
             if decision.grant:
+                assert self._resident is not None  # the policy grants to the resident only
                 self._grant(self._records[self._resident], decision.grant)
                 self._grants_since_contention += decision.counted
             elif decision.stop:
@@ -627,7 +628,7 @@ class Scheduler:
         return self._status(self._record(model))
 
     def _status(self, rec: _Record) -> ModelStatus:
-        image = isinstance(rec.spec, ImageModel)
+        image = rec.spec if isinstance(rec.spec, ImageModel) else None
         return ModelStatus(
             id=rec.name,
             type=rec.spec.type,
@@ -638,8 +639,8 @@ class Scheduler:
             in_flight=self.leases.held(rec.name),
             waiting=len(rec.waiters),
             description=rec.spec.description,
-            sizes=list(rec.spec.sizes) if image else None,
-            max_n=rec.spec.max_n if image else None,
+            sizes=list(image.sizes) if image else None,
+            max_n=image.max_n if image else None,
         )
 
 

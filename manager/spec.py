@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -201,7 +201,7 @@ def load_catalogue(path: str | Path) -> Catalogue:
     return parse_catalogue(data, source=str(path))
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     """The JSON Schema of models.json, generated from the pydantic models."""
     schema = _ENTRIES.json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

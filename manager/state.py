@@ -16,7 +16,6 @@ A model is *resident* (may hold the GPU) while `starting`, `ready` or
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import cast
 
 from manager.errors import ManagerError
 from wire.models import ModelStateName
@@ -32,7 +31,7 @@ class ModelState(StrEnum):
     @property
     def wire(self) -> ModelStateName:
         """The state's name on the wire (`wire.models.ModelStateName`)."""
-        return cast(ModelStateName, self.value)
+        return self.value
 
 
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {

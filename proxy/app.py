@@ -14,6 +14,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -72,7 +73,7 @@ def create_app(
                 manager=manager,
                 http=http,
                 metrics=metrics,
-                images=ImageStore(image_dir, settings.image_url_ttl),
+                images=ImageStore(Path(image_dir), settings.image_url_ttl),
                 upstream_timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=settings.connect_timeout,

@@ -11,6 +11,8 @@ Foreign exceptions (aiohttp, OSError) are wrapped with ``raise X from exc``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from wire.errors import MANAGER as MANAGER
@@ -103,7 +105,8 @@ def normalise_error_body(raw: bytes, status: int, source: Source) -> ProxyError:
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict):
-        inner = data.get("error") if isinstance(data.get("error"), dict) else data
+        error = data.get("error")
+        inner: dict[str, Any] = error if isinstance(error, dict) else data
         message = inner.get("message") if isinstance(inner.get("message"), str) else None
         if message is None and "detail" in data:
             message = str(data["detail"])[:2000]

@@ -175,4 +175,5 @@ class Forward(Watched):
             raise UpstreamError(
                 "The model server's images answer is not a JSON object", code="bad_image"
             )
+        assert self.url_base is not None  # only called for response_format=url
         return orjson.dumps(urls_for(self.ctx.images, answer, self.url_base))

@@ -13,7 +13,7 @@ else a logged 500 envelope; a body over the limit is left to `wire.limits.BodyLi
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -30,7 +30,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class HotPath:
-    def __init__(self, app: ASGIApp, routes: dict[str, Endpoint], metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[str, Endpoint], metrics: Metrics) -> None:
         self.app = app
         self.routes = routes
         self.metrics = metrics

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from proxy.errors import InvalidRequest, UpstreamError
 from wire.models import ModelStatus
@@ -127,7 +128,7 @@ class ImageStore:
         return removed
 
 
-def urls_for(store: ImageStore, answer: dict, base_url: str) -> dict:
+def urls_for(store: ImageStore, answer: dict[str, Any], base_url: str) -> dict[str, Any]:
     """Replace every ``b64_json`` item of an images answer by a ``url`` on the proxy.
 
     Blocking (writes files). Raises UpstreamError when the answer has no image data.

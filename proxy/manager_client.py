@@ -117,11 +117,13 @@ class ManagerClient:
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(p) for p in first.get("loc", ())) or "the answer"
+            errors = exc.errors()
+            where, why = "the answer", "invalid"
+            if errors:
+                where = ".".join(str(p) for p in errors[0]["loc"]) or where
+                why = errors[0]["msg"]
             raise ManagerUnavailable(
-                f"The manager's answer to {what} is not its contract ({where}: "
-                f"{first.get('msg', 'invalid')})"
+                f"The manager's answer to {what} is not its contract ({where}: {why})"
             ) from exc
 
     # -- the contract -----------------------------------------------------------

@@ -7,6 +7,8 @@ a client may send, so schemathesis can generate meaningful (and broken) input.
 
 from __future__ import annotations
 
+from typing import Any
+
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -26,7 +28,7 @@ ERROR_SCHEMA = {
 }
 
 _ERR = {"content": {"application/json": {"schema": ERROR_SCHEMA}}}
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request, or a model of the wrong type", **_ERR},
     401: {"description": "Missing or wrong API key", **_ERR},
     404: {"description": "Unknown model (the message lists the known ones)", **_ERR},
@@ -84,13 +86,13 @@ _BODIES = {
 }
 
 
-def body_schema(kind: str) -> dict:
+def body_schema(kind: str) -> dict[str, Any]:
     """`openapi_extra` declaring a JSON request body of the given kind."""
     schema = {"type": "object", "additionalProperties": True, **_BODIES[kind]}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def edit_schema() -> dict:
+def edit_schema() -> dict[str, Any]:
     """`openapi_extra` declaring the multipart body of /v1/images/edits."""
     schema = {
         "type": "object",

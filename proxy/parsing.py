@@ -9,10 +9,12 @@ response_format); the body is forwarded as it came. Every function raises
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import orjson
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
 from proxy.errors import InvalidRequest
 
@@ -26,7 +28,7 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def parse_object(raw: bytes) -> dict:
+def parse_object(raw: bytes) -> dict[str, Any]:
     """Decode a JSON object body."""
     try:
         data = orjson.loads(raw)
@@ -62,7 +64,7 @@ async def parse_form(request: Request, raw: bytes, limit: int) -> FormData:
         )
     sent = False
 
-    async def replay() -> dict:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
             return {"type": "http.disconnect"}

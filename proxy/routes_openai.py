@@ -42,7 +42,8 @@ _STARTED = int(time.time())
 
 
 def _ctx(request: Request) -> ProxyContext:
-    return request.app.state.ctx
+    ctx: ProxyContext = request.app.state.ctx
+    return ctx
 
 
 async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
@@ -171,6 +172,7 @@ async def images_edits(request: Request) -> Response:
         if not images or not all(isinstance(v, UploadFile) for v in images):
             raise InvalidRequest("'image' must be uploaded as a file part.", param="image")
         for upload in images:
+            assert isinstance(upload, UploadFile)  # checked just above
             if sniff_format(await upload.read(16)) is None:
                 raise InvalidRequest(
                     "'image' must be a PNG, JPEG, WebP or GIF file.", param="image"

