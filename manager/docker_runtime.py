@@ -128,7 +128,9 @@ class DockerRuntime:
     """The `ContainerRuntime` for Docker. Safe for concurrent use across model names;
     calls for one name are serialised by a per-name lock."""
 
-    def __init__(self, settings: ManagerSettings, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, settings: ManagerSettings, client: docker.DockerClient | None = None
+    ) -> None:
         """Reads `hf_cache`, `model_host`, `hf_token` and `instance` from `settings`.
         `client` defaults to `docker.from_env()`, created on first use."""
         self._settings = settings

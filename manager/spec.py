@@ -42,7 +42,9 @@ class _ModelBase(_Strict):
         pattern=NAME_PATTERN,
         description="Container name (Docker runtime) or process label (process runtime). Unique.",
     )
-    port: int = Field(ge=1024, le=65535, description="Host port the model server is published on. Unique.")
+    port: int = Field(
+        ge=1024, le=65535, description="Host port the model server is published on. Unique."
+    )
     image: str = Field(
         pattern=IMAGE_PATTERN,
         description="Docker image with a pinned tag or digest, never `latest`.",
@@ -58,7 +60,9 @@ class _ModelBase(_Strict):
     idle_ttl: Seconds | None = Field(
         default=None, description="Stop the model after this many idle seconds. Unset: never."
     )
-    gpu: bool = Field(default=True, description="Request the GPU for the container (Docker runtime).")
+    gpu: bool = Field(
+        default=True, description="Request the GPU for the container (Docker runtime)."
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the model server."
     )
@@ -76,7 +80,9 @@ class _ModelBase(_Strict):
     def _pinned(cls, value: str) -> str:
         last = value.rsplit("/", 1)[-1]
         if "@sha256:" not in value and ":" not in last:
-            raise ValueError("image must be pinned to a tag or digest, e.g. vllm/vllm-openai:v0.11.0")
+            raise ValueError(
+                "image must be pinned to a tag or digest, e.g. vllm/vllm-openai:v0.11.0"
+            )
         if last.endswith(":latest"):
             raise ValueError("image must not use the 'latest' tag; pin a version")
         return value
@@ -95,7 +101,7 @@ class TextModel(_ModelBase):
 
     type: Literal["text"]
     args: list[str] = Field(
-        default_factory=list, description="Extra vLLM arguments, e.g. [\"--max-model-len\", \"8192\"]."
+        default_factory=list, description='Extra vLLM arguments, e.g. ["--max-model-len", "8192"].'
     )
     start_timeout: Seconds = 900.0
 

@@ -41,7 +41,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     if report.skipped:
         for t in tiers:
-            _skipped[t].append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+            _skipped[t].append(
+                f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}"
+            )
     elif report.when == "call":
         for t in tiers:
             _ran[t] += 1
@@ -57,7 +59,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems = []
     for tier in sorted(required):
         if _skipped.get(tier):
-            problems.append(f"tier '{tier}' had skipped tests:\n    " + "\n    ".join(_skipped[tier][:10]))
+            problems.append(
+                f"tier '{tier}' had skipped tests:\n    " + "\n    ".join(_skipped[tier][:10])
+            )
         elif not _ran.get(tier):
             problems.append(f"tier '{tier}' ran no test")
     if problems:
