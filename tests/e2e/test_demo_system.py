@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+from wire.procs import is_alive, read_registry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
@@ -86,9 +87,7 @@ class Demo:
         with contextlib.suppress(OSError, ValueError):
             data = json.loads((self.dir / "pids.json").read_text())
             found += [data[k]["pid"] for k in ("manager", "proxy")]
-        with contextlib.suppress(OSError, ValueError):
-            registry = json.loads((self.dir / "logs" / "registry.json").read_text())
-            found += [item["pid"] for item in registry.values()]
+        found += [record.pid for record in read_registry(self.dir / "logs").values()]
         return found
 
 
@@ -176,14 +175,7 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
+    return is_alive(pid)  # a zombie child of ours counts as gone
 
 
 def test_demo_answers_chat_then_draws_then_chats_again_with_swaps(demo: Demo) -> None:

@@ -34,6 +34,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from wire.procs import read_registry
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
@@ -209,15 +211,12 @@ def _server_modules(models: dict) -> list[str]:
 
 
 def _kill_leftover_servers(log_dir: Path, modules: list[str]) -> None:
-    """Kill model servers the manager's process registry still lists (belt and braces)."""
-    registry = log_dir / "registry.json"
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(registry.read_text())
-        for item in data.values() if isinstance(data, dict) else []:
-            pid = item.get("pid") if isinstance(item, dict) else None
-            if isinstance(pid, int) and pid > 1 and _runs_one_of(pid, modules):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+    """Kill model servers the manager's process registry (`wire.procs`) still lists
+    (belt and braces)."""
+    for record in read_registry(log_dir).values():
+        if record.pid > 1 and _runs_one_of(record.pid, modules):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(record.pid, signal.SIGKILL)
 
 
 def _runs_one_of(pid: int, modules: list[str]) -> bool:

@@ -281,6 +281,16 @@ async def test_model_list_is_cached_not_fetched_per_request(stack: Stack) -> Non
     assert (
         await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "x"})
     ).status_code == 200
+    # The swap event comes after the state events of the first request's swap: once the
+    # proxy has counted it, no invalidation from that swap is still on its way (a fixed
+    # sleep was not enough on a loaded machine).
+    for _ in range(300):
+        metrics = (await stack.client.get("/metrics")).text
+        if 'homelab_proxy_swaps_total{from_model="none",to_model="chat-a"} 1.0' in metrics:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the proxy never saw the swap event")
     await asyncio.sleep(0.05)
     before = stack.manager.model_fetches
     for _ in range(10):
