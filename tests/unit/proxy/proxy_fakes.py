@@ -1,7 +1,8 @@
 """Unit-tier stand-ins for the proxy's two peers, speaking their real HTTP contracts.
 
 - `FakeManager`: a small FastAPI app implementing the manager's API as
-  docs/architecture.md defines it (bearer token, /v1/models, leases with
+  docs/architecture.md defines it, answering with the `wire` types the real manager
+  sends (bearer token, /v1/models, leases with
   acquire/renew/release, /v1/events SSE, OpenAI error envelopes with
   ``"source": "manager"``). One model resident at a time; a swap takes
   ``swap_delay`` seconds and is announced on the event stream. Knobs (`busy`,
@@ -35,6 +36,10 @@ from aiohttp import web
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
+
+from wire.errors import MANAGER, envelope
+from wire.events import StateEvent, SwapEvent
+from wire.models import ModelStatus
 
 PORTS = range(18400, 18500)
 TOKEN = "fm-7Qx2kLp9Vd4Rw8Zs"
@@ -129,15 +134,7 @@ def _envelope(status: int, message: str, code: str, headers: dict | None = None)
         404: "invalid_request_error",
         429: "rate_limit_error",
     }.get(status, "server_error")
-    body = {
-        "error": {
-            "message": message,
-            "type": etype,
-            "param": None,
-            "code": code,
-            "source": "manager",
-        }
-    }
+    body = envelope(message, type=etype, code=code, source=MANAGER)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -172,23 +169,19 @@ class FakeManager:
         self.app = self._build()
 
     def status(self, name: str) -> dict:
+        """The model's `wire.models.ModelStatus`, as the real manager sends it."""
         spec = self.models[name]
-        out = {
-            "id": name,
-            "object": "model",
-            "type": spec["type"],
-            "state": self.states[name],
-            "last_error": None,
-            "last_used": None,
-            "since": time.time(),
-            "in_flight": sum(1 for m in self.leases.values() if m == name),
-            "waiting": 0,
-            "description": f"fake {spec['type']} model",
-        }
-        if spec["type"] == "image":
-            out["sizes"] = spec.get("sizes", ["64x64"])
-            out["max_n"] = spec.get("max_n", 2)
-        return out
+        image = spec["type"] == "image"
+        return ModelStatus(
+            id=name,
+            type=spec["type"],
+            state=self.states[name],
+            since=time.time(),
+            in_flight=sum(1 for m in self.leases.values() if m == name),
+            description=f"fake {spec['type']} model",
+            sizes=spec.get("sizes", ["64x64"]) if image else None,
+            max_n=spec.get("max_n", 2) if image else None,
+        ).to_wire()
 
     def _publish(self, event: str, data: dict) -> None:
         for queue in self.subscribers:
@@ -196,10 +189,8 @@ class FakeManager:
 
     def _set_state(self, name: str, state: str) -> None:
         previous, self.states[name] = self.states[name], state
-        self._publish(
-            "state",
-            {"model": name, "state": state, "previous": previous, "at": time.time(), "error": None},
-        )
+        event = StateEvent(model=name, state=state, previous=previous, at=time.time())
+        self._publish(event.kind, event.payload())
 
     async def _make_resident(self, name: str) -> None:
         async with self._lock:
@@ -212,7 +203,8 @@ class FakeManager:
                 await asyncio.sleep(self.swap_delay)
                 self._set_state(name, "ready")
                 self.resident = name
-                self._publish("swap", {"from": previous, "to": name, "at": time.time()})
+                swap = SwapEvent(from_model=previous, to=name, at=time.time())
+                self._publish(swap.kind, swap.payload())
 
     def _build(self) -> FastAPI:
         app = FastAPI()
