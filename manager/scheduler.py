@@ -641,6 +641,7 @@ class Scheduler:
             description=rec.spec.description,
             sizes=list(image.sizes) if image else None,
             max_n=image.max_n if image else None,
+            vision=None if isinstance(rec.spec, ImageModel) else rec.spec.vision,
         )
 
 

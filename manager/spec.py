@@ -103,6 +103,13 @@ class TextModel(_ModelBase):
     args: list[str] = Field(
         default_factory=list, description='Extra vLLM arguments, e.g. ["--max-model-len", "8192"].'
     )
+    vision: bool = Field(
+        default=False,
+        description=(
+            "The model takes images in chat messages (OpenAI `image_url` content parts). "
+            "Shown as `vision` in /v1/models; the MCP tool img2txt offers only these models."
+        ),
+    )
     start_timeout: Seconds = 900.0
 
 

@@ -2,7 +2,8 @@
 
 The lifespan builds one `aiohttp.ClientSession` per process (unless one is
 handed in; then the caller owns and closes it), the `ManagerClient`, the image
-store and the event follower, and tears them down in reverse order.
+store, the event follower and the MCP session manager (``/mcp``, proxy/mcp/), and
+tears them down in reverse order.
 Every error, including unknown routes, validation errors and unexpected
 exceptions, leaves as an OpenAI error envelope; never a traceback.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops
 from proxy.auth import ApiKeyMiddleware
@@ -27,6 +29,7 @@ from proxy.events import follow_events
 from proxy.hotpath import HotPath
 from proxy.images import ImageStore
 from proxy.manager_client import ManagerClient
+from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.settings import ProxySettings
 from proxy.web import mount_ui, proxy_version
@@ -83,7 +86,8 @@ def create_app(
             app.state.ctx = ctx
             follower = asyncio.create_task(follow_events(ctx), name="manager-events")
             try:
-                yield
+                async with mcp_endpoint.running():
+                    yield
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -100,12 +104,14 @@ def create_app(
     )
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
+    mcp_endpoint = McpEndpoint(settings, lambda: app.state.ctx)
+    app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))
     mount_ui(app, settings)
     app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        per_path={routes_openai.EDITS: settings.max_upload_bytes},
+        per_path={routes_openai.EDITS: settings.max_upload_bytes, "/mcp": mcp_endpoint.limit},
         source=PROXY,
     )
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])

@@ -1,22 +1,25 @@
 """API-key check as pure ASGI middleware (no BaseHTTPMiddleware: it hides disconnects).
 
-With keys configured, every path under ``/v1/`` plus ``/api/events`` and
-``/metrics`` needs ``Authorization: Bearer <key>``; anything else (the UI page,
-static files, image URLs, health) is open. Without keys everything is open.
+With keys configured, every path under ``/v1/`` plus ``/api/events``, ``/mcp``
+and ``/metrics`` needs ``Authorization: Bearer <key>``; anything else (the UI
+page, static files, image URLs, health) is open. Without keys everything is open.
 A refusal is a 401 OpenAI envelope that the openai SDK raises as
-``AuthenticationError``.
+``AuthenticationError``; on ``/mcp`` it is a JSON-RPC error (the envelope in its
+``data``), which MCP clients show as the error.
 """
 
 from __future__ import annotations
 
 import hmac
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import AuthenticationFailed
+from wire.errors import PROXY, send_json
 
 PROTECTED_PREFIXES = ("/v1/", "/api/")
-PROTECTED_PATHS = ("/metrics",)
+PROTECTED_PATHS = ("/metrics", "/mcp")
 
 
 def is_protected(path: str) -> bool:
@@ -53,6 +56,16 @@ class ApiKeyMiddleware:
                 "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-            await err.send(send)
+            if scope["path"] == "/mcp":
+                await _send_rpc_refusal(send, err)
+            else:
+                await err.send(send)
             return
         await self.app(scope, receive, send)
+
+
+async def _send_rpc_refusal(send: Send, err: AuthenticationFailed) -> None:
+    """The 401 as a JSON-RPC error (MCP clients show its message), the envelope in `data`."""
+    rpc = {"code": -32001, "message": err.message, "data": err.envelope(PROXY)["error"]}
+    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": rpc})
+    await send_json(send, err.status, body, err.headers)

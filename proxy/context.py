@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
+from proxy.feed import EventFeed
 from proxy.images import ImageStore
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
@@ -21,3 +22,5 @@ class ProxyContext:
     metrics: Metrics
     images: ImageStore
     upstream_timeout: aiohttp.ClientTimeout
+    feed: EventFeed = field(default_factory=EventFeed)
+    """The manager's state and swap events, for callers waiting on a model."""

@@ -1,9 +1,10 @@
 """Following the manager's event stream: swap metrics and a fresh model list.
 
 `follow_events` runs for the life of the proxy (a lifespan task). It counts
-``swap`` events into ``homelab_proxy_swaps_total`` and drops the cached model
+``swap`` events into ``homelab_proxy_swaps_total``, drops the cached model
 list on every ``state``, ``swap`` or ``snapshot`` event, so /v1/models shows
-"loading" vs "ready" at once. Frames are parsed with the types the manager sends
+"loading" vs "ready" at once, and hands ``state`` and ``swap`` events to
+`ctx.feed` (proxy/feed.py: progress of waiting MCP calls, load-time history). Frames are parsed with the types the manager sends
 (`wire.events`). It reconnects with backoff (1 s doubling to 30 s) and stops only
 when cancelled.
 """
@@ -17,16 +18,18 @@ import aiohttp
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
-from wire.events import SNAPSHOT, STATE, SWAP, SseParser, SwapEvent, parse_event
+from wire.events import SNAPSHOT, STATE, SWAP, SseParser, StateEvent, SwapEvent, parse_event
 
 log = logging.getLogger("proxy.events")
 
 
 def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
-    if event == SWAP:
-        swap = parse_event(event, data)
-        if isinstance(swap, SwapEvent):
-            ctx.metrics.swaps.labels(swap.from_model or "none", swap.to or "none").inc()
+    if event in (STATE, SWAP):
+        parsed = parse_event(event, data)
+        if isinstance(parsed, SwapEvent):
+            ctx.metrics.swaps.labels(parsed.from_model or "none", parsed.to or "none").inc()
+        if isinstance(parsed, StateEvent | SwapEvent):
+            ctx.feed.publish(parsed)
     if event in (STATE, SWAP, SNAPSHOT):
         ctx.manager.invalidate_models()
 

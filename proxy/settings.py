@@ -65,6 +65,13 @@ class ProxySettings(BaseSettings):
         gt=0,
         description="Longest silence (seconds) from a model server before giving up.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma list of Host header values /mcp accepts (DNS-rebinding protection), e.g. "
+            "`homelab.lan:8080,localhost:*`. Empty: any host, as on /v1."
+        ),
+    )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
@@ -81,7 +88,7 @@ class ProxySettings(BaseSettings):
         check_token(value.get_secret_value())  # the manager's own rules (wire.tokens)
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -17,7 +17,8 @@ ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
 
 
 class ModelStatus(BaseModel):
-    """One model. ``sizes`` and ``max_n`` are sent for image models only."""
+    """One model. ``sizes`` and ``max_n`` are sent for image models only, ``vision`` for
+    text models only."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -39,12 +40,17 @@ class ModelStatus(BaseModel):
     """Image models: the sizes it makes, the first the default."""
     max_n: int | None = None
     """Image models: most images per request."""
+    vision: bool | None = None
+    """Text models: whether it takes images in chat messages (models.json ``vision``)."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object the manager sends."""
         data = self.model_dump()
         if self.type != "image":
             del data["sizes"], data["max_n"]
+            data["vision"] = bool(self.vision)
+        else:
+            del data["vision"]
         return data
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,9 +26,9 @@ from tests.e2e.browser.uistack import (
     SCREENSHOTS,
     Stack,
     Ui,
-    free_port,
     natural_width,
     open_page,
+    real_models,
     record_answer_text,
     require_browser,
     run_stack,
@@ -53,59 +51,7 @@ def real_stack(tmp_path_factory: pytest.TempPathFactory, vllm_runtime) -> Iterat
         "diffusers", reason="diffusers is not installed (pip install -e '.[image]')"
     )
     workdir = tmp_path_factory.mktemp("ui-real")
-    tiny = workdir / "tiny-sd"
-    subprocess.run(
-        [sys.executable, "-m", "imageserver.tiny", str(tiny)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    offline = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-    }
-    smol_port, image_port = free_port(), free_port()
-    models = {
-        "smollm2": {
-            "type": "text",
-            "container": f"ui-real-{smol_port}",
-            "port": smol_port,
-            "image": "vllm/vllm-openai:v0.32.0",
-            "model": str(vllm_runtime.model_dir),
-            "command": [str(vllm_runtime.python), "-m", "vllm.entrypoints.openai.api_server"],
-            "args": [
-                "--enforce-eager",
-                "--gpu-memory-utilization",
-                "0.2",
-                "--max-model-len",
-                "2048",
-            ],
-            "env": offline,
-            "gpu": False,
-            "start_timeout": LOAD_DEADLINE_MS / 1000,
-            "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
-        },
-        "tiny-sd": {
-            "type": "image",
-            "container": f"ui-real-{image_port}",
-            "port": image_port,
-            "image": "homelab-ai/imageserver:0.1.0",
-            "model": str(tiny),
-            "command": [sys.executable, "-m", "imageserver"],
-            "device": "cpu",
-            "dtype": "fp32",
-            "sizes": ["128x128", "64x64"],
-            "steps": 2,
-            "env": offline,
-            "gpu": False,
-            "start_timeout": LOAD_DEADLINE_MS / 1000,
-            "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
-        },
-    }
-    settings = {"HOMELAB_QUEUE_TIMEOUT": str(LOAD_DEADLINE_MS / 1000), "HOMELAB_STOP_TIMEOUT": "30"}
+    models, settings = real_models(workdir, vllm_runtime, LOAD_DEADLINE_MS / 1000)
     with run_stack(workdir, models, "smollm2", name="ui-real", manager_settings=settings) as stack:
         yield stack
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.conftest import VllmRuntime
 from wire.procs import read_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -65,8 +67,11 @@ is stopped, so a later stack must not get it: hand each port out once."""
 
 
 def free_port() -> int:
-    """A port from this suite's range that nothing listens on and no stack was given."""
-    for port in PORTS:
+    """A port from this suite's range that nothing listens on and no stack was given.
+
+    Tried in random order: two test runs at once on the shared machine would otherwise
+    both take the lowest free ports, and one's health check could reach the other's server."""
+    for port in random.sample(PORTS, len(PORTS)):
         if port in _TAKEN:
             continue
         with socket.socket() as s:
@@ -79,36 +84,37 @@ def free_port() -> int:
     raise RuntimeError("no free port in 18500-18599")
 
 
-def fake_models() -> dict:
-    """The catalogue: fakevllm servers launched by the manager's process runtime."""
-    fake = [sys.executable, "-m", "tests.fixtures.fakevllm"]
-
-    def entry(kind: str, **extra: object) -> dict:
-        port = free_port()
-        return {
-            "type": kind,
-            "container": f"ui-test-{port}",
-            "port": port,
-            "image": "homelab-ai/fakevllm:test",
-            "model": f"fake/{kind}-{port}",
-            "command": fake,
-            "gpu": False,
-            "start_timeout": 60,
-            **extra,
-        }
-
+def fake_entry(kind: str, **extra: object) -> dict:
+    """One models.json entry: a fakevllm server launched by the manager's process runtime."""
+    port = free_port()
     return {
-        "chat": entry(
+        "type": kind,
+        "container": f"ui-test-{port}",
+        "port": port,
+        "image": "homelab-ai/fakevllm:test",
+        "model": f"fake/{kind}-{port}",
+        "command": [sys.executable, "-m", "tests.fixtures.fakevllm"],
+        "gpu": False,
+        "start_timeout": 60,
+        **extra,
+    }
+
+
+def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
+    """The catalogue: `chat`, `slow` (loads in `slow_load` seconds) and `paint` (an image
+    model that loads in SLOW_LOAD_S seconds)."""
+    return {
+        "chat": fake_entry(
             "text",
             env={"FAKEVLLM_STREAM_DELAY": "0.12"},
             description="Fake chat model (echoes you, word by word).",
         ),
-        "slow": entry(
+        "slow": fake_entry(
             "text",
-            env={"FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S, "FAKEVLLM_STREAM_DELAY": "0.05"},
+            env={"FAKEVLLM_LOAD_SECONDS": slow_load, "FAKEVLLM_STREAM_DELAY": "0.05"},
             description="Fake chat model that takes a while to load.",
         ),
-        "paint": entry(
+        "paint": fake_entry(
             "image",
             env={"FAKEVLLM_KIND": "image", "FAKEVLLM_LOAD_SECONDS": SLOW_LOAD_S},
             sizes=["64x64", "128x128"],
@@ -117,6 +123,69 @@ def fake_models() -> dict:
             description="Fake image model (solid colours).",
         ),
     }
+
+
+def real_models(
+    workdir: Path, vllm_runtime: VllmRuntime, load_deadline_s: float
+) -> tuple[dict, dict]:
+    """The real catalogue: ``smollm2`` (real vLLM, CPU build) and ``tiny-sd`` (the real
+    diffusers image server with a tiny random-weight pipeline built into `workdir`), plus
+    the manager settings a real swap needs. Both loads may take minutes on a busy
+    machine: `load_deadline_s` bounds each (a deadline, not an expectation)."""
+    tiny = workdir / "tiny-sd"
+    subprocess.run(
+        [sys.executable, "-m", "imageserver.tiny", str(tiny)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    offline = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    smol_port, image_port = free_port(), free_port()
+    models = {
+        "smollm2": {
+            "type": "text",
+            "container": f"ui-real-{smol_port}",
+            "port": smol_port,
+            "image": "vllm/vllm-openai:v0.32.0",
+            "model": str(vllm_runtime.model_dir),
+            "command": [str(vllm_runtime.python), "-m", "vllm.entrypoints.openai.api_server"],
+            "args": [
+                "--enforce-eager",
+                "--gpu-memory-utilization",
+                "0.2",
+                "--max-model-len",
+                "2048",
+            ],
+            "env": offline,
+            "gpu": False,
+            "start_timeout": load_deadline_s,
+            "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
+        },
+        "tiny-sd": {
+            "type": "image",
+            "container": f"ui-real-{image_port}",
+            "port": image_port,
+            "image": "homelab-ai/imageserver:0.1.0",
+            "model": str(tiny),
+            "command": [sys.executable, "-m", "imageserver"],
+            "device": "cpu",
+            "dtype": "fp32",
+            "sizes": ["128x128", "64x64"],
+            "steps": 2,
+            "env": offline,
+            "gpu": False,
+            "start_timeout": load_deadline_s,
+            "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
+        },
+    }
+    settings = {"HOMELAB_QUEUE_TIMEOUT": str(load_deadline_s), "HOMELAB_STOP_TIMEOUT": "30"}
+    return models, settings
 
 
 @dataclass

@@ -136,7 +136,10 @@ async def test_list_models(api):
         "in_flight",
         "waiting",
         "description",
+        "vision",
     }
+    assert first["vision"] is False  # text models say whether they take images
+    assert "vision" not in body["data"][2]
     assert body["data"][2]["sizes"] == ["512x512", "768x768"]
     assert body["data"][2]["max_n"] == 2
 

@@ -49,6 +49,17 @@ def test_schema_key_is_allowed_and_ignored():
     assert catalogue.names() == ["a"]
 
 
+def test_vision_is_an_optional_flag_of_text_models_only():
+    catalogue = parse_catalogue({"a": TEXT, "v": TEXT | {"vision": True, "container": "v", "port": 8003}})
+    assert catalogue.models["a"].vision is False and catalogue.models["v"].vision is True
+    with pytest.raises(CatalogueError) as info:
+        parse_catalogue({"b": IMAGE | {"vision": True}}, source="models.json")
+    assert info.value.key == "b.vision"
+    with pytest.raises(CatalogueError) as info:
+        parse_catalogue({"a": TEXT | {"vision": "maybe"}}, source="models.json")
+    assert info.value.key == "a.vision"
+
+
 def test_image_defaults():
     spec = parse_catalogue({"b": IMAGE}).models["b"]
     assert spec.sizes == ["1024x1024"] and spec.max_n == 4 and spec.start_timeout == 1200

@@ -1,0 +1,115 @@
+"""One MCP tool call to a model server, through the proxy's own lease pool.
+
+`call_model` does what ``/v1`` does for a request (proxy/forward.py): a share of the
+model's lease from `ctx.manager.acquire` (so swaps, fairness and lease sharing are
+the same), one POST to the leased model server with the proxy's client session and
+timeouts, the lease ended as soon as the answer is read, errors normalised into the
+proxy's exception tree, and the same metrics (endpoint label ``mcp:<tool>``). The
+answer is read whole (bounded by `ANSWER_LIMIT`): tools return whole results.
+
+Cancellable at every step: cancelling while queued withdraws the request from the
+manager's queue; cancelling while the model server works closes the connection
+(vLLM then stops generating), as a client disconnect does on ``/v1``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from proxy.context import ProxyContext
+from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+from proxy.mcp.progress import Progress, wait_for_lease
+
+ANSWER_LIMIT = 256 * 1024 * 1024
+"""Largest model-server answer read (a few large pictures in base64)."""
+_ERROR_LIMIT = 1 << 20
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+@dataclass
+class Answer:
+    """A model server's JSON answer and what the call cost (seconds)."""
+
+    data: dict
+    waited: float
+    """Until the lease was granted: queueing plus any swap (including the load)."""
+    ran: float
+    """The model server's part."""
+    loaded: float | None
+    """The load this call waited for, when it waited for one."""
+
+
+async def call_model(
+    ctx: ProxyContext,
+    tool: str,
+    model: str,
+    endpoint: str,
+    body: bytes,
+    content_type: str,
+    progress: Progress,
+    running: str,
+) -> Answer:
+    """POST `body` to `endpoint` of `model`'s server under a lease; the answer as JSON.
+
+    `running` is the progress message sent once the model server has the request.
+    Raises ProxyError subclasses (the manager's and the model server's errors too).
+    """
+    metrics = ctx.metrics
+    label = f"mcp:{tool}"
+    t0 = time.perf_counter()
+    status = 499
+    held = None
+    metrics.in_flight.inc()
+    try:
+        try:
+            held = await wait_for_lease(ctx, model, progress)
+        finally:
+            metrics.queue_wait.labels(model).observe(time.perf_counter() - t0)
+        waited = time.perf_counter() - t0
+        await progress.say(80.0, running)
+        t1 = time.perf_counter()
+        lease = held.lease
+        try:
+            async with ctx.http.post(
+                lease.base_url + endpoint,
+                data=body,
+                headers={"Content-Type": content_type, "Accept-Encoding": "identity"},
+                timeout=ctx.upstream_timeout,
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.content.read(_ERROR_LIMIT)
+                    raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+                raw = await resp.content.read(ANSWER_LIMIT + 1)
+        except _TRANSPORT_ERRORS as exc:
+            held.discard()
+            raise UpstreamError(
+                f"The model server of '{model}' at {lease.base_url} failed: "
+                f"{exc.__class__.__name__}: {exc}",
+                code="model_server_unreachable",
+            ) from exc
+        held.end()
+        if len(raw) > ANSWER_LIMIT:
+            raise UpstreamError(f"The answer of '{model}' is larger than {ANSWER_LIMIT} bytes")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"The answer of '{model}' is not JSON") from exc
+        if not isinstance(data, dict):
+            raise UpstreamError(f"The answer of '{model}' is not a JSON object")
+        status = 200
+        return Answer(
+            data=data, waited=waited, ran=time.perf_counter() - t1, loaded=progress.loaded
+        )
+    except ProxyError as exc:
+        status = exc.status
+        raise
+    finally:
+        if held is not None:
+            held.end()
+        metrics.in_flight.dec()
+        metrics.requests.labels(label, model, str(status)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - t0)

@@ -1,0 +1,268 @@
+"""What each MCP tool does: build the OpenAI request, call the model, shape the result.
+
+Each ``run_*`` takes the proxy's context, the checked arguments (`proxy.mcp.tools`), a
+`Progress` and the proxy's public address for image links, and returns a
+``CallToolResult``. The result's ``structured_content`` carries the metadata: the
+model, the timings (``waited_s`` for the lease including any swap, ``loaded_s`` when
+the call waited for a load, ``ran_s`` on the model server) and, for pictures, the
+seed, the size and the URLs. Failures raise `ToolFailure` / `ProxyError`;
+`proxy.mcp.server` turns them into error results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+from typing import Any
+
+import orjson
+from mcp import types
+
+from proxy.context import ProxyContext
+from proxy.errors import UpstreamError
+from proxy.mcp.calls import Answer, call_model
+from proxy.mcp.picture import (
+    data_url,
+    is_http_url,
+    is_own_image_url,
+    picture_content,
+    read_image,
+)
+from proxy.mcp.progress import RESIDENT, Progress
+from proxy.mcp.tools import ArgumentError, ChatArgs, EditArgs, ImageArgs, VisionArgs
+
+
+def _timings(answer: Answer) -> dict[str, float | None]:
+    return {
+        "waited_s": round(answer.waited, 3),
+        "loaded_s": round(answer.loaded, 1) if answer.loaded is not None else None,
+        "ran_s": round(answer.ran, 3),
+    }
+
+
+def _chat_result(model: str, answer: Answer) -> types.CallToolResult:
+    choices = answer.data.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(text, str):
+        raise UpstreamError(f"The answer of '{model}' has no message content")
+    meta = {
+        "model": model,
+        "finish_reason": first.get("finish_reason") if isinstance(first, dict) else None,
+        "usage": answer.data.get("usage"),
+        "timings": _timings(answer),
+    }
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content={"text": text, **meta},
+    )
+
+
+async def run_txt2txt(
+    ctx: ProxyContext, args: ChatArgs, progress: Progress
+) -> types.CallToolResult:
+    model = args.model["id"]
+    body = orjson.dumps({"model": model, "messages": args.messages, **args.options})
+    answer = await call_model(
+        ctx,
+        "txt2txt",
+        model,
+        "/v1/chat/completions",
+        body,
+        "application/json",
+        progress,
+        running=f"{model} is writing",
+    )
+    return _chat_result(model, answer)
+
+
+async def run_img2txt(
+    ctx: ProxyContext, args: VisionArgs, progress: Progress
+) -> types.CallToolResult:
+    model = args.model["id"]
+    if is_http_url(args.image) and not is_own_image_url(args.image):
+        url = args.image.strip()  # a foreign URL: the model server fetches it, as on /v1
+    else:
+        data = await read_image(ctx.images, args.image, "image", ctx.settings.max_upload_bytes)
+        url = data_url(data)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": args.prompt},
+                {"type": "image_url", "image_url": {"url": url}},
+            ],
+        }
+    ]
+    body = orjson.dumps({"model": model, "messages": messages, **args.options})
+    if len(body) > ctx.settings.max_body_bytes:
+        raise ArgumentError(
+            "image", f"the request is larger than {ctx.settings.max_body_bytes} bytes"
+        )
+    answer = await call_model(
+        ctx,
+        "img2txt",
+        model,
+        "/v1/chat/completions",
+        body,
+        "application/json",
+        progress,
+        running=f"{model} is looking at the picture",
+    )
+    return _chat_result(model, answer)
+
+
+def _image_fields(args: ImageArgs, seed: int) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "model": args.model["id"],
+        "prompt": args.prompt,
+        "n": args.n,
+        "seed": seed,
+        "response_format": "b64_json",
+        **args.extra,
+    }
+    if args.size:
+        fields["size"] = args.size
+    return fields
+
+
+def _store(ctx: ProxyContext, answer: Answer, model: str) -> list[tuple[str, str]]:
+    """Keep each picture of an images answer; (file name, base64) pairs. Blocking."""
+    items = answer.data.get("data")
+    if not isinstance(items, list) or not items:
+        raise UpstreamError(f"The images answer of '{model}' has no pictures", code="bad_image")
+    out = []
+    for item in items:
+        b64 = item.get("b64_json") if isinstance(item, dict) else None
+        if not isinstance(b64, str):
+            raise UpstreamError(f"A picture from '{model}' has no b64_json", code="bad_image")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise UpstreamError(
+                f"A picture from '{model}' is not base64", code="bad_image"
+            ) from exc
+        out.append((ctx.images.put(raw), b64))
+    return out
+
+
+async def _picture_result(
+    ctx: ProxyContext, args: ImageArgs, seed: int, answer: Answer, base_url: str | None
+) -> types.CallToolResult:
+    model = args.model["id"]
+    pictures = await asyncio.to_thread(_store, ctx, answer, model)
+    urls = [f"{base_url}/images/{name}" for name, _ in pictures] if base_url else []
+    size = answer.data.get("size") or args.size or (args.model.get("sizes") or [None])[0]
+    meta = {
+        "model": model,
+        "seed": seed,
+        "size": size,
+        "n": len(pictures),
+        "urls": urls,
+        "timings": _timings(answer),
+    }
+    summary = f"{len(pictures)} picture(s) of {size} from {model} (seed {seed})" + (
+        "" if not urls else ":\n" + "\n".join(urls)
+    )
+    content: list[Any] = [types.TextContent(type="text", text=summary)]
+    content += picture_content(pictures, base_url)
+    return types.CallToolResult(content=content, structured_content=meta)
+
+
+async def run_txt2img(
+    ctx: ProxyContext, args: ImageArgs, progress: Progress, base_url: str | None
+) -> types.CallToolResult:
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    model = args.model["id"]
+    body = orjson.dumps(_image_fields(args, seed))
+    answer = await call_model(
+        ctx,
+        "txt2img",
+        model,
+        "/v1/images/generations",
+        body,
+        "application/json",
+        progress,
+        running=f"{model} is painting {args.n} picture(s)",
+    )
+    return await _picture_result(ctx, args, seed, answer, base_url)
+
+
+def _multipart(fields: dict[str, Any], files: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = "homelab-mcp-" + secrets.token_hex(12)
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += str(value).encode() + b"\r\n"
+    for name, data in files.items():
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+async def run_img2img(
+    ctx: ProxyContext, args: EditArgs, progress: Progress, base_url: str | None
+) -> types.CallToolResult:
+    limit = ctx.settings.max_upload_bytes
+    files = {"image": await read_image(ctx.images, args.image, "image", limit)}
+    if args.mask is not None:
+        files["mask"] = await read_image(ctx.images, args.mask, "mask", limit)
+    if sum(map(len, files.values())) > limit:
+        raise ArgumentError("mask", f"image and mask together are larger than {limit} bytes")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    model = args.model["id"]
+    body, ctype = _multipart(_image_fields(args, seed), files)
+    answer = await call_model(
+        ctx,
+        "img2img",
+        model,
+        "/v1/images/edits",
+        body,
+        ctype,
+        progress,
+        running=f"{model} is editing the picture",
+    )
+    return await _picture_result(ctx, args, seed, answer, base_url)
+
+
+async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
+    models = await ctx.manager.models(max_age=0.5)
+    rows = []
+    for name in sorted(models):
+        m = models[name]
+        usual = ctx.feed.usual_load(name)
+        row = {
+            "id": name,
+            "type": m.get("type"),
+            "state": m.get("state"),
+            "loaded": m.get("state") in RESIDENT,
+            "vision": bool(m.get("vision")),
+            "usual_load_s": round(usual, 1) if usual is not None else None,
+            "waiting": m.get("waiting"),
+            "description": m.get("description") or "",
+        }
+        if m.get("type") == "image":
+            row["sizes"] = m.get("sizes")
+            row["max_n"] = m.get("max_n")
+        rows.append(row)
+    resident = [r["id"] for r in rows if r["loaded"]]
+    lines = [f"loaded now: {', '.join(resident) or 'nothing'}"]
+    for r in rows:
+        kind = "text+vision" if r["vision"] else r["type"]
+        load = (
+            f"usually loads in ~{r['usual_load_s']:.0f} s"
+            if r["usual_load_s"]
+            else "load time not seen yet"
+        )
+        lines.append(f"- {r['id']} [{kind}] {r['state']}; {load}. {r['description']}".rstrip())
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text="\n".join(lines))],
+        structured_content={"resident": resident, "models": rows},
+    )

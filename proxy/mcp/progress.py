@@ -1,0 +1,161 @@
+"""Progress notifications for one MCP tool call, from the manager's events.
+
+A call goes through three phases: *queued* (waiting for the manager while another
+model is resident or other requests are ahead), *loading* (the manager is starting
+the model: which one, seconds so far, the usual load time from this proxy's
+history) and *running* (the model server works on it). `wait_for_lease` runs the
+lease request and, while it waits, turns the manager's ``state`` / ``swap`` events
+(`proxy.feed`) and a one-second tick into notifications.
+
+Progress values only rise within a call, across all phases (MCP clients drop or
+reject a value that goes back): queued stays below 10, loading runs from 10 to 80
+(by elapsed / usual load time), running is 80 and up, and the end is 100
+(``total`` is always 100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from proxy.context import ProxyContext
+from proxy.lease_pool import LeaseUse
+from wire.events import StateEvent, SwapEvent
+
+log = logging.getLogger("proxy.mcp")
+
+Report = Callable[[float, float | None, str | None], Awaitable[None]]
+TOTAL = 100.0
+TICK = 1.0
+RESIDENT = ("starting", "ready", "stopping")
+
+
+class Progress:
+    """Sends rising progress values through `report` (the SDK session's report_progress).
+
+    A failing report (client gone) is logged and ignored: progress never fails a call.
+    """
+
+    def __init__(self, report: Report | None) -> None:
+        self._report = report
+        self.last = 0.0
+        self.messages: list[str] = []
+        self.loaded: float | None = None
+        """Seconds the load this call waited for took (None: it waited for none)."""
+
+    async def say(self, value: float, message: str) -> None:
+        value = min(max(value, 0.0), TOTAL)
+        if value <= self.last:
+            value = self.last + (TOTAL - self.last) * 0.01  # strictly rising, never past 100
+        self.last = value
+        self.messages.append(message)
+        if self._report is None:
+            return
+        try:
+            await self._report(round(value, 2), TOTAL, message)
+        except Exception as exc:  # the client may be gone; the call goes on
+            log.debug("progress notification failed: %s", exc)
+
+
+def _loading_value(elapsed: float, usual: float | None) -> float:
+    fraction = elapsed / usual if usual else elapsed / (elapsed + 30.0)
+    return 10.0 + 70.0 * min(fraction, 0.97)
+
+
+def _loading_text(model: str, elapsed: float, usual: float | None) -> str:
+    usual_text = f"usually ~{usual:.0f} s" if usual else "first load seen by this proxy"
+    return f"loading {model}: {elapsed:.0f} s so far ({usual_text})"
+
+
+async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
+    """What the call waits for now, and whether `model` is already loading."""
+    try:
+        models = await ctx.manager.models(max_age=0.5)
+    except Exception:  # the lease request reports manager trouble; this is only a message
+        return f"waiting for {model}", False
+    me = models.get(model, {})
+    resident = [m for m in models.values() if m.get("state") in RESIDENT]
+    ahead = sum(int(m.get("waiting") or 0) for m in models.values())
+    now = ", ".join(f"{m['id']} ({m['state']})" for m in resident) or "nothing"
+    if me.get("state") == "starting":
+        return f"loading {model}", True
+    return (
+        f"queued for {model}: {ahead} request(s) waiting at the manager; loaded now: {now}",
+        False,
+    )
+
+
+async def _loaded(progress: Progress, model: str, started: float) -> None:
+    took = progress.loaded = max(0.0, time.time() - started)
+    await progress.say(80.0, f"loaded {model} in {took:.0f} s")
+
+
+async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> LeaseUse:
+    """`ctx.manager.acquire(model)`, reporting progress while it waits.
+
+    Raises what acquire raises. Cancellable: cancelling withdraws the request from the
+    manager's queue (the lease pool cancels a grant nobody waits for any more).
+    """
+    with ctx.feed.subscribe() as events:
+        acquire = asyncio.ensure_future(ctx.manager.acquire(model))
+        try:
+            done, _ = await asyncio.wait({acquire}, timeout=0.2)
+            if done:
+                return acquire.result()
+            text, loading = await _queued_text(ctx, model)
+            started = ctx.feed.loading_since(model) if loading else None
+            await progress.say(10.0 if loading else 1.0, text)
+            while True:
+                next_event = asyncio.ensure_future(events.get())
+                try:
+                    done, _ = await asyncio.wait(
+                        {acquire, next_event}, timeout=TICK, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    if not next_event.done():
+                        next_event.cancel()
+                if acquire in done:
+                    use = acquire.result()
+                    if started is not None:  # granted before the "ready" event was read
+                        await _loaded(progress, model, started)
+                    return use
+                usual = ctx.feed.usual_load(model)
+                if next_event in done and not next_event.cancelled():
+                    event = next_event.result()
+                    if isinstance(event, SwapEvent) and event.to == model and started is None:
+                        before = event.from_model
+                        await progress.say(
+                            9.0,
+                            f"swapping: unloading {before}, then loading {model}"
+                            if before
+                            else f"loading {model} (nothing was loaded)",
+                        )
+                    elif isinstance(event, StateEvent) and event.model == model:
+                        state = event.state
+                        if state == "starting":
+                            started = time.time()
+                            await progress.say(10.0, _loading_text(model, 0, usual))
+                        elif state == "ready" and started is not None:
+                            await _loaded(progress, model, started)
+                            started = None
+                    elif isinstance(event, StateEvent) and event.state == "stopping":
+                        await progress.say(
+                            progress.last + 0.5,
+                            f"unloading {event.model} to make room for {model}",
+                        )
+                elif started is not None:
+                    elapsed = time.time() - started
+                    await progress.say(
+                        _loading_value(elapsed, usual), _loading_text(model, elapsed, usual)
+                    )
+        except BaseException:
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await acquire
+            elif not acquire.cancelled() and acquire.exception() is None:
+                acquire.result().end()  # granted just as the caller left: hand it back
+            raise

@@ -1,0 +1,177 @@
+"""The MCP server inside the proxy, at ``/mcp`` (Streamable HTTP, SSE responses).
+
+`McpEndpoint` builds the SDK's low-level ``Server`` with two handlers: ``tools/list``
+(generated from the manager's model list on every call, so the enums follow
+models.json) and ``tools/call``. Its ``session_manager`` must run for the life of the
+app: `create_app` enters `McpEndpoint.running()` in the proxy's lifespan. The ASGI
+endpoint is mounted as an exact route (``/mcp`` answers without a redirect) behind
+the proxy's `ApiKeyMiddleware`, which refuses a missing or wrong key with a 401 whose
+JSON-RPC error body MCP clients show.
+
+Limits: `body_limit` is what an ``img2img`` call with an image and a mask as base64
+needs at the proxy's upload limit (``HOMELAB_MAX_UPLOAD_BYTES``); the proxy's
+`BodyLimit` refuses a larger ``/mcp`` body (413 ``request_too_large``, as everywhere in
+the proxy) and the SDK's own limit is set to the same value. The SDK's DNS-rebinding (Host / Origin) check follows
+``HOMELAB_ALLOWED_HOSTS``: off when unset, as the rest of the proxy accepts any Host.
+
+Every failure of a call is an ``isError`` result whose text says what went wrong (a
+bad argument is named); anything unexpected is logged and answered with a short
+message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from mcp import MCPError, types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import ProxyContext
+from proxy.errors import ProxyError
+from proxy.mcp import handlers
+from proxy.mcp.progress import Progress
+from proxy.mcp.tools import (
+    ToolFailure,
+    parse_img2img,
+    parse_img2txt,
+    parse_list_models,
+    parse_txt2img,
+    parse_txt2txt,
+    tool_list,
+)
+from proxy.settings import ProxySettings
+
+log = logging.getLogger("proxy.mcp")
+
+INSTRUCTIONS = (
+    "homelab-ai: the models of one home lab behind one endpoint. txt2txt chats with a text "
+    "model, txt2img paints, img2img edits a picture, img2txt asks a vision model about a "
+    "picture, list_models says what exists and what is loaded. One model is loaded on the GPU "
+    "at a time, so the first call for another model waits for a swap; progress notifications "
+    "say so."
+)
+
+
+def body_limit(settings: ProxySettings) -> int:
+    """Largest /mcp request body: an image plus a mask of together HOMELAB_MAX_UPLOAD_BYTES,
+    as base64 (4/3), plus room for the prompt and the JSON-RPC envelope."""
+    return settings.max_upload_bytes * 4 // 3 + 256 * 1024
+
+
+def _failure_text(exc: ProxyError) -> str:
+    where = {"proxy": "the proxy", "manager": "the manager", "model_server": "the model server"}
+    source = exc.source or "proxy"
+    text = f"{exc.message} (from {where.get(source, source)}"
+    if exc.param:
+        text += f"; argument '{exc.param}'"
+    retry = exc.headers.get("Retry-After")
+    if retry:
+        text += f"; retry after {retry} s"
+    return text + ")"
+
+
+class McpEndpoint:
+    """The MCP server, its session manager and the ASGI endpoint for ``/mcp``."""
+
+    def __init__(self, settings: ProxySettings, get_ctx: Callable[[], ProxyContext]) -> None:
+        self.settings = settings
+        self._get_ctx = get_ctx
+        self.limit = body_limit(settings)
+        self.server: Server[Any] = Server(
+            "homelab-ai",
+            version="0.1.0",
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        hosts = list(settings.allowed_hosts)
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=bool(hosts),
+            allowed_hosts=hosts,
+            allowed_origins=[f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")],
+        )
+        self.sessions = StreamableHTTPSessionManager(
+            app=self.server,
+            json_response=False,  # SSE responses: progress notifications need them
+            security_settings=security,
+            max_request_body_size=self.limit,
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the session manager (enter once, in the app's lifespan)."""
+        async with self.sessions.run():
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI endpoint (the proxy's `BodyLimit` has checked the body against `limit`)."""
+        await self.sessions.handle_request(scope, receive, send)
+
+    # -- handlers ---------------------------------------------------------------
+
+    async def _list_tools(
+        self, rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        try:
+            models = await self._get_ctx().manager.models()
+        except ProxyError as exc:
+            raise _rpc_failure(exc) from exc
+        return types.ListToolsResult(tools=tool_list(models))
+
+    def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
+        if self.settings.public_url:
+            return self.settings.public_url
+        base = getattr(rctx.request, "base_url", None)
+        return str(base).rstrip("/") if base is not None else None
+
+    async def _call_tool(
+        self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        ctx = self._get_ctx()
+        args = params.arguments or {}
+        progress = Progress(rctx.session.report_progress)
+        try:
+            models = await ctx.manager.models()
+            match params.name:
+                case "txt2txt":
+                    return await handlers.run_txt2txt(ctx, parse_txt2txt(models, args), progress)
+                case "img2txt":
+                    return await handlers.run_img2txt(ctx, parse_img2txt(models, args), progress)
+                case "txt2img":
+                    parsed = parse_txt2img(models, args)
+                    return await handlers.run_txt2img(ctx, parsed, progress, self._base_url(rctx))
+                case "img2img":
+                    edit = parse_img2img(models, args)
+                    return await handlers.run_img2img(ctx, edit, progress, self._base_url(rctx))
+                case "list_models":
+                    parse_list_models(args)
+                    return await handlers.run_list_models(ctx)
+                case _:
+                    raise ToolFailure(
+                        f"Unknown tool '{params.name}'; the tools are txt2txt, txt2img, img2img, "
+                        "img2txt and list_models."
+                    )
+        except ToolFailure as exc:
+            return _error_result(exc.message)
+        except ProxyError as exc:
+            return _error_result(_failure_text(exc))
+        except Exception:
+            log.exception("MCP tool %s failed unexpectedly", params.name)
+            return _error_result(
+                f"Internal error in the proxy while running {params.name}; see its log."
+            )
+
+
+def _error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _rpc_failure(exc: ProxyError) -> MCPError:
+    return MCPError(code=-32603, message=_failure_text(exc))
