@@ -14,8 +14,12 @@ manager's queue; cancelling while the model server works closes the connection
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,6 +31,8 @@ from proxy.mcp.progress import Progress, wait_for_lease
 ANSWER_LIMIT = 256 * 1024 * 1024
 """Largest model-server answer read (a few large pictures in base64)."""
 _ERROR_LIMIT = 1 << 20
+RUN_TICK = 5.0
+"""Seconds between "still running" progress notifications while the model server works."""
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -74,16 +80,9 @@ async def call_model(
         t1 = time.perf_counter()
         lease = held.lease
         try:
-            async with ctx.http.post(
-                lease.base_url + endpoint,
-                data=body,
-                headers={"Content-Type": content_type, "Accept-Encoding": "identity"},
-                timeout=ctx.upstream_timeout,
-            ) as resp:
-                if resp.status >= 400:
-                    raw = await resp.content.read(_ERROR_LIMIT)
-                    raise normalise_error_body(raw, resp.status, MODEL_SERVER)
-                raw = await resp.content.read(ANSWER_LIMIT + 1)
+            raw = await _while_running(
+                _post(ctx, lease.base_url + endpoint, body, content_type), progress, running
+            )
         except _TRANSPORT_ERRORS as exc:
             held.discard()
             raise UpstreamError(
@@ -92,7 +91,7 @@ async def call_model(
                 code="model_server_unreachable",
             ) from exc
         held.end()
-        if len(raw) > ANSWER_LIMIT:
+        if raw is None:
             raise UpstreamError(f"The answer of '{model}' is larger than {ANSWER_LIMIT} bytes")
         try:
             data = orjson.loads(raw)
@@ -113,3 +112,51 @@ async def call_model(
         metrics.in_flight.dec()
         metrics.requests.labels(label, model, str(status)).inc()
         metrics.latency.labels(label).observe(time.perf_counter() - t0)
+
+
+async def _post(ctx: ProxyContext, url: str, body: bytes, content_type: str) -> bytes | None:
+    """POST and read the whole answer (None when it is over ANSWER_LIMIT). Raises the
+    model server's error as a ProxyError, and aiohttp's transport errors as they are."""
+    async with ctx.http.post(
+        url,
+        data=body,
+        headers={"Content-Type": content_type, "Accept-Encoding": "identity"},
+        timeout=ctx.upstream_timeout,
+    ) as resp:
+        limit = _ERROR_LIMIT if resp.status >= 400 else ANSWER_LIMIT
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                if resp.status >= 400:
+                    break  # the start of an error is enough to report it
+                return None
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if resp.status >= 400:
+            raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+        return raw
+
+
+async def _while_running(
+    work: Coroutine[Any, Any, bytes | None], progress: Progress, running: str
+) -> bytes | None:
+    """Await `work`, telling the caller every RUN_TICK seconds that it still runs (this also
+    keeps MCP clients' read timeouts from firing on a long generation). Cancelling
+    cancels `work`, which closes the connection to the model server."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=RUN_TICK)
+            if done:
+                return task.result()
+            elapsed = time.monotonic() - started
+            await progress.say(
+                80.0 + 19.0 * elapsed / (elapsed + 60.0), f"{running}: {elapsed:.0f} s"
+            )
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

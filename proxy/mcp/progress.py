@@ -47,15 +47,18 @@ class Progress:
         """Seconds the load this call waited for took (None: it waited for none)."""
 
     async def say(self, value: float, message: str) -> None:
+        self.messages.append(message)
         value = min(max(value, 0.0), TOTAL)
         if value <= self.last:
             value = self.last + (TOTAL - self.last) * 0.01  # strictly rising, never past 100
+        value = round(value, 4)
+        if value <= self.last:
+            return  # no room left to rise: the message is kept, not sent
         self.last = value
-        self.messages.append(message)
         if self._report is None:
             return
         try:
-            await self._report(round(value, 2), TOTAL, message)
+            await self._report(value, TOTAL, message)
         except Exception as exc:  # the client may be gone; the call goes on
             log.debug("progress notification failed: %s", exc)
 

@@ -1,0 +1,210 @@
+"""The MCP package's pure parts: tool schemas from a model list, argument checks, rising
+progress, the event feed's load history, picture arguments and inline limits; and the
+/mcp endpoint's own refusals (key, body limit) on the unit stack (proxy_stack.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+from proxy_stack import API_KEY
+
+from proxy.feed import EventFeed
+from proxy.images import ImageStore
+from proxy.mcp.picture import INLINE_LIMIT, picture_content, read_image
+from proxy.mcp.progress import Progress
+from proxy.mcp.server import body_limit
+from proxy.mcp.tools import (
+    ArgumentError,
+    ToolFailure,
+    parse_img2img,
+    parse_img2txt,
+    parse_list_models,
+    parse_txt2img,
+    parse_txt2txt,
+    tool_list,
+)
+from proxy.settings import ProxySettings
+
+MODELS = {
+    "chat": {"id": "chat", "type": "text", "description": "A chat model.", "vision": False},
+    "eyes": {"id": "eyes", "type": "text", "description": "Sees.", "vision": True},
+    "sd": {"id": "sd", "type": "image", "sizes": ["512x512", "768x512"], "max_n": 3},
+    "xl": {"id": "xl", "type": "image", "sizes": ["1024x1024"], "max_n": 1},
+}
+
+
+def _png(width: int = 4, height: int = 3) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_tools_are_generated_from_the_model_list() -> None:
+    tools = {t.name: t for t in tool_list(MODELS)}
+    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "list_models"}
+    assert tools["txt2txt"].input_schema["properties"]["model"]["enum"] == ["chat", "eyes"]
+    assert tools["img2txt"].input_schema["properties"]["model"]["enum"] == ["eyes"]
+    img = tools["txt2img"].input_schema["properties"]
+    assert img["model"]["enum"] == ["sd", "xl"]
+    assert img["size"]["enum"] == ["1024x1024", "512x512", "768x512"]
+    assert img["n"]["maximum"] == 3
+    assert "sizes 512x512, 768x512; max_n 3" in (tools["txt2img"].description or "")
+    for tool in tools.values():
+        assert tool.input_schema["additionalProperties"] is False
+
+
+def test_img2txt_says_when_no_model_takes_images() -> None:
+    models = {k: v for k, v in MODELS.items() if k != "eyes"}
+    [tool] = [t for t in tool_list(models) if t.name == "img2txt"]
+    assert "none" in (tool.description or "") and '"vision": true' in (tool.description or "")
+    assert "enum" not in tool.input_schema["properties"]["model"]
+    with pytest.raises(ToolFailure, match="No vision model is configured"):
+        parse_img2txt(models, {"image": "AAAA"})
+
+
+@pytest.mark.parametrize(
+    ("parse", "args", "param"),
+    [
+        (parse_txt2txt, {"prompt": "x", "model": "sd"}, "model"),
+        (parse_txt2txt, {}, "prompt"),
+        (
+            parse_txt2txt,
+            {"prompt": "x", "messages": [{"role": "user", "content": "y"}]},
+            "messages",
+        ),
+        (parse_txt2txt, {"messages": [{"role": "user", "content": 3}]}, "messages[0]"),
+        (parse_txt2txt, {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        (parse_txt2txt, {"prompt": "x", "temperature": True}, "temperature"),
+        (parse_txt2txt, {"prompt": "x", "top_k": 3}, "top_k"),
+        (parse_txt2img, {"prompt": "x", "model": "xl", "size": "512x512"}, "size"),
+        (parse_txt2img, {"prompt": "x", "model": "xl", "n": 2}, "n"),
+        (parse_txt2img, {"prompt": "x", "seed": -1}, "seed"),
+        (parse_txt2img, {"prompt": ""}, "prompt"),
+        (parse_img2img, {"prompt": "x"}, "image"),
+        (parse_img2img, {"prompt": "x", "image": "AAAA", "strength": 0}, "strength"),
+        (parse_img2txt, {"image": "AAAA", "model": "chat"}, "model"),
+        (parse_img2txt, {"image": "AAAA", "prompt": "  "}, "prompt"),
+    ],
+)
+def test_bad_arguments_name_the_argument(parse, args, param) -> None:  # noqa: ANN001
+    with pytest.raises(ArgumentError) as info:
+        parse(MODELS, args)
+    assert info.value.param == param
+    assert info.value.message.startswith(f"Invalid argument '{param}': ")
+
+
+def test_list_models_takes_no_arguments() -> None:
+    with pytest.raises(ArgumentError, match="'verbose'"):
+        parse_list_models({"verbose": True})
+
+
+def test_good_arguments_become_requests() -> None:
+    chat = parse_txt2txt(MODELS, {"prompt": "hi", "system": "be brief", "max_tokens": 5})
+    assert chat.model["id"] == "chat"  # the first text model by default
+    assert chat.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert chat.options == {"max_tokens": 5}
+    image = parse_txt2img(MODELS, {"prompt": "a cat", "model": "sd", "size": "768x512", "n": 3.0})
+    assert (image.size, image.n, image.seed) == ("768x512", 3, None)
+    edit = parse_img2img(MODELS, {"prompt": "x", "image": "AAAA", "strength": 0.5})
+    assert edit.extra == {"strength": "0.5"} and edit.model["id"] == "sd"
+
+
+async def test_progress_only_rises_and_stays_within_the_total() -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def report(value: float, total: float | None, message: str | None) -> None:
+        seen.append((value, total, message))
+
+    progress = Progress(report)
+    for value in (1, 10, 9, 50, 50, 200, 80, 100):
+        await progress.say(value, f"at {value}")
+    values = [v for v, _, _ in seen]
+    assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
+    assert max(values) <= 100 and {t for _, t, _ in seen} == {100}
+
+
+async def test_progress_survives_a_client_that_is_gone() -> None:
+    async def broken(value: float, total: float | None, message: str | None) -> None:
+        raise ConnectionResetError("gone")
+
+    progress = Progress(broken)
+    await progress.say(5, "still fine")
+    assert progress.messages == ["still fine"]
+
+
+async def test_feed_remembers_load_times_and_fans_out() -> None:
+    feed = EventFeed()
+    with feed.subscribe() as sub:
+        for at, state in ((100.0, "starting"), (130.0, "ready"), (200.0, "starting")):
+            feed.publish("state", {"model": "m", "state": state, "previous": "x", "at": at})
+        assert feed.loading_since("m") == 200.0
+        feed.publish("state", {"model": "m", "state": "ready", "at": 210.0})
+        assert feed.usual_load("m") == 20.0  # median of 30 and 10
+        assert feed.usual_load("other") is None
+        assert (await sub.get()).data["state"] == "starting"
+    assert not feed._subs  # closed subscriptions stop receiving
+
+
+async def test_picture_arguments(tmp_path) -> None:  # noqa: ANN001
+    store = ImageStore(tmp_path, ttl=60)
+    png = _png()
+    b64 = base64.b64encode(png).decode()
+    assert await read_image(store, b64, "image", 10_000) == png
+    assert await read_image(store, f"data:image/png;base64,{b64}", "image", 10_000) == png
+    name = store.put(png)
+    assert await read_image(store, f"http://any-host:8080/images/{name}", "image", 10_000) == png
+    for bad, why in (
+        ("https://example.com/x.png", "image URL this proxy returned"),
+        (f"http://h/images/{'A' * 32}.png", "expired"),
+        ("data:image/png,rawtext", "must be base64"),
+        ("!!!", "not valid base64"),
+        (base64.b64encode(b"hello").decode(), "not a PNG"),
+    ):
+        with pytest.raises(ArgumentError, match=why):
+            await read_image(store, bad, "image", 10_000)
+    with pytest.raises(ArgumentError, match="larger than 10 bytes"):
+        await read_image(store, b64, "mask", 10)
+
+
+def test_big_pictures_are_linked_not_inlined() -> None:
+    small, big = "A" * 1000, "B" * (INLINE_LIMIT + 1)
+    content = picture_content([("a" * 32 + ".png", small), ("b" * 32 + ".png", big)], "http://p")
+    kinds = [c.type for c in content]
+    assert kinds == ["image", "resource_link", "resource_link"]
+    assert str(content[2].uri) == "http://p/images/" + "b" * 32 + ".png"
+
+
+def test_body_limit_fits_an_image_and_a_mask_as_base64(tmp_path) -> None:  # noqa: ANN001
+    settings = ProxySettings(manager_token="mcp-unit-Zq81xLw03kP", max_upload_bytes=3_000_000)
+    assert body_limit(settings) > 3_000_000 * 4 // 3
+
+
+async def test_mcp_refuses_a_missing_key_with_a_json_rpc_401(make_stack) -> None:  # noqa: ANN001
+    async with make_stack(api_keys=[API_KEY]) as stack:
+        r = await stack.client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        body = r.json()
+        assert body["jsonrpc"] == "2.0" and body["error"]["code"] == -32001
+        assert body["error"]["data"]["code"] == "invalid_api_key"
+
+
+async def test_mcp_refuses_a_body_over_its_limit_with_a_json_rpc_413(make_stack) -> None:  # noqa: ANN001
+    async with make_stack(max_upload_bytes=1000) as stack:
+        limit = body_limit(stack.settings)
+        r = await stack.client.post(
+            "/mcp",
+            content=b"x" * (limit + 1),
+            headers={
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+            },
+        )
+        assert r.status_code == 413
+        assert f"at most {limit}" in r.json()["error"]["message"]
