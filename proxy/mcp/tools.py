@@ -275,9 +275,8 @@ def tool_list(models: dict[str, dict]) -> list[types.Tool]:
 def _check_keys(args: dict, allowed: set[str]) -> None:
     unknown = sorted(set(args) - allowed)
     if unknown:
-        raise ArgumentError(
-            unknown[0], f"unknown argument; this tool takes {', '.join(sorted(allowed))}"
-        )
+        takes = ", ".join(sorted(allowed)) if allowed else "no arguments"
+        raise ArgumentError(unknown[0], f"unknown argument; this tool takes {takes}")
 
 
 def _text(
