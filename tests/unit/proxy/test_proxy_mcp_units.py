@@ -208,3 +208,22 @@ async def test_mcp_refuses_a_body_over_its_limit_with_a_json_rpc_413(make_stack)
         )
         assert r.status_code == 413
         assert f"at most {limit}" in r.json()["error"]["message"]
+
+
+async def test_allowed_hosts_turn_on_the_sdks_host_check(make_stack) -> None:  # noqa: ANN001
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = {"accept": "application/json, text/event-stream"}
+    async with make_stack(allowed_hosts=["homelab.lan:*"]) as stack:
+        r = await stack.client.post(
+            "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
+        )
+        assert r.status_code == 421
+        r = await stack.client.post(
+            "/mcp", json=ping, headers={**headers, "host": "homelab.lan:8080"}
+        )
+        assert r.status_code != 421
+    async with make_stack() as stack:  # unset: any Host, as on /v1
+        r = await stack.client.post(
+            "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
+        )
+        assert r.status_code != 421
