@@ -74,8 +74,6 @@ def relay_server(remote: ClientSession, instructions: str | None) -> Server[Any]
 async def serve_stdio(url: str, key: str | None) -> None:
     """Relay stdin/stdout to the proxy at `url` until stdin closes."""
     async with remote_session(url, key) as remote:
-        init = getattr(remote, "server_info", None)
-        instructions = getattr(init, "instructions", None) if init is not None else None
-        server = relay_server(remote, instructions)
+        server = relay_server(remote, remote.instructions)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())

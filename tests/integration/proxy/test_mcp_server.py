@@ -261,6 +261,7 @@ async def test_stdio_relay_serves_the_same_tools_with_progress(mcp_stack: Stack)
     async with stdio_session(_mcp_url(mcp_stack), API_KEY) as session:
         names = sorted(t.name for t in (await session.list_tools()).tools)
         assert names == ["img2img", "img2txt", "list_models", "txt2img", "txt2txt"]
+        assert "txt2img paints" in (session.instructions or "")  # the proxy's, relayed
         progress = Recorder()
         answer = await session.call_tool(
             "txt2txt",
