@@ -27,6 +27,7 @@ from proxy.mcp.tools import (
     tool_list,
 )
 from proxy.settings import ProxySettings
+from wire.events import StateEvent, SwapEvent
 
 MODELS = {
     "chat": {"id": "chat", "type": "text", "description": "A chat model.", "vision": False},
@@ -140,14 +141,20 @@ async def test_progress_survives_a_client_that_is_gone() -> None:
 
 async def test_feed_remembers_load_times_and_fans_out() -> None:
     feed = EventFeed()
+
+    def state(name: str, at: float) -> StateEvent:
+        return StateEvent(model="m", state=name, previous="stopped", at=at)
+
     with feed.subscribe() as sub:
-        for at, state in ((100.0, "starting"), (130.0, "ready"), (200.0, "starting")):
-            feed.publish("state", {"model": "m", "state": state, "previous": "x", "at": at})
+        for at, name in ((100.0, "starting"), (130.0, "ready"), (200.0, "starting")):
+            feed.publish(state(name, at))
         assert feed.loading_since("m") == 200.0
-        feed.publish("state", {"model": "m", "state": "ready", "at": 210.0})
+        feed.publish(state("ready", 210.0))
         assert feed.usual_load("m") == 20.0  # median of 30 and 10
         assert feed.usual_load("other") is None
-        assert (await sub.get()).data["state"] == "starting"
+        feed.publish(SwapEvent(from_model=None, to="m", at=220.0))
+        got = [await sub.get() for _ in range(5)]
+        assert [type(e).__name__ for e in got] == ["StateEvent"] * 4 + ["SwapEvent"]
     assert not feed._subs  # closed subscriptions stop receiving
 
 
@@ -195,19 +202,20 @@ async def test_mcp_refuses_a_missing_key_with_a_json_rpc_401(make_stack) -> None
         assert body["error"]["data"]["code"] == "invalid_api_key"
 
 
-async def test_mcp_refuses_a_body_over_its_limit_with_a_json_rpc_413(make_stack) -> None:  # noqa: ANN001
+async def test_mcp_refuses_a_body_over_its_limit_with_a_413(make_stack) -> None:  # noqa: ANN001
     async with make_stack(max_upload_bytes=1000) as stack:
         limit = body_limit(stack.settings)
-        r = await stack.client.post(
-            "/mcp",
-            content=b"x" * (limit + 1),
-            headers={
-                "content-type": "application/json",
-                "accept": "application/json, text/event-stream",
-            },
-        )
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+        }
+        r = await stack.client.post("/mcp", content=b"x" * (limit + 1), headers=headers)
         assert r.status_code == 413
-        assert f"at most {limit}" in r.json()["error"]["message"]
+        error = r.json()["error"]
+        assert error["code"] == "request_too_large" and str(limit) in error["message"]
+        # At the limit the body reaches the SDK (which refuses it as bad JSON-RPC).
+        r = await stack.client.post("/mcp", content=b"x" * limit, headers=headers)
+        assert r.status_code not in (413, 401)
 
 
 async def test_allowed_hosts_turn_on_the_sdks_host_check(make_stack) -> None:  # noqa: ANN001
