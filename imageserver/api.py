@@ -51,7 +51,7 @@ from imageserver.images import (
     prepare_image,
     prepare_mask,
 )
-from imageserver.model import EditJob, GenerateJob, ImageModel
+from imageserver.model import EditJob, GenerateJob, ImageModel, StepMeter
 from imageserver.settings import Settings
 from imageserver.worker import GpuWorker
 from wire.errors import MODEL_SERVER, install_error_handlers
@@ -146,6 +146,17 @@ async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
     status, error = host.snapshot()
     body = {"status": status, "error": error, "model": settings.served_name}
     return JSONResponse(body, status_code=503 if status == "failed" else 200)
+
+
+@router.get("/v1/progress")
+async def progress(host: HostDep) -> dict[str, Any]:
+    """The generation running now: ``{"running", "step", "steps"}`` (diffusion steps of
+    the current picture; all zero when idle, loading, or the pipeline reports none)."""
+    try:
+        meter = getattr(host.ready_model(), "meter", None)
+    except ModelNotReady:
+        meter = None
+    return meter.snapshot() if meter is not None else StepMeter().snapshot()
 
 
 @router.get("/v1/models")

@@ -44,7 +44,7 @@ from imageserver.errors import (
     OutOfMemory,
     UnsupportedTask,
 )
-from imageserver.model import Capabilities, EditJob, GenerateJob
+from imageserver.model import Capabilities, EditJob, GenerateJob, StepMeter
 from imageserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ class DiffusersModel:
         )
         config = getattr(getattr(main, "transformer", None), "config", None)
         self._guidance_embeds = bool(config is not None and config.get("guidance_embeds", False))
+        self.meter = StepMeter()
+        """Steps of the running generation, for ``GET /v1/progress``."""
 
     @property
     def pipelines(self) -> dict[str, DiffusionPipeline]:
@@ -241,6 +243,8 @@ class DiffusersModel:
                 )
             args["negative_prompt"] = job.negative_prompt
         args = {k: v for k, v in args.items() if k in params or k == "prompt"}
+        meter = self.meter
+        meter.running, meter.step, meter.steps = True, 0, job.steps
         try:
             if "num_images_per_prompt" in params:
                 return self._call(pipe, args, job.n, job.seed)
@@ -260,12 +264,27 @@ class DiffusersModel:
             raise GenerationFailed(f"the pipeline failed: {_oneline(exc)}") from exc
         except Exception as exc:
             raise GenerationFailed(f"the pipeline failed: {_oneline(exc)}") from exc
+        finally:
+            meter.running = False
+
+    def _on_step(
+        self, pipe: DiffusionPipeline, index: int, timestep: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """diffusers' ``callback_on_step_end``: count the step, change nothing."""
+        total = getattr(pipe, "num_timesteps", None)
+        if isinstance(total, int) and total > 0:
+            self.meter.steps = total
+        self.meter.step = index + 1
+        return kwargs
 
     def _call(
         self, pipe: DiffusionPipeline, args: dict[str, Any], n: int | None, seed: int
     ) -> list[Image]:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         extra: dict[str, Any] = {"generator": generator, "output_type": "pil"}
+        if "callback_on_step_end" in _call_params(pipe):
+            extra["callback_on_step_end"] = self._on_step
+        self.meter.step = 0
         if n is not None:
             extra["num_images_per_prompt"] = n
         output = pipe(**args, **extra)

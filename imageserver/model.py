@@ -66,6 +66,23 @@ class EditJob:
     strength: float | None = None
 
 
+@dataclass
+class StepMeter:
+    """The diffusion steps of the generation running now (``GET /v1/progress``).
+
+    Written by the worker thread (the pipeline's step callback), read by the event
+    loop: plain attribute writes, a reader may see one step old. `step` counts the
+    current picture's finished steps; `steps` is that picture's total (img2img runs
+    fewer than `steps` x 1 when `strength` < 1)."""
+
+    running: bool = False
+    step: int = 0
+    steps: int = 0
+
+    def snapshot(self) -> dict[str, bool | int]:
+        return {"running": self.running, "step": self.step, "steps": self.steps}
+
+
 @runtime_checkable
 class ImageModel(Protocol):
     """A loaded pipeline. Calls block; one at a time (the worker guarantees it)."""

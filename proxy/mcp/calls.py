@@ -33,6 +33,9 @@ ANSWER_LIMIT = 256 * 1024 * 1024
 _ERROR_LIMIT = 1 << 20
 RUN_TICK = 5.0
 """Seconds between "still running" progress notifications while the model server works."""
+STEP_POLL = 0.5
+"""Seconds between reads of an image server's diffusion steps."""
+_POLL_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -58,8 +61,12 @@ async def call_model(
     content_type: str,
     progress: Progress,
     running: str,
+    steps: bool = False,
 ) -> Answer:
     """POST `body` to `endpoint` of `model`'s server under a lease; the answer as JSON.
+
+    With `steps` (image models) the image server's ``GET /v1/progress`` is polled while
+    it works, and each new diffusion step is reported ("step N of M").
 
     `running` is the progress message sent once the model server has the request.
     Raises ProxyError subclasses (the manager's and the model server's errors too).
@@ -80,8 +87,9 @@ async def call_model(
         t1 = time.perf_counter()
         lease = held.lease
         try:
+            poll = StepPoll(ctx, lease.base_url) if steps else None
             raw = await _while_running(
-                _post(ctx, lease.base_url + endpoint, body, content_type), progress, running
+                _post(ctx, lease.base_url + endpoint, body, content_type), progress, running, poll
             )
         except _TRANSPORT_ERRORS as exc:
             held.discard()
@@ -138,23 +146,70 @@ async def _post(ctx: ProxyContext, url: str, body: bytes, content_type: str) -> 
         return raw
 
 
+class StepPoll:
+    """Reads the image server's ``GET /v1/progress`` (`imageserver.model.StepMeter`).
+
+    A server without it (404, an older image server or a stand-in) is not asked again.
+    Never raises: progress is only a message."""
+
+    def __init__(self, ctx: ProxyContext, base_url: str) -> None:
+        self._ctx, self._url = ctx, base_url + "/v1/progress"
+        self.dead = False
+
+    async def __call__(self) -> tuple[int, int] | None:
+        """(step, steps) of the running generation, or None."""
+        if self.dead:
+            return None
+        try:
+            async with self._ctx.http.get(self._url, timeout=_POLL_TIMEOUT) as resp:
+                if resp.status == 404:
+                    self.dead = True
+                    return None
+                data = await resp.json(content_type=None) if resp.status == 200 else None
+        except (*_TRANSPORT_ERRORS, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("running") is not True:
+            return None
+        step, total = data.get("step"), data.get("steps")
+        if isinstance(step, int) and isinstance(total, int) and 0 < step <= total:
+            return step, total
+        return None
+
+
 async def _while_running(
-    work: Coroutine[Any, Any, bytes | None], progress: Progress, running: str
+    work: Coroutine[Any, Any, bytes | None],
+    progress: Progress,
+    running: str,
+    poll: StepPoll | None = None,
 ) -> bytes | None:
-    """Await `work`, telling the caller every RUN_TICK seconds that it still runs (this also
-    keeps MCP clients' read timeouts from firing on a long generation). Cancelling
-    cancels `work`, which closes the connection to the model server."""
+    """Await `work`, reporting each new diffusion step `poll` finds (every STEP_POLL s) and,
+    every RUN_TICK seconds without news, how long it has been running (which also keeps
+    MCP clients' read timeouts from firing on a long generation). Cancelling cancels
+    `work`, which closes the connection to the model server."""
     task = asyncio.ensure_future(work)
-    started = time.monotonic()
+    started = last_said = time.monotonic()
+    last_step: tuple[int, int] | None = None
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=RUN_TICK)
+            polling = poll is not None and not poll.dead
+            done, _ = await asyncio.wait({task}, timeout=STEP_POLL if polling else RUN_TICK)
             if done:
                 return task.result()
-            elapsed = time.monotonic() - started
-            await progress.say(
-                80.0 + 19.0 * elapsed / (elapsed + 60.0), f"{running}: {elapsed:.0f} s"
-            )
+            now = time.monotonic()
+            if polling and poll is not None:
+                step = await poll()
+                if step is not None and step != last_step:
+                    last_step, last_said = step, now
+                    await progress.say(
+                        80.0 + 19.0 * step[0] / step[1], f"{running}: step {step[0]} of {step[1]}"
+                    )
+                    continue
+            if now - last_said >= RUN_TICK - 0.01:
+                last_said = now
+                elapsed = now - started
+                await progress.say(
+                    80.0 + 19.0 * elapsed / (elapsed + 60.0), f"{running}: {elapsed:.0f} s"
+                )
     finally:
         if not task.done():
             task.cancel()

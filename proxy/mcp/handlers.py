@@ -64,7 +64,7 @@ def _chat_result(model: str, answer: Answer) -> types.CallToolResult:
 async def run_txt2txt(
     ctx: ProxyContext, args: ChatArgs, progress: Progress
 ) -> types.CallToolResult:
-    model = args.model["id"]
+    model = args.model.id
     body = orjson.dumps({"model": model, "messages": args.messages, **args.options})
     answer = await call_model(
         ctx,
@@ -82,7 +82,7 @@ async def run_txt2txt(
 async def run_img2txt(
     ctx: ProxyContext, args: VisionArgs, progress: Progress
 ) -> types.CallToolResult:
-    model = args.model["id"]
+    model = args.model.id
     if is_http_url(args.image) and not is_own_image_url(args.image):
         url = args.image.strip()  # a foreign URL: the model server fetches it, as on /v1
     else:
@@ -117,7 +117,7 @@ async def run_img2txt(
 
 def _image_fields(args: ImageArgs, seed: int) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "model": args.model["id"],
+        "model": args.model.id,
         "prompt": args.prompt,
         "n": args.n,
         "seed": seed,
@@ -152,10 +152,10 @@ def _store(ctx: ProxyContext, answer: Answer, model: str) -> list[tuple[str, str
 async def _picture_result(
     ctx: ProxyContext, args: ImageArgs, seed: int, answer: Answer, base_url: str | None
 ) -> types.CallToolResult:
-    model = args.model["id"]
+    model = args.model.id
     pictures = await asyncio.to_thread(_store, ctx, answer, model)
     urls = [f"{base_url}/images/{name}" for name, _ in pictures] if base_url else []
-    size = answer.data.get("size") or args.size or (args.model.get("sizes") or [None])[0]
+    size = answer.data.get("size") or args.size or (args.model.sizes or [None])[0]
     meta = {
         "model": model,
         "seed": seed,
@@ -176,7 +176,7 @@ async def run_txt2img(
     ctx: ProxyContext, args: ImageArgs, progress: Progress, base_url: str | None
 ) -> types.CallToolResult:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    model = args.model["id"]
+    model = args.model.id
     body = orjson.dumps(_image_fields(args, seed))
     answer = await call_model(
         ctx,
@@ -187,6 +187,7 @@ async def run_txt2img(
         "application/json",
         progress,
         running=f"{model} is painting {args.n} picture(s)",
+        steps=True,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -217,7 +218,7 @@ async def run_img2img(
     if sum(map(len, files.values())) > limit:
         raise ArgumentError("mask", f"image and mask together are larger than {limit} bytes")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    model = args.model["id"]
+    model = args.model.id
     body, ctype = _multipart(_image_fields(args, seed), files)
     answer = await call_model(
         ctx,
@@ -228,6 +229,7 @@ async def run_img2img(
         ctype,
         progress,
         running=f"{model} is editing the picture",
+        steps=True,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -240,17 +242,17 @@ async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
         usual = ctx.feed.usual_load(name)
         row = {
             "id": name,
-            "type": m.get("type"),
-            "state": m.get("state"),
-            "loaded": m.get("state") in RESIDENT,
-            "vision": bool(m.get("vision")),
+            "type": m.type,
+            "state": m.state,
+            "loaded": m.state in RESIDENT,
+            "vision": bool(m.vision),
             "usual_load_s": round(usual, 1) if usual is not None else None,
-            "waiting": m.get("waiting"),
-            "description": m.get("description") or "",
+            "waiting": m.waiting,
+            "description": m.description,
         }
-        if m.get("type") == "image":
-            row["sizes"] = m.get("sizes")
-            row["max_n"] = m.get("max_n")
+        if m.type == "image":
+            row["sizes"] = m.sizes
+            row["max_n"] = m.max_n
         rows.append(row)
     resident = [r["id"] for r in rows if r["loaded"]]
     lines = [f"loaded now: {', '.join(resident) or 'nothing'}"]

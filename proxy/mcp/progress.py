@@ -79,11 +79,11 @@ async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
         models = await ctx.manager.models(max_age=0.5)
     except Exception:  # the lease request reports manager trouble; this is only a message
         return f"waiting for {model}", False
-    me = models.get(model, {})
-    resident = [m for m in models.values() if m.get("state") in RESIDENT]
-    ahead = sum(int(m.get("waiting") or 0) for m in models.values())
-    now = ", ".join(f"{m['id']} ({m['state']})" for m in resident) or "nothing"
-    if me.get("state") == "starting":
+    me = models.get(model)
+    resident = [m for m in models.values() if m.state in RESIDENT]
+    ahead = sum(m.waiting for m in models.values())
+    now = ", ".join(f"{m.id} ({m.state})" for m in resident) or "nothing"
+    if me is not None and me.state == "starting":
         return f"loading {model}", True
     return (
         f"queued for {model}: {ahead} request(s) waiting at the manager; loaded now: {now}",

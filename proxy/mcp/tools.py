@@ -1,7 +1,7 @@
 """The MCP tools, generated from the manager's model list, and their argument checks.
 
-`tool_list(models)` turns the manager's ModelStatus objects (what ``GET /v1/models``
-shows) into the five tools, so a model added to models.json appears in the enums
+`tool_list(models)` turns the manager's `wire.models.ModelStatus` objects (what
+``GET /v1/models`` shows) into the five tools, so a model added to models.json appears in the enums
 as soon as the proxy's model list is fresh. The ``parse_*`` functions check a
 call's arguments against the same list and raise `ArgumentError` naming the
 argument; the JSON schemas say the same things up front, so a careful agent
@@ -19,11 +19,16 @@ from typing import Any
 
 from mcp import types
 
+from wire.models import ModelStatus
+
 MAX_PROMPT_CHARS = 32_000
 MAX_MESSAGES = 200
 MAX_TOKENS = 32_768
 MAX_SEED = 2**32 - 1
 ROLES = ("system", "user", "assistant")
+
+Models = dict[str, ModelStatus]
+"""The manager's model list as `ManagerClient.models()` gives it, keyed by id."""
 
 
 class ToolFailure(Exception):
@@ -42,11 +47,9 @@ class ArgumentError(ToolFailure):
         self.param = param
 
 
-def _names(models: dict[str, dict], *, kind: str, vision: bool = False) -> list[str]:
+def _names(models: Models, *, kind: str, vision: bool = False) -> list[str]:
     return sorted(
-        name
-        for name, m in models.items()
-        if m.get("type") == kind and (not vision or m.get("vision") is True)
+        name for name, m in models.items() if m.type == kind and (not vision or m.vision is True)
     )
 
 
@@ -58,14 +61,14 @@ def _model_prop(names: list[str], what: str) -> dict:
     return prop
 
 
-def _described(models: dict[str, dict], names: list[str]) -> str:
+def _described(models: Models, names: list[str]) -> str:
     lines = []
     for name in names:
         m = models[name]
         extra = ""
-        if m.get("type") == "image":
-            extra = f" sizes {', '.join(m.get('sizes') or [])}; max_n {m.get('max_n')}."
-        desc = str(m.get("description") or "").strip()
+        if m.type == "image":
+            extra = f" sizes {', '.join(m.sizes or [])}; max_n {m.max_n}."
+        desc = m.description.strip()
         lines.append(f"- {name}: {desc or '(no description)'}{extra}")
     return "\n".join(lines) if lines else "- (none configured)"
 
@@ -77,13 +80,13 @@ _LOAD_NOTE = (
 )
 
 
-def tool_list(models: dict[str, dict]) -> list[types.Tool]:
+def tool_list(models: Models) -> list[types.Tool]:
     """The five tools for the models in `models` (the manager's ModelStatus by id)."""
     text = _names(models, kind="text")
     image = _names(models, kind="image")
     vision = _names(models, kind="text", vision=True)
-    sizes = sorted({s for n in image for s in models[n].get("sizes") or []})
-    max_n = max((int(models[n].get("max_n") or 1) for n in image), default=1)
+    sizes = sorted({s for n in image for s in models[n].sizes or []})
+    max_n = max((models[n].max_n or 1 for n in image), default=1)
     image_input = {
         "type": "string",
         "description": (
@@ -320,7 +323,7 @@ def _number(
     return float(value)
 
 
-def pick_model(models: dict[str, dict], args: dict, *, kind: str, vision: bool = False) -> dict:
+def pick_model(models: Models, args: dict, *, kind: str, vision: bool = False) -> ModelStatus:
     """The ModelStatus of the `model` argument (default: the first of its kind)."""
     names = _names(models, kind=kind, vision=vision)
     what = "vision model" if vision else f"{kind} model"
@@ -342,7 +345,7 @@ def pick_model(models: dict[str, dict], args: dict, *, kind: str, vision: bool =
 
 @dataclass
 class ChatArgs:
-    model: dict
+    model: ModelStatus
     messages: list[dict]
     options: dict = field(default_factory=dict)
 
@@ -358,7 +361,7 @@ def _sampling(args: dict) -> dict:
     return options
 
 
-def parse_txt2txt(models: dict[str, dict], args: dict) -> ChatArgs:
+def parse_txt2txt(models: Models, args: dict) -> ChatArgs:
     _check_keys(args, {"model", "prompt", "system", "messages", "temperature", "max_tokens"})
     model = pick_model(models, args, kind="text")
     prompt = _text(args, "prompt")
@@ -395,7 +398,7 @@ def parse_txt2txt(models: dict[str, dict], args: dict) -> ChatArgs:
 
 @dataclass
 class ImageArgs:
-    model: dict
+    model: ModelStatus
     prompt: str
     size: str | None
     n: int
@@ -403,23 +406,23 @@ class ImageArgs:
     extra: dict = field(default_factory=dict)
 
 
-def _image_common(models: dict[str, dict], args: dict) -> ImageArgs:
+def _image_common(models: Models, args: dict) -> ImageArgs:
     model = pick_model(models, args, kind="image")
     prompt = _text(args, "prompt", required=True)
     assert prompt is not None
     size = args.get("size")
-    sizes = list(model.get("sizes") or [])
+    sizes = list(model.sizes or [])
     if size is not None and (not isinstance(size, str) or (sizes and size not in sizes)):
         raise ArgumentError(
-            "size", f"model '{model['id']}' takes only these sizes: {', '.join(sizes)}"
+            "size", f"model '{model.id}' takes only these sizes: {', '.join(sizes)}"
         )
-    max_n = int(model.get("max_n") or 1)
+    max_n = model.max_n or 1
     n = _int(args, "n", 1, max_n)
     seed = _int(args, "seed", 0, MAX_SEED)
     return ImageArgs(model=model, prompt=prompt, size=size, n=n or 1, seed=seed)
 
 
-def parse_txt2img(models: dict[str, dict], args: dict) -> ImageArgs:
+def parse_txt2img(models: Models, args: dict) -> ImageArgs:
     _check_keys(args, {"model", "prompt", "size", "n", "seed", "negative_prompt"})
     parsed = _image_common(models, args)
     negative = _text(args, "negative_prompt")
@@ -434,7 +437,7 @@ class EditArgs(ImageArgs):
     mask: str | None = None
 
 
-def parse_img2img(models: dict[str, dict], args: dict) -> EditArgs:
+def parse_img2img(models: Models, args: dict) -> EditArgs:
     _check_keys(args, {"model", "image", "prompt", "mask", "strength", "size", "n", "seed"})
     image = args.get("image")
     if not isinstance(image, str) or not image.strip():
@@ -452,13 +455,13 @@ def parse_img2img(models: dict[str, dict], args: dict) -> EditArgs:
 
 @dataclass
 class VisionArgs:
-    model: dict
+    model: ModelStatus
     image: str
     prompt: str
     options: dict = field(default_factory=dict)
 
 
-def parse_img2txt(models: dict[str, dict], args: dict) -> VisionArgs:
+def parse_img2txt(models: Models, args: dict) -> VisionArgs:
     _check_keys(args, {"model", "image", "prompt", "temperature", "max_tokens"})
     model = pick_model(models, args, kind="text", vision=True)
     image = args.get("image")

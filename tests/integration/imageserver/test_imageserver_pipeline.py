@@ -100,6 +100,28 @@ def test_generate_and_edit_on_the_cpu(tiny_pipeline: Path) -> None:
     assert [im.size for im in inpainted] == [(64, 64)]
 
 
+def test_the_step_meter_counts_the_real_pipelines_steps(tiny_pipeline: Path) -> None:
+    model = load(tiny_pipeline)
+    seen: list[tuple[bool, int, int]] = []
+    original = model._on_step
+
+    def spy(pipe, index, timestep, kwargs):  # noqa: ANN001, ANN202
+        out = original(pipe, index, timestep, kwargs)
+        seen.append((model.meter.running, model.meter.step, model.meter.steps))
+        return out
+
+    model._on_step = spy
+    model.generate(GenerateJob(prompt="p", n=1, width=64, height=64, steps=3, seed=1))
+    assert seen == [(True, 1, 3), (True, 2, 3), (True, 3, 3)]
+    assert model.meter.snapshot() == {"running": False, "step": 3, "steps": 3}
+    seen.clear()
+    source = Image.new("RGB", (64, 64), (10, 200, 10))
+    model.edit(
+        EditJob(prompt="p", image=source, n=1, width=64, height=64, steps=4, seed=1, strength=0.5)
+    )
+    assert seen == [(True, 1, 2), (True, 2, 2)]  # strength 0.5 of 4 steps: 2 run
+
+
 def test_bf16_and_the_memory_options_load_and_generate(tiny_pipeline: Path) -> None:
     import torch
 

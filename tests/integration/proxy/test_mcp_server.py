@@ -47,8 +47,11 @@ SLOW_LOAD_S = "20"
 
 
 def _models() -> dict:
+    models = fake_models(slow_load=SLOW_LOAD_S)
+    # Each picture takes 2.5 s, over which the stand-in's GET /v1/progress counts 2 steps.
+    models["paint"]["env"]["FAKEVLLM_RESPONSE_DELAY"] = "2.5"
     return {
-        **fake_models(slow_load=SLOW_LOAD_S),
+        **models,
         "look": fake_entry(
             "text",
             vision=True,
@@ -149,7 +152,13 @@ async def test_chat_then_a_swap_to_paint_and_an_edit_with_progress(mcp_stack: St
         unloading = said.index("unloading chat to make room for paint")
         loading = next(i for i, m in enumerate(said) if m.startswith("loading paint: "))
         loaded = next(i for i, m in enumerate(said) if m.startswith("loaded paint in "))
-        assert unloading < loading < loaded < said.index("paint is painting 1 picture(s)"), said
+        painting = said.index("paint is painting 1 picture(s)")
+        assert unloading < loading < loaded < painting, said
+        # Then the diffusion steps, as the image server reports them.
+        steps = [
+            m for m in said[painting:] if m.startswith("paint is painting 1 picture(s): step ")
+        ]
+        assert steps and steps[-1] == "paint is painting 1 picture(s): step 2 of 2", said
         assert progress.rising(), progress.seen
         assert all(total == 100 for _, total, _ in progress.seen)
         [picture] = pictures(made)

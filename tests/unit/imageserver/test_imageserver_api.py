@@ -21,6 +21,7 @@ from imageserver_fakes import (
 )
 
 from imageserver.errors import GenerationFailed, LoadFailed
+from imageserver.model import StepMeter
 
 
 async def wait_status(client: httpx.AsyncClient, want: str) -> dict:
@@ -245,6 +246,21 @@ async def test_models_lists_the_one_model() -> None:
         "edit": True,
         "inpaint": True,
     }
+
+
+async def test_progress_reports_the_running_generations_steps() -> None:
+    model = FakeModel()
+    async with serve(settings(), loader_for(model)) as client:
+        idle = {"running": False, "step": 0, "steps": 0}
+        assert (await client.get("/v1/progress")).json() == idle  # loading
+        await wait_status(client, "ready")
+        assert (await client.get("/v1/progress")).json() == idle  # no meter: nothing to say
+        model.meter = StepMeter(running=True, step=3, steps=20)  # what the pipeline writes
+        assert (await client.get("/v1/progress")).json() == {
+            "running": True,
+            "step": 3,
+            "steps": 20,
+        }
 
 
 async def test_edit_with_and_without_mask() -> None:

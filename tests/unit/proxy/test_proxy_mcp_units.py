@@ -28,12 +28,18 @@ from proxy.mcp.tools import (
 )
 from proxy.settings import ProxySettings
 from wire.events import StateEvent, SwapEvent
+from wire.models import ModelStatus
+
+
+def _status(name: str, kind: str, **extra: object) -> ModelStatus:
+    return ModelStatus(id=name, type=kind, state="stopped", since=0.0, **extra)
+
 
 MODELS = {
-    "chat": {"id": "chat", "type": "text", "description": "A chat model.", "vision": False},
-    "eyes": {"id": "eyes", "type": "text", "description": "Sees.", "vision": True},
-    "sd": {"id": "sd", "type": "image", "sizes": ["512x512", "768x512"], "max_n": 3},
-    "xl": {"id": "xl", "type": "image", "sizes": ["1024x1024"], "max_n": 1},
+    "chat": _status("chat", "text", description="A chat model.", vision=False),
+    "eyes": _status("eyes", "text", description="Sees.", vision=True),
+    "sd": _status("sd", "image", sizes=["512x512", "768x512"], max_n=3),
+    "xl": _status("xl", "image", sizes=["1024x1024"], max_n=1),
 }
 
 
@@ -104,7 +110,7 @@ def test_list_models_takes_no_arguments() -> None:
 
 def test_good_arguments_become_requests() -> None:
     chat = parse_txt2txt(MODELS, {"prompt": "hi", "system": "be brief", "max_tokens": 5})
-    assert chat.model["id"] == "chat"  # the first text model by default
+    assert chat.model.id == "chat"  # the first text model by default
     assert chat.messages == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
@@ -113,7 +119,7 @@ def test_good_arguments_become_requests() -> None:
     image = parse_txt2img(MODELS, {"prompt": "a cat", "model": "sd", "size": "768x512", "n": 3.0})
     assert (image.size, image.n, image.seed) == ("768x512", 3, None)
     edit = parse_img2img(MODELS, {"prompt": "x", "image": "AAAA", "strength": 0.5})
-    assert edit.extra == {"strength": "0.5"} and edit.model["id"] == "sd"
+    assert edit.extra == {"strength": "0.5"} and edit.model.id == "sd"
 
 
 async def test_progress_only_rises_and_stays_within_the_total() -> None:
