@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from proxy.asgi import TRANSPORT_ERRORS
 from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.mcp.progress import Progress, wait_for_lease
@@ -36,7 +37,6 @@ RUN_TICK = 5.0
 STEP_POLL = 0.5
 """Seconds between reads of an image server's diffusion steps."""
 _POLL_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass
@@ -91,7 +91,7 @@ async def call_model(
             raw = await _while_running(
                 _post(ctx, lease.base_url + endpoint, body, content_type), progress, running, poll
             )
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             held.discard()
             raise UpstreamError(
                 f"The model server of '{model}' at {lease.base_url} failed: "
@@ -166,7 +166,7 @@ class StepPoll:
                     self.dead = True
                     return None
                 data = await resp.json(content_type=None) if resp.status == 200 else None
-        except (*_TRANSPORT_ERRORS, ValueError):
+        except (*TRANSPORT_ERRORS, ValueError):
             return None
         if not isinstance(data, dict) or data.get("running") is not True:
             return None
