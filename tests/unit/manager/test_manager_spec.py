@@ -50,7 +50,9 @@ def test_schema_key_is_allowed_and_ignored():
 
 
 def test_vision_is_an_optional_flag_of_text_models_only():
-    catalogue = parse_catalogue({"a": TEXT, "v": TEXT | {"vision": True, "container": "v", "port": 8003}})
+    catalogue = parse_catalogue(
+        {"a": TEXT, "v": TEXT | {"vision": True, "container": "v", "port": 8003}}
+    )
     assert catalogue.models["a"].vision is False and catalogue.models["v"].vision is True
     with pytest.raises(CatalogueError) as info:
         parse_catalogue({"b": IMAGE | {"vision": True}}, source="models.json")
