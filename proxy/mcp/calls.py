@@ -43,7 +43,7 @@ _POLL_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 class Answer:
     """A model server's JSON answer and what the call cost (seconds)."""
 
-    data: dict
+    data: dict[str, Any]
     waited: float
     """Until the lease was granted: queueing plus any swap (including the load)."""
     ran: float

@@ -155,7 +155,9 @@ async def _picture_result(
     model = args.model.id
     pictures = await asyncio.to_thread(_store, ctx, answer, model)
     urls = [f"{base_url}/images/{name}" for name, _ in pictures] if base_url else []
-    size = answer.data.get("size") or args.size or (args.model.sizes or [None])[0]
+    size = (
+        answer.data.get("size") or args.size or (args.model.sizes[0] if args.model.sizes else None)
+    )
     meta = {
         "model": model,
         "seed": seed,
@@ -236,11 +238,11 @@ async def run_img2img(
 
 async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
     models = await ctx.manager.models(max_age=0.5)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in sorted(models):
         m = models[name]
         usual = ctx.feed.usual_load(name)
-        row = {
+        row: dict[str, Any] = {
             "id": name,
             "type": m.type,
             "state": m.state,

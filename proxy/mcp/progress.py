@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from proxy.context import ProxyContext
 from proxy.lease_pool import LeaseUse
@@ -105,17 +106,18 @@ async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> L
     with ctx.feed.subscribe() as events:
         acquire = asyncio.ensure_future(ctx.manager.acquire(model))
         try:
-            done, _ = await asyncio.wait({acquire}, timeout=0.2)
-            if done:
+            granted, _ = await asyncio.wait({acquire}, timeout=0.2)
+            if granted:
                 return acquire.result()
             text, loading = await _queued_text(ctx, model)
             started = ctx.feed.loading_since(model) if loading else None
             await progress.say(10.0 if loading else 1.0, text)
             while True:
                 next_event = asyncio.ensure_future(events.get())
+                pending: set[asyncio.Future[Any]] = {acquire, next_event}
                 try:
                     done, _ = await asyncio.wait(
-                        {acquire, next_event}, timeout=TICK, return_when=asyncio.FIRST_COMPLETED
+                        pending, timeout=TICK, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     if not next_event.done():

@@ -53,7 +53,7 @@ def _names(models: Models, *, kind: str, vision: bool = False) -> list[str]:
     )
 
 
-def _model_prop(names: list[str], what: str) -> dict:
+def _model_prop(names: list[str], what: str) -> dict[str, Any]:
     prop: dict[str, Any] = {"type": "string", "description": what}
     if names:
         prop["enum"] = names
@@ -102,7 +102,7 @@ def tool_list(models: Models) -> list[types.Tool]:
         "description": "Random seed; the same seed and arguments give the same picture. "
         "Omitted: a random one (reported in the result).",
     }
-    size = {
+    size: dict[str, Any] = {
         "type": "string",
         "description": "Width x height. Each model takes only its own sizes (see above); "
         "omitted: the model's first size.",
@@ -275,7 +275,7 @@ def tool_list(models: Models) -> list[types.Tool]:
 # -- argument checks ----------------------------------------------------------------
 
 
-def _check_keys(args: dict, allowed: set[str]) -> None:
+def _check_keys(args: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(args) - allowed)
     if unknown:
         takes = ", ".join(sorted(allowed)) if allowed else "no arguments"
@@ -283,7 +283,7 @@ def _check_keys(args: dict, allowed: set[str]) -> None:
 
 
 def _text(
-    args: dict, name: str, *, required: bool = False, default: str | None = None
+    args: dict[str, Any], name: str, *, required: bool = False, default: str | None = None
 ) -> str | None:
     value = args.get(name)
     if value is None:
@@ -297,7 +297,7 @@ def _text(
     return value
 
 
-def _int(args: dict, name: str, low: int, high: int) -> int | None:
+def _int(args: dict[str, Any], name: str, low: int, high: int) -> int | None:
     value = args.get(name)
     if value is None:
         return None
@@ -309,7 +309,7 @@ def _int(args: dict, name: str, low: int, high: int) -> int | None:
 
 
 def _number(
-    args: dict, name: str, low: float, high: float, *, open_low: bool = False
+    args: dict[str, Any], name: str, low: float, high: float, *, open_low: bool = False
 ) -> float | None:
     value = args.get(name)
     if value is None:
@@ -323,7 +323,9 @@ def _number(
     return float(value)
 
 
-def pick_model(models: Models, args: dict, *, kind: str, vision: bool = False) -> ModelStatus:
+def pick_model(
+    models: Models, args: dict[str, Any], *, kind: str, vision: bool = False
+) -> ModelStatus:
     """The ModelStatus of the `model` argument (default: the first of its kind)."""
     names = _names(models, kind=kind, vision=vision)
     what = "vision model" if vision else f"{kind} model"
@@ -346,11 +348,11 @@ def pick_model(models: Models, args: dict, *, kind: str, vision: bool = False) -
 @dataclass
 class ChatArgs:
     model: ModelStatus
-    messages: list[dict]
-    options: dict = field(default_factory=dict)
+    messages: list[dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def _sampling(args: dict) -> dict:
+def _sampling(args: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     temperature = _number(args, "temperature", 0, 2)
     if temperature is not None:
@@ -361,7 +363,7 @@ def _sampling(args: dict) -> dict:
     return options
 
 
-def parse_txt2txt(models: Models, args: dict) -> ChatArgs:
+def parse_txt2txt(models: Models, args: dict[str, Any]) -> ChatArgs:
     _check_keys(args, {"model", "prompt", "system", "messages", "temperature", "max_tokens"})
     model = pick_model(models, args, kind="text")
     prompt = _text(args, "prompt")
@@ -403,10 +405,10 @@ class ImageArgs:
     size: str | None
     n: int
     seed: int | None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _image_common(models: Models, args: dict) -> ImageArgs:
+def _image_common(models: Models, args: dict[str, Any]) -> ImageArgs:
     model = pick_model(models, args, kind="image")
     prompt = _text(args, "prompt", required=True)
     assert prompt is not None
@@ -422,7 +424,7 @@ def _image_common(models: Models, args: dict) -> ImageArgs:
     return ImageArgs(model=model, prompt=prompt, size=size, n=n or 1, seed=seed)
 
 
-def parse_txt2img(models: Models, args: dict) -> ImageArgs:
+def parse_txt2img(models: Models, args: dict[str, Any]) -> ImageArgs:
     _check_keys(args, {"model", "prompt", "size", "n", "seed", "negative_prompt"})
     parsed = _image_common(models, args)
     negative = _text(args, "negative_prompt")
@@ -437,7 +439,7 @@ class EditArgs(ImageArgs):
     mask: str | None = None
 
 
-def parse_img2img(models: Models, args: dict) -> EditArgs:
+def parse_img2img(models: Models, args: dict[str, Any]) -> EditArgs:
     _check_keys(args, {"model", "image", "prompt", "mask", "strength", "size", "n", "seed"})
     image = args.get("image")
     if not isinstance(image, str) or not image.strip():
@@ -458,10 +460,10 @@ class VisionArgs:
     model: ModelStatus
     image: str
     prompt: str
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_img2txt(models: Models, args: dict) -> VisionArgs:
+def parse_img2txt(models: Models, args: dict[str, Any]) -> VisionArgs:
     _check_keys(args, {"model", "image", "prompt", "temperature", "max_tokens"})
     model = pick_model(models, args, kind="text", vision=True)
     image = args.get("image")
@@ -474,7 +476,7 @@ def parse_img2txt(models: Models, args: dict) -> VisionArgs:
     return VisionArgs(model=model, image=image, prompt=prompt, options=_sampling(args))
 
 
-def parse_list_models(args: dict) -> None:
+def parse_list_models(args: dict[str, Any]) -> None:
     _check_keys(args, set())
 
 
