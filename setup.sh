@@ -39,7 +39,7 @@ VLLM_VERSION="0.32.0"
 # wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
 # libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
 # kernels, vllm._C).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables ca-certificates libatomic1 libnuma1)
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables ca-certificates libatomic1 libnuma1 redis-server)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -250,7 +250,8 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a line
   4. starts the proxy and web UI as the container NAME (default $PROXY_CONTAINER),
      --restart unless-stopped, port N (default 8080), generated images in the volume
-     homelab-proxy-images; recreated only when its settings changed
+     homelab-proxy-images, the job store (docs/jobs.md) in homelab-proxy-state;
+     recreated only when its settings changed
   5. waits for /healthz, then asks /readyz whether it reaches the manager and prints
      the URL (a manager that does not answer yet is a warning, not a failure)
 EOF
@@ -283,6 +284,7 @@ ensure_apt_packages() {
         command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
         command -v chromium >/dev/null 2>&1 || missing+=(chromium)
         command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
         if ((${#missing[@]})); then
             die "this is not a Debian system and these are missing: ${missing[*]}. Install them with your package manager, then rerun."
         fi
@@ -968,6 +970,7 @@ cmd_server() {
         --env-file "$env_file" \
         --add-host host.docker.internal:host-gateway \
         -v homelab-proxy-images:/var/lib/homelab-ai/images \
+        -v homelab-proxy-state:/var/lib/homelab-ai/state \
         "$PROXY_IMAGE"
     wait_healthz "$name" "http://127.0.0.1:$port/healthz"
     local ready

@@ -2,7 +2,7 @@
 
     python -m bench.report
 
-Reads whichever of latency, streaming, swap, storm, memory exist; a missing one is
+Reads whichever of latency, streaming, swap, storm, jobs, memory exist; a missing one is
 reported as not run.
 The findings section is computed from the same numbers, with the thresholds
 written next to each statement.
@@ -304,6 +304,35 @@ def _storm_section(sm: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _jobs_section(jb: dict) -> tuple[str, list[str]]:
+    s, cfg = jb["summary"], jb["settings"]
+    out = [
+        '<a id="jobs-vs-interactive"></a>\n\n## Jobs vs interactive: the same requests, side by side\n'
+    ]
+    out.append(
+        f"`{jb.get('command', 'python -m bench.jobs')}`: {cfg['requests']} chat requests, {cfg['pattern']}, "
+        f"process runtime, each model server starting in {cfg['load_seconds']:g} s, model A resident at "
+        "the start of each phase. *Interactive*: all sent at once to `/v1/chat/completions`. *Jobs*: the "
+        "same bodies as one batch (`/v1/files` + `/v1/batches`), timed from the upload until the batch "
+        "reads `completed`. Swaps: the manager's swap events during each phase. Manager settings: "
+        f"{' '.join(f'{k}={v}' for k, v in cfg.get('manager_env', {}).items()) or 'defaults'}."
+    )
+    rows = []
+    for name, key in (("interactive, all at once", "interactive"), ("jobs, one batch", "jobs")):
+        p = s[key]
+        rows.append([name, p["ok"], p["errors"], p["swaps"], fmt(p["wall_s"], 2)])
+    rows.append(["jobs / interactive", "", "", fmt(s["swap_ratio"], 3), fmt(s["time_ratio"], 3)])
+    out.append("\n" + table(["", "answered", "errors", "swaps", "total s"], rows))
+    i, j = s["interactive"], s["jobs"]
+    findings = [
+        f"Jobs: {cfg['requests']} requests over two models as one batch cost {j['swaps']} swap(s) and "
+        f"{fmt(j['wall_s'], 2)} s; sent interactively at once, {i['swaps']} swaps and {fmt(i['wall_s'], 2)} s "
+        f"(time ratio jobs/interactive {fmt(s['time_ratio'], 2)}; each stand-in swap costs about "
+        f"{cfg['load_seconds']:g} s, a real one tens of seconds)."
+    ]
+    return "\n".join(out), findings
+
+
 def _memory_section(mem: dict) -> tuple[str, list[str]]:
     out = ["## Memory (resident set size)\n"]
     out.append(
@@ -347,7 +376,7 @@ def _memory_section(mem: dict) -> tuple[str, list[str]]:
 
 
 def render() -> str:
-    names = ["latency", "streaming", "swap", "storm", "memory"]
+    names = ["latency", "streaming", "swap", "storm", "jobs", "memory"]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     if not results:
         raise SystemExit("no results under bench/results/: run bench/run_all.sh first")
@@ -365,7 +394,7 @@ def render() -> str:
         "",
         "Rerun: `bench/run_all.sh` (everything, about 10 minutes, then this page), or one script: "
         "`python -m bench.latency`, `python -m bench.streaming`, `python -m bench.swap`, "
-        "`python -m bench.storm`, `python -m bench.memory`; then `python -m bench.report`. Raw numbers: "
+        "`python -m bench.storm`, `python -m bench.jobs`, `python -m bench.memory`; then `python -m bench.report`. Raw numbers: "
         "`bench/results/*.json` and `*.csv`.",
         "",
         "## Machine",
@@ -395,6 +424,7 @@ def render() -> str:
         ("streaming", _streaming_section),
         ("swap", _swap_section),
         ("storm", _storm_section),
+        ("jobs", _jobs_section),
         ("memory", _memory_section),
     ]
     for name, fn in sections:

@@ -27,9 +27,10 @@ if [[ $QUICK == 1 ]]; then
     STREAMING=(--streams 16 --repeats 1)
     SWAP=(--swaps 2)
     STORM=(--requests 200)
+    JOBS=(--requests 60)
     MEMORY=(--duration 3 --rounds 1)
 else
-    LATENCY=() STREAMING=() SWAP=() STORM=() MEMORY=()
+    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=()
 fi
 
 failed=()
@@ -56,6 +57,7 @@ else
     failed+=("swap (no Docker engine)")
 fi
 run storm bench.storm "${STORM[@]}"
+run jobs bench.jobs "${JOBS[@]}"
 run memory bench.memory "${MEMORY[@]}"
 "$PY" -m bench.report || failed+=("report")
 

@@ -163,6 +163,7 @@ class Stack:
             "HOMELAB_API_KEYS": self.api_key,
             "HOMELAB_PROXY_HOST": HOST,
             "HOMELAB_PROXY_PORT": str(port),
+            "HOMELAB_JOBS_URL": str(self.workdir / f"jobs-{port}.db"),
         }
         base.update(self.extra_env)
         base.update(env or {})

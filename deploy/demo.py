@@ -15,6 +15,7 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     (the real diffusers image server with the tiny offline pipeline)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     pids.json       the manager's and the proxy's pid and start time (while running)
+    jobs.db         the proxy's job store (docs/jobs.md)
     logs/           manager.log, proxy.log, one log per model server, and the process
                     runtime's registry of them (`wire.procs`)
 
@@ -301,6 +302,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_PROXY_HOST": opts.host,
         "HOMELAB_PROXY_PORT": str(port),
         "HOMELAB_DEFAULT_MODEL": TEXT_MODEL,
+        "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
     }
     python = opts.image_python
     pids: dict = {"port": port, "manager_port": manager_port, "models": list(models)}

@@ -32,12 +32,13 @@ COPY app/ /opt/homelab-ai/app/
 
 # Not root: the proxy needs no privilege. Images for response_format=url go to a volume.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin homelab \
-    && mkdir -p /var/lib/homelab-ai/images \
-    && chown homelab /var/lib/homelab-ai/images
+    && mkdir -p /var/lib/homelab-ai/images /var/lib/homelab-ai/state \
+    && chown homelab /var/lib/homelab-ai/images /var/lib/homelab-ai/state
 USER 10001
 ENV HOMELAB_PROXY_HOST=0.0.0.0 \
     HOMELAB_PROXY_PORT=8080 \
-    HOMELAB_IMAGE_DIR=/var/lib/homelab-ai/images
+    HOMELAB_IMAGE_DIR=/var/lib/homelab-ai/images \
+    HOMELAB_STATE_DIR=/var/lib/homelab-ai/state
 
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \

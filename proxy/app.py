@@ -28,6 +28,11 @@ from proxy.context import ProxyContext
 from proxy.events import follow_events
 from proxy.hotpath import HotPath
 from proxy.images import ImageStore
+from proxy.jobs import batches as jobs_batches
+from proxy.jobs import rpc as jobs_rpc
+from proxy.jobs import stream as jobs_stream
+from proxy.jobs.dispatcher import Dispatcher
+from proxy.jobs.store import AsyncJobStore, JobStore
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
@@ -84,11 +89,19 @@ def create_app(
                 ),
             )
             app.state.ctx = ctx
+            store = await asyncio.to_thread(JobStore, settings.job_store_url())
+            stack.callback(store.close)
+            ctx.jobs = Dispatcher(
+                ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
+            )
+            ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(follow_events(ctx), name="manager-events")
             try:
+                await ctx.jobs.start()
                 async with mcp_endpoint.running():
                     yield
             finally:
+                await ctx.jobs.close()
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
@@ -106,12 +119,20 @@ def create_app(
     app.include_router(routes_ops.router)
     mcp_endpoint = McpEndpoint(settings, lambda: app.state.ctx)
     app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))
+    app.include_router(jobs_rpc.router)
+    app.include_router(jobs_stream.router)
+    app.include_router(jobs_batches.router)
     mount_ui(app, settings)
     app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        per_path={routes_openai.EDITS: settings.max_upload_bytes, "/mcp": mcp_endpoint.limit},
+        per_path={
+            routes_openai.EDITS: settings.max_upload_bytes,
+            "/mcp": mcp_endpoint.limit,
+            # a batch input file, plus room for the multipart framing and fields
+            jobs_batches.FILES: settings.max_batch_file_bytes + jobs_batches.FORM_OVERHEAD,
+        },
         source=PROXY,
     )
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])

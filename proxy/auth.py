@@ -1,8 +1,8 @@
 """API-key check as pure ASGI middleware (no BaseHTTPMiddleware: it hides disconnects).
 
-With keys configured, every path under ``/v1/`` plus ``/api/events``, ``/mcp``
-and ``/metrics`` needs ``Authorization: Bearer <key>``; anything else (the UI
-page, static files, image URLs, health) is open. Without keys everything is open.
+With keys configured, every path under ``/v1/`` and ``/stream/`` plus ``/api/events``,
+``/rpc``, ``/mcp`` and ``/metrics`` needs ``Authorization: Bearer <key>``; anything else
+(the UI page, static files, image URLs, health) is open. Without keys everything is open.
 A refusal is a 401 OpenAI envelope that the openai SDK raises as
 ``AuthenticationError``; on ``/mcp`` it is a JSON-RPC error (the envelope in its
 ``data``), which MCP clients show as the error.
@@ -18,8 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.errors import AuthenticationFailed
 from wire.errors import PROXY, send_json
 
-PROTECTED_PREFIXES = ("/v1/", "/api/")
-PROTECTED_PATHS = ("/metrics", "/mcp")
+PROTECTED_PREFIXES = ("/v1/", "/api/", "/stream/")
+PROTECTED_PATHS = ("/metrics", "/mcp", "/rpc")
 
 
 def is_protected(path: str) -> bool:

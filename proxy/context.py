@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -24,3 +26,7 @@ class ProxyContext:
     upstream_timeout: aiohttp.ClientTimeout
     feed: EventFeed = field(default_factory=EventFeed)
     """The manager's state and swap events, for callers waiting on a model."""
+    interactive_waiting: Counter[str] = field(default_factory=Counter)
+    """Interactive (/v1) requests waiting for a lease now, per model: jobs yield to them."""
+    jobs: Any = None
+    """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

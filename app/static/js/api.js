@@ -2,7 +2,8 @@
 /**
  * The one module that talks to the network. Everything goes to the proxy that
  * served the page (relative URLs, so a reverse-proxy sub-path works too):
- * the OpenAI endpoints under v1/ and the manager's state events at api/events.
+ * the OpenAI endpoints under v1/, the manager's state events at api/events, and
+ * jobs (JSON-RPC at rpc, a job's events at stream/{taskId}; docs/jobs.md).
  *
  * Every failure surfaces as an ApiError carrying the OpenAI error envelope's
  * fields; a cancelled request rejects with the AbortSignal's reason
@@ -311,6 +312,81 @@ export function createApi({ getKey, base = document.baseURI }) {
       if (size) body.size = size;
       const res = await postJson("v1/images/generations", body, signal);
       return imagesFrom(await res.json(), signal);
+    },
+
+    /**
+     * Start a picture as a job (JSON-RPC create_image): resolves with its task id as
+     * soon as the proxy has accepted it; the picture is made even if this page goes away.
+     * @param {{model: string, prompt: string, n?: number, size?: string, signal?: AbortSignal}} args
+     * @returns {Promise<string>}
+     */
+    async startImageJob({ model, prompt, n, size, signal }) {
+      /** @type {Record<string, unknown>} */
+      const params = { model, prompt };
+      if (n) params.n = n;
+      if (size) params.size = size;
+      const res = await postJson("rpc", { jsonrpc: "2.0", id: 1, method: "create_image", params }, signal);
+      const reply = await res.json();
+      if (reply?.error) {
+        const data = reply.error.data ?? {};
+        throw new ApiError(String(data.message ?? reply.error.message), { ...data, status: 400, source: data.source ?? "proxy" });
+      }
+      return String(reply.result.taskId);
+    },
+
+    /**
+     * Follow a job's events (GET stream/{taskId}) until it ends, resuming after
+     * `lastEventId`; `onEvent(id)` is called with each stored event's id so a caller can
+     * resume after a reload. Resolves with the pictures; rejects with ApiError when the
+     * job failed or was cancelled (code "task_cancelled"), with the signal's reason when stopped.
+     * @param {{taskId: string, lastEventId?: string, onEvent?: (id: string) => void, signal?: AbortSignal}} args
+     * @returns {Promise<Blob[]>}
+     */
+    async followImageJob({ taskId, lastEventId = "0", onEvent, signal }) {
+      /** @type {any} */
+      let result = null;
+      /** @type {any} */
+      let end = null;
+      for (let attempt = 0; !end && attempt < 5; attempt++) {
+        const headers = { Accept: "text/event-stream", "Last-Event-ID": lastEventId };
+        const res = await request(`stream/${encodeURIComponent(taskId)}`, { headers, signal });
+        try {
+          await readSse(
+            res,
+            (event) => {
+              if (event.id) {
+                lastEventId = event.id;
+                onEvent?.(event.id);
+              }
+              const data = JSON.parse(event.data);
+              if (event.event === "result") result = data;
+              if (event.event === "state" && data.state === "FAILURE") end = { failed: data.error ?? {} };
+              if (event.event === "end") end = end ?? data;
+              return event.event === "end";
+            },
+            signal,
+          );
+        } catch (err) {
+          if (isAbort(err) || signal?.aborted || !(err instanceof ApiError) || err.source !== "network") throw err;
+          await sleep(1000, signal); // the stream broke off: resume where it stopped
+        }
+      }
+      if (end?.failed) throw new ApiError(String(end.failed.message ?? "the picture failed"), end.failed);
+      if (end?.state === "CANCELLED") throw new ApiError("the picture was cancelled", { code: "task_cancelled", source: "proxy" });
+      if (!result) throw new ApiError("the picture's stream ended without a result", { source: "proxy" });
+      return imagesFrom(result, signal);
+    },
+
+    /**
+     * Cancel a job (JSON-RPC tasks.cancel). Never throws: a finished job stays finished.
+     * @param {string} taskId
+     */
+    async cancelTask(taskId) {
+      try {
+        await postJson("rpc", { jsonrpc: "2.0", id: 1, method: "tasks.cancel", params: { taskId } });
+      } catch {
+        // the proxy is unreachable: the job runs to its end and is forgotten later
+      }
     },
 
     /**

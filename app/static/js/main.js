@@ -10,6 +10,7 @@ import { COMMANDS, KEYS, closest, parseImageArgs, parseInput, parseSet } from ".
 import { buildMessages } from "./conversation.js";
 import { byId, clear, h } from "./dom.js";
 import { ImageViewer, blobToDataUrl, readUpload } from "./images.js";
+import * as imageJobs from "./imagejobs.js";
 import { Prompt } from "./prompt.js";
 import { ModelStates } from "./status.js";
 import { ImageStore, getPref, loadHistory, loadTranscript, newId, saveHistory, saveTranscript, setPref } from "./store.js";
@@ -143,6 +144,7 @@ class Terminal {
       this.setModel(this.model);
     }
     if (!names.length) this.screen.print("the proxy lists no models: check models.json on the manager", "warn");
+    void this.resumeImageJobs();
   }
 
   /** (Re)start following api/events with the current key. */
@@ -509,27 +511,23 @@ class Terminal {
     this.render(entry);
     if (model !== this.model) this.screen.print(`using image model ${model}`, "dim");
 
+    if (!attachment) {
+      // A new picture is a job on the proxy: a reload meanwhile picks it up (imagejobs.js).
+      await this.guarded(async (controller) => {
+        const taskId = await this.api.startImageJob({ model, prompt: req.prompt, n: req.n, size: req.size, signal: controller.signal });
+        const job = { taskId, model, prompt: req.prompt, startedAt: Date.now(), lastEventId: "0" };
+        imageJobs.remember(job);
+        await this.followImageJob(job, controller);
+      });
+      return;
+    }
     const controller = this.begin();
-    const wait = this.waitFor(model, attachment ? "editing" : "painting");
+    const wait = this.waitFor(model, "editing");
     const started = performance.now();
     try {
-      const blobs = attachment
-        ? await this.api.editImage({ model, prompt: req.prompt, image: attachment.blob, filename: attachment.name, n: req.n, size: req.size, signal: controller.signal })
-        : await this.api.generateImage({ model, prompt: req.prompt, n: req.n, size: req.size, signal: controller.signal });
-      /** @type {import("./store.js").ImageEntry} */
-      const result = {
-        id: newId(),
-        t: "image",
-        model,
-        prompt: req.prompt,
-        images: blobs.map((_, i) => ({ id: newId(), name: `${model}-${i + 1}` })),
-        edit: Boolean(attachment),
-        seconds: Math.round((performance.now() - started) / 100) / 10,
-      };
-      await Promise.all(result.images.map((ref, i) => this.images.put(ref.id, blobs[i])));
+      const blobs = await this.api.editImage({ model, prompt: req.prompt, image: attachment.blob, filename: attachment.name, n: req.n, size: req.size, signal: controller.signal });
       wait.done();
-      this.record(result);
-      this.render(result);
+      await this.showImages(model, req.prompt, blobs, true, (performance.now() - started) / 1000);
     } catch (err) {
       wait.done();
       if (isAbort(err)) this.screen.print("^C stopped", "dim");
@@ -537,6 +535,84 @@ class Terminal {
     } finally {
       this.end(controller);
     }
+  }
+
+  /**
+   * Wait for a picture job and show it; Esc cancels the job on the proxy too.
+   * @param {import("./imagejobs.js").PendingImage} job
+   * @param {AbortController} controller
+   */
+  async followImageJob(job, controller) {
+    const wait = this.waitFor(job.model, "painting");
+    const stop = () => void this.api.cancelTask(job.taskId);
+    controller.signal.addEventListener("abort", stop);
+    try {
+      const blobs = await this.api.followImageJob({
+        taskId: job.taskId,
+        lastEventId: job.lastEventId,
+        onEvent: (id) => imageJobs.progress(job.taskId, id),
+        signal: controller.signal,
+      });
+      wait.done();
+      await this.showImages(job.model, job.prompt, blobs, false, (Date.now() - job.startedAt) / 1000);
+      imageJobs.forget(job.taskId);
+    } catch (err) {
+      wait.done();
+      // Kept only when the network broke off: the next page load picks it up again.
+      if (isAbort(err) || !(err instanceof ApiError && err.source === "network")) imageJobs.forget(job.taskId);
+      throw err;
+    } finally {
+      controller.signal.removeEventListener("abort", stop);
+    }
+  }
+
+  /** Pictures still being made when the page was closed or reloaded: pick them up. */
+  async resumeImageJobs() {
+    for (const job of imageJobs.pending()) {
+      if (this.inflight) return;
+      this.screen.print(`picking up the picture "${job.prompt}" (${job.model}) started before the reload`, "dim");
+      await this.guarded((controller) => this.followImageJob(job, controller));
+    }
+  }
+
+  /**
+   * Run `work` as the request in flight (Esc aborts it); print "stopped" or the failure.
+   * @param {(controller: AbortController) => Promise<void>} work
+   */
+  async guarded(work) {
+    const controller = this.begin();
+    try {
+      await work(controller);
+    } catch (err) {
+      if (isAbort(err)) this.screen.print("^C stopped", "dim");
+      else this.fail(err, true);
+    } finally {
+      this.end(controller);
+    }
+  }
+
+  /**
+   * Store pictures in this browser, record and draw them.
+   * @param {string} model
+   * @param {string} prompt
+   * @param {Blob[]} blobs
+   * @param {boolean} edit
+   * @param {number} seconds
+   */
+  async showImages(model, prompt, blobs, edit, seconds) {
+    /** @type {import("./store.js").ImageEntry} */
+    const result = {
+      id: newId(),
+      t: "image",
+      model,
+      prompt,
+      images: blobs.map((_, i) => ({ id: newId(), name: `${model}-${i + 1}` })),
+      edit,
+      seconds: Math.round(seconds * 10) / 10,
+    };
+    await Promise.all(result.images.map((ref, i) => this.images.put(ref.id, blobs[i])));
+    this.record(result);
+    this.render(result);
   }
 
   /** @returns {AbortController} */

@@ -382,7 +382,9 @@ def test_phone_viewport_stays_readable(phone: Ui) -> None:
     expect(page.locator("table.models")).to_be_visible()
     phone.type_line("/image -s 128x128 a picture on a small screen")
     img = page.locator(".entry.images img")
-    expect(img).to_be_visible()
+    # The swap chat -> paint takes SLOW_LOAD_S plus the stop: wait for it, not the
+    # 5 s default (a deadline, not a speed check).
+    expect(img).to_be_visible(timeout=30_000)
     assert natural_width(img) == 128
     page.wait_for_function("() => document.querySelector('.entry.images .crt.loaded') !== null")
     box = img.bounding_box()

@@ -340,8 +340,14 @@ def run_stack(
         "HOMELAB_PROXY_PORT": str(proxy_port),
         "HOMELAB_DEFAULT_MODEL": default_model,
         "HOMELAB_MODELS_CACHE_TTL": "0",
+        "HOMELAB_JOBS_URL": str(workdir / "jobs.db"),
     }
-    auth_env = {**proxy_env, "HOMELAB_PROXY_PORT": str(auth_port), "HOMELAB_API_KEYS": API_KEY}
+    auth_env = {
+        **proxy_env,
+        "HOMELAB_PROXY_PORT": str(auth_port),
+        "HOMELAB_API_KEYS": API_KEY,
+        "HOMELAB_JOBS_URL": str(workdir / "jobs-auth.db"),
+    }
 
     stack = Stack(
         manager_url=f"http://127.0.0.1:{manager_port}",

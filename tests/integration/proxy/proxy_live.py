@@ -185,6 +185,7 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
                 "HOMELAB_API_KEYS": API_KEY,
                 "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
                 "HOMELAB_IMAGE_DIR": str(work / "images"),
+                "HOMELAB_JOBS_URL": str(work / f"jobs-{attempt}.db"),
                 "HOMELAB_APP_DIR": str(work / "app"),
             }
 

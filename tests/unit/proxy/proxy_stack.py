@@ -48,6 +48,7 @@ async def build_stack(
                 "manager_token": TOKEN,
                 "app_dir": tmp_path / "app",
                 "image_dir": tmp_path / "images",
+                "jobs_url": str(tmp_path / "jobs.db"),
                 "models_cache_ttl": 0.5,
                 "api_keys": [],
                 **overrides,

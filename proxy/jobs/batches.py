@@ -1,0 +1,409 @@
+"""The OpenAI Batch API: ``/v1/files`` and ``/v1/batches``, as the openai SDK calls them.
+
+A batch input file is JSONL, one request a line: ``{"custom_id", "method": "POST",
+"url", "body"}``. Upload (``POST /v1/files``, multipart, ``purpose=batch``) is read to
+disk by the multipart parser, capped at `max_batch_file_bytes` and `max_batch_lines`
+(413 / 400 beyond), and checked line by line before it is stored. ``POST /v1/batches``
+checks every line (``url`` equal to the batch's ``endpoint``, unique ``custom_id``, a
+known model of the right type, no ``stream: true``) and answers 400 naming the first
+bad line; otherwise each line becomes one job (the same queue, order and forwarding
+as every other job). When the last job of a batch ends, the output file (successes)
+and the error file (failures, cancelled requests) are written in request order.
+Cancelling cancels the batch's queued and running jobs; the batch ends ``cancelled``
+with what had finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
+from proxy.jobs.store import TERMINAL
+from proxy.openapi_docs import ERRORS
+from proxy.parsing import parse_object, read_body
+from proxy.routes_openai import image_url_base, resolve_model
+from wire.limits import too_large
+
+router = APIRouter()
+
+FILES = "/v1/files"
+FORM_OVERHEAD = 64 * 1024
+"""Bytes allowed on top of the file for the multipart framing and the other fields."""
+
+ENDPOINTS = {
+    "/v1/chat/completions": "text",
+    "/v1/completions": "text",
+    "/v1/embeddings": "text",
+    "/v1/images/generations": "image",
+}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _jobs(request: Request) -> Dispatcher:
+    jobs: Dispatcher = request.app.state.ctx.jobs
+    return jobs
+
+
+# -- files --------------------------------------------------------------------------
+
+
+def _check_lines(data: bytes, max_lines: int, max_line: int) -> int:
+    """Check a JSONL batch file's shape; return its line count. Raises InvalidRequest."""
+    count = 0
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        count += 1
+        if count > max_lines:
+            raise InvalidRequest(f"The file has more than {max_lines} requests.", param="file")
+        if len(line) > max_line:
+            raise InvalidRequest(f"Line {number} is longer than {max_line} bytes.", param="file")
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"Line {number} is not JSON: {exc}", param="file") from exc
+        if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+            raise InvalidRequest(
+                f"Line {number} must be an object with a string 'custom_id'.", param="file"
+            )
+        if item.get("method") != "POST" or not isinstance(item.get("body"), dict):
+            raise InvalidRequest(
+                f'Line {number} must have "method": "POST" and an object \'body\'.', param="file"
+            )
+    if count == 0:
+        raise InvalidRequest("The file has no requests.", param="file")
+    return count
+
+
+@router.post(FILES, responses=ERRORS, summary="Upload a batch input file (JSONL)")
+async def upload_file(request: Request) -> Response:
+    """The body is bounded by the app's BodyLimit (max_batch_file_bytes + FORM_OVERHEAD);
+    the multipart parser spools the file part to disk past 1 MiB."""
+    settings = request.app.state.ctx.settings
+    limit = settings.max_batch_file_bytes
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise InvalidRequest("Upload the file as multipart/form-data.", code="invalid_content_type")
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=1024 * 1024)
+    except HTTPException:
+        raise  # the body limit's 413
+    except Exception as exc:
+        raise InvalidRequest(
+            f"The multipart body cannot be parsed: {exc}", code="invalid_multipart"
+        ) from exc
+    try:
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("'file' must be uploaded as a file part.", param="file")
+        if purpose != "batch":
+            raise InvalidRequest("Only purpose 'batch' is supported.", param="purpose")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise too_large(limit, "The file")
+        filename = (upload.filename or "batch.jsonl")[:255]
+    finally:
+        await form.close()
+    await asyncio.to_thread(_check_lines, data, settings.max_batch_lines, settings.max_body_bytes)
+    meta = {
+        "id": new_id("file"),
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": "batch",
+        "status": "processed",
+    }
+    await _jobs(request).store.put_file(meta, data)
+    return _json(meta)
+
+
+async def _file(request: Request, file_id: str) -> dict[str, Any]:
+    meta: dict[str, Any] | None = (
+        await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
+    )
+    if meta is None:
+        raise NotFound(f"No file {file_id[:200]!r}.", param="file_id", code="file_not_found")
+    return meta
+
+
+@router.get("/v1/files", responses=ERRORS, summary="List files")
+async def list_files(request: Request) -> Response:
+    files = sorted(
+        await _jobs(request).store.all_files(), key=lambda f: f["created_at"], reverse=True
+    )
+    return _json({"object": "list", "data": files, "has_more": False})
+
+
+@router.get("/v1/files/{file_id}", responses=ERRORS, summary="One file's metadata")
+async def get_file(request: Request, file_id: str) -> Response:
+    return _json(await _file(request, file_id))
+
+
+@router.get("/v1/files/{file_id}/content", responses=ERRORS, summary="A file's content")
+async def file_content(request: Request, file_id: str) -> Response:
+    await _file(request, file_id)
+    content = await _jobs(request).store.file_content(file_id)
+    return Response(content or b"", media_type="application/jsonl")
+
+
+@router.delete("/v1/files/{file_id}", responses=ERRORS, summary="Delete a file")
+async def delete_file(request: Request, file_id: str) -> Response:
+    await _file(request, file_id)
+    await _jobs(request).store.delete_file(file_id)
+    return _json({"id": file_id, "object": "file", "deleted": True})
+
+
+# -- batches ------------------------------------------------------------------------
+
+
+async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> list[dict[str, Any]]:
+    ctx = request.app.state.ctx
+    want = ENDPOINTS[endpoint]
+    items, seen = [], set()
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = orjson.loads(line)
+        custom_id = item["custom_id"]
+        if custom_id in seen:
+            raise InvalidRequest(f"Line {number}: custom_id {custom_id!r} is used twice.")
+        seen.add(custom_id)
+        if item.get("url") != endpoint:
+            raise InvalidRequest(
+                f"Line {number}: url {item.get('url')!r} is not the batch's endpoint {endpoint}."
+            )
+        body = item["body"]
+        if body.get("stream") is True:
+            raise InvalidRequest(f"Line {number}: a batch request cannot stream.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
+        try:
+            await resolve_model(ctx, model, want, endpoint)
+        except ProxyError as exc:
+            raise InvalidRequest(f"Line {number}: {exc.message}", code=exc.code) from exc
+        items.append({"custom_id": custom_id, "model": model, "body": body})
+    return items
+
+
+@router.post("/v1/batches", responses=ERRORS, summary="Create a batch from an uploaded file")
+async def create_batch(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    jobs = ctx.jobs
+    data = parse_object(await read_body(request))
+    endpoint = data.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequest(f"'endpoint' must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
+    if data.get("completion_window", "24h") != "24h":
+        raise InvalidRequest("'completion_window' must be '24h'.", param="completion_window")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("'metadata' must be an object.", param="metadata")
+    file_id = data.get("input_file_id")
+    if not isinstance(file_id, str):
+        raise InvalidRequest("'input_file_id' is required.", param="input_file_id")
+    await _file(request, file_id)
+    content = await jobs.store.file_content(file_id) or b""
+    items = await _parse_batch_lines(request, content, endpoint)
+    now = int(time.time())
+    batch_id = new_id("batch")
+    url_base = image_url_base(ctx, request) if ENDPOINTS[endpoint] == "image" else None
+    job_ids = [f"{batch_id}-{i}" for i in range(len(items))]
+    batch = {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": endpoint,
+        "errors": None,
+        "input_file_id": file_id,
+        "completion_window": "24h",
+        "status": "in_progress",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": now,
+        "in_progress_at": now,
+        "expires_at": now + 86400,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": len(items), "completed": 0, "failed": 0},
+        "metadata": metadata,
+        "jobs": job_ids,
+    }
+    await jobs.store.put_batch(batch)
+    for job_id, item in zip(job_ids, items, strict=True):
+        await jobs.submit(
+            method="batch",
+            model=item["model"],
+            endpoint=endpoint,
+            body=item["body"],
+            url_base=url_base if item["body"].get("response_format") == "url" else None,
+            batch_id=batch_id,
+            custom_id=item["custom_id"],
+            job_id=job_id,
+        )
+    return _json(_public(batch))
+
+
+def _public(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k != "jobs"}
+
+
+async def refresh(jobs: Dispatcher, batch: dict[str, Any]) -> dict[str, Any]:
+    """Current request counts; finalise (output and error files) once every job ended."""
+    found = await jobs.store.get_jobs(batch["jobs"])
+    states = [found.get(j, {}).get("state") for j in batch["jobs"]]
+    counts = {
+        "total": len(states),
+        "completed": states.count("SUCCESS"),
+        "failed": states.count("FAILURE"),
+    }
+    batch["request_counts"] = counts
+    if batch["status"] in ("in_progress", "cancelling") and all(s in TERMINAL for s in states):
+        if await jobs.store.lock_once("finalize:" + batch["id"]):
+            await _finalize(jobs, batch, found)
+        else:
+            fresh = await jobs.store.get_batch(batch["id"])
+            if fresh is not None:
+                batch = fresh
+                batch["request_counts"] = counts
+    return batch
+
+
+async def _finalize(
+    jobs: Dispatcher, batch: dict[str, Any], found: dict[str, dict[str, Any]]
+) -> None:
+    out, err = bytearray(), bytearray()
+    for job_id in batch["jobs"]:
+        job = found[job_id]
+        result = await jobs.store.get_result(job_id)
+        line: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": job["custom_id"]}
+        if job["state"] == "SUCCESS":
+            line["response"] = {
+                "status_code": job["status_code"] or 200,
+                "request_id": job_id,
+                "body": result,
+            }
+            line["error"] = None
+            out += orjson.dumps(line) + b"\n"
+        elif job["state"] == "FAILURE":
+            body = result if isinstance(result, dict) else {"error": job.get("error")}
+            line["response"] = {
+                "status_code": job["status_code"] or 500,
+                "request_id": job_id,
+                "body": body,
+            }
+            line["error"] = None
+            err += orjson.dumps(line) + b"\n"
+        else:
+            line["response"] = None
+            line["error"] = {
+                "code": "batch_cancelled",
+                "message": "The batch was cancelled before this request completed.",
+            }
+            err += orjson.dumps(line) + b"\n"
+    now = int(time.time())
+    for content, key in ((out, "output_file_id"), (err, "error_file_id")):
+        if content:
+            meta = {
+                "id": new_id("file"),
+                "object": "file",
+                "bytes": len(content),
+                "created_at": now,
+                "filename": f"{batch['id']}_{'output' if key == 'output_file_id' else 'error'}.jsonl",
+                "purpose": "batch_output",
+                "status": "processed",
+            }
+            await jobs.store.put_file(meta, bytes(content))
+            batch[key] = meta["id"]
+    batch["finalizing_at"] = now
+    if batch["status"] == "cancelling":
+        batch["status"], batch["cancelled_at"] = "cancelled", now
+    else:
+        batch["status"], batch["completed_at"] = "completed", now
+    await jobs.store.put_batch(batch)
+
+
+async def on_job_finished(jobs: Dispatcher, job: dict[str, Any]) -> None:
+    """Dispatcher callback: finalise the job's batch when its last job ends."""
+    batch_id = job.get("batch_id")
+    if not batch_id or not await jobs.store.lock_once("done:" + job["id"]):
+        return
+    done = await jobs.store.count("done:" + batch_id)
+    batch = await jobs.store.get_batch(batch_id)
+    if batch is not None and done >= len(batch["jobs"]):
+        await refresh(jobs, batch)
+
+
+async def _batch(request: Request, batch_id: str) -> dict[str, Any]:
+    batch: dict[str, Any] | None = (
+        await _jobs(request).store.get_batch(batch_id) if len(batch_id) <= 200 else None
+    )
+    if batch is None:
+        raise NotFound(f"No batch {batch_id[:200]!r}.", param="batch_id", code="batch_not_found")
+    return batch
+
+
+@router.get("/v1/batches/{batch_id}", responses=ERRORS, summary="One batch")
+async def get_batch(request: Request, batch_id: str) -> Response:
+    batch = await refresh(_jobs(request), await _batch(request, batch_id))
+    return _json(_public(batch))
+
+
+@router.get("/v1/batches", responses=ERRORS, summary="List batches, newest first")
+async def list_batches(request: Request) -> Response:
+    raw_limit = request.query_params.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise InvalidRequest("'limit' must be 1..100.", param="limit")
+    after = request.query_params.get("after")
+    batches = sorted(
+        await _jobs(request).store.all_batches(),
+        key=lambda b: (b["created_at"], b["id"]),
+        reverse=True,
+    )
+    if after:
+        ids = [b["id"] for b in batches]
+        batches = batches[ids.index(after) + 1 :] if after in ids else []
+    page = batches[: int(raw_limit)]
+    data = [_public(b) for b in page]
+    return _json(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(batches) > len(page),
+        }
+    )
+
+
+@router.post("/v1/batches/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    jobs = _jobs(request)
+    batch = await _batch(request, batch_id)
+    if batch["status"] in ("in_progress", "validating"):
+        batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
+        await jobs.store.put_batch(batch)
+        for job_id in batch["jobs"]:
+            try:
+                await jobs.cancel(job_id)
+            except (JobNotFound, JobFinished):
+                pass
+        batch = await refresh(jobs, batch)
+    return _json(_public(batch))

@@ -1,0 +1,476 @@
+"""The job dispatcher: accepts jobs, runs them in swap-aware order, recovers lost ones.
+
+One `Dispatcher` per proxy process (built in the lifespan). `workers` asyncio tasks
+each pick a model with `order.pick_model` (resident first, grouped by model,
+interactive requests first), pop that model's next job id from the store, claim it
+and run it through `runner.run_job`. Every state change is written to the store
+before it is announced, so a reader on any proxy sees the same events.
+
+Crashes: a job is claimed under `(id, attempt)` by this process's `instance` id
+before it starts. `recover()` (at start-up; with Redis also every
+`RECOVER_INTERVAL` seconds) requeues jobs whose claiming instance is gone (embedded
+store: any other instance, since only one proxy uses the file; Redis: one whose
+heartbeat is older than `DEAD_AFTER`), and jobs accepted but missing from their
+queue. Completion pops the claim first (`JobStore.take_claim`), so a job is
+completed by exactly one attempt even when a stalled worker comes back.
+
+Shutdown cancels running forwards and leaves their claims: the next start requeues
+them (attempt + 1). A `STARTED` event with ``attempt`` > 1 tells a stream reader that
+the tokens of the earlier attempt are void.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.context import ProxyContext
+from proxy.errors import ProxyError
+from proxy.jobs.order import pick_model
+from proxy.jobs.runner import Outcome, run_job
+from proxy.jobs.store import TERMINAL, AsyncJobStore
+from wire.models import ModelStatus
+
+log = logging.getLogger("proxy.jobs")
+
+HEARTBEAT = 2.0
+DEAD_AFTER = 10.0
+RECOVER_INTERVAL = 5.0
+SWEEP_INTERVAL = 60.0
+IDLE_POLL = 2.0
+"""An idle worker looks at the queues this often (a local submission, a finished job or a
+model state change wakes it at once; this only matters for other proxies' jobs)."""
+TOKEN_FLUSH = 0.1
+CANCEL_POLL = 0.5
+BUSY_RETRY = 2.0
+
+
+class JobNotFound(Exception):
+    pass
+
+
+class JobFinished(Exception):
+    """The job already reached a terminal state (cannot be cancelled)."""
+
+
+def resident_of(models: Mapping[str, ModelStatus]) -> str | None:
+    """The model that holds (or is taking) the GPU: ready or starting; None if none."""
+    for name, info in models.items():
+        if info.state in ("ready", "starting"):
+            return name
+    return None
+
+
+def new_id(prefix: str = "task") -> str:
+    return f"{prefix}_{secrets.token_urlsafe(18)}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        store: AsyncJobStore,
+        *,
+        workers: int = 8,
+        ttl: float = 7 * 86400.0,
+    ) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.workers = workers
+        self.ttl = ttl
+        self.instance = secrets.token_hex(8)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._running_models: dict[str, str] = {}
+        """job id -> model, from dequeue until the job is finished (for `pick_model`)."""
+        self._cancelled: set[str] = set()
+        self._last_model: str | None = None
+        self._known_models: list[str] = []
+        """Model names from the manager's last list: whose queues to look at."""
+        self._listeners: dict[str, set[asyncio.Event]] = {}
+        self._suspects: set[str] = set()
+        self.on_finished: list[Any] = []
+        """Callbacks `await cb(job)` after a job reached a terminal state (batches)."""
+
+    # -- life -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.heartbeat(self.instance)
+        await self.recover(startup=True)
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"job-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="job-housekeeping"))
+        self._tasks.append(asyncio.create_task(self._cancel_watch(), name="job-cancel-watch"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.store.forget_instance(self.instance)  # others may requeue at once
+
+    # -- notifications (local readers of /stream) --------------------------------
+
+    def listen(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._listeners.setdefault(job_id, set()).add(event)
+        return event
+
+    def unlisten(self, job_id: str, event: asyncio.Event) -> None:
+        listeners = self._listeners.get(job_id)
+        if listeners is not None:
+            listeners.discard(event)
+            if not listeners:
+                del self._listeners[job_id]
+
+    async def emit(self, job_id: str, event: str, data: Any) -> int:
+        seq: int = await self.store.append_event(job_id, event, data)
+        for listener in self._listeners.get(job_id, ()):
+            listener.set()
+        return seq
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the API the routes use -------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        method: str,
+        model: str,
+        endpoint: str,
+        body: dict[str, Any],
+        url_base: str | None = None,
+        batch_id: str | None = None,
+        custom_id: str | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Accept a job: written (record, PENDING event, queue entry) before this returns."""
+        job: dict[str, Any] = {
+            "id": job_id or new_id(),
+            "method": method,
+            "model": model,
+            "endpoint": endpoint,
+            "body": body,
+            "url_base": url_base,
+            "state": "PENDING",
+            "attempt": 0,
+            "created_at": time.time(),
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "status_code": None,
+            "batch_id": batch_id,
+            "custom_id": custom_id,
+            "worker": None,
+        }
+        await self.store.put_job(job)
+        await self.emit(job["id"], "state", {"state": "PENDING", "model": model})
+        await self.store.enqueue(model, job["id"])
+        if model not in self._known_models:
+            self._known_models = sorted({*self._known_models, model})
+        self.wake()
+        return job
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] | None = await self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def position(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Where a PENDING job stands: its place in its model's line and what must load."""
+        queued = await self.store.queued(job["model"])
+        place = queued.index(job["id"]) + 1 if job["id"] in queued else None
+        resident = await self._resident()
+        return {
+            "position": place,
+            "load_first": None if resident == job["model"] else job["model"],
+        }
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job. Raises JobNotFound, JobFinished."""
+        job = await self.get(job_id)
+        if job["state"] in TERMINAL:
+            raise JobFinished(job_id)
+        await self.store.claim(job_id, 0, "cancel")  # the cancel flag: claims[id:0]
+        task = self._running.get(job_id)
+        if task is not None:
+            self._cancelled.add(job_id)
+            task.cancel()
+            return await self.get(job_id)
+        if job["state"] == "PENDING":
+            await self._finish(job, "CANCELLED", error={"message": "cancelled while queued"})
+        # STARTED on another proxy: its cancel watch sees the flag within CANCEL_POLL.
+        return await self.get(job_id)
+
+    # -- the workers ------------------------------------------------------------
+
+    async def _resident(self) -> str | None:
+        try:
+            return resident_of(await self.ctx.manager.models())
+        except ProxyError:
+            return None
+
+    async def _choose(self) -> str | None:
+        # The queues first (a local read): an idle proxy does not ask the manager anything.
+        if self._known_models and not await self.store.queue_sizes(self._known_models):
+            return None
+        try:
+            models = await self.ctx.manager.models()
+        except ProxyError:
+            return None
+        self._known_models = sorted(models)
+        queued = await self.store.queue_sizes(self._known_models)
+        if not queued:
+            return None
+        resident = resident_of(models)
+        oldest: dict[str, float] = {}
+        for model in queued:
+            if model != resident and model != self._last_model:
+                head_id = await self.store.head(model)
+                head = await self.store.get_job(head_id) if head_id else None
+                oldest[model] = head["created_at"] if head else float("inf")
+        running: dict[str, int] = {}
+        for model in self._running_models.values():
+            running[model] = running.get(model, 0) + 1
+        return pick_model(
+            queued,
+            resident=resident,
+            interactive_waiting=self.ctx.interactive_waiting,
+            last=self._last_model,
+            running=running,
+            oldest=oldest,
+        )
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                model = await self._choose()
+                job_id = await self.store.dequeue(model) if model else None
+                if model is None or job_id is None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+                    continue
+                self._last_model = model
+                self._running_models[job_id] = model
+                try:
+                    await self._run(job_id)
+                finally:
+                    self._running_models.pop(job_id, None)
+                    self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job worker error; continuing")
+                await asyncio.sleep(1.0)
+
+    async def _run(self, job_id: str) -> None:
+        job = await self.store.get_job(job_id)
+        if job is None or job["state"] != "PENDING":
+            return  # cancelled while queued, expired, or a stale queue entry
+        attempt = int(job["attempt"]) + 1
+        await self.store.claim(job_id, attempt, self.instance)
+        if await self.store.claim_owner(job_id, 0) is not None:  # cancelled meanwhile
+            if await self.store.take_claim(job_id, attempt) == self.instance:
+                await self._finish(job, "CANCELLED", error={"message": "cancelled while queued"})
+            return
+        job.update(state="STARTED", attempt=attempt, started_at=time.time(), worker=self.instance)
+        await self.store.put_job(job)
+        await self.emit(job_id, "state", {"state": "STARTED", "attempt": attempt})
+
+        pending: list[str] = []
+        flusher: asyncio.Task[None] | None = None
+
+        async def flush() -> None:
+            await asyncio.sleep(TOKEN_FLUSH)
+            nonlocal flusher
+            flusher = None
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                await self.emit(job_id, "token", {"content": text, "attempt": attempt})
+
+        def on_delta(text: str) -> None:
+            nonlocal flusher
+            pending.append(text)
+            if flusher is None:
+                flusher = asyncio.create_task(flush())
+
+        task = asyncio.create_task(run_job(self.ctx, job, on_delta))
+        self._running[job_id] = task
+        cancelled = False
+        outcome: Outcome | None = None
+        try:
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                if job_id not in self._cancelled:
+                    task.cancel()
+                    raise  # shutdown: leave the claim, the next start requeues the job
+                cancelled = True
+            except Exception as exc:  # a bug in the runner must not lose the job
+                log.exception("job %s failed in the proxy", job_id)
+                outcome = Outcome(status=500, error={"message": f"internal error: {exc!r}"})
+        finally:
+            self._running.pop(job_id, None)
+            self._cancelled.discard(job_id)
+        if flusher is not None:
+            flusher.cancel()
+        if pending:
+            await self.emit(job_id, "token", {"content": "".join(pending), "attempt": attempt})
+            pending.clear()
+        if await self.store.take_claim(job_id, attempt) != self.instance:
+            log.warning("job %s attempt %d was taken over; dropping its outcome", job_id, attempt)
+            return
+        if cancelled or outcome is None:
+            await self._finish(job, "CANCELLED", error={"message": "cancelled while running"})
+        elif (
+            outcome.error is not None
+            and outcome.status == 429
+            and outcome.error.get("source") in ("manager", None)
+        ):
+            await asyncio.sleep(BUSY_RETRY)  # the manager's queue is full: try again later
+            await self._requeue(job, reason="manager busy")
+        elif outcome.ok:
+            await self.store.put_result(job_id, outcome.result)
+            await self._finish(job, "SUCCESS", status=outcome.status, result=outcome.result)
+        else:
+            await self.store.put_result(job_id, {"error": outcome.error})
+            await self._finish(job, "FAILURE", status=outcome.status, error=outcome.error)
+
+    async def _finish(
+        self,
+        job: dict[str, Any],
+        state: str,
+        *,
+        status: int | None = None,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        job.update(state=state, finished_at=time.time(), status_code=status, error=error)
+        await self.store.put_job(job)
+        if state == "SUCCESS":
+            await self.emit(job["id"], "result", result)
+        await self.emit(job["id"], "state", {"state": state, "error": error})
+        await self.emit(job["id"], "end", {"state": state})
+        for callback in self.on_finished:
+            try:
+                await callback(job)
+            except Exception:
+                log.exception("job-finished callback failed for %s", job["id"])
+
+    async def _requeue(self, job: dict[str, Any], *, reason: str) -> None:
+        job.update(state="PENDING", worker=None, started_at=None)
+        await self.store.put_job(job)
+        await self.emit(
+            job["id"],
+            "state",
+            {"state": "PENDING", "model": job["model"], "requeued": reason},
+        )
+        await self.store.enqueue(job["model"], job["id"])
+        self.wake()
+
+    # -- recovery, cancel watch, housekeeping ----------------------------------
+
+    async def recover(self, *, startup: bool = False) -> int:
+        """Requeue jobs lost by dead instances (and accepted jobs missing from their queue).
+        Returns how many were requeued."""
+        now = time.time()
+        alive = await self.store.instances()
+        shared = self.store.shared
+
+        def dead(instance: str | None) -> bool:
+            if instance == self.instance:
+                return False
+            if not shared:
+                return True  # the embedded store has one proxy: any other one is gone
+            return instance is None or alive.get(instance, 0.0) < now - DEAD_AFTER
+
+        jobs = await self.store.all_jobs()
+        queued: dict[str, set[str]] = {}
+        requeued = 0
+        suspects = set()
+        for job in jobs:
+            if job["state"] == "STARTED" and dead(job.get("worker")):
+                owner = await self.store.take_claim(job["id"], job["attempt"])
+                if owner is not None and owner != job.get("worker") and not dead(owner):
+                    await self.store.claim(job["id"], job["attempt"], owner)  # not ours to take
+                    continue
+                await self._requeue(job, reason="its proxy stopped")
+                requeued += 1
+            elif job["state"] == "PENDING":
+                model = job["model"]
+                if model not in queued:
+                    queued[model] = set(await self.store.queued(model))
+                if job["id"] in queued[model]:
+                    continue
+                # Missing from its queue: a worker may be between dequeue and claim
+                # (Redis: another proxy), so only act when seen twice in a row.
+                if startup and not shared or job["id"] in self._suspects:
+                    fresh = await self.store.get_job(job["id"])
+                    if fresh and fresh["state"] == "PENDING":
+                        await self.store.enqueue(model, job["id"])
+                        requeued += 1
+                else:
+                    suspects.add(job["id"])
+        self._suspects = suspects
+        if requeued:
+            log.warning("requeued %d job(s) left by a stopped proxy", requeued)
+            self.wake()
+        return requeued
+
+    async def _cancel_watch(self) -> None:
+        """Cancel local running jobs whose cancel flag another proxy set."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            for job_id, task in list(self._running.items()):
+                try:
+                    flagged = await self.store.claim_owner(job_id, 0)
+                except Exception:
+                    log.exception("cancel watch failed")
+                    break
+                if flagged is not None and not task.done():
+                    self._cancelled.add(job_id)
+                    task.cancel()
+
+    async def _housekeeping(self) -> None:
+        last_recover = last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self.store.heartbeat(self.instance)
+                now = time.monotonic()
+                if self.store.shared and now - last_recover >= RECOVER_INTERVAL:
+                    last_recover = now
+                    await self.recover()
+                if now - last_sweep >= SWEEP_INTERVAL:
+                    last_sweep = now
+                    await self.sweep()
+                    with contextlib.suppress(ProxyError):  # models added to models.json
+                        self._known_models = sorted(await self.ctx.manager.models())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job housekeeping failed; retrying")
+
+    async def sweep(self) -> int:
+        """Forget finished jobs older than the TTL. Returns how many."""
+        cutoff = time.time() - self.ttl
+        gone = 0
+        for job in await self.store.all_jobs():
+            if job["state"] in TERMINAL and (job.get("finished_at") or 0) < cutoff:
+                await self.store.delete_job(job["id"])
+                gone += 1
+        return gone

@@ -1,0 +1,343 @@
+"""JSON-RPC 2.0 at ``POST /rpc``: start jobs and manage them (docs/jobs.md).
+
+Methods: ``create_message`` (a chat turn: history, message, optional tools, model),
+``create_completion``, ``create_embedding``, ``create_image``; ``tasks.get``,
+``tasks.cancel``, ``tasks.list``. A ``create_*`` call answers at once with
+``{"taskId", "state": "PENDING", "stream": "/stream/<taskId>"}``; the work runs when
+its model is resident.
+
+Every reply is HTTP 200 with a JSON-RPC response (or 204 when a call or batch had
+only notifications); protocol errors are the spec's: -32700 parse error, -32600
+invalid request, -32601 method not found, -32602 invalid params (a bad model, wrong
+type, bad size: ``data`` carries the OpenAI error envelope's inner object), -32603
+internal error; and ours: -32001 task not found, -32002 task already finished,
+-32003 the manager cannot be reached. HTTP-level refusals stay HTTP (401 key, 413
+body over the limit) with the OpenAI envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
+from proxy.images import check_image_request
+from proxy.jobs.dispatcher import JobFinished, JobNotFound
+from proxy.jobs.store import TERMINAL
+from proxy.parsing import MAX_MODEL_NAME, read_body
+from proxy.routes_openai import image_url_base, resolve_model
+from wire.models import ModelStatus
+
+log = logging.getLogger("proxy.rpc")
+router = APIRouter()
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32603,
+)
+TASK_NOT_FOUND, TASK_FINISHED, MANAGER_DOWN = -32001, -32002, -32003
+MAX_BATCH = 100
+_RESERVED = {"model", "messages", "prompt", "input", "stream"}
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def obj(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+def _params_error(message: str, param: str | None = None) -> RpcError:
+    return RpcError(INVALID_PARAMS, message, {"param": param} if param else None)
+
+
+def task_view(job: dict[str, Any], result: Any = None) -> dict[str, Any]:
+    view = {
+        "taskId": job["id"],
+        "state": job["state"],
+        "method": job["method"],
+        "model": job["model"],
+        "created_at": job["created_at"],
+        "started_at": job["started_at"],
+        "finished_at": job["finished_at"],
+        "attempt": job["attempt"],
+        "stream": f"/stream/{job['id']}",
+    }
+    if job["state"] == "SUCCESS":
+        view["result"] = result
+    if job.get("error"):
+        view["error"] = job["error"]
+    if job.get("batch_id"):
+        view["batch_id"] = job["batch_id"]
+    return view
+
+
+class Call:
+    """One JSON-RPC request's context: the app context and the HTTP request."""
+
+    def __init__(self, request: Request, params: dict[str, Any]) -> None:
+        self.request = request
+        self.ctx = request.app.state.ctx
+        self.params = params
+
+    def get(self, name: str, kind: type | tuple[type, ...], *, required: bool = False) -> Any:
+        value = self.params.get(name)
+        if value is None:
+            if required:
+                raise _params_error(f"'{name}' is required", name)
+            return None
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise _params_error(f"'{name}' has the wrong type", name)
+        if not isinstance(value, kind):
+            raise _params_error(f"'{name}' has the wrong type", name)
+        return value
+
+    def model(self) -> str:
+        model: str = self.get("model", str, required=True)
+        if not model or len(model) > MAX_MODEL_NAME:
+            raise _params_error("'model' must be a non-empty string", "model")
+        return model
+
+    def options(self) -> dict[str, Any]:
+        options = self.get("options", dict) or {}
+        clash = sorted(_RESERVED & set(options))
+        if clash:
+            raise _params_error(f"'options' cannot set {', '.join(clash)}", "options")
+        return options
+
+    async def resolve(self, model: str, want: str, endpoint: str) -> ModelStatus:
+        try:
+            return await resolve_model(self.ctx, model, want, endpoint)
+        except (ManagerUnavailable, ManagerRefused) as exc:
+            raise RpcError(MANAGER_DOWN, exc.message, exc.envelope()["error"]) from exc
+        except ProxyError as exc:
+            raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
+
+    async def submit(
+        self, method: str, model: str, endpoint: str, body: dict[str, Any], **kw: Any
+    ) -> dict[str, Any]:
+        job = await self.ctx.jobs.submit(
+            method=method, model=model, endpoint=endpoint, body=body, **kw
+        )
+        return {"taskId": job["id"], "state": "PENDING", "stream": f"/stream/{job['id']}"}
+
+
+def _message(value: Any, name: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"role": "user", "content": value}
+    if isinstance(value, dict) and isinstance(value.get("role"), str) and "content" in value:
+        return value
+    raise _params_error(
+        f"'{name}' must be a string or a message object with 'role' and 'content'", name
+    )
+
+
+async def create_message(call: Call) -> dict[str, Any]:
+    model = call.model()
+    message = call.params.get("message")
+    if message is None:
+        raise _params_error("'message' is required", "message")
+    history = call.get("history", list) or []
+    messages = [_message(m, "history") for m in history]
+    system = call.get("system", str)
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    messages.append(_message(message, "message"))
+    body: dict[str, Any] = {**call.options(), "model": model, "messages": messages, "stream": True}
+    tools = call.get("tools", list)
+    if tools is not None:
+        body["tools"] = tools
+    await call.resolve(model, "text", "/v1/chat/completions")
+    return await call.submit("create_message", model, "/v1/chat/completions", body)
+
+
+async def create_completion(call: Call) -> dict[str, Any]:
+    model = call.model()
+    prompt = call.params.get("prompt")
+    if not isinstance(prompt, str | list):
+        raise _params_error("'prompt' is required (a string or a list)", "prompt")
+    body = {**call.options(), "model": model, "prompt": prompt}
+    await call.resolve(model, "text", "/v1/completions")
+    return await call.submit("create_completion", model, "/v1/completions", body)
+
+
+async def create_embedding(call: Call) -> dict[str, Any]:
+    model = call.model()
+    text = call.params.get("input")
+    if not isinstance(text, str | list) or not text:
+        raise _params_error("'input' is required (a string or a list)", "input")
+    body = {**call.options(), "model": model, "input": text}
+    await call.resolve(model, "text", "/v1/embeddings")
+    return await call.submit("create_embedding", model, "/v1/embeddings", body)
+
+
+async def create_image(call: Call) -> dict[str, Any]:
+    model = call.model()
+    prompt = call.get("prompt", str, required=True)
+    n = call.get("n", int)
+    size = call.get("size", str)
+    info = await call.resolve(model, "image", "/v1/images/generations")
+    try:
+        check_image_request(info, n, size, "url")
+    except InvalidRequest as exc:
+        raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
+    body: dict[str, Any] = {**call.options(), "model": model, "prompt": prompt}
+    body["response_format"] = "b64_json"
+    if n is not None:
+        body["n"] = n
+    if size is not None:
+        body["size"] = size
+    url_base = image_url_base(call.ctx, call.request)
+    return await call.submit(
+        "create_image", model, "/v1/images/generations", body, url_base=url_base
+    )
+
+
+def _task_id(call: Call) -> str:
+    task_id: str = call.get("taskId", str, required=True)
+    if len(task_id) > 200:
+        raise _params_error("'taskId' is too long", "taskId")
+    return task_id
+
+
+async def tasks_get(call: Call) -> dict[str, Any]:
+    task_id = _task_id(call)
+    try:
+        job = await call.ctx.jobs.get(task_id)
+    except JobNotFound as exc:
+        raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
+    result = await call.ctx.jobs.store.get_result(task_id) if job["state"] == "SUCCESS" else None
+    view = task_view(job, result)
+    if job["state"] == "PENDING":
+        view.update(await call.ctx.jobs.position(job))
+    return view
+
+
+async def tasks_cancel(call: Call) -> dict[str, Any]:
+    task_id = _task_id(call)
+    try:
+        job = await call.ctx.jobs.cancel(task_id)
+    except JobNotFound as exc:
+        raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
+    except JobFinished as exc:
+        raise RpcError(TASK_FINISHED, f"Task {task_id!r} has already finished") from exc
+    return task_view(job)
+
+
+async def tasks_list(call: Call) -> dict[str, Any]:
+    state = call.get("state", str)
+    if state is not None and state not in ("PENDING", "STARTED", *TERMINAL):
+        raise _params_error("'state' must be PENDING, STARTED, SUCCESS, FAILURE or CANCELLED")
+    model = call.get("model", str)
+    limit = call.get("limit", int)
+    limit = 50 if limit is None else limit
+    if not 1 <= limit <= 1000:
+        raise _params_error("'limit' must be 1..1000", "limit")
+    jobs = await call.ctx.jobs.store.all_jobs()
+    jobs = [
+        j
+        for j in jobs
+        if (state is None or j["state"] == state) and (model is None or j["model"] == model)
+    ]
+    jobs.sort(key=lambda j: j["created_at"], reverse=True)
+    return {"tasks": [task_view(j) for j in jobs[:limit]], "total": len(jobs)}
+
+
+METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
+    "create_message": create_message,
+    "create_completion": create_completion,
+    "create_embedding": create_embedding,
+    "create_image": create_image,
+    "tasks.get": tasks_get,
+    "tasks.cancel": tasks_cancel,
+    "tasks.list": tasks_list,
+}
+
+
+def _response(id_: Any, *, result: Any = None, error: RpcError | None = None) -> dict[str, Any]:
+    if error is not None:
+        return {"jsonrpc": "2.0", "error": error.obj(), "id": id_}
+    return {"jsonrpc": "2.0", "result": result, "id": id_}
+
+
+async def handle_one(request: Request, msg: Any) -> dict[str, Any] | None:
+    """One request object -> its response, or None for a notification."""
+    if not isinstance(msg, dict):
+        return _response(None, error=RpcError(INVALID_REQUEST, "Invalid Request"))
+    has_id = "id" in msg
+    id_ = msg.get("id")
+    if has_id and not (id_ is None or isinstance(id_, str | int | float)) or isinstance(id_, bool):
+        return _response(None, error=RpcError(INVALID_REQUEST, "Invalid Request: bad 'id'"))
+    if msg.get("jsonrpc") != "2.0":
+        return _response(
+            id_, error=RpcError(INVALID_REQUEST, "Invalid Request: 'jsonrpc' must be \"2.0\"")
+        )
+    method = msg.get("method")
+    if not isinstance(method, str):
+        return _response(
+            id_, error=RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string")
+        )
+    params = msg.get("params", {})
+    if not isinstance(params, dict | list):
+        return _response(
+            id_,
+            error=RpcError(INVALID_REQUEST, "Invalid Request: 'params' must be an object or array"),
+        )
+    try:
+        handler = METHODS.get(method)
+        if handler is None:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method[:100]}")
+        if isinstance(params, list):
+            raise RpcError(INVALID_PARAMS, "Invalid params: pass named params (an object)")
+        result = await handler(Call(request, params))
+        return _response(id_, result=result) if has_id else None
+    except RpcError as exc:
+        return _response(id_, error=exc) if has_id else None
+    except Exception:
+        log.exception("JSON-RPC method %s failed", method)
+        err = RpcError(INTERNAL, "Internal error in the proxy; see its log.")
+        return _response(id_, error=err) if has_id else None
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post("/rpc", summary="JSON-RPC 2.0: start jobs, follow them (docs/jobs.md)")
+async def rpc(request: Request) -> Response:
+    raw = await read_body(request)  # bounded by the app's BodyLimit (413)
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _json(_response(None, error=RpcError(PARSE_ERROR, "Parse error")))
+    if isinstance(msg, list):
+        if not msg:
+            return _json(
+                _response(None, error=RpcError(INVALID_REQUEST, "Invalid Request: empty batch"))
+            )
+        if len(msg) > MAX_BATCH:
+            return _json(
+                _response(
+                    None,
+                    error=RpcError(
+                        INVALID_REQUEST, f"Invalid Request: more than {MAX_BATCH} calls"
+                    ),
+                )
+            )
+        replies = [r for r in [await handle_one(request, m) for m in msg] if r is not None]
+        return _json(replies) if replies else Response(status_code=204)
+    reply = await handle_one(request, msg)
+    return _json(reply) if reply is not None else Response(status_code=204)

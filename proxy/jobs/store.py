@@ -1,0 +1,312 @@
+"""The durable job store, on huey's storage layer: one SQLite file, or a Redis server.
+
+Everything a job is lives here, so a proxy restart (or another proxy on the same
+Redis) picks it up: the job record, its numbered event log (what `/stream` replays),
+its result, and one FIFO queue of job ids per model. huey's storages give the same
+operations on both engines, each atomic on its own: `enqueue` / `dequeue` (pop one
+id), `put_data` / `peek_data` / `pop_data` (a key-value hash), `put_if_empty` and
+`incr`. Namespaces are separate huey storages (``jobs``, ``events``, ``results``,
+``claims``, ``files``, ``alive`` and one queue per model). With SQLite (WAL), every
+commit survives a crash of the proxy; job records and queues are also fsynced on each
+commit (they survive a power loss), the rest (events, results, claims) are not, which
+keeps a job's dozen small writes cheap.
+
+Claims make "run at most once to completion" hold across crashes: a worker that
+dequeues a job writes ``claims[id:attempt] = instance``; completing the job means
+popping that key (`win`). A recovery pass that finds the claim's instance dead pops
+it first and requeues the job with the next attempt, so exactly one of the two
+proceeds.
+
+All methods block (SQLite, a Redis round trip): call them through `asyncio.to_thread`
+(the `AsyncJobStore` wrapper does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+from huey.constants import EmptyData  # type: ignore[import-untyped]
+from huey.storage import (  # type: ignore[import-untyped]
+    BaseStorage,
+    RedisStorage,
+    SqliteStorage,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TERMINAL = ("SUCCESS", "FAILURE", "CANCELLED")
+"""States a job never leaves."""
+
+
+class StoreInUse(RuntimeError):
+    """The embedded store's file is locked by another running proxy."""
+
+
+def _queue_name(model: str) -> str:
+    # Redis storage names drop everything but [A-Za-z0-9_]; hex keeps model names distinct.
+    return "homelab_q_" + model.encode().hex()
+
+
+class JobStore:
+    """Jobs, events, results, claims, files and per-model queues on one engine.
+
+    `url`: ``redis://host:port/db`` (or ``rediss://``) for a Redis server, otherwise
+    a file path (optionally ``sqlite:`` in front) for the embedded SQLite store.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shared = url.startswith(("redis://", "rediss://", "unix://"))
+        """Whether several proxies may use this store (Redis) or only this one (SQLite)."""
+        self._lock_fd: int | None = None
+        if self.shared:
+            first = RedisStorage(name="homelab_jobs", url=url, blocking=False)
+            pool = first.pool
+
+            def make(name: str) -> BaseStorage:
+                return RedisStorage(name=name, connection_pool=pool, blocking=False)
+
+            self._make: Callable[[str], BaseStorage] = make
+            self._make_queue = make
+            self.jobs: BaseStorage = first
+        else:
+            path = Path(url.removeprefix("sqlite:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.path = path
+            lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(lock_fd)
+                raise StoreInUse(
+                    f"another proxy uses the job store {path}: give each proxy its own "
+                    "HOMELAB_JOBS_URL, or share a Redis server (redis://...)"
+                ) from exc
+            self._lock_fd = lock_fd
+
+            def make_sqlite(name: str, *, sync: bool = False) -> BaseStorage:
+                # WAL: a commit survives a crash of the proxy either way; `sync` also
+                # fsyncs each commit, so it survives a power loss.
+                return SqliteStorage(name=name, filename=str(path), fsync=sync)
+
+            self._make = make_sqlite
+            self._make_queue = functools.partial(make_sqlite, sync=True)
+            self.jobs = make_sqlite("homelab_jobs", sync=True)
+        self.events = self._make("homelab_events")
+        self.results = self._make("homelab_results")
+        self.claims = self._make("homelab_claims")
+        self.files = self._make("homelab_files")
+        self.alive = self._make("homelab_alive")
+        self._queues: dict[str, BaseStorage] = {}
+
+    def close(self) -> None:
+        for storage in (
+            self.jobs,
+            self.events,
+            self.results,
+            self.claims,
+            self.files,
+            self.alive,
+            *self._queues.values(),
+        ):
+            storage.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _queue(self, model: str) -> BaseStorage:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = self._make_queue(_queue_name(model))
+        return queue
+
+    # -- jobs -------------------------------------------------------------------
+
+    def put_job(self, job: dict[str, Any]) -> None:
+        self.jobs.put_data(job["id"], orjson.dumps(job))
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.jobs.peek_data(job_id)
+        return None if raw is EmptyData else orjson.loads(bytes(raw))
+
+    def get_jobs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for key, raw in self.jobs.peek_many(chunk).items():
+                name = key.decode() if isinstance(key, bytes) else key
+                out[name] = orjson.loads(bytes(raw))
+        return out
+
+    def all_jobs(self) -> list[dict[str, Any]]:
+        return [orjson.loads(bytes(raw)) for raw in self.jobs.result_items().values()]
+
+    def delete_job(self, job_id: str) -> None:
+        """Forget a job, its result, its claims' leftovers and its events."""
+        last = self.last_event(job_id)
+        for seq in range(1, last + 1):
+            self.events.delete_data(f"{job_id}:{seq}")
+        self.events.delete_counter(job_id)
+        self.results.delete_data(job_id)
+        self.jobs.delete_data(job_id)
+
+    # -- queues -----------------------------------------------------------------
+
+    def enqueue(self, model: str, job_id: str) -> None:
+        self._queue(model).enqueue(job_id.encode())
+
+    def dequeue(self, model: str) -> str | None:
+        raw = self._queue(model).dequeue()
+        return None if raw is None else bytes(raw).decode()
+
+    def queued(self, model: str) -> list[str]:
+        return [bytes(raw).decode() for raw in self._queue(model).enqueued_items()]
+
+    def head(self, model: str) -> str | None:
+        """The id the next `dequeue(model)` would return, or None."""
+        items = self._queue(model).enqueued_items(limit=1)
+        return bytes(items[0]).decode() if items else None
+
+    def queue_sizes(self, models: Iterable[str]) -> dict[str, int]:
+        return {m: n for m in models if (n := self._queue(m).queue_size())}
+
+    # -- events -----------------------------------------------------------------
+
+    def append_event(self, job_id: str, event: str, data: Any) -> int:
+        """Append one event; returns its id (1, 2, ...; unique per job)."""
+        seq = int(self.events.incr(job_id))
+        self.events.put_data(
+            f"{job_id}:{seq}", orjson.dumps({"event": event, "data": data, "at": time.time()})
+        )
+        return seq
+
+    def last_event(self, job_id: str) -> int:
+        """The highest event id handed out for the job (0: none)."""
+        return int(self.events.incr(job_id, 0))
+
+    def events_after(
+        self, job_id: str, after: int, limit: int = 500
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Events with ids after `after`, in order, stopping at the first not yet written."""
+        keys = [f"{job_id}:{seq}" for seq in range(after + 1, after + 1 + limit)]
+        found = self.events.peek_many(keys)
+        found = {(k.decode() if isinstance(k, bytes) else k): v for k, v in found.items()}
+        out = []
+        for seq, key in enumerate(keys, start=after + 1):
+            raw = found.get(key)
+            if raw is None:
+                break
+            out.append((seq, orjson.loads(bytes(raw))))
+        return out
+
+    # -- results ----------------------------------------------------------------
+
+    def put_result(self, job_id: str, result: Any) -> None:
+        self.results.put_data(job_id, orjson.dumps(result))
+
+    def get_result(self, job_id: str) -> Any:
+        raw = self.results.peek_data(job_id)
+        return None if raw is EmptyData else orjson.loads(bytes(raw))
+
+    # -- claims and liveness ----------------------------------------------------
+
+    def claim(self, job_id: str, attempt: int, instance: str) -> None:
+        self.claims.put_data(f"{job_id}:{attempt}", instance.encode())
+
+    def claim_owner(self, job_id: str, attempt: int) -> str | None:
+        raw = self.claims.peek_data(f"{job_id}:{attempt}")
+        return None if raw is EmptyData else bytes(raw).decode()
+
+    def take_claim(self, job_id: str, attempt: int) -> str | None:
+        """Pop the claim (atomic): the one caller that gets it back owns the outcome."""
+        raw = self.claims.pop_data(f"{job_id}:{attempt}")
+        return None if raw is EmptyData else bytes(raw).decode()
+
+    def heartbeat(self, instance: str) -> None:
+        self.alive.put_data(instance, orjson.dumps(time.time()))
+
+    def forget_instance(self, instance: str) -> None:
+        self.alive.delete_data(instance)
+
+    def instances(self) -> dict[str, float]:
+        return {
+            (k.decode() if isinstance(k, bytes) else k): float(orjson.loads(bytes(v)))
+            for k, v in self.alive.result_items().items()
+        }
+
+    # -- files (batch input and output) ----------------------------------------
+
+    def put_file(self, meta: dict[str, Any], content: bytes) -> None:
+        self.files.put_data("data:" + meta["id"], content)
+        self.files.put_data("meta:" + meta["id"], orjson.dumps(meta))
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        raw = self.files.peek_data("meta:" + file_id)
+        return None if raw is EmptyData else orjson.loads(bytes(raw))
+
+    def file_content(self, file_id: str) -> bytes | None:
+        raw = self.files.peek_data("data:" + file_id)
+        return None if raw is EmptyData else bytes(raw)
+
+    def all_files(self) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(bytes(v))
+            for k, v in self.files.result_items().items()
+            if (k.decode() if isinstance(k, bytes) else k).startswith("meta:")
+        ]
+
+    def delete_file(self, file_id: str) -> bool:
+        self.files.delete_data("data:" + file_id)
+        return bool(self.files.delete_data("meta:" + file_id))
+
+    # -- batches (records in the files namespace) -------------------------------
+
+    def put_batch(self, batch: dict[str, Any]) -> None:
+        self.files.put_data("batch:" + batch["id"], orjson.dumps(batch))
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.files.peek_data("batch:" + batch_id)
+        return None if raw is EmptyData else orjson.loads(bytes(raw))
+
+    def all_batches(self) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(bytes(v))
+            for k, v in self.files.result_items().items()
+            if (k.decode() if isinstance(k, bytes) else k).startswith("batch:")
+        ]
+
+    def count(self, key: str, amount: int = 1) -> int:
+        """Add `amount` to the counter `key` (atomic) and return its new value."""
+        return int(self.files.incr(key, amount))
+
+    def lock_once(self, key: str) -> bool:
+        """True for the first caller ever to ask for `key` (put_if_empty)."""
+        return bool(self.files.put_if_empty("lock:" + key, b"1"))
+
+
+class AsyncJobStore:
+    """`JobStore` with every method run in a worker thread (never blocks the loop)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.sync = store
+        self.shared = store.shared
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.sync, name)
+        if not callable(method):
+            return method
+
+        @functools.wraps(method)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
