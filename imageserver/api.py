@@ -53,6 +53,7 @@ from imageserver.images import (
 )
 from imageserver.model import EditJob, GenerateJob, ImageModel, StepMeter
 from imageserver.settings import Settings
+from imageserver.upstream_key import UpstreamKey
 from imageserver.worker import GpuWorker
 from wire.errors import MODEL_SERVER, install_error_handlers
 from wire.limits import BodyLimit
@@ -318,6 +319,8 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
     _install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MODEL_SERVER)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(UpstreamKey, key=key)
     return app
 
 

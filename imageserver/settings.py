@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         description="Steps of the warm-up generation run before reporting ready; 0 skips it.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The upstream key the manager made for this start: /v1/* requests must send "
+            "it as `Authorization: Bearer`. Unset: no key needed."
+        ),
+    )
 
     @field_validator("sizes", mode="before")
     @classmethod

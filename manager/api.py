@@ -24,7 +24,8 @@ from fastapi.routing import APIRouter
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
-from manager.errors import Unauthorized
+from manager.errors import BusyError, Unauthorized
+from manager.events import Subscription
 from manager.scheduler import Scheduler
 from manager.settings import ManagerSettings
 from wire.disconnect import watch_disconnect
@@ -93,15 +94,24 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover (mypy: the block returns or raises)
 
 
-async def event_stream(scheduler: Scheduler, heartbeat: float) -> AsyncIterator[bytes]:
+def subscribe(scheduler: Scheduler, limit: int) -> tuple[Subscription, bytes]:
+    """A subscription and the `snapshot` frame taken at the same instant (no event can
+    fall between them). Raises BusyError (429) when `limit` streams are open already."""
+    if scheduler.events.subscriber_count >= limit:
+        raise BusyError(f"too many event streams are open ({limit}); retry later", 5.0)
+    subscription = scheduler.events.subscribe()
+    return subscription, snapshot_frame(scheduler.status())
+
+
+async def event_stream(
+    subscription: Subscription, snapshot: bytes, heartbeat: float
+) -> AsyncIterator[bytes]:
     """`snapshot` first, then every event, with a comment line every `heartbeat` idle seconds.
 
-    Subscribing and taking the snapshot happen without a pause, so no event falls
-    between them. Ends when the scheduler closes; unsubscribes when the stream ends.
+    Ends when the scheduler closes; unsubscribes when the stream ends.
     """
-    subscription = scheduler.events.subscribe()
     try:
-        yield snapshot_frame(scheduler.status())
+        yield snapshot
         while True:
             try:
                 event = await subscription.next(timeout=heartbeat)
@@ -192,8 +202,10 @@ async def model_logs(
 
 @router.get("/v1/events")
 async def events(scheduler: SchedulerDep, settings: SettingsDep) -> StreamingResponse:
+    """At most HOMELAB_MAX_EVENT_STREAMS at once (the proxy needs one); one more is a 429."""
+    subscription, snapshot = subscribe(scheduler, settings.max_event_streams)
     return StreamingResponse(
-        event_stream(scheduler, settings.sse_heartbeat),
+        event_stream(subscription, snapshot, settings.sse_heartbeat),
         media_type=SSE_MEDIA_TYPE,
         headers=SSE_HEADERS,
     )

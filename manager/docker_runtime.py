@@ -35,8 +35,10 @@ from manager.runtime import (
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_SPEC,
+    UPSTREAM_KEY_ENV,
     Instance,
     Spec,
+    new_upstream_key,
     spec_hash,
 )
 from manager.settings import ManagerSettings
@@ -112,6 +114,17 @@ def _hf_cache_mount(source: str) -> docker.types.Mount:
     )
 
 
+def _env_value(container: Any, names: Any) -> str | None:
+    """The first of `names` set in the container's environment (its Config.Env), or None."""
+    config = container.attrs.get("Config")
+    env = config.get("Env") if isinstance(config, dict) else None
+    values = dict(e.partition("=")[::2] for e in env or () if isinstance(e, str))
+    for name in names:
+        if values.get(name):
+            return values[name]
+    return None
+
+
 def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     labels = container.labels or {}
     state = container.attrs.get("State")
@@ -121,6 +134,17 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
         running=container.status == "running",
         exit_code=exit_code if container.status in ("exited", "dead") else None,
         spec_hash=labels.get(LABEL_SPEC),
+        api_key=_env_value(container, UPSTREAM_KEY_ENV.values()),
+    )
+
+
+def publish_host(settings: Any) -> str:
+    """The host address model ports are published on: `model_bind_host`, else the
+    address the manager itself listens on (`manager_host`)."""
+    return (
+        getattr(settings, "model_bind_host", None)
+        or getattr(settings, "manager_host", None)
+        or "0.0.0.0"
     )
 
 
@@ -209,8 +233,12 @@ class DockerRuntime:
             labels[LABEL_INSTANCE] = self._instance
         return labels
 
-    def container_config(self, name: str, spec: Spec) -> dict[str, Any]:
-        """Keyword arguments for `containers.create` (pure; exposed for tests and docs)."""
+    def container_config(self, name: str, spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for `containers.create` (pure; exposed for tests and docs).
+
+        The model port is published on `publish_host(settings)` only; `api_key` (the
+        server's upstream key) goes into the type's `UPSTREAM_KEY_ENV` variable.
+        """
         env = {"HF_HOME": HF_CACHE_TARGET}
         token = hf_token(self._settings)
         if token:
@@ -222,6 +250,8 @@ class DockerRuntime:
         else:
             env.update(image_server_env(name, spec, INTERNAL_PORT))
         env.update(spec.env)
+        if api_key:
+            env[UPSTREAM_KEY_ENV[spec.type]] = api_key
         config: dict[str, Any] = {
             "image": spec.image,
             "command": command,
@@ -229,7 +259,7 @@ class DockerRuntime:
             "detach": True,
             "environment": env,
             "labels": self.labels(name, spec),
-            "ports": {f"{INTERNAL_PORT}/tcp": spec.port},
+            "ports": {f"{INTERNAL_PORT}/tcp": (publish_host(self._settings), spec.port)},
             "ipc_mode": "host",
             "restart_policy": {"Name": "no"},
             "mounts": [_hf_cache_mount(self._settings.hf_cache)],
@@ -245,7 +275,8 @@ class DockerRuntime:
         """Create (or reuse) and start the container; returns once it is started, not ready.
 
         Reuses a managed container of the same name, model and spec hash (starting it
-        if stopped); removes and recreates one that differs. Pulls the image if it is
+        if stopped; it keeps its upstream key); removes and recreates one that differs
+        (a created container gets a new upstream key). Pulls the image if it is
         not present (which may take long). Raises RuntimeFailure for a foreign
         container of that name, an unavailable image, a busy port, or any engine error.
         """
@@ -282,7 +313,7 @@ class DockerRuntime:
 
     async def _create(self, name: str, spec: Spec) -> Any:
         client = await self._docker()
-        config = self.container_config(name, spec)
+        config = self.container_config(name, spec, new_upstream_key())
         try:
             return await self._call(
                 client.containers.create, what=f"create container {spec.container}", **config

@@ -78,18 +78,28 @@ class HttpReadinessProbe:
 
     # ---- one look ---------------------------------------------------------------------------
     async def check(
-        self, name: str, spec: Spec, base_url: str, *, within: float | None = None
+        self,
+        name: str,
+        spec: Spec,
+        base_url: str,
+        *,
+        within: float | None = None,
+        api_key: str | None = None,
     ) -> Verdict:
         """One HTTP look at the server, each request bounded by `within` seconds (default:
-        the probe's request timeout). Never raises for an unreachable or odd server."""
+        the probe's request timeout), sending the server's upstream key `api_key` when
+        given. Never raises for an unreachable or odd server."""
         limit = self._timeout if within is None else max(0.1, min(within, self._timeout))
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         if isinstance(spec, TextModel):
-            return await self._check_text(name, base_url, limit)
-        return await self._check_image(base_url, limit)
+            return await self._check_text(name, base_url, limit, headers)
+        return await self._check_image(base_url, limit, headers)
 
-    async def _check_text(self, name: str, base_url: str, limit: float) -> Verdict:
+    async def _check_text(
+        self, name: str, base_url: str, limit: float, headers: dict[str, str]
+    ) -> Verdict:
         try:
-            health = await self._client.get(f"{base_url}/health", timeout=limit)
+            health = await self._client.get(f"{base_url}/health", timeout=limit, headers=headers)
         except httpx.TransportError as exc:
             return Verdict("loading", f"not answering yet ({type(exc).__name__})")
         if health.status_code == 503:
@@ -97,7 +107,9 @@ class HttpReadinessProbe:
         if health.status_code != 200:
             return Verdict("loading", f"GET /health answered {health.status_code}")
         try:
-            listing = await self._client.get(f"{base_url}/v1/models", timeout=limit)
+            listing = await self._client.get(
+                f"{base_url}/v1/models", timeout=limit, headers=headers
+            )
             ids = [m.get("id") for m in listing.json().get("data", []) if isinstance(m, dict)]
         except httpx.TransportError as exc:
             return Verdict("loading", f"GET /v1/models failed ({type(exc).__name__})")
@@ -107,9 +119,9 @@ class HttpReadinessProbe:
             return Verdict("loading", f"the server lists {ids}, not {name!r}")
         return Verdict("ready", "ready")
 
-    async def _check_image(self, base_url: str, limit: float) -> Verdict:
+    async def _check_image(self, base_url: str, limit: float, headers: dict[str, str]) -> Verdict:
         try:
-            health = await self._client.get(f"{base_url}/health", timeout=limit)
+            health = await self._client.get(f"{base_url}/health", timeout=limit, headers=headers)
         except httpx.TransportError as exc:
             return Verdict("loading", f"not answering yet ({type(exc).__name__})")
         try:
@@ -144,10 +156,12 @@ class HttpReadinessProbe:
         await asyncio.sleep(min(interval, spec.start_timeout))
         last = "no answer yet"
         while True:
-            gone = await self._exited(name, spec, runtime)
+            gone, api_key = await self._look(name, spec, runtime)
             if gone is not None:
                 raise gone
-            verdict = await self.check(name, spec, base_url, within=deadline - loop.time())
+            verdict = await self.check(
+                name, spec, base_url, within=deadline - loop.time(), api_key=api_key
+            )
             if verdict.state == "ready":
                 log.info("%s is ready at %s", name, base_url)
                 return
@@ -179,7 +193,7 @@ class HttpReadinessProbe:
             return "the server is gone (no container or process)"
         if not instance.running:
             return _exit_reason(instance.exit_code)
-        verdict = await self.check(name, spec, runtime.base_url(spec))
+        verdict = await self.check(name, spec, runtime.base_url(spec), api_key=instance.api_key)
         if verdict.state == "ready":
             return None
         # A server that is exiting drops connections a moment before the runtime sees it
@@ -196,20 +210,26 @@ class HttpReadinessProbe:
         return verdict.reason
 
     async def _exited(self, name: str, spec: Spec, runtime: ContainerRuntime) -> StartFailed | None:
+        return (await self._look(name, spec, runtime))[0]
+
+    async def _look(
+        self, name: str, spec: Spec, runtime: ContainerRuntime
+    ) -> tuple[StartFailed | None, str | None]:
+        """(why the server is gone or None, its upstream key) from the runtime."""
         try:
             instance = await runtime.inspect(name, spec)
         except RuntimeFailure as exc:
-            return StartFailed(name, f"cannot inspect the server: {exc}")
+            return StartFailed(name, f"cannot inspect the server: {exc}"), None
         if instance is None:
-            return StartFailed(name, "the server is gone (no container or process)")
+            return StartFailed(name, "the server is gone (no container or process)"), None
         if instance.running:
-            return None
+            return None, instance.api_key
         return StartFailed(
             name,
             _exit_reason(instance.exit_code),
             exit_code=instance.exit_code,
             logs=await self._logs(name, spec, runtime),
-        )
+        ), None
 
     @staticmethod
     async def _logs(name: str, spec: Spec, runtime: ContainerRuntime) -> str:

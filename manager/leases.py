@@ -54,6 +54,12 @@ class Lease:
         had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
         return self.grant.max_uses
 
+    @property
+    def api_key(self) -> str | None:
+        """The model server's upstream key, which the proxy sends as `Authorization: Bearer`
+        (None: the server takes requests without one)."""
+        return self.grant.api_key
+
 
 class LeaseTable:
     """Live leases. `ttl` is every lease's lifetime unless renewed; `clock` is monotonic."""
@@ -74,8 +80,17 @@ class LeaseTable:
     def __contains__(self, lease_id: object) -> bool:
         return lease_id in self._leases
 
-    def grant(self, model: str, type: ModelType, base_url: str, max_uses: int = 1) -> Lease:
-        """A new lease on `model`, live until dropped or expired."""
+    def grant(
+        self,
+        model: str,
+        type: ModelType,
+        base_url: str,
+        max_uses: int = 1,
+        *,
+        api_key: str | None = None,
+    ) -> Lease:
+        """A new lease on `model`, live until dropped or expired, carrying the model
+        server's upstream key `api_key`."""
         grant = LeaseGrant(
             lease_id=secrets.token_urlsafe(18),
             model=model,
@@ -83,6 +98,7 @@ class LeaseTable:
             base_url=base_url,
             ttl=self.ttl,
             max_uses=max_uses,
+            api_key=api_key,
         )
         lease = Lease(grant, expires_at=self._clock() + self.ttl)
         self._leases[lease.lease_id] = lease

@@ -8,17 +8,19 @@ SIGTERM to the group, then SIGKILL after the timeout.
 Text models run `[vllm_python, -m, vllm.entrypoints.openai.api_server]`, image
 models `[imageserver_python, -m, imageserver]`; a spec's `command` replaces that
 program part and the type's arguments are appended. Servers listen on
-127.0.0.1:<spec.port>.
+`<model_bind_host>:<spec.port>` (127.0.0.1 unless configured).
 
 Output goes to `<log_dir>/<name>.log` (appended; rotated once past 20 MB).
-`<log_dir>/registry.json` (`wire.procs`, a contract: deploy/demo.py reads it too) maps
-model name -> pid, process start time, spec hash, so a restarted manager adopts the
-servers it launched (`list_owned`) and never signals a process that merely reuses a
-recorded pid (the start time must match).
+`<log_dir>/registry.json` (`wire.procs`, a contract: deploy/demo.py reads it too; mode
+600) maps model name -> pid, process start time, spec hash and upstream key, so a
+restarted manager adopts the servers it launched (`list_owned`) with their keys and
+never signals a process that merely reuses a recorded pid (the start time must match).
 
 The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
-variables and the spec's `env` are added.
+variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
+`HOMELAB_IMAGE_API_KEY`: in the environment, not on the command line, which every
+local user can read) are added.
 
 POSIX only (process groups, signals).
 """
@@ -36,7 +38,7 @@ from typing import Any
 
 from manager.docker_runtime import hf_token, image_server_env, text_server_args
 from manager.errors import RuntimeFailure
-from manager.runtime import Instance, Spec, spec_hash
+from manager.runtime import UPSTREAM_KEY_ENV, Instance, Spec, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import TextModel
 from wire.procs import (
@@ -147,6 +149,11 @@ class ProcessRuntime:
         return is_same_process(record.pid, record.started)
 
     # ---- what a server process looks like -----------------------------------------------------
+    @property
+    def bind_host(self) -> str:
+        """The address servers listen on: `model_bind_host`, else 127.0.0.1."""
+        return getattr(self._settings, "model_bind_host", None) or LOCAL_HOST
+
     def argv(self, name: str, spec: Spec) -> list[str]:
         """The full argv for `spec` (pure; exposed for tests)."""
         if isinstance(spec, TextModel):
@@ -155,11 +162,12 @@ class ProcessRuntime:
                 "-m",
                 "vllm.entrypoints.openai.api_server",
             ]
-            return [*program, *text_server_args(name, spec, LOCAL_HOST, spec.port)]
+            return [*program, *text_server_args(name, spec, self.bind_host, spec.port)]
         return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
 
-    def environment(self, name: str, spec: Spec) -> dict[str, str]:
-        """The server's environment: the manager's minus HOMELAB_*, plus the type's and spec's."""
+    def environment(self, name: str, spec: Spec, api_key: str | None = None) -> dict[str, str]:
+        """The server's environment: the manager's minus HOMELAB_*, plus the type's and
+        spec's, plus `api_key` (the upstream key) in the type's `UPSTREAM_KEY_ENV` variable."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
         env["PYTHONUNBUFFERED"] = "1"
         token = hf_token(self._settings)
@@ -168,8 +176,10 @@ class ProcessRuntime:
             env["HF_TOKEN"] = token
         if not isinstance(spec, TextModel):
             env.update(image_server_env(name, spec, spec.port))
-            env["HOMELAB_IMAGE_HOST"] = LOCAL_HOST
+            env["HOMELAB_IMAGE_HOST"] = self.bind_host
         env.update(spec.env)
+        if api_key:
+            env[UPSTREAM_KEY_ENV[spec.type]] = api_key
         return env
 
     def log_path(self, name: str) -> Path:
@@ -203,6 +213,7 @@ class ProcessRuntime:
 
     async def _spawn(self, name: str, spec: Spec, wanted: str) -> None:
         argv = self.argv(name, spec)
+        api_key = new_upstream_key()
         path = self.log_path(name)
 
         def open_log() -> Any:
@@ -225,7 +236,7 @@ class ProcessRuntime:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=handle,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self.environment(name, spec),
+                env=self.environment(name, spec, api_key),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -242,6 +253,7 @@ class ProcessRuntime:
             started=start_time(proc.pid),
             argv=argv,
             log=str(path),
+            api_key=api_key,
         )
         await self._update_registry(name, record)
         log.info("started %s as pid %s: %s", name, proc.pid, argv)
@@ -301,11 +313,22 @@ class ProcessRuntime:
                 if reaper is not None:
                     await asyncio.wait({reaper}, timeout=1.0)
             if child.returncode is None:
-                return Instance(model=name, running=True, spec_hash=record.spec_hash)
+                return Instance(
+                    model=name, running=True, spec_hash=record.spec_hash, api_key=record.api_key
+                )
             return Instance(
-                model=name, running=False, exit_code=child.returncode, spec_hash=record.spec_hash
+                model=name,
+                running=False,
+                exit_code=child.returncode,
+                spec_hash=record.spec_hash,
+                api_key=record.api_key,
             )
-        return Instance(model=name, running=self._is_ours(record), spec_hash=record.spec_hash)
+        return Instance(
+            model=name,
+            running=self._is_ours(record),
+            spec_hash=record.spec_hash,
+            api_key=record.api_key,
+        )
 
     async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
         """The last `tail` lines of the server's log file ('' if none)."""
@@ -321,12 +344,21 @@ class ProcessRuntime:
             if child is not None and child.pid == record.pid and child.returncode is not None:
                 owned.append(
                     Instance(
-                        name, running=False, exit_code=child.returncode, spec_hash=record.spec_hash
+                        name,
+                        running=False,
+                        exit_code=child.returncode,
+                        spec_hash=record.spec_hash,
+                        api_key=record.api_key,
                     )
                 )
             else:
                 owned.append(
-                    Instance(name, running=self._is_ours(record), spec_hash=record.spec_hash)
+                    Instance(
+                        name,
+                        running=self._is_ours(record),
+                        spec_hash=record.spec_hash,
+                        api_key=record.api_key,
+                    )
                 )
         return owned
 

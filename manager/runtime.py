@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from manager.spec import ImageModel, TextModel
@@ -28,6 +29,17 @@ LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
 Spec = TextModel | ImageModel
+
+UPSTREAM_KEY_ENV = {"text": "VLLM_API_KEY", "image": "HOMELAB_IMAGE_API_KEY"}
+"""The variable that carries a server's upstream key: vLLM reads `VLLM_API_KEY` (the
+same as `--api-key`, but kept out of the process list), the image server
+`HOMELAB_IMAGE_API_KEY`. Both then refuse `/v1/*` requests without
+`Authorization: Bearer <key>` (401)."""
+
+
+def new_upstream_key() -> str:
+    """A fresh upstream key: made whenever a runtime launches a new model server."""
+    return secrets.token_urlsafe(32)
 
 
 def spec_hash(spec: Spec) -> str:
@@ -46,12 +58,19 @@ class Instance:
     exit_code: int | None = None
     """Set once the server has exited."""
     spec_hash: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    """The server's upstream key (None: it takes requests without one). Every runtime
+    makes a new key when it launches a server and reads it back from a server it
+    reuses or adopts, so the manager can put it in leases and probes."""
 
 
 @runtime_checkable
 class ContainerRuntime(Protocol):
     async def start(self, name: str, spec: Spec) -> None:
         """Start the model server for `name` and return once it is launched (not ready).
+
+        A newly launched server gets a new upstream key (`new_upstream_key`, passed in
+        the `UPSTREAM_KEY_ENV` variable of its type); `inspect` reports it.
 
         An existing container/process for `name` with the same spec hash is reused
         (started again if it had stopped); one with a different hash is removed

@@ -103,6 +103,8 @@ class _Record:
     stop_requested: bool = False
     waiters: deque[_Waiter] = field(default_factory=deque)
     stop_futures: list[asyncio.Future[ModelState]] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)
+    """The running server's upstream key, as its runtime reported it once it was ready."""
 
 
 class Scheduler:
@@ -275,7 +277,9 @@ class Scheduler:
         return sum(len(rec.waiters) for rec in self._records.values())
 
     def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
-        lease = self.leases.grant(rec.name, rec.spec.type, self.base_url(rec.name), max_uses)
+        lease = self.leases.grant(
+            rec.name, rec.spec.type, self.base_url(rec.name), max_uses, api_key=rec.api_key
+        )
         self._touch(rec)
         return lease
 
@@ -416,7 +420,10 @@ class Scheduler:
             if not adopted:
                 await self._wait_gpu_released()
                 await self.runtime.start(rec.name, rec.spec)
+            rec.api_key = None
             await self.probe.wait_ready(rec.name, rec.spec, self.runtime)
+            instance = await self.runtime.inspect(rec.name, rec.spec)
+            rec.api_key = instance.api_key if instance is not None else None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a task boundary: every failure becomes StartFailed

@@ -36,6 +36,15 @@ class ManagerSettings(BaseSettings):
         pattern=_HOST_PATTERN,
         description="How the manager reaches model servers' published ports.",
     )
+    model_bind_host: str | None = Field(
+        default=None,
+        pattern=_HOST_PATTERN,
+        description=(
+            "Address model servers' ports are bound to: the address the proxy reaches "
+            "(127.0.0.1 when it runs on this machine). Unset: Docker publishes on "
+            "HOMELAB_MANAGER_HOST, the process runtime listens on 127.0.0.1."
+        ),
+    )
     advertise_host: str | None = Field(
         default=None,
         pattern=_HOST_PATTERN,
@@ -83,6 +92,12 @@ class ManagerSettings(BaseSettings):
     )
     sse_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds between SSE heartbeat comments on /v1/events."
+    )
+    max_event_streams: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Most GET /v1/events streams at once (each proxy needs one); one more is a 429.",
     )
     max_body_bytes: int = Field(
         default=65536, ge=1024, description="Largest request body accepted."

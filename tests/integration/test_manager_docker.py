@@ -80,8 +80,12 @@ def containers_of(docker_env: Any, model: str) -> list[Any]:
     )
 
 
-async def chat(base_url: str, text: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=30) as client:
+async def chat(lease: dict, text: str) -> httpx.Response:
+    """A chat request straight to the leased model server, with the lease's upstream key."""
+    headers = {"Authorization": f"Bearer {lease['api_key']}"}
+    async with httpx.AsyncClient(
+        base_url=lease["base_url"], headers=headers, trust_env=False, timeout=30
+    ) as client:
         return await client.post(
             "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]}
         )
@@ -98,7 +102,7 @@ async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path
     body = lease.json()
     assert body["model"] == "chat-a" and body["type"] == "text"
     assert body["base_url"] == "http://127.0.0.1:18150"
-    reply = await chat(body["base_url"], "first words")
+    reply = await chat(body, "first words")
     assert reply.json()["choices"][0]["message"]["content"] == "[chat-a] first words"
 
     status = await model_status(api, "chat-a")
@@ -122,7 +126,7 @@ async def test_swap_from_a_to_b(managers, docker_env, tmp_path: Path) -> None:
         a_id = containers_of(docker_env, "chat-a")[0].id
 
         lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()
-        assert (await chat(lease["base_url"], "after the swap")).json()["choices"][0]["message"][
+        assert (await chat(lease, "after the swap")).json()["choices"][0]["message"][
             "content"
         ] == "[chat-b] after the swap"
         await api.delete(f"/v1/leases/{lease['lease_id']}")
@@ -153,7 +157,7 @@ async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Pat
     assert [c.status for c in containers_of(docker_env, "chat-a")] == ["running"]
     assert containers_of(docker_env, "chat-b") == []
     assert not wanting_b.done()
-    assert (await chat(held["base_url"], "still mine")).status_code == 200
+    assert (await chat(held, "still mine")).status_code == 200
 
     await api.delete(f"/v1/leases/{held['lease_id']}")
     granted = await wanting_b
@@ -172,7 +176,7 @@ async def test_fifty_concurrent_requests_over_two_models(managers, tmp_path: Pat
             assert lease.status_code == 200, lease.text
             body = lease.json()
             try:
-                reply = await chat(body["base_url"], f"request {i}")
+                reply = await chat(body, f"request {i}")
                 assert reply.status_code == 200, reply.text
                 return reply.json()["choices"][0]["message"]["content"]
             finally:
@@ -250,7 +254,7 @@ async def test_a_restarted_manager_adopts_the_running_model(
     assert second.scheduler.swaps == 0  # adopted, not started
     assert [c.id for c in containers_of(docker_env, "chat-b")] == [running.id]
     lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()
-    assert (await chat(lease["base_url"], "adopted")).status_code == 200
+    assert (await chat(lease, "adopted")).status_code == 200
     await api.delete(f"/v1/leases/{lease['lease_id']}")
 
     image = await api.post("/v1/leases", json={"model": "img"})  # and swaps on from there
@@ -296,7 +300,7 @@ async def test_a_server_that_dies_while_ready_is_marked_failed_and_restarted(
     manager = await launch(managers, models, 18176, tmp_path, liveness_interval=0.2)
     api = manager.client()
     lease = (await api.post("/v1/leases", json={"model": "fragile"})).json()
-    assert (await chat(lease["base_url"], "last words")).status_code == 200  # then it exits 3
+    assert (await chat(lease, "last words")).status_code == 200  # then it exits 3
     await api.delete(f"/v1/leases/{lease['lease_id']}")
     failed = await wait_for_state(api, "fragile", "failed")
     assert "exited with code 3" in failed["last_error"]
@@ -304,5 +308,5 @@ async def test_a_server_that_dies_while_ready_is_marked_failed_and_restarted(
 
     again = await api.post("/v1/leases", json={"model": "fragile"})  # the next request retries
     assert again.status_code == 200
-    assert (await chat(again.json()["base_url"], "back")).status_code == 200
+    assert (await chat(again.json(), "back")).status_code == 200
     assert [c.id for c in containers_of(docker_env, "fragile")] != [dead.id]

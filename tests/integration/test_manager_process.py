@@ -69,8 +69,9 @@ async def test_process_manager_starts_swaps_and_adopts(managers, tmp_path: Path)
     api = first.client()
     lease = (await api.post("/v1/leases", json={"model": "proc-a"})).json()
     assert lease["base_url"] == "http://127.0.0.1:18142"
+    auth = {"Authorization": f"Bearer {lease['api_key']}"}
     async with httpx.AsyncClient(base_url=lease["base_url"], trust_env=False) as model:
-        reply = await model.post("/v1/completions", json={"prompt": "hello"})
+        reply = await model.post("/v1/completions", json={"prompt": "hello"}, headers=auth)
     assert reply.json()["choices"][0]["text"] == "[proc-a] hello"
     await api.delete(f"/v1/leases/{lease['lease_id']}")
     pid_a = registry(first)["proc-a"]["pid"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,7 @@ from tests.integration.conftest import (
     model_name,
     text_spec,
     token,
+    upstream_auth,
 )
 from wire.procs import REGISTRY_FILE
 from wire.procs import is_alive as _alive
@@ -115,9 +117,17 @@ async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> N
     spec = fake_text("proc", 18132, FAKEVLLM_LOAD_SECONDS="0.5")
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
+    auth = await upstream_auth(runtime, name, spec)
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
-        reply = await client.post("/v1/completions", json={"prompt": "as a process"})
+        assert (await client.post("/v1/completions", json={"prompt": "no key"})).status_code == 401
+        reply = await client.post("/v1/completions", json={"prompt": "as a process"}, headers=auth)
     assert reply.json()["choices"][0]["text"] == f"[{name}] as a process"
+    # The key travels in the environment (not on the command line, which every local user
+    # can read) and is kept in the registry, which only the manager's user may read.
+    key = auth["Authorization"].split()[1]
+    pid_now = json.loads(runtime.registry_path.read_text())[name]["pid"]
+    assert key not in Path(f"/proc/{pid_now}/cmdline").read_text()  # noqa: ASYNC240
+    assert stat.S_IMODE(runtime.registry_path.stat().st_mode) == 0o600
 
     instance = await runtime.inspect(name, spec)
     assert instance is not None and instance.running and instance.spec_hash == spec_hash(spec)
@@ -300,7 +310,10 @@ async def test_check_alive_sees_a_crash(runtime: ProcessRuntime, probe) -> None:
     spec = fake_text("proc-alive", 18141, FAKEVLLM_CRASH_AFTER="1")
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
-    async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
+    auth = await upstream_auth(runtime, name, spec)
+    async with httpx.AsyncClient(
+        base_url=runtime.base_url(spec), headers=auth, trust_env=False
+    ) as client:
         await client.post("/v1/embeddings", json={"input": "bye"})
     reason = None
     for _ in range(50):

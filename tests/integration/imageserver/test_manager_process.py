@@ -24,7 +24,7 @@ from manager.health import HttpReadinessProbe
 from manager.process_runtime import ProcessRuntime
 from manager.settings import ManagerSettings
 from manager.spec import ImageModel
-from tests.integration.conftest import model_name, token
+from tests.integration.conftest import model_name, token, upstream_auth
 
 from .conftest import free_port
 
@@ -82,8 +82,9 @@ async def test_the_manager_starts_checks_uses_and_stops_the_image_server(
     await probe.wait_ready(name, spec, runtime)
     assert await probe.check_alive(name, spec, runtime) is None
 
+    auth = await upstream_auth(runtime, name, spec)
     async with httpx.AsyncClient(
-        base_url=runtime.base_url(spec), trust_env=False, timeout=120
+        base_url=runtime.base_url(spec), headers=auth, trust_env=False, timeout=120
     ) as client:
         health = (await client.get("/health")).json()
         assert health == {"status": "ready", "error": None, "model": name}

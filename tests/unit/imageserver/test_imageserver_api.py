@@ -548,3 +548,22 @@ async def test_a_full_queue_answers_429_with_retry_after() -> None:
         assert (
             await client.post("/v1/images/generations", json={"prompt": "d"})
         ).status_code == 200
+
+
+async def test_with_an_upstream_key_v1_needs_it_and_health_stays_open() -> None:
+    """The manager's per-start key (HOMELAB_IMAGE_API_KEY): only the proxy, which got it in
+    its lease, may use the server; the manager's probe reads /health without it too."""
+    key = "upstream-" + "k3Y9" * 8
+    async with serve(settings(api_key=key), loader_for(FakeModel())) as client:
+        await wait_status(client, "ready")
+        body = {"prompt": "a cat", "size": "64x64", "response_format": "b64_json"}
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": key}):
+            refused = await client.post("/v1/images/generations", json=body, headers=headers)
+            assert_envelope(refused, 401, "invalid_api_key")
+            assert refused.headers["WWW-Authenticate"] == "Bearer"
+        assert (await client.get("/v1/models")).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        done = await client.post("/v1/images/generations", json=body, headers=auth)
+        assert done.status_code == 200, done.text
+        assert (await client.get("/v1/models", headers=auth)).status_code == 200
+        assert (await client.get("/health")).json()["status"] == "ready"

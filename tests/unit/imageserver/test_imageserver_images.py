@@ -112,3 +112,16 @@ def test_mask_must_match_the_image() -> None:
 def test_encode_image(fmt: str, pil: str) -> None:
     decoded = Image.open(io.BytesIO(base64.b64decode(encode_image(Image.new("RGB", (8, 16)), fmt))))
     assert decoded.format == pil and decoded.size == (8, 16)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO"])
+def test_only_png_jpeg_and_webp_are_decoded(fmt: str) -> None:
+    """A real file of another format Pillow knows is refused before any decoder runs."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, format=fmt)
+    with pytest.raises(InvalidRequest, match="not a PNG, JPEG or WebP"):
+        decode_upload(buf.getvalue(), param="mask", max_bytes=100_000)
+    for ok in ("PNG", "JPEG", "WEBP"):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, format=ok)
+        assert decode_upload(buf.getvalue(), param="image", max_bytes=100_000).size == (16, 16)

@@ -80,7 +80,8 @@ class FakeRuntime:
 
     def kill(self, name: str, exit_code: int = 137) -> None:
         """The server exits on its own (crash, OOM)."""
-        self.instances[name] = Instance(name, False, exit_code, self.instances[name].spec_hash)
+        old = self.instances[name]
+        self.instances[name] = Instance(name, False, exit_code, old.spec_hash, old.api_key)
 
     async def start(self, name: str, spec: Spec) -> None:
         await asyncio.sleep(0)
@@ -90,7 +91,9 @@ class FakeRuntime:
         others = [n for n in self.running() if n != name]
         if others:
             raise TwoResident(f"starting {name} while {others} run")
-        self.instances[name] = Instance(name, True, None, spec_hash(spec))
+        self.instances[name] = Instance(
+            name, True, None, spec_hash(spec), api_key=f"key-{name}-{len(self.calls)}"
+        )
         self.log_lines[name].append(f"{name} starting")
         self.max_running = max(self.max_running, len(self.running()))
 

@@ -148,7 +148,9 @@ async def test_lease_lifecycle(api, sched):
     response = await api.post("/v1/leases", json={"model": "alpha", "extra": "ignored"})
     assert response.status_code == 200, response.text
     lease = response.json()
-    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl", "max_uses"}
+    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl", "max_uses", "api_key"}
+    # The key the runtime made when it started the server (see FakeRuntime.start).
+    assert lease["api_key"] == sched.runtime.instances["alpha"].api_key is not None
     assert (lease["model"], lease["type"], lease["base_url"], lease["max_uses"]) == (
         "alpha",
         "text",
@@ -480,3 +482,27 @@ async def test_healthz_and_status_answer_while_a_lease_request_blocks(app, sched
         assert (await api.get("/v1/models")).json()["data"][0]["waiting"] == 1
         probe.release("alpha")
         assert (await pending).status_code == 200
+
+
+async def test_event_streams_beyond_the_cap_get_a_429(sched):
+    """Each stream holds a connection (a descriptor) in the manager, whose Docker calls and
+    leases need descriptors too: HOMELAB_MAX_EVENT_STREAMS bounds them."""
+    app = create_app(sched, make_settings(max_event_streams=2), manage_scheduler=False)
+    calls = [AsgiCall(app, "GET", "/v1/events").start() for _ in range(2)]
+    for call in calls:
+        assert (await call.next_message())["status"] == 200
+    assert sched.events.subscriber_count == 2
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://manager", headers=AUTH
+    ) as client:
+        refused = await client.get("/v1/events")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["source"] == "manager"
+        assert refused.headers["Retry-After"]
+    calls[0].hangup.set()
+    await calls[0].task
+    again = AsgiCall(app, "GET", "/v1/events").start()
+    assert (await again.next_message())["status"] == 200
+    for call in (calls[1], again):
+        call.hangup.set()
+        await call.task

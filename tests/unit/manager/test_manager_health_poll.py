@@ -18,7 +18,7 @@ class ScriptedProbe(HttpReadinessProbe):
         super().__init__(**kwargs)
         self.left = loading_rounds
 
-    async def check(self, name, spec, base_url, *, within=None) -> Verdict:
+    async def check(self, name, spec, base_url, *, within=None, api_key=None) -> Verdict:
         if self.left > 0:
             self.left -= 1
             return Verdict("loading", "not answering yet (ConnectError)")

@@ -1,0 +1,78 @@
+"""`UpstreamKey`: the image server answers `/v1/*` only to the holder of its upstream key.
+
+The manager makes a new key whenever it launches the server and passes it in
+`HOMELAB_IMAGE_API_KEY`; the proxy sends it as `Authorization: Bearer <key>`.
+A request under `/v1/` without it gets a 401 OpenAI envelope (`invalid_api_key`,
+``source: model_server``). `/health` stays open: it says only whether the pipeline
+is loaded (the manager's probe sends the key anyway). Without a key configured
+everything is open, as before. Pure ASGI (no `BaseHTTPMiddleware`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+GUARDED_PREFIX = "/v1"
+
+_REFUSAL = json.dumps(
+    {
+        "error": {
+            "message": "Missing or wrong upstream key: only the homelab-ai proxy may call "
+            "this server.",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+            "source": "model_server",
+        }
+    }
+).encode()
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class UpstreamKey:
+    def __init__(self, app: ASGIApp, key: str | None) -> None:
+        self.app = app
+        self.key = _digest(key.encode()) if key else None
+
+    def _valid(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers") or ():
+            if name == b"authorization":
+                scheme, _, token = bytes(value).partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    _digest(token.strip()), self.key or b""
+                )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.key is None
+            or scope["type"] != "http"
+            or not scope["path"].startswith(GUARDED_PREFIX)
+            or self._valid(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(_REFUSAL)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _REFUSAL})
