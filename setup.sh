@@ -39,7 +39,7 @@ VLLM_VERSION="0.32.0"
 # wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
 # libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
 # kernels, vllm._C).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables ca-certificates libatomic1 libnuma1 redis-server)
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -170,7 +170,7 @@ EOF
 
 help_demo() {
     cat <<EOF
-Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--no-deps]
+Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--open] [--no-deps]
        ./setup.sh demo stop | status
 
 The whole system on this one Linux machine, on the CPU, no GPU and no internet needed:
@@ -180,7 +180,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   3. deploy/demo.py writes \$HOMELAB_DEMO_DIR/models.json (default $STATE_DIR/demo):
        smollm2   SmolLM2-135M-Instruct on real vLLM (the CPU build), port N+11
        tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
-     and a manager token (manager-token, mode 600, never printed)
+     a manager token (manager-token) and an API key for clients (api-key), both
+     mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
      web UI on ADDR:N (default 127.0.0.1:8080), prints the URL
   5. stays in the foreground; Ctrl-C stops everything, model servers included
@@ -188,8 +189,9 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
   --port N    the proxy's port (default 8080); the demo also uses N+10, N+11, N+12
-  --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN,
-              with no API key)
+  --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
+              clients need the key in \$HOMELAB_DEMO_DIR/api-key)
+  --open      run the proxy without an API key (anyone who reaches it uses the models)
 
 The first request for a model loads it (vLLM on the CPU: a minute or so); asking for
 the other model swaps them. Logs: \$HOMELAB_DEMO_DIR/logs/.
@@ -198,8 +200,8 @@ EOF
 
 help_gpu_pc() {
     cat <<EOF
-Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--port N] [--models FILE]
-                         [--env-file FILE] [--skip-gpu-check] [--show-token]
+Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--server-address ADDR] [--port N]
+                         [--models FILE] [--env-file FILE] [--skip-gpu-check] [--show-token]
 
 On the GPU PC (a WSL 2 shell or Git Bash with Docker Desktop, or Linux with Docker and
 the NVIDIA Container Toolkit). Each step checks first and skips what is done:
@@ -229,13 +231,16 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   --advertise-host HOST  the GPU PC's LAN name or address the server reaches it by
                          (required under WSL and Git Bash: see \`ipconfig\` in
                          PowerShell; on Linux the first address of \`hostname -I\`)
+  --server-address ADDR  the server's LAN address (IPv4/IPv6, or a subnet like
+                         192.168.1.0/24): the printed firewall rule lets only it in.
+                         Without it the rule has a <SERVER-ADDRESS> placeholder
 EOF
 }
 
 help_server() {
     cat <<EOF
 Usage: ./setup.sh server --manager-url URL [--token-file FILE] [--port N]
-                         [--api-keys-file FILE] [--env-file FILE] [--name NAME]
+                         [--api-keys-file FILE | --open] [--env-file FILE] [--name NAME]
 
 On the Linux server, with Docker (./setup.sh deps installs it on Debian):
   1. Docker answers
@@ -247,7 +252,11 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      HOMELAB_API_KEYS). They come from the flags, else from the environment
      (HOMELAB_MANAGER_URL, HOMELAB_MANAGER_TOKEN, HOMELAB_API_KEYS), else from the env
      file of an earlier run. --token-file FILE: a file holding the token, or the GPU
-     PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a line
+     PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a
+     line. Keys are on by default: with none given (and none from an earlier run) a new
+     key is generated into the env file (never printed; clients read it from there).
+     --open: no API keys (HOMELAB_API_KEYS=off), anyone who reaches the port may use
+     the models
   4. starts the proxy and web UI as the container NAME (default $PROXY_CONTAINER),
      --restart unless-stopped, port N (default 8080), generated images in the volume
      homelab-proxy-images, the job store (docs/jobs.md) in homelab-proxy-state;
@@ -546,7 +555,7 @@ ensure_tiny_pipeline() {
 }
 
 cmd_demo() {
-    local action=run detach=0 deps=1 port=8080 host=127.0.0.1
+    local action=run detach=0 deps=1 port=8080 host=127.0.0.1 open=()
     case "${1:-}" in
         stop | status)
             action="$1"
@@ -558,6 +567,7 @@ cmd_demo() {
         case "$1" in
             --detach | -d) detach=1 ;;
             --no-deps) deps=0 ;;
+            --open) open=(--open) ;;
             --port)
                 [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65523)"
                 port="$2"
@@ -593,7 +603,7 @@ cmd_demo() {
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
-        --image-python "$PY"
+        --image-python "$PY" "${open[@]}"
 }
 
 # ---------------------------------------------------------------- gpu-pc and server: Docker helpers
@@ -728,9 +738,14 @@ models_query() {
 
 cmd_gpu_pc() {
     local models="$REPO_DIR/models.json" env_file="$REPO_DIR/.env" port=8090
-    local advertise="" skip_gpu=0 show_token=0
+    local advertise="" skip_gpu=0 show_token=0 server_address=""
     while (($#)); do
         case "$1" in
+            --server-address)
+                [[ "${2:-}" =~ ^[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?$ ]] || die "--server-address needs an IP address (or subnet) like 192.168.1.20"
+                server_address="$2"
+                shift
+                ;;
             --models) models="${2:?--models needs a file}"; shift ;;
             --env-file) env_file="${2:?--env-file needs a file}"; shift ;;
             --port)
@@ -883,21 +898,32 @@ for name, m in d.items():
   On the server:  ./setup.sh server --manager-url http://$advertise:$port --token-file FILE
                   (FILE: a copy of $env_file, or a file holding just the token)
 
-  Windows firewall (PowerShell as Administrator): let the server reach the manager
-  and the model servers it hands out (ports $rule_ports):
-    New-NetFirewallRule -DisplayName "homelab-ai" -Direction Inbound -Protocol TCP -LocalPort $rule_ports -Action Allow -Profile Private
-  or: netsh advfirewall firewall add rule name="homelab-ai" dir=in action=allow protocol=TCP localport=$rule_ports
+$(firewall_rule "$rule_ports" "$server_address")
 ===================================================================================
 EOF
+}
+
+# `firewall_rule PORTS [SERVER-ADDRESS]`: the Windows firewall rule that lets only the server
+# (or a placeholder to fill in, when its address is not known) reach PORTS.
+firewall_rule() {
+    local rule="$1" remote="${2:-<SERVER-ADDRESS>}"
+    cat <<EOF
+  Windows firewall (PowerShell as Administrator): let the server, and only the server,
+  reach the manager and the model servers it hands out (ports $rule):
+    New-NetFirewallRule -DisplayName "homelab-ai" -Direction Inbound -Protocol TCP -LocalPort $rule -RemoteAddress $remote -Action Allow -Profile Private
+  or: netsh advfirewall firewall add rule name="homelab-ai" dir=in action=allow protocol=TCP localport=$rule remoteip=$remote
+EOF
+    [[ -n "${2:-}" ]] || echo "  (replace <SERVER-ADDRESS> by the server's LAN address, or rerun with --server-address ADDR)"
 }
 
 # ---------------------------------------------------------------- server
 
 cmd_server() {
-    local url="" token_file="" keys_file="" env_file="$REPO_DIR/.env.server" port=8080 name="$PROXY_CONTAINER"
+    local url="" token_file="" keys_file="" env_file="$REPO_DIR/.env.server" port=8080 name="$PROXY_CONTAINER" open_access=0
     while (($#)); do
         case "$1" in
             --manager-url) url="${2:?--manager-url needs a URL}"; shift ;;
+            --open) open_access=1 ;;
             --token-file) token_file="${2:?--token-file needs a file}"; shift ;;
             --api-keys-file) keys_file="${2:?--api-keys-file needs a file}"; shift ;;
             --env-file) env_file="${2:?--env-file needs a file}"; shift ;;
@@ -934,6 +960,14 @@ cmd_server() {
         keys="$(grep -v '^[[:space:]]*#' "$keys_file" | tr -d ' \t\r' | grep -v '^$' | paste -sd, -)"
     fi
     [[ -n "$keys" ]] || keys="${HOMELAB_API_KEYS:-$(env_file_value "$env_file" HOMELAB_API_KEYS)}"
+    local generated=0
+    if ((open_access)); then
+        [[ -z "$keys_file" ]] || die "--open and --api-keys-file contradict each other"
+        keys=off
+    elif [[ -z "$keys" || "$keys" == off ]]; then
+        keys=""  # keys are on by default: a new one is made below (wire.tokens new)
+        generated=1
+    fi
 
     step "Docker"
     require_docker
@@ -945,7 +979,10 @@ cmd_server() {
     local problem
     problem="$(printf '%s\n' "$token" | in_image "$PROXY_IMAGE" -m wire.tokens check 2>&1)" ||
         die "HOMELAB_MANAGER_TOKEN: $problem"
-    if [[ -n "$keys" ]]; then
+    if ((generated)); then
+        keys="$(in_image "$PROXY_IMAGE" -m wire.tokens new </dev/null)" || die "could not generate an API key"
+    fi
+    if [[ "$keys" != off ]]; then
         problem="$(tr ',' '\n' <<<"$keys" | in_image "$PROXY_IMAGE" -m wire.tokens check 2>&1)" ||
             die "HOMELAB_API_KEYS: $problem"
     fi
@@ -953,13 +990,15 @@ cmd_server() {
         echo "# Written by ./setup.sh server. Secret: never commit or share this file."
         echo "HOMELAB_MANAGER_URL=$url"
         echo "HOMELAB_MANAGER_TOKEN=$token"
-        if [[ -n "$keys" ]]; then echo "HOMELAB_API_KEYS=$keys"; fi
+        echo "HOMELAB_API_KEYS=$keys"
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
-    if [[ -n "$keys" ]]; then
-        info "clients need one of the API keys (HOMELAB_API_KEYS in $env_file)"
+    if [[ "$keys" == off ]]; then
+        info "no API keys (--open): anyone who reaches port $port may use the models"
+    elif ((generated)); then
+        info "a new API key was generated: clients need it (HOMELAB_API_KEYS in $env_file)"
     else
-        info "no API keys: anyone who reaches port $port may use the models (--api-keys-file to require keys)"
+        info "clients need one of the API keys (HOMELAB_API_KEYS in $env_file)"
     fi
 
     step "Proxy and web UI container ($name, port $port)"

@@ -14,6 +14,8 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
     models.json     the demo catalogue: `smollm2` (real vLLM, CPU build) and `tiny-sd`
                     (the real diffusers image server with the tiny offline pipeline)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
+    api-key         the API key clients send to the proxy (mode 600, generated once, never
+                    printed; `--open` runs the proxy without keys instead)
     pids.json       the manager's and the proxy's pid and start time (while running)
     jobs.db         the proxy's job store (docs/jobs.md)
     logs/           manager.log, proxy.log, one log per model server, and the process
@@ -123,7 +125,16 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
 
 def manager_token(demo_dir: Path) -> str:
     """The demo manager's token from DIR/manager-token, generated (mode 600) on first use."""
-    path = demo_dir / "manager-token"
+    return secret_file(demo_dir / "manager-token")
+
+
+def api_key(demo_dir: Path) -> str:
+    """The proxy's API key from DIR/api-key, generated (mode 600) on first use."""
+    return secret_file(demo_dir / "api-key")
+
+
+def secret_file(path: Path) -> str:
+    """The secret kept in `path`, generated (32 random bytes, mode 600) on first use."""
     if path.is_file():
         token = path.read_text().strip()
         if token_problem(token) is None:
@@ -303,6 +314,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_PROXY_PORT": str(port),
         "HOMELAB_DEFAULT_MODEL": TEXT_MODEL,
         "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
+        "HOMELAB_API_KEYS": "off" if opts.open else api_key(demo_dir),
     }
     python = opts.image_python
     pids: dict = {"port": port, "manager_port": manager_port, "models": list(models)}
@@ -377,18 +389,26 @@ def stop(demo_dir: Path, quiet: bool = False) -> bool:
 def banner(opts: argparse.Namespace, pids: dict) -> None:
     host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
     url = f"http://{host}:{pids['port']}"
+    key_file = opts.dir / "api-key"
+    if opts.open:
+        key_line = "no API key (--open): anyone who reaches the port may use the models"
+        auth = ""
+    else:
+        key_line = f"in {key_file} (the web UI asks for it once)"
+        auth = f'-H "Authorization: Bearer $(cat {key_file})" \\\n          '
     print(
         f"""
 ==================================================================== homelab-ai demo
   Web UI:           {url}/
-  OpenAI base URL:  {url}/v1   (any API key; models: {TEXT_MODEL}, {IMAGE_MODEL})
+  OpenAI base URL:  {url}/v1   (models: {TEXT_MODEL}, {IMAGE_MODEL})
+  API key:          {key_line}
   Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"})
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
   asking the other model swaps them.
   Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
-          -d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+          {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",
         flush=True,
     )
@@ -443,6 +463,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="the proxy's port (default 8080)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="the proxy's address (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--open",
+        action="store_true",
+        help="run the proxy without API keys (default: a key generated into DIR/api-key)",
     )
     parser.add_argument("--vllm-python", type=Path, help="python of the vLLM CPU venv")
     parser.add_argument("--text-model", type=Path, help="the small text model's folder")

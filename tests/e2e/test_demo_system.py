@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -69,6 +70,8 @@ class Demo:
     proxy_url: str
     manager_url: str
     token: str
+    api_key: str = ""
+    """The key the demo generated into DIR/api-key (clients need it: keys are on by default)."""
 
     def setup_sh(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -166,6 +169,10 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
         assert started.returncode == 0, f"demo --detach failed:\n{started.stdout}\n{started.stderr}"
         assert f"Web UI:           {running.proxy_url}/" in started.stdout
         running.token = (demo_dir / "manager-token").read_text().strip()
+        key_file = demo_dir / "api-key"
+        running.api_key = key_file.read_text().strip()
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert str(key_file) in started.stdout and running.api_key not in started.stdout
         yield running
     finally:
         running.setup_sh("demo", "stop")
@@ -182,7 +189,10 @@ def test_demo_answers_chat_then_draws_then_chats_again_with_swaps(demo: Demo) ->
     import openai
     from PIL import Image
 
-    models = httpx.get(f"{demo.proxy_url}/v1/models", timeout=30).json()
+    # Keys are on by default: without the generated key the proxy refuses.
+    assert httpx.get(f"{demo.proxy_url}/v1/models", timeout=30).status_code == 401
+    auth = {"Authorization": f"Bearer {demo.api_key}"}
+    models = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
     assert {m["id"]: m["type"] for m in models["data"]} == {"smollm2": "text", "tiny-sd": "image"}
     # The models.json the demo wrote: the CPU settings the issue asks for.
     written = json.loads((demo.dir / "models.json").read_text())
@@ -191,7 +201,10 @@ def test_demo_answers_chat_then_draws_then_chats_again_with_swaps(demo: Demo) ->
 
     swaps = SwapRecorder(demo)
     client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1", api_key="demo", max_retries=0, timeout=LOAD_DEADLINE_S
+        base_url=f"{demo.proxy_url}/v1",
+        api_key=demo.api_key,
+        max_retries=0,
+        timeout=LOAD_DEADLINE_S,
     )
     ask = {
         "model": "smollm2",

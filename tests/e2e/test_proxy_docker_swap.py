@@ -115,6 +115,7 @@ async def test_chat_swaps_out_the_image_model_and_an_image_request_swaps_back(
             image_dir=tmp_path / "images",
             jobs_url=str(tmp_path / "jobs.db"),
             api_keys=[],
+            public_url=f"http://127.0.0.1:{proxy_port}",
         )
         async with serve_proxy(settings) as url:
             sdk = openai.AsyncOpenAI(

@@ -154,6 +154,35 @@ def test_gpu_pc_stops_with_the_fix_when_containers_see_no_gpu(
     assert "gpu-pc: done" not in result.stdout
 
 
+def test_the_firewall_rule_lets_only_the_server_in() -> None:
+    """gpu-pc's printed Windows firewall rule: limited to --server-address, or a placeholder
+    to fill in (never the whole private network)."""
+
+    def rule(*args: str) -> str:
+        script = 'source ./setup.sh && firewall_rule "$@"'
+        done = subprocess.run(
+            ["bash", "-c", script, "rule", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    known = rule("8090,8001", "192.168.1.20")
+    assert "-LocalPort 8090,8001 -RemoteAddress 192.168.1.20 " in known
+    assert "localport=8090,8001 remoteip=192.168.1.20" in known
+    unknown = rule("8090,8001")
+    assert "-RemoteAddress <SERVER-ADDRESS> " in unknown and "remoteip=<SERVER-ADDRESS>" in unknown
+    assert "--server-address" in unknown
+
+
+def test_gpu_pc_refuses_a_server_address_that_is_not_an_address(tmp_path: Path) -> None:
+    result = setup_sh("gpu-pc", "--server-address", "1.2.3.4;x", "--env-file", str(tmp_path / "e"))
+    assert result.returncode == 1
+    assert "--server-address needs an IP address" in result.stderr
+
+
 def test_gpu_pc_refuses_an_advertise_host_that_is_not_a_host(tmp_path: Path) -> None:
     result = setup_sh("gpu-pc", "--advertise-host", "x;rm -rf /", "--env-file", str(tmp_path / "e"))
     assert result.returncode == 1
@@ -261,8 +290,19 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
 
         container = docker_client.containers.get(name)
         assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        # Keys are on by default: a key was generated into the env file, never printed.
+        keys = [
+            line.split("=", 1)[1]
+            for line in env_file.read_text().splitlines()
+            if line.startswith("HOMELAB_API_KEYS=")
+        ]
+        assert len(keys) == 1 and len(keys[0]) >= 32, env_file.read_text()
+        assert keys[0] not in first.stdout + first.stderr
+        assert "a new API key was generated" in first.stdout
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401
         # Through the container: the proxy asks the real manager for its models.
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        auth = {"Authorization": f"Bearer {keys[0]}"}
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=auth, timeout=30).json()
         assert [m["id"] for m in models["data"]] == ["demo-text"]
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200  # the UI
 

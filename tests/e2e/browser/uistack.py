@@ -341,6 +341,7 @@ def run_stack(
         "HOMELAB_DEFAULT_MODEL": default_model,
         "HOMELAB_MODELS_CACHE_TTL": "0",
         "HOMELAB_JOBS_URL": str(workdir / "jobs.db"),
+        "HOMELAB_API_KEYS": "off",  # the open proxy; auth_env below is the one with a key
     }
     auth_env = {
         **proxy_env,
