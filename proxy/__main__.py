@@ -12,11 +12,29 @@ from proxy.app import create_app
 from proxy.settings import ProxySettings
 
 
+def describe(exc: ValidationError) -> str:
+    """One line per bad setting: its variable and the reason, never the value given
+    (which may be a token or a key)."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        name = f"HOMELAB_{field.split('.')[0].upper()}"
+        lines.append(f"  {name}: {err['msg']}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     try:
         settings = ProxySettings()
     except ValidationError as exc:
-        print(f"proxy: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"proxy: invalid settings:\n{describe(exc)}", file=sys.stderr)
+        sys.exit(2)
+    if settings.api_keys is None:
+        print(
+            "proxy: no API keys: set HOMELAB_API_KEYS=key1,key2 (each at least 16 characters), "
+            "or HOMELAB_API_KEYS=off to let everyone who reaches the proxy use the models",
+            file=sys.stderr,
+        )
         sys.exit(2)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -2,8 +2,8 @@
 
 The lifespan builds one `aiohttp.ClientSession` per process (unless one is
 handed in; then the caller owns and closes it), the `ManagerClient`, the image
-store, the event follower and the MCP session manager (``/mcp``, proxy/mcp/), and
-tears them down in reverse order.
+store, the event hub (one manager event stream for every browser) and the MCP session
+manager (``/mcp``, proxy/mcp/), and tears them down in reverse order.
 Every error, including unknown routes, validation errors and unexpected
 exceptions, leaves as an OpenAI error envelope; never a traceback.
 """
@@ -25,7 +25,9 @@ from starlette.routing import Route
 from proxy import routes_openai, routes_ops
 from proxy.auth import ApiKeyMiddleware
 from proxy.context import ProxyContext
-from proxy.events import follow_events
+from proxy.event_hub import EventHub
+from proxy.events import handle_event
+from proxy.guard import Guard, default_hosts
 from proxy.hotpath import HotPath
 from proxy.images import ImageStore
 from proxy.jobs import batches as jobs_batches
@@ -81,7 +83,17 @@ def create_app(
                 manager=manager,
                 http=http,
                 metrics=metrics,
-                images=ImageStore(Path(image_dir), settings.image_url_ttl),
+                events=EventHub(
+                    manager,
+                    lambda event, data: handle_event(app.state.ctx, event, data),
+                    max_subscribers=settings.max_event_clients,
+                ),
+                images=ImageStore(
+                    Path(image_dir),
+                    settings.image_url_ttl,
+                    max_count=settings.image_store_max_count,
+                    max_bytes=settings.image_store_max_bytes,
+                ),
                 upstream_timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=settings.connect_timeout,
@@ -95,7 +107,7 @@ def create_app(
                 ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
             )
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
-            follower = asyncio.create_task(follow_events(ctx), name="manager-events")
+            follower = asyncio.create_task(ctx.events.run(), name="manager-events")
             try:
                 await ctx.jobs.start()
                 async with mcp_endpoint.running():
@@ -114,6 +126,10 @@ def create_app(
         version=proxy_version(),
         description="One OpenAI-compatible endpoint for every model of the home lab. See docs/api.md.",
         lifespan=lifespan,
+        # Swagger UI loads its scripts from a CDN into the proxy's origin (where the browser
+        # keeps the API key): off unless HOMELAB_DOCS=true. /openapi.json is always there.
+        docs_url="/docs" if settings.docs else None,
+        redoc_url=None,
     )
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
@@ -135,7 +151,13 @@ def create_app(
         },
         source=PROXY,
     )
-    app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(ApiKeyMiddleware, keys=settings.keys())
+    app.add_middleware(
+        Guard,
+        allowed_hosts=default_hosts(
+            settings.proxy_host, settings.public_url, settings.allowed_hosts
+        ),
+    )
 
     def observe(request: Request, status: int) -> None:
         metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()

@@ -5,7 +5,10 @@ With keys configured, every path under ``/v1/`` and ``/stream/`` plus ``/api/eve
 (the UI page, static files, image URLs, health) is open. Without keys everything is open.
 A refusal is a 401 OpenAI envelope that the openai SDK raises as
 ``AuthenticationError``; on ``/mcp`` it is a JSON-RPC error (the envelope in its
-``data``), which MCP clients show as the error.
+``data``), which MCP clients show as the error. A request that proved no key (the
+proxy is open, or the path needs none) gets its error messages redacted: no internal
+URLs, no model server log lines (`proxy.errors.redact`); ``request.state.keyed`` says
+which.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import hmac
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.errors import AuthenticationFailed
+from proxy.errors import KEYLESS, AuthenticationFailed
 from wire.errors import PROXY, send_json
 
 PROTECTED_PREFIXES = ("/v1/", "/api/", "/stream/")
@@ -45,13 +48,16 @@ class ApiKeyMiddleware:
                 return ok
         return False
 
+    def has_key(self, scope: Scope) -> bool:
+        """The request proved a key (always False when the proxy is open)."""
+        return bool(self.keys) and self._valid(scope)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and self.keys
-            and is_protected(scope["path"])
-            and not self._valid(scope)
-        ):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        keyed = self.has_key(scope)
+        if self.keys and is_protected(scope["path"]) and not keyed:
             err = AuthenticationFailed(
                 "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -61,7 +67,12 @@ class ApiKeyMiddleware:
             else:
                 await err.send(send)
             return
-        await self.app(scope, receive, send)
+        scope.setdefault("state", {})["keyed"] = keyed
+        token = KEYLESS.set(not keyed)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            KEYLESS.reset(token)
 
 
 async def _send_rpc_refusal(send: Send, err: AuthenticationFailed) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -14,6 +14,9 @@ from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.settings import ProxySettings
 
+if TYPE_CHECKING:  # event_hub imports forward, which imports this module
+    from proxy.event_hub import EventHub
+
 
 @dataclass(slots=True)
 class ProxyContext:
@@ -22,6 +25,8 @@ class ProxyContext:
     http: aiohttp.ClientSession
     """The one client session to model servers (and the manager) of this process."""
     metrics: Metrics
+    events: EventHub
+    """The one manager event stream, fanned out to /api/events subscribers."""
     images: ImageStore
     upstream_timeout: aiohttp.ClientTimeout
     feed: EventFeed = field(default_factory=EventFeed)

@@ -11,6 +11,8 @@ Foreign exceptions (aiohttp, OSError) are wrapped with ``raise X from exc``.
 
 from __future__ import annotations
 
+import re
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -20,13 +22,39 @@ from wire.errors import MODEL_SERVER as MODEL_SERVER
 from wire.errors import PROXY as PROXY
 from wire.errors import ApiError, Source
 
+KEYLESS: ContextVar[bool] = ContextVar("keyless", default=False)
+"""True while answering a request that proved no API key (the proxy is open, or the
+path needs none: /readyz, the page, images): its error messages are `redact`ed.
+Set by `proxy.auth.ApiKeyMiddleware` for each request."""
+
+_INTERNAL = re.compile(
+    r"\b(?:https?|unix)://[^\s'\",;)]+"  # URLs
+    r"|\[?[\w.:-]*[\w\]]:\d{2,5}\b"  # host:port (aiohttp: "Cannot connect to host h:p")
+    r"|\('[^']*', \d+(?:, \d+, \d+)?\)"  # socket address tuples ('10.0.0.5', 8001)
+)
+_LOG_TAIL = re.compile(r"\n\s*last log lines:.*", re.DOTALL)
+
+
+def redact(message: str) -> str:
+    """`message` without internal addresses (the manager's, the model servers') and
+    without a model server's log lines: what a client without a key may read."""
+    message = _LOG_TAIL.sub(" (details in the manager's log)", message)
+    return _INTERNAL.sub("<internal address>", message)
+
 
 class ProxyError(ApiError):
     """Base of every error the proxy raises on purpose. Carries its HTTP answer
-    (`wire.errors.ApiError`); ``source`` is the proxy unless a subclass says otherwise."""
+    (`wire.errors.ApiError`); ``source`` is the proxy unless a subclass says otherwise.
+    Its message is `redact`ed for a client that proved no key (`KEYLESS`)."""
 
     status, type, code = 500, "server_error", "internal_error"
     source: Source | None = PROXY
+
+    def envelope(self, source: Source | None = None) -> dict[str, Any]:
+        body = super().envelope(source)
+        if KEYLESS.get():
+            body["error"]["message"] = redact(body["error"]["message"])
+        return body
 
 
 class InvalidRequest(ProxyError):
@@ -72,6 +100,12 @@ class WrongModelType(InvalidRequest):
             param="model",
             code="wrong_model_type",
         )
+
+
+class UnsupportedMediaType(ProxyError):
+    """The body's Content-Type is not what the endpoint takes (415)."""
+
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
 
 
 class ManagerUnavailable(ProxyError):

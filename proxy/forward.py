@@ -78,7 +78,11 @@ class Forward(Watched):
                 resp = await ctx.http.post(
                     lease.base_url + self.endpoint,
                     data=self.body,
-                    headers={"Content-Type": self.content_type, "Accept-Encoding": "identity"},
+                    headers={
+                        "Content-Type": self.content_type,
+                        "Accept-Encoding": "identity",
+                        **lease.upstream_headers(),
+                    },
                     timeout=ctx.upstream_timeout,
                 )
             except TRANSPORT_ERRORS as exc:

@@ -24,6 +24,8 @@ from wire.models import ModelStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+UPLOAD_FORMATS = frozenset({"png", "jpeg", "webp"})
+"""What /v1/images/edits takes as `image` and `mask` (the image server decodes only these)."""
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -76,11 +78,24 @@ def check_image_request(
 
 
 class ImageStore:
-    """Images kept on disk for a limited time, named by an unguessable id."""
+    """Images kept on disk for a limited time, named by an unguessable id.
 
-    def __init__(self, directory: Path, ttl: float) -> None:
+    Bounded: at most `max_count` images and `max_bytes` bytes; storing one more
+    deletes the oldest first (their URLs then answer 404, as expired ones do).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        ttl: float,
+        *,
+        max_count: int = 1000,
+        max_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self.directory = Path(directory)
         self.ttl = ttl
+        self.max_count = max_count
+        self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
         self._last_purge = 0.0
 
@@ -97,7 +112,30 @@ class ImageStore:
         os.replace(tmp, self.directory / name)
         if time.time() - self._last_purge > 60:
             self.purge_expired()
+        self.evict(keep=name)
         return name
+
+    def evict(self, keep: str | None = None) -> int:
+        """Delete the oldest images until the count and byte caps hold (`keep` last of all);
+        returns how many went. Blocking."""
+        entries = []
+        for path in self.directory.iterdir():
+            if not _NAME.match(path.name):
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
+        entries.sort(key=lambda e: (e[0], e[1]))  # oldest first, the new one last
+        count, total = len(entries), sum(e[2] for e in entries)
+        removed = 0
+        for _, _, size, path in entries:
+            if count <= self.max_count and total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            count, total, removed = count - 1, total - size, removed + 1
+        return removed
 
     def get(self, name: str) -> tuple[bytes, str, float] | None:
         """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""

@@ -31,8 +31,10 @@ _ERR = {"content": {"application/json": {"schema": ERROR_SCHEMA}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request, or a model of the wrong type", **_ERR},
     401: {"description": "Missing or wrong API key", **_ERR},
+    403: {"description": "A cross-site request (its Origin is not this proxy)", **_ERR},
     404: {"description": "Unknown model (the message lists the known ones)", **_ERR},
     413: {"description": "Body or upload over the limit", **_ERR},
+    415: {"description": "The body is not application/json (or multipart where taken)", **_ERR},
     429: {"description": "The manager's queue is full or the wait timed out (Retry-After)", **_ERR},
     502: {"description": "The model server failed or the manager is misconfigured", **_ERR},
     503: {"description": "The manager is unreachable or the model failed to start", **_ERR},

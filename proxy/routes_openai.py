@@ -21,7 +21,7 @@ from starlette.responses import Response
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
 from proxy.forward import Forward
-from proxy.images import check_image_request, sniff_format
+from proxy.images import UPLOAD_FORMATS, check_image_request, sniff_format
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
@@ -32,6 +32,8 @@ from proxy.parsing import (
     parse_form,
     parse_object,
     read_body,
+    require_json,
+    routed_fields,
 )
 from wire.models import ModelStatus
 
@@ -65,7 +67,9 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
 
 
 def image_url_base(ctx: ProxyContext, request: Request) -> str:
-    return ctx.settings.public_url or str(request.base_url).rstrip("/")
+    """HOMELAB_PUBLIC_URL, else '' (image URLs are then relative: ``/images/<id>``).
+    Never the request's Host: a client must not choose what URLs the proxy hands out."""
+    return ctx.settings.public_url or ""
 
 
 def model_object(m: ModelStatus) -> dict[str, Any]:
@@ -92,17 +96,18 @@ async def get_model(request: Request, model: str) -> Response:
 
 async def _forward_json(request: Request, endpoint: str, want: str) -> Forward:
     ctx = _ctx(request)
+    require_json(request)
     raw = await read_body(request)
-    data = parse_object(raw)
-    model = model_name(data.get("model"))
-    check_stream(data.get("stream"))
+    fields = routed_fields(raw)
+    model = model_name(fields.model)
+    check_stream(fields.stream)
     info = await resolve_model(ctx, model, want, endpoint)
     url_base = None
     if want == "image":
-        fmt = data.get("response_format")
-        check_image_request(info, data.get("n"), data.get("size"), fmt)
-        if fmt == "url":
-            raw = orjson.dumps({**data, "response_format": "b64_json"})
+        fmt = fields.response_format
+        check_image_request(info, fields.n, fields.size, fmt)
+        if fmt == "url":  # only here is the whole (small: a prompt) body decoded
+            raw = orjson.dumps({**parse_object(raw), "response_format": "b64_json"})
             url_base = image_url_base(ctx, request)
     return Forward(
         ctx,
@@ -173,13 +178,14 @@ async def images_edits(request: Request) -> Response:
             raise InvalidRequest("'image' must be uploaded as a file part.", param="image")
         for upload in images:
             assert isinstance(upload, UploadFile)  # checked just above
-            if sniff_format(await upload.read(16)) is None:
-                raise InvalidRequest(
-                    "'image' must be a PNG, JPEG, WebP or GIF file.", param="image"
-                )
+            if sniff_format(await upload.read(16)) not in UPLOAD_FORMATS:
+                raise InvalidRequest("'image' must be a PNG, JPEG or WebP file.", param="image")
         mask = form.get("mask")
-        if mask is not None and not isinstance(mask, UploadFile):
-            raise InvalidRequest("'mask' must be uploaded as a file part.", param="mask")
+        if mask is not None:
+            if not isinstance(mask, UploadFile):
+                raise InvalidRequest("'mask' must be uploaded as a file part.", param="mask")
+            if sniff_format(await mask.read(16)) not in UPLOAD_FORMATS:
+                raise InvalidRequest("'mask' must be a PNG, JPEG or WebP file.", param="mask")
         if form_text(form, "stream") not in (None, "true", "false"):
             raise InvalidRequest("'stream' must be true or false.", param="stream")
         info = await resolve_model(ctx, model, "image", endpoint)

@@ -20,11 +20,17 @@ async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz", responses={503: ERRORS[503]}, summary="The proxy can reach the manager")
+@router.get(
+    "/readyz",
+    responses={503: ERRORS[503]},
+    summary="The proxy can reach the manager (its address only with an API key)",
+)
 async def readyz(request: Request) -> Response:
     ctx = request.app.state.ctx
-    await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope
-    body = {"status": "ready", "manager": ctx.manager.base_url}
+    await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope (redacted if keyless)
+    body: dict = {"status": "ready"}
+    if getattr(request.state, "keyed", False):  # the manager's address only for key holders
+        body["manager"] = ctx.manager.base_url
     return Response(orjson.dumps(body), media_type="application/json")
 
 

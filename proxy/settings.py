@@ -29,9 +29,40 @@ class ProxySettings(BaseSettings):
     manager_token: SecretStr = Field(
         description="Bearer token the manager expects (HOMELAB_MANAGER_TOKEN on the GPU PC)."
     )
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+    api_keys: Annotated[list[SecretStr] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            "Comma list of API keys clients must send as `Authorization: Bearer`. "
+            "`off`: the proxy is open to everyone who reaches it. Unset: `python -m proxy` "
+            "refuses to start (keys are on by default)."
+        ),
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma list of API keys clients must send as `Authorization: Bearer`. Empty: open.",
+        description=(
+            "Comma list of extra host names clients may use in `Host` (besides IP addresses, "
+            "localhost, this machine's name and the public URL's host); `*`: any."
+        ),
+    )
+    docs: bool = Field(
+        default=False,
+        description="Serve the Swagger UI at /docs (its scripts come from a CDN). /openapi.json is always served.",
+    )
+    max_event_clients: int = Field(
+        default=256, ge=1, description="Most /api/events streams open at once (one more: 503)."
+    )
+    sse_heartbeat: float = Field(
+        default=15.0, gt=0, description="Idle seconds before a keepalive comment on /api/events."
+    )
+    image_store_max_count: int = Field(
+        default=1000,
+        ge=1,
+        description="Most images kept for response_format=url (oldest go first).",
+    )
+    image_store_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of images kept for response_format=url (oldest go first).",
     )
     proxy_host: str = "0.0.0.0"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
@@ -54,7 +85,7 @@ class ProxySettings(BaseSettings):
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",
-        description="How clients reach the proxy (for image URLs). Unset: taken from the request's Host.",
+        description="How clients reach the proxy (for image URLs). Unset: image URLs are relative (/images/...).",
     )
     models_cache_ttl: float = Field(
         default=2.0, ge=0, description="Seconds the manager's model list is cached."
@@ -123,19 +154,33 @@ class ProxySettings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            if value.strip().lower() == "off":
+                return []
+            keys = [k.strip() for k in value.split(",") if k.strip()]
+            return keys or None
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
         return value
 
     @field_validator("api_keys")
     @classmethod
-    def _real_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for number, key in enumerate(value, 1):
+    def _real_keys(cls, value: list[SecretStr] | None) -> list[SecretStr] | None:
+        for number, key in enumerate(value or (), 1):
             problem = token_problem(key.get_secret_value())
             if problem:
-                raise ValueError(f"API key {number} of {len(value)} {problem}")
+                raise ValueError(f"API key {number} of {len(value or ())} {problem}")
         return value
 
     @field_validator("manager_url", "public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    def keys(self) -> list[str]:
+        """The API keys in force (empty: open)."""
+        return [k.get_secret_value() for k in self.api_keys or ()]

@@ -1,9 +1,10 @@
-"""Serving the web UI in app/: the page, its static files, and the event relay.
+"""Serving the web UI in app/: the page, its static files, and the event stream.
 
 Contract with app/ (docs/api.md): ``GET /`` renders ``app/templates/index.html``
 with ``config = {"auth_required", "version", "default_model"}`` (embed it with
 ``|tojson``); ``GET /static/{path}`` serves ``app/static/``; ``GET /api/events``
-relays the manager's SSE stream unchanged (API key needed when keys are set).
+streams the manager's events from the proxy's one shared connection
+(`proxy.event_hub`; API key needed when keys are set).
 A missing template is a 503 envelope, not a crash.
 """
 
@@ -19,8 +20,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from proxy.errors import ProxyError
+from proxy.event_hub import EventStream
 from proxy.openapi_docs import ERRORS
-from proxy.relay import EventRelay
 from proxy.settings import ProxySettings
 
 
@@ -66,10 +67,11 @@ def mount_ui(app: FastAPI, settings: ProxySettings) -> None:
     @app.get(
         "/api/events",
         responses={401: ERRORS[401], 503: ERRORS[503]},
-        summary="The manager's model events (SSE: snapshot, state, swap), relayed unchanged",
+        summary="The manager's model events (SSE: snapshot, state, swap), one stream shared by all",
     )
     async def events(request: Request) -> Response:
-        return EventRelay(request.app.state.ctx)
+        ctx = request.app.state.ctx
+        return EventStream(ctx.events, ctx.settings.sse_heartbeat)
 
     app.mount(
         "/static",

@@ -148,6 +148,43 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 @contextlib.contextmanager
+def run_open_proxy(stack: LiveStack, work: Path) -> Iterator[str]:
+    """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode);
+    yields its URL."""
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    for attempt in range(3):
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **base_env,
+            "HOMELAB_MANAGER_URL": stack.manager_url,
+            "HOMELAB_MANAGER_TOKEN": stack.manager_token,
+            "HOMELAB_PROXY_HOST": "127.0.0.1",
+            "HOMELAB_PROXY_PORT": str(port),
+            "HOMELAB_API_KEYS": "off",
+            "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "HOMELAB_IMAGE_DIR": str(work / "open-images"),
+            "HOMELAB_APP_DIR": str(work / "app"),
+            "HOMELAB_PUBLIC_URL": url,
+        }
+
+        def is_ours(url: str = url) -> bool:
+            r = httpx.get(url + "/readyz", timeout=2)
+            # Open: no key, so the manager's address is not told; the model list is ours.
+            models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
+            return r.status_code == 200 and {m["id"] for m in models} == set(NAMES.values())
+
+        try:
+            with _process([sys.executable, "-m", "proxy"], env, work / "open-proxy.log") as proc:
+                _wait_ours(proc, work / "open-proxy.log", is_ours)
+                yield url
+                return
+        except PortTaken:
+            if attempt == 2:
+                raise
+
+
+@contextlib.contextmanager
 def run_live_stack(work: Path) -> Iterator[LiveStack]:
     """Start manager and proxy (on fresh random ports, up to 3 tries), yield, stop all."""
     (work / "app" / "templates").mkdir(parents=True)
@@ -187,6 +224,7 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
                 "HOMELAB_IMAGE_DIR": str(work / "images"),
                 "HOMELAB_JOBS_URL": str(work / f"jobs-{attempt}.db"),
                 "HOMELAB_APP_DIR": str(work / "app"),
+                "HOMELAB_PUBLIC_URL": proxy_url,
             }
 
             def manager_is_ours(manager_url: str = manager_url) -> bool:
@@ -200,7 +238,11 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
                 )
 
             def proxy_is_ours(proxy_url: str = proxy_url, manager_url: str = manager_url) -> bool:
-                r = httpx.get(proxy_url + "/readyz", timeout=2)
+                r = httpx.get(
+                    proxy_url + "/readyz",
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                    timeout=2,
+                )
                 return r.status_code == 200 and r.json()["manager"] == manager_url
 
             try:

@@ -2,7 +2,8 @@
 
 For every operation (but the endless /api/events stream) it generates valid
 and deliberately invalid requests and sends them to the running proxy, with the
-API key and without. The proxy must never answer 500, and every error must be
+API key and without, and to a second proxy on the same manager that has no keys
+(HOMELAB_API_KEYS=off). The proxy must never answer 500, and every error must be
 an OpenAI envelope naming its source. The run is bounded (examples per
 operation and mode), deterministic (derandomized), and keeps no database.
 """
@@ -122,3 +123,25 @@ def fuzz(op, mode, base_url: str, headers: dict, model: str | None, seen: list) 
             assert response.status_code < 500, response.text
 
     check()
+
+
+@pytest.mark.parametrize(
+    "mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"]
+)
+def test_an_open_proxy_never_answers_a_500_either(
+    schema, live_stack: LiveStack, open_proxy_url: str, mode
+) -> None:
+    """Keys off: every request reaches the routes (and real models), none gets a 500, and
+    no error tells a keyless client an internal address."""
+    known = {
+        "/v1/chat/completions": live_stack.text,
+        "/v1/completions": live_stack.text,
+        "/v1/embeddings": live_stack.text,
+        "/v1/images/generations": live_stack.image,
+        "/v1/images/edits": live_stack.image,
+    }
+    seen: list[tuple[str, int]] = []
+    for op in operations(schema, mode):
+        fuzz(op, mode, open_proxy_url, {}, known.get(op.path), seen)
+    assert len({path for path, _ in seen}) == len(operations(schema, mode))
+    assert not any(status == 401 for _, status in seen), seen

@@ -163,6 +163,8 @@ class FakeManager:
         """What lease answers carry as max_uses (the real manager: its batch bound, or 1
         under contention); None leaves the field out (a manager before max_uses)."""
         self.fail_start: set[str] = set()
+        self.start_logs = ""
+        """Log lines a failed start's message carries (as the real manager's does)."""
         self.model_fetches = 0
         self.subscribers: list[asyncio.Queue] = []
         self._lock = asyncio.Lock()
@@ -243,8 +245,9 @@ class FakeManager:
                 return _envelope(429, "queue full", "busy", headers={"Retry-After": "3"})
             if name in fake.fail_start:
                 fake.states[name] = "failed"
+                logs = f"\nlast log lines:\n{fake.start_logs}" if fake.start_logs else ""
                 return _envelope(
-                    503, f"model {name!r} failed to start: exit code 1", "model_start_failed"
+                    503, f"model {name!r} failed to start: exit code 1{logs}", "model_start_failed"
                 )
             # Like the real manager: a caller that hangs up leaves the queue.
             work = asyncio.create_task(fake._make_resident(name))

@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 from proxy_fakes import dead_port
-from proxy_stack import Stack
+from proxy_stack import API_KEY, Stack
 
 
 async def _eventually(predicate, what: str, tries: int = 300) -> None:
@@ -194,9 +194,31 @@ async def test_long_request_renews_its_lease(make_stack) -> None:
     [
         ("GET", "/nope", {}, 404),
         ("GET", "/v1/chat/completions", {}, 405),
-        ("POST", "/v1/chat/completions", {"content": b"{not json"}, 400),
-        ("POST", "/v1/chat/completions", {"content": b"[1, 2]"}, 400),
-        ("POST", "/v1/embeddings", {"content": b""}, 400),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"content": b"[1, 2]", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        (
+            "POST",
+            "/v1/embeddings",
+            {"content": b"", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        ("POST", "/v1/embeddings", {"content": b'{"model": "x"}'}, 415),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"content": b"{}", "headers": {"Content-Type": "text/plain"}},
+            415,
+        ),
     ],
 )
 async def test_protocol_errors_are_envelopes(stack: Stack, method, path, kwargs, status) -> None:
@@ -217,7 +239,9 @@ async def test_oversize_json_body_is_413(make_stack) -> None:
             for _ in range(4):
                 yield b" " * 512
 
-        r = await stack.client.post("/v1/chat/completions", content=body())
+        r = await stack.client.post(
+            "/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413
 
 
@@ -336,3 +360,40 @@ async def test_an_unexpected_exception_is_a_500_envelope_without_traceback(
     err = r.json()["error"]
     assert err["source"] == "proxy" and err["type"] == "server_error"
     assert "secret internals" not in r.text and "Traceback" not in r.text
+
+
+async def test_keyless_clients_read_no_internal_addresses_or_log_lines(make_stack) -> None:
+    """An open proxy (no keys) answers everyone on the LAN: its errors name no manager or
+    model server address and carry no model log lines; key holders still get them."""
+    with dead_port() as port:
+        async with make_stack(manager_url=f"http://127.0.0.1:{port}") as stack:
+            for path in ("/readyz", "/v1/models"):
+                err = (await stack.client.get(path)).json()["error"]
+                assert f"127.0.0.1:{port}" not in err["message"] and "http://" not in err["message"]
+                assert err["code"] == "manager_unavailable"
+    async with make_stack() as stack:
+        stack.manager.fail_start.add("chat-b")
+        stack.manager.start_logs = "INFO loading /models/secret-path\nERROR boom"
+        r = await stack.client.post("/v1/embeddings", json={"model": "chat-b", "input": "x"})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 503 and "failed to start" in message
+        assert "last log lines" not in message and "secret-path" not in message
+        ready = (await stack.client.get("/readyz")).json()
+        assert ready == {"status": "ready"}
+
+
+async def test_key_holders_get_the_details(make_stack) -> None:
+    with dead_port() as port:
+        async with make_stack(manager_url=f"http://127.0.0.1:{port}", api_keys=[API_KEY]) as stack:
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            err = (await stack.client.get("/v1/models", headers=auth)).json()["error"]
+            assert f"127.0.0.1:{port}" in err["message"]
+            keyless = (await stack.client.get("/readyz")).json()["error"]
+            assert f"127.0.0.1:{port}" not in keyless["message"]
+            keyed = (await stack.client.get("/readyz", headers=auth)).json()["error"]
+            assert f"127.0.0.1:{port}" in keyed["message"]
+    async with make_stack(api_keys=[API_KEY]) as stack:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        assert (await stack.client.get("/readyz")).json() == {"status": "ready"}
+        keyed = (await stack.client.get("/readyz", headers=auth)).json()
+        assert keyed["manager"].startswith("http://127.0.0.1:")

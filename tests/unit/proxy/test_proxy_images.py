@@ -29,9 +29,17 @@ async def test_generation_b64_is_forwarded_unchanged(stack: Stack) -> None:
 
 
 async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: Stack) -> None:
+    """Without HOMELAB_PUBLIC_URL the URLs are relative: never built from the request's Host."""
     r = await stack.client.post(
         "/v1/images/generations",
         json={"model": "img", "prompt": "a cat", "n": 2, "response_format": "url"},
+        headers={"Host": "evil.example"},  # a Host the proxy would echo before issue 13
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
+    r = await stack.client.post(
+        "/v1/images/generations",
+        json={"model": "img", "prompt": "a cat", "n": 2, "response_format": "url"},
+        headers={"Host": "localhost"},
     )
     assert r.status_code == 200, r.text
     urls = [item["url"] for item in r.json()["data"]]
@@ -39,8 +47,8 @@ async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: St
     sent = orjson.loads(stack.upstream.requests[-1][1])
     assert sent["response_format"] == "b64_json" and sent["n"] == 2 and sent["prompt"] == "a cat"
     for url in urls:
-        assert url.startswith(stack.url + "/images/")
-        img = await stack.client.get(url)
+        assert url.startswith("/images/") and "localhost" not in url
+        img = await stack.client.get(stack.url + url)
         assert img.status_code == 200
         assert img.headers["content-type"] == "image/png"
         assert img.content.startswith(b"\x89PNG")
@@ -96,6 +104,27 @@ async def test_edit_multipart_is_forwarded_and_url_rewritten(stack: Stack) -> No
             "n",
         ),
         ({"image": ("a.png", png_bytes(), "image/png")}, {"prompt": "x"}, "model"),
+        (  # the mask is type-checked like the image (issue 13)
+            {
+                "image": ("a.png", png_bytes(), "image/png"),
+                "mask": ("m.png", b"<svg onload=alert(1)>", "image/png"),
+            },
+            {"model": "img", "prompt": "x"},
+            "mask",
+        ),
+        (
+            {
+                "image": ("a.png", png_bytes(), "image/png"),
+                "mask": ("m.gif", b"GIF89a" + bytes(40), "image/gif"),
+            },
+            {"model": "img", "prompt": "x"},
+            "mask",
+        ),
+        (
+            {"image": ("a.gif", b"GIF89a" + bytes(40), "image/gif")},
+            {"model": "img", "prompt": "x"},
+            "image",
+        ),
     ],
 )
 async def test_bad_edits_are_refused_before_any_lease(stack: Stack, files, data, param) -> None:
@@ -190,3 +219,20 @@ def test_check_image_request_accepts_defaults_and_auto() -> None:
     check_image_request(model, None, None, None)
     check_image_request(model, 2, "auto", "url")
     check_image_request(model, 1, "64x64", "b64_json")
+
+
+def test_the_image_store_keeps_at_most_its_count_and_bytes_oldest_first(tmp_path) -> None:
+    store = ImageStore(tmp_path, ttl=3600, max_count=3, max_bytes=10 * len(png_bytes()))
+    names = []
+    for i in range(5):
+        names.append(store.put(png_bytes()))
+        now = time.time() - 100 + i  # distinct ages, oldest first
+        __import__("os").utime(tmp_path / names[-1], (now, now))
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == sorted(names[-3:])
+    assert store.get(names[0]) is None and store.get(names[-1]) is not None
+
+    by_bytes = ImageStore(tmp_path / "b", ttl=3600, max_count=100, max_bytes=2 * len(png_bytes()))
+    many = [by_bytes.put(png_bytes()) for _ in range(4)]
+    left = list((tmp_path / "b").iterdir())
+    assert len(left) == 2 and many[-1] in {p.name for p in left}

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -124,3 +128,31 @@ async def test_encode_form_round_trips_through_starlettes_parser() -> None:
     assert await parsed["image"].read() == b"\x89PNGdata"
     assert parsed["image"].content_type == "image/png"
     assert [k for k, _ in parsed.multi_items()] == ["model", "image", "response_format", "prompt"]
+
+
+def _run_proxy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+
+
+def test_bad_settings_are_named_without_their_values() -> None:
+    """The settings error goes to the log: it must not carry the token or the keys."""
+    token, key = "Sh0rt-t0ken", "k3y-Only-9"
+    done = _run_proxy({"HOMELAB_MANAGER_TOKEN": token, "HOMELAB_API_KEYS": key})
+    assert done.returncode == 2
+    assert "HOMELAB_MANAGER_TOKEN" in done.stderr and "HOMELAB_API_KEYS" in done.stderr
+    assert token not in done.stderr + done.stdout and key not in done.stderr + done.stdout
+
+
+def test_the_proxy_does_not_start_without_keys_unless_told_to_be_open() -> None:
+    done = _run_proxy({"HOMELAB_MANAGER_TOKEN": GOOD})
+    assert done.returncode == 2 and "HOMELAB_API_KEYS=off" in done.stderr
+    settings = ProxySettings(manager_token=GOOD, api_keys="off")
+    assert settings.api_keys == [] and settings.keys() == []

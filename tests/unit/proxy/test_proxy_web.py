@@ -58,23 +58,55 @@ async def _read_event(lines, want: str) -> dict:
     raise AssertionError(f"stream ended before a {want} event")
 
 
-async def test_events_relay_passes_the_manager_stream_through(stack: Stack) -> None:
-    async with stack.client.stream("GET", "/api/events") as r:
-        assert r.status_code == 200
+async def test_events_come_from_one_shared_manager_stream(stack: Stack) -> None:
+    """Every /api/events client is fed from the proxy's one manager stream: a snapshot
+    first (with the states the events since brought), then the events."""
+    for _ in range(300):  # the hub connects at start-up
+        if stack.manager.subscribers:
+            break
+        await asyncio.sleep(0.01)
+    assert len(stack.manager.subscribers) == 1
+    async with (
+        stack.client.stream("GET", "/api/events") as r,
+        stack.client.stream("GET", "/api/events") as r2,
+    ):
+        assert r.status_code == 200 and r2.status_code == 200
         assert r.headers["x-accel-buffering"] == "no"
-        lines = r.aiter_lines()
+        lines, lines2 = r.aiter_lines(), r2.aiter_lines()
         snapshot = await asyncio.wait_for(_read_event(lines, "snapshot"), 10)
         assert {m["id"] for m in snapshot} == {"chat-a", "chat-b", "img"}
-        subscribers = len(stack.manager.subscribers)
+        await asyncio.wait_for(_read_event(lines2, "snapshot"), 10)
+        assert len(stack.manager.subscribers) == 1
         assert (
             await stack.client.post("/v1/completions", json={"model": "chat-b", "prompt": "x"})
         ).status_code == 200
         swap = await asyncio.wait_for(_read_event(lines, "swap"), 10)
         assert swap["to"] == "chat-b"
-    for _ in range(300):
-        if len(stack.manager.subscribers) < subscribers:
-            break
-        await asyncio.sleep(0.01)
-    assert len(stack.manager.subscribers) < subscribers, (
-        "closing the relay must close the manager stream"
-    )
+        assert (await asyncio.wait_for(_read_event(lines2, "swap"), 10))["to"] == "chat-b"
+    async with stack.client.stream("GET", "/api/events") as r3:
+        late = await asyncio.wait_for(_read_event(r3.aiter_lines(), "snapshot"), 10)
+        assert {m["id"]: m["state"] for m in late}["chat-b"] == "ready"
+    assert len(stack.manager.subscribers) == 1, "browsers come and go; the manager stream stays"
+
+
+async def test_event_clients_beyond_the_cap_get_a_503(make_stack) -> None:
+    async with make_stack(max_event_clients=2) as stack:
+        for _ in range(300):
+            if stack.manager.subscribers:
+                break
+            await asyncio.sleep(0.01)
+        async with (
+            stack.client.stream("GET", "/api/events") as r1,
+            stack.client.stream("GET", "/api/events") as r2,
+        ):
+            assert r1.status_code == 200 and r2.status_code == 200
+            third = await stack.client.get("/api/events")
+            assert third.status_code == 503
+            assert third.json()["error"]["code"] == "too_many_event_clients"
+        # Closed streams free their places.
+        for _ in range(300):
+            async with stack.client.stream("GET", "/api/events") as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.01)
+        assert again.status_code == 200
