@@ -375,9 +375,54 @@ def _memory_section(mem: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
+    out = ["## Large JSON bodies (memory)\n"]
+    out.append(
+        "`python -m bench.bigbody --label LABEL`: clients send a chat body of many small content "
+        "parts at once for a model that does not exist (every answer is the proxy's 404), VmRSS of "
+        "the proxy sampled every 0.1 s. *before*: the proxy decoded the whole body to read `model` "
+        "and `stream`; *after*: it reads only those fields (msgspec skips the rest), so a body "
+        "costs about its own size."
+    )
+    rows = []
+    for r in runs:
+        s = r["settings"]
+        rows.append(
+            [
+                r.get("label") or "-",
+                f"{s['clients']} x {s['body_bytes'] / 1048576:.0f} MiB",
+                fmt(r["start_kib"] / 1024, 1),
+                fmt(r["peak_kib"] / 1024, 1),
+                fmt(r["after_kib"] / 1024, 1),
+                ", ".join(sorted({str(x) for x in r["statuses"]})),
+            ]
+        )
+    out.append(
+        "\n"
+        + table(
+            [
+                "run",
+                "clients x body",
+                "proxy before MiB",
+                "proxy peak MiB",
+                "settled MiB",
+                "answers",
+            ],
+            rows,
+        )
+    )
+    findings = [
+        f"Large bodies ({r.get('label') or '-'}): proxy peak {fmt(r['peak_kib'] / 1024, 0)} MiB for "
+        f"{r['settings']['clients']} concurrent {r['settings']['body_bytes'] / 1048576:.0f} MiB bodies."
+        for r in runs
+    ]
+    return "\n".join(out), findings
+
+
 def render() -> str:
     names = ["latency", "streaming", "swap", "storm", "jobs", "memory"]
     results = {n: r for n in names if (r := read_json(n)) is not None}
+    bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
     if not results:
         raise SystemExit("no results under bench/results/: run bench/run_all.sh first")
     parts = [
@@ -434,6 +479,10 @@ def render() -> str:
             findings += found
         else:
             parts += [f"## {name}\n\nNot run: bench/results/{name}.json is missing.", ""]
+    if bigbody:
+        text, found = _bigbody_section(bigbody)
+        parts += [text, ""]
+        findings += found
     parts += ["## Findings (computed from the numbers above)", ""]
     parts += [f"- {f}" for f in findings]
     parts.append("")
