@@ -287,6 +287,9 @@ async def test_image_model_env_health_and_generation(
     await runtime.start(name, spec)
     container = docker_env.containers.get(spec.container)
     env = env_of(container)
+    # A fresh upstream key for this start (what inspect reports and the proxy will send).
+    key = env.pop("HOMELAB_IMAGE_API_KEY")
+    assert len(key) >= 32 and (await runtime.inspect(name, spec)).api_key == key
     assert {k: v for k, v in env.items() if k.startswith("HOMELAB_IMAGE_")} == {
         "HOMELAB_IMAGE_MODEL": "fake/img",
         "HOMELAB_IMAGE_SERVED_NAME": name,

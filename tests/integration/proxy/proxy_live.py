@@ -152,6 +152,8 @@ def run_open_proxy(stack: LiveStack, work: Path) -> Iterator[str]:
     """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode);
     yields its URL."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
+    (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
     for attempt in range(3):
         (port,) = free_ports(1)
         url = f"http://127.0.0.1:{port}"
