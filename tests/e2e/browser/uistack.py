@@ -488,9 +488,12 @@ def open_page(browser: object, url: str, test_name: str, viewport: dict) -> Iter
         yield ui
     finally:
         context.close()
-    # An uncaught exception in the page is a bug even when the test's checks passed.
+    # An uncaught exception in the page is a bug even when the test's checks passed; so is
+    # anything the proxy's Content-Security-Policy refused (the UI must live within it).
     uncaught = [e for e in errors if e.startswith("uncaught")]
     assert not uncaught, "\n".join(uncaught)
+    refused = [e for e in errors if "Content Security Policy" in e]
+    assert not refused, "\n".join(refused)
 
 
 def natural_width(locator) -> int:  # noqa: ANN001 (a playwright Locator)
