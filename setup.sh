@@ -256,7 +256,8 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      line. Keys are on by default: with none given (and none from an earlier run) a new
      key is generated into the env file (never printed; clients read it from there).
      --open: no API keys (HOMELAB_API_KEYS=off), anyone who reaches the port may use
-     the models
+     the models. HOMELAB_ALLOWED_HOSTS (the Host names the proxy answers to, besides IP
+     addresses and localhost) gets this machine's names, plus any you set
   4. starts the proxy and web UI as the container NAME (default $PROXY_CONTAINER),
      --restart unless-stopped, port N (default 8080), generated images in the volume
      homelab-proxy-images, the job store (docs/jobs.md) in homelab-proxy-state;
@@ -960,6 +961,15 @@ cmd_server() {
         keys="$(grep -v '^[[:space:]]*#' "$keys_file" | tr -d ' \t\r' | grep -v '^$' | paste -sd, -)"
     fi
     [[ -n "$keys" ]] || keys="${HOMELAB_API_KEYS:-$(env_file_value "$env_file" HOMELAB_API_KEYS)}"
+    # The names clients use for this server (the proxy refuses other Host headers; in the
+    # container it only knows its own id): this machine's names, plus HOMELAB_ALLOWED_HOSTS.
+    local allowed_hosts name_here
+    allowed_hosts="${HOMELAB_ALLOWED_HOSTS:-$(env_file_value "$env_file" HOMELAB_ALLOWED_HOSTS)}"
+    for name_here in "$(hostname 2>/dev/null)" "$(hostname -f 2>/dev/null)"; do
+        [[ -n "$name_here" && ",$allowed_hosts," != *",$name_here,"* ]] || continue
+        allowed_hosts="${allowed_hosts:+$allowed_hosts,}$name_here,$name_here.local"
+    done
+    [[ "$allowed_hosts" =~ ^[A-Za-z0-9.,*-]*$ ]] || die "HOMELAB_ALLOWED_HOSTS must be host names, comma-separated"
     local generated=0
     if ((open_access)); then
         [[ -z "$keys_file" ]] || die "--open and --api-keys-file contradict each other"
@@ -991,6 +1001,7 @@ cmd_server() {
         echo "HOMELAB_MANAGER_URL=$url"
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_API_KEYS=$keys"
+        echo "HOMELAB_ALLOWED_HOSTS=$allowed_hosts"
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
     if [[ "$keys" == off ]]; then

@@ -300,6 +300,12 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         assert keys[0] not in first.stdout + first.stderr
         assert "a new API key was generated" in first.stdout
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401
+        # By this machine's name the proxy answers (it checks Host); by another it does not.
+        here = socket.gethostname()
+        by_name = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Host": here}, timeout=30)
+        assert by_name.status_code == 200, by_name.text
+        other = {"Host": "rebound.example"}
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers=other).status_code == 400
         # Through the container: the proxy asks the real manager for its models.
         auth = {"Authorization": f"Bearer {keys[0]}"}
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=auth, timeout=30).json()
