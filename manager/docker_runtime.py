@@ -138,14 +138,10 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     )
 
 
-def publish_host(settings: Any) -> str:
+def publish_host(settings: ManagerSettings) -> str:
     """The host address model ports are published on: `model_bind_host`, else the
     address the manager itself listens on (`manager_host`)."""
-    return (
-        getattr(settings, "model_bind_host", None)
-        or getattr(settings, "manager_host", None)
-        or "0.0.0.0"
-    )
+    return settings.model_bind_host or settings.manager_host
 
 
 class DockerRuntime:

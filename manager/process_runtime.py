@@ -152,7 +152,7 @@ class ProcessRuntime:
     @property
     def bind_host(self) -> str:
         """The address servers listen on: `model_bind_host`, else 127.0.0.1."""
-        return getattr(self._settings, "model_bind_host", None) or LOCAL_HOST
+        return self._settings.model_bind_host or LOCAL_HOST
 
     def argv(self, name: str, spec: Spec) -> list[str]:
         """The full argv for `spec` (pure; exposed for tests)."""

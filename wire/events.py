@@ -3,8 +3,8 @@
 The stream is Server-Sent Events: first ``event: snapshot`` (data: a JSON list of every
 `ModelStatus`), then ``event: state`` (`StateEvent`) and ``event: swap`` (`SwapEvent`)
 as they happen, and a ``: keepalive`` comment after idle seconds. Each data is one line
-of JSON. The proxy relays the stream unchanged to the web UI (``/api/events``) and
-follows it itself with `SseParser` and `parse_event`.
+of JSON. The proxy follows ONE such stream with `SseParser` and fans its events out to
+every web UI (``/api/events``, `proxy.event_hub`).
 """
 
 from __future__ import annotations
