@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -69,7 +70,7 @@ class EventHub:
         self.manager = manager
         self.on_event = on_event
         self.max_subscribers = max_subscribers
-        self.models: dict[str, dict] | None = None
+        self.models: dict[str, dict[str, Any]] | None = None
         """The manager's model list as of the last event; None while not connected."""
         self._subscribers: set[_Subscriber] = set()
 

@@ -28,7 +28,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     ctx = request.app.state.ctx
     await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope (redacted if keyless)
-    body: dict = {"status": "ready"}
+    body: dict[str, str] = {"status": "ready"}
     if getattr(request.state, "keyed", False):  # the manager's address only for key holders
         body["manager"] = ctx.manager.base_url
     return Response(orjson.dumps(body), media_type="application/json")
