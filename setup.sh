@@ -966,10 +966,10 @@ cmd_server() {
     local allowed_hosts name_here
     allowed_hosts="${HOMELAB_ALLOWED_HOSTS:-$(env_file_value "$env_file" HOMELAB_ALLOWED_HOSTS)}"
     for name_here in "$(hostname 2>/dev/null)" "$(hostname -f 2>/dev/null)"; do
-        [[ -n "$name_here" && ",$allowed_hosts," != *",$name_here,"* ]] || continue
-        allowed_hosts="${allowed_hosts:+$allowed_hosts,}$name_here,$name_here.local"
+        [[ -n "$name_here" && ",$allowed_hosts," != *",$name_here:*,"* ]] || continue
+        allowed_hosts="${allowed_hosts:+$allowed_hosts,}$name_here:*,$name_here.local:*"
     done
-    [[ "$allowed_hosts" =~ ^[A-Za-z0-9.,*-]*$ ]] || die "HOMELAB_ALLOWED_HOSTS must be host names, comma-separated"
+    [[ "$allowed_hosts" =~ ^[A-Za-z0-9.,:*-]*$ ]] || die "HOMELAB_ALLOWED_HOSTS must be host names (host:port or host:*), comma-separated"
     local generated=0
     if ((open_access)); then
         [[ -z "$keys_file" ]] || die "--open and --api-keys-file contradict each other"

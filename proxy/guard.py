@@ -71,7 +71,9 @@ def default_hosts(proxy_host: str, public_url: str | None, extra: Iterable[str])
     if public_url:
         hosts.add(host_name(urlsplit(public_url).netloc))
     hosts.add(host_name(proxy_host))
-    hosts |= {h.strip().lower().rstrip(".") for h in extra if h.strip()}
+    # HOMELAB_ALLOWED_HOSTS entries may carry a port (`homelab.lan:8080`, `name:*`, as
+    # /mcp takes them): the Host check here is by name.
+    hosts |= {host_name(h).rstrip(".") for h in extra if h.strip()}
     return {h for h in hosts if h}
 
 

@@ -37,13 +37,6 @@ class ProxySettings(BaseSettings):
             "refuses to start (keys are on by default)."
         ),
     )
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description=(
-            "Comma list of extra host names clients may use in `Host` (besides IP addresses, "
-            "localhost, this machine's name and the public URL's host); `*`: any."
-        ),
-    )
     docs: bool = Field(
         default=False,
         description="Serve the Swagger UI at /docs (its scripts come from a CDN). /openapi.json is always served.",
@@ -100,7 +93,9 @@ class ProxySettings(BaseSettings):
         default_factory=list,
         description=(
             "Comma list of Host header values /mcp accepts (DNS-rebinding protection), e.g. "
-            "`homelab.lan:8080,localhost:*`. Empty: any host, as on /v1."
+            "`homelab.lan:8080,localhost:*`. Every path also accepts their host names, besides "
+            "IP addresses, localhost, this machine's name and the public URL's host "
+            "(proxy/guard.py); `*`: any."
         ),
     )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
@@ -150,7 +145,7 @@ class ProxySettings(BaseSettings):
         check_token(value.get_secret_value())  # the manager's own rules (wire.tokens)
         return value
 
-    @field_validator("api_keys", "allowed_hosts", mode="before")
+    @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -231,13 +231,18 @@ async def test_allowed_hosts_turn_on_the_sdks_host_check(make_stack) -> None:  #
         r = await stack.client.post(
             "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
         )
-        assert r.status_code == 421
+        # The proxy's own Host check (proxy/guard.py, every path) refuses it first.
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
         r = await stack.client.post(
             "/mcp", json=ping, headers={**headers, "host": "homelab.lan:8080"}
         )
         assert r.status_code != 421
-    async with make_stack() as stack:  # unset: any Host, as on /v1
+        assert "invalid_host" not in r.text
+    async with make_stack() as stack:  # unset: the SDK checks nothing; the proxy still does
         r = await stack.client.post(
             "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
         )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
+        r = await stack.client.post("/mcp", json=ping, headers={**headers, "host": "127.0.0.1:80"})
         assert r.status_code != 421
+        assert "invalid_host" not in r.text
