@@ -63,6 +63,8 @@ class Watch:
         self.max_resident = 0
         self.states: list[tuple[float, str, str]] = []
         self.deaths: dict[int, float] = {}
+        self.last_seen: dict[int, float] = {}
+        """When each server was last seen alive (a death lies between this and `deaths`)."""
         self._seen: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,6 +86,8 @@ class Watch:
                 now = time.monotonic()
                 self.max_resident = max(self.max_resident, len({s.model for s in servers}))
                 pids = {s.pid for s in servers}
+                for pid in pids:
+                    self.last_seen[pid] = now
                 for pid in self._seen - pids:
                     self.deaths.setdefault(pid, now)
                 self._seen |= pids
@@ -187,11 +191,13 @@ async def manager_restart(stack: FaultStack, outage: float, kill_at: float = 1.0
                         load.chat(OTHER, 2, stream=False)
             await load.drain(60)
         assert killed_at is not None and back_at is not None
-        died = watch.deaths.get(text_pid)
+        # Requests in flight on ft-text when its server went (nothing kills it here: only a
+        # manager can stop it): sent before it was last seen alive, ended after that.
+        seen = watch.last_seen.get(text_pid) if text_pid in watch.deaths else None
         under_lease = [
             o
             for o in load.outcomes
-            if o.model == TEXT and died is not None and o.sent < died < o.ended
+            if o.model == TEXT and seen is not None and o.sent < seen < o.ended
         ]
         outage_lost = [o for o in lost(load.outcomes) if killed_at <= o.sent <= back_at]
         facts = {
