@@ -71,6 +71,7 @@ def create_app(
             models_ttl=settings.models_cache_ttl,
             connect_timeout=settings.connect_timeout,
             lease_linger=settings.lease_linger,
+            outage_window=settings.manager_outage_window,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(

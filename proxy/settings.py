@@ -72,6 +72,22 @@ class ProxySettings(BaseSettings):
             "`homelab.lan:8080,localhost:*`. Empty: any host, as on /v1."
         ),
     )
+    manager_outage_window: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a request waits for an unreachable (restarting) manager, retrying with "
+            "backoff, before it gets a 503 with Retry-After (0: fail at once)."
+        ),
+    )
+    retry_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+        description=(
+            "Comma list of endpoints whose requests are sent once more when the model server "
+            "died before the client got a byte (empty: never retry)."
+        ),
+    )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
@@ -119,7 +135,7 @@ class ProxySettings(BaseSettings):
         check_token(value.get_secret_value())  # the manager's own rules (wire.tokens)
         return value
 
-    @field_validator("api_keys", "allowed_hosts", mode="before")
+    @field_validator("api_keys", "allowed_hosts", "retry_endpoints", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
