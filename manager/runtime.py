@@ -28,11 +28,17 @@ LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
 Spec = TextModel | ImageModel
+SCHEDULING_FIELDS = {"max_in_flight"}
+"""Spec fields only the scheduler reads; they are not part of `spec_hash`."""
 
 
 def spec_hash(spec: Spec) -> str:
     """A short stable digest of a spec; a container whose label differs is recreated."""
-    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    # Scheduling-only fields do not change the server: leaving them out keeps the hash of
+    # servers started before they existed (no restart on upgrade).
+    blob = json.dumps(
+        spec.model_dump(mode="json", exclude=SCHEDULING_FIELDS), sort_keys=True
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -74,6 +74,17 @@ class _ModelBase(_Strict):
         ),
     )
     description: str = Field(default="", max_length=500)
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the model server is given at once; more wait in the manager's "
+            "queue (counted against its queue limit and timeout), never reaching the server "
+            "to be refused. Image models default to 9: the image server runs one generation "
+            "and lets 8 wait."
+        ),
+    )
 
     @field_validator("image")
     @classmethod
@@ -133,6 +144,15 @@ class ImageModel(_ModelBase):
     max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
     steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
     start_timeout: Seconds = 1200.0
+    max_in_flight: int = Field(
+        default=9,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the image server is given at once (default: the one it runs plus "
+            "the 8 its queue holds); more wait in the manager's queue."
+        ),
+    )
 
     @field_validator("sizes")
     @classmethod
