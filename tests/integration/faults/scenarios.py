@@ -191,12 +191,13 @@ async def manager_restart(stack: FaultStack, outage: float, kill_at: float = 1.0
                         load.chat(OTHER, 2, stream=False)
             await load.drain(60)
         assert killed_at is not None and back_at is not None
-        # Requests in flight on ft-text when its server went (nothing kills it here: only a
-        # manager can stop it): sent before it was last seen alive, ended after that.
+        # Requests lost while in flight on ft-text when its server went (nothing kills it here:
+        # only a manager can stop it): sent before it was last seen alive, ended after that.
         seen = watch.last_seen.get(text_pid) if text_pid in watch.deaths else None
+        # A request that waited in the queue meanwhile and was answered later was not cut.
         under_lease = [
             o
-            for o in load.outcomes
+            for o in lost(load.outcomes)
             if o.model == TEXT and seen is not None and o.sent < seen < o.ended
         ]
         outage_lost = [o for o in lost(load.outcomes) if killed_at <= o.sent <= back_at]
