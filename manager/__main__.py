@@ -140,6 +140,8 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
     )
     log.info(
         "manager: %d models from %s, %s runtime, listening on %s:%d",

@@ -98,6 +98,11 @@ class ManagerSettings(BaseSettings):
     log_dir: Path = Field(
         default=Path("logs"), description="Process runtime: where model servers' output is kept."
     )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Connections uvicorn serves at once (lease requests wait on theirs).",
+    )
     lease_file: Path | None = Field(
         default=None,
         description=(

@@ -72,7 +72,13 @@ class ManagerClient:
         connect_timeout: float = 10.0,
         lease_linger: float = 0.05,
         outage_window: float = 30.0,
+        lease_read_timeout: float = 960.0,
+        events_read_timeout: float = 60.0,
     ) -> None:
+        """`lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
+        plus a margin: a manager that stopped answering without closing the connection is
+        given up on then); `events_read_timeout`: longest silence on the event stream (a few
+        of the manager's heartbeats)."""
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
@@ -81,7 +87,12 @@ class ManagerClient:
         self._models: dict[str, ModelStatus] | None = None
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
-        self._lease_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self._lease_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=lease_read_timeout
+        )
+        self._events_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=events_read_timeout
+        )
         self.outage_window = outage_window
         """Seconds a lease request rides out an unreachable manager (module docstring)."""
         self.leases = LeasePool(self, linger=lease_linger)
@@ -283,7 +294,7 @@ class ManagerClient:
             resp = await self._session.get(
                 self.base_url + "/v1/events",
                 headers={**self._headers, "Accept": "text/event-stream"},
-                timeout=self._lease_timeout,
+                timeout=self._events_timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ManagerUnavailable(f"The manager's event stream cannot be opened: {exc}") from exc

@@ -88,6 +88,24 @@ class ProxySettings(BaseSettings):
             "died before the client got a byte (empty: never retry)."
         ),
     )
+    lease_read_timeout: float = Field(
+        default=960.0,
+        gt=0,
+        description=(
+            "Longest wait (seconds) for the manager's answer to a lease request: its queue "
+            "timeout (900) plus a margin."
+        ),
+    )
+    events_read_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest silence (seconds) on the manager's event stream (4 heartbeats).",
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Connections uvicorn serves at once; more are refused with 503.",
+    )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
