@@ -83,7 +83,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
 
 def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     """The `HOMELAB_IMAGE_*` variables the image server reads (documented in docs/architecture.md)."""
-    return {
+    env = {
         "HOMELAB_IMAGE_MODEL": spec.model,
         "HOMELAB_IMAGE_SERVED_NAME": name,
         "HOMELAB_IMAGE_DTYPE": spec.dtype,
@@ -96,6 +96,9 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
         "HOMELAB_IMAGE_STEPS": str(spec.steps),
         "HOMELAB_IMAGE_PORT": str(port),
     }
+    if spec.max_steps is not None:
+        env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
+    return env
 
 
 def hf_token(settings: ManagerSettings) -> str | None:

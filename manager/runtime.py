@@ -36,9 +36,11 @@ def spec_hash(spec: Spec) -> str:
     """A short stable digest of a spec; a container whose label differs is recreated."""
     # Scheduling-only fields do not change the server: leaving them out keeps the hash of
     # servers started before they existed (no restart on upgrade).
-    blob = json.dumps(
-        spec.model_dump(mode="json", exclude=SCHEDULING_FIELDS), sort_keys=True
-    ).encode()
+    # Likewise an unset `max_steps` (added later) leaves the hash as it was.
+    exclude = set(SCHEDULING_FIELDS)
+    if getattr(spec, "max_steps", None) is None:
+        exclude.add("max_steps")
+    blob = json.dumps(spec.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from manager.errors import CatalogueError
 
@@ -143,6 +151,15 @@ class ImageModel(_ModelBase):
     )
     max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
     steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description=(
+            "Most inference steps a request may ask for (more are refused with 400), so one "
+            "request cannot hold the GPU for long. Unset: 200."
+        ),
+    )
     start_timeout: Seconds = 1200.0
     max_in_flight: int = Field(
         default=9,
@@ -153,6 +170,12 @@ class ImageModel(_ModelBase):
             "the 8 its queue holds); more wait in the manager's queue."
         ),
     )
+
+    @model_validator(mode="after")
+    def _steps_within_max(self) -> ImageModel:
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
+        return self
 
     @field_validator("sizes")
     @classmethod
