@@ -345,9 +345,13 @@ class ProcessRuntime:
         self._unwatch(name)
         self._children[name] = proc
         reaper = asyncio.create_task(proc.wait(), name=f"reap-{name}")
-        reaper.add_done_callback(
-            lambda task, pid=proc.pid: None if task.cancelled() else self._exited_now(name, pid)
-        )
+        pid = proc.pid
+
+        def reaped(task: asyncio.Task[int]) -> None:
+            if not task.cancelled():
+                self._exited_now(name, pid)
+
+        reaper.add_done_callback(reaped)
         self._reapers[name] = reaper
         record = ProcessRecord(
             pid=proc.pid,
