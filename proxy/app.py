@@ -17,6 +17,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -50,7 +51,7 @@ def _route_label(request: Request) -> str:
     return getattr(route, "path", "other")
 
 
-def keepalive_socket(addr_info: tuple) -> socket.socket:
+def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     """A client socket with TCP keepalive (probes after 30 s idle, every 10 s, 3 tries), so a
     manager or model server that vanished without closing (a GPU PC that lost power, a
     dropped Wi-Fi link) is noticed in about a minute instead of never."""
