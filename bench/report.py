@@ -375,6 +375,59 @@ def _memory_section(mem: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _faults_section(after: dict, before: dict | None = None) -> tuple[str, list[str]]:
+    out = ["## Faults: requests lost when a part dies\n"]
+    out.append(
+        f"`{after.get('command', 'python -m bench.faults')}`: the real manager (process runtime) and "
+        "proxy, stand-in model servers that load in 0.5 s and stream a word per 0.1 s, the `openai` "
+        "SDK without retries; parts are SIGKILLed (tests/integration/faults/). *lost* counts every "
+        "request that did not get its full, correct answer, clean errors included. *noticed* is "
+        "kill to the manager reporting the model no longer ready; *recovered* kill to the first "
+        "answer to a request sent after it; *manager back* kill to the restarted manager answering "
+        "(its start-up time on this machine included)."
+    )
+    if before is not None:
+        out.append(f"\nBefore the fixes: `{before.get('command', '')}`.")
+    rows = []
+    for kind, r in after["faults"].items():
+        old = (before or {}).get("faults", {}).get(kind)
+        times = []
+        for key, label in (
+            ("noticed_s", "noticed"),
+            ("recovered_s", "recovered"),
+            ("manager_back_s", "manager back"),
+        ):
+            if key in r:
+                times.append(f"{label} {fmt(r[key], 2) if r[key] is not None else 'never'} s")
+        extra = []
+        for key in ("orphans", "max_resident", "stopped_with_requests_in_flight", "http_429"):
+            if key in r:
+                extra.append(f"{key} {r[key]}")
+        rows.append(
+            [
+                kind,
+                f"{old['lost']} of {old['requests']}" if old else "not run",
+                f"{r['lost']} of {r['requests']}",
+                ", ".join(f"{k}: {v}" for k, v in r["counts"].items()),
+                "; ".join(times + extra),
+            ]
+        )
+    out.append(
+        "\n" + table(["fault", "lost before", "lost now", "answers now", "times and facts"], rows)
+    )
+    findings = [
+        f"Faults: {kind} lost {r['lost']} of {r['requests']} requests"
+        + (
+            f" (streams under way: {r['streams_under_way_lost']})"
+            if "streams_under_way_lost" in r
+            else ""
+        )
+        + "."
+        for kind, r in after["faults"].items()
+    ]
+    return "\n".join(out), findings
+
+
 def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     out = ["## Large JSON bodies (memory)\n"]
     out.append(
@@ -420,7 +473,7 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
 
 
 def render() -> str:
-    names = ["latency", "streaming", "swap", "storm", "jobs", "memory"]
+    names = ["latency", "streaming", "swap", "storm", "jobs", "memory", "faults", "faults-before"]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
     if not results:
@@ -479,6 +532,12 @@ def render() -> str:
             findings += found
         else:
             parts += [f"## {name}\n\nNot run: bench/results/{name}.json is missing.", ""]
+    if "faults" in results:
+        text, found = _faults_section(results["faults"], results.get("faults-before"))
+        parts += [text, ""]
+        findings += found
+    else:
+        parts += ["## faults\n\nNot run: bench/results/faults.json is missing.", ""]
     if bigbody:
         text, found = _bigbody_section(bigbody)
         parts += [text, ""]

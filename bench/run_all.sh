@@ -59,6 +59,7 @@ fi
 run storm bench.storm "${STORM[@]}"
 run jobs bench.jobs "${JOBS[@]}"
 run memory bench.memory "${MEMORY[@]}"
+run faults bench.faults
 "$PY" -m bench.report || failed+=("report")
 
 if ((${#failed[@]})); then

@@ -24,12 +24,13 @@ the pipeline runs on the one GPU worker thread, so /health always answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from imageserver.errors import (
+    ClientGone,
     GenerationFailed,
     InvalidRequest,
     ModelNotReady,
@@ -57,6 +59,8 @@ from imageserver.upstream_key import UpstreamKey
 from imageserver.worker import GpuWorker
 from wire.errors import MODEL_SERVER, install_error_handlers
 from wire.limits import BodyLimit
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,42 @@ def _check_common(
             param="output_format",
         )
     return fmt
+
+
+def _steps(settings: Settings, steps: int | None) -> int:
+    """The request's steps (default: the model's), refused above the model's `max_steps`."""
+    if steps is not None and steps > settings.max_steps:
+        raise InvalidRequest(
+            f"steps must be at most {settings.max_steps} for this model, not {steps}",
+            param="steps",
+        )
+    return steps or min(settings.steps, settings.max_steps)
+
+
+async def _client_left(request: Request) -> None:
+    """Return once the client has disconnected (the body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _for_client(request: Request, job: GenerateJob | EditJob, work: Awaitable[T]) -> T:
+    """Await `work` (the job on the GPU worker) while the client waits for it. If the
+    client leaves first, the job is dropped: one still queued leaves the queue, a running
+    one stops at its next step (`job.stop`). Raises ClientGone then."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        job.stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        log.info("the client left: its generation was dropped")
+        raise ClientGone("the client closed the connection; the generation was dropped")
+    finally:
+        watcher.cancel()
 
 
 def _new_seed() -> int:
@@ -192,7 +232,11 @@ async def models(host: HostDep, settings: SettingsDep) -> dict[str, Any]:
 
 @router.post("/v1/images/generations")
 async def generations(
-    body: GenerationRequest, host: HostDep, worker: WorkerDep, settings: SettingsDep
+    request: Request,
+    body: GenerationRequest,
+    host: HostDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     fmt = _check_common(settings, body.n, body.response_format, body.output_format)
     width, height = choose_size(body.size, settings.size_pairs)
@@ -207,17 +251,18 @@ async def generations(
         n=body.n,
         width=width,
         height=height,
-        steps=body.steps or settings.steps,
+        steps=_steps(settings, body.steps),
         seed=body.seed if body.seed is not None else _new_seed(),
         guidance=body.guidance,
         negative_prompt=body.negative_prompt,
     )
-    images = await worker.run(model.generate, job)
+    images = await _for_client(request, job, worker.run(model.generate, job))
     return await _respond(images, fmt, width, height)
 
 
 @router.post("/v1/images/edits")
 async def edits(
+    request: Request,
     host: HostDep,
     worker: WorkerDep,
     settings: SettingsDep,
@@ -273,13 +318,13 @@ async def edits(
         n=n,
         width=width,
         height=height,
-        steps=steps or settings.steps,
+        steps=_steps(settings, steps),
         seed=seed if seed is not None else _new_seed(),
         guidance=guidance,
         strength=strength,
         negative_prompt=negative_prompt,
     )
-    images = await worker.run(loaded.edit, job)
+    images = await _for_client(request, job, worker.run(loaded.edit, job))
     return await _respond(images, fmt, width, height)
 
 

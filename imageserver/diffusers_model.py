@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import threading
 from typing import Any
 
 import torch
@@ -182,6 +183,8 @@ class DiffusersModel:
         config = getattr(getattr(main, "transformer", None), "config", None)
         self._guidance_embeds = bool(config is not None and config.get("guidance_embeds", False))
         self.meter = StepMeter()
+        self._stop: threading.Event | None = None
+        """The running job's `stop` (one job at a time, on the worker thread)."""
         """Steps of the running generation, for ``GET /v1/progress``."""
 
     @property
@@ -243,6 +246,7 @@ class DiffusersModel:
                 )
             args["negative_prompt"] = job.negative_prompt
         args = {k: v for k, v in args.items() if k in params or k == "prompt"}
+        self._stop = job.stop
         meter = self.meter
         meter.running, meter.step, meter.steps = True, 0, job.steps
         try:
@@ -270,11 +274,15 @@ class DiffusersModel:
     def _on_step(
         self, pipe: DiffusionPipeline, index: int, timestep: Any, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        """diffusers' ``callback_on_step_end``: count the step, change nothing."""
+        """diffusers' ``callback_on_step_end``: count the step; once nobody waits for the job
+        (`job.stop`), interrupt the pipeline (diffusers' ``_interrupt`` skips the remaining
+        steps)."""
         total = getattr(pipe, "num_timesteps", None)
         if isinstance(total, int) and total > 0:
             self.meter.steps = total
         self.meter.step = index + 1
+        if self._stop is not None and self._stop.is_set():
+            pipe._interrupt = True
         return kwargs
 
     def _call(

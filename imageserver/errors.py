@@ -81,3 +81,9 @@ class GenerationFailed(ImageServerError):
     """The pipeline raised something unexpected while generating (HTTP 500, no traceback)."""
 
     code = "generation_failed"
+
+
+class ClientGone(ImageServerError):
+    """The client left before its generation was done; nobody reads this answer (499)."""
+
+    status, type, code = 499, "invalid_request_error", "client_closed_request"

@@ -8,7 +8,8 @@ worker thread (imageserver.worker), so implementations need no locking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class GenerateJob:
     seed: int
     guidance: float | None = None
     negative_prompt: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    """Set when nobody waits for the result any more (the client left): a model stops the
+    job at its next denoising step (`ImageModel`)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class EditJob:
     guidance: float | None = None
     negative_prompt: str | None = None
     strength: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    """As GenerateJob.stop."""
 
 
 @dataclass
@@ -92,7 +98,8 @@ class ImageModel(Protocol):
     def generate(self, job: GenerateJob) -> list[Image]:
         """Run text to image; returns `job.n` images of the job's size.
 
-        Raises OutOfMemory (the server stays up) or GenerationFailed.
+        Raises OutOfMemory (the server stays up) or GenerationFailed. Once `job.stop` is
+        set the pipeline is interrupted at its next step and the result is worthless.
         """
 
     def edit(self, job: EditJob) -> list[Image]:

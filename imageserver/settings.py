@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
     steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
+    max_steps: int = Field(
+        default=200,
+        ge=1,
+        le=200,
+        description="Most inference steps a request may ask for (models.json `max_steps`).",
+    )
     queue_limit: int = Field(
         default=8,
         ge=0,

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
 from manager.health import HttpReadinessProbe
+from manager.lease_store import LeaseStore
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
@@ -130,6 +131,7 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         probe,
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
+        lease_store=LeaseStore(settings.lease_path()),
     )
     config = uvicorn.Config(
         create_app(scheduler, settings),
@@ -138,6 +140,8 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
     )
     log.info(
         "manager: %d models from %s, %s runtime, listening on %s:%d",

@@ -2,7 +2,8 @@
 
 At start-up the runtime lists every server it owns (Docker: by label; processes: the
 registry). `plan` decides, with no I/O: the first *adoptable* server in models.json
-order is kept (a known model, running, its model still `stopped` here and nothing
+order (a model that still holds leases from the previous manager first: requests are
+in flight on it) is kept (a known model, running, its model still `stopped` here and nothing
 resident yet, its spec hash the current one); every other owned server (stopped or
 exited, an unknown model, an outdated spec, an extra one) is removed, with the reason.
 The scheduler applies the plan (`Scheduler.adopt`): it removes through the runtime
@@ -11,7 +12,7 @@ and starts health-checking the kept one as `starting`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from manager.runtime import Instance
@@ -38,11 +39,16 @@ def plan(
     catalogue: Mapping[str, Candidate],
     *,
     resident: str | None = None,
+    leased: Collection[str] = (),
 ) -> Plan:
     """Which of `owned` to keep and which to remove. `catalogue` is in models.json order;
-    `resident` is the model the scheduler already uses (its server is never removed)."""
+    `resident` is the model the scheduler already uses (its server is never removed);
+    `leased` are models with leases in flight, kept before any other."""
     order = {name: i for i, name in enumerate(catalogue)}
-    ordered = sorted(owned, key=lambda inst: (order.get(inst.model, len(order)), inst.model))
+    ordered = sorted(
+        owned,
+        key=lambda inst: (inst.model not in leased, order.get(inst.model, len(order)), inst.model),
+    )
     keep: Instance | None = None
     remove: list[tuple[Instance, str]] = []
     for inst in ordered:

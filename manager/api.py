@@ -191,6 +191,13 @@ async def stop_model(name: ModelName, scheduler: SchedulerDep) -> StopAnswer:
     return StopAnswer(model=name, state=state.wire)
 
 
+@router.post("/v1/models/{name}/check")
+async def check_model(name: ModelName, scheduler: SchedulerDep) -> JSONResponse:
+    """A proxy could not reach the model server: check it now (a dead server goes
+    `failed`, so no lease is granted on it). Answers the model's ModelStatus."""
+    return JSONResponse((await scheduler.check(name)).to_wire())
+
+
 @router.get("/v1/models/{name}/logs", response_class=PlainTextResponse)
 async def model_logs(
     name: ModelName,

@@ -12,14 +12,23 @@ Every docker SDK call is blocking and runs in `asyncio.to_thread`; cancelling a
 coroutine abandons the wait but not the engine call already under way (a
 `start` cancelled mid-create may leave a created container, which the next
 `start` reuses or replaces). Every engine failure is raised as `RuntimeFailure`.
+
+Exits: with `watch_exits(callback)` set, a daemon thread follows the engine's event
+stream (`die` events of this manager's containers, by label) and calls
+`callback(model)` on the event loop at once; a broken stream is reopened after a
+second. There is no registry to lose: a container carries its labels from creation
+on, so `list_owned` finds one that a killed manager created but never used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -76,7 +85,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
 
 def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     """The `HOMELAB_IMAGE_*` variables the image server reads (documented in docs/architecture.md)."""
-    return {
+    env = {
         "HOMELAB_IMAGE_MODEL": spec.model,
         "HOMELAB_IMAGE_SERVED_NAME": name,
         "HOMELAB_IMAGE_DTYPE": spec.dtype,
@@ -89,6 +98,9 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
         "HOMELAB_IMAGE_STEPS": str(spec.steps),
         "HOMELAB_IMAGE_PORT": str(port),
     }
+    if spec.max_steps is not None:
+        env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
+    return env
 
 
 def hf_token(settings: ManagerSettings) -> str | None:
@@ -158,6 +170,50 @@ class DockerRuntime:
         self._client = client
         self._client_lock = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._on_exit: Callable[[str], None] | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = False
+        self._events: Any = None
+
+    # ---- exits ----------------------------------------------------------------------------------
+    def watch_exits(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model)` on the event loop as soon as one of this manager's
+        containers dies (the engine's event stream; started with the first engine call)."""
+        self._on_exit = callback
+
+    async def _ensure_watch(self, client: docker.DockerClient) -> None:
+        if self._on_exit is None or self._watcher is not None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._watcher = threading.Thread(
+            target=self._follow_events, args=(client, loop), name="docker-events", daemon=True
+        )
+        self._watcher.start()
+
+    def _follow_events(self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop) -> None:
+        """The watcher thread: relay `die` events of our containers until `aclose()`."""
+        labels = [f"{LABEL_MANAGED}=true"]
+        if self._instance is not None:
+            labels.append(f"{LABEL_INSTANCE}={self._instance}")
+        filters = {"type": "container", "event": ["die"], "label": labels}
+        while not self._closing:
+            try:
+                self._events = client.events(decode=True, filters=filters)
+                for event in self._events:
+                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                    model = attrs.get(LABEL_MODEL)
+                    if model and attrs.get(LABEL_INSTANCE) == self._instance:
+                        loop.call_soon_threadsafe(self._exited, model)
+            except Exception as exc:  # a thread boundary: log, reopen after a pause
+                if self._closing:
+                    return
+                log.warning("Docker event stream broke off (%s); reopening", exc)
+            time.sleep(1.0)
+
+    def _exited(self, model: str) -> None:
+        if self._on_exit is not None and not self._closing:
+            log.info("container of %s died", model)
+            self._on_exit(model)
 
     # ---- plumbing ---------------------------------------------------------------------------
     async def _docker(self) -> docker.DockerClient:
@@ -167,6 +223,7 @@ class DockerRuntime:
                     self._client = await self._call(
                         docker.from_env, what="connect to the Docker engine"
                     )
+        await self._ensure_watch(self._client)
         return self._client
 
     @staticmethod
@@ -423,6 +480,11 @@ class DockerRuntime:
         return f"http://{self._settings.model_host}:{spec.port}"
 
     async def aclose(self) -> None:
-        """Close the docker client's HTTP session (optional; for tidy shutdowns)."""
+        """Stop following events; close the docker client's HTTP session (optional; for
+        tidy shutdowns)."""
+        self._closing = True
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._events.close)
         if self._client is not None:
             await asyncio.to_thread(self._client.close)

@@ -56,6 +56,12 @@ class RuntimeFailure(ManagerError):
     status, code = 503, "runtime_error"
 
 
+class ShuttingDown(RuntimeFailure):
+    """The manager is shutting down (a restart, usually): the proxy retries elsewhere in time."""
+
+    code = "manager_shutting_down"
+
+
 class StartFailed(ManagerError):
     """A model server did not become ready: it exited, reported failure, or timed out (503).
 

@@ -5,16 +5,24 @@ expired (docs/architecture.md, "Leases"). The table hands out `wire.lease.LeaseG
 answers (the type the proxy reads), keeps each lease's expiry on the scheduler's
 monotonic clock and answers the questions the scheduler's policy asks: how many
 leases a model holds, how many more proxy requests its leases may still admit.
-Synchronous, no I/O; used on the scheduler's event loop only.
+Synchronous; used on the scheduler's event loop only.
+
+With a `LeaseStore` the table is kept on disk (`manager.lease_store`): every grant,
+renewal or drop writes the table at the end of that event-loop turn (one small write
+per burst, before the turn's answers reach a proxy), and `restore()` takes back the
+leases a previous manager left, so a restarted manager knows what is in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from manager.errors import LeaseNotFound
+from manager.lease_store import LeaseStore, StoredLease
 from wire.lease import LeaseGrant
 from wire.models import ModelType
 
@@ -64,9 +72,19 @@ class Lease:
 class LeaseTable:
     """Live leases. `ttl` is every lease's lifetime unless renewed; `clock` is monotonic."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float],
+        *,
+        store: LeaseStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.ttl = ttl
         self._clock = clock
+        self._wall = wall_clock
+        self._store = store
+        self._save_pending = False
         self._leases: dict[str, Lease] = {}
         self._by_model: dict[str, set[str]] = {}
 
@@ -101,14 +119,19 @@ class LeaseTable:
             api_key=api_key,
         )
         lease = Lease(grant, expires_at=self._clock() + self.ttl)
-        self._leases[lease.lease_id] = lease
-        self._by_model.setdefault(model, set()).add(lease.lease_id)
+        self._add(lease)
         return lease
+
+    def _add(self, lease: Lease) -> None:
+        self._leases[lease.lease_id] = lease
+        self._by_model.setdefault(lease.model, set()).add(lease.lease_id)
+        self._changed()
 
     def renew(self, lease_id: str) -> Lease:
         """Push a lease's expiry `ttl` seconds from now. Raises LeaseNotFound."""
         lease = self.get(lease_id)
         lease.expires_at = self._clock() + lease.ttl
+        self._changed()
         return lease
 
     def drop(self, lease: Lease) -> bool:
@@ -116,6 +139,7 @@ class LeaseTable:
         if self._leases.pop(lease.lease_id, None) is None:
             return False
         self._by_model.get(lease.model, set()).discard(lease.lease_id)
+        self._changed()
         return True
 
     def expired(self) -> list[Lease]:
@@ -131,6 +155,11 @@ class LeaseTable:
         """Live leases per model, for the models that hold any."""
         return {model: len(ids) for model, ids in self._by_model.items() if ids}
 
+    def uses(self, model: str) -> int:
+        """Proxy requests `model`'s live leases may admit in all (the sum of `max_uses`):
+        what its concurrency limit (`max_in_flight`) is counted against."""
+        return sum(self._leases[i].max_uses for i in self._by_model.get(model, ()))
+
     def spare_uses(self, model: str) -> int:
         """Proxy requests `model`'s live leases may still admit, at most (the manager does
         not see the proxy's joins): the sum of `max_uses - 1`."""
@@ -139,3 +168,61 @@ class LeaseTable:
     def of(self, model: str) -> list[Lease]:
         """`model`'s live leases."""
         return [self._leases[i] for i in self._by_model.get(model, ())]
+
+    # -- on disk -------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._store is None or self._save_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): write now
+            self._write()
+            return
+        self._save_pending = True
+        loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._save_pending = False
+        if self._store is None:
+            return
+        now, wall = self._clock(), self._wall()
+        self._store.save(
+            [
+                StoredLease(
+                    lease_id=lease.lease_id,
+                    model=lease.model,
+                    type=lease.type,
+                    base_url=lease.base_url,
+                    ttl=lease.ttl,
+                    max_uses=lease.max_uses,
+                    expires=wall + (lease.expires_at - now),
+                )
+                for lease in self._leases.values()
+            ]
+        )
+
+    def restore(self, known: Callable[[str], ModelType | None]) -> list[Lease]:
+        """Take back the unexpired leases the store holds for models `known` gives a type
+        for (the catalogue's); returns them."""
+        if self._store is None:
+            return []
+        now, wall = self._clock(), self._wall()
+        restored = []
+        for stored in self._store.load():
+            model_type = known(stored.model)
+            left = stored.expires - wall
+            if model_type is None or left <= 0 or stored.lease_id in self._leases:
+                continue
+            grant = LeaseGrant(
+                lease_id=stored.lease_id,
+                model=stored.model,
+                type=model_type,
+                base_url=stored.base_url,
+                ttl=stored.ttl,
+                max_uses=max(1, int(stored.max_uses)),
+            )
+            lease = Lease(grant, expires_at=now + left)
+            self._add(lease)
+            restored.append(lease)
+        return restored

@@ -10,6 +10,8 @@ answer is "wait". The rules (docs/architecture.md, "Scheduling rules"):
   models have waiters: then waiters that queued before every other model's
   oldest waiter are still granted (they are first in line), and newer ones only
   until `batch_bound` of them have been granted since the contention began.
+* Never more grants than the resident's `room` (its per-model concurrency limit):
+  the rest wait.
 * The resident is stopped only with no lease in flight, and only when another
   model has waiters, a stop was asked for (explicit stop or idle TTL), or it
   has failed and anything at all is waiting (its dead server is removed first).
@@ -44,6 +46,9 @@ class View:
     grants_since_contention: int = 0
     batch_bound: int = 1
     stop_requested: bool = False
+    room: int | None = None
+    """Requests the resident's server may still be given (its `max_in_flight` minus the
+    uses its leases in flight may admit); None: unbounded. Each grant takes at least one."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,9 @@ def decide(view: View) -> Decision:
     if view.stop_requested:
         return Decision(stop=view.resident) if not busy else WAIT
     grant, counted = grants_for_resident(view)
+    if view.room is not None and grant > view.room:
+        counted -= min(counted, grant - view.room)  # the uncounted ones are oldest: first
+        grant = view.room
     if grant:
         return Decision(grant=grant, counted=counted)
     if not busy and oldest_other(view.waiters, view.resident) is not None:

@@ -16,6 +16,16 @@ Output goes to `<log_dir>/<name>.log` (appended; rotated once past 20 MB).
 restarted manager adopts the servers it launched (`list_owned`) with their keys and
 never signals a process that merely reuses a recorded pid (the start time must match).
 
+No orphans: the registry is written just after the spawn, so a manager killed in
+between would lose the server. Every server therefore carries its owner in its
+environment (`HOMELAB_SERVER_OWNER`, a digest of the log folder, plus
+`HOMELAB_SERVER_MODEL` and `HOMELAB_SERVER_SPEC`), and `list_owned` also scans
+/proc for process-group leaders with this owner: one the registry does not name is
+registered then (and so adopted or removed like any other), or killed when the
+registry already names a live server of that model. Before a spawn, a model's port
+that already accepts connections fails the start (`RuntimeFailure`): readiness must
+never take another program's answer for the new server's.
+
 The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
 variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
@@ -29,10 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +68,9 @@ log = logging.getLogger(__name__)
 
 LOCAL_HOST = "127.0.0.1"
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
+ENV_OWNER = "HOMELAB_SERVER_OWNER"
+ENV_MODEL = "HOMELAB_SERVER_MODEL"
+ENV_SPEC = "HOMELAB_SERVER_SPEC"
 _POLL = 0.05
 
 
@@ -71,6 +87,52 @@ def _group_alive(pgid: int) -> bool:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _discover(owner: str) -> dict[int, tuple[str, str, str | None]]:
+    """Live process-group leaders whose environment names `owner`:
+    pid -> (model, spec hash, upstream key or None). Linux /proc only ({} elsewhere)."""
+    found: dict[int, tuple[str, str, str | None]] = {}
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found
+    mark = owner.encode()
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        env = _environ(pid)
+        if env.get(ENV_OWNER.encode()) != mark or not is_alive(pid):
+            continue
+        try:
+            if os.getpgid(pid) != pid:
+                continue  # a child of a server (vLLM's engine), not the server itself
+        except OSError:
+            continue
+        model = env.get(ENV_MODEL.encode(), b"").decode(errors="replace")
+        keys = [env[k.encode()] for k in UPSTREAM_KEY_ENV.values() if k.encode() in env]
+        found[pid] = (
+            model,
+            env.get(ENV_SPEC.encode(), b"").decode(errors="replace"),
+            keys[0].decode(errors="replace") if keys else None,
+        )
+    return found
+
+
+def _port_busy(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -109,6 +171,43 @@ class ProcessRuntime:
         self._reapers: dict[str, asyncio.Task[int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._registry_lock = asyncio.Lock()
+        self._on_exit: Callable[[str], None] | None = None
+        self._pidfds: dict[str, tuple[int, int]] = {}
+        """Adopted (not our children) servers watched for exit: name -> (pid, pidfd)."""
+
+    # ---- exits ----------------------------------------------------------------------------------
+    def watch_exits(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(name)` on the event loop as soon as a server this runtime launched
+        or has seen running (adopted) exits; the caller then asks `inspect` for the details.
+        Children are watched through their reaper; adopted servers through a pidfd."""
+        self._on_exit = callback
+
+    def _exited_now(self, name: str, pid: int) -> None:
+        self._unwatch(name)
+        child = self._children.get(name)
+        if child is not None and child.pid != pid:
+            return  # an older server of this model; the current one still runs
+        if self._on_exit is not None:
+            log.info("server of %s (pid %s) exited", name, pid)
+            self._on_exit(name)
+
+    def _watch_adopted(self, name: str, pid: int) -> None:
+        """Watch a running server that is not our child (a previous manager's) for its exit."""
+        if self._on_exit is None or name in self._children or name in self._pidfds:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # no pidfd (old kernel, not Linux): liveness polls
+            return
+        self._pidfds[name] = (pid, fd)
+        asyncio.get_running_loop().add_reader(fd, self._exited_now, name, pid)
+
+    def _unwatch(self, name: str) -> None:
+        watched = self._pidfds.pop(name, None)
+        if watched is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(watched[1])
+            os.close(watched[1])
 
     # ---- registry ---------------------------------------------------------------------------
     @property
@@ -165,11 +264,20 @@ class ProcessRuntime:
             return [*program, *text_server_args(name, spec, self.bind_host, spec.port)]
         return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
 
+    @property
+    def owner(self) -> str:
+        """This runtime's identity in its servers' environment: a digest of its log folder."""
+        return hashlib.sha256(str(self._dir.resolve()).encode()).hexdigest()[:16]
+
     def environment(self, name: str, spec: Spec, api_key: str | None = None) -> dict[str, str]:
-        """The server's environment: the manager's minus HOMELAB_*, plus the type's and
-        spec's, plus `api_key` (the upstream key) in the type's `UPSTREAM_KEY_ENV` variable."""
+        """The server's environment: the manager's minus HOMELAB_*, plus the type's and spec's,
+        plus the owner marks (`HOMELAB_SERVER_*`) that make it discoverable, plus `api_key`
+        (the upstream key) in the type's `UPSTREAM_KEY_ENV` variable."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env[ENV_OWNER] = self.owner
+        env[ENV_MODEL] = name
+        env[ENV_SPEC] = spec_hash(spec)
         token = hf_token(self._settings)
         if token:
             env["HUGGING_FACE_HUB_TOKEN"] = token
@@ -209,6 +317,11 @@ class ProcessRuntime:
                     log.info("process %s for %s has another spec: replacing it", record.pid, name)
                     await self._terminate(name, record, self._settings.stop_timeout)
                 await self._forget(name)
+            if await asyncio.to_thread(_port_busy, LOCAL_HOST, spec.port):
+                raise RuntimeFailure(
+                    f"port {spec.port} of model {name!r} is already in use by another program "
+                    "(not a server of this manager); stop it or give the model another port"
+                )
             await self._spawn(name, spec, wanted)
 
     async def _spawn(self, name: str, spec: Spec, wanted: str) -> None:
@@ -245,8 +358,17 @@ class ProcessRuntime:
             ) from exc
         finally:
             handle.close()
+        self._unwatch(name)
         self._children[name] = proc
-        self._reapers[name] = asyncio.create_task(proc.wait(), name=f"reap-{name}")
+        reaper = asyncio.create_task(proc.wait(), name=f"reap-{name}")
+        pid = proc.pid
+
+        def reaped(task: asyncio.Task[int]) -> None:
+            if not task.cancelled():
+                self._exited_now(name, pid)
+
+        reaper.add_done_callback(reaped)
+        self._reapers[name] = reaper
         record = ProcessRecord(
             pid=proc.pid,
             spec_hash=wanted,
@@ -259,6 +381,7 @@ class ProcessRuntime:
         log.info("started %s as pid %s: %s", name, proc.pid, argv)
 
     async def _forget(self, name: str) -> None:
+        self._unwatch(name)
         self._children.pop(name, None)
         reaper = self._reapers.pop(name, None)
         if reaper is not None and not reaper.done():
@@ -323,11 +446,11 @@ class ProcessRuntime:
                 spec_hash=record.spec_hash,
                 api_key=record.api_key,
             )
+        running = self._is_ours(record)
+        if running:
+            self._watch_adopted(name, record.pid)
         return Instance(
-            model=name,
-            running=self._is_ours(record),
-            spec_hash=record.spec_hash,
-            api_key=record.api_key,
+            model=name, running=running, spec_hash=record.spec_hash, api_key=record.api_key
         )
 
     async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
@@ -335,7 +458,9 @@ class ProcessRuntime:
         return await asyncio.to_thread(_tail, self.log_path(name), int(tail))
 
     async def list_owned(self) -> list[Instance]:
-        """Every server in the registry, with whether its process is still alive."""
+        """Every server in the registry, with whether its process is still alive, after
+        taking in the unregistered servers of this owner found in /proc (module docstring)."""
+        await self._take_in_strays()
         async with self._registry_lock:
             records = await asyncio.to_thread(self._read_registry)
         owned = []
@@ -361,6 +486,32 @@ class ProcessRuntime:
                     )
                 )
         return owned
+
+    async def _take_in_strays(self) -> None:
+        """Register each live, unregistered server of this owner; kill one whose model
+        already has a live registered server (a duplicate must never serve)."""
+        async with self._registry_lock:
+            records = await asyncio.to_thread(self._read_registry)
+        known = {record.pid for record in records.values()}
+        for pid, (model, wanted, key) in (await asyncio.to_thread(_discover, self.owner)).items():
+            if pid in known or not model:
+                continue
+            stray = ProcessRecord(
+                pid=pid,
+                spec_hash=wanted,
+                started=start_time(pid),
+                argv=[],
+                log=str(self.log_path(model)),
+                api_key=key,
+            )
+            registered = records.get(model)
+            if registered is not None and self._is_ours(registered):
+                log.warning("killing a duplicate unregistered server of %s (pid %s)", model, pid)
+                await self._terminate(model, stray, 5.0)
+                continue
+            log.warning("found an unregistered server of %s (pid %s): registering it", model, pid)
+            await self._update_registry(model, stray)
+            records[model] = stray
 
     def base_url(self, spec: Spec) -> str:
         return f"http://{self._settings.model_host}:{spec.port}"

@@ -29,6 +29,8 @@ LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
 Spec = TextModel | ImageModel
+SCHEDULING_FIELDS = {"max_in_flight"}
+"""Spec fields only the scheduler reads; they are not part of `spec_hash`."""
 
 UPSTREAM_KEY_ENV = {"text": "VLLM_API_KEY", "image": "HOMELAB_IMAGE_API_KEY"}
 """The variable that carries a server's upstream key: vLLM reads `VLLM_API_KEY` (the
@@ -44,7 +46,13 @@ def new_upstream_key() -> str:
 
 def spec_hash(spec: Spec) -> str:
     """A short stable digest of a spec; a container whose label differs is recreated."""
-    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    # Scheduling-only fields do not change the server: leaving them out keeps the hash of
+    # servers started before they existed (no restart on upgrade).
+    # Likewise an unset `max_steps` (added later) leaves the hash as it was.
+    exclude = set(SCHEDULING_FIELDS)
+    if getattr(spec, "max_steps", None) is None:
+        exclude.add("max_steps")
+    blob = json.dumps(spec.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -32,10 +32,12 @@ from manager.errors import (
     GpuMemoryNotReleased,
     ManagerError,
     RuntimeFailure,
+    ShuttingDown,
     StartFailed,
     UnknownModelError,
 )
 from manager.events import EventBus
+from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
@@ -127,7 +129,10 @@ class Scheduler:
         gpu_released: GpuReleaseCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        lease_store: LeaseStore | None = None,
     ) -> None:
+        """`lease_store`: where the lease table is kept across restarts
+        (`manager.lease_store`); None keeps leases in memory only."""
         self.catalogue = catalogue
         self.runtime = runtime
         self.probe = probe
@@ -141,7 +146,9 @@ class Scheduler:
             name: _Record(name, spec, since=wall, last_active=now)
             for name, spec in catalogue.models.items()
         }
-        self.leases = LeaseTable(self.config.lease_ttl, clock)
+        self.leases = LeaseTable(
+            self.config.lease_ttl, clock, store=lease_store, wall_clock=wall_clock
+        )
         """Every live lease (`manager.leases`)."""
         self._resident: str | None = None
         self._last_resident: str | None = None
@@ -157,6 +164,9 @@ class Scheduler:
         """Whether adoption has run (it is retried by `tick()` until it has)."""
         self.swaps = 0
         """How many starts the scheduler has begun (adoption excluded)."""
+        watch = getattr(runtime, "watch_exits", None)
+        if watch is not None:
+            watch(self._server_exited)
 
     # ----------------------------------------------------------------- lookups
 
@@ -328,7 +338,13 @@ class Scheduler:
             grants_since_contention=self._grants_since_contention,
             batch_bound=self.config.batch_bound,
             stop_requested=stop_requested,
+            room=self._room(resident) if resident else None,
         )
+
+    def _room(self, rec: _Record) -> int:
+        """How many more requests `rec`'s server may be given: its `max_in_flight` minus
+        the uses its leases in flight may admit."""
+        return max(0, rec.spec.max_in_flight - self.leases.uses(rec.name))
 
     def _idle(self, rec: _Record, now: float) -> bool:
         ttl = rec.spec.idle_ttl
@@ -377,10 +393,13 @@ class Scheduler:
         return min(self.config.batch_bound, self.leases.spare_uses(self._resident))
 
     def _grant(self, rec: _Record, count: int) -> None:
-        max_uses = 1 if self._others_waiting() else self.config.batch_bound
-        for _ in range(count):
+        """Grant `count` (<= room) waiters; each lease may admit at most the room left after
+        the rest of this batch got one use each."""
+        share = 1 if self._others_waiting() else self.config.batch_bound
+        for i in range(count):
+            room_left = self._room(rec) - (count - 1 - i)
             waiter = rec.waiters.popleft()
-            waiter.future.set_result(self._new_lease(rec, max_uses))
+            waiter.future.set_result(self._new_lease(rec, max(1, min(share, room_left))))
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state
@@ -427,6 +446,9 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a task boundary: every failure becomes StartFailed
+            if adopted:  # leases kept from the previous manager cannot be honoured
+                for lease in self.leases.of(rec.name):
+                    self._drop_lease(lease)
             self._start_failed(rec, _as_start_failed(rec.name, exc))
         else:
             self._set_state(rec, ModelState.READY)
@@ -514,8 +536,28 @@ class Scheduler:
             log.warning("lease %s on %s expired without release", lease.lease_id, lease.model)
             self._drop_lease(lease)
 
-    async def _check_liveness(self) -> None:
+    def _server_exited(self, name: str) -> None:
+        """The runtime saw `name`'s server exit: check it now, not at the next housekeeping."""
+        if not self._closed and self._resident == name:
+            self._spawn(self._check_now(name), name=f"check {name}")
+
+    async def _check_now(self, name: str) -> None:
+        await self._check_liveness(name)
+        self._pump()
+
+    async def check(self, model: str) -> ModelStatus:
+        """Check now whether `model`'s server is alive (a proxy could not reach it); a dead
+        ready server goes `ready -> failed`, so no lease is granted on it. Returns the
+        model's status afterwards. Raises UnknownModelError."""
+        self._record(model)
+        self._check_open()
+        await self._check_now(model)
+        return self.model_status(model)
+
+    async def _check_liveness(self, only: str | None = None) -> None:
         name = self._resident
+        if only is not None and name != only:
+            return
         if name is None or self._records[name].state is not ModelState.READY:
             return
         rec = self._records[name]
@@ -565,11 +607,17 @@ class Scheduler:
         """
         owned = await self.runtime.list_owned()
         self.adopted = True
+        for lease in self.leases.restore(
+            lambda model: rec.spec.type if (rec := self._records.get(model)) else None
+        ):
+            log.info("kept lease %s on %s from the previous manager", lease.lease_id, lease.model)
         candidates = {
             name: adoption.Candidate(spec_hash(rec.spec), rec.state is ModelState.STOPPED)
             for name, rec in self._records.items()
         }
-        decided = adoption.plan(owned, candidates, resident=self._resident)
+        decided = adoption.plan(
+            owned, candidates, resident=self._resident, leased=set(self.leases.in_flight())
+        )
         for inst, why in decided.remove:
             await self._remove_owned(inst, why)
         keep = decided.keep
@@ -580,6 +628,10 @@ class Scheduler:
                 self._begin_start(rec, adopted=True)
             else:  # a request started a model while others were being removed
                 await self._remove_owned(keep, "extra or outdated")
+        for lease in [lease for m in self.leases.in_flight() for lease in self.leases.of(m)]:
+            if lease.model != self._resident:  # a kept lease whose server is not running
+                log.warning("dropping lease %s: %s is not running", lease.lease_id, lease.model)
+                self._drop_lease(lease)
 
     async def _remove_owned(self, inst: Instance, why: str) -> None:
         rec = self._records.get(inst.model)
@@ -605,11 +657,11 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        closed = RuntimeFailure("the manager is shutting down")
+        closed = ShuttingDown("the manager is shutting down")
         for rec in self._records.values():
             for waiter in rec.waiters:
                 if not waiter.future.done():
-                    waiter.future.set_exception(RuntimeFailure(str(closed)))
+                    waiter.future.set_exception(ShuttingDown(str(closed)))
             rec.waiters.clear()
             self._settle_stops(rec, error=closed)
         self.events.close()
@@ -623,7 +675,7 @@ class Scheduler:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeFailure("the manager is shutting down")
+            raise ShuttingDown("the manager is shutting down")
 
     # ----------------------------------------------------------------- status
 

@@ -113,6 +113,18 @@ class ManagerSettings(BaseSettings):
     log_dir: Path = Field(
         default=Path("logs"), description="Process runtime: where model servers' output is kept."
     )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Connections uvicorn serves at once (lease requests wait on theirs).",
+    )
+    lease_file: Path | None = Field(
+        default=None,
+        description=(
+            "Where leases are kept so a restarted manager knows what is in flight. "
+            "Unset: leases.json in log_dir."
+        ),
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(
         default=False, description="uvicorn's access log (off: it costs CPU on every request)."
@@ -123,6 +135,10 @@ class ManagerSettings(BaseSettings):
     def _strong_token(cls, value: SecretStr) -> SecretStr:
         check_token(value.get_secret_value())  # the rules of wire.tokens
         return value
+
+    def lease_path(self) -> Path:
+        """The lease file (`lease_file`, else `log_dir`/leases.json)."""
+        return self.lease_file or self.log_dir / "leases.json"
 
     def advertised_host(self) -> str:
         """The host the proxy should use to reach model servers."""

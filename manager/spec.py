@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from manager.errors import CatalogueError
 
@@ -74,6 +82,17 @@ class _ModelBase(_Strict):
         ),
     )
     description: str = Field(default="", max_length=500)
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the model server is given at once; more wait in the manager's "
+            "queue (counted against its queue limit and timeout), never reaching the server "
+            "to be refused. Image models default to 9: the image server runs one generation "
+            "and lets 8 wait."
+        ),
+    )
 
     @field_validator("image")
     @classmethod
@@ -132,7 +151,31 @@ class ImageModel(_ModelBase):
     )
     max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
     steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description=(
+            "Most inference steps a request may ask for (more are refused with 400), so one "
+            "request cannot hold the GPU for long. Unset: 200."
+        ),
+    )
     start_timeout: Seconds = 1200.0
+    max_in_flight: int = Field(
+        default=9,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the image server is given at once (default: the one it runs plus "
+            "the 8 its queue holds); more wait in the manager's queue."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _steps_within_max(self) -> ImageModel:
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
+        return self
 
     @field_validator("sizes")
     @classmethod

@@ -11,6 +11,9 @@ from pydantic import ValidationError
 from proxy.app import create_app
 from proxy.settings import ProxySettings
 
+KEEP_ALIVE = 5
+"""Seconds an idle client connection is kept open."""
+
 
 def describe(exc: ValidationError) -> str:
     """One line per bad setting: its variable and the reason, never the value given
@@ -47,6 +50,8 @@ def main() -> None:
         http="httptools",
         access_log=settings.access_log,
         server_header=False,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=KEEP_ALIVE,
     )
 
 

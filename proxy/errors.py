@@ -114,6 +114,11 @@ class ManagerUnavailable(ProxyError):
     status, type, code, source = 503, "server_error", "manager_unavailable", MANAGER
 
 
+class ManagerUnreachable(ManagerUnavailable):
+    """The manager could not be reached at all (connection refused, dropped or timed out):
+    an outage the proxy rides out (`proxy.manager_client`), unlike an answer it cannot use."""
+
+
 class ManagerRefused(ProxyError):
     """The manager answered an error; status, envelope and Retry-After are kept."""
 

@@ -5,6 +5,12 @@ and returns one, and the work happens when the server calls it. A client that go
 away cancels the work, which closes the upstream connection (vLLM then aborts the
 generation) and releases the lease.
 
+Safe retry: a request to an endpoint in ``HOMELAB_RETRY_ENDPOINTS`` (chat, completions
+and embeddings by default) whose model server could not be reached, or broke off before
+the proxy sent the client a byte, is sent once more on a fresh lease, after the manager
+was told (it checks the server at once and restarts a dead one). A stream already under
+way is never retried.
+
 Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffered
 (``X-Accel-Buffering: no``). If the upstream dies mid-stream the client gets a
 final ``data: {"error": {...}}`` event, which the openai SDK raises as
@@ -64,44 +70,64 @@ class Forward(Watched):
         resp = None
         metrics.in_flight.inc()
         waiting = ctx.interactive_waiting if self.interactive else None
+        attempts = 2 if self.endpoint in ctx.settings.retry_endpoints else 1
         try:
-            if waiting is not None:
-                waiting[self.model] += 1
-            try:
-                held = await ctx.manager.acquire(self.model)
-            finally:
+            for attempt in range(1, attempts + 1):
+                last = attempt == attempts
                 if waiting is not None:
-                    waiting[self.model] -= 1
-                metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
-            lease = held.lease
-            try:
-                resp = await ctx.http.post(
-                    lease.base_url + self.endpoint,
-                    data=self.body,
-                    headers={
-                        "Content-Type": self.content_type,
-                        "Accept-Encoding": "identity",
-                        **lease.upstream_headers(),
-                    },
-                    timeout=ctx.upstream_timeout,
-                )
-            except TRANSPORT_ERRORS as exc:
-                held.discard()  # the server may be gone: later requests take a fresh lease
-                raise UpstreamError(
-                    f"The model server of '{self.model}' at {lease.base_url} cannot be reached: "
-                    f"{exc.__class__.__name__}: {exc}",
-                    code="model_server_unreachable",
-                ) from exc
-            if resp.status >= 400:
+                    waiting[self.model] += 1
                 try:
-                    raw = await resp.content.read(_UPSTREAM_ERROR_LIMIT)
-                except TRANSPORT_ERRORS:
-                    raw = b""
-                raise normalise_error_body(raw, resp.status, MODEL_SERVER)
-            if resp.content_type == "text/event-stream":
-                status = await self._stream(resp, send, watch, held)
-            else:
-                status = await self._whole(resp, send, watch, held)
+                    held = await ctx.manager.acquire(self.model)
+                finally:
+                    if waiting is not None:
+                        waiting[self.model] -= 1
+                    if attempt == 1:
+                        metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
+                lease = held.lease
+                try:
+                    resp = await ctx.http.post(
+                        lease.base_url + self.endpoint,
+                        data=self.body,
+                        headers={
+                            "Content-Type": self.content_type,
+                            "Accept-Encoding": "identity",
+                            **lease.upstream_headers(),
+                        },
+                        timeout=ctx.upstream_timeout,
+                    )
+                except TRANSPORT_ERRORS as exc:
+                    await self._lost_server(held)
+                    if not last:
+                        continue  # nothing reached the client: ask again, once
+                    raise UpstreamError(
+                        f"The model server of '{self.model}' at {lease.base_url} cannot be "
+                        f"reached: {exc.__class__.__name__}: {exc}",
+                        code="model_server_unreachable",
+                    ) from exc
+                if resp.status >= 400:
+                    try:
+                        raw = await resp.content.read(_UPSTREAM_ERROR_LIMIT)
+                    except TRANSPORT_ERRORS:
+                        raw = b""
+                    raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+                if resp.content_type == "text/event-stream":
+                    status = await self._stream(resp, send, watch, held)
+                    break
+                try:
+                    raw = await resp.read()
+                except TRANSPORT_ERRORS as exc:
+                    resp.close()
+                    await self._lost_server(held)
+                    if not last:
+                        continue  # the answer broke off before the client got a byte
+                    raise UpstreamError(
+                        f"The model server's answer for '{self.model}' broke off: "
+                        f"{exc.__class__.__name__}: {exc}",
+                        code="model_server_error",
+                    ) from exc
+                held.end()
+                status = await self._whole(resp, raw, send, watch)
+                break
         except ProxyError as exc:
             status = exc.status
             if held is not None:
@@ -116,6 +142,13 @@ class Forward(Watched):
             metrics.in_flight.dec()
             metrics.requests.labels(self.endpoint, self.model, str(status)).inc()
             metrics.latency.labels(self.endpoint).observe(time.perf_counter() - t0)
+
+    async def _lost_server(self, held: LeaseUse) -> None:
+        """The model server could not be reached or broke off: nobody joins this lease any
+        more, and the manager checks the server at once (a dead one is marked failed, so
+        the next lease waits for a fresh start instead of landing on it)."""
+        held.discard()
+        await self.ctx.manager.report_unreachable(self.model)
 
     # The lease is ended as soon as the model server is done with the request, before
     # the last bytes go to the client: the manager then handles the release while
@@ -137,7 +170,7 @@ class Forward(Watched):
             )
             # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
             tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
-            held.discard()
+            await self._lost_server(held)
             watch.finish()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return err.status
@@ -147,17 +180,8 @@ class Forward(Watched):
         return resp.status
 
     async def _whole(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: watch_disconnect, held: LeaseUse
+        self, resp: aiohttp.ClientResponse, raw: bytes, send: Send, watch: watch_disconnect
     ) -> int:
-        try:
-            raw = await resp.read()
-        except TRANSPORT_ERRORS as exc:
-            held.discard()
-            raise UpstreamError(
-                f"The model server's answer for '{self.model}' broke off: {exc.__class__.__name__}: {exc}",
-                code="model_server_error",
-            ) from exc
-        held.end()
         ctype = resp.headers.get("Content-Type", "application/json")
         if self.url_base is not None:
             raw = await asyncio.to_thread(self._to_urls, raw)

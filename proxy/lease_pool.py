@@ -27,8 +27,10 @@ How a request gets its share (`LeasePool.acquire`):
 
 Each live lease has one renewal timer (at half its ttl). A renewal refused with
 404 means the manager no longer knows the lease (expired): it is retired and not
-released; any other renewal failure retires it (requests in flight go on, new
-ones get a fresh lease) and renewals go on. `close()` (proxy shutdown) fails the
+released; while the manager cannot be reached (restarting) the renewal is tried
+again every `RENEW_RETRY` seconds and the lease kept; any other renewal failure
+retires it (requests in flight go on, new ones get a fresh lease) and renewals go
+on. `close()` (proxy shutdown) fails the
 waiting riders, releases every lease and waits for the releases (bounded).
 
 Everything runs on one event loop; state changes happen between awaits, so no lock.
@@ -41,13 +43,15 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from proxy.errors import ManagerRefused, ManagerUnavailable
+from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
 from wire.lease import LeaseGrant
 
 log = logging.getLogger("proxy.leases")
 
 RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
+RENEW_RETRY = 2.0
+"""Seconds between renewal attempts while the manager cannot be reached."""
 
 
 class LeaseSource(Protocol):
@@ -328,6 +332,15 @@ class LeasePool:
                 return
             log.warning("renewing lease %s for %s failed: %s", lease.lease_id, lease.model, exc)
             self._retire(shared)
+        except ManagerUnreachable as exc:
+            # The manager is away (restarting): keep the lease and try again soon; the
+            # restarted manager still knows it (leases persist, docs/architecture.md).
+            log.warning(
+                "renewing lease %s for %s: manager away: %s", lease.lease_id, lease.model, exc
+            )
+            if not shared.done:
+                self._schedule_renewal(shared, min(ttl, RENEW_RETRY * 2))
+            return
         except ManagerUnavailable as exc:
             log.warning("renewing lease %s for %s failed: %s", lease.lease_id, lease.model, exc)
             self._retire(shared)

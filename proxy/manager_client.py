@@ -11,6 +11,15 @@ it cannot be reached or answers something that is not its contract, and
 `ManagerRefused` (status, envelope and ``Retry-After`` kept) when it answers an
 error. A 401 or 422 from the manager is the proxy's own misconfiguration or bug,
 never the client's, so it becomes a 502.
+
+Outages (a manager restarting: Docker Desktop, an update): when the manager cannot
+be reached (`ManagerUnreachable`: refused, dropped, timed out) or says it is shutting
+down, a lease request is retried with exponential backoff (0.1 s doubling to 2 s,
+jittered) for ``outage_window`` seconds counted from the first failure, so a restart
+of a few seconds costs the client only the wait; after the window the client gets a
+503 ``manager_unavailable`` with ``Retry-After``. The model list is served from the
+last one fetched while the manager is away. A release that could not be delivered is
+retried in the background until the manager answers (for up to ``SETTLE_WINDOW``).
 """
 
 from __future__ import annotations
@@ -18,13 +27,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from proxy.errors import MANAGER, ManagerRefused, ManagerUnavailable, normalise_error_body
+from proxy.errors import (
+    MANAGER,
+    ManagerRefused,
+    ManagerUnavailable,
+    ManagerUnreachable,
+    ProxyError,
+    normalise_error_body,
+)
 from proxy.lease_pool import LeasePool, LeaseUse
 from wire.lease import LeaseGrant, LeaseRenewal
 from wire.models import ModelList, ModelStatus
@@ -33,6 +52,13 @@ log = logging.getLogger("proxy.manager")
 
 _SHORT = aiohttp.ClientTimeout(total=15.0)
 _M = TypeVar("_M", bound=BaseModel)
+T = TypeVar("T")
+OUTAGE_RETRY_AFTER = 5
+"""Retry-After (seconds) on the 503 a client gets once the outage window has passed."""
+SETTLE_WINDOW = 600.0
+"""Seconds a release that could not be delivered is retried in the background."""
+SHUTTING_DOWN = "manager_shutting_down"
+"""The manager's error code while it shuts down (a restart): retried like an outage."""
 
 
 class ManagerClient:
@@ -45,7 +71,14 @@ class ManagerClient:
         models_ttl: float = 2.0,
         connect_timeout: float = 10.0,
         lease_linger: float = 0.05,
+        outage_window: float = 30.0,
+        lease_read_timeout: float = 960.0,
+        events_read_timeout: float = 60.0,
     ) -> None:
+        """`lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
+        plus a margin: a manager that stopped answering without closing the connection is
+        given up on then); `events_read_timeout`: longest silence on the event stream (a few
+        of the manager's heartbeats)."""
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
@@ -54,7 +87,14 @@ class ManagerClient:
         self._models: dict[str, ModelStatus] | None = None
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
-        self._lease_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self._lease_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=lease_read_timeout
+        )
+        self._events_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=events_read_timeout
+        )
+        self.outage_window = outage_window
+        """Seconds a lease request rides out an unreachable manager (module docstring)."""
         self.leases = LeasePool(self, linger=lease_linger)
         """Shares leases among concurrent requests; `acquire()` goes through it."""
 
@@ -81,7 +121,7 @@ class ManagerClient:
                     return resp.status, raw
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ManagerUnavailable(
+            raise ManagerUnreachable(
                 f"The manager at {self.base_url} cannot be reached: {exc.__class__.__name__}: {exc}"
             ) from exc
         err = normalise_error_body(raw, resp.status, MANAGER)
@@ -101,6 +141,39 @@ class ManagerClient:
             code=err.code,
             headers=headers,
         )
+
+    async def _ride_out(
+        self, call: Callable[[], Awaitable[T]], window: float, *, wait_max: float = 2.0
+    ) -> T:
+        """`call()`, retried with backoff while the manager is away (`is_outage`), for at
+        most `window` seconds from the first failure. Past it, the last error is raised
+        as a 503 with Retry-After. Cancellable."""
+        first_failure: list[float] = []
+
+        def stop(state: RetryCallState) -> bool:
+            now = time.monotonic()
+            if not first_failure:
+                first_failure.append(now)
+            return now - first_failure[0] >= window
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=wait_exponential_jitter(multiplier=0.1, max=wait_max, jitter=0.1),
+            retry=retry_if_exception(is_outage),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
+        except ProxyError as exc:
+            if not is_outage(exc):
+                raise
+            raise ManagerUnavailable(
+                f"{exc.message} (the proxy retried for {window:g} s)",
+                headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover (tenacity returns or raises)
 
     def _json(self, raw: bytes, what: str) -> dict[str, Any]:
         try:
@@ -140,7 +213,16 @@ class ManagerClient:
             if self._models is not None and time.monotonic() - self._models_at <= age:
                 return self._models
             started = time.monotonic()
-            _, raw = await self._call("GET", "/v1/models")
+            try:
+                _, raw = await self._ride_out(
+                    lambda: self._call("GET", "/v1/models"),
+                    0.0 if self._models is not None else self.outage_window,
+                )
+            except ManagerUnavailable:
+                if self._models is None:
+                    raise
+                log.info("the manager is away: routing on its last model list")
+                return self._models
             listing = self._parse(ModelList, raw, "GET /v1/models")
             self._models = {m.id: m for m in listing.data}
             self._models_at = started
@@ -161,8 +243,10 @@ class ManagerClient:
         """POST /v1/leases: block until `model` is ready and a lease is granted (bounded
         by the manager's queue timeout). Cancellable: cancelling closes the connection,
         which withdraws the request from the manager's queue."""
-        _, raw = await self._call(
-            "POST", "/v1/leases", orjson.dumps({"model": model}), client_timeout=self._lease_timeout
+        body = orjson.dumps({"model": model})
+        _, raw = await self._ride_out(
+            lambda: self._call("POST", "/v1/leases", body, client_timeout=self._lease_timeout),
+            self.outage_window,
         )
         return self._parse(LeaseGrant, raw, "POST /v1/leases")
 
@@ -172,11 +256,30 @@ class ManagerClient:
         return self._parse(LeaseRenewal, raw, "lease renew").ttl
 
     async def release(self, lease_id: str) -> None:
-        """Release a lease. Never raises (an expired lease is already free)."""
+        """Release a lease. Never raises (an expired lease is already free). While the manager
+        is away the release is retried (backoff up to 5 s) for `SETTLE_WINDOW` seconds, so a
+        restarted manager that kept the lease learns it is free. Cancellable."""
         try:
-            await self._call("DELETE", f"/v1/leases/{lease_id}")
+            await self._ride_out(
+                lambda: self._call("DELETE", f"/v1/leases/{lease_id}"), SETTLE_WINDOW, wait_max=5.0
+            )
         except (ManagerUnavailable, ManagerRefused) as exc:
             log.warning("releasing lease %s failed: %s", lease_id, exc.message)
+
+    async def report_unreachable(self, model: str) -> None:
+        """Tell the manager `model`'s server could not be reached (POST
+        /v1/models/{model}/check): it checks at once and marks a dead one failed. Waits
+        for that check (at most 10 s); never raises."""
+        self.invalidate_models()
+        try:
+            await self._call(
+                "POST",
+                f"/v1/models/{quote(model, safe='')}/check",
+                b"{}",
+                client_timeout=aiohttp.ClientTimeout(total=10.0),
+            )
+        except (ManagerUnavailable, ManagerRefused) as exc:
+            log.warning("reporting %s unreachable to the manager failed: %s", model, exc.message)
 
     async def health(self) -> dict[str, Any]:
         """The manager's /healthz answer. Raises ManagerUnavailable."""
@@ -191,7 +294,7 @@ class ManagerClient:
             resp = await self._session.get(
                 self.base_url + "/v1/events",
                 headers={**self._headers, "Accept": "text/event-stream"},
-                timeout=self._lease_timeout,
+                timeout=self._events_timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ManagerUnavailable(f"The manager's event stream cannot be opened: {exc}") from exc
@@ -207,3 +310,11 @@ class ManagerClient:
     async def aclose(self) -> None:
         """Release every pooled lease and wait (briefly) for the releases."""
         await self.leases.close()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The manager is away (unreachable, or answering that it is shutting down), as
+    opposed to an answer: worth retrying."""
+    if isinstance(exc, ManagerUnreachable):
+        return True
+    return isinstance(exc, ManagerRefused) and exc.code == SHUTTING_DOWN

@@ -98,6 +98,40 @@ class ProxySettings(BaseSettings):
             "(proxy/guard.py); `*`: any."
         ),
     )
+    manager_outage_window: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a request waits for an unreachable (restarting) manager, retrying with "
+            "backoff, before it gets a 503 with Retry-After (0: fail at once)."
+        ),
+    )
+    retry_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+        description=(
+            "Comma list of endpoints whose requests are sent once more when the model server "
+            "died before the client got a byte (empty: never retry)."
+        ),
+    )
+    lease_read_timeout: float = Field(
+        default=960.0,
+        gt=0,
+        description=(
+            "Longest wait (seconds) for the manager's answer to a lease request: its queue "
+            "timeout (900) plus a margin."
+        ),
+    )
+    events_read_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest silence (seconds) on the manager's event stream (4 heartbeats).",
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Connections uvicorn serves at once; more are refused with 503.",
+    )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
@@ -153,6 +187,13 @@ class ProxySettings(BaseSettings):
                 return []
             keys = [k.strip() for k in value.split(",") if k.strip()]
             return keys or None
+        return value
+
+    @field_validator("retry_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [e.strip() for e in value.split(",") if e.strip()]
         return value
 
     @field_validator("allowed_hosts", mode="before")

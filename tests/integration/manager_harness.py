@@ -1,7 +1,7 @@
 """Run the real manager app (scheduler + HTTP API + a real runtime) on a loopback port.
 
 `start_manager` builds what `python -m manager serve` builds (settings, runtime,
-HttpReadinessProbe, the NVML check, Scheduler, create_app) and serves it with
+HttpReadinessProbe, the NVML check, the lease file, Scheduler, create_app) and serves it with
 uvicorn inside the test's event loop. Stopping it runs the app's lifespan
 shutdown, which leaves model servers running, as a real manager exit does, so a
 second `start_manager` on the same catalogue exercises adoption.
@@ -28,6 +28,7 @@ from manager.__main__ import build_gpu_check
 from manager.api import create_app
 from manager.docker_runtime import DockerRuntime
 from manager.health import HttpReadinessProbe
+from manager.lease_store import LeaseStore
 from manager.process_runtime import ProcessRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
@@ -103,6 +104,7 @@ async def start_manager(
         HttpReadinessProbe(),
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
+        lease_store=LeaseStore(settings.lease_path()),
     )
     app = create_app(scheduler, settings)
     config = uvicorn.Config(

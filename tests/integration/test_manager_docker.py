@@ -310,3 +310,69 @@ async def test_a_server_that_dies_while_ready_is_marked_failed_and_restarted(
     assert again.status_code == 200
     assert (await chat(again.json(), "back")).status_code == 200
     assert [c.id for c in containers_of(docker_env, "fragile")] != [dead.id]
+
+
+async def test_a_container_killed_while_ready_is_noticed_from_the_engines_events(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    """No liveness pass runs here (interval 1 h): only the engine's `die` event can tell."""
+    models = {"doomed": text_model("doomed", 18158)}
+    manager = await launch(managers, models, 18171, tmp_path, liveness_interval=3600)
+    api = manager.client()
+    assert (await api.post("/v1/models/doomed/ensure")).json()["state"] == "ready"
+    [container] = containers_of(docker_env, "doomed")
+    container.kill()
+    failed = await wait_for_state(api, "doomed", "failed")
+    assert "137" in failed["last_error"]
+
+
+async def test_a_restarted_manager_keeps_the_leases_and_does_not_stop_their_container(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    """The Docker variant of the fault test's restart case (the manager here stops without
+    releasing, in-process: what matters is that the lease file outlives it)."""
+    first = await launch(managers, MODELS, 18172, tmp_path)
+    lease = (await first.client().post("/v1/leases", json={"model": "chat-a"})).json()
+    [running] = containers_of(docker_env, "chat-a")
+    await first.stop()
+
+    second = await launch(managers, MODELS, 18173, tmp_path)
+    api = second.client()
+    status = await wait_for_state(api, "chat-a", "ready")
+    assert status["in_flight"] == 1, "the new manager knows the lease in flight"
+    other = asyncio.create_task(api.post("/v1/models/chat-b/ensure"))
+    await asyncio.sleep(1.5)
+    assert not other.done()
+    assert docker_env.containers.get(running.id).status == "running", "stopped under a lease"
+    assert (await chat(lease["base_url"], "still here")).status_code == 200
+    assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 204
+    assert (await other).json()["state"] == "ready"
+    assert containers_of(docker_env, "chat-a") == []
+
+
+async def test_a_container_created_but_never_used_is_found_by_its_labels(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    """A manager killed right after creating a container: the next one finds it by its
+    labels, and two models never run at once."""
+    from manager.docker_runtime import DockerRuntime
+    from manager.spec import parse_catalogue
+    from tests.integration.conftest import token
+    from tests.integration.manager_harness import SessionSettings
+
+    models = {**MODELS, "lost": text_model("lost", 18159)}
+    catalogue = parse_catalogue(models, source="test")
+    settings = SessionSettings(
+        manager_token=token(), hf_cache=str(tmp_path), model_host="127.0.0.1", instance=SESSION
+    )
+    config = DockerRuntime(settings).container_config("lost", catalogue.models["lost"])
+    docker_env.containers.run(**config)  # as a killed manager left it
+
+    manager = await launch(managers, models, 18174, tmp_path)
+    api = manager.client()
+    assert (await api.post("/v1/models/chat-b/ensure")).json()["state"] == "ready"
+    running = [
+        c.labels[LABEL_MODEL]
+        for c in docker_env.containers.list(filters={"label": f"{LABEL_INSTANCE}={SESSION}"})
+    ]
+    assert running == ["chat-b"]

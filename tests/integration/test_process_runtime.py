@@ -324,3 +324,45 @@ async def test_check_alive_sees_a_crash(runtime: ProcessRuntime, probe) -> None:
     assert reason == "the server exited with code 3"
     assert (await runtime.inspect(name, spec)).exit_code == 3
     await runtime.stop(name, spec, timeout=2)
+
+
+async def test_an_unregistered_server_of_this_manager_is_found_and_registered(
+    runtime: ProcessRuntime, probe: HttpReadinessProbe, tmp_path: Path
+) -> None:
+    """A manager killed between spawn and registry write left a server: the next one finds
+    it by the owner mark in its environment (regression: it stayed an invisible orphan)."""
+    name = model_name("proc-stray")
+    spec = fake_text("proc-stray", 18143)
+    stray = subprocess.Popen(  # noqa: ASYNC220 (a plain child, as a dead manager left it)
+        runtime.argv(name, spec),
+        env=runtime.environment(name, spec),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(0.3)
+        owned = {inst.model: inst for inst in await runtime.list_owned()}
+        assert owned[name].running and owned[name].spec_hash == spec_hash(spec)
+        registry = json.loads((tmp_path / "logs" / REGISTRY_FILE).read_text())
+        assert registry[name]["pid"] == stray.pid
+        await runtime.stop(name, spec, timeout=2)
+        stray.wait(5)
+        assert not _group_alive(stray.pid)
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait(5)
+
+
+async def test_a_port_in_use_by_another_program_fails_the_start(runtime: ProcessRuntime) -> None:
+    """Readiness must never take another program's answer for the new server's."""
+    import socket
+
+    spec = fake_text("proc-busy", 18144)
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", 18144))
+        other.listen(1)
+        with pytest.raises(RuntimeFailure, match="already in use"):
+            await runtime.start(model_name("proc-busy"), spec)

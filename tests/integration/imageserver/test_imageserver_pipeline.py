@@ -188,3 +188,25 @@ def test_a_missing_folder_fails_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(LoadFailed, match="cannot load pipeline from") as info:
         load(tmp_path / "nothing-here")
     assert "nothing-here" in str(info.value)
+
+
+def test_a_job_nobody_waits_for_stops_at_its_next_step(tiny_pipeline: Path) -> None:
+    """The real pipeline honours `job.stop` through callback_on_step_end: one denoising
+    step runs (the callback comes after it), not the 20 asked for."""
+    model = load(tiny_pipeline)
+    unet = model.pipelines["generate"].unet
+    calls = []
+    forward = unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    unet.forward = counting
+    job = GenerateJob(prompt="p", n=1, width=64, height=64, steps=20, seed=1, guidance=1.0)
+    job.stop.set()
+    model.generate(job)
+    assert len(calls) == 1
+    calls.clear()
+    model.generate(GenerateJob(prompt="p", n=1, width=64, height=64, steps=3, seed=1, guidance=1.0))
+    assert len(calls) == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class FakeModel:
     jobs: list[GenerateJob | EditJob] = field(default_factory=list)
     fail_next: Exception | None = None
     threads: set[str] = field(default_factory=set)
+    stopped: list[GenerateJob | EditJob] = field(default_factory=list)
+    """Jobs stopped mid-run because their `stop` was set."""
 
     def __post_init__(self) -> None:
         self.gate.set()  # open unless a test closes it
@@ -44,8 +47,13 @@ class FakeModel:
     def _work(self, job: GenerateJob | EditJob) -> list[Image.Image]:
         self.threads.add(threading.current_thread().name)
         self.started.set()
-        if not self.gate.wait(timeout=30):
-            raise GenerationFailed("test gate never opened")
+        deadline = time.monotonic() + 30
+        while not self.gate.wait(timeout=0.01):  # like denoising steps, each checks job.stop
+            if job.stop.is_set():
+                self.stopped.append(job)
+                raise GenerationFailed("stopped: nobody waits for it")
+            if time.monotonic() > deadline:
+                raise GenerationFailed("test gate never opened")
         self.jobs.append(job)
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None

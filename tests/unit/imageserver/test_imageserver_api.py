@@ -567,3 +567,90 @@ async def test_with_an_upstream_key_v1_needs_it_and_health_stays_open() -> None:
         assert done.status_code == 200, done.text
         assert (await client.get("/v1/models", headers=auth)).status_code == 200
         assert (await client.get("/health")).json()["status"] == "ready"
+
+
+async def test_steps_above_the_models_max_steps_are_refused() -> None:
+    model = FakeModel()
+    async with serve(settings(steps=4, max_steps=8), loader_for(model)) as client:
+        await wait_status(client, "ready")
+        refused = await client.post("/v1/images/generations", json={"prompt": "p", "steps": 9})
+        allowed = await client.post("/v1/images/generations", json={"prompt": "p", "steps": 8})
+    assert_envelope(refused, 400, "invalid_request", "steps")
+    assert allowed.status_code == 200 and model.jobs[-1].steps == 8
+
+
+class LeavingClient:
+    """Drives the ASGI app directly, as a client that can hang up while it waits."""
+
+    def __init__(self, app, body: dict) -> None:
+        import json
+
+        self.app, self.body = app, json.dumps(body).encode()
+        self.leave = asyncio.Event()
+        self.sent: list[dict] = []
+        self._body_sent = False
+
+    async def receive(self) -> dict:
+        if not self._body_sent:
+            self._body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    def start(self) -> asyncio.Task:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/images/generations",
+            "raw_path": b"/v1/images/generations",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"imageserver")],
+            "client": ("127.0.0.1", 1),
+            "server": ("imageserver", 80),
+        }
+        return asyncio.create_task(self.app(scope, self.receive, self.send))
+
+
+async def test_a_queued_generation_whose_client_left_is_dropped() -> None:
+    model = FakeModel()
+    async with serve(settings(), loader_for(model)) as client:
+        await wait_status(client, "ready")
+        model.jobs.clear()
+        model.gate.clear()
+        app = client._transport.app  # type: ignore[attr-defined]
+        running = asyncio.create_task(
+            client.post("/v1/images/generations", json={"prompt": "first"})
+        )
+        await wait_admitted(client, 1)
+        leaving = LeavingClient(app, {"prompt": "second"})
+        task = leaving.start()
+        await wait_admitted(client, 2)
+        leaving.leave.set()
+        await asyncio.wait_for(task, 10)
+        await wait_admitted(client, 1)  # it left the queue at once
+        model.gate.set()
+        assert (await running).status_code == 200
+    assert [job.prompt for job in model.jobs] == ["first"], "the dropped job must never run"
+
+
+async def test_a_running_generation_whose_client_left_stops_at_its_next_step() -> None:
+    model = FakeModel()
+    async with serve(settings(), loader_for(model)) as client:
+        await wait_status(client, "ready")
+        model.started.clear()
+        model.gate.clear()
+        leaving = LeavingClient(client._transport.app, {"prompt": "long"})  # type: ignore[attr-defined]
+        task = leaving.start()
+        await asyncio.to_thread(model.started.wait, 10)
+        leaving.leave.set()
+        await asyncio.wait_for(task, 10)
+        await wait_admitted(client, 0)  # the worker is free without the gate opening
+    assert [job.prompt for job in model.stopped] == ["long"]
+    model.gate.set()

@@ -51,3 +51,14 @@ def test_a_model_that_is_not_stopped_is_not_adopted_and_no_hash_is_accepted() ->
     owned = [Instance("alpha", running=True), Instance("beta", running=True)]
     decided = plan(owned, busy)
     assert decided.keep == owned[1]  # no recorded hash (process registry of old): adopted
+
+
+def test_a_server_with_leases_in_flight_is_kept_before_catalogue_order() -> None:
+    """A restarted manager keeps the model its kept leases are on (requests are in flight)."""
+    owned = [
+        Instance("alpha", running=True, spec_hash="h-alpha"),
+        Instance("beta", running=True, spec_hash="h-beta"),
+    ]
+    decided = plan(owned, CATALOGUE, leased={"beta"})
+    assert decided.keep == owned[1]
+    assert decided.remove == [(owned[0], "extra or outdated")]

@@ -166,6 +166,10 @@ class FakeManager:
         self.start_logs = ""
         """Log lines a failed start's message carries (as the real manager's does)."""
         self.model_fetches = 0
+        self.checked: list[str] = []
+        """Models a proxy reported unreachable (POST /v1/models/{name}/check)."""
+        self.restart_on_check: str | None = None
+        """When set, a check "restarts" the model there (base_url becomes this)."""
         self.subscribers: list[asyncio.Queue] = []
         self._lock = asyncio.Lock()
         self.app = self._build()
@@ -229,6 +233,13 @@ class FakeManager:
         async def models():
             fake.model_fetches += 1
             return {"object": "list", "data": [fake.status(n) for n in sorted(fake.models)]}
+
+        @app.post("/v1/models/{name}/check")
+        async def check(name: str):
+            fake.checked.append(name)
+            if fake.restart_on_check is not None:
+                fake.base_url = fake.restart_on_check
+            return fake.status(name)
 
         @app.post("/v1/leases")
         async def lease(request: Request):

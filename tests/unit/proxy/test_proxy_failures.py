@@ -77,14 +77,39 @@ async def test_an_unreachable_model_server_drops_the_shared_lease(make_stack) ->
             r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
             assert r.status_code == 502
             assert r.json()["error"]["code"] == "model_server_unreachable"
+        # Tried twice (the retry), each time on a fresh lease, each reported to the manager.
+        assert stack.manager.checked == ["chat-a", "chat-a"]
         broken = stack.manager.released or list(stack.manager.leases)
         # Not kept for 30 s: released at once, so nobody else rides on it.
-        await _eventually(lambda: len(stack.manager.released) == 1, "the broken lease released")
-        assert stack.manager.released == broken
+        await _eventually(lambda: len(stack.manager.released) == 2, "the broken leases released")
+        assert sorted(stack.manager.released) == sorted(broken)
         stack.manager.base_url = live  # the model is back (e.g. restarted elsewhere)
         r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200, "a fresh lease, not the broken one"
-        assert stack.manager.granted == 2
+        assert stack.manager.granted == 3
+
+
+async def test_a_request_to_a_dead_server_is_retried_once_after_the_manager_checked(
+    stack: Stack,
+) -> None:
+    live = stack.manager.base_url
+    with dead_port() as port:
+        stack.manager.base_url = f"http://127.0.0.1:{port}"  # the server died
+        stack.manager.restart_on_check = live  # the manager's check restarts it
+        r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
+    assert r.status_code == 200, r.text
+    assert stack.manager.checked == ["chat-a"] and stack.manager.granted == 2
+
+
+async def test_no_retry_for_endpoints_left_out_of_the_setting(make_stack) -> None:
+    async with make_stack(retry_endpoints="") as stack:
+        live = stack.manager.base_url
+        with dead_port() as port:
+            stack.manager.base_url = f"http://127.0.0.1:{port}"
+            stack.manager.restart_on_check = live
+            r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
+        assert r.status_code == 502
+        assert stack.manager.checked == ["chat-a"] and stack.manager.granted == 1
 
 
 async def test_manager_busy_is_429_with_retry_after(stack: Stack) -> None:
@@ -105,7 +130,9 @@ async def test_failed_start_is_503_from_manager(stack: Stack) -> None:
 
 async def test_manager_down_is_503_and_not_ready(make_stack) -> None:
     with dead_port() as port:
-        async with make_stack(manager_url=f"http://127.0.0.1:{port}") as stack:
+        async with make_stack(
+            manager_url=f"http://127.0.0.1:{port}", manager_outage_window=0
+        ) as stack:
             r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
             assert r.status_code == 503
             assert r.json()["error"]["source"] == "manager"
@@ -366,7 +393,9 @@ async def test_keyless_clients_read_no_internal_addresses_or_log_lines(make_stac
     """An open proxy (no keys) answers everyone on the LAN: its errors name no manager or
     model server address and carry no model log lines; key holders still get them."""
     with dead_port() as port:
-        async with make_stack(manager_url=f"http://127.0.0.1:{port}") as stack:
+        async with make_stack(
+            manager_url=f"http://127.0.0.1:{port}", manager_outage_window=0
+        ) as stack:
             for path in ("/readyz", "/v1/models"):
                 err = (await stack.client.get(path)).json()["error"]
                 assert f"127.0.0.1:{port}" not in err["message"] and "http://" not in err["message"]
@@ -384,7 +413,9 @@ async def test_keyless_clients_read_no_internal_addresses_or_log_lines(make_stac
 
 async def test_key_holders_get_the_details(make_stack) -> None:
     with dead_port() as port:
-        async with make_stack(manager_url=f"http://127.0.0.1:{port}", api_keys=[API_KEY]) as stack:
+        async with make_stack(
+            manager_url=f"http://127.0.0.1:{port}", api_keys=[API_KEY], manager_outage_window=0
+        ) as stack:
             auth = {"Authorization": f"Bearer {API_KEY}"}
             err = (await stack.client.get("/v1/models", headers=auth)).json()["error"]
             assert f"127.0.0.1:{port}" in err["message"]
