@@ -2,50 +2,16 @@
 /**
  * Images in the scrollback: an inline view with a retro touch (scanlines and a
  * phosphor tint that lift on hover or focus, a top-to-bottom scan-in), opened
- * full size in a dialog, or saved. Also reads uploads (button, drop, paste).
+ * full size in a dialog, or saved. Uploads are read in uploads.js.
  */
 
 import { h } from "./dom.js";
-
-/** Uploads larger than this are refused before they leave the browser. */
-export const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
 
 /** Images smaller than this (longest side, CSS px) are shown scaled up. */
 const MIN_SHOWN_PX = 256;
 
 /** The same, in the full-size view. */
 const LIGHTBOX_MIN_PX = 512;
-
-const ACCEPTED = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
-
-/**
- * @typedef {{blob: Blob, name: string, width: number, height: number}} Upload
- */
-
-/**
- * Check and decode an uploaded file.
- * @param {File | Blob} file
- * @param {string} [name]
- * @returns {Promise<Upload>}
- * @throws {Error} with a message fit for the terminal when it is not a usable image.
- */
-export async function readUpload(file, name = file instanceof File ? file.name : "pasted.png") {
-  if (!ACCEPTED.includes(file.type)) {
-    throw new Error(`${name}: not an image this UI can send (${file.type || "unknown type"}); use PNG, JPEG, WebP, GIF or BMP`);
-  }
-  if (file.size > MAX_UPLOAD_BYTES) {
-    throw new Error(`${name}: ${(file.size / 1048576).toFixed(1)} MB is over the ${MAX_UPLOAD_BYTES / 1048576} MB upload limit`);
-  }
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(file);
-  } catch {
-    throw new Error(`${name}: the file could not be decoded as an image`);
-  }
-  const { width, height } = bitmap;
-  bitmap.close();
-  return { blob: file, name: name || "image.png", width, height };
-}
 
 /**
  * A data: URL for a blob (for vision content parts).

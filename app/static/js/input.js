@@ -1,33 +1,14 @@
 // @ts-check
 /**
- * What the user typed, parsed. Pure functions: no DOM, no network.
+ * What the user typed, parsed: a chat line or a command, `/image` and `/set`
+ * arguments, "did you mean". Pure functions: no DOM, no network. The commands
+ * themselves are in commands.js.
  */
 
 /**
  * @typedef {{kind: "empty"} | {kind: "chat", text: string} |
  *           {kind: "command", name: string, args: string}} Parsed
  */
-
-/** @type {{usage: string, summary: string}[]} */
-export const COMMANDS = [
-  { usage: "/help", summary: "this list" },
-  { usage: "/models", summary: "every model, with its type and state" },
-  { usage: "/model NAME", summary: "switch to NAME (the next request loads it)" },
-  { usage: "/image [-n N] [-s WxH] PROMPT", summary: "generate an image (edits the attached image, if any)" },
-  { usage: "/attach", summary: "pick an image to attach (or drop / paste one)" },
-  { usage: "/detach", summary: "drop the attached image" },
-  { usage: "/set [NAME [VALUE]]", summary: "chat options: max_tokens, temperature, top_p (no value: reset)" },
-  { usage: "/clear", summary: "clear the screen and start a new conversation" },
-  { usage: "/key [forget]", summary: "enter a new API key, or forget the stored one" },
-  { usage: "/theme green|amber|white", summary: "phosphor colour" },
-];
-
-export const KEYS = [
-  { usage: "Enter", summary: "send  (Shift+Enter: new line)" },
-  { usage: "Up / Down", summary: "previous / next line from history" },
-  { usage: "Esc  or  Ctrl+C", summary: "stop the answer being written" },
-  { usage: "Ctrl+L", summary: "same as /clear" },
-];
 
 /**
  * Split a prompt line into a chat message or a command.

@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * The scrollback: lines the terminal prints. It only renders; it keeps no
- * conversation state (main.js does) and never touches the network.
+ * conversation state (transcript.js does) and never touches the network.
  */
 
 import { clear, formatElapsed, h } from "./dom.js";

@@ -108,6 +108,20 @@ export function saveHistory(lines) {
 }
 
 /**
+ * The chat options `/set` keeps (`max_tokens`, `temperature`, `top_p`), sent with every message.
+ * @returns {Record<string, number>}
+ */
+export function loadOptions() {
+  const value = readJson("options", /** @type {Record<string, number> | null} */ (null));
+  return value && typeof value === "object" ? value : {};
+}
+
+/** @param {Record<string, number>} options */
+export function saveOptions(options) {
+  setPref("options", JSON.stringify(options));
+}
+
+/**
  * Image blobs by id, in IndexedDB; in memory when IndexedDB is unavailable.
  */
 export class ImageStore {

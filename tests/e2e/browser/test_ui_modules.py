@@ -18,7 +18,7 @@ def run(ui: Ui, body: str) -> object:
     """Evaluate `body` (an async function body) with the UI's modules imported as `m`."""
     return ui.page.evaluate(
         """async (body) => {
-          const names = ['sse', 'markdown', 'commands', 'conversation', 'status', 'dom', 'api'];
+          const names = ['sse', 'markdown', 'input', 'commands', 'conversation', 'status', 'dom', 'api'];
           const m = {};
           for (const n of names) Object.assign(m, await import(`/static/js/${n}.js`));
           return await new Function('m', `return (async () => { ${body} })()`)(m);
@@ -124,6 +124,48 @@ def test_input_parsing(ui: Ui) -> None:
     )
     assert near[0][0] == "model"
     assert near[1] == []
+
+
+def test_help_is_drawn_from_the_command_table(ui: Ui) -> None:
+    table = run(
+        ui,
+        """return {
+             commands: m.COMMANDS.map(c => [c.usage, c.summary]),
+             keys: m.KEYS.map(k => [k.usage, k.summary]),
+             runs: m.COMMANDS.every(c => typeof c.run === 'function' && c.names.length > 0),
+             found: ['help', 'img', 'cls', 'upload', 'theme', 'nosuch'].map(n => m.findCommand(n)?.names[0] ?? null),
+             unknown: m.unknownCommand('modle'),
+           };""",
+    )
+    assert table["runs"]
+    assert table["found"] == ["help", "image", "clear", "attach", "theme", None]
+    assert (
+        table["unknown"]
+        == "unknown command /modle (did you mean /model?) · /help lists the commands"
+    )
+    names = {c[0].split(" ")[0] for c in table["commands"]}
+    assert names == {
+        "/help",
+        "/models",
+        "/model",
+        "/image",
+        "/attach",
+        "/detach",
+        "/set",
+        "/clear",
+        "/key",
+        "/theme",
+    }
+
+    ui.wait_ready()
+    ui.type_line("/help")
+    ui.page.wait_for_selector("table.help")
+    rows = ui.page.evaluate(
+        """() => [...document.querySelectorAll('table.help tr:not(.gap)')]
+                 .map(tr => [...tr.cells].map(td => td.textContent))"""
+    )
+    # One row per entry of the table, in its order, then the keys.
+    assert rows == table["commands"] + table["keys"]
 
 
 def test_chat_context_rules(ui: Ui) -> None:

@@ -1,0 +1,241 @@
+// @ts-check
+/**
+ * The slash commands, as a table: one entry per command with its names, its
+ * usage, the line /help shows for it, and what it does. /help is drawn from
+ * this table and the terminal runs a command by looking its name up here, so
+ * adding a command is adding an entry. Parsing the arguments is in input.js.
+ */
+
+import { h } from "./dom.js";
+import { closest, parseImageArgs, parseSet } from "./input.js";
+import { runImage } from "./requests.js";
+import { loadOptions, saveOptions, setPref } from "./store.js";
+
+/** @typedef {import("./terminal.js").Terminal} Terminal */
+
+/**
+ * @typedef {object} Command
+ * @property {string[]} names  the first is the command's name; the others are aliases
+ * @property {string} usage  how to type it, as /help shows it
+ * @property {string} summary  what it does, as /help shows it
+ * @property {boolean} [echoes]  false: the command echoes the line itself (default: the terminal does)
+ * @property {(t: Terminal, args: string, name: string) => void | Promise<void>} run
+ *   `args` is what followed the name, trimmed; `name` is the name as typed (lower case).
+ */
+
+/** The phosphor colours /theme offers; the first is the default. */
+export const THEMES = ["green", "amber", "white"];
+
+/**
+ * Colour the page (an unknown name gives the default).
+ * @param {string} name
+ */
+export function applyTheme(name) {
+  document.documentElement.dataset.theme = THEMES.includes(name) ? name : THEMES[0];
+}
+
+/** @type {Command[]} */
+export const COMMANDS = [
+  { names: ["help"], usage: "/help", summary: "this list", run: (t) => help(t) },
+  { names: ["models"], usage: "/models", summary: "every model, with its type and state", run: (t) => listModels(t) },
+  { names: ["model"], usage: "/model NAME", summary: "switch to NAME (the next request loads it)", run: (t, args) => switchModel(t, args) },
+  {
+    names: ["image", "img"],
+    usage: "/image [-n N] [-s WxH] PROMPT",
+    summary: "generate an image (edits the attached image, if any)",
+    echoes: false,
+    run: (t, args, name) => image(t, args, name),
+  },
+  { names: ["attach", "upload"], usage: "/attach", summary: "pick an image to attach (or drop / paste one)", run: (t) => t.uploads.pick() },
+  {
+    names: ["detach"],
+    usage: "/detach",
+    summary: "drop the attached image",
+    run: (t) => {
+      t.uploads.set(null);
+      t.screen.print("attachment dropped", "dim");
+    },
+  },
+  {
+    names: ["set"],
+    usage: "/set [NAME [VALUE]]",
+    summary: "chat options: max_tokens, temperature, top_p (no value: reset)",
+    run: (t, args) => setOption(t, args),
+  },
+  { names: ["clear", "cls"], usage: "/clear", summary: "clear the screen and start a new conversation", run: (t) => t.clearAll() },
+  { names: ["key"], usage: "/key [forget]", summary: "enter a new API key, or forget the stored one", run: (t, args) => key(t, args) },
+  { names: ["theme"], usage: `/theme ${THEMES.join("|")}`, summary: "phosphor colour", run: (t, args) => theme(t, args) },
+];
+
+/** The keys /help lists after the commands. */
+export const KEYS = [
+  { usage: "Enter", summary: "send  (Shift+Enter: new line)" },
+  { usage: "Up / Down", summary: "previous / next line from history" },
+  { usage: "Esc  or  Ctrl+C", summary: "stop the answer being written" },
+  { usage: "Ctrl+L", summary: "same as /clear" },
+];
+
+/**
+ * The command a name (or alias) stands for.
+ * @param {string} name  lower case, without the slash
+ * @returns {Command | undefined}
+ */
+export function findCommand(name) {
+  return COMMANDS.find((c) => c.names.includes(name));
+}
+
+/**
+ * What to say about a command that does not exist, with the nearest name.
+ * @param {string} name
+ * @returns {string}
+ */
+export function unknownCommand(name) {
+  const near = closest(
+    name,
+    COMMANDS.map((c) => c.names[0]),
+  );
+  return `unknown command /${name}${near.length ? ` (did you mean /${near[0]}?)` : ""} · /help lists the commands`;
+}
+
+/** @param {Terminal} t */
+function help(t) {
+  const table = h("table", { class: "help" });
+  const row = (/** @type {string} */ a, /** @type {string} */ b) =>
+    table.appendChild(h("tr", {}, h("td", { class: "usage", text: a }), h("td", { text: b })));
+  for (const c of COMMANDS) row(c.usage, c.summary);
+  table.appendChild(h("tr", { class: "gap" }, h("td", { colspan: 2 })));
+  for (const k of KEYS) row(k.usage, k.summary);
+  t.screen.add(
+    h(
+      "div",
+      { class: "entry info" },
+      h("div", { class: "line", text: "Chat with a text model; with an image model, what you type is the picture's prompt." }),
+      h("div", { class: "line dim", text: "Attach an image ([+img], drop or paste) to edit it or to show it to a vision model." }),
+      table,
+    ),
+  );
+}
+
+/**
+ * /models: the table of models, fresh from the proxy.
+ * @param {Terminal} t
+ */
+async function listModels(t) {
+  const models = await t.refreshModels();
+  if (!models.length) return void t.screen.print("no models are configured", "warn");
+  const table = h(
+    "table",
+    { class: "models" },
+    h("thead", {}, h("tr", {}, ...["", "model", "type", "state", "about"].map((c) => h("th", { scope: "col", class: c, text: c })))),
+  );
+  const body = table.appendChild(h("tbody"));
+  for (const m of models) {
+    const current = m.id === t.model;
+    const about = [
+      m.description ?? "",
+      m.type === "image" && m.sizes?.length ? `sizes ${m.sizes.join(" ")}` : "",
+      m.state === "failed" && m.last_error ? m.last_error : "",
+    ].filter(Boolean);
+    body.appendChild(
+      h(
+        "tr",
+        { class: current ? "current" : "", "data-model": m.id },
+        h("td", { text: current ? "*" : "" }),
+        h("td", { class: "name", text: m.id }),
+        h("td", { class: "type", text: m.type }),
+        h("td", { class: `state ${m.state}`, text: m.state }),
+        h("td", { class: "about", text: about.join(" · ") }),
+      ),
+    );
+  }
+  t.screen.add(h("div", { class: "entry info" }, table));
+}
+
+/**
+ * /model NAME: switch, with a "did you mean" for a name that does not exist.
+ * @param {Terminal} t
+ * @param {string} name
+ */
+async function switchModel(t, name) {
+  if (!name) {
+    return void t.screen.print(t.model ? `current model: ${t.model} · /model NAME switches · /models lists them` : "no model selected", "info");
+  }
+  const models = await t.refreshModels();
+  const info = t.info(name);
+  if (!info) {
+    const names = models.map((m) => m.id);
+    const near = closest(name, names);
+    t.screen.error(`unknown model '${name}'${near.length ? ` (did you mean ${near.join(", ")}?)` : ""} · known: ${names.join(", ") || "none"}`, {
+      source: "ui",
+    });
+    return;
+  }
+  t.setModel(info.id);
+  const how = info.type === "image" ? "image model: what you type becomes the picture's prompt" : "text model";
+  const when = info.state === "ready" ? "ready" : `${info.state}, it loads on the first request`;
+  t.screen.print(`switched to ${info.id} (${how}; ${when})`, "ok");
+}
+
+/**
+ * /image: the current model if it is an image model, else the first one.
+ * @param {Terminal} t
+ * @param {string} args
+ * @param {string} name  as typed (/image or /img), for the echo of a refused line
+ */
+async function image(t, args, name) {
+  const parsed = parseImageArgs(args);
+  const model = "error" in parsed ? null : await t.imageModel();
+  if ("error" in parsed || !model) {
+    t.screen.user(t.model || "?", `/${name} ${args}`.trim());
+    if ("error" in parsed) t.screen.error(parsed.error, { source: "ui" });
+    else t.screen.error("no image model is configured in models.json", { source: "ui" });
+    return;
+  }
+  await runImage(t, model, parsed);
+}
+
+/**
+ * /set: change, reset or list the chat options.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+function setOption(t, args) {
+  const parsed = parseSet(args);
+  if ("error" in parsed) return void t.screen.error(parsed.error, { source: "ui" });
+  const options = loadOptions();
+  if ("name" in parsed) {
+    if (parsed.value === null) delete options[parsed.name];
+    else options[parsed.name] = parsed.value;
+    saveOptions(options);
+  }
+  const shown = Object.entries(options).map(([k, v]) => `${k}=${v}`);
+  t.screen.print(shown.length ? `chat options: ${shown.join(" ")}` : "chat options: the model's defaults", "ok");
+}
+
+/**
+ * /key: type a new API key; /key forget: drop the stored one.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+function key(t, args) {
+  if (args === "forget") {
+    setPref("apiKey", null);
+    t.screen.print("the stored API key is forgotten", "ok");
+    if (t.config.auth_required) t.askKey("Type a new API key to go on.");
+    return;
+  }
+  t.askKey("Type the API key (kept in this browser's local storage).");
+}
+
+/**
+ * /theme NAME: the phosphor colour, kept in this browser.
+ * @param {Terminal} t
+ * @param {string} name
+ */
+function theme(t, name) {
+  if (!THEMES.includes(name)) return void t.screen.error(`themes: ${THEMES.join(", ")}`, { source: "ui" });
+  setPref("theme", name);
+  applyTheme(name);
+  t.screen.print(`phosphor: ${name}`, "ok");
+}
+
