@@ -148,7 +148,7 @@ async function listModels(t) {
       ),
     );
   }
-  t.screen.add(h("div", { class: "entry info" }, table));
+  t.screen.add(h("div", { class: "entry info models" }, table));
 }
 
 /**

@@ -112,7 +112,10 @@ def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
         "slow": fake_entry(
             "text",
             env={"FAKEVLLM_LOAD_SECONDS": slow_load, "FAKEVLLM_STREAM_DELAY": "0.05"},
-            description="Fake chat model that takes a while to load.",
+            description=(
+                "Fake chat model that takes a while to load, so that a swap between two"
+                " models is visible in the status bar and in the waiting line."
+            ),
         ),
         "paint": fake_entry(
             "image",
