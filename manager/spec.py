@@ -40,6 +40,11 @@ IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]{1,128})?(@sha256:[a-f0-
 
 Seconds = Annotated[float, Field(gt=0, le=24 * 3600)]
 
+START_TIMEOUT = (
+    "Seconds from start to ready before the start counts as failed; a first start "
+    "includes downloading the weights."
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,30 +54,43 @@ class _ModelBase(_Strict):
     container: str = Field(
         pattern=NAME_PATTERN,
         description="Container name (Docker runtime) or process label (process runtime). Unique.",
+        examples=["vllm-llama3-8b"],
     )
     port: int = Field(
-        ge=1024, le=65535, description="Host port the model server is published on. Unique."
+        ge=1024,
+        le=65535,
+        description=(
+            "Host port the model server is published on; the proxy connects to it directly, "
+            "so the GPU PC's firewall must let the server reach it. Unique."
+        ),
+        examples=[8001],
     )
     image: str = Field(
         pattern=IMAGE_PATTERN,
         description="Docker image with a pinned tag or digest, never `latest`.",
+        examples=["vllm/vllm-openai:v0.32.0"],
     )
     model: str = Field(
         min_length=1,
         max_length=512,
         description="Hugging Face model id or a local path (process runtime) the server loads.",
+        examples=["meta-llama/Meta-Llama-3-8B-Instruct"],
     )
-    start_timeout: Seconds = Field(
-        default=900.0, description="Seconds from container start to ready before the start fails."
-    )
+    start_timeout: Seconds = Field(default=900.0, description=START_TIMEOUT, examples=[1800])
     idle_ttl: Seconds | None = Field(
-        default=None, description="Stop the model after this many idle seconds. Unset: never."
+        default=None,
+        description="Stop the model after this many idle seconds. Unset: never.",
+        examples=[3600],
     )
     gpu: bool = Field(
-        default=True, description="Request the GPU for the container (Docker runtime)."
+        default=True,
+        description="Request the GPU for the container (Docker runtime); false runs it without one.",
+        examples=[False],
     )
     env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment variables for the model server."
+        default={},
+        description="Extra environment variables for the model server.",
+        examples=[{"HF_HUB_OFFLINE": "1"}],
     )
     command: list[str] | None = Field(
         default=None,
@@ -80,8 +98,14 @@ class _ModelBase(_Strict):
             "Process runtime only: program and leading arguments to run instead of the "
             "type's default server module. The type's arguments are appended."
         ),
+        examples=[["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]],
     )
-    description: str = Field(default="", max_length=500)
+    description: str = Field(
+        default="",
+        max_length=500,
+        description="One line about the model for people: /v1/models and the UI's /models show it.",
+        examples=["Llama 3 8B Instruct, general chat."],
+    )
     max_in_flight: int = Field(
         default=256,
         ge=1,
@@ -92,6 +116,7 @@ class _ModelBase(_Strict):
             "to be refused. Image models default to 9: the image server runs one generation "
             "and lets 8 wait."
         ),
+        examples=[64],
     )
 
     @field_validator("image")
@@ -118,9 +143,13 @@ class _ModelBase(_Strict):
 class TextModel(_ModelBase):
     """A text model served by vLLM's OpenAI server."""
 
-    type: Literal["text"]
+    type: Literal["text"] = Field(
+        description="`text`: a vLLM OpenAI server (chat and completions).", examples=["text"]
+    )
     args: list[str] = Field(
-        default_factory=list, description='Extra vLLM arguments, e.g. ["--max-model-len", "8192"].'
+        default=[],
+        description="Extra vLLM arguments, passed as they are.",
+        examples=[["--max-model-len", "8192", "--gpu-memory-utilization", "0.90"]],
     )
     vision: bool = Field(
         default=False,
@@ -128,8 +157,9 @@ class TextModel(_ModelBase):
             "The model takes images in chat messages (OpenAI `image_url` content parts). "
             "Shown as `vision` in /v1/models; the MCP tool img2txt offers only these models."
         ),
+        examples=[True],
     )
-    start_timeout: Seconds = 900.0
+    start_timeout: Seconds = Field(default=900.0, description=START_TIMEOUT, examples=[1800])
 
 
 ImageSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")]
@@ -138,19 +168,61 @@ ImageSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")]
 class ImageModel(_ModelBase):
     """An image model served by homelab-ai's diffusers image server."""
 
-    type: Literal["image"]
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    device: str = Field(default="cuda", pattern=r"^(cuda(:[0-9]+)?|cpu|mps)$")
-    cpu_offload: bool = Field(default=False, description="enable_model_cpu_offload()")
-    attention_slicing: bool = False
-    vae_tiling: bool = False
-    sizes: list[ImageSize] = Field(
-        default_factory=lambda: ["1024x1024"],
-        min_length=1,
-        description="Sizes clients may ask for; the first is the default.",
+    type: Literal["image"] = Field(
+        description="`image`: homelab-ai's diffusers image server (the OpenAI images API).",
+        examples=["image"],
     )
-    max_n: int = Field(default=4, ge=1, le=16, description="Most images one request may ask for.")
-    steps: int = Field(default=30, ge=1, le=200, description="Default inference steps.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16",
+        description=(
+            "Precision the pipeline loads in. Prefer bf16 on RTX 30xx and newer: "
+            "SDXL's VAE and the FLUX/Qwen transformers overflow in fp16."
+        ),
+        examples=["fp16"],
+    )
+    device: str = Field(
+        default="cuda",
+        pattern=r"^(cuda(:[0-9]+)?|cpu|mps)$",
+        description="Torch device. The server never falls back: no GPU for `cuda` fails the start.",
+        examples=["cpu"],
+    )
+    cpu_offload: bool = Field(
+        default=False,
+        description=(
+            "enable_model_cpu_offload(): components wait in system RAM and move to the GPU "
+            "only while they run. Less GPU memory, somewhat slower."
+        ),
+        examples=[True],
+    )
+    attention_slicing: bool = Field(
+        default=False,
+        description="enable_attention_slicing(): attention in slices; a little less memory, slower.",
+        examples=[True],
+    )
+    vae_tiling: bool = Field(
+        default=False,
+        description="vae.enable_tiling(): decode large images in tiles; saves memory at 1024x1024 and up.",
+        examples=[True],
+    )
+    sizes: list[ImageSize] = Field(
+        default=["1024x1024"],
+        min_length=1,
+        description=(
+            "Sizes clients may ask for, WIDTHxHEIGHT with both multiples of 8; the first is "
+            "the default, and a size not listed is refused."
+        ),
+        examples=[["1024x1024", "1152x896", "896x1152"]],
+    )
+    max_n: int = Field(
+        default=4, ge=1, le=16, description="Most images one request may ask for.", examples=[2]
+    )
+    steps: int = Field(
+        default=30,
+        ge=1,
+        le=200,
+        description="Default inference steps; a request may ask for others.",
+        examples=[4],
+    )
     max_steps: int | None = Field(
         default=None,
         ge=1,
@@ -159,8 +231,9 @@ class ImageModel(_ModelBase):
             "Most inference steps a request may ask for (more are refused with 400), so one "
             "request cannot hold the GPU for long. Unset: 200."
         ),
+        examples=[50],
     )
-    start_timeout: Seconds = 1200.0
+    start_timeout: Seconds = Field(default=1200.0, description=START_TIMEOUT, examples=[1800])
     max_in_flight: int = Field(
         default=9,
         ge=1,
@@ -169,6 +242,7 @@ class ImageModel(_ModelBase):
             "Most requests the image server is given at once (default: the one it runs plus "
             "the 8 its queue holds); more wait in the manager's queue."
         ),
+        examples=[2],
     )
 
     @model_validator(mode="after")
