@@ -5,7 +5,7 @@
  */
 
 import { clear, formatElapsed, h } from "./dom.js";
-import { renderMarkdown } from "./markdown.js";
+import { renderBlock, renderMarkdown, scanBlocks } from "./markdown.js";
 
 /** @typedef {"info" | "ok" | "warn" | "error" | "dim"} Tone */
 
@@ -189,7 +189,12 @@ export class Pending {
   }
 }
 
-/** An answer being written: text is re-rendered at most once per frame. */
+/**
+ * An answer being written. It is drawn at most once per animation frame, however
+ * many pieces arrive, and incrementally: a block (a paragraph run or a code block)
+ * is final once the next one has begun, so it is drawn once and kept; each frame
+ * parses and redraws only the last block.
+ */
 export class StreamingAnswer {
   /**
    * @param {Scrollback} screen
@@ -199,7 +204,13 @@ export class StreamingAnswer {
     this.screen = screen;
     this.node = node;
     this.text = "";
+    /** How many times it was drawn (the tests and the benchmark read it). */
+    this.renders = 0;
+    /** How many characters of the answer those draws parsed, in all. */
+    this.parsed = 0;
     /** @private */ this.scheduled = 0;
+    /** @private where the blocks that are not final yet start in `text` */ this.from = 0;
+    /** @private @type {HTMLElement[]} the DOM of the blocks not final yet, redrawn each frame */ this.tail = [];
     /** @private */ this.body = h("div", { class: "answer-body" });
     /** @private */ this.cursor = h("span", { class: "cursor", "aria-hidden": "true" });
     node.append(this.body);
@@ -215,11 +226,31 @@ export class StreamingAnswer {
   /** @private */
   render() {
     this.scheduled = 0;
-    clear(this.body);
-    this.body.appendChild(renderMarkdown(this.text));
+    this.renders++;
+    const source = this.text.slice(this.from);
+    this.parsed += source.length;
+    const blocks = scanBlocks(source);
+    // Blocks before the last are final, but for one case: a fence opened on the last,
+    // unfinished line ("```py" may yet become "```py`", which is text) has not ended
+    // the block before it yet.
+    let open = blocks.length - 1;
+    const last = blocks[open];
+    if (last?.kind === "code" && !source.includes("\n", last.from) && open > 0) open--;
+    this.cursor.remove();
+    for (const node of this.tail) node.remove();
+    for (const block of blocks.slice(0, open)) {
+      const done = renderBlock(block);
+      if (done) this.body.appendChild(done);
+    }
+    if (open > 0) this.from += blocks[open].from;
+    this.tail = [];
+    for (const block of blocks.slice(open)) {
+      const node = renderBlock(block);
+      if (node) this.tail.push(this.body.appendChild(node));
+    }
     // The block cursor follows the last character written.
-    const last = this.body.lastElementChild;
-    const target = last?.matches("figure.code") ? last.querySelector("code") : last;
+    const end = this.body.lastElementChild;
+    const target = end?.matches("figure.code") ? end.querySelector("code") : end;
     (target ?? this.body).appendChild(this.cursor);
     this.screen.follow();
   }

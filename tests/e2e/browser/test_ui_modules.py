@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.ui_markdown import HARD_ANSWER
 from tests.e2e.browser.uistack import Ui
 
 pytestmark = pytest.mark.browser
@@ -18,7 +19,7 @@ def run(ui: Ui, body: str) -> object:
     """Evaluate `body` (an async function body) with the UI's modules imported as `m`."""
     return ui.page.evaluate(
         """async (body) => {
-          const names = ['sse', 'markdown', 'input', 'commands', 'conversation', 'status', 'dom', 'api'];
+          const names = ['sse', 'markdown', 'input', 'commands', 'conversation', 'status', 'dom', 'api', 'scrollback'];
           const m = {};
           for (const n of names) Object.assign(m, await import(`/static/js/${n}.js`));
           return await new Function('m', `return (async () => { ${body} })()`)(m);
@@ -88,6 +89,137 @@ def test_markdown_renders_code_blocks_and_never_markup(ui: Ui) -> None:
         "copy": "[copy]",
         "pwned": None,
     }
+
+
+def test_markdown_spans_match_the_old_regex_on_random_text(ui: Ui) -> None:
+    """The linear scanner finds exactly the spans the old (quadratic) regex found."""
+    mismatches = run(
+        ui,
+        r"""const old = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*([^*\n]+)\*\*/g;
+           const ref = (t) => [...t.matchAll(old)].map(m => ({kind: m[1] ? 'code' : 'bold',
+             at: m.index, end: m.index + m[0].length, text: m[1] ? m[2] : m[3]}));
+           let seed = 42;
+           const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+           const alphabet = ['`', '`', '`', '*', '*', 'a', ' ', '\n'];
+           const bad = [];
+           for (let t = 0; t < 20000; t++) {
+             let s = '';
+             for (let i = 1 + Math.floor(rnd() * 24); i > 0; i--) s += alphabet[Math.floor(rnd() * alphabet.length)];
+             if (JSON.stringify(ref(s)) !== JSON.stringify(m.inlineSpans(s))) bad.push(s);
+           }
+           return bad.slice(0, 5);""",
+    )
+    assert mismatches == []
+
+
+def test_a_116_kb_adversarial_answer_renders_whole_and_safely(ui: Ui) -> None:
+    got = run(
+        ui,
+        HARD_ANSWER
+        + """const host = document.createElement('div');
+             host.appendChild(m.renderMarkdown(answer));
+             return {
+               size: answer.length,
+               blocks: host.querySelectorAll('figure.code').length,
+               spans: host.querySelectorAll('code.inline').length,
+               bold: host.querySelectorAll('strong').length,
+               markup: host.querySelectorAll('script, img, b, a').length,
+               langs: [...new Set([...host.querySelectorAll('.code-lang')].map(l => l.textContent))],
+               units: parts.length / 4,
+             };""",
+    )
+    assert got["size"] >= 116 * 1024
+    units = got["units"]
+    assert got["blocks"] == 2 * units
+    # The fence-like line is text, not a code block named "ccc...".
+    assert sorted(got["langs"]) == ["code", "js"]
+    assert got["spans"] == 2 * units
+    assert got["bold"] == units
+    assert got["markup"] == 0
+
+
+def test_a_streaming_answer_is_drawn_once_per_frame_and_incrementally(ui: Ui) -> None:
+    got = run(
+        ui,
+        HARD_ANSWER
+        + """const root = document.createElement('div');
+             document.body.appendChild(root);
+             const screen = new m.Scrollback(root);
+             let frames = 0, streaming = true;
+             const tick = () => { frames++; if (streaming) requestAnimationFrame(tick); };
+             requestAnimationFrame(tick);
+             const stream = screen.stream('x');
+             const piece = 1024;
+             let chunks = 0;
+             for (let i = 0; i < answer.length; i += piece) {
+               stream.append(answer.slice(i, i + piece));
+               chunks++;
+               // Several pieces per frame, as a fast model sends them.
+               if (chunks % 3 === 0) await new Promise(r => requestAnimationFrame(r));
+             }
+             stream.finish();
+             streaming = false;
+             const reference = document.createElement('div');
+             reference.appendChild(m.renderMarkdown(answer));
+             const body = root.querySelector('.answer-body');
+             // Each draw parses only the blocks not final yet: a block of B characters
+             // arriving in pieces is parsed about B / piece times.
+             const bound = m.scanBlocks(answer)
+               .map(b => b.text.length + 8)
+               .reduce((sum, b) => sum + b + 2 * b * Math.ceil(b / piece), 0);
+             return {
+               size: answer.length, chunks, frames, renders: stream.renders, parsed: stream.parsed, bound,
+               same: body.innerHTML === reference.innerHTML,
+               cursor: root.querySelectorAll('.cursor').length,
+             };""",
+    )
+    # Drawn at most once per animation frame (plus the first and the final draw),
+    # and while it streamed, not only at the end.
+    assert got["renders"] <= got["frames"] + 2, got
+    assert got["renders"] >= got["chunks"] // 6, got
+    # Incremental: a block is parsed again only while it is not final, so the work grows
+    # with the blocks, not with the answer times the frames (redrawing it all each frame
+    # parsed about renders x size / 2).
+    assert got["parsed"] <= got["bound"], got
+    assert got["parsed"] < got["renders"] * got["size"] / 4, got
+    # And the result is what rendering the whole answer at once gives.
+    assert got["same"]
+    assert got["cursor"] == 0
+
+
+def test_a_streaming_answer_shows_at_every_draw_what_a_whole_render_shows(ui: Ui) -> None:
+    """Incremental drawing keeps finished blocks; at every draw the answer must still look
+    exactly as the text so far rendered at once (random texts, random piece sizes)."""
+    mismatches = run(
+        ui,
+        r"""let seed = 7;
+           const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+           const alphabet = ['```', '```py', '~~~', '````', '`', '**', 'a', ' ', '\n', '\n', '\n'];
+           const root = document.createElement('div');
+           document.body.appendChild(root);
+           const screen = new m.Scrollback(root);
+           const bad = [];
+           for (let t = 0; t < 300 && bad.length < 3; t++) {
+             let text = '';
+             for (let i = Math.floor(rnd() * 40); i > 0; i--) text += alphabet[Math.floor(rnd() * alphabet.length)];
+             const stream = screen.stream('x');
+             const body = stream.node.querySelector('.answer-body');
+             for (let i = 0; i < text.length; ) {
+               const n = 1 + Math.floor(rnd() * 6);
+               stream.append(text.slice(i, i + n));
+               i += n;
+               stream.render();  // what the next animation frame does
+               const shown = body.cloneNode(true);
+               shown.querySelector('.cursor')?.remove();
+               const whole = document.createElement('div');
+               whole.appendChild(m.renderMarkdown(stream.text));
+               if (shown.innerHTML !== whole.innerHTML) { bad.push(stream.text); break; }
+             }
+             stream.finish();
+           }
+           return bad;""",
+    )
+    assert mismatches == []
 
 
 def test_input_parsing(ui: Ui) -> None:
