@@ -110,26 +110,59 @@ export function sleep(ms, signal) {
   });
 }
 
+/** The picture types the UI shows, opens and saves; any other answer is an error. */
+export const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"];
+
 /**
- * Decode base64 into a Blob.
- * @param {string} b64
- * @param {string} [type]
+ * A picture from a model server's answer, typed by what its bytes are. Never by
+ * what the server says: a blob typed text/html and opened with [open] would be a
+ * page running in the proxy's origin, next to the stored API key.
+ * @param {Uint8Array<ArrayBuffer>} bytes
+ * @param {string | null} [declared]  the Content-Type it came with (a `url` answer), if any
+ * @returns {Blob}
+ * @throws {ApiError} when the bytes are not a PNG, JPEG or WebP picture, or the declared
+ *   type is another one.
  */
-export function base64ToBlob(b64, type = "image/png") {
-  const bin = atob(b64);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  return new Blob([bytes], { type: sniffImageType(bytes) ?? type });
+export function imageBlob(bytes, declared = null) {
+  const type = sniffImageType(bytes);
+  const said = declared?.split(";")[0].trim().toLowerCase() ?? null;
+  if (!type || (said !== null && !IMAGE_TYPES.includes(said))) {
+    const what = said !== null && !IMAGE_TYPES.includes(said) ? said : "its bytes are no picture";
+    throw new ApiError(`the model server sent a picture that is not PNG, JPEG or WebP (${what}); it is not shown`, {
+      type: "bad_image",
+      source: "model_server",
+    });
+  }
+  return new Blob([bytes], { type });
 }
 
 /**
- * The image MIME type from magic bytes, or null.
+ * Decode base64 into a picture (see `imageBlob`).
+ * @param {string} b64
+ * @returns {Blob}
+ * @throws {ApiError} when it is not base64 of a PNG, JPEG or WebP picture.
+ */
+export function base64ToBlob(b64) {
+  let bin;
+  try {
+    bin = atob(b64);
+  } catch {
+    throw new ApiError("the model server sent an image that is not valid base64", { type: "bad_image", source: "model_server" });
+  }
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return imageBlob(bytes);
+}
+
+/**
+ * The picture type from magic bytes (PNG, JPEG or WebP), or null.
  * @param {Uint8Array} b
  */
 function sniffImageType(b) {
-  if (b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return "image/png";
-  if (b[0] === 0xff && b[1] === 0xd8) return "image/jpeg";
-  if (b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57) return "image/webp";
+  const starts = (/** @type {number[]} */ sig, at = 0) => sig.every((v, i) => b[at + i] === v);
+  if (starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "image/png";
+  if (starts([0xff, 0xd8, 0xff])) return "image/jpeg";
+  if (starts([0x52, 0x49, 0x46, 0x46]) && starts([0x57, 0x45, 0x42, 0x50], 8)) return "image/webp";
   return null;
 }
 
@@ -221,7 +254,8 @@ export function createApi({ getKey, base = document.baseURI }) {
   }
 
   /**
-   * Images from an OpenAI ImagesResponse: b64_json decoded, url fetched.
+   * Images from an OpenAI ImagesResponse: b64_json decoded, url fetched; each must
+   * be a PNG, JPEG or WebP picture (`imageBlob`).
    * @param {any} body
    * @param {AbortSignal} [signal]
    * @returns {Promise<Blob[]>}
@@ -233,7 +267,10 @@ export function createApi({ getKey, base = document.baseURI }) {
     const out = [];
     for (const item of data) {
       if (typeof item?.b64_json === "string") out.push(base64ToBlob(item.b64_json));
-      else if (typeof item?.url === "string") out.push(await (await request(item.url, { signal })).blob());
+      else if (typeof item?.url === "string") {
+        const res = await request(item.url, { signal });
+        out.push(imageBlob(new Uint8Array(await res.arrayBuffer()), res.headers.get("Content-Type") ?? ""));
+      }
       else throw new ApiError("an image in the answer has neither b64_json nor url", { source: "model_server" });
     }
     return out;

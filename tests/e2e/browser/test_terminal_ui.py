@@ -255,6 +255,57 @@ def test_image_generation_renders_inline_opens_full_size_and_downloads(
     assert natural_width(again) == 64
 
 
+@pytest.mark.parametrize(
+    ("served", "kind", "shown"),
+    [
+        # What a model server's `url` answer may point at, and whether the UI shows it.
+        ("png", "image/png", True),
+        ("html", "text/html", False),  # a page: as a blob opened in a tab, it runs in our origin
+        ("html", "image/png", False),  # says PNG, is not
+        ("png", "image/svg+xml", False),  # SVG runs scripts too; only PNG, JPEG, WebP pass
+        ("gif", "image/gif", False),
+    ],
+)
+def test_an_image_url_answer_is_shown_only_if_it_is_a_png_jpeg_or_webp(
+    ui: Ui, served: str, kind: str, shown: bool
+) -> None:
+    """A model server (or anything between) answering `url` chooses the picture's type.
+    Stand in for it at the HTTP layer: the proxy's answer is replaced by one whose url
+    points at bytes of `served` sent as `kind`."""
+    page = ui.page
+    body = {
+        "png": png_bytes((32, 32)),
+        "html": b"<!doctype html><script>window.opener.pwned = 1</script>",
+        "gif": b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+    }[served]
+    page.route(
+        "**/v1/images/generations",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="application/json",
+            body=json.dumps({"created": 0, "data": [{"url": "/served/picture"}]}),
+        ),
+    )
+    page.route(
+        "**/served/picture",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": kind}, body=body),
+    )
+    ui.wait_ready()
+    ui.type_line("/image -s 64x64 from a url")
+    if shown:
+        img = page.locator(".entry.images img").last
+        expect(img).to_be_visible()
+        assert natural_width(img) == 32
+        expect(page.locator(".line.error")).to_have_count(0)
+    else:
+        error = page.locator(".line.error").last
+        expect(error).to_contain_text("not PNG, JPEG or WebP")
+        expect(error).to_contain_text("model_server")
+        expect(page.locator(".entry.images .image-card")).to_have_count(0)
+    ui.shot(f"url-{served}-as-{kind.replace('/', '-')}")
+    assert page.evaluate("window.pwned ?? null") is None
+
+
 def test_upload_with_the_button_edits_the_image(ui: Ui, tmp_path: Path) -> None:
     page = ui.page
     source = tmp_path / "source.png"
