@@ -546,6 +546,56 @@ def test_set_options_are_sent_with_each_message(ui: Ui) -> None:
     ui.answered("[chat] one two three four five")
 
 
+STRICT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def test_the_page_works_under_a_strict_content_security_policy(ui: Ui, tmp_path: Path) -> None:
+    """No inline script or style, no eval, no data: URL: the proxy can send STRICT_CSP.
+    The page is served with it here (added to the proxy's answer for the page), and
+    every part of the UI is used while the browser reports what the policy blocks."""
+    page = ui.page
+    page.add_init_script(
+        """window.__csp = [];
+           document.addEventListener('securitypolicyviolation', (e) =>
+             window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));"""
+    )
+
+    def with_csp(route) -> None:  # noqa: ANN001 (a playwright Route)
+        answer = route.fetch()
+        headers = {**answer.headers, "content-security-policy": STRICT_CSP}
+        route.fulfill(response=answer, headers=headers)
+
+    page.route(lambda url: url.rstrip("/").count("/") == 2, with_csp)  # the page itself
+    with page.expect_response(lambda r: r.request.resource_type == "document") as loaded:
+        page.reload()
+    assert loaded.value.headers.get("content-security-policy") == STRICT_CSP
+    ui.wait_ready()
+
+    ui.type_line("run `ls` then **this**: ``` not a fence")
+    ui.answered("[chat] run ls then this: ``` not a fence")
+    ui.type_line("/help")
+    ui.type_line("/models")
+    expect(page.locator("table.models")).to_be_visible()
+    ui.type_line("/image -s 64x64 a picture under a policy")
+    card = page.locator(".entry.images .image-card").last
+    assert natural_width(card.locator("img")) == 64
+    card.locator("button.crt").click()
+    expect(page.locator("#lightbox")).to_be_visible()
+    page.locator("#lightbox").get_by_role("button", name="close").click()
+    source = tmp_path / "upload.png"
+    source.write_bytes(png_bytes((40, 40)))
+    page.locator("#file-input").set_input_files(str(source))
+    expect(page.locator("#attachment img")).to_be_visible()
+    ui.shot("strict-csp")
+
+    assert page.evaluate("window.__csp") == []
+    refused = [e for e in ui.errors if "Content Security Policy" in e]
+    assert refused == []
+
+
 def test_terminal_screenshot_with_an_answer_and_an_image(ui: Ui) -> None:
     """A whole screen (a streamed answer and a rendered image) as
     test-artifacts/screenshots/terminal.png. The README's picture comes from the same
