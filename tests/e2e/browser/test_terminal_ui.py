@@ -270,21 +270,28 @@ def test_an_image_url_answer_is_shown_only_if_it_is_a_png_jpeg_or_webp(
     ui: Ui, served: str, kind: str, shown: bool
 ) -> None:
     """A model server (or anything between) answering `url` chooses the picture's type.
-    Stand in for it at the HTTP layer: the proxy's answer is replaced by one whose url
-    points at bytes of `served` sent as `kind`."""
+    Stand in for it at the HTTP layer: /image is a job (docs/jobs.md), started for real
+    over /rpc; its event stream is replaced by one whose `result` (the model server's
+    ImagesResponse) has a url that points at bytes of `served` sent as `kind`."""
     page = ui.page
     body = {
         "png": png_bytes((32, 32)),
         "html": b"<!doctype html><script>window.opener.pwned = 1</script>",
         "gif": b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
     }[served]
+    events = [
+        ("state", {"state": "STARTED", "attempt": 1}),
+        ("result", {"created": 0, "data": [{"url": "/served/picture"}]}),
+        ("state", {"state": "SUCCESS", "error": None}),
+        ("end", {"state": "SUCCESS"}),
+    ]
+    stream = "".join(
+        f"id: {i}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+        for i, (event, data) in enumerate(events, start=1)
+    )
     page.route(
-        "**/v1/images/generations",
-        lambda route: route.fulfill(
-            status=200,
-            content_type="application/json",
-            body=json.dumps({"created": 0, "data": [{"url": "/served/picture"}]}),
-        ),
+        "**/stream/*",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=stream),
     )
     page.route(
         "**/served/picture",
