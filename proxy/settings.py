@@ -151,7 +151,7 @@ class ProxySettings(BaseSettings):
         description=(
             "The job store: redis://host:port/db for a Redis server shared by several "
             "proxies, or a file path for the embedded SQLite store. Unset: "
-            "<state_dir>/proxy-jobs.db."
+            "<state_dir>/proxy-jobs-<port>.db (one store per proxy port)."
         ),
     )
     job_workers: int = Field(
@@ -171,7 +171,7 @@ class ProxySettings(BaseSettings):
     )
 
     def job_store_url(self) -> str:
-        return self.jobs_url or str(self.state_dir / "proxy-jobs.db")
+        return self.jobs_url or str(self.state_dir / f"proxy-jobs-{self.proxy_port}.db")
 
     @field_validator("manager_token")
     @classmethod

@@ -87,9 +87,13 @@ async def call_model(
         t1 = time.perf_counter()
         lease = held.lease
         try:
-            poll = StepPoll(ctx, lease.base_url) if steps else None
+            auth = lease.upstream_headers()
+            poll = StepPoll(ctx, lease.base_url, auth) if steps else None
             raw = await _while_running(
-                _post(ctx, lease.base_url + endpoint, body, content_type), progress, running, poll
+                _post(ctx, lease.base_url + endpoint, body, content_type, auth),
+                progress,
+                running,
+                poll,
             )
         except TRANSPORT_ERRORS as exc:
             held.discard()
@@ -122,13 +126,16 @@ async def call_model(
         metrics.latency.labels(label).observe(time.perf_counter() - t0)
 
 
-async def _post(ctx: ProxyContext, url: str, body: bytes, content_type: str) -> bytes | None:
-    """POST and read the whole answer (None when it is over ANSWER_LIMIT). Raises the
-    model server's error as a ProxyError, and aiohttp's transport errors as they are."""
+async def _post(
+    ctx: ProxyContext, url: str, body: bytes, content_type: str, auth: dict[str, str]
+) -> bytes | None:
+    """POST (with the lease's upstream key headers `auth`) and read the whole answer (None
+    when it is over ANSWER_LIMIT). Raises the model server's error as a ProxyError, and
+    aiohttp's transport errors as they are."""
     async with ctx.http.post(
         url,
         data=body,
-        headers={"Content-Type": content_type, "Accept-Encoding": "identity"},
+        headers={"Content-Type": content_type, "Accept-Encoding": "identity", **auth},
         timeout=ctx.upstream_timeout,
     ) as resp:
         limit = _ERROR_LIMIT if resp.status >= 400 else ANSWER_LIMIT
@@ -152,8 +159,8 @@ class StepPoll:
     A server without it (404, an older image server or a stand-in) is not asked again.
     Never raises: progress is only a message."""
 
-    def __init__(self, ctx: ProxyContext, base_url: str) -> None:
-        self._ctx, self._url = ctx, base_url + "/v1/progress"
+    def __init__(self, ctx: ProxyContext, base_url: str, auth: dict[str, str]) -> None:
+        self._ctx, self._url, self._auth = ctx, base_url + "/v1/progress", auth
         self.dead = False
 
     async def __call__(self) -> tuple[int, int] | None:
@@ -161,7 +168,9 @@ class StepPoll:
         if self.dead:
             return None
         try:
-            async with self._ctx.http.get(self._url, timeout=_POLL_TIMEOUT) as resp:
+            async with self._ctx.http.get(
+                self._url, headers=self._auth, timeout=_POLL_TIMEOUT
+            ) as resp:
                 if resp.status == 404:
                     self.dead = True
                     return None

@@ -225,7 +225,11 @@ class FaultStack:
             if self.proxy.poll() is not None:
                 raise RuntimeError(f"proxy exited: {self.tail('proxy.log')}")
             with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(self.proxy_url + "/readyz", timeout=2)
+                r = httpx.get(
+                    self.proxy_url + "/readyz",
+                    headers={"Authorization": f"Bearer {self.api_key}"},  # key holders see it
+                    timeout=2,
+                )
                 if r.status_code == 200 and r.json().get("manager") == self.manager_url:
                     return
             time.sleep(0.05)
