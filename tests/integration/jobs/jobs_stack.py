@@ -101,6 +101,7 @@ class JobsStack:
                 "HOMELAB_IMAGE_DIR": str(self.work / "images"),
                 "HOMELAB_APP_DIR": str(self.work / "app"),
                 "HOMELAB_JOBS_URL": jobs_url,
+                "HOMELAB_PUBLIC_URL": url,  # absolute image URLs (relative without it)
                 "HOMELAB_MODELS_CACHE_TTL": "0.2",
                 **(extra or {}),
             }
@@ -111,7 +112,8 @@ class JobsStack:
             out.close()
 
             def ours(url: str = url) -> bool:
-                r = httpx.get(url + "/readyz", timeout=2)
+                # Only key holders are told the manager's address (issue 13).
+                r = httpx.get(url + "/readyz", headers=self.headers(), timeout=2)
                 return r.status_code == 200 and r.json()["manager"] == self.manager_url
 
             try:
