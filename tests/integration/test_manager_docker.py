@@ -344,7 +344,7 @@ async def test_a_restarted_manager_keeps_the_leases_and_does_not_stop_their_cont
     await asyncio.sleep(1.5)
     assert not other.done()
     assert docker_env.containers.get(running.id).status == "running", "stopped under a lease"
-    assert (await chat(lease["base_url"], "still here")).status_code == 200
+    assert (await chat(lease, "still here")).status_code == 200
     assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 204
     assert (await other).json()["state"] == "ready"
     assert containers_of(docker_env, "chat-a") == []
