@@ -1,8 +1,8 @@
 """The manager's event stream (``GET /v1/events``): payloads, SSE framing and parsing.
 
 The stream is Server-Sent Events: first ``event: snapshot`` (data: a JSON list of every
-`ModelStatus`), then ``event: state`` (`StateEvent`) and ``event: swap`` (`SwapEvent`)
-as they happen, and a ``: keepalive`` comment after idle seconds. Each data is one line
+`ModelStatus`), then ``event: state`` (`StateEvent`), ``event: swap`` (`SwapEvent`) and
+``event: contention`` (`ContentionEvent`) as they happen, and a ``: keepalive`` comment after idle seconds. Each data is one line
 of JSON. The proxy follows ONE such stream with `SseParser` and fans its events out to
 every web UI (``/api/events``, `proxy.event_hub`).
 """
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from wire.models import ModelStateName, ModelStatus
 
-SNAPSHOT, STATE, SWAP = "snapshot", "state", "swap"
+SNAPSHOT, STATE, SWAP, CONTENTION = "snapshot", "state", "swap", "contention"
 KEEPALIVE = b": keepalive\n\n"
 SSE_MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -55,7 +55,23 @@ class SwapEvent(BaseModel):
         return self.model_dump(by_alias=True)
 
 
-Event = StateEvent | SwapEvent
+class ContentionEvent(BaseModel):
+    """Other models wait for the GPU memory of `models` (residents that hold leases): a
+    proxy stops sharing its leases on them (no new requests join; each is released once
+    its requests end) and asks for new, counted ones, so the fairness bound counts
+    requests (docs/architecture.md, "Leases")."""
+
+    kind: ClassVar[str] = CONTENTION
+    model_config = ConfigDict(frozen=True)
+
+    models: list[str]
+    at: float
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+Event = StateEvent | SwapEvent | ContentionEvent
 _SNAPSHOT = TypeAdapter(list[ModelStatus])
 
 
@@ -106,6 +122,8 @@ def parse_event(event: str, data: str) -> Event | list[ModelStatus] | None:
             return StateEvent.model_validate_json(data)
         if event == SWAP:
             return SwapEvent.model_validate_json(data)
+        if event == CONTENTION:
+            return ContentionEvent.model_validate_json(data)
         if event == SNAPSHOT:
             return _SNAPSHOT.validate_json(data)
     except ValidationError:

@@ -37,9 +37,14 @@ class LeaseGrant(BaseModel):
     """Where the proxy reaches the model server (no trailing slash)."""
     ttl: float = Field(ge=0)
     """Seconds until the lease expires unless renewed (0: it does not expire)."""
-    max_uses: int = Field(default=1, ge=1, strict=True)
-    """How many proxy requests may share the lease: the batch bound when no other model
-    had waiters at grant time, 1 under contention. Absent (an older manager): 1."""
+    max_uses: int = Field(default=1, ge=0, strict=True)
+    """How many proxy requests may share the lease in all. 0: no limit, because no other
+    model waited for this one's memory at grant time; the proxy keeps sharing it until the
+    manager says contention began (a ``contention`` event, or ``contended`` in a renewal).
+    Under contention: 1 (docs/architecture.md, "Leases"). Absent (an older manager): 1."""
+    max_concurrent: int = Field(default=1, ge=1, strict=True)
+    """How many proxy requests may share the lease at once (the model's room at grant
+    time, at most the batch bound). Absent: 1."""
     api_key: str | None = Field(default=None, pattern=UPSTREAM_KEY_PATTERN, repr=False)
     """The model server's upstream key, made anew for each start: the proxy sends it as
     ``Authorization: Bearer`` (never the client's own). None: the server needs none."""
@@ -62,3 +67,6 @@ class LeaseRenewal(BaseModel):
 
     lease_id: str
     ttl: float = Field(ge=0)
+    contended: bool = False
+    """Another model waits for this one's memory: stop sharing the lease (no new requests
+    join it) and release it once the requests on it end."""

@@ -42,6 +42,16 @@ class ModelStatus(BaseModel):
     """Image models: most images per request."""
     vision: bool | None = None
     """Text models: whether it takes images in chat messages (models.json ``vision``)."""
+    gpu_memory_mib: int | None = None
+    """GPU memory the model declares it needs (models.json ``gpu_memory_mib``); None:
+    undeclared (it runs alone)."""
+    observed_gpu_memory_mib: int | None = None
+    """GPU memory it was seen to take the last time it became ready (NVML); None: not
+    measured (no NVML, or another model started or stopped meanwhile)."""
+    priority: int = 0
+    """models.json ``priority``: among waiting models, the higher goes first."""
+    pinned: bool = False
+    """models.json ``pinned``: started at boot and never evicted."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object the manager sends."""
