@@ -2,7 +2,9 @@
 
     python -m manager [serve]            run the daemon (settings from HOMELAB_* variables)
     python -m manager schema             print the JSON Schema of models.json
-    python -m manager check FILE         validate a models.json file
+    python -m manager check FILE         validate a models.json file (and its GPU budget)
+    python -m manager footprints         compare models.json's GPU declarations with
+                                         the footprints the manager has seen (exit 1: over)
 
 Configuration problems end the program with a one-line-per-problem message on
 stderr and a non-zero status, never a traceback: exit 2 for bad settings, 1 for
@@ -15,13 +17,17 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import socket
 import sys
+from pathlib import Path
 from typing import cast
 
 import uvicorn
 from pydantic import ValidationError
 
+from manager import budget as gpu_budget
+from manager import footprints
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
 from manager.health import HttpReadinessProbe
@@ -71,6 +77,31 @@ def load_models(path: str) -> Catalogue:
         raise ConfigProblem(str(exc)) from exc
 
 
+def load_budget(settings: ManagerSettings, catalogue: Catalogue) -> gpu_budget.GpuBudget:
+    """The GPU budget (setting, models.json, NVML total less the reserve, or none)."""
+    card: int | None = None
+    try:
+        from manager.gpu import card_total_mib
+
+        card = card_total_mib()
+    except ImportError:
+        card = None
+    return gpu_budget.resolve(
+        setting_mib=settings.gpu_budget_mib,
+        catalogue_mib=catalogue.gpu_budget_mib,
+        card_mib=card,
+        reserve_mib=settings.gpu_reserve_mib,
+    )
+
+
+def budgeted(catalogue: Catalogue, budget: gpu_budget.GpuBudget) -> Catalogue:
+    """`manager.budget.apply`. Raises ConfigProblem naming file, key and reason."""
+    try:
+        return gpu_budget.apply(catalogue, budget)
+    except CatalogueError as exc:
+        raise ConfigProblem(str(exc)) from exc
+
+
 def _construct(module: str, attr: str, *args: object) -> object:
     try:
         cls = getattr(importlib.import_module(module), attr)
@@ -105,6 +136,15 @@ def build_gpu_check(settings: ManagerSettings) -> GpuReleaseCheck | None:
     return wait_gpu_memory_released
 
 
+def build_gpu_meter() -> footprints.GpuUsed | None:
+    """`manager.gpu.used_mib` (footprints), or None when NVML cannot be imported."""
+    try:
+        from manager.gpu import used_mib
+    except ImportError:
+        return None
+    return used_mib
+
+
 class ManagerServer(uvicorn.Server):
     """uvicorn's server, but shutting down closes the scheduler *first*: waiting lease
     requests get their 503 and event streams end, so open connections can finish
@@ -122,7 +162,8 @@ class ManagerServer(uvicorn.Server):
 def build_server(settings: ManagerSettings) -> ManagerServer:
     """Everything `serve` runs: catalogue, runtime, probe, scheduler, app, server.
     Raises ConfigProblem."""
-    catalogue = load_models(str(settings.models_file))
+    budget = load_budget(settings, load_models(str(settings.models_file)))
+    catalogue = budgeted(load_models(str(settings.models_file)), budget)
     runtime = build_runtime(settings)
     probe = build_probe()
     scheduler = Scheduler(
@@ -132,6 +173,9 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
         lease_store=LeaseStore(settings.lease_path()),
+        budget=budget,
+        gpu_used=build_gpu_meter(),
+        footprints=footprints.FootprintStore(settings.footprint_path()),
     )
     config = uvicorn.Config(
         create_app(scheduler, settings),
@@ -144,9 +188,11 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         timeout_keep_alive=5,
     )
     log.info(
-        "manager: %d models from %s, %s runtime, listening on %s:%d",
+        "manager: %d models from %s, GPU budget %s MiB (%s), %s runtime, listening on %s:%d",
         len(catalogue.models),
         catalogue.source,
+        budget.mib if budget.mib is not None else "-",
+        budget.source,
         settings.runtime,
         settings.manager_host,
         settings.manager_port,
@@ -165,9 +211,21 @@ def serve() -> int:
 
 def check(path: str) -> int:
     catalogue = load_models(path)
+    budget = gpu_budget.resolve(
+        setting_mib=None, catalogue_mib=catalogue.gpu_budget_mib, card_mib=None, reserve_mib=0
+    )
+    budgeted(catalogue, budget)
     names = catalogue.names()
-    print(f"{path}: ok, {len(names)} models: {', '.join(names)}")
+    shown = f"{budget.mib} MiB" if budget.mib is not None else "none (one model at a time)"
+    print(f"{path}: ok, {len(names)} models: {', '.join(names)}; GPU budget {shown}")
     return 0
+
+
+def show_footprints(models: str, path: str) -> int:
+    catalogue = load_models(models)
+    lines, over = footprints.report(catalogue, footprints.FootprintStore(Path(path)))
+    print("\n".join(lines))
+    return 1 if over else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("schema", help="print the JSON Schema of models.json")
     check_cmd = commands.add_parser("check", help="validate a models.json file")
     check_cmd.add_argument("file")
+    prints = commands.add_parser(
+        "footprints", help="compare GPU declarations with what was seen (exit 1: over)"
+    )
+    prints.add_argument("--models", default="models.json", help="the models.json to check")
+    prints.add_argument(
+        "--file",
+        default=os.environ.get("HOMELAB_FOOTPRINT_FILE")
+        or str(Path(os.environ.get("HOMELAB_LOG_DIR", "logs")) / "footprints.json"),
+        help="the manager's footprints file (default: as the manager's settings give it)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "schema":
@@ -184,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return check(args.file)
+        if args.command == "footprints":
+            return show_footprints(args.models, args.file)
         return serve()
     except ConfigProblem as exc:
         print(str(exc), file=sys.stderr)

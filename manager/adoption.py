@@ -1,18 +1,19 @@
 """Adoption: which model servers a starting manager keeps, and which it removes.
 
 At start-up the runtime lists every server it owns (Docker: by label; processes: the
-registry). `plan` decides, with no I/O: the first *adoptable* server in models.json
-order (a model that still holds leases from the previous manager first: requests are
-in flight on it) is kept (a known model, running, its model still `stopped` here and nothing
-resident yet, its spec hash the current one); every other owned server (stopped or
-exited, an unknown model, an outdated spec, an extra one) is removed, with the reason.
-The scheduler applies the plan (`Scheduler.adopt`): it removes through the runtime
-and starts health-checking the kept one as `starting`.
+registry). `plan` decides, with no I/O: the *adoptable* servers (a known model, running,
+its model still `stopped` here, its spec hash the current one) are kept in order (a
+model that still holds leases from the previous manager first: requests are in flight
+on it; then models.json order) as long as `fits` says the kept ones fit the GPU budget
+together (without a budget: the first one only); every other owned server (stopped or
+exited, an unknown model, an outdated spec, one that does not fit) is removed, with the
+reason. The scheduler applies the plan (`Scheduler.adopt`): it removes through the
+runtime and starts health-checking the kept ones as `starting`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from manager.runtime import Instance
@@ -29,7 +30,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Plan:
-    keep: Instance | None = None
+    keep: list[Instance] = field(default_factory=list)
     remove: list[tuple[Instance, str]] = field(default_factory=list)
     """Servers to stop and remove, each with why ("unknown model", "exited", ...)."""
 
@@ -38,26 +39,29 @@ def plan(
     owned: Iterable[Instance],
     catalogue: Mapping[str, Candidate],
     *,
-    resident: str | None = None,
+    fits: Callable[[Sequence[str]], bool],
+    residents: Collection[str] = (),
     leased: Collection[str] = (),
 ) -> Plan:
     """Which of `owned` to keep and which to remove. `catalogue` is in models.json order;
-    `resident` is the model the scheduler already uses (its server is never removed);
-    `leased` are models with leases in flight, kept before any other."""
+    `residents` are the models the scheduler already uses (their servers are never
+    removed); `leased` are models with leases in flight, kept before any other; `fits`
+    says whether the given models (the residents among them) fit the budget together."""
     order = {name: i for i, name in enumerate(catalogue)}
     ordered = sorted(
         owned,
         key=lambda inst: (inst.model not in leased, order.get(inst.model, len(order)), inst.model),
     )
-    keep: Instance | None = None
+    keep: list[Instance] = []
     remove: list[tuple[Instance, str]] = []
     for inst in ordered:
         known = catalogue.get(inst.model)
-        if keep is None and resident is None and _adoptable(inst, known):
-            keep = inst
+        if known is not None and inst.model in residents:
+            continue  # never remove a server the scheduler is using
+        kept = [*residents, *(k.model for k in keep)]
+        if _adoptable(inst, known) and inst.model not in kept and fits([*kept, inst.model]):
+            keep.append(inst)
             continue
-        if known is not None and resident == inst.model:
-            continue  # never remove the server the scheduler is using
         if known is None:
             why = "unknown model"
         else:

@@ -105,10 +105,11 @@ class LeaseTable:
         base_url: str,
         max_uses: int = 1,
         *,
+        max_concurrent: int = 1,
         api_key: str | None = None,
     ) -> Lease:
         """A new lease on `model`, live until dropped or expired, carrying the model
-        server's upstream key `api_key`."""
+        server's upstream key `api_key`. `max_uses` 0: unbounded (`wire.lease.LeaseGrant`)."""
         grant = LeaseGrant(
             lease_id=secrets.token_urlsafe(18),
             model=model,
@@ -116,6 +117,7 @@ class LeaseTable:
             base_url=base_url,
             ttl=self.ttl,
             max_uses=max_uses,
+            max_concurrent=max_concurrent,
             api_key=api_key,
         )
         lease = Lease(grant, expires_at=self._clock() + self.ttl)
@@ -156,14 +158,21 @@ class LeaseTable:
         return {model: len(ids) for model, ids in self._by_model.items() if ids}
 
     def uses(self, model: str) -> int:
-        """Proxy requests `model`'s live leases may admit in all (the sum of `max_uses`):
-        what its concurrency limit (`max_in_flight`) is counted against."""
-        return sum(self._leases[i].max_uses for i in self._by_model.get(model, ()))
+        """Proxy requests `model`'s live leases may carry at once, at most: what its
+        concurrency limit (`max_in_flight`) is counted against. A bounded lease counts its
+        `max_uses` (all may be in flight together), an unbounded one its `max_concurrent`."""
+        return sum(_concurrency(self._leases[i]) for i in self._by_model.get(model, ()))
 
-    def spare_uses(self, model: str) -> int:
+    def spare_uses(self, model: str, unbounded: int) -> int:
         """Proxy requests `model`'s live leases may still admit, at most (the manager does
-        not see the proxy's joins): the sum of `max_uses - 1`."""
-        return sum(self._leases[i].max_uses - 1 for i in self._by_model.get(model, ()))
+        not see the proxy's joins): `max_uses - 1` each, `unbounded` for an unbounded one."""
+        return sum(
+            unbounded if lease.max_uses == 0 else lease.max_uses - 1 for lease in self.of(model)
+        )
+
+    def unbounded(self, model: str) -> bool:
+        """Whether any of `model`'s live leases is unbounded."""
+        return any(lease.max_uses == 0 for lease in self.of(model))
 
     def of(self, model: str) -> list[Lease]:
         """`model`'s live leases."""
@@ -196,6 +205,7 @@ class LeaseTable:
                     base_url=lease.base_url,
                     ttl=lease.ttl,
                     max_uses=lease.max_uses,
+                    max_concurrent=lease.grant.max_concurrent,
                     expires=wall + (lease.expires_at - now),
                 )
                 for lease in self._leases.values()
@@ -220,9 +230,14 @@ class LeaseTable:
                 type=model_type,
                 base_url=stored.base_url,
                 ttl=stored.ttl,
-                max_uses=max(1, int(stored.max_uses)),
+                max_uses=max(0, int(stored.max_uses)),
+                max_concurrent=max(1, int(stored.max_concurrent)),
             )
             lease = Lease(grant, expires_at=now + left)
             self._add(lease)
             restored.append(lease)
         return restored
+
+
+def _concurrency(lease: Lease) -> int:
+    return lease.grant.max_concurrent if lease.max_uses == 0 else lease.max_uses

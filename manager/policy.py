@@ -1,22 +1,31 @@
-"""The swap decision: a pure function of what the scheduler sees. No I/O, no clock.
+"""The placement decision: a pure function of what the scheduler sees. No I/O, no clock.
 
-The scheduler builds a `View` after every event (a request arrives or leaves,
-a lease is released or expires, a start or stop finishes, a housekeeping tick)
-and applies the `Decision` that `decide()` returns, then asks again until the
-answer is "wait". The rules (docs/architecture.md, "Scheduling rules"):
+The scheduler builds a `View` after every event (a request arrives or leaves, a lease
+is released or expires, a start or stop finishes, a housekeeping tick) and applies the
+`Decision` that `decide()` returns, then asks again until the answer is "wait". The
+rules (docs/architecture.md, "Scheduling rules"):
 
-* One model resident at a time: a start is only decided when nothing is resident.
-* The resident, ready model's waiters are granted at once, except while other
-  models have waiters: then waiters that queued before every other model's
-  oldest waiter are still granted (they are first in line), and newer ones only
-  until `batch_bound` of them have been granted since the contention began.
-* Never more grants than the resident's `room` (its per-model concurrency limit):
-  the rest wait.
-* The resident is stopped only with no lease in flight, and only when another
-  model has waiters, a stop was asked for (explicit stop or idle TTL), or it
-  has failed and anything at all is waiting (its dead server is removed first).
-* The next model to start is the one whose oldest waiter is oldest (FIFO across
-  models); ties go to the smaller name so the choice is deterministic.
+* **Memory.** Every model that is not stopped (starting, ready, stopping, failed) is
+  *resident* and takes its `cost` of the `capacity`: its declared GPU memory, or the
+  whole capacity when it declares none or there is no budget (it runs alone). The
+  residents' costs never add up to more than the capacity.
+* **Clean-up.** A failed resident with nothing in flight is stopped when anything at
+  all waits or a stop was asked for (its dead server goes first); a ready resident
+  with a stop asked for (explicit stop, idle TTL) is stopped once nothing is in flight.
+* **Who starts next.** Of the models that wait and are not resident, the *head* is the
+  one with the oldest waiter among those overtaken `MAX_OVERTAKES` times already, else
+  the highest `priority`, then the oldest waiter, then the smaller name. Only the head starts (so a big model is
+  not starved by small ones that keep fitting); it starts as soon as it fits.
+* **Grants.** A ready resident's waiters are granted at once (never more than its
+  `room`), except while the head is *blocked* (it does not fit): then a resident that
+  may have to make room (not pinned) still grants the waiters that queued before the
+  head's oldest waiter, and newer ones only until it has granted `batch_bound` since the
+  blocking began.
+* **Making room.** For a blocked head, residents are stopped only when they are idle
+  (ready or failed, nothing in flight) and not pinned, least recently used first, then
+  lowest priority, and only when the idle ones (with what is already stopping) free
+  enough: otherwise the policy waits for leases to end. A resident with a lease in
+  flight is never stopped.
 """
 
 from __future__ import annotations
@@ -26,40 +35,60 @@ from dataclasses import dataclass, field
 
 from manager.state import ModelState
 
+MAX_OVERTAKES = 2
+"""How many starts of other models a waiting model lets go first (priorities) before it
+goes next whatever its priority."""
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model at one instant. `waiters` are arrival keys (any strictly increasing
+    order, shared by all models), oldest first."""
+
+    state: ModelState = ModelState.STOPPED
+    cost: int | None = None
+    """GPU memory it takes while resident; None: all of it."""
+    in_flight: int = 0
+    """Leases held on it now."""
+    waiters: Sequence[float] = ()
+    priority: int = 0
+    pinned: bool = False
+    last_used: float = 0.0
+    """When a lease on it was last granted or released (any clock): least recently used
+    is stopped first."""
+    room: int | None = None
+    """Requests its server may still be given; None: unbounded. Each grant takes one."""
+    stop_requested: bool = False
+    """An explicit stop or its idle TTL."""
+    granted_since_blocked: int = 0
+    """Grants that counted against `batch_bound` since the head became blocked."""
+    overtaken: int = 0
+    """Starts of other models that went first while it waited."""
+
+    @property
+    def resident(self) -> bool:
+        return self.state is not ModelState.STOPPED
+
 
 @dataclass(frozen=True)
 class View:
-    """What the scheduler knows at one instant.
+    """Every model, and the memory they share: `capacity` None means one model at a time."""
 
-    `waiters` maps a model to its waiters' arrival keys (enqueue times or
-    tickets: any strictly increasing order), oldest first; models without
-    waiters may be absent or map to an empty sequence. `in_flight` maps a
-    model to its leases in flight. `grants_since_contention` counts the grants
-    that counted against `batch_bound` since other models started waiting.
-    `stop_requested` is about the resident only (explicit stop or idle TTL).
-    """
-
-    resident: str | None = None
-    resident_state: ModelState | None = None
-    in_flight: Mapping[str, int] = field(default_factory=dict)
-    waiters: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    grants_since_contention: int = 0
+    models: Mapping[str, ModelView] = field(default_factory=dict)
+    capacity: int | None = None
     batch_bound: int = 1
-    stop_requested: bool = False
-    room: int | None = None
-    """Requests the resident's server may still be given (its `max_in_flight` minus the
-    uses its leases in flight may admit); None: unbounded. Each grant takes at least one."""
 
 
 @dataclass(frozen=True)
 class Decision:
     """One step. At most one of `grant`, `stop`, `start` is set; none of them means wait.
 
-    `grant` is how many of the resident's oldest waiters get a lease now, and
-    `counted` how many of those count against `batch_bound`.
+    `grant` names a ready resident and `count` how many of its oldest waiters get a
+    lease now; `counted` how many of those count against `batch_bound`.
     """
 
-    grant: int = 0
+    grant: str | None = None
+    count: int = 0
     counted: int = 0
     stop: str | None = None
     start: str | None = None
@@ -72,56 +101,112 @@ class Decision:
 WAIT = Decision()
 
 
-def next_model(waiters: Mapping[str, Sequence[float]]) -> str | None:
-    """The model whose oldest waiter is oldest (ties: smallest name), or None if nobody waits."""
-    candidates = [(times[0], name) for name, times in waiters.items() if times]
-    return min(candidates)[1] if candidates else None
+def cost(view: View, name: str) -> int:
+    """What `name` takes of the capacity (a model without a declaration: all of it)."""
+    if view.capacity is None:
+        return 1
+    declared = view.models[name].cost
+    return view.capacity if declared is None else declared
 
 
-def oldest_other(waiters: Mapping[str, Sequence[float]], model: str) -> float | None:
-    """The arrival key of the oldest waiter for any model but `model`, or None."""
-    times = [t[0] for name, t in waiters.items() if name != model and t]
-    return min(times) if times else None
+def capacity(view: View) -> int:
+    return 1 if view.capacity is None else view.capacity
 
 
-def grants_for_resident(view: View) -> tuple[int, int]:
-    """(how many of the resident's oldest waiters to grant, how many of those count)."""
-    if view.resident is None:
+def used(view: View) -> int:
+    return sum(cost(view, name) for name, m in view.models.items() if m.resident)
+
+
+def fits(view: View, name: str) -> bool:
+    """Whether `name` can start now beside the residents."""
+    return used(view) + cost(view, name) <= capacity(view)
+
+
+def head(view: View) -> str | None:
+    """The waiting, non-resident model that starts next (see the module's rules)."""
+    candidates = [
+        (
+            (False, 0) if m.overtaken >= MAX_OVERTAKES else (True, -m.priority),
+            m.waiters[0],
+            name,
+        )
+        for name, m in view.models.items()
+        if m.waiters and not m.resident
+    ]
+    return min(candidates)[2] if candidates else None
+
+
+def blocked(view: View) -> str | None:
+    """The head, when it does not fit now (residents must make room first); else None."""
+    name = head(view)
+    return name if name is not None and not fits(view, name) else None
+
+
+def grants(view: View, name: str, blocker: str | None) -> tuple[int, int]:
+    """(how many of `name`'s oldest waiters to grant, how many of those count)."""
+    m = view.models[name]
+    if m.state is not ModelState.READY or m.stop_requested or not m.waiters:
         return 0, 0
-    mine = view.waiters.get(view.resident, ())
-    if not mine:
-        return 0, 0
-    contender = oldest_other(view.waiters, view.resident)
-    if contender is None:
-        return len(mine), 0
-    ahead = sum(1 for t in mine if t < contender)
-    allowance = max(0, view.batch_bound - view.grants_since_contention)
-    counted = min(len(mine) - ahead, allowance)
-    return ahead + counted, counted
+    count, counted = len(m.waiters), 0
+    if blocker is not None and not m.pinned:
+        first_blocked = view.models[blocker].waiters[0]
+        ahead = sum(1 for t in m.waiters if t < first_blocked)
+        allowance = max(0, view.batch_bound - m.granted_since_blocked)
+        counted = min(len(m.waiters) - ahead, allowance)
+        count = ahead + counted
+    if m.room is not None and count > m.room:
+        counted -= min(counted, count - m.room)  # the uncounted ones are oldest: first
+        count = m.room
+    return count, counted
+
+
+def victims(view: View, name: str) -> list[str] | None:
+    """The idle residents to stop so that `name` fits (least recently used first, then
+    lowest priority), [] when what is already stopping is enough, None when the idle ones
+    are not enough (wait for leases to end)."""
+    short = used(view) + cost(view, name) - capacity(view)
+    short -= sum(cost(view, n) for n, m in view.models.items() if m.state is ModelState.STOPPING)
+    if short <= 0:
+        return []
+    idle = sorted(
+        (m.last_used, m.priority, n)
+        for n, m in view.models.items()
+        if m.state in (ModelState.READY, ModelState.FAILED) and not m.in_flight and not m.pinned
+    )
+    chosen: list[str] = []
+    for _, _, n in idle:
+        chosen.append(n)
+        short -= cost(view, n)
+        if short <= 0:
+            return chosen
+    return None
 
 
 def decide(view: View) -> Decision:
     """The next step for `view`. Pure and total: every view gets an answer."""
-    if view.resident is None:
-        model = next_model(view.waiters)
-        return Decision(start=model) if model else WAIT
-    state = view.resident_state
-    busy = view.in_flight.get(view.resident, 0) > 0
-    if state is ModelState.FAILED:
-        anyone_waiting = any(view.waiters.values())
-        if not busy and (anyone_waiting or view.stop_requested):
-            return Decision(stop=view.resident)
-        return WAIT
-    if state is not ModelState.READY:
-        return WAIT  # starting or stopping: the running task will report back
-    if view.stop_requested:
-        return Decision(stop=view.resident) if not busy else WAIT
-    grant, counted = grants_for_resident(view)
-    if view.room is not None and grant > view.room:
-        counted -= min(counted, grant - view.room)  # the uncounted ones are oldest: first
-        grant = view.room
-    if grant:
-        return Decision(grant=grant, counted=counted)
-    if not busy and oldest_other(view.waiters, view.resident) is not None:
-        return Decision(stop=view.resident)
+    anyone_waiting = any(m.waiters for m in view.models.values())
+    for name, m in view.models.items():
+        if m.in_flight:
+            continue
+        if m.state is ModelState.FAILED and (anyone_waiting or m.stop_requested):
+            return Decision(stop=name)
+        if m.state is ModelState.READY and m.stop_requested:
+            return Decision(stop=name)
+    first = head(view)
+    if first is not None and fits(view, first):
+        return Decision(start=first)
+    blocker = first
+    ready = sorted(
+        (m.waiters[0], name)
+        for name, m in view.models.items()
+        if m.state is ModelState.READY and m.waiters
+    )
+    for _, name in ready:
+        count, counted = grants(view, name, blocker)
+        if count:
+            return Decision(grant=name, count=count, counted=counted)
+    if blocker is not None:
+        chosen = victims(view, blocker)
+        if chosen:
+            return Decision(stop=chosen[0])
     return WAIT

@@ -27,5 +27,11 @@ class ReadinessProbe(Protocol):
 
 
 class GpuReleaseCheck(Protocol):
-    async def __call__(self, timeout: float) -> None:  # noqa: ASYNC109 (the agreed interface)
-        """Return once GPU memory is released; raise `GpuMemoryNotReleased` after `timeout`."""
+    async def __call__(
+        self,
+        timeout: float,  # noqa: ASYNC109 (the agreed interface)
+        *,
+        need_mib: int | None = None,
+    ) -> None:
+        """Return once GPU memory is released (`need_mib` None: the GPU is all but empty;
+        else: that much is free); raise `GpuMemoryNotReleased` after `timeout`."""

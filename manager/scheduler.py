@@ -1,5 +1,7 @@
 """The scheduler: the single owner of every model's lifecycle, queues and leases.
 
+Several models may be resident at once, as long as their declared GPU memory fits the
+budget (`manager.budget`); without declarations or a budget, one at a time.
 Everything runs on one asyncio event loop. State is only read and changed
 between awaits, so no lock is needed: each event (a request arrives, is
 withdrawn, a lease is released or expires, a start or stop finishes, a
@@ -20,13 +22,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from manager import adoption, policy
+from manager.budget import GpuBudget
 from manager.errors import (
     BusyError,
     GpuMemoryNotReleased,
@@ -37,6 +40,7 @@ from manager.errors import (
     UnknownModelError,
 )
 from manager.events import EventBus
+from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
@@ -44,7 +48,7 @@ from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
-from wire.events import StateEvent, SwapEvent
+from wire.events import ContentionEvent, StateEvent, SwapEvent
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,12 @@ class _Record:
     stop_futures: list[asyncio.Future[ModelState]] = field(default_factory=list)
     api_key: str | None = field(default=None, repr=False)
     """The running server's upstream key, as its runtime reported it once it was ready."""
+    granted_since_blocked: int = 0
+    """Grants that counted against the batch bound since another model became blocked."""
+    overtaken: int = 0
+    """Starts of other models that went ahead of its waiters (reset when it starts)."""
+    observed_mib: int | None = None
+    """GPU memory it was seen to take when it last became ready (`manager.footprints`)."""
 
 
 class Scheduler:
@@ -130,15 +140,28 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         lease_store: LeaseStore | None = None,
+        budget: GpuBudget | None = None,
+        gpu_used: GpuUsed | None = None,
+        footprints: FootprintStore | None = None,
     ) -> None:
         """`lease_store`: where the lease table is kept across restarts
-        (`manager.lease_store`); None keeps leases in memory only."""
+        (`manager.lease_store`); None keeps leases in memory only. `budget`: the GPU
+        memory the models share (`manager.budget`; None: one model at a time); the
+        catalogue is expected to have been through `manager.budget.apply`. `gpu_used`
+        reads the GPU's used memory (NVML) to learn each model's footprint into
+        `footprints` (`manager.footprints`); None: footprints are not measured."""
         self.catalogue = catalogue
         self.runtime = runtime
         self.probe = probe
         self.config = config or SchedulerConfig()
         self.events = events or EventBus()
         self._gpu_released = gpu_released
+        self.budget = budget or GpuBudget(None, None, "none")
+        self._gpu_used = gpu_used
+        self._footprints = footprints
+        self._gpu_generation = 0
+        """Bumped at every start and every finished stop: a footprint is only taken when
+        nothing else started or stopped during the model's start."""
         self._clock = clock
         self._wall = wall_clock
         now, wall = clock(), wall_clock()
@@ -146,15 +169,18 @@ class Scheduler:
             name: _Record(name, spec, since=wall, last_active=now)
             for name, spec in catalogue.models.items()
         }
+        if footprints is not None:
+            for name, mib in footprints.observed().items():
+                if name in self._records:
+                    self._records[name].observed_mib = mib
         self.leases = LeaseTable(
             self.config.lease_ttl, clock, store=lease_store, wall_clock=wall_clock
         )
         """Every live lease (`manager.leases`)."""
-        self._resident: str | None = None
-        self._last_resident: str | None = None
-        self._grants_since_contention = 0
-        self._contended = False
-        """Whether other models than the resident had waiters at the last pump."""
+        self._blocked: str | None = None
+        """The waiting model that does not fit until residents make room, at the last pump."""
+        self._last_stopped: str | None = None
+        """The model whose stop finished last, until the next start (the swap's `from`)."""
         self._gpu_dirty = False
         self._tickets = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -164,6 +190,8 @@ class Scheduler:
         """Whether adoption has run (it is retried by `tick()` until it has)."""
         self.swaps = 0
         """How many starts the scheduler has begun (adoption excluded)."""
+        self.evictions = 0
+        """How many ready models it stopped to make room for another."""
         watch = getattr(runtime, "watch_exits", None)
         if watch is not None:
             watch(self._server_exited)
@@ -181,9 +209,16 @@ class Scheduler:
         return rec
 
     @property
-    def resident(self) -> str | None:
-        """The model that may hold the GPU now (starting, ready, stopping or failed), or None."""
-        return self._resident
+    def residents(self) -> list[str]:
+        """The models that may hold GPU memory now (starting, ready, stopping or failed),
+        in catalogue order."""
+        return [name for name, rec in self._records.items() if _resident(rec)]
+
+    def contended(self, model: str) -> bool:
+        """Whether another model waits for memory that `model` may have to give up: its
+        leases should not be shared any more (`wire.lease.LeaseRenewal.contended`)."""
+        rec = self._record(model)
+        return self._blocked is not None and _resident(rec) and not rec.spec.pinned
 
     def state(self, model: str) -> ModelState:
         return self._record(model).state
@@ -270,7 +305,7 @@ class Scheduler:
         """
         rec = self._record(model)
         self._check_open()
-        if self._resident != model:
+        if not _resident(rec):
             return rec.state
         future: asyncio.Future[ModelState] = asyncio.get_running_loop().create_future()
         rec.stop_futures.append(future)
@@ -286,9 +321,14 @@ class Scheduler:
     def waiting_count(self) -> int:
         return sum(len(rec.waiters) for rec in self._records.values())
 
-    def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
+    def _new_lease(self, rec: _Record, max_uses: int = 1, max_concurrent: int = 1) -> Lease:
         lease = self.leases.grant(
-            rec.name, rec.spec.type, self.base_url(rec.name), max_uses, api_key=rec.api_key
+            rec.name,
+            rec.spec.type,
+            self.base_url(rec.name),
+            max_uses,
+            max_concurrent=max_concurrent,
+            api_key=rec.api_key,
         )
         self._touch(rec)
         return lease
@@ -316,7 +356,7 @@ class Scheduler:
         self._pump()
 
     def _retry_after(self, rec: _Record) -> float:
-        ready = rec.state is ModelState.READY and self._resident == rec.name
+        ready = rec.state is ModelState.READY
         wait = RETRY_AFTER_BUSY if ready else RETRY_AFTER_SWAP
         return float(max(1, math.ceil(min(wait, self.config.queue_timeout))))
 
@@ -324,32 +364,37 @@ class Scheduler:
 
     def _view(self) -> policy.View:
         now = self._clock()
-        resident = self._records[self._resident] if self._resident else None
-        stop_requested = bool(resident and (resident.stop_requested or self._idle(resident, now)))
         return policy.View(
-            resident=self._resident,
-            resident_state=resident.state if resident else None,
-            in_flight=self.leases.in_flight(),
-            waiters={
-                name: [w.ticket for w in rec.waiters]
+            models={
+                name: policy.ModelView(
+                    state=rec.state,
+                    cost=self.budget.cost(rec.spec),
+                    in_flight=self.leases.held(name),
+                    waiters=[w.ticket for w in rec.waiters],
+                    priority=rec.spec.priority,
+                    pinned=rec.spec.pinned,
+                    last_used=rec.last_active,
+                    room=self._room(rec) if rec.state is ModelState.READY else None,
+                    stop_requested=rec.stop_requested or self._idle(rec, now),
+                    granted_since_blocked=rec.granted_since_blocked,
+                    overtaken=rec.overtaken,
+                )
                 for name, rec in self._records.items()
-                if rec.waiters
             },
-            grants_since_contention=self._grants_since_contention,
+            capacity=self.budget.mib,
             batch_bound=self.config.batch_bound,
-            stop_requested=stop_requested,
-            room=self._room(resident) if resident else None,
         )
 
     def _room(self, rec: _Record) -> int:
         """How many more requests `rec`'s server may be given: its `max_in_flight` minus
-        the uses its leases in flight may admit."""
+        the uses its leases in flight may carry at once."""
         return max(0, rec.spec.max_in_flight - self.leases.uses(rec.name))
 
     def _idle(self, rec: _Record, now: float) -> bool:
         ttl = rec.spec.idle_ttl
         return (
             ttl is not None
+            and not rec.spec.pinned
             and rec.state is ModelState.READY
             and not self.leases.held(rec.name)
             and not rec.waiters
@@ -361,45 +406,65 @@ class Scheduler:
         if self._closed:
             return
         for _ in range(10_000):
-            if not self._others_waiting():
-                self._grants_since_contention = 0
-                self._contended = False
-            elif not self._contended:
-                # Contention begins: requests that may still join the resident's shared
-                # leases (granted before anyone else waited) count against the bound.
-                self._contended = True
-                self._grants_since_contention = self._shareable_uses()
-            decision = policy.decide(self._view())
+            view = self._view()
+            self._note_blocked(policy.blocked(view))
+            decision = policy.decide(view)
             if decision.is_wait:
                 return
             if decision.grant:
-                assert self._resident is not None  # the policy grants to the resident only
-                self._grant(self._records[self._resident], decision.grant)
-                self._grants_since_contention += decision.counted
+                rec = self._records[decision.grant]
+                self._grant(rec, decision.count)
+                rec.granted_since_blocked += decision.counted
             elif decision.stop:
-                self._begin_stop(self._records[decision.stop])
+                rec = self._records[decision.stop]
+                if rec.state is ModelState.READY and not view.models[rec.name].stop_requested:
+                    self.evictions += 1
+                self._begin_stop(rec)
             elif decision.start:
                 self._begin_start(self._records[decision.start])
         log.error("scheduler pump did not settle; state: %s", self._view())
 
-    def _others_waiting(self) -> bool:
-        return any(rec.waiters for name, rec in self._records.items() if name != self._resident)
+    def _note_blocked(self, blocked: str | None) -> None:
+        """Track when a waiting model starts or stops being blocked by the residents.
 
-    def _shareable_uses(self) -> int:
-        """Uses the resident's leases in flight may still admit (at most `batch_bound`):
-        an upper bound, since the manager does not see the proxy's joins."""
-        if self._resident is None:
-            return 0
-        return min(self.config.batch_bound, self.leases.spare_uses(self._resident))
+        When the blocking begins, requests that may still join the residents' shared
+        leases (granted before) count against the bound, and the proxies are told to stop
+        sharing those leases (`wire.events.ContentionEvent`)."""
+        was, self._blocked = self._blocked, blocked
+        if blocked is None:
+            if was is not None:
+                for rec in self._records.values():
+                    rec.granted_since_blocked = 0
+            return
+        if was is not None:
+            return
+        told = []
+        for rec in self._records.values():
+            if _resident(rec) and not rec.spec.pinned:
+                rec.granted_since_blocked = min(
+                    self.config.batch_bound,
+                    self.leases.spare_uses(rec.name, unbounded=self.config.batch_bound - 1),
+                )
+                if self.leases.held(rec.name):
+                    told.append(rec.name)
+        if told:
+            self.events.publish(ContentionEvent(models=told, at=self._wall()))
 
     def _grant(self, rec: _Record, count: int) -> None:
-        """Grant `count` (<= room) waiters; each lease may admit at most the room left after
-        the rest of this batch got one use each."""
-        share = 1 if self._others_waiting() else self.config.batch_bound
+        """Grant `count` (<= room) waiters. Unless the model may have to make room for a
+        blocked one, each lease is unbounded (`max_uses` 0) and may carry at once the room
+        left after the rest of this batch got one each, at most the batch bound; else
+        each lease is for one request."""
+        shared = self._blocked is None or rec.spec.pinned
         for i in range(count):
             room_left = self._room(rec) - (count - 1 - i)
             waiter = rec.waiters.popleft()
-            waiter.future.set_result(self._new_lease(rec, max(1, min(share, room_left))))
+            if shared:
+                at_once = max(1, min(self.config.batch_bound, room_left))
+                lease = self._new_lease(rec, max_uses=0, max_concurrent=at_once)
+            else:
+                lease = self._new_lease(rec)
+            waiter.future.set_result(lease)
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state
@@ -423,26 +488,38 @@ class Scheduler:
 
     def _begin_start(self, rec: _Record, *, adopted: bool = False) -> None:
         self._set_state(rec, ModelState.STARTING)
-        self._resident = rec.name
         rec.stop_requested = False
-        self._grants_since_contention = 0
+        rec.granted_since_blocked = 0
+        self._gpu_generation += 1
+        first = rec.waiters[0].ticket if rec.waiters else math.inf
+        for other in self._records.values():
+            if other is not rec and not _resident(other) and other.waiters:
+                if other.waiters[0].ticket < first:
+                    other.overtaken += 1
+        rec.overtaken = 0
         if not adopted:
             self.swaps += 1
             self.events.publish(
-                SwapEvent(from_model=self._last_resident, to=rec.name, at=self._wall())
+                SwapEvent(from_model=self._last_stopped, to=rec.name, at=self._wall())
             )
+        self._last_stopped = None
         self._spawn(self._run_start(rec, adopted), name=f"start {rec.name}")
 
     async def _run_start(self, rec: _Record, adopted: bool) -> None:
         """Launch (unless adopted) and wait for ready; record the outcome. Cancelled by close()."""
+        before: int | None = None
         try:
             if not adopted:
-                await self._wait_gpu_released()
+                await self._wait_gpu_room(rec)
+                generation = self._gpu_generation
+                before = await self._gpu_used() if self._gpu_used else None
                 await self.runtime.start(rec.name, rec.spec)
             rec.api_key = None
             await self.probe.wait_ready(rec.name, rec.spec, self.runtime)
             instance = await self.runtime.inspect(rec.name, rec.spec)
             rec.api_key = instance.api_key if instance is not None else None
+            if before is not None and self._gpu_used and generation == self._gpu_generation:
+                await self._learn_footprint(rec, before)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a task boundary: every failure becomes StartFailed
@@ -455,10 +532,41 @@ class Scheduler:
             rec.last_active = self._clock()
         self._pump()
 
-    async def _wait_gpu_released(self) -> None:
-        if self._gpu_dirty and self._gpu_released and self.config.gpu_release_timeout > 0:
-            await self._gpu_released(self.config.gpu_release_timeout)
-        self._gpu_dirty = False
+    async def _wait_gpu_room(self, rec: _Record) -> None:
+        """Before a start: confirm from NVML that the GPU has room. A model that runs alone
+        waits (after a stop) until the GPU is all but empty; a declared one until the
+        GPU's free memory covers its declaration."""
+        timeout = self.config.gpu_release_timeout
+        if self._gpu_released is None or timeout <= 0:
+            return
+        need = self.budget.cost(rec.spec)
+        if need is None:
+            if self._gpu_dirty:
+                await self._gpu_released(timeout)
+            self._gpu_dirty = False
+        elif need > 0:
+            await self._gpu_released(timeout, need_mib=need)
+
+    async def _learn_footprint(self, rec: _Record, before: int) -> None:
+        """Record what `rec` was seen to take (used memory after ready minus before its
+        start); warn when it is over its declaration."""
+        assert self._gpu_used is not None
+        after = await self._gpu_used()
+        if after is None:
+            return
+        observed = max(0, after - before)
+        rec.observed_mib = observed
+        declared = rec.spec.gpu_memory_mib
+        if declared is not None and observed > declared:
+            log.warning(
+                "model %s takes %d MiB of GPU memory, more than the %d MiB models.json "
+                "declares: raise gpu_memory_mib or the budget may be overrun",
+                rec.name,
+                observed,
+                declared,
+            )
+        if self._footprints is not None:
+            self._footprints.record(rec.name, observed, declared, self._wall())
 
     def _start_failed(self, rec: _Record, failure: StartFailed) -> None:
         self._set_state(rec, ModelState.FAILED, error=_describe(failure))
@@ -490,9 +598,9 @@ class Scheduler:
         else:
             self._set_state(rec, ModelState.STOPPED)
             rec.stop_requested = False
-            self._resident = None
-            self._last_resident = rec.name
+            self._last_stopped = rec.name
             self._gpu_dirty = True
+            self._gpu_generation += 1
             self._settle_stops(rec)
         self._pump()
 
@@ -538,7 +646,8 @@ class Scheduler:
 
     def _server_exited(self, name: str) -> None:
         """The runtime saw `name`'s server exit: check it now, not at the next housekeeping."""
-        if not self._closed and self._resident == name:
+        rec = self._records.get(name)
+        if not self._closed and rec is not None and _resident(rec):
             self._spawn(self._check_now(name), name=f"check {name}")
 
     async def _check_now(self, name: str) -> None:
@@ -555,18 +664,19 @@ class Scheduler:
         return self.model_status(model)
 
     async def _check_liveness(self, only: str | None = None) -> None:
-        name = self._resident
-        if only is not None and name != only:
-            return
-        if name is None or self._records[name].state is not ModelState.READY:
-            return
+        names = [only] if only is not None else list(self._records)
+        ready = [n for n in names if self._records[n].state is ModelState.READY]
+        if ready:
+            await asyncio.gather(*(self._check_one(name) for name in ready))
+
+    async def _check_one(self, name: str) -> None:
         rec = self._records[name]
         try:
             reason = await self.probe.check_alive(name, rec.spec, self.runtime)
         except Exception as exc:  # the probe should not raise; never let it kill housekeeping
             log.warning("liveness check of %s raised %r; ignoring this round", name, exc)
             return
-        if reason and self._resident == name and rec.state is ModelState.READY:
+        if reason and rec.state is ModelState.READY:
             self._set_state(rec, ModelState.FAILED, error=f"server died: {reason}")
 
     async def _housekeeping(self) -> None:
@@ -580,7 +690,8 @@ class Scheduler:
     # ----------------------------------------------------------------- life of the scheduler
 
     async def start(self) -> None:
-        """Adopt running servers, then begin periodic housekeeping. Call once. Never raises:
+        """Adopt running servers, start the pinned models, then begin periodic
+        housekeeping. Call once. Never raises:
         if the runtime cannot list its servers yet (Docker Desktop still starting), adoption
         is retried on every housekeeping pass until it succeeds."""
         await self._try_adopt()
@@ -590,20 +701,24 @@ class Scheduler:
             )
 
     async def _try_adopt(self) -> None:
+        """Adopt, then start the pinned models (only once adoption has run, so a pinned
+        model's running server is adopted rather than started twice)."""
         try:
             await self.adopt()
         except ManagerError as exc:
             log.warning("adopting running servers failed, will retry: %s", exc)
+            return
+        self._start_pinned()
 
     async def adopt(self) -> None:
         """Take over servers this runtime owns, found at start-up.
 
-        `manager.adoption.plan` decides: a running server of a known model with the
-        current spec hash is adopted as `starting` and health-checked (the first such,
-        in catalogue order; at most one stays resident). Every other owned server
-        (stopped or exited, an unknown model, an outdated spec, or an extra one) is
-        stopped and removed; a failure to remove one is logged, not raised. Raises
-        RuntimeFailure if the runtime cannot list its servers.
+        `manager.adoption.plan` decides: running servers of known models with the current
+        spec hash are adopted as `starting` and health-checked, in catalogue order while
+        they fit the GPU budget together (without one: the first only). Every other
+        owned server (stopped or exited, an unknown model, an outdated spec, one that
+        does not fit) is stopped and removed; a failure to remove one is logged, not
+        raised. Raises RuntimeFailure if the runtime cannot list its servers.
         """
         owned = await self.runtime.list_owned()
         self.adopted = True
@@ -616,27 +731,54 @@ class Scheduler:
             for name, rec in self._records.items()
         }
         decided = adoption.plan(
-            owned, candidates, resident=self._resident, leased=set(self.leases.in_flight())
+            owned,
+            candidates,
+            fits=self._fit_together,
+            residents=self.residents,
+            leased=set(self.leases.in_flight()),
         )
         for inst, why in decided.remove:
             await self._remove_owned(inst, why)
-        keep = decided.keep
-        if keep is not None:
+        for keep in decided.keep:
             rec = self._records[keep.model]
-            if self._resident is None and rec.state is ModelState.STOPPED:
+            if rec.state is ModelState.STOPPED and self._fit_together(
+                [*self.residents, keep.model]
+            ):
                 log.info("adopting running server of %s", keep.model)
                 self._begin_start(rec, adopted=True)
             else:  # a request started a model while others were being removed
                 await self._remove_owned(keep, "extra or outdated")
         for lease in [lease for m in self.leases.in_flight() for lease in self.leases.of(m)]:
-            if lease.model != self._resident:  # a kept lease whose server is not running
+            if not _resident(self._records[lease.model]):  # its server is not running
                 log.warning("dropping lease %s: %s is not running", lease.lease_id, lease.model)
                 self._drop_lease(lease)
 
+    def _fit_together(self, names: Sequence[str]) -> bool:
+        """Whether `names` fit the budget together (without one: at most one model)."""
+        capacity = self.budget.mib
+        if capacity is None:
+            return len(set(names)) <= 1
+        costs = [self.budget.cost(self._records[n].spec) for n in set(names)]
+        return sum(capacity if c is None else c for c in costs) <= capacity
+
+    def _start_pinned(self) -> None:
+        """Start the pinned models that are not resident, as far as they fit."""
+        for rec in self._records.values():
+            if rec.spec.pinned and rec.state is ModelState.STOPPED:
+                if self._fit_together([*self.residents, rec.name]):
+                    log.info("starting pinned model %s", rec.name)
+                    self._begin_start(rec)
+                else:
+                    log.warning(
+                        "pinned model %s does not fit beside %s now; it starts when asked for",
+                        rec.name,
+                        ", ".join(self.residents),
+                    )
+
     async def _remove_owned(self, inst: Instance, why: str) -> None:
         rec = self._records.get(inst.model)
-        if rec is not None and self._resident == inst.model:
-            return  # never remove the server this scheduler is using
+        if rec is not None and _resident(rec):
+            return  # never remove a server this scheduler is using
         log.info("removing owned server of %s (%s)", inst.model, why)
         try:
             await self._stop_with_retry(inst.model, rec.spec if rec else None)
@@ -701,6 +843,10 @@ class Scheduler:
             sizes=list(image.sizes) if image else None,
             max_n=image.max_n if image else None,
             vision=None if isinstance(rec.spec, ImageModel) else rec.spec.vision,
+            gpu_memory_mib=rec.spec.gpu_memory_mib,
+            observed_gpu_memory_mib=rec.observed_mib,
+            priority=rec.spec.priority,
+            pinned=rec.spec.pinned,
         )
 
 
@@ -720,3 +866,8 @@ def _describe(failure: StartFailed) -> str:
     if failure.exit_code is not None:
         text += f" (exit code {failure.exit_code})"
     return text
+
+
+def _resident(rec: _Record) -> bool:
+    """Whether `rec` may hold GPU memory now (any state but stopped)."""
+    return rec.state is not ModelState.STOPPED

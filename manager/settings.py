@@ -125,6 +125,25 @@ class ManagerSettings(BaseSettings):
             "Unset: leases.json in log_dir."
         ),
     )
+    gpu_budget_mib: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "GPU memory (MiB) the models may share (manager.budget). Unset: models.json's "
+            "$gpu_budget_mib, else the card's total from NVML less gpu_reserve_mib, else "
+            "one model at a time."
+        ),
+    )
+    gpu_reserve_mib: int = Field(
+        default=1024,
+        ge=0,
+        description="GPU memory (MiB) kept out of the default budget (desktop, other programs).",
+    )
+    footprint_file: Path | None = Field(
+        default=None,
+        description="Where learned GPU footprints are kept. Unset: footprints.json in log_dir.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(
         default=False, description="uvicorn's access log (off: it costs CPU on every request)."
@@ -139,6 +158,10 @@ class ManagerSettings(BaseSettings):
     def lease_path(self) -> Path:
         """The lease file (`lease_file`, else `log_dir`/leases.json)."""
         return self.lease_file or self.log_dir / "leases.json"
+
+    def footprint_path(self) -> Path:
+        """The footprints file (`footprint_file`, else `log_dir`/footprints.json)."""
+        return self.footprint_file or self.log_dir / "footprints.json"
 
     def advertised_host(self) -> str:
         """The host the proxy should use to reach model servers."""

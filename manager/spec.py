@@ -119,6 +119,39 @@ class _ModelBase(_Strict):
         examples=[64],
     )
 
+    gpu_memory_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "GPU memory (MiB) the model takes while resident: weights, cache and working "
+            "memory. Models whose declarations fit the manager's GPU budget together stay "
+            "resident together; a text model on the GPU gets this share of the card as vLLM's "
+            "`--gpu-memory-utilization` unless its `args` set one (which must then agree). "
+            "0: it takes none. Unset: it runs alone, as does every model without a budget."
+        ),
+        examples=[9500],
+    )
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description=(
+            "Among models waiting to start, the higher goes first (a waiting model is "
+            "overtaken at most twice); when the manager must make room, a resident of lower "
+            "priority is stopped before one of higher priority used as long ago."
+        ),
+        examples=[10],
+    )
+    pinned: bool = Field(
+        default=False,
+        description=(
+            "Started when the manager starts and never stopped to make room (an explicit "
+            "stop still stops it). Needs `gpu_memory_mib` and a GPU budget; not with `idle_ttl`."
+        ),
+        examples=[True],
+    )
+
     @field_validator("image")
     @classmethod
     def _pinned(cls, value: str) -> str:
@@ -271,6 +304,9 @@ class Catalogue(BaseModel):
 
     models: dict[str, TextModel | ImageModel]
     source: str = "<memory>"
+    gpu_budget_mib: int | None = None
+    """The file's ``$gpu_budget_mib``: the GPU memory the models may share (MiB); the
+    manager's HOMELAB_GPU_BUDGET_MIB overrides it (`manager.budget`)."""
 
     def get(self, name: str) -> TextModel | ImageModel | None:
         return self.models.get(name)
@@ -286,7 +322,8 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
     """Validate already-decoded JSON. Raises CatalogueError naming source, key and reason."""
     if not isinstance(data, dict):
         raise CatalogueError(source, "", "the top level must be a JSON object keyed by model name")
-    entries = {k: v for k, v in data.items() if k != "$schema"}
+    budget = _catalogue_budget(data, source)
+    entries = {k: v for k, v in data.items() if not k.startswith("$")}
     if not entries:
         raise CatalogueError(source, "", "no models are defined")
     try:
@@ -301,7 +338,36 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
         raise CatalogueError(source, ".".join(loc), err["msg"]) from exc
     _check_unique(models, "container", source)
     _check_unique(models, "port", source)
-    return Catalogue(models=models, source=source)
+    return Catalogue(models=models, source=source, gpu_budget_mib=budget)
+
+
+CATALOGUE_KEYS = {
+    "$schema": "A JSON Schema reference for editors; ignored.",
+    "$gpu_budget_mib": (
+        "GPU memory (MiB) the models may share; HOMELAB_GPU_BUDGET_MIB overrides it. "
+        "Unset: the card's total from NVML less HOMELAB_GPU_RESERVE_MIB, or one model at a "
+        "time without NVML."
+    ),
+}
+"""The keys starting with ``$``: settings of the file, not models."""
+
+
+def _catalogue_budget(data: dict[str, Any], source: str) -> int | None:
+    for key in data:
+        if key.startswith("$") and key not in CATALOGUE_KEYS:
+            raise CatalogueError(
+                source, key, f"unknown setting; the known ones are {', '.join(CATALOGUE_KEYS)}"
+            )
+    value = data.get("$gpu_budget_mib")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
+        raise CatalogueError(
+            source,
+            "$gpu_budget_mib",
+            f"must be a whole number of MiB from 1 to 10000000, not {value!r}",
+        )
+    return value
 
 
 def _check_unique(models: dict[str, TextModel | ImageModel], field: str, source: str) -> None:
@@ -337,5 +403,13 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "homelab-ai models.json"
     schema["description"] = "Models the manager can run, keyed by model name."
-    schema.setdefault("properties", {})["$schema"] = {"type": "string"}
+    props = schema.setdefault("properties", {})
+    props["$schema"] = {"type": "string", "description": CATALOGUE_KEYS["$schema"]}
+    props["$gpu_budget_mib"] = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10_000_000,
+        "description": CATALOGUE_KEYS["$gpu_budget_mib"],
+        "examples": [23000],
+    }
     return schema

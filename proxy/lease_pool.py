@@ -215,7 +215,7 @@ class LeasePool:
     def _settle(self, model: str, ask: _Ask, lease: LeaseGrant) -> None:
         """A grant arrived: admit its riders in order, up to max_uses; make it current."""
         loop = asyncio.get_running_loop()
-        max_uses = lease.max_uses
+        max_uses = _uses(lease)
         self._hint[model] = max_uses
         shared = _Shared(lease, loop.time())
         self._live.add(shared)
@@ -234,7 +234,7 @@ class LeasePool:
         elif (
             current is None
             or not self._joinable(current, loop.time())
-            or current.lease.max_uses - current.uses < max_uses - shared.uses
+            or _uses(current.lease) - current.uses < max_uses - shared.uses
         ):
             if current is not None:
                 self._retire(current)
@@ -248,7 +248,7 @@ class LeasePool:
         return (
             shared.open
             and not shared.done
-            and shared.uses < shared.lease.max_uses
+            and shared.uses < _uses(shared.lease)
             and now < shared.expires_at
         )
 
@@ -371,3 +371,9 @@ class LeasePool:
             self._finish(shared)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=RELEASE_WAIT)
+
+
+def _uses(lease: LeaseGrant) -> int:
+    """Requests the pool lets share `lease` in all; an unbounded lease (``max_uses`` 0)
+    is treated as `max_concurrent` uses for now."""
+    return lease.max_uses or lease.max_concurrent

@@ -65,6 +65,17 @@ def render(schema: Schema) -> str:
             for tag, body in kinds.items()
         )
     )
+    settings = {
+        k: v
+        for k, v in schema.get("properties", {}).items()
+        if k.startswith("$") and k != "$schema"
+    }
+    if settings:
+        out.append(
+            "## Settings of the file\n\nKeys starting with `$` are settings of the whole file, "
+            "not models (any other `$` key is refused):\n\n"
+            + _table(settings, "the file", set(), defs)
+        )
     first = next(iter(kinds.values()))
     out.append(
         "## Fields of every model\n\n"

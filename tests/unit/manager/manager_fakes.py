@@ -191,10 +191,12 @@ class GpuCheck:
 
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.needs: list[int | None] = []
         self.error: Exception | None = None
 
-    async def __call__(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def __call__(self, timeout: float, *, need_mib: int | None = None) -> None:  # noqa: ASYNC109
         self.calls.append(timeout)
+        self.needs.append(need_mib)
         if self.error is not None:
             raise self.error
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from manager.adoption import Candidate, plan
 from manager.runtime import Instance
 
 CATALOGUE = {
     "alpha": Candidate("h-alpha", stopped=True),
     "beta": Candidate("h-beta", stopped=True),
+    "gamma": Candidate("h-gamma", stopped=True),
 }
+
+
+def alone(models: Sequence[str]) -> bool:
+    """No budget: one model at a time."""
+    return len(set(models)) <= 1
 
 
 def test_the_first_running_current_server_in_catalogue_order_is_kept() -> None:
@@ -16,8 +24,8 @@ def test_the_first_running_current_server_in_catalogue_order_is_kept() -> None:
         Instance("beta", running=True, spec_hash="h-beta"),
         Instance("alpha", running=True, spec_hash="h-alpha"),
     ]
-    decided = plan(owned, CATALOGUE)
-    assert decided.keep == owned[1]
+    decided = plan(owned, CATALOGUE, fits=alone)
+    assert decided.keep == [owned[1]]
     assert decided.remove == [(owned[0], "extra or outdated")]
 
 
@@ -27,8 +35,8 @@ def test_exited_outdated_and_unknown_servers_are_removed_with_the_reason() -> No
         Instance("alpha", running=False, exit_code=1, spec_hash="h-alpha"),
         Instance("beta", running=True, spec_hash="old"),
     ]
-    decided = plan(owned, CATALOGUE)
-    assert decided.keep is None
+    decided = plan(owned, CATALOGUE, fits=alone)
+    assert decided.keep == []
     assert [(i.model, why) for i, why in decided.remove] == [
         ("alpha", "exited"),
         ("beta", "extra or outdated"),
@@ -41,16 +49,16 @@ def test_nothing_is_kept_while_a_model_is_resident_and_its_server_is_never_remov
         Instance("alpha", running=True, spec_hash="h-alpha"),
         Instance("beta", running=True, spec_hash="h-beta"),
     ]
-    decided = plan(owned, CATALOGUE, resident="alpha")
-    assert decided.keep is None
+    decided = plan(owned, CATALOGUE, fits=alone, residents=["alpha"])
+    assert decided.keep == []
     assert decided.remove == [(owned[1], "extra or outdated")]
 
 
 def test_a_model_that_is_not_stopped_is_not_adopted_and_no_hash_is_accepted() -> None:
     busy = {**CATALOGUE, "alpha": Candidate("h-alpha", stopped=False)}
     owned = [Instance("alpha", running=True), Instance("beta", running=True)]
-    decided = plan(owned, busy)
-    assert decided.keep == owned[1]  # no recorded hash (process registry of old): adopted
+    decided = plan(owned, busy, fits=alone)
+    assert decided.keep == [owned[1]]  # no recorded hash (process registry of old): adopted
 
 
 def test_a_server_with_leases_in_flight_is_kept_before_catalogue_order() -> None:
@@ -59,6 +67,19 @@ def test_a_server_with_leases_in_flight_is_kept_before_catalogue_order() -> None
         Instance("alpha", running=True, spec_hash="h-alpha"),
         Instance("beta", running=True, spec_hash="h-beta"),
     ]
-    decided = plan(owned, CATALOGUE, leased={"beta"})
-    assert decided.keep == owned[1]
+    decided = plan(owned, CATALOGUE, fits=alone, leased={"beta"})
+    assert decided.keep == [owned[1]]
+    assert decided.remove == [(owned[0], "extra or outdated")]
+
+
+def test_with_a_budget_every_server_that_fits_is_kept() -> None:
+    """alpha (10) and beta (8) fit a budget of 20 together; gamma (5) would not."""
+    costs = {"alpha": 10, "beta": 8, "gamma": 5}
+    owned = [
+        Instance("gamma", running=True, spec_hash="h-gamma"),
+        Instance("beta", running=True, spec_hash="h-beta"),
+        Instance("alpha", running=True, spec_hash="h-alpha"),
+    ]
+    decided = plan(owned, CATALOGUE, fits=lambda names: sum(costs[n] for n in names) <= 20)
+    assert [i.model for i in decided.keep] == ["alpha", "beta"]
     assert decided.remove == [(owned[0], "extra or outdated")]

@@ -137,6 +137,10 @@ async def test_list_models(api):
         "waiting",
         "description",
         "vision",
+        "gpu_memory_mib",
+        "observed_gpu_memory_mib",
+        "priority",
+        "pinned",
     }
     assert first["vision"] is False  # text models say whether they take images
     assert "vision" not in body["data"][2]
@@ -148,20 +152,34 @@ async def test_lease_lifecycle(api, sched):
     response = await api.post("/v1/leases", json={"model": "alpha", "extra": "ignored"})
     assert response.status_code == 200, response.text
     lease = response.json()
-    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl", "max_uses", "api_key"}
+    assert set(lease) == {
+        "lease_id",
+        "model",
+        "type",
+        "base_url",
+        "ttl",
+        "max_uses",
+        "max_concurrent",
+        "api_key",
+    }
     # The key the runtime made when it started the server (see FakeRuntime.start).
     assert lease["api_key"] == sched.runtime.instances["alpha"].api_key is not None
-    assert (lease["model"], lease["type"], lease["base_url"], lease["max_uses"]) == (
+    assert (lease["model"], lease["type"], lease["base_url"]) == (
         "alpha",
         "text",
         "http://127.0.0.1:18001",
-        sched.config.batch_bound,  # nobody else waits: the proxy may share it
     )
+    # Nobody else waits: the proxy may share it without limit, batch_bound at once.
+    assert (lease["max_uses"], lease["max_concurrent"]) == (0, sched.config.batch_bound)
     assert sched.model_status("alpha").in_flight == 1
 
     renewed = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
     assert renewed.status_code == 200
-    assert renewed.json() == {"lease_id": lease["lease_id"], "ttl": lease["ttl"]}
+    assert renewed.json() == {
+        "lease_id": lease["lease_id"],
+        "ttl": lease["ttl"],
+        "contended": False,
+    }
 
     gone = await api.delete(f"/v1/leases/{lease['lease_id']}")
     assert gone.status_code == 204

@@ -108,15 +108,15 @@ async def test_requests_beyond_max_in_flight_wait_in_the_queue() -> None:
     sched = Scheduler(catalogue(data), FakeRuntime(), FakeProbe(), config)
     try:
         first = await sched.acquire("pix")
-        assert first.max_uses == 3
+        assert (first.max_uses, first.grant.max_concurrent) == (0, 3)
         second = await sched.acquire("pix")
-        assert second.max_uses == 1, "only one use of room left"
+        assert second.grant.max_concurrent == 1, "only one use of room left"
         third = asyncio.create_task(sched.acquire("pix"))
         await asyncio.sleep(0.05)
         assert not third.done(), "no room: the request waits"
         assert sched.model_status("pix").waiting == 1
         sched.release(second.lease_id)
-        assert (await asyncio.wait_for(third, 5)).max_uses == 1
+        assert (await asyncio.wait_for(third, 5)).grant.max_concurrent == 1
     finally:
         await sched.close()
 

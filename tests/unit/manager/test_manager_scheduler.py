@@ -108,15 +108,16 @@ async def test_resident_keeps_serving_up_to_the_batch_bound_while_others_wait(sc
         sched.release(lease.lease_id)
     await beta
     assert not queued.done()
-    assert sched.resident == "beta"
+    assert sched.residents == ["beta"]
     sched.release((await _only_lease(sched, "beta")).lease_id)
     again = await queued
     assert again.model == "alpha"
 
 
-async def test_a_lease_granted_without_contention_may_be_shared_by_batch_bound_requests(sched):
+async def test_a_lease_granted_without_contention_may_be_shared_without_limit(sched):
+    """Unbounded (max_uses 0), at most batch_bound requests at once."""
     lease = await sched.acquire("alpha")
-    assert lease.max_uses == sched.config.batch_bound == 3
+    assert (lease.max_uses, lease.grant.max_concurrent) == (0, sched.config.batch_bound)
 
 
 async def test_a_lease_granted_while_another_model_waits_is_for_one_request(sched, probe):
@@ -143,7 +144,7 @@ async def test_when_contention_ends_leases_are_shareable_again(sched):
     await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
     sched.release(held.lease_id)
     lease = await beta
-    assert lease.max_uses == 3
+    assert (lease.max_uses, lease.grant.max_concurrent) == (0, 3)
     sched.release(lease.lease_id)
 
 
@@ -315,7 +316,7 @@ async def test_idle_ttl_stops_an_idle_model(sched, clock, runtime):
     await sched.tick()
     await until(lambda: sched.state("beta") is ModelState.STOPPED, "idle stop")
     assert runtime.calls[-1] == ("stop", "beta")
-    assert sched.resident is None
+    assert sched.residents == []
 
 
 async def test_idle_ttl_waits_for_leases(sched, clock):
@@ -409,7 +410,7 @@ async def test_a_stop_that_keeps_failing_leaves_the_model_failed_and_resident(sc
     with pytest.raises(RuntimeFailure, match="engine refused"):
         await sched.stop("alpha")
     assert sched.state("alpha") is ModelState.FAILED
-    assert sched.resident == "alpha"
+    assert sched.residents == ["alpha"]
     assert "stop failed" in sched.model_status("alpha").last_error
     assert (await sched.acquire("beta")).model == "beta"  # the next demand retries the stop
     assert runtime.max_running == 1
@@ -538,7 +539,7 @@ async def test_adoption_removes_exited_and_outdated_servers(runtime, probe):
     try:
         await sched.adopt()
         assert sorted(runtime.calls) == [("stop", "alpha"), ("stop", "beta")]
-        assert sched.resident is None
+        assert sched.residents == []
         assert runtime.instances == {}
     finally:
         await sched.close()
@@ -565,7 +566,7 @@ async def test_a_removal_failure_during_adoption_is_not_fatal(runtime, probe):
     try:
         await sched.adopt()
         assert runtime.calls == [("stop", "ghost")] * sched.config.stop_attempts
-        assert sched.resident is None
+        assert sched.residents == []
         assert sched.status()  # the scheduler is usable
     finally:
         await sched.close()

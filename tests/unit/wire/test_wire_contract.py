@@ -52,7 +52,12 @@ async def test_model_list_and_leases_validate_as_the_proxy_reads_them(client) ->
 
     grant = await client.grant("alpha")
     assert isinstance(grant, LeaseGrant)
-    assert (grant.model, grant.type, grant.max_uses) == ("alpha", "text", 3)
+    assert (grant.model, grant.type, grant.max_uses, grant.max_concurrent) == (
+        "alpha",
+        "text",
+        0,
+        3,
+    )
     assert grant.base_url == "http://127.0.0.1:18001"
     assert (await client.models())["alpha"].in_flight == 1
     assert await client.renew(grant.lease_id) == grant.ttl
