@@ -39,6 +39,12 @@ class Subscription:
         """Events queued and not yet read."""
         return len(self._queue)
 
+    def drain(self) -> list[Event]:
+        """Every event queued now, oldest first, taken out of the queue. Never blocks."""
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
     async def next(self, timeout: float | None = None) -> Event | None:  # noqa: ASYNC109
         """The next event; None when `timeout` seconds pass first.
 

@@ -1,7 +1,8 @@
 """Run the real manager app (scheduler + HTTP API + a real runtime) on a loopback port.
 
-`start_manager` builds what `python -m manager serve` builds (settings, runtime,
-HttpReadinessProbe, the NVML check, the lease file, Scheduler, create_app) and serves it with
+`start_manager` builds what `python -m manager serve` builds (settings, the GPU budget,
+runtime, HttpReadinessProbe, the NVML check, the lease and footprint files, Scheduler,
+create_app) and serves it with
 uvicorn inside the test's event loop. Stopping it runs the app's lifespan
 shutdown, which leaves model servers running, as a real manager exit does, so a
 second `start_manager` on the same catalogue exercises adoption.
@@ -24,9 +25,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from manager.__main__ import build_gpu_check
+from manager.__main__ import budgeted, build_gpu_check, build_gpu_meter, load_budget
 from manager.api import create_app
 from manager.docker_runtime import DockerRuntime
+from manager.footprints import FootprintStore
 from manager.health import HttpReadinessProbe
 from manager.lease_store import LeaseStore
 from manager.process_runtime import ProcessRuntime
@@ -97,14 +99,18 @@ async def start_manager(
     values.update(overrides)
     settings = SessionSettings(**values)
     catalogue = parse_catalogue(models, source=str(models_file))
+    budget = load_budget(settings, catalogue)
     rt = DockerRuntime(settings) if runtime == "docker" else ProcessRuntime(settings)
     scheduler = Scheduler(
-        catalogue,
+        budgeted(catalogue, budget),
         rt,
         HttpReadinessProbe(),
         SchedulerConfig.from_settings(settings),
         gpu_released=build_gpu_check(settings),
         lease_store=LeaseStore(settings.lease_path()),
+        budget=budget,
+        gpu_used=build_gpu_meter(),
+        footprints=FootprintStore(settings.footprint_path()),
     )
     app = create_app(scheduler, settings)
     config = uvicorn.Config(

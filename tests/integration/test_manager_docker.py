@@ -376,3 +376,35 @@ async def test_a_container_created_but_never_used_is_found_by_its_labels(
         for c in docker_env.containers.list(filters={"label": f"{LABEL_INSTANCE}={SESSION}"})
     ]
     assert running == ["chat-b"]
+
+
+async def test_models_that_fit_the_budget_stay_up_together(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    """Budget 20 MiB: chat-a (10) and chat-b (10) serve alternating requests from two
+    running containers with no swap; chat-c (10) evicts the least recently used, chat-a."""
+    fast = {"FAKEVLLM_LOAD_SECONDS": "0.3"}
+    models = {
+        "chat-a": text_model("a", 18150, env=fast, gpu_memory_mib=10),
+        "chat-b": text_model("b", 18151, env=fast, gpu_memory_mib=10),
+        "chat-c": text_model("c", 18152, env=fast, gpu_memory_mib=10),
+    }
+    manager = await launch(managers, models, 18175, tmp_path, gpu_budget_mib=20)
+    api = manager.client()
+    async with event_log(manager) as events:
+        for model in ["chat-a", "chat-b"] * 3:
+            lease = (await api.post("/v1/leases", json={"model": model})).json()
+            reply = (await chat(lease, "hi")).json()["choices"][0]["message"]["content"]
+            assert reply == f"[{model}] hi"
+            await api.delete(f"/v1/leases/{lease['lease_id']}")
+        running = {m: [c.status for c in containers_of(docker_env, m)] for m in models}
+        assert running == {"chat-a": ["running"], "chat-b": ["running"], "chat-c": []}
+        assert (manager.scheduler.swaps, manager.scheduler.evictions) == (2, 0)
+
+        lease = (await api.post("/v1/leases", json={"model": "chat-c"})).json()
+        await api.delete(f"/v1/leases/{lease['lease_id']}")
+        await wait_for_state(api, "chat-a", "stopped")
+    assert containers_of(docker_env, "chat-a") == []
+    assert [c.status for c in containers_of(docker_env, "chat-b")] == ["running"]
+    swaps = [(d["from"], d["to"]) for kind, d in events if kind == "swap"]
+    assert swaps == [(None, "chat-a"), (None, "chat-b"), ("chat-a", "chat-c")]

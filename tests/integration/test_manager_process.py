@@ -91,3 +91,39 @@ async def test_process_manager_starts_swaps_and_adopts(managers, tmp_path: Path)
     assert stopped.json()["state"] == "stopped"
     assert not _alive(pid_b) and registry(second) == {}
     assert (await model_status(api, "proc-a"))["state"] == "stopped"
+
+
+async def use(api: httpx.AsyncClient, model: str) -> None:
+    """Take a lease on `model` (starting it if need be) and give it back."""
+    lease = await api.post("/v1/leases", json={"model": model})
+    assert lease.status_code == 200, lease.text
+    await api.delete(f"/v1/leases/{lease.json()['lease_id']}")
+
+
+async def test_models_that_fit_the_budget_stay_resident_together(managers, tmp_path: Path) -> None:
+    """Budget 20: a (10) and b (10) alternate with no swap; c (10) evicts the least recently
+    used, a."""
+    models = {
+        "proc-a": fake_model("pa", 18144, gpu_memory_mib=10),
+        "proc-b": fake_model("pb", 18145, gpu_memory_mib=10),
+        "proc-c": fake_model("pc", 18146, gpu_memory_mib=10),
+    }
+    manager = await start_manager(models, 18173, tmp_path, runtime="process", gpu_budget_mib=20)
+    managers.append(manager)
+    api = manager.client()
+    for model in ["proc-a", "proc-b"] * 3:
+        await use(api, model)
+    pids = {name: entry["pid"] for name, entry in registry(manager).items()}
+    assert sorted(pids) == ["proc-a", "proc-b"] and all(_alive(p) for p in pids.values())
+    assert (manager.scheduler.swaps, manager.scheduler.evictions) == (2, 0)
+    listed = (await api.get("/v1/models")).json()["data"]
+    assert [(m["id"], m["state"], m["gpu_memory_mib"]) for m in listed] == [
+        ("proc-a", "ready", 10),
+        ("proc-b", "ready", 10),
+        ("proc-c", "stopped", 10),
+    ]
+
+    await use(api, "proc-c")
+    assert sorted(registry(manager)) == ["proc-b", "proc-c"]
+    assert not _alive(pids["proc-a"]) and _alive(pids["proc-b"])
+    assert (manager.scheduler.swaps, manager.scheduler.evictions) == (3, 1)

@@ -55,7 +55,11 @@ class TwoResident(AssertionError):
 class FakeRuntime:
     """An in-memory ContainerRuntime. `calls` records ("start"|"stop", name) in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        """`capacity`: the fake GPU's memory; servers may then run together while their
+        specs' `gpu_memory_mib` fit it (else: never two at once)."""
+        self.capacity = capacity
+        self.specs: dict[str, Spec] = {}
         self.instances: dict[str, Instance] = {}
         self.calls: list[tuple[str, str]] = []
         self.stop_failures: dict[str, int] = defaultdict(int)
@@ -89,8 +93,13 @@ class FakeRuntime:
         if name in self.start_failures:
             raise self.start_failures.pop(name)
         others = [n for n in self.running() if n != name]
-        if others:
+        if self.capacity is None and others:
             raise TwoResident(f"starting {name} while {others} run")
+        if self.capacity is not None:
+            taken = sum(self.specs[n].gpu_memory_mib or self.capacity for n in others)
+            if taken + (spec.gpu_memory_mib or self.capacity) > self.capacity:
+                raise TwoResident(f"starting {name} beside {others} overruns the GPU")
+        self.specs[name] = spec
         self.instances[name] = Instance(
             name, True, None, spec_hash(spec), api_key=f"key-{name}-{len(self.calls)}"
         )
