@@ -193,8 +193,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
 
-The first request for a model loads it (vLLM on the CPU: a minute or so); asking for
-the other model swaps them. Logs: \$HOMELAB_DEMO_DIR/logs/.
+The first request for a model loads it (vLLM on the CPU: a minute or so); both fit
+the demo's GPU budget, so they then stay loaded together. Logs: \$HOMELAB_DEMO_DIR/logs/.
 EOF
 }
 

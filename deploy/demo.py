@@ -59,6 +59,8 @@ SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
 MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET = 10, 11, 12
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
+DEMO_BUDGET_MIB = 4096
+"""The GPU budget the demo declares: both models fit (2048 + 512 MiB)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 OFFLINE_ENV = {
@@ -84,8 +86,12 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
     The programs come from the manager's HOMELAB_VLLM_PYTHON / HOMELAB_IMAGESERVER_PYTHON.
+    The models run on the CPU, but the file declares a GPU budget and what each model
+    would take of it, as on a GPU PC: both fit together, so a chat, a picture and a chat
+    again start each model once and swap nothing (docs/models-json.md, the budget).
     """
     return {
+        "$gpu_budget_mib": DEMO_BUDGET_MIB,
         TEXT_MODEL: {
             "type": "text",
             "container": f"demo-{TEXT_MODEL}",
@@ -101,6 +107,7 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
             ],
             "env": OFFLINE_ENV,
             "gpu": False,
+            "gpu_memory_mib": 2048,
             "start_timeout": LOAD_TIMEOUT_S,
             "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
         },
@@ -117,6 +124,7 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
             "steps": 2,
             "env": OFFLINE_ENV,
             "gpu": False,
+            "gpu_memory_mib": 512,
             "start_timeout": LOAD_TIMEOUT_S,
             "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
         },
@@ -406,7 +414,7 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
-  asking the other model swaps them.
+  both fit the demo's GPU budget, so they then stay loaded side by side.
   Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
           {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",

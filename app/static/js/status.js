@@ -2,7 +2,8 @@
 /**
  * Model states as the manager reports them (through the proxy's api/events
  * relay), and the status bar that shows them: which model is loading, that a
- * swap is under way, and for how long.
+ * swap is under way, and for how long; when nothing changes, the chosen model's
+ * state and every resident model (several fit the GPU together within its budget).
  */
 
 import { formatElapsed } from "./dom.js";
@@ -126,10 +127,14 @@ export class ModelStates {
    * @returns {{phase: "swapping" | "loading" | "stopping", model: string, text: string, since: number} | null}
    */
   activity() {
+    if (this.swap && !this.swap.from) {
+      // A start that stopped nothing: the model loads beside the residents.
+      return { phase: "loading", model: this.swap.to, text: `loading ${this.swap.to}`, since: this.swap.since };
+    }
     if (this.swap) {
       const from = this.swap.from ? this.models.get(this.swap.from) : undefined;
       const step = from && from.state === "stopping" ? `stopping ${this.swap.from}` : `loading ${this.swap.to}`;
-      const route = this.swap.from ? `${this.swap.from} → ${this.swap.to}` : this.swap.to;
+      const route = `${this.swap.from} → ${this.swap.to}`;
       return { phase: "swapping", model: this.swap.to, text: `swapping ${route} · ${step}`, since: this.swap.since };
     }
     for (const [name, m] of this.models) {
@@ -139,6 +144,15 @@ export class ModelStates {
       if (m.state === "stopping") return { phase: "stopping", model: name, text: `stopping ${name}`, since: m.since };
     }
     return null;
+  }
+
+  /**
+   * The models that hold (or are taking or giving back) their memory: every state but
+   * stopped, in the manager's order.
+   * @returns {string[]}
+   */
+  residents() {
+    return [...this.models].filter(([, m]) => m.state !== "stopped").map(([name]) => name);
   }
 
   /**
@@ -165,9 +179,11 @@ export class ModelStates {
       this.bar.dataset.model = this.current;
       const m = this.models.get(this.current);
       const state = m ? m.state : "unknown";
+      const residents = this.residents();
+      const loaded = residents.length ? ` · resident: ${residents.join(", ")}` : "";
       this.text.textContent = this.current
-        ? `${this.current} · ${state}${m?.state === "failed" && m.error ? `: ${m.error}` : ""}${m?.state === "stopped" ? " (loads on first use)" : ""}`
-        : "no model selected";
+        ? `${this.current} · ${state}${m?.state === "failed" && m.error ? `: ${m.error}` : ""}${m?.state === "stopped" ? " (loads on first use)" : ""}${loaded}`
+        : `no model selected${loaded}`;
       this.bar.dataset.state = state;
     }
     this.tick();

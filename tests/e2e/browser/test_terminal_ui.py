@@ -206,7 +206,7 @@ def test_loading_indicator_shows_the_swap_and_its_elapsed_time(ui: Ui, stack: St
 
     ui.answered("[slow] hello after the swap")
     expect(status).to_have_attribute("data-phase", "idle")
-    expect(page.locator("#status-text")).to_have_text("slow · ready")
+    expect(page.locator("#status-text")).to_have_text("slow · ready · resident: slow")
     expect(page.locator("#status-clock")).to_have_text("")
     ui.shot("swapped")
 

@@ -364,15 +364,20 @@ def test_model_states_describe_a_swap(ui: Ui) -> None:
            const clock = s.clock.textContent;
            s.apply({event: 'state', data: {model: 'b', state: 'ready', previous: 'starting', at: now, error: null}}); note();
            s.apply({event: 'state', data: {model: 'a', state: 'failed', previous: 'starting', at: now, error: 'exit 1'}}); note();
+           s.apply({event: 'snapshot', data: [{id: 'a', type: 'text', state: 'ready'}, {id: 'b', type: 'image', state: 'ready'}, {id: 'c', type: 'text', state: 'stopped'}]}); note();
+           s.apply({event: 'state', data: {model: 'c', state: 'starting', previous: 'stopped', at: now, error: null}});
+           s.apply({event: 'swap', data: {from: null, to: 'c', at: now}}); note();
            clearInterval(s.timer);
            return {seen, clock};""",
     )
     assert got["seen"] == [
-        ["idle", "a · ready"],
+        ["idle", "a · ready · resident: a"],
         ["stopping", "stopping a"],
         ["swapping", "swapping a → b · loading b"],
-        ["idle", "a · stopped (loads on first use)"],
-        ["idle", "a · failed: exit 1"],
+        ["idle", "a · stopped (loads on first use) · resident: b"],
+        ["idle", "a · failed: exit 1 · resident: a, b"],
+        ["idle", "a · ready · resident: a, b"],  # two models fit the GPU together
+        ["loading", "loading c"],  # a start that stops nothing is no swap
     ]
     assert got["clock"] in ("0:05", "0:06")
 
