@@ -216,7 +216,11 @@ def check(path: str) -> int:
     )
     budgeted(catalogue, budget)
     names = catalogue.names()
-    shown = f"{budget.mib} MiB" if budget.mib is not None else "none (one model at a time)"
+    shown = (
+        f"{budget.mib} MiB"
+        if budget.mib is not None
+        else "from the card (NVML total less HOMELAB_GPU_RESERVE_MIB) where the manager runs"
+    )
     print(f"{path}: ok, {len(names)} models: {', '.join(names)}; GPU budget {shown}")
     return 0
 
