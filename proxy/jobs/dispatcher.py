@@ -58,12 +58,9 @@ class JobFinished(Exception):
     """The job already reached a terminal state (cannot be cancelled)."""
 
 
-def resident_of(models: Mapping[str, ModelStatus]) -> str | None:
-    """The model that holds (or is taking) the GPU: ready or starting; None if none."""
-    for name, info in models.items():
-        if info.state in ("ready", "starting"):
-            return name
-    return None
+def residents_of(models: Mapping[str, ModelStatus]) -> set[str]:
+    """The models that hold (or are taking) GPU memory: ready or starting."""
+    return {name for name, info in models.items() if info.state in ("ready", "starting")}
 
 
 def new_id(prefix: str = "task") -> str:
@@ -192,10 +189,10 @@ class Dispatcher:
         """Where a PENDING job stands: its place in its model's line and what must load."""
         queued = await self.store.queued(job["model"])
         place = queued.index(job["id"]) + 1 if job["id"] in queued else None
-        resident = await self._resident()
+        residents = await self._residents()
         return {
             "position": place,
-            "load_first": None if resident == job["model"] else job["model"],
+            "load_first": None if job["model"] in residents else job["model"],
         }
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
@@ -216,11 +213,11 @@ class Dispatcher:
 
     # -- the workers ------------------------------------------------------------
 
-    async def _resident(self) -> str | None:
+    async def _residents(self) -> set[str]:
         try:
-            return resident_of(await self.ctx.manager.models())
+            return residents_of(await self.ctx.manager.models())
         except ProxyError:
-            return None
+            return set()
 
     async def _choose(self) -> str | None:
         # The queues first (a local read): an idle proxy does not ask the manager anything.
@@ -234,10 +231,10 @@ class Dispatcher:
         queued = await self.store.queue_sizes(self._known_models)
         if not queued:
             return None
-        resident = resident_of(models)
+        residents = residents_of(models)
         oldest: dict[str, float] = {}
         for model in queued:
-            if model != resident and model != self._last_model:
+            if model not in residents and model != self._last_model:
                 head_id = await self.store.head(model)
                 head = await self.store.get_job(head_id) if head_id else None
                 oldest[model] = head["created_at"] if head else float("inf")
@@ -246,7 +243,7 @@ class Dispatcher:
             running[model] = running.get(model, 0) + 1
         return pick_model(
             queued,
-            resident=resident,
+            residents=residents,
             interactive_waiting=self.ctx.interactive_waiting,
             last=self._last_model,
             running=running,

@@ -7,9 +7,11 @@ from the swap planner's point of view (docs/jobs.md, "Order"):
    for model B, no job for any other model starts (jobs already running finish): the
    manager then sees A's leases drain and swaps to B without jobs competing. Jobs
    for B itself may run, they ride on the same swap.
-2. While this proxy runs jobs for model M, only M's jobs start: a job for another
-   model would queue at the manager behind them and force a swap back and forth.
-3. Jobs for the resident model (ready or starting) go first: no swap.
+2. While this proxy runs jobs for model M, only M's jobs start, and those of other
+   resident models (they run beside M with no swap): a job for a model that is not
+   resident would queue at the manager behind them and force a swap back and forth.
+3. Jobs for a resident model (ready or starting; several may fit the GPU together)
+   go first: no swap.
 4. Otherwise keep draining the model the workers drained last while it has jobs
    (grouped by model: 200 jobs over two models cost one or two swaps, not a hundred).
 5. Otherwise the model whose oldest queued job is oldest (FIFO across models, the
@@ -18,13 +20,13 @@ from the swap planner's point of view (docs/jobs.md, "Order"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 
 def pick_model(
     queued: Mapping[str, int],
     *,
-    resident: str | None,
+    residents: Collection[str],
     interactive_waiting: Mapping[str, int],
     last: str | None,
     running: Mapping[str, int] | None = None,
@@ -32,8 +34,8 @@ def pick_model(
 ) -> str | None:
     """The model whose queue a free worker should take its next job from, or None (wait).
 
-    `queued`: jobs waiting per model; `resident`: the model that holds the GPU (or is
-    starting), None if none; `interactive_waiting`: interactive requests of this proxy
+    `queued`: jobs waiting per model; `residents`: the models that hold the GPU (or are
+    starting); `interactive_waiting`: interactive requests of this proxy
     waiting for a lease, per model; `last`: the model the workers drained last;
     `running`: jobs this proxy runs now, per model; `oldest`: per model, the creation time of its oldest queued job (for rule 4).
     """
@@ -45,16 +47,18 @@ def pick_model(
         usable = have & wanted
         if not usable:
             return None
-        if resident in usable:
-            return resident
+        loaded = usable & set(residents)
+        if loaded:
+            return min(loaded)
         have = usable
     else:
         busy = {m for m, n in (running or {}).items() if n > 0}
         if busy:
-            usable = have & busy
+            usable = have & busy or have & set(residents)
             return min(usable) if usable else None
-    if resident in have:
-        return resident
+    loaded = have & set(residents)
+    if loaded:
+        return last if last in loaded else min(loaded)
     if last in have:
         return last
     ages = oldest or {}

@@ -11,42 +11,62 @@ from proxy.jobs.store import JobStore, StoreInUse
 
 
 def test_resident_model_goes_first() -> None:
-    assert pick_model({"a": 3, "b": 9}, resident="a", interactive_waiting={}, last="b") == "a"
+    assert pick_model({"a": 3, "b": 9}, residents={"a"}, interactive_waiting={}, last="b") == "a"
 
 
 def test_grouped_by_model_keeps_draining_the_last_one() -> None:
-    assert pick_model({"a": 3, "b": 9}, resident=None, interactive_waiting={}, last="b") == "b"
+    assert pick_model({"a": 3, "b": 9}, residents=(), interactive_waiting={}, last="b") == "b"
 
 
 def test_oldest_job_decides_when_nothing_else_does() -> None:
     picked = pick_model(
-        {"a": 1, "b": 1}, resident="c", interactive_waiting={}, last=None, oldest={"a": 5, "b": 2}
+        {"a": 1, "b": 1},
+        residents={"c"},
+        interactive_waiting={},
+        last=None,
+        oldest={"a": 5, "b": 2},
     )
     assert picked == "b"
 
 
 def test_running_jobs_hold_other_models_back() -> None:
     assert (
-        pick_model({"b": 4}, resident="a", interactive_waiting={}, last="a", running={"a": 2})
+        pick_model({"b": 4}, residents={"a"}, interactive_waiting={}, last="a", running={"a": 2})
         is None
     )
     assert (
         pick_model(
-            {"a": 1, "b": 4}, resident="b", interactive_waiting={}, last="b", running={"a": 1}
+            {"a": 1, "b": 4}, residents={"b"}, interactive_waiting={}, last="b", running={"a": 1}
         )
         == "a"
     )
 
 
+def test_jobs_of_models_resident_together_run_side_by_side() -> None:
+    # a and b both fit the GPU: while a's jobs run, b's may start (no swap), c's may not.
+    both = {"a", "b"}
+    assert (
+        pick_model({"b": 4}, residents=both, interactive_waiting={}, last="a", running={"a": 2})
+        == "b"
+    )
+    assert (
+        pick_model({"c": 4}, residents=both, interactive_waiting={}, last="a", running={"a": 2})
+        is None
+    )
+    assert pick_model({"b": 1, "c": 9}, residents=both, interactive_waiting={}, last="c") == "b"
+
+
 def test_interactive_requests_for_another_model_stop_jobs() -> None:
     # Someone waits for b while a is resident: no new job for a, b's jobs may ride the swap.
-    assert pick_model({"a": 5}, resident="a", interactive_waiting={"b": 1}, last="a") is None
-    assert pick_model({"a": 5, "b": 1}, resident="a", interactive_waiting={"b": 1}, last="a") == "b"
-    assert pick_model({"a": 5}, resident="a", interactive_waiting={"a": 2}, last=None) == "a"
+    assert pick_model({"a": 5}, residents={"a"}, interactive_waiting={"b": 1}, last="a") is None
+    assert (
+        pick_model({"a": 5, "b": 1}, residents={"a"}, interactive_waiting={"b": 1}, last="a") == "b"
+    )
+    assert pick_model({"a": 5}, residents={"a"}, interactive_waiting={"a": 2}, last=None) == "a"
 
 
 def test_nothing_queued_means_wait() -> None:
-    assert pick_model({"a": 0}, resident="a", interactive_waiting={}, last=None) is None
+    assert pick_model({"a": 0}, residents={"a"}, interactive_waiting={}, last=None) is None
 
 
 def test_store_queues_claims_events_and_reopen(tmp_path) -> None:
