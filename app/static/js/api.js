@@ -21,6 +21,9 @@ import { SseParser } from "./sse.js";
  * @property {string[]} [sizes]
  * @property {number} [max_n]
  * @property {string | null} [last_error]
+ * @property {number | null} [gpu_memory_mib]  GPU memory it declares (models.json)
+ * @property {number | null} [observed_gpu_memory_mib]  GPU memory it was seen to take
+ * @property {boolean} [pinned]
  */
 
 /**

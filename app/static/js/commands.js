@@ -134,6 +134,10 @@ async function listModels(t) {
     const about = [
       m.description ?? "",
       m.type === "image" && m.sizes?.length ? `sizes ${m.sizes.join(" ")}` : "",
+      m.gpu_memory_mib != null
+        ? `GPU ${m.gpu_memory_mib} MiB${m.observed_gpu_memory_mib != null ? ` (seen ${m.observed_gpu_memory_mib})` : ""}`
+        : "",
+      m.pinned ? "pinned" : "",
       m.state === "failed" && m.last_error ? m.last_error : "",
     ].filter(Boolean);
     body.appendChild(

@@ -116,7 +116,7 @@ def test_models_lists_types_and_states_and_model_switches(ui: Ui, stack: Stack) 
         ["*", "chat", "text", "ready", re.compile("echoes")]
     )
     expect(table.locator("tr[data-model=paint] td")).to_have_text(
-        ["", "paint", "image", "stopped", re.compile(r"sizes 64x64 128x128")]
+        ["", "paint", "image", "stopped", re.compile(r"sizes 64x64 128x128 · GPU 2048 MiB")]
     )
     expect(table.locator("tr[data-model=slow] td").nth(2)).to_have_text("text")
     ui.shot("models")

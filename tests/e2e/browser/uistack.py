@@ -123,6 +123,7 @@ def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
             sizes=["64x64", "128x128"],
             max_n=2,
             steps=2,
+            gpu_memory_mib=2048,
             description="Fake image model (solid colours).",
         ),
     }
