@@ -108,3 +108,48 @@ async def test_a_failing_reader_gives_up_instead_of_blocking_swaps(
     with caplog.at_level(logging.WARNING, logger="manager.gpu"):
         await gpu.wait_gpu_memory_released(30, reader=broken)
     assert "GPU is lost" in caplog.text
+
+
+def fake_nvml(monkeypatch: pytest.MonkeyPatch, used_mib: int, total_mib: int) -> None:
+    mib = 1024 * 1024
+    info = types.SimpleNamespace(used=used_mib * mib, total=total_mib * mib)
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda h: info,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+async def test_the_card_total_and_used_memory_come_from_nvml(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_nvml(monkeypatch, used_mib=3000, total_mib=24564)
+    assert gpu.card_total_mib() == 24564
+    assert await gpu.used_mib() == 3000
+
+
+async def test_without_nvml_there_is_no_total_and_no_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert gpu.card_total_mib() is None
+    assert await gpu.used_mib() is None
+
+
+async def test_a_declared_start_waits_until_its_memory_is_free() -> None:
+    """24000 MiB card, a resident holds 10000: a 9000 MiB model may start beside it once
+    the stopped one's memory is back."""
+    reader = Readings([20000], [17000], [10000])
+    await gpu.wait_gpu_memory_released(
+        30, reader=reader, interval=0.01, need_mib=9000, total_mib=24000
+    )
+    assert reader.calls == 3
+
+
+async def test_a_declared_start_without_room_fails_naming_what_is_free() -> None:
+    with pytest.raises(GpuMemoryNotReleased, match="4000 MiB free .* less than the 9000 MiB"):
+        await gpu.wait_gpu_memory_released(
+            0.05, reader=Readings([20000]), interval=0.01, need_mib=9000, total_mib=24000
+        )
