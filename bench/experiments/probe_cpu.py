@@ -68,7 +68,7 @@ def _pids(name: str) -> list[int]:
     return found
 
 
-async def measure(load_seconds: float) -> dict[str, Any]:
+async def measure(load_seconds: float, image: str = IMAGE) -> dict[str, Any]:
     settings = ManagerSettings(
         manager_token="probe-cpu-Zq8vLm3Kp9Xw2Rt7", hf_cache="/tmp", model_host="127.0.0.1"
     )
@@ -77,7 +77,7 @@ async def measure(load_seconds: float) -> dict[str, Any]:
         type="text",
         container=CONTAINER,
         port=PORT,
-        image=IMAGE,
+        image=image,
         model="fake/probe-cpu",
         gpu=False,
         start_timeout=load_seconds + 60,
@@ -109,6 +109,7 @@ async def measure(load_seconds: float) -> dict[str, Any]:
         await runtime.aclose()
     return {
         "load_seconds": load_seconds,
+        "image": image,
         "wall_s": wall,
         "looks": probe.looks,
         "full_checks": probe.checks,
@@ -126,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--load-seconds", type=float, default=60.0)
     p.add_argument("--output", default="probe_cpu")
+    p.add_argument("--image", default=IMAGE, help="the model image (it must exist)")
     args = p.parse_args(argv)
-    result = asyncio.run(measure(args.load_seconds))
+    result = asyncio.run(measure(args.load_seconds, args.image))
     result["command"] = command_line("bench.experiments.probe_cpu", argv)
     path = write_json(args.output, result)
     print(
