@@ -222,7 +222,7 @@ def _streaming_section(st: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
-def _swap_section(sw: dict) -> tuple[str, list[str]]:
+def _swap_section(sw: dict, before: dict | None = None) -> tuple[str, list[str]]:
     s = sw["summary"]
     out = ["## Swap overhead (real Docker engine)\n"]
     out.append(
@@ -241,12 +241,41 @@ def _swap_section(sw: dict) -> tuple[str, list[str]]:
         "readiness_detection_ms": "readiness detection (B listening to manager's ready)",
         "lease_and_forward_ms": "lease grant, forward and answer",
     }
-    rows = [
-        [label, fmt(s.get(f"{k}_median"), 1), fmt(s.get(f"{k}_max"), 1)]
-        for k, label in names.items()
-    ]
-    out.append("\n" + table(["phase", "median ms", "max ms"], rows))
-    out.append(f"\n{s['swaps']} swaps, {s['failed']} failed.")
+    if before is None:
+        rows = [
+            [label, fmt(s.get(f"{k}_median"), 1), fmt(s.get(f"{k}_max"), 1)]
+            for k, label in names.items()
+        ]
+        out.append("\n" + table(["phase", "median ms", "max ms"], rows))
+        out.append(f"\n{s['swaps']} swaps, {s['failed']} failed.")
+    else:
+        b = before["summary"]
+        out.append(
+            f"\n*before*: `{before.get('command', '')}` at the revision before the swap work "
+            f"(load average {_load(before)} at its start); *after*: this revision (load average "
+            f"{_load(sw)}). Both against the same image, run one after the other on a shared machine."
+        )
+        rows = [
+            [
+                label,
+                fmt(b.get(f"{k}_median"), 1),
+                fmt(s.get(f"{k}_median"), 1),
+                fmt(b.get(f"{k}_max"), 1),
+                fmt(s.get(f"{k}_max"), 1),
+            ]
+            for k, label in names.items()
+        ]
+        out.append(
+            "\n"
+            + table(
+                ["phase", "before median ms", "after median ms", "before max ms", "after max ms"],
+                rows,
+            )
+        )
+        out.append(
+            f"\nbefore: {b['swaps']} swaps, {b['failed']} failed; after: {s['swaps']} swaps, "
+            f"{s['failed']} failed."
+        )
     findings = []
     over, det = s.get("overhead_ms_median"), s.get("readiness_detection_ms_median")
     if over and det is not None:
@@ -256,14 +285,24 @@ def _swap_section(sw: dict) -> tuple[str, list[str]]:
             f"{fmt(s.get('stopping_old_ms_median'), 0)} ms, starting the new container "
             f"{fmt(s.get('starting_new_ms_median'), 0)} ms."
         )
+        if before is not None and before["summary"].get("overhead_ms_median"):
+            b = before["summary"]
+            findings.append(
+                f"Swap work: overhead {fmt(b['overhead_ms_median'], 0)} -> {fmt(over, 0)} ms (median); "
+                f"readiness detection {fmt(b.get('readiness_detection_ms_median'), 0)} -> {fmt(det, 0)} ms."
+            )
         if det > 0.3 * over:
             findings.append(
-                "Hot spot in swaps: the readiness probe's poll interval grows while the model loads, so a "
-                "server that is ready waits on average half an interval (up to a whole one) before the manager "
-                "notices. A flat short interval (a refused connection costs well under a millisecond) would cut "
-                "most of it."
+                "Hot spot in swaps: readiness detection is a large share of the overhead; the probe "
+                "looks every 20 ms, so the rest is the manager's own latency (CPU contention, the "
+                "runtime's inspect after ready)."
             )
     return "\n".join(out), findings
+
+
+def _load(result: dict) -> str:
+    loads = (result.get("machine") or {}).get("loadavg_at_start")
+    return ", ".join(fmt(x, 2) for x in loads) if loads else "unknown"
 
 
 def _storm_section(sm: dict) -> tuple[str, list[str]]:
@@ -473,7 +512,17 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
 
 
 def render() -> str:
-    names = ["latency", "streaming", "swap", "storm", "jobs", "memory", "faults", "faults-before"]
+    names = [
+        "latency",
+        "streaming",
+        "swap",
+        "swap-before",
+        "storm",
+        "jobs",
+        "memory",
+        "faults",
+        "faults-before",
+    ]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
     if not results:
@@ -527,7 +576,11 @@ def render() -> str:
     ]
     for name, fn in sections:
         if name in results:
-            text, found = fn(results[name])
+            text, found = (
+                _swap_section(results[name], results.get("swap-before"))
+                if name == "swap"
+                else fn(results[name])
+            )
             parts += [text, ""]
             findings += found
         else:

@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--settle", type=float, default=1.0, help="seconds of rest between swaps")
     p.add_argument("--output", default="swap")
+    p.add_argument(
+        "--image",
+        default=IMAGE,
+        help="the model image (default: the test image, built when missing; another tag "
+        "must exist, e.g. one built privately so that a shared machine's rebuilds of the "
+        "test image do not change it between runs)",
+    )
     stack.add_env_option(p)
     return p.parse_args(argv)
 
@@ -185,7 +192,8 @@ PHASES = (
 
 
 def measure(args: argparse.Namespace) -> dict:
-    ensure_image()
+    if args.image == IMAGE:
+        ensure_image()
     result: dict = {
         "benchmark": "swap",
         "machine": procstat.machine(),
@@ -193,7 +201,7 @@ def measure(args: argparse.Namespace) -> dict:
             "env": stack.parse_env(args.env),
             "swaps": args.swaps,
             "load_seconds": args.load_seconds,
-            "image": IMAGE,
+            "image": args.image,
             "runtime": "docker",
         },
         "swaps": [],
@@ -201,7 +209,7 @@ def measure(args: argparse.Namespace) -> dict:
     with stack.Stack("swap", extra_env=stack.parse_env(args.env)) as st:
         env = {"FAKEVLLM_LOAD_SECONDS": str(args.load_seconds)}
         models = {
-            name: stack.text_model(name, BASE_PORT + i, None, image=IMAGE, env=env)
+            name: stack.text_model(name, BASE_PORT + i, None, image=args.image, env=env)
             for i, name in enumerate(MODELS)
         }
         st.write_models(models)

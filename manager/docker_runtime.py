@@ -18,6 +18,13 @@ stream (`die` events of this manager's containers, by label) and calls
 `callback(model)` on the event loop at once; a broken stream is reopened after a
 second. There is no registry to lose: a container carries its labels from creation
 on, so `list_owned` finds one that a killed manager created but never used.
+
+Swaps: `prepare(name, spec)` creates the incoming model's container (pulling its
+image if needed) while the outgoing one still stops, so `start` only starts it; the
+search for the model's containers under old names runs once per model and container
+name, not on every start. Where a swap's time goes on the engine (its stop call, the
+container's start) is measured by `python -m bench.swap` (docs/architecture.md,
+"Swaps").
 """
 
 from __future__ import annotations
@@ -174,6 +181,8 @@ class DockerRuntime:
         self._watcher: threading.Thread | None = None
         self._closing = False
         self._events: Any = None
+        self._scanned: set[tuple[str, str]] = set()
+        """(model, container name) pairs whose stale containers under old names are removed."""
 
     # ---- exits ----------------------------------------------------------------------------------
     def watch_exits(self, callback: Callable[[str], None]) -> None:
@@ -328,41 +337,71 @@ class DockerRuntime:
         """Create (or reuse) and start the container; returns once it is started, not ready.
 
         Reuses a managed container of the same name, model and spec hash (starting it
-        if stopped; it keeps its upstream key); removes and recreates one that differs
-        (a created container gets a new upstream key). Pulls the image if it is
-        not present (which may take long). Raises RuntimeFailure for a foreign
-        container of that name, an unavailable image, a busy port, or any engine error.
+        if stopped, e.g. one made by `prepare`; it keeps its upstream key); removes and
+        recreates one that differs (a created container gets a new upstream key). Pulls
+        the image if it is not present (which may take long). Raises RuntimeFailure for
+        a foreign container of that name, an unavailable image, a busy port, or any
+        engine error.
         """
         async with self._lock(name):
-            wanted = spec_hash(spec)
             existing = await self._get(spec.container)
-            if existing is not None:
-                if not self._is_managed(existing):
-                    raise self._foreign(spec.container)
-                labels = existing.labels or {}
-                if labels.get(LABEL_SPEC) == wanted and labels.get(LABEL_MODEL) == name:
-                    if existing.status != "running":
-                        log.info("starting existing container %s for %s", spec.container, name)
-                        await self._start_container(existing, spec)
-                    else:
-                        log.info("reusing running container %s for %s", spec.container, name)
-                    return
-                log.info(
-                    "container %s differs from the spec of %s (hash %s, want %s): recreating",
-                    spec.container,
-                    name,
-                    labels.get(LABEL_SPEC),
-                    wanted,
-                )
-                await self._remove(existing)
+            if existing is not None and self._matches(existing, name, spec):
+                if existing.status != "running":
+                    log.info("starting existing container %s for %s", spec.container, name)
+                    await self._start_container(existing, spec)
+                else:
+                    log.info("reusing running container %s for %s", spec.container, name)
+            else:
+                container = await self._make(name, spec, existing)
+                await self._start_container(container, spec)
+
+    async def prepare(self, name: str, spec: Spec) -> None:
+        """Create `name`'s container without starting it (pulling its image if needed), so
+        that a later `start` only starts it. Meant to run while the outgoing model stops:
+        a created container holds no port, GPU or memory.
+
+        Does nothing when a managed container of that name, model and spec already
+        exists (running or not); replaces one that differs unless it is running (then
+        `start` replaces it). Raises RuntimeFailure like `start` (foreign container,
+        unavailable image, engine error).
+        """
+        async with self._lock(name):
+            existing = await self._get(spec.container)
+            if existing is not None and (
+                self._matches(existing, name, spec) or existing.status == "running"
+            ):
+                return
+            await self._make(name, spec, existing)
+
+    def _matches(self, container: Any, name: str, spec: Spec) -> bool:
+        """Ours, of this model and spec. Raises RuntimeFailure for a foreign container."""
+        if not self._is_managed(container):
+            raise self._foreign(spec.container)
+        labels = container.labels or {}
+        return labels.get(LABEL_SPEC) == spec_hash(spec) and labels.get(LABEL_MODEL) == name
+
+    async def _make(self, name: str, spec: Spec, existing: Any | None) -> Any:
+        """Create the container, first removing `existing` (of that name, which differs) and
+        containers of the model under other names; returns it, not started."""
+        if existing is not None:
+            log.info(
+                "container %s differs from the spec of %s (hash %s, want %s): recreating",
+                spec.container,
+                name,
+                (existing.labels or {}).get(LABEL_SPEC),
+                spec_hash(spec),
+            )
+            await self._remove(existing)
+        if (name, spec.container) not in self._scanned:
             # A container of this model under an old name (models.json changed) would be a
-            # duplicate, and would likely hold the port: remove it.
+            # duplicate, and would likely hold the port: remove it. Once per model and name:
+            # only a changed models.json (a new container name) makes such a container.
             for stale in await self._owned(name):
                 if stale.name != spec.container:
                     log.info("removing %s, an old container of %s", stale.name, name)
                     await self._remove(stale)
-            container = await self._create(name, spec)
-            await self._start_container(container, spec)
+            self._scanned.add((name, spec.container))
+        return await self._create(name, spec)
 
     async def _create(self, name: str, spec: Spec) -> Any:
         client = await self._docker()

@@ -72,6 +72,8 @@ ENV_OWNER = "HOMELAB_SERVER_OWNER"
 ENV_MODEL = "HOMELAB_SERVER_MODEL"
 ENV_SPEC = "HOMELAB_SERVER_SPEC"
 _POLL = 0.05
+_GROUP_POLL = 0.005
+"""How often a stop looks at a server's process group once its leader has exited."""
 
 
 def _group_alive(pgid: int) -> bool:
@@ -399,16 +401,28 @@ class ProcessRuntime:
         pgid = record.pid  # start_new_session: the server leads its own group
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
             if await self._exited(name, record) and not _group_alive(pgid):
                 return
-            await asyncio.sleep(_POLL)
+            await self._exit_or(name, record, min(_POLL, left))
         log.warning("%s (pid %s) did not stop within %.1fs: killing", name, record.pid, grace)
         _signal_group(pgid, signal.SIGKILL)
         for _ in range(100):  # the kernel needs a moment to tear the group down
             if await self._exited(name, record) and not _group_alive(pgid):
                 return
             await asyncio.sleep(_POLL)
+
+    async def _exit_or(self, name: str, record: ProcessRecord, delay: float) -> None:
+        """Sleep `delay` seconds, or less: until our child leading `record` exits (its
+        reaper), then `_GROUP_POLL` for the rest of its group. A stop returns as soon as
+        the server is gone, not at the next 50 ms poll."""
+        child, reaper = self._children.get(name), self._reapers.get(name)
+        if child is not None and child.pid == record.pid and reaper is not None:
+            if not reaper.done():
+                await asyncio.wait({reaper}, timeout=delay)
+                return
+            delay = min(delay, _GROUP_POLL)
+        await asyncio.sleep(delay)
 
     async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
         """SIGTERM the server's process group, SIGKILL after `timeout` s; forget it. Absent is success."""

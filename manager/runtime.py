@@ -105,3 +105,21 @@ class ContainerRuntime(Protocol):
 
     def base_url(self, spec: Spec) -> str:
         """Where the manager reaches the server, e.g. 'http://127.0.0.1:8001'."""
+
+
+@runtime_checkable
+class PreparingRuntime(Protocol):
+    """An optional extension of `ContainerRuntime` (`DockerRuntime` has it; the process
+    runtime has nothing to prepare). A scheduler calls it through
+    `isinstance(runtime, PreparingRuntime)`."""
+
+    async def prepare(self, name: str, spec: Spec) -> None:
+        """Do ahead what `start(name, spec)` would do before launching the server (Docker:
+        pull the image if needed and create the container, not started), so that the
+        `start` that follows costs only the launch. Call it while the outgoing model
+        stops (or as soon as the incoming one is chosen); it takes no port, GPU or memory.
+
+        Idempotent; never touches a running server; never required (`start` does all of
+        it itself when nothing was prepared). Raises `RuntimeFailure` as `start` would for
+        the same reasons (foreign container, unavailable image, engine error).
+        """

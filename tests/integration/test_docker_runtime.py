@@ -19,7 +19,14 @@ import pytest
 from manager.docker_runtime import HF_CACHE_TARGET, DockerRuntime
 from manager.errors import RuntimeFailure, StartFailed
 from manager.health import HttpReadinessProbe
-from manager.runtime import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, ContainerRuntime, spec_hash
+from manager.runtime import (
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_SPEC,
+    ContainerRuntime,
+    PreparingRuntime,
+    spec_hash,
+)
 from manager.settings import ManagerSettings
 from tests.integration.conftest import (
     FAKE_IMAGE,
@@ -408,3 +415,85 @@ async def test_the_hf_token_reaches_the_container_and_spec_env_wins(docker_env, 
     assert env["HF_HOME"] == "/models"
     assert not any(key.startswith("HOMELAB_") for key in env)  # a text server gets no HOMELAB_*
     await runtime.stop(name, spec, timeout=1)
+
+
+async def test_prepare_creates_the_container_and_start_only_starts_it(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    name = model_name("prepare")
+    spec = text_spec("prepare", 18119)
+    await runtime.prepare(name, spec)
+    prepared = docker_env.containers.get(spec.container)
+    assert prepared.status == "created"
+    assert prepared.labels[LABEL_SPEC] == spec_hash(spec)
+    key = env_of(prepared)["VLLM_API_KEY"]
+    instance = await runtime.inspect(name, spec)
+    assert instance is not None and not instance.running and instance.exit_code is None
+
+    await runtime.prepare(name, spec)  # already prepared: nothing to do
+    assert docker_env.containers.get(spec.container).id == prepared.id
+    await runtime.start(name, spec)
+    started = docker_env.containers.get(spec.container)
+    assert started.id == prepared.id and started.status == "running"
+    await probe.wait_ready(name, spec, runtime)
+    assert (await upstream_auth(runtime, name, spec))["Authorization"] == f"Bearer {key}"
+
+    await runtime.prepare(name, spec.model_copy(update={"env": {"MARK": "new"}}))
+    assert docker_env.containers.get(spec.container).id == prepared.id, "a running one is kept"
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_prepare_replaces_a_stopped_container_whose_spec_changed(
+    runtime: DockerRuntime, docker_env
+) -> None:
+    name = model_name("reprepare")
+    old = text_spec("reprepare", 18120, env={"MARK": "old"})
+    new = text_spec("reprepare", 18120, env={"MARK": "new"})
+    await runtime.prepare(name, old)
+    old_id = docker_env.containers.get(old.container).id
+    await runtime.prepare(name, new)
+    container = docker_env.containers.get(new.container)
+    assert container.id != old_id and env_of(container)["MARK"] == "new"
+    await runtime.stop(name, new, timeout=1)
+    assert await runtime.inspect(name, new) is None
+
+
+async def test_a_start_right_after_a_stop_of_the_same_model_gets_a_fresh_container(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    name = model_name("again")
+    spec = text_spec("again", 18121)
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    first = docker_env.containers.get(spec.container)
+    first_key = env_of(first)["VLLM_API_KEY"]
+    await runtime.stop(name, spec, timeout=5)
+    await runtime.start(name, spec)
+    container = docker_env.containers.get(spec.container)
+    assert container.id != first.id and container.status == "running"
+    assert env_of(container)["VLLM_API_KEY"] != first_key
+    await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_a_swap_with_prepare_starts_the_container_prepared_while_the_other_ran(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    outgoing, incoming = model_name("swap-out"), model_name("swap-in")
+    out_spec, in_spec = text_spec("swap-out", 18122), text_spec("swap-in", 18123)
+    await runtime.start(outgoing, out_spec)
+    await probe.wait_ready(outgoing, out_spec, runtime)
+    await runtime.prepare(incoming, in_spec)  # while the outgoing one still runs
+    prepared = docker_env.containers.get(in_spec.container).id
+    assert docker_env.containers.get(out_spec.container).status == "running"
+    await runtime.stop(outgoing, out_spec, timeout=5)
+    await runtime.start(incoming, in_spec)
+    assert await runtime.inspect(outgoing, out_spec) is None
+    started = docker_env.containers.get(in_spec.container)
+    assert started.id == prepared and started.status == "running"
+    await probe.wait_ready(incoming, in_spec, runtime)
+    await runtime.stop(incoming, in_spec, timeout=5)
+
+
+async def test_the_docker_runtime_can_prepare(runtime: DockerRuntime) -> None:
+    assert isinstance(runtime, PreparingRuntime)
