@@ -21,6 +21,13 @@ Where the time went, on one wall clock (all parts run on this machine):
 - "manager sees ready": the manager's ``state`` event (B -> ready).
 
 Overhead = total - B's own load. Writes bench/results/swap.json and .csv.
+
+    python -m bench.swap --fit --output swap-fit
+
+With ``--fit`` both models declare 10 MiB of a 20 MiB GPU budget (HOMELAB_GPU_BUDGET_MIB):
+B loads beside A, nothing is stopped, and each round asks B while only A is resident
+(B is stopped through the manager's API between rounds). Overhead is then what a start
+costs beyond B's own load when no swap is needed.
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--settle", type=float, default=1.0, help="seconds of rest between swaps")
     p.add_argument("--output", default="swap")
+    p.add_argument(
+        "--fit",
+        action="store_true",
+        help="both models fit a GPU budget: B loads beside A (nothing stops)",
+    )
     p.add_argument(
         "--image",
         default=IMAGE,
@@ -134,8 +146,10 @@ def _state_at(
 
 
 async def one_swap(
-    st: stack.Stack, follower: httpraw.EventFollower | None, old: str, new: str
+    st: stack.Stack, follower: httpraw.EventFollower | None, old: str, new: str, fit: bool = False
 ) -> dict:
+    """One request for `new` while `old` is resident, timed by phase. `fit`: `new` loads
+    beside `old` (nothing is stopped; "stopping A" is empty)."""
     body = json.dumps(
         {"model": new, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     ).encode()
@@ -158,7 +172,7 @@ async def one_swap(
         (e["at_ns"] for e in events if e["name"] == old_c and e["action"] in ("destroy",)),
         next((e["at_ns"] for e in events if e["name"] == old_c and e["action"] == "die"), None),
     )
-    t_old_stopped = _state_at(follower, old, "stopped", t_req) or old_gone
+    t_old_stopped = t_req if fit else _state_at(follower, old, "stopped", t_req) or old_gone
     t_new_ready_mgr = _state_at(follower, new, "ready", t_req)
     t_started, t_srv_ready = facts["started_ns"], facts["server_ready_ns"]
 
@@ -203,18 +217,21 @@ def measure(args: argparse.Namespace) -> dict:
             "load_seconds": args.load_seconds,
             "image": args.image,
             "runtime": "docker",
+            "fit": args.fit,
         },
         "swaps": [],
     }
     with stack.Stack("swap", extra_env=stack.parse_env(args.env)) as st:
         env = {"FAKEVLLM_LOAD_SECONDS": str(args.load_seconds)}
+        fit = {"gpu_memory_mib": 10} if args.fit else {}
         models = {
-            name: stack.text_model(name, BASE_PORT + i, None, image=args.image, env=env)
+            name: stack.text_model(name, BASE_PORT + i, None, image=args.image, env=env, **fit)
             for i, name in enumerate(MODELS)
         }
         st.write_models(models)
         stack._remove_containers(st.containers)  # leftovers of an interrupted run
-        st.start_manager(BASE_PORT + 2, "docker", st.workdir / "models.json")
+        budget = {"HOMELAB_GPU_BUDGET_MIB": "20"} if args.fit else None
+        st.start_manager(BASE_PORT + 2, "docker", st.workdir / "models.json", budget)
         st.ensure(MODELS[0])
         st.start_proxy(BASE_PORT + 3)
 
@@ -235,7 +252,19 @@ def measure(args: argparse.Namespace) -> dict:
                 for i in range(args.swaps):
                     await asyncio.sleep(args.settle)
                     new = MODELS[1] if current == MODELS[0] else MODELS[0]
-                    row = await one_swap(st, follower, current, new)
+                    if args.fit:  # always B beside A: take B down first
+                        current, new = MODELS[0], MODELS[1]
+                        await httpraw.request_once(
+                            stack.HOST,
+                            BASE_PORT + 2,
+                            "POST",
+                            f"/v1/models/{new}/stop",
+                            b"",
+                            st.manager_headers(),
+                            120,
+                        )
+                        await asyncio.sleep(args.settle)
+                    row = await one_swap(st, follower, current, new, args.fit)
                     row["index"] = i
                     result["swaps"].append(row)
                     print(

@@ -44,7 +44,7 @@ from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
-from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
+from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
@@ -431,6 +431,8 @@ class Scheduler:
         leases (granted before) count against the bound, and the proxies are told to stop
         sharing those leases (`wire.events.ContentionEvent`)."""
         was, self._blocked = self._blocked, blocked
+        if blocked is not None and blocked != was:
+            self._prepare(self._records[blocked])
         if blocked is None:
             if was is not None:
                 for rec in self._records.values():
@@ -449,6 +451,21 @@ class Scheduler:
                     told.append(rec.name)
         if told:
             self.events.publish(ContentionEvent(models=told, at=self._wall()))
+
+    def _prepare(self, rec: _Record) -> None:
+        """While residents make room for `rec`, let the runtime do ahead what its start
+        needs (Docker: create the container), so the start costs only the launch."""
+        if isinstance(self.runtime, PreparingRuntime):
+            self._spawn(self._run_prepare(rec), name=f"prepare {rec.name}")
+
+    async def _run_prepare(self, rec: _Record) -> None:
+        assert isinstance(self.runtime, PreparingRuntime)
+        try:
+            await self.runtime.prepare(rec.name, rec.spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # only an optimisation: the start does it all again
+            log.info("preparing %s failed (its start will do it): %s", rec.name, exc)
 
     def _grant(self, rec: _Record, count: int) -> None:
         """Grant `count` (<= room) waiters. Unless the model may have to make room for a

@@ -283,3 +283,30 @@ async def test_room_is_confirmed_from_the_gpu_and_footprints_are_learned(tmp_pat
     assert reopened.observed() == {"alpha": 10500, "pix": 7500}
     lines, over = report(parse_catalogue(data), reopened)
     assert over and any("alpha" in line and "OVER by 500" in line for line in lines)
+
+
+class PreparingFake(FakeRuntime):
+    """A runtime that can prepare a start ahead (`manager.runtime.PreparingRuntime`)."""
+
+    async def prepare(self, name: str, spec: object) -> None:
+        self.calls.append(("prepare", name))
+
+
+async def test_the_incoming_model_is_prepared_while_the_resident_drains() -> None:
+    runtime = PreparingFake()
+    sched = scheduler(FIT, None, runtime)
+    try:
+        held = await sched.acquire("alpha")
+        pix = asyncio.create_task(sched.acquire("pix"))
+        await until(lambda: ("prepare", "pix") in runtime.calls, "pix to be prepared")
+        assert ("stop", "alpha") not in runtime.calls  # alpha still has its lease
+        sched.release(held.lease_id)
+        assert (await pix).model == "pix"
+        assert runtime.calls == [
+            ("start", "alpha"),
+            ("prepare", "pix"),
+            ("stop", "alpha"),
+            ("start", "pix"),
+        ]
+    finally:
+        await sched.close()
