@@ -26,6 +26,9 @@ from manager.lease_store import LeaseStore, StoredLease
 from wire.lease import LeaseGrant
 from wire.models import ModelType
 
+UNBOUNDED_SPARE = 1 << 30
+"""What `LeaseTable.spare_uses` counts for an unbounded lease: more than any cap."""
+
 
 @dataclass
 class Lease:
@@ -58,9 +61,19 @@ class Lease:
 
     @property
     def max_uses(self) -> int:
-        """How many proxy requests may share this lease: `batch_bound` when no other model
-        had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
+        """How many proxy requests may share this lease in all: 0 (no limit) when no other
+        model had waiters at grant time, 1 under contention (docs/architecture.md, "Leases")."""
         return self.grant.max_uses
+
+    @property
+    def max_concurrent(self) -> int:
+        """How many proxy requests may share this lease at once."""
+        return self.grant.max_concurrent
+
+    @property
+    def unbounded(self) -> bool:
+        """Whether the proxy may admit any number of requests on it (`max_uses` 0)."""
+        return self.grant.max_uses == 0
 
     @property
     def api_key(self) -> str | None:
@@ -105,10 +118,14 @@ class LeaseTable:
         base_url: str,
         max_uses: int = 1,
         *,
+        max_concurrent: int | None = None,
         api_key: str | None = None,
     ) -> Lease:
         """A new lease on `model`, live until dropped or expired, carrying the model
-        server's upstream key `api_key`."""
+        server's upstream key `api_key`. `max_uses` 0: unbounded; `max_concurrent`
+        (default: `max_uses`, or 1 when unbounded) at least 1."""
+        if max_concurrent is None:
+            max_concurrent = max(1, max_uses)
         grant = LeaseGrant(
             lease_id=secrets.token_urlsafe(18),
             model=model,
@@ -116,6 +133,7 @@ class LeaseTable:
             base_url=base_url,
             ttl=self.ttl,
             max_uses=max_uses,
+            max_concurrent=max_concurrent,
             api_key=api_key,
         )
         lease = Lease(grant, expires_at=self._clock() + self.ttl)
@@ -156,14 +174,20 @@ class LeaseTable:
         return {model: len(ids) for model, ids in self._by_model.items() if ids}
 
     def uses(self, model: str) -> int:
-        """Proxy requests `model`'s live leases may admit in all (the sum of `max_uses`):
-        what its concurrency limit (`max_in_flight`) is counted against."""
-        return sum(self._leases[i].max_uses for i in self._by_model.get(model, ()))
+        """Proxy requests `model`'s live leases may hold at once, at most: what its
+        concurrency limit (`max_in_flight`) is counted against. A bounded lease counts its
+        `max_uses`, an unbounded one its `max_concurrent`."""
+        return sum(
+            lease.max_concurrent if lease.unbounded else lease.max_uses for lease in self.of(model)
+        )
 
     def spare_uses(self, model: str) -> int:
         """Proxy requests `model`'s live leases may still admit, at most (the manager does
-        not see the proxy's joins): the sum of `max_uses - 1`."""
-        return sum(self._leases[i].max_uses - 1 for i in self._by_model.get(model, ()))
+        not see the proxy's joins): the sum of `max_uses - 1`, with `UNBOUNDED_SPARE` for
+        an unbounded lease (callers cap the sum)."""
+        return sum(
+            UNBOUNDED_SPARE if lease.unbounded else lease.max_uses - 1 for lease in self.of(model)
+        )
 
     def of(self, model: str) -> list[Lease]:
         """`model`'s live leases."""
@@ -196,6 +220,7 @@ class LeaseTable:
                     base_url=lease.base_url,
                     ttl=lease.ttl,
                     max_uses=lease.max_uses,
+                    max_concurrent=lease.max_concurrent,
                     expires=wall + (lease.expires_at - now),
                 )
                 for lease in self._leases.values()
@@ -220,7 +245,8 @@ class LeaseTable:
                 type=model_type,
                 base_url=stored.base_url,
                 ttl=stored.ttl,
-                max_uses=max(1, int(stored.max_uses)),
+                max_uses=max(0, int(stored.max_uses)),
+                max_concurrent=max(1, int(stored.max_concurrent)),
             )
             lease = Lease(grant, expires_at=now + left)
             self._add(lease)
