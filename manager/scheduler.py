@@ -44,7 +44,7 @@ from manager.runtime import ContainerRuntime, Instance, Spec, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
-from wire.events import StateEvent, SwapEvent
+from wire.events import ContentionEvent, StateEvent, SwapEvent
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -286,9 +286,14 @@ class Scheduler:
     def waiting_count(self) -> int:
         return sum(len(rec.waiters) for rec in self._records.values())
 
-    def _new_lease(self, rec: _Record, max_uses: int = 1) -> Lease:
+    def _new_lease(self, rec: _Record, max_uses: int = 1, max_concurrent: int = 1) -> Lease:
         lease = self.leases.grant(
-            rec.name, rec.spec.type, self.base_url(rec.name), max_uses, api_key=rec.api_key
+            rec.name,
+            rec.spec.type,
+            self.base_url(rec.name),
+            max_uses,
+            max_concurrent=max_concurrent,
+            api_key=rec.api_key,
         )
         self._touch(rec)
         return lease
@@ -369,6 +374,9 @@ class Scheduler:
                 # leases (granted before anyone else waited) count against the bound.
                 self._contended = True
                 self._grants_since_contention = self._shareable_uses()
+                if self._resident is not None and self.leases.held(self._resident):
+                    # Proxies stop sharing its leases (and release idle ones at once).
+                    self.events.publish(ContentionEvent(models=[self._resident], at=self._wall()))
             decision = policy.decide(self._view())
             if decision.is_wait:
                 return
@@ -385,6 +393,11 @@ class Scheduler:
     def _others_waiting(self) -> bool:
         return any(rec.waiters for name, rec in self._records.items() if name != self._resident)
 
+    def contended(self, model: str) -> bool:
+        """Whether `model` is resident and other models have waiters (a renewal's
+        ``contended``: the proxy stops sharing the lease)."""
+        return self._resident == model and self._others_waiting()
+
     def _shareable_uses(self) -> int:
         """Uses the resident's leases in flight may still admit (at most `batch_bound`):
         an upper bound, since the manager does not see the proxy's joins."""
@@ -393,13 +406,16 @@ class Scheduler:
         return min(self.config.batch_bound, self.leases.spare_uses(self._resident))
 
     def _grant(self, rec: _Record, count: int) -> None:
-        """Grant `count` (<= room) waiters; each lease may admit at most the room left after
-        the rest of this batch got one use each."""
-        share = 1 if self._others_waiting() else self.config.batch_bound
+        """Grant `count` (<= room) waiters; each lease may hold at most the room left after
+        the rest of this batch got one use each at once. No other model waiting: unbounded
+        (`max_uses` 0) until contention; else 1 use."""
+        unbounded = not self._others_waiting()
+        share = self.config.batch_bound if unbounded else 1
         for i in range(count):
             room_left = self._room(rec) - (count - 1 - i)
+            width = max(1, min(share, room_left))
             waiter = rec.waiters.popleft()
-            waiter.future.set_result(self._new_lease(rec, max(1, min(share, room_left))))
+            waiter.future.set_result(self._new_lease(rec, 0 if unbounded else width, width))
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state

@@ -148,20 +148,34 @@ async def test_lease_lifecycle(api, sched):
     response = await api.post("/v1/leases", json={"model": "alpha", "extra": "ignored"})
     assert response.status_code == 200, response.text
     lease = response.json()
-    assert set(lease) == {"lease_id", "model", "type", "base_url", "ttl", "max_uses", "api_key"}
+    assert set(lease) == {
+        "lease_id",
+        "model",
+        "type",
+        "base_url",
+        "ttl",
+        "max_uses",
+        "max_concurrent",
+        "api_key",
+    }
     # The key the runtime made when it started the server (see FakeRuntime.start).
     assert lease["api_key"] == sched.runtime.instances["alpha"].api_key is not None
     assert (lease["model"], lease["type"], lease["base_url"], lease["max_uses"]) == (
         "alpha",
         "text",
         "http://127.0.0.1:18001",
-        sched.config.batch_bound,  # nobody else waits: the proxy may share it
+        0,  # nobody else waits: the proxy may share it until contention begins
     )
+    assert lease["max_concurrent"] == sched.config.batch_bound
     assert sched.model_status("alpha").in_flight == 1
 
     renewed = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
     assert renewed.status_code == 200
-    assert renewed.json() == {"lease_id": lease["lease_id"], "ttl": lease["ttl"]}
+    assert renewed.json() == {
+        "lease_id": lease["lease_id"],
+        "ttl": lease["ttl"],
+        "contended": False,
+    }
 
     gone = await api.delete(f"/v1/leases/{lease['lease_id']}")
     assert gone.status_code == 204
@@ -170,6 +184,20 @@ async def test_lease_lifecycle(api, sched):
     again = await api.delete(f"/v1/leases/{lease['lease_id']}")
     assert assert_envelope(again, 404, "lease_not_found")["param"] == "lease_id"
     assert_envelope(await api.post(f"/v1/leases/{lease['lease_id']}/renew"), 404, "lease_not_found")
+
+
+async def test_a_renewal_says_contended_while_another_model_waits(api, sched):
+    lease = (await api.post("/v1/leases", json={"model": "alpha"})).json()
+    beta = asyncio.create_task(sched.acquire("beta"))
+    for _ in range(200):
+        if sched.model_status("beta").waiting:
+            break
+        await asyncio.sleep(0.01)
+    renewed = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
+    assert renewed.status_code == 200
+    assert renewed.json()["contended"] is True
+    assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 204
+    sched.release((await asyncio.wait_for(beta, 5)).lease_id)
 
 
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
