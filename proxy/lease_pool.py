@@ -24,8 +24,8 @@ How a request gets its share (`LeasePool.acquire`):
   starts a new one. When the grant arrives its riders are admitted in arrival order
   while it has slots; the ones left over try again. A refused grant (429, 503, ...)
   fails all its riders with the manager's error. A grant request whose riders have
-  all gone (clients disconnected, or served meanwhile, see below) is cancelled, which
-  withdraws it from the manager's queue.
+  all gone (clients disconnected) is cancelled, which withdraws it from the manager's
+  queue.
 * When a request ends its share of an open lease and requests are waiting on a grant
   for that model, the slot goes straight to the oldest of them: a model whose room
   at the manager is spent (``max_in_flight``) keeps serving from the leases it holds
@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -172,9 +173,10 @@ class LeaseUse:
 class _Ask:
     """A grant request in flight and the requests waiting on it, oldest first."""
 
-    __slots__ = ("task", "riders", "epoch")
+    __slots__ = ("model", "task", "riders", "epoch")
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, model: str, epoch: int) -> None:
+        self.model = model
         self.task: asyncio.Task[None] | None = None
         self.riders: list[asyncio.Future[LeaseUse | None]] = []
         self.epoch = epoch
@@ -198,6 +200,10 @@ class LeasePool:
         """Per model: how many times the manager said contention began (`retire_model`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.granted: Counter[str] = Counter()
+        """Leases granted by the manager, per model, since start (for metrics)."""
+        self.released: Counter[str] = Counter()
+        """Leases released to the manager, per model, since start (for metrics)."""
 
     # -- requests ---------------------------------------------------------------
 
@@ -254,7 +260,7 @@ class LeasePool:
         for ask in self._asks.get(model, ()):
             if len(ask.riders) < room:
                 return ask
-        ask = _Ask(self._epoch.get(model, 0))
+        ask = _Ask(model, self._epoch.get(model, 0))
         self._asks.setdefault(model, []).append(ask)
         ask.task = self._spawn(self._run_ask(model, ask))
         return ask
@@ -268,12 +274,17 @@ class LeasePool:
                 use.end()
         if rider in ask.riders:
             ask.riders.remove(rider)
-        self._cancel_if_unwanted(ask)
-
-    @staticmethod
-    def _cancel_if_unwanted(ask: _Ask) -> None:
         if not any(not r.done() for r in ask.riders) and ask.task and not ask.task.done():
+            # Nobody may join it now: a task cancelled before it ran would never answer them.
+            self._unlist_ask(ask)
             ask.task.cancel()
+
+    def _unlist_ask(self, ask: _Ask) -> None:
+        asks = self._asks.get(ask.model, [])
+        if ask in asks:
+            asks.remove(ask)
+        if not asks:
+            self._asks.pop(ask.model, None)
 
     async def _run_ask(self, model: str, ask: _Ask) -> None:
         try:
@@ -285,11 +296,7 @@ class LeasePool:
             self._fail_riders(ask, exc)
             return
         finally:
-            asks = self._asks.get(model, [])
-            if ask in asks:
-                asks.remove(ask)
-            if not asks:
-                self._asks.pop(model, None)
+            self._unlist_ask(ask)
         self._settle(model, ask, lease)
 
     @staticmethod
@@ -302,6 +309,7 @@ class LeasePool:
         """A grant arrived: admit its riders in order while it has slots; keep it open for
         more unless it is spent or contention began while it was asked for."""
         now = asyncio.get_running_loop().time()
+        self.granted[model] += 1
         self._hint[model] = _capacity(lease)
         shared = _Shared(lease, now)
         self._live.add(shared)
@@ -339,7 +347,9 @@ class LeasePool:
 
     def _hand_over(self, shared: _Shared) -> bool:
         """Give `shared`'s freed slot to the oldest request waiting on a grant for its
-        model (the grant request is cancelled once nobody waits on it); whether one got it."""
+        model; whether one got it. The grant request goes on even when nobody waits on it
+        any more (cancelling it could leave a lease granted meanwhile held at the manager
+        until its ttl): its lease serves later requests or is released after the linger."""
         if self._closed or not shared.has_slot(asyncio.get_running_loop().time()):
             return False
         for ask in self._asks.get(shared.lease.model, ()):
@@ -347,7 +357,6 @@ class LeasePool:
                 if not rider.done():
                     ask.riders.remove(rider)
                     rider.set_result(self._join(shared))
-                    self._cancel_if_unwanted(ask)
                     return True
         return False
 
@@ -395,6 +404,7 @@ class LeasePool:
         self._unlist(shared)
         self._live.discard(shared)
         if not shared.lost:
+            self.released[shared.lease.model] += 1
             self._spawn(self._source.release(shared.lease.lease_id))
 
     # -- renewals ---------------------------------------------------------------
@@ -459,6 +469,8 @@ class LeasePool:
         self._closed = True
         for asks in list(self._asks.values()):
             for ask in asks:
+                # Failed here too: a task cancelled before it ran never reaches its handler.
+                self._fail_riders(ask, ManagerUnavailable("The proxy is shutting down", status=503))
                 if ask.task is not None:
                     ask.task.cancel()
         for shared in list(self._live):

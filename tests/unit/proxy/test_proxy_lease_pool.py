@@ -294,7 +294,9 @@ async def test_a_lease_holds_at_most_max_concurrent_requests_at_once() -> None:
             use.end()
 
 
-async def test_a_freed_slot_goes_to_a_request_waiting_for_a_grant() -> None:
+async def test_a_freed_slot_goes_to_a_waiting_request_and_the_grant_still_serves_later_ones() -> (
+    None
+):
     # The model's room at the manager is spent: the next grant would wait for a release
     # that never comes while the proxy keeps its lease busy.
     async with pooled(max_uses=0, max_concurrent=2) as p:
@@ -305,10 +307,16 @@ async def test_a_freed_slot_goes_to_a_request_waiting_for_a_grant() -> None:
         first[0].end()
         use = await asyncio.wait_for(third, 5)
         assert use.lease.lease_id == first[0].lease.lease_id
-        await eventually(lambda: p.manager.abandoned == 1, "the grant request withdrawn")
-        assert p.manager.granted == 1
-        first[1].end()
-        use.end()
+        assert p.manager.granted == 1 and p.client.leases.stats()["asks"] == 1
+        fourth = asyncio.create_task(p.client.acquire("chat-a"))  # rides on that grant
+        await asyncio.sleep(0.05)
+        assert not fourth.done()
+        p.manager.gate.set()
+        last = await asyncio.wait_for(fourth, 5)  # (it hung when the grant was cancelled)
+        assert last.lease.lease_id != use.lease.lease_id
+        assert p.manager.granted == 2 and p.manager.abandoned == 0
+        for done in (first[1], use, last):
+            done.end()
 
 
 async def test_retire_model_releases_an_idle_lease_at_once() -> None:
