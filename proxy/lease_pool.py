@@ -426,8 +426,8 @@ class LeasePool:
             renewal = await self._source.renew(lease.lease_id)
             ttl = renewal.ttl
             shared.expires_at = asyncio.get_running_loop().time() + ttl if ttl > 0 else float("inf")
-            if renewal.contended:
-                self._retire(shared)  # another model waits: drain and release
+            if renewal.contended:  # another model waits: as on a contention event
+                self.retire_model(lease.model)
         except ManagerRefused as exc:
             if exc.status == 404:
                 log.warning("lease %s for %s is gone at the manager", lease.lease_id, lease.model)
