@@ -3,8 +3,8 @@
 `ManagerClient` speaks to the manager over one shared `aiohttp.ClientSession`:
 the model list (cached for ``models_ttl`` seconds, one fetch at a time), leases
 (grant / renew / release), the manager's health, and its event stream. Requests
-get their lease through `acquire()`, which shares one manager lease among
-concurrent requests for a model (`proxy.lease_pool`).
+get their lease through `acquire()`, which shares manager leases among the requests
+for a model until the manager says another model waits (`proxy.lease_pool`).
 
 Errors: every method that talks to the manager raises `ManagerUnavailable` when
 it cannot be reached or answers something that is not its contract, and
