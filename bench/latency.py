@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 from bench import httpraw, procstat, stack, wrk
-from bench.common import command_line, fmt, median, percentile, ratio, table, write_csv, write_json
+from bench.common import (
+    command_line,
+    fmt,
+    median,
+    percentile,
+    ratio,
+    read_json,
+    table,
+    write_csv,
+    write_json,
+)
 
 BASE_PORT = 18600  # upstream 18600, manager 18602, proxy 18603
 MODEL = "bench-a"
@@ -79,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--leases-only",
         action="store_true",
         help="only time lease round trips against the manager (no wrk runs)",
+    )
+    p.add_argument(
+        "--merge",
+        default=None,
+        metavar="NAME,NAME",
+        help="measure nothing: merge earlier results (bench/results/NAME.json, e.g. runs of one "
+        "revision interleaved with runs of another on a noisy machine) into --output, the "
+        "summary taken over all their runs",
     )
     stack.add_env_option(p)
     return p.parse_args(argv)
@@ -259,6 +277,36 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def merge(names: list[str]) -> dict:
+    """One result from several runs of `bench.latency` (same settings): every run kept
+    (tagged with its file), the summary recomputed over all of them, each file's machine
+    (load average at start, commit) and lease round trip listed."""
+    parts = []
+    for name in names:
+        found = read_json(name)
+        if found is None:
+            raise SystemExit(f"bench/results/{name}.json not found")
+        parts.append(found)
+    first = parts[0]
+    runs = [
+        {**run, "source": name}
+        for name, part in zip(names, parts, strict=True)
+        for run in part["runs"]
+    ]
+    concurrencies = first["settings"]["concurrency"]
+    return {
+        **first,
+        "settings": {**first["settings"], "repeats": sum(p["settings"]["repeats"] for p in parts)},
+        "merged": [
+            {"name": n, "command": p.get("command"), "machine": p["machine"]}
+            for n, p in zip(names, parts, strict=True)
+        ],
+        "lease_roundtrips": [p.get("lease_roundtrip") for p in parts],
+        "runs": runs,
+        "summary": summarise(runs, concurrencies),
+    }
+
+
 def summarise(runs: list[dict], concurrencies: list[int]) -> list[dict]:
     """Median over repeats of each figure, per concurrency, both paths side by side."""
     out = []
@@ -350,8 +398,13 @@ def render(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = measure(args)
-    result["command"] = command_line("bench.latency", argv)
+    if args.merge:
+        result = merge([n.strip() for n in args.merge.split(",") if n.strip()])
+        first_command = result.get("command", "python -m bench.latency")
+        result["command"] = f"{first_command} (merged: {args.merge})"
+    else:
+        result = measure(args)
+        result["command"] = command_line("bench.latency", argv)
     path = write_json(args.output, result)
     csv_rows = []
     for r in result["runs"]:

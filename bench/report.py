@@ -15,6 +15,10 @@ import sys
 from bench.common import DOC, fmt, read_json, table
 
 TARGET_ADDED_P50_MS = 1.0
+TARGET_ADDED_P99_MS = 0.5
+"""Issue 16: added p99 at one client."""
+TARGET_GATEWAY_CPU_MS = 0.25
+"""Issue 16: proxy + manager CPU per request at one client."""
 
 
 def _machine_section(results: dict[str, dict]) -> str:
@@ -45,8 +49,84 @@ def _machine_section(results: dict[str, dict]) -> str:
     return f"{desc}\n\n{runs}"
 
 
+def _gateway_cpu(row: dict) -> float | None:
+    p = row.get("proxied") or {}
+    proxy_ms, mgr_ms = p.get("proxy_cpu_ms_per_req"), p.get("manager_cpu_ms_per_req")
+    return None if proxy_ms is None or mgr_ms is None else proxy_ms + mgr_ms
+
+
+def _latency_before_after(before: dict, after: dict) -> tuple[str, list[str]]:
+    """The latency figures of an earlier revision (latency-before.json) beside these."""
+    findings: list[str] = []
+    old = {r["concurrency"]: r for r in before["summary"] if "added_ms" in r}
+    new = {r["concurrency"]: r for r in after["summary"] if "added_ms" in r}
+    out = [
+        "\n### Before and after\n",
+        f"*before*: `{before.get('command', '')}` at commit "
+        f"{before['machine'].get('git_commit', '?')}; *after*: the figures above. "
+        "Each cell is before → after; other load is the median share of the CPU other "
+        "processes used during the proxied runs.",
+    ]
+    rows = []
+    for c in sorted(set(old) & set(new)):
+        o, n = old[c], new[c]
+
+        def pair(value_old: float | None, value_new: float | None, digits: int = 3) -> str:
+            return f"{fmt(value_old, digits)} → {fmt(value_new, digits)}"
+
+        rows.append(
+            [
+                c,
+                pair(o["added_ms"]["p50"], n["added_ms"]["p50"]),
+                pair(o["added_ms"]["p99"], n["added_ms"]["p99"]),
+                pair(
+                    o["proxied"].get("proxy_cpu_ms_per_req"),
+                    n["proxied"].get("proxy_cpu_ms_per_req"),
+                ),
+                pair(
+                    o["proxied"].get("manager_cpu_ms_per_req"),
+                    n["proxied"].get("manager_cpu_ms_per_req"),
+                ),
+                pair(_gateway_cpu(o), _gateway_cpu(n)),
+                f"{o['proxied']['rps']:.0f} → {n['proxied']['rps']:.0f}",
+                f"{o['proxied']['other_cpu_share'] * 100:.0f}% → "
+                f"{n['proxied']['other_cpu_share'] * 100:.0f}%",
+            ]
+        )
+    out.append(
+        "\n"
+        + table(
+            [
+                "clients",
+                "added p50 ms",
+                "added p99 ms",
+                "proxy CPU ms/req",
+                "manager CPU ms/req",
+                "proxy + manager CPU ms/req",
+                "proxied req/s",
+                "other load",
+            ],
+            rows,
+        )
+    )
+    if 1 in old and 1 in new:
+        n = new[1]
+        p99, cpu = n["added_ms"]["p99"], _gateway_cpu(n)
+        met = p99 < TARGET_ADDED_P99_MS and cpu is not None and cpu < TARGET_GATEWAY_CPU_MS
+        findings.append(
+            f"Leases without round trips (issue 16), 1 client: added p99 "
+            f"{fmt(old[1]['added_ms']['p99'], 3)} → {fmt(p99, 3)} ms (target under "
+            f"{TARGET_ADDED_P99_MS:g}), proxy + manager CPU {fmt(_gateway_cpu(old[1]), 3)} → "
+            f"{fmt(cpu, 3)} ms per request (target under {TARGET_GATEWAY_CPU_MS:g}): "
+            f"**{'met' if met else 'NOT met'}**."
+        )
+    return "\n".join(out), findings
+
+
 def _latency_section(
-    lat: dict, title: str = "Added latency (non-streaming chat completion)"
+    lat: dict,
+    title: str = "Added latency (non-streaming chat completion)",
+    before: dict | None = None,
 ) -> tuple[str, list[str]]:
     findings: list[str] = []
     s = lat["settings"]
@@ -101,6 +181,10 @@ def _latency_section(
             rows,
         )
     )
+    if before is not None:
+        text, found = _latency_before_after(before, lat)
+        out.append(text)
+        findings += found
     lr = lat.get("lease_roundtrip")
     if lr:
         out.append(
@@ -222,7 +306,9 @@ def _streaming_section(st: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
-def _swap_section(sw: dict, before: dict | None = None) -> tuple[str, list[str]]:
+def _swap_section(
+    sw: dict, before: dict | None = None, fit: dict | None = None
+) -> tuple[str, list[str]]:
     s = sw["summary"]
     out = ["## Swap overhead (real Docker engine)\n"]
     out.append(
@@ -276,6 +362,20 @@ def _swap_section(sw: dict, before: dict | None = None) -> tuple[str, list[str]]
             f"\nbefore: {b['swaps']} swaps, {b['failed']} failed; after: {s['swaps']} swaps, "
             f"{s['failed']} failed."
         )
+    if fit is not None:
+        f = fit["summary"]
+        out.append(
+            f"\n**Within a GPU budget** (`{fit.get('command', 'python -m bench.swap --fit')}`, load "
+            f"average {_load(fit)}): both models declare 10 MiB of a 20 MiB budget, so B loads beside "
+            "A and nothing is stopped; what a start costs beyond B's own load:\n"
+        )
+        fit_rows = [
+            [label, fmt(f.get(f"{k}_median"), 1), fmt(f.get(f"{k}_max"), 1)]
+            for k, label in names.items()
+            if k != "stopping_old_ms"
+        ]
+        out.append(table(["phase", "median ms", "max ms"], fit_rows))
+        out.append(f"\n{f['swaps']} starts, {f['failed']} failed.")
     findings = []
     over, det = s.get("overhead_ms_median"), s.get("readiness_detection_ms_median")
     if over and det is not None:
@@ -514,9 +614,11 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
 def render() -> str:
     names = [
         "latency",
+        "latency-before",
         "streaming",
         "swap",
         "swap-before",
+        "swap-fit",
         "storm",
         "jobs",
         "memory",
@@ -575,12 +677,18 @@ def render() -> str:
         ("memory", _memory_section),
     ]
     for name, fn in sections:
-        if name in results:
-            text, found = (
-                _swap_section(results[name], results.get("swap-before"))
-                if name == "swap"
-                else fn(results[name])
+        if name == "latency" and name in results:
+            text, found = _latency_section(results[name], before=results.get("latency-before"))
+            parts += [text, ""]
+            findings += found
+        elif name == "swap" and name in results:
+            text, found = _swap_section(
+                results[name], results.get("swap-before"), results.get("swap-fit")
             )
+            parts += [text, ""]
+            findings += found
+        elif name in results:
+            text, found = fn(results[name])
             parts += [text, ""]
             findings += found
         else:

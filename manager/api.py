@@ -170,7 +170,9 @@ async def create_lease(
 @router.post("/v1/leases/{lease_id}/renew", response_model=LeaseRenewal)
 async def renew_lease(lease_id: str, scheduler: SchedulerDep) -> LeaseRenewal:
     lease = scheduler.renew(lease_id)
-    return LeaseRenewal(lease_id=lease.lease_id, ttl=lease.ttl)
+    return LeaseRenewal(
+        lease_id=lease.lease_id, ttl=lease.ttl, contended=scheduler.contended(lease.model)
+    )
 
 
 @router.delete("/v1/leases/{lease_id}", status_code=204)

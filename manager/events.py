@@ -1,6 +1,7 @@
 """An in-process publish/subscribe bus for model state and swap events.
 
-The scheduler publishes the event types of `wire.events` (`StateEvent`, `SwapEvent`);
+The scheduler publishes the event types of `wire.events` (`StateEvent`, `SwapEvent`,
+`ContentionEvent`);
 `GET /v1/events` subscribers read. Publishing never
 blocks and never fails: each subscriber has a bounded queue, and a slow
 subscriber loses its *oldest* events (counted in `Subscription.dropped`).

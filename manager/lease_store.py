@@ -11,7 +11,8 @@ no new proxy contract; and it holds for every proxy, including one that has not
 noticed the restart yet (docs/architecture.md, "What survives what").
 
 Format: `{"leases": [{"lease_id", "model", "type", "base_url", "ttl", "max_uses",
-"max_concurrent", "expires": <Unix seconds>}]}`; written to a temporary file and renamed, so a reader
+"max_concurrent", "expires": <Unix seconds>}]}` (`max_uses` 0: unbounded; a file
+written before `max_concurrent` existed loads with 1); written to a temporary file and renamed, so a reader
 never sees half a file. An unreadable or malformed file is logged and ignored (the
 manager then starts with no leases, as before). Expiry is stored in wall-clock time
 and converted back to the scheduler's monotonic clock on load.
@@ -41,7 +42,7 @@ class StoredLease:
     expires: float
     """Unix seconds."""
     max_concurrent: int = 1
-    """Absent in files written before unbounded leases: 1."""
+    """Absent in files written before it existed: 1."""
 
 
 class LeaseStore:

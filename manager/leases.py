@@ -63,6 +63,16 @@ class Lease:
         return self.grant.max_uses
 
     @property
+    def max_concurrent(self) -> int:
+        """How many proxy requests may share it at once."""
+        return self.grant.max_concurrent
+
+    @property
+    def unbounded(self) -> bool:
+        """Shared without a limit on uses until contention (`max_uses` 0)."""
+        return self.grant.max_uses == 0
+
+    @property
     def api_key(self) -> str | None:
         """The model server's upstream key, which the proxy sends as `Authorization: Bearer`
         (None: the server takes requests without one)."""

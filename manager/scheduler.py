@@ -445,7 +445,7 @@ class Scheduler:
             if _resident(rec) and not rec.spec.pinned:
                 rec.granted_since_blocked = min(
                     self.config.batch_bound,
-                    self.leases.spare_uses(rec.name, unbounded=self.config.batch_bound - 1),
+                    self.leases.spare_uses(rec.name, unbounded=self.config.batch_bound),
                 )
                 if self.leases.held(rec.name):
                     told.append(rec.name)

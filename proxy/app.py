@@ -121,6 +121,7 @@ def create_app(
                 ),
             )
             app.state.ctx = ctx
+            metrics.watch_leases(manager.leases)
             store = await asyncio.to_thread(JobStore, settings.job_store_url())
             stack.callback(store.close)
             ctx.jobs = Dispatcher(

@@ -6,16 +6,33 @@ one connection to the manager's stream) for every frame. It counts
 list on every ``state``, ``swap`` or ``snapshot`` event, so /v1/models shows
 "loading" vs "ready" at once, and hands ``state`` and ``swap`` events to
 `ctx.feed` (proxy/feed.py: progress of waiting MCP calls, load-time history). Frames are parsed with the types the manager sends
-(`wire.events`).
+(`wire.events`). A ``contention`` event (another model waits for the memory of the
+models it names) retires the lease pool's leases on those models: nobody joins them
+any more and each is released once its requests end (proxy/lease_pool.py).
 """
 
 from __future__ import annotations
 
 from proxy.context import ProxyContext
-from wire.events import SNAPSHOT, STATE, SWAP, StateEvent, SwapEvent, parse_event
+from wire.events import (
+    CONTENTION,
+    SNAPSHOT,
+    STATE,
+    SWAP,
+    ContentionEvent,
+    StateEvent,
+    SwapEvent,
+    parse_event,
+)
 
 
 def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
+    if event == CONTENTION:
+        contention = parse_event(event, data)
+        if isinstance(contention, ContentionEvent):
+            for model in contention.models:
+                ctx.manager.leases.retire_model(model)
+        return
     if event in (STATE, SWAP):
         parsed = parse_event(event, data)
         if isinstance(parsed, SwapEvent):

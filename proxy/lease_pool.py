@@ -1,37 +1,61 @@
-"""The proxy's lease pool: one manager lease per model, shared by concurrent requests.
+"""The proxy's lease pool: manager leases per model, shared by concurrent requests.
 
 Asking the manager for a lease and releasing it costs two HTTP round trips per
-request; the pool makes that one pair per `max_uses` requests. The manager says in
-each lease how many proxy requests may share it (``max_uses``: its batch bound
-when no other model was waiting at grant time, 1 under contention), so its
-fairness between models still counts requests (docs/architecture.md, "Leases").
+request; the pool makes that one pair for as long as the manager lets a lease be
+shared. Each lease says how (`wire.lease.LeaseGrant`, docs/architecture.md, "Leases"):
+
+* ``max_uses``: how many proxy requests it may admit in all. 0 = no limit: no other
+  model waited at grant time, and the pool keeps sharing it until the manager says
+  contention began: a ``contention`` event naming the model (`retire_model`, called by
+  `proxy.events.handle_event`) or ``contended`` in a renewal's answer. Under
+  contention it is 1, so the manager's fairness between models still counts requests.
+* ``max_concurrent``: how many requests may hold it at once (the model's room at grant
+  time, at most the manager's batch bound).
 
 How a request gets its share (`LeasePool.acquire`):
 
-* It joins the model's *current* lease when that one is still open (not retired
-  by a failed renewal, a lost lease or a broken model server), not past its
-  expiry, and has admitted fewer than ``max_uses`` requests.
+* It joins the model's first *open* lease with a free slot: not retired (by
+  contention, a failed renewal, a lost lease or a broken model server), not past its
+  expiry, fewer than ``max_concurrent`` requests on it now and, when bounded, fewer
+  than ``max_uses`` admitted in all. A lease that is spent (expired, or every use
+  admitted) is retired on the way.
 * Otherwise it rides on a grant request already in flight for the model when that
-  one has room (fewer riders than the model's last ``max_uses``), or starts a new
-  one. When the grant arrives its riders are admitted in arrival order, up to
-  ``max_uses``; the ones left over try again. A refused grant (429, 503, ...) fails
-  all its riders with the manager's error. A grant request whose riders have all
-  gone (clients disconnected) is cancelled, which withdraws it from the manager's
+  one has room (fewer riders than the model's last grant could take at once), or
+  starts a new one. When the grant arrives its riders are admitted in arrival order
+  while it has slots; the ones left over try again. A refused grant (429, 503, ...)
+  fails all its riders with the manager's error. A grant request whose riders have
+  all gone (clients disconnected) is cancelled, which withdraws it from the manager's
   queue.
+* When a request ends its share of an open lease and requests are waiting on a grant
+  for that model, the slot goes straight to the oldest of them: a model whose room
+  at the manager is spent (``max_in_flight``) keeps serving from the leases it holds
+  instead of waiting for a release that would never come while they stay busy.
 * The request ends its share with `LeaseUse.end()` (or `discard()` when the model
   server could not be reached or broke off: nobody joins that lease any more).
-  When a lease's last share ends it is released to the manager, after
-  ``linger`` seconds without a new request when it is still the current,
-  open lease (0: at once); a lease that reached ``max_uses`` or was retired is
-  released as soon as it drains.
+  When a lease's last share ends it is released to the manager, after ``linger``
+  seconds without a new request when it is still open (0: at once); a spent or
+  retired lease is released as soon as it drains.
+
+An unbounded lease granted before contention began but answered after the pool heard
+of it (the grant and the event travel on different connections) admits the riders it
+came for and is retired at once, so contention is never missed that way.
+
+The linger (`HOMELAB_LEASE_LINGER`, default 0.5 s): an idle lease still counts as held
+at the manager, so while it lingers its model cannot be stopped (an explicit stop or
+its idle timeout waits) and, with several proxies, its slots are not free for the
+others. A swap does not wait for it: the contention event retires an idle lease at
+once. Only when that event is lost (the event stream reconnecting) does a swap wait,
+for at most the linger (or, for a lease kept busy, until its next renewal says
+``contended``). Half a second keeps all those delays small beside a model start and
+still spares the round trips of a client that sends its next request within it.
 
 Each live lease has one renewal timer (at half its ttl). A renewal refused with
 404 means the manager no longer knows the lease (expired): it is retired and not
 released; while the manager cannot be reached (restarting) the renewal is tried
-again every `RENEW_RETRY` seconds and the lease kept; any other renewal failure
-retires it (requests in flight go on, new ones get a fresh lease) and renewals go
-on. `close()` (proxy shutdown) fails the
-waiting riders, releases every lease and waits for the releases (bounded).
+again every `RENEW_RETRY` seconds and the lease kept; any other renewal failure, or
+an answer saying ``contended``, retires it (requests in flight go on, new ones get a
+fresh lease) and renewals go on. `close()` (proxy shutdown) fails the waiting riders,
+releases every lease and waits for the releases (bounded).
 
 Everything runs on one event loop; state changes happen between awaits, so no lock.
 """
@@ -40,11 +64,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
-from wire.lease import LeaseGrant
+from wire.lease import LeaseGrant, LeaseRenewal
 
 log = logging.getLogger("proxy.leases")
 
@@ -52,6 +77,8 @@ RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
 RENEW_RETRY = 2.0
 """Seconds between renewal attempts while the manager cannot be reached."""
+DEFAULT_LINGER = 0.5
+"""Seconds an idle open lease is kept for the next request (module docstring)."""
 
 
 class LeaseSource(Protocol):
@@ -60,9 +87,9 @@ class LeaseSource(Protocol):
     async def grant(self, model: str) -> LeaseGrant:
         """Block until a lease on `model` is granted; cancellable. Raises ProxyError."""
 
-    async def renew(self, lease_id: str) -> float:
-        """Extend a lease; its new ttl. Raises ManagerRefused (404: unknown lease) or
-        ManagerUnavailable."""
+    async def renew(self, lease_id: str) -> LeaseRenewal:
+        """Extend a lease: its new ttl, and whether another model waits (``contended``).
+        Raises ManagerRefused (404: unknown lease) or ManagerUnavailable."""
 
     async def release(self, lease_id: str) -> None:
         """Release a lease. Never raises."""
@@ -71,14 +98,24 @@ class LeaseSource(Protocol):
 class _Shared:
     """One manager lease and the requests sharing it."""
 
-    __slots__ = ("lease", "refs", "uses", "open", "lost", "done", "expires_at", "linger", "renewal")
+    __slots__ = (
+        "lease",
+        "refs",
+        "uses",
+        "open",
+        "lost",
+        "done",
+        "expires_at",
+        "linger",
+        "renewal",
+    )
 
     def __init__(self, lease: LeaseGrant, now: float) -> None:
         self.lease = lease
         self.refs = 0
-        """Requests holding a share now."""
+        """Requests holding a share now (never more than `lease.max_concurrent`)."""
         self.uses = 0
-        """Requests admitted in all (never more than `lease.max_uses`)."""
+        """Requests admitted in all (never more than `lease.max_uses` when that is not 0)."""
         self.open = True
         """False once retired: requests in flight go on, nobody joins."""
         self.lost = False
@@ -88,6 +125,26 @@ class _Shared:
         self.expires_at = now + lease.ttl if lease.ttl > 0 else float("inf")
         self.linger: asyncio.TimerHandle | None = None
         self.renewal: asyncio.TimerHandle | None = None
+
+    def spent(self, now: float) -> bool:
+        """Nobody may join it again: retired, released, expired or every use admitted."""
+        return (
+            not self.open
+            or self.done
+            or now >= self.expires_at
+            or (self.lease.max_uses > 0 and self.uses >= self.lease.max_uses)
+        )
+
+    def has_slot(self, now: float) -> bool:
+        """A request may join it now."""
+        return self.refs < self.lease.max_concurrent and not self.spent(now)
+
+
+def _capacity(lease: LeaseGrant) -> int:
+    """How many requests one grant of this kind can take at once."""
+    if lease.max_uses == 0:
+        return lease.max_concurrent
+    return max(1, min(lease.max_uses, lease.max_concurrent))
 
 
 class LeaseUse:
@@ -116,31 +173,43 @@ class LeaseUse:
 class _Ask:
     """A grant request in flight and the requests waiting on it, oldest first."""
 
-    __slots__ = ("task", "riders")
+    __slots__ = ("model", "task", "riders", "epoch")
 
-    def __init__(self) -> None:
+    def __init__(self, model: str, epoch: int) -> None:
+        self.model = model
         self.task: asyncio.Task[None] | None = None
         self.riders: list[asyncio.Future[LeaseUse | None]] = []
+        self.epoch = epoch
+        """The model's contention count when the ask was sent (`LeasePool.retire_model`)."""
 
 
 class LeasePool:
     """Shares manager leases among concurrent requests. Use on one event loop."""
 
-    def __init__(self, source: LeaseSource, *, linger: float = 0.05) -> None:
+    def __init__(self, source: LeaseSource, *, linger: float = DEFAULT_LINGER) -> None:
         self._source = source
         self.linger = linger
-        self._current: dict[str, _Shared] = {}
+        self._open: dict[str, list[_Shared]] = {}
+        """Per model: the leases requests may still join, oldest grant first."""
         self._live: set[_Shared] = set()
         self._asks: dict[str, list[_Ask]] = {}
         self._hint: dict[str, int] = {}
-        """Per model: `max_uses` of its last grant (how many riders one ask may carry)."""
+        """Per model: how many requests its last grant could take at once (how many riders
+        one ask may carry)."""
+        self._epoch: dict[str, int] = {}
+        """Per model: how many times the manager said contention began (`retire_model`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.granted: Counter[str] = Counter()
+        """Leases granted by the manager, per model, since start (for metrics)."""
+        self.released: Counter[str] = Counter()
+        """Leases released to the manager, per model, since start (for metrics)."""
 
     # -- requests ---------------------------------------------------------------
 
     async def acquire(self, model: str) -> LeaseUse:
-        """A share of a lease on `model`: joined at once when possible, else after a grant.
+        """A share of a lease on `model`: joined at once when possible, else after a grant
+        (or a slot another request hands back meanwhile).
 
         Raises what the grant raises (ManagerRefused, ManagerUnavailable) and
         ManagerUnavailable (503) once the pool is closed. Cancellable: a cancelled
@@ -150,34 +219,53 @@ class LeasePool:
         while True:
             if self._closed:
                 raise ManagerUnavailable("The proxy is shutting down", status=503)
-            shared = self._current.get(model)
+            shared = self._find(model, loop.time())
             if shared is not None:
-                if self._joinable(shared, loop.time()):
-                    return self._join(shared)
-                self._retire(shared)
+                return self._join(shared)
             ask = self._ask_for(model)
             rider: asyncio.Future[LeaseUse | None] = loop.create_future()
             ask.riders.append(rider)
             try:
                 use = await rider
             except asyncio.CancelledError:
-                self._leave(model, ask, rider)
+                self._leave(ask, rider)
                 raise
             if use is not None:
                 return use
             # The grant had no room left for this request: try again.
+
+    def retire_model(self, model: str) -> None:
+        """Another model waits for `model`'s memory (the manager's ``contention`` event):
+        stop sharing `model`'s leases. Requests on them go on; nobody joins them; each
+        is released as soon as its requests end (an idle one at once). An unbounded grant
+        still in flight is retired when it arrives. Never blocks or raises."""
+        self._epoch[model] = self._epoch.get(model, 0) + 1
+        for shared in list(self._open.get(model, ())):
+            self._retire(shared)
+
+    def _find(self, model: str, now: float) -> _Shared | None:
+        """The model's first open lease with a free slot; spent ones are retired."""
+        leases = self._open.get(model)
+        if not leases:
+            return None
+        for shared in list(leases):
+            if shared.spent(now):
+                self._retire(shared)
+            elif shared.refs < shared.lease.max_concurrent:
+                return shared
+        return None
 
     def _ask_for(self, model: str) -> _Ask:
         room = self._hint.get(model, 1)
         for ask in self._asks.get(model, ()):
             if len(ask.riders) < room:
                 return ask
-        ask = _Ask()
+        ask = _Ask(model, self._epoch.get(model, 0))
         self._asks.setdefault(model, []).append(ask)
         ask.task = self._spawn(self._run_ask(model, ask))
         return ask
 
-    def _leave(self, model: str, ask: _Ask, rider: asyncio.Future[LeaseUse | None]) -> None:
+    def _leave(self, ask: _Ask, rider: asyncio.Future[LeaseUse | None]) -> None:
         """A rider was cancelled: hand back a share it got meanwhile; the last rider out
         cancels the grant request."""
         if rider.done() and not rider.cancelled() and rider.exception() is None:
@@ -187,7 +275,16 @@ class LeasePool:
         if rider in ask.riders:
             ask.riders.remove(rider)
         if not any(not r.done() for r in ask.riders) and ask.task and not ask.task.done():
+            # Nobody may join it now: a task cancelled before it ran would never answer them.
+            self._unlist_ask(ask)
             ask.task.cancel()
+
+    def _unlist_ask(self, ask: _Ask) -> None:
+        asks = self._asks.get(ask.model, [])
+        if ask in asks:
+            asks.remove(ask)
+        if not asks:
+            self._asks.pop(ask.model, None)
 
     async def _run_ask(self, model: str, ask: _Ask) -> None:
         try:
@@ -199,11 +296,7 @@ class LeasePool:
             self._fail_riders(ask, exc)
             return
         finally:
-            asks = self._asks.get(model, [])
-            if ask in asks:
-                asks.remove(ask)
-            if not asks:
-                self._asks.pop(model, None)
+            self._unlist_ask(ask)
         self._settle(model, ask, lease)
 
     @staticmethod
@@ -213,11 +306,12 @@ class LeasePool:
                 rider.set_exception(exc)
 
     def _settle(self, model: str, ask: _Ask, lease: LeaseGrant) -> None:
-        """A grant arrived: admit its riders in order, up to max_uses; make it current."""
-        loop = asyncio.get_running_loop()
-        max_uses = _uses(lease)
-        self._hint[model] = max_uses
-        shared = _Shared(lease, loop.time())
+        """A grant arrived: admit its riders in order while it has slots; keep it open for
+        more unless it is spent or contention began while it was asked for."""
+        now = asyncio.get_running_loop().time()
+        self.granted[model] += 1
+        self._hint[model] = _capacity(lease)
+        shared = _Shared(lease, now)
         self._live.add(shared)
         self._schedule_renewal(shared)
         if self._closed:
@@ -227,30 +321,14 @@ class LeasePool:
         for rider in ask.riders:
             if rider.done():
                 continue  # cancelled
-            rider.set_result(self._join(shared) if shared.uses < max_uses else None)
-        current = self._current.get(model)
-        if shared.uses >= max_uses:
+            rider.set_result(self._join(shared) if shared.has_slot(now) else None)
+        stale = lease.max_uses == 0 and ask.epoch != self._epoch.get(model, 0)
+        if stale or shared.spent(now):
             shared.open = False
-        elif (
-            current is None
-            or not self._joinable(current, loop.time())
-            or _uses(current.lease) - current.uses < max_uses - shared.uses
-        ):
-            if current is not None:
-                self._retire(current)
-            self._current[model] = shared
         else:
-            shared.open = False  # the current lease has more room: this one only drains
+            self._open.setdefault(model, []).append(shared)
         if shared.refs == 0:
             self._idle(shared)
-
-    def _joinable(self, shared: _Shared, now: float) -> bool:
-        return (
-            shared.open
-            and not shared.done
-            and shared.uses < _uses(shared.lease)
-            and now < shared.expires_at
-        )
 
     def _join(self, shared: _Shared) -> LeaseUse:
         if shared.linger is not None:
@@ -262,13 +340,30 @@ class LeasePool:
 
     def _drop(self, shared: _Shared) -> None:
         shared.refs -= 1
+        if self._asks.get(shared.lease.model) and self._hand_over(shared):
+            return
         if shared.refs == 0:
             self._idle(shared)
 
+    def _hand_over(self, shared: _Shared) -> bool:
+        """Give `shared`'s freed slot to the oldest request waiting on a grant for its
+        model; whether one got it. The grant request goes on even when nobody waits on it
+        any more (cancelling it could leave a lease granted meanwhile held at the manager
+        until its ttl): its lease serves later requests or is released after the linger."""
+        if self._closed or not shared.has_slot(asyncio.get_running_loop().time()):
+            return False
+        for ask in self._asks.get(shared.lease.model, ()):
+            for rider in ask.riders:
+                if not rider.done():
+                    ask.riders.remove(rider)
+                    rider.set_result(self._join(shared))
+                    return True
+        return False
+
     def _idle(self, shared: _Shared) -> None:
         """No request holds `shared`: linger while it may still be joined, else release."""
-        joinable = self._current.get(shared.lease.model) is shared and self._joinable(
-            shared, asyncio.get_running_loop().time()
+        joinable = shared in self._open.get(shared.lease.model, ()) and not shared.spent(
+            asyncio.get_running_loop().time()
         )
         if joinable and self.linger > 0 and not self._closed:
             shared.linger = asyncio.get_running_loop().call_later(
@@ -282,11 +377,17 @@ class LeasePool:
         if shared.refs == 0:
             self._finish(shared)
 
+    def _unlist(self, shared: _Shared) -> None:
+        leases = self._open.get(shared.lease.model)
+        if leases is not None and shared in leases:
+            leases.remove(shared)
+            if not leases:
+                del self._open[shared.lease.model]
+
     def _retire(self, shared: _Shared) -> None:
         """Nobody joins `shared` any more; released when its last request ends."""
         shared.open = False
-        if self._current.get(shared.lease.model) is shared:
-            del self._current[shared.lease.model]
+        self._unlist(shared)
         if shared.refs == 0:
             self._finish(shared)
 
@@ -300,10 +401,10 @@ class LeasePool:
             if timer is not None:
                 timer.cancel()
         shared.linger = shared.renewal = None
-        if self._current.get(shared.lease.model) is shared:
-            del self._current[shared.lease.model]
+        self._unlist(shared)
         self._live.discard(shared)
         if not shared.lost:
+            self.released[shared.lease.model] += 1
             self._spawn(self._source.release(shared.lease.lease_id))
 
     # -- renewals ---------------------------------------------------------------
@@ -322,8 +423,11 @@ class LeasePool:
         lease = shared.lease
         ttl = lease.ttl
         try:
-            ttl = await self._source.renew(lease.lease_id)
+            renewal = await self._source.renew(lease.lease_id)
+            ttl = renewal.ttl
             shared.expires_at = asyncio.get_running_loop().time() + ttl if ttl > 0 else float("inf")
+            if renewal.contended:  # another model waits: as on a contention event
+                self.retire_model(lease.model)
         except ManagerRefused as exc:
             if exc.status == 404:
                 log.warning("lease %s for %s is gone at the manager", lease.lease_id, lease.model)
@@ -365,15 +469,11 @@ class LeasePool:
         self._closed = True
         for asks in list(self._asks.values()):
             for ask in asks:
+                # Failed here too: a task cancelled before it ran never reaches its handler.
+                self._fail_riders(ask, ManagerUnavailable("The proxy is shutting down", status=503))
                 if ask.task is not None:
                     ask.task.cancel()
         for shared in list(self._live):
             self._finish(shared)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=RELEASE_WAIT)
-
-
-def _uses(lease: LeaseGrant) -> int:
-    """Requests the pool lets share `lease` in all; an unbounded lease (``max_uses`` 0)
-    is treated as `max_concurrent` uses for now."""
-    return lease.max_uses or lease.max_concurrent

@@ -3,8 +3,8 @@
 `ManagerClient` speaks to the manager over one shared `aiohttp.ClientSession`:
 the model list (cached for ``models_ttl`` seconds, one fetch at a time), leases
 (grant / renew / release), the manager's health, and its event stream. Requests
-get their lease through `acquire()`, which shares one manager lease among
-concurrent requests for a model (`proxy.lease_pool`).
+get their lease through `acquire()`, which shares manager leases among the requests
+for a model until the manager says another model waits (`proxy.lease_pool`).
 
 Errors: every method that talks to the manager raises `ManagerUnavailable` when
 it cannot be reached or answers something that is not its contract, and
@@ -44,7 +44,7 @@ from proxy.errors import (
     ProxyError,
     normalise_error_body,
 )
-from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.lease_pool import DEFAULT_LINGER, LeasePool, LeaseUse
 from wire.lease import LeaseGrant, LeaseRenewal
 from wire.models import ModelList, ModelStatus
 
@@ -70,7 +70,7 @@ class ManagerClient:
         *,
         models_ttl: float = 2.0,
         connect_timeout: float = 10.0,
-        lease_linger: float = 0.05,
+        lease_linger: float = DEFAULT_LINGER,
         outage_window: float = 30.0,
         lease_read_timeout: float = 960.0,
         events_read_timeout: float = 60.0,
@@ -250,10 +250,11 @@ class ManagerClient:
         )
         return self._parse(LeaseGrant, raw, "POST /v1/leases")
 
-    async def renew(self, lease_id: str) -> float:
-        """Extend a lease; returns its new ttl in seconds."""
+    async def renew(self, lease_id: str) -> LeaseRenewal:
+        """Extend a lease: its new ttl in seconds, and whether another model waits for its
+        model's memory (``contended``: stop sharing it)."""
         _, raw = await self._call("POST", f"/v1/leases/{lease_id}/renew", b"{}")
-        return self._parse(LeaseRenewal, raw, "lease renew").ttl
+        return self._parse(LeaseRenewal, raw, "lease renew")
 
     async def release(self, lease_id: str) -> None:
         """Release a lease. Never raises (an expired lease is already free). While the manager

@@ -2,14 +2,24 @@
 
 ``homelab_proxy_requests_total{endpoint,model,status}``, ``..._request_seconds{endpoint}``
 (until the last byte), ``..._queue_wait_seconds{model}`` (lease acquire: queueing
-plus any swap), ``..._in_flight``, and ``..._swaps_total{from_model,to_model}``
-counted from the manager's ``swap`` events. A model label is only ever a model
+plus any swap), ``..._in_flight``, ``..._swaps_total{from_model,to_model}``
+counted from the manager's ``swap`` events, and from the lease pool
+(`watch_leases`) ``..._lease_grants_total{model}`` and ``..._lease_releases_total{model}``
+(how often the proxy went to the manager) and ``..._leases_held``. A model label is only ever a model
 the manager knows (else ``"unknown"``), so clients cannot grow the label set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from proxy.lease_pool import LeasePool
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -47,5 +57,29 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_leases(self, pool: LeasePool) -> None:
+        """Report `pool`'s grants, releases and leases held (read at each scrape)."""
+        self.registry.register(_LeaseCollector(pool))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LeaseCollector(Collector):
+    def __init__(self, pool: LeasePool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        grants = CounterMetricFamily(
+            "homelab_proxy_lease_grants", "Leases the manager granted, by model.", labels=["model"]
+        )
+        for model, count in sorted(self._pool.granted.items()):
+            grants.add_metric([model], count)
+        releases = CounterMetricFamily(
+            "homelab_proxy_lease_releases", "Leases released to the manager.", labels=["model"]
+        )
+        for model, count in sorted(self._pool.released.items()):
+            releases.add_metric([model], count)
+        held = GaugeMetricFamily("homelab_proxy_leases_held", "Manager leases held now.")
+        held.add_metric([], self._pool.stats()["leases"])
+        yield from (grants, releases, held)

@@ -136,10 +136,14 @@ class ProxySettings(BaseSettings):
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
     access_log: bool = False
     lease_linger: float = Field(
-        default=0.05,
+        default=0.5,
         ge=0,
         le=60,
-        description="Seconds a shared manager lease is kept after its last request (0: release at once).",
+        description=(
+            "Seconds a shared manager lease is kept after its last request (0: release at "
+            "once). A lingering lease holds its model resident: an explicit stop or idle "
+            "stop waits for it, a swap does not (the manager's contention event retires it)."
+        ),
     )
 
     state_dir: Path = Field(

@@ -148,9 +148,11 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 @contextlib.contextmanager
-def run_open_proxy(stack: LiveStack, work: Path) -> Iterator[str]:
-    """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode);
-    yields its URL."""
+def run_open_proxy(
+    stack: LiveStack, work: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode) and
+    `extra_env` settings; yields its URL."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
     (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
@@ -168,6 +170,7 @@ def run_open_proxy(stack: LiveStack, work: Path) -> Iterator[str]:
             "HOMELAB_IMAGE_DIR": str(work / "open-images"),
             "HOMELAB_APP_DIR": str(work / "app"),
             "HOMELAB_PUBLIC_URL": url,
+            **(extra_env or {}),
         }
 
         def is_ours(url: str = url) -> bool:

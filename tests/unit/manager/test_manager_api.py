@@ -164,13 +164,13 @@ async def test_lease_lifecycle(api, sched):
     }
     # The key the runtime made when it started the server (see FakeRuntime.start).
     assert lease["api_key"] == sched.runtime.instances["alpha"].api_key is not None
-    assert (lease["model"], lease["type"], lease["base_url"]) == (
+    assert (lease["model"], lease["type"], lease["base_url"], lease["max_uses"]) == (
         "alpha",
         "text",
         "http://127.0.0.1:18001",
+        0,  # nobody else waits: the proxy may share it until contention begins
     )
-    # Nobody else waits: the proxy may share it without limit, batch_bound at once.
-    assert (lease["max_uses"], lease["max_concurrent"]) == (0, sched.config.batch_bound)
+    assert lease["max_concurrent"] == sched.config.batch_bound
     assert sched.model_status("alpha").in_flight == 1
 
     renewed = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
@@ -188,6 +188,20 @@ async def test_lease_lifecycle(api, sched):
     again = await api.delete(f"/v1/leases/{lease['lease_id']}")
     assert assert_envelope(again, 404, "lease_not_found")["param"] == "lease_id"
     assert_envelope(await api.post(f"/v1/leases/{lease['lease_id']}/renew"), 404, "lease_not_found")
+
+
+async def test_a_renewal_says_contended_while_another_model_waits(api, sched):
+    lease = (await api.post("/v1/leases", json={"model": "alpha"})).json()
+    beta = asyncio.create_task(sched.acquire("beta"))
+    for _ in range(200):
+        if sched.model_status("beta").waiting:
+            break
+        await asyncio.sleep(0.01)
+    renewed = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
+    assert renewed.status_code == 200
+    assert renewed.json()["contended"] is True
+    assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 204
+    sched.release((await asyncio.wait_for(beta, 5)).lease_id)
 
 
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])

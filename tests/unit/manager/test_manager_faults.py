@@ -4,12 +4,15 @@ runtime checked at once, and the per-model concurrency limit."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 
 from manager_fakes import CATALOGUE, FakeProbe, FakeRuntime, catalogue, until
 
 from manager.errors import BusyError
 from manager.lease_store import LeaseStore
+from manager.leases import LeaseTable
 from manager.runtime import Instance, spec_hash
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.state import ModelState
@@ -42,6 +45,23 @@ async def test_a_restarted_manager_keeps_the_leases_and_does_not_stop_their_mode
     finally:
         await second.close()
         await first.close()
+
+
+def test_the_lease_file_keeps_max_concurrent_and_reads_older_files_with_1(
+    tmp_path: Path,
+) -> None:
+    store = LeaseStore(tmp_path / "leases.json")
+    table = LeaseTable(60, time.monotonic, store=store)
+    lease = table.grant("alpha", "text", "http://h:1", 0, max_concurrent=5)
+    again = LeaseTable(60, time.monotonic, store=store)
+    (kept,) = again.restore(lambda model: "text")
+    assert (kept.lease_id, kept.max_uses, kept.max_concurrent) == (lease.lease_id, 0, 5)
+    entry = json.loads(store.path.read_text())["leases"][0]
+    del entry["max_concurrent"]  # a file from before max_concurrent
+    entry["max_uses"] = 8
+    store.path.write_text(json.dumps({"leases": [entry]}))
+    (old,) = LeaseTable(60, time.monotonic, store=store).restore(lambda model: "text")
+    assert (old.max_uses, old.max_concurrent) == (8, 1)
 
 
 async def test_kept_leases_of_a_model_that_is_not_running_are_dropped(tmp_path: Path) -> None:
@@ -108,15 +128,15 @@ async def test_requests_beyond_max_in_flight_wait_in_the_queue() -> None:
     sched = Scheduler(catalogue(data), FakeRuntime(), FakeProbe(), config)
     try:
         first = await sched.acquire("pix")
-        assert (first.max_uses, first.grant.max_concurrent) == (0, 3)
+        assert (first.max_uses, first.max_concurrent) == (0, 3)
         second = await sched.acquire("pix")
-        assert second.grant.max_concurrent == 1, "only one use of room left"
+        assert second.max_concurrent == 1, "only one use of room left"
         third = asyncio.create_task(sched.acquire("pix"))
         await asyncio.sleep(0.05)
         assert not third.done(), "no room: the request waits"
         assert sched.model_status("pix").waiting == 1
         sched.release(second.lease_id)
-        assert (await asyncio.wait_for(third, 5)).grant.max_concurrent == 1
+        assert (await asyncio.wait_for(third, 5)).max_concurrent == 1
     finally:
         await sched.close()
 

@@ -21,6 +21,7 @@ from manager.probe import ReadinessProbe
 from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.state import ModelState
+from wire.events import ContentionEvent
 
 
 def test_fakes_satisfy_the_real_protocols(runtime, probe):
@@ -114,20 +115,48 @@ async def test_resident_keeps_serving_up_to_the_batch_bound_while_others_wait(sc
     assert again.model == "alpha"
 
 
-async def test_a_lease_granted_without_contention_may_be_shared_without_limit(sched):
-    """Unbounded (max_uses 0), at most batch_bound requests at once."""
+async def test_a_lease_granted_without_contention_is_unbounded_for_batch_bound_at_once(sched):
     lease = await sched.acquire("alpha")
-    assert (lease.max_uses, lease.grant.max_concurrent) == (0, sched.config.batch_bound)
+    assert lease.max_uses == 0, "shared until contention begins"
+    assert lease.max_concurrent == sched.config.batch_bound == 3
+    assert sched.leases.uses("alpha") == 3, "counts its width against max_in_flight"
+    assert not sched.contended("alpha")
+
+
+async def test_contention_is_published_and_told_in_renewals(sched):
+    sub = sched.events.subscribe()
+    held = await sched.acquire("alpha")
+    beta = asyncio.create_task(sched.acquire("beta"))
+    await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
+    assert sched.contended("alpha") and not sched.contended("beta")
+    events = []
+    while (event := await sub.next(timeout=0)) is not None:
+        events.append(event)
+    contention = [e for e in events if isinstance(e, ContentionEvent)]
+    assert [e.models for e in contention] == [["alpha"]], "once, when it began"
+    # The unbounded lease may admit up to batch_bound more at the proxy before it hears:
+    # the bound is spent, so alpha's next request waits behind beta.
+    queued = asyncio.create_task(sched.acquire("alpha"))
+    await until(lambda: sched.model_status("alpha").waiting == 1, "alpha's next request to queue")
+    sched.release(held.lease_id)
+    assert (await beta).model == "beta"
+    assert sched.contended("beta"), "alpha waits for beta's memory now"
+    assert not sched.contended("alpha"), "not resident"
+    sched.release((await _only_lease(sched, "beta")).lease_id)
+    assert (await queued).model == "alpha"
+    sub.close()
 
 
 async def test_a_lease_granted_while_another_model_waits_is_for_one_request(sched, probe):
     held = await sched.acquire("alpha")
+    # As if granted bounded: it may admit 2 more requests at the proxy.
+    held.grant = held.grant.model_copy(update={"max_uses": 3})
     beta = asyncio.create_task(sched.acquire("beta"))
     await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
     # `held` may still admit 2 more requests at the proxy: they count against the bound,
     # so only one more lease is granted before beta's turn (3 requests in all).
     granted = await sched.acquire("alpha")
-    assert granted.max_uses == 1
+    assert (granted.max_uses, granted.max_concurrent) == (1, 1)
     queued = asyncio.create_task(sched.acquire("alpha"))
     await until(lambda: sched.model_status("alpha").waiting == 1, "the next alpha request to queue")
     sched.release(held.lease_id)
@@ -144,7 +173,7 @@ async def test_when_contention_ends_leases_are_shareable_again(sched):
     await until(lambda: sched.model_status("beta").waiting == 1, "beta to queue")
     sched.release(held.lease_id)
     lease = await beta
-    assert (lease.max_uses, lease.grant.max_concurrent) == (0, 3)
+    assert (lease.max_uses, lease.max_concurrent) == (0, 3)
     sched.release(lease.lease_id)
 
 

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
 from wire.errors import MANAGER, envelope
-from wire.events import StateEvent, SwapEvent
+from wire.events import ContentionEvent, StateEvent, SwapEvent
 from wire.models import ModelStatus
 
 PORTS = range(18400, 18500)
@@ -159,9 +159,16 @@ class FakeManager:
         self.renewed: list[str] = []
         self.abandoned = 0
         self.busy = False
-        self.max_uses = 8
-        """What lease answers carry as max_uses (the real manager: its batch bound, or 1
-        under contention); None leaves the field out (a manager before max_uses)."""
+        self.max_uses: int | None = 8
+        """What lease answers carry as max_uses (the real manager: 0, unbounded, while no
+        other model waits; 1 under contention); None leaves the field out (a manager
+        before max_uses)."""
+        self.max_concurrent: int | None = 8
+        """What lease answers carry as max_concurrent; None leaves the field out (1)."""
+        self.contended = False
+        """What renewals answer as ``contended`` (another model waits)."""
+        self.gate: asyncio.Event | None = None
+        """When set, lease answers wait until it is set (a grant held back in the queue)."""
         self.fail_start: set[str] = set()
         self.start_logs = ""
         """Log lines a failed start's message carries (as the real manager's does)."""
@@ -189,6 +196,12 @@ class FakeManager:
             max_n=spec.get("max_n", 2) if image else None,
         ).to_wire()
 
+    def publish_contention(self, *models: str) -> None:
+        """Send a ``contention`` event naming `models`, as the real manager does when
+        another model starts waiting for their memory."""
+        event = ContentionEvent(models=list(models), at=time.time())
+        self._publish(event.kind, event.payload())
+
     def _publish(self, event: str, data: dict) -> None:
         for queue in self.subscribers:
             queue.put_nowait((event, data))
@@ -211,6 +224,11 @@ class FakeManager:
                 self.resident = name
                 swap = SwapEvent(from_model=previous, to=name, at=time.time())
                 self._publish(swap.kind, swap.payload())
+
+    async def _grantable(self, name: str) -> None:
+        await self._make_resident(name)
+        if self.gate is not None:
+            await self.gate.wait()
 
     def _build(self) -> FastAPI:
         app = FastAPI()
@@ -261,7 +279,7 @@ class FakeManager:
                     503, f"model {name!r} failed to start: exit code 1{logs}", "model_start_failed"
                 )
             # Like the real manager: a caller that hangs up leaves the queue.
-            work = asyncio.create_task(fake._make_resident(name))
+            work = asyncio.create_task(fake._grantable(name))
             gone = asyncio.create_task(_disconnected(request))
             done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done:
@@ -281,6 +299,8 @@ class FakeManager:
             }
             if fake.max_uses is not None:
                 answer["max_uses"] = fake.max_uses
+            if fake.max_concurrent is not None:
+                answer["max_concurrent"] = fake.max_concurrent
             return answer
 
         @app.post("/v1/leases/{lease_id}/renew")
@@ -288,7 +308,7 @@ class FakeManager:
             if lease_id not in fake.leases:
                 return _envelope(404, "no such lease", "lease_not_found")
             fake.renewed.append(lease_id)
-            return {"lease_id": lease_id, "ttl": fake.ttl}
+            return {"lease_id": lease_id, "ttl": fake.ttl, "contended": fake.contended}
 
         @app.delete("/v1/leases/{lease_id}")
         async def release(lease_id: str):

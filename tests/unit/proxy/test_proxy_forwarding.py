@@ -87,6 +87,28 @@ async def test_back_to_back_requests_share_one_lease_released_after_the_linger(
         assert len(stack.upstream.requests) == 3
 
 
+async def test_a_contention_event_releases_the_lingering_lease_at_once(make_stack) -> None:
+    async with make_stack(lease_linger=30.0) as stack:
+        stack.manager.max_uses = 0  # unbounded: nobody else waits
+        for _ in range(3):
+            r = await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "hi"})
+            assert r.status_code == 200
+        assert stack.manager.granted == 1 and len(stack.manager.leases) == 1
+        for _ in range(500):  # the proxy follows the event stream
+            if stack.manager.subscribers:
+                break
+            await asyncio.sleep(0.01)
+        stack.manager.publish_contention("chat-b")  # another model: nothing to do
+        stack.manager.publish_contention("chat-a")
+        for _ in range(500):
+            if stack.manager.leases == {}:
+                break
+            await asyncio.sleep(0.01)
+        assert len(stack.manager.released) == 1 and stack.manager.leases == {}
+        r = await stack.client.post("/v1/completions", json={"model": "chat-a", "prompt": "hi"})
+        assert r.status_code == 200 and stack.manager.granted == 2
+
+
 async def test_streaming_passes_sse_through_and_ends_with_done(stack: Stack) -> None:
     body = {"model": "chat-a", "stream": True, "messages": [{"role": "user", "content": "one two"}]}
     async with stack.client.stream("POST", "/v1/chat/completions", json=body) as r:

@@ -1,6 +1,7 @@
 """The lease pool (proxy/lease_pool.py) through the real `ManagerClient`, against the
-fake manager served on loopback: sharing, the max_uses cap, linger, contention,
-lost leases, cancellation and shutdown."""
+fake manager served on loopback: sharing, the max_uses and max_concurrent caps,
+unbounded leases, linger, contention (event and renewal), lost leases, cancellation
+and shutdown."""
 
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ class Pooled:
 
 @contextlib.asynccontextmanager
 async def pooled(
-    linger: float = 5.0, ttl: float = 60.0, swap_delay: float = 0.0, max_uses: int | None = 8
+    linger: float = 5.0,
+    ttl: float = 60.0,
+    swap_delay: float = 0.0,
+    max_uses: int | None = 8,
+    max_concurrent: int | None = 8,
 ) -> AsyncIterator[Pooled]:
     fake = FakeManager(MODELS, "http://127.0.0.1:9", swap_delay=swap_delay, ttl=ttl)
     fake.max_uses = max_uses
+    fake.max_concurrent = max_concurrent
     async with serve_asgi(fake.app) as url, aiohttp.ClientSession() as session:
         client = ManagerClient(url, TOKEN, session, lease_linger=linger)
         try:
@@ -80,7 +86,7 @@ async def test_concurrent_first_requests_ride_on_one_grant_when_the_model_allows
     async with pooled(max_uses=4) as p:
         (await p.client.acquire("chat-a")).end()  # learns max_uses=4 for chat-a
         p.manager.leases.clear()  # that lease is gone at the manager: ...
-        p.client.leases._retire(p.client.leases._current["chat-a"])  # ... and retired here
+        p.client.leases.retire_model("chat-a")  # ... and retired here
         uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(8)))
         assert len({u.lease.lease_id for u in uses}) == 2
         assert p.manager.granted == 3
@@ -151,7 +157,7 @@ async def test_a_lease_the_manager_forgot_is_replaced_and_not_released() -> None
         use = await p.client.acquire("chat-a")
         lost = use.lease.lease_id
         del p.manager.leases[lost]  # expired at the manager: the next renewal answers 404
-        await eventually(lambda: "chat-a" not in p.client.leases._current, "lease retired")
+        await eventually(lambda: "chat-a" not in p.client.leases._open, "lease retired")
         fresh = await p.client.acquire("chat-a")
         assert fresh.lease.lease_id != lost and p.manager.granted == 2
         use.end()
@@ -195,7 +201,7 @@ async def test_discard_stops_sharing_the_lease() -> None:
 async def test_a_refused_grant_fails_every_request_riding_on_it() -> None:
     async with pooled(max_uses=4) as p:
         (await p.client.acquire("chat-a")).end()
-        p.client.leases._retire(p.client.leases._current["chat-a"])
+        p.client.leases.retire_model("chat-a")
         p.manager.busy = True
         results = await asyncio.gather(
             *(p.client.acquire("chat-a") for _ in range(3)), return_exceptions=True
@@ -255,3 +261,115 @@ async def test_close_fails_requests_waiting_for_a_grant() -> None:
         await p.client.aclose()
         with pytest.raises(ManagerUnavailable):
             await task
+
+
+# -- unbounded leases, max_concurrent, contention ------------------------------------------
+
+
+async def test_an_unbounded_lease_serves_any_number_of_sequential_requests() -> None:
+    async with pooled(max_uses=0, max_concurrent=4) as p:
+        lease_ids = set()
+        for _ in range(50):
+            use = await p.client.acquire("chat-a")
+            lease_ids.add(use.lease.lease_id)
+            use.end()
+        assert len(lease_ids) == 1 and p.manager.granted == 1
+        assert p.manager.released == [], "lingering, not released"
+
+
+async def test_a_lease_holds_at_most_max_concurrent_requests_at_once() -> None:
+    async with pooled(max_uses=0, max_concurrent=2) as p:
+        (await p.client.acquire("chat-a")).end()  # a lease for two at once, lingering
+        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(5)))
+        by_lease: dict[str, int] = {}
+        for use in uses:
+            by_lease[use.lease.lease_id] = by_lease.get(use.lease.lease_id, 0) + 1
+        assert sorted(by_lease.values()) == [1, 2, 2]
+        assert p.manager.granted == 3
+        for use in uses:
+            use.end()
+        again = [await p.client.acquire("chat-a") for _ in range(2)]
+        assert p.manager.granted == 3, "the open leases take new requests again"
+        for use in again:
+            use.end()
+
+
+async def test_a_freed_slot_goes_to_a_waiting_request_and_the_grant_still_serves_later_ones() -> (
+    None
+):
+    # The model's room at the manager is spent: the next grant would wait for a release
+    # that never comes while the proxy keeps its lease busy.
+    async with pooled(max_uses=0, max_concurrent=2) as p:
+        first = [await p.client.acquire("chat-a") for _ in range(2)]
+        p.manager.gate = asyncio.Event()  # the next grant waits at the manager
+        third = asyncio.create_task(p.client.acquire("chat-a"))
+        await eventually(lambda: p.client.leases.stats()["asks"] == 1, "a grant request")
+        first[0].end()
+        use = await asyncio.wait_for(third, 5)
+        assert use.lease.lease_id == first[0].lease.lease_id
+        assert p.manager.granted == 1 and p.client.leases.stats()["asks"] == 1
+        fourth = asyncio.create_task(p.client.acquire("chat-a"))  # rides on that grant
+        await asyncio.sleep(0.05)
+        assert not fourth.done()
+        p.manager.gate.set()
+        last = await asyncio.wait_for(fourth, 5)  # (it hung when the grant was cancelled)
+        assert last.lease.lease_id != use.lease.lease_id
+        assert p.manager.granted == 2 and p.manager.abandoned == 0
+        for done in (first[1], use, last):
+            done.end()
+
+
+async def test_retire_model_releases_an_idle_lease_at_once() -> None:
+    async with pooled(max_uses=0, linger=30.0) as p:
+        use = await p.client.acquire("chat-a")
+        use.end()
+        assert p.manager.released == []
+        p.client.leases.retire_model("chat-a")
+        await eventually(lambda: p.manager.released == [use.lease.lease_id], "released")
+        nxt = await p.client.acquire("chat-a")
+        assert nxt.lease.lease_id != use.lease.lease_id and p.manager.granted == 2
+        nxt.end()
+
+
+async def test_retire_model_lets_requests_finish_and_sends_new_ones_to_a_new_grant() -> None:
+    async with pooled(max_uses=0, linger=30.0) as p:
+        busy = await p.client.acquire("chat-a")
+        other = await p.client.acquire("chat-b")
+        p.client.leases.retire_model("chat-a")
+        later = await p.client.acquire("chat-a")
+        assert later.lease.lease_id != busy.lease.lease_id and p.manager.granted == 3
+        assert busy.lease.lease_id in p.manager.leases, "still held by its request"
+        busy.end()
+        await eventually(lambda: busy.lease.lease_id in p.manager.released, "released on drain")
+        assert other.lease.lease_id in p.manager.leases, "chat-b is not contended"
+        later.end()
+        other.end()
+
+
+async def test_a_contended_renewal_retires_the_lease() -> None:
+    async with pooled(max_uses=0, ttl=0.2, linger=30.0) as p:
+        busy = await p.client.acquire("chat-a")
+        p.manager.contended = True  # another model waits for chat-a's memory
+        await eventually(lambda: "chat-a" not in p.client.leases._open, "retired on renewal")
+        assert busy.lease.lease_id in p.manager.leases, "its request goes on"
+        p.manager.contended = False
+        later = await p.client.acquire("chat-a")
+        assert later.lease.lease_id != busy.lease.lease_id and p.manager.granted == 2
+        busy.end()
+        await eventually(lambda: busy.lease.lease_id in p.manager.released, "released on drain")
+        later.end()
+
+
+async def test_an_unbounded_grant_asked_for_before_contention_is_not_shared_after_it() -> None:
+    async with pooled(max_uses=0, linger=30.0) as p:
+        p.manager.gate = asyncio.Event()
+        first = asyncio.create_task(p.client.acquire("chat-a"))
+        await eventually(lambda: p.client.leases.stats()["asks"] == 1, "a grant request")
+        p.client.leases.retire_model("chat-a")  # the event overtook the grant's answer
+        p.manager.gate.set()
+        use = await asyncio.wait_for(first, 5)  # the request it was asked for gets it
+        second = await p.client.acquire("chat-a")
+        assert second.lease.lease_id != use.lease.lease_id and p.manager.granted == 2
+        use.end()
+        await eventually(lambda: use.lease.lease_id in p.manager.released, "released on drain")
+        second.end()

@@ -16,7 +16,7 @@ from proxy.manager_client import ManagerClient
 from tests.unit.manager.manager_fakes import FakeProbe, FakeRuntime, catalogue
 from tests.unit.proxy.proxy_fakes import serve_asgi
 from wire.events import SseParser, StateEvent, SwapEvent, parse_event
-from wire.lease import LeaseGrant
+from wire.lease import LeaseGrant, LeaseRenewal
 from wire.models import ModelStateName, ModelStatus
 
 TOKEN = "c0ntract-7Qx2kLp9Vd4Rw8Zs"
@@ -52,6 +52,7 @@ async def test_model_list_and_leases_validate_as_the_proxy_reads_them(client) ->
 
     grant = await client.grant("alpha")
     assert isinstance(grant, LeaseGrant)
+    # Nobody else waits: unbounded, for up to the batch bound at once.
     assert (grant.model, grant.type, grant.max_uses, grant.max_concurrent) == (
         "alpha",
         "text",
@@ -60,7 +61,9 @@ async def test_model_list_and_leases_validate_as_the_proxy_reads_them(client) ->
     )
     assert grant.base_url == "http://127.0.0.1:18001"
     assert (await client.models())["alpha"].in_flight == 1
-    assert await client.renew(grant.lease_id) == grant.ttl
+    renewal = await client.renew(grant.lease_id)
+    assert isinstance(renewal, LeaseRenewal)
+    assert (renewal.ttl, renewal.contended) == (grant.ttl, False)
     await client.release(grant.lease_id)
     with pytest.raises(ManagerRefused) as info:
         await client.renew(grant.lease_id)
