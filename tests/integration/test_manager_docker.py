@@ -155,7 +155,8 @@ async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Pat
     await asyncio.sleep(1.5)
     assert (await model_status(api, "chat-a"))["state"] == "ready"
     assert [c.status for c in containers_of(docker_env, "chat-a")] == ["running"]
-    assert containers_of(docker_env, "chat-b") == []
+    # chat-b's container may be prepared (created, standby off here) but never started.
+    assert [c.status for c in containers_of(docker_env, "chat-b")] in ([], ["created"])
     assert not wanting_b.done()
     assert (await chat(held, "still mine")).status_code == 200
 
@@ -408,3 +409,49 @@ async def test_models_that_fit_the_budget_stay_up_together(
     assert [c.status for c in containers_of(docker_env, "chat-b")] == ["running"]
     swaps = [(d["from"], d["to"]) for kind, d in events if kind == "swap"]
     assert swaps == [(None, "chat-a"), (None, "chat-b"), ("chat-a", "chat-c")]
+
+
+async def running_container(docker_env: Any, model: str, not_id: str | None = None) -> Any:
+    """The model's one running container (other than `not_id`), once there is one."""
+    for _ in range(150):
+        found = [c for c in containers_of(docker_env, model) if c.status == "running"]
+        if len(found) == 1 and found[0].id != not_id:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no running container of {model}: {containers_of(docker_env, model)}")
+
+
+async def test_standby_containers_are_kept_for_models_not_resident_and_survive_a_restart(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    manager = await launch(managers, MODELS, 18177, tmp_path, standby=True)
+    api = manager.client()
+    # After adoption, every stopped model gets a standby container: running, no server.
+    standby_a = await running_container(docker_env, "chat-a")
+    await running_container(docker_env, "chat-b")
+    assert standby_a.labels["homelab-ai.gated"] == "true"
+    assert (await model_status(api, "chat-a"))["state"] == "stopped"
+
+    lease = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
+    assert (await chat(lease, "released")).status_code == 200
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [standby_a.id]  # not recreated
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+
+    lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()  # a swap
+    assert (await chat(lease, "swapped")).status_code == 200
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+    await wait_for_state(api, "chat-a", "stopped")
+    # The served container of chat-a is gone; a new standby one replaces it.
+    again_a = await running_container(docker_env, "chat-a", not_id=standby_a.id)
+    assert standby_a.id not in {c.id for c in docker_env.containers.list(all=True)}
+    await manager.stop()
+
+    second = await launch(managers, MODELS, 18178, tmp_path, standby=True)
+    api = second.client()
+    await wait_for_state(api, "chat-b", "ready")  # the server is adopted...
+    assert (await model_status(api, "chat-a"))["state"] == "stopped"  # ...the standby one not
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [again_a.id]  # but kept
+    lease = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
+    assert (await chat(lease, "after the restart")).status_code == 200
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [again_a.id]
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
