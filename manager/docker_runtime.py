@@ -206,6 +206,33 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     )
 
 
+def _terminate(client: docker.DockerClient, container: Any, grace: float) -> None:
+    """SIGTERM the container, SIGKILL it after `grace` s; return at its `die` event (the
+    process has exited; the engine's teardown is still to come, unlike `container.stop`
+    or `wait`, which return after it). Blocking. Raises RuntimeFailure if it outlives
+    the SIGKILL by 10 s."""
+    for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
+        since = time.time()
+        stream = client.events(
+            since=since - 1.0,  # slack for an engine clock behind ours (Docker Desktop's VM)
+            until=since + wait,
+            decode=True,
+            filters={"type": "container", "container": container.id, "event": "die"},
+        )
+        try:
+            try:
+                container.kill(signal=signal)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # not running (any more)
+                    return
+                raise
+            for _ in stream:
+                return
+        finally:
+            stream.close()
+    raise RuntimeFailure(f"container {container.name} did not die after SIGKILL")
+
+
 _RELEASE_TIMEOUT = 30.0
 """Seconds `start` waits for a standby container's gate to answer."""
 
@@ -259,6 +286,10 @@ class DockerRuntime:
         self._watcher: threading.Thread | None = None
         self._closing = False
         self._events: Any = None
+        self._removing: set[str] = set()
+        """Ids of dead containers being removed in the background (reported as absent)."""
+        self._removals: dict[asyncio.Task[None], str] = {}
+        """Background removals left by `stop`, with their model names."""
         self._released: set[str] = set()
         """Ids of containers whose gate this runtime released (their server runs)."""
         self._image_argvs: dict[str, tuple[list[str], list[str]]] = {}
@@ -445,6 +476,7 @@ class DockerRuntime:
         a busy port, a gate that does not answer, or any engine error.
         """
         async with self._lock(name):
+            await self._removed(name)
             existing = await self._get(spec.container)
             if existing is not None and self._matches(existing, name, spec):
                 container = existing
@@ -473,6 +505,7 @@ class DockerRuntime:
         (foreign container, unavailable image, busy port, engine error).
         """
         async with self._lock(name):
+            await self._removed(name)
             existing = await self._get(spec.container)
             matches = existing is not None and self._matches(existing, name, spec)
             if existing is not None and existing.status == "running":
@@ -614,12 +647,17 @@ class DockerRuntime:
     async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
         """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove the container. Absent is success.
 
-        With a spec, the container named by it; with None (a model no longer in
-        models.json), every owned container labelled with the model name. Blocks up to
-        about `timeout` seconds. Raises RuntimeFailure for a container of the spec's name
-        that homelab-ai does not own, or an engine error.
+        Returns as soon as the container's process has died (its memory, GPU memory
+        included, is freed with it): the engine's network and mount teardown and the
+        removal (~150 ms) finish in the background, holding the model's lock, so a `start`
+        or `prepare` of the same model waits for them, and `inspect`/`list_owned` no
+        longer report the container. With a spec, the container named by it; with None
+        (a model no longer in models.json), every owned container labelled with the model
+        name. Blocks up to about `timeout` seconds. Raises RuntimeFailure for a container
+        of the spec's name that homelab-ai does not own, or an engine error.
         """
         async with self._lock(name):
+            await self._removed(name)
             if spec is None:
                 targets = await self._owned(name)
             else:
@@ -628,11 +666,16 @@ class DockerRuntime:
                     raise self._foreign(spec.container)
                 targets = [container] if container is not None else []
             for container in targets:
-                await self._stop_remove(container, timeout)
+                await self._stop_remove(name, container, timeout)
 
-    async def _stop_remove(self, container: Any, grace: float) -> None:
+    async def _stop_remove(self, name: str, container: Any, grace: float) -> None:
         try:
-            if container.status in ("running", "restarting", "paused"):
+            if container.status == "running":
+                client = await self._docker()
+                await self._call(
+                    _terminate, client, container, grace, what=f"stop container {container.name}"
+                )
+            elif container.status in ("restarting", "paused"):
                 await self._call(
                     container.stop,
                     timeout=max(1, math.ceil(grace)),
@@ -640,12 +683,38 @@ class DockerRuntime:
                 )
         except docker.errors.NotFound:
             return
-        await self._remove(container)
+        self._removing.add(container.id)
+        task = asyncio.get_running_loop().create_task(
+            self._remove_later(container), name=f"remove {container.name}"
+        )
+        self._removals[task] = name
+        task.add_done_callback(self._removals.pop)
+
+    async def _remove_later(self, container: Any) -> None:
+        """Remove a dead container (this waits for the engine's teardown). Every later
+        `start`, `prepare` or `stop` of the model waits for it first (`_removed`)."""
+        try:
+            await self._remove(container)
+        except Exception as exc:  # a background task: the next start or adoption retries
+            log.warning("removing container %s failed: %s", container.name, exc)
+        finally:
+            self._removing.discard(container.id)
+
+    async def _removed(self, name: str) -> None:
+        """Wait for the background removals of `name`'s containers (call under its lock)."""
+        pending = [task for task, model in self._removals.items() if model == name]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait until the removals that `stop` left running in the background are done."""
+        while self._removals:
+            await asyncio.gather(*list(self._removals), return_exceptions=True)
 
     async def inspect(self, name: str, spec: Spec) -> Instance | None:
         """The managed container's status; None if there is none (or it is not ours)."""
         container = await self._get(spec.container)
-        if container is None or not self._is_managed(container):
+        if container is None or not self._is_managed(container) or container.id in self._removing:
             return None
         return _instance(container, name)
 
@@ -673,7 +742,7 @@ class DockerRuntime:
         server runs in it) is reported with `running=False, standby=True`; the check is
         one wrong line to its published port, which a gate answers "no" and a server in
         HTTP."""
-        containers = await self._owned()
+        containers = [c for c in await self._owned() if c.id not in self._removing]
         standby = await asyncio.gather(*(self._is_standby(c) for c in containers))
         return [
             dataclasses.replace(_instance(c), running=False, standby=True)
@@ -702,6 +771,7 @@ class DockerRuntime:
         """Stop following events; close the docker client's HTTP session (optional; for
         tidy shutdowns)."""
         self._closing = True
+        await self.settled()
         if self._events is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._events.close)

@@ -1,6 +1,8 @@
 """DockerRuntime + HttpReadinessProbe against the real Docker engine and the fake vLLM image.
 
-Ports 18100-18129. Stops right after a start use timeout=1: a container stopped
+Ports 18100-18129. `stop` returns once the container died and removes it in the
+background: a test that looks at the engine after a stop awaits `runtime.settled()`.
+Stops right after a start use timeout=1: a container stopped
 before Python has installed its SIGTERM handler ignores SIGTERM (it is PID 1), so
 Docker kills it only after the timeout.
 """
@@ -124,6 +126,7 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert await probe.check_alive(name, spec, runtime) is None
 
     await runtime.stop(name, spec, timeout=5)
+    await runtime.settled()  # the removal finishes after stop returns
     assert await runtime.inspect(name, spec) is None
     with pytest.raises(docker.errors.NotFound):
         docker_env.containers.get(spec.container)
@@ -186,6 +189,7 @@ async def test_an_old_container_of_the_model_under_another_name_is_replaced(
     ]
     assert owned == [after.container]
     await runtime.stop(name, None, timeout=1)  # spec None: found by its model label
+    await runtime.settled()  # the removal finishes after stop returns
     assert docker_env.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={name}"}) == []
 
 
@@ -371,6 +375,7 @@ async def test_a_named_volume_hf_cache_is_mounted(docker_env) -> None:
             ("volume", volume)
         ]
         await runtime.stop(name, spec, timeout=1)
+        await runtime.settled()  # the removal finishes after stop returns
     finally:
         try:
             docker_env.volumes.get(volume).remove(force=True)
