@@ -27,7 +27,9 @@ entrypoint and command, read once per image). The gate holds no GPU memory. So
 `prepare(name, spec)` does all of the engine's work ahead (pull, create, start: runc,
 network namespace, port proxy; with `standby` off it only creates), and `start` only
 releases the gate: a TCP line to the model's port, a few ms. `list_owned` reports a
-gated container whose gate still answers "no" as `standby` (not running). The search for
+gated container whose gate still answers "no" as `standby` (not running). `stop` returns
+at the container's `die` event; the engine's teardown and the removal finish in the
+background (the model's next start, prepare or stop waits for them). The search for
 the model's containers under old names runs once per model and container name. Where a
 swap's time goes is measured by `python -m bench.swap` (docs/architecture.md, "Swaps").
 """
