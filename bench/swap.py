@@ -15,7 +15,8 @@ Where the time went, on one wall clock (all parts run on this machine):
 
 - "A stopped": the manager's ``state`` event (A -> stopped) on ``GET /v1/events``,
   else Docker's ``destroy``/``die`` event for A's container.
-- "B container started": the container's ``State.StartedAt`` (Docker).
+- "B container started": the container's ``State.StartedAt`` (Docker), or for a standby
+  container (started ahead behind its gate) the log timestamp of the gate's release line.
 - "B's server ready": the Docker log timestamp of fakevllm's "Uvicorn running" line,
   printed once its socket listens.
 - "manager sees ready": the manager's ``state`` event (B -> ready).
@@ -46,6 +47,7 @@ BASE_PORT = 18620  # model A 18620, model B 18621, manager 18622, proxy 18623
 IMAGE = "homelab-ai/fakevllm:test"
 MODELS = ("swap-a", "swap-b")
 READY_LINE = "Uvicorn running on"
+GATE_LINE = "homelab-ai gate: released"  # manager.docker_runtime.GATE_RELEASED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,6 +104,8 @@ def container_facts(name: str) -> dict:
             stamp, _, text = line.partition(" ")
             if READY_LINE in text:
                 ready = wall_ns(stamp)
+            elif GATE_LINE in text:  # a standby container: its server started at the release
+                started = wall_ns(stamp)
         return {"id": c.id[:12], "started_ns": started, "server_ready_ns": ready}
     finally:
         client.close()

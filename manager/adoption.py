@@ -7,7 +7,9 @@ model that still holds leases from the previous manager first: requests are in f
 on it; then models.json order) as long as `fits` says the kept ones fit the GPU budget
 together (without a budget: the first one only); every other owned server (stopped or
 exited, an unknown model, an outdated spec, one that does not fit) is removed, with the
-reason. The scheduler applies the plan (`Scheduler.adopt`): it removes through the
+reason. A standby container (Docker: started behind its gate, no server) of a known model
+with the current spec hash is left alone (the model's next start releases it); one of an
+unknown model or another spec is removed. The scheduler applies the plan (`Scheduler.adopt`): it removes through the
 runtime and starts health-checking the kept ones as `starting`.
 """
 
@@ -58,6 +60,10 @@ def plan(
         known = catalogue.get(inst.model)
         if known is not None and inst.model in residents:
             continue  # never remove a server the scheduler is using
+        if inst.standby:  # no server runs: never adopted; kept while it is current
+            if known is None or inst.spec_hash != known.spec_hash:
+                remove.append((inst, "unknown model" if known is None else "outdated standby"))
+            continue
         kept = [*residents, *(k.model for k in keep)]
         if _adoptable(inst, known) and inst.model not in kept and fits([*kept, inst.model]):
             keep.append(inst)

@@ -19,18 +19,26 @@ stream (`die` events of this manager's containers, by label) and calls
 second. There is no registry to lose: a container carries its labels from creation
 on, so `list_owned` finds one that a killed manager created but never used.
 
-Swaps: `prepare(name, spec)` creates the incoming model's container (pulling its
-image if needed) while the outgoing one still stops, so `start` only starts it; the
-search for the model's containers under old names runs once per model and container
-name, not on every start. Where a swap's time goes on the engine (its stop call, the
-container's start) is measured by `python -m bench.swap` (docs/architecture.md,
-"Swaps").
+Standby containers: every container's process starts as `GATE`, a stdlib Python
+script that listens on the model's internal port and waits for one line equal to the
+container's upstream key; it answers any other line "no" and keeps waiting, and on the
+key answers "ok", closes its socket and `execvp`s the real server (the image's
+entrypoint and command, read once per image). The gate holds no GPU memory. So
+`prepare(name, spec)` does all of the engine's work ahead (pull, create, start: runc,
+network namespace, port proxy; with `standby` off it only creates), and `start` only
+releases the gate: a TCP line to the model's port, a few ms. `list_owned` reports a
+gated container whose gate still answers "no" as `standby` (not running). `stop` returns
+at the container's `die` event; the engine's teardown and the removal finish in the
+background (the model's next start, prepare or stop waits for them). The search for
+the model's containers under old names runs once per model and container name. Where a
+swap's time goes is measured by `python -m bench.swap` (docs/architecture.md, "Swaps").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -47,6 +55,7 @@ import requests
 from manager.errors import RuntimeFailure
 from manager.runtime import (
     INTERNAL_PORT,
+    LABEL_GATED,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODEL,
@@ -67,6 +76,48 @@ HF_CACHE_TARGET = "/root/.cache/huggingface"
 
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _T = TypeVar("_T")
+GATE = r"""
+import hmac, os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+port, var, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+key = os.environ.get(var, "").encode()
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(16)
+released = False
+while not released:
+    conn = srv.accept()[0]
+    try:
+        conn.settimeout(2.0)
+        data = b""
+        while b"\n" not in data and len(data) < 512:
+            chunk = conn.recv(512)
+            if not chunk:
+                break
+            data += chunk
+        line = data.split(b"\n", 1)[0].rstrip(b"\r")
+        released = bool(key) and hmac.compare_digest(line, key)
+        conn.sendall(b"ok\n" if released else b"no\n")
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(512):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+srv.close()
+print("homelab-ai gate: released", flush=True)
+os.execvp(argv[0], argv)
+"""
+"""The standby gate (`python3 -c GATE <port> <key variable> <server argv...>`), PID 1 of
+every container this runtime creates. It waits for the connection that sends the key
+(the client closes first, so the port is left without TIME_WAIT sockets), then becomes
+the server. SIGTERM ends it at once (PID 1 ignores signals it has no handler for)."""
+GATE_RELEASED = "homelab-ai gate: released"
+"""The gate's one line of output, printed just before it becomes the server."""
+_GATE_KNOCK = b"GET /health HTTP/1.0\r\n\r\n"
+"""A wrong line for a gate (it answers "no"), and a request a server answers in HTTP."""
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
 
 
@@ -157,6 +208,62 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     )
 
 
+def _terminate(client: docker.DockerClient, container: Any, grace: float) -> None:
+    """SIGTERM the container, SIGKILL it after `grace` s; return at its `die` event (the
+    process has exited; the engine's teardown is still to come, unlike `container.stop`
+    or `wait`, which return after it). Blocking. Raises RuntimeFailure if it outlives
+    the SIGKILL by 10 s."""
+    for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
+        since = time.time()
+        stream = client.events(
+            since=since - 1.0,  # slack for an engine clock behind ours (Docker Desktop's VM)
+            until=since + wait,
+            decode=True,
+            filters={"type": "container", "container": container.id, "event": "die"},
+        )
+        try:
+            try:
+                container.kill(signal=signal)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # not running (any more)
+                    return
+                raise
+            for _ in stream:
+                return
+        finally:
+            stream.close()
+    raise RuntimeFailure(f"container {container.name} did not die after SIGKILL")
+
+
+_RELEASE_TIMEOUT = 30.0
+"""Seconds `start` waits for a standby container's gate to answer."""
+
+
+async def _send_line(host: str, port: int, line: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
+    """Connect, send `line`, return what comes back up to the first newline (at most 64
+    bytes; b"" when refused, dropped or silent within `timeout`)."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(line)
+            await writer.drain()
+            data = b""
+            while b"\n" not in data and len(data) < 64:
+                chunk = await reader.read(64)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+    except (OSError, TimeoutError):
+        return b""
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 def publish_host(settings: ManagerSettings) -> str:
     """The host address model ports are published on: `model_bind_host`, else the
     address the manager itself listens on (`manager_host`)."""
@@ -181,6 +288,15 @@ class DockerRuntime:
         self._watcher: threading.Thread | None = None
         self._closing = False
         self._events: Any = None
+        self._removing: set[str] = set()
+        """Ids of dead containers being removed in the background (reported as absent)."""
+        self._removals: dict[asyncio.Task[None], str] = {}
+        """Background removals left by `stop`, with their model names."""
+        self._released: set[str] = set()
+        """Ids of containers whose gate this runtime released (their server runs)."""
+        self._image_argvs: dict[str, tuple[list[str], list[str]]] = {}
+        """Entrypoint and command of each image used, read once (an image rebuilt under
+        the same tag with another entrypoint needs a manager restart)."""
         self._scanned: set[tuple[str, str]] = set()
         """(model, container name) pairs whose stale containers under old names are removed."""
 
@@ -295,11 +411,20 @@ class DockerRuntime:
             labels[LABEL_INSTANCE] = self._instance
         return labels
 
-    def container_config(self, name: str, spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+    def container_config(
+        self,
+        name: str,
+        spec: Spec,
+        api_key: str | None = None,
+        image_argv: tuple[list[str], list[str]] | None = None,
+    ) -> dict[str, Any]:
         """Keyword arguments for `containers.create` (pure; exposed for tests and docs).
 
         The model port is published on `publish_host(settings)` only; `api_key` (the
-        server's upstream key) goes into the type's `UPSTREAM_KEY_ENV` variable.
+        server's upstream key) goes into the type's `UPSTREAM_KEY_ENV` variable. With
+        `image_argv` (the image's entrypoint and command, `_image_argv`), the container
+        runs `GATE`, which launches the server once released (labelled `LABEL_GATED`);
+        without it, the server at once.
         """
         env = {"HF_HOME": HF_CACHE_TARGET}
         token = hf_token(self._settings)
@@ -326,6 +451,14 @@ class DockerRuntime:
             "restart_policy": {"Name": "no"},
             "mounts": [_hf_cache_mount(self._settings.hf_cache)],
         }
+        if image_argv is not None:
+            entrypoint, image_cmd = image_argv
+            argv = [*entrypoint, *(command if command is not None else image_cmd)]
+            if not argv:
+                raise RuntimeFailure(f"image {spec.image} has neither an entrypoint nor a command")
+            config["entrypoint"] = ["python3", "-c", GATE]
+            config["command"] = [str(INTERNAL_PORT), UPSTREAM_KEY_ENV[spec.type], *argv]
+            config["labels"][LABEL_GATED] = "true"
         if spec.gpu:
             config["device_requests"] = [
                 docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
@@ -334,44 +467,92 @@ class DockerRuntime:
 
     # ---- ContainerRuntime ---------------------------------------------------------------------
     async def start(self, name: str, spec: Spec) -> None:
-        """Create (or reuse) and start the container; returns once it is started, not ready.
+        """Launch the server; returns once it is launched, not ready.
 
-        Reuses a managed container of the same name, model and spec hash (starting it
-        if stopped, e.g. one made by `prepare`; it keeps its upstream key); removes and
-        recreates one that differs (a created container gets a new upstream key). Pulls
-        the image if it is not present (which may take long). Raises RuntimeFailure for
-        a foreign container of that name, an unavailable image, a busy port, or any
-        engine error.
+        A standby container of this model and spec (`prepare`) is only released: a TCP
+        line to its gate, a few ms. Otherwise reuses a managed container of the same
+        name, model and spec hash (starting it if stopped; it keeps its upstream key), or
+        removes one that differs and creates a new one (a new upstream key), starts it and
+        releases its gate. Pulls the image if it is not present (which may take long).
+        Raises RuntimeFailure for a foreign container of that name, an unavailable image,
+        a busy port, a gate that does not answer, or any engine error.
         """
         async with self._lock(name):
+            await self._removed(name)
             existing = await self._get(spec.container)
             if existing is not None and self._matches(existing, name, spec):
+                container = existing
                 if existing.status != "running":
                     log.info("starting existing container %s for %s", spec.container, name)
                     await self._start_container(existing, spec)
-                else:
+                elif existing.id in self._released:
                     log.info("reusing running container %s for %s", spec.container, name)
+                    return
             else:
                 container = await self._make(name, spec, existing)
                 await self._start_container(container, spec)
+            if (container.labels or {}).get(LABEL_GATED) == "true":
+                await self._release(container, spec)
+            self._released.add(container.id)
 
     async def prepare(self, name: str, spec: Spec) -> None:
-        """Create `name`'s container without starting it (pulling its image if needed), so
-        that a later `start` only starts it. Meant to run while the outgoing model stops:
-        a created container holds no port, GPU or memory.
+        """Make `name`'s standby container: pull its image if needed, create the container
+        and start it behind its gate (with the `standby` setting off: only create it), so
+        that a later `start` only releases the gate. Holds no GPU memory; keeps the
+        model's port published.
 
-        Does nothing when a managed container of that name, model and spec already
-        exists (running or not); replaces one that differs unless it is running (then
-        `start` replaces it). Raises RuntimeFailure like `start` (foreign container,
-        unavailable image, engine error).
+        Does nothing when a managed container of that name runs a server (`start`
+        replaces one of another spec) or is a standby one of this spec; starts a stopped
+        one of this model and spec; replaces one that differs (a standby one too). Raises RuntimeFailure like `start`
+        (foreign container, unavailable image, busy port, engine error).
         """
         async with self._lock(name):
+            await self._removed(name)
             existing = await self._get(spec.container)
-            if existing is not None and (
-                self._matches(existing, name, spec) or existing.status == "running"
-            ):
+            matches = existing is not None and self._matches(existing, name, spec)
+            if existing is not None and existing.status == "running":
+                if matches or not await self._is_standby(existing):
+                    return
+            elif matches and not self._settings.standby:
                 return
-            await self._make(name, spec, existing)
+            container = existing if matches else await self._make(name, spec, existing)
+            if self._settings.standby:
+                log.info("starting standby container %s for %s", spec.container, name)
+                await self._start_container(container, spec)
+
+    async def _release(self, container: Any, spec: Spec) -> None:
+        """Send the container's upstream key to its gate and wait for "ok" (the gate
+        then becomes the server). Retries while the gate is not listening yet (the
+        container just started); returns if a server answers instead (released before)
+        or the container exited (the readiness probe reports why). Raises RuntimeFailure
+        when the gate refuses the key or does not answer within `_RELEASE_TIMEOUT`."""
+        key = _env_value(container, [UPSTREAM_KEY_ENV[spec.type]])
+        if not key:
+            raise RuntimeFailure(f"container {spec.container} has no upstream key to release it")
+        host, port = self._settings.model_host, spec.port
+        deadline = time.monotonic() + _RELEASE_TIMEOUT
+        next_look = time.monotonic() + 0.5
+        while True:
+            answer = await _send_line(host, port, key.encode() + b"\n", timeout=2.0)
+            if answer.startswith(b"ok"):
+                log.info("released the gate of %s", spec.container)
+                return
+            if answer.startswith(b"no"):
+                raise RuntimeFailure(f"the gate of {spec.container} refused its upstream key")
+            if answer:  # a server answered: the gate was released before
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeFailure(
+                    f"the gate of {spec.container} did not answer on {host}:{port} "
+                    f"within {_RELEASE_TIMEOUT:.0f} s"
+                )
+            if now > next_look:
+                next_look = now + 0.5
+                fresh = await self._get(spec.container)
+                if fresh is None or fresh.status != "running":
+                    return
+            await asyncio.sleep(0.01)
 
     def _matches(self, container: Any, name: str, spec: Spec) -> bool:
         """Ours, of this model and spec. Raises RuntimeFailure for a foreign container."""
@@ -405,29 +586,8 @@ class DockerRuntime:
 
     async def _create(self, name: str, spec: Spec) -> Any:
         client = await self._docker()
-        config = self.container_config(name, spec, new_upstream_key())
-        try:
-            return await self._call(
-                client.containers.create, what=f"create container {spec.container}", **config
-            )
-        except docker.errors.NotFound as exc:  # ImageNotFound is a NotFound
-            if not isinstance(exc, docker.errors.ImageNotFound) and "image" not in str(exc).lower():
-                raise RuntimeFailure(
-                    f"Docker: cannot create container {spec.container}: {exc}"
-                ) from exc
-        log.info("image %s is not present: pulling it", spec.image)
-        repository, _, tag = spec.image.partition("@")[0].rpartition(":")
-        try:
-            if "@" in spec.image:
-                await self._call(client.images.pull, spec.image, what=f"pull image {spec.image}")
-            else:
-                await self._call(
-                    client.images.pull, repository, tag=tag, what=f"pull image {spec.image}"
-                )
-        except docker.errors.NotFound as exc:
-            raise RuntimeFailure(
-                f"Docker: image {spec.image} is not present and not in any registry"
-            ) from exc
+        argv = await self._image_argv(client, spec.image)
+        config = self.container_config(name, spec, new_upstream_key(), argv)
         try:
             return await self._call(
                 client.containers.create, what=f"create container {spec.container}", **config
@@ -435,6 +595,36 @@ class DockerRuntime:
         except docker.errors.NotFound as exc:
             raise RuntimeFailure(
                 f"Docker: cannot create container {spec.container}: {exc}"
+            ) from exc
+
+    async def _image_argv(
+        self, client: docker.DockerClient, image: str
+    ) -> tuple[list[str], list[str]]:
+        """The image's entrypoint and command (cached per image), pulling it if absent."""
+        cached = self._image_argvs.get(image)
+        if cached is not None:
+            return cached
+        try:
+            found = await self._call(client.images.get, image, what=f"inspect image {image}")
+        except docker.errors.NotFound:
+            found = await self._pull(client, image)
+        config = found.attrs.get("Config") or {}
+        argv = (list(config.get("Entrypoint") or []), list(config.get("Cmd") or []))
+        self._image_argvs[image] = argv
+        return argv
+
+    async def _pull(self, client: docker.DockerClient, image: str) -> Any:
+        log.info("image %s is not present: pulling it", image)
+        repository, _, tag = image.partition("@")[0].rpartition(":")
+        try:
+            if "@" in image:
+                return await self._call(client.images.pull, image, what=f"pull image {image}")
+            return await self._call(
+                client.images.pull, repository, tag=tag, what=f"pull image {image}"
+            )
+        except docker.errors.NotFound as exc:
+            raise RuntimeFailure(
+                f"Docker: image {image} is not present and not in any registry"
             ) from exc
 
     async def _start_container(self, container: Any, spec: Spec) -> None:
@@ -459,12 +649,17 @@ class DockerRuntime:
     async def stop(self, name: str, spec: Spec | None, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
         """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove the container. Absent is success.
 
-        With a spec, the container named by it; with None (a model no longer in
-        models.json), every owned container labelled with the model name. Blocks up to
-        about `timeout` seconds. Raises RuntimeFailure for a container of the spec's name
-        that homelab-ai does not own, or an engine error.
+        Returns as soon as the container's process has died (its memory, GPU memory
+        included, is freed with it): the engine's network and mount teardown and the
+        removal (~150 ms) finish in the background, holding the model's lock, so a `start`
+        or `prepare` of the same model waits for them, and `inspect`/`list_owned` no
+        longer report the container. With a spec, the container named by it; with None
+        (a model no longer in models.json), every owned container labelled with the model
+        name. Blocks up to about `timeout` seconds. Raises RuntimeFailure for a container
+        of the spec's name that homelab-ai does not own, or an engine error.
         """
         async with self._lock(name):
+            await self._removed(name)
             if spec is None:
                 targets = await self._owned(name)
             else:
@@ -473,11 +668,16 @@ class DockerRuntime:
                     raise self._foreign(spec.container)
                 targets = [container] if container is not None else []
             for container in targets:
-                await self._stop_remove(container, timeout)
+                await self._stop_remove(name, container, timeout)
 
-    async def _stop_remove(self, container: Any, grace: float) -> None:
+    async def _stop_remove(self, name: str, container: Any, grace: float) -> None:
         try:
-            if container.status in ("running", "restarting", "paused"):
+            if container.status == "running":
+                client = await self._docker()
+                await self._call(
+                    _terminate, client, container, grace, what=f"stop container {container.name}"
+                )
+            elif container.status in ("restarting", "paused"):
                 await self._call(
                     container.stop,
                     timeout=max(1, math.ceil(grace)),
@@ -485,12 +685,38 @@ class DockerRuntime:
                 )
         except docker.errors.NotFound:
             return
-        await self._remove(container)
+        self._removing.add(container.id)
+        task = asyncio.get_running_loop().create_task(
+            self._remove_later(container), name=f"remove {container.name}"
+        )
+        self._removals[task] = name
+        task.add_done_callback(self._removals.pop)
+
+    async def _remove_later(self, container: Any) -> None:
+        """Remove a dead container (this waits for the engine's teardown). Every later
+        `start`, `prepare` or `stop` of the model waits for it first (`_removed`)."""
+        try:
+            await self._remove(container)
+        except Exception as exc:  # a background task: the next start or adoption retries
+            log.warning("removing container %s failed: %s", container.name, exc)
+        finally:
+            self._removing.discard(container.id)
+
+    async def _removed(self, name: str) -> None:
+        """Wait for the background removals of `name`'s containers (call under its lock)."""
+        pending = [task for task, model in self._removals.items() if model == name]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait until the removals that `stop` left running in the background are done."""
+        while self._removals:
+            await asyncio.gather(*list(self._removals), return_exceptions=True)
 
     async def inspect(self, name: str, spec: Spec) -> Instance | None:
         """The managed container's status; None if there is none (or it is not ours)."""
         container = await self._get(spec.container)
-        if container is None or not self._is_managed(container):
+        if container is None or not self._is_managed(container) or container.id in self._removing:
             return None
         return _instance(container, name)
 
@@ -512,8 +738,33 @@ class DockerRuntime:
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
     async def list_owned(self) -> list[Instance]:
-        """Every container this manager owns (managed label, same instance), running or not."""
-        return [_instance(c) for c in await self._owned()]
+        """Every container this manager owns (managed label, same instance), running or not.
+
+        A running gated container whose gate still answers (a standby container: no
+        server runs in it) is reported with `running=False, standby=True`; the check is
+        one wrong line to its published port, which a gate answers "no" and a server in
+        HTTP."""
+        containers = [c for c in await self._owned() if c.id not in self._removing]
+        standby = await asyncio.gather(*(self._is_standby(c) for c in containers))
+        return [
+            dataclasses.replace(_instance(c), running=False, standby=True)
+            if gated
+            else _instance(c)
+            for c, gated in zip(containers, standby, strict=True)
+        ]
+
+    async def _is_standby(self, container: Any) -> bool:
+        if container.status != "running" or (container.labels or {}).get(LABEL_GATED) != "true":
+            return False
+        if container.id in self._released:
+            return False
+        ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        bound = ports.get(f"{INTERNAL_PORT}/tcp") or []
+        host_port = next((b.get("HostPort") for b in bound if b.get("HostPort")), None)
+        if host_port is None:
+            return False
+        answer = await _send_line(self._settings.model_host, int(host_port), _GATE_KNOCK, 2.0)
+        return answer.startswith(b"no")
 
     def base_url(self, spec: Spec) -> str:
         return f"http://{self._settings.model_host}:{spec.port}"
@@ -522,6 +773,7 @@ class DockerRuntime:
         """Stop following events; close the docker client's HTTP session (optional; for
         tidy shutdowns)."""
         self._closing = True
+        await self.settled()
         if self._events is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._events.close)

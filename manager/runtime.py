@@ -25,6 +25,8 @@ INTERNAL_PORT = 8000
 LABEL_MANAGED = "homelab-ai.managed"
 LABEL_MODEL = "homelab-ai.model"
 LABEL_SPEC = "homelab-ai.spec"
+LABEL_GATED = "homelab-ai.gated"
+"""Set ("true") on a container whose process starts as the standby gate (docker_runtime.GATE)."""
 LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
@@ -70,6 +72,10 @@ class Instance:
     """The server's upstream key (None: it takes requests without one). Every runtime
     makes a new key when it launches a server and reads it back from a server it
     reuses or adopts, so the manager can put it in leases and probes."""
+    standby: bool = False
+    """A standby container (Docker): started ahead behind its gate, the server not yet
+    launched. `running` is False for it: nothing serves, and nothing will until a
+    `start` releases the gate."""
 
 
 @runtime_checkable
@@ -115,9 +121,10 @@ class PreparingRuntime(Protocol):
 
     async def prepare(self, name: str, spec: Spec) -> None:
         """Do ahead what `start(name, spec)` would do before launching the server (Docker:
-        pull the image if needed and create the container, not started), so that the
-        `start` that follows costs only the launch. Call it while the outgoing model
-        stops (or as soon as the incoming one is chosen); it takes no port, GPU or memory.
+        pull the image if needed, create the container and start it behind its gate, a
+        *standby* container), so that the `start` that follows costs only the launch.
+        Call it while the outgoing model stops, or for any model that is not resident; it
+        takes no GPU memory (Docker: a sleeping Python process, and the model's port).
 
         Idempotent; never touches a running server; never required (`start` does all of
         it itself when nothing was prepared). Raises `RuntimeFailure` as `start` would for

@@ -73,6 +73,9 @@ class SchedulerConfig:
     advertise_host: str | None = None
     stop_attempts: int = 3
     stop_backoff: float = 0.5
+    standby: bool = False
+    """Keep every model that is not resident prepared (`PreparingRuntime.prepare`; Docker:
+    a standby container), after adoption and after each stop."""
 
     @classmethod
     def from_settings(cls, settings: ManagerSettings) -> SchedulerConfig:
@@ -85,6 +88,7 @@ class SchedulerConfig:
             gpu_release_timeout=settings.gpu_release_timeout,
             liveness_interval=settings.liveness_interval,
             advertise_host=settings.advertised_host(),
+            standby=settings.standby,
         )
 
 
@@ -453,8 +457,9 @@ class Scheduler:
             self.events.publish(ContentionEvent(models=told, at=self._wall()))
 
     def _prepare(self, rec: _Record) -> None:
-        """While residents make room for `rec`, let the runtime do ahead what its start
-        needs (Docker: create the container), so the start costs only the launch."""
+        """Let the runtime do ahead what `rec`'s start needs (Docker: a standby container),
+        so the start costs only the launch: while residents make room for `rec`, and
+        (`config.standby`) for every model not resident, after adoption and each stop."""
         if isinstance(self.runtime, PreparingRuntime):
             self._spawn(self._run_prepare(rec), name=f"prepare {rec.name}")
 
@@ -620,6 +625,8 @@ class Scheduler:
             self._gpu_generation += 1
             self._settle_stops(rec)
         self._pump()
+        if self.config.standby and rec.state is ModelState.STOPPED:
+            self._prepare(rec)  # a standby container for its next start
 
     async def _stop_with_retry(self, name: str, spec: Spec | None) -> None:
         retrying = AsyncRetrying(
@@ -726,6 +733,10 @@ class Scheduler:
             log.warning("adopting running servers failed, will retry: %s", exc)
             return
         self._start_pinned()
+        if self.config.standby:
+            for rec in self._records.values():
+                if rec.state is ModelState.STOPPED:
+                    self._prepare(rec)
 
     async def adopt(self) -> None:
         """Take over servers this runtime owns, found at start-up.

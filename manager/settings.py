@@ -144,6 +144,15 @@ class ManagerSettings(BaseSettings):
         default=None,
         description="Where learned GPU footprints are kept. Unset: footprints.json in log_dir.",
     )
+    standby: bool = Field(
+        default=True,
+        description=(
+            "Docker runtime: keep a standby container (created and started behind a gate, "
+            "no server, no GPU memory; a sleeping Python process that keeps the model's "
+            "port published) for every model that is not resident, so that its start "
+            "costs only the gate's release, not the engine's create and start."
+        ),
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(
         default=False, description="uvicorn's access log (off: it costs CPU on every request)."

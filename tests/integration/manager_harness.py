@@ -95,6 +95,9 @@ async def start_manager(
         "stop_timeout": 5,
         "liveness_interval": 0.5,
         "instance": SESSION,
+        # Most tests check the engine's state after stops; standby containers (kept for
+        # every model not resident) have their own tests, which pass standby=True.
+        "standby": False,
     }
     values.update(overrides)
     settings = SessionSettings(**values)

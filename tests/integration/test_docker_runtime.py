@@ -1,12 +1,15 @@
 """DockerRuntime + HttpReadinessProbe against the real Docker engine and the fake vLLM image.
 
-Ports 18100-18129. Stops right after a start use timeout=1: a container stopped
+Ports 18100-18129. `stop` returns once the container died and removes it in the
+background: a test that looks at the engine after a stop awaits `runtime.settled()`.
+Stops right after a start use timeout=1: a container stopped
 before Python has installed its SIGTERM handler ignores SIGTERM (it is PID 1), so
 Docker kills it only after the timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from collections.abc import AsyncIterator
@@ -16,10 +19,11 @@ import docker.errors
 import httpx
 import pytest
 
-from manager.docker_runtime import HF_CACHE_TARGET, DockerRuntime
+from manager.docker_runtime import GATE, HF_CACHE_TARGET, DockerRuntime, _send_line
 from manager.errors import RuntimeFailure, StartFailed
 from manager.health import HttpReadinessProbe
 from manager.runtime import (
+    LABEL_GATED,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_SPEC,
@@ -86,7 +90,9 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert container.labels[LABEL_MANAGED] == "true"
     assert container.labels[LABEL_MODEL] == name
     assert container.labels[LABEL_SPEC] == spec_hash(spec)
+    assert container.attrs["Config"]["Entrypoint"] == ["python3", "-c", GATE]
     assert container.attrs["Config"]["Cmd"] == [
+        "8000", "VLLM_API_KEY", "python3", "-m", "fakevllm",  # the gate, then the image's
         "--model", "fake/chat", "--served-model-name", name,
         "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "99",
     ]  # fmt: skip
@@ -120,6 +126,7 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert await probe.check_alive(name, spec, runtime) is None
 
     await runtime.stop(name, spec, timeout=5)
+    await runtime.settled()  # the removal finishes after stop returns
     assert await runtime.inspect(name, spec) is None
     with pytest.raises(docker.errors.NotFound):
         docker_env.containers.get(spec.container)
@@ -182,6 +189,7 @@ async def test_an_old_container_of_the_model_under_another_name_is_replaced(
     ]
     assert owned == [after.container]
     await runtime.stop(name, None, timeout=1)  # spec None: found by its model label
+    await runtime.settled()  # the removal finishes after stop returns
     assert docker_env.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={name}"}) == []
 
 
@@ -310,7 +318,10 @@ async def test_image_model_env_health_and_generation(
         "HOMELAB_IMAGE_STEPS": "2",
         "HOMELAB_IMAGE_PORT": "8000",
     }
-    assert container.attrs["Config"]["Cmd"] is None  # the image server is configured by env only
+    # The image server is configured by env only: behind the gate, the image's own command.
+    assert container.attrs["Config"]["Cmd"] == [
+        "8000", "HOMELAB_IMAGE_API_KEY", "python3", "-m", "fakevllm"
+    ]  # fmt: skip
 
     await probe.wait_ready(name, spec, runtime)
     auth = await upstream_auth(runtime, name, spec)
@@ -364,6 +375,7 @@ async def test_a_named_volume_hf_cache_is_mounted(docker_env) -> None:
             ("volume", volume)
         ]
         await runtime.stop(name, spec, timeout=1)
+        await runtime.settled()  # the removal finishes after stop returns
     finally:
         try:
             docker_env.volumes.get(volume).remove(force=True)
@@ -417,18 +429,30 @@ async def test_the_hf_token_reaches_the_container_and_spec_env_wins(docker_env, 
     await runtime.stop(name, spec, timeout=1)
 
 
-async def test_prepare_creates_the_container_and_start_only_starts_it(
+async def gate_answer(port: int, line: bytes) -> bytes:
+    """What the model's port answers to one line (b"" if refused or dropped)."""
+    return await _send_line("127.0.0.1", port, line, timeout=5.0)
+
+
+async def test_prepare_starts_a_standby_container_and_start_only_releases_it(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
     name = model_name("prepare")
     spec = text_spec("prepare", 18119)
     await runtime.prepare(name, spec)
     prepared = docker_env.containers.get(spec.container)
-    assert prepared.status == "created"
+    assert prepared.status == "running" and prepared.labels[LABEL_GATED] == "true"
     assert prepared.labels[LABEL_SPEC] == spec_hash(spec)
     key = env_of(prepared)["VLLM_API_KEY"]
-    instance = await runtime.inspect(name, spec)
-    assert instance is not None and not instance.running and instance.exit_code is None
+    # The gate does not serve: an HTTP request gets its "no", however often it is asked.
+    for _ in range(20):
+        if (answer := await gate_answer(spec.port, b"GET /health HTTP/1.0\r\n\r\n")) == b"no\n":
+            break
+        await asyncio.sleep(0.1)  # the gate's Python is still starting
+    assert answer == b"no\n"
+    assert await gate_answer(spec.port, b"GET /health HTTP/1.0\r\n\r\n") == b"no\n"
+    [standby] = [i for i in await runtime.list_owned() if i.model == name]
+    assert standby.standby and not standby.running and standby.api_key == key
 
     await runtime.prepare(name, spec)  # already prepared: nothing to do
     assert docker_env.containers.get(spec.container).id == prepared.id
@@ -437,20 +461,83 @@ async def test_prepare_creates_the_container_and_start_only_starts_it(
     assert started.id == prepared.id and started.status == "running"
     await probe.wait_ready(name, spec, runtime)
     assert (await upstream_auth(runtime, name, spec))["Authorization"] == f"Bearer {key}"
+    [served] = [i for i in await runtime.list_owned() if i.model == name]
+    assert served.running and not served.standby
+    assert "homelab-ai gate: released" in started.logs().decode()
 
     await runtime.prepare(name, spec.model_copy(update={"env": {"MARK": "new"}}))
-    assert docker_env.containers.get(spec.container).id == prepared.id, "a running one is kept"
+    assert docker_env.containers.get(spec.container).id == prepared.id, "a server is kept"
     await runtime.stop(name, spec, timeout=5)
 
 
-async def test_prepare_replaces_a_stopped_container_whose_spec_changed(
+async def test_a_wrong_key_does_not_release_the_gate(runtime: DockerRuntime, docker_env) -> None:
+    name = model_name("wrongkey")
+    spec = text_spec("wrongkey", 18124, env={"FAKEVLLM_LOAD_SECONDS": "0"})
+    await runtime.prepare(name, spec)
+    key = env_of(docker_env.containers.get(spec.container))["VLLM_API_KEY"]
+    for _ in range(50):
+        if (answer := await gate_answer(spec.port, b"not-the-key\n")) == b"no\n":
+            break
+        await asyncio.sleep(0.1)
+    assert answer == b"no\n"
+    assert await gate_answer(spec.port, key[:-1].encode() + b"\n") == b"no\n"
+    assert await gate_answer(spec.port, b"\n") == b"no\n"
+    await asyncio.sleep(0.5)  # a released server (no load) would listen by now
+    assert await gate_answer(spec.port, b"GET /health HTTP/1.0\r\n\r\n") == b"no\n"
+    assert (
+        "homelab-ai gate: released" not in docker_env.containers.get(spec.container).logs().decode()
+    )
+    await runtime.stop(name, spec, timeout=5)
+    assert await runtime.inspect(name, spec) is None
+
+
+async def test_a_restarted_runtime_sees_a_standby_container_as_standby_and_can_release_it(
+    docker_env, hf_cache, probe
+) -> None:
+    name = model_name("restart-standby")
+    spec = text_spec("restart-standby", 18125, env={"FAKEVLLM_LOAD_SECONDS": "0.2"})
+    await DockerRuntime(settings(hf_cache)).prepare(name, spec)
+    container = docker_env.containers.get(spec.container)
+    later = DockerRuntime(settings(hf_cache))  # the next manager's runtime
+    for _ in range(50):
+        [seen] = [i for i in await later.list_owned() if i.model == name]
+        if seen.standby:
+            break
+        await asyncio.sleep(0.1)  # until the gate listens it looks like a loading server
+    assert seen.standby and not seen.running
+    await later.start(name, spec)
+    await probe.wait_ready(name, spec, later)
+    assert docker_env.containers.get(spec.container).id == container.id
+    [served] = [i for i in await DockerRuntime(settings(hf_cache)).list_owned() if i.model == name]
+    assert served.running and not served.standby
+    await later.stop(name, spec, timeout=5)
+
+
+async def test_with_standby_off_prepare_only_creates_and_start_releases(
+    docker_env, hf_cache, probe
+) -> None:
+    runtime = DockerRuntime(settings(hf_cache, standby=False))
+    name = model_name("nostandby")
+    spec = text_spec("nostandby", 18126)
+    await runtime.prepare(name, spec)
+    assert docker_env.containers.get(spec.container).status == "created"
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
+
+
+async def test_prepare_replaces_a_standby_container_whose_spec_changed(
     runtime: DockerRuntime, docker_env
 ) -> None:
     name = model_name("reprepare")
     old = text_spec("reprepare", 18120, env={"MARK": "old"})
     new = text_spec("reprepare", 18120, env={"MARK": "new"})
-    await runtime.prepare(name, old)
+    await runtime.prepare(name, old)  # a standby container of the old spec
     old_id = docker_env.containers.get(old.container).id
+    for _ in range(50):  # until its gate listens (so it is known for a standby one)
+        if await gate_answer(old.port, b"?\n") == b"no\n":
+            break
+        await asyncio.sleep(0.1)
     await runtime.prepare(name, new)
     container = docker_env.containers.get(new.container)
     assert container.id != old_id and env_of(container)["MARK"] == "new"

@@ -80,6 +80,17 @@ def containers_of(docker_env: Any, model: str) -> list[Any]:
     )
 
 
+async def removed(docker_env: Any, model: str, container_id: str | None = None) -> list[Any]:
+    """The model's containers (only `container_id`, if given) once they are gone, or after
+    10 s: a stop returns when the container died, and its removal follows in the background."""
+    for _ in range(100):
+        left = [c for c in containers_of(docker_env, model) if container_id in (None, c.id)]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    return left
+
+
 async def chat(lease: dict, text: str) -> httpx.Response:
     """A chat request straight to the leased model server, with the lease's upstream key."""
     headers = {"Authorization": f"Bearer {lease['api_key']}"}
@@ -95,7 +106,7 @@ async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path
     manager = await launch(managers, MODELS, 18160, tmp_path)
     api = manager.client()
     assert (await model_status(api, "chat-a"))["state"] == "stopped"
-    assert containers_of(docker_env, "chat-a") == []
+    assert await removed(docker_env, "chat-a") == []
 
     lease = await api.post("/v1/leases", json={"model": "chat-a"})
     assert lease.status_code == 200, lease.text
@@ -132,13 +143,13 @@ async def test_swap_from_a_to_b(managers, docker_env, tmp_path: Path) -> None:
         await api.delete(f"/v1/leases/{lease['lease_id']}")
         await wait_for_state(api, "chat-a", "stopped")
 
-    assert containers_of(docker_env, "chat-a") == []  # stopped and removed
+    assert await removed(docker_env, "chat-a") == []  # stopped and removed
     assert [c.status for c in containers_of(docker_env, "chat-b")] == ["running"]
     swaps = [data for kind, data in events if kind == "swap"]
     assert [(s["from"], s["to"]) for s in swaps] == [(None, "chat-a"), ("chat-a", "chat-b")]
     states_a = [d["state"] for kind, d in events if kind == "state" and d["model"] == "chat-a"]
     assert states_a == ["starting", "ready", "stopping", "stopped"]
-    assert a_id not in {c.id for c in docker_env.containers.list(all=True)}
+    assert await removed(docker_env, "chat-a", a_id) == []
 
 
 async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Path) -> None:
@@ -155,14 +166,15 @@ async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Pat
     await asyncio.sleep(1.5)
     assert (await model_status(api, "chat-a"))["state"] == "ready"
     assert [c.status for c in containers_of(docker_env, "chat-a")] == ["running"]
-    assert containers_of(docker_env, "chat-b") == []
+    # chat-b's container may be prepared (created, standby off here) but never started.
+    assert [c.status for c in containers_of(docker_env, "chat-b")] in ([], ["created"])
     assert not wanting_b.done()
     assert (await chat(held, "still mine")).status_code == 200
 
     await api.delete(f"/v1/leases/{held['lease_id']}")
     granted = await wanting_b
     assert granted.status_code == 200 and granted.json()["model"] == "chat-b"
-    assert containers_of(docker_env, "chat-a") == []
+    assert await removed(docker_env, "chat-a") == []
 
 
 async def test_fifty_concurrent_requests_over_two_models(managers, tmp_path: Path) -> None:
@@ -213,7 +225,7 @@ async def test_a_crash_during_start_is_a_503_with_exit_code_and_logs(
 
     ok = await api.post("/v1/leases", json={"model": "chat-a"})  # the failed one is cleared away
     assert ok.status_code == 200
-    assert containers_of(docker_env, "broken") == []
+    assert await removed(docker_env, "broken") == []
 
 
 async def test_a_server_that_never_becomes_ready_fails_at_its_start_timeout(
@@ -243,7 +255,7 @@ async def test_a_restarted_manager_adopts_the_running_model(
 
     first = await launch(managers, models, 18166, tmp_path)
     assert (await first.client().post("/v1/models/chat-b/ensure")).json()["state"] == "ready"
-    assert containers_of(docker_env, "gone") == []
+    assert await removed(docker_env, "gone") == []
     [running] = containers_of(docker_env, "chat-b")
     await first.stop()
     assert docker_env.containers.get(running.id).status == "running"  # left up on exit
@@ -259,7 +271,7 @@ async def test_a_restarted_manager_adopts_the_running_model(
 
     image = await api.post("/v1/leases", json={"model": "img"})  # and swaps on from there
     assert image.status_code == 200 and image.json()["type"] == "image"
-    assert containers_of(docker_env, "chat-b") == []
+    assert await removed(docker_env, "chat-b") == []
 
 
 async def test_an_idle_model_is_stopped_after_its_idle_ttl(
@@ -273,7 +285,7 @@ async def test_an_idle_model_is_stopped_after_its_idle_ttl(
     assert (await model_status(api, "sleepy"))["state"] == "ready"
     await api.delete(f"/v1/leases/{lease['lease_id']}")
     await wait_for_state(api, "sleepy", "stopped")
-    assert containers_of(docker_env, "sleepy") == []
+    assert await removed(docker_env, "sleepy") == []
 
 
 async def test_the_token_is_required_and_checked(managers, tmp_path: Path) -> None:
@@ -347,7 +359,7 @@ async def test_a_restarted_manager_keeps_the_leases_and_does_not_stop_their_cont
     assert (await chat(lease, "still here")).status_code == 200
     assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 204
     assert (await other).json()["state"] == "ready"
-    assert containers_of(docker_env, "chat-a") == []
+    assert await removed(docker_env, "chat-a") == []
 
 
 async def test_a_container_created_but_never_used_is_found_by_its_labels(
@@ -404,7 +416,53 @@ async def test_models_that_fit_the_budget_stay_up_together(
         lease = (await api.post("/v1/leases", json={"model": "chat-c"})).json()
         await api.delete(f"/v1/leases/{lease['lease_id']}")
         await wait_for_state(api, "chat-a", "stopped")
-    assert containers_of(docker_env, "chat-a") == []
+    assert await removed(docker_env, "chat-a") == []
     assert [c.status for c in containers_of(docker_env, "chat-b")] == ["running"]
     swaps = [(d["from"], d["to"]) for kind, d in events if kind == "swap"]
     assert swaps == [(None, "chat-a"), (None, "chat-b"), ("chat-a", "chat-c")]
+
+
+async def running_container(docker_env: Any, model: str, not_id: str | None = None) -> Any:
+    """The model's one running container (other than `not_id`), once there is one."""
+    for _ in range(150):
+        found = [c for c in containers_of(docker_env, model) if c.status == "running"]
+        if len(found) == 1 and found[0].id != not_id:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no running container of {model}: {containers_of(docker_env, model)}")
+
+
+async def test_standby_containers_are_kept_for_models_not_resident_and_survive_a_restart(
+    managers, docker_env, tmp_path: Path
+) -> None:
+    manager = await launch(managers, MODELS, 18177, tmp_path, standby=True)
+    api = manager.client()
+    # After adoption, every stopped model gets a standby container: running, no server.
+    standby_a = await running_container(docker_env, "chat-a")
+    await running_container(docker_env, "chat-b")
+    assert standby_a.labels["homelab-ai.gated"] == "true"
+    assert (await model_status(api, "chat-a"))["state"] == "stopped"
+
+    lease = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
+    assert (await chat(lease, "released")).status_code == 200
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [standby_a.id]  # not recreated
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+
+    lease = (await api.post("/v1/leases", json={"model": "chat-b"})).json()  # a swap
+    assert (await chat(lease, "swapped")).status_code == 200
+    await api.delete(f"/v1/leases/{lease['lease_id']}")
+    await wait_for_state(api, "chat-a", "stopped")
+    # The served container of chat-a is gone; a new standby one replaces it.
+    again_a = await running_container(docker_env, "chat-a", not_id=standby_a.id)
+    assert await removed(docker_env, "chat-a", standby_a.id) == []
+    await manager.stop()
+
+    second = await launch(managers, MODELS, 18178, tmp_path, standby=True)
+    api = second.client()
+    await wait_for_state(api, "chat-b", "ready")  # the server is adopted...
+    assert (await model_status(api, "chat-a"))["state"] == "stopped"  # ...the standby one not
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [again_a.id]  # but kept
+    lease = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
+    assert (await chat(lease, "after the restart")).status_code == 200
+    assert [c.id for c in containers_of(docker_env, "chat-a")] == [again_a.id]
+    await api.delete(f"/v1/leases/{lease['lease_id']}")

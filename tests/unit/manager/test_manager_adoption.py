@@ -83,3 +83,18 @@ def test_with_a_budget_every_server_that_fits_is_kept() -> None:
     decided = plan(owned, CATALOGUE, fits=lambda names: sum(costs[n] for n in names) <= 20)
     assert [i.model for i in decided.keep] == ["alpha", "beta"]
     assert decided.remove == [(owned[0], "extra or outdated")]
+
+
+def test_a_current_standby_container_is_left_alone_and_an_outdated_one_is_removed() -> None:
+    owned = [
+        Instance("alpha", running=False, spec_hash="h-alpha", standby=True),
+        Instance("beta", running=False, spec_hash="old", standby=True),
+        Instance("ghost", running=False, standby=True),
+        Instance("gamma", running=True, spec_hash="h-gamma"),
+    ]
+    decided = plan(owned, CATALOGUE, fits=alone)
+    assert decided.keep == [owned[3]], "a standby container is never adopted as a server"
+    assert [(i.model, why) for i, why in decided.remove] == [
+        ("beta", "outdated standby"),
+        ("ghost", "unknown model"),
+    ]
