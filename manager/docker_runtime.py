@@ -45,6 +45,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
@@ -208,15 +209,41 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     )
 
 
+_CLOCK_CHECK = 300.0
+"""Seconds between readings of the engine's clock (`_engine_time`)."""
+_engine_offset: tuple[float, float] | None = None
+"""(when it was read, engine clock minus ours) in seconds."""
+
+
+def _engine_time(client: docker.DockerClient) -> float:
+    """Now on the engine's clock (Unix seconds): ours plus the offset read from
+    `docker info`'s SystemTime every `_CLOCK_CHECK` s (a VM's clock, as under Docker
+    Desktop, can drift by seconds after a host sleep). Ours if the engine does not say.
+    Blocking."""
+    global _engine_offset
+    now = time.time()
+    if _engine_offset is None or now - _engine_offset[0] > _CLOCK_CHECK:
+        offset = 0.0
+        try:
+            stamp = str(client.info().get("SystemTime", ""))
+            whole, _, frac = stamp.rstrip("Z").partition(".")
+            parsed = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+            offset = parsed.timestamp() + float(f"0.{frac or 0}") - now
+        except (docker.errors.APIError, ValueError, OSError) as exc:
+            log.info("could not read the engine's clock (%s); using ours", exc)
+        _engine_offset = (now, offset)
+    return now + _engine_offset[1]
+
+
 def _terminate(client: docker.DockerClient, container: Any, grace: float) -> None:
     """SIGTERM the container, SIGKILL it after `grace` s; return at its `die` event (the
     process has exited; the engine's teardown is still to come, unlike `container.stop`
     or `wait`, which return after it). Blocking. Raises RuntimeFailure if it outlives
     the SIGKILL by 10 s."""
     for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
-        since = time.time()
+        since = _engine_time(client)  # the engine's clock: Docker Desktop's VM may drift
         stream = client.events(
-            since=since - 1.0,  # slack for an engine clock behind ours (Docker Desktop's VM)
+            since=since - 1.0,
             until=since + wait,
             decode=True,
             filters={"type": "container", "container": container.id, "event": "die"},
