@@ -171,18 +171,14 @@ class LeaseTable:
         """Proxy requests `model`'s live leases may carry at once, at most: what its
         concurrency limit (`max_in_flight`) is counted against. A bounded lease counts its
         `max_uses` (all may be in flight together), an unbounded one its `max_concurrent`."""
-        return sum(_concurrency(self._leases[i]) for i in self._by_model.get(model, ()))
+        return sum(
+            lease.max_concurrent if lease.unbounded else lease.max_uses for lease in self.of(model)
+        )
 
     def spare_uses(self, model: str, unbounded: int) -> int:
         """Proxy requests `model`'s live leases may still admit, at most (the manager does
         not see the proxy's joins): `max_uses - 1` each, `unbounded` for an unbounded one."""
-        return sum(
-            unbounded if lease.max_uses == 0 else lease.max_uses - 1 for lease in self.of(model)
-        )
-
-    def unbounded(self, model: str) -> bool:
-        """Whether any of `model`'s live leases is unbounded."""
-        return any(lease.max_uses == 0 for lease in self.of(model))
+        return sum(unbounded if lease.unbounded else lease.max_uses - 1 for lease in self.of(model))
 
     def of(self, model: str) -> list[Lease]:
         """`model`'s live leases."""
@@ -215,7 +211,7 @@ class LeaseTable:
                     base_url=lease.base_url,
                     ttl=lease.ttl,
                     max_uses=lease.max_uses,
-                    max_concurrent=lease.grant.max_concurrent,
+                    max_concurrent=lease.max_concurrent,
                     expires=wall + (lease.expires_at - now),
                 )
                 for lease in self._leases.values()
@@ -247,7 +243,3 @@ class LeaseTable:
             self._add(lease)
             restored.append(lease)
         return restored
-
-
-def _concurrency(lease: Lease) -> int:
-    return lease.grant.max_concurrent if lease.max_uses == 0 else lease.max_uses
