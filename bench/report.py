@@ -385,6 +385,16 @@ def _swap_section(
             f"{fmt(s.get('stopping_old_ms_median'), 0)} ms, starting the new container "
             f"{fmt(s.get('starting_new_ms_median'), 0)} ms."
         )
+        verdict = "met" if over < 150 else "**NOT met**"
+        findings.append(
+            f"Swap overhead (issue 16): {fmt(over, 0)} ms median against a target of 150 ms: {verdict}"
+            + (
+                f"; within a GPU budget (B loads beside A) a start costs "
+                f"{fmt(fit['summary'].get('overhead_ms_median'), 0)} ms."
+                if fit is not None
+                else "."
+            )
+        )
         if before is not None and before["summary"].get("overhead_ms_median"):
             b = before["summary"]
             findings.append(
