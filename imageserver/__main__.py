@@ -3,7 +3,9 @@
 Exit codes: 2 for invalid settings (one line on stderr naming the variable),
 otherwise uvicorn's. The port is listening before the model starts loading;
 watch `GET /health`. SIGTERM stops the server (a generation in progress is
-abandoned with the process).
+abandoned with the process). `GET /health` is left out of the access log: the
+manager asks it every few tens of milliseconds while the model loads, and the log
+is for what clients did.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def _settings() -> Settings:
         raise SystemExit(2) from exc
 
 
+class _NoHealthChecks(logging.Filter):
+    """Drops uvicorn access-log records of `GET /health`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) >= 3 and args[2] == "/health")
+
+
 def main() -> None:
     settings = _settings()
     logging.basicConfig(
@@ -37,6 +47,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("uvicorn.access").addFilter(_NoHealthChecks())
     uvicorn.run(
         create_app(settings),
         host=settings.host,
