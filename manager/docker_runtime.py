@@ -242,6 +242,14 @@ def _terminate(client: docker.DockerClient, container: Any, grace: float) -> Non
     the SIGKILL by 10 s."""
     for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
         since = _engine_time(client)  # the engine's clock: Docker Desktop's VM may drift
+        try:
+            container.kill(signal=signal)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running (any more)
+                return
+            raise
+        # Opened after the kill (one round trip less before it): `since` lies before the
+        # kill, so the engine replays a `die` that came first.
         stream = client.events(
             since=since - 1.0,
             until=since + wait,
@@ -249,12 +257,6 @@ def _terminate(client: docker.DockerClient, container: Any, grace: float) -> Non
             filters={"type": "container", "container": container.id, "event": "die"},
         )
         try:
-            try:
-                container.kill(signal=signal)
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # not running (any more)
-                    return
-                raise
             for _ in stream:
                 return
         finally:

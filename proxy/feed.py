@@ -44,6 +44,12 @@ class Subscription:
             await self._ready.wait()
         return self._queue.popleft()
 
+    def drain(self) -> list[Event]:
+        """The events queued now, oldest first, taken out. Never blocks."""
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
     def close(self) -> None:
         self._feed._subs.discard(self)
 

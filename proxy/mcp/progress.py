@@ -92,6 +92,14 @@ async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
     )
 
 
+def _start_in(events: list[Any], model: str) -> float | None:
+    """When `model` began starting, if one of `events` says so (None otherwise)."""
+    for event in events:
+        if isinstance(event, StateEvent) and event.model == model and event.state == "starting":
+            return event.at
+    return None
+
+
 async def _loaded(progress: Progress, model: str, started: float) -> None:
     took = progress.loaded = max(0.0, time.time() - started)
     await progress.say(80.0, f"loaded {model} in {took:.0f} s")
@@ -122,12 +130,16 @@ async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> L
                 finally:
                     if not next_event.done():
                         next_event.cancel()
+                usual = ctx.feed.usual_load(model)
                 if acquire in done:
                     use = acquire.result()
+                    if started is None:  # a load quicker than one look: report it anyway
+                        started = _start_in(events.drain(), model)
+                        if started is not None:
+                            await progress.say(10.0, _loading_text(model, 0, usual))
                     if started is not None:  # granted before the "ready" event was read
                         await _loaded(progress, model, started)
                     return use
-                usual = ctx.feed.usual_load(model)
                 if next_event in done and not next_event.cancelled():
                     event = next_event.result()
                     if isinstance(event, SwapEvent) and event.to == model and started is None:
