@@ -11,7 +11,9 @@ test run without setup.sh finds the same programs.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import sys
 import sysconfig
 
@@ -50,3 +52,19 @@ def find_program(name: str) -> str | None:
     # sys.executable's own folder too: a venv's python may be a symlink outside it.
     extra = [*python_scripts_dirs(), os.path.dirname(sys.executable)]
     return shutil.which(name, path=os.pathsep.join(d for d in extra if d))
+
+
+def free_ports(ports: range, count: int) -> list[int]:
+    """`count` ports of `ports` free on 127.0.0.1 right now, picked at random so that two
+    runs on one machine rarely reach for the same ones. Raises RuntimeError."""
+    found = []
+    for port in random.sample(ports, len(ports)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"not enough free ports in {ports.start}-{ports.stop - 1}")

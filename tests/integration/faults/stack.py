@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,9 @@ from pathlib import Path
 
 import httpx
 
+from tests import tools
 from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, image_spec, text_spec
+from wire.procs import is_alive
 
 ROOT = Path(__file__).resolve().parents[3]
 PORTS = range(18700, 18800)
@@ -47,18 +47,8 @@ IMAGE_QUEUE_LIMIT = 8
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` ports of 18700-18799 free right now, picked at random (the machine is shared)."""
-    found = []
-    for port in random.sample(PORTS, len(PORTS)):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError("not enough free ports in 18700-18799")
+    """`count` ports of 18700-18799 free right now (`tests.tools.free_ports`)."""
+    return tools.free_ports(PORTS, count)
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -68,14 +58,6 @@ def _environ(pid: int) -> dict[str, str]:
         return {}
     pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 @dataclass(frozen=True)
@@ -252,7 +234,7 @@ class FaultStack:
                 continue
             pid = int(entry.name)
             env = _environ(pid)
-            if env.get("FAULTSTACK_ID") != self.stack_id or not _alive(pid):
+            if env.get("FAULTSTACK_ID") != self.stack_id or not is_alive(pid):
                 continue
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) != pid:

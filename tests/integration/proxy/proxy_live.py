@@ -16,10 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ import httpx
 
 from manager.process_runtime import ProcessRuntime
 from manager.settings import ManagerSettings
+from tests import tools
 from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, image_spec, text_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,20 +40,8 @@ TEMPLATE = "<!doctype html><title>t</title><script>const CONFIG = {{ config|tojs
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` ports of 18400-18499 free right now, picked at random so that two runs of
-    this suite at once (the machine is shared) rarely reach for the same ones."""
-    candidates = random.sample(PORTS, len(PORTS))
-    found = []
-    for port in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError("not enough free ports in 18400-18499")
+    """`count` ports of 18400-18499 free right now (`tests.tools.free_ports`)."""
+    return tools.free_ports(PORTS, count)
 
 
 @dataclass
