@@ -105,6 +105,25 @@ async def _loaded(progress: Progress, model: str, started: float) -> None:
     await progress.say(80.0, f"loaded {model} in {took:.0f} s")
 
 
+async def _granted(
+    ctx: ProxyContext,
+    progress: Progress,
+    model: str,
+    use: LeaseUse,
+    unread: list[Any],
+    started: float | None,
+) -> LeaseUse:
+    """Report the end of a wait that `use` ended: a load that began `started` (or one the
+    `unread` events show began, quicker than one look) finished. Returns `use`."""
+    if started is None:
+        started = _start_in(unread, model)
+        if started is not None:
+            await progress.say(10.0, _loading_text(model, 0, ctx.feed.usual_load(model)))
+    if started is not None:  # granted before the "ready" event was read
+        await _loaded(progress, model, started)
+    return use
+
+
 async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> LeaseUse:
     """`ctx.manager.acquire(model)`, reporting progress while it waits.
 
@@ -116,7 +135,7 @@ async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> L
         try:
             granted, _ = await asyncio.wait({acquire}, timeout=0.2)
             if granted:
-                return acquire.result()
+                return await _granted(ctx, progress, model, acquire.result(), events.drain(), None)
             text, loading = await _queued_text(ctx, model)
             started = ctx.feed.loading_since(model) if loading else None
             await progress.say(10.0 if loading else 1.0, text)
@@ -132,14 +151,11 @@ async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> L
                         next_event.cancel()
                 usual = ctx.feed.usual_load(model)
                 if acquire in done:
-                    use = acquire.result()
-                    if started is None:  # a load quicker than one look: report it anyway
-                        started = _start_in(events.drain(), model)
-                        if started is not None:
-                            await progress.say(10.0, _loading_text(model, 0, usual))
-                    if started is not None:  # granted before the "ready" event was read
-                        await _loaded(progress, model, started)
-                    return use
+                    # the event this look took out of the queue counts too (the "starting"
+                    # of a load quicker than one look may be it)
+                    seen = [next_event.result()] if next_event in done else []
+                    unread = seen + events.drain()
+                    return await _granted(ctx, progress, model, acquire.result(), unread, started)
                 if next_event in done and not next_event.cancelled():
                     event = next_event.result()
                     if isinstance(event, SwapEvent) and event.to == model and started is None:

@@ -4,8 +4,11 @@ progress, the event feed's load history, picture arguments and inline limits; an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import time
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -14,7 +17,7 @@ from proxy_stack import API_KEY
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
 from proxy.mcp.picture import INLINE_LIMIT, picture_content, read_image
-from proxy.mcp.progress import Progress
+from proxy.mcp.progress import Progress, wait_for_lease
 from proxy.mcp.server import body_limit
 from proxy.mcp.tools import (
     ArgumentError,
@@ -162,6 +165,48 @@ async def test_feed_remembers_load_times_and_fans_out() -> None:
         got = [await sub.get() for _ in range(5)]
         assert [type(e).__name__ for e in got] == ["StateEvent"] * 4 + ["SwapEvent"]
     assert not feed._subs  # closed subscriptions stop receiving
+
+
+class _QuickLoad:
+    """A manager (ProxyContext.manager's `acquire` and `models`) whose load of "chat" ends
+    `after` seconds into `acquire`, or, with `after=None`, while the caller asks `models`
+    (so its events and the grant arrive together, within one look)."""
+
+    def __init__(self, feed: EventFeed, after: float | None) -> None:
+        self.feed, self.after = feed, after
+        self.done = asyncio.Event()
+
+    def load(self) -> None:
+        now = time.time()
+        for event in (
+            StateEvent(model="chat", state="starting", previous="stopped", at=now - 0.1),
+            SwapEvent(from_model=None, to="chat", at=now - 0.1),
+            StateEvent(model="chat", state="ready", previous="starting", at=now),
+        ):
+            self.feed.publish(event)
+        self.done.set()
+
+    async def acquire(self, model: str) -> str:
+        if self.after is not None:
+            await asyncio.sleep(self.after)
+            self.load()
+        await self.done.wait()
+        return "the lease"
+
+    async def models(self, max_age: float = 0.0) -> dict[str, ModelStatus]:
+        self.load()
+        return {"chat": _status("chat", "text")}
+
+
+@pytest.mark.parametrize("after", [0.05, None], ids=["before-the-first-look", "within-a-look"])
+async def test_a_load_quicker_than_one_look_is_still_reported(after: float | None) -> None:
+    feed = EventFeed()
+    ctx = SimpleNamespace(feed=feed, manager=_QuickLoad(feed, after))
+    progress = Progress(None)
+    assert await wait_for_lease(ctx, "chat", progress) == "the lease"  # type: ignore[arg-type]
+    loading = [m for m in progress.messages if m.startswith("loading chat")]
+    assert loading and progress.messages[-1].startswith("loaded chat in "), progress.messages
+    assert progress.loaded is not None and 0.0 <= progress.loaded < 5.0
 
 
 async def test_picture_arguments(tmp_path) -> None:  # noqa: ANN001
