@@ -28,8 +28,9 @@ entrypoint and command, read once per image). The gate holds no GPU memory. So
 network namespace, port proxy; with `standby` off it only creates), and `start` only
 releases the gate: a TCP line to the model's port, a few ms. `list_owned` reports a
 gated container whose gate still answers "no" as `standby` (not running). `stop` returns
-at the container's `die` event; the engine's teardown and the removal finish in the
-background (the model's next start, prepare or stop waits for them). The search for
+once the container's process has exited (seen from the host through a pidfd where the
+engine runs on this kernel, `manager.exit_watch`; else at the container's `die` event);
+the engine's teardown and the removal finish in the background (the model's next start, prepare or stop waits for them). The search for
 the model's containers under old names runs once per model and container name. Where a
 swap's time goes is measured by `python -m bench.swap` (docs/architecture.md, "Swaps").
 """
@@ -54,6 +55,7 @@ import docker.types
 import requests
 
 from manager.errors import RuntimeFailure
+from manager.exit_watch import ExitWatch
 from manager.runtime import (
     INTERNAL_PORT,
     LABEL_GATED,
@@ -236,32 +238,51 @@ def _engine_time(client: docker.DockerClient) -> float:
 
 
 def _terminate(client: docker.DockerClient, container: Any, grace: float) -> None:
-    """SIGTERM the container, SIGKILL it after `grace` s; return at its `die` event (the
-    process has exited; the engine's teardown is still to come, unlike `container.stop`
-    or `wait`, which return after it). Blocking. Raises RuntimeFailure if it outlives
-    the SIGKILL by 10 s."""
-    for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
-        since = _engine_time(client)  # the engine's clock: Docker Desktop's VM may drift
+    """SIGTERM the container, SIGKILL it after `grace` s; return once its process has
+    exited: seen from the host (`manager.exit_watch`, native Linux) or at its `die`
+    event (the engine's teardown is still to come, unlike `container.stop` or `wait`,
+    which return after it). Blocking. Raises RuntimeFailure if it outlives the SIGKILL
+    by 10 s."""
+    state = (getattr(container, "attrs", None) or {}).get("State") or {}
+    with contextlib.ExitStack() as stack:
+        watch = ExitWatch.open(state.get("Pid"), container.id)
+        if watch is not None:
+            stack.callback(watch.close)
+        for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
+            if _signal_and_wait(client, container, signal, wait, watch):
+                return
+    raise RuntimeFailure(f"container {container.name} did not die after SIGKILL")
+
+
+def _signal_and_wait(
+    client: docker.DockerClient, container: Any, signal: str, wait: float, watch: ExitWatch | None
+) -> bool:
+    """Send `signal`; True once the process exited within `wait` s (or was not running)."""
+    # The engine's clock (Docker Desktop's VM may drift), for the `die` events below.
+    since = _engine_time(client) if watch is None else 0.0
+    if watch is None or not watch.send(signal):
         try:
             container.kill(signal=signal)
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # not running (any more)
-                return
+                return True
             raise
-        # Opened after the kill (one round trip less before it): `since` lies before the
-        # kill, so the engine replays a `die` that came first.
-        stream = client.events(
-            since=since - 1.0,
-            until=since + wait,
-            decode=True,
-            filters={"type": "container", "container": container.id, "event": "die"},
-        )
-        try:
-            for _ in stream:
-                return
-        finally:
-            stream.close()
-    raise RuntimeFailure(f"container {container.name} did not die after SIGKILL")
+    if watch is not None:
+        return watch.wait(wait)
+    # Opened after the kill (one round trip less before it): `since` lies before the
+    # kill, so the engine replays a `die` that came first.
+    stream = client.events(
+        since=since - 1.0,
+        until=since + wait,
+        decode=True,
+        filters={"type": "container", "container": container.id, "event": "die"},
+    )
+    try:
+        for _ in stream:
+            return True
+    finally:
+        stream.close()
+    return False
 
 
 _RELEASE_TIMEOUT = 30.0
@@ -352,6 +373,7 @@ class DockerRuntime:
         filters = {"type": "container", "event": ["die"], "label": labels}
         while not self._closing:
             try:
+                _engine_time(client)  # read now (cached), so that no stop waits for it
                 self._events = client.events(decode=True, filters=filters)
                 for event in self._events:
                     attrs = (event.get("Actor") or {}).get("Attributes") or {}

@@ -21,6 +21,7 @@ import pytest
 
 from manager.docker_runtime import GATE, HF_CACHE_TARGET, DockerRuntime, _send_line
 from manager.errors import RuntimeFailure, StartFailed
+from manager.exit_watch import ExitWatch
 from manager.health import HttpReadinessProbe
 from manager.runtime import (
     LABEL_GATED,
@@ -561,6 +562,36 @@ async def test_a_start_right_after_a_stop_of_the_same_model_gets_a_fresh_contain
     assert env_of(container)["VLLM_API_KEY"] != first_key
     await probe.wait_ready(name, spec, runtime)
     await runtime.stop(name, spec, timeout=5)
+
+
+def _process_state(pid: int) -> str:
+    """The host process's state letter ("S", "Z", ...), "gone" once it was reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+async def test_a_stop_returns_once_the_process_exited_seen_from_the_host(
+    runtime: DockerRuntime, probe, docker_env
+) -> None:
+    name = model_name("exit")
+    spec = text_spec("exit", 18127)
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    container = docker_env.containers.get(spec.container)
+    pid = container.attrs["State"]["Pid"]
+    assert _process_state(pid) in ("S", "R")
+    watch = ExitWatch.open(pid, container.id)
+    assert watch is not None  # this host shares the engine's kernel and PID namespace
+    assert not watch.wait(0.05)
+    watch.close()
+    assert ExitWatch.open(pid, "0" * 64) is None  # a process of another container: refused
+    await runtime.stop(name, spec, timeout=5)
+    assert _process_state(pid) in ("Z", "X", "gone")  # exited; its parent may reap it later
+    await runtime.settled()
+    assert await runtime.inspect(name, spec) is None
 
 
 async def test_a_swap_with_prepare_starts_the_container_prepared_while_the_other_ran(
