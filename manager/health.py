@@ -16,7 +16,8 @@ became ready is noticed within about 20 ms (10 ms on average). Each look first
 *knocks* (`knock`: one raw `GET /health` on a fresh connection; a refused connection,
 or one that Docker's port proxy accepts and drops while nothing listens inside, means
 still loading, for about 0.2 / 0.5 ms of CPU instead of httpx's 3 ms), and only a
-server that answers gets the full `check`. A long GPU load should still not cost
+server that answers gets the full `check` (for a text model whose knock got 200, only
+`GET /v1/models`). A long GPU load should still not cost
 tens of thousands of looks: the interval grows with the time waited,
 to `backoff` (1%) of it, capped at `max_interval` (0.25 s). Loads up to 2 s are
 looked at every 20 ms, a 10 s load every 0.1 s at its end, anything past 25 s every
@@ -113,27 +114,34 @@ class HttpReadinessProbe:
         *,
         within: float | None = None,
         api_key: str | None = None,
+        health: int | None = None,
     ) -> Verdict:
         """One HTTP look at the server, each request bounded by `within` seconds (default:
         the probe's request timeout), sending the server's upstream key `api_key` when
-        given. Never raises for an unreachable or odd server."""
+        given. `health`: the status a knock just got from `GET /health`; a text model's
+        200 is not asked again. Never raises for an unreachable or odd server."""
         limit = self._timeout if within is None else max(0.1, min(within, self._timeout))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         if isinstance(spec, TextModel):
-            return await self._check_text(name, base_url, limit, headers)
+            return await self._check_text(name, base_url, limit, headers, health == 200)
         return await self._check_image(base_url, limit, headers)
 
     async def _check_text(
-        self, name: str, base_url: str, limit: float, headers: dict[str, str]
+        self, name: str, base_url: str, limit: float, headers: dict[str, str], healthy: bool
     ) -> Verdict:
-        try:
-            health = await self._client.get(f"{base_url}/health", timeout=limit, headers=headers)
-        except httpx.TransportError as exc:
-            return Verdict("loading", f"not answering yet ({type(exc).__name__})")
-        if health.status_code == 503:
-            return Verdict("failed", "vLLM reports its engine is dead (GET /health answered 503)")
-        if health.status_code != 200:
-            return Verdict("loading", f"GET /health answered {health.status_code}")
+        if not healthy:
+            try:
+                health = await self._client.get(
+                    f"{base_url}/health", timeout=limit, headers=headers
+                )
+            except httpx.TransportError as exc:
+                return Verdict("loading", f"not answering yet ({type(exc).__name__})")
+            if health.status_code == 503:
+                return Verdict(
+                    "failed", "vLLM reports its engine is dead (GET /health answered 503)"
+                )
+            if health.status_code != 200:
+                return Verdict("loading", f"GET /health answered {health.status_code}")
         try:
             listing = await self._client.get(
                 f"{base_url}/v1/models", timeout=limit, headers=headers
@@ -169,10 +177,10 @@ class HttpReadinessProbe:
             return Verdict("loading", "the image server is loading its pipeline")
         return Verdict("loading", f"GET /health answered an unknown status {status!r}")
 
-    async def knock(self, base_url: str, within: float) -> str | None:
-        """None when something answers HTTP at `base_url` (a status line to `GET /health`
-        within `within` seconds), else why not ("connection refused", "connection closed",
-        ...). Cheap: one raw connection, no httpx. Never raises."""
+    async def knock(self, base_url: str, within: float) -> int | str:
+        """The status code when something answers HTTP at `base_url` (a status line to
+        `GET /health` within `within` seconds), else why not ("connection refused",
+        "connection closed", ...). Cheap: one raw connection, no httpx. Never raises."""
         url = httpx.URL(base_url)
         writer: asyncio.StreamWriter | None = None
         try:
@@ -194,9 +202,10 @@ class HttpReadinessProbe:
         finally:
             if writer is not None:
                 writer.close()
-        if not line.startswith(b"HTTP/"):
+        parts = line.split()
+        if not line.startswith(b"HTTP/") or len(parts) < 2 or not parts[1].isdigit():
             return "connection closed without an answer" if not line else "not an HTTP answer"
-        return None
+        return int(parts[1])
 
     # ---- ReadinessProbe -----------------------------------------------------------------------
     def interval_after(self, waited: float) -> float:
@@ -230,12 +239,12 @@ class HttpReadinessProbe:
                 gone, api_key = await self._look(name, spec, runtime)
                 if gone is not None:
                     raise gone
-            closed = await self.knock(base_url, deadline - clock())
-            if closed is not None:
-                verdict = Verdict("loading", f"not answering yet ({closed})")
+            knocked = await self.knock(base_url, deadline - clock())
+            if isinstance(knocked, str):
+                verdict = Verdict("loading", f"not answering yet ({knocked})")
             else:
                 verdict = await self.check(
-                    name, spec, base_url, within=deadline - clock(), api_key=api_key
+                    name, spec, base_url, within=deadline - clock(), api_key=api_key, health=knocked
                 )
             if verdict.state == "ready":
                 log.info("%s is ready at %s", name, base_url)

@@ -58,10 +58,12 @@ class ScriptedServer(HttpReadinessProbe):
         self.final = final
         self.looks: list[float] = []
 
-    async def knock(self, base_url: str, within: float) -> str | None:
-        return None  # every look goes on to the scripted `check`
+    async def knock(self, base_url: str, within: float) -> int | str:
+        return 200  # every look goes on to the scripted `check`
 
-    async def check(self, name, spec, base_url, *, within=None, api_key=None) -> Verdict:
+    async def check(
+        self, name, spec, base_url, *, within=None, api_key=None, health=None
+    ) -> Verdict:
         self.looks.append(self.clock.now)
         if self.clock.now < self.ready_at:
             return Verdict("loading", "not answering yet (ConnectError)")
@@ -216,5 +218,29 @@ async def test_knock_a_server_that_answers_any_status_is_listening():
 
     server, url = await _serve(answer)
     async with server, HttpReadinessProbe() as probe:
-        assert await probe.knock(url, 1.0) is None
+        assert await probe.knock(url, 1.0) == 503
     assert requests[0].startswith(b"GET /health HTTP/1.1\r\n")
+
+
+async def test_a_text_model_whose_knock_got_200_is_only_asked_for_its_model_list():
+    paths: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return  # the client closed its connection
+            path = request.split()[1].decode()
+            paths.append(path)
+            body = b'{"data": [{"id": "alpha"}]}' if path == "/v1/models" else b"{}"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    spec = catalogue().models["alpha"]
+    server, url = await _serve(answer)
+    async with server, HttpReadinessProbe() as probe:
+        assert (await probe.check("alpha", spec, url, health=200)).state == "ready"
+        assert paths == ["/v1/models"]
+        assert (await probe.check("alpha", spec, url, health=503)).state == "ready"
+        assert paths[1:] == ["/health", "/v1/models"]  # anything else is asked again
