@@ -30,7 +30,7 @@ from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
 from proxy.guard import Guard, default_hosts
-from proxy.hotpath import HotPath
+from proxy.hotpath import HotPath, ProxyApp
 from proxy.images import ImageStore
 from proxy.jobs import batches as jobs_batches
 from proxy.jobs import rpc as jobs_rpc
@@ -142,7 +142,7 @@ def create_app(
                 if http_client is None:
                     await http.close()
 
-    app = FastAPI(
+    app = ProxyApp(
         title="homelab-ai proxy",
         version=proxy_version(),
         description="One OpenAI-compatible endpoint for every model of the home lab. See docs/api.md.",
@@ -186,4 +186,5 @@ def create_app(
     install_error_handlers(
         app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
     )
+    app.hot_paths = frozenset(routes_openai.FORWARDING)
     return app
