@@ -389,6 +389,23 @@ async def test_an_unexpected_exception_is_a_500_envelope_without_traceback(
     assert "secret internals" not in r.text and "Traceback" not in r.text
 
 
+async def test_an_exception_while_forwarding_is_a_500_envelope_too(
+    stack: Stack, monkeypatch
+) -> None:
+    """The forwarding lane (proxy.hotpath.ProxyApp) skips FastAPI's own layers, not its 500."""
+    from proxy.forward import Forward
+
+    async def boom(self, send, watch):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(Forward, "run", boom)
+    r = await stack.client.post("/v1/chat/completions", json={"model": "chat-a", "messages": []})
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["source"] == "proxy" and err["type"] == "server_error"
+    assert "secret internals" not in r.text and "Traceback" not in r.text
+
+
 async def test_keyless_clients_read_no_internal_addresses_or_log_lines(make_stack) -> None:
     """An open proxy (no keys) answers everyone on the LAN: its errors name no manager or
     model server address and carry no model log lines; key holders still get them."""
