@@ -19,9 +19,9 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
   skips) when the server exits or is not healthy in time, with its log tail.
   Torn down (process group: TERM, then KILL) at the end of the session.
 - ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``.
-- ``tiny_sd``: the tiny diffusers pipeline folder the real-model stacks serve as
-  ``tiny-sd`` (tests/e2e/test_mcp_real_models.py, tests/e2e/browser/test_real_models.py),
-  built once.
+
+The real-model stacks (tests/e2e/test_mcp_real_models.py,
+tests/e2e/browser/test_real_models.py) serve ``tiny_sd`` (tests/conftest.py) as ``tiny-sd``.
 
 The server's log is kept in ``test-artifacts/vllm-server-PORT.log``.
 """
@@ -33,7 +33,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,22 +216,6 @@ def vllm_runtime() -> VllmRuntime:
             "or python scripts/prepare_text_model.py"
         )
     return VllmRuntime(python=python, model_dir=model_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random-weight diffusers pipeline (``python -m imageserver.tiny``, about 13 s
-    on the 2-core machine), built once for the real-model stacks of the session: the image
-    server only reads it, and the build is deterministic (seed 0)."""
-    tiny = tmp_path_factory.mktemp("tiny-sd") / "tiny-sd"
-    subprocess.run(
-        [sys.executable, "-m", "imageserver.tiny", str(tiny)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return tiny
 
 
 @pytest.fixture(scope="session")
