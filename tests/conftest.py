@@ -6,11 +6,16 @@ part is missing (no Docker engine, no Chromium, ...). That is fine on a
 laptop, but CI must prove every tier ran: set
 `HOMELAB_REQUIRE_TIERS=docker,vllm,diffusers,browser` (`.ci/run` does) and the
 session fails if any test of a listed tier was skipped, or none of it ran.
+
+One fixture is shared by tiers: `tiny_sd`, the tiny random-weight diffusers pipeline
+(imageserver.tiny, seed 0), built once per session for the image server's integration
+tests and the real-model stacks of tests/e2e (the servers only read it).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +75,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(msg, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny text-to-image pipeline folder (StableDiffusionPipeline, seed 0); skips with
+    the fix when torch, diffusers or transformers is missing."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    pytest.importorskip(
+        "diffusers", reason="diffusers is not installed (pip install -e '.[image]')"
+    )
+    pytest.importorskip(
+        "transformers", reason="transformers is not installed (pip install -e '.[image]')"
+    )
+    from imageserver.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-sd") / "tiny-sd", kind="text2image")

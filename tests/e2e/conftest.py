@@ -20,6 +20,9 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
   Torn down (process group: TERM, then KILL) at the end of the session.
 - ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``.
 
+The real-model stacks (tests/e2e/test_mcp_real_models.py,
+tests/e2e/browser/test_real_models.py) serve ``tiny_sd`` (tests/conftest.py) as ``tiny-sd``.
+
 The server's log is kept in ``test-artifacts/vllm-server-PORT.log``.
 """
 

@@ -43,12 +43,12 @@ QUESTION = "What is the capital of France? Answer in one word."
 
 
 @pytest.fixture(scope="module")
-def real_stack(tmp_path_factory: pytest.TempPathFactory, vllm_runtime) -> Iterator[Stack]:  # noqa: ANN001
+def real_stack(tmp_path_factory: pytest.TempPathFactory, vllm_runtime, tiny_sd) -> Iterator[Stack]:  # noqa: ANN001
     pytest.importorskip(
         "diffusers", reason="diffusers is not installed (pip install -e '.[image]')"
     )
     workdir = tmp_path_factory.mktemp("mcp-real")
-    models, settings = real_models(workdir, vllm_runtime, LOAD_DEADLINE_S)
+    models, settings = real_models(vllm_runtime, tiny_sd, LOAD_DEADLINE_S)
     with run_stack(workdir, models, "smollm2", name="mcp-real", manager_settings=settings) as stack:
         yield stack
 

@@ -36,6 +36,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures used by name
 )
 from tests.integration.manager_harness import start_manager
 from tests.integration.proxy.proxy_live import free_ports
+from tests.uvicorn_server import QuickServer
 
 pytestmark = pytest.mark.docker
 
@@ -70,7 +71,7 @@ def catalogue(text_port: int, image_port: int) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def serve_proxy(settings: ProxySettings) -> AsyncIterator[str]:
-    server = uvicorn.Server(
+    server = QuickServer(
         uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=settings.proxy_port, log_level="warning"
         )

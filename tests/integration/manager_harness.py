@@ -36,6 +36,7 @@ from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import parse_catalogue
 from tests.integration.conftest import SESSION, token
+from tests.uvicorn_server import QuickServer
 
 
 class SessionSettings(ManagerSettings):
@@ -119,7 +120,7 @@ async def start_manager(
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
     )
-    server = uvicorn.Server(config)
+    server = QuickServer(config)
     task = asyncio.create_task(server.serve(), name=f"manager:{port}")
     while not server.started:
         if task.done():

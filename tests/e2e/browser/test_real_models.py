@@ -45,13 +45,13 @@ LOAD_DEADLINE_MS = 900_000
 
 
 @pytest.fixture(scope="module")
-def real_stack(tmp_path_factory: pytest.TempPathFactory, vllm_runtime) -> Iterator[Stack]:  # noqa: ANN001
+def real_stack(tmp_path_factory: pytest.TempPathFactory, vllm_runtime, tiny_sd) -> Iterator[Stack]:  # noqa: ANN001
     require_browser()
     pytest.importorskip(
         "diffusers", reason="diffusers is not installed (pip install -e '.[image]')"
     )
     workdir = tmp_path_factory.mktemp("ui-real")
-    models, settings = real_models(workdir, vllm_runtime, LOAD_DEADLINE_MS / 1000)
+    models, settings = real_models(vllm_runtime, tiny_sd, LOAD_DEADLINE_MS / 1000)
     with run_stack(workdir, models, "smollm2", name="ui-real", manager_settings=settings) as stack:
         yield stack
 

@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import VllmRuntime
-from wire.procs import read_registry
+from wire.procs import is_alive, read_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -129,21 +129,12 @@ def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
     }
 
 
-def real_models(
-    workdir: Path, vllm_runtime: VllmRuntime, load_deadline_s: float
-) -> tuple[dict, dict]:
+def real_models(vllm_runtime: VllmRuntime, tiny: Path, load_deadline_s: float) -> tuple[dict, dict]:
     """The real catalogue: ``smollm2`` (real vLLM, CPU build) and ``tiny-sd`` (the real
-    diffusers image server with a tiny random-weight pipeline built into `workdir`), plus
-    the manager settings a real swap needs. Both loads may take minutes on a busy
-    machine: `load_deadline_s` bounds each (a deadline, not an expectation)."""
-    tiny = workdir / "tiny-sd"
-    subprocess.run(
-        [sys.executable, "-m", "imageserver.tiny", str(tiny)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    diffusers image server with the tiny random-weight pipeline folder `tiny`, the
+    session's `tiny_sd` fixture), plus the manager settings a real swap needs. Both loads
+    may take minutes on a busy machine: `load_deadline_s` bounds each (a deadline, not an
+    expectation)."""
     offline = {
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -267,6 +258,20 @@ class Stack:
             with contextlib.suppress(httpx.HTTPError):
                 self.manager("POST", f"/v1/models/{name}/stop")
 
+    def stop_models_at_exit(self) -> None:
+        """`stop_all_models`, but a model still loading is left to `_stop_leftover_servers`:
+        the manager answers a stop only once the load is done, and a real vLLM load that a
+        test cancelled (tests/e2e/test_mcp_real_models.py) runs on for up to a minute."""
+        try:
+            listed = self.manager("GET", "/v1/models").json()["data"]
+            loading = {m["id"] for m in listed if m["state"] == "starting"}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            loading = set()
+        for name in self.models:
+            if name not in loading:
+                with contextlib.suppress(httpx.HTTPError):
+                    self.manager("POST", f"/v1/models/{name}/stop")
+
     def ensure(self, name: str) -> None:
         """Make `name` resident and ready, through the manager."""
         res = self.manager("POST", f"/v1/models/{name}/ensure")
@@ -283,13 +288,24 @@ def _server_modules(models: dict) -> list[str]:
     return found
 
 
-def _kill_leftover_servers(log_dir: Path, modules: list[str]) -> None:
-    """Kill model servers the manager's process registry (`wire.procs`) still lists
-    (belt and braces)."""
-    for record in read_registry(log_dir).values():
-        if record.pid > 1 and _runs_one_of(record.pid, modules):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(record.pid, signal.SIGKILL)
+def _stop_leftover_servers(log_dir: Path, modules: list[str], grace_s: float = 10.0) -> None:
+    """Stop model servers the manager's process registry (`wire.procs`) still lists
+    (belt and braces, and a model still loading at exit): SIGTERM to each one's process
+    group, SIGKILL to those not gone within `grace_s`."""
+    pids = [
+        record.pid
+        for record in read_registry(log_dir).values()
+        if record.pid > 1 and _runs_one_of(record.pid, modules)
+    ]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _runs_one_of(pid: int, modules: list[str]) -> bool:
@@ -370,22 +386,26 @@ def run_stack(
         )
         stack.procs.append(manager)
         wait_http(manager, f"{stack.manager_url}/healthz")
-        for label, env, url in (
+        # The two proxies start side by side (each takes seconds to import), then are
+        # waited for in turn.
+        proxies = (
             ("proxy", proxy_env, stack.proxy_url),
             ("auth-proxy", auth_env, stack.auth_proxy_url),
-        ):
+        )
+        for label, env, _ in proxies:
             proc = start(
                 label, [sys.executable, "-m", "proxy"], env, ARTIFACTS / f"{name}-{label}.log"
             )
             stack.procs.append(proc)
+        for proc, (_, _, url) in zip(stack.procs[1:], proxies, strict=True):
             wait_http(proc, f"{url}healthz")
         yield stack
     finally:
         if stack.procs and stack.procs[0].popen.poll() is None:
-            stack.stop_all_models()
+            stack.stop_models_at_exit()
         for proc in reversed(stack.procs):
             proc.stop()
-        _kill_leftover_servers(log_dir, _server_modules(models))
+        _stop_leftover_servers(log_dir, _server_modules(models))
         # Model server logs are useful when a test failed.
         with contextlib.suppress(OSError):
             shutil.copytree(log_dir, ARTIFACTS / f"{name}-model-logs", dirs_exist_ok=True)

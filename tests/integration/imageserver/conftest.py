@@ -1,8 +1,9 @@
 """Fixtures for the image server's diffusers tier: the tiny pipeline, ports, real server processes.
 
 The tiny pipeline (imageserver.tiny) is built once per session into a temp
-folder. Tests skip, with the reason, when torch or diffusers is missing
-(CI sets HOMELAB_REQUIRE_TIERS, which turns such a skip into a failure).
+folder (`tiny_sd`, tests/conftest.py). Tests skip, with the reason, when torch or
+diffusers is missing (CI sets HOMELAB_REQUIRE_TIERS, which turns such a skip into a
+failure).
 Ports come from 18300-18399. `ImageServerProcess` runs `python -m imageserver`
 as a real subprocess on 127.0.0.1 and always kills it (and its process group)
 when the test is done.
@@ -52,12 +53,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny text-to-image pipeline folder (StableDiffusionPipeline)."""
-    require_diffusers()
-    from imageserver.tiny import build
-
-    return build(tmp_path_factory.mktemp("tiny-sd"), kind="text2image")
+def tiny_pipeline(tiny_sd: Path) -> Path:
+    """The tiny text-to-image pipeline folder (StableDiffusionPipeline): the session's
+    `tiny_sd` (tests/conftest.py), which tests/e2e's real-model stacks serve too."""
+    return tiny_sd
 
 
 @pytest.fixture(scope="session")

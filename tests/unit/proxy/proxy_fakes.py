@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
+from tests.uvicorn_server import QuickServer
 from wire.errors import MANAGER, envelope
 from wire.events import ContentionEvent, StateEvent, SwapEvent
 from wire.models import ModelStatus
@@ -82,7 +83,7 @@ async def serve_asgi(app) -> AsyncIterator[str]:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
         )
-        server = uvicorn.Server(config)
+        server = QuickServer(config)
         task = asyncio.create_task(server.serve())
         for _ in range(500):
             if server.started or task.done():

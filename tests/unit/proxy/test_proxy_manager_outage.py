@@ -16,6 +16,7 @@ from proxy_stack import MODELS
 
 from proxy.app import create_app
 from proxy.settings import ProxySettings
+from tests.uvicorn_server import QuickServer
 
 
 def chat(text: str) -> dict:
@@ -50,7 +51,7 @@ async def serve_on(app, sock: socket.socket):
     """Serve `app` on an already bound socket (the manager coming back on its port)."""
     sock.listen(128)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
+    server = QuickServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield
