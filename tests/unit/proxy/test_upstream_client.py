@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -419,3 +420,22 @@ async def test_backpressure_bounds_the_buffer() -> None:
             assert resp._buffered < 2 * HIGH_WATER
         assert got == total
         assert finished.is_set()
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        test_sends_the_request_and_reuses_the_connection,
+        test_content_length_chunked_and_close_delimited_bodies,
+        test_sse_chunks_arrive_one_by_one,
+        test_reused_connection_closed_as_the_request_went_is_retried_once,
+        test_server_dying_mid_body_raises_connection_error,
+        test_read_timeout_between_bytes,
+        test_backpressure_bounds_the_buffer,
+    ],
+)
+def test_under_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The proxy runs on uvloop (proxy/__main__.py), whose transports differ."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
