@@ -250,6 +250,11 @@ class _Connection(asyncio.Protocol):
         resp._got_bytes = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, UpstreamProtocolError):
+                cause = UpstreamProtocolError(f"invalid HTTP response from upstream: {exc}")
+            self._error(cause)
         except httptools.HttpParserError as exc:
             self._error(UpstreamProtocolError(f"invalid HTTP response from upstream: {exc}"))
         except httptools.HttpParserUpgrade:
@@ -288,7 +293,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         resp = self.resp
-        if resp is not None:
+        if resp is None:  # more after a complete answer: the connection is not reusable
+            raise UpstreamProtocolError("data after the end of the response")
+        if resp.headers:
             resp.headers = Headers()
         self.interim = False
         self.until_eof = False
@@ -344,6 +351,8 @@ class _Connection(asyncio.Protocol):
         resp = self.resp
         if resp is None:
             return
+        if not resp._headers_done:
+            raise UpstreamProtocolError("a response ended before its headers")
         resp._done = True
         resp._wake()
         self.resp = None

@@ -362,6 +362,19 @@ async def test_malformed_answer_raises_protocol_error() -> None:
             await p.post(srv.url + "/", b"", {}, **T)
 
 
+async def test_bytes_after_a_complete_answer_spoil_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await read_request(reader)
+            writer.write(ok(b"first") + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstale")
+            await writer.drain()
+        await serve_forever(reader, writer, n)
+
+    async with raw_server(handler) as srv, pool() as p:
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"first"
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b'{"conn": 2}'
+
+
 async def test_closing_an_unfinished_answer_drops_the_connection() -> None:
     closed = asyncio.Event()
 
