@@ -140,6 +140,7 @@ class UpstreamResponse:
         """The whole body; with `limit`, at most that many bytes (the first ones)."""
         while not self._done and (limit is None or self._buffered < limit):
             self._draining = True
+            self._caught_up()  # paused by a body that came before this read
             try:
                 await self._wait()
             finally:

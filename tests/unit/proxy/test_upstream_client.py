@@ -435,6 +435,25 @@ async def test_backpressure_bounds_the_buffer() -> None:
         assert finished.is_set()
 
 
+async def test_read_of_a_body_larger_than_the_high_water_mark() -> None:
+    big = bytes(range(256)) * (5 * HIGH_WATER // 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok(big))
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.5)
+        await asyncio.sleep(0.3)  # the body piles up (and pauses) before anyone reads
+        assert await asyncio.wait_for(resp.read(), 5) == big
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.5)
+        await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(resp.read(2 * HIGH_WATER), 5) == big[: 2 * HIGH_WATER]
+        resp.close()
+
+
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -445,6 +464,7 @@ async def test_backpressure_bounds_the_buffer() -> None:
         test_server_dying_mid_body_raises_connection_error,
         test_read_timeout_between_bytes,
         test_backpressure_bounds_the_buffer,
+        test_read_of_a_body_larger_than_the_high_water_mark,
     ],
 )
 def test_under_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
