@@ -228,7 +228,6 @@ class _Connection(asyncio.Protocol):
         self.read_timer: asyncio.TimerHandle | None = None
         self.interim = False
         self.until_eof = False
-        self._header_name = b""
 
     # -- asyncio.Protocol
 
