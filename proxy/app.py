@@ -1,7 +1,8 @@
 """The proxy's FastAPI application: `create_app(settings, manager_client, http_client)`.
 
 The lifespan builds one `aiohttp.ClientSession` per process (unless one is
-handed in; then the caller owns and closes it), the `ManagerClient`, the image
+handed in; then the caller owns and closes it), the `UpstreamPool` that forwarded
+requests travel on (proxy/upstream.py), the `ManagerClient`, the image
 store, the event hub (one manager event stream for every browser) and the MCP session
 manager (``/mcp``, proxy/mcp/), and tears them down in reverse order.
 Every error, including unknown routes, validation errors and unexpected
@@ -41,6 +42,7 @@ from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.settings import ProxySettings
+from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.web import mount_ui, proxy_version
 from wire.errors import PROXY, install_error_handlers
 from wire.limits import BodyLimit
@@ -59,10 +61,7 @@ def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     dropped Wi-Fi link) is noticed in about a minute instead of never."""
     family, type_, proto, _, _ = addr_info
     sock = socket.socket(family=family, type=type_, proto=proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    set_keepalive(sock)
     return sock
 
 
@@ -83,6 +82,7 @@ def create_app(
             ),
             auto_decompress=False,
         )
+        upstream = UpstreamPool(keepalive_timeout=30.0)
         manager = manager_client or ManagerClient(
             settings.manager_url,
             settings.manager_token.get_secret_value(),
@@ -119,6 +119,7 @@ def create_app(
                     connect=settings.connect_timeout,
                     sock_read=settings.upstream_timeout,
                 ),
+                upstream=upstream,
             )
             app.state.ctx = ctx
             metrics.watch_leases(manager.leases)
@@ -139,6 +140,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
                 await manager.aclose()
+                await upstream.aclose()
                 if http_client is None:
                     await http.close()
 

@@ -13,6 +13,7 @@ from proxy.images import ImageStore
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.settings import ProxySettings
+from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:  # event_hub imports forward, which imports this module
     from proxy.event_hub import EventHub
@@ -23,12 +24,14 @@ class ProxyContext:
     settings: ProxySettings
     manager: ManagerClient
     http: aiohttp.ClientSession
-    """The one client session to model servers (and the manager) of this process."""
+    """The one aiohttp client session of this process (the manager, MCP tool calls)."""
     metrics: Metrics
     events: EventHub
     """The one manager event stream, fanned out to /api/events subscribers."""
     images: ImageStore
     upstream_timeout: aiohttp.ClientTimeout
+    upstream: UpstreamPool
+    """Keep-alive connections for forwarded requests (proxy.forward), the hot path."""
     feed: EventFeed = field(default_factory=EventFeed)
     """The manager's state and swap events, for callers waiting on a model."""
     interactive_waiting: Counter[str] = field(default_factory=Counter)

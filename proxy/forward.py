@@ -24,7 +24,6 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 import orjson
 from starlette.types import Send
 
@@ -33,6 +32,7 @@ from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.images import urls_for
 from proxy.lease_pool import LeaseUse
+from proxy.upstream import UpstreamResponse
 from wire.disconnect import watch_disconnect
 
 log = logging.getLogger("proxy.forward")
@@ -63,6 +63,7 @@ class Forward(Watched):
 
     async def run(self, send: Send, watch: watch_disconnect) -> None:
         ctx = self.ctx
+        settings = ctx.settings
         metrics = ctx.metrics
         t0 = time.perf_counter()
         status = 499  # nginx's "client closed request", if we are cancelled
@@ -70,7 +71,7 @@ class Forward(Watched):
         resp = None
         metrics.in_flight.inc()
         waiting = ctx.interactive_waiting if self.interactive else None
-        attempts = 2 if self.endpoint in ctx.settings.retry_endpoints else 1
+        attempts = 2 if self.endpoint in settings.retry_endpoints else 1
         try:
             for attempt in range(1, attempts + 1):
                 last = attempt == attempts
@@ -85,15 +86,16 @@ class Forward(Watched):
                         metrics.queue_wait.labels(self.model).observe(time.perf_counter() - t0)
                 lease = held.lease
                 try:
-                    resp = await ctx.http.post(
+                    resp = await ctx.upstream.post(
                         lease.base_url + self.endpoint,
-                        data=self.body,
-                        headers={
+                        self.body,
+                        {
                             "Content-Type": self.content_type,
                             "Accept-Encoding": "identity",
                             **lease.upstream_headers(),
                         },
-                        timeout=ctx.upstream_timeout,
+                        connect_timeout=settings.connect_timeout,
+                        read_timeout=settings.upstream_timeout,
                     )
                 except TRANSPORT_ERRORS as exc:
                     await self._lost_server(held)
@@ -106,7 +108,7 @@ class Forward(Watched):
                     ) from exc
                 if resp.status >= 400:
                     try:
-                        raw = await resp.content.read(_UPSTREAM_ERROR_LIMIT)
+                        raw = await resp.read(_UPSTREAM_ERROR_LIMIT)
                     except TRANSPORT_ERRORS:
                         raw = b""
                     raise normalise_error_body(raw, resp.status, MODEL_SERVER)
@@ -136,7 +138,7 @@ class Forward(Watched):
             await exc.send(send)
         finally:
             if resp is not None:
-                resp.close()  # no-op once fully read; otherwise drops the upstream connection
+                resp.close()  # no-op once complete; otherwise drops the upstream connection
             if held is not None:
                 held.end()
             metrics.in_flight.dec()
@@ -155,12 +157,12 @@ class Forward(Watched):
     # the answer travels, instead of just when the client's next request arrives.
 
     async def _stream(
-        self, resp: aiohttp.ClientResponse, send: Send, watch: watch_disconnect, held: LeaseUse
+        self, resp: UpstreamResponse, send: Send, watch: watch_disconnect, held: LeaseUse
     ) -> int:
         await send({"type": "http.response.start", "status": resp.status, "headers": SSE_HEADERS})
         at_boundary = True
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 at_boundary = chunk.endswith(b"\n\n")
         except TRANSPORT_ERRORS as exc:
@@ -180,7 +182,7 @@ class Forward(Watched):
         return resp.status
 
     async def _whole(
-        self, resp: aiohttp.ClientResponse, raw: bytes, send: Send, watch: watch_disconnect
+        self, resp: UpstreamResponse, raw: bytes, send: Send, watch: watch_disconnect
     ) -> int:
         ctype = resp.headers.get("Content-Type", "application/json")
         if self.url_base is not None:

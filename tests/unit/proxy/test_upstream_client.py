@@ -1,0 +1,474 @@
+"""proxy.upstream (the lean HTTP/1.1 client of forwarded requests) against real servers
+on loopback: an aiohttp.web app, or a raw asyncio server that writes exact bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.asgi import TRANSPORT_ERRORS
+from proxy.upstream import HIGH_WATER, UpstreamPool, UpstreamProtocolError
+
+T = {"connect_timeout": 5.0, "read_timeout": 5.0}
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class RawServer:
+    """Each connection runs `handler(reader, writer, n)`, n counting connections from 1."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[RawServer]:
+    raw = RawServer(handler)
+    server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield raw
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def pool(**kwargs: float) -> AsyncIterator[UpstreamPool]:
+    p = UpstreamPool(**kwargs)
+    try:
+        yield p
+    finally:
+        await p.aclose()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The head and body of one request (Content-Length bodies)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+async def serve_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(ok(b'{"conn": %d}' % n))
+        await writer.drain()
+
+
+async def test_sends_the_request_and_reuses_the_connection() -> None:
+    seen: list[tuple[object, str | None, str | None, str | None, bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(
+            (
+                peer,
+                request.headers.get("Host"),
+                request.headers.get("X-Key"),
+                request.headers.get("Content-Length"),
+                await request.read(),
+            )
+        )
+        return web.json_response({"path": request.path_qs})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    async with aiohttp_server(app) as url, pool() as p:
+        for body in (b'{"a": 1}', b'{"b": 22}'):
+            resp = await p.post(url + "/v1/chat/completions?x=1", body, {"X-Key": "k"}, **T)
+            assert resp.status == 200
+            assert resp.content_type == "application/json"
+            assert resp.headers["CONTENT-TYPE"].startswith("application/json")
+            assert await resp.read() == b'{"path": "/v1/chat/completions?x=1"}'
+            resp.close()
+    host = url.removeprefix("http://")
+    assert [s[1:] for s in seen] == [
+        (host, "k", "8", b'{"a": 1}'),
+        (host, "k", "9", b'{"b": 22}'),
+    ]
+    assert seen[0][0] == seen[1][0]  # the same client socket: kept alive
+
+
+async def test_content_length_chunked_and_close_delimited_bodies() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            _, body = await read_request(reader)
+            if body == b"cl":
+                writer.write(ok(b"x" * 5000))
+            elif body == b"chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for part in (b"hello ", b"chunked ", b"world"):
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil ")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+                writer.write(b"the close")
+                await writer.drain()
+                return  # RawServer closes the connection
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"cl", {}, **T)
+        assert await resp.read() == b"x" * 5000
+        resp = await p.post(srv.url + "/", b"chunked", {}, **T)
+        assert await resp.read() == b"hello chunked world"
+        assert srv.connections == 1  # both kept the connection
+        resp = await p.post(srv.url + "/", b"close", {}, **T)
+        assert resp.content_type == "text/plain"
+        assert await resp.read() == b"until the close"
+        assert srv.connections == 1
+        resp = await p.post(srv.url + "/", b"cl", {}, **T)  # not on the closed one
+        assert await resp.read() == b"x" * 5000
+        assert srv.connections == 2
+
+
+async def test_sse_chunks_arrive_one_by_one() -> None:
+    got_first = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: one\n\n")
+        await asyncio.wait_for(got_first.wait(), 5)  # only after the client saw it
+        await resp.write(b"data: two\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/s", handler)
+    async with aiohttp_server(app) as url, pool() as p:
+        resp = await p.post(url + "/s", b"{}", {}, **T)
+        assert resp.content_type == "text/event-stream"
+        chunks = []
+        it = resp.iter_chunks()
+        first = await asyncio.wait_for(it.__anext__(), 2)
+        assert first == b"data: one\n\n"
+        got_first.set()
+        async for chunk in it:
+            chunks.append(chunk)
+        assert b"".join(chunks) == b"data: two\n\n"
+        resp.close()
+
+
+async def test_connection_close_is_honoured() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:  # says close, but keeps the socket open and would answer again
+            await read_request(reader)
+            writer.write(ok(b"%d" % n, b"Connection: close\r\n"))
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        for expected in (b"1", b"2"):
+            resp = await p.post(srv.url + "/", b"", {}, **T)
+            assert await resp.read() == expected
+        assert srv.connections == 2
+
+
+async def test_http10_answer_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        for expected in (b"1", b"2"):
+            assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == expected
+
+
+async def test_idle_connection_closed_by_the_server_is_not_used() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(b"%d" % n))
+        await writer.drain()
+        # then closes the idle connection (a server's keep-alive timeout)
+
+    async with raw_server(handler) as srv, pool() as p:
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
+        await asyncio.sleep(0.1)
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"2"
+
+
+async def test_reused_connection_closed_as_the_request_went_is_retried_once() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(b"%d" % n))
+        await writer.drain()
+        await read_request(reader)  # the second request: closed without an answer
+
+    async with raw_server(handler) as srv, pool() as p:
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
+        assert await (await p.post(srv.url + "/", b"again", {}, **T)).read() == b"2"
+        assert srv.connections == 2
+
+
+async def test_fresh_connection_closed_without_answer_raises() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+
+    async with raw_server(handler) as srv, pool() as p:
+        with pytest.raises(ConnectionError):
+            await p.post(srv.url + "/", b"", {}, **T)
+        assert srv.connections == 1  # no retry on a fresh connection
+
+
+async def test_server_dying_mid_body_raises_connection_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, **T)
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(resp.read(), 3)
+        resp = await p.post(srv.url + "/", b"", {}, **T)
+        got = []
+
+        async def drain() -> None:
+            async for chunk in resp.iter_chunks():
+                got.append(chunk)
+
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(drain(), 3)
+        assert b"".join(got) == b"partial"
+        resp.close()
+        resp.close()  # idempotent
+
+
+async def test_connection_refused_raises_oserror() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with pool() as p:
+        with pytest.raises(OSError) as caught:
+            await p.post(f"http://127.0.0.1:{port}/", b"", {}, **T)
+    assert isinstance(caught.value, TRANSPORT_ERRORS)
+
+
+async def test_read_timeout_between_bytes() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        _, body = await read_request(reader)
+        if body == b"body":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12")
+        await asyncio.sleep(3)
+
+    async with raw_server(handler) as srv, pool() as p:
+        with pytest.raises(TimeoutError):  # no answer at all
+            await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.2)
+        resp = await p.post(srv.url + "/", b"body", {}, connect_timeout=5, read_timeout=0.2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(TimeoutError):  # the body stalls
+            await resp.read()
+        assert loop.time() - t0 < 2
+
+
+async def test_slow_but_steady_stream_does_not_time_out() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"x")
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.3)
+        assert await resp.read() == b"xxxxxx"  # 0.6 s in all, never 0.3 s of silence
+
+
+async def test_read_with_limit_and_error_answer() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        body = b'{"error": "nope"}' + b" " * 100
+        writer.write(
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await serve_forever(reader, writer, n)
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, **T)
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+        assert await resp.read(17) == b'{"error": "nope"}'
+        resp.close()
+        resp = await p.post(srv.url + "/", b"", {}, **T)
+        assert await resp.read(1 << 20) == b'{"conn": 1}'  # limit above the size: all of it
+        assert srv.connections == 1  # a complete answer keeps the connection
+
+
+async def test_malformed_answer_raises_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SPDY/9 what\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with raw_server(handler) as srv, pool() as p:
+        with pytest.raises(UpstreamProtocolError, match="invalid HTTP response"):
+            await p.post(srv.url + "/", b"", {}, **T)
+
+
+async def test_bytes_after_a_complete_answer_spoil_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await read_request(reader)
+            writer.write(ok(b"first") + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstale")
+            await writer.drain()
+        await serve_forever(reader, writer, n)
+
+    async with raw_server(handler) as srv, pool() as p:
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"first"
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b'{"conn": 2}'
+
+
+async def test_closing_an_unfinished_answer_drops_the_connection() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+        if await reader.read(1) == b"":
+            closed.set()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, **T)
+        assert await resp.iter_chunks().__anext__() == b"data: 1\n\n"
+        resp.close()
+        await asyncio.wait_for(closed.wait(), 2)
+
+
+async def test_idle_connections_expire() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(b"1"))
+        await writer.drain()
+        if await reader.read(1) == b"":
+            closed.set()
+
+    async with raw_server(handler) as srv, pool(keepalive_timeout=0.2) as p:
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
+        await asyncio.sleep(0.05)
+        assert not closed.is_set()
+        await asyncio.wait_for(closed.wait(), 2)
+
+
+async def test_backpressure_bounds_the_buffer() -> None:
+    total = 64 * HIGH_WATER
+    finished = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"z" * 65536
+        for _ in range(total // len(block)):
+            writer.write(block)
+            await writer.drain()
+        finished.set()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.3)
+        await asyncio.sleep(1.0)  # longer than the read timeout: pausing must not time out
+        assert resp._buffered < 2 * HIGH_WATER
+        assert not finished.is_set()
+        got = 0
+        async for chunk in resp.iter_chunks():
+            got += len(chunk)
+            assert resp._buffered < 2 * HIGH_WATER
+        assert got == total
+        assert finished.is_set()
+
+
+async def test_read_of_a_body_larger_than_the_high_water_mark() -> None:
+    big = bytes(range(256)) * (5 * HIGH_WATER // 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok(big))
+            await writer.drain()
+
+    async with raw_server(handler) as srv, pool() as p:
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.5)
+        await asyncio.sleep(0.3)  # the body piles up (and pauses) before anyone reads
+        assert await asyncio.wait_for(resp.read(), 5) == big
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.5)
+        await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(resp.read(2 * HIGH_WATER), 5) == big[: 2 * HIGH_WATER]
+        resp.close()
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        test_sends_the_request_and_reuses_the_connection,
+        test_content_length_chunked_and_close_delimited_bodies,
+        test_sse_chunks_arrive_one_by_one,
+        test_reused_connection_closed_as_the_request_went_is_retried_once,
+        test_server_dying_mid_body_raises_connection_error,
+        test_read_timeout_between_bytes,
+        test_backpressure_bounds_the_buffer,
+        test_read_of_a_body_larger_than_the_high_water_mark,
+    ],
+)
+def test_under_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The proxy runs on uvloop (proxy/__main__.py), whose transports differ."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
