@@ -14,6 +14,7 @@ a bad models.json or a runtime that cannot be built.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -205,7 +206,9 @@ def serve() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    build_server(settings).run()
+    server = build_server(settings)
+    gc.freeze()  # start-up's objects leave the collector's view (see proxy/__main__.py)
+    server.run()
     return 0
 
 
