@@ -24,9 +24,12 @@ Contract:
   whose response is not complete (the server then sees the client go, and vLLM aborts
   the generation). Idle connections are closed after `keepalive_timeout` seconds.
 - A pooled connection the server has already closed never fails a request: one whose
-  transport is closing is dropped, and a reused connection that fails before any byte
-  of the response came is replaced by a fresh one, once (the server closed it while
-  the request was on its way, so never saw it). A fresh connection's failure is raised.
+  transport is closing is dropped, and a reused connection that had been idle for at
+  least `stale_after` seconds (1 s) and fails before any byte of the response came is
+  replaced by a fresh one (the server's keep-alive timeout closed it while the request
+  was on its way, so it never saw it). Any other failure is raised: a server that closes
+  a connection it used a moment ago may have read the request, and a POST is not sent
+  twice on a guess (`proxy.forward` decides what is retried).
 - Flow control: a response whose unread body exceeds `HIGH_WATER` bytes pauses
   reading from the socket until the consumer catches up, so memory stays bounded
   whatever a server sends (except `read()` of a whole body, which is asked for).
@@ -222,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.reusable = True
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         # per response
         self.read_timeout: float | None = None
         self.last_read = 0.0
@@ -449,8 +453,12 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to model servers, per (host, port); no limit on their number."""
 
-    def __init__(self, *, keepalive_timeout: float = 30.0) -> None:
+    def __init__(self, *, keepalive_timeout: float = 30.0, stale_after: float = 1.0) -> None:
+        """`stale_after`: how long a connection must have been idle for a failure before
+        any answer to be taken for the server's keep-alive timeout (and retried). Servers
+        close idle connections after seconds (uvicorn's default, and so vLLM's, is 5 s)."""
         self.keepalive_timeout = keepalive_timeout
+        self.stale_after = stale_after
         self._idle: dict[_Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._closed = False
@@ -477,7 +485,7 @@ class UpstreamPool:
         request = "".join(lines).encode() + body
         while True:
             conn = self._take(key)
-            reused = conn is not None
+            stale = conn is not None and conn.loop.time() - conn.idle_since >= self.stale_after
             if conn is None:
                 conn = await self._connect(key, connect_timeout)
             resp = UpstreamResponse(conn)
@@ -487,8 +495,8 @@ class UpstreamPool:
                     await resp._wait()
             except UpstreamDisconnected:
                 resp.close()
-                if reused and not resp._got_bytes:
-                    continue  # a stale keep-alive connection: the request never arrived
+                if stale and not resp._got_bytes:
+                    continue  # closed idle by the server as the request went: never seen
                 raise
             except BaseException:
                 resp.close()
@@ -534,6 +542,7 @@ class UpstreamPool:
         if conn.paused:
             conn.resume()
         self._idle.setdefault(conn.key, []).append(conn)
+        conn.idle_since = conn.loop.time()
         conn.idle_timer = conn.loop.call_later(self.keepalive_timeout, conn._drop)
 
     def _forget(self, conn: _Connection) -> None:

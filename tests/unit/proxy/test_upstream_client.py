@@ -238,17 +238,35 @@ async def test_idle_connection_closed_by_the_server_is_not_used() -> None:
         assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"2"
 
 
-async def test_reused_connection_closed_as_the_request_went_is_retried_once() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(ok(b"%d" % n))
-        await writer.drain()
-        await read_request(reader)  # the second request: closed without an answer
+async def _closes_the_second_request_unanswered(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+) -> None:
+    await read_request(reader)
+    writer.write(ok(b"%d" % n))
+    await writer.drain()
+    await read_request(reader)  # the second request: closed without an answer
 
-    async with raw_server(handler) as srv, pool() as p:
+
+async def test_reused_connection_idle_for_a_while_closed_as_the_request_went_is_retried() -> None:
+    async with (
+        raw_server(_closes_the_second_request_unanswered) as srv,
+        pool(stale_after=0.05) as p,
+    ):
         assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
+        await asyncio.sleep(0.1)  # idle longer than stale_after: a keep-alive timeout's race
         assert await (await p.post(srv.url + "/", b"again", {}, **T)).read() == b"2"
         assert srv.connections == 2
+
+
+async def test_reused_connection_just_used_that_fails_unanswered_is_not_sent_twice() -> None:
+    async with (
+        raw_server(_closes_the_second_request_unanswered) as srv,
+        pool(stale_after=5.0) as p,
+    ):
+        assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
+        with pytest.raises(ConnectionError):  # the server may have read it: no blind resend
+            await p.post(srv.url + "/", b"again", {}, **T)
+        assert srv.connections == 1
 
 
 async def test_fresh_connection_closed_without_answer_raises() -> None:
@@ -460,7 +478,8 @@ async def test_read_of_a_body_larger_than_the_high_water_mark() -> None:
         test_sends_the_request_and_reuses_the_connection,
         test_content_length_chunked_and_close_delimited_bodies,
         test_sse_chunks_arrive_one_by_one,
-        test_reused_connection_closed_as_the_request_went_is_retried_once,
+        test_reused_connection_idle_for_a_while_closed_as_the_request_went_is_retried,
+        test_reused_connection_just_used_that_fails_unanswered_is_not_sent_twice,
         test_server_dying_mid_body_raises_connection_error,
         test_read_timeout_between_bytes,
         test_backpressure_bounds_the_buffer,
