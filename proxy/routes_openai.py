@@ -23,7 +23,7 @@ from starlette.responses import Response
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
 from proxy.forward import Forward
-from proxy.images import UPLOAD_FORMATS, check_image_request, sniff_format
+from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
@@ -67,12 +67,6 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
     if info.type != want:
         raise WrongModelType(name, info.type, endpoint)
     return info
-
-
-def image_url_base(ctx: ProxyContext, request: Request) -> str:
-    """HOMELAB_PUBLIC_URL, else '' (image URLs are then relative: ``/images/<id>``).
-    Never the request's Host: a client must not choose what URLs the proxy hands out."""
-    return ctx.settings.public_url or ""
 
 
 def model_object(m: ModelStatus) -> dict[str, Any]:

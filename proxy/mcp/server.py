@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
+from proxy.images import image_url_base
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -126,10 +127,8 @@ class McpEndpoint:
         return types.ListToolsResult(tools=tool_list(models))
 
     def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
-        if self.settings.public_url:
-            return self.settings.public_url
-        base = getattr(rctx.request, "base_url", None)
-        return str(base).rstrip("/") if base is not None else None
+        request = rctx.request
+        return image_url_base(self._get_ctx(), request) if request is not None else None
 
     async def _call_tool(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
