@@ -78,7 +78,7 @@ class ProxySettings(BaseSettings):
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",
-        description="How clients reach the proxy (for image URLs). Unset: image URLs are relative (/images/...).",
+        description="How clients reach the proxy (for image URLs). Unset: the Host the Host check accepted (proxy.images.image_url_base).",
     )
     models_cache_ttl: float = Field(
         default=2.0, ge=0, description="Seconds the manager's model list is cached."

@@ -54,9 +54,9 @@ log = logging.getLogger("proxy.mcp")
 INSTRUCTIONS = (
     "homelab-ai: the models of one home lab behind one endpoint. txt2txt chats with a text "
     "model, txt2img paints, img2img edits a picture, img2txt asks a vision model about a "
-    "picture, list_models says what exists and what is loaded. One model is loaded on the GPU "
-    "at a time, so the first call for another model waits for a swap; progress notifications "
-    "say so."
+    "picture, list_models says what exists and what is loaded. Models share the GPU within "
+    "its memory budget, so the first call for a model that is not loaded waits while it "
+    "loads (and others unload if it does not fit); progress notifications say so."
 )
 
 
