@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -268,3 +269,159 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert [pid for pid in pids if _alive(pid)] == []
     status = demo.setup_sh("demo", "status")
     assert status.returncode == 3 and "not running" in status.stdout
+
+
+# -- the README's examples, run against the demo ------------------------------------------
+
+DEMO_KEY_FILE = "~/.local/share/homelab-ai/demo/api-key"
+"""Where the README tells clients the demo's key is (`$HOMELAB_STATE_DIR/demo/api-key`)."""
+
+
+def _doc_blocks(doc: str, lang: str, containing: str) -> list[str]:
+    """The fenced `lang` blocks of `doc` (a path under the repository) with `containing`."""
+    text = (REPO_ROOT / doc).read_text()
+    found = [b for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S) if containing in b]
+    assert found, f"{doc} has no {lang} block with {containing!r} any more: update this test"
+    return found
+
+
+def _swap(text: str, old: str, new: str) -> str:
+    assert old in text, f"the snippet no longer says {old!r}: update this test with it"
+    return text.replace(old, new)
+
+
+def _shell_args(script: str, home: Path, stub: str, also: str = "") -> list[str]:
+    """Run a documented shell line with bash, `stub` defined as a function that prints
+    `also` (expanded inside it) and its arguments, NUL-separated, in a home whose demo
+    key file holds the demo's key."""
+    out = subprocess.run(
+        ["bash", "-euc", f"{stub}() {{ printf '%s\\0' {also} \"$@\"; }}\n{script}"],
+        env={"HOME": str(home), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return out.split("\0")[:-1]
+
+
+def _mcp_initialize(url: str, headers: dict[str, str]) -> httpx.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "readme-check", "version": "0"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    return httpx.post(url, json=body, headers={**accept, **headers}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def running_demo(demo: Demo) -> Demo:
+    """The demo, started again when an earlier test of this module stopped it."""
+    if demo.setup_sh("demo", "status").returncode != 0:
+        port = demo.proxy_url.rsplit(":", 1)[1]
+        started = demo.setup_sh("demo", "--detach", "--no-deps", "--port", port, timeout=900)
+        assert started.returncode == 0, f"demo --detach failed:\n{started.stdout}\n{started.stderr}"
+    return demo
+
+
+@pytest.fixture
+def home_with_demo_key(running_demo: Demo, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    key_file = home / DEMO_KEY_FILE.removeprefix("~/")
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(running_demo.api_key + "\n")
+    return home
+
+
+README_SDK_EXAMPLES = {
+    "the demo's": ("demo/api-key", []),
+    "a server's": (
+        "<one of HOMELAB_API_KEYS>",
+        [
+            ("http://server:8080", "http://127.0.0.1:8080"),
+            ('"<one of HOMELAB_API_KEYS>"', "key"),
+            ('"llama3-8b"', '"smollm2"'),
+            ('"sdxl"', '"tiny-sd"'),
+            ('"1024x1024"', '"64x64"'),
+        ],
+    ),
+}
+"""The README's openai SDK examples: the text that finds each, and what turns a server's
+into the demo's (its models, address and key)."""
+
+
+@pytest.mark.parametrize("example", list(README_SDK_EXAMPLES))
+def test_readme_python_examples_run_against_the_demo_and_their_image_url_is_fetchable(
+    running_demo: Demo, example: str
+) -> None:
+    """The README's openai SDK examples, as written but for the port, the key file's
+    folder (and, for a server's, the models): a chat answer, and with
+    response_format="url" an absolute image URL that fetches the picture (regression:
+    without a public URL the proxy answered a relative `/images/<id>.png`)."""
+    marker, swaps = README_SDK_EXAMPLES[example]
+    [code] = _doc_blocks("README.md", "python", marker)
+    prelude = ""
+    for old, new in swaps:
+        code = _swap(code, old, new)
+    if "key =" not in code:
+        prelude = f"key = {running_demo.api_key!r}\n"
+    else:
+        code = _swap(
+            code,
+            'Path.home() / ".local/share/homelab-ai/demo/api-key"',
+            f"Path({str(running_demo.dir / 'api-key')!r})",
+        )
+    code = prelude + _swap(code, "http://127.0.0.1:8080", running_demo.proxy_url)
+    names: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - the README's own example
+
+    reply, image = names["reply"], names["image"]
+    assert reply.choices[0].message.content  # type: ignore[attr-defined]
+    url = image.data[0].url  # type: ignore[attr-defined]
+    assert url.startswith(running_demo.proxy_url + "/images/"), url
+    fetched = httpx.get(url, timeout=30)  # no key needed: image URLs work in <img> tags
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/mcp.md"])
+def test_documented_claude_mcp_add_line_reaches_the_demo_with_its_key(
+    running_demo: Demo, home_with_demo_key: Path, doc: str
+) -> None:
+    """The `claude mcp add` line for the demo, expanded by bash as a user's shell would
+    (a stand-in `claude` prints what it was given): its URL and header initialize an MCP
+    session on the demo, which refuses the same request without the header (regression:
+    the line had no key, and the demo has had one since keys went on by default)."""
+    [line] = [b for b in _doc_blocks(doc, "bash", "claude mcp add") if "homelab-demo" in b]
+    line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
+    args = _shell_args(line, home_with_demo_key, "claude")
+    assert args[:5] == ["mcp", "add", "--transport", "http", "homelab-demo"], args
+    url, flag, header = args[5:]
+    assert url == running_demo.proxy_url + "/mcp" and flag == "--header", args
+    name, _, value = header.partition(": ")
+    assert (name, value) == ("Authorization", f"Bearer {running_demo.api_key}")
+
+    assert _mcp_initialize(url, {}).status_code == 401
+    answer = _mcp_initialize(url, {name: value})
+    assert answer.status_code == 200, answer.text
+    assert '"serverInfo"' in answer.text and "homelab-ai" in answer.text
+
+
+def test_readme_stdio_relay_line_passes_the_demo_key(
+    running_demo: Demo, home_with_demo_key: Path
+) -> None:
+    """The README's `python -m proxy.mcp` line hands the relay the demo's key and URL."""
+    text = (REPO_ROOT / "README.md").read_text()
+    [line] = re.findall(r"`(HOMELAB_API_KEY=[^`]*python -m proxy\.mcp [^`]*)`", text)
+    line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
+    args = _shell_args(line, home_with_demo_key, "python", also='"$HOMELAB_API_KEY"')
+    url = running_demo.proxy_url + "/mcp"
+    assert args == [running_demo.api_key, "-m", "proxy.mcp", "--url", url], args
