@@ -17,6 +17,7 @@ machine); the waits below are deadlines, not expectations.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -31,11 +32,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+from tests.mcp_client import http_session, stdio_session
 from wire.procs import is_alive, read_registry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
@@ -305,19 +308,14 @@ def _shell_args(script: str, home: Path, stub: str, also: str = "") -> list[str]
     return out.split("\0")[:-1]
 
 
-def _mcp_initialize(url: str, headers: dict[str, str]) -> httpx.Response:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "readme-check", "version": "0"},
-        },
-    }
-    accept = {"Accept": "application/json, text/event-stream"}
-    return httpx.post(url, json=body, headers={**accept, **headers}, timeout=60)
+def _tool_names(session_factory: Any, url: str, key: str) -> set[str]:
+    """The tools an MCP session (tests/mcp_client.py) to `url` with `key` lists."""
+
+    async def listed() -> set[str]:
+        async with session_factory(url, key) as session:
+            return {tool.name for tool in (await session.list_tools()).tools}
+
+    return asyncio.run(listed())
 
 
 @pytest.fixture(scope="module")
@@ -378,12 +376,12 @@ def test_readme_python_examples_run_against_the_demo_and_their_image_url_is_fetc
             f"Path({str(running_demo.dir / 'api-key')!r})",
         )
     code = prelude + _swap(code, "http://127.0.0.1:8080", running_demo.proxy_url)
-    names: dict[str, object] = {"__name__": "readme_example"}
+    names: dict[str, Any] = {"__name__": "readme_example"}
     exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - the README's own example
 
     reply, image = names["reply"], names["image"]
-    assert reply.choices[0].message.content  # type: ignore[attr-defined]
-    url = image.data[0].url  # type: ignore[attr-defined]
+    assert reply.choices[0].message.content
+    url = image.data[0].url
     assert url.startswith(running_demo.proxy_url + "/images/"), url
     fetched = httpx.get(url, timeout=30)  # no key needed: image URLs work in <img> tags
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
@@ -397,8 +395,8 @@ def test_documented_claude_mcp_add_line_reaches_the_demo_with_its_key(
     running_demo: Demo, home_with_demo_key: Path, doc: str
 ) -> None:
     """The `claude mcp add` line for the demo, expanded by bash as a user's shell would
-    (a stand-in `claude` prints what it was given): its URL and header initialize an MCP
-    session on the demo, which refuses the same request without the header (regression:
+    (a stand-in `claude` prints what it was given): with its URL and header an MCP
+    session lists the demo's tools, and without the header the demo refuses (regression:
     the line had no key, and the demo has had one since keys went on by default)."""
     [line] = [b for b in _doc_blocks(doc, "bash", "claude mcp add") if "homelab-demo" in b]
     line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
@@ -409,19 +407,20 @@ def test_documented_claude_mcp_add_line_reaches_the_demo_with_its_key(
     name, _, value = header.partition(": ")
     assert (name, value) == ("Authorization", f"Bearer {running_demo.api_key}")
 
-    assert _mcp_initialize(url, {}).status_code == 401
-    answer = _mcp_initialize(url, {name: value})
-    assert answer.status_code == 200, answer.text
-    assert '"serverInfo"' in answer.text and "homelab-ai" in answer.text
+    assert httpx.post(url, json={}, timeout=30).status_code == 401  # no key, no MCP
+    key = value.removeprefix("Bearer ")
+    assert "txt2img" in _tool_names(http_session, url, key)
 
 
 def test_readme_stdio_relay_line_passes_the_demo_key(
     running_demo: Demo, home_with_demo_key: Path
 ) -> None:
-    """The README's `python -m proxy.mcp` line hands the relay the demo's key and URL."""
+    """The README's `python -m proxy.mcp` line, expanded by bash, hands the relay the
+    demo's key and URL; the relay run with them lists the demo's tools."""
     text = (REPO_ROOT / "README.md").read_text()
     [line] = re.findall(r"`(HOMELAB_API_KEY=[^`]*python -m proxy\.mcp [^`]*)`", text)
     line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
     args = _shell_args(line, home_with_demo_key, "python", also='"$HOMELAB_API_KEY"')
     url = running_demo.proxy_url + "/mcp"
     assert args == [running_demo.api_key, "-m", "proxy.mcp", "--url", url], args
+    assert "txt2img" in _tool_names(stdio_session, url, args[0])  # the relay, run so
