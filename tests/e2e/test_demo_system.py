@@ -320,11 +320,14 @@ def _tool_names(session_factory: Any, url: str, key: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def running_demo(demo: Demo) -> Demo:
-    """The demo, started again when an earlier test of this module stopped it."""
+    """The demo, started again (on ports free now: the last ones may linger in TIME_WAIT)
+    when an earlier test of this module stopped it."""
     if demo.setup_sh("demo", "status").returncode != 0:
-        port = demo.proxy_url.rsplit(":", 1)[1]
-        started = demo.setup_sh("demo", "--detach", "--no-deps", "--port", port, timeout=900)
+        port = free_port_base()
+        started = demo.setup_sh("demo", "--detach", "--no-deps", "--port", str(port), timeout=900)
         assert started.returncode == 0, f"demo --detach failed:\n{started.stdout}\n{started.stderr}"
+        demo.proxy_url = f"http://127.0.0.1:{port}"
+        demo.manager_url = f"http://127.0.0.1:{port + 10}"
     return demo
 
 
@@ -424,3 +427,18 @@ def test_readme_stdio_relay_line_passes_the_demo_key(
     url = running_demo.proxy_url + "/mcp"
     assert args == [running_demo.api_key, "-m", "proxy.mcp", "--url", url], args
     assert "txt2img" in _tool_names(stdio_session, url, args[0])  # the relay, run so
+
+
+def test_docs_mcp_python_example_calls_a_tool_on_the_demo(running_demo: Demo) -> None:
+    """docs/mcp.md's Python (mcp SDK) example, with the demo's address and key: it asks
+    txt2txt and prints the answer (after any progress lines)."""
+    [code] = _doc_blocks("docs/mcp.md", "python", "streamable_http_client")
+    code = _swap(code, "http://homelab:8080", running_demo.proxy_url)
+    code = _swap(code, '"Bearer KEY"', f"'Bearer ' + {running_demo.api_key!r}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/mcp.md", "exec"), {"__name__": "mcp_example"})  # noqa: S102
+    lines = printed.getvalue().strip().splitlines()
+    assert lines and lines[-1].strip(), printed.getvalue()
+    # A failed call's text names where it failed: "... (from the proxy)" and the like.
+    assert "(from the " not in lines[-1], lines
