@@ -18,7 +18,7 @@ every reader, and keep-alives), the proxy's job streams (``GET /stream/{taskId}`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -111,7 +111,7 @@ def snapshot_frame(statuses: Iterable[ModelStatus]) -> bytes:
 
 async def event_stream(
     first: bytes, subscription: Subscription[Any], heartbeat: float = HEARTBEAT
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The bytes of one event stream: `first` (the snapshot), then the frame of each item
     `subscription` gets (`Subscription.next_frame`: made once for every reader), and
     `KEEPALIVE` after `heartbeat` idle seconds. Ends when the subscription ends; closes
