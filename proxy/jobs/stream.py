@@ -11,8 +11,9 @@ While the job waits, ``state`` events *without* an id report its place in line
 (``position``) and which model must load first (``load_first``); they are not
 stored, so a resume neither loses nor repeats stored events. ``: keepalive``
 comments keep idle connections open. Frames and keep-alives are `wire.events`'
-(`frame`, `KEEPALIVE` after `HEARTBEAT` idle seconds), as on every other stream. The stream reads from the store, so it
-works on any proxy that shares the job's store (Redis), whoever runs the job.
+(`frame`, `KEEPALIVE` after `HEARTBEAT` idle seconds), as on every other stream. The
+stream reads from the store, so it works on any proxy that shares the job's store
+(Redis), whoever runs the job.
 """
 
 from __future__ import annotations
