@@ -31,7 +31,7 @@ def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
         contention = parse_event(event, data)
         if isinstance(contention, ContentionEvent):
             for model in contention.models:
-                ctx.manager.leases.retire_model(model)
+                ctx.leases.retire_model(model)
         return
     if event in (STATE, SWAP):
         parsed = parse_event(event, data)

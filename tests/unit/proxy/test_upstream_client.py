@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.asgi import TRANSPORT_ERRORS
-from proxy.upstream import HIGH_WATER, UpstreamPool, UpstreamProtocolError
+from proxy.upstream import HIGH_WATER, UPSTREAM_ERRORS, UpstreamPool, UpstreamProtocolError
 
 T = {"connect_timeout": 5.0, "read_timeout": 5.0}
 
@@ -311,7 +310,7 @@ async def test_connection_refused_raises_oserror() -> None:
     async with pool() as p:
         with pytest.raises(OSError) as caught:
             await p.post(f"http://127.0.0.1:{port}/", b"", {}, **T)
-    assert isinstance(caught.value, TRANSPORT_ERRORS)
+    assert isinstance(caught.value, UPSTREAM_ERRORS)
 
 
 async def test_read_timeout_between_bytes() -> None:
