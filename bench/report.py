@@ -621,6 +621,31 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def upstream_client_table(rows: list[dict]) -> str:
+    """bench/upstream_client.py's summary rows as a table."""
+    return table(
+        [
+            "case",
+            "clients",
+            "CPU µs/req lean / aiohttp",
+            "req/s lean / aiohttp",
+            "p50 ms lean / aiohttp",
+            "p99 ms lean / aiohttp",
+        ],
+        [
+            [
+                r["case"],
+                r["clients"],
+                f"{fmt(r['lean_cpu_us_per_req'], 0)} / {fmt(r['aiohttp_cpu_us_per_req'], 0)}",
+                f"{fmt(r['lean_req_per_s'], 0)} / {fmt(r['aiohttp_req_per_s'], 0)}",
+                f"{fmt(r['lean_p50_ms'], 3)} / {fmt(r['aiohttp_p50_ms'], 3)}",
+                f"{fmt(r['lean_p99_ms'], 3)} / {fmt(r['aiohttp_p99_ms'], 3)}",
+            ]
+            for r in rows
+        ],
+    )
+
+
 def _upstream_client_section(uc: dict) -> tuple[str, list[str]]:
     """The lean upstream client against aiohttp's (bench/upstream_client.py)."""
     out = ["## Upstream client: lean vs aiohttp\n"]
@@ -640,30 +665,7 @@ def _upstream_client_section(uc: dict) -> tuple[str, list[str]]:
         f"start, {end} at the end (a shared machine: other sessions' work ran meanwhile)."
     )
     rows = uc["summary"]
-    out.append(
-        "\n"
-        + table(
-            [
-                "case",
-                "clients",
-                "CPU µs/req lean / aiohttp",
-                "req/s lean / aiohttp",
-                "p50 ms lean / aiohttp",
-                "p99 ms lean / aiohttp",
-            ],
-            [
-                [
-                    r["case"],
-                    r["clients"],
-                    f"{fmt(r['lean_cpu_us_per_req'], 0)} / {fmt(r['aiohttp_cpu_us_per_req'], 0)}",
-                    f"{fmt(r['lean_req_per_s'], 0)} / {fmt(r['aiohttp_req_per_s'], 0)}",
-                    f"{fmt(r['lean_p50_ms'], 3)} / {fmt(r['aiohttp_p50_ms'], 3)}",
-                    f"{fmt(r['lean_p99_ms'], 3)} / {fmt(r['aiohttp_p99_ms'], 3)}",
-                ]
-                for r in rows
-            ],
-        )
-    )
+    out.append("\n" + upstream_client_table(rows))
     plain = [r for r in rows if r["case"] == "plain"]
     findings = []
     if plain:

@@ -30,7 +30,8 @@ import aiohttp
 import orjson
 
 from bench import procstat
-from bench.common import command_line, fmt, median, percentile, table, write_json
+from bench.common import command_line, median, percentile, write_json
+from bench.report import upstream_client_table
 from proxy.upstream import UpstreamPool
 
 PORT = 18680
@@ -168,30 +169,6 @@ def summary(runs: list[dict]) -> list[dict]:
     return out
 
 
-def render(rows: list[dict]) -> str:
-    return table(
-        [
-            "case",
-            "clients",
-            "CPU µs/req lean / aiohttp",
-            "req/s lean / aiohttp",
-            "p50 ms lean / aiohttp",
-            "p99 ms lean / aiohttp",
-        ],
-        [
-            [
-                r["case"],
-                r["clients"],
-                f"{fmt(r['lean_cpu_us_per_req'], 0)} / {fmt(r['aiohttp_cpu_us_per_req'], 0)}",
-                f"{fmt(r['lean_req_per_s'], 0)} / {fmt(r['aiohttp_req_per_s'], 0)}",
-                f"{fmt(r['lean_p50_ms'], 3)} / {fmt(r['aiohttp_p50_ms'], 3)}",
-                f"{fmt(r['lean_p99_ms'], 3)} / {fmt(r['aiohttp_p99_ms'], 3)}",
-            ]
-            for r in rows
-        ],
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = procstat.machine()
@@ -234,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": rows,
         },
     )
-    print(render(rows))
+    print(upstream_client_table(rows))
     return 0
 
 

@@ -287,6 +287,7 @@ class ModelCall:
                 raise normalise_error_body(raw, resp.status, MODEL_SERVER)
             if resp.content_type == SSE_MEDIA_TYPE:
                 self.streamed = True
+                self._outcome = resp.status
                 return
             try:
                 raw = await resp.read(self._limit + 1)
@@ -333,7 +334,6 @@ class ModelCall:
             await self._calls.lost_server(held, self.model)
             raise err from exc
         held.end()
-        self._outcome = self.status
 
     async def events(self) -> AsyncIterator[str]:
         """Each event's data (``[DONE]`` included), parsed from `chunks` with
