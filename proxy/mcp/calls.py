@@ -6,7 +6,8 @@ the same), the POST to the leased model server, the same retry and dead-server r
 when the server cannot be reached or breaks off, the lease ended as soon as the answer
 is read, errors normalised into the proxy's exception tree, and the same metrics
 (endpoint label ``mcp:<tool>``). MCP calls are interactive: jobs yield to them. The
-answer is read whole (bounded by `ANSWER_LIMIT`): tools return whole results.
+answer is read whole (bounded by `proxy.modelcall.ANSWER_LIMIT`): tools return whole
+results.
 
 While it waits for the lease, the manager's events become progress notifications
 (`proxy.mcp.progress.wait_for_lease`); while the model server works, "still running"
@@ -36,8 +37,6 @@ from proxy.mcp.progress import Progress, wait_for_lease
 from proxy.modelcall import ModelCalls
 from wire.lease import LeaseGrant
 
-ANSWER_LIMIT = 256 * 1024 * 1024
-"""Largest model-server answer read (a few large pictures in base64)."""
 RUN_TICK = 5.0
 """Seconds between "still running" progress notifications while the model server works."""
 STEP_POLL = 0.5
@@ -91,7 +90,6 @@ async def call_model(
             body,
             content_type,
             label=f"mcp:{tool}",
-            answer_limit=ANSWER_LIMIT,
             wait=wait,
             on_lease=ticker.leased,
         )

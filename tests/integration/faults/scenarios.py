@@ -12,6 +12,8 @@ reports counts and times). Times are measured here but asserted nowhere in tests
   registry names it (its registry write is held on a FIFO), started again, and another model
   is asked for.
 * `image_flood`: 20 image requests at once on a model server that accepts 1 + 8.
+* `mcp_model_kill`: MCP ``txt2txt`` calls on one session; the resident model server is
+  SIGKILLed while some are under way (the MCP path's retry and dead-server report).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.faults.load import Load, Outcome, lost, tally
+from tests.integration.faults.load import Load, Outcome, expected_reply, lost, tally, words
 from tests.integration.faults.stack import IMAGE, OTHER, STREAM_DELAY, TEXT, FaultStack
 
 
@@ -286,5 +288,59 @@ async def image_flood(stack: FaultStack, count: int = 20) -> FaultResult:
             "http_429": sum(1 for o in load.outcomes if o.result.startswith("http_429")),
         }
         return FaultResult("image_flood", list(load.outcomes), facts)
+    finally:
+        await load.aclose()
+
+
+async def mcp_model_kill(
+    stack: FaultStack, duration: float = 2.5, kill_at: float = 1.0
+) -> FaultResult:
+    """MCP ``txt2txt`` calls on `ft-text` (not streamed: 0.3 s each), one every 0.1 s on one
+    MCP session; the model server is SIGKILLed `kill_at` s in. A call under way then is
+    asked again once the manager, told by the proxy, has started the model afresh."""
+    from tests.mcp_client import http_session, text_of
+
+    load = Load(stack.proxy_url, stack.api_key)
+    outcomes: list[Outcome] = []
+    try:
+        await _warm(load, TEXT)
+        async with http_session(stack.proxy_url + "/mcp", stack.api_key) as session:
+
+            async def call(outcome: Outcome, prompt: str) -> None:
+                try:
+                    result = await session.call_tool("txt2txt", {"model": TEXT, "prompt": prompt})
+                    if result.is_error:
+                        outcome.result = "tool_error"
+                    elif text_of(result) == expected_reply(TEXT, prompt):
+                        outcome.result = "ok"
+                    else:
+                        outcome.result = "wrong_answer"
+                except Exception as exc:  # noqa: BLE001 (every failure is counted)
+                    outcome.result = f"exception_{type(exc).__name__}"
+                finally:
+                    outcome.ended = time.monotonic()
+
+            tasks = []
+            start = time.monotonic()
+            killed_at = None
+            i = 0
+            while time.monotonic() - start < duration:
+                if killed_at is None and time.monotonic() - start >= kill_at:
+                    await asyncio.to_thread(stack.kill_server, TEXT)
+                    killed_at = time.monotonic()
+                outcome = Outcome("mcp", TEXT, time.monotonic())
+                outcomes.append(outcome)
+                tasks.append(asyncio.create_task(call(outcome, f"{words(3)} n{i}")))
+                i += 1
+                await asyncio.sleep(0.1)
+            await asyncio.wait_for(asyncio.gather(*tasks), 90)
+        assert killed_at is not None
+        facts = {
+            "under_way_at_kill": sum(1 for o in outcomes if o.sent < killed_at < o.ended),
+            "under_way_at_kill_lost": sum(
+                1 for o in lost(outcomes) if o.sent < killed_at < o.ended
+            ),
+        }
+        return FaultResult("mcp_model_kill", outcomes, facts)
     finally:
         await load.aclose()

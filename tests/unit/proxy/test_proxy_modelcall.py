@@ -13,6 +13,7 @@ from mcp import types
 from proxy_fakes import dead_port
 from proxy_stack import API_KEY, Stack
 
+from proxy.errors import UpstreamError
 from proxy.jobs.runner import run_job
 from tests.mcp_client import http_session, text_of
 
@@ -204,3 +205,20 @@ async def test_a_jobs_model_server_error_is_its_outcome(stack: Stack) -> None:
     assert outcome.error["param"] == "messages"
     assert orjson.loads(orjson.dumps(outcome.result))["error"] == outcome.error
     assert stack.manager.checked == []
+
+
+async def test_a_whole_answer_over_the_limit_is_refused_and_the_lease_ended(stack: Stack) -> None:
+    ctx = stack.app.state.ctx
+    body = orjson.dumps(_job("hi")["body"])
+    with pytest.raises(UpstreamError) as refused:
+        async with ctx.model_calls.call(
+            "chat-a", "/v1/chat/completions", body, "application/json", answer_limit=10
+        ):
+            raise AssertionError("an answer over the limit was taken")
+    assert refused.value.code == "answer_too_large" and refused.value.status == 502
+    assert all(shared.refs == 0 for shared in ctx.leases._live), "the share was ended"
+    assert stack.manager.checked == [], "a server that answered is not reported"
+    async with ctx.model_calls.call(
+        "chat-a", "/v1/chat/completions", body, "application/json", answer_limit=10_000
+    ) as call:
+        assert call.body is not None and orjson.loads(call.body)["object"] == "chat.completion"

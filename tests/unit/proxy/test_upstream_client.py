@@ -98,6 +98,30 @@ async def serve_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         await writer.drain()
 
 
+async def test_get_shares_the_connections_of_posts() -> None:
+    """A GET (the image server's /v1/progress) on the same keep-alive connection as a POST."""
+    peers: list[tuple[str, object]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(
+            (request.method, request.transport and request.transport.get_extra_info("peername"))
+        )
+        return web.json_response({"method": request.method, "key": request.headers.get("X-Key")})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_get("/v1/progress", handler)
+    async with aiohttp_server(app) as url, pool() as p:
+        resp = await p.post(url + "/v1/chat/completions", b"{}", {}, **T)
+        assert await resp.read() == b'{"method": "POST", "key": null}'
+        resp.close()
+        resp = await p.get(url + "/v1/progress", {"X-Key": "k"}, **T)
+        assert resp.status == 200
+        assert await resp.read() == b'{"method": "GET", "key": "k"}'
+        resp.close()
+    assert [m for m, _ in peers] == ["POST", "GET"] and peers[0][1] == peers[1][1]
+
+
 async def test_sends_the_request_and_reuses_the_connection() -> None:
     seen: list[tuple[object, str | None, str | None, str | None, bytes]] = []
 
