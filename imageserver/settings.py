@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from wire.model_server import IMAGE_API_KEY_ENV
+
 SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
 DEVICE_RE = r"^(cuda(:[0-9]+)?|cpu|mps)$"
 
@@ -32,7 +34,9 @@ def parse_size(text: str) -> tuple[int, int]:
 class Settings(BaseSettings):
     """Everything the image server is told at start. Immutable."""
 
-    model_config = SettingsConfigDict(env_prefix="HOMELAB_IMAGE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HOMELAB_IMAGE_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     model: str = Field(
         min_length=1,
@@ -85,6 +89,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_key: SecretStr | None = Field(
         default=None,
+        validation_alias=IMAGE_API_KEY_ENV,  # the contract's name (wire.model_server)
         description=(
             "The upstream key the manager made for this start: /v1/* requests must send "
             "it as `Authorization: Bearer`. Unset: no key needed."

@@ -36,6 +36,7 @@ from proxy.lease_pool import LeaseUse
 from proxy.mcp.progress import Progress, wait_for_lease
 from proxy.modelcall import ModelCalls
 from wire.lease import LeaseGrant
+from wire.model_server import ImageProgress
 
 RUN_TICK = 5.0
 """Seconds between "still running" progress notifications while the model server works."""
@@ -115,7 +116,7 @@ async def call_model(
 
 
 class StepPoll:
-    """Reads the image server's ``GET /v1/progress`` (`imageserver.model.StepMeter`).
+    """Reads the image server's ``GET /v1/progress`` (`wire.model_server.ImageProgress`).
 
     A server without it (404, an older image server or a stand-in) is not asked again.
     Never raises: progress is only a message."""
@@ -133,15 +134,11 @@ class StepPoll:
             if status == 404:
                 self.dead = True
                 return None
-            data = orjson.loads(raw) if status == 200 else None
-        except (ProxyError, ValueError):
+            if status != 200:
+                return None
+            return ImageProgress.model_validate_json(raw).step_of()
+        except (ProxyError, ValueError):  # pydantic's ValidationError is a ValueError
             return None
-        if not isinstance(data, dict) or data.get("running") is not True:
-            return None
-        step, total = data.get("step"), data.get("steps")
-        if isinstance(step, int) and isinstance(total, int) and 0 < step <= total:
-            return step, total
-        return None
 
 
 class _Running:
