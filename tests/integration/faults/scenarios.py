@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,25 @@ async def _warm(load: Load, model: str) -> None:
     load.outcomes.remove(outcome)
 
 
+async def _kill_under_load(
+    stack: FaultStack, send: Callable[[int], object], duration: float, kill_at: float
+) -> float:
+    """`send(i)` every 0.1 s for `duration` s; the model server of `ft-text` is SIGKILLed
+    `kill_at` s in. Returns when it was killed (time.monotonic())."""
+    start = time.monotonic()
+    killed_at = None
+    i = 0
+    while time.monotonic() - start < duration:
+        if killed_at is None and time.monotonic() - start >= kill_at:
+            await asyncio.to_thread(stack.kill_server, TEXT)
+            killed_at = time.monotonic()
+        send(i)
+        i += 1
+        await asyncio.sleep(0.1)
+    assert killed_at is not None
+    return killed_at
+
+
 async def model_kill(stack: FaultStack, duration: float = 3.5, kill_at: float = 1.0) -> FaultResult:
     """Streams (15 words) and plain chats alternate every 0.1 s; the model server of `ft-text`
     is SIGKILLed `kill_at` s in."""
@@ -121,18 +141,10 @@ async def model_kill(stack: FaultStack, duration: float = 3.5, kill_at: float = 
     try:
         await _warm(load, TEXT)
         async with Watch(stack) as watch:
-            start = time.monotonic()
-            killed_at = None
-            i = 0
-            while time.monotonic() - start < duration:
-                if killed_at is None and time.monotonic() - start >= kill_at:
-                    await asyncio.to_thread(stack.kill_server, TEXT)
-                    killed_at = time.monotonic()
-                load.chat(TEXT, 15, stream=i % 2 == 0)
-                i += 1
-                await asyncio.sleep(0.1)
+            killed_at = await _kill_under_load(
+                stack, lambda i: load.chat(TEXT, 15, stream=i % 2 == 0), duration, kill_at
+            )
             await load.drain(60)
-        assert killed_at is not None
         noticed = watch.first_state(TEXT, {"failed", "stopping", "stopped", "starting"}, killed_at)
         after_notice = [o for o in load.outcomes if noticed is not None and o.sent >= noticed]
         back = [o.ended for o in load.outcomes if o.sent >= killed_at and o.ok]
@@ -321,20 +333,14 @@ async def mcp_model_kill(
                     outcome.ended = time.monotonic()
 
             tasks = []
-            start = time.monotonic()
-            killed_at = None
-            i = 0
-            while time.monotonic() - start < duration:
-                if killed_at is None and time.monotonic() - start >= kill_at:
-                    await asyncio.to_thread(stack.kill_server, TEXT)
-                    killed_at = time.monotonic()
+
+            def send(i: int) -> None:
                 outcome = Outcome("mcp", TEXT, time.monotonic())
                 outcomes.append(outcome)
                 tasks.append(asyncio.create_task(call(outcome, f"{words(3)} n{i}")))
-                i += 1
-                await asyncio.sleep(0.1)
+
+            killed_at = await _kill_under_load(stack, send, duration, kill_at)
             await asyncio.wait_for(asyncio.gather(*tasks), 90)
-        assert killed_at is not None
         facts = {
             "under_way_at_kill": sum(1 for o in outcomes if o.sent < killed_at < o.ended),
             "under_way_at_kill_lost": sum(
