@@ -36,6 +36,7 @@ from proxy.errors import ManagerUnavailable, ProxyError
 from proxy.manager_client import ManagerClient
 from wire.disconnect import watch_disconnect
 from wire.events import KEEPALIVE, SNAPSHOT, STATE, SseParser, frame
+from proxy.settings import ProxySettings
 
 log = logging.getLogger("proxy.events")
 
@@ -65,7 +66,7 @@ class EventHub:
         manager: ManagerClient,
         on_event: Callable[[str, str], None],
         *,
-        max_subscribers: int = 256,
+        max_subscribers: int = ProxySettings.default("max_event_clients"),
     ) -> None:
         self.manager = manager
         self.on_event = on_event

@@ -69,6 +69,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
+from proxy.settings import ProxySettings
 from wire.lease import LeaseGrant, LeaseRenewal
 
 log = logging.getLogger("proxy.leases")
@@ -77,8 +78,9 @@ RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
 RENEW_RETRY = 2.0
 """Seconds between renewal attempts while the manager cannot be reached."""
-DEFAULT_LINGER = 0.5
-"""Seconds an idle open lease is kept for the next request (module docstring)."""
+DEFAULT_LINGER: float = ProxySettings.default("lease_linger")
+"""Seconds an idle open lease is kept for the next request (module docstring;
+HOMELAB_LEASE_LINGER's default)."""
 
 
 class LeaseSource(Protocol):
