@@ -34,9 +34,9 @@ from starlette.types import Send
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.errors import ManagerUnavailable, ProxyError
 from proxy.manager_client import ManagerClient
+from proxy.settings import ProxySettings
 from wire.disconnect import watch_disconnect
 from wire.events import KEEPALIVE, SNAPSHOT, STATE, SseParser, frame
-from proxy.settings import ProxySettings
 
 log = logging.getLogger("proxy.events")
 

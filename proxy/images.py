@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import InvalidRequest, UpstreamError
-from wire.models import ModelStatus
 from proxy.settings import ProxySettings
+from wire.models import ModelStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}

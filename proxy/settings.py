@@ -16,7 +16,13 @@ from typing import Annotated, ClassVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, SSE_HEARTBEAT, HomelabSettings, ServiceSettings
+from wire.settings import (
+    BATCH_BOUND,
+    QUEUE_TIMEOUT,
+    SSE_HEARTBEAT,
+    HomelabSettings,
+    ServiceSettings,
+)
 from wire.tokens import check_token, token_problem
 
 _APP_DIR = Path(__file__).resolve().parent.parent / "app"

@@ -34,8 +34,8 @@ from proxy.errors import ProxyError
 from proxy.jobs.order import pick_model
 from proxy.jobs.runner import Outcome, run_job
 from proxy.jobs.store import TERMINAL, AsyncJobStore
-from wire.models import ModelStatus
 from proxy.settings import ProxySettings
+from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.jobs")
 

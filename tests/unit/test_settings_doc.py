@@ -117,4 +117,3 @@ def test_no_doc_names_an_old_variable_but_the_reference() -> None:
         for found in pattern.findall(path.read_text(encoding="utf-8"))
     ]
     assert not stale, stale
-
