@@ -14,7 +14,6 @@ than writing a vague row.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic.fields import FieldInfo
 from imageserver.settings import Settings as ImageServerSettings
 from manager.settings import ManagerSettings
 from proxy.settings import McpBridgeSettings, ProxySettings
+from scripts.models_json_doc import SchemaNotDocumented, type_text, write_or_check
 from wire.settings import HomelabSettings, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,62 +177,25 @@ def _path(value: Path) -> str:
 
 
 def _type(prop: Schema, defs: dict[str, Schema], label: str) -> str:
-    """A short English description of a setting's type and limits."""
+    """A short English description of a setting's type and limits: secrets, paths and
+    comma lists here, the rest as models-json.md describes them (`type_text`)."""
     if "$ref" in prop:
         prop = defs[prop["$ref"].removeprefix("#/$defs/")]
     if "anyOf" in prop:
         options = [p for p in prop["anyOf"] if p.get("type") != "null"]
         return " or ".join(_type(p, defs, label) for p in options)
-    if "enum" in prop:
-        return "one of " + ", ".join(f"`{v}`" for v in prop["enum"])
-    if "const" in prop:
-        return f"`{prop['const']}`"
-    kind = prop.get("type")
-    if kind == "string":
-        if prop.get("format") == "password":
-            return "secret"
-        if prop.get("format") == "path":
-            return "path"
-        limits = []
-        if "minLength" in prop or "maxLength" in prop:
-            limits.append(_range(prop.get("minLength"), prop.get("maxLength"), "characters"))
-        if "pattern" in prop:
-            limits.append(f"matching `{prop['pattern']}`")
-        return ", ".join(["string", *limits])
-    if kind in ("integer", "number"):
-        name = "whole number" if kind == "integer" else "number"
-        low = (
-            f"more than {_tidy(prop['exclusiveMinimum'])}"
-            if "exclusiveMinimum" in prop
-            else f"at least {_tidy(prop['minimum'])}"
-            if "minimum" in prop
-            else None
-        )
-        high = f"at most {_tidy(prop['maximum'])}" if "maximum" in prop else None
-        return ", ".join([name, *(part for part in (low, high) if part)])
-    if kind == "boolean":
-        return "`true` or `false`"
-    if kind == "array":
+    if prop.get("format") in ("password", "path"):
+        return "secret" if prop["format"] == "password" else "path"
+    if prop.get("type") == "array" and "items" in prop:
         item = _type(prop["items"], defs, label)
         for one in ("string", "secret"):
             if item.startswith(one):
                 item = f"{one}s{item.removeprefix(one)}"
         return f"comma list of {item}"
-    raise SettingsNotDocumented(f"{label}: cannot describe the type {json.dumps(prop)}")
-
-
-def _tidy(value: object) -> object:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _range(low: object, high: object, unit: str) -> str:
-    if low is not None and high is not None:
-        return f"{_tidy(low)} to {_tidy(high)} {unit}"
-    if low is not None:
-        return f"at least {_tidy(low)} {unit}"
-    return f"at most {_tidy(high)} {unit}"
+    try:
+        return type_text(prop, defs, label)
+    except SchemaNotDocumented as exc:
+        raise SettingsNotDocumented(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,15 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that the doc is current")
     parser.add_argument("--out", type=Path, default=DOC_FILE)
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date: run python -m scripts.settings_doc", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text, encoding="utf-8")
-    return 0
+    return write_or_check(args.out, render(), check=args.check, script="scripts.settings_doc")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from imageserver.settings import Settings as ImageServerSettings
 from manager.settings import ManagerSettings
@@ -54,7 +54,7 @@ def test_every_setting_of_every_program_has_a_row_with_its_default_and_text() ->
                 assert float(default.split("`")[1]) == info.default, (cls.__name__, name)
     assert doc["HOMELAB_PROXY_MAX_BODY_BYTES"][1] == "`33554432` (32 MiB)"
     assert doc["HOMELAB_QUEUE_TIMEOUT"][0] == "number, more than 0"
-    assert doc["HOMELAB_MANAGER_PORT"][0] == "whole number, at least 1, at most 65535"
+    assert doc["HOMELAB_MANAGER_PORT"][0] == "whole number, 1 to 65535"
     assert doc["HOMELAB_API_KEYS"][0] == "comma list of secrets"
     assert doc["HOMELAB_MANAGER_TOKEN"][:2] == ["secret", "required"]
 
@@ -89,8 +89,11 @@ def test_a_setting_without_a_description_is_refused() -> None:
 
 
 def test_a_type_it_cannot_describe_is_refused() -> None:
+    class Point(BaseModel):
+        x: int
+
     class Odd(HomelabSettings):
-        table: dict[str, int] = Field(default_factory=dict, description="d")
+        table: Point = Field(default=Point(x=1), description="d")
 
     with pytest.raises(SettingsNotDocumented, match=r"Odd\.table: cannot describe"):
         render([("Test", Odd, "A test program.")])
