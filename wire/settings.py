@@ -41,6 +41,12 @@ class SettingRenamed(FutureWarning):
     longer read at all was set."""
 
 
+def _warn(message: str) -> None:
+    """A `SettingRenamed` warning that names the environment, not pydantic's code, as
+    where it comes from (printed once per message, like any warning)."""
+    warnings.warn_explicit(message, SettingRenamed, "environment", 0, module="wire.settings")
+
+
 class HomelabSettings(BaseSettings):
     """The base of every program's settings: immutable, unknown variables ignored."""
 
@@ -59,15 +65,11 @@ class HomelabSettings(BaseSettings):
         for old, field in cls.renamed.items():
             if old in os.environ and field not in data:
                 new = cls.env_name(field)
-                warnings.warn(
-                    f"{old} is renamed {new}; the old name is read this release only",
-                    SettingRenamed,
-                    stacklevel=2,
-                )
+                _warn(f"{old} is renamed {new}; the old name is read this release only")
                 data = {**data, field: os.environ[old]}
         for old, why in cls.retired.items():
             if old in os.environ:
-                warnings.warn(f"{old} is no longer read: {why}", SettingRenamed, stacklevel=2)
+                _warn(f"{old} is no longer read: {why}")
         return data
 
     @classmethod
