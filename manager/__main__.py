@@ -248,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     prints.add_argument("--models", default="models.json", help="the models.json to check")
     prints.add_argument(
         "--file",
-        default=os.environ.get("HOMELAB_FOOTPRINT_FILE")
-        or str(Path(os.environ.get("HOMELAB_LOG_DIR", "logs")) / "footprints.json"),
-        help="the manager's footprints file (default: as the manager's settings give it)",
+        default=str(
+            Path(os.environ.get("HOMELAB_LOG_DIR") or ManagerSettings.default("log_dir"))
+            / footprints.FOOTPRINT_FILE
+        ),
+        help="the manager's footprints file (default: footprints.json in HOMELAB_LOG_DIR)",
     )
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
+from manager.footprints import FOOTPRINT_FILE
+from manager.lease_store import LEASE_FILE
 from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, ServiceSettings
 from wire.tokens import check_token
 
@@ -30,6 +32,8 @@ class ManagerSettings(ServiceSettings):
             "the manager's body limit is fixed (manager.api.MAX_BODY_BYTES); "
             "for the proxy's, set HOMELAB_PROXY_MAX_BODY_BYTES"
         ),
+        "HOMELAB_LEASE_FILE": "the lease file is leases.json in HOMELAB_LOG_DIR",
+        "HOMELAB_FOOTPRINT_FILE": "the footprints file is footprints.json in HOMELAB_LOG_DIR",
         "HOMELAB_MAX_CONNECTIONS": (
             "the manager's connection limit is fixed (manager.__main__.MAX_CONNECTIONS); "
             "for the proxy's, set HOMELAB_PROXY_MAX_CONNECTIONS"
@@ -127,13 +131,11 @@ class ManagerSettings(ServiceSettings):
         description="Process runtime: Python that has the image server's stack.",
     )
     log_dir: Path = Field(
-        default=Path("logs"), description="Process runtime: where model servers' output is kept."
-    )
-    lease_file: Path | None = Field(
-        default=None,
+        default=Path("logs"),
         description=(
-            "Where leases are kept so a restarted manager knows what is in flight. "
-            "Unset: leases.json in log_dir."
+            "Where the manager keeps its files: the leases in flight (leases.json, so a "
+            "restarted manager knows them), the learned GPU footprints (footprints.json) "
+            "and, with the process runtime, model servers' output."
         ),
     )
     gpu_budget_mib: int | None = Field(
@@ -150,10 +152,6 @@ class ManagerSettings(ServiceSettings):
         default=1024,
         ge=0,
         description="GPU memory (MiB) kept out of the default budget (desktop, other programs).",
-    )
-    footprint_file: Path | None = Field(
-        default=None,
-        description="Where learned GPU footprints are kept. Unset: footprints.json in log_dir.",
     )
     standby: bool = Field(
         default=True,
@@ -172,12 +170,12 @@ class ManagerSettings(ServiceSettings):
         return value
 
     def lease_path(self) -> Path:
-        """The lease file (`lease_file`, else `log_dir`/leases.json)."""
-        return self.lease_file or self.log_dir / "leases.json"
+        """The lease file: `log_dir`/leases.json."""
+        return self.log_dir / LEASE_FILE
 
     def footprint_path(self) -> Path:
-        """The footprints file (`footprint_file`, else `log_dir`/footprints.json)."""
-        return self.footprint_file or self.log_dir / "footprints.json"
+        """The learned footprints: `log_dir`/footprints.json."""
+        return self.log_dir / FOOTPRINT_FILE
 
     def advertised_host(self) -> str:
         """The host the proxy should use to reach model servers."""
