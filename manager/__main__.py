@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     prints.add_argument(
         "--file",
         default=str(
-            Path(os.environ.get("HOMELAB_LOG_DIR") or ManagerSettings.default("log_dir"))
+            Path(
+                os.environ.get(ManagerSettings.env_name("log_dir"))
+                or ManagerSettings.default("log_dir")
+            )
             / footprints.FOOTPRINT_FILE
         ),
         help="the manager's footprints file (default: footprints.json in HOMELAB_LOG_DIR)",
