@@ -29,12 +29,14 @@ from proxy.asgi import SSE_HEADERS
 from proxy.errors import InvalidRequest, NotFound
 from proxy.jobs.dispatcher import Dispatcher
 from wire.disconnect import ClientDisconnected, watch_disconnect
+from wire.settings import SSE_HEARTBEAT
 
 router = APIRouter()
 
 POLL = 0.25
 """Seconds between store reads when no local notification comes (other proxies)."""
-KEEPALIVE = 15.0
+KEEPALIVE = SSE_HEARTBEAT
+"""Idle seconds before a keep-alive comment (the event streams' default, wire.settings)."""
 GAP_GRACE = 2.0
 """An event id handed out but never written (its writer died) is skipped after this."""
 
