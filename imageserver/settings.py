@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from wire.model_server import IMAGE_API_KEY_ENV
 from wire.settings import HomelabSettings
 
 SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
@@ -34,7 +35,9 @@ def parse_size(text: str) -> tuple[int, int]:
 class Settings(HomelabSettings):
     """Everything the image server is told at start. Immutable."""
 
-    model_config = SettingsConfigDict(env_prefix="HOMELAB_IMAGE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HOMELAB_IMAGE_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     model: str = Field(
         min_length=1,
@@ -93,6 +96,7 @@ class Settings(HomelabSettings):
     )
     api_key: SecretStr | None = Field(
         default=None,
+        validation_alias=IMAGE_API_KEY_ENV,  # the contract's name (wire.model_server)
         description=(
             "The upstream key the manager made for this start: /v1/* requests must send "
             "it as `Authorization: Bearer`. Unset: no key needed."

@@ -39,7 +39,6 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
-from manager.events import EventBus
 from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
@@ -48,7 +47,8 @@ from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, 
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
-from wire.events import ContentionEvent, StateEvent, SwapEvent
+from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
+from wire.fanout import Fanout
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Scheduler:
         probe: ReadinessProbe,
         config: SchedulerConfig | None = None,
         *,
-        events: EventBus | None = None,
+        events: Fanout[Event] | None = None,
         gpu_released: GpuReleaseCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -163,7 +163,8 @@ class Scheduler:
         self.runtime = runtime
         self.probe = probe
         self.config = config or SchedulerConfig()
-        self.events = events or EventBus()
+        self.events: Fanout[Event] = events or Fanout(encode=event_frame)
+        """State, swap and contention events, for `GET /v1/events` (`wire.fanout`)."""
         self._gpu_released = gpu_released
         self.budget = budget or GpuBudget(None, None, "none")
         self._gpu_used = gpu_used

@@ -105,7 +105,7 @@ def create_app(
                 metrics=metrics,
                 events=EventHub(
                     manager,
-                    lambda event, data: handle_event(app.state.ctx, event, data),
+                    lambda parsed: handle_event(app.state.ctx, parsed),
                     max_subscribers=settings.max_event_clients,
                 ),
                 images=ImageStore(

@@ -16,13 +16,8 @@ from typing import Annotated, ClassVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from wire.settings import (
-    BATCH_BOUND,
-    QUEUE_TIMEOUT,
-    SSE_HEARTBEAT,
-    HomelabSettings,
-    ServiceSettings,
-)
+from wire.events import HEARTBEAT
+from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, HomelabSettings, ServiceSettings
 from wire.tokens import check_token, token_problem
 
 _APP_DIR = Path(__file__).resolve().parent.parent / "app"
@@ -140,7 +135,7 @@ class ProxySettings(ServiceSettings):
         ),
     )
     events_read_timeout: float = Field(
-        default=4 * SSE_HEARTBEAT,
+        default=4 * HEARTBEAT,
         gt=0,
         description=(
             "Longest silence (seconds) on the manager's event stream: four of the manager's "

@@ -129,7 +129,8 @@ def _table(cls: type[HomelabSettings], fields: dict[str, FieldInfo], schema: Sch
             raise SettingsNotDocumented(f"{label}: no description (add one in its class)")
         if "\n" in info.description.strip():
             raise SettingsNotDocumented(f"{label}: the description must be one paragraph")
-        prop = props.get(name)
+        alias = info.validation_alias
+        prop = props.get(alias if isinstance(alias, str) else name)
         if prop is None:
             raise SettingsNotDocumented(f"{label}: not in the class's JSON schema")
         cells = [

@@ -5,8 +5,10 @@ proxy.settings, imageserver.settings); a variable is the field's name upper-case
 the class's prefix (`HOMELAB_`, the image server's `HOMELAB_IMAGE_`), and means one
 thing wherever it is read: where two programs need a knob of the same kind with other
 values, each has its own name (`HOMELAB_PROXY_MAX_CONNECTIONS`). Defaults are written
-once, in the field (or, where two programs' defaults hang together, in a constant
-below); code that needs one reads it from the class (`ManagerSettings.default("...")`).
+once, in the field, or where two programs' defaults hang together in a constant below
+(and `wire.events.HEARTBEAT`, the event streams' keep-alive: the proxy's read timeout
+on the manager's stream is four of them); code that needs one reads it from the class
+(`ManagerSettings.default("...")`).
 docs/settings.md is generated from these classes (`python -m scripts.settings_doc`) and
 a unit test checks it.
 
@@ -25,15 +27,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wire.events import HEARTBEAT
+
 QUEUE_TIMEOUT = 900.0
 """Seconds a lease request may wait at the manager (`HOMELAB_QUEUE_TIMEOUT`); the proxy
 waits this plus a margin for the answer (`HOMELAB_LEASE_READ_TIMEOUT`)."""
 BATCH_BOUND = 8
 """Leases a resident model may still get while others wait (`HOMELAB_BATCH_BOUND`); the
 proxy runs as many jobs at once by default (`HOMELAB_JOB_WORKERS`)."""
-SSE_HEARTBEAT = 15.0
-"""Idle seconds before a keep-alive comment on an event stream (`HOMELAB_SSE_HEARTBEAT`);
-the proxy gives up on a manager stream silent for four of them."""
 
 
 class SettingRenamed(FutureWarning):
@@ -74,9 +75,13 @@ class HomelabSettings(BaseSettings):
 
     @classmethod
     def env_name(cls, field: str) -> str:
-        """The variable that sets `field`, e.g. `HOMELAB_QUEUE_LIMIT`."""
+        """The variable that sets `field`, e.g. `HOMELAB_QUEUE_LIMIT` (a field whose
+        variable is named by the contract has it as its `validation_alias`)."""
         if field not in cls.model_fields:
             raise KeyError(f"{cls.__name__} has no setting {field!r}")
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, str):
+            return alias.upper()
         return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
     @classmethod
@@ -93,8 +98,10 @@ class HomelabSettings(BaseSettings):
         """One line per bad setting: its variable and the reason, never the value given
         (which may be a token or a key)."""
         lines = []
+        aliases = {info.validation_alias: n for n, info in cls.model_fields.items()}
         for err in exc.errors(include_url=False, include_input=False):
             field = str(err["loc"][0]) if err["loc"] else ""
+            field = aliases.get(field, field)
             name = cls.env_name(field) if field in cls.model_fields else "settings"
             lines.append(f"  {name}: {err['msg']}")
         return "\n".join(lines)
@@ -110,7 +117,7 @@ class ServiceSettings(HomelabSettings):
         default=False, description="uvicorn's access log (off: it costs CPU on every request)."
     )
     sse_heartbeat: float = Field(
-        default=SSE_HEARTBEAT,
+        default=HEARTBEAT,
         gt=0,
         description=(
             "Idle seconds before a keep-alive comment on the program's event streams "

@@ -28,6 +28,7 @@ from proxy.asgi import TRANSPORT_ERRORS
 from proxy.context import ProxyContext
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.mcp.progress import Progress, wait_for_lease
+from wire.model_server import ImageProgress
 
 ANSWER_LIMIT = 256 * 1024 * 1024
 """Largest model-server answer read (a few large pictures in base64)."""
@@ -154,7 +155,7 @@ async def _post(
 
 
 class StepPoll:
-    """Reads the image server's ``GET /v1/progress`` (`imageserver.model.StepMeter`).
+    """Reads the image server's ``GET /v1/progress`` (`wire.model_server.ImageProgress`).
 
     A server without it (404, an older image server or a stand-in) is not asked again.
     Never raises: progress is only a message."""
@@ -174,15 +175,11 @@ class StepPoll:
                 if resp.status == 404:
                     self.dead = True
                     return None
-                data = await resp.json(content_type=None) if resp.status == 200 else None
-        except (*TRANSPORT_ERRORS, ValueError):
+                if resp.status != 200:
+                    return None
+                return ImageProgress.model_validate_json(await resp.read()).step_of()
+        except (*TRANSPORT_ERRORS, ValueError):  # pydantic's ValidationError is a ValueError
             return None
-        if not isinstance(data, dict) or data.get("running") is not True:
-            return None
-        step, total = data.get("step"), data.get("steps")
-        if isinstance(step, int) and isinstance(total, int) and 0 < step <= total:
-            return step, total
-        return None
 
 
 async def _while_running(

@@ -164,7 +164,7 @@ async def test_feed_remembers_load_times_and_fans_out() -> None:
         feed.publish(SwapEvent(from_model=None, to="m", at=220.0))
         got = [await sub.get() for _ in range(5)]
         assert [type(e).__name__ for e in got] == ["StateEvent"] * 4 + ["SwapEvent"]
-    assert not feed._subs  # closed subscriptions stop receiving
+    assert feed.subscriber_count == 0  # closed subscriptions stop receiving
 
 
 class _QuickLoad:
