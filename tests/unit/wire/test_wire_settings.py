@@ -102,7 +102,7 @@ def test_the_scheduler_takes_its_defaults_from_the_settings(
     assert SchedulerConfig() == derived
 
 
-def test_the_manager_client_takes_its_defaults_from_the_settings() -> None:
+def test_the_manager_client_and_lease_pool_take_their_defaults_from_the_settings() -> None:
     import inspect
 
     from proxy.manager_client import ManagerClient
@@ -111,12 +111,15 @@ def test_the_manager_client_takes_its_defaults_from_the_settings() -> None:
     for arg, field in {
         "models_ttl": "models_cache_ttl",
         "connect_timeout": "connect_timeout",
-        "lease_linger": "lease_linger",
         "outage_window": "manager_outage_window",
         "lease_read_timeout": "lease_read_timeout",
         "events_read_timeout": "events_read_timeout",
     }.items():
         assert params[arg].default == ProxySettings.default(field), arg
+    from proxy.lease_pool import LeasePool
+
+    linger = inspect.signature(LeasePool.__init__).parameters["linger"].default
+    assert linger == ProxySettings.default("lease_linger")
 
 
 def test_default_refuses_a_required_or_unknown_setting() -> None:
