@@ -185,6 +185,8 @@ def _type(prop: Schema, defs: dict[str, Schema], label: str) -> str:
     if "anyOf" in prop:
         options = [p for p in prop["anyOf"] if p.get("type") != "null"]
         return " or ".join(_type(p, defs, label) for p in options)
+    if "enum" in prop:  # as written in the environment: no JSON quotes
+        return "one of " + ", ".join(f"`{value}`" for value in prop["enum"])
     if prop.get("format") in ("password", "path"):
         return "secret" if prop["format"] == "password" else "path"
     if prop.get("type") == "array" and "items" in prop:
