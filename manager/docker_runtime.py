@@ -5,8 +5,8 @@ Each model runs in the container named by its spec's `container`, labelled
 `homelab-ai.spec=<spec hash>`; the runtime only ever stops, removes or reuses
 containers that carry the managed label. Text models run the vLLM OpenAI image
 with vLLM's arguments; image models run homelab-ai's image server, configured
-through `HOMELAB_IMAGE_*` variables (see `manager.launch.image_server_env`, and the "Image
-server environment" section of docs/architecture.md).
+through `HOMELAB_IMAGE_*` variables (see `manager.launch.image_server_env`, and the
+"Image server environment" section of docs/architecture.md).
 
 Every docker SDK call is blocking and runs in `asyncio.to_thread`; cancelling a
 coroutine abandons the wait but not the engine call already under way (a
@@ -19,24 +19,25 @@ are `manager.engine_events`; the gate program is the file manager/gate.py.
 
 Exits: with `watch_exits(callback)` set, a daemon thread follows the engine's event
 stream (`die` events of this manager's containers, by label; `engine_events.DieWatcher`)
-and calls `callback(model)` on the event loop at once; a broken stream is reopened after a
-second. There is no registry to lose: a container carries its labels from creation
+and calls `callback(model)` on the event loop at once; a broken stream is reopened after
+a second. There is no registry to lose: a container carries its labels from creation
 on, so `list_owned` finds one that a killed manager created but never used.
 
 Standby containers: every container's process starts as `GATE` (manager/gate.py), a
-stdlib Python script that listens on the model's internal port and waits for one line equal to the
-container's upstream key; it answers any other line "no" and keeps waiting, and on the
-key answers "ok", closes its socket and `execvp`s the real server (the image's
-entrypoint and command, read once per image). The gate holds no GPU memory. So
+stdlib Python script that listens on the model's internal port and waits for one line
+equal to the container's upstream key; it answers any other line "no" and keeps waiting,
+and on the key answers "ok", closes its socket and `execvp`s the real server (the
+image's entrypoint and command, read once per image). The gate holds no GPU memory. So
 `prepare(name, spec)` does all of the engine's work ahead (pull, create, start: runc,
 network namespace, port proxy; with `standby` off it only creates), and `start` only
 releases the gate: a TCP line to the model's port, a few ms. `list_owned` reports a
 gated container whose gate still answers "no" as `standby` (not running). `stop` returns
 once the container's process has exited (seen from the host through a pidfd where the
 engine runs on this kernel, `manager.exit_watch`; else at the container's `die` event);
-the engine's teardown and the removal finish in the background (the model's next start, prepare or stop waits for them). The search for
-the model's containers under old names runs once per model and container name. Where a
-swap's time goes is measured by `python -m bench.swap` (docs/architecture.md, "Swaps").
+the engine's teardown and the removal finish in the background (the model's next start,
+prepare or stop waits for them). The search for the model's containers under old names
+runs once per model and container name. Where a swap's time goes is measured by `python
+-m bench.swap` (docs/architecture.md, "Swaps").
 """
 
 from __future__ import annotations
