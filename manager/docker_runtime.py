@@ -36,8 +36,8 @@ once the container's process has exited (seen from the host through a pidfd wher
 engine runs on this kernel, `manager.exit_watch`; else at the container's `die` event);
 the engine's teardown and the removal finish in the background (the model's next start,
 prepare or stop waits for them). The search for the model's containers under old names
-runs once per model and container name. Where a swap's time goes is measured by `python
--m bench.swap` (docs/architecture.md, "Swaps").
+runs once per model and container name. Where a swap's time goes is measured by
+`python -m bench.swap` (docs/architecture.md, "Swaps").
 """
 
 from __future__ import annotations
