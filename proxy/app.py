@@ -177,7 +177,7 @@ def create_app(
     app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
     app.add_middleware(
         BodyLimit,
-        max_bytes=settings.max_body_bytes,
+        max_bytes=settings.proxy_max_body_bytes,
         per_path={
             routes_openai.EDITS: settings.max_upload_bytes,
             "/mcp": mcp_endpoint.limit,
