@@ -187,7 +187,7 @@ def create_app(
     forwarding = HotPath(app.fastapi, routes=routes_openai.FORWARDING, metrics=metrics)
     limited = BodyLimit(
         forwarding,
-        max_bytes=settings.max_body_bytes,
+        max_bytes=settings.proxy_max_body_bytes,
         per_path={
             routes_openai.EDITS: settings.max_upload_bytes,
             "/mcp": mcp_endpoint.limit,

@@ -24,6 +24,7 @@ from starlette.requests import HTTPConnection
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.guard import ACCEPTED_HOST, authority, host_authority
+from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
 if TYPE_CHECKING:
@@ -121,8 +122,8 @@ class ImageStore:
         directory: Path,
         ttl: float,
         *,
-        max_count: int = 1000,
-        max_bytes: int = 512 * 1024 * 1024,
+        max_count: int = ProxySettings.default("image_store_max_count"),
+        max_bytes: int = ProxySettings.default("image_store_max_bytes"),
     ) -> None:
         self.directory = Path(directory)
         self.ttl = ttl

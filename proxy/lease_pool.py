@@ -73,6 +73,7 @@ from typing import Any
 
 from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
 from proxy.manager_client import ManagerClient
+from proxy.settings import ProxySettings
 from wire.lease import LeaseGrant
 
 log = logging.getLogger("proxy.leases")
@@ -81,8 +82,9 @@ RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
 RENEW_RETRY = 2.0
 """Seconds between renewal attempts while the manager cannot be reached."""
-DEFAULT_LINGER = 0.5
-"""Seconds an idle open lease is kept for the next request (module docstring)."""
+DEFAULT_LINGER: float = ProxySettings.default("lease_linger")
+"""Seconds an idle open lease is kept for the next request (module docstring;
+HOMELAB_LEASE_LINGER's default)."""
 
 
 class _Shared:

@@ -44,6 +44,7 @@ from proxy.errors import (
     ProxyError,
     normalise_error_body,
 )
+from proxy.settings import ProxySettings
 from wire.lease import LeaseGrant, LeaseRenewal
 from wire.models import ModelList, ModelStatus
 
@@ -67,13 +68,13 @@ class ManagerClient:
         token: str,
         session: aiohttp.ClientSession,
         *,
-        models_ttl: float = 2.0,
-        connect_timeout: float = 10.0,
-        outage_window: float = 30.0,
-        lease_read_timeout: float = 960.0,
-        events_read_timeout: float = 60.0,
+        models_ttl: float = ProxySettings.default("models_cache_ttl"),
+        connect_timeout: float = ProxySettings.default("connect_timeout"),
+        outage_window: float = ProxySettings.default("manager_outage_window"),
+        lease_read_timeout: float = ProxySettings.default("lease_read_timeout"),
+        events_read_timeout: float = ProxySettings.default("events_read_timeout"),
     ) -> None:
-        """`lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
+        """The defaults are the settings' own (proxy.settings). `lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
         plus a margin: a manager that stopped answering without closing the connection is
         given up on then); `events_read_timeout`: longest silence on the event stream (a few
         of the manager's heartbeats)."""
