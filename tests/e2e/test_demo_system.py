@@ -421,9 +421,9 @@ def test_readme_stdio_relay_line_passes_the_demo_key(
     """The README's `python -m proxy.mcp` line, expanded by bash, hands the relay the
     demo's key and URL; the relay run with them lists the demo's tools."""
     text = (REPO_ROOT / "README.md").read_text()
-    [line] = re.findall(r"`(HOMELAB_API_KEY=[^`]*python -m proxy\.mcp [^`]*)`", text)
+    [line] = re.findall(r"`(HOMELAB_MCP_KEY=[^`]*python -m proxy\.mcp [^`]*)`", text)
     line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
-    args = _shell_args(line, home_with_demo_key, "python", also='"$HOMELAB_API_KEY"')
+    args = _shell_args(line, home_with_demo_key, "python", also='"$HOMELAB_MCP_KEY"')
     url = running_demo.proxy_url + "/mcp"
     assert args == [running_demo.api_key, "-m", "proxy.mcp", "--url", url], args
     assert "txt2img" in _tool_names(stdio_session, url, args[0])  # the relay, run so
