@@ -156,6 +156,8 @@ class FakeManager:
         self.states = {name: "stopped" for name in models}
         self.leases: dict[str, str] = {}
         self.granted = 0
+        self.granted_ids: list[str] = []
+        """Every lease id granted, in order (`leases` forgets the released ones)."""
         self.released: list[str] = []
         self.renewed: list[str] = []
         self.abandoned = 0
@@ -291,6 +293,7 @@ class FakeManager:
             lease_id = uuid.uuid4().hex
             fake.leases[lease_id] = name
             fake.granted += 1
+            fake.granted_ids.append(lease_id)
             answer = {
                 "lease_id": lease_id,
                 "model": name,
