@@ -160,6 +160,10 @@ class FakeManager:
         """Every lease id granted, in order (`leases` forgets the released ones)."""
         self.released: list[str] = []
         self.renewed: list[str] = []
+        self.renew_gate: asyncio.Event | None = None
+        """When set, renewals are answered only once it is set (held in flight)."""
+        self.renewing = 0
+        """Renewal requests in flight now."""
         self.abandoned = 0
         self.busy = False
         self.max_uses: int | None = 8
@@ -312,6 +316,12 @@ class FakeManager:
             if lease_id not in fake.leases:
                 return _envelope(404, "no such lease", "lease_not_found")
             fake.renewed.append(lease_id)
+            fake.renewing += 1
+            try:
+                if fake.renew_gate is not None:
+                    await fake.renew_gate.wait()
+            finally:
+                fake.renewing -= 1
             return {"lease_id": lease_id, "ttl": fake.ttl, "contended": fake.contended}
 
         @app.delete("/v1/leases/{lease_id}")
