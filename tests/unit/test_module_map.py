@@ -32,7 +32,7 @@ def modules_in_map(text: str) -> set[str]:
     named: set[str] = set()
     for line in section.splitlines():
         if not line.startswith("|"):
-            found = re.findall(r"`((?:%s)(?:/\w+)*/)`" % "|".join(PACKAGES), line)
+            found = re.findall(rf"`((?:{'|'.join(PACKAGES)})(?:/\w+)*/)`", line)
             if found:
                 package = found[-1]
             continue
