@@ -31,6 +31,7 @@ from proxy.mcp.tools import (
     tool_list,
 )
 from proxy.settings import ProxySettings
+from tests.mcp_client import INITIALIZE
 from wire.events import StateEvent, SwapEvent
 from wire.models import ModelStatus
 
@@ -276,20 +277,10 @@ async def test_mcp_refuses_a_body_over_its_limit_with_a_413(make_stack) -> None:
 
 
 async def test_allowed_hosts_turn_on_the_sdks_host_check(make_stack) -> None:  # noqa: ANN001
-    hello = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"},
-        },
-    }
     headers = {"accept": "application/json, text/event-stream"}
 
     async def post(stack, host: str):  # noqa: ANN001, ANN202
-        return await stack.client.post("/mcp", json=hello, headers={**headers, "host": host})
+        return await stack.client.post("/mcp", json=INITIALIZE, headers={**headers, "host": host})
 
     async with make_stack(allowed_hosts=["homelab.lan:*"]) as stack:
         # The proxy's own Host check (proxy/guard.py, every path) refuses it first.
