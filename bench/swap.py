@@ -46,7 +46,7 @@ from bench.common import REPO, command_line, fmt, median, table, wall_ns, write_
 IMAGE = "homelab-ai/fakevllm:test"
 MODELS = ("swap-a", "swap-b")
 READY_LINE = "Uvicorn running on"
-GATE_LINE = "homelab-ai gate: released"  # manager.docker_runtime.GATE_RELEASED
+GATE_LINE = "homelab-ai gate: released"  # manager.gate.RELEASED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -59,6 +59,7 @@ from imageserver.upstream_key import UpstreamKey
 from imageserver.worker import GpuWorker
 from wire.errors import MODEL_SERVER, install_error_handlers
 from wire.limits import BodyLimit
+from wire.model_server import ImageHealth, ImageProgress
 
 T = TypeVar("T")
 
@@ -184,14 +185,15 @@ async def _respond(images: list, fmt: str, width: int, height: int) -> dict[str,
 
 @router.get("/health")
 async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
+    """`wire.model_server.ImageHealth` (503 once failed)."""
     status, error = host.snapshot()
-    body = {"status": status, "error": error, "model": settings.served_name}
-    return JSONResponse(body, status_code=503 if status == "failed" else 200)
+    body = ImageHealth(status=status, error=error, model=settings.served_name)
+    return JSONResponse(body.model_dump(), status_code=body.http_status)
 
 
 @router.get("/v1/progress")
-async def progress(host: HostDep) -> dict[str, Any]:
-    """The generation running now: ``{"running", "step", "steps"}`` (diffusion steps of
+async def progress(host: HostDep) -> ImageProgress:
+    """The generation running now, `wire.model_server.ImageProgress` (diffusion steps of
     the current picture; all zero when idle, loading, or the pipeline reports none)."""
     try:
         meter = getattr(host.ready_model(), "meter", None)

@@ -40,6 +40,19 @@ class UnsupportedTask(InvalidRequest):
     code = "unsupported_task"
 
 
+class MissingUpstreamKey(ImageServerError):
+    """A ``/v1/*`` request without the manager's per-start key (`imageserver.upstream_key`):
+    401 ``invalid_api_key`` with ``WWW-Authenticate: Bearer``."""
+
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Missing or wrong upstream key: only the homelab-ai proxy may call this server.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 class QueueFull(ImageServerError):
     """One generation is running and `queue_limit` more are waiting (429)."""
 

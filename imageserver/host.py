@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Literal
 
 from PIL import Image
 
@@ -21,10 +20,12 @@ from imageserver.errors import LoadFailed, ModelNotReady
 from imageserver.model import EditJob, GenerateJob, ImageModel
 from imageserver.settings import Settings
 from imageserver.worker import GpuWorker
+from wire.model_server import ImageServerStatus
 
 log = logging.getLogger(__name__)
 
-Status = Literal["loading", "ready", "failed"]
+Status = ImageServerStatus
+"""What ``GET /health`` says (`wire.model_server.ImageHealth`)."""
 Loader = Callable[[Settings], ImageModel]
 """Builds the model; blocks; raises LoadFailed (or anything, reported as the reason)."""
 

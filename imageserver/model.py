@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from wire.model_server import ImageProgress
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -85,8 +87,8 @@ class StepMeter:
     step: int = 0
     steps: int = 0
 
-    def snapshot(self) -> dict[str, bool | int]:
-        return {"running": self.running, "step": self.step, "steps": self.steps}
+    def snapshot(self) -> ImageProgress:
+        return ImageProgress(running=self.running, step=self.step, steps=self.steps)
 
 
 @runtime_checkable

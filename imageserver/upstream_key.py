@@ -1,9 +1,10 @@
 """`UpstreamKey`: the image server answers `/v1/*` only to the holder of its upstream key.
 
 The manager makes a new key whenever it launches the server and passes it in
-`HOMELAB_IMAGE_API_KEY`; the proxy sends it as `Authorization: Bearer <key>`.
-A request under `/v1/` without it gets a 401 OpenAI envelope (`invalid_api_key`,
-``source: model_server``). `/health` stays open: it says only whether the pipeline
+`HOMELAB_IMAGE_API_KEY` (`wire.model_server.IMAGE_API_KEY_ENV`); the proxy sends it as
+`Authorization: Bearer <key>`. A request under `/v1/` without it gets the 401 envelope
+of `imageserver.errors.MissingUpstreamKey` (`invalid_api_key`, ``source: model_server``,
+written by `wire.errors` as every other error). `/health` stays open: it says only whether the pipeline
 is loaded (the manager's probe sends the key anyway). Without a key configured
 everything is open, as before. Pure ASGI (no `BaseHTTPMiddleware`).
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from imageserver.errors import MissingUpstreamKey
+from wire.errors import MODEL_SERVER
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -22,19 +25,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 GUARDED_PREFIX = "/v1"
-
-_REFUSAL = json.dumps(
-    {
-        "error": {
-            "message": "Missing or wrong upstream key: only the homelab-ai proxy may call "
-            "this server.",
-            "type": "authentication_error",
-            "param": None,
-            "code": "invalid_api_key",
-            "source": "model_server",
-        }
-    }
-).encode()
 
 
 def _digest(value: bytes) -> bytes:
@@ -64,15 +54,4 @@ class UpstreamKey:
         ):
             await self.app(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_REFUSAL)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _REFUSAL})
+        await MissingUpstreamKey().send(send, MODEL_SERVER)

@@ -25,12 +25,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from manager.errors import BusyError, Unauthorized
-from manager.events import Subscription
 from manager.scheduler import Scheduler
 from manager.settings import ManagerSettings
 from wire.disconnect import watch_disconnect
 from wire.errors import MANAGER, install_error_handlers
-from wire.events import KEEPALIVE, SSE_HEADERS, SSE_MEDIA_TYPE, event_frame, snapshot_frame
+from wire.events import SSE_HEADERS, SSE_MEDIA_TYPE, Event, event_stream, snapshot_frame
+from wire.fanout import Subscription, TooManySubscribers
 from wire.lease import LeaseGrant, LeaseRenewal, LeaseRequest
 from wire.limits import BodyLimit
 from wire.models import EnsureAnswer, ModelList, StopAnswer
@@ -38,6 +38,8 @@ from wire.models import EnsureAnswer, ModelList, StopAnswer
 log = logging.getLogger(__name__)
 
 MAX_LOG_TAIL = 5000
+MAX_BODY_BYTES = 65536
+"""Largest request body the manager accepts (its bodies are a few hundred bytes)."""
 T = TypeVar("T")
 
 
@@ -94,32 +96,14 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover (mypy: the block returns or raises)
 
 
-def subscribe(scheduler: Scheduler, limit: int) -> tuple[Subscription, bytes]:
+def subscribe(scheduler: Scheduler, limit: int) -> tuple[Subscription[Event], bytes]:
     """A subscription and the `snapshot` frame taken at the same instant (no event can
     fall between them). Raises BusyError (429) when `limit` streams are open already."""
-    if scheduler.events.subscriber_count >= limit:
-        raise BusyError(f"too many event streams are open ({limit}); retry later", 5.0)
-    subscription = scheduler.events.subscribe()
-    return subscription, snapshot_frame(scheduler.status())
-
-
-async def event_stream(
-    subscription: Subscription, snapshot: bytes, heartbeat: float
-) -> AsyncIterator[bytes]:
-    """`snapshot` first, then every event, with a comment line every `heartbeat` idle seconds.
-
-    Ends when the scheduler closes; unsubscribes when the stream ends.
-    """
     try:
-        yield snapshot
-        while True:
-            try:
-                event = await subscription.next(timeout=heartbeat)
-            except StopAsyncIteration:
-                return
-            yield KEEPALIVE if event is None else event_frame(event)
-    finally:
-        subscription.close()
+        subscription = scheduler.events.subscribe(limit=limit)
+    except TooManySubscribers:
+        raise BusyError(f"too many event streams are open ({limit}); retry later", 5.0) from None
+    return subscription, snapshot_frame(scheduler.status())
 
 
 # --------------------------------------------------------------------- routes
@@ -211,10 +195,13 @@ async def model_logs(
 
 @router.get("/v1/events")
 async def events(scheduler: SchedulerDep, settings: SettingsDep) -> StreamingResponse:
-    """At most HOMELAB_MAX_EVENT_STREAMS at once (the proxy needs one); one more is a 429."""
+    """`snapshot` first, then every event (`wire.events.event_stream`: each event framed
+    once for every stream, a comment line every `sse_heartbeat` idle seconds); ends when
+    the scheduler closes. At most HOMELAB_MAX_EVENT_STREAMS at once (the proxy needs
+    one); one more is a 429."""
     subscription, snapshot = subscribe(scheduler, settings.max_event_streams)
     return StreamingResponse(
-        event_stream(subscription, snapshot, settings.sse_heartbeat),
+        event_stream(snapshot, subscription, settings.sse_heartbeat),
         media_type=SSE_MEDIA_TYPE,
         headers=SSE_HEADERS,
     )
@@ -257,5 +244,5 @@ def create_app(
     app.include_router(public)
     app.include_router(router)
     install_error_handlers(app, MANAGER, validation_error=RequestValidationError)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MANAGER)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, source=MANAGER)
     return app

@@ -6,9 +6,10 @@ accepts and then drops connections while nothing listens inside); `GET /health`
 200 and the served name listed by `GET /v1/models` mean ready; `/health` 503
 means the engine died.
 
-Image models (homelab-ai's image server): `GET /health` answers JSON
-`{"status": "loading" | "ready" | "failed", "error": str | null}` whatever its
-HTTP status; "failed" fails the start with that error.
+Image models (homelab-ai's image server): `GET /health` answers
+`wire.model_server.ImageHealth` (`{"status": "loading" | "ready" | "failed", "error":
+str | null, "model": name}`) whatever its HTTP status; "failed" fails the start with
+that error.
 
 `wait_ready` has one shape for both: a first look after `first_delay` (20 ms), then
 looks every `interval` (20 ms) until the spec's `start_timeout`, so a server that
@@ -41,10 +42,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
+from pydantic import ValidationError
 
 from manager.errors import RuntimeFailure, StartFailed
 from manager.runtime import ContainerRuntime, Spec
 from manager.spec import TextModel
+from wire.model_server import ImageHealth
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +164,17 @@ class HttpReadinessProbe:
         except httpx.TransportError as exc:
             return Verdict("loading", f"not answering yet ({type(exc).__name__})")
         try:
-            body = health.json()
-            status = body.get("status")
-        except (ValueError, AttributeError):
+            body = ImageHealth.model_validate_json(health.content)
+        except ValidationError:
             return Verdict(
-                "loading", f"GET /health answered {health.status_code} without status JSON"
+                "loading",
+                f"GET /health answered {health.status_code} without the image server's health JSON",
             )
-        if status == "ready":
+        if body.status == "ready":
             return Verdict("ready", "ready")
-        if status == "failed":
-            return Verdict(
-                "failed", f"the image server failed: {body.get('error') or 'no reason given'}"
-            )
-        if status == "loading":
-            return Verdict("loading", "the image server is loading its pipeline")
-        return Verdict("loading", f"GET /health answered an unknown status {status!r}")
+        if body.status == "failed":
+            return Verdict("failed", f"the image server failed: {body.error or 'no reason given'}")
+        return Verdict("loading", "the image server is loading its pipeline")
 
     async def knock(self, base_url: str, within: float) -> int | str:
         """The status code when something answers HTTP at `base_url` (a status line to

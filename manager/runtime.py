@@ -20,25 +20,25 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from manager.spec import ImageModel, TextModel
+from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
+
+# `UPSTREAM_KEY_ENV` (the variable that carries a server's upstream key, by type) is the
+# contract's (`wire.model_server`); the runtimes import it from here. vLLM reads
+# `VLLM_API_KEY` (as `--api-key`, but kept out of the process list), the image server
+# `HOMELAB_IMAGE_API_KEY`; both then refuse `/v1/*` without the key (401).
 
 INTERNAL_PORT = 8000
 LABEL_MANAGED = "homelab-ai.managed"
 LABEL_MODEL = "homelab-ai.model"
 LABEL_SPEC = "homelab-ai.spec"
 LABEL_GATED = "homelab-ai.gated"
-"""Set ("true") on a container whose process starts as the standby gate (docker_runtime.GATE)."""
+"""Set ("true") on a container whose process starts as the standby gate (manager/gate.py)."""
 LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
 Spec = TextModel | ImageModel
 SCHEDULING_FIELDS = {"max_in_flight"}
 """Spec fields only the scheduler reads; they are not part of `spec_hash`."""
-
-UPSTREAM_KEY_ENV = {"text": "VLLM_API_KEY", "image": "HOMELAB_IMAGE_API_KEY"}
-"""The variable that carries a server's upstream key: vLLM reads `VLLM_API_KEY` (the
-same as `--api-key`, but kept out of the process list), the image server
-`HOMELAB_IMAGE_API_KEY`. Both then refuse `/v1/*` requests without
-`Authorization: Bearer <key>` (401)."""
 
 
 def new_upstream_key() -> str:

@@ -39,7 +39,6 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
-from manager.events import EventBus
 from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
@@ -48,7 +47,8 @@ from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, 
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel
 from manager.state import ModelState, transition
-from wire.events import ContentionEvent, StateEvent, SwapEvent
+from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
+from wire.fanout import Fanout
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,26 @@ RETRY_AFTER_SWAP = 30.0
 """Retry-After (seconds) when the wanted model still has to be started."""
 
 
+_DEFAULT = ManagerSettings.default
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The scheduler's knobs; `from_settings` maps the HOMELAB_* settings onto them."""
+    """The scheduler's knobs; `from_settings` maps the HOMELAB_* settings onto them. The
+    defaults are the settings' own (manager.settings, written there once)."""
 
-    queue_limit: int = 64
-    queue_timeout: float = 900.0
-    batch_bound: int = 8
-    lease_ttl: float = 300.0
-    stop_timeout: float = 30.0
-    gpu_release_timeout: float = 60.0
-    liveness_interval: float = 10.0
+    queue_limit: int = _DEFAULT("queue_limit")
+    queue_timeout: float = _DEFAULT("queue_timeout")
+    batch_bound: int = _DEFAULT("batch_bound")
+    lease_ttl: float = _DEFAULT("lease_ttl")
+    stop_timeout: float = _DEFAULT("stop_timeout")
+    gpu_release_timeout: float = _DEFAULT("gpu_release_timeout")
+    liveness_interval: float = _DEFAULT("liveness_interval")
     advertise_host: str | None = None
+    """The host in lease base_urls (`ManagerSettings.advertised_host()`); None: the runtime's."""
     stop_attempts: int = 3
     stop_backoff: float = 0.5
-    standby: bool = False
+    standby: bool = _DEFAULT("standby")
     """Keep every model that is not resident prepared (`PreparingRuntime.prepare`; Docker:
     a standby container), after adoption and after each stop."""
 
@@ -139,7 +144,7 @@ class Scheduler:
         probe: ReadinessProbe,
         config: SchedulerConfig | None = None,
         *,
-        events: EventBus | None = None,
+        events: Fanout[Event] | None = None,
         gpu_released: GpuReleaseCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -158,7 +163,8 @@ class Scheduler:
         self.runtime = runtime
         self.probe = probe
         self.config = config or SchedulerConfig()
-        self.events = events or EventBus()
+        self.events: Fanout[Event] = events or Fanout(encode=event_frame)
+        """State, swap and contention events, for `GET /v1/events` (`wire.fanout`)."""
         self._gpu_released = gpu_released
         self.budget = budget or GpuBudget(None, None, "none")
         self._gpu_used = gpu_used

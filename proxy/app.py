@@ -1,10 +1,12 @@
 """The proxy's FastAPI application: `create_app(settings, manager_client, http_client)`.
 
-The lifespan builds one `aiohttp.ClientSession` per process (unless one is
-handed in; then the caller owns and closes it), the `UpstreamPool` that forwarded
-requests travel on (proxy/upstream.py), the `ManagerClient`, the image
-store, the event hub (one manager event stream for every browser) and the MCP session
-manager (``/mcp``, proxy/mcp/), and tears them down in reverse order.
+The lifespan builds one `aiohttp.ClientSession` per process for the manager (unless one
+is handed in; then the caller owns and closes it), the `ManagerClient` (the manager's
+HTTP API), the `LeasePool` above it, the `UpstreamPool` that all model traffic travels
+on (proxy/upstream.py) and the `ModelCalls` that every caller reaches a model server
+through (proxy/modelcall.py), the image store, the event hub (one manager event stream
+for every browser) and the MCP session manager (``/mcp``, proxy/mcp/), and tears them
+down in reverse order.
 Every error, including unknown routes, validation errors and unexpected
 exceptions, leaves as an OpenAI error envelope; never a traceback.
 """
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,11 @@ from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
+from proxy.modelcall import ModelCalls
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.web import mount_ui, proxy_version
@@ -89,10 +94,21 @@ def create_app(
             http,
             models_ttl=settings.models_cache_ttl,
             connect_timeout=settings.connect_timeout,
-            lease_linger=settings.lease_linger,
             outage_window=settings.manager_outage_window,
             lease_read_timeout=settings.lease_read_timeout,
             events_read_timeout=settings.events_read_timeout,
+        )
+        leases = LeasePool(manager, linger=settings.lease_linger)
+        waiting: Counter[str] = Counter()
+        model_calls = ModelCalls(
+            leases=leases,
+            manager=manager,
+            metrics=metrics,
+            upstream=upstream,
+            retry_endpoints=settings.retry_endpoints,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.upstream_timeout,
+            waiting=waiting,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -101,11 +117,12 @@ def create_app(
             ctx = ProxyContext(
                 settings=settings,
                 manager=manager,
-                http=http,
+                leases=leases,
+                model_calls=model_calls,
                 metrics=metrics,
                 events=EventHub(
                     manager,
-                    lambda event, data: handle_event(app.state.ctx, event, data),
+                    lambda parsed: handle_event(app.state.ctx, parsed),
                     max_subscribers=settings.max_event_clients,
                 ),
                 images=ImageStore(
@@ -114,15 +131,10 @@ def create_app(
                     max_count=settings.image_store_max_count,
                     max_bytes=settings.image_store_max_bytes,
                 ),
-                upstream_timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=settings.connect_timeout,
-                    sock_read=settings.upstream_timeout,
-                ),
-                upstream=upstream,
+                interactive_waiting=waiting,
             )
             app.state.ctx = ctx
-            metrics.watch_leases(manager.leases)
+            metrics.watch_leases(leases)
             store = await asyncio.to_thread(JobStore, settings.job_store_url())
             stack.callback(store.close)
             ctx.jobs = Dispatcher(
@@ -139,7 +151,7 @@ def create_app(
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
-                await manager.aclose()
+                await leases.close()
                 await upstream.aclose()
                 if http_client is None:
                     await http.close()
@@ -165,7 +177,7 @@ def create_app(
     app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
     app.add_middleware(
         BodyLimit,
-        max_bytes=settings.max_body_bytes,
+        max_bytes=settings.proxy_max_body_bytes,
         per_path={
             routes_openai.EDITS: settings.max_upload_bytes,
             "/mcp": mcp_endpoint.limit,

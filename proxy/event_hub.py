@@ -2,81 +2,84 @@
 
 `EventHub.run` is a lifespan task for the life of the proxy. It holds ONE
 connection to the manager's ``GET /v1/events`` (reconnecting with backoff, 1 s
-doubling to 30 s), and for each event it:
+doubling to 30 s), parses each frame once into the `wire.events` types
+(`wire.events.parse_event`; a frame that is not the contract is skipped), and for each:
 
 - hands it to `on_event` (`proxy.events.handle_event`: swap metrics, the cached model
-  list dropped, the MCP feed);
-- keeps its own copy of the model list (the manager's ``snapshot``, with each
+  list dropped, the lease pool's contention, the MCP feed);
+- keeps its own typed copy of the model list (the manager's ``snapshot``, with each
   ``state`` event's state, time and error applied), and
-- queues the event for every subscriber.
+- publishes the event to the browsers' fan-out (`wire.fanout.Fanout`: each event's
+  frame is made once for every browser).
 
 `EventStream` (``GET /api/events``) subscribes and sends that copy as the first
 ``snapshot`` event, then every event, with a ``: keepalive`` comment after
-`heartbeat` idle seconds. While the hub is not connected to the manager a new
-subscriber gets the 503 ``manager_unavailable`` envelope; when the manager's stream
-ends, every subscriber's stream ends (browsers reconnect and get a fresh snapshot).
-At most `max_subscribers` at once: one more gets 503 ``too_many_event_clients``.
-A subscriber that cannot keep up loses its oldest queued events (at most 256 kept).
+`heartbeat` idle seconds (`wire.events.event_stream`). While the hub is not connected
+to the manager a new subscriber gets the 503 ``manager_unavailable`` envelope; when the
+manager's stream ends, every subscriber's stream ends (browsers reconnect and get a
+fresh snapshot). At most `max_subscribers` at once: one more gets 503
+``too_many_event_clients``. A subscriber that cannot keep up loses its oldest queued
+events (at most `QUEUE_SIZE` kept).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
-import orjson
 from starlette.types import Send
 
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.errors import ManagerUnavailable, ProxyError
 from proxy.manager_client import ManagerClient
+from proxy.settings import ProxySettings
 from wire.disconnect import watch_disconnect
-from wire.events import KEEPALIVE, SNAPSHOT, STATE, SseParser, frame
+from wire.events import (
+    Event,
+    Parsed,
+    SseParser,
+    StateEvent,
+    event_frame,
+    event_stream,
+    parse_event,
+    snapshot_frame,
+)
+from wire.fanout import Fanout, Subscription, TooManySubscribers
+from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.events")
 
 QUEUE_SIZE = 256
 
 
-class _Subscriber:
-    __slots__ = ("queue", "signal", "ended")
-
-    def __init__(self) -> None:
-        self.queue: deque[bytes] = deque(maxlen=QUEUE_SIZE)
-        self.signal = asyncio.Event()
-        self.ended = False
-
-    def put(self, chunk: bytes) -> None:
-        self.queue.append(chunk)
-        self.signal.set()
-
-    def end(self) -> None:
-        self.ended = True
-        self.signal.set()
-
-
 class EventHub:
     def __init__(
         self,
         manager: ManagerClient,
-        on_event: Callable[[str, str], None],
+        on_event: Callable[[Parsed], None],
         *,
-        max_subscribers: int = 256,
+        max_subscribers: int = ProxySettings.default("max_event_clients"),
     ) -> None:
         self.manager = manager
         self.on_event = on_event
-        self.max_subscribers = max_subscribers
-        self.models: dict[str, dict[str, Any]] | None = None
+        self.models: dict[str, ModelStatus] | None = None
         """The manager's model list as of the last event; None while not connected."""
-        self._subscribers: set[_Subscriber] = set()
+        self._snapshot: bytes | None = None
+        """`models` as a ``snapshot`` frame, made once until the next change."""
+        self._browsers: Fanout[Event] = Fanout(
+            queue_size=QUEUE_SIZE, max_subscribers=max_subscribers, encode=event_frame
+        )
+
+    @property
+    def max_subscribers(self) -> int | None:
+        return self._browsers.max_subscribers
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return self._browsers.subscriber_count
 
     # ---- the one manager connection ------------------------------------------------------
     async def run(self) -> None:
@@ -102,67 +105,66 @@ class EventHub:
     async def _follow(self, resp: aiohttp.ClientResponse) -> None:
         parser = SseParser()
         async for line in resp.content:
-            parsed = parser.feed(line)
-            if parsed is not None:
-                self.handle(*parsed)
+            frame = parser.feed(line)
+            if frame is None:
+                continue
+            parsed = parse_event(*frame)
+            if parsed is None:
+                log.debug("skipped a manager event that is not the contract: %s", frame[0])
+                continue
+            self.handle(parsed)
 
     def _disconnected(self) -> None:
         self.models = None
-        for sub in list(self._subscribers):
-            sub.end()
-        self._subscribers.clear()
+        self._snapshot = None
+        self._browsers.end_all()
 
-    def handle(self, event: str, data: str) -> None:
+    def handle(self, parsed: Parsed) -> None:
         """Apply one manager event: `on_event`, the model copy, every subscriber."""
         try:
-            self.on_event(event, data)
+            self.on_event(parsed)
         except Exception:  # metrics or a feed must not stop the browsers' stream
             log.exception("handling a manager event failed")
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if event == SNAPSHOT:
-            if isinstance(payload, list):
-                self.models = {
-                    m["id"]: m
-                    for m in payload
-                    if isinstance(m, dict) and isinstance(m.get("id"), str)
-                }
+        if isinstance(parsed, list):
+            self.models = {m.id: m for m in parsed}
+            self._snapshot = None
             return  # subscribers get the hub's own snapshot when they join
-        if event == STATE and isinstance(payload, dict) and self.models is not None:
-            model = self.models.get(str(payload.get("model")))
-            if model is not None:
-                model["state"] = payload.get("state", model.get("state"))
-                model["since"] = payload.get("at", model.get("since"))
-                if payload.get("error") is not None:
-                    model["last_error"] = payload["error"]
-        chunk = frame(event, payload)
-        for sub in self._subscribers:
-            sub.put(chunk)
+        if isinstance(parsed, StateEvent) and self.models is not None:
+            self._apply(parsed)
+        self._browsers.publish(parsed)
+
+    def _apply(self, event: StateEvent) -> None:
+        assert self.models is not None
+        model = self.models.get(event.model)
+        if model is None:
+            return
+        changes: dict[str, object] = {"state": event.state, "since": event.at}
+        if event.error is not None:
+            changes["last_error"] = event.error
+        self.models[event.model] = model.model_copy(update=changes)
+        self._snapshot = None
 
     # ---- browser subscribers ---------------------------------------------------------------
-    def subscribe(self) -> _Subscriber:
-        """A new subscriber whose queue starts with the current snapshot. Raises
-        ManagerUnavailable (503) while not connected or when `max_subscribers` are in."""
+    def subscribe(self) -> tuple[Subscription[Event], bytes]:
+        """A new subscriber and the ``snapshot`` frame it starts with (taken at the same
+        instant). Raises ManagerUnavailable (503) while not connected or when
+        `max_subscribers` are in."""
         if self.models is None:
             raise ManagerUnavailable(
                 "The manager's event stream is not available right now; retry shortly."
             )
-        if len(self._subscribers) >= self.max_subscribers:
+        try:
+            sub = self._browsers.subscribe()
+        except TooManySubscribers as exc:
             raise ManagerUnavailable(
-                f"Too many event streams are open ({self.max_subscribers}); retry later.",
+                f"Too many event streams are open ({exc.limit}); retry later.",
                 code="too_many_event_clients",
                 source="proxy",
                 headers={"Retry-After": "5"},
-            )
-        sub = _Subscriber()
-        sub.put(frame(SNAPSHOT, [self.models[k] for k in sorted(self.models)]))
-        self._subscribers.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: _Subscriber) -> None:
-        self._subscribers.discard(sub)
+            ) from None
+        if self._snapshot is None:
+            self._snapshot = snapshot_frame(self.models[k] for k in sorted(self.models))
+        return sub, self._snapshot
 
 
 class EventStream(Watched):
@@ -174,27 +176,17 @@ class EventStream(Watched):
 
     async def run(self, send: Send, watch: watch_disconnect) -> None:
         try:
-            sub = self.hub.subscribe()
+            sub, snapshot = self.hub.subscribe()
         except ProxyError as exc:
             watch.finish()
             await exc.send(send)
             return
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            while True:
-                while sub.queue:
-                    chunk = sub.queue.popleft()
+            async with contextlib.aclosing(event_stream(snapshot, sub, self.heartbeat)) as frames:
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                async for chunk in frames:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if sub.ended:
-                    break
-                sub.signal.clear()
-                try:
-                    async with asyncio.timeout(self.heartbeat):
-                        await sub.signal.wait()
-                except TimeoutError:
-                    chunk = KEEPALIVE
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.finish()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                watch.finish()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.hub.unsubscribe(sub)
+            sub.close()  # also when the stream never began

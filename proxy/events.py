@@ -1,45 +1,31 @@
 """What the proxy does with each manager event: swap metrics and a fresh model list.
 
 `handle_event` is called by the event hub (`proxy.event_hub`, which holds the proxy's
-one connection to the manager's stream) for every frame. It counts
-``swap`` events into ``homelab_proxy_swaps_total``, drops the cached model
-list on every ``state``, ``swap`` or ``snapshot`` event, so /v1/models shows
-"loading" vs "ready" at once, and hands ``state`` and ``swap`` events to
-`ctx.feed` (proxy/feed.py: progress of waiting MCP calls, load-time history). Frames are parsed with the types the manager sends
-(`wire.events`). A ``contention`` event (another model waits for the memory of the
-models it names) retires the lease pool's leases on those models: nobody joins them
-any more and each is released once its requests end (proxy/lease_pool.py).
+one connection to the manager's stream) for every frame, parsed once by the hub into the
+types the manager sends (`wire.events.Parsed`). It counts ``swap`` events into
+``homelab_proxy_swaps_total``, drops the cached model list on every ``state``, ``swap``
+or ``snapshot`` event, so /v1/models shows "loading" vs "ready" at once, and hands
+``state`` and ``swap`` events to `ctx.feed` (proxy/feed.py: progress of waiting MCP
+calls, load-time history). A ``contention`` event (another model waits for the memory
+of the models it names) retires the lease pool's leases on those models: nobody joins
+them any more and each is released once its requests end (proxy/lease_pool.py).
 """
 
 from __future__ import annotations
 
 from proxy.context import ProxyContext
-from wire.events import (
-    CONTENTION,
-    SNAPSHOT,
-    STATE,
-    SWAP,
-    ContentionEvent,
-    StateEvent,
-    SwapEvent,
-    parse_event,
-)
+from wire.events import ContentionEvent, Parsed, StateEvent, SwapEvent
 
 
-def handle_event(ctx: ProxyContext, event: str, data: str) -> None:
-    if event == CONTENTION:
-        contention = parse_event(event, data)
-        if isinstance(contention, ContentionEvent):
-            for model in contention.models:
-                ctx.manager.leases.retire_model(model)
+def handle_event(ctx: ProxyContext, parsed: Parsed) -> None:
+    if isinstance(parsed, ContentionEvent):
+        for model in parsed.models:
+            ctx.leases.retire_model(model)
         return
-    if event in (STATE, SWAP):
-        parsed = parse_event(event, data)
-        if isinstance(parsed, SwapEvent):
-            ctx.metrics.swaps.labels(parsed.from_model or "none", parsed.to or "none").inc()
-        if isinstance(parsed, StateEvent | SwapEvent):
-            ctx.feed.publish(parsed)
-    if event in (STATE, SWAP, SNAPSHOT):
-        ctx.manager.invalidate_models()
-        if ctx.jobs is not None:
-            ctx.jobs.wake()  # a model became resident (or left): jobs may run now
+    if isinstance(parsed, SwapEvent):
+        ctx.metrics.swaps.labels(parsed.from_model or "none", parsed.to or "none").inc()
+    if isinstance(parsed, StateEvent | SwapEvent):
+        ctx.feed.publish(parsed)
+    ctx.manager.invalidate_models()
+    if ctx.jobs is not None:
+        ctx.jobs.wake()  # a model became resident (or left): jobs may run now

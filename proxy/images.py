@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
@@ -89,8 +90,8 @@ class ImageStore:
         directory: Path,
         ttl: float,
         *,
-        max_count: int = 1000,
-        max_bytes: int = 512 * 1024 * 1024,
+        max_count: int = ProxySettings.default("image_store_max_count"),
+        max_bytes: int = ProxySettings.default("image_store_max_bytes"),
     ) -> None:
         self.directory = Path(directory)
         self.ttl = ttl

@@ -39,7 +39,7 @@ from wire.models import ModelStatus
 
 router = APIRouter()
 EDITS = "/v1/images/edits"
-"""The multipart route: its body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_MAX_BODY_BYTES."""
+"""The multipart route: its body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_PROXY_MAX_BODY_BYTES."""
 _STARTED = int(time.time())
 
 

@@ -117,7 +117,9 @@ async def upload_file(request: Request) -> Response:
         filename = (upload.filename or "batch.jsonl")[:255]
     finally:
         await form.close()
-    await asyncio.to_thread(_check_lines, data, settings.max_batch_lines, settings.max_body_bytes)
+    await asyncio.to_thread(
+        _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
+    )
     meta = {
         "id": new_id("file"),
         "object": "file",

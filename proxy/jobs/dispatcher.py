@@ -34,6 +34,7 @@ from proxy.errors import ProxyError
 from proxy.jobs.order import pick_model
 from proxy.jobs.runner import Outcome, run_job
 from proxy.jobs.store import TERMINAL, AsyncJobStore
+from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.jobs")
@@ -73,8 +74,8 @@ class Dispatcher:
         ctx: ProxyContext,
         store: AsyncJobStore,
         *,
-        workers: int = 8,
-        ttl: float = 7 * 86400.0,
+        workers: int = ProxySettings.default("job_workers"),
+        ttl: float = ProxySettings.default("job_ttl"),
     ) -> None:
         self.ctx = ctx
         self.store = store

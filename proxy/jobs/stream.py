@@ -10,8 +10,10 @@ for clients that cannot set headers) it gets exactly the events after N.
 While the job waits, ``state`` events *without* an id report its place in line
 (``position``) and which model must load first (``load_first``); they are not
 stored, so a resume neither loses nor repeats stored events. ``: keepalive``
-comments keep idle connections open. The stream reads from the store, so it
-works on any proxy that shares the job's store (Redis), whoever runs the job.
+comments keep idle connections open. Frames and keep-alives are `wire.events`'
+(`frame`, `KEEPALIVE` after `HEARTBEAT` idle seconds), as on every other stream. The
+stream reads from the store, so it works on any proxy that shares the job's store
+(Redis), whoever runs the job.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import asyncio
 import contextlib
 import time
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -29,19 +30,14 @@ from proxy.asgi import SSE_HEADERS
 from proxy.errors import InvalidRequest, NotFound
 from proxy.jobs.dispatcher import Dispatcher
 from wire.disconnect import ClientDisconnected, watch_disconnect
+from wire.events import HEARTBEAT, KEEPALIVE, frame
 
 router = APIRouter()
 
 POLL = 0.25
 """Seconds between store reads when no local notification comes (other proxies)."""
-KEEPALIVE = 15.0
 GAP_GRACE = 2.0
 """An event id handed out but never written (its writer died) is skipped after this."""
-
-
-def _sse(seq: int | None, event: str, data: object) -> bytes:
-    head = f"id: {seq}\n" if seq is not None else ""
-    return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 
 class JobStream(Response):
@@ -76,7 +72,7 @@ class JobStream(Response):
                 wake.clear()
                 events = await store.events_after(job_id, last)
                 for seq, ev in events:
-                    body = _sse(seq, ev["event"], ev["data"])
+                    body = frame(ev["event"], ev["data"], seq)
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     last = seq
                     last_sent = time.monotonic()
@@ -99,17 +95,11 @@ class JobStream(Response):
                     position = await jobs.position(job)
                     if position != last_position:
                         last_position = position
-                        body = _sse(None, "state", {"state": "PENDING", **position})
+                        body = frame("state", {"state": "PENDING", **position})
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                         last_sent = time.monotonic()
-                if time.monotonic() - last_sent > KEEPALIVE:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b": keepalive\n\n",
-                            "more_body": True,
-                        }
-                    )
+                if time.monotonic() - last_sent > HEARTBEAT:
+                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
                     last_sent = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), POLL)

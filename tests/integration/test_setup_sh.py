@@ -327,6 +327,14 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         assert second.returncode == 0, second.stdout + second.stderr
         assert f"{name} already runs with these settings" in second.stdout
         assert docker_client.containers.get(name).id == container.id
+
+        # A setting added to the env file (settings.md) stays when a rerun rewrites it.
+        with env_file.open("a") as added:
+            added.write("HOMELAB_DEFAULT_MODEL=demo-text\n")
+        third = setup_sh(*args, env=env, timeout=600)
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert "HOMELAB_DEFAULT_MODEL=demo-text" in env_file.read_text().splitlines()
+        assert env_file.read_text().count("HOMELAB_MANAGER_TOKEN=") == 1
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("docker", reason="the docker SDK is the manager extra")
 
-from manager import docker_runtime  # noqa: E402
+from manager import engine_events  # noqa: E402
 
 
 class Engine:
@@ -31,20 +31,20 @@ NOW = 1_800_000_000.0
 
 
 def test_the_engine_clock_is_read_and_its_offset_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_runtime, "_engine_offset", None)
+    monkeypatch.setattr(engine_events, "_engine_offset", None)
     monkeypatch.setattr(time, "time", lambda: NOW)  # ours stands still: no load can move it
     engine = Engine(skew=-7.5)
-    assert docker_runtime._engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
-    assert docker_runtime._engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
+    assert engine_events.engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
+    assert engine_events.engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
     assert engine.calls == 1, "read once, then kept for a while"
 
 
 def test_an_engine_that_does_not_say_means_our_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_runtime, "_engine_offset", None)
+    monkeypatch.setattr(engine_events, "_engine_offset", None)
 
     class Mute:
         def info(self) -> dict:
             return {"SystemTime": "not a time"}
 
     monkeypatch.setattr(time, "time", lambda: NOW)
-    assert docker_runtime._engine_time(Mute()) == NOW
+    assert engine_events.engine_time(Mute()) == NOW

@@ -16,12 +16,11 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
-from manager.events import StateEvent, SwapEvent
 from manager.probe import ReadinessProbe
 from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.state import ModelState
-from wire.events import ContentionEvent
+from wire.events import ContentionEvent, StateEvent, SwapEvent
 
 
 def test_fakes_satisfy_the_real_protocols(runtime, probe):

@@ -25,6 +25,7 @@ from wire.events import (
     StateEvent,
     SwapEvent,
     event_frame,
+    frame,
     parse_event,
     snapshot_frame,
 )
@@ -35,7 +36,7 @@ from wire.tokens import check_token, new_token, token_problem
 
 ROOT = Path(__file__).resolve().parents[3]
 WIRE = ROOT / "wire"
-ALLOWED_THIRD_PARTY = {"pydantic", "starlette"}
+ALLOWED_THIRD_PARTY = {"pydantic", "pydantic_settings", "starlette"}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -66,6 +67,46 @@ def test_importing_wire_loads_none_of_the_programs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.strip() == "[]"
+
+
+PROGRAMS = ("manager", "proxy", "imageserver")
+CONTRACT_NAMES = {"HOMELAB_IMAGE_API_KEY", "VLLM_API_KEY"}
+"""Spelled in `wire.model_server` only."""
+FRAMING = ("event: ", "id: ", ": keepalive", "retry: ")
+"""How an SSE frame begins: written by `wire.events` only."""
+
+
+def _literals(path: Path) -> list[tuple[int, str]]:
+    """The string and bytes constants of a module, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and id(node) not in docstrings:
+            if isinstance(node.value, bytes):
+                found.append((node.lineno, node.value.decode("latin-1")))
+            elif isinstance(node.value, str):
+                found.append((node.lineno, node.value))
+    return found
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_the_programs_leave_the_contract_to_wire(program: str) -> None:
+    """The upstream-key variables and SSE framing have one home (`wire`): a program that
+    spells them again would drift from it unseen."""
+    spelled = []
+    for path in sorted((ROOT / program).rglob("*.py")):
+        for line, text in _literals(path):
+            if text in CONTRACT_NAMES or text.lstrip("\n").startswith(FRAMING):
+                spelled.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
+    assert not spelled, "\n".join(spelled)
 
 
 # ---------------------------------------------------------------- tokens
@@ -125,6 +166,14 @@ def test_sse_frames_parse_back_to_the_same_types() -> None:
     assert b'"from":null' in event_frame(swap)
     assert parse_event("state", '{"model": "a"}') is None  # not the contract: skipped
     assert parse_event("later", "{}") is None
+
+
+def test_a_resumable_frame_carries_its_id_and_utf8_data() -> None:
+    """The jobs stream's frames (``id:`` for ``Last-Event-ID``) are framed here too."""
+    assert frame("token", {"text": "héllo"}, 7) == (
+        'id: 7\nevent: token\ndata: {"text":"héllo"}\n\n'.encode()
+    )
+    assert frame("end", {}) == b"event: end\ndata: {}\n\n"
 
 
 def test_text_models_carry_no_image_fields_on_the_wire() -> None:

@@ -1,0 +1,66 @@
+"""What the manager and the proxy say to the model servers the manager launches.
+
+- The **upstream key**: a new key for every start of a server (``manager.runtime``),
+  passed in the environment variable of its type, `UPSTREAM_KEY_ENV`: vLLM reads
+  ``VLLM_API_KEY`` (vLLM's own name), homelab-ai's image server `IMAGE_API_KEY_ENV`
+  (``imageserver.settings``). Both then refuse ``/v1/*`` without
+  ``Authorization: Bearer <key>``; the proxy gets the key in its lease.
+- The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
+  read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
+  503 once failed.
+- The image server's ``GET /v1/progress`` body, `ImageProgress` (written by
+  ``imageserver.api`` from its step meter, read by the proxy's MCP calls while a picture
+  is made, ``proxy.mcp.calls``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+"""vLLM's OpenAI server refuses ``/v1/*`` without this key (vLLM's own variable)."""
+IMAGE_API_KEY_ENV = "HOMELAB_IMAGE_API_KEY"
+"""The image server refuses ``/v1/*`` without this key (``imageserver.upstream_key``)."""
+UPSTREAM_KEY_ENV = {"text": VLLM_API_KEY_ENV, "image": IMAGE_API_KEY_ENV}
+"""The variable that carries a server's upstream key, by model type."""
+
+ImageServerStatus = Literal["loading", "ready", "failed"]
+
+
+class ImageHealth(BaseModel):
+    """``GET /health`` of the image server: whether its pipeline is loaded. Open without
+    the upstream key (it says nothing else)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    status: ImageServerStatus
+    error: str | None = None
+    """Why loading failed (status ``failed``)."""
+    model: str = ""
+    """The served name."""
+
+    @property
+    def http_status(self) -> int:
+        """503 once failed, else 200."""
+        return 503 if self.status == "failed" else 200
+
+
+class ImageProgress(BaseModel):
+    """``GET /v1/progress`` of the image server: the diffusion steps of the picture being
+    made now (all zero when idle, loading, or the pipeline reports none)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    running: bool = False
+    step: int = 0
+    """Finished steps of the current picture."""
+    steps: int = 0
+    """That picture's total steps."""
+
+    def step_of(self) -> tuple[int, int] | None:
+        """(step, steps) while a picture is under way with a step done, else None."""
+        if self.running and 0 < self.step <= self.steps:
+            return self.step, self.steps
+        return None
