@@ -101,7 +101,8 @@ class Demo:
 
 class SwapRecorder:
     """Follows the manager's /v1/events (real SSE) in a thread and keeps every swap event
-    and every state a model entered."""
+    and every state a model entered. A stream that broke is reported by `wait_for` and
+    `following` (an empty record would otherwise read as "nothing happened")."""
 
     def __init__(self, demo: Demo) -> None:
         self.swaps: list[tuple[str | None, str]] = []
@@ -140,13 +141,25 @@ class SwapRecorder:
                         data = json.loads(line.split(":", 1)[1])
                         with self.changed:
                             self.states.append((data["model"], data["state"]))
+                            self.changed.notify_all()
+            if not self._stop.is_set():
+                raise RuntimeError("the manager closed its event stream")
         except BaseException as exc:  # noqa: BLE001 (reported by the waiting test)
-            self._error = exc
+            with self.changed:
+                self._error = exc
+                self.changed.notify_all()
             self._connected.set()
+
+    def following(self) -> None:
+        """Fail the test if the event stream broke (the record then stops short)."""
+        assert self._error is None, f"the event stream broke: {self._error!r}"
 
     def wait_for(self, count: int, deadline: float = 60.0) -> list[tuple[str | None, str]]:
         with self.changed:
-            self.changed.wait_for(lambda: len(self.swaps) >= count, timeout=deadline)
+            self.changed.wait_for(
+                lambda: len(self.swaps) >= count or self._error is not None, timeout=deadline
+            )
+            self.following()
             return list(self.swaps)
 
     def close(self) -> None:
@@ -254,6 +267,9 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
 
         # Text, image, text: two cold starts, no swap, nothing stopped.
         assert swaps.wait_for(2) == [(None, "smollm2"), (None, "tiny-sd")]
+        # The record holds both starts (it was following all along), and no stop.
+        swaps.following()
+        assert {("smollm2", "ready"), ("tiny-sd", "ready")} <= set(swaps.states), swaps.states
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
         assert {m["id"]: m["state"] for m in listed["data"]} == {

@@ -55,6 +55,9 @@ class LiveStack:
     image: str
     broken_image: str
     log_dir: Path
+    internal: tuple[str, ...] = ()
+    """The addresses (host:port) of the manager and the model servers: no answer to a
+    keyless client may name one."""
 
     def client(self, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -258,6 +261,9 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
                             manager_token=token,
                             api_key=API_KEY,
                             log_dir=log_dir,
+                            internal=tuple(
+                                f"127.0.0.1:{port}" for port in (manager_port, *model_ports)
+                            ),
                             **NAMES,
                         )
                         return
