@@ -19,6 +19,7 @@ import orjson
 
 from proxy.context import ProxyContext
 from proxy.forward import Forward
+from proxy.jobs.records import Job
 
 
 @dataclass
@@ -141,21 +142,21 @@ async def _never_disconnect() -> dict[str, Any]:
 
 
 async def run_job(
-    ctx: ProxyContext, job: dict[str, Any], on_delta: Callable[[str], None] | None = None
+    ctx: ProxyContext, job: Job, on_delta: Callable[[str], None] | None = None
 ) -> Outcome:
     """Forward `job` (its endpoint, model, body) and return the outcome. Cancellable."""
-    body = job["body"]
+    body = job.body
     forward = Forward(
         ctx,
-        endpoint=job["endpoint"],
-        model=job["model"],
+        endpoint=job.endpoint,
+        model=job.model,
         body=orjson.dumps(body),
         content_type="application/json",
-        url_base=job.get("url_base"),
+        url_base=job.url_base,
         interactive=False,
     )
     capture = _Capture(on_delta)
-    scope = {"type": "http", "method": "POST", "path": job["endpoint"], "headers": []}
+    scope = {"type": "http", "method": "POST", "path": job.endpoint, "headers": []}
     await forward(scope, _never_disconnect, capture)
     if capture.streamed:
         if capture.chat.error is not None:
