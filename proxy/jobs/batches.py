@@ -214,7 +214,7 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
 @router.post("/v1/batches", responses=ERRORS, summary="Create a batch from an uploaded file")
 async def create_batch(request: Request) -> Response:
     ctx = request.app.state.ctx
-    jobs = ctx.jobs
+    jobs = _jobs(request)
     data = parse_object(await read_body(request))
     endpoint = data.get("endpoint")
     if endpoint not in ENDPOINTS:

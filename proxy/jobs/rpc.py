@@ -27,9 +27,10 @@ from fastapi import APIRouter, Request
 from msgspec import UNSET, UnsetType
 from starlette.responses import Response
 
+from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
 from proxy.images import check_image_request
-from proxy.jobs.dispatcher import JobFinished, JobNotFound
+from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
 from proxy.jobs.records import Accepted, TaskList, TaskView, encode
 from proxy.jobs.state import TaskState
 from proxy.parsing import MAX_MODEL_NAME, read_body
@@ -96,7 +97,8 @@ class Call:
 
     def __init__(self, request: Request, params: dict[str, Any]) -> None:
         self.request = request
-        self.ctx = request.app.state.ctx
+        self.ctx: ProxyContext = request.app.state.ctx
+        self.jobs: Dispatcher = self.ctx.jobs
         self.params = params
 
     def get(self, name: str, kind: type | tuple[type, ...], *, required: bool = False) -> Any:
@@ -140,7 +142,7 @@ class Call:
         body: dict[str, Any],
         url_base: str | None = None,
     ) -> Accepted:
-        job = await self.ctx.jobs.submit(
+        job = await self.jobs.submit(
             method=method, model=model, endpoint=endpoint, body=body, url_base=url_base
         )
         return Accepted.of(job)
@@ -226,7 +228,7 @@ def _task_id(call: Call) -> str:
 
 async def tasks_get(call: Call) -> TaskView:
     task_id = _task_id(call)
-    jobs = call.ctx.jobs
+    jobs = call.jobs
     try:
         job = await jobs.get(task_id)
     except JobNotFound as exc:
@@ -239,7 +241,7 @@ async def tasks_get(call: Call) -> TaskView:
 async def tasks_cancel(call: Call) -> TaskView:
     task_id = _task_id(call)
     try:
-        job = await call.ctx.jobs.cancel(task_id)
+        job = await call.jobs.cancel(task_id)
     except JobNotFound as exc:
         raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
     except JobFinished as exc:
@@ -256,7 +258,7 @@ async def tasks_list(call: Call) -> TaskList:
     limit = 50 if limit is None else limit
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
-    jobs = await call.ctx.jobs.store.all_jobs()
+    jobs = await call.jobs.store.all_jobs()
     jobs = [
         j
         for j in jobs

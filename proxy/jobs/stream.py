@@ -111,7 +111,7 @@ class JobStream(Response):
 
 @router.get("/stream/{task_id}", summary="A job's events as Server-Sent Events (docs/jobs.md)")
 async def stream(request: Request, task_id: str) -> Response:
-    jobs = request.app.state.ctx.jobs
+    jobs: Dispatcher = request.app.state.ctx.jobs
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     if not raw.strip().isdigit() or len(raw) > 12:
         raise InvalidRequest("Last-Event-ID must be a non-negative integer.", param="Last-Event-ID")
