@@ -3,7 +3,8 @@
 One `Dispatcher` per proxy process (built in the lifespan). `workers` asyncio tasks
 each pick a model with `order.pick_model` (resident first, grouped by model,
 interactive requests first), pop that model's next job id from the store, claim it
-and run it through `runner.run_job`. Every state change is written to the store
+and run it through `runner.run_job`. Every state change goes through `Job.move_to`
+(refused unless `proxy.jobs.state.TASK_TRANSITIONS` has it) and is written to the store
 before it is announced, so a reader on any proxy sees the same events.
 
 Crashes: a job is claimed under `(id, attempt)` by this process's `instance` id

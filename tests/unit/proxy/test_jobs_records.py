@@ -12,6 +12,7 @@ import orjson
 import pytest
 from proxy_stack import build_stack
 
+from proxy.jobs.dispatcher import Dispatcher, JobFinished
 from proxy.jobs.records import (
     BatchRecord,
     EndEvent,
@@ -34,6 +35,7 @@ from proxy.jobs.state import (
     TaskState,
     transition,
 )
+from proxy.jobs.store import AsyncJobStore, JobStore
 
 T, B = TaskState, BatchState
 TASK_MOVES = {
@@ -371,3 +373,27 @@ async def test_a_batch_keeps_the_openai_shapes(tmp_path) -> None:
         # cancelling a finished batch changes nothing (completed is terminal)
         r = await client.post(f"/v1/batches/{batch['id']}/cancel")
         assert r.status_code == 200 and r.json()["status"] == "completed"
+
+
+async def test_the_dispatcher_refuses_a_forbidden_move_before_it_writes(tmp_path) -> None:
+    store = JobStore(str(tmp_path / "jobs.db"))
+    try:
+        jobs = Dispatcher(None, AsyncJobStore(store))  # type: ignore[arg-type]  # no ctx needed
+        job = await jobs.submit(
+            method="create_completion", model="m", endpoint="/v1/completions", body={}
+        )
+        with pytest.raises(IllegalTransition, match="PENDING -> SUCCESS"):
+            await jobs._finish(job, T.SUCCESS, status=200, result={})
+        stored = store.get_job(job.id)
+        assert stored is not None and stored.state is T.PENDING and stored.finished_at is None
+        assert [e.event for _, e in store.events_after(job.id, 0)] == ["state"]
+        assert (await jobs.cancel(job.id)).state is T.CANCELLED
+        with pytest.raises(JobFinished):
+            await jobs.cancel(job.id)
+        cancelled = await jobs.get(job.id)
+        with pytest.raises(IllegalTransition, match="CANCELLED -> PENDING"):
+            await jobs._requeue(cancelled, reason="test")
+        assert store.queued("m") == [job.id]  # the submit's entry only: nothing requeued
+        assert [e.data for _, e in store.events_after(job.id, 0)][-1] == {"state": "CANCELLED"}
+    finally:
+        store.close()
