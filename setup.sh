@@ -221,7 +221,8 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
      HOMELAB_MANAGER_TOKEN (python -m wire.tokens new, run in the manager image), or
      keeps the token already there when the token rules accept it. Add HOMELAB_HF_TOKEN=...
-     to it yourself for gated models.
+     to it yourself for gated models; other HOMELAB_* lines you add are kept
+     (docs/settings.md lists them).
   8. starts the manager as the container $MANAGER_CONTAINER: --restart unless-stopped
      (it comes back with Docker Desktop after a reboot), the Docker socket mounted,
      port N (default 8090); recreated only when its settings changed
@@ -249,7 +250,7 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
   3. checks the manager token and the API keys with the token rules (python -m
      wire.tokens check, run in that image) and writes --env-file (default ./.env.server,
      mode 600, git-ignored) with HOMELAB_MANAGER_URL and HOMELAB_MANAGER_TOKEN (and
-     HOMELAB_API_KEYS). They come from the flags, else from the environment
+     HOMELAB_API_KEYS; other HOMELAB_* lines already there are kept). They come from the flags, else from the environment
      (HOMELAB_MANAGER_URL, HOMELAB_MANAGER_TOKEN, HOMELAB_API_KEYS), else from the env
      file of an earlier run. --token-file FILE: a file holding the token, or the GPU
      PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a
@@ -642,6 +643,16 @@ env_file_value() {
     sed -n "s/^$2=//p" "$1" | tail -n 1
 }
 
+# `other_settings FILE KEY...`: FILE's `HOMELAB_*=` lines for settings other than the KEYs
+# (so a rerun that rewrites FILE keeps the settings its user added; docs/settings.md).
+other_settings() {
+    local file="$1"
+    shift
+    [[ -f "$file" ]] || return 0
+    local IFS='|'
+    grep -E '^HOMELAB_[A-Z0-9_]+=' "$file" | grep -Ev "^($*)=" || true
+}
+
 # `write_private FILE` < content: write FILE with mode 600 (created private, never world-readable).
 write_private() {
     local file="$1" tmp
@@ -861,6 +872,7 @@ for name, m in d.items():
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_ADVERTISE_HOST=$advertise"
         if [[ -n "$hf_token" ]]; then echo "HOMELAB_HF_TOKEN=$hf_token"; fi
+        other_settings "$env_file" HOMELAB_MANAGER_TOKEN HOMELAB_ADVERTISE_HOST HOMELAB_HF_TOKEN
     } | write_private "$env_file"
     info "written (mode 600)"
 
@@ -970,6 +982,16 @@ cmd_server() {
         allowed_hosts="${allowed_hosts:+$allowed_hosts,}$name_here:*,$name_here.local:*"
     done
     [[ "$allowed_hosts" =~ ^[A-Za-z0-9.,:*-]*$ ]] || die "HOMELAB_ALLOWED_HOSTS must be host names (host:port or host:*), comma-separated"
+    # The address printed below, which clients use: image URLs point there (set
+    # HOMELAB_PUBLIC_URL, e.g. to a TLS reverse proxy's https://name, to print another).
+    local public_url here
+    here="http://$(hostname 2>/dev/null || echo localhost)"
+    public_url="${HOMELAB_PUBLIC_URL:-$(env_file_value "$env_file" HOMELAB_PUBLIC_URL)}"
+    [[ "$public_url" =~ ^$here:[0-9]+/?$ ]] && public_url=""  # one written here: follow --port
+    [[ -n "$public_url" ]] || public_url="$here:$port"
+    public_url="${public_url%/}"
+    [[ "$public_url" =~ ^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$ ]] ||
+        die "HOMELAB_PUBLIC_URL must look like http://host:8080 or https://name, got: $public_url"
     local generated=0
     if ((open_access)); then
         [[ -z "$keys_file" ]] || die "--open and --api-keys-file contradict each other"
@@ -1002,6 +1024,9 @@ cmd_server() {
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_API_KEYS=$keys"
         echo "HOMELAB_ALLOWED_HOSTS=$allowed_hosts"
+        echo "HOMELAB_PUBLIC_URL=$public_url"
+        other_settings "$env_file" HOMELAB_MANAGER_URL HOMELAB_MANAGER_TOKEN HOMELAB_API_KEYS \
+            HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
     if [[ "$keys" == off ]]; then
@@ -1033,8 +1058,8 @@ cmd_server() {
     cat <<EOF
 
 ==================================================================== homelab-ai server
-  Web UI:           http://$(hostname 2>/dev/null || echo localhost):$port/
-  OpenAI base URL:  http://$(hostname 2>/dev/null || echo localhost):$port/v1
+  Web UI:           $public_url/
+  OpenAI base URL:  $public_url/v1
   Logs:             docker logs -f $name
 ======================================================================================
 EOF

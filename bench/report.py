@@ -621,6 +621,66 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def upstream_client_table(rows: list[dict]) -> str:
+    """bench/upstream_client.py's summary rows as a table."""
+    return table(
+        [
+            "case",
+            "clients",
+            "CPU µs/req lean / aiohttp",
+            "req/s lean / aiohttp",
+            "p50 ms lean / aiohttp",
+            "p99 ms lean / aiohttp",
+        ],
+        [
+            [
+                r["case"],
+                r["clients"],
+                f"{fmt(r['lean_cpu_us_per_req'], 0)} / {fmt(r['aiohttp_cpu_us_per_req'], 0)}",
+                f"{fmt(r['lean_req_per_s'], 0)} / {fmt(r['aiohttp_req_per_s'], 0)}",
+                f"{fmt(r['lean_p50_ms'], 3)} / {fmt(r['aiohttp_p50_ms'], 3)}",
+                f"{fmt(r['lean_p99_ms'], 3)} / {fmt(r['aiohttp_p99_ms'], 3)}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _upstream_client_section(uc: dict) -> tuple[str, list[str]]:
+    """The lean upstream client against aiohttp's (bench/upstream_client.py)."""
+    out = ["## Upstream client: lean vs aiohttp\n"]
+    settings = uc["settings"]
+    start = " ".join(str(x) for x in uc["machine"].get("loadavg_at_start", []))
+    end = " ".join(str(x) for x in uc.get("loadavg_at_end", []))
+    out.append(
+        f"`{uc['command']}`: the proxy's one client for model servers (proxy/upstream.py, "
+        "asyncio Protocol + httptools) against aiohttp's `ClientSession`, each set up as the "
+        "proxy would (keep-alive, no decompression, connect and read timeouts), in one process "
+        "under uvloop against the stand-in model server (its own process). Each round runs every "
+        "case with both clients back to back, their order swapped every round; "
+        f"{settings['rounds']} rounds of {settings['requests']} requests per case and client, "
+        "median over the rounds. *plain*: a chat answer read whole; *stream*: 20 SSE chunks read "
+        "as they come. CPU µs/req: CPU time of the client's process per request (the client's "
+        f"own cost; the harness's share is the same for both). Load average: {start} at the "
+        f"start, {end} at the end (a shared machine: other sessions' work ran meanwhile)."
+    )
+    rows = uc["summary"]
+    out.append("\n" + upstream_client_table(rows))
+    plain = [r for r in rows if r["case"] == "plain"]
+    findings = []
+    if plain:
+        saved = [r["aiohttp_cpu_us_per_req"] - r["lean_cpu_us_per_req"] for r in plain]
+        factor = [r["aiohttp_cpu_us_per_req"] / r["lean_cpu_us_per_req"] for r in plain]
+        findings.append(
+            f"Upstream client: the lean client costs {min(factor):.1f} to {max(factor):.1f} times "
+            f"less CPU per plain request than aiohttp's ({min(saved):.0f} to {max(saved):.0f} µs "
+            "saved per request, against a proxy CPU of about 550 µs per proxied request above), "
+            "so it stays the one client of all model traffic (proxy/modelcall.py)."
+        )
+        out.append("\n" + findings[0])
+    return "\n".join(out), findings
+
+
 def render() -> str:
     names = [
         "latency",
@@ -634,6 +694,7 @@ def render() -> str:
         "memory",
         "faults",
         "faults-before",
+        "upstream-client",
     ]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
@@ -653,7 +714,7 @@ def render() -> str:
         "",
         "Rerun: `bench/run_all.sh` (everything, about 10 minutes, then this page), or one script: "
         "`python -m bench.latency`, `python -m bench.streaming`, `python -m bench.swap`, "
-        "`python -m bench.storm`, `python -m bench.jobs`, `python -m bench.memory`; then `python -m bench.report`. Raw numbers: "
+        "`python -m bench.storm`, `python -m bench.jobs`, `python -m bench.memory`, `python -m bench.upstream_client`; then `python -m bench.report`. Raw numbers: "
         "`bench/results/*.json` and `*.csv`.",
         "",
         "## Machine",
@@ -709,6 +770,10 @@ def render() -> str:
         findings += found
     else:
         parts += ["## faults\n\nNot run: bench/results/faults.json is missing.", ""]
+    if "upstream-client" in results:
+        text, found = _upstream_client_section(results["upstream-client"])
+        parts += [text, ""]
+        findings += found
     if bigbody:
         text, found = _bigbody_section(bigbody)
         parts += [text, ""]

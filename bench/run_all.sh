@@ -29,8 +29,9 @@ if [[ $QUICK == 1 ]]; then
     STORM=(--requests 200)
     JOBS=(--requests 60)
     MEMORY=(--duration 3 --rounds 1)
+    CLIENT=(--rounds 2 --requests 300)
 else
-    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=()
+    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=() CLIENT=()
 fi
 
 failed=()
@@ -60,6 +61,7 @@ run storm bench.storm "${STORM[@]}"
 run jobs bench.jobs "${JOBS[@]}"
 run memory bench.memory "${MEMORY[@]}"
 run faults bench.faults
+run upstream-client bench.upstream_client "${CLIENT[@]}"
 "$PY" -m bench.report || failed+=("report")
 
 if ((${#failed[@]})); then

@@ -47,7 +47,7 @@ BASE_PORT = 18620  # model A 18620, model B 18621, manager 18622, proxy 18623
 IMAGE = "homelab-ai/fakevllm:test"
 MODELS = ("swap-a", "swap-b")
 READY_LINE = "Uvicorn running on"
-GATE_LINE = "homelab-ai gate: released"  # manager.docker_runtime.GATE_RELEASED
+GATE_LINE = "homelab-ai gate: released"  # manager.gate.RELEASED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

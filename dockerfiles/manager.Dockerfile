@@ -31,6 +31,8 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && rm /tmp/requirements.txt
 
 COPY wire/ /opt/homelab-ai/wire/
+# The whole package: manager/gate.py too, the standby gate program the Docker runtime
+# reads at start and runs in every model container.
 COPY manager/ /opt/homelab-ai/manager/
 
 ENV HOMELAB_MODELS_FILE=/etc/homelab-ai/models.json \

@@ -24,11 +24,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"HOMELAB_IMAGE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        print(f"imageserver: invalid settings: {problems}", file=sys.stderr)
+        print(f"imageserver: invalid settings:\n{Settings.describe(exc)}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 

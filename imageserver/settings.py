@@ -6,7 +6,7 @@ cpu_offload, attention_slicing, vae_tiling, sizes, max_n, steps. The rest
 (queue limit, upload limit, warm-up) are the server's own knobs with defaults.
 
 `Settings()` raises `pydantic.ValidationError` on a bad value; `__main__`
-turns that into a one-line message and exit code 2.
+names each bad variable (`HomelabSettings.describe`) and exits with code 2.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from wire.model_server import IMAGE_API_KEY_ENV
+from wire.settings import HomelabSettings
 
 SIZE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
 DEVICE_RE = r"^(cuda(:[0-9]+)?|cpu|mps)$"
@@ -31,7 +32,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-class Settings(BaseSettings):
+class Settings(HomelabSettings):
     """Everything the image server is told at start. Immutable."""
 
     model_config = SettingsConfigDict(
@@ -48,10 +49,14 @@ class Settings(BaseSettings):
         max_length=128,
         description="The name clients use (`model` in requests, `/v1/models`). Empty: the model value.",
     )
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    device: str = Field(default="cuda", pattern=DEVICE_RE)
+    host: str = Field(default="0.0.0.0", description="Address the server listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the server listens on.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16", description="The weights' data type (models.json `dtype`)."
+    )
+    device: str = Field(
+        default="cuda", pattern=DEVICE_RE, description="Torch device (models.json `device`)."
+    )
     cpu_offload: bool = Field(default=False, description="enable_model_cpu_offload() (GPU only)")
     attention_slicing: bool = Field(default=False, description="enable_attention_slicing()")
     vae_tiling: bool = Field(default=False, description="vae.enable_tiling()")
@@ -86,7 +91,9 @@ class Settings(BaseSettings):
         le=50,
         description="Steps of the warm-up generation run before reporting ready; 0 skips it.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe log records written (and uvicorn's level)."
+    )
     api_key: SecretStr | None = Field(
         default=None,
         validation_alias=IMAGE_API_KEY_ENV,  # the contract's name (wire.model_server)

@@ -43,6 +43,8 @@ log = logging.getLogger("manager")
 
 SHUTDOWN_GRACE = 10
 """Seconds uvicorn waits for open requests at shutdown before cancelling them."""
+MAX_CONNECTIONS = 1024
+"""Connections uvicorn serves at once (a waiting lease request holds one)."""
 
 RUNTIMES = {
     "docker": ("manager.docker_runtime", "DockerRuntime"),
@@ -63,11 +65,9 @@ def load_settings() -> ManagerSettings:
     try:
         return ManagerSettings()  # the values come from the environment
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(f"HOMELAB_{field.upper()}: {err['msg']}")
-        raise ConfigProblem("invalid settings:\n  " + "\n  ".join(lines), status=2) from exc
+        raise ConfigProblem(
+            "invalid settings:\n" + ManagerSettings.describe(exc), status=2
+        ) from exc
 
 
 def load_models(path: str) -> Catalogue:
@@ -185,7 +185,7 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=5,
     )
     log.info(
@@ -248,9 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     prints.add_argument("--models", default="models.json", help="the models.json to check")
     prints.add_argument(
         "--file",
-        default=os.environ.get("HOMELAB_FOOTPRINT_FILE")
-        or str(Path(os.environ.get("HOMELAB_LOG_DIR", "logs")) / "footprints.json"),
-        help="the manager's footprints file (default: as the manager's settings give it)",
+        default=str(
+            Path(
+                os.environ.get(ManagerSettings.env_name("log_dir"))
+                or ManagerSettings.default("log_dir")
+            )
+            / footprints.FOOTPRINT_FILE
+        ),
+        help="the manager's footprints file (default: footprints.json in HOMELAB_LOG_DIR)",
     )
     args = parser.parse_args(argv)
     try:

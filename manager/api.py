@@ -38,6 +38,8 @@ from wire.models import EnsureAnswer, ModelList, StopAnswer
 log = logging.getLogger(__name__)
 
 MAX_LOG_TAIL = 5000
+MAX_BODY_BYTES = 65536
+"""Largest request body the manager accepts (its bodies are a few hundred bytes)."""
 T = TypeVar("T")
 
 
@@ -242,5 +244,5 @@ def create_app(
     app.include_router(public)
     app.include_router(router)
     install_error_handlers(app, MANAGER, validation_error=RequestValidationError)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MANAGER)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, source=MANAGER)
     return app

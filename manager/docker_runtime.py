@@ -5,34 +5,39 @@ Each model runs in the container named by its spec's `container`, labelled
 `homelab-ai.spec=<spec hash>`; the runtime only ever stops, removes or reuses
 containers that carry the managed label. Text models run the vLLM OpenAI image
 with vLLM's arguments; image models run homelab-ai's image server, configured
-through `HOMELAB_IMAGE_*` variables (see `image_server_env`, and the "Image
-server environment" section of docs/architecture.md).
+through `HOMELAB_IMAGE_*` variables (see `manager.launch.image_server_env`, and the
+"Image server environment" section of docs/architecture.md).
 
 Every docker SDK call is blocking and runs in `asyncio.to_thread`; cancelling a
 coroutine abandons the wait but not the engine call already under way (a
 `start` cancelled mid-create may leave a created container, which the next
 `start` reuses or replaces). Every engine failure is raised as `RuntimeFailure`.
 
+The launch recipe (arguments, the image server's variables, the upstream key) is
+`manager.launch`, shared with the process runtime; the engine's clock and `die` events
+are `manager.engine_events`; the gate program is the file manager/gate.py.
+
 Exits: with `watch_exits(callback)` set, a daemon thread follows the engine's event
-stream (`die` events of this manager's containers, by label) and calls
-`callback(model)` on the event loop at once; a broken stream is reopened after a
-second. There is no registry to lose: a container carries its labels from creation
+stream (`die` events of this manager's containers, by label; `engine_events.DieWatcher`)
+and calls `callback(model)` on the event loop at once; a broken stream is reopened after
+a second. There is no registry to lose: a container carries its labels from creation
 on, so `list_owned` finds one that a killed manager created but never used.
 
-Standby containers: every container's process starts as `GATE`, a stdlib Python
-script that listens on the model's internal port and waits for one line equal to the
-container's upstream key; it answers any other line "no" and keeps waiting, and on the
-key answers "ok", closes its socket and `execvp`s the real server (the image's
-entrypoint and command, read once per image). The gate holds no GPU memory. So
+Standby containers: every container's process starts as `GATE` (manager/gate.py), a
+stdlib Python script that listens on the model's internal port and waits for one line
+equal to the container's upstream key; it answers any other line "no" and keeps waiting,
+and on the key answers "ok", closes its socket and `execvp`s the real server (the
+image's entrypoint and command, read once per image). The gate holds no GPU memory. So
 `prepare(name, spec)` does all of the engine's work ahead (pull, create, start: runc,
 network namespace, port proxy; with `standby` off it only creates), and `start` only
 releases the gate: a TCP line to the model's port, a few ms. `list_owned` reports a
 gated container whose gate still answers "no" as `standby` (not running). `stop` returns
 once the container's process has exited (seen from the host through a pidfd where the
 engine runs on this kernel, `manager.exit_watch`; else at the container's `die` event);
-the engine's teardown and the removal finish in the background (the model's next start, prepare or stop waits for them). The search for
-the model's containers under old names runs once per model and container name. Where a
-swap's time goes is measured by `python -m bench.swap` (docs/architecture.md, "Swaps").
+the engine's teardown and the removal finish in the background (the model's next start,
+prepare or stop waits for them). The search for the model's containers under old names
+runs once per model and container name. Where a swap's time goes is measured by
+`python -m bench.swap` (docs/architecture.md, "Swaps").
 """
 
 from __future__ import annotations
@@ -43,10 +48,9 @@ import dataclasses
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -54,8 +58,10 @@ import docker.errors
 import docker.types
 import requests
 
+from manager import gate
+from manager.engine_events import DieWatcher, terminate
 from manager.errors import RuntimeFailure
-from manager.exit_watch import ExitWatch
+from manager.launch import server_env, text_server_args
 from manager.runtime import (
     INTERNAL_PORT,
     LABEL_GATED,
@@ -70,7 +76,7 @@ from manager.runtime import (
     spec_hash,
 )
 from manager.settings import ManagerSettings
-from manager.spec import ImageModel, TextModel
+from manager.spec import TextModel
 
 log = logging.getLogger(__name__)
 
@@ -79,96 +85,14 @@ HF_CACHE_TARGET = "/root/.cache/huggingface"
 
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _T = TypeVar("_T")
-GATE = r"""
-import hmac, os, signal, socket, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-port, var, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-key = os.environ.get(var, "").encode()
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", port))
-srv.listen(16)
-released = False
-while not released:
-    conn = srv.accept()[0]
-    try:
-        conn.settimeout(2.0)
-        data = b""
-        while b"\n" not in data and len(data) < 512:
-            chunk = conn.recv(512)
-            if not chunk:
-                break
-            data += chunk
-        line = data.split(b"\n", 1)[0].rstrip(b"\r")
-        released = bool(key) and hmac.compare_digest(line, key)
-        conn.sendall(b"ok\n" if released else b"no\n")
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(512):
-            pass
-    except OSError:
-        pass
-    finally:
-        conn.close()
-srv.close()
-print("homelab-ai gate: released", flush=True)
-os.execvp(argv[0], argv)
-"""
-"""The standby gate (`python3 -c GATE <port> <key variable> <server argv...>`), PID 1 of
-every container this runtime creates. It waits for the connection that sends the key
-(the client closes first, so the port is left without TIME_WAIT sockets), then becomes
-the server. SIGTERM ends it at once (PID 1 ignores signals it has no handler for)."""
-GATE_RELEASED = "homelab-ai gate: released"
+GATE = Path(gate.__file__).read_text(encoding="utf-8")
+"""The standby gate's program (manager/gate.py), read once: PID 1 of every container this
+runtime creates, run as `python3 -c GATE <port> <key variable> <server argv...>`."""
+GATE_RELEASED = gate.RELEASED
 """The gate's one line of output, printed just before it becomes the server."""
 _GATE_KNOCK = b"GET /health HTTP/1.0\r\n\r\n"
 """A wrong line for a gate (it answers "no"), and a request a server answers in HTTP."""
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
-
-
-def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
-    """vLLM's OpenAI server arguments for `spec`, served as `name` on host:port.
-
-    `vllm serve` (the vllm/vllm-openai entrypoint) and
-    `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
-    logs that `--model` is deprecated in favour of a positional model but honours it.
-    """
-    return [
-        "--model",
-        spec.model,
-        "--served-model-name",
-        name,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *spec.args,
-    ]
-
-
-def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
-    """The `HOMELAB_IMAGE_*` variables the image server reads (documented in docs/architecture.md)."""
-    env = {
-        "HOMELAB_IMAGE_MODEL": spec.model,
-        "HOMELAB_IMAGE_SERVED_NAME": name,
-        "HOMELAB_IMAGE_DTYPE": spec.dtype,
-        "HOMELAB_IMAGE_DEVICE": spec.device,
-        "HOMELAB_IMAGE_CPU_OFFLOAD": "true" if spec.cpu_offload else "false",
-        "HOMELAB_IMAGE_ATTENTION_SLICING": "true" if spec.attention_slicing else "false",
-        "HOMELAB_IMAGE_VAE_TILING": "true" if spec.vae_tiling else "false",
-        "HOMELAB_IMAGE_SIZES": ",".join(spec.sizes),
-        "HOMELAB_IMAGE_MAX_N": str(spec.max_n),
-        "HOMELAB_IMAGE_STEPS": str(spec.steps),
-        "HOMELAB_IMAGE_PORT": str(port),
-    }
-    if spec.max_steps is not None:
-        env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
-    return env
-
-
-def hf_token(settings: ManagerSettings) -> str | None:
-    """The Hugging Face token from settings (`hf_token`, HOMELAB_HF_TOKEN), or None."""
-    if settings.hf_token is None:
-        return None
-    return settings.hf_token.get_secret_value() or None
 
 
 def _hf_cache_mount(source: str) -> docker.types.Mount:
@@ -209,80 +133,6 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
         spec_hash=labels.get(LABEL_SPEC),
         api_key=_env_value(container, UPSTREAM_KEY_ENV.values()),
     )
-
-
-_CLOCK_CHECK = 300.0
-"""Seconds between readings of the engine's clock (`_engine_time`)."""
-_engine_offset: tuple[float, float] | None = None
-"""(when it was read, engine clock minus ours) in seconds."""
-
-
-def _engine_time(client: docker.DockerClient) -> float:
-    """Now on the engine's clock (Unix seconds): ours plus the offset read from
-    `docker info`'s SystemTime every `_CLOCK_CHECK` s (a VM's clock, as under Docker
-    Desktop, can drift by seconds after a host sleep). Ours if the engine does not say.
-    Blocking."""
-    global _engine_offset
-    now = time.time()
-    if _engine_offset is None or now - _engine_offset[0] > _CLOCK_CHECK:
-        offset = 0.0
-        try:
-            stamp = str(client.info().get("SystemTime", ""))
-            whole, _, frac = stamp.rstrip("Z").partition(".")
-            parsed = datetime.fromisoformat(whole).replace(tzinfo=UTC)
-            offset = parsed.timestamp() + float(f"0.{frac or 0}") - now
-        except (docker.errors.APIError, ValueError, OSError) as exc:
-            log.info("could not read the engine's clock (%s); using ours", exc)
-        _engine_offset = (now, offset)
-    return now + _engine_offset[1]
-
-
-def _terminate(client: docker.DockerClient, container: Any, grace: float) -> None:
-    """SIGTERM the container, SIGKILL it after `grace` s; return once its process has
-    exited: seen from the host (`manager.exit_watch`, native Linux) or at its `die`
-    event (the engine's teardown is still to come, unlike `container.stop` or `wait`,
-    which return after it). Blocking. Raises RuntimeFailure if it outlives the SIGKILL
-    by 10 s."""
-    state = (getattr(container, "attrs", None) or {}).get("State") or {}
-    with contextlib.ExitStack() as stack:
-        watch = ExitWatch.open(state.get("Pid"), container.id)
-        if watch is not None:
-            stack.callback(watch.close)
-        for signal, wait in (("SIGTERM", max(1.0, grace)), ("SIGKILL", 10.0)):
-            if _signal_and_wait(client, container, signal, wait, watch):
-                return
-    raise RuntimeFailure(f"container {container.name} did not die after SIGKILL")
-
-
-def _signal_and_wait(
-    client: docker.DockerClient, container: Any, signal: str, wait: float, watch: ExitWatch | None
-) -> bool:
-    """Send `signal`; True once the process exited within `wait` s (or was not running)."""
-    # The engine's clock (Docker Desktop's VM may drift), for the `die` events below.
-    since = _engine_time(client) if watch is None else 0.0
-    if watch is None or not watch.send(signal):
-        try:
-            container.kill(signal=signal)
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # not running (any more)
-                return True
-            raise
-    if watch is not None:
-        return watch.wait(wait)
-    # Opened after the kill (one round trip less before it): `since` lies before the
-    # kill, so the engine replays a `die` that came first.
-    stream = client.events(
-        since=since - 1.0,
-        until=since + wait,
-        decode=True,
-        filters={"type": "container", "container": container.id, "event": "die"},
-    )
-    try:
-        for _ in stream:
-            return True
-    finally:
-        stream.close()
-    return False
 
 
 _RELEASE_TIMEOUT = 30.0
@@ -335,9 +185,8 @@ class DockerRuntime:
         self._client_lock = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._on_exit: Callable[[str], None] | None = None
-        self._watcher: threading.Thread | None = None
+        self._watcher: DieWatcher | None = None
         self._closing = False
-        self._events: Any = None
         self._removing: set[str] = set()
         """Ids of dead containers being removed in the background (reported as absent)."""
         self._removals: dict[asyncio.Task[None], str] = {}
@@ -360,31 +209,8 @@ class DockerRuntime:
         if self._on_exit is None or self._watcher is not None or self._closing:
             return
         loop = asyncio.get_running_loop()
-        self._watcher = threading.Thread(
-            target=self._follow_events, args=(client, loop), name="docker-events", daemon=True
-        )
+        self._watcher = DieWatcher(client, self._instance, self._exited, loop)
         self._watcher.start()
-
-    def _follow_events(self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop) -> None:
-        """The watcher thread: relay `die` events of our containers until `aclose()`."""
-        labels = [f"{LABEL_MANAGED}=true"]
-        if self._instance is not None:
-            labels.append(f"{LABEL_INSTANCE}={self._instance}")
-        filters = {"type": "container", "event": ["die"], "label": labels}
-        while not self._closing:
-            try:
-                _engine_time(client)  # read now (cached), so that no stop waits for it
-                self._events = client.events(decode=True, filters=filters)
-                for event in self._events:
-                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                    model = attrs.get(LABEL_MODEL)
-                    if model and attrs.get(LABEL_INSTANCE) == self._instance:
-                        loop.call_soon_threadsafe(self._exited, model)
-            except Exception as exc:  # a thread boundary: log, reopen after a pause
-                if self._closing:
-                    return
-                log.warning("Docker event stream broke off (%s); reopening", exc)
-            time.sleep(1.0)
 
     def _exited(self, model: str) -> None:
         if self._on_exit is not None and not self._closing:
@@ -478,18 +304,10 @@ class DockerRuntime:
         without it, the server at once.
         """
         env = {"HF_HOME": HF_CACHE_TARGET}
-        token = hf_token(self._settings)
-        if token:
-            env["HUGGING_FACE_HUB_TOKEN"] = token
-            env["HF_TOKEN"] = token
+        env.update(server_env(name, spec, self._settings, port=INTERNAL_PORT, api_key=api_key))
         command: list[str] | None = None
         if isinstance(spec, TextModel):
             command = text_server_args(name, spec, "0.0.0.0", INTERNAL_PORT)
-        else:
-            env.update(image_server_env(name, spec, INTERNAL_PORT))
-        env.update(spec.env)
-        if api_key:
-            env[UPSTREAM_KEY_ENV[spec.type]] = api_key
         config: dict[str, Any] = {
             "image": spec.image,
             "command": command,
@@ -726,7 +544,7 @@ class DockerRuntime:
             if container.status == "running":
                 client = await self._docker()
                 await self._call(
-                    _terminate, client, container, grace, what=f"stop container {container.name}"
+                    terminate, client, container, grace, what=f"stop container {container.name}"
                 )
             elif container.status in ("restarting", "paused"):
                 await self._call(
@@ -825,8 +643,7 @@ class DockerRuntime:
         tidy shutdowns)."""
         self._closing = True
         await self.settled()
-        if self._events is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._events.close)
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.close)
         if self._client is not None:
             await asyncio.to_thread(self._client.close)

@@ -27,6 +27,8 @@ from manager.spec import Catalogue
 
 log = logging.getLogger(__name__)
 
+FOOTPRINT_FILE = "footprints.json"
+"""The file's name, in the manager's `log_dir` (`ManagerSettings.footprint_path`)."""
 HISTORY = 20
 """Readings kept per model."""
 

@@ -49,8 +49,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from manager.docker_runtime import hf_token, image_server_env, text_server_args
 from manager.errors import RuntimeFailure
+from manager.launch import server_env, text_server_args
 from manager.runtime import UPSTREAM_KEY_ENV, Instance, Spec, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import TextModel
@@ -273,23 +273,19 @@ class ProcessRuntime:
 
     def environment(self, name: str, spec: Spec, api_key: str | None = None) -> dict[str, str]:
         """The server's environment: the manager's minus HOMELAB_*, plus the type's and spec's,
-        plus the owner marks (`HOMELAB_SERVER_*`) that make it discoverable, plus `api_key`
-        (the upstream key) in the type's `UPSTREAM_KEY_ENV` variable."""
+        plus the owner marks (`HOMELAB_SERVER_*`) that make it discoverable, plus
+        `manager.launch.server_env` (the launch recipe both runtimes share: the Hugging
+        Face token, the image server's variables, the spec's env, `api_key`)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
         env["PYTHONUNBUFFERED"] = "1"
         env[ENV_OWNER] = self.owner
         env[ENV_MODEL] = name
         env[ENV_SPEC] = spec_hash(spec)
-        token = hf_token(self._settings)
-        if token:
-            env["HUGGING_FACE_HUB_TOKEN"] = token
-            env["HF_TOKEN"] = token
-        if not isinstance(spec, TextModel):
-            env.update(image_server_env(name, spec, spec.port))
-            env["HOMELAB_IMAGE_HOST"] = self.bind_host
-        env.update(spec.env)
-        if api_key:
-            env[UPSTREAM_KEY_ENV[spec.type]] = api_key
+        env.update(
+            server_env(
+                name, spec, self._settings, port=spec.port, host=self.bind_host, api_key=api_key
+            )
+        )
         return env
 
     def log_path(self, name: str) -> Path:

@@ -32,7 +32,7 @@ LABEL_MANAGED = "homelab-ai.managed"
 LABEL_MODEL = "homelab-ai.model"
 LABEL_SPEC = "homelab-ai.spec"
 LABEL_GATED = "homelab-ai.gated"
-"""Set ("true") on a container whose process starts as the standby gate (docker_runtime.GATE)."""
+"""Set ("true") on a container whose process starts as the standby gate (manager/gate.py)."""
 LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 

@@ -59,21 +59,26 @@ RETRY_AFTER_SWAP = 30.0
 """Retry-After (seconds) when the wanted model still has to be started."""
 
 
+_DEFAULT = ManagerSettings.default
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The scheduler's knobs; `from_settings` maps the HOMELAB_* settings onto them."""
+    """The scheduler's knobs; `from_settings` maps the HOMELAB_* settings onto them. The
+    defaults are the settings' own (manager.settings, written there once)."""
 
-    queue_limit: int = 64
-    queue_timeout: float = 900.0
-    batch_bound: int = 8
-    lease_ttl: float = 300.0
-    stop_timeout: float = 30.0
-    gpu_release_timeout: float = 60.0
-    liveness_interval: float = 10.0
+    queue_limit: int = _DEFAULT("queue_limit")
+    queue_timeout: float = _DEFAULT("queue_timeout")
+    batch_bound: int = _DEFAULT("batch_bound")
+    lease_ttl: float = _DEFAULT("lease_ttl")
+    stop_timeout: float = _DEFAULT("stop_timeout")
+    gpu_release_timeout: float = _DEFAULT("gpu_release_timeout")
+    liveness_interval: float = _DEFAULT("liveness_interval")
     advertise_host: str | None = None
+    """The host in lease base_urls (`ManagerSettings.advertised_host()`); None: the runtime's."""
     stop_attempts: int = 3
     stop_backoff: float = 0.5
-    standby: bool = False
+    standby: bool = _DEFAULT("standby")
     """Keep every model that is not resident prepared (`PreparingRuntime.prepare`; Docker:
     a standby container), after adoption and after each stop."""
 

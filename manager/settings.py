@@ -1,36 +1,62 @@
-"""The manager's settings, read from the environment (prefix `HOMELAB_`).
+"""The manager's settings, read from the environment (prefix `HOMELAB_`; base: wire.settings).
 
-Every default lives here, once. `ManagerSettings()` raises pydantic's
+Every default lives here, once (`ManagerSettings.default(name)` for code that takes a
+setting as an argument, e.g. `SchedulerConfig`). `ManagerSettings()` raises pydantic's
 `ValidationError` when a value is missing or wrong (the token above all);
-`python -m manager` prints that as one line per problem and exits non-zero.
+`python -m manager` prints that as one line per problem and exits non-zero. The
+reference of every variable is docs/settings.md, generated from this class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from manager.footprints import FOOTPRINT_FILE
+from manager.lease_store import LEASE_FILE
+from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, ServiceSettings
 from wire.tokens import check_token
 
 _HOST_PATTERN = r"^[A-Za-z0-9.:\-\[\]]{1,253}$"
 
 
-class ManagerSettings(BaseSettings):
+class ManagerSettings(ServiceSettings):
     """Settings of the manager daemon. Environment names are the field names upper-cased
     with the `HOMELAB_` prefix, e.g. `queue_limit` is `HOMELAB_QUEUE_LIMIT`."""
 
-    model_config = SettingsConfigDict(env_prefix="HOMELAB_", extra="ignore", frozen=True)
+    retired: ClassVar[Mapping[str, str]] = {
+        "HOMELAB_MAX_BODY_BYTES": (
+            "the manager's body limit is fixed (manager.api.MAX_BODY_BYTES); "
+            "for the proxy's, set HOMELAB_PROXY_MAX_BODY_BYTES"
+        ),
+        "HOMELAB_LEASE_FILE": "the lease file is leases.json in HOMELAB_LOG_DIR",
+        "HOMELAB_FOOTPRINT_FILE": "the footprints file is footprints.json in HOMELAB_LOG_DIR",
+        "HOMELAB_MAX_CONNECTIONS": (
+            "the manager's connection limit is fixed (manager.__main__.MAX_CONNECTIONS); "
+            "for the proxy's, set HOMELAB_PROXY_MAX_CONNECTIONS"
+        ),
+    }
 
     models_file: Path = Field(default=Path("models.json"), description="The models.json catalogue.")
     manager_token: SecretStr = Field(
         description="Bearer token every API call but /healthz must carry (rules: wire.tokens)."
     )
-    manager_host: str = Field(default="0.0.0.0", pattern=_HOST_PATTERN)
-    manager_port: int = Field(default=8090, ge=1, le=65535)
-    runtime: Literal["docker", "process"] = "docker"
+    manager_host: str = Field(
+        default="0.0.0.0", pattern=_HOST_PATTERN, description="Address the manager listens on."
+    )
+    manager_port: int = Field(
+        default=8090, ge=1, le=65535, description="Port the manager listens on."
+    )
+    runtime: Literal["docker", "process"] = Field(
+        default="docker",
+        description=(
+            "How model servers run: `docker` containers (the GPU PC), or local `process`es "
+            "(the demo, tests)."
+        ),
+    )
     model_host: str = Field(
         default="127.0.0.1",
         pattern=_HOST_PATTERN,
@@ -69,10 +95,10 @@ class ManagerSettings(BaseSettings):
     )
     queue_limit: int = Field(default=64, ge=1, le=100_000, description="Most waiters at once.")
     queue_timeout: float = Field(
-        default=900.0, gt=0, description="Seconds a lease request may wait before a 429."
+        default=QUEUE_TIMEOUT, gt=0, description="Seconds a lease request may wait before a 429."
     )
     batch_bound: int = Field(
-        default=8,
+        default=BATCH_BOUND,
         ge=1,
         description="Leases the resident model may still get while other models wait.",
     )
@@ -90,17 +116,11 @@ class ManagerSettings(BaseSettings):
     liveness_interval: float = Field(
         default=10.0, gt=0, description="Seconds between housekeeping passes (liveness, TTLs)."
     )
-    sse_heartbeat: float = Field(
-        default=15.0, gt=0, description="Seconds between SSE heartbeat comments on /v1/events."
-    )
     max_event_streams: int = Field(
         default=32,
         ge=1,
         le=10_000,
         description="Most GET /v1/events streams at once (each proxy needs one); one more is a 429.",
-    )
-    max_body_bytes: int = Field(
-        default=65536, ge=1024, description="Largest request body accepted."
     )
     vllm_python: str = Field(
         default="python3", min_length=1, description="Process runtime: Python that has vLLM."
@@ -111,18 +131,11 @@ class ManagerSettings(BaseSettings):
         description="Process runtime: Python that has the image server's stack.",
     )
     log_dir: Path = Field(
-        default=Path("logs"), description="Process runtime: where model servers' output is kept."
-    )
-    max_connections: int = Field(
-        default=1024,
-        ge=1,
-        description="Connections uvicorn serves at once (lease requests wait on theirs).",
-    )
-    lease_file: Path | None = Field(
-        default=None,
+        default=Path("logs"),
         description=(
-            "Where leases are kept so a restarted manager knows what is in flight. "
-            "Unset: leases.json in log_dir."
+            "Where the manager keeps its files: the leases in flight (leases.json, so a "
+            "restarted manager knows them), the learned GPU footprints (footprints.json) "
+            "and, with the process runtime, model servers' output."
         ),
     )
     gpu_budget_mib: int | None = Field(
@@ -140,10 +153,6 @@ class ManagerSettings(BaseSettings):
         ge=0,
         description="GPU memory (MiB) kept out of the default budget (desktop, other programs).",
     )
-    footprint_file: Path | None = Field(
-        default=None,
-        description="Where learned GPU footprints are kept. Unset: footprints.json in log_dir.",
-    )
     standby: bool = Field(
         default=True,
         description=(
@@ -153,10 +162,6 @@ class ManagerSettings(BaseSettings):
             "costs only the gate's release, not the engine's create and start."
         ),
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    access_log: bool = Field(
-        default=False, description="uvicorn's access log (off: it costs CPU on every request)."
-    )
 
     @field_validator("manager_token")
     @classmethod
@@ -165,12 +170,12 @@ class ManagerSettings(BaseSettings):
         return value
 
     def lease_path(self) -> Path:
-        """The lease file (`lease_file`, else `log_dir`/leases.json)."""
-        return self.lease_file or self.log_dir / "leases.json"
+        """The lease file: `log_dir`/leases.json."""
+        return self.log_dir / LEASE_FILE
 
     def footprint_path(self) -> Path:
-        """The footprints file (`footprint_file`, else `log_dir`/footprints.json)."""
-        return self.footprint_file or self.log_dir / "footprints.json"
+        """The learned footprints: `log_dir`/footprints.json."""
+        return self.log_dir / FOOTPRINT_FILE
 
     def advertised_host(self) -> str:
         """The host the proxy should use to reach model servers."""

@@ -16,22 +16,11 @@ KEEP_ALIVE = 5
 """Seconds an idle client connection is kept open."""
 
 
-def describe(exc: ValidationError) -> str:
-    """One line per bad setting: its variable and the reason, never the value given
-    (which may be a token or a key)."""
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        name = f"HOMELAB_{field.split('.')[0].upper()}"
-        lines.append(f"  {name}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def main() -> None:
     try:
         settings = ProxySettings()
     except ValidationError as exc:
-        print(f"proxy: invalid settings:\n{describe(exc)}", file=sys.stderr)
+        print(f"proxy: invalid settings:\n{ProxySettings.describe(exc)}", file=sys.stderr)
         sys.exit(2)
     if settings.api_keys is None:
         print(
@@ -41,7 +30,7 @@ def main() -> None:
         )
         sys.exit(2)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
     # The objects made so far (about 130k: the imports and the app) leave the collector's
@@ -54,9 +43,10 @@ def main() -> None:
         port=settings.proxy_port,
         loop="uvloop",
         http="httptools",
+        log_level=settings.log_level,
         access_log=settings.access_log,
         server_header=False,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=settings.proxy_max_connections,
         timeout_keep_alive=KEEP_ALIVE,
     )
 

@@ -1,10 +1,12 @@
 """The proxy's FastAPI application: `create_app(settings, manager_client, http_client)`.
 
-The lifespan builds one `aiohttp.ClientSession` per process (unless one is
-handed in; then the caller owns and closes it), the `UpstreamPool` that forwarded
-requests travel on (proxy/upstream.py), the `ManagerClient`, the image
-store, the event hub (one manager event stream for every browser) and the MCP session
-manager (``/mcp``, proxy/mcp/), and tears them down in reverse order.
+The lifespan builds one `aiohttp.ClientSession` per process for the manager (unless one
+is handed in; then the caller owns and closes it), the `ManagerClient` (the manager's
+HTTP API), the `LeasePool` above it, the `UpstreamPool` that all model traffic travels
+on (proxy/upstream.py) and the `ModelCalls` that every caller reaches a model server
+through (proxy/modelcall.py), the image store, the event hub (one manager event stream
+for every browser) and the MCP session manager (``/mcp``, proxy/mcp/), and tears them
+down in reverse order.
 Every error, including unknown routes, validation errors and unexpected
 exceptions, leaves as an OpenAI error envelope; never a traceback.
 """
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,16 +34,18 @@ from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
 from proxy.guard import Guard, default_hosts
-from proxy.hotpath import HotPath, ProxyApp
+from proxy.hotpath import HotPath, ProxyApp, ServerErrors
 from proxy.images import ImageStore
 from proxy.jobs import batches as jobs_batches
 from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
+from proxy.modelcall import ModelCalls
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.web import mount_ui, proxy_version
@@ -89,10 +94,21 @@ def create_app(
             http,
             models_ttl=settings.models_cache_ttl,
             connect_timeout=settings.connect_timeout,
-            lease_linger=settings.lease_linger,
             outage_window=settings.manager_outage_window,
             lease_read_timeout=settings.lease_read_timeout,
             events_read_timeout=settings.events_read_timeout,
+        )
+        leases = LeasePool(manager, linger=settings.lease_linger)
+        waiting: Counter[str] = Counter()
+        model_calls = ModelCalls(
+            leases=leases,
+            manager=manager,
+            metrics=metrics,
+            upstream=upstream,
+            retry_endpoints=settings.retry_endpoints,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.upstream_timeout,
+            waiting=waiting,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -101,7 +117,8 @@ def create_app(
             ctx = ProxyContext(
                 settings=settings,
                 manager=manager,
-                http=http,
+                leases=leases,
+                model_calls=model_calls,
                 metrics=metrics,
                 events=EventHub(
                     manager,
@@ -114,15 +131,10 @@ def create_app(
                     max_count=settings.image_store_max_count,
                     max_bytes=settings.image_store_max_bytes,
                 ),
-                upstream_timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=settings.connect_timeout,
-                    sock_read=settings.upstream_timeout,
-                ),
-                upstream=upstream,
+                interactive_waiting=waiting,
             )
             app.state.ctx = ctx
-            metrics.watch_leases(manager.leases)
+            metrics.watch_leases(leases)
             store = await asyncio.to_thread(JobStore, settings.job_store_url())
             stack.callback(store.close)
             ctx.jobs = Dispatcher(
@@ -139,7 +151,7 @@ def create_app(
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
-                await manager.aclose()
+                await leases.close()
                 await upstream.aclose()
                 if http_client is None:
                     await http.close()
@@ -162,10 +174,20 @@ def create_app(
     app.include_router(jobs_stream.router)
     app.include_router(jobs_batches.router)
     mount_ui(app, settings)
-    app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
-    app.add_middleware(
-        BodyLimit,
-        max_bytes=settings.max_body_bytes,
+
+    def observe(request: Request, status: int) -> None:
+        metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()
+
+    install_error_handlers(
+        app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
+    )
+    # The proxy's own middleware (proxy/hotpath.py), plain ASGI around FastAPI, built from
+    # the inside out: requests meet ServerErrors, Guard, the API keys, the body limit, then
+    # HotPath, which takes the forwarding routes past FastAPI's own layers.
+    forwarding = HotPath(app.fastapi, routes=routes_openai.FORWARDING, metrics=metrics)
+    limited = BodyLimit(
+        forwarding,
+        max_bytes=settings.proxy_max_body_bytes,
         per_path={
             routes_openai.EDITS: settings.max_upload_bytes,
             "/mcp": mcp_endpoint.limit,
@@ -174,19 +196,11 @@ def create_app(
         },
         source=PROXY,
     )
-    app.add_middleware(ApiKeyMiddleware, keys=settings.keys())
-    app.add_middleware(
-        Guard,
+    guarded = Guard(
+        ApiKeyMiddleware(limited, keys=settings.keys()),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),
     )
-
-    def observe(request: Request, status: int) -> None:
-        metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()
-
-    install_error_handlers(
-        app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
-    )
-    app.hot_paths = frozenset(routes_openai.FORWARDING)
+    app.front = ServerErrors(guarded, handler=app.exception_handlers[Exception])
     return app

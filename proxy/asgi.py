@@ -3,7 +3,6 @@ the event-stream headers. Nothing here knows about models or leases."""
 
 from __future__ import annotations
 
-import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -16,9 +15,6 @@ SSE_HEADERS = [
     *((k.lower().encode(), v.encode()) for k, v in _SSE_HEADERS.items()),
 ]
 """Raw ASGI headers of every event stream the proxy sends (unbuffered)."""
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
-"""What a broken connection to a model server or the manager raises."""
 
 
 class Watched(Response):

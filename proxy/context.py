@@ -6,14 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
+from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
+from proxy.modelcall import ModelCalls
 from proxy.settings import ProxySettings
-from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:  # event_hub imports forward, which imports this module
     from proxy.event_hub import EventHub
@@ -23,18 +22,19 @@ if TYPE_CHECKING:  # event_hub imports forward, which imports this module
 class ProxyContext:
     settings: ProxySettings
     manager: ManagerClient
-    http: aiohttp.ClientSession
-    """The one aiohttp client session of this process (the manager, MCP tool calls)."""
+    """The manager's HTTP API (model list, health, events; leases through `leases`)."""
+    leases: LeasePool
+    """Manager leases shared among requests; `model_calls` takes its leases here."""
+    model_calls: ModelCalls
+    """The one way to a model server (HTTP forwarding, MCP, jobs)."""
     metrics: Metrics
     events: EventHub
     """The one manager event stream, fanned out to /api/events subscribers."""
     images: ImageStore
-    upstream_timeout: aiohttp.ClientTimeout
-    upstream: UpstreamPool
-    """Keep-alive connections for forwarded requests (proxy.forward), the hot path."""
     feed: EventFeed = field(default_factory=EventFeed)
     """The manager's state and swap events, for callers waiting on a model."""
     interactive_waiting: Counter[str] = field(default_factory=Counter)
-    """Interactive (/v1) requests waiting for a lease now, per model: jobs yield to them."""
+    """Interactive (/v1, MCP) calls waiting for a lease now, per model: jobs yield to them
+    (the same counter as `model_calls.waiting`)."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

@@ -35,6 +35,7 @@ from starlette.types import Send
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.errors import ManagerUnavailable, ProxyError
 from proxy.manager_client import ManagerClient
+from proxy.settings import ProxySettings
 from wire.disconnect import watch_disconnect
 from wire.events import (
     Event,
@@ -60,7 +61,7 @@ class EventHub:
         manager: ManagerClient,
         on_event: Callable[[Parsed], None],
         *,
-        max_subscribers: int = 256,
+        max_subscribers: int = ProxySettings.default("max_event_clients"),
     ) -> None:
         self.manager = manager
         self.on_event = on_event

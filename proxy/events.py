@@ -20,7 +20,7 @@ from wire.events import ContentionEvent, Parsed, StateEvent, SwapEvent
 def handle_event(ctx: ProxyContext, parsed: Parsed) -> None:
     if isinstance(parsed, ContentionEvent):
         for model in parsed.models:
-            ctx.manager.leases.retire_model(model)
+            ctx.leases.retire_model(model)
         return
     if isinstance(parsed, SwapEvent):
         ctx.metrics.swaps.labels(parsed.from_model or "none", parsed.to or "none").inc()

@@ -1,5 +1,8 @@
 """The proxy's lease pool: manager leases per model, shared by concurrent requests.
 
+Built by the app (proxy/app.py) above the manager's HTTP API (`proxy.manager_client`),
+and used by the one module that calls model servers (`proxy.modelcall`).
+
 Asking the manager for a lease and releasing it costs two HTTP round trips per
 request; the pool makes that one pair for as long as the manager lets a lease be
 shared. Each lease says how (`wire.lease.LeaseGrant`, docs/architecture.md, "Leases"):
@@ -66,10 +69,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
-from wire.lease import LeaseGrant, LeaseRenewal
+from proxy.manager_client import ManagerClient
+from proxy.settings import ProxySettings
+from wire.lease import LeaseGrant
 
 log = logging.getLogger("proxy.leases")
 
@@ -77,22 +82,9 @@ RELEASE_WAIT = 5.0
 """Seconds `close()` waits for releases and renewals still running."""
 RENEW_RETRY = 2.0
 """Seconds between renewal attempts while the manager cannot be reached."""
-DEFAULT_LINGER = 0.5
-"""Seconds an idle open lease is kept for the next request (module docstring)."""
-
-
-class LeaseSource(Protocol):
-    """The manager's lease calls (`proxy.manager_client.ManagerClient` implements them)."""
-
-    async def grant(self, model: str) -> LeaseGrant:
-        """Block until a lease on `model` is granted; cancellable. Raises ProxyError."""
-
-    async def renew(self, lease_id: str) -> LeaseRenewal:
-        """Extend a lease: its new ttl, and whether another model waits (``contended``).
-        Raises ManagerRefused (404: unknown lease) or ManagerUnavailable."""
-
-    async def release(self, lease_id: str) -> None:
-        """Release a lease. Never raises."""
+DEFAULT_LINGER: float = ProxySettings.default("lease_linger")
+"""Seconds an idle open lease is kept for the next request (module docstring;
+HOMELAB_LEASE_LINGER's default)."""
 
 
 class _Shared:
@@ -186,8 +178,9 @@ class _Ask:
 class LeasePool:
     """Shares manager leases among concurrent requests. Use on one event loop."""
 
-    def __init__(self, source: LeaseSource, *, linger: float = DEFAULT_LINGER) -> None:
-        self._source = source
+    def __init__(self, manager: ManagerClient, *, linger: float = DEFAULT_LINGER) -> None:
+        """`manager`: the manager's HTTP API, for grants, renewals and releases."""
+        self._manager = manager
         self.linger = linger
         self._open: dict[str, list[_Shared]] = {}
         """Per model: the leases requests may still join, oldest grant first."""
@@ -288,7 +281,7 @@ class LeasePool:
 
     async def _run_ask(self, model: str, ask: _Ask) -> None:
         try:
-            lease = await self._source.grant(model)
+            lease = await self._manager.grant(model)
         except asyncio.CancelledError:
             self._fail_riders(ask, ManagerUnavailable("The proxy is shutting down", status=503))
             raise
@@ -405,7 +398,7 @@ class LeasePool:
         self._live.discard(shared)
         if not shared.lost:
             self.released[shared.lease.model] += 1
-            self._spawn(self._source.release(shared.lease.lease_id))
+            self._spawn(self._manager.release(shared.lease.lease_id))
 
     # -- renewals ---------------------------------------------------------------
 
@@ -423,7 +416,7 @@ class LeasePool:
         lease = shared.lease
         ttl = lease.ttl
         try:
-            renewal = await self._source.renew(lease.lease_id)
+            renewal = await self._manager.renew(lease.lease_id)
             ttl = renewal.ttl
             shared.expires_at = asyncio.get_running_loop().time() + ttl if ttl > 0 else float("inf")
             if renewal.contended:  # another model waits: as on a contention event

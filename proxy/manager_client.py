@@ -2,9 +2,9 @@
 
 `ManagerClient` speaks to the manager over one shared `aiohttp.ClientSession`:
 the model list (cached for ``models_ttl`` seconds, one fetch at a time), leases
-(grant / renew / release), the manager's health, and its event stream. Requests
-get their lease through `acquire()`, which shares manager leases among the requests
-for a model until the manager says another model waits (`proxy.lease_pool`).
+(grant / renew / release), the dead-server report, the manager's health, and its event
+stream. It is the manager's HTTP API and nothing else: the lease pool that shares
+leases among requests (`proxy.lease_pool`) is its own part, built by the app above it.
 
 Errors: every method that talks to the manager raises `ManagerUnavailable` when
 it cannot be reached or answers something that is not its contract, and
@@ -44,7 +44,7 @@ from proxy.errors import (
     ProxyError,
     normalise_error_body,
 )
-from proxy.lease_pool import DEFAULT_LINGER, LeasePool, LeaseUse
+from proxy.settings import ProxySettings
 from wire.lease import LeaseGrant, LeaseRenewal
 from wire.models import ModelList, ModelStatus
 
@@ -68,14 +68,13 @@ class ManagerClient:
         token: str,
         session: aiohttp.ClientSession,
         *,
-        models_ttl: float = 2.0,
-        connect_timeout: float = 10.0,
-        lease_linger: float = DEFAULT_LINGER,
-        outage_window: float = 30.0,
-        lease_read_timeout: float = 960.0,
-        events_read_timeout: float = 60.0,
+        models_ttl: float = ProxySettings.default("models_cache_ttl"),
+        connect_timeout: float = ProxySettings.default("connect_timeout"),
+        outage_window: float = ProxySettings.default("manager_outage_window"),
+        lease_read_timeout: float = ProxySettings.default("lease_read_timeout"),
+        events_read_timeout: float = ProxySettings.default("events_read_timeout"),
     ) -> None:
-        """`lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
+        """The defaults are the settings' own (proxy.settings). `lease_read_timeout`: longest wait for a lease answer (the manager's queue timeout
         plus a margin: a manager that stopped answering without closing the connection is
         given up on then); `events_read_timeout`: longest silence on the event stream (a few
         of the manager's heartbeats)."""
@@ -95,8 +94,6 @@ class ManagerClient:
         )
         self.outage_window = outage_window
         """Seconds a lease request rides out an unreachable manager (module docstring)."""
-        self.leases = LeasePool(self, linger=lease_linger)
-        """Shares leases among concurrent requests; `acquire()` goes through it."""
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -232,13 +229,6 @@ class ManagerClient:
         """Make the next `models()` call fetch afresh (a state changed)."""
         self._models_at = float("-inf")
 
-    async def acquire(self, model: str) -> LeaseUse:
-        """A share of a lease on `model` for one request (`proxy.lease_pool`): call
-        `.end()` on it when the model server is done, `.discard()` when the model server
-        could not be reached. Blocks until `model` is ready (bounded by the manager's
-        queue timeout). Raises ManagerRefused / ManagerUnavailable. Cancellable."""
-        return await self.leases.acquire(model)
-
     async def grant(self, model: str) -> LeaseGrant:
         """POST /v1/leases: block until `model` is ready and a lease is granted (bounded
         by the manager's queue timeout). Cancellable: cancelling closes the connection,
@@ -307,10 +297,6 @@ class ManagerClient:
                 f"The manager refused its event stream: {err.message}", status=502
             )
         return resp
-
-    async def aclose(self) -> None:
-        """Release every pooled lease and wait (briefly) for the releases."""
-        await self.leases.close()
 
 
 def is_outage(exc: BaseException) -> bool:

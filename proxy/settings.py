@@ -1,25 +1,36 @@
-"""The proxy's settings, read from the environment (prefix ``HOMELAB_``).
+"""The proxy's settings, read from the environment (prefix ``HOMELAB_``; base: wire.settings).
 
-Defaults live here and only here. ``ProxySettings()`` raises pydantic's
+Defaults live here and only here (``ProxySettings.default(name)`` for code that takes a
+setting as an argument, e.g. ``ManagerClient``); docs/settings.md is generated from
+these classes. ``ProxySettings()`` raises pydantic's
 ``ValidationError`` at start-up for a missing or placeholder manager token, a bad
 URL or a non-positive limit, so a misconfigured proxy never starts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
+from wire.events import HEARTBEAT
+from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, HomelabSettings, ServiceSettings
 from wire.tokens import check_token, token_problem
 
 _APP_DIR = Path(__file__).resolve().parent.parent / "app"
 
 
-class ProxySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HOMELAB_", extra="ignore", frozen=True)
+class ProxySettings(ServiceSettings):
+    """Settings of the proxy. Environment names are the field names upper-cased with the
+    `HOMELAB_` prefix, e.g. `proxy_port` is `HOMELAB_PROXY_PORT`."""
+
+    renamed: ClassVar[Mapping[str, str]] = {
+        "HOMELAB_MAX_BODY_BYTES": "proxy_max_body_bytes",
+        "HOMELAB_MAX_CONNECTIONS": "proxy_max_connections",
+    }
 
     manager_url: str = Field(
         default="http://127.0.0.1:8090",
@@ -44,9 +55,6 @@ class ProxySettings(BaseSettings):
     max_event_clients: int = Field(
         default=256, ge=1, description="Most /api/events streams open at once (one more: 503)."
     )
-    sse_heartbeat: float = Field(
-        default=15.0, gt=0, description="Idle seconds before a keepalive comment on /api/events."
-    )
     image_store_max_count: int = Field(
         default=1000,
         ge=1,
@@ -57,9 +65,9 @@ class ProxySettings(BaseSettings):
         ge=1024 * 1024,
         description="Most bytes of images kept for response_format=url (oldest go first).",
     )
-    proxy_host: str = "0.0.0.0"
-    proxy_port: int = Field(default=8080, ge=1, le=65535)
-    max_body_bytes: int = Field(
+    proxy_host: str = Field(default="0.0.0.0", description="Address the proxy listens on.")
+    proxy_port: int = Field(default=8080, ge=1, le=65535, description="Port the proxy listens on.")
+    proxy_max_body_bytes: int = Field(
         default=32 * 1024 * 1024,
         gt=0,
         description="Largest JSON request body (vision content parts included).",
@@ -78,12 +86,20 @@ class ProxySettings(BaseSettings):
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",
-        description="How clients reach the proxy (for image URLs). Unset: image URLs are relative (/images/...).",
+        description=(
+            "How clients reach the proxy, for image URLs (`./setup.sh server` and the demo "
+            "set it to the address they print). Unset: the Host the Host check accepted, "
+            "else the address the connection came in on (never a relative URL)."
+        ),
     )
     models_cache_ttl: float = Field(
         default=2.0, ge=0, description="Seconds the manager's model list is cached."
     )
-    connect_timeout: float = Field(default=10.0, gt=0)
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait (seconds) for a connection to the manager or a model server.",
+    )
     upstream_timeout: float = Field(
         default=900.0,
         gt=0,
@@ -115,26 +131,28 @@ class ProxySettings(BaseSettings):
         ),
     )
     lease_read_timeout: float = Field(
-        default=960.0,
+        default=QUEUE_TIMEOUT + 60.0,
         gt=0,
         description=(
-            "Longest wait (seconds) for the manager's answer to a lease request: its queue "
-            "timeout (900) plus a margin."
+            "Longest wait (seconds) for the manager's answer to a lease request: the "
+            "manager's default queue timeout (HOMELAB_QUEUE_TIMEOUT) plus a minute."
         ),
     )
     events_read_timeout: float = Field(
-        default=60.0,
+        default=4 * HEARTBEAT,
         gt=0,
-        description="Longest silence (seconds) on the manager's event stream (4 heartbeats).",
+        description=(
+            "Longest silence (seconds) on the manager's event stream: four of the manager's "
+            "default heartbeats (HOMELAB_SSE_HEARTBEAT)."
+        ),
     )
-    max_connections: int = Field(
+    proxy_max_connections: int = Field(
         default=2048,
         ge=1,
         description="Connections uvicorn serves at once; more are refused with 503.",
     )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
-    access_log: bool = False
     lease_linger: float = Field(
         default=0.5,
         ge=0,
@@ -159,7 +177,7 @@ class ProxySettings(BaseSettings):
         ),
     )
     job_workers: int = Field(
-        default=8,
+        default=BATCH_BOUND,
         ge=1,
         le=256,
         description="Jobs this proxy runs at once (all models); the manager's batch bound by default.",
@@ -224,3 +242,18 @@ class ProxySettings(BaseSettings):
     def keys(self) -> list[str]:
         """The API keys in force (empty: open)."""
         return [k.get_secret_value() for k in self.api_keys or ()]
+
+
+class McpBridgeSettings(HomelabSettings):
+    """Settings of ``python -m proxy.mcp`` (the stdio relay to a proxy's /mcp, run where
+    the MCP client runs)."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"HOMELAB_API_KEY": "mcp_key"}
+
+    mcp_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The API key the relay sends to the proxy (one of the proxy's HOMELAB_API_KEYS); "
+            "`--key` overrides it. Unset: none is sent."
+        ),
+    )

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 client for the proxy's hot path: ``POST`` to a model server.
+"""A lean HTTP/1.1 client, the proxy's one client for model servers (`proxy.modelcall`
+uses it; docs/benchmarks.md, "Upstream client", measures it against aiohttp's).
 
 `UpstreamPool` keeps idle keep-alive connections per (host, port), plain ``http://``
 only, built on an asyncio `Protocol` and `httptools.HttpResponseParser` (what uvicorn
@@ -8,12 +9,12 @@ registry or per-request timer objects.
 
 Contract:
 
-- `UpstreamPool.post` sends ``POST <path> HTTP/1.1`` with Host, Content-Length and
-  the given headers, and returns an `UpstreamResponse` once the status line and
+- `UpstreamPool.post` sends ``POST <path> HTTP/1.1`` (`UpstreamPool.get` a ``GET``) with
+  Host, Content-Length and the given headers, and returns an `UpstreamResponse` once the status line and
   headers are in. The body is read with `UpstreamResponse.read` (whole, or at most
   `limit` bytes) or `UpstreamResponse.iter_chunks` (bytes as they arrive, unbuffered,
   for SSE). Bodies may be Content-Length, chunked, or delimited by the server closing.
-- Every transport failure raises something in `proxy.asgi.TRANSPORT_ERRORS`: a failed
+- Every transport failure raises something in `UPSTREAM_ERRORS`: a failed
   connect raises the `OSError` of the socket (``ConnectionRefusedError``...); a
   connection lost before the response was complete raises `UpstreamDisconnected`; a
   malformed response raises `UpstreamProtocolError` (both `ConnectionError`s); a
@@ -29,7 +30,7 @@ Contract:
   replaced by a fresh one (the server's keep-alive timeout closed it while the request
   was on its way, so it never saw it). Any other failure is raised: a server that closes
   a connection it used a moment ago may have read the request, and a POST is not sent
-  twice on a guess (`proxy.forward` decides what is retried).
+  twice on a guess (`proxy.modelcall` decides what is retried).
 - Flow control: a response whose unread body exceeds `HIGH_WATER` bytes pauses
   reading from the socket until the consumer catches up, so memory stays bounded
   whatever a server sends (except `read()` of a whole body, which is asked for).
@@ -50,6 +51,11 @@ HIGH_WATER = 1 << 20
 """Unread body bytes of a response above which reading from its socket pauses."""
 
 _Key = tuple[str, int]
+
+
+UPSTREAM_ERRORS = (OSError, TimeoutError)
+"""Everything this client raises for a failed exchange (`ConnectionError` and the
+socket's other errors are `OSError`s). Translated once, in `proxy.modelcall`."""
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -473,10 +479,32 @@ class UpstreamPool:
         read_timeout: float | None,
     ) -> UpstreamResponse:
         """Send `body` to `url` and return the answer once its headers are in."""
+        return await self._send("POST", url, body, headers, connect_timeout, read_timeout)
+
+    async def get(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        """``GET url``; the answer once its headers are in."""
+        return await self._send("GET", url, b"", headers, connect_timeout, read_timeout)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | bytearray | memoryview,
+        headers: Mapping[str, str],
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
         if self._closed:
             raise RuntimeError("the UpstreamPool is closed")
         key, host, target = _split(url)
-        lines = [f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"]
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"]
         for name, value in headers.items():
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
                 raise ValueError(f"invalid character in header {name!r}")

@@ -137,7 +137,7 @@ def _table(
         default = "required" if name in required else _value(prop.get("default"))
         cells = [
             f"`{name}`",
-            _type(prop, defs, label),
+            type_text(prop, defs, label),
             default,
             _text(prop["description"], label),
             f"`{json.dumps({name: prop['examples'][0]}, ensure_ascii=False)[1:-1]}`",
@@ -175,12 +175,13 @@ def _resolve(prop: Schema, defs: dict[str, Schema]) -> Schema:
     return defs[name]
 
 
-def _type(prop: Schema, defs: dict[str, Schema], label: str) -> str:
-    """A short English description of a value's type and limits."""
+def type_text(prop: Schema, defs: dict[str, Schema], label: str) -> str:
+    """A short English description of a value's type and limits (also used by
+    scripts.settings_doc). Raises SchemaNotDocumented for a type it does not know."""
     prop = _resolve(prop, defs)
     if "anyOf" in prop:
         options = [p for p in prop["anyOf"] if p.get("type") != "null"]
-        text = " or ".join(_type(p, defs, label) for p in options)
+        text = " or ".join(type_text(p, defs, label) for p in options)
         return text + (", or null" if len(options) < len(prop["anyOf"]) else "")
     if "const" in prop:
         return f"`{json.dumps(prop['const'])}`"
@@ -206,7 +207,7 @@ def _type(prop: Schema, defs: dict[str, Schema], label: str) -> str:
     if kind == "boolean":
         return "`true` or `false`"
     if kind == "array":
-        item = _type(prop["items"], defs, label)
+        item = type_text(prop["items"], defs, label)
         text = "list of strings" + item.removeprefix("string").replace(", ", ", each ", 1)
         if not item.startswith("string"):
             text = f"list of: {item}"
@@ -214,7 +215,7 @@ def _type(prop: Schema, defs: dict[str, Schema], label: str) -> str:
             text = f"{text} (at least {prop['minItems']})"
         return text
     if kind == "object" and isinstance(prop.get("additionalProperties"), dict):
-        value = _type(prop["additionalProperties"], defs, label)
+        value = type_text(prop["additionalProperties"], defs, label)
         return "object of strings" if value == "string" else f"object, each value: {value}"
     raise SchemaNotDocumented(f"{label}: cannot describe the type {json.dumps(prop)}")
 
@@ -235,15 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DOC_FILE)
     args = parser.parse_args(argv)
     text = render(json.loads(args.schema.read_text(encoding="utf-8")))
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    return write_or_check(args.out, text, check=args.check, script="scripts.models_json_doc")
+
+
+def write_or_check(out: Path, text: str, *, check: bool, script: str) -> int:
+    """Write `text` to `out` (0), or with `check` only compare: 1, saying so on stderr,
+    when `out` differs (also used by scripts.settings_doc)."""
+    if check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
         if current != text:
-            print(
-                f"{args.out} is out of date: run python -m scripts.models_json_doc", file=sys.stderr
-            )
+            print(f"{out} is out of date: run python -m {script}", file=sys.stderr)
             return 1
         return 0
-    args.out.write_text(text, encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -36,10 +36,10 @@ async def http_session(url: str, key: str | None) -> AsyncIterator[ClientSession
 
 @contextlib.asynccontextmanager
 async def stdio_session(url: str, key: str) -> AsyncIterator[ClientSession]:
-    """An initialised session to ``python -m proxy.mcp --url URL`` (key in HOMELAB_API_KEY)."""
+    """An initialised session to ``python -m proxy.mcp --url URL`` (key in HOMELAB_MCP_KEY)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     env["PYTHONPATH"] = str(ROOT)
-    env["HOMELAB_API_KEY"] = key
+    env["HOMELAB_MCP_KEY"] = key
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "proxy.mcp", "--url", url], env=env, cwd=str(ROOT)
     )

@@ -2,8 +2,9 @@
 
 The manager sends and the proxy reads these types; the manager, the proxy and the
 image server answer errors, limit bodies and notice disconnected clients through
-these helpers. `wire` depends on the standard library, pydantic and starlette
-only, and imports none of the programs (a unit test checks this).
+these helpers. `wire` depends on the standard library, pydantic (with
+pydantic-settings) and starlette only, and imports none of the programs (a unit test
+checks this).
 
 Modules:
 
@@ -23,4 +24,7 @@ Modules:
   and ``/v1/progress`` bodies.
 - `wire.tokens`: the rules for the manager token and API keys; ``python -m wire.tokens new``.
 - `wire.procs`: the process runtime's registry file and ``/proc/PID/stat``.
+- `wire.settings`: `HomelabSettings`, the base of every program's ``HOMELAB_*`` settings
+  (renamed variables, defaults read by code, error lines), and the defaults two programs
+  share.
 """

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.images import image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
 from proxy.jobs.records import (
     BatchItem,
@@ -43,7 +44,7 @@ from proxy.jobs.records import (
 from proxy.jobs.state import BatchState, TaskState
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
-from proxy.routes_openai import image_url_base, resolve_model
+from proxy.routes_openai import resolve_model
 from wire.limits import too_large
 
 router = APIRouter()
@@ -131,7 +132,9 @@ async def upload_file(request: Request) -> Response:
         filename = (upload.filename or "batch.jsonl")[:255]
     finally:
         await form.close()
-    await asyncio.to_thread(_check_lines, data, settings.max_batch_lines, settings.max_body_bytes)
+    await asyncio.to_thread(
+        _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
+    )
     meta = FileObject(
         id=new_id("file"),
         bytes=len(data),

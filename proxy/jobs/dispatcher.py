@@ -37,6 +37,7 @@ from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, T
 from proxy.jobs.runner import Outcome, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
+from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.jobs")
@@ -76,8 +77,8 @@ class Dispatcher:
         ctx: ProxyContext,
         store: AsyncJobStore,
         *,
-        workers: int = 8,
-        ttl: float = 7 * 86400.0,
+        workers: int = ProxySettings.default("job_workers"),
+        ttl: float = ProxySettings.default("job_ttl"),
     ) -> None:
         self.ctx = ctx
         self.store = store

@@ -29,12 +29,12 @@ from starlette.responses import Response
 
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
-from proxy.images import check_image_request
+from proxy.images import check_image_request, image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
 from proxy.jobs.records import Accepted, TaskList, TaskView, encode
 from proxy.jobs.state import TaskState
 from proxy.parsing import MAX_MODEL_NAME, read_body
-from proxy.routes_openai import image_url_base, resolve_model
+from proxy.routes_openai import resolve_model
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.rpc")

@@ -1,36 +1,38 @@
-"""Running one job through the proxy's own forwarding path (`proxy.forward.Forward`).
+"""Running one job through the one model call (`proxy.modelcall`).
 
 A job is an ordinary `/v1` request without a client: the same lease pool, the same
-manager queue, the same metrics and image URLs. `run_job` calls the `Forward` ASGI
-response with a `send` that captures the answer; a streamed chat is parsed as it
-comes, and each content delta is handed to `on_delta` (the dispatcher turns them
-into `token` events). Cancelling `run_job` cancels the forward, which closes the
-upstream connection and releases the lease, exactly like a client disconnect.
+manager queue, retry and dead-server report, the same metrics and image URLs; it is
+not interactive, so jobs yield to clients. A streamed chat is read from the model
+server's own events as they come (`ModelCall.events`), and each content delta is
+handed to `on_delta` (the dispatcher turns them into `token` events); a stream that
+breaks off is the job's error. Cancelling `run_job` cancels the call, which closes
+the upstream connection and releases the lease, exactly like a client disconnect.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from proxy.context import ProxyContext
-from proxy.forward import Forward
+from proxy.errors import ProxyError
+from proxy.forward import answer_with_urls
 from proxy.jobs.records import Job
+from proxy.modelcall import ModelCall
 
 
 @dataclass
 class Outcome:
-    """What a job's forward produced: an HTTP status and the parsed answer."""
+    """What a job's model call produced: an HTTP status and the parsed answer."""
 
     status: int
     result: Any = None
     """The answer's JSON (for a streamed chat: the assembled message, see `ChatAssembler`)."""
     error: dict[str, Any] | None = None
-    """The OpenAI error envelope's inner object when the forward failed."""
+    """The OpenAI error envelope's inner object when the call failed."""
 
     @property
     def ok(self) -> bool:
@@ -92,83 +94,50 @@ class ChatAssembler:
         }
 
 
-class _Capture:
-    """The ASGI `send` of a job: keeps the status, and the body or the parsed stream."""
-
-    def __init__(self, on_delta: Callable[[str], None] | None) -> None:
-        self.status = 0
-        self.streamed = False
-        self.body = bytearray()
-        self.buffer = b""
-        self.chat = ChatAssembler()
-        self.on_delta = on_delta
-
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            headers = dict(message.get("headers") or [])
-            self.streamed = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-        elif message["type"] == "http.response.body":
-            data = message.get("body", b"")
-            if self.streamed:
-                self._feed(data)
-            else:
-                self.body += data
-
-    def _feed(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\n\n" in self.buffer:
-            event, self.buffer = self.buffer.split(b"\n\n", 1)
-            for line in event.split(b"\n"):
-                line = line.rstrip(b"\r")
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]" or not payload:
-                    continue
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(chunk, dict):
-                    text = self.chat.feed(chunk)
-                    if text and self.on_delta is not None:
-                        self.on_delta(text)
-
-
-async def _never_disconnect() -> dict[str, Any]:
-    await asyncio.Future()  # cancelled with the forward
-    raise AssertionError("unreachable")
-
-
 async def run_job(
     ctx: ProxyContext, job: Job, on_delta: Callable[[str], None] | None = None
 ) -> Outcome:
-    """Forward `job` (its endpoint, model, body) and return the outcome. Cancellable."""
-    body = job.body
-    forward = Forward(
-        ctx,
-        endpoint=job.endpoint,
-        model=job.model,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        url_base=job.url_base,
+    """Call the model for `job` (its endpoint, model, body) and return the outcome.
+    Never raises a ProxyError (it becomes the outcome's error). Cancellable."""
+    call = ctx.model_calls.call(
+        job.model,
+        job.endpoint,
+        orjson.dumps(job.body),
+        "application/json",
         interactive=False,
     )
-    capture = _Capture(on_delta)
-    scope = {"type": "http", "method": "POST", "path": job.endpoint, "headers": []}
-    await forward(scope, _never_disconnect, capture)
-    if capture.streamed:
-        if capture.chat.error is not None:
-            return Outcome(status=502, error=capture.chat.error)
-        return Outcome(status=capture.status, result=capture.chat.result())
     try:
-        parsed = orjson.loads(bytes(capture.body)) if capture.body else None
-    except orjson.JSONDecodeError:
-        parsed = {"raw": bytes(capture.body[:2000]).decode("utf-8", "replace")}
-    if capture.status >= 400:
-        inner = parsed.get("error") if isinstance(parsed, dict) else None
-        if not isinstance(inner, dict):
-            inner = {"message": f"HTTP {capture.status}", "type": "server_error"}
-        return Outcome(status=capture.status, result=parsed, error=inner)
-    return Outcome(status=capture.status, result=parsed)
+        async with call:
+            if call.streamed:
+                return await _streamed(call, on_delta)
+            raw = call.body or b""
+            url_base = job.url_base
+            if url_base is not None:
+                raw = await answer_with_urls(ctx.images, raw, url_base)
+            try:
+                parsed = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                parsed = {"raw": raw[:2000].decode("utf-8", "replace")}
+            return Outcome(status=call.status, result=parsed)
+    except ProxyError as exc:
+        envelope = exc.envelope()
+        return Outcome(status=exc.status, result=envelope, error=envelope["error"])
+
+
+async def _streamed(call: ModelCall, on_delta: Callable[[str], None] | None) -> Outcome:
+    """A streamed chat, assembled from the model server's own events as they come."""
+    chat = ChatAssembler()
+    async for data in call.events():
+        if data == "[DONE]" or not data:
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict):
+            text = chat.feed(chunk)
+            if text and on_delta is not None:
+                on_delta(text)
+    if chat.error is not None:
+        return Outcome(status=502, error=chat.error)
+    return Outcome(status=call.status, result=chat.result())

@@ -1,15 +1,15 @@
 """``python -m proxy.mcp --url http://SERVER:8080/mcp --key KEY``: the proxy's MCP tools over
 stdio, for MCP clients that launch a local command (see docs/mcp.md).
 
-The key may also come from ``HOMELAB_API_KEY`` (so it stays out of process lists and
-client configs). Exits 2 for bad arguments, 1 when the proxy cannot be reached or
+The key may also come from ``HOMELAB_MCP_KEY`` (so it stays out of process lists and
+client configs; `proxy.settings.McpBridgeSettings`; the old name ``HOMELAB_API_KEY`` is
+read this release with a warning). Exits 2 for bad arguments, 1 when the proxy cannot be reached or
 refuses the key (the reason on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import anyio
@@ -23,10 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--url", required=True, help="the proxy's MCP endpoint, e.g. http://homelab:8080/mcp"
     )
-    parser.add_argument(
-        "--key", default=os.environ.get("HOMELAB_API_KEY"), help="an API key (or HOMELAB_API_KEY)"
-    )
+    parser.add_argument("--key", help="an API key (or HOMELAB_MCP_KEY)")
     args = parser.parse_args(argv)
+    if args.key is None:
+        from proxy.settings import McpBridgeSettings
+
+        env_key = McpBridgeSettings().mcp_key
+        args.key = (env_key.get_secret_value() or None) if env_key is not None else None
     if not args.url.startswith(("http://", "https://")):
         parser.error("--url must be an http(s) URL, e.g. http://homelab:8080/mcp")
 

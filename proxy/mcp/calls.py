@@ -1,11 +1,18 @@
-"""One MCP tool call to a model server, through the proxy's own lease pool.
+"""One MCP tool call to a model server, through the one model call (`proxy.modelcall`).
 
-`call_model` does what ``/v1`` does for a request (proxy/forward.py): a share of the
-model's lease from `ctx.manager.acquire` (so swaps, fairness and lease sharing are
-the same), one POST to the leased model server with the proxy's client session and
-timeouts, the lease ended as soon as the answer is read, errors normalised into the
-proxy's exception tree, and the same metrics (endpoint label ``mcp:<tool>``). The
-answer is read whole (bounded by `ANSWER_LIMIT`): tools return whole results.
+`call_model` does what ``/v1`` does for a request, through the same module: a share of
+the model's lease from the proxy's lease pool (so swaps, fairness and lease sharing are
+the same), the POST to the leased model server, the same retry and dead-server report
+when the server cannot be reached or breaks off, the lease ended as soon as the answer
+is read, errors normalised into the proxy's exception tree, and the same metrics
+(endpoint label ``mcp:<tool>``). MCP calls are interactive: jobs yield to them. The
+answer is read whole (bounded by `proxy.modelcall.ANSWER_LIMIT`): tools return whole
+results.
+
+While it waits for the lease, the manager's events become progress notifications
+(`proxy.mcp.progress.wait_for_lease`); while the model server works, "still running"
+ones, and for image models each new diffusion step read from the image server's
+``GET /v1/progress`` (`StepPoll`, also through `proxy.modelcall`).
 
 Cancellable at every step: cancelling while queued withdraws the request from the
 manager's queue; cancelling while the model server works closes the connection
@@ -17,27 +24,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from proxy.asgi import TRANSPORT_ERRORS
 from proxy.context import ProxyContext
-from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+from proxy.errors import ProxyError, UpstreamError
+from proxy.lease_pool import LeaseUse
 from proxy.mcp.progress import Progress, wait_for_lease
+from proxy.modelcall import ModelCalls
+from wire.lease import LeaseGrant
 from wire.model_server import ImageProgress
 
-ANSWER_LIMIT = 256 * 1024 * 1024
-"""Largest model-server answer read (a few large pictures in base64)."""
-_ERROR_LIMIT = 1 << 20
 RUN_TICK = 5.0
 """Seconds between "still running" progress notifications while the model server works."""
 STEP_POLL = 0.5
 """Seconds between reads of an image server's diffusion steps."""
-_POLL_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+POLL_TIMEOUT = 2.0
+"""Seconds one read of ``/v1/progress`` may take."""
 
 
 @dataclass
@@ -72,86 +78,41 @@ async def call_model(
     `running` is the progress message sent once the model server has the request.
     Raises ProxyError subclasses (the manager's and the model server's errors too).
     """
-    metrics = ctx.metrics
-    label = f"mcp:{tool}"
-    t0 = time.perf_counter()
-    status = 499
-    held = None
-    metrics.in_flight.inc()
+    ticker = _Running(ctx.model_calls, progress, running, steps)
+
+    async def wait(lease: Awaitable[LeaseUse]) -> LeaseUse:
+        await ticker.stop()  # a retry: the server it watched is gone
+        return await wait_for_lease(ctx, model, progress, lease)
+
     try:
-        try:
-            held = await wait_for_lease(ctx, model, progress)
-        finally:
-            metrics.queue_wait.labels(model).observe(time.perf_counter() - t0)
-        waited = time.perf_counter() - t0
-        await progress.say(80.0, running)
-        t1 = time.perf_counter()
-        lease = held.lease
-        try:
-            auth = lease.upstream_headers()
-            poll = StepPoll(ctx, lease.base_url, auth) if steps else None
-            raw = await _while_running(
-                _post(ctx, lease.base_url + endpoint, body, content_type, auth),
-                progress,
-                running,
-                poll,
-            )
-        except TRANSPORT_ERRORS as exc:
-            held.discard()
-            raise UpstreamError(
-                f"The model server of '{model}' at {lease.base_url} failed: "
-                f"{exc.__class__.__name__}: {exc}",
-                code="model_server_unreachable",
-            ) from exc
-        held.end()
-        if raw is None:
-            raise UpstreamError(f"The answer of '{model}' is larger than {ANSWER_LIMIT} bytes")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"The answer of '{model}' is not JSON") from exc
-        if not isinstance(data, dict):
-            raise UpstreamError(f"The answer of '{model}' is not a JSON object")
-        status = 200
-        return Answer(
-            data=data, waited=waited, ran=time.perf_counter() - t1, loaded=progress.loaded
+        call = ctx.model_calls.call(
+            model,
+            endpoint,
+            body,
+            content_type,
+            label=f"mcp:{tool}",
+            wait=wait,
+            on_lease=ticker.leased,
         )
-    except ProxyError as exc:
-        status = exc.status
-        raise
+        async with call:
+            await ticker.stop()
+            if call.streamed:  # the tools never ask for a stream
+                raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
+            try:
+                data = orjson.loads(call.body or b"")
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError(f"The answer of '{model}' is not JSON") from exc
+            if not isinstance(data, dict):
+                raise UpstreamError(f"The answer of '{model}' is not a JSON object")
+            done = time.perf_counter()
+            return Answer(
+                data=data,
+                waited=call.leased - call.started,
+                ran=done - ticker.started,
+                loaded=progress.loaded,
+            )
     finally:
-        if held is not None:
-            held.end()
-        metrics.in_flight.dec()
-        metrics.requests.labels(label, model, str(status)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - t0)
-
-
-async def _post(
-    ctx: ProxyContext, url: str, body: bytes, content_type: str, auth: dict[str, str]
-) -> bytes | None:
-    """POST (with the lease's upstream key headers `auth`) and read the whole answer (None
-    when it is over ANSWER_LIMIT). Raises the model server's error as a ProxyError, and
-    aiohttp's transport errors as they are."""
-    async with ctx.http.post(
-        url,
-        data=body,
-        headers={"Content-Type": content_type, "Accept-Encoding": "identity", **auth},
-        timeout=ctx.upstream_timeout,
-    ) as resp:
-        limit = _ERROR_LIMIT if resp.status >= 400 else ANSWER_LIMIT
-        chunks, size = [], 0
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                if resp.status >= 400:
-                    break  # the start of an error is enough to report it
-                return None
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if resp.status >= 400:
-            raise normalise_error_body(raw, resp.status, MODEL_SERVER)
-        return raw
+        await ticker.stop()
 
 
 class StepPoll:
@@ -160,8 +121,8 @@ class StepPoll:
     A server without it (404, an older image server or a stand-in) is not asked again.
     Never raises: progress is only a message."""
 
-    def __init__(self, ctx: ProxyContext, base_url: str, auth: dict[str, str]) -> None:
-        self._ctx, self._url, self._auth = ctx, base_url + "/v1/progress", auth
+    def __init__(self, calls: ModelCalls, lease: LeaseGrant) -> None:
+        self._calls, self._lease = calls, lease
         self.dead = False
 
     async def __call__(self) -> tuple[int, int] | None:
@@ -169,38 +130,49 @@ class StepPoll:
         if self.dead:
             return None
         try:
-            async with self._ctx.http.get(
-                self._url, headers=self._auth, timeout=_POLL_TIMEOUT
-            ) as resp:
-                if resp.status == 404:
-                    self.dead = True
-                    return None
-                if resp.status != 200:
-                    return None
-                return ImageProgress.model_validate_json(await resp.read()).step_of()
-        except (*TRANSPORT_ERRORS, ValueError):  # pydantic's ValidationError is a ValueError
+            status, raw = await self._calls.get(self._lease, "/v1/progress", within=POLL_TIMEOUT)
+            if status == 404:
+                self.dead = True
+                return None
+            if status != 200:
+                return None
+            return ImageProgress.model_validate_json(raw).step_of()
+        except (ProxyError, ValueError):  # pydantic's ValidationError is a ValueError
             return None
 
 
-async def _while_running(
-    work: Coroutine[Any, Any, bytes | None],
-    progress: Progress,
-    running: str,
-    poll: StepPoll | None = None,
-) -> bytes | None:
-    """Await `work`, reporting each new diffusion step `poll` finds (every STEP_POLL s) and,
-    every RUN_TICK seconds without news, how long it has been running (which also keeps
-    MCP clients' read timeouts from firing on a long generation). Cancelling cancels
-    `work`, which closes the connection to the model server."""
-    task = asyncio.ensure_future(work)
-    started = last_said = time.monotonic()
-    last_step: tuple[int, int] | None = None
-    try:
+class _Running:
+    """While the model server works: each new diffusion step a `StepPoll` finds (every
+    STEP_POLL s) and, every RUN_TICK seconds without news, how long it has been running
+    (which also keeps MCP clients' read timeouts from firing on a long generation).
+    Started by each lease (`leased`; a retry starts afresh on its new lease)."""
+
+    def __init__(self, calls: ModelCalls, progress: Progress, running: str, steps: bool) -> None:
+        self._calls, self._progress, self._running, self._steps = calls, progress, running, steps
+        self._task: asyncio.Task[None] | None = None
+        self.started = time.perf_counter()
+
+    async def leased(self, lease: LeaseGrant) -> None:
+        await self.stop()
+        await self._progress.say(80.0, self._running)
+        self.started = time.perf_counter()
+        poll = StepPoll(self._calls, lease) if self._steps else None
+        self._task = asyncio.create_task(self._tick(poll), name="mcp-running")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _tick(self, poll: StepPoll | None) -> None:
+        progress, running = self._progress, self._running
+        started = last_said = time.monotonic()
+        last_step: tuple[int, int] | None = None
         while True:
             polling = poll is not None and not poll.dead
-            done, _ = await asyncio.wait({task}, timeout=STEP_POLL if polling else RUN_TICK)
-            if done:
-                return task.result()
+            await asyncio.sleep(STEP_POLL if polling else RUN_TICK)
             now = time.monotonic()
             if polling and poll is not None:
                 step = await poll()
@@ -216,8 +188,3 @@ async def _while_running(
                 await progress.say(
                     80.0 + 19.0 * elapsed / (elapsed + 60.0), f"{running}: {elapsed:.0f} s"
                 )
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task

@@ -98,9 +98,9 @@ async def run_img2txt(
         }
     ]
     body = orjson.dumps({"model": model, "messages": messages, **args.options})
-    if len(body) > ctx.settings.max_body_bytes:
+    if len(body) > ctx.settings.proxy_max_body_bytes:
         raise ArgumentError(
-            "image", f"the request is larger than {ctx.settings.max_body_bytes} bytes"
+            "image", f"the request is larger than {ctx.settings.proxy_max_body_bytes} bytes"
         )
     answer = await call_model(
         ctx,

@@ -124,14 +124,17 @@ async def _granted(
     return use
 
 
-async def wait_for_lease(ctx: ProxyContext, model: str, progress: Progress) -> LeaseUse:
-    """`ctx.manager.acquire(model)`, reporting progress while it waits.
+async def wait_for_lease(
+    ctx: ProxyContext, model: str, progress: Progress, lease: Awaitable[LeaseUse]
+) -> LeaseUse:
+    """Await `lease` (the lease pool's acquire of `model`, from `proxy.modelcall`),
+    reporting progress while it waits.
 
     Raises what acquire raises. Cancellable: cancelling withdraws the request from the
     manager's queue (the lease pool cancels a grant nobody waits for any more).
     """
     with ctx.feed.subscribe() as events:
-        acquire = asyncio.ensure_future(ctx.manager.acquire(model))
+        acquire = asyncio.ensure_future(lease)
         try:
             granted, _ = await asyncio.wait({acquire}, timeout=0.2)
             if granted:

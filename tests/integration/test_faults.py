@@ -70,3 +70,13 @@ async def test_a_manager_killed_between_spawn_and_registry_leaves_no_orphan(
     assert facts["orphans"] == 0, explain(result)
     assert facts["max_resident"] <= 1, explain(result)
     assert result.lost == 0, explain(result)
+
+
+async def test_a_model_server_killed_under_mcp_calls_loses_none_of_them(
+    stack: FaultStack,
+) -> None:
+    """MCP calls get /v1's retry and dead-server report (proxy/modelcall.py): a call under
+    way when its model server dies is asked again on the restarted one."""
+    result = await scenarios.mcp_model_kill(stack)
+    assert result.facts["under_way_at_kill"] > 0, explain(result)  # the kill hit some
+    assert result.lost == 0, explain(result)

@@ -12,6 +12,8 @@ reports counts and times). Times are measured here but asserted nowhere in tests
   registry names it (its registry write is held on a FIFO), started again, and another model
   is asked for.
 * `image_flood`: 20 image requests at once on a model server that accepts 1 + 8.
+* `mcp_model_kill`: MCP ``txt2txt`` calls on one session; the resident model server is
+  SIGKILLed while some are under way (the MCP path's retry and dead-server report).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from tests.integration.faults.load import Load, Outcome, lost, tally
+from tests.integration.faults.load import Load, Outcome, expected_reply, lost, tally, words
 from tests.integration.faults.stack import IMAGE, OTHER, STREAM_DELAY, TEXT, FaultStack
 
 
@@ -112,6 +115,25 @@ async def _warm(load: Load, model: str) -> None:
     load.outcomes.remove(outcome)
 
 
+async def _kill_under_load(
+    stack: FaultStack, send: Callable[[int], object], duration: float, kill_at: float
+) -> float:
+    """`send(i)` every 0.1 s for `duration` s; the model server of `ft-text` is SIGKILLed
+    `kill_at` s in. Returns when it was killed (time.monotonic())."""
+    start = time.monotonic()
+    killed_at = None
+    i = 0
+    while time.monotonic() - start < duration:
+        if killed_at is None and time.monotonic() - start >= kill_at:
+            await asyncio.to_thread(stack.kill_server, TEXT)
+            killed_at = time.monotonic()
+        send(i)
+        i += 1
+        await asyncio.sleep(0.1)
+    assert killed_at is not None
+    return killed_at
+
+
 async def model_kill(stack: FaultStack, duration: float = 3.5, kill_at: float = 1.0) -> FaultResult:
     """Streams (15 words) and plain chats alternate every 0.1 s; the model server of `ft-text`
     is SIGKILLed `kill_at` s in."""
@@ -119,18 +141,10 @@ async def model_kill(stack: FaultStack, duration: float = 3.5, kill_at: float = 
     try:
         await _warm(load, TEXT)
         async with Watch(stack) as watch:
-            start = time.monotonic()
-            killed_at = None
-            i = 0
-            while time.monotonic() - start < duration:
-                if killed_at is None and time.monotonic() - start >= kill_at:
-                    await asyncio.to_thread(stack.kill_server, TEXT)
-                    killed_at = time.monotonic()
-                load.chat(TEXT, 15, stream=i % 2 == 0)
-                i += 1
-                await asyncio.sleep(0.1)
+            killed_at = await _kill_under_load(
+                stack, lambda i: load.chat(TEXT, 15, stream=i % 2 == 0), duration, kill_at
+            )
             await load.drain(60)
-        assert killed_at is not None
         noticed = watch.first_state(TEXT, {"failed", "stopping", "stopped", "starting"}, killed_at)
         after_notice = [o for o in load.outcomes if noticed is not None and o.sent >= noticed]
         back = [o.ended for o in load.outcomes if o.sent >= killed_at and o.ok]
@@ -286,5 +300,53 @@ async def image_flood(stack: FaultStack, count: int = 20) -> FaultResult:
             "http_429": sum(1 for o in load.outcomes if o.result.startswith("http_429")),
         }
         return FaultResult("image_flood", list(load.outcomes), facts)
+    finally:
+        await load.aclose()
+
+
+async def mcp_model_kill(
+    stack: FaultStack, duration: float = 2.5, kill_at: float = 1.0
+) -> FaultResult:
+    """MCP ``txt2txt`` calls on `ft-text` (not streamed: 0.3 s each), one every 0.1 s on one
+    MCP session; the model server is SIGKILLed `kill_at` s in. A call under way then is
+    asked again once the manager, told by the proxy, has started the model afresh."""
+    from tests.mcp_client import http_session, text_of
+
+    load = Load(stack.proxy_url, stack.api_key)
+    outcomes: list[Outcome] = []
+    try:
+        await _warm(load, TEXT)
+        async with http_session(stack.proxy_url + "/mcp", stack.api_key) as session:
+
+            async def call(outcome: Outcome, prompt: str) -> None:
+                try:
+                    result = await session.call_tool("txt2txt", {"model": TEXT, "prompt": prompt})
+                    if result.is_error:
+                        outcome.result = "tool_error"
+                    elif text_of(result) == expected_reply(TEXT, prompt):
+                        outcome.result = "ok"
+                    else:
+                        outcome.result = "wrong_answer"
+                except Exception as exc:  # noqa: BLE001 (every failure is counted)
+                    outcome.result = f"exception_{type(exc).__name__}"
+                finally:
+                    outcome.ended = time.monotonic()
+
+            tasks = []
+
+            def send(i: int) -> None:
+                outcome = Outcome("mcp", TEXT, time.monotonic())
+                outcomes.append(outcome)
+                tasks.append(asyncio.create_task(call(outcome, f"{words(3)} n{i}")))
+
+            killed_at = await _kill_under_load(stack, send, duration, kill_at)
+            await asyncio.wait_for(asyncio.gather(*tasks), 90)
+        facts = {
+            "under_way_at_kill": sum(1 for o in outcomes if o.sent < killed_at < o.ended),
+            "under_way_at_kill_lost": sum(
+                1 for o in lost(outcomes) if o.sent < killed_at < o.ended
+            ),
+        }
+        return FaultResult("mcp_model_kill", outcomes, facts)
     finally:
         await load.aclose()

@@ -136,10 +136,10 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextlib.contextmanager
 def run_open_proxy(
-    stack: LiveStack, work: Path, extra_env: dict[str, str] | None = None
+    stack: LiveStack, work: Path, extra_env: dict[str, str | None] | None = None
 ) -> Iterator[str]:
     """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode) and
-    `extra_env` settings; yields its URL."""
+    `extra_env` settings (None: the setting left unset); yields its URL."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
     (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
@@ -157,8 +157,12 @@ def run_open_proxy(
             "HOMELAB_IMAGE_DIR": str(work / "open-images"),
             "HOMELAB_APP_DIR": str(work / "app"),
             "HOMELAB_PUBLIC_URL": url,
-            **(extra_env or {}),
         }
+        for name, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
 
         def is_ours(url: str = url) -> bool:
             r = httpx.get(url + "/readyz", timeout=2)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from manager_fakes import catalogue, until
 
-from manager.api import create_app
+from manager.api import MAX_BODY_BYTES, create_app
 from manager.errors import RuntimeFailure
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
@@ -20,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def make_settings(**overrides) -> ManagerSettings:
-    values = {"manager_token": TOKEN, "sse_heartbeat": 0.05, "max_body_bytes": 2048}
+    values = {"manager_token": TOKEN, "sse_heartbeat": 0.05}
     return ManagerSettings(**(values | overrides))
 
 
@@ -292,12 +292,12 @@ async def test_unknown_route_and_wrong_method_are_envelopes(api):
 
 
 async def test_oversized_bodies_are_413_envelopes(api):
-    big = json.dumps({"model": "alpha", "pad": "x" * 4096}).encode()
+    big = json.dumps({"model": "alpha", "pad": "x" * MAX_BODY_BYTES}).encode()
     assert_envelope(await api.post("/v1/leases", content=big), 413, "request_too_large")
 
     async def chunks():
         yield b'{"model": "alpha", "pad": "'
-        for _ in range(10):
+        for _ in range(MAX_BODY_BYTES // 512 + 1):
             yield b"x" * 512
         yield b'"}'
 

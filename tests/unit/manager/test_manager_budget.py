@@ -18,7 +18,11 @@ from manager.spec import parse_catalogue
 from manager.state import ModelState
 from wire.events import ContentionEvent, SwapEvent
 
-CONFIG = SchedulerConfig(queue_limit=16, queue_timeout=30, batch_bound=2, lease_ttl=120)
+CONFIG = SchedulerConfig(
+    queue_limit=16, queue_timeout=30, batch_bound=2, lease_ttl=120, standby=False
+)
+"""Standby off: a stopped model is not prepared again, so the runtime calls below are
+those of the placement alone."""
 
 
 def models(**overrides: dict) -> dict:

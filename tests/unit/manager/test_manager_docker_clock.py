@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("docker", reason="the docker SDK is the manager extra")
 
-from manager import docker_runtime  # noqa: E402
+from manager import engine_events  # noqa: E402
 
 
 class Engine:
@@ -28,18 +28,18 @@ class Engine:
 
 
 def test_the_engine_clock_is_read_and_its_offset_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_runtime, "_engine_offset", None)
+    monkeypatch.setattr(engine_events, "_engine_offset", None)
     engine = Engine(skew=-7.5)
-    assert docker_runtime._engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
-    assert docker_runtime._engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
+    assert engine_events.engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
+    assert engine_events.engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
     assert engine.calls == 1, "read once, then kept for a while"
 
 
 def test_an_engine_that_does_not_say_means_our_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_runtime, "_engine_offset", None)
+    monkeypatch.setattr(engine_events, "_engine_offset", None)
 
     class Mute:
         def info(self) -> dict:
             return {"SystemTime": "not a time"}
 
-    assert docker_runtime._engine_time(Mute()) == pytest.approx(time.time(), abs=0.2)
+    assert engine_events.engine_time(Mute()) == pytest.approx(time.time(), abs=0.2)

@@ -202,7 +202,7 @@ def test_the_real_runtimes_accept_manager_settings(tmp_path):
     """B's runtimes are built from these settings exactly as `serve` builds them."""
     from manager_fakes import catalogue
 
-    from manager.docker_runtime import hf_token
+    from manager.launch import hf_token
     from manager.settings import ManagerSettings
 
     settings = ManagerSettings(manager_token=GOOD, log_dir=tmp_path, hf_token="hf_abcdefghijklmnop")

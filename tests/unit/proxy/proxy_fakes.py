@@ -346,6 +346,9 @@ class FakeModelServer:
         self.gate = asyncio.Event()
         self.finished = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.break_next = 0
+        """How many of the next whole chat answers break off half-sent (a server killed
+        mid-answer)."""
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
@@ -392,6 +395,14 @@ class FakeModelServer:
                 status=400,
             )
         words = f"echo {text}".split()
+        if not body.get("stream") and self.break_next > 0:
+            self.break_next -= 1
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = 1000
+            await resp.prepare(request)
+            await resp.write(b'{"id": "chatcmpl-fake", "object": "chat.comp')
+            request.transport.abort()
+            return resp
         if not body.get("stream"):
             return web.json_response(
                 {

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from proxy_fakes import TOKEN, FakeManager, FakeModelServer, serve_aiohttp, serve_asgi
@@ -33,6 +34,8 @@ class Stack:
     upstream: FakeModelServer
     settings: ProxySettings
     client: httpx.AsyncClient
+    app: Any = None
+    """The proxy's app (`app.state.ctx` once started)."""
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +57,7 @@ async def build_stack(
                 **overrides,
             }
             settings = ProxySettings(**values)
-            async with serve_asgi(create_app(settings)) as url:
+            app = create_app(settings)
+            async with serve_asgi(app) as url:
                 async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                    yield Stack(url, manager, upstream, settings, client)
+                    yield Stack(url, manager, upstream, settings, client, app)

@@ -256,7 +256,7 @@ async def test_protocol_errors_are_envelopes(stack: Stack, method, path, kwargs,
 
 
 async def test_oversize_json_body_is_413(make_stack) -> None:
-    async with make_stack(max_body_bytes=1024) as stack:
+    async with make_stack(proxy_max_body_bytes=1024) as stack:
         r = await stack.client.post("/v1/chat/completions", json=chat("x" * 2000))
         assert r.status_code == 413
         assert r.json()["error"]["code"] == "request_too_large"

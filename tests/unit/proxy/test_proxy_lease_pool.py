@@ -1,4 +1,4 @@
-"""The lease pool (proxy/lease_pool.py) through the real `ManagerClient`, against the
+"""The lease pool (proxy/lease_pool.py) over the real `ManagerClient`, against the
 fake manager served on loopback: sharing, the max_uses and max_concurrent caps,
 unbounded leases, linger, contention (event and renewal), lost leases, cancellation
 and shutdown."""
@@ -15,6 +15,7 @@ import pytest
 from proxy_fakes import TOKEN, FakeManager, serve_asgi
 
 from proxy.errors import ManagerRefused, ManagerUnavailable
+from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 
 MODELS = {"chat-a": {"type": "text"}, "chat-b": {"type": "text"}}
@@ -23,7 +24,7 @@ MODELS = {"chat-a": {"type": "text"}, "chat-b": {"type": "text"}}
 @dataclass
 class Pooled:
     manager: FakeManager
-    client: ManagerClient
+    pool: LeasePool
 
 
 @contextlib.asynccontextmanager
@@ -38,11 +39,11 @@ async def pooled(
     fake.max_uses = max_uses
     fake.max_concurrent = max_concurrent
     async with serve_asgi(fake.app) as url, aiohttp.ClientSession() as session:
-        client = ManagerClient(url, TOKEN, session, lease_linger=linger)
+        pool = LeasePool(ManagerClient(url, TOKEN, session), linger=linger)
         try:
-            yield Pooled(fake, client)
+            yield Pooled(fake, pool)
         finally:
-            await client.aclose()
+            await pool.close()
 
 
 async def eventually(predicate, what: str, tries: int = 500) -> None:
@@ -55,9 +56,9 @@ async def eventually(predicate, what: str, tries: int = 500) -> None:
 
 async def test_concurrent_requests_share_one_lease() -> None:
     async with pooled() as p:
-        first = await p.client.acquire("chat-a")
+        first = await p.pool.acquire("chat-a")
         assert first.lease.max_uses == 8
-        others = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(5)))
+        others = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(5)))
         assert {u.lease.lease_id for u in others} == {first.lease.lease_id}
         assert p.manager.granted == 1
         for use in [first, *others]:
@@ -67,7 +68,7 @@ async def test_concurrent_requests_share_one_lease() -> None:
 
 async def test_a_lease_admits_at_most_max_uses_requests() -> None:
     async with pooled(max_uses=3) as p:
-        uses = [await p.client.acquire("chat-a") for _ in range(7)]
+        uses = [await p.pool.acquire("chat-a") for _ in range(7)]
         by_lease: dict[str, int] = {}
         for use in uses:
             by_lease[use.lease.lease_id] = by_lease.get(use.lease.lease_id, 0) + 1
@@ -84,10 +85,10 @@ async def test_a_lease_admits_at_most_max_uses_requests() -> None:
 
 async def test_concurrent_first_requests_ride_on_one_grant_when_the_model_allows_it() -> None:
     async with pooled(max_uses=4) as p:
-        (await p.client.acquire("chat-a")).end()  # learns max_uses=4 for chat-a
+        (await p.pool.acquire("chat-a")).end()  # learns max_uses=4 for chat-a
         p.manager.leases.clear()  # that lease is gone at the manager: ...
-        p.client.leases.retire_model("chat-a")  # ... and retired here
-        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(8)))
+        p.pool.retire_model("chat-a")  # ... and retired here
+        uses = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(8)))
         assert len({u.lease.lease_id for u in uses}) == 2
         assert p.manager.granted == 3
         for use in uses:
@@ -96,26 +97,26 @@ async def test_concurrent_first_requests_ride_on_one_grant_when_the_model_allows
 
 async def test_the_last_request_out_releases_after_the_linger() -> None:
     async with pooled(linger=0.3) as p:
-        use = await p.client.acquire("chat-a")
+        use = await p.pool.acquire("chat-a")
         lease_id = use.lease.lease_id
         use.end()
-        again = await p.client.acquire("chat-a")  # within the linger: joins
+        again = await p.pool.acquire("chat-a")  # within the linger: joins
         assert again.lease.lease_id == lease_id and p.manager.granted == 1
         again.end()
         assert lease_id in p.manager.leases
         await eventually(lambda: p.manager.released == [lease_id], "released after the linger")
-        assert p.client.leases.stats() == {"leases": 0, "asks": 0}
-        fresh = await p.client.acquire("chat-a")
+        assert p.pool.stats() == {"leases": 0, "asks": 0}
+        fresh = await p.pool.acquire("chat-a")
         assert fresh.lease.lease_id != lease_id and p.manager.granted == 2
         fresh.end()
 
 
 async def test_linger_0_releases_at_once_and_the_next_request_gets_a_new_lease() -> None:
     async with pooled(linger=0) as p:
-        use = await p.client.acquire("chat-a")
+        use = await p.pool.acquire("chat-a")
         use.end()
         await eventually(lambda: p.manager.released == [use.lease.lease_id], "released")
-        nxt = await p.client.acquire("chat-a")
+        nxt = await p.pool.acquire("chat-a")
         assert nxt.lease.lease_id != use.lease.lease_id
         assert p.manager.granted == 2
         nxt.end()
@@ -123,9 +124,9 @@ async def test_linger_0_releases_at_once_and_the_next_request_gets_a_new_lease()
 
 async def test_under_contention_every_request_has_its_own_lease() -> None:
     async with pooled(max_uses=1) as p:  # the manager answers 1 while another model waits
-        one = await p.client.acquire("chat-a")
-        two = await p.client.acquire("chat-a")
-        many = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(4)))
+        one = await p.pool.acquire("chat-a")
+        two = await p.pool.acquire("chat-a")
+        many = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(4)))
         ids = {u.lease.lease_id for u in [one, two, *many]}
         assert len(ids) == 6 and p.manager.granted == 6
         for use in [one, two, *many]:
@@ -135,8 +136,8 @@ async def test_under_contention_every_request_has_its_own_lease() -> None:
 
 async def test_a_manager_without_max_uses_is_not_shared() -> None:
     async with pooled(max_uses=None) as p:
-        one = await p.client.acquire("chat-a")
-        two = await p.client.acquire("chat-a")
+        one = await p.pool.acquire("chat-a")
+        two = await p.pool.acquire("chat-a")
         assert one.lease.max_uses == 1 and one.lease.lease_id != two.lease.lease_id
         one.end()
         two.end()
@@ -144,8 +145,8 @@ async def test_a_manager_without_max_uses_is_not_shared() -> None:
 
 async def test_each_model_has_its_own_lease() -> None:
     async with pooled() as p:
-        a = await p.client.acquire("chat-a")
-        b = await p.client.acquire("chat-b")
+        a = await p.pool.acquire("chat-a")
+        b = await p.pool.acquire("chat-b")
         assert (a.lease.model, b.lease.model) == ("chat-a", "chat-b")
         assert p.manager.granted == 2
         a.end()
@@ -154,23 +155,23 @@ async def test_each_model_has_its_own_lease() -> None:
 
 async def test_a_lease_the_manager_forgot_is_replaced_and_not_released() -> None:
     async with pooled(ttl=0.2) as p:
-        use = await p.client.acquire("chat-a")
+        use = await p.pool.acquire("chat-a")
         lost = use.lease.lease_id
         del p.manager.leases[lost]  # expired at the manager: the next renewal answers 404
-        await eventually(lambda: "chat-a" not in p.client.leases._open, "lease retired")
-        fresh = await p.client.acquire("chat-a")
+        await eventually(lambda: "chat-a" not in p.pool._open, "lease retired")
+        fresh = await p.pool.acquire("chat-a")
         assert fresh.lease.lease_id != lost and p.manager.granted == 2
         use.end()
         fresh.end()
-        await p.client.aclose()
+        await p.pool.close()
         assert lost not in p.manager.released
         assert p.manager.released == [fresh.lease.lease_id]
 
 
 async def test_one_renewal_loop_per_shared_lease_and_it_stops_with_the_lease() -> None:
     async with pooled(ttl=0.2, linger=0) as p:
-        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(1)))
-        uses += [await p.client.acquire("chat-a") for _ in range(3)]
+        uses = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(1)))
+        uses += [await p.pool.acquire("chat-a") for _ in range(3)]
         assert p.manager.granted == 1
         await eventually(lambda: len(p.manager.renewed) >= 3, "renewed")
         # One loop: renewals come at ttl/2, not four at a time.
@@ -185,10 +186,10 @@ async def test_one_renewal_loop_per_shared_lease_and_it_stops_with_the_lease() -
 
 async def test_discard_stops_sharing_the_lease() -> None:
     async with pooled() as p:
-        first = await p.client.acquire("chat-a")
-        second = await p.client.acquire("chat-a")
+        first = await p.pool.acquire("chat-a")
+        second = await p.pool.acquire("chat-a")
         first.discard()  # its model server could not be reached
-        third = await p.client.acquire("chat-a")
+        third = await p.pool.acquire("chat-a")
         assert third.lease.lease_id != first.lease.lease_id
         assert first.lease.lease_id in p.manager.leases, "still held by the second request"
         second.end()
@@ -200,19 +201,19 @@ async def test_discard_stops_sharing_the_lease() -> None:
 
 async def test_a_refused_grant_fails_every_request_riding_on_it() -> None:
     async with pooled(max_uses=4) as p:
-        (await p.client.acquire("chat-a")).end()
-        p.client.leases.retire_model("chat-a")
+        (await p.pool.acquire("chat-a")).end()
+        p.pool.retire_model("chat-a")
         p.manager.busy = True
         results = await asyncio.gather(
-            *(p.client.acquire("chat-a") for _ in range(3)), return_exceptions=True
+            *(p.pool.acquire("chat-a") for _ in range(3)), return_exceptions=True
         )
         assert all(isinstance(r, ManagerRefused) and r.status == 429 for r in results)
-        assert p.client.leases.stats()["asks"] == 0
+        assert p.pool.stats()["asks"] == 0
 
 
 async def test_cancelled_riders_withdraw_the_grant_request() -> None:
     async with pooled(swap_delay=30.0) as p:
-        tasks = [asyncio.create_task(p.client.acquire("chat-a")) for _ in range(2)]
+        tasks = [asyncio.create_task(p.pool.acquire("chat-a")) for _ in range(2)]
         await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
         for task in tasks:
             task.cancel()
@@ -225,8 +226,8 @@ async def test_cancelled_riders_withdraw_the_grant_request() -> None:
 
 async def test_one_cancelled_rider_leaves_the_others_waiting() -> None:
     async with pooled(swap_delay=0.5, max_uses=4) as p:
-        p.client.leases._hint["chat-a"] = 4  # as if learnt from an earlier grant
-        tasks = [asyncio.create_task(p.client.acquire("chat-a")) for _ in range(3)]
+        p.pool._hint["chat-a"] = 4  # as if learnt from an earlier grant
+        tasks = [asyncio.create_task(p.pool.acquire("chat-a")) for _ in range(3)]
         await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
         tasks[0].cancel()
         uses = [await tasks[1], await tasks[2]]
@@ -238,16 +239,16 @@ async def test_one_cancelled_rider_leaves_the_others_waiting() -> None:
 
 async def test_close_releases_every_lease_and_refuses_new_requests() -> None:
     async with pooled() as p:
-        busy = await p.client.acquire("chat-a")
-        lingering = await p.client.acquire("chat-b")
+        busy = await p.pool.acquire("chat-a")
+        lingering = await p.pool.acquire("chat-b")
         lingering.end()
-        waiting = asyncio.create_task(p.client.acquire("chat-a"))  # joins: no wait
+        waiting = asyncio.create_task(p.pool.acquire("chat-a"))  # joins: no wait
         joined = await waiting
-        await p.client.aclose()
+        await p.pool.close()
         assert p.manager.leases == {}
         assert sorted(p.manager.released) == sorted({busy.lease.lease_id, lingering.lease.lease_id})
         with pytest.raises(ManagerUnavailable) as refused:
-            await p.client.acquire("chat-a")
+            await p.pool.acquire("chat-a")
         assert refused.value.status == 503
         busy.end()  # after close: harmless
         joined.end()
@@ -256,9 +257,9 @@ async def test_close_releases_every_lease_and_refuses_new_requests() -> None:
 
 async def test_close_fails_requests_waiting_for_a_grant() -> None:
     async with pooled(swap_delay=30.0) as p:
-        task = asyncio.create_task(p.client.acquire("chat-a"))
+        task = asyncio.create_task(p.pool.acquire("chat-a"))
         await eventually(lambda: p.manager.states["chat-a"] == "starting", "swap started")
-        await p.client.aclose()
+        await p.pool.close()
         with pytest.raises(ManagerUnavailable):
             await task
 
@@ -270,7 +271,7 @@ async def test_an_unbounded_lease_serves_any_number_of_sequential_requests() -> 
     async with pooled(max_uses=0, max_concurrent=4) as p:
         lease_ids = set()
         for _ in range(50):
-            use = await p.client.acquire("chat-a")
+            use = await p.pool.acquire("chat-a")
             lease_ids.add(use.lease.lease_id)
             use.end()
         assert len(lease_ids) == 1 and p.manager.granted == 1
@@ -279,8 +280,8 @@ async def test_an_unbounded_lease_serves_any_number_of_sequential_requests() -> 
 
 async def test_a_lease_holds_at_most_max_concurrent_requests_at_once() -> None:
     async with pooled(max_uses=0, max_concurrent=2) as p:
-        (await p.client.acquire("chat-a")).end()  # a lease for two at once, lingering
-        uses = await asyncio.gather(*(p.client.acquire("chat-a") for _ in range(5)))
+        (await p.pool.acquire("chat-a")).end()  # a lease for two at once, lingering
+        uses = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(5)))
         by_lease: dict[str, int] = {}
         for use in uses:
             by_lease[use.lease.lease_id] = by_lease.get(use.lease.lease_id, 0) + 1
@@ -288,7 +289,7 @@ async def test_a_lease_holds_at_most_max_concurrent_requests_at_once() -> None:
         assert p.manager.granted == 3
         for use in uses:
             use.end()
-        again = [await p.client.acquire("chat-a") for _ in range(2)]
+        again = [await p.pool.acquire("chat-a") for _ in range(2)]
         assert p.manager.granted == 3, "the open leases take new requests again"
         for use in again:
             use.end()
@@ -300,15 +301,15 @@ async def test_a_freed_slot_goes_to_a_waiting_request_and_the_grant_still_serves
     # The model's room at the manager is spent: the next grant would wait for a release
     # that never comes while the proxy keeps its lease busy.
     async with pooled(max_uses=0, max_concurrent=2) as p:
-        first = [await p.client.acquire("chat-a") for _ in range(2)]
+        first = [await p.pool.acquire("chat-a") for _ in range(2)]
         p.manager.gate = asyncio.Event()  # the next grant waits at the manager
-        third = asyncio.create_task(p.client.acquire("chat-a"))
-        await eventually(lambda: p.client.leases.stats()["asks"] == 1, "a grant request")
+        third = asyncio.create_task(p.pool.acquire("chat-a"))
+        await eventually(lambda: p.pool.stats()["asks"] == 1, "a grant request")
         first[0].end()
         use = await asyncio.wait_for(third, 5)
         assert use.lease.lease_id == first[0].lease.lease_id
-        assert p.manager.granted == 1 and p.client.leases.stats()["asks"] == 1
-        fourth = asyncio.create_task(p.client.acquire("chat-a"))  # rides on that grant
+        assert p.manager.granted == 1 and p.pool.stats()["asks"] == 1
+        fourth = asyncio.create_task(p.pool.acquire("chat-a"))  # rides on that grant
         await asyncio.sleep(0.05)
         assert not fourth.done()
         p.manager.gate.set()
@@ -321,22 +322,22 @@ async def test_a_freed_slot_goes_to_a_waiting_request_and_the_grant_still_serves
 
 async def test_retire_model_releases_an_idle_lease_at_once() -> None:
     async with pooled(max_uses=0, linger=30.0) as p:
-        use = await p.client.acquire("chat-a")
+        use = await p.pool.acquire("chat-a")
         use.end()
         assert p.manager.released == []
-        p.client.leases.retire_model("chat-a")
+        p.pool.retire_model("chat-a")
         await eventually(lambda: p.manager.released == [use.lease.lease_id], "released")
-        nxt = await p.client.acquire("chat-a")
+        nxt = await p.pool.acquire("chat-a")
         assert nxt.lease.lease_id != use.lease.lease_id and p.manager.granted == 2
         nxt.end()
 
 
 async def test_retire_model_lets_requests_finish_and_sends_new_ones_to_a_new_grant() -> None:
     async with pooled(max_uses=0, linger=30.0) as p:
-        busy = await p.client.acquire("chat-a")
-        other = await p.client.acquire("chat-b")
-        p.client.leases.retire_model("chat-a")
-        later = await p.client.acquire("chat-a")
+        busy = await p.pool.acquire("chat-a")
+        other = await p.pool.acquire("chat-b")
+        p.pool.retire_model("chat-a")
+        later = await p.pool.acquire("chat-a")
         assert later.lease.lease_id != busy.lease.lease_id and p.manager.granted == 3
         assert busy.lease.lease_id in p.manager.leases, "still held by its request"
         busy.end()
@@ -348,12 +349,12 @@ async def test_retire_model_lets_requests_finish_and_sends_new_ones_to_a_new_gra
 
 async def test_a_contended_renewal_retires_the_lease() -> None:
     async with pooled(max_uses=0, ttl=0.2, linger=30.0) as p:
-        busy = await p.client.acquire("chat-a")
+        busy = await p.pool.acquire("chat-a")
         p.manager.contended = True  # another model waits for chat-a's memory
-        await eventually(lambda: "chat-a" not in p.client.leases._open, "retired on renewal")
+        await eventually(lambda: "chat-a" not in p.pool._open, "retired on renewal")
         assert busy.lease.lease_id in p.manager.leases, "its request goes on"
         p.manager.contended = False
-        later = await p.client.acquire("chat-a")
+        later = await p.pool.acquire("chat-a")
         assert later.lease.lease_id != busy.lease.lease_id and p.manager.granted == 2
         busy.end()
         await eventually(lambda: busy.lease.lease_id in p.manager.released, "released on drain")
@@ -363,12 +364,12 @@ async def test_a_contended_renewal_retires_the_lease() -> None:
 async def test_an_unbounded_grant_asked_for_before_contention_is_not_shared_after_it() -> None:
     async with pooled(max_uses=0, linger=30.0) as p:
         p.manager.gate = asyncio.Event()
-        first = asyncio.create_task(p.client.acquire("chat-a"))
-        await eventually(lambda: p.client.leases.stats()["asks"] == 1, "a grant request")
-        p.client.leases.retire_model("chat-a")  # the event overtook the grant's answer
+        first = asyncio.create_task(p.pool.acquire("chat-a"))
+        await eventually(lambda: p.pool.stats()["asks"] == 1, "a grant request")
+        p.pool.retire_model("chat-a")  # the event overtook the grant's answer
         p.manager.gate.set()
         use = await asyncio.wait_for(first, 5)  # the request it was asked for gets it
-        second = await p.client.acquire("chat-a")
+        second = await p.pool.acquire("chat-a")
         assert second.lease.lease_id != use.lease.lease_id and p.manager.granted == 2
         use.end()
         await eventually(lambda: use.lease.lease_id in p.manager.released, "released on drain")

@@ -168,7 +168,7 @@ async def test_feed_remembers_load_times_and_fans_out() -> None:
 
 
 class _QuickLoad:
-    """A manager (ProxyContext.manager's `acquire` and `models`) whose load of "chat" ends
+    """A manager (`models`) and a lease pool (`acquire`) whose load of "chat" ends
     `after` seconds into `acquire`, or, with `after=None`, while the caller asks `models`
     (so its events and the grant arrive together, within one look)."""
 
@@ -203,7 +203,8 @@ async def test_a_load_quicker_than_one_look_is_still_reported(after: float | Non
     feed = EventFeed()
     ctx = SimpleNamespace(feed=feed, manager=_QuickLoad(feed, after))
     progress = Progress(None)
-    assert await wait_for_lease(ctx, "chat", progress) == "the lease"  # type: ignore[arg-type]
+    lease = ctx.manager.acquire("chat")
+    assert await wait_for_lease(ctx, "chat", progress, lease) == "the lease"  # type: ignore[arg-type]
     loading = [m for m in progress.messages if m.startswith("loading chat")]
     assert loading and progress.messages[-1].startswith("loaded chat in "), progress.messages
     assert progress.loaded is not None and 0.0 <= progress.loaded < 5.0

@@ -37,7 +37,7 @@ def test_settings_defaults_and_key_list(monkeypatch) -> None:
         {"HOMELAB_MANAGER_TOKEN": "changeme-changeme-123"},
         {"HOMELAB_MANAGER_TOKEN": GOOD, "HOMELAB_API_KEYS": "sk-1"},
         {"HOMELAB_MANAGER_TOKEN": GOOD, "HOMELAB_MANAGER_URL": "gpu-pc:8090"},
-        {"HOMELAB_MANAGER_TOKEN": GOOD, "HOMELAB_MAX_BODY_BYTES": "0"},
+        {"HOMELAB_MANAGER_TOKEN": GOOD, "HOMELAB_PROXY_MAX_BODY_BYTES": "0"},
     ],
 )
 def test_settings_refuse_bad_values(monkeypatch, env) -> None:

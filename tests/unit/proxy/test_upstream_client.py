@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.asgi import TRANSPORT_ERRORS
-from proxy.upstream import HIGH_WATER, UpstreamPool, UpstreamProtocolError
+from proxy.upstream import HIGH_WATER, UPSTREAM_ERRORS, UpstreamPool, UpstreamProtocolError
 
 T = {"connect_timeout": 5.0, "read_timeout": 5.0}
 
@@ -97,6 +96,30 @@ async def serve_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         await read_request(reader)
         writer.write(ok(b'{"conn": %d}' % n))
         await writer.drain()
+
+
+async def test_get_shares_the_connections_of_posts() -> None:
+    """A GET (the image server's /v1/progress) on the same keep-alive connection as a POST."""
+    peers: list[tuple[str, object]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(
+            (request.method, request.transport and request.transport.get_extra_info("peername"))
+        )
+        return web.json_response({"method": request.method, "key": request.headers.get("X-Key")})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_get("/v1/progress", handler)
+    async with aiohttp_server(app) as url, pool() as p:
+        resp = await p.post(url + "/v1/chat/completions", b"{}", {}, **T)
+        assert await resp.read() == b'{"method": "POST", "key": null}'
+        resp.close()
+        resp = await p.get(url + "/v1/progress", {"X-Key": "k"}, **T)
+        assert resp.status == 200
+        assert await resp.read() == b'{"method": "GET", "key": "k"}'
+        resp.close()
+    assert [m for m, _ in peers] == ["POST", "GET"] and peers[0][1] == peers[1][1]
 
 
 async def test_sends_the_request_and_reuses_the_connection() -> None:
@@ -311,7 +334,7 @@ async def test_connection_refused_raises_oserror() -> None:
     async with pool() as p:
         with pytest.raises(OSError) as caught:
             await p.post(f"http://127.0.0.1:{port}/", b"", {}, **T)
-    assert isinstance(caught.value, TRANSPORT_ERRORS)
+    assert isinstance(caught.value, UPSTREAM_ERRORS)
 
 
 async def test_read_timeout_between_bytes() -> None:

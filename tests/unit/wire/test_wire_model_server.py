@@ -11,7 +11,6 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -23,10 +22,13 @@ from manager.health import HttpReadinessProbe
 from manager.process_runtime import ProcessRuntime
 from manager.settings import ManagerSettings
 from proxy.mcp.calls import StepPoll
+from proxy.modelcall import ModelCalls
+from proxy.upstream import UpstreamPool
 from tests.unit.imageserver.imageserver_fakes import FakeModel, loader_for, settings
 from tests.unit.manager.manager_fakes import catalogue
 from tests.unit.proxy.proxy_fakes import serve_asgi
 from wire.errors import MODEL_SERVER, ErrorEnvelope
+from wire.lease import LeaseGrant
 from wire.model_server import IMAGE_API_KEY_ENV, UPSTREAM_KEY_ENV, ImageHealth, ImageProgress
 
 KEY = "upstream-" + "Zq4x" * 8
@@ -100,8 +102,22 @@ async def test_a_failed_load_is_a_failed_verdict_with_its_reason() -> None:
 
 async def test_progress_is_read_by_the_proxys_step_poll() -> None:
     model = FakeModel()
+    upstream = UpstreamPool()
+    # The proxy's one model call (its GET needs only the lean client; no lease is taken).
+    calls = ModelCalls(
+        leases=None,  # type: ignore[arg-type]
+        manager=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        upstream=upstream,
+        retry_endpoints=(),
+        connect_timeout=5.0,
+        read_timeout=5.0,
+    )
     async with image_server(loader_for(model)) as url, aiohttp.ClientSession() as http:
-        poll = StepPoll(SimpleNamespace(http=http), url, AUTH)  # type: ignore[arg-type]
+        lease = LeaseGrant(
+            lease_id="pix-lease", model="pix", type="image", base_url=url, ttl=60, api_key=KEY
+        )
+        poll = StepPoll(calls, lease)
         for _ in range(500):
             async with http.get(url + "/health") as resp:
                 if ImageHealth.model_validate_json(await resp.read()).status == "ready":
@@ -117,3 +133,4 @@ async def test_progress_is_read_by_the_proxys_step_poll() -> None:
         model.meter = StepMeter(running=True, step=0, steps=20)  # no step done yet
         assert await poll() is None
         assert not poll.dead
+    await upstream.aclose()

@@ -36,7 +36,7 @@ from wire.tokens import check_token, new_token, token_problem
 
 ROOT = Path(__file__).resolve().parents[3]
 WIRE = ROOT / "wire"
-ALLOWED_THIRD_PARTY = {"pydantic", "starlette"}
+ALLOWED_THIRD_PARTY = {"pydantic", "pydantic_settings", "starlette"}
 
 
 def _imported_roots(path: Path) -> set[str]:

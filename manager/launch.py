@@ -1,0 +1,93 @@
+"""The launch recipe both runtimes share: a model server's arguments and environment.
+
+`DockerRuntime` and `ProcessRuntime` start the same servers the same way: vLLM's
+OpenAI server with `text_server_args`, the image server configured through
+`image_server_env` (the `HOMELAB_IMAGE_*` variables, docs/architecture.md "Image
+server environment"), and `server_env`, the variables every launch sets: the Hugging
+Face token, the image server's variables, the spec's `env`, then the upstream key.
+What differs (the container's mounts and gate; the process's inherited environment and
+owner marks) stays in each runtime. Pure functions, no docker SDK: the process runtime
+imports this module only.
+"""
+
+from __future__ import annotations
+
+from manager.runtime import UPSTREAM_KEY_ENV, Spec
+from manager.settings import ManagerSettings
+from manager.spec import ImageModel, TextModel
+
+
+def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
+    """vLLM's OpenAI server arguments for `spec`, served as `name` on host:port.
+
+    `vllm serve` (the vllm/vllm-openai entrypoint) and
+    `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
+    logs that `--model` is deprecated in favour of a positional model but honours it.
+    """
+    return [
+        "--model",
+        spec.model,
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *spec.args,
+    ]
+
+
+def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
+    """The `HOMELAB_IMAGE_*` variables the image server reads (documented in docs/architecture.md)."""
+    env = {
+        "HOMELAB_IMAGE_MODEL": spec.model,
+        "HOMELAB_IMAGE_SERVED_NAME": name,
+        "HOMELAB_IMAGE_DTYPE": spec.dtype,
+        "HOMELAB_IMAGE_DEVICE": spec.device,
+        "HOMELAB_IMAGE_CPU_OFFLOAD": "true" if spec.cpu_offload else "false",
+        "HOMELAB_IMAGE_ATTENTION_SLICING": "true" if spec.attention_slicing else "false",
+        "HOMELAB_IMAGE_VAE_TILING": "true" if spec.vae_tiling else "false",
+        "HOMELAB_IMAGE_SIZES": ",".join(spec.sizes),
+        "HOMELAB_IMAGE_MAX_N": str(spec.max_n),
+        "HOMELAB_IMAGE_STEPS": str(spec.steps),
+        "HOMELAB_IMAGE_PORT": str(port),
+    }
+    if spec.max_steps is not None:
+        env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
+    return env
+
+
+def hf_token(settings: ManagerSettings) -> str | None:
+    """The Hugging Face token from settings (`hf_token`, HOMELAB_HF_TOKEN), or None."""
+    if settings.hf_token is None:
+        return None
+    return settings.hf_token.get_secret_value() or None
+
+
+def server_env(
+    name: str,
+    spec: Spec,
+    settings: ManagerSettings,
+    *,
+    port: int,
+    host: str | None = None,
+    api_key: str | None = None,
+) -> dict[str, str]:
+    """The variables every launch of `name` sets, in this order (a later one wins): the
+    Hugging Face token (`HF_TOKEN` and `HUGGING_FACE_HUB_TOKEN`, when configured); for an
+    image model the image server's variables, listening on `port` (and `host` when given);
+    the spec's `env`; `api_key` (the server's upstream key) in the type's
+    `UPSTREAM_KEY_ENV` variable."""
+    env: dict[str, str] = {}
+    token = hf_token(settings)
+    if token:
+        env["HUGGING_FACE_HUB_TOKEN"] = token
+        env["HF_TOKEN"] = token
+    if isinstance(spec, ImageModel):
+        env.update(image_server_env(name, spec, port))
+        if host is not None:
+            env["HOMELAB_IMAGE_HOST"] = host
+    env.update(spec.env)
+    if api_key:
+        env[UPSTREAM_KEY_ENV[spec.type]] = api_key
+    return env

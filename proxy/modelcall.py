@@ -1,0 +1,354 @@
+"""The one way the proxy reaches a model server, whoever asks: HTTP forwarding
+(`proxy.forward.Forward`, a thin ASGI adapter), MCP tool calls (`proxy.mcp.calls`) and
+jobs (`proxy.jobs.runner`).
+
+`ModelCalls.call(model, endpoint, body, content_type)` is an async context manager; on
+entry it does, in order:
+
+1. **Lease**: a share of a manager lease on `model` from the lease pool
+   (`proxy.lease_pool.LeasePool`), which blocks while the model is queued or loading.
+   An *interactive* call (a client waits: ``/v1``, MCP) is counted in `waiting` while it
+   waits, so jobs (``interactive=False``) yield to it (`proxy.jobs.dispatcher`).
+2. **POST** the body, unchanged, to the same `endpoint` on the leased server, with the
+   lease's upstream key, on the lean keep-alive client (`proxy.upstream.UpstreamPool`,
+   chosen over aiohttp's by measurement: docs/benchmarks.md, "Upstream client").
+3. **The answer**: an error status (>= 400) raises the model server's error, normalised
+   into an OpenAI envelope (`proxy.errors.normalise_error_body`). An event stream
+   (``text/event-stream``) is handed over as it comes (`ModelCall.chunks`, or
+   `ModelCall.events` for each event's data); anything else is read whole, bounded by
+   `answer_limit`, into `ModelCall.body`.
+
+Retry policy: when the model server cannot be reached, or breaks off before the caller
+got a byte (a whole answer that broke off while being read; a stream before its
+headers), the lease is retired, the manager is told (`ManagerClient.report_unreachable`:
+it checks the server at once and marks a dead one failed, so the next lease waits for a
+fresh start) and, for an endpoint in ``HOMELAB_RETRY_ENDPOINTS``, the request is sent
+once more on a fresh lease. A stream that breaks off later is never retried: the
+manager is told the same way and `chunks` raises `UpstreamError` (``stream_interrupted``).
+
+The lease is ended as soon as the model server is done (a whole answer read, a stream's
+end), before the caller passes the answer on, so the manager handles the release while
+the answer travels. Leaving the block closes the upstream response (a connection whose
+answer is not complete is dropped, and vLLM then aborts the generation) and ends the
+lease if still held. Cancellation at any step (a client disconnect) does the same;
+cancelling while queued withdraws the request from the manager's queue.
+
+Metrics, for every call: ``in_flight``, ``queue_wait`` (first lease), and ``requests`` /
+``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) with the
+status the caller saw: the model server's, the error's, 502 for a broken stream, 499
+when cancelled.
+
+Every error is a `proxy.errors.ProxyError`: the lean client's transport errors
+(`proxy.upstream.UPSTREAM_ERRORS`) are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+
+from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.manager_client import ManagerClient
+from proxy.metrics import Metrics
+from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
+from wire.events import SSE_MEDIA_TYPE, SseParser
+from wire.lease import LeaseGrant
+
+ANSWER_LIMIT = 256 * 1024 * 1024
+"""Largest whole answer read by default (a few large pictures in base64)."""
+ERROR_LIMIT = 1 << 20
+"""Bytes of an error answer read: the start of an error is enough to report it."""
+
+WaitForLease = Callable[[Awaitable[LeaseUse]], Awaitable[LeaseUse]]
+"""Awaits the lease pool's acquire on the caller's behalf (MCP reports progress meanwhile)."""
+OnLease = Callable[[LeaseGrant], Awaitable[None]]
+"""Called with each lease granted, before the request goes out (MCP polls progress)."""
+
+
+class ModelCalls:
+    """Every call to a model server goes through here (module docstring). One per process,
+    built in the app's lifespan."""
+
+    def __init__(
+        self,
+        *,
+        leases: LeasePool,
+        manager: ManagerClient,
+        metrics: Metrics,
+        upstream: UpstreamPool,
+        retry_endpoints: Iterable[str],
+        connect_timeout: float,
+        read_timeout: float,
+        waiting: Counter[str] | None = None,
+    ) -> None:
+        """`read_timeout`: longest silence from a model server; `waiting`: interactive
+        calls waiting for a lease now, per model (shared with the job dispatcher)."""
+        self.leases, self.manager, self.metrics = leases, manager, metrics
+        self.upstream = upstream
+        self.retry_endpoints = frozenset(retry_endpoints)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.waiting: Counter[str] = Counter() if waiting is None else waiting
+
+    def call(
+        self,
+        model: str,
+        endpoint: str,
+        body: bytes | memoryview,
+        content_type: str,
+        *,
+        interactive: bool = True,
+        label: str | None = None,
+        answer_limit: int = ANSWER_LIMIT,
+        wait: WaitForLease | None = None,
+        on_lease: OnLease | None = None,
+    ) -> ModelCall:
+        """One call (use with ``async with``). Raises ProxyError on entry: the manager's
+        errors (from the lease), the model server's, ``model_server_unreachable``,
+        ``model_server_error`` (broke off), ``answer_too_large``."""
+        return ModelCall(
+            self,
+            model,
+            endpoint,
+            body,
+            content_type,
+            interactive=interactive,
+            label=label or endpoint,
+            answer_limit=answer_limit,
+            wait=wait,
+            on_lease=on_lease,
+        )
+
+    async def get(self, lease: LeaseGrant, path: str, *, within: float) -> tuple[int, bytes]:
+        """A short ``GET path`` on a leased model server (the image server's
+        ``/v1/progress``), the answer read whole (at most `ERROR_LIMIT` bytes) within
+        `within` seconds: (status, body). No retry, report or metrics: it only reads a
+        side channel of a call in flight. Raises UpstreamError."""
+        try:
+            async with asyncio.timeout(within):
+                resp = await self.upstream.get(
+                    lease.base_url + path,
+                    {"Accept-Encoding": "identity", **lease.upstream_headers()},
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=within,
+                )
+                try:
+                    return resp.status, await resp.read(ERROR_LIMIT)
+                finally:
+                    resp.close()
+        except UPSTREAM_ERRORS as exc:
+            raise UpstreamError(
+                f"GET {path} on the model server failed: {exc.__class__.__name__}: {exc}",
+                code="model_server_unreachable",
+            ) from exc
+
+    async def lost_server(self, held: LeaseUse, model: str) -> None:
+        """`model`'s server could not be reached or broke off: nobody joins this lease any
+        more, and the manager checks the server at once."""
+        held.discard()
+        await self.manager.report_unreachable(model)
+
+
+class ModelCall:
+    """One call to a model server (`ModelCalls.call`). After entry: `status`, `headers`,
+    `lease`, and either `body` (a whole answer) or `streamed` (read `chunks` or `events`)."""
+
+    def __init__(
+        self,
+        calls: ModelCalls,
+        model: str,
+        endpoint: str,
+        body: bytes | memoryview,
+        content_type: str,
+        *,
+        interactive: bool,
+        label: str,
+        answer_limit: int,
+        wait: WaitForLease | None,
+        on_lease: OnLease | None,
+    ) -> None:
+        self._calls = calls
+        self.model, self.endpoint, self.label = model, endpoint, label
+        self._body, self._content_type = body, content_type
+        self._interactive, self._limit = interactive, answer_limit
+        self._wait, self._on_lease = wait, on_lease
+        self._held: LeaseUse | None = None
+        self._resp: UpstreamResponse | None = None
+        self._outcome = 499  # nginx's "client closed request", if cancelled
+        self.started = 0.0
+        """`time.perf_counter()` at entry."""
+        self.leased = 0.0
+        """`time.perf_counter()` when the lease this answer came on was granted."""
+        self.status = 0
+        """The model server's HTTP status (< 400 once entered)."""
+        self.headers = Headers()
+        self.streamed = False
+        """The answer is an event stream: read it with `chunks` or `events`."""
+        self.body: bytes | None = None
+        """The whole answer, when not streamed."""
+        self.lease: LeaseGrant | None = None
+
+    @property
+    def answer_type(self) -> str:
+        """The answer's Content-Type header (JSON when the server sent none)."""
+        return str(self.headers.get("content-type") or "application/json")
+
+    # -- entry and exit ----------------------------------------------------------
+
+    async def __aenter__(self) -> ModelCall:
+        self.started = time.perf_counter()
+        self._calls.metrics.in_flight.inc()
+        try:
+            await self._open()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self._resp is not None:
+            self._resp.close()  # no-op once complete; otherwise drops the connection
+            self._resp = None
+        if self._held is not None:
+            self._held.end()
+        if isinstance(exc, ProxyError):
+            self._outcome = exc.status
+        elif exc is not None:
+            self._outcome = 499
+        metrics = self._calls.metrics
+        metrics.in_flight.dec()
+        metrics.requests.labels(self.label, self.model, str(self._outcome)).inc()
+        metrics.latency.labels(self.label).observe(time.perf_counter() - self.started)
+
+    async def _lease(self, first: bool) -> LeaseUse:
+        calls = self._calls
+        waiting = calls.waiting if self._interactive else None
+        if waiting is not None:
+            waiting[self.model] += 1
+        try:
+            acquire = calls.leases.acquire(self.model)
+            return await (self._wait(acquire) if self._wait is not None else acquire)
+        finally:
+            if waiting is not None:
+                waiting[self.model] -= 1
+            if first:
+                calls.metrics.queue_wait.labels(self.model).observe(
+                    time.perf_counter() - self.started
+                )
+
+    async def _open(self) -> None:
+        calls = self._calls
+        attempts = 2 if self.endpoint in calls.retry_endpoints else 1
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            held = self._held = await self._lease(attempt == 1)
+            lease = self.lease = held.lease
+            self.leased = time.perf_counter()
+            if self._on_lease is not None:
+                await self._on_lease(lease)
+            try:
+                resp = self._resp = await calls.upstream.post(
+                    lease.base_url + self.endpoint,
+                    self._body,
+                    {
+                        "Content-Type": self._content_type,
+                        "Accept-Encoding": "identity",
+                        **lease.upstream_headers(),
+                    },
+                    connect_timeout=calls.connect_timeout,
+                    read_timeout=calls.read_timeout,
+                )
+            except UPSTREAM_ERRORS as exc:
+                await calls.lost_server(held, self.model)
+                if not last:
+                    continue  # nothing reached the caller: ask again, once
+                raise UpstreamError(
+                    f"The model server of '{self.model}' at {lease.base_url} cannot be "
+                    f"reached: {exc.__class__.__name__}: {exc}",
+                    code="model_server_unreachable",
+                ) from exc
+            self.status, self.headers = resp.status, resp.headers
+            if resp.status >= 400:
+                try:
+                    raw = await resp.read(ERROR_LIMIT)
+                except UPSTREAM_ERRORS:
+                    raw = b""
+                raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+            if resp.content_type == SSE_MEDIA_TYPE:
+                self.streamed = True
+                self._outcome = resp.status
+                return
+            try:
+                raw = await resp.read(self._limit + 1)
+            except UPSTREAM_ERRORS as exc:
+                resp.close()
+                self._resp = None
+                await calls.lost_server(held, self.model)
+                if not last:
+                    continue  # the answer broke off before the caller got a byte
+                raise UpstreamError(
+                    f"The model server's answer for '{self.model}' broke off: "
+                    f"{exc.__class__.__name__}: {exc}",
+                    code="model_server_error",
+                ) from exc
+            if len(raw) > self._limit:
+                raise UpstreamError(
+                    f"The answer of '{self.model}' is larger than {self._limit} bytes",
+                    code="answer_too_large",
+                )
+            held.end()
+            self.body = raw
+            self._outcome = resp.status
+            return
+
+    # -- a streamed answer ---------------------------------------------------------
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The event stream's bytes as they arrive, unbuffered. The lease ends when the
+        stream does. A stream that breaks off retires the lease, tells the manager, and
+        raises UpstreamError (``stream_interrupted``, 502)."""
+        resp, held = self._resp, self._held
+        if not self.streamed or resp is None or held is None:
+            raise RuntimeError("chunks() is for an open streamed answer")
+        try:
+            async for chunk in resp.iter_chunks():
+                yield chunk
+        except UPSTREAM_ERRORS as exc:
+            err = UpstreamError(
+                f"The model server's stream for '{self.model}' broke off: "
+                f"{exc.__class__.__name__}: {exc}",
+                code="stream_interrupted",
+            )
+            self._outcome = err.status
+            await self._calls.lost_server(held, self.model)
+            raise err from exc
+        held.end()
+
+    async def events(self) -> AsyncIterator[str]:
+        """Each event's data (``[DONE]`` included), parsed from `chunks` with
+        `wire.events.SseParser`; raises as `chunks` does."""
+        parser = SseParser()
+        rest = b""
+        async for chunk in self.chunks():
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                frame = parser.feed(line)
+                if frame is not None:
+                    yield frame[1]
+        if rest:
+            parser.feed(rest)
+        frame = parser.feed(b"")
+        if frame is not None:
+            yield frame[1]
