@@ -32,12 +32,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
 from wire.procs import is_alive, read_registry
+
+if TYPE_CHECKING:
+    import openai
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
@@ -85,6 +89,17 @@ class Demo:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+        )
+
+    def sdk(self) -> openai.OpenAI:
+        """The openai SDK on the demo's proxy, with its key; no retries."""
+        import openai
+
+        return openai.OpenAI(
+            base_url=f"{self.proxy_url}/v1",
+            api_key=self.api_key,
+            max_retries=0,
+            timeout=LOAD_DEADLINE_S,
         )
 
     def pids(self) -> list[int]:
@@ -195,7 +210,6 @@ def _alive(pid: int) -> bool:
 
 
 def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo) -> None:
-    import openai
     from PIL import Image
 
     # Keys are on by default: without the generated key the proxy refuses.
@@ -212,12 +226,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
-    client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1",
-        api_key=demo.api_key,
-        max_retries=0,
-        timeout=LOAD_DEADLINE_S,
-    )
+    client = demo.sdk()
     ask = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": QUESTION}],
@@ -308,16 +317,10 @@ def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
     holds even a 135M model to the schema); "auto" is accepted (vLLM refuses it without a
     parser) and leaves the choice to the model; the tool's result goes back in the next
     turn and the model answers from it."""
-    import openai
 
     written = json.loads((demo.dir / "models.json").read_text())
     assert written["smollm2"]["tool_calls"]["parser"] == "hermes"
-    client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1",
-        api_key=demo.api_key,
-        max_retries=0,
-        timeout=LOAD_DEADLINE_S,
-    )
+    client = demo.sdk()
     ask = {
         "model": "smollm2",
         "messages": ASK_WEATHER,

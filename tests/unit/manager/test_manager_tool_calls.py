@@ -44,33 +44,27 @@ def test_unset_tool_calls_add_no_flags() -> None:
     assert "--tool-call-parser" not in text_server_args("a", spec, "127.0.0.1", 8001)
 
 
-def test_a_parser_becomes_vllms_tool_flags_before_the_raw_args() -> None:
-    spec = TextModel.model_validate(
-        text(tool_calls={"parser": "hermes"}, args=["--max-model-len", "2048"])
-    )
-    argv = text_server_args("a", spec, "127.0.0.1", 8001)
-    assert argv[-5:] == [
-        "--enable-auto-tool-choice",
-        "--tool-call-parser",
-        "hermes",
-        "--max-model-len",
-        "2048",
-    ]
-    assert "--chat-template" not in argv
-
-
-def test_a_chat_template_is_passed_with_the_parser() -> None:
-    spec = TextModel.model_validate(
-        text(tool_calls={"parser": "llama3_json", "chat_template": TEMPLATE})
-    )
-    argv = text_server_args("a", spec, "127.0.0.1", 8001)
-    assert argv[-5:] == [
-        "--enable-auto-tool-choice",
-        "--tool-call-parser",
-        "llama3_json",
-        "--chat-template",
-        TEMPLATE,
-    ]
+@pytest.mark.parametrize(
+    ("fields", "tail"),
+    [
+        (
+            {"tool_calls": {"parser": "hermes"}, "args": ["--max-model-len", "2048"]},
+            ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+            + ["--max-model-len", "2048"],
+        ),
+        (
+            {"tool_calls": {"parser": "llama3_json", "chat_template": TEMPLATE}},
+            ["--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
+            + ["--chat-template", TEMPLATE],
+        ),
+    ],
+)
+def test_tool_calls_become_vllms_flags_before_the_raw_args(
+    fields: dict[str, object], tail: list[str]
+) -> None:
+    argv = text_server_args("a", TextModel.model_validate(text(**fields)), "127.0.0.1", 8001)
+    assert argv[-len(tail) :] == tail
+    assert argv.count("--chat-template") == ("chat_template" in str(fields))
 
 
 def test_llama_cpp_maps_tool_calls_to_jinja() -> None:
