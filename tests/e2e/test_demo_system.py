@@ -317,6 +317,10 @@ def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
 
     written = json.loads((demo.dir / "models.json").read_text())
     assert written["smollm2"]["tool_calls"]["parser"] == "hermes"
+    auth = {"Authorization": f"Bearer {demo.api_key}"}
+    listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
+    tools = {m["id"]: m.get("tools") for m in listed["data"]}
+    assert tools["smollm2"] is True and tools["tiny-sd"] is None, tools  # text models only
     client = demo.client()
     ask = {
         "model": "smollm2",
