@@ -11,8 +11,9 @@ too, so the demo is what is tested.
 
 Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
 
-    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build) and `tiny-sd`
-                    (the real diffusers image server with the tiny offline pipeline)
+    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build; it calls tools)
+                    and `tiny-sd` (the real diffusers image server with the tiny offline
+                    pipeline)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -53,6 +54,8 @@ from wire.procs import is_zombie, read_registry, start_time  # noqa: E402
 from wire.tokens import new_token, token_problem  # noqa: E402
 
 TEXT_MODEL = "smollm2"
+TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
+"""SmolLM2's ChatML template with Hermes tool calls: its own ignores `tools`."""
 IMAGE_MODEL = "tiny-sd"
 # Model server modules: only processes running one of them are ever killed as leftovers.
 SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
@@ -91,6 +94,7 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
     The models run on the CPU, but the file declares a GPU budget and what each model
     would take of it, as on a GPU PC: both fit together, so a chat, a picture and a chat
     again start each model once and swap nothing (docs/models-json.md, the budget).
+    The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
     """
     return {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
@@ -107,11 +111,12 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
                 "--max-model-len",
                 "2048",
             ],
+            "tool_calls": {"parser": "hermes", "chat_template": str(TOOL_TEMPLATE)},
             "env": OFFLINE_ENV,
             "gpu": False,
             "gpu_memory_mib": 2048,
             "start_timeout": LOAD_TIMEOUT_S,
-            "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
+            "description": "SmolLM2-135M-Instruct on vLLM's CPU build; it calls tools.",
         },
         IMAGE_MODEL: {
             "type": "image",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from manager.runtime import UPSTREAM_KEY_ENV, Spec
 from manager.settings import ManagerSettings
 from manager.spec import ImageModel, TextModel
+from manager.tool_calls import vllm_args
 
 
 def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
@@ -23,6 +24,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
     `vllm serve` (the vllm/vllm-openai entrypoint) and
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
+    The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`).
     """
     return [
         "--model",
@@ -33,6 +35,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
         host,
         "--port",
         str(port),
+        *vllm_args(spec.tool_calls),
         *spec.args,
     ]
 

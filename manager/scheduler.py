@@ -877,6 +877,7 @@ class Scheduler:
             sizes=list(image.sizes) if image else None,
             max_n=image.max_n if image else None,
             vision=None if isinstance(rec.spec, ImageModel) else rec.spec.vision,
+            tools=None if isinstance(rec.spec, ImageModel) else rec.spec.tool_calls is not None,
             gpu_memory_mib=rec.spec.gpu_memory_mib,
             observed_gpu_memory_mib=rec.observed_mib,
             priority=rec.spec.priority,
