@@ -144,7 +144,7 @@ def check(catalogue: Catalogue, budget: GpuBudget) -> None:
 
 def _check_utilization(catalogue: Catalogue, name: str, budget: GpuBudget) -> None:
     spec = catalogue.models[name]
-    if not isinstance(spec, TextModel) or not spec.gpu:
+    if not isinstance(spec, TextModel) or not spec.gpu or spec.backend != "vllm":
         return
     try:
         share = explicit_utilization(spec.args)
@@ -182,6 +182,7 @@ def apply(catalogue: Catalogue, budget: GpuBudget) -> Catalogue:
     for name, spec in models.items():
         if (
             isinstance(spec, TextModel)
+            and spec.backend == "vllm"
             and spec.gpu
             and spec.gpu_memory_mib
             and explicit_utilization(spec.args) is None
