@@ -31,10 +31,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
-import signal
 import threading
 import time
 from collections.abc import Iterator
