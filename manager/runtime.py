@@ -26,7 +26,8 @@ from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 # `UPSTREAM_KEY_ENV` (the variable that carries a server's upstream key, by type) is the
 # contract's (`wire.model_server`); the runtimes import it from here. vLLM reads
 # `VLLM_API_KEY` (as `--api-key`, but kept out of the process list), the image server
-# `HOMELAB_IMAGE_API_KEY`; both then refuse `/v1/*` without the key (401).
+# `HOMELAB_IMAGE_API_KEY`, llama.cpp's llama-server `LLAMA_API_KEY` (`key_env`); all then
+# refuse `/v1/*` without the key (401).
 
 
 def key_env(spec: Spec) -> str:
