@@ -10,16 +10,18 @@ in, so the manager's /v1/events stream must show two cold starts and no swap: th
 text model stays resident beside the image server (no model is ever stopped).
 
 With llama.cpp built (tier ``llamacpp``), the demo also offers ``smollm2-gguf``: the same
-model's GGUF on the real ``llama-server``. It answers plain and streamed chats, swaps
-with the vLLM model (it does not fit beside it in the demo's budget), and a SIGKILL of
+model's GGUF on the real ``llama-server``. It answers plain and streamed chats, takes the
+vLLM model's place (it does not fit beside it in the demo's budget; swapping back would
+cost CI another vLLM start), and a SIGKILL of
 its server mid-stream is counted as the fault cases count it
 (tests/integration/faults/): only the stream under way is lost; chats sent after the
 kill are answered once the manager has started it again.
 
 Finally `./setup.sh demo stop` must stop everything, the model servers included.
 
-Markers ``vllm`` and ``diffusers``; skips (with the fix) when the vLLM venv, the
-model or diffusers is missing. vLLM starts twice (about 35 s each on an idle
+Markers ``vllm`` and ``diffusers`` (the GGUF test also ``llamacpp``); skips (with the
+fix) when the vLLM venv, the model or diffusers is missing, the GGUF test also when the
+demo offers no GGUF model (no llama-server built). vLLM starts twice (about 35 s each on an idle
 machine); the waits below are deadlines, not expectations.
 """
 
@@ -382,13 +384,6 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
         restarted = read_registry(demo.dir / "logs")[GGUF]
         assert restarted.pid != server.pid  # the manager started a new llama-server
 
-        # And back: with tiny-sd used last again, the GGUF model makes room for smollm2.
-        _draw(client)
-        back = client.chat.completions.create(**{**ask, "model": "smollm2"})
-        assert "paris" in (back.choices[0].message.content or "").lower()
-        with swaps.changed:
-            swaps.changed.wait_for(lambda: (GGUF, "smollm2") in swaps.swaps, timeout=60)
-        assert (GGUF, "smollm2") in swaps.swaps, swaps.swaps
     finally:
         swaps.close()
         client.close()
