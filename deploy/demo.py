@@ -5,6 +5,7 @@ the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh 
 too, so the demo is what is tested.
 
     python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T [--port N]
+                                [--llama-server L --gguf G]
     python deploy/demo.py start ...   (the same, then detach and return once both answer)
     python deploy/demo.py stop  --dir DIR
     python deploy/demo.py status --dir DIR
@@ -13,7 +14,8 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
 
     models.json     the demo catalogue: `smollm2` (real vLLM, CPU build; it calls tools)
                     and `tiny-sd` (the real diffusers image server with the tiny offline
-                    pipeline)
+                    pipeline), and with --llama-server and --gguf `smollm2-gguf` (the same
+                    model's GGUF on llama.cpp's llama-server, CPU build)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -23,7 +25,7 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     runtime's registry of them (`wire.procs`)
 
 Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
-two model servers on N+11 and N+12. Only 127.0.0.1 unless `--host` says otherwise.
+model servers on N+11, N+12 and N+13. Only 127.0.0.1 unless `--host` says otherwise.
 
 Contracts: `run` blocks until SIGINT/SIGTERM or until the manager or the proxy exits,
 then stops everything (model servers first, through the manager). `start` is
@@ -59,11 +61,17 @@ TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
 IMAGE_MODEL = "tiny-sd"
 # Model server modules: only processes running one of them are ever killed as leftovers.
 SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
-MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET = 10, 11, 12
+LLAMA_SERVER = "llama-server"
+"""llama.cpp's server program (killed as a leftover when the registry names it)."""
+GGUF_MODEL = "smollm2-gguf"
+GGUF_CONTEXT = 8192
+MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, GGUF_OFFSET = 10, 11, 12, 13
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
-DEMO_BUDGET_MIB = 4096
-"""The GPU budget the demo declares: both models fit (2048 + 512 MiB)."""
+DEMO_BUDGET_MIB = 2560
+"""The GPU budget the demo declares: the vLLM model and the image model fit together
+(2048 + 512 MiB); the GGUF model (its estimate, over 512 MiB) fits beside the image
+model but not beside the vLLM one, so asking for one of the text models swaps the other."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 WILDCARDS = ("0.0.0.0", "::")
@@ -87,7 +95,7 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------- configuration
 
 
-def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
+def demo_models(text_model: Path, image_model: Path, port: int, gguf: Path | None = None) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
     The programs come from the manager's HOMELAB_VLLM_PYTHON / HOMELAB_IMAGESERVER_PYTHON.
@@ -95,8 +103,10 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
     would take of it, as on a GPU PC: both fit together, so a chat, a picture and a chat
     again start each model once and swap nothing (docs/models-json.md, the budget).
     The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
+    With `gguf`, the GGUF model on llama.cpp declares what it would take with every layer
+    on a GPU (`manager.budget.llama_cpp_mib`), and swaps with the vLLM model.
     """
-    return {
+    models: dict = {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
         TEXT_MODEL: {
             "type": "text",
@@ -135,6 +145,30 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
             "start_timeout": LOAD_TIMEOUT_S,
             "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
         },
+    }
+    if gguf is not None:
+        models[GGUF_MODEL] = gguf_model(gguf, port)
+    return models
+
+
+def gguf_model(gguf: Path, port: int) -> dict:
+    """The GGUF model's entry: llama.cpp on the CPU, declaring its GPU estimate."""
+    from manager.budget import llama_cpp_mib
+    from manager.gguf import read_shape
+    from manager.spec import LLAMA_ALL_LAYERS
+
+    return {
+        "type": "text",
+        "backend": "llama.cpp",
+        "container": f"demo-{GGUF_MODEL}",
+        "port": port + GGUF_OFFSET,
+        "image": "homelab-ai/llamacpp:11434-cuda",
+        "model": str(gguf),
+        "context_size": GGUF_CONTEXT,
+        "gpu": False,
+        "gpu_memory_mib": llama_cpp_mib(read_shape(gguf), LLAMA_ALL_LAYERS, GGUF_CONTEXT),
+        "start_timeout": LOAD_TIMEOUT_S,
+        "description": "SmolLM2-135M-Instruct Q4_1 (GGUF) on llama.cpp's server, CPU build.",
     }
 
 
@@ -285,19 +319,25 @@ def start(opts: argparse.Namespace) -> dict:
             f"no image pipeline at {opts.image_model}: "
             f"run python -m imageserver.tiny {opts.image_model}"
         )
+    gguf = None
+    if opts.llama_server is not None and opts.gguf is not None:
+        if not (Path(opts.llama_server).is_file() and opts.gguf.is_file()):
+            raise DemoError(f"no llama-server at {opts.llama_server} or no GGUF at {opts.gguf}")
+        gguf = opts.gguf
     port = opts.port
     ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
+    ports += [port + GGUF_OFFSET] if gguf else []
     busy = [p for p in ports if not _port_free("127.0.0.1", p)]
     if busy:
         raise DemoError(
             f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
-            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{IMAGE_OFFSET})"
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{GGUF_OFFSET})"
         )
 
     logs = demo_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models_file = demo_dir / "models.json"
-    models = demo_models(opts.text_model, opts.image_model, port)
+    models = demo_models(opts.text_model, opts.image_model, port, gguf)
     models_file.write_text(json.dumps(models, indent=2) + "\n")
     say(f"wrote {models_file} ({', '.join(models)})")
     token = manager_token(demo_dir)
@@ -317,6 +357,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_RUNTIME": "process",
         "HOMELAB_VLLM_PYTHON": str(opts.vllm_python),
         "HOMELAB_IMAGESERVER_PYTHON": str(opts.image_python),
+        "HOMELAB_LLAMA_SERVER": str(opts.llama_server or LLAMA_SERVER),
         "HOMELAB_LOG_DIR": str(logs),
         "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
         "HOMELAB_QUEUE_TIMEOUT": str(LOAD_TIMEOUT_S),
@@ -369,7 +410,9 @@ def _leftover_servers(logs: Path) -> list[dict]:
             argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(m.encode() in argv for m in SERVER_MODULES):
+        if any(m.encode() in argv for m in SERVER_MODULES) or (
+            Path(os.fsdecode(argv[0])).name == LLAMA_SERVER
+        ):
             found.append({"pid": record.pid, "started": started})
     return found
 
@@ -425,13 +468,13 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
         f"""
 ==================================================================== homelab-ai demo
   Web UI:           {url}/
-  OpenAI base URL:  {url}/v1   (models: {TEXT_MODEL}, {IMAGE_MODEL})
+  OpenAI base URL:  {url}/v1   (models: {", ".join(pids["models"])})
   API key:          {key_line}
   Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"})
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
-  both fit the demo's GPU budget, so they then stay loaded side by side.
+  {TEXT_MODEL} and {IMAGE_MODEL} fit the demo's GPU budget together and stay loaded.
   Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
           {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",
@@ -497,6 +540,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--vllm-python", type=Path, help="python of the vLLM CPU venv")
     parser.add_argument("--text-model", type=Path, help="the small text model's folder")
     parser.add_argument("--image-model", type=Path, help="the diffusers pipeline's folder")
+    parser.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server (optional)")
+    parser.add_argument("--gguf", type=Path, help="the GGUF file it serves (with --llama-server)")
     parser.add_argument(
         "--image-python",
         type=Path,
@@ -504,8 +549,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="python with the project and diffusers (default: this one)",
     )
     opts = parser.parse_args(argv)
-    if not 1024 <= opts.port <= 65535 - IMAGE_OFFSET:
-        parser.error(f"--port must be between 1024 and {65535 - IMAGE_OFFSET}")
+    if not 1024 <= opts.port <= 65535 - GGUF_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - GGUF_OFFSET}")
     if opts.action in ("run", "start"):
         missing = [
             f"--{n.replace('_', '-')}"

@@ -31,6 +31,7 @@ from manager import budget as gpu_budget
 from manager import footprints
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
+from manager.gguf import GgufError, GgufShape, read_shape
 from manager.health import HttpReadinessProbe
 from manager.lease_store import LeaseStore
 from manager.probe import GpuReleaseCheck, ReadinessProbe
@@ -96,11 +97,34 @@ def load_budget(settings: ManagerSettings, catalogue: Catalogue) -> gpu_budget.G
 
 
 def budgeted(catalogue: Catalogue, budget: gpu_budget.GpuBudget) -> Catalogue:
-    """`manager.budget.apply`. Raises ConfigProblem naming file, key and reason."""
+    """`manager.budget.apply`, after estimating undeclared llama.cpp models from their GGUF
+    files (`manager.budget.with_estimates`). Raises ConfigProblem naming file, key and reason."""
     try:
+        if budget.mib is not None:
+            catalogue = gpu_budget.with_estimates(catalogue, gguf_shapes(catalogue))
         return gpu_budget.apply(catalogue, budget)
     except CatalogueError as exc:
         raise ConfigProblem(str(exc)) from exc
+
+
+def gguf_shapes(catalogue: Catalogue) -> dict[str, GgufShape]:
+    """The GGUF shape of each model `manager.budget.needs_estimate`s whose file this
+    process can read; a warning for each it cannot (it then runs alone)."""
+    shapes: dict[str, GgufShape] = {}
+    for name, spec in catalogue.models.items():
+        if not gpu_budget.needs_estimate(spec):
+            continue
+        try:
+            shapes[name] = read_shape(spec.model)
+        except (OSError, GgufError) as exc:
+            log.warning(
+                "%s: cannot read %s to estimate its GPU memory (%s): it runs alone; "
+                "declare gpu_memory_mib",
+                name,
+                spec.model,
+                exc,
+            )
+    return shapes
 
 
 def _construct(module: str, attr: str, *args: object) -> object:

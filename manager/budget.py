@@ -21,6 +21,14 @@ model with an idle TTL, and a vLLM model on the GPU whose own
 model on the GPU its share of the card as ``--gpu-memory-utilization`` (declaration /
 card total, rounded down) unless its args set one. Pure: no NVML here; the card's total
 is passed in.
+
+A llama.cpp model on the GPU that declares no ``gpu_memory_mib`` gets an estimate
+(`with_estimates`, `llama_cpp_mib`) from its GGUF file's header (`manager.gguf`): the
+file's size times the share of its layers offloaded (``-ngl`` of the layers plus the
+output layer), plus the KV cache of its context on those layers (f16 keys and values:
+context x layers x kv heads x (key + value length) x 2 bytes), plus `LLAMA_COMPUTE_MIB`
+for llama.cpp's compute buffers. A file the manager cannot read leaves it undeclared (it
+runs alone). docs/adding-models.md ("GGUF models") works an example.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ import math
 from dataclasses import dataclass
 
 from manager.errors import CatalogueError
+from manager.gguf import GgufShape
 from manager.spec import Catalogue, ImageModel, TextModel
+
+LLAMA_COMPUTE_MIB = 256
+"""llama.cpp's compute buffers on the GPU (batch activations, logits) in the estimate:
+about what llama-server reports for a 7-8B model at its default batch size."""
+MIB = 1024 * 1024
 
 UTILIZATION_FLAG = "--gpu-memory-utilization"
 TOLERANCE = 0.10
@@ -130,7 +144,7 @@ def check(catalogue: Catalogue, budget: GpuBudget) -> None:
 
 def _check_utilization(catalogue: Catalogue, name: str, budget: GpuBudget) -> None:
     spec = catalogue.models[name]
-    if not isinstance(spec, TextModel) or not spec.gpu:
+    if not isinstance(spec, TextModel) or not spec.gpu or spec.backend != "vllm":
         return
     try:
         share = explicit_utilization(spec.args)
@@ -168,6 +182,7 @@ def apply(catalogue: Catalogue, budget: GpuBudget) -> Catalogue:
     for name, spec in models.items():
         if (
             isinstance(spec, TextModel)
+            and spec.backend == "vllm"
             and spec.gpu
             and spec.gpu_memory_mib
             and explicit_utilization(spec.args) is None
@@ -175,3 +190,37 @@ def apply(catalogue: Catalogue, budget: GpuBudget) -> Catalogue:
             args = [*spec.args, UTILIZATION_FLAG, share(spec.gpu_memory_mib, budget.total_mib)]
             models[name] = spec.model_copy(update={"args": args})
     return catalogue.model_copy(update={"models": models})
+
+
+def llama_cpp_mib(shape: GgufShape, gpu_layers: int, context: int) -> int:
+    """The estimated GPU memory (MiB) of a GGUF model run by llama.cpp with `gpu_layers`
+    offloaded (-ngl) and a context of `context` tokens: the weights' share, the KV cache
+    on the offloaded layers and `LLAMA_COMPUTE_MIB`, rounded up."""
+    offloaded = min(gpu_layers, shape.layers + 1)  # the output layer is the last one
+    weights = shape.file_bytes * offloaded / (shape.layers + 1)
+    kv_per_token = min(gpu_layers, shape.layers) * shape.kv_heads
+    kv = context * kv_per_token * (shape.key_length + shape.value_length) * 2
+    return math.ceil((weights + kv) / MIB) + LLAMA_COMPUTE_MIB
+
+
+def with_estimates(catalogue: Catalogue, shapes: dict[str, GgufShape]) -> Catalogue:
+    """The catalogue with each llama.cpp model on the GPU that declares no
+    ``gpu_memory_mib`` given `llama_cpp_mib` of its shape in `shapes` (by model name;
+    a model missing there stays undeclared)."""
+    models = dict(catalogue.models)
+    for name, spec in models.items():
+        if name in shapes and needs_estimate(spec):
+            assert isinstance(spec, TextModel)
+            mib = llama_cpp_mib(shapes[name], spec.llama_gpu_layers, spec.llama_context)
+            models[name] = spec.model_copy(update={"gpu_memory_mib": mib})
+    return catalogue.model_copy(update={"models": models})
+
+
+def needs_estimate(spec: TextModel | ImageModel) -> bool:
+    """A llama.cpp model on the GPU without a ``gpu_memory_mib`` of its own."""
+    return (
+        isinstance(spec, TextModel)
+        and spec.backend == "llama.cpp"
+        and spec.gpu
+        and spec.gpu_memory_mib is None
+    )

@@ -64,14 +64,15 @@ from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
 from manager.runtime import (
     INTERNAL_PORT,
+    KEY_ENVS,
     LABEL_GATED,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_SPEC,
-    UPSTREAM_KEY_ENV,
     Instance,
     Spec,
+    key_env,
     new_upstream_key,
     spec_hash,
 )
@@ -131,7 +132,7 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
         running=container.status == "running",
         exit_code=exit_code if container.status in ("exited", "dead") else None,
         spec_hash=labels.get(LABEL_SPEC),
-        api_key=_env_value(container, UPSTREAM_KEY_ENV.values()),
+        api_key=_env_value(container, KEY_ENVS),
     )
 
 
@@ -298,7 +299,7 @@ class DockerRuntime:
         """Keyword arguments for `containers.create` (pure; exposed for tests and docs).
 
         The model port is published on `publish_host(settings)` only; `api_key` (the
-        server's upstream key) goes into the type's `UPSTREAM_KEY_ENV` variable. With
+        server's upstream key) goes into its `key_env` variable. With
         `image_argv` (the image's entrypoint and command, `_image_argv`), the container
         runs `GATE`, which launches the server once released (labelled `LABEL_GATED`);
         without it, the server at once.
@@ -326,7 +327,7 @@ class DockerRuntime:
             if not argv:
                 raise RuntimeFailure(f"image {spec.image} has neither an entrypoint nor a command")
             config["entrypoint"] = ["python3", "-c", GATE]
-            config["command"] = [str(INTERNAL_PORT), UPSTREAM_KEY_ENV[spec.type], *argv]
+            config["command"] = [str(INTERNAL_PORT), key_env(spec), *argv]
             config["labels"][LABEL_GATED] = "true"
         if spec.gpu:
             config["device_requests"] = [
@@ -395,7 +396,7 @@ class DockerRuntime:
         container just started); returns if a server answers instead (released before)
         or the container exited (the readiness probe reports why). Raises RuntimeFailure
         when the gate refuses the key or does not answer within `_RELEASE_TIMEOUT`."""
-        key = _env_value(container, [UPSTREAM_KEY_ENV[spec.type]])
+        key = _env_value(container, [key_env(spec)])
         if not key:
             raise RuntimeFailure(f"container {spec.container} has no upstream key to release it")
         host, port = self._settings.model_host, spec.port

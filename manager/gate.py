@@ -4,7 +4,7 @@ A program, not a module to import for its work: the Docker runtime reads this fi
 text when it is loaded (`manager.docker_runtime.GATE`) and runs it in the model's
 container as ``python3 -c <this file> <port> <key variable> <server argv...>``. So it
 uses the standard library only and runs on any Python 3.8 or later (whatever
-``python3`` the model's image has: vLLM's, the image server's).
+``python3`` the model's image has: vLLM's, the image server's, dockerfiles/llamacpp.Dockerfile's).
 
 It listens on the model's internal port and waits for one line equal to the value of
 the container's upstream-key variable; it answers any other line "no" and keeps

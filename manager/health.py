@@ -4,7 +4,10 @@ Text models (vLLM's OpenAI server): a refused or dropped connection means still
 loading (vLLM binds its port only once the model is loaded; Docker's port proxy
 accepts and then drops connections while nothing listens inside); `GET /health`
 200 and the served name listed by `GET /v1/models` mean ready; `/health` 503
-means the engine died.
+means the engine died. llama.cpp's `llama-server` (a text model's `backend`
+"llama.cpp") binds its port at once and answers `/health` 503 "Loading model" while it
+loads: there 503 means loading, and the same 200 plus listing means ready (a load that
+fails ends the process, which the runtime reports).
 
 Image models (homelab-ai's image server): `GET /health` answers
 `wire.model_server.ImageHealth` (`{"status": "loading" | "ready" | "failed", "error":
@@ -126,12 +129,23 @@ class HttpReadinessProbe:
         limit = self._timeout if within is None else max(0.1, min(within, self._timeout))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         if isinstance(spec, TextModel):
-            return await self._check_text(name, base_url, limit, headers, health == 200)
+            loading_503 = spec.backend == "llama.cpp"
+            return await self._check_text(
+                name, base_url, limit, headers, health == 200, loading_503
+            )
         return await self._check_image(base_url, limit, headers)
 
     async def _check_text(
-        self, name: str, base_url: str, limit: float, headers: dict[str, str], healthy: bool
+        self,
+        name: str,
+        base_url: str,
+        limit: float,
+        headers: dict[str, str],
+        healthy: bool,
+        loading_503: bool = False,
     ) -> Verdict:
+        """`loading_503`: the server answers /health 503 while it loads (llama.cpp's
+        "Loading model"; it exits when loading fails) instead of when its engine died (vLLM)."""
         if not healthy:
             try:
                 health = await self._client.get(
@@ -139,6 +153,8 @@ class HttpReadinessProbe:
                 )
             except httpx.TransportError as exc:
                 return Verdict("loading", f"not answering yet ({type(exc).__name__})")
+            if health.status_code == 503 and loading_503:
+                return Verdict("loading", "llama.cpp is loading the model (GET /health 503)")
             if health.status_code == 503:
                 return Verdict(
                     "failed", "vLLM reports its engine is dead (GET /health answered 503)"

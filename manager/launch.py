@@ -1,7 +1,7 @@
 """The launch recipe both runtimes share: a model server's arguments and environment.
 
 `DockerRuntime` and `ProcessRuntime` start the same servers the same way: vLLM's
-OpenAI server with `text_server_args`, the image server configured through
+OpenAI server (or llama.cpp's `llama-server`) with `text_server_args`, the image server configured through
 `image_server_env` (the `HOMELAB_IMAGE_*` variables, docs/architecture.md "Image
 server environment"), and `server_env`, the variables every launch sets: the Hugging
 Face token, the image server's variables, the spec's `env`, then the upstream key.
@@ -12,20 +12,23 @@ imports this module only.
 
 from __future__ import annotations
 
-from manager.runtime import UPSTREAM_KEY_ENV, Spec
+from manager.runtime import Spec, key_env
 from manager.settings import ManagerSettings
 from manager.spec import ImageModel, TextModel
 from manager.tool_calls import vllm_args
 
 
 def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
-    """vLLM's OpenAI server arguments for `spec`, served as `name` on host:port.
+    """The server's arguments for `spec`, served as `name` on host:port: vLLM's, or
+    `llama_server_args` for a llama.cpp model.
 
     `vllm serve` (the vllm/vllm-openai entrypoint) and
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
     The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`).
     """
+    if spec.backend == "llama.cpp":
+        return llama_server_args(name, spec, host, port)
     return [
         "--model",
         spec.model,
@@ -36,6 +39,29 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
         "--port",
         str(port),
         *vllm_args(spec.tool_calls),
+        *spec.args,
+    ]
+
+
+def llama_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
+    """llama.cpp's `llama-server` arguments: the GGUF file, `name` as the alias /v1/models
+    lists, the context (`-c`), the layers on the GPU (`-ngl`), `--jinja` (the model's own
+    chat template, which tool calls need), then the spec's `args`. The upstream key is not
+    here but in `LLAMA_API_KEY` (`server_env`), out of the process list."""
+    return [
+        "-m",
+        spec.model,
+        "--alias",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "-c",
+        str(spec.llama_context),
+        "-ngl",
+        str(spec.llama_gpu_layers),
+        "--jinja",
         *spec.args,
     ]
 
@@ -79,8 +105,7 @@ def server_env(
     """The variables every launch of `name` sets, in this order (a later one wins): the
     Hugging Face token (`HF_TOKEN` and `HUGGING_FACE_HUB_TOKEN`, when configured); for an
     image model the image server's variables, listening on `port` (and `host` when given);
-    the spec's `env`; `api_key` (the server's upstream key) in the type's
-    `UPSTREAM_KEY_ENV` variable."""
+    the spec's `env`; `api_key` (the server's upstream key) in its `key_env` variable."""
     env: dict[str, str] = {}
     token = hf_token(settings)
     if token:
@@ -92,5 +117,5 @@ def server_env(
             env["HOMELAB_IMAGE_HOST"] = host
     env.update(spec.env)
     if api_key:
-        env[UPSTREAM_KEY_ENV[spec.type]] = api_key
+        env[key_env(spec)] = api_key
     return env

@@ -51,7 +51,7 @@ from typing import Any
 
 from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
-from manager.runtime import UPSTREAM_KEY_ENV, Instance, Spec, new_upstream_key, spec_hash
+from manager.runtime import KEY_ENVS, Instance, Spec, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import TextModel
 from wire.procs import (
@@ -121,7 +121,7 @@ def _discover(owner: str) -> dict[int, tuple[str, str, str | None]]:
         except OSError:
             continue
         model = env.get(ENV_MODEL.encode(), b"").decode(errors="replace")
-        keys = [env[k.encode()] for k in UPSTREAM_KEY_ENV.values() if k.encode() in env]
+        keys = [env[k.encode()] for k in KEY_ENVS if k.encode() in env]
         found[pid] = (
             model,
             env.get(ENV_SPEC.encode(), b"").decode(errors="replace"),
@@ -258,11 +258,14 @@ class ProcessRuntime:
     def argv(self, name: str, spec: Spec) -> list[str]:
         """The full argv for `spec` (pure; exposed for tests)."""
         if isinstance(spec, TextModel):
-            program = spec.command or [
-                self._settings.vllm_python,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-            ]
+            if spec.backend == "llama.cpp":
+                program = spec.command or [self._settings.llama_server]
+            else:
+                program = spec.command or [
+                    self._settings.vllm_python,
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                ]
             return [*program, *text_server_args(name, spec, self.bind_host, spec.port)]
         return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
 

@@ -20,12 +20,26 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from manager.spec import ImageModel, TextModel
+from wire.model_server import LLAMA_API_KEY_ENV
 from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 
 # `UPSTREAM_KEY_ENV` (the variable that carries a server's upstream key, by type) is the
 # contract's (`wire.model_server`); the runtimes import it from here. vLLM reads
 # `VLLM_API_KEY` (as `--api-key`, but kept out of the process list), the image server
-# `HOMELAB_IMAGE_API_KEY`; both then refuse `/v1/*` without the key (401).
+# `HOMELAB_IMAGE_API_KEY`, llama.cpp's llama-server `LLAMA_API_KEY` (`key_env`); all then
+# refuse `/v1/*` without the key (401).
+
+
+def key_env(spec: Spec) -> str:
+    """The variable that carries `spec`'s upstream key: its type's `UPSTREAM_KEY_ENV`, but
+    llama.cpp's own `LLAMA_API_KEY` for a text model on that backend."""
+    if isinstance(spec, TextModel) and spec.backend == "llama.cpp":
+        return LLAMA_API_KEY_ENV
+    return UPSTREAM_KEY_ENV[spec.type]
+
+
+KEY_ENVS = (*UPSTREAM_KEY_ENV.values(), LLAMA_API_KEY_ENV)
+"""Every variable an upstream key may be in (read back from a server the runtime adopts)."""
 
 INTERNAL_PORT = 8000
 LABEL_MANAGED = "homelab-ai.managed"
@@ -54,6 +68,9 @@ def spec_hash(spec: Spec) -> str:
     exclude = set(SCHEDULING_FIELDS)
     if getattr(spec, "max_steps", None) is None:
         exclude.add("max_steps")
+    # The same for the llama.cpp fields: a vLLM model's hash is what it was before them.
+    if getattr(spec, "backend", None) == "vllm":
+        exclude.update(("backend", "context_size", "gpu_layers"))
     blob = json.dumps(spec.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

