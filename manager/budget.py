@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from manager.errors import CatalogueError
-from manager.spec import Catalogue, ImageModel, TextModel
+from manager.spec import AnyModel, Catalogue, VllmModel
 
 UTILIZATION_FLAG = "--gpu-memory-utilization"
 TOLERANCE = 0.10
@@ -45,7 +45,7 @@ class GpuBudget:
     total_mib: int | None
     source: str
 
-    def cost(self, spec: TextModel | ImageModel) -> int | None:
+    def cost(self, spec: AnyModel) -> int | None:
         """What `spec` takes of the budget; None: the whole of it (it runs alone)."""
         if self.mib is None:
             return None
@@ -130,7 +130,7 @@ def check(catalogue: Catalogue, budget: GpuBudget) -> None:
 
 def _check_utilization(catalogue: Catalogue, name: str, budget: GpuBudget) -> None:
     spec = catalogue.models[name]
-    if not isinstance(spec, TextModel) or not spec.gpu:
+    if not isinstance(spec, VllmModel) or not spec.gpu:
         return
     try:
         share = explicit_utilization(spec.args)
@@ -167,7 +167,7 @@ def apply(catalogue: Catalogue, budget: GpuBudget) -> Catalogue:
     models = dict(catalogue.models)
     for name, spec in models.items():
         if (
-            isinstance(spec, TextModel)
+            isinstance(spec, VllmModel)
             and spec.gpu
             and spec.gpu_memory_mib
             and explicit_utilization(spec.args) is None

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from manager.errors import RuntimeFailure, StartFailed
 from manager.runtime import ContainerRuntime, Spec
-from manager.spec import TextModel
+from manager.spec import VllmModel
 from wire.model_server import ImageHealth
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class HttpReadinessProbe:
         200 is not asked again. Never raises for an unreachable or odd server."""
         limit = self._timeout if within is None else max(0.1, min(within, self._timeout))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        if isinstance(spec, TextModel):
+        if isinstance(spec, VllmModel):
             return await self._check_text(name, base_url, limit, headers, health == 200)
         return await self._check_image(base_url, limit, headers)
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from manager.runtime import UPSTREAM_KEY_ENV, Spec
 from manager.settings import ManagerSettings
-from manager.spec import ImageModel, TextModel
+from manager.spec import EmbeddingModel, ImageModel, VllmModel
 
 
-def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
+def text_server_args(name: str, spec: VllmModel, host: str, port: int) -> list[str]:
     """vLLM's OpenAI server arguments for `spec`, served as `name` on host:port.
 
     `vllm serve` (the vllm/vllm-openai entrypoint) and
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
+    An embedding model runs on vLLM's pooling runner (`--runner pooling`).
     """
+    runner = ["--runner", "pooling"] if isinstance(spec, EmbeddingModel) else []
     return [
         "--model",
         spec.model,
@@ -33,6 +35,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
         host,
         "--port",
         str(port),
+        *runner,
         *spec.args,
     ]
 

@@ -53,7 +53,7 @@ from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
 from manager.runtime import UPSTREAM_KEY_ENV, Instance, Spec, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import TextModel
+from manager.spec import VllmModel
 from wire.procs import (
     REGISTRY_FILE,
     ProcessRecord,
@@ -257,7 +257,7 @@ class ProcessRuntime:
 
     def argv(self, name: str, spec: Spec) -> list[str]:
         """The full argv for `spec` (pure; exposed for tests)."""
-        if isinstance(spec, TextModel):
+        if isinstance(spec, VllmModel):
             program = spec.command or [
                 self._settings.vllm_python,
                 "-m",
