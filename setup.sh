@@ -15,9 +15,12 @@
 #   vllm-venv/                     vLLM's CPU build in its own virtual environment
 #   models/smollm2-135m-instruct/  the small real text model (bf16, ~260 MB)
 #   smollm2-wheel/                 the PyPI wheel the model is converted from
+#   models/all-minilm-l6-v2/       the small real embeddings model (~90 MB)
+#   minilm-wheel/                  the PyPI wheel it is unzipped from
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
-#   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR to source
+#   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR /
+#                                  HOMELAB_EMBED_MODEL_DIR to source
 #   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
 #   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
@@ -44,6 +47,7 @@ APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iprout
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
 TEXT_MODEL_DIR="$STATE_DIR/models/smollm2-135m-instruct"
+EMBED_MODEL_DIR="$STATE_DIR/models/all-minilm-l6-v2"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
 REQUIRED_TIERS="docker,vllm,diffusers,browser"
 # The demo's image pipeline, and what gpu-pc / server create.
@@ -147,7 +151,10 @@ Installs, skipping whatever is already there:
      ($TORCH_SPEC, then $VLLM_SPEC; torchvision, torchaudio and torchcodec removed)
   5. the small real text model: $TEXT_MODEL_DIR
      (scripts/prepare_text_model.py converts SmolLM2-135M-Instruct from a PyPI wheel)
-  6. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON and HOMELAB_TEXT_MODEL_DIR
+  6. the small real embeddings model: $EMBED_MODEL_DIR
+     (scripts/prepare_embed_model.py unzips all-MiniLM-L6-v2 from a PyPI wheel)
+  7. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR and
+     HOMELAB_EMBED_MODEL_DIR
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
 EOF
@@ -180,6 +187,7 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   3. deploy/demo.py writes \$HOMELAB_DEMO_DIR/models.json (default $STATE_DIR/demo):
        smollm2   SmolLM2-135M-Instruct on real vLLM (the CPU build), port N+11
        tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
+       minilm    all-MiniLM-L6-v2 embeddings on vLLM's pooling runner, port N+13
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -188,13 +196,13 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10, N+11, N+12
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+13
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
 
-The first request for a model loads it (vLLM on the CPU: a minute or so); both fit
-the demo's GPU budget, so they then stay loaded together. Logs: \$HOMELAB_DEMO_DIR/logs/.
+The first request for a model loads it (vLLM on the CPU: a minute or so); all three
+fit the demo's GPU budget, so they then stay loaded together. Logs: \$HOMELAB_DEMO_DIR/logs/.
 EOF
 }
 
@@ -483,15 +491,24 @@ ensure_text_model() {
         2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
 }
 
+ensure_embed_model() {
+    step "Small real embeddings model: $EMBED_MODEL_DIR"
+    "$PY" "$REPO_DIR/scripts/prepare_embed_model.py" --out "$EMBED_MODEL_DIR" \
+        --wheel-dir "$STATE_DIR/minilm-wheel" \
+        2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
+
 write_env_file() {
     cat >"$STATE_DIR/env" <<EOF
 # Written by setup.sh deps: source it to point the manager and the tests at these.
 export HOMELAB_VLLM_PYTHON='$VLLM_PYTHON'
 export HOMELAB_TEXT_MODEL_DIR='$TEXT_MODEL_DIR'
+export HOMELAB_EMBED_MODEL_DIR='$EMBED_MODEL_DIR'
 EOF
     step "Paths for the manager and the tests (also in $STATE_DIR/env)"
     info "HOMELAB_VLLM_PYTHON=$VLLM_PYTHON"
     info "HOMELAB_TEXT_MODEL_DIR=$TEXT_MODEL_DIR"
+    info "HOMELAB_EMBED_MODEL_DIR=$EMBED_MODEL_DIR"
 }
 
 # ---------------------------------------------------------------- commands
@@ -504,6 +521,7 @@ cmd_deps() {
     timed "project env" ensure_project_env
     timed "vLLM venv" ensure_vllm_venv
     timed "text model" ensure_text_model
+    timed "embeddings model" ensure_embed_model
     write_env_file
 }
 
@@ -514,6 +532,7 @@ cmd_test() {
     timed "test images" "$REPO_DIR/scripts/build-test-images.sh"
     export HOMELAB_VLLM_PYTHON="$VLLM_PYTHON"
     export HOMELAB_TEXT_MODEL_DIR="$TEXT_MODEL_DIR"
+    export HOMELAB_EMBED_MODEL_DIR="$EMBED_MODEL_DIR"
     export HOMELAB_STATE_DIR="$STATE_DIR"
     # The full run (no arguments, what CI runs) must prove every tier ran. A run
     # narrowed with arguments is a developer's choice: no tier is required unless
@@ -599,12 +618,14 @@ cmd_demo() {
         demo_python_env
         [[ -x "$VLLM_PYTHON" ]] || die "no vLLM CPU venv at $VLLM_PYTHON: run ./setup.sh deps"
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
+        [[ -f "$EMBED_MODEL_DIR/config.json" ]] || die "no embeddings model at $EMBED_MODEL_DIR: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
     ((detach)) && action=start
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
+        --embed-model "$EMBED_MODEL_DIR" \
         --image-python "$PY" "${open[@]}"
 }
 

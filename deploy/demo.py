@@ -4,15 +4,17 @@
 the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh demo`
 too, so the demo is what is tested.
 
-    python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T [--port N]
+    python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T
+                                [--embed-model E] [--port N]
     python deploy/demo.py start ...   (the same, then detach and return once both answer)
     python deploy/demo.py stop  --dir DIR
     python deploy/demo.py status --dir DIR
 
 Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
 
-    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build) and `tiny-sd`
-                    (the real diffusers image server with the tiny offline pipeline)
+    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build), `tiny-sd`
+                    (the real diffusers image server with the tiny offline pipeline) and,
+                    with --embed-model, `minilm` (all-MiniLM-L6-v2 on vLLM's pooling runner)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -22,7 +24,7 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     runtime's registry of them (`wire.procs`)
 
 Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
-two model servers on N+11 and N+12. Only 127.0.0.1 unless `--host` says otherwise.
+model servers on N+11, N+12 and N+13. Only 127.0.0.1 unless `--host` says otherwise.
 
 Contracts: `run` blocks until SIGINT/SIGTERM or until the manager or the proxy exits,
 then stops everything (model servers first, through the manager). `start` is
@@ -54,13 +56,14 @@ from wire.tokens import new_token, token_problem  # noqa: E402
 
 TEXT_MODEL = "smollm2"
 IMAGE_MODEL = "tiny-sd"
+EMBED_MODEL = "minilm"
 # Model server modules: only processes running one of them are ever killed as leftovers.
 SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
-MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET = 10, 11, 12
+MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, EMBED_OFFSET = 10, 11, 12, 13
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
 DEMO_BUDGET_MIB = 4096
-"""The GPU budget the demo declares: both models fit (2048 + 512 MiB)."""
+"""The GPU budget the demo declares: all models fit (2048 + 512 + 512 MiB)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 OFFLINE_ENV = {
@@ -82,15 +85,18 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------- configuration
 
 
-def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
+def demo_models(
+    text_model: Path, image_model: Path, port: int, embed_model: Path | None = None
+) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
     The programs come from the manager's HOMELAB_VLLM_PYTHON / HOMELAB_IMAGESERVER_PYTHON.
     The models run on the CPU, but the file declares a GPU budget and what each model
-    would take of it, as on a GPU PC: both fit together, so a chat, a picture and a chat
+    would take of it, as on a GPU PC: all fit together, so a chat, a picture and a chat
     again start each model once and swap nothing (docs/models-json.md, the budget).
+    With `embed_model`, also an embeddings model on vLLM's pooling runner.
     """
-    return {
+    models = {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
         TEXT_MODEL: {
             "type": "text",
@@ -129,6 +135,22 @@ def demo_models(text_model: Path, image_model: Path, port: int) -> dict:
             "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
         },
     }
+    if embed_model is not None:
+        models[EMBED_MODEL] = {
+            "type": "embedding",
+            "container": f"demo-{EMBED_MODEL}",
+            "port": port + EMBED_OFFSET,
+            "image": "vllm/vllm-openai:v0.32.0",
+            "model": str(embed_model),
+            # On the CPU this is the share of RAM for vLLM's cache; 256 tokens need little.
+            "args": ["--enforce-eager", "--gpu-memory-utilization", "0.05"],
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 512,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions) on vLLM's pooling runner.",
+        }
+    return models
 
 
 def manager_token(demo_dir: Path) -> str:
@@ -273,6 +295,8 @@ def start(opts: argparse.Namespace) -> dict:
             raise DemoError(f"{what} not found at {path}: run ./setup.sh deps")
     if not (opts.text_model / "config.json").is_file():
         raise DemoError(f"no text model at {opts.text_model}: run ./setup.sh deps")
+    if opts.embed_model is not None and not (opts.embed_model / "config.json").is_file():
+        raise DemoError(f"no embeddings model at {opts.embed_model}: run ./setup.sh deps")
     if not (opts.image_model / "model_index.json").is_file():
         raise DemoError(
             f"no image pipeline at {opts.image_model}: "
@@ -280,17 +304,18 @@ def start(opts: argparse.Namespace) -> dict:
         )
     port = opts.port
     ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
+    ports += [port + EMBED_OFFSET] if opts.embed_model is not None else []
     busy = [p for p in ports if not _port_free("127.0.0.1", p)]
     if busy:
         raise DemoError(
             f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
-            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{IMAGE_OFFSET})"
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{EMBED_OFFSET})"
         )
 
     logs = demo_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models_file = demo_dir / "models.json"
-    models = demo_models(opts.text_model, opts.image_model, port)
+    models = demo_models(opts.text_model, opts.image_model, port, opts.embed_model)
     models_file.write_text(json.dumps(models, indent=2) + "\n")
     say(f"wrote {models_file} ({', '.join(models)})")
     token = manager_token(demo_dir)
@@ -408,13 +433,13 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
         f"""
 ==================================================================== homelab-ai demo
   Web UI:           {url}/
-  OpenAI base URL:  {url}/v1   (models: {TEXT_MODEL}, {IMAGE_MODEL})
+  OpenAI base URL:  {url}/v1   (models: {", ".join(pids["models"])})
   API key:          {key_line}
   Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"})
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
-  both fit the demo's GPU budget, so they then stay loaded side by side.
+  all fit the demo's GPU budget, so they then stay loaded side by side.
   Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
           {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",
@@ -481,14 +506,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--text-model", type=Path, help="the small text model's folder")
     parser.add_argument("--image-model", type=Path, help="the diffusers pipeline's folder")
     parser.add_argument(
+        "--embed-model", type=Path, help="the small embeddings model's folder (optional)"
+    )
+    parser.add_argument(
         "--image-python",
         type=Path,
         default=Path(sys.executable),
         help="python with the project and diffusers (default: this one)",
     )
     opts = parser.parse_args(argv)
-    if not 1024 <= opts.port <= 65535 - IMAGE_OFFSET:
-        parser.error(f"--port must be between 1024 and {65535 - IMAGE_OFFSET}")
+    if not 1024 <= opts.port <= 65535 - EMBED_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - EMBED_OFFSET}")
     if opts.action in ("run", "start"):
         missing = [
             f"--{n.replace('_', '-')}"
