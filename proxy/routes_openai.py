@@ -62,7 +62,8 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
         if info is None:
             raise ModelNotFound(name, sorted(models))
     if info.type != want:
-        raise WrongModelType(name, info.type, endpoint)
+        fitting = sorted(n for n, m in models.items() if m.type == want)
+        raise WrongModelType(name, info.type, endpoint, fitting)
     return info
 
 
@@ -143,10 +144,10 @@ async def completions(request: Request) -> Response:
     "/v1/embeddings",
     openapi_extra=body_schema("embedding"),
     responses=ERRORS,
-    summary="Embeddings (text models)",
+    summary="Embeddings (embedding models)",
 )
 async def embeddings(request: Request) -> Response:
-    return await _forward_json(request, "/v1/embeddings", "text")
+    return await _forward_json(request, "/v1/embeddings", "embedding")
 
 
 @router.post(
