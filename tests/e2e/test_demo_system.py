@@ -4,15 +4,17 @@ setup.sh (with --no-deps: the session already has deps) builds the tiny diffuser
 pipeline if needed and runs deploy/demo.py, which writes the demo models.json and
 starts the real manager (process runtime) and the real proxy. Through the proxy, the
 real `openai` SDK then asks real vLLM (CPU build, SmolLM2-135M-Instruct) a question
-(plain and streamed), asks the real diffusers image server for a picture, and asks
-the text model again. The demo's models.json declares a GPU budget both models fit
-in, so the manager's /v1/events stream must show two cold starts and no swap: the
-text model stays resident beside the image server (no model is ever stopped). Finally `./setup.sh demo stop` must stop everything, the
+(plain and streamed), asks the real diffusers image server for a picture, asks
+the text model again, and asks real all-MiniLM-L6-v2 on vLLM's pooling runner for
+embeddings (related sentences must score higher than unrelated ones). The demo's
+models.json declares a GPU budget all models fit in, so the manager's /v1/events
+stream must show three cold starts and no swap: the text model stays resident beside
+the image server and the embeddings model (no model is ever stopped). Finally `./setup.sh demo stop` must stop everything, the
 model servers included.
 
 Markers ``vllm`` and ``diffusers``; skips (with the fix) when the vLLM venv, the
-model or diffusers is missing. vLLM starts twice (about 35 s each on an idle
-machine); the waits below are deadlines, not expectations.
+model or diffusers is missing. vLLM starts twice for chat (about 35 s each on an idle
+machine) and once for embeddings; the waits below are deadlines, not expectations.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from wire.procs import is_alive, read_registry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
-PORT_BASES = range(18700, 18788)
-"""The proxy's port N; the demo also takes N+10 (manager), N+11 and N+12 (models)."""
+PORT_BASES = range(18700, 18787)
+"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+13 (models)."""
 LOAD_DEADLINE_S = 900.0
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -55,9 +57,9 @@ def _free(port: int) -> bool:
 
 
 def free_port_base() -> int:
-    """A proxy port N in our range with N, N+10, N+11 and N+12 all free."""
+    """A proxy port N in our range with N and N+10 to N+13 all free."""
     for base in PORT_BASES:
-        if all(_free(base + offset) for offset in (0, 10, 11, 12)):
+        if all(_free(base + offset) for offset in (0, 10, 11, 12, 13)):
             return base
     raise RuntimeError("no free demo ports in 18700-18799")
 
@@ -160,6 +162,8 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
             "setup.sh demo uses the vLLM venv in HOMELAB_STATE_DIR; "
             "HOMELAB_VLLM_PYTHON points elsewhere"
         )
+    if not (state_dir() / "models" / "all-minilm-l6-v2" / "config.json").is_file():
+        pytest.skip("no embeddings model in HOMELAB_STATE_DIR/models; run ./setup.sh deps")
     demo_dir = tmp_path_factory.mktemp("demo")
     port = free_port_base()
     env = {**os.environ, "HOMELAB_DEMO_DIR": str(demo_dir), "NO_COLOR": "1"}
@@ -192,6 +196,52 @@ def _alive(pid: int) -> bool:
     return is_alive(pid)  # a zombie child of ours counts as gone
 
 
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+
+def _related_sentences_embed_closer(client, demo: Demo) -> None:  # noqa: ANN001 (openai.OpenAI)
+    """Real all-MiniLM-L6-v2 on vLLM's pooling runner, through the proxy and the SDK (which
+    asks for base64 and decodes it): two sentences about a cat score higher than either
+    with one about the stock market; a text model asked for embeddings is refused. The
+    MCP tool `embed` says the same of the same sentences."""
+    import asyncio
+
+    import openai
+
+    from tests.mcp_client import http_session
+
+    cat, kitten, market = (
+        "A cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "The stock market fell sharply today.",
+    )
+    answer = client.embeddings.create(model="minilm", input=[cat, kitten, market])
+    vectors = [d.embedding for d in sorted(answer.data, key=lambda d: d.index)]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    related = _cosine(vectors[0], vectors[1])
+    assert related > _cosine(vectors[0], vectors[2]), vectors
+    assert related > _cosine(vectors[1], vectors[2]), vectors
+    floats = client.embeddings.create(model="minilm", input=cat, encoding_format="float")
+    assert _cosine(floats.data[0].embedding, vectors[0]) > 0.999
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="smollm2", input=cat)
+    assert refused.value.code == "wrong_model_type" and "minilm" in refused.value.message
+
+    async def embed_tool() -> dict:
+        async with http_session(f"{demo.proxy_url}/mcp", demo.api_key) as session:
+            result = await session.call_tool("embed", {"input": [cat, kitten, market]})
+            assert not result.is_error, result.content
+            return result.structured_content or {}
+
+    meta = asyncio.run(embed_tool())
+    assert meta["model"] == "minilm" and meta["dimensions"] == 384
+    sim = meta["similarity"]
+    assert sim[0][1] > sim[0][2] and sim[0][1] > sim[1][2], sim
+    assert _cosine(meta["embeddings"][0], vectors[0]) > 0.999
+
+
 def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo) -> None:
     import openai
     from PIL import Image
@@ -200,13 +250,17 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert httpx.get(f"{demo.proxy_url}/v1/models", timeout=30).status_code == 401
     auth = {"Authorization": f"Bearer {demo.api_key}"}
     models = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
-    assert {m["id"]: m["type"] for m in models["data"]} == {"smollm2": "text", "tiny-sd": "image"}
+    assert {m["id"]: m["type"] for m in models["data"]} == {
+        "smollm2": "text",
+        "tiny-sd": "image",
+        "minilm": "embedding",
+    }
     # The models.json the demo wrote: the CPU settings the issue asks for.
     written = json.loads((demo.dir / "models.json").read_text())
     assert written["smollm2"]["gpu"] is False and "--enforce-eager" in written["smollm2"]["args"]
     assert written["tiny-sd"]["device"] == "cpu" and written["tiny-sd"]["dtype"] == "fp32"
-    # ... and a GPU budget both models fit in together.
-    declared = written["smollm2"]["gpu_memory_mib"] + written["tiny-sd"]["gpu_memory_mib"]
+    # ... and a GPU budget all models fit in together.
+    declared = sum(written[m]["gpu_memory_mib"] for m in ("smollm2", "tiny-sd", "minilm"))
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
@@ -248,13 +302,16 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         )
         assert "paris" in again.lower(), again
 
-        # Text, image, text: two cold starts, no swap, nothing stopped.
-        assert swaps.wait_for(2) == [(None, "smollm2"), (None, "tiny-sd")]
+        _related_sentences_embed_closer(client, demo)
+
+        # Text, image, text, embeddings: three cold starts, no swap, nothing stopped.
+        assert swaps.wait_for(3) == [(None, "smollm2"), (None, "tiny-sd"), (None, "minilm")]
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
         assert {m["id"]: m["state"] for m in listed["data"]} == {
             "smollm2": "ready",
             "tiny-sd": "ready",
+            "minilm": "ready",
         }
     finally:
         swaps.close()
