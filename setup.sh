@@ -1003,6 +1003,16 @@ cmd_server() {
         allowed_hosts="${allowed_hosts:+$allowed_hosts,}$name_here:*,$name_here.local:*"
     done
     [[ "$allowed_hosts" =~ ^[A-Za-z0-9.,:*-]*$ ]] || die "HOMELAB_ALLOWED_HOSTS must be host names (host:port or host:*), comma-separated"
+    # The address printed below, which clients use: image URLs point there (set
+    # HOMELAB_PUBLIC_URL, e.g. to a TLS reverse proxy's https://name, to print another).
+    local public_url here
+    here="http://$(hostname 2>/dev/null || echo localhost)"
+    public_url="${HOMELAB_PUBLIC_URL:-$(env_file_value "$env_file" HOMELAB_PUBLIC_URL)}"
+    [[ "$public_url" =~ ^$here:[0-9]+/?$ ]] && public_url=""  # one written here: follow --port
+    [[ -n "$public_url" ]] || public_url="$here:$port"
+    public_url="${public_url%/}"
+    [[ "$public_url" =~ ^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$ ]] ||
+        die "HOMELAB_PUBLIC_URL must look like http://host:8080 or https://name, got: $public_url"
     local generated=0
     if ((open_access)); then
         [[ -z "$keys_file" ]] || die "--open and --api-keys-file contradict each other"
@@ -1035,8 +1045,9 @@ cmd_server() {
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_API_KEYS=$keys"
         echo "HOMELAB_ALLOWED_HOSTS=$allowed_hosts"
+        echo "HOMELAB_PUBLIC_URL=$public_url"
         other_settings "$env_file" HOMELAB_MANAGER_URL HOMELAB_MANAGER_TOKEN HOMELAB_API_KEYS \
-            HOMELAB_ALLOWED_HOSTS
+            HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
     if [[ "$keys" == off ]]; then
@@ -1068,8 +1079,8 @@ cmd_server() {
     cat <<EOF
 
 ==================================================================== homelab-ai server
-  Web UI:           http://$(hostname 2>/dev/null || echo localhost):$port/
-  OpenAI base URL:  http://$(hostname 2>/dev/null || echo localhost):$port/v1
+  Web UI:           $public_url/
+  OpenAI base URL:  $public_url/v1
   Logs:             docker logs -f $name
 ======================================================================================
 EOF

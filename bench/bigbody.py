@@ -26,7 +26,6 @@ import time
 from bench import procstat, stack
 from bench.common import command_line, fmt, table, write_json
 
-BASE_PORT = 18660  # upstream 18660, manager 18662, proxy 18663
 MODEL = "bench-bigbody"
 PART = b'{"type":"text","text":"x"},'
 
@@ -71,9 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(3)  # upstream, manager, proxy
     data = body(int(args.mib * 1024 * 1024))
     with stack.Stack("bigbody", extra_env=stack.parse_env(args.env)) as st:
-        setup = stack.one_model(st, BASE_PORT, MODEL, [], False)
+        setup = stack.one_model(st, ports, MODEL, [], False)
         assert setup.proxy_pid is not None and setup.proxied is not None
         host, port = setup.proxied
         groups = {"proxy": lambda: procstat.tree(setup.proxy_pid)}

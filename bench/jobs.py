@@ -33,7 +33,6 @@ from bench.common import command_line, fmt, ratio, table, write_json
 from bench.storm import MODELS as STORM_MODELS
 from bench.storm import storm
 
-BASE_PORT = 18640  # model A 18640, model B 18641, manager 18642, proxy 18643
 MODELS = STORM_MODELS  # storm() asks for these names
 
 
@@ -107,6 +106,7 @@ async def run_batch(st: stack.Stack, n: int) -> tuple[dict, list, float]:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(4)  # model A, model B, manager, proxy
     env_extra = stack.parse_env(args.env)
     result: dict = {
         "benchmark": "jobs",
@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict:
         models = {
             name: stack.text_model(
                 name,
-                BASE_PORT + i,
+                ports[i],
                 st.upstream_command(name, ["--startup-delay", str(args.load_seconds)]),
             )
             for i, name in enumerate(MODELS)
@@ -132,8 +132,8 @@ def measure(args: argparse.Namespace) -> dict:
         # the interactive phase would otherwise measure 429s, not swaps.
         manager_env = {"HOMELAB_QUEUE_LIMIT": str(2 * args.requests)}
         result["settings"]["manager_env"] = manager_env
-        st.start_manager(BASE_PORT + 2, "process", st.workdir / "models.json", manager_env)
-        st.start_proxy(BASE_PORT + 3)
+        st.start_manager(ports[2], "process", st.workdir / "models.json", manager_env)
+        st.start_proxy(ports[3])
 
         st.ensure(MODELS[0])
         rows, events, wall = asyncio.run(storm(st, args.requests, args.requests))

@@ -42,7 +42,6 @@ from bench.common import (
     write_json,
 )
 
-BASE_PORT = 18600  # upstream 18600, manager 18602, proxy 18603
 MODEL = "bench-a"
 BODY = {
     "model": MODEL,
@@ -185,6 +184,7 @@ def _lease_roundtrips(st: stack.Stack, n: int) -> dict | None:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(3)  # upstream, manager, proxy
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.leases_only:
         concurrencies = []
@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace) -> dict:
     }
     with stack.Stack("latency", extra_env=stack.parse_env(args.env)) as st:
         setup = stack.one_model(
-            st, BASE_PORT, MODEL, [], args.direct_only, args.proxy_module, args.manager_module
+            st, ports, MODEL, [], args.direct_only, args.proxy_module, args.manager_module
         )
         groups = setup.groups()
         headers = setup.headers

@@ -25,7 +25,6 @@ from bench import procstat, stack, wrk
 from bench.common import command_line, fmt, table, write_json
 from bench.streaming import _runner, run_streams
 
-BASE_PORT = 18640  # upstream 18640, manager 18642, proxy 18643
 MODEL = "bench-mem"
 
 
@@ -43,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(3)  # upstream, manager, proxy
     result: dict = {
         "benchmark": "memory",
         "machine": procstat.machine(),
@@ -52,7 +52,7 @@ def measure(args: argparse.Namespace) -> dict:
     }
     with stack.Stack("memory", extra_env=stack.parse_env(args.env)) as st:
         setup = stack.one_model(
-            st, BASE_PORT, MODEL, ["--stream-chunks", "50", "--stream-gap-ms", "10"], False
+            st, ports, MODEL, ["--stream-chunks", "50", "--stream-gap-ms", "10"], False
         )
         assert setup.proxy_pid is not None and setup.manager_pid is not None
         groups = {

@@ -20,14 +20,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import httpraw
 from bench.common import REPO
+from tests.tools import free_ports as _free_ports
 
 UPSTREAM = Path(__file__).resolve().parent / "upstream.py"
 HOST = "127.0.0.1"
+PORTS = range(18600, 18700)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports of 18600-18699 free right now, picked at random
+    (`tests.tools.free_ports`): two runs on one machine rarely reach for the same, and
+    each start checks that the server answering is its own."""
+    return _free_ports(PORTS, count)
 
 
 class StackError(Exception):
@@ -53,7 +63,9 @@ class Proc:
 
 @dataclass
 class Stack:
-    """Processes of one benchmark. Ports come from the caller (18600-18699 for bench/)."""
+    """Processes of one benchmark. Ports come from the caller (`free_ports`); each start
+    waits until the port answers as the process it started (its own model id, manager
+    token, API key), not merely answers."""
 
     label: str
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="homelab-bench-")))
@@ -104,8 +116,11 @@ class Stack:
             return None
 
     def start_upstream(self, name: str, port: int, extra: list[str] | None = None) -> Proc:
+        root = f"bench/{name}-{secrets.token_hex(6)}"  # what only our upstream reports
         cmd = [
             *self.upstream_command(name, extra),
+            "--model",
+            root,
             "--served-model-name",
             name,
             "--host",
@@ -114,7 +129,11 @@ class Stack:
             str(port),
         ]
         proc = self.spawn(f"upstream-{name}", cmd)
-        wait_http(HOST, port, "/health", proc)
+
+        def ours(resp: httpraw.Response) -> bool:
+            return [(m["id"], m["root"]) for m in json.loads(resp.body)["data"]] == [(name, root)]
+
+        wait_http(HOST, port, "/v1/models", proc, ours=ours)
         return proc
 
     def write_models(self, models: dict) -> Path:
@@ -147,7 +166,8 @@ class Stack:
         base.update(self.extra_env)
         base.update(env or {})
         proc = self.spawn("manager", [sys.executable, "-m", module], base)
-        wait_http(HOST, port, "/healthz", proc)
+        # Our token opens only our manager (another one answers 401).
+        wait_http(HOST, port, "/v1/models", proc, headers=self.manager_headers())
         return proc
 
     def start_proxy(
@@ -168,7 +188,12 @@ class Stack:
         base.update(self.extra_env)
         base.update(env or {})
         proc = self.spawn("proxy", [sys.executable, "-m", module], base)
-        wait_http(HOST, port, "/v1/models", proc, headers=self.client_headers())
+        manager_url = f"http://{HOST}:{self.manager_port}"
+
+        def ours(resp: httpraw.Response) -> bool:  # our key, and it reads our manager
+            return json.loads(resp.body).get("manager") == manager_url
+
+        wait_http(HOST, port, "/readyz", proc, headers=self.client_headers(), ours=ours)
         return proc
 
     def client_headers(self) -> dict[str, str]:
@@ -303,8 +328,11 @@ def wait_http(
     proc: Proc | None = None,
     timeout: float = 60.0,
     headers: dict[str, str] | None = None,
+    ours: Callable[[httpraw.Response], bool] | None = None,
 ) -> None:
-    """Block until GET path answers 2xx. Raises StackError (with the log tail) on timeout or exit."""
+    """Block until GET path answers 2xx (and `ours(answer)`, when given: the answer is the
+    started process's, not another program's on the same port). Raises StackError (with
+    the log tail) on timeout or exit."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -315,10 +343,10 @@ def wait_http(
                 resp = asyncio.run(
                     httpraw.request_once(host, port, "GET", path, None, headers, 5.0)
                 )
-                if 200 <= resp.status < 300:
+                if 200 <= resp.status < 300 and (ours is None or ours(resp)):
                     return
                 last = f"{resp.status} {resp.body[:200]!r}"
-            except (OSError, httpraw.HttpError, TimeoutError) as exc:
+            except (OSError, httpraw.HttpError, TimeoutError, ValueError, KeyError) as exc:
                 last = repr(exc)
         time.sleep(0.1)
     tail = proc.tail() if proc else ""
@@ -379,33 +407,35 @@ def tree(pid: int, exclude: set[int] | None = None) -> list[int]:
 
 def one_model(
     st: Stack,
-    base_port: int,
+    ports: Sequence[int],
     model: str,
     upstream_args: list[str],
     direct_only: bool,
     proxy_module: str = "proxy",
     manager_module: str = "manager",
 ) -> OneModel:
-    """Direct only: a stand-in upstream on `base_port`. Otherwise the manager (process runtime,
-    port base+2) launches that upstream from models.json and makes it resident, and the proxy
-    listens on base+3. Raises StackError / SystemExit when a part is missing or fails."""
+    """Direct only: a stand-in upstream on `ports[0]`. Otherwise the manager (process runtime,
+    on `ports[1]`) launches that upstream from models.json and makes it resident, and the
+    proxy listens on `ports[2]`. Raises StackError / SystemExit when a part is missing or
+    fails."""
+    upstream_port, manager_port, proxy_port = ports
     if direct_only:
-        up = st.start_upstream(model, base_port, upstream_args)
-        return OneModel(direct=(HOST, base_port), proxied=None, headers={}, upstream_pid=up.pid)
+        up = st.start_upstream(model, upstream_port, upstream_args)
+        return OneModel(direct=(HOST, upstream_port), proxied=None, headers={}, upstream_pid=up.pid)
     if not proxy_available():
         raise SystemExit(
             "proxy/ or manager/ has no __main__.py in this checkout yet: use --direct-only"
         )
-    models = {model: text_model(model, base_port, st.upstream_command(model, upstream_args))}
-    mgr = st.start_manager(base_port + 2, "process", st.write_models(models), module=manager_module)
+    models = {model: text_model(model, upstream_port, st.upstream_command(model, upstream_args))}
+    mgr = st.start_manager(manager_port, "process", st.write_models(models), module=manager_module)
     st.ensure(model)
-    prx = st.start_proxy(base_port + 3, module=proxy_module)
+    prx = st.start_proxy(proxy_port, module=proxy_module)
     upstream_pid = st.upstream_pid(model)
     if upstream_pid is None:
         raise StackError("the manager started the upstream but its pidfile is missing")
     return OneModel(
-        direct=(HOST, base_port),
-        proxied=(HOST, base_port + 3),
+        direct=(HOST, upstream_port),
+        proxied=(HOST, proxy_port),
         headers=st.client_headers(),
         upstream_pid=upstream_pid,
         proxy_pid=prx.pid,

@@ -25,7 +25,6 @@ from collections import Counter
 from bench import httpraw, procstat, stack
 from bench.common import command_line, fmt, percentile, table, write_csv, write_json
 
-BASE_PORT = 18630  # model A 18630, model B 18631, manager 18632, proxy 18633
 MODELS = ("storm-a", "storm-b")
 
 
@@ -115,6 +114,7 @@ async def storm(st: stack.Stack, n: int, concurrency: int) -> tuple[list[dict], 
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(4)  # model A, model B, manager, proxy
     env: dict[str, str] = {}
     if args.batch_bound:
         env["HOMELAB_BATCH_BOUND"] = str(args.batch_bound)
@@ -141,7 +141,7 @@ def measure(args: argparse.Namespace) -> dict:
             models = {
                 name: stack.text_model(
                     name,
-                    BASE_PORT + i,
+                    ports[i],
                     None,
                     image=IMAGE,
                     env={"FAKEVLLM_LOAD_SECONDS": str(args.load_seconds)},
@@ -154,15 +154,15 @@ def measure(args: argparse.Namespace) -> dict:
             models = {
                 name: stack.text_model(
                     name,
-                    BASE_PORT + i,
+                    ports[i],
                     st.upstream_command(name, ["--startup-delay", str(args.load_seconds)]),
                 )
                 for i, name in enumerate(MODELS)
             }
             st.write_models(models)
-        st.start_manager(BASE_PORT + 2, args.runtime, st.workdir / "models.json", env)
+        st.start_manager(ports[2], args.runtime, st.workdir / "models.json", env)
         st.ensure(MODELS[0])
-        st.start_proxy(BASE_PORT + 3)
+        st.start_proxy(ports[3])
         rows, events, wall = asyncio.run(storm(st, args.requests, args.concurrency))
     result["requests"] = sorted(rows, key=lambda r: r["i"])
     result["manager_events"] = [

@@ -29,7 +29,6 @@ import sys
 from bench import httpraw, procstat, stack
 from bench.common import command_line, fmt, median, percentile, table, write_csv, write_json
 
-BASE_PORT = 18610  # upstream 18610, manager 18612, proxy 18613
 MODEL = "bench-stream"
 PATH = "/v1/chat/completions"
 
@@ -137,6 +136,7 @@ def figures(streams: list[dict]) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(3)  # upstream, manager, proxy
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     result: dict = {
         "benchmark": "streaming",
@@ -155,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict:
     }
     upstream_args = ["--stream-chunks", str(args.chunks), "--stream-gap-ms", str(args.gap_ms)]
     with stack.Stack("streaming", extra_env=stack.parse_env(args.env)) as st:
-        setup = stack.one_model(st, BASE_PORT, MODEL, upstream_args, args.direct_only)
+        setup = stack.one_model(st, ports, MODEL, upstream_args, args.direct_only)
         paths = {"direct": setup.direct}
         if setup.proxied:
             paths["proxied"] = setup.proxied

@@ -43,7 +43,6 @@ import time
 from bench import httpraw, procstat, stack
 from bench.common import REPO, command_line, fmt, median, table, wall_ns, write_csv, write_json
 
-BASE_PORT = 18620  # model A 18620, model B 18621, manager 18622, proxy 18623
 IMAGE = "homelab-ai/fakevllm:test"
 MODELS = ("swap-a", "swap-b")
 READY_LINE = "Uvicorn running on"
@@ -210,6 +209,7 @@ PHASES = (
 
 
 def measure(args: argparse.Namespace) -> dict:
+    ports = stack.free_ports(4)  # model A, model B, manager, proxy
     if args.image == IMAGE:
         ensure_image()
     result: dict = {
@@ -229,19 +229,19 @@ def measure(args: argparse.Namespace) -> dict:
         env = {"FAKEVLLM_LOAD_SECONDS": str(args.load_seconds)}
         fit = {"gpu_memory_mib": 10} if args.fit else {}
         models = {
-            name: stack.text_model(name, BASE_PORT + i, None, image=args.image, env=env, **fit)
+            name: stack.text_model(name, ports[i], None, image=args.image, env=env, **fit)
             for i, name in enumerate(MODELS)
         }
         st.write_models(models)
         stack._remove_containers(st.containers)  # leftovers of an interrupted run
         budget = {"HOMELAB_GPU_BUDGET_MIB": "20"} if args.fit else None
-        st.start_manager(BASE_PORT + 2, "docker", st.workdir / "models.json", budget)
+        st.start_manager(ports[2], "docker", st.workdir / "models.json", budget)
         st.ensure(MODELS[0])
-        st.start_proxy(BASE_PORT + 3)
+        st.start_proxy(ports[3])
 
         async def go() -> None:
             follower: httpraw.EventFollower | None = httpraw.EventFollower(
-                stack.HOST, BASE_PORT + 2, "/v1/events", st.manager_headers()
+                stack.HOST, ports[2], "/v1/events", st.manager_headers()
             )
             try:
                 await follower.start()  # type: ignore[union-attr]
@@ -260,7 +260,7 @@ def measure(args: argparse.Namespace) -> dict:
                         current, new = MODELS[0], MODELS[1]
                         await httpraw.request_once(
                             stack.HOST,
-                            BASE_PORT + 2,
+                            ports[2],
                             "POST",
                             f"/v1/models/{new}/stop",
                             b"",

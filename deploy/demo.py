@@ -66,6 +66,8 @@ DEMO_BUDGET_MIB = 4096
 """The GPU budget the demo declares: all models fit (2048 + 512 + 512 MiB)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+WILDCARDS = ("0.0.0.0", "::")
+"""Bind addresses that mean every interface."""
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -349,6 +351,11 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
         "HOMELAB_API_KEYS": "off" if opts.open else api_key(demo_dir),
     }
+    if opts.host not in WILDCARDS:
+        # Image URLs on the address the banner prints. Bound to every interface, the
+        # proxy builds them from the Host each client used (an allowed one) instead:
+        # the printed loopback address would not reach another machine.
+        proxy_env["HOMELAB_PUBLIC_URL"] = proxy_url(opts.host, port)
     python = opts.image_python
     pids: dict = {"port": port, "manager_port": manager_port, "models": list(models)}
     try:
@@ -419,9 +426,14 @@ def stop(demo_dir: Path, quiet: bool = False) -> bool:
     return was_running
 
 
+def proxy_url(host: str, port: int) -> str:
+    """The proxy's address as the banner prints it (the loopback one for a wildcard bind)."""
+    host = "127.0.0.1" if host in WILDCARDS else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def banner(opts: argparse.Namespace, pids: dict) -> None:
-    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-    url = f"http://{host}:{pids['port']}"
+    url = proxy_url(opts.host, pids["port"])
     key_file = opts.dir / "api-key"
     if opts.open:
         key_line = "no API key (--open): anyone who reaches the port may use the models"

@@ -34,7 +34,7 @@ from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
 from proxy.guard import Guard, default_hosts
-from proxy.hotpath import HotPath, ProxyApp
+from proxy.hotpath import HotPath, ProxyApp, ServerErrors
 from proxy.images import ImageStore
 from proxy.jobs import batches as jobs_batches
 from proxy.jobs import rpc as jobs_rpc
@@ -174,9 +174,19 @@ def create_app(
     app.include_router(jobs_stream.router)
     app.include_router(jobs_batches.router)
     mount_ui(app, settings)
-    app.add_middleware(HotPath, routes=routes_openai.FORWARDING, metrics=metrics)
-    app.add_middleware(
-        BodyLimit,
+
+    def observe(request: Request, status: int) -> None:
+        metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()
+
+    install_error_handlers(
+        app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
+    )
+    # The proxy's own middleware (proxy/hotpath.py), plain ASGI around FastAPI, built from
+    # the inside out: requests meet ServerErrors, Guard, the API keys, the body limit, then
+    # HotPath, which takes the forwarding routes past FastAPI's own layers.
+    forwarding = HotPath(app.fastapi, routes=routes_openai.FORWARDING, metrics=metrics)
+    limited = BodyLimit(
+        forwarding,
         max_bytes=settings.proxy_max_body_bytes,
         per_path={
             routes_openai.EDITS: settings.max_upload_bytes,
@@ -186,19 +196,11 @@ def create_app(
         },
         source=PROXY,
     )
-    app.add_middleware(ApiKeyMiddleware, keys=settings.keys())
-    app.add_middleware(
-        Guard,
+    guarded = Guard(
+        ApiKeyMiddleware(limited, keys=settings.keys()),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),
     )
-
-    def observe(request: Request, status: int) -> None:
-        metrics.requests.labels(_route_label(request), "unknown", str(status)).inc()
-
-    install_error_handlers(
-        app, PROXY, validation_error=RequestValidationError, name="proxy", observe=observe
-    )
-    app.hot_paths = frozenset(routes_openai.FORWARDING)
+    app.front = ServerErrors(guarded, handler=app.exception_handlers[Exception])
     return app

@@ -5,6 +5,8 @@
   name it controls, never a bare address), ``localhost``, this machine's host name
   (and ``<name>.local``), the host of ``HOMELAB_PUBLIC_URL``, ``HOMELAB_PROXY_HOST``
   and every name in ``HOMELAB_ALLOWED_HOSTS`` (``*`` there turns the check off).
+  A Host accepted by name or address is kept in the request's state
+  (``ACCEPTED_HOST``) for `proxy.images.image_url_base`; one let in by ``*`` alone is not.
 - **Cross-site writes**: a request other than GET/HEAD/OPTIONS that carries an
   ``Origin`` that is not the request's own ``Host`` (nor an allowed host *name*) is
   refused with 403 ``cross_origin``. Browsers send ``Origin`` on every cross-site
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -39,6 +42,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+ACCEPTED_HOST = "accepted_host"
+"""Key in the request's state (``scope["state"]``): the Host header value the check accepted."""
+_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
 
 
 def host_name(value: str) -> str:
@@ -49,6 +56,35 @@ def host_name(value: str) -> str:
         end = value.find("]")
         return value[1:end] if end > 0 else ""
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def authority(name: str, port: object = None) -> str | None:
+    """``name[:port]`` for a URL, rebuilt from a host name or IP address (an IPv6 one
+    bracketed) and a port; None when either is malformed (nothing is passed on as is)."""
+    name = name.strip().lower().rstrip(".")
+    if _is_ip(name):
+        host = f"[{name}]" if ":" in name else name
+    elif _NAME.match(name):
+        host = name
+    else:
+        return None
+    if port is None or port == "":
+        return host
+    port = str(port)
+    return f"{host}:{port}" if _PORT.match(port) and 0 < int(port) < 65536 else None
+
+
+def host_authority(value: str) -> str | None:
+    """`authority` of a Host header value (``name``, ``name:port``, ``[v6]:port``)."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        rest = value[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            return None
+        return authority(value[1:end], rest[1:] if rest else None)
+    name, colon, port = value.partition(":")
+    return authority(name, port if colon else None)
 
 
 def _is_ip(name: str) -> bool:
@@ -83,9 +119,13 @@ class Guard:
         self.any_host = "*" in allowed_hosts
         self.allowed = allowed_hosts
 
-    def allowed_host(self, name: str) -> bool:
+    def known_host(self, name: str) -> bool:
+        """Allowed by name or as an IP address (not merely because of ``*``)."""
         name = name.rstrip(".")
-        return self.any_host or _is_ip(name) or name in self.allowed
+        return name in self.allowed or _is_ip(name)
+
+    def allowed_host(self, name: str) -> bool:
+        return self.any_host or self.known_host(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,7 +144,8 @@ class Guard:
             elif key == b"origin":
                 origin = value.decode("latin-1")
         name = host_name(host)
-        if not name or not self.allowed_host(name):
+        known = bool(name) and self.known_host(name)
+        if not known and not (name and self.any_host):
             await (
                 ProxyError(
                     "The Host header names a host this proxy does not serve; add it to "
@@ -129,4 +170,6 @@ class Guard:
                     )
                 ).send(with_headers)
                 return
+        if known:
+            scope.setdefault("state", {})[ACCEPTED_HOST] = host
         await self.app(scope, receive, with_headers)

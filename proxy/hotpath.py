@@ -1,32 +1,35 @@
-"""Dispatching the forwarding routes without FastAPI's router (pure ASGI).
+"""The proxy's front: its own ASGI middleware, composed by hand, around FastAPI.
 
-The five forwarding endpoints take a `Request` and nothing else, so FastAPI's
-route matching, dependency solving and per-request exit stacks buy them
-nothing but CPU on the hottest path. `HotPath` sends ``POST`` requests for those
-paths straight to the endpoint functions; everything else goes on to FastAPI.
-The same endpoints stay declared on the FastAPI router, so the OpenAPI
-document (and schemathesis) still describes them. Errors are handled as the
-app's exception handlers would: an `ApiError` becomes its envelope, anything
-else a logged 500 envelope; a body over the limit is left to `wire.limits.BodyLimit`.
+`ProxyApp` is a FastAPI app whose ASGI entry point runs `front`, a chain of plain ASGI
+middleware that `proxy.app.create_app` composes (outermost first): `ServerErrors`
+(a 500 OpenAI envelope for anything that escapes), `proxy.guard.Guard`,
+`proxy.auth.ApiKeyMiddleware`, `wire.limits.BodyLimit` and `HotPath`. The innermost
+layer is `ProxyApp.fastapi`: FastAPI itself (routing, dependencies, its own error
+middleware and the app's exception handlers). Only public interfaces meet here: the
+ASGI callable of each layer, and FastAPI's own ``__call__``.
 
-`ProxyApp` goes one step further out: those requests skip FastAPI's and Starlette's own
-layers too (server errors, telemetry, FastAPI's body limit, the exception middleware,
-about 10% of the proxy's CPU per request under ``wrk -c1``). They take a lane of their
-own: the app's user middleware (Guard, API keys, body limit, HotPath), inside
-Starlette's ServerErrorMiddleware with the app's 500 handler, so a failure still leaves
-as an OpenAI error envelope.
+`HotPath` sends ``POST`` requests for the forwarding paths (`proxy.routes_openai`'s
+one route table) straight to their endpoint functions: they take a `Request` and
+nothing else, so FastAPI's route matching, dependency solving, per-request exit
+stacks and its own middleware (server errors, telemetry, body limit, exception
+middleware: about 10% of the proxy's CPU per request under ``wrk -c1``) buy them
+nothing. Everything else goes on to FastAPI. The same table declares those routes
+on FastAPI's router, so the OpenAPI document (and schemathesis) still describes them.
+Errors are handled as the app's exception handlers would: an `ApiError` becomes its
+envelope, anything else a logged 500 envelope; a body over the limit is left to
+`wire.limits.BodyLimit`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
@@ -36,9 +39,14 @@ from wire.limits import BodyTooLarge
 log = logging.getLogger("proxy")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorHandler = Callable[[Request, Exception], Response | Awaitable[Response]]
 
 
 class HotPath:
+    """``POST`` to a path of `routes` -> its endpoint; anything else -> `app`.
+
+    `routes` is read on every request (tests may patch an entry)."""
+
     def __init__(self, app: ASGIApp, routes: Mapping[str, Endpoint], metrics: Metrics) -> None:
         self.app = app
         self.routes = routes
@@ -64,34 +72,54 @@ class HotPath:
             self.metrics.requests.labels(scope["path"], "unknown", "500").inc()
             await ProxyError("Internal error in the proxy; see its log.").send(send)
             return
-        await response(scope, receive, send)
+        await response(scope, receive, send)  # failures: `ServerErrors`, further out
+
+
+class ServerErrors:
+    """Outermost: an exception that escapes before the answer began is answered by
+    `handler` (the app's handler for `Exception`: it logs, counts and returns the 500
+    envelope). The exception is raised on either way, so the server sees it; one that
+    escapes after an answer began was FastAPI's to answer, and it has."""
+
+    def __init__(self, app: ASGIApp, handler: ErrorHandler) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if not started:
+                answer = self.handler(Request(scope), exc)
+                response = await answer if inspect.isawaitable(answer) else answer
+                await response(scope, receive, send)
+            raise
 
 
 class ProxyApp(FastAPI):
-    """FastAPI whose ``POST`` requests to `hot_paths` take the lane described above.
+    """FastAPI behind `front` (set it once the routes and exception handlers are in
+    place; until then requests go to FastAPI alone)."""
 
-    Set `hot_paths` after the middleware and exception handlers are in place; the lane
-    is built at the first such request."""
-
-    hot_paths: frozenset[str] = frozenset()
-    _lane: ASGIApp | None = None
+    front: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in self.hot_paths
-        ):
-            scope["app"] = self
-            if self._lane is None:
-                self._lane = self._build_lane()
-            await self._lane(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        scope["app"] = self  # as Starlette sets it: endpoints reach `request.app.state`
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
 
-    def _build_lane(self) -> ASGIApp:
-        app: ASGIApp = super().__call__  # reached by nothing HotPath serves
-        for cls, args, kwargs in reversed(self.user_middleware):
-            app = cls(app, *args, **kwargs)
-        handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
-        return ServerErrorMiddleware(app, handler=handler, debug=self.debug)
+    async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own ASGI entry point: the innermost layer of `front`."""
+        await super().__call__(scope, receive, send)

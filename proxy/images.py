@@ -2,8 +2,9 @@
 
 Model servers only return ``b64_json``. For ``response_format: "url"`` the proxy
 asks the model server for ``b64_json``, keeps each image in an `ImageStore` on its
-own disk and answers with a URL on its own host (``/images/<id>.<ext>``), valid
-for ``HOMELAB_IMAGE_URL_TTL`` seconds. URLs never point at the GPU PC.
+own disk and answers with an absolute URL on its own host
+(``<base>/images/<id>.<ext>``, `image_url_base` says which base), valid for
+``HOMELAB_IMAGE_URL_TTL`` seconds. URLs never point at the GPU PC.
 
 `ImageStore` methods do blocking file I/O: call them through ``asyncio.to_thread``.
 """
@@ -17,11 +18,17 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import HTTPConnection
 
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.guard import ACCEPTED_HOST, authority, host_authority
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
+
+if TYPE_CHECKING:
+    from proxy.context import ProxyContext
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
@@ -40,6 +47,31 @@ def sniff_format(data: bytes) -> str | None:
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
     return None
+
+
+def image_url_base(ctx: ProxyContext, request: HTTPConnection) -> str:
+    """Where image URLs point, by one rule for the OpenAI routes, MCP and jobs:
+
+    1. ``HOMELAB_PUBLIC_URL`` when set (``setup.sh server`` and the demo set it);
+    2. else the request's scheme and the Host that `proxy.guard.Guard` accepted by name
+       or as an IP address, rebuilt from its parts (never the raw header: a Host let in
+       only by ``HOMELAB_ALLOWED_HOSTS=*``, or one with a malformed port, is not used);
+    3. else the address the connection arrived on (the server's side of the socket).
+
+    '' (relative URLs) only for a request that has none of these.
+    """
+    public = ctx.settings.public_url
+    if public:
+        return public
+    scope = request.scope
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    accepted = scope.get("state", {}).get(ACCEPTED_HOST)
+    found = host_authority(accepted) if isinstance(accepted, str) else None
+    if found is None:
+        server = scope.get("server")
+        if server and server[0]:
+            found = authority(str(server[0]), server[1])
+    return f"{scheme}://{found}" if found else ""
 
 
 def check_image_request(

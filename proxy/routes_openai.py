@@ -11,6 +11,8 @@ document only.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from starlette.responses import Response
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
 from proxy.forward import Forward
-from proxy.images import UPLOAD_FORMATS, check_image_request, sniff_format
+from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
@@ -38,6 +40,7 @@ from proxy.parsing import (
 from wire.models import ModelStatus
 
 router = APIRouter()
+Endpoint = Callable[[Request], Awaitable[Response]]
 EDITS = "/v1/images/edits"
 """The multipart route: its body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_PROXY_MAX_BODY_BYTES."""
 _STARTED = int(time.time())
@@ -65,12 +68,6 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
         fitting = sorted(n for n, m in models.items() if m.type == want)
         raise WrongModelType(name, info.type, endpoint, fitting)
     return info
-
-
-def image_url_base(ctx: ProxyContext, request: Request) -> str:
-    """HOMELAB_PUBLIC_URL, else '' (image URLs are then relative: ``/images/<id>``).
-    Never the request's Host: a client must not choose what URLs the proxy hands out."""
-    return ctx.settings.public_url or ""
 
 
 def model_object(m: ModelStatus) -> dict[str, Any]:
@@ -120,54 +117,7 @@ async def _forward_json(request: Request, endpoint: str, want: str) -> Forward:
     )
 
 
-@router.post(
-    "/v1/chat/completions",
-    openapi_extra=body_schema("chat"),
-    responses=ERRORS,
-    summary="Chat completion (text models; SSE when stream is true)",
-)
-async def chat_completions(request: Request) -> Response:
-    return await _forward_json(request, "/v1/chat/completions", "text")
-
-
-@router.post(
-    "/v1/completions",
-    openapi_extra=body_schema("completion"),
-    responses=ERRORS,
-    summary="Text completion (text models; SSE when stream is true)",
-)
-async def completions(request: Request) -> Response:
-    return await _forward_json(request, "/v1/completions", "text")
-
-
-@router.post(
-    "/v1/embeddings",
-    openapi_extra=body_schema("embedding"),
-    responses=ERRORS,
-    summary="Embeddings (embedding models)",
-)
-async def embeddings(request: Request) -> Response:
-    return await _forward_json(request, "/v1/embeddings", "embedding")
-
-
-@router.post(
-    "/v1/images/generations",
-    openapi_extra=body_schema("image"),
-    responses=ERRORS,
-    summary="Generate images (image models)",
-)
-async def images_generations(request: Request) -> Response:
-    return await _forward_json(request, "/v1/images/generations", "image")
-
-
-@router.post(
-    "/v1/images/edits",
-    openapi_extra=edit_schema(),
-    responses=ERRORS,
-    summary="Edit an uploaded image (image models; multipart/form-data)",
-)
-async def images_edits(request: Request) -> Response:
-    endpoint = EDITS
+async def _forward_edit(request: Request, endpoint: str, want: str) -> Forward:
     ctx = _ctx(request)
     limit = ctx.settings.max_upload_bytes
     raw = await read_body(request)
@@ -189,7 +139,7 @@ async def images_edits(request: Request) -> Response:
                 raise InvalidRequest("'mask' must be a PNG, JPEG or WebP file.", param="mask")
         if form_text(form, "stream") not in (None, "true", "false"):
             raise InvalidRequest("'stream' must be true or false.", param="stream")
-        info = await resolve_model(ctx, model, "image", endpoint)
+        info = await resolve_model(ctx, model, want, endpoint)
         fmt = form_text(form, "response_format")
         check_image_request(info, form_int(form, "n"), form_text(form, "size"), fmt)
         content_type = request.headers["content-type"]
@@ -209,11 +159,80 @@ async def images_edits(request: Request) -> Response:
     )
 
 
-FORWARDING = {
-    "/v1/chat/completions": chat_completions,
-    "/v1/completions": completions,
-    "/v1/embeddings": embeddings,
-    "/v1/images/generations": images_generations,
-    "/v1/images/edits": images_edits,
-}
+Handler = Callable[[Request, str, str], Awaitable[Forward]]
+
+
+@dataclass(frozen=True)
+class ForwardingRoute:
+    """``POST path``: a request for a model of `model_type`, checked by `handler` and
+    forwarded to the same path on the model server. `name` names the OpenAPI operation."""
+
+    path: str
+    name: str
+    model_type: str
+    handler: Handler
+    schema: dict[str, Any]
+    summary: str
+
+    async def endpoint(self, request: Request) -> Response:
+        return await self.handler(request, self.path, self.model_type)
+
+
+ROUTES = (
+    ForwardingRoute(
+        "/v1/chat/completions",
+        "chat_completions",
+        "text",
+        _forward_json,
+        body_schema("chat"),
+        "Chat completion (text models; SSE when stream is true)",
+    ),
+    ForwardingRoute(
+        "/v1/completions",
+        "completions",
+        "text",
+        _forward_json,
+        body_schema("completion"),
+        "Text completion (text models; SSE when stream is true)",
+    ),
+    ForwardingRoute(
+        "/v1/embeddings",
+        "embeddings",
+        "embedding",
+        _forward_json,
+        body_schema("embedding"),
+        "Embeddings (embedding models)",
+    ),
+    ForwardingRoute(
+        "/v1/images/generations",
+        "images_generations",
+        "image",
+        _forward_json,
+        body_schema("image"),
+        "Generate images (image models)",
+    ),
+    ForwardingRoute(
+        EDITS,
+        "images_edits",
+        "image",
+        _forward_edit,
+        edit_schema(),
+        "Edit an uploaded image (image models; multipart/form-data)",
+    ),
+)
+"""The forwarding routes, each declared once: FastAPI's router (so /openapi.json
+describes them) and `proxy.hotpath.HotPath` (which serves them) are both built here."""
+
+for _route in ROUTES:
+    router.add_api_route(
+        _route.path,
+        _route.endpoint,
+        methods=["POST"],
+        name=_route.name,
+        openapi_extra=_route.schema,
+        responses=ERRORS,
+        summary=_route.summary,
+    )
+
+FORWARDING: dict[str, Endpoint] = {route.path: route.endpoint for route in ROUTES}
 """The forwarding endpoints by path, for `proxy.hotpath.HotPath`."""

@@ -86,7 +86,11 @@ class ProxySettings(ServiceSettings):
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",
-        description="How clients reach the proxy (for image URLs). Unset: image URLs are relative (/images/...).",
+        description=(
+            "How clients reach the proxy, for image URLs (`./setup.sh server` and the demo "
+            "set it to the address they print). Unset: the Host the Host check accepted, "
+            "else the address the connection came in on (never a relative URL)."
+        ),
     )
     models_cache_ttl: float = Field(
         default=2.0, ge=0, description="Seconds the manager's model list is cached."

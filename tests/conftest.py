@@ -5,7 +5,10 @@ tests are the fast unit tier). A tier's fixtures skip its tests when the real
 part is missing (no Docker engine, no Chromium, ...). That is fine on a
 laptop, but CI must prove every tier ran: set
 `HOMELAB_REQUIRE_TIERS=docker,vllm,diffusers,browser` (`.ci/run` does) and the
-session fails if any test of a listed tier was skipped, or none of it ran.
+session fails if any test of a listed tier was skipped, or none of it ran. A module
+skipped while it loads (a module-level `pytest.importorskip`) counts as skipped tests of
+the tiers its `pytestmark` names: pytest never collects its tests, so without this the
+tier could look green with the module's tests missing.
 
 One fixture is shared by tiers: `tiny_sd`, the tiny random-weight diffusers pipeline
 (imageserver.tiny, seed 0), built once per session for the image server's integration
@@ -14,7 +17,9 @@ tests and the real-model stacks of tests/e2e (the servers only read it).
 
 from __future__ import annotations
 
+import ast
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     fail with "Runner.run() cannot be called from a running event loop".
     """
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+def module_tiers(path: Path) -> set[str]:
+    """The tiers a test module's top-level `pytestmark` names (read from its source, for a
+    module that could not be imported)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    found: set[str] = set()
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        if not any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets):
+            continue
+        for sub in ast.walk(node):
+            if (
+                isinstance(sub, ast.Attribute)
+                and sub.attr in TIERS
+                and isinstance(sub.value, ast.Attribute)
+                and sub.value.attr == "mark"
+            ):
+                found.add(sub.attr)
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """Count a module skipped while loading as skipped tests of the tiers it is marked with."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if not (report.skipped and isinstance(collector, pytest.Module)):
+        return
+    why = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+    for tier in sorted(module_tiers(collector.path)):
+        _skipped[tier].append(f"{report.nodeid} (the whole module, while loading): {why}")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

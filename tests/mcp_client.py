@@ -19,6 +19,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+"""A raw JSON-RPC ``initialize`` request, for tests that POST to /mcp without the SDK."""
+
 
 @contextlib.asynccontextmanager
 async def http_session(url: str, key: str | None) -> AsyncIterator[ClientSession]:

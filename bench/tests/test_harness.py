@@ -2,9 +2,10 @@
 
     python -m pytest bench/tests -q
 
-They start the real stand-in upstream on loopback (ports 18690-18699) and, when
-wrk is installed, run it for a second. No timing is asserted: only that the
-parts speak HTTP correctly and that the held-back check can fail.
+They start the real stand-in upstream on loopback (a free port of 18600-18699, checked
+to be answered by the upstream started here) and, when wrk is installed, run it for a
+second. No timing is asserted: only that the parts speak HTTP correctly and that the
+held-back check can fail (on made-up arrival times; real ones depend on the machine's load).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,34 +21,14 @@ from bench import httpraw, stack, wrk
 from bench.common import percentile, wall_ns
 from bench.streaming import analyse
 
-PORT = 18690
-
 
 @pytest.fixture(scope="module")
 def upstream():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(stack.UPSTREAM),
-            "--served-model-name",
-            "m1",
-            "--port",
-            str(PORT),
-            "--stream-gap-ms",
-            "5",
-            "--enforce-eager",  # a vLLM flag it must ignore
-            "--max-model-len",
-            "2048",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        stack.wait_http("127.0.0.1", PORT, "/health", timeout=20)
-        yield ("127.0.0.1", PORT)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    (port,) = stack.free_ports(1)
+    flags = ["--stream-gap-ms", "5", "--enforce-eager", "--max-model-len", "2048"]
+    with stack.Stack("harness-test") as st:  # --enforce-eager: a vLLM flag it must ignore
+        st.start_upstream("m1", port, flags)  # returns once the port answers as ours
+        yield (stack.HOST, port)
 
 
 def _req(target, method, path, body=None, headers=None):
@@ -90,7 +69,8 @@ def test_upstream_stream_has_requested_chunks_and_done(upstream):
     result = analyse(resp, 7)
     assert result["complete"], result
     assert result["chunks"] == 7
-    assert result["held_back"] == 0
+    # Not held_back == 0: whether each chunk arrived before the next was sent (5 ms later)
+    # is up to the machine's load. The check itself is tested on made-up times below.
     assert len(result["gaps_ms"]) == 6
 
 

@@ -26,11 +26,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.images import image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
 from proxy.jobs.store import TERMINAL
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
-from proxy.routes_openai import image_url_base, resolve_model
+from proxy.routes_openai import resolve_model
 from wire.limits import too_large
 
 router = APIRouter()

@@ -26,11 +26,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
-from proxy.images import check_image_request
+from proxy.images import check_image_request, image_url_base
 from proxy.jobs.dispatcher import JobFinished, JobNotFound
 from proxy.jobs.store import TERMINAL
 from proxy.parsing import MAX_MODEL_NAME, read_body
-from proxy.routes_openai import image_url_base, resolve_model
+from proxy.routes_openai import resolve_model
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.rpc")

@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
+from proxy.images import image_url_base
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -55,8 +56,9 @@ INSTRUCTIONS = (
     "homelab-ai: the models of one home lab behind one endpoint. txt2txt chats with a text "
     "model, txt2img paints, img2img edits a picture, img2txt asks a vision model about a "
     "picture, embed turns texts into vectors (and says how similar they are), list_models "
-    "says what exists and what is loaded. One model is loaded on the GPU at a time, so the "
-    "first call for another model waits for a swap; progress notifications say so."
+    "says what exists and what is loaded. Models share the GPU within "
+    "its memory budget, so the first call for a model that is not loaded waits while it "
+    "loads (and others unload if it does not fit); progress notifications say so."
 )
 
 
@@ -127,10 +129,8 @@ class McpEndpoint:
         return types.ListToolsResult(tools=tool_list(models))
 
     def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
-        if self.settings.public_url:
-            return self.settings.public_url
-        base = getattr(rctx.request, "base_url", None)
-        return str(base).rstrip("/") if base is not None else None
+        request = rctx.request
+        return image_url_base(self._get_ctx(), request) if request is not None else None
 
     async def _call_tool(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams

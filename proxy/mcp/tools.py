@@ -76,9 +76,10 @@ def _described(models: Models, names: list[str]) -> str:
 
 
 _LOAD_NOTE = (
-    " Only one model is loaded on the GPU at a time: a call for another model waits while "
-    "the manager swaps (tens of seconds to minutes); progress notifications say what is "
-    "happening. Call list_models to see what is loaded now."
+    " Models share the GPU within its memory budget: a call for a model that is not "
+    "loaded waits while the manager loads it, first unloading others if it does not fit "
+    "(tens of seconds to minutes); progress notifications say what is happening. Call "
+    "list_models to see what is loaded now."
 )
 
 

@@ -15,10 +15,13 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
   reason and the fix) when either is missing. Use it to have the manager start
   vLLM itself (process runtime).
 - ``vllm_server``: a running ``python -m vllm.entrypoints.openai.api_server`` on
-  127.0.0.1 (port from 18200-18299), serving the model as ``smollm2``. FAILS (not
+  127.0.0.1 (a free port of 18200-18299, picked at random), serving the model as
+  ``smollm2`` behind a key made for this session (``--api-key``): the fixture waits
+  until the port answers with that key and refuses without it, so a server another
+  run left on the port is never taken for ours. FAILS (not
   skips) when the server exits or is not healthy in time, with its log tail.
   Torn down (process group: TERM, then KILL) at the end of the session.
-- ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``.
+- ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``, with its key.
 
 The real-model stacks (tests/e2e/test_mcp_real_models.py,
 tests/e2e/browser/test_real_models.py) serve ``tiny_sd`` (tests/conftest.py) as ``tiny-sd``.
@@ -30,8 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,6 +43,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests import tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -80,8 +85,11 @@ class VllmRuntime:
     model_dir: Path
     served_name: str = SERVED_NAME
 
-    def server_command(self, port: int, host: str = "127.0.0.1") -> list[str]:
-        """The argv that starts vLLM's OpenAI server for the model on host:port.
+    def server_command(
+        self, port: int, host: str = "127.0.0.1", api_key: str | None = None
+    ) -> list[str]:
+        """The argv that starts vLLM's OpenAI server for the model on host:port (with
+        ``api_key``: ``/v1`` only for its holder).
 
         ``vllm serve`` fails on a package-metadata lookup in the CPU build, hence
         the module entry point. On the CPU backend ``--gpu-memory-utilization`` is
@@ -104,6 +112,7 @@ class VllmRuntime:
             host,
             "--port",
             str(port),
+            *(["--api-key", api_key] if api_key else []),
         ]
 
 
@@ -115,6 +124,8 @@ class VllmServer:
     host: str
     port: int
     log_path: Path
+    api_key: str = ""
+    """What ``/v1`` wants as ``Authorization: Bearer`` (made for this session)."""
 
     @property
     def root_url(self) -> str:
@@ -142,16 +153,22 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def free_port(candidates: range = PORT_RANGE, host: str = "127.0.0.1") -> int:
-    """The first port in ``candidates`` nothing listens on (our assigned range)."""
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {candidates.start}-{candidates.stop - 1}")
+def free_port(candidates: range = PORT_RANGE) -> int:
+    """A port of ``candidates`` nothing listens on now, picked at random
+    (`tests.tools.free_ports`), so two runs on one machine rarely reach for the same."""
+    return tools.free_ports(candidates, 1)[0]
+
+
+def is_ours(client: httpx.Client, server: VllmServer) -> bool:
+    """Whether the server answering at ``server``'s address is the one we started: it
+    lists our served name to our key and refuses a request without it."""
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    models = client.get(f"{server.base_url}/models", headers=auth)
+    if models.status_code != 200:
+        return False
+    if server.model not in [m.get("id") for m in models.json().get("data", [])]:
+        return False
+    return client.get(f"{server.base_url}/models").status_code == 401
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -184,7 +201,8 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIME
 def wait_until_healthy(
     proc: subprocess.Popen[bytes], server: VllmServer, deadline_s: float
 ) -> None:
-    """Poll ``GET /health`` until 200. Raises RuntimeError if the process exits or time runs out.
+    """Poll ``GET /health`` until 200 and the answer is ours (`is_ours`). Raises
+    RuntimeError if the process exits or time runs out.
 
     While vLLM loads, its port refuses connections; that is not an error.
     """
@@ -195,9 +213,11 @@ def wait_until_healthy(
             if code is not None:
                 raise RuntimeError(f"vLLM exited with code {code} while loading")
             try:
-                if client.get(f"{server.root_url}/health").status_code == 200:
+                if client.get(f"{server.root_url}/health").status_code == 200 and is_ours(
+                    client, server
+                ):
                     return
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError):
                 pass
             if time.monotonic() - started > deadline_s:
                 raise RuntimeError(f"vLLM not healthy after {deadline_s:.0f} s")
@@ -224,10 +244,11 @@ def vllm_server(vllm_runtime: VllmRuntime) -> Iterator[VllmServer]:
     host, port = "127.0.0.1", free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / f"vllm-server-{port}.log"
-    server = VllmServer(runtime=vllm_runtime, host=host, port=port, log_path=log_path)
+    key = "e2e-" + secrets.token_urlsafe(24)
+    server = VllmServer(runtime=vllm_runtime, host=host, port=port, log_path=log_path, api_key=key)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            vllm_runtime.server_command(port, host),
+            vllm_runtime.server_command(port, host, api_key=key),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -251,7 +272,7 @@ def openai_client(vllm_server: VllmServer):
     import openai
 
     client = openai.OpenAI(
-        base_url=vllm_server.base_url, api_key="unused-by-vllm", max_retries=0, timeout=120.0
+        base_url=vllm_server.base_url, api_key=vllm_server.api_key, max_retries=0, timeout=120.0
     )
     yield client
     client.close()

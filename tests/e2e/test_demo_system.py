@@ -19,11 +19,13 @@ machine) and once for embeddings; the waits below are deadlines, not expectation
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -32,11 +34,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+from tests.mcp_client import http_session, stdio_session
 from wire.procs import is_alive, read_registry
 
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
@@ -99,7 +103,8 @@ class Demo:
 
 class SwapRecorder:
     """Follows the manager's /v1/events (real SSE) in a thread and keeps every swap event
-    and every state a model entered."""
+    and every state a model entered. A stream that broke is reported by `wait_for` and
+    `following` (an empty record would otherwise read as "nothing happened")."""
 
     def __init__(self, demo: Demo) -> None:
         self.swaps: list[tuple[str | None, str]] = []
@@ -138,13 +143,25 @@ class SwapRecorder:
                         data = json.loads(line.split(":", 1)[1])
                         with self.changed:
                             self.states.append((data["model"], data["state"]))
+                            self.changed.notify_all()
+            if not self._stop.is_set():
+                raise RuntimeError("the manager closed its event stream")
         except BaseException as exc:  # noqa: BLE001 (reported by the waiting test)
-            self._error = exc
+            with self.changed:
+                self._error = exc
+                self.changed.notify_all()
             self._connected.set()
+
+    def following(self) -> None:
+        """Fail the test if the event stream broke (the record then stops short)."""
+        assert self._error is None, f"the event stream broke: {self._error!r}"
 
     def wait_for(self, count: int, deadline: float = 60.0) -> list[tuple[str | None, str]]:
         with self.changed:
-            self.changed.wait_for(lambda: len(self.swaps) >= count, timeout=deadline)
+            self.changed.wait_for(
+                lambda: len(self.swaps) >= count or self._error is not None, timeout=deadline
+            )
+            self.following()
             return list(self.swaps)
 
     def close(self) -> None:
@@ -206,11 +223,7 @@ def _related_sentences_embed_closer(client, demo: Demo) -> None:  # noqa: ANN001
     asks for base64 and decodes it): two sentences about a cat score higher than either
     with one about the stock market; a text model asked for embeddings is refused. The
     MCP tool `embed` says the same of the same sentences."""
-    import asyncio
-
     import openai
-
-    from tests.mcp_client import http_session
 
     cat, kitten, market = (
         "A cat sits on the mat.",
@@ -306,6 +319,10 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
 
         # Text, image, text, embeddings: three cold starts, no swap, nothing stopped.
         assert swaps.wait_for(3) == [(None, "smollm2"), (None, "tiny-sd"), (None, "minilm")]
+        # The record holds every start (it was following all along), and no stop.
+        swaps.following()
+        ready = {("smollm2", "ready"), ("tiny-sd", "ready"), ("minilm", "ready")}
+        assert ready <= set(swaps.states), swaps.states
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
         assert {m["id"]: m["state"] for m in listed["data"]} == {
@@ -325,3 +342,173 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert [pid for pid in pids if _alive(pid)] == []
     status = demo.setup_sh("demo", "status")
     assert status.returncode == 3 and "not running" in status.stdout
+
+
+# -- the README's examples, run against the demo ------------------------------------------
+
+DEMO_KEY_FILE = "~/.local/share/homelab-ai/demo/api-key"
+"""Where the README tells clients the demo's key is (`$HOMELAB_STATE_DIR/demo/api-key`)."""
+
+
+def _doc_blocks(doc: str, lang: str, containing: str) -> list[str]:
+    """The fenced `lang` blocks of `doc` (a path under the repository) with `containing`."""
+    text = (REPO_ROOT / doc).read_text()
+    found = [b for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S) if containing in b]
+    assert found, f"{doc} has no {lang} block with {containing!r} any more: update this test"
+    return found
+
+
+def _swap(text: str, old: str, new: str) -> str:
+    assert old in text, f"the snippet no longer says {old!r}: update this test with it"
+    return text.replace(old, new)
+
+
+def _shell_args(script: str, home: Path, stub: str, also: str = "") -> list[str]:
+    """Run a documented shell line with bash, `stub` defined as a function that prints
+    `also` (expanded inside it) and its arguments, NUL-separated, in a home whose demo
+    key file holds the demo's key."""
+    out = subprocess.run(
+        ["bash", "-euc", f"{stub}() {{ printf '%s\\0' {also} \"$@\"; }}\n{script}"],
+        env={"HOME": str(home), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return out.split("\0")[:-1]
+
+
+def _tool_names(session_factory: Any, url: str, key: str) -> set[str]:
+    """The tools an MCP session (tests/mcp_client.py) to `url` with `key` lists."""
+
+    async def listed() -> set[str]:
+        async with session_factory(url, key) as session:
+            return {tool.name for tool in (await session.list_tools()).tools}
+
+    return asyncio.run(listed())
+
+
+@pytest.fixture(scope="module")
+def running_demo(demo: Demo) -> Demo:
+    """The demo, started again (on ports free now: the last ones may linger in TIME_WAIT)
+    when an earlier test of this module stopped it."""
+    if demo.setup_sh("demo", "status").returncode != 0:
+        port = free_port_base()
+        started = demo.setup_sh("demo", "--detach", "--no-deps", "--port", str(port), timeout=900)
+        assert started.returncode == 0, f"demo --detach failed:\n{started.stdout}\n{started.stderr}"
+        demo.proxy_url = f"http://127.0.0.1:{port}"
+        demo.manager_url = f"http://127.0.0.1:{port + 10}"
+    return demo
+
+
+@pytest.fixture
+def home_with_demo_key(running_demo: Demo, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    key_file = home / DEMO_KEY_FILE.removeprefix("~/")
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(running_demo.api_key + "\n")
+    return home
+
+
+README_SDK_EXAMPLES = {
+    "the demo's": ("demo/api-key", []),
+    "a server's": (
+        "<one of HOMELAB_API_KEYS>",
+        [
+            ("http://server:8080", "http://127.0.0.1:8080"),
+            ('"<one of HOMELAB_API_KEYS>"', "key"),
+            ('"llama3-8b"', '"smollm2"'),
+            ('"sdxl"', '"tiny-sd"'),
+            ('"1024x1024"', '"64x64"'),
+        ],
+    ),
+}
+"""The README's openai SDK examples: the text that finds each, and what turns a server's
+into the demo's (its models, address and key)."""
+
+
+@pytest.mark.parametrize("example", list(README_SDK_EXAMPLES))
+def test_readme_python_examples_run_against_the_demo_and_their_image_url_is_fetchable(
+    running_demo: Demo, example: str
+) -> None:
+    """The README's openai SDK examples, as written but for the port, the key file's
+    folder (and, for a server's, the models): a chat answer, and with
+    response_format="url" an absolute image URL that fetches the picture (regression:
+    without a public URL the proxy answered a relative `/images/<id>.png`)."""
+    marker, swaps = README_SDK_EXAMPLES[example]
+    [code] = _doc_blocks("README.md", "python", marker)
+    prelude = ""
+    for old, new in swaps:
+        code = _swap(code, old, new)
+    if "key =" not in code:
+        prelude = f"key = {running_demo.api_key!r}\n"
+    else:
+        code = _swap(
+            code,
+            'Path.home() / ".local/share/homelab-ai/demo/api-key"',
+            f"Path({str(running_demo.dir / 'api-key')!r})",
+        )
+    code = prelude + _swap(code, "http://127.0.0.1:8080", running_demo.proxy_url)
+    names: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - the README's own example
+
+    reply, image = names["reply"], names["image"]
+    assert reply.choices[0].message.content
+    url = image.data[0].url
+    assert url.startswith(running_demo.proxy_url + "/images/"), url
+    fetched = httpx.get(url, timeout=30)  # no key needed: image URLs work in <img> tags
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/mcp.md"])
+def test_documented_claude_mcp_add_line_reaches_the_demo_with_its_key(
+    running_demo: Demo, home_with_demo_key: Path, doc: str
+) -> None:
+    """The `claude mcp add` line for the demo, expanded by bash as a user's shell would
+    (a stand-in `claude` prints what it was given): with its URL and header an MCP
+    session lists the demo's tools, and without the header the demo refuses (regression:
+    the line had no key, and the demo has had one since keys went on by default)."""
+    [line] = [b for b in _doc_blocks(doc, "bash", "claude mcp add") if "homelab-demo" in b]
+    line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
+    args = _shell_args(line, home_with_demo_key, "claude")
+    assert args[:5] == ["mcp", "add", "--transport", "http", "homelab-demo"], args
+    url, flag, header = args[5:]
+    assert url == running_demo.proxy_url + "/mcp" and flag == "--header", args
+    name, _, value = header.partition(": ")
+    assert (name, value) == ("Authorization", f"Bearer {running_demo.api_key}")
+
+    assert httpx.post(url, json={}, timeout=30).status_code == 401  # no key, no MCP
+    key = value.removeprefix("Bearer ")
+    assert "txt2img" in _tool_names(http_session, url, key)
+
+
+def test_readme_stdio_relay_line_passes_the_demo_key(
+    running_demo: Demo, home_with_demo_key: Path
+) -> None:
+    """The README's `python -m proxy.mcp` line, expanded by bash, hands the relay the
+    demo's key and URL; the relay run with them lists the demo's tools."""
+    text = (REPO_ROOT / "README.md").read_text()
+    [line] = re.findall(r"`(HOMELAB_MCP_KEY=[^`]*python -m proxy\.mcp [^`]*)`", text)
+    line = _swap(line, "http://127.0.0.1:8080", running_demo.proxy_url)
+    args = _shell_args(line, home_with_demo_key, "python", also='"$HOMELAB_MCP_KEY"')
+    url = running_demo.proxy_url + "/mcp"
+    assert args == [running_demo.api_key, "-m", "proxy.mcp", "--url", url], args
+    assert "txt2img" in _tool_names(stdio_session, url, args[0])  # the relay, run so
+
+
+def test_docs_mcp_python_example_calls_a_tool_on_the_demo(running_demo: Demo) -> None:
+    """docs/mcp.md's Python (mcp SDK) example, with the demo's address and key: it asks
+    txt2txt and prints the answer (after any progress lines)."""
+    [code] = _doc_blocks("docs/mcp.md", "python", "streamable_http_client")
+    code = _swap(code, "http://homelab:8080", running_demo.proxy_url)
+    code = _swap(code, '"Bearer KEY"', f"'Bearer ' + {running_demo.api_key!r}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/mcp.md", "exec"), {"__name__": "mcp_example"})  # noqa: S102
+    lines = printed.getvalue().strip().splitlines()
+    assert lines and lines[-1].strip(), printed.getvalue()
+    # A failed call's text names where it failed: "... (from the proxy)" and the like.
+    assert "(from the " not in lines[-1], lines

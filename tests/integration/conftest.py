@@ -10,7 +10,9 @@ Every model, container and process name a test makes starts with `SESSION`
 (unique per pytest process), so parallel runs by other engineers never collide,
 and cleanup removes exactly what this run made: after each test, and again at
 the end of the session, every container whose name or `homelab-ai.model` label
-starts with `SESSION` is force-removed. Ports come from 18100-18199.
+starts with `SESSION` is force-removed. Model servers' ports come from 18100-18199,
+picked free at random for each test (`free_ports`); readiness then proves the server
+answering is the test's own (its session-unique served name behind its per-start key).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 from manager.runtime import LABEL_MANAGED, LABEL_MODEL
 from manager.spec import EmbeddingModel, ImageModel, TextModel
+from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-test-images.sh"
@@ -39,6 +42,20 @@ FAKE_COMMAND = [sys.executable, "-m", "tests.fixtures.fakevllm"]
 """spec.command that runs the fake server as a host process (process runtime); give the
 spec `FAKE_ENV` too so the module is found whatever the manager's working directory."""
 FAKE_ENV = {"PYTHONPATH": str(ROOT)}
+
+
+PORTS = range(18100, 18200)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports of 18100-18199 free right now, at random
+    (`tests.tools.free_ports`)."""
+    return tools.free_ports(PORTS, count)
+
+
+def free_port() -> int:
+    """One port of 18100-18199 free right now, at random."""
+    return free_ports(1)[0]
 
 
 def token() -> str:

@@ -1,6 +1,6 @@
 """DockerRuntime + HttpReadinessProbe against the real Docker engine and the fake vLLM image.
 
-Ports 18100-18129. `stop` returns once the container died and removes it in the
+Ports: free ones of 18100-18199, picked per test (tests/integration/conftest.py). `stop` returns once the container died and removes it in the
 background: a test that looks at the engine after a stop awaits `runtime.settled()`.
 Stops right after a start use timeout=1: a container stopped
 before Python has installed its SIGTERM handler ignores SIGTERM (it is PID 1), so
@@ -36,6 +36,8 @@ from manager.settings import ManagerSettings
 from tests.integration.conftest import (
     FAKE_IMAGE,
     SESSION,
+    free_port,
+    free_ports,
     image_spec,
     model_name,
     text_spec,
@@ -82,9 +84,10 @@ async def test_docker_runtime_is_a_container_runtime(runtime: DockerRuntime) -> 
 
 
 async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, docker_env) -> None:
+    port = free_port()
     name = model_name("chat")
     spec = text_spec(
-        "chat", 18101, env={"FAKEVLLM_LOAD_SECONDS": "1"}, args=["--max-model-len", "99"]
+        "chat", port, env={"FAKEVLLM_LOAD_SECONDS": "1"}, args=["--max-model-len", "99"]
     )
     await runtime.start(name, spec)
     container = docker_env.containers.get(spec.container)
@@ -139,8 +142,9 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
 async def test_start_reuses_a_matching_container_and_restarts_a_stopped_one(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("reuse")
-    spec = text_spec("reuse", 18102)
+    spec = text_spec("reuse", port)
     await runtime.start(name, spec)
     first = docker_env.containers.get(spec.container).id
     await runtime.start(name, spec)
@@ -161,9 +165,10 @@ async def test_start_reuses_a_matching_container_and_restarts_a_stopped_one(
 async def test_start_recreates_a_container_whose_spec_changed(
     runtime: DockerRuntime, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("recreate")
-    old = text_spec("recreate", 18103, env={"MARK": "old"})
-    new = text_spec("recreate", 18103, env={"MARK": "new"})
+    old = text_spec("recreate", port, env={"MARK": "old"})
+    new = text_spec("recreate", port, env={"MARK": "new"})
     await runtime.start(name, old)
     old_id = docker_env.containers.get(old.container).id
     await runtime.start(name, new)
@@ -179,9 +184,10 @@ async def test_start_recreates_a_container_whose_spec_changed(
 async def test_an_old_container_of_the_model_under_another_name_is_replaced(
     runtime: DockerRuntime, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("renamed")
-    before = text_spec("renamed-a", 18104)
-    after = text_spec("renamed-b", 18104)
+    before = text_spec("renamed-a", port)
+    after = text_spec("renamed-b", port)
     await runtime.start(name, before)
     await runtime.start(name, after)  # same port: would fail if the old one still held it
     owned = [
@@ -197,8 +203,9 @@ async def test_an_old_container_of_the_model_under_another_name_is_replaced(
 async def test_a_foreign_container_with_the_name_is_never_touched(
     runtime: DockerRuntime, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("foreign")
-    spec = text_spec("foreign", 18105)
+    spec = text_spec("foreign", port)
     foreign = docker_env.containers.create(FAKE_IMAGE, ["--port", "8000"], name=spec.container)
     with pytest.raises(RuntimeFailure, match="not managed by homelab-ai"):
         await runtime.start(name, spec)
@@ -212,10 +219,11 @@ async def test_a_foreign_container_with_the_name_is_never_touched(
 
 
 async def test_another_instance_does_not_own_our_containers(docker_env, hf_cache: str) -> None:
+    port = free_port()
     mine = DockerRuntime(settings(hf_cache))
     other = DockerRuntime(settings(hf_cache, instance=f"{SESSION}-other"))
     name = model_name("instance")
-    spec = text_spec("instance", 18106)
+    spec = text_spec("instance", port)
     await mine.start(name, spec)
     assert name not in {i.model for i in await other.list_owned()}
     assert await other.inspect(name, spec) is None
@@ -227,10 +235,9 @@ async def test_another_instance_does_not_own_our_containers(docker_env, hf_cache
 async def test_crash_during_start_fails_with_exit_code_and_logs(
     runtime: DockerRuntime, probe
 ) -> None:
+    port = free_port()
     name = model_name("crash")
-    spec = text_spec(
-        "crash", 18107, env={"FAKEVLLM_FAIL_LOAD": "1", "FAKEVLLM_LOAD_SECONDS": "0.5"}
-    )
+    spec = text_spec("crash", port, env={"FAKEVLLM_FAIL_LOAD": "1", "FAKEVLLM_LOAD_SECONDS": "0.5"})
     await runtime.start(name, spec)
     with pytest.raises(StartFailed) as failed:
         await probe.wait_ready(name, spec, runtime)
@@ -244,8 +251,9 @@ async def test_crash_during_start_fails_with_exit_code_and_logs(
 async def test_a_server_that_never_becomes_ready_fails_at_start_timeout(
     runtime: DockerRuntime, probe
 ) -> None:
+    port = free_port()
     name = model_name("never")
-    spec = text_spec("never", 18108, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2)
+    spec = text_spec("never", port, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2)
     await runtime.start(name, spec)
     with pytest.raises(StartFailed) as failed:
         await probe.wait_ready(name, spec, runtime)
@@ -258,8 +266,9 @@ async def test_a_server_that_never_becomes_ready_fails_at_start_timeout(
 
 
 async def test_vllm_health_503_means_the_engine_died(runtime: DockerRuntime, probe) -> None:
+    port = free_port()
     name = model_name("dead")
-    spec = text_spec("dead", 18109, env={"FAKEVLLM_UNHEALTHY": "1"})
+    spec = text_spec("dead", port, env={"FAKEVLLM_UNHEALTHY": "1"})
     await runtime.start(name, spec)
     with pytest.raises(StartFailed, match="engine is dead"):
         await probe.wait_ready(name, spec, runtime)
@@ -269,8 +278,9 @@ async def test_vllm_health_503_means_the_engine_died(runtime: DockerRuntime, pro
 async def test_check_alive_reports_unhealthy_and_crashed_servers(
     runtime: DockerRuntime, probe
 ) -> None:
+    port = free_port()
     name = model_name("alive")
-    spec = text_spec("alive", 18110, env={"FAKEVLLM_CRASH_AFTER": "2"})
+    spec = text_spec("alive", port, env={"FAKEVLLM_CRASH_AFTER": "2"})
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     assert await probe.check_alive(name, spec, runtime) is None
@@ -298,8 +308,9 @@ async def test_check_alive_reports_unhealthy_and_crashed_servers(
 async def test_image_model_env_health_and_generation(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("img")
-    spec = image_spec("img", 18111, env={"FAKEVLLM_LOAD_SECONDS": "1"}, vae_tiling=True)
+    spec = image_spec("img", port, env={"FAKEVLLM_LOAD_SECONDS": "1"}, vae_tiling=True)
     await runtime.start(name, spec)
     container = docker_env.containers.get(spec.container)
     env = env_of(container)
@@ -342,8 +353,9 @@ async def test_image_model_env_health_and_generation(
 
 
 async def test_image_server_reporting_failed_fails_the_start(runtime: DockerRuntime, probe) -> None:
+    port = free_port()
     name = model_name("imgfail")
-    spec = image_spec("imgfail", 18112, env={"FAKEVLLM_FAIL_LOAD": "1"})
+    spec = image_spec("imgfail", port, env={"FAKEVLLM_FAIL_LOAD": "1"})
     await runtime.start(name, spec)
     with pytest.raises(StartFailed) as failed:
         await probe.wait_ready(name, spec, runtime)
@@ -355,8 +367,9 @@ async def test_image_server_reporting_failed_fails_the_start(runtime: DockerRunt
 async def test_a_busy_port_fails_the_start_and_leaves_no_container(
     runtime: DockerRuntime, docker_env
 ) -> None:
-    first = text_spec("port-a", 18113)
-    second = text_spec("port-b", 18113)
+    port = free_port()
+    first = text_spec("port-a", port)
+    second = text_spec("port-b", port)
     await runtime.start(model_name("port-a"), first)
     with pytest.raises(RuntimeFailure, match="start container"):
         await runtime.start(model_name("port-b"), second)
@@ -365,10 +378,11 @@ async def test_a_busy_port_fails_the_start_and_leaves_no_container(
 
 
 async def test_a_named_volume_hf_cache_is_mounted(docker_env) -> None:
+    port = free_port()
     volume = f"{SESSION}-hf"
     runtime = DockerRuntime(settings(volume))
     name = model_name("vol")
-    spec = text_spec("vol", 18114)
+    spec = text_spec("vol", port)
     try:
         await runtime.start(name, spec)
         mounts = docker_env.containers.get(spec.container).attrs["Mounts"]
@@ -386,15 +400,17 @@ async def test_a_named_volume_hf_cache_is_mounted(docker_env) -> None:
 
 @pytest.mark.parametrize("bad", ["relative/path", "/etc/../root", "/a:b", "bad name"])
 async def test_an_unusable_hf_cache_is_refused(bad: str, docker_env) -> None:
+    port = free_port()
     runtime = DockerRuntime(settings(bad))
     with pytest.raises(RuntimeFailure, match="HOMELAB_HF_CACHE"):
-        await runtime.start(model_name("badcache"), text_spec("badcache", 18115))
+        await runtime.start(model_name("badcache"), text_spec("badcache", port))
 
 
 async def test_an_image_that_is_nowhere_is_a_runtime_failure(
     runtime: DockerRuntime, docker_env
 ) -> None:
-    spec = text_spec("noimage", 18116, image="homelab-ai/does-not-exist:0")
+    port = free_port()
+    spec = text_spec("noimage", port, image="homelab-ai/does-not-exist:0")
     with pytest.raises(RuntimeFailure, match="homelab-ai/does-not-exist:0"):
         await runtime.start(model_name("noimage"), spec)
     assert docker_env.containers.list(all=True, filters={"name": f"^/{spec.container}$"}) == []
@@ -403,8 +419,9 @@ async def test_an_image_that_is_nowhere_is_a_runtime_failure(
 async def test_a_gpu_model_requests_every_gpu(runtime: DockerRuntime, docker_env) -> None:
     """The device request reaches the engine. Without GPU support (this machine) the engine
     refuses it and no container is left; with it the container carries the request."""
+    port = free_port()
     name = model_name("gpu")
-    spec = text_spec("gpu", 18117, gpu=True)
+    spec = text_spec("gpu", port, gpu=True)
     [request] = runtime.container_config(name, spec)["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
     try:
@@ -419,9 +436,10 @@ async def test_a_gpu_model_requests_every_gpu(runtime: DockerRuntime, docker_env
 
 
 async def test_the_hf_token_reaches_the_container_and_spec_env_wins(docker_env, hf_cache) -> None:
+    port = free_port()
     runtime = DockerRuntime(settings(hf_cache, hf_token="hf_abcdefghijklmnop"))
     name = model_name("token")
-    spec = text_spec("token", 18118, env={"HF_HOME": "/models"})
+    spec = text_spec("token", port, env={"HF_HOME": "/models"})
     await runtime.start(name, spec)
     env = env_of(docker_env.containers.get(spec.container))
     assert env["HUGGING_FACE_HUB_TOKEN"] == env["HF_TOKEN"] == "hf_abcdefghijklmnop"
@@ -438,8 +456,9 @@ async def gate_answer(port: int, line: bytes) -> bytes:
 async def test_prepare_starts_a_standby_container_and_start_only_releases_it(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("prepare")
-    spec = text_spec("prepare", 18119)
+    spec = text_spec("prepare", port)
     await runtime.prepare(name, spec)
     prepared = docker_env.containers.get(spec.container)
     assert prepared.status == "running" and prepared.labels[LABEL_GATED] == "true"
@@ -472,8 +491,9 @@ async def test_prepare_starts_a_standby_container_and_start_only_releases_it(
 
 
 async def test_a_wrong_key_does_not_release_the_gate(runtime: DockerRuntime, docker_env) -> None:
+    port = free_port()
     name = model_name("wrongkey")
-    spec = text_spec("wrongkey", 18124, env={"FAKEVLLM_LOAD_SECONDS": "0"})
+    spec = text_spec("wrongkey", port, env={"FAKEVLLM_LOAD_SECONDS": "0"})
     await runtime.prepare(name, spec)
     key = env_of(docker_env.containers.get(spec.container))["VLLM_API_KEY"]
     for _ in range(50):
@@ -495,8 +515,9 @@ async def test_a_wrong_key_does_not_release_the_gate(runtime: DockerRuntime, doc
 async def test_a_restarted_runtime_sees_a_standby_container_as_standby_and_can_release_it(
     docker_env, hf_cache, probe
 ) -> None:
+    port = free_port()
     name = model_name("restart-standby")
-    spec = text_spec("restart-standby", 18125, env={"FAKEVLLM_LOAD_SECONDS": "0.2"})
+    spec = text_spec("restart-standby", port, env={"FAKEVLLM_LOAD_SECONDS": "0.2"})
     await DockerRuntime(settings(hf_cache)).prepare(name, spec)
     container = docker_env.containers.get(spec.container)
     later = DockerRuntime(settings(hf_cache))  # the next manager's runtime
@@ -517,9 +538,10 @@ async def test_a_restarted_runtime_sees_a_standby_container_as_standby_and_can_r
 async def test_with_standby_off_prepare_only_creates_and_start_releases(
     docker_env, hf_cache, probe
 ) -> None:
+    port = free_port()
     runtime = DockerRuntime(settings(hf_cache, standby=False))
     name = model_name("nostandby")
-    spec = text_spec("nostandby", 18126)
+    spec = text_spec("nostandby", port)
     await runtime.prepare(name, spec)
     assert docker_env.containers.get(spec.container).status == "created"
     await runtime.start(name, spec)
@@ -530,9 +552,10 @@ async def test_with_standby_off_prepare_only_creates_and_start_releases(
 async def test_prepare_replaces_a_standby_container_whose_spec_changed(
     runtime: DockerRuntime, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("reprepare")
-    old = text_spec("reprepare", 18120, env={"MARK": "old"})
-    new = text_spec("reprepare", 18120, env={"MARK": "new"})
+    old = text_spec("reprepare", port, env={"MARK": "old"})
+    new = text_spec("reprepare", port, env={"MARK": "new"})
     await runtime.prepare(name, old)  # a standby container of the old spec
     old_id = docker_env.containers.get(old.container).id
     for _ in range(50):  # until its gate listens (so it is known for a standby one)
@@ -549,8 +572,9 @@ async def test_prepare_replaces_a_standby_container_whose_spec_changed(
 async def test_a_start_right_after_a_stop_of_the_same_model_gets_a_fresh_container(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("again")
-    spec = text_spec("again", 18121)
+    spec = text_spec("again", port)
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     first = docker_env.containers.get(spec.container)
@@ -576,8 +600,9 @@ def _process_state(pid: int) -> str:
 async def test_a_stop_returns_once_the_process_exited_seen_from_the_host(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port = free_port()
     name = model_name("exit")
-    spec = text_spec("exit", 18127)
+    spec = text_spec("exit", port)
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     container = docker_env.containers.get(spec.container)
@@ -597,8 +622,9 @@ async def test_a_stop_returns_once_the_process_exited_seen_from_the_host(
 async def test_a_swap_with_prepare_starts_the_container_prepared_while_the_other_ran(
     runtime: DockerRuntime, probe, docker_env
 ) -> None:
+    port1, port2 = free_ports(2)
     outgoing, incoming = model_name("swap-out"), model_name("swap-in")
-    out_spec, in_spec = text_spec("swap-out", 18122), text_spec("swap-in", 18123)
+    out_spec, in_spec = text_spec("swap-out", port1), text_spec("swap-in", port2)
     await runtime.start(outgoing, out_spec)
     await probe.wait_ready(outgoing, out_spec, runtime)
     await runtime.prepare(incoming, in_spec)  # while the outgoing one still runs

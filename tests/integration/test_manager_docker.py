@@ -1,7 +1,8 @@
 """The whole manager (HTTP API, scheduler, DockerRuntime, HttpReadinessProbe) against real
 containers of the fake vLLM image.
 
-Managers listen on 18160-18179; model servers use 18150-18159.
+Managers and model servers get free ports of 18100-18199, picked per test
+(tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from manager.runtime import LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODEL
-from tests.integration.conftest import FAKE_IMAGE, SESSION
+from tests.integration.conftest import FAKE_IMAGE, SESSION, free_ports
 from tests.integration.manager_harness import (
     RunningManager,
     event_log,
@@ -49,10 +50,12 @@ def image_model(suffix: str, port: int, **fields: Any) -> dict[str, Any]:
     return entry
 
 
-MODELS = {
-    "chat-a": text_model("a", 18150, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
-    "chat-b": text_model("b", 18151, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
-}
+def two_models(port_a: int, port_b: int) -> dict[str, dict[str, Any]]:
+    """chat-a and chat-b (a test that restarts its manager hands both the same dict)."""
+    return {
+        "chat-a": text_model("a", port_a, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
+        "chat-b": text_model("b", port_b, env={"FAKEVLLM_LOAD_SECONDS": "0.3"}),
+    }
 
 
 @pytest.fixture
@@ -103,7 +106,9 @@ async def chat(lease: dict, text: str) -> httpx.Response:
 
 
 async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path) -> None:
-    manager = await launch(managers, MODELS, 18160, tmp_path)
+    port, port_a, port_b = free_ports(3)
+    models_ab = two_models(port_a, port_b)
+    manager = await launch(managers, models_ab, port, tmp_path)
     api = manager.client()
     assert (await model_status(api, "chat-a"))["state"] == "stopped"
     assert await removed(docker_env, "chat-a") == []
@@ -112,7 +117,7 @@ async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path
     assert lease.status_code == 200, lease.text
     body = lease.json()
     assert body["model"] == "chat-a" and body["type"] == "text"
-    assert body["base_url"] == "http://127.0.0.1:18150"
+    assert body["base_url"] == f"http://127.0.0.1:{port_a}"
     reply = await chat(body, "first words")
     assert reply.json()["choices"][0]["message"]["content"] == "[chat-a] first words"
 
@@ -129,7 +134,9 @@ async def test_cold_start_lease_and_release(managers, docker_env, tmp_path: Path
 
 
 async def test_swap_from_a_to_b(managers, docker_env, tmp_path: Path) -> None:
-    manager = await launch(managers, MODELS, 18161, tmp_path)
+    port, port_a, port_b = free_ports(3)
+    models_ab = two_models(port_a, port_b)
+    manager = await launch(managers, models_ab, port, tmp_path)
     api = manager.client()
     async with event_log(manager) as events:
         first = (await api.post("/v1/models/chat-a/ensure")).json()
@@ -153,7 +160,9 @@ async def test_swap_from_a_to_b(managers, docker_env, tmp_path: Path) -> None:
 
 
 async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Path) -> None:
-    manager = await launch(managers, MODELS, 18162, tmp_path)
+    port, port_a, port_b = free_ports(3)
+    models_ab = two_models(port_a, port_b)
+    manager = await launch(managers, models_ab, port, tmp_path)
     api = manager.client()
     held = (await api.post("/v1/leases", json={"model": "chat-a"})).json()
     wanting_b = asyncio.create_task(manager.client().post("/v1/leases", json={"model": "chat-b"}))
@@ -178,8 +187,10 @@ async def test_no_stop_while_a_lease_is_held(managers, docker_env, tmp_path: Pat
 
 
 async def test_fifty_concurrent_requests_over_two_models(managers, tmp_path: Path) -> None:
+    port, port_a, port_b = free_ports(3)
+    models_ab = two_models(port_a, port_b)
     bound = 5
-    manager = await launch(managers, MODELS, 18163, tmp_path, batch_bound=bound)
+    manager = await launch(managers, models_ab, port, tmp_path, batch_bound=bound)
 
     async def one_request(i: int) -> str:
         model = ("chat-a", "chat-b")[i % 2]
@@ -208,11 +219,13 @@ async def test_fifty_concurrent_requests_over_two_models(managers, tmp_path: Pat
 async def test_a_crash_during_start_is_a_503_with_exit_code_and_logs(
     managers, docker_env, tmp_path: Path
 ) -> None:
+    port1, port2, port_a, port_b = free_ports(4)
+    models_ab = two_models(port_a, port_b)
     models = {
-        **MODELS,
-        "broken": text_model("broken", 18152, env={"FAKEVLLM_FAIL_LOAD": "1"}),
+        **models_ab,
+        "broken": text_model("broken", port1, env={"FAKEVLLM_FAIL_LOAD": "1"}),
     }
-    manager = await launch(managers, models, 18164, tmp_path)
+    manager = await launch(managers, models, port2, tmp_path)
     api = manager.client()
     failed = await api.post("/v1/leases", json={"model": "broken"})
     assert failed.status_code == 503
@@ -231,10 +244,11 @@ async def test_a_crash_during_start_is_a_503_with_exit_code_and_logs(
 async def test_a_server_that_never_becomes_ready_fails_at_its_start_timeout(
     managers, tmp_path: Path
 ) -> None:
+    port1, port2 = free_ports(2)
     models = {
-        "stuck": text_model("stuck", 18153, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2),
+        "stuck": text_model("stuck", port1, env={"FAKEVLLM_NEVER_READY": "1"}, start_timeout=2),
     }
-    manager = await launch(managers, models, 18165, tmp_path)
+    manager = await launch(managers, models, port2, tmp_path)
     api = manager.client()
     failed = await api.post("/v1/leases", json={"model": "stuck"})
     assert failed.status_code == 503
@@ -245,22 +259,24 @@ async def test_a_server_that_never_becomes_ready_fails_at_its_start_timeout(
 async def test_a_restarted_manager_adopts_the_running_model(
     managers, docker_env, tmp_path: Path
 ) -> None:
-    models = {**MODELS, "img": image_model("img", 18154)}
+    port1, port2, port3, port4, port5, port_a, port_b = free_ports(7)
+    models_ab = two_models(port_a, port_b)
+    models = {**models_ab, "img": image_model("img", port1)}
     # A server of a model the next catalogue does not have, left running by a manager:
     # it must be removed at adoption.
-    other = await launch(managers, {"gone": text_model("gone", 18155)}, 18167, tmp_path)
+    other = await launch(managers, {"gone": text_model("gone", port2)}, port3, tmp_path)
     assert (await other.client().post("/v1/models/gone/ensure")).status_code == 200
     await other.stop()
     assert [c.status for c in containers_of(docker_env, "gone")] == ["running"]
 
-    first = await launch(managers, models, 18166, tmp_path)
+    first = await launch(managers, models, port4, tmp_path)
     assert (await first.client().post("/v1/models/chat-b/ensure")).json()["state"] == "ready"
     assert await removed(docker_env, "gone") == []
     [running] = containers_of(docker_env, "chat-b")
     await first.stop()
     assert docker_env.containers.get(running.id).status == "running"  # left up on exit
 
-    second = await launch(managers, models, 18168, tmp_path)
+    second = await launch(managers, models, port5, tmp_path)
     api = second.client()
     await wait_for_state(api, "chat-b", "ready")
     assert second.scheduler.swaps == 0  # adopted, not started
@@ -277,8 +293,9 @@ async def test_a_restarted_manager_adopts_the_running_model(
 async def test_an_idle_model_is_stopped_after_its_idle_ttl(
     managers, docker_env, tmp_path: Path
 ) -> None:
-    models = {"sleepy": text_model("sleepy", 18156, idle_ttl=1)}
-    manager = await launch(managers, models, 18169, tmp_path, liveness_interval=0.2)
+    port1, port2 = free_ports(2)
+    models = {"sleepy": text_model("sleepy", port1, idle_ttl=1)}
+    manager = await launch(managers, models, port2, tmp_path, liveness_interval=0.2)
     api = manager.client()
     lease = (await api.post("/v1/leases", json={"model": "sleepy"})).json()
     await asyncio.sleep(1.5)  # a held lease is not idleness
@@ -289,7 +306,9 @@ async def test_an_idle_model_is_stopped_after_its_idle_ttl(
 
 
 async def test_the_token_is_required_and_checked(managers, tmp_path: Path) -> None:
-    manager = await launch(managers, MODELS, 18170, tmp_path)
+    port, port_a, port_b = free_ports(3)
+    models_ab = two_models(port_a, port_b)
+    manager = await launch(managers, models_ab, port, tmp_path)
     assert (await manager.client("").get("/healthz")).json() == {"status": "ok"}
     for client in (manager.client(""), manager.client("wrong-token-of-enough-length")):
         for method, path in (
@@ -308,8 +327,9 @@ async def test_the_token_is_required_and_checked(managers, tmp_path: Path) -> No
 async def test_a_server_that_dies_while_ready_is_marked_failed_and_restarted(
     managers, docker_env, tmp_path: Path
 ) -> None:
-    models = {"fragile": text_model("fragile", 18157, env={"FAKEVLLM_CRASH_AFTER": "1"})}
-    manager = await launch(managers, models, 18176, tmp_path, liveness_interval=0.2)
+    port1, port2 = free_ports(2)
+    models = {"fragile": text_model("fragile", port1, env={"FAKEVLLM_CRASH_AFTER": "1"})}
+    manager = await launch(managers, models, port2, tmp_path, liveness_interval=0.2)
     api = manager.client()
     lease = (await api.post("/v1/leases", json={"model": "fragile"})).json()
     assert (await chat(lease, "last words")).status_code == 200  # then it exits 3
@@ -328,8 +348,9 @@ async def test_a_container_killed_while_ready_is_noticed_from_the_engines_events
     managers, docker_env, tmp_path: Path
 ) -> None:
     """No liveness pass runs here (interval 1 h): only the engine's `die` event can tell."""
-    models = {"doomed": text_model("doomed", 18158)}
-    manager = await launch(managers, models, 18171, tmp_path, liveness_interval=3600)
+    port1, port2 = free_ports(2)
+    models = {"doomed": text_model("doomed", port1)}
+    manager = await launch(managers, models, port2, tmp_path, liveness_interval=3600)
     api = manager.client()
     assert (await api.post("/v1/models/doomed/ensure")).json()["state"] == "ready"
     [container] = containers_of(docker_env, "doomed")
@@ -343,12 +364,14 @@ async def test_a_restarted_manager_keeps_the_leases_and_does_not_stop_their_cont
 ) -> None:
     """The Docker variant of the fault test's restart case (the manager here stops without
     releasing, in-process: what matters is that the lease file outlives it)."""
-    first = await launch(managers, MODELS, 18172, tmp_path)
+    port1, port2, port_a, port_b = free_ports(4)
+    models_ab = two_models(port_a, port_b)
+    first = await launch(managers, models_ab, port1, tmp_path)
     lease = (await first.client().post("/v1/leases", json={"model": "chat-a"})).json()
     [running] = containers_of(docker_env, "chat-a")
     await first.stop()
 
-    second = await launch(managers, MODELS, 18173, tmp_path)
+    second = await launch(managers, models_ab, port2, tmp_path)
     api = second.client()
     status = await wait_for_state(api, "chat-a", "ready")
     assert status["in_flight"] == 1, "the new manager knows the lease in flight"
@@ -367,12 +390,14 @@ async def test_a_container_created_but_never_used_is_found_by_its_labels(
 ) -> None:
     """A manager killed right after creating a container: the next one finds it by its
     labels, and two models never run at once."""
+    port1, port2, port_a, port_b = free_ports(4)
+    models_ab = two_models(port_a, port_b)
     from manager.docker_runtime import DockerRuntime
     from manager.spec import parse_catalogue
     from tests.integration.conftest import token
     from tests.integration.manager_harness import SessionSettings
 
-    models = {**MODELS, "lost": text_model("lost", 18159)}
+    models = {**models_ab, "lost": text_model("lost", port1)}
     catalogue = parse_catalogue(models, source="test")
     settings = SessionSettings(
         manager_token=token(), hf_cache=str(tmp_path), model_host="127.0.0.1", instance=SESSION
@@ -380,7 +405,7 @@ async def test_a_container_created_but_never_used_is_found_by_its_labels(
     config = DockerRuntime(settings).container_config("lost", catalogue.models["lost"])
     docker_env.containers.run(**config)  # as a killed manager left it
 
-    manager = await launch(managers, models, 18174, tmp_path)
+    manager = await launch(managers, models, port2, tmp_path)
     api = manager.client()
     assert (await api.post("/v1/models/chat-b/ensure")).json()["state"] == "ready"
     running = [
@@ -395,13 +420,14 @@ async def test_models_that_fit_the_budget_stay_up_together(
 ) -> None:
     """Budget 20 MiB: chat-a (10) and chat-b (10) serve alternating requests from two
     running containers with no swap; chat-c (10) evicts the least recently used, chat-a."""
+    port1, port2, port3, port4 = free_ports(4)
     fast = {"FAKEVLLM_LOAD_SECONDS": "0.3"}
     models = {
-        "chat-a": text_model("a", 18150, env=fast, gpu_memory_mib=10),
-        "chat-b": text_model("b", 18151, env=fast, gpu_memory_mib=10),
-        "chat-c": text_model("c", 18152, env=fast, gpu_memory_mib=10),
+        "chat-a": text_model("a", port1, env=fast, gpu_memory_mib=10),
+        "chat-b": text_model("b", port2, env=fast, gpu_memory_mib=10),
+        "chat-c": text_model("c", port3, env=fast, gpu_memory_mib=10),
     }
-    manager = await launch(managers, models, 18175, tmp_path, gpu_budget_mib=20)
+    manager = await launch(managers, models, port4, tmp_path, gpu_budget_mib=20)
     api = manager.client()
     async with event_log(manager) as events:
         for model in ["chat-a", "chat-b"] * 3:
@@ -435,7 +461,9 @@ async def running_container(docker_env: Any, model: str, not_id: str | None = No
 async def test_standby_containers_are_kept_for_models_not_resident_and_survive_a_restart(
     managers, docker_env, tmp_path: Path
 ) -> None:
-    manager = await launch(managers, MODELS, 18177, tmp_path, standby=True)
+    port1, port2, port_a, port_b = free_ports(4)
+    models_ab = two_models(port_a, port_b)
+    manager = await launch(managers, models_ab, port1, tmp_path, standby=True)
     api = manager.client()
     # After adoption, every stopped model gets a standby container: running, no server.
     standby_a = await running_container(docker_env, "chat-a")
@@ -457,7 +485,7 @@ async def test_standby_containers_are_kept_for_models_not_resident_and_survive_a
     assert await removed(docker_env, "chat-a", standby_a.id) == []
     await manager.stop()
 
-    second = await launch(managers, MODELS, 18178, tmp_path, standby=True)
+    second = await launch(managers, models_ab, port2, tmp_path, standby=True)
     api = second.client()
     await wait_for_state(api, "chat-b", "ready")  # the server is adopted...
     assert (await model_status(api, "chat-a"))["state"] == "stopped"  # ...the standby one not

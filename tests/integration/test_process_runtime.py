@@ -1,6 +1,7 @@
 """ProcessRuntime + HttpReadinessProbe with the fake server as real host processes.
 
-No Docker needed, so these are not marked `docker`. Ports 18130-18149. Every
+No Docker needed, so these are not marked `docker`. Ports: free ones of 18100-18199,
+picked per test (tests/integration/conftest.py). Every
 test stops what it started; the `runtime` fixture also stops anything left in
 its registry, and kills the test's helper processes.
 """
@@ -26,6 +27,8 @@ from manager.settings import ManagerSettings
 from tests.integration.conftest import (
     FAKE_COMMAND,
     FAKE_ENV,
+    free_port,
+    free_ports,
     image_spec,
     model_name,
     text_spec,
@@ -91,19 +94,20 @@ async def test_process_runtime_is_a_container_runtime(runtime: ProcessRuntime) -
 async def test_argv_and_environment(
     runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    port1, port2 = free_ports(2)
     monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", "must-not-leak-to-model-servers")
-    default = text_spec("argv", 18130, args=["--enforce-eager"])
+    default = text_spec("argv", port1, args=["--enforce-eager"])
     argv = runtime.argv(model_name("argv"), default)
     assert argv == [
         "python3", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "fake/argv", "--served-model-name", model_name("argv"),
-        "--host", "127.0.0.1", "--port", "18130", "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port1), "--enforce-eager",
     ]  # fmt: skip
-    image = image_spec("argv-img", 18131)
+    image = image_spec("argv-img", port2)
     assert runtime.argv(model_name("argv-img"), image) == ["python3", "-m", "imageserver"]
     env = runtime.environment(model_name("argv-img"), image)
     assert "HOMELAB_MANAGER_TOKEN" not in env
-    assert env["HOMELAB_IMAGE_PORT"] == "18131"
+    assert env["HOMELAB_IMAGE_PORT"] == str(port2)
     assert env["HOMELAB_IMAGE_HOST"] == "127.0.0.1"
     assert env["HOMELAB_IMAGE_SERVED_NAME"] == model_name("argv-img")
     assert env["FAKEVLLM_KIND"] == "image"  # the spec's env
@@ -113,8 +117,9 @@ async def test_argv_and_environment(
 
 
 async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> None:
+    port = free_port()
     name = model_name("proc")
-    spec = fake_text("proc", 18132, FAKEVLLM_LOAD_SECONDS="0.5")
+    spec = fake_text("proc", port, FAKEVLLM_LOAD_SECONDS="0.5")
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     auth = await upstream_auth(runtime, name, spec)
@@ -149,9 +154,10 @@ async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> N
 
 
 async def test_a_changed_spec_replaces_the_process(runtime: ProcessRuntime, probe) -> None:
+    port = free_port()
     name = model_name("proc-change")
-    old = fake_text("proc-change", 18133, MARK="old")
-    new = fake_text("proc-change", 18133, MARK="new")
+    old = fake_text("proc-change", port, MARK="old")
+    new = fake_text("proc-change", port, MARK="new")
     await runtime.start(name, old)
     await probe.wait_ready(name, old, runtime)
     old_pid = json.loads(runtime.registry_path.read_text())[name]["pid"]
@@ -165,8 +171,9 @@ async def test_a_changed_spec_replaces_the_process(runtime: ProcessRuntime, prob
 async def test_crash_during_start_fails_with_exit_code_and_logs(
     runtime: ProcessRuntime, probe
 ) -> None:
+    port = free_port()
     name = model_name("proc-crash")
-    spec = fake_text("proc-crash", 18134, FAKEVLLM_FAIL_LOAD="1")
+    spec = fake_text("proc-crash", port, FAKEVLLM_FAIL_LOAD="1")
     await runtime.start(name, spec)
     with pytest.raises(StartFailed) as failed:
         await probe.wait_ready(name, spec, runtime)
@@ -176,8 +183,9 @@ async def test_crash_during_start_fails_with_exit_code_and_logs(
 
 
 async def test_never_ready_fails_at_start_timeout(runtime: ProcessRuntime, probe) -> None:
+    port = free_port()
     name = model_name("proc-never")
-    spec = fake_text("proc-never", 18135, FAKEVLLM_NEVER_READY="1").model_copy(
+    spec = fake_text("proc-never", port, FAKEVLLM_NEVER_READY="1").model_copy(
         update={"start_timeout": 1.5}
     )
     await runtime.start(name, spec)
@@ -187,7 +195,8 @@ async def test_never_ready_fails_at_start_timeout(runtime: ProcessRuntime, probe
 
 
 async def test_a_missing_program_is_a_runtime_failure(runtime: ProcessRuntime) -> None:
-    spec = text_spec("proc-missing", 18136, command=["/nonexistent/python-for-vllm"])
+    port = free_port()
+    spec = text_spec("proc-missing", port, command=["/nonexistent/python-for-vllm"])
     with pytest.raises(RuntimeFailure, match="cannot run '/nonexistent/python-for-vllm'"):
         await runtime.start(model_name("proc-missing"), spec)
     assert await runtime.inspect(model_name("proc-missing"), spec) is None
@@ -197,6 +206,7 @@ async def test_stop_kills_the_whole_process_group(
     runtime: ProcessRuntime, probe, tmp_path: Path
 ) -> None:
     """vLLM runs its engine in a child process: stopping the server must end it too."""
+    port = free_port()
     pid_file = tmp_path / "child.pid"
     launcher = (
         "import os, runpy, subprocess, sys;"
@@ -206,7 +216,7 @@ async def test_stop_kills_the_whole_process_group(
         "runpy.run_module('tests.fixtures.fakevllm', run_name='__main__')"
     )
     name = model_name("proc-group")
-    spec = text_spec("proc-group", 18137, command=[sys.executable, "-c", launcher], env=FAKE_ENV)
+    spec = text_spec("proc-group", port, command=[sys.executable, "-c", launcher], env=FAKE_ENV)
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     child = int(pid_file.read_text())
@@ -219,12 +229,13 @@ async def test_stop_kills_the_whole_process_group(
 async def test_a_server_ignoring_sigterm_is_killed_after_the_timeout(
     runtime: ProcessRuntime,
 ) -> None:
+    port = free_port()
     stubborn = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "print('ignoring SIGTERM', flush=True); time.sleep(600)"
     )
     name = model_name("proc-stubborn")
-    spec = text_spec("proc-stubborn", 18138, command=[sys.executable, "-c", stubborn])
+    spec = text_spec("proc-stubborn", port, command=[sys.executable, "-c", stubborn])
     await runtime.start(name, spec)
     for _ in range(100):
         if "ignoring SIGTERM" in await runtime.logs(name, spec):
@@ -239,8 +250,9 @@ async def test_a_server_ignoring_sigterm_is_killed_after_the_timeout(
 async def test_a_restarted_manager_adopts_its_processes(
     runtime: ProcessRuntime, probe, tmp_path: Path
 ) -> None:
+    port = free_port()
     name = model_name("proc-adopt")
-    spec = fake_text("proc-adopt", 18139)
+    spec = fake_text("proc-adopt", port)
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     pid = json.loads(runtime.registry_path.read_text())[name]["pid"]
@@ -288,10 +300,11 @@ async def test_a_corrupt_registry_is_ignored(runtime: ProcessRuntime) -> None:
 
 
 async def test_image_kind_as_a_process(runtime: ProcessRuntime, probe) -> None:
+    port = free_port()
     name = model_name("proc-img")
     spec = image_spec(
         "proc-img",
-        18140,
+        port,
         command=FAKE_COMMAND,
         env={**FAKE_ENV, "FAKEVLLM_LOAD_SECONDS": "0.5"},
     )
@@ -306,8 +319,9 @@ async def test_image_kind_as_a_process(runtime: ProcessRuntime, probe) -> None:
 
 
 async def test_check_alive_sees_a_crash(runtime: ProcessRuntime, probe) -> None:
+    port = free_port()
     name = model_name("proc-alive")
-    spec = fake_text("proc-alive", 18141, FAKEVLLM_CRASH_AFTER="1")
+    spec = fake_text("proc-alive", port, FAKEVLLM_CRASH_AFTER="1")
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     auth = await upstream_auth(runtime, name, spec)
@@ -331,8 +345,9 @@ async def test_an_unregistered_server_of_this_manager_is_found_and_registered(
 ) -> None:
     """A manager killed between spawn and registry write left a server: the next one finds
     it by the owner mark in its environment (regression: it stayed an invisible orphan)."""
+    port = free_port()
     name = model_name("proc-stray")
-    spec = fake_text("proc-stray", 18143)
+    spec = fake_text("proc-stray", port)
     stray = subprocess.Popen(  # noqa: ASYNC220 (a plain child, as a dead manager left it)
         runtime.argv(name, spec),
         env=runtime.environment(name, spec),
@@ -357,12 +372,13 @@ async def test_an_unregistered_server_of_this_manager_is_found_and_registered(
 
 async def test_a_port_in_use_by_another_program_fails_the_start(runtime: ProcessRuntime) -> None:
     """Readiness must never take another program's answer for the new server's."""
+    port = free_port()
     import socket
 
-    spec = fake_text("proc-busy", 18144)
+    spec = fake_text("proc-busy", port)
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        other.bind(("127.0.0.1", 18144))
+        other.bind(("127.0.0.1", port))
         other.listen(1)
         with pytest.raises(RuntimeFailure, match="already in use"):
             await runtime.start(model_name("proc-busy"), spec)

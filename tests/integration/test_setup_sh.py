@@ -299,6 +299,10 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         assert len(keys) == 1 and len(keys[0]) >= 32, env_file.read_text()
         assert keys[0] not in first.stdout + first.stderr
         assert "a new API key was generated" in first.stdout
+        # Image URLs point at the address it printed: the env file sets the public URL.
+        printed = f"http://{socket.gethostname()}:{port}"
+        assert f"HOMELAB_PUBLIC_URL={printed}\n" in env_file.read_text()
+        assert f"Web UI:           {printed}/" in first.stdout
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401
         # By this machine's name the proxy answers (it checks Host); by another it does not.
         here = socket.gethostname()

@@ -271,7 +271,11 @@ export function createApi({ getKey, base = document.baseURI }) {
     for (const item of data) {
       if (typeof item?.b64_json === "string") out.push(base64ToBlob(item.b64_json));
       else if (typeof item?.url === "string") {
-        const res = await request(item.url, { signal });
+        // A picture the proxy stored is fetched from this page's own proxy, whatever
+        // address the URL names (HOMELAB_PUBLIC_URL may name another than this browser
+        // uses, which the page's connect-src 'self' would refuse).
+        const stored = /\/images\/([A-Za-z0-9_-]+\.[a-z]+)$/.exec(new URL(item.url, base).pathname);
+        const res = await request(stored ? `images/${stored[1]}` : item.url, { signal });
         out.push(imageBlob(new Uint8Array(await res.arrayBuffer()), res.headers.get("Content-Type") ?? ""));
       }
       else throw new ApiError("an image in the answer has neither b64_json nor url", { source: "model_server" });

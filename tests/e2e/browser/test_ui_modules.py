@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.ui_markdown import HARD_ANSWER
-from tests.e2e.browser.uistack import Ui
+from tests.e2e.browser.uistack import Stack, Ui
 
 pytestmark = pytest.mark.browser
 
@@ -408,3 +408,46 @@ def test_time_helpers(ui: Ui) -> None:
         "past": True,
         "elapsed": ["0:00", "1:01", "1:02:03"],
     }
+
+
+def test_a_stored_picture_is_fetched_from_this_proxy_whatever_host_its_url_names(
+    ui: Ui, stack: Stack
+) -> None:
+    """An images answer's URL may name another address for this proxy than the page's
+    (HOMELAB_PUBLIC_URL, which `setup.sh server` sets): the page fetches the picture
+    from its own origin (its connect-src 'self' would refuse the other), and a URL
+    that is not the proxy's image store is fetched as it is."""
+    name = "a" * 32 + ".png"
+    got = run(
+        ui,
+        f"""const seen = [];
+            const png = Uint8Array.from(atob('iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGNkZGJmYGBgYmBgYGBgAAAAcAAKM8X3iAAAAABJRU5ErkJggg=='), (c) => c.charCodeAt(0));
+            const real = window.fetch;
+            window.fetch = async (url) => {{
+              seen.push(String(url));
+              if (String(url).endsWith('v1/images/generations')) {{
+                const data = [
+                  {{url: 'http://elsewhere.invalid:9/images/{name}'}},
+                  {{url: 'http://elsewhere.invalid:9/pictures/{name}'}},
+                ];
+                return new Response(JSON.stringify({{data}}), {{headers: {{'Content-Type': 'application/json'}}}});
+              }}
+              return new Response(png, {{headers: {{'Content-Type': 'image/png'}}}});
+            }};
+            try {{
+              const api = m.createApi({{getKey: () => null}});
+              const blobs = await api.generateImage({{model: 'img', prompt: 'x'}});
+              return {{seen, pictures: blobs.length}};
+            }} finally {{
+              window.fetch = real;
+            }}""",
+    )
+    proxy = stack.proxy_url.rstrip("/")
+    assert got == {
+        "seen": [
+            f"{proxy}/v1/images/generations",
+            f"{proxy}/images/{name}",
+            f"http://elsewhere.invalid:9/pictures/{name}",
+        ],
+        "pictures": 2,
+    }, got

@@ -252,6 +252,9 @@ async def spawn_kill(stack: FaultStack) -> FaultResult:
                     spawned = True
                     await asyncio.sleep(LOAD_WAIT)  # let it load and bind its port
                     break
+            # Live servers the registry does not name, just before the kill: the case under
+            # test needs one (spawned, its registry write still held on the FIFO).
+            unregistered = len(stack.orphans())
             await asyncio.to_thread(stack.kill_manager)
             fifo.unlink()
             await asyncio.to_thread(stack.start_manager)
@@ -262,6 +265,7 @@ async def spawn_kill(stack: FaultStack) -> FaultResult:
             servers = stack.servers()
         facts = {
             "spawned_before_kill": spawned,
+            "unregistered_at_kill": unregistered,
             "first_request": first.result,
             "second_request": second.result,
             "servers_after": sorted(s.model for s in servers),

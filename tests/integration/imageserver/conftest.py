@@ -12,9 +12,7 @@ when the test is done.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests import tools
 
 ROOT = Path(__file__).resolve().parents[3]
 PORTS = range(18300, 18400)
@@ -39,17 +39,8 @@ def require_diffusers() -> None:
 
 
 def free_port() -> int:
-    """A port in 18300-18399 nothing listens on right now."""
-    candidates = list(PORTS)
-    random.shuffle(candidates)
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18300-18399")
+    """A port in 18300-18399 nothing listens on right now, at random (`tests.tools`)."""
+    return tools.free_ports(PORTS, 1)[0]
 
 
 @pytest.fixture(scope="session")

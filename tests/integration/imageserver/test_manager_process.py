@@ -3,7 +3,8 @@
 What the one-machine demo and a GPU box without Docker do: the manager starts
 `python -m imageserver` with the `HOMELAB_IMAGE_*` environment it derives from
 an ImageModel spec, waits for `/health` to say ready (or failed, with the
-reason), uses it, and stops it. Marker `diffusers`. Every test stops what it
+reason), uses it with the per-start upstream key it made (the real server refuses
+`/v1` without it), and stops it. Marker `diffusers`. Every test stops what it
 started; the fixture also stops anything left in the runtime's registry.
 """
 
@@ -83,6 +84,24 @@ async def test_the_manager_starts_checks_uses_and_stops_the_image_server(
     assert await probe.check_alive(name, spec, runtime) is None
 
     auth = await upstream_auth(runtime, name, spec)
+    async with httpx.AsyncClient(
+        base_url=runtime.base_url(spec), trust_env=False, timeout=120
+    ) as stranger:
+        # The real server refuses /v1 without this start's key (or with another), in an
+        # envelope; its /health stays open for the probe.
+        wrong = {"Authorization": auth["Authorization"][:-1] + "x"}
+        for headers in ({}, wrong, {"Authorization": auth["Authorization"].split()[1]}):
+            for method, path in (("GET", "/v1/models"), ("POST", "/v1/images/generations")):
+                body = {"model": name, "prompt": "a kite", "size": "64x64"}
+                r = await stranger.request(
+                    method, path, json=body if method == "POST" else None, headers=headers
+                )
+                assert r.status_code == 401, (method, path, headers, r.text)
+                assert r.headers["WWW-Authenticate"] == "Bearer"
+                error = r.json()["error"]
+                assert error["code"] == "invalid_api_key" and error["source"] == "model_server"
+                assert set(error) >= {"message", "type", "param", "code"}
+        assert (await stranger.get("/health")).json()["status"] == "ready"
     async with httpx.AsyncClient(
         base_url=runtime.base_url(spec), headers=auth, trust_env=False, timeout=120
     ) as client:

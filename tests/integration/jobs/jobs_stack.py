@@ -109,7 +109,7 @@ class JobsStack:
                 "HOMELAB_IMAGE_DIR": str(self.work / "images"),
                 "HOMELAB_APP_DIR": str(self.work / "app"),
                 "HOMELAB_JOBS_URL": jobs_url,
-                "HOMELAB_PUBLIC_URL": url,  # absolute image URLs (relative without it)
+                "HOMELAB_PUBLIC_URL": url,  # image URLs on this address, as setup.sh server sets it
                 "HOMELAB_MODELS_CACHE_TTL": "0.2",
                 **(extra or {}),
             }

@@ -62,6 +62,9 @@ class LiveStack:
     broken_image: str
     embedding: str
     log_dir: Path
+    internal: tuple[str, ...] = ()
+    """The addresses (host:port) of the manager and the model servers: no answer to a
+    keyless client may name one."""
 
     def client(self, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -145,10 +148,10 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextlib.contextmanager
 def run_open_proxy(
-    stack: LiveStack, work: Path, extra_env: dict[str, str] | None = None
+    stack: LiveStack, work: Path, extra_env: dict[str, str | None] | None = None
 ) -> Iterator[str]:
     """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode) and
-    `extra_env` settings; yields its URL."""
+    `extra_env` settings (None: the setting left unset); yields its URL."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
     (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
@@ -166,8 +169,12 @@ def run_open_proxy(
             "HOMELAB_IMAGE_DIR": str(work / "open-images"),
             "HOMELAB_APP_DIR": str(work / "app"),
             "HOMELAB_PUBLIC_URL": url,
-            **(extra_env or {}),
         }
+        for name, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
 
         def is_ours(url: str = url) -> bool:
             r = httpx.get(url + "/readyz", timeout=2)
@@ -263,6 +270,9 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
                             manager_token=token,
                             api_key=API_KEY,
                             log_dir=log_dir,
+                            internal=tuple(
+                                f"127.0.0.1:{port}" for port in (manager_port, *model_ports)
+                            ),
                             **NAMES,
                         )
                         return

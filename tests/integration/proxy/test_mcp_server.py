@@ -32,6 +32,7 @@ from tests.e2e.browser.uistack import (
     run_stack,
 )
 from tests.mcp_client import (
+    INITIALIZE,
     Recorder,
     http_session,
     leaves,
@@ -104,20 +105,10 @@ async def test_tools_and_schemas_follow_models_json(mcp_stack: Stack) -> None:
 
 
 async def test_wrong_key_is_refused_with_a_json_401(mcp_stack: Stack) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     async with httpx.AsyncClient() as client:
         r = await client.post(
             _mcp_url(mcp_stack),
-            json=init,
+            json=INITIALIZE,
             headers={"Authorization": "Bearer wrong-key-0123456789", "Accept": "application/json"},
         )
     assert r.status_code == 401

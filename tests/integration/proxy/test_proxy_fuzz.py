@@ -86,17 +86,27 @@ def test_generated_requests_never_get_a_500(
         "/v1/images/edits": image,
     }
     seen: list[tuple[str, int]] = []
+    secret = () if with_key else live_stack.internal
     for op in operations(schema, mode):
         model = known.get(op.path) if real_models else None
-        fuzz(op, mode, live_stack.proxy_url, headers, model, seen)
+        fuzz(op, mode, live_stack.proxy_url, headers, model, seen, secret)
     # Every path was exercised (some paths have several methods: /v1/files, /v1/batches).
     assert {path for path, _ in seen} == {op.path for op in operations(schema, mode)}
     if not with_key:
         assert all(status == 401 for path, status in seen if path.startswith("/v1/")), seen
 
 
-def fuzz(op, mode, base_url: str, headers: dict, model: str | None, seen: list) -> None:
-    """Send EXAMPLES generated requests for `op`; with `model`, bodies name that model."""
+def fuzz(
+    op,
+    mode,
+    base_url: str,
+    headers: dict,
+    model: str | None,
+    seen: list,
+    secret: tuple[str, ...] = (),
+) -> None:
+    """Send EXAMPLES generated requests for `op`; with `model`, bodies name that model. No
+    answer may name an address in `secret` (the manager's, a model server's)."""
 
     @settings(
         max_examples=EXAMPLES,
@@ -112,6 +122,8 @@ def fuzz(op, mode, base_url: str, headers: dict, model: str | None, seen: list) 
             case.body = {**case.body, "model": model}
         response = case.call(base_url=base_url, timeout=60)
         seen.append((op.path, response.status_code))
+        told = [address for address in secret if address in response.text]
+        assert not told, f"{case.method} {case.formatted_path} told {told}: {response.text[:500]}"
         assert response.status_code != 500, (
             f"{case.method} {case.formatted_path}: {response.text[:500]}"
         )
@@ -142,6 +154,7 @@ def test_an_open_proxy_never_answers_a_500_either(
     }
     seen: list[tuple[str, int]] = []
     for op in operations(schema, mode):
-        fuzz(op, mode, open_proxy_url, {}, known.get(op.path), seen)
+        fuzz(op, mode, open_proxy_url, {}, known.get(op.path), seen, live_stack.internal)
+    assert live_stack.internal  # the check above had addresses to look for
     assert {path for path, _ in seen} == {op.path for op in operations(schema, mode)}
     assert not any(status == 401 for _, status in seen), seen

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from PIL import Image
-from proxy_live import MAX_UPLOAD, LiveStack
+from proxy_live import MAX_UPLOAD, LiveStack, run_open_proxy
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,29 @@ def test_images_generate_url_is_served_by_the_proxy(
     fetched = httpx.get(url, timeout=30)  # no API key: image URLs work in an <img> tag
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+
+
+def test_image_urls_are_absolute_and_fetchable_without_a_public_url(
+    live_stack: LiveStack, tmp_path: Path
+) -> None:
+    """Regression: without HOMELAB_PUBLIC_URL the proxy answered a relative
+    `/images/<id>.png`, which no SDK client can fetch. Now the URL is on the Host the
+    client used (one the Host check accepted), whichever name it used."""
+    with run_open_proxy(live_stack, tmp_path, {"HOMELAB_PUBLIC_URL": None}) as url:
+        port = url.rsplit(":", 1)[1]
+        for base in (url, f"http://localhost:{port}"):
+            client = openai.OpenAI(
+                base_url=base + "/v1", api_key="open-proxy", max_retries=0, timeout=120
+            )
+            with client:
+                answer = client.images.generate(
+                    model=live_stack.image, prompt="a red fox", size="64x64", response_format="url"
+                )
+            image_url = answer.data[0].url or ""
+            assert image_url.startswith(base + "/images/"), image_url
+            fetched = httpx.get(image_url, timeout=30)
+            assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
 
 
 @pytest.mark.parametrize("fmt", ["b64_json", "url"])

@@ -27,11 +27,15 @@ class Engine:
         return {"SystemTime": at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"}
 
 
+NOW = 1_800_000_000.0
+
+
 def test_the_engine_clock_is_read_and_its_offset_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_events, "_engine_offset", None)
+    monkeypatch.setattr(time, "time", lambda: NOW)  # ours stands still: no load can move it
     engine = Engine(skew=-7.5)
-    assert engine_events.engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
-    assert engine_events.engine_time(engine) - time.time() == pytest.approx(-7.5, abs=0.2)
+    assert engine_events.engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
+    assert engine_events.engine_time(engine) == pytest.approx(NOW - 7.5, abs=1e-3)
     assert engine.calls == 1, "read once, then kept for a while"
 
 
@@ -42,4 +46,5 @@ def test_an_engine_that_does_not_say_means_our_clock(monkeypatch: pytest.MonkeyP
         def info(self) -> dict:
             return {"SystemTime": "not a time"}
 
-    assert engine_events.engine_time(Mute()) == pytest.approx(time.time(), abs=0.2)
+    monkeypatch.setattr(time, "time", lambda: NOW)
+    assert engine_events.engine_time(Mute()) == NOW

@@ -156,8 +156,14 @@ class FakeManager:
         self.states = {name: "stopped" for name in models}
         self.leases: dict[str, str] = {}
         self.granted = 0
+        self.granted_ids: list[str] = []
+        """Every lease id granted, in order (`leases` forgets the released ones)."""
         self.released: list[str] = []
         self.renewed: list[str] = []
+        self.renew_gate: asyncio.Event | None = None
+        """When set, renewals are answered only once it is set (held in flight)."""
+        self.renewing = 0
+        """Renewal requests in flight now."""
         self.abandoned = 0
         self.busy = False
         self.max_uses: int | None = 8
@@ -291,6 +297,7 @@ class FakeManager:
             lease_id = uuid.uuid4().hex
             fake.leases[lease_id] = name
             fake.granted += 1
+            fake.granted_ids.append(lease_id)
             answer = {
                 "lease_id": lease_id,
                 "model": name,
@@ -309,6 +316,12 @@ class FakeManager:
             if lease_id not in fake.leases:
                 return _envelope(404, "no such lease", "lease_not_found")
             fake.renewed.append(lease_id)
+            fake.renewing += 1
+            try:
+                if fake.renew_gate is not None:
+                    await fake.renew_gate.wait()
+            finally:
+                fake.renewing -= 1
             return {"lease_id": lease_id, "ttl": fake.ttl, "contended": fake.contended}
 
         @app.delete("/v1/leases/{lease_id}")

@@ -79,10 +79,12 @@ async def test_an_unreachable_model_server_drops_the_shared_lease(make_stack) ->
             assert r.json()["error"]["code"] == "model_server_unreachable"
         # Tried twice (the retry), each time on a fresh lease, each reported to the manager.
         assert stack.manager.checked == ["chat-a", "chat-a"]
-        broken = stack.manager.released or list(stack.manager.leases)
+        broken = list(stack.manager.granted_ids)  # the two leases granted so far
+        assert len(broken) == 2, broken
         # Not kept for 30 s: released at once, so nobody else rides on it.
         await _eventually(lambda: len(stack.manager.released) == 2, "the broken leases released")
         assert sorted(stack.manager.released) == sorted(broken)
+        assert stack.manager.leases == {}
         stack.manager.base_url = live  # the model is back (e.g. restarted elsewhere)
         r = await stack.client.post("/v1/chat/completions", json=chat("hi"))
         assert r.status_code == 200, "a fresh lease, not the broken one"

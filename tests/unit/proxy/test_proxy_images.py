@@ -11,6 +11,7 @@ from proxy_fakes import png_bytes
 from proxy_stack import Stack
 
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.guard import host_authority
 from proxy.images import ImageStore, check_image_request, urls_for
 from wire.models import ModelStatus
 
@@ -28,8 +29,11 @@ async def test_generation_b64_is_forwarded_unchanged(stack: Stack) -> None:
     assert stack.upstream.requests[-1][1] == body
 
 
-async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: Stack) -> None:
-    """Without HOMELAB_PUBLIC_URL the URLs are relative: never built from the request's Host."""
+async def test_generation_url_is_absolute_on_the_accepted_host_and_serves_the_image(
+    stack: Stack,
+) -> None:
+    """Without HOMELAB_PUBLIC_URL the URLs are absolute on the Host the Host check accepted
+    (regression: they were relative, `/images/<id>.png`, which no SDK client can fetch)."""
     r = await stack.client.post(
         "/v1/images/generations",
         json={"model": "img", "prompt": "a cat", "n": 2, "response_format": "url"},
@@ -39,7 +43,6 @@ async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: St
     r = await stack.client.post(
         "/v1/images/generations",
         json={"model": "img", "prompt": "a cat", "n": 2, "response_format": "url"},
-        headers={"Host": "localhost"},
     )
     assert r.status_code == 200, r.text
     urls = [item["url"] for item in r.json()["data"]]
@@ -47,11 +50,62 @@ async def test_generation_url_points_at_the_proxy_and_serves_the_image(stack: St
     sent = orjson.loads(stack.upstream.requests[-1][1])
     assert sent["response_format"] == "b64_json" and sent["n"] == 2 and sent["prompt"] == "a cat"
     for url in urls:
-        assert url.startswith("/images/") and "localhost" not in url
-        img = await stack.client.get(stack.url + url)
+        assert url.startswith(stack.url + "/images/"), url
+        img = await stack.client.get(url)
         assert img.status_code == 200
         assert img.headers["content-type"] == "image/png"
         assert img.content.startswith(b"\x89PNG")
+    port = stack.url.rsplit(":", 1)[1]
+    r = await stack.client.post(
+        "/v1/images/generations",
+        json={"model": "img", "prompt": "a cat", "response_format": "url"},
+        headers={"Host": f"LocalHost:{port}"},  # an allowed name: the URL is on it
+    )
+    assert r.json()["data"][0]["url"].startswith(f"http://localhost:{port}/images/")
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host"),
+    [
+        (["*"], "evil.example:8080"),  # let in by `*` alone: not a host the check accepted
+        ([], "localhost:1@evil.example"),  # an allowed name with a port that is no port
+        ([], "127.0.0.1:80/evil.example"),
+    ],
+)
+async def test_image_urls_never_echo_a_host_the_check_did_not_accept(
+    make_stack, allowed: list[str], host: str
+) -> None:
+    """Such a Host is answered, but the URLs name the address the connection came in on."""
+    async with make_stack(allowed_hosts=allowed) as stack:
+        r = await stack.client.post(
+            "/v1/images/generations",
+            json={"model": "img", "prompt": "x", "response_format": "url"},
+            headers={"Host": host},
+        )
+        assert r.status_code == 200, r.text
+        url = r.json()["data"][0]["url"]
+        assert url.startswith(stack.url + "/images/") and "evil" not in url, url
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost:8080", "localhost:8080"),
+        ("LocalHost", "localhost"),
+        ("homelab.lan.:80", "homelab.lan:80"),
+        ("192.168.1.5:8080", "192.168.1.5:8080"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("[fe80::1]", "[fe80::1]"),
+        ("localhost:99999", None),
+        ("localhost:80a", None),
+        ("localhost:1@evil.example", None),
+        ("a b:80", None),
+        ("[::1]x", None),
+        ("", None),
+    ],
+)
+def test_host_authority_rebuilds_a_host_or_refuses_it(host: str, expected: str | None) -> None:
+    assert host_authority(host) == expected
 
 
 async def test_public_url_setting_is_used_for_image_urls(make_stack) -> None:

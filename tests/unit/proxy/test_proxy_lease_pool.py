@@ -173,8 +173,17 @@ async def test_one_renewal_loop_per_shared_lease_and_it_stops_with_the_lease() -
         uses = await asyncio.gather(*(p.pool.acquire("chat-a") for _ in range(1)))
         uses += [await p.pool.acquire("chat-a") for _ in range(3)]
         assert p.manager.granted == 1
+        # One loop: it waits for its renewal's answer before the next. Hold the answers:
+        # one renewal is then in flight, however long we wait; a loop per request (four)
+        # would have four in flight after their first ttl/2 (0.1 s).
+        gate = p.manager.renew_gate = asyncio.Event()
+        try:
+            await eventually(lambda: p.manager.renewing >= 1, "a renewal sent")
+            await asyncio.sleep(0.5)  # five renewal periods
+            assert p.manager.renewing == 1, f"{p.manager.renewing} renewals in flight at once"
+        finally:
+            gate.set()
         await eventually(lambda: len(p.manager.renewed) >= 3, "renewed")
-        # One loop: renewals come at ttl/2, not four at a time.
         assert set(p.manager.renewed) == {uses[0].lease.lease_id}
         for use in uses:
             use.end()

@@ -10,6 +10,7 @@ import io
 import time
 from types import SimpleNamespace
 
+import orjson
 import pytest
 from PIL import Image
 from proxy_stack import API_KEY
@@ -32,8 +33,12 @@ from proxy.mcp.tools import (
     tool_list,
 )
 from proxy.settings import ProxySettings
+from tests.mcp_client import INITIALIZE
 from wire.events import StateEvent, SwapEvent
 from wire.models import ModelStatus
+
+PARSE_ERROR = -32700
+"""JSON-RPC's code for a body that is not JSON."""
 
 
 def _status(name: str, kind: str, **extra: object) -> ModelStatus:
@@ -293,30 +298,49 @@ async def test_mcp_refuses_a_body_over_its_limit_with_a_413(make_stack) -> None:
         assert r.status_code == 413
         error = r.json()["error"]
         assert error["code"] == "request_too_large" and str(limit) in error["message"]
-        # At the limit the body reaches the SDK (which refuses it as bad JSON-RPC).
+        # At the limit the body reaches the SDK, which refuses it as bad JSON-RPC (a parse
+        # error), not as too large.
         r = await stack.client.post("/mcp", content=b"x" * limit, headers=headers)
-        assert r.status_code not in (413, 401)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == PARSE_ERROR, r.text
 
 
 async def test_allowed_hosts_turn_on_the_sdks_host_check(make_stack) -> None:  # noqa: ANN001
-    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     headers = {"accept": "application/json, text/event-stream"}
+
+    async def post(stack, host: str):  # noqa: ANN001, ANN202
+        return await stack.client.post("/mcp", json=INITIALIZE, headers={**headers, "host": host})
+
     async with make_stack(allowed_hosts=["homelab.lan:*"]) as stack:
-        r = await stack.client.post(
-            "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
-        )
         # The proxy's own Host check (proxy/guard.py, every path) refuses it first.
+        r = await post(stack, "evil.example:80")
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
-        r = await stack.client.post(
-            "/mcp", json=ping, headers={**headers, "host": "homelab.lan:8080"}
-        )
-        assert r.status_code != 421
-        assert "invalid_host" not in r.text
+        # An IP literal passes the proxy's check; the setting makes the SDK refuse it
+        # (it names homelab.lan only).
+        r = await post(stack, "127.0.0.1:80")
+        assert r.status_code == 421, r.text
+        r = await post(stack, "homelab.lan:8080")
+        assert r.status_code == 200, r.text
+        assert initialized(r)
     async with make_stack() as stack:  # unset: the SDK checks nothing; the proxy still does
-        r = await stack.client.post(
-            "/mcp", json=ping, headers={**headers, "host": "evil.example:80"}
-        )
+        r = await post(stack, "evil.example:80")
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
-        r = await stack.client.post("/mcp", json=ping, headers={**headers, "host": "127.0.0.1:80"})
-        assert r.status_code != 421
-        assert "invalid_host" not in r.text
+        r = await post(stack, "127.0.0.1:80")
+        assert r.status_code == 200, r.text
+        assert initialized(r)
+
+
+def initialized(response) -> bool:  # noqa: ANN001
+    """Whether an /mcp answer (SSE or JSON) carries the server's initialize result."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [
+            line.removeprefix("data:").strip()
+            for line in response.text.splitlines()
+            if line.startswith("data:")
+        ]
+        answers = [orjson.loads(d) for d in data if d]
+    else:
+        answers = [response.json()]
+    return any(
+        a.get("result", {}).get("serverInfo", {}).get("name") == "homelab-ai" for a in answers
+    )

@@ -338,35 +338,45 @@ async def test_connection_refused_raises_oserror() -> None:
 
 
 async def test_read_timeout_between_bytes() -> None:
+    done = asyncio.Event()  # the server says nothing more until the test ends
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         _, body = await read_request(reader)
         if body == b"body":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12")
-        await asyncio.sleep(3)
+        await done.wait()
 
-    async with raw_server(handler) as srv, pool() as p:
-        with pytest.raises(TimeoutError):  # no answer at all
-            await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.2)
-        resp = await p.post(srv.url + "/", b"body", {}, connect_timeout=5, read_timeout=0.2)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        with pytest.raises(TimeoutError):  # the body stalls
-            await resp.read()
-        assert loop.time() - t0 < 2
+    async def outcome(call: Coroutine[Any, Any, Any]) -> BaseException | None:
+        """What `call` raised; the test's own bound (30 s) is not a TimeoutError of it."""
+        task = asyncio.ensure_future(call)
+        finished, _ = await asyncio.wait({task}, timeout=30)
+        assert task in finished, "the read timeout never fired"
+        return task.exception()
+
+    try:
+        async with raw_server(handler) as srv, pool() as p:
+            post = p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.2)
+            assert isinstance(await outcome(post), TimeoutError)  # no answer at all
+            resp = await p.post(srv.url + "/", b"body", {}, connect_timeout=5, read_timeout=0.2)
+            assert isinstance(await outcome(resp.read()), TimeoutError)  # the body stalls
+    finally:
+        done.set()
 
 
 async def test_slow_but_steady_stream_does_not_time_out() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
-        for _ in range(6):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+        for _ in range(20):
             await asyncio.sleep(0.1)
             writer.write(b"x")
             await writer.drain()
 
+    # At least 2 s in all (20 sleeps of 0.1 s), twice the read timeout; a silence of 1 s
+    # (ten times the gap) would need the machine to stall for 0.9 s.
     async with raw_server(handler) as srv, pool() as p:
-        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=0.3)
-        assert await resp.read() == b"xxxxxx"  # 0.6 s in all, never 0.3 s of silence
+        resp = await p.post(srv.url + "/", b"", {}, connect_timeout=5, read_timeout=1.0)
+        assert await resp.read() == b"x" * 20
 
 
 async def test_read_with_limit_and_error_answer() -> None:
@@ -443,11 +453,11 @@ async def test_idle_connections_expire() -> None:
         if await reader.read(1) == b"":
             closed.set()
 
-    async with raw_server(handler) as srv, pool(keepalive_timeout=0.2) as p:
+    async with raw_server(handler) as srv, pool(keepalive_timeout=1.0) as p:
         assert await (await p.post(srv.url + "/", b"", {}, **T)).read() == b"1"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # kept meanwhile (a stall of 0.95 s would spoil this)
         assert not closed.is_set()
-        await asyncio.wait_for(closed.wait(), 2)
+        await asyncio.wait_for(closed.wait(), 10)
 
 
 async def test_backpressure_bounds_the_buffer() -> None:
