@@ -28,7 +28,20 @@ from starlette.responses import Response
 from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.images import image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
-from proxy.jobs.store import TERMINAL
+from proxy.jobs.records import (
+    BatchItem,
+    BatchLineError,
+    BatchList,
+    BatchOutputLine,
+    BatchRecord,
+    BatchResponse,
+    FileList,
+    FileObject,
+    Job,
+    RequestCounts,
+    encode,
+)
+from proxy.jobs.state import BatchState, TaskState
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
 from proxy.routes_openai import resolve_model
@@ -48,8 +61,9 @@ ENDPOINTS = {
 }
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: object, status: int = 200) -> Response:
+    """`body`: a record (`FileObject`, `BatchObject`, ...) or a JSON value."""
+    return Response(encode(body), status_code=status, media_type="application/json")
 
 
 def _jobs(request: Request) -> Dispatcher:
@@ -121,23 +135,19 @@ async def upload_file(request: Request) -> Response:
     await asyncio.to_thread(
         _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
     )
-    meta = {
-        "id": new_id("file"),
-        "object": "file",
-        "bytes": len(data),
-        "created_at": int(time.time()),
-        "filename": filename,
-        "purpose": "batch",
-        "status": "processed",
-    }
+    meta = FileObject(
+        id=new_id("file"),
+        bytes=len(data),
+        created_at=int(time.time()),
+        filename=filename,
+        purpose="batch",
+    )
     await _jobs(request).store.put_file(meta, data)
     return _json(meta)
 
 
-async def _file(request: Request, file_id: str) -> dict[str, Any]:
-    meta: dict[str, Any] | None = (
-        await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
-    )
+async def _file(request: Request, file_id: str) -> FileObject:
+    meta = await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
     if meta is None:
         raise NotFound(f"No file {file_id[:200]!r}.", param="file_id", code="file_not_found")
     return meta
@@ -145,10 +155,8 @@ async def _file(request: Request, file_id: str) -> dict[str, Any]:
 
 @router.get("/v1/files", responses=ERRORS, summary="List files")
 async def list_files(request: Request) -> Response:
-    files = sorted(
-        await _jobs(request).store.all_files(), key=lambda f: f["created_at"], reverse=True
-    )
-    return _json({"object": "list", "data": files, "has_more": False})
+    files = sorted(await _jobs(request).store.all_files(), key=lambda f: f.created_at, reverse=True)
+    return _json(FileList(data=files))
 
 
 @router.get("/v1/files/{file_id}", responses=ERRORS, summary="One file's metadata")
@@ -173,10 +181,13 @@ async def delete_file(request: Request, file_id: str) -> Response:
 # -- batches ------------------------------------------------------------------------
 
 
-async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> list[dict[str, Any]]:
+async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> list[BatchItem]:
+    """The file's lines (already shape-checked by `_check_lines`), each checked against
+    the batch's endpoint and the models. Raises InvalidRequest naming the first bad line."""
     ctx = request.app.state.ctx
     want = ENDPOINTS[endpoint]
-    items, seen = [], set()
+    items: list[BatchItem] = []
+    seen: set[str] = set()
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
@@ -199,14 +210,14 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
             await resolve_model(ctx, model, want, endpoint)
         except ProxyError as exc:
             raise InvalidRequest(f"Line {number}: {exc.message}", code=exc.code) from exc
-        items.append({"custom_id": custom_id, "model": model, "body": body})
+        items.append(BatchItem(custom_id, model, body))
     return items
 
 
 @router.post("/v1/batches", responses=ERRORS, summary="Create a batch from an uploaded file")
 async def create_batch(request: Request) -> Response:
     ctx = request.app.state.ctx
-    jobs = ctx.jobs
+    jobs = _jobs(request)
     data = parse_object(await read_body(request))
     endpoint = data.get("endpoint")
     if endpoint not in ENDPOINTS:
@@ -226,138 +237,111 @@ async def create_batch(request: Request) -> Response:
     batch_id = new_id("batch")
     url_base = image_url_base(ctx, request) if ENDPOINTS[endpoint] == "image" else None
     job_ids = [f"{batch_id}-{i}" for i in range(len(items))]
-    batch = {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": endpoint,
-        "errors": None,
-        "input_file_id": file_id,
-        "completion_window": "24h",
-        "status": "in_progress",
-        "output_file_id": None,
-        "error_file_id": None,
-        "created_at": now,
-        "in_progress_at": now,
-        "expires_at": now + 86400,
-        "finalizing_at": None,
-        "completed_at": None,
-        "failed_at": None,
-        "expired_at": None,
-        "cancelling_at": None,
-        "cancelled_at": None,
-        "request_counts": {"total": len(items), "completed": 0, "failed": 0},
-        "metadata": metadata,
-        "jobs": job_ids,
-    }
+    batch = BatchRecord(
+        id=batch_id,
+        endpoint=endpoint,
+        input_file_id=file_id,
+        created_at=now,
+        in_progress_at=now,
+        expires_at=now + 86400,
+        request_counts=RequestCounts(total=len(items)),
+        metadata=metadata,
+        jobs=job_ids,
+    )
     await jobs.store.put_batch(batch)
     for job_id, item in zip(job_ids, items, strict=True):
         await jobs.submit(
             method="batch",
-            model=item["model"],
+            model=item.model,
             endpoint=endpoint,
-            body=item["body"],
-            url_base=url_base if item["body"].get("response_format") == "url" else None,
+            body=item.body,
+            url_base=url_base if item.body.get("response_format") == "url" else None,
             batch_id=batch_id,
-            custom_id=item["custom_id"],
+            custom_id=item.custom_id,
             job_id=job_id,
         )
-    return _json(_public(batch))
+    return _json(batch.public())
 
 
-def _public(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k != "jobs"}
-
-
-async def refresh(jobs: Dispatcher, batch: dict[str, Any]) -> dict[str, Any]:
+async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
     """Current request counts; finalise (output and error files) once every job ended."""
-    found = await jobs.store.get_jobs(batch["jobs"])
-    states = [found.get(j, {}).get("state") for j in batch["jobs"]]
-    counts = {
-        "total": len(states),
-        "completed": states.count("SUCCESS"),
-        "failed": states.count("FAILURE"),
-    }
-    batch["request_counts"] = counts
-    if batch["status"] in ("in_progress", "cancelling") and all(s in TERMINAL for s in states):
-        if await jobs.store.lock_once("finalize:" + batch["id"]):
+    found = await jobs.store.get_jobs(batch.jobs)
+    states = [found[j].state if j in found else None for j in batch.jobs]
+    counts = RequestCounts(
+        total=len(states),
+        completed=states.count(TaskState.SUCCESS),
+        failed=states.count(TaskState.FAILURE),
+    )
+    batch.request_counts = counts
+    if not batch.status.terminal and all(s is not None and s.terminal for s in states):
+        if await jobs.store.lock_once("finalize:" + batch.id):
             await _finalize(jobs, batch, found)
         else:
-            fresh = await jobs.store.get_batch(batch["id"])
+            fresh = await jobs.store.get_batch(batch.id)
             if fresh is not None:
                 batch = fresh
-                batch["request_counts"] = counts
+                batch.request_counts = counts
     return batch
 
 
-async def _finalize(
-    jobs: Dispatcher, batch: dict[str, Any], found: dict[str, dict[str, Any]]
-) -> None:
-    out, err = bytearray(), bytearray()
-    for job_id in batch["jobs"]:
-        job = found[job_id]
-        result = await jobs.store.get_result(job_id)
-        line: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": job["custom_id"]}
-        if job["state"] == "SUCCESS":
-            line["response"] = {
-                "status_code": job["status_code"] or 200,
-                "request_id": job_id,
-                "body": result,
-            }
-            line["error"] = None
-            out += orjson.dumps(line) + b"\n"
-        elif job["state"] == "FAILURE":
-            body = result if isinstance(result, dict) else {"error": job.get("error")}
-            line["response"] = {
-                "status_code": job["status_code"] or 500,
-                "request_id": job_id,
-                "body": body,
-            }
-            line["error"] = None
-            err += orjson.dumps(line) + b"\n"
-        else:
-            line["response"] = None
-            line["error"] = {
-                "code": "batch_cancelled",
-                "message": "The batch was cancelled before this request completed.",
-            }
-            err += orjson.dumps(line) + b"\n"
-    now = int(time.time())
-    for content, key in ((out, "output_file_id"), (err, "error_file_id")):
-        if content:
-            meta = {
-                "id": new_id("file"),
-                "object": "file",
-                "bytes": len(content),
-                "created_at": now,
-                "filename": f"{batch['id']}_{'output' if key == 'output_file_id' else 'error'}.jsonl",
-                "purpose": "batch_output",
-                "status": "processed",
-            }
-            await jobs.store.put_file(meta, bytes(content))
-            batch[key] = meta["id"]
-    batch["finalizing_at"] = now
-    if batch["status"] == "cancelling":
-        batch["status"], batch["cancelled_at"] = "cancelled", now
+def _output_line(job: Job, result: Any) -> BatchOutputLine:
+    """A finished job's line of its batch's output (SUCCESS) or error file."""
+    line = BatchOutputLine(f"batch_req_{job.id}", job.custom_id, None, None)
+    if job.state is TaskState.SUCCESS:
+        line.response = BatchResponse(job.status_code or 200, job.id, result)
+    elif job.state is TaskState.FAILURE:
+        body = result if isinstance(result, dict) else {"error": job.error}
+        line.response = BatchResponse(job.status_code or 500, job.id, body)
     else:
-        batch["status"], batch["completed_at"] = "completed", now
+        line.error = BatchLineError(
+            "batch_cancelled", "The batch was cancelled before this request completed."
+        )
+    return line
+
+
+async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job]) -> None:
+    """Write the output and error files, and move the batch to its end status."""
+    out, err = bytearray(), bytearray()
+    for job_id in batch.jobs:
+        job = found[job_id]
+        line = _output_line(job, await jobs.store.get_result(job_id))
+        (out if job.state is TaskState.SUCCESS else err).extend(encode(line) + b"\n")
+    now = int(time.time())
+    for content, kind in ((out, "output"), (err, "error")):
+        if content:
+            meta = FileObject(
+                id=new_id("file"),
+                bytes=len(content),
+                created_at=now,
+                filename=f"{batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+            )
+            await jobs.store.put_file(meta, bytes(content))
+            if kind == "output":
+                batch.output_file_id = meta.id
+            else:
+                batch.error_file_id = meta.id
+    batch.finalizing_at = now
+    if batch.status is BatchState.CANCELLING:
+        batch.move_to(BatchState.CANCELLED, now)
+    else:
+        batch.move_to(BatchState.COMPLETED, now)
     await jobs.store.put_batch(batch)
 
 
-async def on_job_finished(jobs: Dispatcher, job: dict[str, Any]) -> None:
+async def on_job_finished(jobs: Dispatcher, job: Job) -> None:
     """Dispatcher callback: finalise the job's batch when its last job ends."""
-    batch_id = job.get("batch_id")
-    if not batch_id or not await jobs.store.lock_once("done:" + job["id"]):
+    batch_id = job.batch_id
+    if not batch_id or not await jobs.store.lock_once("done:" + job.id):
         return
     done = await jobs.store.count("done:" + batch_id)
     batch = await jobs.store.get_batch(batch_id)
-    if batch is not None and done >= len(batch["jobs"]):
+    if batch is not None and done >= len(batch.jobs):
         await refresh(jobs, batch)
 
 
-async def _batch(request: Request, batch_id: str) -> dict[str, Any]:
-    batch: dict[str, Any] | None = (
-        await _jobs(request).store.get_batch(batch_id) if len(batch_id) <= 200 else None
-    )
+async def _batch(request: Request, batch_id: str) -> BatchRecord:
+    batch = await _jobs(request).store.get_batch(batch_id) if len(batch_id) <= 200 else None
     if batch is None:
         raise NotFound(f"No batch {batch_id[:200]!r}.", param="batch_id", code="batch_not_found")
     return batch
@@ -366,7 +350,7 @@ async def _batch(request: Request, batch_id: str) -> dict[str, Any]:
 @router.get("/v1/batches/{batch_id}", responses=ERRORS, summary="One batch")
 async def get_batch(request: Request, batch_id: str) -> Response:
     batch = await refresh(_jobs(request), await _batch(request, batch_id))
-    return _json(_public(batch))
+    return _json(batch.public())
 
 
 @router.get("/v1/batches", responses=ERRORS, summary="List batches, newest first")
@@ -377,22 +361,20 @@ async def list_batches(request: Request) -> Response:
     after = request.query_params.get("after")
     batches = sorted(
         await _jobs(request).store.all_batches(),
-        key=lambda b: (b["created_at"], b["id"]),
+        key=lambda b: (b.created_at, b.id),
         reverse=True,
     )
     if after:
-        ids = [b["id"] for b in batches]
+        ids = [b.id for b in batches]
         batches = batches[ids.index(after) + 1 :] if after in ids else []
     page = batches[: int(raw_limit)]
-    data = [_public(b) for b in page]
     return _json(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(batches) > len(page),
-        }
+        BatchList(
+            data=[b.public() for b in page],
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+            has_more=len(batches) > len(page),
+        )
     )
 
 
@@ -400,13 +382,13 @@ async def list_batches(request: Request) -> Response:
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     jobs = _jobs(request)
     batch = await _batch(request, batch_id)
-    if batch["status"] in ("in_progress", "validating"):
-        batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
+    if batch.status is BatchState.IN_PROGRESS:
+        batch.move_to(BatchState.CANCELLING, int(time.time()))
         await jobs.store.put_batch(batch)
-        for job_id in batch["jobs"]:
+        for job_id in batch.jobs:
             try:
                 await jobs.cancel(job_id)
             except (JobNotFound, JobFinished):
                 pass
         batch = await refresh(jobs, batch)
-    return _json(_public(batch))
+    return _json(batch.public())

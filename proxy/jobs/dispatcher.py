@@ -3,7 +3,8 @@
 One `Dispatcher` per proxy process (built in the lifespan). `workers` asyncio tasks
 each pick a model with `order.pick_model` (resident first, grouped by model,
 interactive requests first), pop that model's next job id from the store, claim it
-and run it through `runner.run_job`. Every state change is written to the store
+and run it through `runner.run_job`. Every state change goes through `Job.move_to`
+(refused unless `proxy.jobs.state.TASK_TRANSITIONS` has it) and is written to the store
 before it is announced, so a reader on any proxy sees the same events.
 
 Crashes: a job is claimed under `(id, attempt)` by this process's `instance` id
@@ -26,14 +27,16 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.jobs.order import pick_model
+from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, TokenEvent
 from proxy.jobs.runner import Outcome, run_job
-from proxy.jobs.store import TERMINAL, AsyncJobStore
+from proxy.jobs.state import TaskState
+from proxy.jobs.store import AsyncJobStore
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
@@ -93,7 +96,7 @@ class Dispatcher:
         """Model names from the manager's last list: whose queues to look at."""
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._suspects: set[str] = set()
-        self.on_finished: list[Any] = []
+        self.on_finished: list[Callable[[Job], Awaitable[None]]] = []
         """Callbacks `await cb(job)` after a job reached a terminal state (batches)."""
 
     # -- life -------------------------------------------------------------------
@@ -130,8 +133,10 @@ class Dispatcher:
             if not listeners:
                 del self._listeners[job_id]
 
-    async def emit(self, job_id: str, event: str, data: Any) -> int:
-        seq: int = await self.store.append_event(job_id, event, data)
+    async def emit(self, job_id: str, event: EventName, data: Any) -> int:
+        """Store one event (a `StateEvent`, `TokenEvent`, `EndEvent` or a result) and wake
+        this proxy's readers of the job's stream."""
+        seq = await self.store.append_event(job_id, event, data)
         for listener in self._listeners.get(job_id, ()):
             listener.set()
         return seq
@@ -152,54 +157,43 @@ class Dispatcher:
         batch_id: str | None = None,
         custom_id: str | None = None,
         job_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Job:
         """Accept a job: written (record, PENDING event, queue entry) before this returns."""
-        job: dict[str, Any] = {
-            "id": job_id or new_id(),
-            "method": method,
-            "model": model,
-            "endpoint": endpoint,
-            "body": body,
-            "url_base": url_base,
-            "state": "PENDING",
-            "attempt": 0,
-            "created_at": time.time(),
-            "started_at": None,
-            "finished_at": None,
-            "error": None,
-            "status_code": None,
-            "batch_id": batch_id,
-            "custom_id": custom_id,
-            "worker": None,
-        }
+        job = Job(
+            id=job_id or new_id(),
+            method=method,
+            model=model,
+            endpoint=endpoint,
+            body=body,
+            url_base=url_base,
+            batch_id=batch_id,
+            custom_id=custom_id,
+        )
         await self.store.put_job(job)
-        await self.emit(job["id"], "state", {"state": "PENDING", "model": model})
-        await self.store.enqueue(model, job["id"])
+        await self.emit(job.id, "state", StateEvent(TaskState.PENDING, model=model))
+        await self.store.enqueue(model, job.id)
         if model not in self._known_models:
             self._known_models = sorted({*self._known_models, model})
         self.wake()
         return job
 
-    async def get(self, job_id: str) -> dict[str, Any]:
-        job: dict[str, Any] | None = await self.store.get_job(job_id)
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
         if job is None:
             raise JobNotFound(job_id)
         return job
 
-    async def position(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def position(self, job: Job) -> Position:
         """Where a PENDING job stands: its place in its model's line and what must load."""
-        queued = await self.store.queued(job["model"])
-        place = queued.index(job["id"]) + 1 if job["id"] in queued else None
+        queued = await self.store.queued(job.model)
+        place = queued.index(job.id) + 1 if job.id in queued else None
         residents = await self._residents()
-        return {
-            "position": place,
-            "load_first": None if job["model"] in residents else job["model"],
-        }
+        return Position(place, None if job.model in residents else job.model)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job. Raises JobNotFound, JobFinished."""
         job = await self.get(job_id)
-        if job["state"] in TERMINAL:
+        if job.state.terminal:
             raise JobFinished(job_id)
         await self.store.claim(job_id, 0, "cancel")  # the cancel flag: claims[id:0]
         task = self._running.get(job_id)
@@ -207,8 +201,10 @@ class Dispatcher:
             self._cancelled.add(job_id)
             task.cancel()
             return await self.get(job_id)
-        if job["state"] == "PENDING":
-            await self._finish(job, "CANCELLED", error={"message": "cancelled while queued"})
+        if job.state is TaskState.PENDING:
+            await self._finish(
+                job, TaskState.CANCELLED, error={"message": "cancelled while queued"}
+            )
         # STARTED on another proxy: its cancel watch sees the flag within CANCEL_POLL.
         return await self.get(job_id)
 
@@ -238,7 +234,7 @@ class Dispatcher:
             if model not in residents and model != self._last_model:
                 head_id = await self.store.head(model)
                 head = await self.store.get_job(head_id) if head_id else None
-                oldest[model] = head["created_at"] if head else float("inf")
+                oldest[model] = head.created_at if head else float("inf")
         running: dict[str, int] = {}
         for model in self._running_models.values():
             running[model] = running.get(model, 0) + 1
@@ -276,17 +272,20 @@ class Dispatcher:
 
     async def _run(self, job_id: str) -> None:
         job = await self.store.get_job(job_id)
-        if job is None or job["state"] != "PENDING":
+        if job is None or job.state is not TaskState.PENDING:
             return  # cancelled while queued, expired, or a stale queue entry
-        attempt = int(job["attempt"]) + 1
+        attempt = job.attempt + 1
         await self.store.claim(job_id, attempt, self.instance)
         if await self.store.claim_owner(job_id, 0) is not None:  # cancelled meanwhile
             if await self.store.take_claim(job_id, attempt) == self.instance:
-                await self._finish(job, "CANCELLED", error={"message": "cancelled while queued"})
+                await self._finish(
+                    job, TaskState.CANCELLED, error={"message": "cancelled while queued"}
+                )
             return
-        job.update(state="STARTED", attempt=attempt, started_at=time.time(), worker=self.instance)
+        job.move_to(TaskState.STARTED)
+        job.attempt, job.started_at, job.worker = attempt, time.time(), self.instance
         await self.store.put_job(job)
-        await self.emit(job_id, "state", {"state": "STARTED", "attempt": attempt})
+        await self.emit(job_id, "state", StateEvent(TaskState.STARTED, attempt=attempt))
 
         pending: list[str] = []
         flusher: asyncio.Task[None] | None = None
@@ -298,7 +297,7 @@ class Dispatcher:
             if pending:
                 text = "".join(pending)
                 pending.clear()
-                await self.emit(job_id, "token", {"content": text, "attempt": attempt})
+                await self.emit(job_id, "token", TokenEvent(text, attempt))
 
         def on_delta(text: str) -> None:
             nonlocal flusher
@@ -327,13 +326,15 @@ class Dispatcher:
         if flusher is not None:
             flusher.cancel()
         if pending:
-            await self.emit(job_id, "token", {"content": "".join(pending), "attempt": attempt})
+            await self.emit(job_id, "token", TokenEvent("".join(pending), attempt))
             pending.clear()
         if await self.store.take_claim(job_id, attempt) != self.instance:
             log.warning("job %s attempt %d was taken over; dropping its outcome", job_id, attempt)
             return
         if cancelled or outcome is None:
-            await self._finish(job, "CANCELLED", error={"message": "cancelled while running"})
+            await self._finish(
+                job, TaskState.CANCELLED, error={"message": "cancelled while running"}
+            )
         elif (
             outcome.error is not None
             and outcome.status == 429
@@ -343,41 +344,41 @@ class Dispatcher:
             await self._requeue(job, reason="manager busy")
         elif outcome.ok:
             await self.store.put_result(job_id, outcome.result)
-            await self._finish(job, "SUCCESS", status=outcome.status, result=outcome.result)
+            await self._finish(job, TaskState.SUCCESS, status=outcome.status, result=outcome.result)
         else:
             await self.store.put_result(job_id, {"error": outcome.error})
-            await self._finish(job, "FAILURE", status=outcome.status, error=outcome.error)
+            await self._finish(job, TaskState.FAILURE, status=outcome.status, error=outcome.error)
 
     async def _finish(
         self,
-        job: dict[str, Any],
-        state: str,
+        job: Job,
+        state: TaskState,
         *,
         status: int | None = None,
         result: Any = None,
         error: dict[str, Any] | None = None,
     ) -> None:
-        job.update(state=state, finished_at=time.time(), status_code=status, error=error)
+        job.move_to(state)
+        job.finished_at, job.status_code, job.error = time.time(), status, error
         await self.store.put_job(job)
-        if state == "SUCCESS":
-            await self.emit(job["id"], "result", result)
-        await self.emit(job["id"], "state", {"state": state, "error": error})
-        await self.emit(job["id"], "end", {"state": state})
+        if state is TaskState.SUCCESS:
+            await self.emit(job.id, "result", result)
+        await self.emit(job.id, "state", StateEvent(state, error=error))
+        await self.emit(job.id, "end", EndEvent(state))
         for callback in self.on_finished:
             try:
                 await callback(job)
             except Exception:
-                log.exception("job-finished callback failed for %s", job["id"])
+                log.exception("job-finished callback failed for %s", job.id)
 
-    async def _requeue(self, job: dict[str, Any], *, reason: str) -> None:
-        job.update(state="PENDING", worker=None, started_at=None)
+    async def _requeue(self, job: Job, *, reason: str) -> None:
+        job.move_to(TaskState.PENDING)
+        job.worker, job.started_at = None, None
         await self.store.put_job(job)
         await self.emit(
-            job["id"],
-            "state",
-            {"state": "PENDING", "model": job["model"], "requeued": reason},
+            job.id, "state", StateEvent(TaskState.PENDING, model=job.model, requeued=reason)
         )
-        await self.store.enqueue(job["model"], job["id"])
+        await self.store.enqueue(job.model, job.id)
         self.wake()
 
     # -- recovery, cancel watch, housekeeping ----------------------------------
@@ -399,30 +400,30 @@ class Dispatcher:
         jobs = await self.store.all_jobs()
         queued: dict[str, set[str]] = {}
         requeued = 0
-        suspects = set()
+        suspects: set[str] = set()
         for job in jobs:
-            if job["state"] == "STARTED" and dead(job.get("worker")):
-                owner = await self.store.take_claim(job["id"], job["attempt"])
-                if owner is not None and owner != job.get("worker") and not dead(owner):
-                    await self.store.claim(job["id"], job["attempt"], owner)  # not ours to take
+            if job.state is TaskState.STARTED and dead(job.worker):
+                owner = await self.store.take_claim(job.id, job.attempt)
+                if owner is not None and owner != job.worker and not dead(owner):
+                    await self.store.claim(job.id, job.attempt, owner)  # not ours to take
                     continue
                 await self._requeue(job, reason="its proxy stopped")
                 requeued += 1
-            elif job["state"] == "PENDING":
-                model = job["model"]
+            elif job.state is TaskState.PENDING:
+                model = job.model
                 if model not in queued:
                     queued[model] = set(await self.store.queued(model))
-                if job["id"] in queued[model]:
+                if job.id in queued[model]:
                     continue
                 # Missing from its queue: a worker may be between dequeue and claim
                 # (Redis: another proxy), so only act when seen twice in a row.
-                if startup and not shared or job["id"] in self._suspects:
-                    fresh = await self.store.get_job(job["id"])
-                    if fresh and fresh["state"] == "PENDING":
-                        await self.store.enqueue(model, job["id"])
+                if startup and not shared or job.id in self._suspects:
+                    fresh = await self.store.get_job(job.id)
+                    if fresh and fresh.state is TaskState.PENDING:
+                        await self.store.enqueue(model, job.id)
                         requeued += 1
                 else:
-                    suspects.add(job["id"])
+                    suspects.add(job.id)
         self._suspects = suspects
         if requeued:
             log.warning("requeued %d job(s) left by a stopped proxy", requeued)
@@ -468,7 +469,7 @@ class Dispatcher:
         cutoff = time.time() - self.ttl
         gone = 0
         for job in await self.store.all_jobs():
-            if job["state"] in TERMINAL and (job.get("finished_at") or 0) < cutoff:
-                await self.store.delete_job(job["id"])
+            if job.state.terminal and (job.finished_at or 0) < cutoff:
+                await self.store.delete_job(job.id)
                 gone += 1
         return gone

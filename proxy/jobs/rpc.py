@@ -21,14 +21,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import orjson
 from fastapi import APIRouter, Request
+from msgspec import UNSET, UnsetType
 from starlette.responses import Response
 
+from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
 from proxy.images import check_image_request, image_url_base
-from proxy.jobs.dispatcher import JobFinished, JobNotFound
-from proxy.jobs.store import TERMINAL
+from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
+from proxy.jobs.records import Accepted, TaskList, TaskView, encode
+from proxy.jobs.state import TaskState
 from proxy.parsing import MAX_MODEL_NAME, read_body
 from proxy.routes_openai import resolve_model
 from wire.models import ModelStatus
@@ -48,41 +52,44 @@ MAX_BATCH = 100
 _RESERVED = {"model", "messages", "prompt", "input", "stream"}
 
 
+Id = str | int | float | None
+"""A JSON-RPC request id (null for a notification's error or an unreadable request)."""
+
+
+class ErrorObject(msgspec.Struct):
+    """A JSON-RPC error object; `data` is left out when there is none."""
+
+    code: int
+    message: str
+    data: Any | UnsetType = UNSET
+
+
+class Success(msgspec.Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    result: Any
+    id: Id
+
+
+class Failure(msgspec.Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    error: ErrorObject
+    id: Id
+
+
+Reply = Success | Failure
+
+
 class RpcError(Exception):
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code, self.message, self.data = code, message, data
 
-    def obj(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
+    def obj(self) -> ErrorObject:
+        return ErrorObject(self.code, self.message, UNSET if self.data is None else self.data)
 
 
 def _params_error(message: str, param: str | None = None) -> RpcError:
     return RpcError(INVALID_PARAMS, message, {"param": param} if param else None)
-
-
-def task_view(job: dict[str, Any], result: Any = None) -> dict[str, Any]:
-    view = {
-        "taskId": job["id"],
-        "state": job["state"],
-        "method": job["method"],
-        "model": job["model"],
-        "created_at": job["created_at"],
-        "started_at": job["started_at"],
-        "finished_at": job["finished_at"],
-        "attempt": job["attempt"],
-        "stream": f"/stream/{job['id']}",
-    }
-    if job["state"] == "SUCCESS":
-        view["result"] = result
-    if job.get("error"):
-        view["error"] = job["error"]
-    if job.get("batch_id"):
-        view["batch_id"] = job["batch_id"]
-    return view
 
 
 class Call:
@@ -90,7 +97,8 @@ class Call:
 
     def __init__(self, request: Request, params: dict[str, Any]) -> None:
         self.request = request
-        self.ctx = request.app.state.ctx
+        self.ctx: ProxyContext = request.app.state.ctx
+        self.jobs: Dispatcher = self.ctx.jobs
         self.params = params
 
     def get(self, name: str, kind: type | tuple[type, ...], *, required: bool = False) -> Any:
@@ -127,12 +135,17 @@ class Call:
             raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
 
     async def submit(
-        self, method: str, model: str, endpoint: str, body: dict[str, Any], **kw: Any
-    ) -> dict[str, Any]:
-        job = await self.ctx.jobs.submit(
-            method=method, model=model, endpoint=endpoint, body=body, **kw
+        self,
+        method: str,
+        model: str,
+        endpoint: str,
+        body: dict[str, Any],
+        url_base: str | None = None,
+    ) -> Accepted:
+        job = await self.jobs.submit(
+            method=method, model=model, endpoint=endpoint, body=body, url_base=url_base
         )
-        return {"taskId": job["id"], "state": "PENDING", "stream": f"/stream/{job['id']}"}
+        return Accepted.of(job)
 
 
 def _message(value: Any, name: str) -> dict[str, Any]:
@@ -145,7 +158,7 @@ def _message(value: Any, name: str) -> dict[str, Any]:
     )
 
 
-async def create_message(call: Call) -> dict[str, Any]:
+async def create_message(call: Call) -> Accepted:
     model = call.model()
     message = call.params.get("message")
     if message is None:
@@ -164,7 +177,7 @@ async def create_message(call: Call) -> dict[str, Any]:
     return await call.submit("create_message", model, "/v1/chat/completions", body)
 
 
-async def create_completion(call: Call) -> dict[str, Any]:
+async def create_completion(call: Call) -> Accepted:
     model = call.model()
     prompt = call.params.get("prompt")
     if not isinstance(prompt, str | list):
@@ -174,7 +187,7 @@ async def create_completion(call: Call) -> dict[str, Any]:
     return await call.submit("create_completion", model, "/v1/completions", body)
 
 
-async def create_embedding(call: Call) -> dict[str, Any]:
+async def create_embedding(call: Call) -> Accepted:
     model = call.model()
     text = call.params.get("input")
     if not isinstance(text, str | list) or not text:
@@ -184,7 +197,7 @@ async def create_embedding(call: Call) -> dict[str, Any]:
     return await call.submit("create_embedding", model, "/v1/embeddings", body)
 
 
-async def create_image(call: Call) -> dict[str, Any]:
+async def create_image(call: Call) -> Accepted:
     model = call.model()
     prompt = call.get("prompt", str, required=True)
     n = call.get("n", int)
@@ -213,47 +226,46 @@ def _task_id(call: Call) -> str:
     return task_id
 
 
-async def tasks_get(call: Call) -> dict[str, Any]:
+async def tasks_get(call: Call) -> TaskView:
     task_id = _task_id(call)
+    jobs = call.jobs
     try:
-        job = await call.ctx.jobs.get(task_id)
+        job = await jobs.get(task_id)
     except JobNotFound as exc:
         raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
-    result = await call.ctx.jobs.store.get_result(task_id) if job["state"] == "SUCCESS" else None
-    view = task_view(job, result)
-    if job["state"] == "PENDING":
-        view.update(await call.ctx.jobs.position(job))
-    return view
+    result = await jobs.store.get_result(task_id) if job.state is TaskState.SUCCESS else None
+    where = await jobs.position(job) if job.state is TaskState.PENDING else None
+    return TaskView.of(job, result, where)
 
 
-async def tasks_cancel(call: Call) -> dict[str, Any]:
+async def tasks_cancel(call: Call) -> TaskView:
     task_id = _task_id(call)
     try:
-        job = await call.ctx.jobs.cancel(task_id)
+        job = await call.jobs.cancel(task_id)
     except JobNotFound as exc:
         raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
     except JobFinished as exc:
         raise RpcError(TASK_FINISHED, f"Task {task_id!r} has already finished") from exc
-    return task_view(job)
+    return TaskView.of(job)
 
 
-async def tasks_list(call: Call) -> dict[str, Any]:
+async def tasks_list(call: Call) -> TaskList:
     state = call.get("state", str)
-    if state is not None and state not in ("PENDING", "STARTED", *TERMINAL):
+    if state is not None and state not in {s.value for s in TaskState}:
         raise _params_error("'state' must be PENDING, STARTED, SUCCESS, FAILURE or CANCELLED")
     model = call.get("model", str)
     limit = call.get("limit", int)
     limit = 50 if limit is None else limit
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
-    jobs = await call.ctx.jobs.store.all_jobs()
+    jobs = await call.jobs.store.all_jobs()
     jobs = [
         j
         for j in jobs
-        if (state is None or j["state"] == state) and (model is None or j["model"] == model)
+        if (state is None or j.state == state) and (model is None or j.model == model)
     ]
-    jobs.sort(key=lambda j: j["created_at"], reverse=True)
-    return {"tasks": [task_view(j) for j in jobs[:limit]], "total": len(jobs)}
+    jobs.sort(key=lambda j: j.created_at, reverse=True)
+    return TaskList([TaskView.of(j) for j in jobs[:limit]], len(jobs))
 
 
 METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
@@ -267,13 +279,13 @@ METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
 }
 
 
-def _response(id_: Any, *, result: Any = None, error: RpcError | None = None) -> dict[str, Any]:
+def _response(id_: Id, *, result: Any = None, error: RpcError | None = None) -> Reply:
     if error is not None:
-        return {"jsonrpc": "2.0", "error": error.obj(), "id": id_}
-    return {"jsonrpc": "2.0", "result": result, "id": id_}
+        return Failure(error=error.obj(), id=id_)
+    return Success(result=result, id=id_)
 
 
-async def handle_one(request: Request, msg: Any) -> dict[str, Any] | None:
+async def handle_one(request: Request, msg: Any) -> Reply | None:
     """One request object -> its response, or None for a notification."""
     if not isinstance(msg, dict):
         return _response(None, error=RpcError(INVALID_REQUEST, "Invalid Request"))
@@ -312,8 +324,8 @@ async def handle_one(request: Request, msg: Any) -> dict[str, Any] | None:
         return _response(id_, error=err) if has_id else None
 
 
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
+def _json(body: Reply | list[Reply]) -> Response:
+    return Response(encode(body), media_type="application/json")
 
 
 @router.post("/rpc", summary="JSON-RPC 2.0: start jobs, follow them (docs/jobs.md)")

@@ -20,6 +20,7 @@ import orjson
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.forward import answer_with_urls
+from proxy.jobs.records import Job
 from proxy.modelcall import ModelCall
 
 
@@ -94,14 +95,14 @@ class ChatAssembler:
 
 
 async def run_job(
-    ctx: ProxyContext, job: dict[str, Any], on_delta: Callable[[str], None] | None = None
+    ctx: ProxyContext, job: Job, on_delta: Callable[[str], None] | None = None
 ) -> Outcome:
     """Call the model for `job` (its endpoint, model, body) and return the outcome.
     Never raises a ProxyError (it becomes the outcome's error). Cancellable."""
     call = ctx.model_calls.call(
-        job["model"],
-        job["endpoint"],
-        orjson.dumps(job["body"]),
+        job.model,
+        job.endpoint,
+        orjson.dumps(job.body),
         "application/json",
         interactive=False,
     )
@@ -110,7 +111,7 @@ async def run_job(
             if call.streamed:
                 return await _streamed(call, on_delta)
             raw = call.body or b""
-            url_base = job.get("url_base")
+            url_base = job.url_base
             if url_base is not None:
                 raw = await answer_with_urls(ctx.images, raw, url_base)
             try:

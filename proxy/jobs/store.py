@@ -28,7 +28,7 @@ import fcntl
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -40,11 +40,10 @@ from huey.storage import (  # type: ignore[import-untyped]
     SqliteStorage,
 )
 
+from proxy.jobs.records import BatchRecord, Event, EventName, FileObject, Job, decode, encode
+
 P = ParamSpec("P")
 T = TypeVar("T")
-
-TERMINAL = ("SUCCESS", "FAILURE", "CANCELLED")
-"""States a job never leaves."""
 
 
 class StoreInUse(RuntimeError):
@@ -131,24 +130,24 @@ class JobStore:
 
     # -- jobs -------------------------------------------------------------------
 
-    def put_job(self, job: dict[str, Any]) -> None:
-        self.jobs.put_data(job["id"], orjson.dumps(job))
+    def put_job(self, job: Job) -> None:
+        self.jobs.put_data(job.id, encode(job))
 
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
+    def get_job(self, job_id: str) -> Job | None:
         raw = self.jobs.peek_data(job_id)
-        return None if raw is EmptyData else orjson.loads(bytes(raw))
+        return None if raw is EmptyData else decode(raw, Job)
 
-    def get_jobs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def get_jobs(self, ids: list[str]) -> dict[str, Job]:
+        out: dict[str, Job] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for key, raw in self.jobs.peek_many(chunk).items():
                 name = key.decode() if isinstance(key, bytes) else key
-                out[name] = orjson.loads(bytes(raw))
+                out[name] = decode(raw, Job)
         return out
 
-    def all_jobs(self) -> list[dict[str, Any]]:
-        return [orjson.loads(bytes(raw)) for raw in self.jobs.result_items().values()]
+    def all_jobs(self) -> list[Job]:
+        return [decode(raw, Job) for raw in self.jobs.result_items().values()]
 
     def delete_job(self, job_id: str) -> None:
         """Forget a job, its result, its claims' leftovers and its events."""
@@ -181,21 +180,18 @@ class JobStore:
 
     # -- events -----------------------------------------------------------------
 
-    def append_event(self, job_id: str, event: str, data: Any) -> int:
-        """Append one event; returns its id (1, 2, ...; unique per job)."""
+    def append_event(self, job_id: str, event: EventName, data: Any) -> int:
+        """Append one event; returns its id (1, 2, ...; unique per job). `data` is a
+        record (`StateEvent`, ...) or any JSON value (a `result`)."""
         seq = int(self.events.incr(job_id))
-        self.events.put_data(
-            f"{job_id}:{seq}", orjson.dumps({"event": event, "data": data, "at": time.time()})
-        )
+        self.events.put_data(f"{job_id}:{seq}", encode(Event(event, data, time.time())))
         return seq
 
     def last_event(self, job_id: str) -> int:
         """The highest event id handed out for the job (0: none)."""
         return int(self.events.incr(job_id, 0))
 
-    def events_after(
-        self, job_id: str, after: int, limit: int = 500
-    ) -> list[tuple[int, dict[str, Any]]]:
+    def events_after(self, job_id: str, after: int, limit: int = 500) -> list[tuple[int, Event]]:
         """Events with ids after `after`, in order, stopping at the first not yet written."""
         keys = [f"{job_id}:{seq}" for seq in range(after + 1, after + 1 + limit)]
         found = self.events.peek_many(keys)
@@ -205,12 +201,13 @@ class JobStore:
             raw = found.get(key)
             if raw is None:
                 break
-            out.append((seq, orjson.loads(bytes(raw))))
+            out.append((seq, decode(raw, Event)))
         return out
 
     # -- results ----------------------------------------------------------------
 
     def put_result(self, job_id: str, result: Any) -> None:
+        """`result`: a JSON value (the model's answer, or ``{"error": ...}``)."""
         self.results.put_data(job_id, orjson.dumps(result))
 
     def get_result(self, job_id: str) -> Any:
@@ -245,21 +242,21 @@ class JobStore:
 
     # -- files (batch input and output) ----------------------------------------
 
-    def put_file(self, meta: dict[str, Any], content: bytes) -> None:
-        self.files.put_data("data:" + meta["id"], content)
-        self.files.put_data("meta:" + meta["id"], orjson.dumps(meta))
+    def put_file(self, meta: FileObject, content: bytes) -> None:
+        self.files.put_data("data:" + meta.id, content)
+        self.files.put_data("meta:" + meta.id, encode(meta))
 
-    def get_file(self, file_id: str) -> dict[str, Any] | None:
+    def get_file(self, file_id: str) -> FileObject | None:
         raw = self.files.peek_data("meta:" + file_id)
-        return None if raw is EmptyData else orjson.loads(bytes(raw))
+        return None if raw is EmptyData else decode(raw, FileObject)
 
     def file_content(self, file_id: str) -> bytes | None:
         raw = self.files.peek_data("data:" + file_id)
         return None if raw is EmptyData else bytes(raw)
 
-    def all_files(self) -> list[dict[str, Any]]:
+    def all_files(self) -> list[FileObject]:
         return [
-            orjson.loads(bytes(v))
+            decode(v, FileObject)
             for k, v in self.files.result_items().items()
             if (k.decode() if isinstance(k, bytes) else k).startswith("meta:")
         ]
@@ -270,16 +267,16 @@ class JobStore:
 
     # -- batches (records in the files namespace) -------------------------------
 
-    def put_batch(self, batch: dict[str, Any]) -> None:
-        self.files.put_data("batch:" + batch["id"], orjson.dumps(batch))
+    def put_batch(self, batch: BatchRecord) -> None:
+        self.files.put_data("batch:" + batch.id, encode(batch))
 
-    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
         raw = self.files.peek_data("batch:" + batch_id)
-        return None if raw is EmptyData else orjson.loads(bytes(raw))
+        return None if raw is EmptyData else decode(raw, BatchRecord)
 
-    def all_batches(self) -> list[dict[str, Any]]:
+    def all_batches(self) -> list[BatchRecord]:
         return [
-            orjson.loads(bytes(v))
+            decode(v, BatchRecord)
             for k, v in self.files.result_items().items()
             if (k.decode() if isinstance(k, bytes) else k).startswith("batch:")
         ]
@@ -293,20 +290,51 @@ class JobStore:
         return bool(self.files.put_if_empty("lock:" + key, b"1"))
 
 
+def _threaded(method: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """`method` run in a worker thread (`asyncio.to_thread`), typed as it is."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    return call
+
+
 class AsyncJobStore:
-    """`JobStore` with every method run in a worker thread (never blocks the loop)."""
+    """`JobStore` with every method run in a worker thread (never blocks the loop),
+    each typed as the `JobStore` method it wraps."""
 
     def __init__(self, store: JobStore) -> None:
         self.sync = store
         self.shared = store.shared
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.sync, name)
-        if not callable(method):
-            return method
-
-        @functools.wraps(method)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await asyncio.to_thread(method, *args, **kwargs)
-
-        return call
+        self.put_job = _threaded(store.put_job)
+        self.get_job = _threaded(store.get_job)
+        self.get_jobs = _threaded(store.get_jobs)
+        self.all_jobs = _threaded(store.all_jobs)
+        self.delete_job = _threaded(store.delete_job)
+        self.enqueue = _threaded(store.enqueue)
+        self.dequeue = _threaded(store.dequeue)
+        self.queued = _threaded(store.queued)
+        self.head = _threaded(store.head)
+        self.queue_sizes = _threaded(store.queue_sizes)
+        self.append_event = _threaded(store.append_event)
+        self.last_event = _threaded(store.last_event)
+        self.events_after = _threaded(store.events_after)
+        self.put_result = _threaded(store.put_result)
+        self.get_result = _threaded(store.get_result)
+        self.claim = _threaded(store.claim)
+        self.claim_owner = _threaded(store.claim_owner)
+        self.take_claim = _threaded(store.take_claim)
+        self.heartbeat = _threaded(store.heartbeat)
+        self.forget_instance = _threaded(store.forget_instance)
+        self.instances = _threaded(store.instances)
+        self.put_file = _threaded(store.put_file)
+        self.get_file = _threaded(store.get_file)
+        self.file_content = _threaded(store.file_content)
+        self.all_files = _threaded(store.all_files)
+        self.delete_file = _threaded(store.delete_file)
+        self.put_batch = _threaded(store.put_batch)
+        self.get_batch = _threaded(store.get_batch)
+        self.all_batches = _threaded(store.all_batches)
+        self.count = _threaded(store.count)
+        self.lock_once = _threaded(store.lock_once)

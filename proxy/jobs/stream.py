@@ -29,6 +29,8 @@ from starlette.types import Receive, Scope, Send
 from proxy.asgi import SSE_HEADERS
 from proxy.errors import InvalidRequest, NotFound
 from proxy.jobs.dispatcher import Dispatcher
+from proxy.jobs.records import Position, StateEvent, to_json_value
+from proxy.jobs.state import TaskState
 from wire.disconnect import ClientDisconnected, watch_disconnect
 from wire.events import HEARTBEAT, KEEPALIVE, frame
 
@@ -66,17 +68,17 @@ class JobStream(Response):
         wake = jobs.listen(job_id)
         last_sent = time.monotonic()
         stuck_since: float | None = None
-        last_position = None
+        last_position: Position | None = None
         try:
             while True:
                 wake.clear()
                 events = await store.events_after(job_id, last)
                 for seq, ev in events:
-                    body = frame(ev["event"], ev["data"], seq)
+                    body = frame(ev.event, ev.data, seq)
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     last = seq
                     last_sent = time.monotonic()
-                    if ev["event"] == "end":
+                    if ev.event == "end":
                         return
                 if events:
                     stuck_since = None
@@ -91,11 +93,11 @@ class JobStream(Response):
                 job = await store.get_job(job_id)
                 if job is None:
                     return  # expired meanwhile
-                if job["state"] == "PENDING":
+                if job.state is TaskState.PENDING:
                     position = await jobs.position(job)
                     if position != last_position:
                         last_position = position
-                        body = frame("state", {"state": "PENDING", **position})
+                        body = frame("state", to_json_value(StateEvent.waiting(position)))
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                         last_sent = time.monotonic()
                 if time.monotonic() - last_sent > HEARTBEAT:
@@ -109,7 +111,7 @@ class JobStream(Response):
 
 @router.get("/stream/{task_id}", summary="A job's events as Server-Sent Events (docs/jobs.md)")
 async def stream(request: Request, task_id: str) -> Response:
-    jobs = request.app.state.ctx.jobs
+    jobs: Dispatcher = request.app.state.ctx.jobs
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     if not raw.strip().isdigit() or len(raw) > 12:
         raise InvalidRequest("Last-Event-ID must be a non-negative integer.", param="Last-Event-ID")

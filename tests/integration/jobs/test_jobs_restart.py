@@ -52,8 +52,8 @@ def test_restart_with_jobs_queued_and_running_loses_none_and_completes_none_twic
                 final = events[-1]
                 if final.event == "end" and final.data["state"] == "SUCCESS":
                     completed += 1
-                else:
-                    lost.append(task_id)
+                else:  # say how it ended, so a failure names its cause
+                    lost.append((task_id, final.event, final.data))
                 results = [e for e in events if e.event == "result"]
                 successes = [
                     e for e in events if e.data.get("state") == "SUCCESS" and e.event == "state"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from proxy.jobs.order import pick_model
+from proxy.jobs.records import Job
 from proxy.jobs.runner import ChatAssembler
+from proxy.jobs.state import TaskState
 from proxy.jobs.store import JobStore, StoreInUse
 
 
@@ -75,7 +77,7 @@ def test_store_queues_claims_events_and_reopen(tmp_path) -> None:
     try:
         with pytest.raises(StoreInUse):
             JobStore(path)  # a second proxy on the same file is refused
-        store.put_job({"id": "t1", "model": "m", "state": "PENDING"})
+        store.put_job(Job(id="t1", method="create_message", model="m", endpoint="/v1/x", body={}))
         store.enqueue("m", "t1")
         store.enqueue("m-2", "t2")
         assert store.queue_sizes(["m", "m-2", "x"]) == {"m": 1, "m-2": 1}
@@ -88,7 +90,8 @@ def test_store_queues_claims_events_and_reopen(tmp_path) -> None:
         store.close()
     again = JobStore(path)
     try:
-        assert again.get_job("t1")["state"] == "PENDING"
+        job = again.get_job("t1")
+        assert job is not None and job.state is TaskState.PENDING and job.model == "m"
         assert again.dequeue("m") == "t1" and again.dequeue("m") is None
         assert again.last_event("t1") == 3
         again.delete_job("t1")

@@ -14,6 +14,7 @@ from proxy_fakes import dead_port
 from proxy_stack import API_KEY, Stack
 
 from proxy.errors import UpstreamError
+from proxy.jobs.records import Job
 from proxy.jobs.runner import run_job
 from tests.mcp_client import http_session, text_of
 
@@ -166,9 +167,11 @@ async def test_no_mcp_retry_for_endpoints_left_out_of_the_setting(make_stack) ->
 # -- jobs: the model call directly, no captured ASGI send -------------------------------
 
 
-def _job(text: str, *, stream: bool = False) -> dict:
+def _job(text: str, *, stream: bool = False) -> Job:
     body = {"model": "chat-a", "messages": [{"role": "user", "content": text}], "stream": stream}
-    return {"endpoint": "/v1/chat/completions", "model": "chat-a", "body": body}
+    return Job(
+        id="t1", method="create_message", model="chat-a", endpoint="/v1/chat/completions", body=body
+    )
 
 
 async def test_a_job_whose_server_is_killed_mid_answer_is_retried_and_reported(
@@ -209,7 +212,7 @@ async def test_a_jobs_model_server_error_is_its_outcome(stack: Stack) -> None:
 
 async def test_a_whole_answer_over_the_limit_is_refused_and_the_lease_ended(stack: Stack) -> None:
     ctx = stack.app.state.ctx
-    body = orjson.dumps(_job("hi")["body"])
+    body = orjson.dumps(_job("hi").body)
     with pytest.raises(UpstreamError) as refused:
         async with ctx.model_calls.call(
             "chat-a", "/v1/chat/completions", body, "application/json", answer_limit=10
