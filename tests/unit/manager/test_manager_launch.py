@@ -77,6 +77,17 @@ def test_an_embedding_model_runs_vllm_on_its_pooling_runner(tmp_path: Path) -> N
     assert not [k for k in env if k.startswith("HOMELAB_IMAGE_")]
 
 
+def test_the_docker_runtime_runs_an_embedding_model_on_the_pooling_runner(tmp_path: Path) -> None:
+    pytest.importorskip("docker", reason="the docker SDK is the manager extra")
+    from manager.docker_runtime import DockerRuntime
+
+    config = DockerRuntime(settings(tmp_path)).container_config("embed", EMBED, api_key="k")
+    assert config["image"] == "vllm/vllm-openai:x"
+    command = config["command"]
+    assert command[command.index("--runner") + 1] == "pooling"
+    assert config["environment"]["VLLM_API_KEY"] == "k"
+
+
 def test_the_process_runtime_needs_no_docker_sdk() -> None:
     """`docker` made unimportable: the process runtime (and the manager's choice of it)
     still load, and nothing of the Docker runtime is imported."""
