@@ -12,9 +12,10 @@ too, so the demo is what is tested.
 
 Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
 
-    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build), `tiny-sd`
-                    (the real diffusers image server with the tiny offline pipeline) and,
-                    with --embed-model, `minilm` (all-MiniLM-L6-v2 on vLLM's pooling runner)
+    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build; it calls tools),
+                    `tiny-sd` (the real diffusers image server with the tiny offline
+                    pipeline) and, with --embed-model, `minilm` (all-MiniLM-L6-v2 on vLLM's
+                    pooling runner)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -55,6 +56,8 @@ from wire.procs import is_zombie, read_registry, start_time  # noqa: E402
 from wire.tokens import new_token, token_problem  # noqa: E402
 
 TEXT_MODEL = "smollm2"
+TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
+"""SmolLM2's ChatML template with Hermes tool calls: its own ignores `tools`."""
 IMAGE_MODEL = "tiny-sd"
 EMBED_MODEL = "minilm"
 # Model server modules: only processes running one of them are ever killed as leftovers.
@@ -96,6 +99,7 @@ def demo_models(
     The models run on the CPU, but the file declares a GPU budget and what each model
     would take of it, as on a GPU PC: all fit together, so a chat, a picture and a chat
     again start each model once and swap nothing (docs/models-json.md, the budget).
+    The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
     With `embed_model`, also an embeddings model on vLLM's pooling runner.
     """
     models = {
@@ -113,11 +117,12 @@ def demo_models(
                 "--max-model-len",
                 "2048",
             ],
+            "tool_calls": {"parser": "hermes", "chat_template": str(TOOL_TEMPLATE)},
             "env": OFFLINE_ENV,
             "gpu": False,
             "gpu_memory_mib": 2048,
             "start_timeout": LOAD_TIMEOUT_S,
-            "description": "SmolLM2-135M-Instruct on vLLM's CPU build.",
+            "description": "SmolLM2-135M-Instruct on vLLM's CPU build; it calls tools.",
         },
         IMAGE_MODEL: {
             "type": "image",

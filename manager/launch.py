@@ -15,6 +15,7 @@ from __future__ import annotations
 from manager.runtime import UPSTREAM_KEY_ENV, Spec
 from manager.settings import ManagerSettings
 from manager.spec import EmbeddingModel, ImageModel, VllmModel
+from manager.tool_calls import vllm_args
 
 
 def text_server_args(name: str, spec: VllmModel, host: str, port: int) -> list[str]:
@@ -23,9 +24,13 @@ def text_server_args(name: str, spec: VllmModel, host: str, port: int) -> list[s
     `vllm serve` (the vllm/vllm-openai entrypoint) and
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
-    An embedding model runs on vLLM's pooling runner (`--runner pooling`).
+    The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`); an
+    embedding model runs on vLLM's pooling runner (`--runner pooling`) instead.
     """
-    runner = ["--runner", "pooling"] if isinstance(spec, EmbeddingModel) else []
+    if isinstance(spec, EmbeddingModel):
+        extra = ["--runner", "pooling"]
+    else:
+        extra = vllm_args(spec.tool_calls)
     return [
         "--model",
         spec.model,
@@ -35,7 +40,7 @@ def text_server_args(name: str, spec: VllmModel, host: str, port: int) -> list[s
         host,
         "--port",
         str(port),
-        *runner,
+        *extra,
         *spec.args,
     ]
 

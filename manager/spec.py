@@ -26,11 +26,13 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from manager.errors import CatalogueError
+from manager.tool_calls import ToolCalls, args_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model and container names: what Docker accepts, without a leading separator."""
@@ -193,6 +195,28 @@ class TextModel(_ModelBase):
         examples=[True],
     )
     start_timeout: Seconds = Field(default=900.0, description=START_TIMEOUT, examples=[1800])
+    tool_calls: ToolCalls | None = Field(
+        default=None,
+        validate_default=True,  # raw tool flags in `args` are refused even without it
+        description=(
+            "How the model writes tool calls (OpenAI `tools`/`tool_choice`): vLLM gets "
+            "`--enable-auto-tool-choice --tool-call-parser PARSER` (and `--chat-template`); "
+            "`args` must not set these. Unset: vLLM refuses requests that let the model call "
+            "tools (400)."
+        ),
+        examples=[{"parser": "hermes"}],
+    )
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _tool_calls_fit(cls, value: ToolCalls | None, info: ValidationInfo) -> ToolCalls | None:
+        backend = str(info.data.get("backend", "vllm"))
+        problem = (value.backend_problem(backend) if value else None) or args_problem(
+            value, info.data.get("args", []), backend
+        )
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class EmbeddingModel(_ModelBase):

@@ -135,15 +135,37 @@ def _table(
         if not prop.get("examples"):
             raise SchemaNotDocumented(f"{label}: no example (add examples= in manager/spec.py)")
         default = "required" if name in required else _value(prop.get("default"))
+        key = name.rsplit(".", 1)[-1]  # `tool_calls.parser`'s example reads `"parser": ...`
+        nested = _object_fields(prop, defs)
+        nullable = any(p.get("type") == "null" for p in prop.get("anyOf", []))
         cells = [
             f"`{name}`",
-            type_text(prop, defs, label),
+            ("object (its fields follow)" + (", or null" if nullable else ""))
+            if nested
+            else type_text(prop, defs, label),
             default,
             _text(prop["description"], label),
-            f"`{json.dumps({name: prop['examples'][0]}, ensure_ascii=False)[1:-1]}`",
+            f"`{json.dumps({key: prop['examples'][0]}, ensure_ascii=False)[1:-1]}`",
         ]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        if nested:  # an object's own fields follow as `name.field` rows
+            sub = _table(
+                {f"{name}.{k}": v for k, v in nested["properties"].items()},
+                where,
+                {f"{name}.{k}" for k in nested.get("required", [])},
+                defs,
+            )
+            rows += sub.splitlines()[2:]
     return "\n".join(rows)
+
+
+def _object_fields(prop: Schema, defs: dict[str, Schema]) -> Schema | None:
+    """The schema of an object with named fields that `prop` holds (perhaps or null), or None."""
+    for option in [prop, *prop.get("anyOf", [])]:
+        body = _resolve(option, defs)
+        if body.get("type") == "object" and "properties" in body:
+            return body
+    return None
 
 
 def _value(value: object) -> str:

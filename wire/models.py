@@ -17,8 +17,8 @@ ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
 
 
 class ModelStatus(BaseModel):
-    """One model. ``sizes`` and ``max_n`` are sent for image models only, ``vision`` for
-    text models only (an embedding model has neither)."""
+    """One model. ``sizes`` and ``max_n`` are sent for image models only, ``vision`` and
+    ``tools`` for text models only (an embedding model has none of them)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -42,6 +42,8 @@ class ModelStatus(BaseModel):
     """Image models: most images per request."""
     vision: bool | None = None
     """Text models: whether it takes images in chat messages (models.json ``vision``)."""
+    tools: bool | None = None
+    """Text models: whether it calls tools (models.json ``tool_calls`` is set)."""
     gpu_memory_mib: int | None = None
     """GPU memory the model declares it needs (models.json ``gpu_memory_mib``); None:
     undeclared (it runs alone)."""
@@ -60,8 +62,9 @@ class ModelStatus(BaseModel):
             del data["sizes"], data["max_n"]
         if self.type == "text":
             data["vision"] = bool(self.vision)
+            data["tools"] = bool(self.tools)
         else:
-            del data["vision"]
+            del data["vision"], data["tools"]
         return data
 
 

@@ -9,8 +9,10 @@ the text model again, and asks real all-MiniLM-L6-v2 on vLLM's pooling runner fo
 embeddings (related sentences must score higher than unrelated ones). The demo's
 models.json declares a GPU budget all models fit in, so the manager's /v1/events
 stream must show three cold starts and no swap: the text model stays resident beside
-the image server and the embeddings model (no model is ever stopped). Finally `./setup.sh demo stop` must stop everything, the
-model servers included.
+the image server and the embeddings model (no model is ever stopped). Then the
+text model calls tools through the SDK (named, required, auto, streamed, a tool result
+sent back). Finally `./setup.sh demo stop` must stop everything, the model servers
+included. The tests share one demo and run in this file's order.
 
 Markers ``vllm`` and ``diffusers``; skips (with the fix) when the vLLM venv, the
 model or diffusers is missing. vLLM starts twice for chat (about 35 s each on an idle
@@ -89,6 +91,17 @@ class Demo:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+        )
+
+    def client(self) -> Any:
+        """The real openai SDK pointed at the proxy, without its own retries."""
+        import openai
+
+        return openai.OpenAI(
+            base_url=f"{self.proxy_url}/v1",
+            api_key=self.api_key,
+            max_retries=0,
+            timeout=LOAD_DEADLINE_S,
         )
 
     def pids(self) -> list[int]:
@@ -256,7 +269,6 @@ def _related_sentences_embed_closer(client, demo: Demo) -> None:  # noqa: ANN001
 
 
 def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo) -> None:
-    import openai
     from PIL import Image
 
     # Keys are on by default: without the generated key the proxy refuses.
@@ -277,12 +289,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
-    client = openai.OpenAI(
-        base_url=f"{demo.proxy_url}/v1",
-        api_key=demo.api_key,
-        max_retries=0,
-        timeout=LOAD_DEADLINE_S,
-    )
+    client = demo.client()
     ask = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": QUESTION}],
@@ -334,6 +341,127 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         swaps.close()
         client.close()
 
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        # vLLM 0.32 holds the arguments to the schema only for a strict tool; without it
+        # a 135M model fills `city` with whatever JSON it likes.
+        "strict": True,
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _streamed_call(stream: Any) -> tuple[str, str, str, int, str | None]:
+    """(id, name, arguments, argument chunks, finish reason) of the one streamed call."""
+    call_id = name = arguments = ""
+    pieces, finish = 0, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        finish = chunk.choices[0].finish_reason or finish
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            assert delta.index == 0, delta  # one call
+            call_id += delta.id or ""
+            if delta.function:
+                name += delta.function.name or ""
+                if delta.function.arguments:
+                    arguments += delta.function.arguments
+                    pieces += 1
+    return call_id, name, arguments, pieces, finish
+
+
+def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
+    """The demo's smollm2 calls tools (models.json `tool_calls`: vLLM's `hermes` parser and
+    the repo's ChatML template with <tool_call> tags): a named `tool_choice` and "required"
+    answer a call with valid JSON arguments, plain and streamed (vLLM's structured output
+    holds even a 135M model to the schema); "auto" is accepted (vLLM refuses it without a
+    parser) and leaves the choice to the model; the tool's result goes back in the next
+    turn and the model answers from it."""
+
+    written = json.loads((demo.dir / "models.json").read_text())
+    assert written["smollm2"]["tool_calls"]["parser"] == "hermes"
+    auth = {"Authorization": f"Bearer {demo.api_key}"}
+    listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
+    tools = {m["id"]: m.get("tools") for m in listed["data"]}
+    assert tools["smollm2"] is True and tools["tiny-sd"] is None, tools  # text models only
+    client = demo.client()
+    ask = {
+        "model": "smollm2",
+        "messages": ASK_WEATHER,
+        "tools": [WEATHER],
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    try:
+        for choice in (named, "required"):
+            answer = client.chat.completions.create(**ask, tool_choice=choice).choices[0]
+            (call,) = answer.message.tool_calls or []
+            assert call.type == "function" and call.function.name == "get_weather", answer
+            arguments = json.loads(call.function.arguments)
+            assert set(arguments) == {"city"} and isinstance(arguments["city"], str), arguments
+            if choice == "required":
+                assert answer.finish_reason == "tool_calls", answer
+
+            streamed = client.chat.completions.create(**ask, tool_choice=choice, stream=True)
+            call_id, name, text, pieces, finish = _streamed_call(streamed)
+            assert call_id and name == "get_weather", (call_id, name)
+            assert pieces > 1, text  # the arguments arrive in pieces
+            assert set(json.loads(text)) == {"city"}, text
+            if choice == "required":
+                assert finish == "tool_calls"
+
+        # "auto": accepted, and the model decides (SmolLM2-135M answers in words here).
+        auto = client.chat.completions.create(**ask, tool_choice="auto").choices[0]
+        for call in auto.message.tool_calls or []:
+            json.loads(call.function.arguments)
+        assert auto.message.tool_calls or auto.message.content, auto
+
+        # The call, then its result in the next turn: the model answers from it.
+        first = client.chat.completions.create(**ask, tool_choice="required").choices[0]
+        (call,) = first.message.tool_calls or []
+        result = {"city": "Paris", "temperature_c": 21, "sky": "sunny"}
+        follow = client.chat.completions.create(
+            model="smollm2",
+            messages=[
+                *ASK_WEATHER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {
+                                "name": call.function.name,
+                                "arguments": call.function.arguments,
+                            },
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)},
+            ],
+            tools=[WEATHER],
+            max_tokens=40,
+            temperature=0,
+        ).choices[0]
+        said = (follow.message.content or "").lower()
+        assert not follow.message.tool_calls and ("sunny" in said or "21" in said), follow
+    finally:
+        client.close()
+
+
+def test_demo_stop_stops_everything(demo: Demo) -> None:
     pids = demo.pids()
     assert len(pids) >= 3, pids  # manager, proxy and at least the resident model server
     stopped = demo.setup_sh("demo", "stop")

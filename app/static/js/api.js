@@ -24,6 +24,8 @@ import { SseParser } from "./sse.js";
  * @property {number | null} [gpu_memory_mib]  GPU memory it declares (models.json)
  * @property {number | null} [observed_gpu_memory_mib]  GPU memory it was seen to take
  * @property {boolean} [pinned]
+ * @property {boolean} [vision]  text models: takes images in chat messages
+ * @property {boolean} [tools]  text models: calls tools (models.json tool_calls)
  */
 
 /**

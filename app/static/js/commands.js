@@ -134,6 +134,8 @@ async function listModels(t) {
     const about = [
       m.description ?? "",
       m.type === "image" && m.sizes?.length ? `sizes ${m.sizes.join(" ")}` : "",
+      m.vision ? "vision" : "",
+      m.tools ? "tools" : "",
       m.gpu_memory_mib != null
         ? `GPU ${m.gpu_memory_mib} MiB${m.observed_gpu_memory_mib != null ? ` (seen ${m.observed_gpu_memory_mib})` : ""}`
         : "",

@@ -113,7 +113,7 @@ def test_models_lists_types_and_states_and_model_switches(ui: Ui, stack: Stack) 
     ui.type_line("/models")
     table = page.locator("table.models").last
     expect(table.locator("tr[data-model=chat] td")).to_have_text(
-        ["*", "chat", "text", "ready", re.compile("echoes")]
+        ["*", "chat", "text", "ready", re.compile(r"echoes.* · tools$")]
     )
     expect(table.locator("tr[data-model=paint] td")).to_have_text(
         ["", "paint", "image", "stopped", re.compile(r"sizes 64x64 128x128 · GPU 2048 MiB")]

@@ -107,6 +107,7 @@ def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
         "chat": fake_entry(
             "text",
             env={"FAKEVLLM_STREAM_DELAY": "0.12"},
+            tool_calls={"parser": "hermes"},  # /models shows "tools" (fakevllm ignores the flags)
             description="Fake chat model (echoes you, word by word).",
         ),
         "slow": fake_entry(

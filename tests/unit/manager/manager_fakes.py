@@ -31,6 +31,7 @@ CATALOGUE = {
         "image": "vllm/vllm-openai:v0.32.0",
         "model": "org/beta",
         "idle_ttl": 60,
+        "tool_calls": {"parser": "hermes"},
     },
     "pix": {
         "type": "image",

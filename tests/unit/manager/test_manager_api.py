@@ -137,13 +137,16 @@ async def test_list_models(api):
         "waiting",
         "description",
         "vision",
+        "tools",
         "gpu_memory_mib",
         "observed_gpu_memory_mib",
         "priority",
         "pinned",
     }
     assert first["vision"] is False  # text models say whether they take images
-    assert "vision" not in body["data"][2]
+    assert first["tools"] is False  # ... and whether they call tools (models.json tool_calls)
+    assert body["data"][1]["tools"] is True
+    assert "vision" not in body["data"][2] and "tools" not in body["data"][2]
     assert body["data"][2]["sizes"] == ["512x512", "768x768"]
     assert body["data"][2]["max_n"] == 2
 
