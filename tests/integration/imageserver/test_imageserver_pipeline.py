@@ -16,6 +16,7 @@ from imageserver.errors import (
 )
 from imageserver.model import EditJob, GenerateJob, ImageModel
 from imageserver.settings import Settings
+from wire.model_server import ImageProgress
 
 pytestmark = pytest.mark.diffusers
 
@@ -113,7 +114,7 @@ def test_the_step_meter_counts_the_real_pipelines_steps(tiny_pipeline: Path) -> 
     model._on_step = spy
     model.generate(GenerateJob(prompt="p", n=1, width=64, height=64, steps=3, seed=1))
     assert seen == [(True, 1, 3), (True, 2, 3), (True, 3, 3)]
-    assert model.meter.snapshot() == {"running": False, "step": 3, "steps": 3}
+    assert model.meter.snapshot() == ImageProgress(running=False, step=3, steps=3)
     seen.clear()
     source = Image.new("RGB", (64, 64), (10, 200, 10))
     model.edit(
