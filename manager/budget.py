@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from manager.errors import CatalogueError
 from manager.gguf import GgufShape
-from manager.spec import Catalogue, ImageModel, TextModel
+from manager.spec import AnyModel, Catalogue, TextModel, served_by_vllm
 
 LLAMA_COMPUTE_MIB = 256
 """llama.cpp's compute buffers on the GPU (batch activations, logits) in the estimate:
@@ -59,7 +59,7 @@ class GpuBudget:
     total_mib: int | None
     source: str
 
-    def cost(self, spec: TextModel | ImageModel) -> int | None:
+    def cost(self, spec: AnyModel) -> int | None:
         """What `spec` takes of the budget; None: the whole of it (it runs alone)."""
         if self.mib is None:
             return None
@@ -144,7 +144,7 @@ def check(catalogue: Catalogue, budget: GpuBudget) -> None:
 
 def _check_utilization(catalogue: Catalogue, name: str, budget: GpuBudget) -> None:
     spec = catalogue.models[name]
-    if not isinstance(spec, TextModel) or not spec.gpu or spec.backend != "vllm":
+    if not served_by_vllm(spec) or not spec.gpu:
         return
     try:
         share = explicit_utilization(spec.args)
@@ -181,8 +181,7 @@ def apply(catalogue: Catalogue, budget: GpuBudget) -> Catalogue:
     models = dict(catalogue.models)
     for name, spec in models.items():
         if (
-            isinstance(spec, TextModel)
-            and spec.backend == "vllm"
+            served_by_vllm(spec)
             and spec.gpu
             and spec.gpu_memory_mib
             and explicit_utilization(spec.args) is None
@@ -216,7 +215,7 @@ def with_estimates(catalogue: Catalogue, shapes: dict[str, GgufShape]) -> Catalo
     return catalogue.model_copy(update={"models": models})
 
 
-def needs_estimate(spec: TextModel | ImageModel) -> bool:
+def needs_estimate(spec: AnyModel) -> bool:
     """A llama.cpp model on the GPU without a ``gpu_memory_mib`` of its own."""
     return (
         isinstance(spec, TextModel)

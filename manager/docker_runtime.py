@@ -77,7 +77,7 @@ from manager.runtime import (
     spec_hash,
 )
 from manager.settings import ManagerSettings
-from manager.spec import TextModel
+from manager.spec import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class DockerRuntime:
         env = {"HF_HOME": HF_CACHE_TARGET}
         env.update(server_env(name, spec, self._settings, port=INTERNAL_PORT, api_key=api_key))
         command: list[str] | None = None
-        if isinstance(spec, TextModel):
+        if isinstance(spec, LanguageModel):
             command = text_server_args(name, spec, "0.0.0.0", INTERNAL_PORT)
         config: dict[str, Any] = {
             "image": spec.image,

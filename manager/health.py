@@ -49,7 +49,7 @@ from pydantic import ValidationError
 
 from manager.errors import RuntimeFailure, StartFailed
 from manager.runtime import ContainerRuntime, Spec
-from manager.spec import TextModel
+from manager.spec import LanguageModel, TextModel
 from wire.model_server import ImageHealth
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ class HttpReadinessProbe:
         200 is not asked again. Never raises for an unreachable or odd server."""
         limit = self._timeout if within is None else max(0.1, min(within, self._timeout))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        if isinstance(spec, TextModel):
-            loading_503 = spec.backend == "llama.cpp"
+        if isinstance(spec, LanguageModel):
+            loading_503 = isinstance(spec, TextModel) and spec.backend == "llama.cpp"
             return await self._check_text(
                 name, base_url, limit, headers, health == 200, loading_503
             )

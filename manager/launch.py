@@ -14,21 +14,26 @@ from __future__ import annotations
 
 from manager.runtime import Spec, key_env
 from manager.settings import ManagerSettings
-from manager.spec import ImageModel, TextModel
+from manager.spec import EmbeddingModel, ImageModel, LanguageModel, TextModel
 from manager.tool_calls import vllm_args
 
 
-def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
+def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> list[str]:
     """The server's arguments for `spec`, served as `name` on host:port: vLLM's, or
-    `llama_server_args` for a llama.cpp model.
+    `llama_server_args` for a text model on llama.cpp.
 
     `vllm serve` (the vllm/vllm-openai entrypoint) and
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
-    The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`).
+    The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`); an
+    embedding model runs on vLLM's pooling runner (`--runner pooling`) instead.
     """
-    if spec.backend == "llama.cpp":
+    if isinstance(spec, TextModel) and spec.backend == "llama.cpp":
         return llama_server_args(name, spec, host, port)
+    if isinstance(spec, EmbeddingModel):
+        extra = ["--runner", "pooling"]
+    else:
+        extra = vllm_args(spec.tool_calls)
     return [
         "--model",
         spec.model,
@@ -38,7 +43,7 @@ def text_server_args(name: str, spec: TextModel, host: str, port: int) -> list[s
         host,
         "--port",
         str(port),
-        *vllm_args(spec.tool_calls),
+        *extra,
         *spec.args,
     ]
 

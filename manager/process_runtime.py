@@ -53,7 +53,7 @@ from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
 from manager.runtime import KEY_ENVS, Instance, Spec, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import TextModel
+from manager.spec import LanguageModel, TextModel
 from wire.procs import (
     REGISTRY_FILE,
     ProcessRecord,
@@ -257,8 +257,8 @@ class ProcessRuntime:
 
     def argv(self, name: str, spec: Spec) -> list[str]:
         """The full argv for `spec` (pure; exposed for tests)."""
-        if isinstance(spec, TextModel):
-            if spec.backend == "llama.cpp":
+        if isinstance(spec, LanguageModel):
+            if isinstance(spec, TextModel) and spec.backend == "llama.cpp":
                 program = spec.command or [self._settings.llama_server]
             else:
                 program = spec.command or [

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from manager.spec import ImageModel, TextModel
+from manager.spec import AnyModel, TextModel
 from wire.model_server import LLAMA_API_KEY_ENV
 from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 
@@ -50,7 +50,7 @@ LABEL_GATED = "homelab-ai.gated"
 LABEL_INSTANCE = "homelab-ai.instance"
 """Set (to `HOMELAB_INSTANCE`) when several managers share one Docker engine: each owns only its own."""
 
-Spec = TextModel | ImageModel
+Spec = AnyModel
 SCHEDULING_FIELDS = {"max_in_flight"}
 """Spec fields only the scheduler reads; they are not part of `spec_hash`."""
 

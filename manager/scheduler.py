@@ -45,7 +45,7 @@ from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import Catalogue, ImageModel
+from manager.spec import Catalogue, ImageModel, TextModel
 from manager.state import ModelState, transition
 from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
 from wire.fanout import Fanout
@@ -864,6 +864,7 @@ class Scheduler:
 
     def _status(self, rec: _Record) -> ModelStatus:
         image = rec.spec if isinstance(rec.spec, ImageModel) else None
+        text = rec.spec if isinstance(rec.spec, TextModel) else None
         return ModelStatus(
             id=rec.name,
             type=rec.spec.type,
@@ -876,8 +877,8 @@ class Scheduler:
             description=rec.spec.description,
             sizes=list(image.sizes) if image else None,
             max_n=image.max_n if image else None,
-            vision=None if isinstance(rec.spec, ImageModel) else rec.spec.vision,
-            tools=None if isinstance(rec.spec, ImageModel) else rec.spec.tool_calls is not None,
+            vision=text.vision if text else None,
+            tools=text.tool_calls is not None if text else None,
             gpu_memory_mib=rec.spec.gpu_memory_mib,
             observed_gpu_memory_mib=rec.observed_mib,
             priority=rec.spec.priority,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import (
     BaseModel,
@@ -128,7 +128,7 @@ class _ModelBase(_Strict):
         description=(
             "GPU memory (MiB) the model takes while resident: weights, cache and working "
             "memory. Models whose declarations fit the manager's GPU budget together stay "
-            "resident together; a text model on the GPU gets this share of the card as vLLM's "
+            "resident together; a vLLM model (text or embedding) on the GPU gets this share of the card as vLLM's "
             "`--gpu-memory-utilization` unless its `args` set one (which must then agree). "
             "0: it takes none. Unset: it runs alone, as does every model without a budget."
         ),
@@ -279,6 +279,35 @@ LLAMA_ALL_LAYERS = 999
 """`-ngl` for "every layer": llama.cpp offloads at most the layers the model has."""
 
 
+class EmbeddingModel(_ModelBase):
+    """An embeddings model served by vLLM's pooling runner (/v1/embeddings)."""
+
+    type: Literal["embedding"] = Field(
+        description=(
+            "`embedding`: a vLLM OpenAI server on its pooling runner (`--runner pooling`, "
+            "added by the manager); it answers /v1/embeddings only."
+        ),
+        examples=["embedding"],
+    )
+    args: list[str] = Field(
+        default=[],
+        description=(
+            "Extra vLLM arguments, passed as they are; not `--runner` (the type sets it)."
+        ),
+        examples=[["--max-model-len", "512"]],
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _no_runner(cls, value: list[str]) -> list[str]:
+        if any(a == "--runner" or a.startswith("--runner=") for a in value):
+            raise ValueError(
+                "an embedding model runs on vLLM's pooling runner: drop --runner from args "
+                "(the manager passes --runner pooling)"
+            )
+        return value
+
+
 ImageSize = Annotated[str, Field(pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")]
 
 
@@ -378,7 +407,25 @@ class ImageModel(_ModelBase):
         return value
 
 
-ModelSpec = Annotated[TextModel | ImageModel, Field(discriminator="type")]
+LanguageModel = TextModel | EmbeddingModel
+"""The specs a language-model server serves (`isinstance(spec, LanguageModel)`): vLLM, or
+llama.cpp's llama-server for a text model with `backend` llama.cpp; `served_by_vllm` tells
+which."""
+
+
+def served_by_vllm(spec: object) -> TypeGuard[LanguageModel]:
+    """vLLM serves `spec`: an embedding model, or a text model on the `vllm` backend
+    (its launch arguments, `--gpu-memory-utilization` share and readiness are vLLM's)."""
+    return isinstance(spec, EmbeddingModel) or (
+        isinstance(spec, TextModel) and spec.backend == "vllm"
+    )
+
+
+AnyModel = TextModel | ImageModel | EmbeddingModel
+"""Any models.json entry."""
+
+
+ModelSpec = Annotated[AnyModel, Field(discriminator="type")]
 
 
 class Catalogue(BaseModel):
@@ -386,13 +433,13 @@ class Catalogue(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    models: dict[str, TextModel | ImageModel]
+    models: dict[str, AnyModel]
     source: str = "<memory>"
     gpu_budget_mib: int | None = None
     """The file's ``$gpu_budget_mib``: the GPU memory the models may share (MiB); the
     manager's HOMELAB_GPU_BUDGET_MIB overrides it (`manager.budget`)."""
 
-    def get(self, name: str) -> TextModel | ImageModel | None:
+    def get(self, name: str) -> AnyModel | None:
         return self.models.get(name)
 
     def names(self) -> list[str]:
@@ -416,8 +463,8 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
         err = exc.errors()[0]
         # A bad model *name* is reported at the name, without pydantic's '[key]' marker.
         loc = [str(p) for p in err["loc"] if p != "[key]"]
-        # A discriminated union puts the tag ('text'/'image') in the path: drop it.
-        if len(loc) > 1 and loc[1] in ("text", "image"):
+        # A discriminated union puts the tag (the type) in the path: drop it.
+        if len(loc) > 1 and loc[1] in ("text", "image", "embedding"):
             loc.pop(1)
         raise CatalogueError(source, ".".join(loc), err["msg"]) from exc
     _check_unique(models, "container", source)
@@ -454,7 +501,7 @@ def _catalogue_budget(data: dict[str, Any], source: str) -> int | None:
     return value
 
 
-def _check_unique(models: dict[str, TextModel | ImageModel], field: str, source: str) -> None:
+def _check_unique(models: dict[str, AnyModel], field: str, source: str) -> None:
     seen: dict[object, str] = {}
     for name, spec in models.items():
         value = getattr(spec, field)

@@ -85,21 +85,30 @@ class ModelNotFound(NotFound):
         )
 
 
-class WrongModelType(InvalidRequest):
-    """A text model asked for images, or an image model for text (400)."""
+SERVES = {
+    "text": "/v1/chat/completions and /v1/completions",
+    "embedding": "/v1/embeddings",
+    "image": "/v1/images/generations and /v1/images/edits",
+}
+"""The endpoints each model type serves, as a client reads them."""
 
-    def __init__(self, name: str, model_type: str, endpoint: str) -> None:
-        serves = (
-            "/v1/chat/completions, /v1/completions and /v1/embeddings"
-            if model_type == "text"
-            else "/v1/images/generations and /v1/images/edits"
+
+class WrongModelType(InvalidRequest):
+    """A model asked for an endpoint its type does not serve (400): a text model for
+    images or embeddings, an embedding model for chat, ... `fitting`: the models that do
+    serve `endpoint`, named in the message."""
+
+    def __init__(
+        self, name: str, model_type: str, endpoint: str, fitting: list[str] | None = None
+    ) -> None:
+        serves = SERVES.get(model_type, "other endpoints")
+        message = (
+            f"The model '{name}' is a{'n' if model_type[:1] in 'aeiou' else ''} {model_type} "
+            f"model and cannot serve {endpoint}; it serves {serves}."
         )
-        super().__init__(
-            f"The model '{name}' is a {model_type} model and cannot serve {endpoint}; "
-            f"use {serves}.",
-            param="model",
-            code="wrong_model_type",
-        )
+        if fitting is not None:
+            message += f" Models for {endpoint}: {', '.join(fitting) or '(none configured)'}."
+        super().__init__(message, param="model", code="wrong_model_type")
 
 
 class UnsupportedMediaType(ProxyError):

@@ -65,7 +65,8 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
         if info is None:
             raise ModelNotFound(name, sorted(models))
     if info.type != want:
-        raise WrongModelType(name, info.type, endpoint)
+        fitting = sorted(n for n, m in models.items() if m.type == want)
+        raise WrongModelType(name, info.type, endpoint, fitting)
     return info
 
 
@@ -197,10 +198,10 @@ ROUTES = (
     ForwardingRoute(
         "/v1/embeddings",
         "embeddings",
-        "text",
+        "embedding",
         _forward_json,
         body_schema("embedding"),
-        "Embeddings (text models)",
+        "Embeddings (embedding models)",
     ),
     ForwardingRoute(
         "/v1/images/generations",

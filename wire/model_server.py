@@ -23,7 +23,11 @@ VLLM_API_KEY_ENV = "VLLM_API_KEY"
 """vLLM's OpenAI server refuses ``/v1/*`` without this key (vLLM's own variable)."""
 IMAGE_API_KEY_ENV = "HOMELAB_IMAGE_API_KEY"
 """The image server refuses ``/v1/*`` without this key (``imageserver.upstream_key``)."""
-UPSTREAM_KEY_ENV = {"text": VLLM_API_KEY_ENV, "image": IMAGE_API_KEY_ENV}
+UPSTREAM_KEY_ENV = {
+    "text": VLLM_API_KEY_ENV,
+    "embedding": VLLM_API_KEY_ENV,
+    "image": IMAGE_API_KEY_ENV,
+}
 """The variable that carries a server's upstream key, by model type."""
 LLAMA_API_KEY_ENV = "LLAMA_API_KEY"
 """llama.cpp's ``llama-server`` (a text model's other backend) refuses ``/v1/*`` without

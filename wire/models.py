@@ -11,14 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ModelType = Literal["text", "image"]
+ModelType = Literal["text", "image", "embedding"]
 ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
 """A model's lifecycle state (the manager's `manager.state.ModelState` values)."""
 
 
 class ModelStatus(BaseModel):
     """One model. ``sizes`` and ``max_n`` are sent for image models only, ``vision`` and
-    ``tools`` for text models only."""
+    ``tools`` for text models only (an embedding model has none of them)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -60,6 +60,7 @@ class ModelStatus(BaseModel):
         data = self.model_dump()
         if self.type != "image":
             del data["sizes"], data["max_n"]
+        if self.type == "text":
             data["vision"] = bool(self.vision)
             data["tools"] = bool(self.tools)
         else:

@@ -56,7 +56,7 @@ FORM_OVERHEAD = 64 * 1024
 ENDPOINTS = {
     "/v1/chat/completions": "text",
     "/v1/completions": "text",
-    "/v1/embeddings": "text",
+    "/v1/embeddings": "embedding",
     "/v1/images/generations": "image",
 }
 

@@ -193,7 +193,7 @@ async def create_embedding(call: Call) -> Accepted:
     if not isinstance(text, str | list) or not text:
         raise _params_error("'input' is required (a string or a list)", "input")
     body = {**call.options(), "model": model, "input": text}
-    await call.resolve(model, "text", "/v1/embeddings")
+    await call.resolve(model, "embedding", "/v1/embeddings")
     return await call.submit("create_embedding", model, "/v1/embeddings", body)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import secrets
 from typing import Any
 
@@ -31,7 +32,7 @@ from proxy.mcp.picture import (
     read_image,
 )
 from proxy.mcp.progress import RESIDENT, Progress
-from proxy.mcp.tools import ArgumentError, ChatArgs, EditArgs, ImageArgs, VisionArgs
+from proxy.mcp.tools import ArgumentError, ChatArgs, EditArgs, EmbedArgs, ImageArgs, VisionArgs
 
 
 def _timings(answer: Answer) -> dict[str, float | None]:
@@ -234,6 +235,63 @@ async def run_img2img(
         steps=True,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
+
+
+def _vectors(answer: Answer, model: str, count: int) -> list[list[float]]:
+    items = answer.data.get("data")
+    if not isinstance(items, list) or len(items) != count:
+        raise UpstreamError(f"The embeddings answer of '{model}' has no {count} vector(s)")
+    ordered = sorted(items, key=lambda i: i.get("index", 0) if isinstance(i, dict) else 0)
+    vectors = [i.get("embedding") if isinstance(i, dict) else None for i in ordered]
+    if not all(
+        isinstance(v, list) and v and all(isinstance(x, float | int) for x in v) for v in vectors
+    ):
+        raise UpstreamError(f"The embeddings answer of '{model}' has a vector that is not numbers")
+    return [[float(x) for x in v] for v in vectors if isinstance(v, list)]
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    """The cosine similarity of two vectors (0 when either is all zeros)."""
+    norm = math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
+    return math.fsum(x * y for x, y in zip(a, b, strict=True)) / norm if norm else 0.0
+
+
+async def run_embed(ctx: ProxyContext, args: EmbedArgs, progress: Progress) -> types.CallToolResult:
+    """The vectors of `args.texts` (structured: `embeddings`, in order) and, for two texts
+    or more, their cosine similarities (structured: `similarity`, a matrix; in the text,
+    one row per text rounded to 3 decimals). The text never carries the vectors: an
+    agent reads how the texts relate; a program reads the vectors."""
+    model = args.model.id
+    body = orjson.dumps({"model": model, "input": args.texts, "encoding_format": "float"})
+    answer = await call_model(
+        ctx,
+        "embed",
+        model,
+        "/v1/embeddings",
+        body,
+        "application/json",
+        progress,
+        running=f"{model} is embedding {len(args.texts)} text(s)",
+    )
+    vectors = _vectors(answer, model, len(args.texts))
+    dims = len(vectors[0])
+    lines = [f"{len(vectors)} embedding(s) of {dims} dimensions from {model}."]
+    meta: dict[str, Any] = {
+        "model": model,
+        "dimensions": dims,
+        "embeddings": vectors,
+        "usage": answer.data.get("usage"),
+        "timings": _timings(answer),
+    }
+    if len(vectors) > 1:
+        matrix = [[round(cosine(a, b), 4) for b in vectors] for a in vectors]
+        meta["similarity"] = matrix
+        lines.append("Cosine similarity (row i, column j: text i with text j):")
+        lines += [f"[{i + 1}] " + " ".join(f"{x:.3f}" for x in row) for i, row in enumerate(matrix)]
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text="\n".join(lines))],
+        structured_content=meta,
+    )
 
 
 async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:

@@ -40,6 +40,7 @@ from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
     ToolFailure,
+    parse_embed,
     parse_img2img,
     parse_img2txt,
     parse_list_models,
@@ -54,7 +55,8 @@ log = logging.getLogger("proxy.mcp")
 INSTRUCTIONS = (
     "homelab-ai: the models of one home lab behind one endpoint. txt2txt chats with a text "
     "model, txt2img paints, img2img edits a picture, img2txt asks a vision model about a "
-    "picture, list_models says what exists and what is loaded. Models share the GPU within "
+    "picture, embed turns texts into vectors (and says how similar they are), list_models "
+    "says what exists and what is loaded. Models share the GPU within "
     "its memory budget, so the first call for a model that is not loaded waits while it "
     "loads (and others unload if it does not fit); progress notifications say so."
 )
@@ -149,13 +151,15 @@ class McpEndpoint:
                 case "img2img":
                     edit = parse_img2img(models, args)
                     return await handlers.run_img2img(ctx, edit, progress, self._base_url(rctx))
+                case "embed":
+                    return await handlers.run_embed(ctx, parse_embed(models, args), progress)
                 case "list_models":
                     parse_list_models(args)
                     return await handlers.run_list_models(ctx)
                 case _:
                     raise ToolFailure(
                         f"Unknown tool '{params.name}'; the tools are txt2txt, txt2img, img2img, "
-                        "img2txt and list_models."
+                        "img2txt, embed and list_models."
                     )
         except ToolFailure as exc:
             return _error_result(exc.message)

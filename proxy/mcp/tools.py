@@ -1,7 +1,7 @@
 """The MCP tools, generated from the manager's model list, and their argument checks.
 
 `tool_list(models)` turns the manager's `wire.models.ModelStatus` objects (what
-``GET /v1/models`` shows) into the five tools, so a model added to models.json appears in the enums
+``GET /v1/models`` shows) into the six tools, so a model added to models.json appears in the enums
 as soon as the proxy's model list is fresh. The ``parse_*`` functions check a
 call's arguments against the same list and raise `ArgumentError` naming the
 argument; the JSON schemas say the same things up front, so a careful agent
@@ -25,6 +25,8 @@ MAX_PROMPT_CHARS = 32_000
 MAX_MESSAGES = 200
 MAX_TOKENS = 32_768
 MAX_SEED = 2**32 - 1
+MAX_EMBED_INPUTS = 32
+"""Most texts one `embed` call takes (its result carries every vector)."""
 ROLES = ("system", "user", "assistant")
 
 Models = dict[str, ModelStatus]
@@ -82,8 +84,9 @@ _LOAD_NOTE = (
 
 
 def tool_list(models: Models) -> list[types.Tool]:
-    """The five tools for the models in `models` (the manager's ModelStatus by id)."""
+    """The six tools for the models in `models` (the manager's ModelStatus by id)."""
     text = _names(models, kind="text")
+    embedding = _names(models, kind="embedding")
     image = _names(models, kind="image")
     vision = _names(models, kind="text", vision=True)
     sizes = sorted({s for n in image for s in models[n].sizes or []})
@@ -261,10 +264,48 @@ def tool_list(models: Models) -> list[types.Tool]:
             },
         ),
         types.Tool(
+            name="embed",
+            title="Embed texts as vectors",
+            description=(
+                "Turn texts into embedding vectors with an embeddings model, for semantic "
+                "search, clustering or deduplication. The result's text says how similar the "
+                "texts are to each other (cosine similarity, 1 = same meaning, about 0 = "
+                "unrelated); the vectors themselves are in the structured result "
+                "(`embeddings`, one list of numbers per text, in order).\nEmbedding models:\n"
+                + _described(models, embedding)
+                + "\n"
+                + _LOAD_NOTE
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "model": _model_prop(embedding, "The embeddings model."),
+                    "input": {
+                        "description": (
+                            f"One text, or a list of 1 to {MAX_EMBED_INPUTS} texts to embed "
+                            "and compare."
+                        ),
+                        "anyOf": [
+                            prompt,
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_EMBED_INPUTS,
+                                "items": prompt,
+                            },
+                        ],
+                    },
+                },
+                "required": ["input"],
+                "additionalProperties": False,
+            },
+        ),
+        types.Tool(
             name="list_models",
             title="List the models",
             description=(
-                "Every model this endpoint serves: its type (text/image), whether it takes images, "
+                "Every model this endpoint serves: its type (text/image/embedding), whether it "
+                "takes images, "
                 "its state (stopped, starting = loading, ready, stopping, failed), which one is "
                 "loaded now, and how long a load usually takes."
             ),
@@ -475,6 +516,30 @@ def parse_img2txt(models: Models, args: dict[str, Any]) -> VisionArgs:
     if not prompt.strip():
         raise ArgumentError("prompt", "must be a non-empty string")
     return VisionArgs(model=model, image=image, prompt=prompt, options=_sampling(args))
+
+
+@dataclass
+class EmbedArgs:
+    model: ModelStatus
+    texts: list[str]
+
+
+def parse_embed(models: Models, args: dict[str, Any]) -> EmbedArgs:
+    _check_keys(args, {"model", "input"})
+    model = pick_model(models, args, kind="embedding")
+    raw = args.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(texts, list)
+        or not 1 <= len(texts) <= MAX_EMBED_INPUTS
+        or not all(isinstance(t, str) and t.strip() for t in texts)
+    ):
+        raise ArgumentError(
+            "input", f"must be a non-empty text or a list of 1 to {MAX_EMBED_INPUTS} of them"
+        )
+    if any(len(t) > MAX_PROMPT_CHARS for t in texts):
+        raise ArgumentError("input", f"a text is longer than {MAX_PROMPT_CHARS} characters")
+    return EmbedArgs(model=model, texts=texts)
 
 
 def parse_list_models(args: dict[str, Any]) -> None:

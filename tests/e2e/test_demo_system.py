@@ -4,10 +4,12 @@ setup.sh (with --no-deps: the session already has deps) builds the tiny diffuser
 pipeline if needed and runs deploy/demo.py, which writes the demo models.json and
 starts the real manager (process runtime) and the real proxy. Through the proxy, the
 real `openai` SDK then asks real vLLM (CPU build, SmolLM2-135M-Instruct) a question
-(plain and streamed), asks the real diffusers image server for a picture, and asks
-the text model again. The demo's models.json declares a GPU budget both models fit
-in, so the manager's /v1/events stream must show two cold starts and no swap: the
-text model stays resident beside the image server (no model is ever stopped). Then the
+(plain and streamed), asks the real diffusers image server for a picture, asks
+the text model again, and asks real all-MiniLM-L6-v2 on vLLM's pooling runner for
+embeddings (related sentences must score higher than unrelated ones). The demo's
+models.json declares a GPU budget all models fit in, so the manager's /v1/events
+stream must show three cold starts and no swap: the text model stays resident beside
+the image server and the embeddings model (no model is ever stopped). Then the
 text model calls tools through the SDK (named, required, auto, streamed, a tool result
 sent back).
 
@@ -23,8 +25,9 @@ Finally `./setup.sh demo stop` must stop everything, the model servers included.
 
 Markers ``vllm`` and ``diffusers`` (the GGUF test also ``llamacpp``); skips (with the
 fix) when the vLLM venv, the model or diffusers is missing, the GGUF test also when the
-demo offers no GGUF model (no llama-server built). vLLM starts twice (about 35 s each on an idle
-machine); the waits below are deadlines, not expectations.
+demo offers no GGUF model (no llama-server built). vLLM starts twice for chat (about 35 s
+each on an idle machine) and once for embeddings; the waits below are deadlines, not
+expectations.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ from wire.procs import is_alive, read_registry
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
 PORT_BASES = range(18700, 18786)
-"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+13 (models)."""
-OFFSETS = (0, 10, 11, 12, 13)
+"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+14 (models)."""
+OFFSETS = (0, 10, 11, 12, 13, 14)
 GGUF = "smollm2-gguf"
 LOAD_DEADLINE_S = 900.0
 QUESTION = "What is the capital of France? Answer in one word."
@@ -76,7 +79,7 @@ def _free(port: int) -> bool:
 
 
 def free_port_base() -> int:
-    """A proxy port N in our range with N, N+10 and N+11 to N+13 all free."""
+    """A proxy port N in our range with N, N+10 and N+11 to N+14 all free."""
     for base in PORT_BASES:
         if all(_free(base + offset) for offset in OFFSETS):
             return base
@@ -205,6 +208,8 @@ def demo(vllm_runtime: VllmRuntime, tmp_path_factory: pytest.TempPathFactory) ->
             "setup.sh demo uses the vLLM venv in HOMELAB_STATE_DIR; "
             "HOMELAB_VLLM_PYTHON points elsewhere"
         )
+    if not (state_dir() / "models" / "all-minilm-l6-v2" / "config.json").is_file():
+        pytest.skip("no embeddings model in HOMELAB_STATE_DIR/models; run ./setup.sh deps")
     demo_dir = tmp_path_factory.mktemp("demo")
     port = free_port_base()
     env = {**os.environ, "HOMELAB_DEMO_DIR": str(demo_dir), "NO_COLOR": "1"}
@@ -250,6 +255,48 @@ def _alive(pid: int) -> bool:
     return is_alive(pid)  # a zombie child of ours counts as gone
 
 
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+
+def _related_sentences_embed_closer(client, demo: Demo) -> None:  # noqa: ANN001 (openai.OpenAI)
+    """Real all-MiniLM-L6-v2 on vLLM's pooling runner, through the proxy and the SDK (which
+    asks for base64 and decodes it): two sentences about a cat score higher than either
+    with one about the stock market; a text model asked for embeddings is refused. The
+    MCP tool `embed` says the same of the same sentences."""
+    import openai
+
+    cat, kitten, market = (
+        "A cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "The stock market fell sharply today.",
+    )
+    answer = client.embeddings.create(model="minilm", input=[cat, kitten, market])
+    vectors = [d.embedding for d in sorted(answer.data, key=lambda d: d.index)]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    related = _cosine(vectors[0], vectors[1])
+    assert related > _cosine(vectors[0], vectors[2]), vectors
+    assert related > _cosine(vectors[1], vectors[2]), vectors
+    floats = client.embeddings.create(model="minilm", input=cat, encoding_format="float")
+    assert _cosine(floats.data[0].embedding, vectors[0]) > 0.999
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="smollm2", input=cat)
+    assert refused.value.code == "wrong_model_type" and "minilm" in refused.value.message
+
+    async def embed_tool() -> dict:
+        async with http_session(f"{demo.proxy_url}/mcp", demo.api_key) as session:
+            result = await session.call_tool("embed", {"input": [cat, kitten, market]})
+            assert not result.is_error, result.content
+            return result.structured_content or {}
+
+    meta = asyncio.run(embed_tool())
+    assert meta["model"] == "minilm" and meta["dimensions"] == 384
+    sim = meta["similarity"]
+    assert sim[0][1] > sim[0][2] and sim[0][1] > sim[1][2], sim
+    assert _cosine(meta["embeddings"][0], vectors[0]) > 0.999
+
+
 def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo) -> None:
     from PIL import Image
 
@@ -263,12 +310,13 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     assert {m["id"]: m["type"] for m in models["data"]} == {
         "smollm2": "text",
         "tiny-sd": "image",
+        "minilm": "embedding",
         **gguf,
     }
     assert written["smollm2"]["gpu"] is False and "--enforce-eager" in written["smollm2"]["args"]
     assert written["tiny-sd"]["device"] == "cpu" and written["tiny-sd"]["dtype"] == "fp32"
-    # ... and a GPU budget both models fit in together.
-    declared = written["smollm2"]["gpu_memory_mib"] + written["tiny-sd"]["gpu_memory_mib"]
+    # ... and a GPU budget all models fit in together.
+    declared = sum(written[m]["gpu_memory_mib"] for m in ("smollm2", "tiny-sd", "minilm"))
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
@@ -296,17 +344,21 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         )
         assert "paris" in again.lower(), again
 
-        # Text, image, text: two cold starts, no swap, nothing stopped.
-        assert swaps.wait_for(2) == [(None, "smollm2"), (None, "tiny-sd")]
-        # The record holds both starts (it was following all along), and no stop.
+        _related_sentences_embed_closer(client, demo)
+
+        # Text, image, text, embeddings: three cold starts, no swap, nothing stopped.
+        assert swaps.wait_for(3) == [(None, "smollm2"), (None, "tiny-sd"), (None, "minilm")]
+        # The record holds every start (it was following all along), and no stop.
         swaps.following()
-        assert {("smollm2", "ready"), ("tiny-sd", "ready")} <= set(swaps.states), swaps.states
+        ready = {("smollm2", "ready"), ("tiny-sd", "ready"), ("minilm", "ready")}
+        assert ready <= set(swaps.states), swaps.states
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
         states = {m["id"]: m["state"] for m in listed["data"]}
         assert {k: v for k, v in states.items() if k != GGUF} == {
             "smollm2": "ready",
             "tiny-sd": "ready",
+            "minilm": "ready",
         }
     finally:
         swaps.close()
@@ -432,12 +484,14 @@ def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
         client.close()
 
 
-def _draw(client: Any) -> None:
-    """A picture from tiny-sd: it becomes the most recently used model."""
+def _use_the_others(client: Any) -> None:
+    """A picture from tiny-sd and an embedding from minilm: smollm2 becomes the least
+    recently used model, the one a start that needs room stops first."""
     image = client.images.generate(
         model="tiny-sd", prompt="a lighthouse", size="64x64", response_format="b64_json"
     )
     assert base64.b64decode(image.data[0].b64_json or "").startswith(b"\x89PNG")
+    assert client.embeddings.create(model="minilm", input="a lighthouse").data
 
 
 def _stream(client: Any, outcome: Outcome, ask: dict, under_way: threading.Event) -> None:
@@ -473,10 +527,12 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
         pytest.skip(f"the demo offers no {GGUF}: no llama-server (run ./setup.sh deps)")
     entry = written[GGUF]
     assert entry["backend"] == "llama.cpp" and entry["model"].endswith(".gguf")
-    # The budget makes the two text models swap: each fits beside tiny-sd, not beside the other.
+    # The budget makes the two text models swap: each fits beside tiny-sd and minilm, not
+    # beside the other.
     budget = written["$gpu_budget_mib"]
-    assert entry["gpu_memory_mib"] + written["tiny-sd"]["gpu_memory_mib"] <= budget
-    assert entry["gpu_memory_mib"] + written["smollm2"]["gpu_memory_mib"] > budget
+    others = written["tiny-sd"]["gpu_memory_mib"] + written["minilm"]["gpu_memory_mib"]
+    assert entry["gpu_memory_mib"] + others <= budget
+    assert entry["gpu_memory_mib"] + others + written["smollm2"]["gpu_memory_mib"] > budget
 
     swaps = SwapRecorder(demo)
     client = demo.client()
@@ -487,11 +543,12 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
         "temperature": 0,
     }
     try:
-        # smollm2 is resident (the test above); with tiny-sd used last, smollm2 makes room.
-        _draw(client)
+        # smollm2 is resident (the tests above); with the others used last, it makes room.
+        _use_the_others(client)
         _chat_and_stream(client, ask)
         assert ("smollm2", GGUF) in swaps.wait_for(1), swaps.swaps
-        assert ("tiny-sd", "stopped") not in swaps.states, swaps.states
+        stopped = {("tiny-sd", "stopped"), ("minilm", "stopped")} & set(swaps.states)
+        assert not stopped, swaps.states
 
         # A kill mid-stream: one long stream under way, its server SIGKILLed, then chats.
         server = read_registry(demo.dir / "logs")[GGUF]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from manager.runtime import LABEL_MANAGED, LABEL_MODEL
-from manager.spec import ImageModel, TextModel
+from manager.spec import EmbeddingModel, ImageModel, TextModel
 from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +85,15 @@ def text_spec(
     }
     values.update(fields)
     return TextModel(**values)
+
+
+def embedding_spec(
+    suffix: str, port: int, *, env: dict[str, str] | None = None, **fields: Any
+) -> EmbeddingModel:
+    """An embedding model, set up as `text_spec` sets up a text model: fakevllm in text
+    mode answers /v1/embeddings (and ignores the manager's --runner pooling)."""
+    text = text_spec(suffix, port, env=env, **fields)
+    return EmbeddingModel(**text.model_dump(exclude_unset=True) | {"type": "embedding"})
 
 
 def image_spec(

@@ -15,7 +15,7 @@ import { SseParser } from "./sse.js";
 /**
  * @typedef {object} ModelInfo
  * @property {string} id
- * @property {"text" | "image" | string} type
+ * @property {"text" | "image" | "embedding" | string} type
  * @property {string} state  stopped | starting | ready | stopping | failed
  * @property {string} [description]
  * @property {string[]} [sizes]

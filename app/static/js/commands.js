@@ -176,6 +176,10 @@ async function switchModel(t, name) {
     });
     return;
   }
+  if (info.type === "embedding") {
+    t.screen.error(`${info.id} is an embedding model: it answers /v1/embeddings (and the MCP tool embed), not chat or pictures`, { source: "ui" });
+    return;
+  }
   t.setModel(info.id);
   const how = info.type === "image" ? "image model: what you type becomes the picture's prompt" : "text model";
   const when = info.state === "ready" ? "ready" : `${info.state}, it loads on the first request`;

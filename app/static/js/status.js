@@ -11,7 +11,7 @@ import { formatElapsed } from "./dom.js";
 /**
  * @typedef {object} ModelState
  * @property {string} state   stopped | starting | ready | stopping | failed
- * @property {string} type    text | image
+ * @property {string} type    text | image | embedding
  * @property {number} since   local epoch ms when this state began
  * @property {string | null} error
  */

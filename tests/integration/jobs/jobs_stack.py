@@ -4,7 +4,8 @@ started again on the same job store, and (for the multi-proxy case) a real
 `redis-server` on a free loopback port, without persistence, in a temp directory.
 
 Models: two text models (`jb-a`, `jb-b`; streams paced by FAKEVLLM_STREAM_DELAY so a
-chat job runs for a while; jb-b also delays whole answers) and one image model (`jb-img`, FAKEVLLM_RESPONSE_DELAY).
+chat job runs for a while; jb-b also delays whole answers), one image model (`jb-img`, FAKEVLLM_RESPONSE_DELAY)
+and one embedding model (`jb-emb`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from pathlib import Path
 import httpx
 
 from manager.settings import ManagerSettings
-from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, image_spec, text_spec
+from tests.integration.conftest import (
+    FAKE_COMMAND,
+    FAKE_ENV,
+    embedding_spec,
+    image_spec,
+    text_spec,
+)
 from tests.integration.proxy.proxy_live import (
     API_KEY,
     PortTaken,
@@ -36,15 +43,15 @@ from tests.integration.proxy.proxy_live import (
 from tests.tools import find_program
 
 ROOT = Path(__file__).resolve().parents[3]
-TEXT_A, TEXT_B, IMAGE = "jb-a", "jb-b", "jb-img"
+TEXT_A, TEXT_B, IMAGE, EMBED = "jb-a", "jb-b", "jb-img", "jb-emb"
 STREAM_DELAY = "0.05"
 IMAGE_DELAY = "0.3"
 TEXT_B_DELAY = "0.4"
-"""jb-b answers non-streamed requests (batch lines, embeddings) after this many seconds."""
+"""jb-b answers non-streamed requests (batch lines, completions) after this many seconds."""
 
 
 def _models_json(ports: list[int], image_delay: str) -> str:
-    pa, pb, pi = ports
+    pa, pb, pi, pe = ports
     slow = {**FAKE_ENV, "FAKEVLLM_STREAM_DELAY": STREAM_DELAY}
     specs = {
         TEXT_A: text_spec("jb-a", pa, command=FAKE_COMMAND, env=slow),
@@ -57,6 +64,7 @@ def _models_json(ports: list[int], image_delay: str) -> str:
             command=FAKE_COMMAND,
             env={**FAKE_ENV, "FAKEVLLM_RESPONSE_DELAY": image_delay},
         ),
+        EMBED: embedding_spec("jb-emb", pe, command=FAKE_COMMAND, env=FAKE_ENV),
     }
     return json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
 
@@ -150,7 +158,7 @@ def run_jobs_stack(work: Path, *, image_delay: str = IMAGE_DELAY) -> Iterator[Jo
     manager: subprocess.Popen | None = None
     try:
         for attempt in range(3):
-            manager_port, *model_ports = free_ports(4)
+            manager_port, *model_ports = free_ports(5)
             models_file = work / f"models-{attempt}.json"
             models_file.write_text(_models_json(model_ports, image_delay))
             env = {
@@ -181,6 +189,7 @@ def run_jobs_stack(work: Path, *, image_delay: str = IMAGE_DELAY) -> Iterator[Jo
                     TEXT_A,
                     TEXT_B,
                     IMAGE,
+                    EMBED,
                 }
 
             try:

@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.integration.jobs.jobs_stack import TEXT_A, TEXT_B, JobsStack
+from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, TEXT_B, JobsStack
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,29 @@ def test_cancel_a_batch_while_it_runs(sdk: openai.OpenAI) -> None:
     assert done.request_counts.completed + len(errors) == 8
 
 
+def test_an_embeddings_batch_runs_on_the_embedding_model(sdk: openai.OpenAI) -> None:
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": EMBED, "input": [f"text {i}", "other"]},
+        }
+        for i in range(3)
+    ]
+    upload = sdk.files.create(file=jsonl(lines), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    done = wait_batch(sdk, batch.id)
+    assert (done.status, done.request_counts.completed) == ("completed", 3)
+    out = [json.loads(x) for x in sdk.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["e0", "e1", "e2"]
+    vectors = [o["response"]["body"]["data"] for o in out]
+    assert all([len(d["embedding"]) for d in v] == [8, 8] for v in vectors)
+    assert vectors[0][1] == vectors[2][1] and vectors[0][0] != vectors[1][0]
+
+
 @pytest.mark.parametrize(
     ("lines", "endpoint", "message"),
     [
@@ -110,6 +133,18 @@ def test_cancel_a_batch_while_it_runs(sdk: openai.OpenAI) -> None:
             "twice",
         ),
         ([chat_line("a", TEXT_A, "x")], "/v1/embeddings", "not the batch's endpoint"),
+        (
+            [
+                {
+                    "custom_id": "a",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": TEXT_A, "input": "x"},
+                }
+            ],
+            "/v1/embeddings",
+            "cannot serve /v1/embeddings",
+        ),
         ([chat_line("a", TEXT_A, "x", stream=True)], "/v1/chat/completions", "cannot stream"),
     ],
 )

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.jobs.jobs_stack import IMAGE, TEXT_A, TEXT_B, JobsStack
+from tests.integration.jobs.jobs_stack import EMBED, IMAGE, TEXT_A, TEXT_B, JobsStack
 from tests.integration.jobs.sse import read_events, rpc
 
 LONG = " ".join(f"w{i}" for i in range(60))
@@ -210,6 +210,20 @@ def test_image_job_answers_with_a_proxy_url(jobs_stack: JobsStack) -> None:
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
 
 
+def test_embedding_job_answers_with_the_vectors_and_a_text_model_is_refused(
+    jobs_stack: JobsStack,
+) -> None:
+    with jobs_stack.client() as client:
+        task = rpc(client, "create_embedding", {"model": EMBED, "input": ["a", "b"]})["result"]
+        events = list(read_events(client, task["stream"]))
+        result = next((e.data for e in events if e.event == "result"), None)
+        assert result is not None, events
+        assert [len(d["embedding"]) for d in result["data"]] == [8, 8]
+        refused = rpc(client, "create_embedding", {"model": TEXT_A, "input": "a"})
+        assert "result" not in refused
+        assert "cannot serve /v1/embeddings" in refused["error"]["message"]
+
+
 def swaps(client: httpx.Client) -> float:
     total = 0.0
     for line in client.get("/metrics").text.splitlines():
@@ -222,7 +236,7 @@ def test_jobs_over_two_models_drain_grouped_by_model(jobs_stack: JobsStack) -> N
     with jobs_stack.client() as client:
         before = swaps(client)
         ids = [
-            rpc(client, "create_embedding", {"model": (TEXT_A, TEXT_B)[i % 2], "input": f"x{i}"})[
+            rpc(client, "create_completion", {"model": (TEXT_A, TEXT_B)[i % 2], "prompt": f"x{i}"})[
                 "result"
             ]["taskId"]
             for i in range(30)
@@ -240,7 +254,9 @@ def test_an_interactive_request_goes_ahead_of_queued_jobs(jobs_stack: JobsStack)
     waits beyond those a worker had already picked (at most the 2 workers)."""
     with jobs_stack.client() as client:
         ids = [
-            rpc(client, "create_embedding", {"model": TEXT_B, "input": f"e{i}"})["result"]["taskId"]
+            rpc(client, "create_completion", {"model": TEXT_B, "prompt": f"e{i}"})["result"][
+                "taskId"
+            ]
             for i in range(16)
         ]
         wait_state(client, ids[0], {"STARTED", "SUCCESS"})

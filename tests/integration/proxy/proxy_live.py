@@ -4,8 +4,8 @@
                                               └─▶ tests.fixtures.fakevllm host processes
 
 The manager reads a models.json written here: two text models, one image model
-(fakevllm in image mode, sizes 64x64 / 32x48, max_n 2) and one image model whose
-load fails. Ports come from 18400-18499. Teardown stops the proxy and the
+(fakevllm in image mode, sizes 64x64 / 32x48, max_n 2), one image model whose
+load fails and one embedding model. Ports come from 18400-18499. Teardown stops the proxy and the
 manager, then every model server left in the process runtime's registry (the
 manager leaves servers running on exit, so the next manager can adopt them).
 """
@@ -30,7 +30,13 @@ import httpx
 from manager.process_runtime import ProcessRuntime
 from manager.settings import ManagerSettings
 from tests import tools
-from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, image_spec, text_spec
+from tests.integration.conftest import (
+    FAKE_COMMAND,
+    FAKE_ENV,
+    embedding_spec,
+    image_spec,
+    text_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 PORTS = range(18400, 18500)
@@ -54,6 +60,7 @@ class LiveStack:
     other_text: str
     image: str
     broken_image: str
+    embedding: str
     log_dir: Path
     internal: tuple[str, ...] = ()
     """The addresses (host:port) of the manager and the model servers: no answer to a
@@ -111,11 +118,12 @@ NAMES = {
     "other_text": "it-other",
     "image": "it-image",
     "broken_image": "it-broken",
+    "embedding": "it-embed",
 }
 
 
 def _models_json(ports: list[int]) -> str:
-    p1, p2, p3, p4 = ports
+    p1, p2, p3, p4, p5 = ports
     specs = {
         NAMES["text"]: text_spec("it-chat", p1, command=FAKE_COMMAND, env=FAKE_ENV),
         NAMES["other_text"]: text_spec("it-other", p2, command=FAKE_COMMAND, env=FAKE_ENV),
@@ -123,6 +131,7 @@ def _models_json(ports: list[int]) -> str:
         NAMES["broken_image"]: image_spec(
             "it-broken", p4, command=FAKE_COMMAND, env={**FAKE_ENV, "FAKEVLLM_FAIL_LOAD": "1"}
         ),
+        NAMES["embedding"]: embedding_spec("it-embed", p5, command=FAKE_COMMAND, env=FAKE_ENV),
     }
     return json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
 
@@ -194,7 +203,7 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     try:
         for attempt in range(3):
-            manager_port, proxy_port, *model_ports = free_ports(6)
+            manager_port, proxy_port, *model_ports = free_ports(7)
             manager_url = f"http://127.0.0.1:{manager_port}"
             proxy_url = f"http://127.0.0.1:{proxy_port}"
             models_file = work / f"models-{attempt}.json"

@@ -59,6 +59,9 @@ def _models() -> dict:
             env={"FAKEVLLM_VISION": "1"},
             description="Stand-in vision model (says the size of the picture).",
         ),
+        "vec": fake_entry(
+            "embedding", description="Stand-in embeddings model (vectors from a hash)."
+        ),
     }
 
 
@@ -83,7 +86,7 @@ async def _waiting(stack: Stack) -> dict[str, tuple[str, int]]:
 async def test_tools_and_schemas_follow_models_json(mcp_stack: Stack) -> None:
     async with http_session(_mcp_url(mcp_stack), API_KEY) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "list_models"}
+    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"}
     models = mcp_stack.models
     text = sorted(n for n, m in models.items() if m["type"] == "text")
     image = sorted(n for n, m in models.items() if m["type"] == "image")
@@ -260,7 +263,7 @@ async def test_stdio_relay_serves_the_same_tools_with_progress(mcp_stack: Stack)
     await asyncio.to_thread(mcp_stack.stop_all_models)
     async with stdio_session(_mcp_url(mcp_stack), API_KEY) as session:
         names = sorted(t.name for t in (await session.list_tools()).tools)
-        assert names == ["img2img", "img2txt", "list_models", "txt2img", "txt2txt"]
+        assert names == ["embed", "img2img", "img2txt", "list_models", "txt2img", "txt2txt"]
         assert "txt2img paints" in (session.instructions or "")  # the proxy's, relayed
         progress = Recorder()
         answer = await session.call_tool(
@@ -274,6 +277,30 @@ async def test_stdio_relay_serves_the_same_tools_with_progress(mcp_stack: Stack)
         assert any(m.startswith("loading chat") for m in progress.messages), progress.seen
         bad = await session.call_tool("txt2img", {"prompt": "x", "size": "1x1"})
         assert bad.is_error and "Invalid argument 'size'" in text_of(bad)
+
+
+async def test_embed_returns_the_vectors_and_their_similarities(mcp_stack: Stack) -> None:
+    """The stand-in's vectors come from a hash of each text: the same text twice is the
+    same vector (similarity 1), two different texts are not."""
+    async with http_session(_mcp_url(mcp_stack), API_KEY) as session:
+        texts = ["a lighthouse", "a cat", "a lighthouse"]
+        result = await session.call_tool("embed", {"input": texts})
+        assert not result.is_error, text_of(result)
+        meta = result.structured_content
+        assert meta["model"] == "vec" and meta["dimensions"] == 8
+        assert [len(v) for v in meta["embeddings"]] == [8, 8, 8]
+        sim = meta["similarity"]
+        assert sim[0][2] == pytest.approx(1.0) and sim[0][0] == pytest.approx(1.0)
+        assert sim[0][1] < 0.99 and sim[1][0] == sim[0][1]
+        text = text_of(result)
+        assert text.startswith("3 embedding(s) of 8 dimensions from vec.")
+        assert "[1] 1.000 " in text and str(meta["embeddings"][0][0]) not in text
+        one = await session.call_tool("embed", {"input": "a cat", "model": "vec"})
+        assert one.structured_content["embeddings"] == [meta["embeddings"][1]]
+        assert "similarity" not in one.structured_content
+        wrong = await session.call_tool("embed", {"input": "x", "model": "chat"})
+        assert wrong.is_error and "Invalid argument 'model'" in text_of(wrong)
+    await asyncio.to_thread(mcp_stack.stop_all_models)
 
 
 def test_stdio_relay_with_a_wrong_key_exits_with_the_reason(mcp_stack: Stack) -> None:

@@ -81,7 +81,7 @@ def test_generated_requests_never_get_a_500(
     known = {
         "/v1/chat/completions": text,
         "/v1/completions": text,
-        "/v1/embeddings": text,
+        "/v1/embeddings": live_stack.embedding,
         "/v1/images/generations": image,
         "/v1/images/edits": image,
     }
@@ -148,7 +148,7 @@ def test_an_open_proxy_never_answers_a_500_either(
     known = {
         "/v1/chat/completions": live_stack.text,
         "/v1/completions": live_stack.text,
-        "/v1/embeddings": live_stack.text,
+        "/v1/embeddings": live_stack.embedding,
         "/v1/images/generations": live_stack.image,
         "/v1/images/edits": live_stack.image,
     }

@@ -42,7 +42,9 @@ def test_models_list_has_every_model_with_type_and_state(
         live_stack.other_text,
         live_stack.image,
         live_stack.broken_image,
+        live_stack.embedding,
     }
+    assert models[live_stack.embedding].model_dump()["type"] == "embedding"
     image = models[live_stack.image].model_dump()
     assert image["type"] == "image" and image["sizes"] == ["64x64", "32x48"] and image["max_n"] == 2
     text = models[live_stack.text].model_dump()
@@ -85,9 +87,12 @@ def test_completions(sdk: openai.OpenAI, live_stack: LiveStack) -> None:
 
 
 def test_embeddings(sdk: openai.OpenAI, live_stack: LiveStack) -> None:
-    answer = sdk.embeddings.create(model=live_stack.text, input=["a", "b"])
+    answer = sdk.embeddings.create(model=live_stack.embedding, input=["a", "b"])
     assert [len(d.embedding) for d in answer.data] == [8, 8]
     assert answer.data[0].embedding != answer.data[1].embedding
+    with pytest.raises(openai.BadRequestError) as info:  # a text model is no embedder
+        sdk.embeddings.create(model=live_stack.text, input="a")
+    assert info.value.code == "wrong_model_type" and live_stack.embedding in info.value.message
 
 
 def test_images_generate_b64(sdk: openai.OpenAI, live_stack: LiveStack) -> None:

@@ -118,6 +118,22 @@ def test_vllm_gets_its_share_of_the_card_unless_its_args_set_one() -> None:
     assert not hasattr(applied.models["pix"], "args")  # image models are not vLLM
 
 
+def test_an_embedding_model_gets_its_share_of_the_card_like_a_text_model() -> None:
+    data = models(alpha={"gpu_memory_mib": 9500})
+    data["emb"] = {
+        **data["alpha"],
+        "type": "embedding",
+        "container": "t-emb",
+        "port": 18010,
+        "gpu_memory_mib": 1200,
+    }
+    applied = budget.apply(parse_catalogue(data), budget_of(23000, card=24000))
+    assert applied.models["emb"].args[-2:] == ["--gpu-memory-utilization", "0.050"]
+    data["emb"]["args"] = ["--gpu-memory-utilization", "0.5"]  # 12000 MiB, not 1200
+    with pytest.raises(CatalogueError, match="gpu_memory_mib declares 1200"):
+        budget.apply(parse_catalogue(data), budget_of(23000, card=24000))
+
+
 def test_manager_check_reports_the_budget(tmp_path, capsys) -> None:
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"$gpu_budget_mib": 20, **models(alpha={"gpu_memory_mib": 30})}))

@@ -14,11 +14,12 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from manager_fakes import FakeRuntime, catalogue
+from manager_fakes import CATALOGUE, FakeRuntime, catalogue
 
 from manager.errors import StartFailed
 from manager.health import HttpReadinessProbe, Verdict
 from manager.runtime import Instance, Spec
+from manager.spec import EmbeddingModel
 
 
 class FakeClock:
@@ -240,6 +241,10 @@ async def test_a_text_model_whose_knock_got_200_is_only_asked_for_its_model_list
     spec = catalogue().models["alpha"]
     server, url = await _serve(answer)
     async with server, HttpReadinessProbe() as probe:
+        embedding = EmbeddingModel.model_validate(CATALOGUE["alpha"] | {"type": "embedding"})
+        assert (await probe.check("alpha", embedding, url, health=200)).state == "ready"
+        assert paths == ["/v1/models"]  # vLLM's pooling runner: the same look as a text model
+        paths.clear()
         assert (await probe.check("alpha", spec, url, health=200)).state == "ready"
         assert paths == ["/v1/models"]
         assert (await probe.check("alpha", spec, url, health=503)).state == "ready"

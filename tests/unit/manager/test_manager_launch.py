@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from manager.gate import RELEASED
-from manager.launch import server_env
+from manager.launch import server_env, text_server_args
 from manager.process_runtime import ProcessRuntime
 from manager.runtime import UPSTREAM_KEY_ENV
 from manager.settings import ManagerSettings
-from manager.spec import ImageModel, TextModel
+from manager.spec import EmbeddingModel, ImageModel, TextModel
 
 ROOT = Path(__file__).resolve().parents[3]
 GATE_FILE = ROOT / "manager" / "gate.py"
@@ -49,6 +49,43 @@ TEXT = TextModel.model_validate(
         "container": "homelab-chat",
     }
 )
+EMBED = EmbeddingModel.model_validate(
+    {
+        "type": "embedding",
+        "model": "/models/all-minilm-l6-v2",
+        "port": 18125,
+        "image": "vllm/vllm-openai:x",
+        "container": "homelab-embed",
+        "args": ["--max-model-len", "256"],
+    }
+)
+
+
+def test_an_embedding_model_runs_vllm_on_its_pooling_runner(tmp_path: Path) -> None:
+    """The same vLLM server as a text model, with `--runner pooling` before the spec's args,
+    from the same program (the process runtime's vLLM python) and the same key variable."""
+    args = text_server_args("embed", EMBED, "127.0.0.1", 18125)
+    assert args[args.index("--runner") + 1] == "pooling"
+    assert args[-2:] == ["--max-model-len", "256"]
+    assert "--runner" not in text_server_args("chat", TEXT, "127.0.0.1", 18124)
+    runtime = ProcessRuntime(settings(tmp_path))
+    program = runtime.argv("chat", TEXT)[:3]
+    assert runtime.argv("embed", EMBED)[:3] == program
+    assert program[1:] == ["-m", "vllm.entrypoints.openai.api_server"]
+    env = server_env("embed", EMBED, settings(tmp_path), port=8000, api_key="k")
+    assert env[UPSTREAM_KEY_ENV["embedding"]] == "k" == env["VLLM_API_KEY"]
+    assert not [k for k in env if k.startswith("HOMELAB_IMAGE_")]
+
+
+def test_the_docker_runtime_runs_an_embedding_model_on_the_pooling_runner(tmp_path: Path) -> None:
+    pytest.importorskip("docker", reason="the docker SDK is the manager extra")
+    from manager.docker_runtime import DockerRuntime
+
+    config = DockerRuntime(settings(tmp_path)).container_config("embed", EMBED, api_key="k")
+    assert config["image"] == "vllm/vllm-openai:x"
+    command = config["command"]
+    assert command[command.index("--runner") + 1] == "pooling"
+    assert config["environment"]["VLLM_API_KEY"] == "k"
 
 
 def test_the_process_runtime_needs_no_docker_sdk() -> None:

@@ -27,13 +27,20 @@ IMAGE = {
     "image": "homelab-ai/imageserver:0.1.0",
     "model": "org/b",
 }
+EMBED = {
+    "type": "embedding",
+    "container": "emb-c",
+    "port": 8003,
+    "image": "vllm/vllm-openai:v0.32.0",
+    "model": "sentence-transformers/all-MiniLM-L6-v2",
+}
 
 
 def test_the_repository_models_json_is_valid():
     catalogue = load_catalogue(ROOT / "models.json")
     assert catalogue.names()
     types = {spec.type for spec in catalogue.models.values()}
-    assert types == {"text", "image"}
+    assert types == {"text", "image", "embedding"}
 
 
 def test_schema_file_is_up_to_date():
@@ -60,6 +67,23 @@ def test_vision_is_an_optional_flag_of_text_models_only():
     with pytest.raises(CatalogueError) as info:
         parse_catalogue({"a": TEXT | {"vision": "maybe"}}, source="models.json")
     assert info.value.key == "a.vision"
+
+
+def test_an_embedding_model_is_its_own_type_without_runner_or_vision():
+    catalogue = parse_catalogue({"a": TEXT, "e": EMBED | {"args": ["--max-model-len", "256"]}})
+    spec = catalogue.models["e"]
+    assert spec.type == "embedding" and spec.args == ["--max-model-len", "256"]
+    for extra, key in (
+        ({"args": ["--runner", "generate"]}, "e.args"),
+        ({"args": ["--runner=pooling"]}, "e.args"),
+        ({"vision": True}, "e.vision"),
+        ({"sizes": ["64x64"]}, "e.sizes"),
+    ):
+        with pytest.raises(CatalogueError) as info:
+            parse_catalogue({"e": EMBED | extra}, source="models.json")
+        assert info.value.key == key, extra
+    with pytest.raises(CatalogueError, match="pooling runner"):
+        parse_catalogue({"e": EMBED | {"args": ["--runner", "pooling"]}})
 
 
 def test_image_defaults():

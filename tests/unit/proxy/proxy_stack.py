@@ -23,6 +23,7 @@ MODELS = {
     "chat-a": {"type": "text"},
     "chat-b": {"type": "text"},
     "img": {"type": "image", "sizes": ["64x64", "32x48"], "max_n": 2},
+    "emb": {"type": "embedding"},
 }
 API_KEY = "ut-k3y-9Fq2Lm7Xc4Vb"
 

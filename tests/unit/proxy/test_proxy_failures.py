@@ -123,8 +123,8 @@ async def test_manager_busy_is_429_with_retry_after(stack: Stack) -> None:
 
 
 async def test_failed_start_is_503_from_manager(stack: Stack) -> None:
-    stack.manager.fail_start.add("chat-b")
-    r = await stack.client.post("/v1/embeddings", json={"model": "chat-b", "input": "x"})
+    stack.manager.fail_start.add("emb")
+    r = await stack.client.post("/v1/embeddings", json={"model": "emb", "input": "x"})
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["source"] == "manager" and "failed to start" in err["message"]
@@ -384,7 +384,7 @@ async def test_an_unexpected_exception_is_a_500_envelope_without_traceback(
         raise RuntimeError("secret internals")
 
     monkeypatch.setitem(routes_openai.FORWARDING, "/v1/embeddings", boom)
-    r = await stack.client.post("/v1/embeddings", json={"model": "chat-a", "input": "x"})
+    r = await stack.client.post("/v1/embeddings", json={"model": "emb", "input": "x"})
     assert r.status_code == 500
     err = r.json()["error"]
     assert err["source"] == "proxy" and err["type"] == "server_error"
@@ -420,9 +420,9 @@ async def test_keyless_clients_read_no_internal_addresses_or_log_lines(make_stac
                 assert f"127.0.0.1:{port}" not in err["message"] and "http://" not in err["message"]
                 assert err["code"] == "manager_unavailable"
     async with make_stack() as stack:
-        stack.manager.fail_start.add("chat-b")
+        stack.manager.fail_start.add("emb")
         stack.manager.start_logs = "INFO loading /models/secret-path\nERROR boom"
-        r = await stack.client.post("/v1/embeddings", json={"model": "chat-b", "input": "x"})
+        r = await stack.client.post("/v1/embeddings", json={"model": "emb", "input": "x"})
         message = r.json()["error"]["message"]
         assert r.status_code == 503 and "failed to start" in message
         assert "last log lines" not in message and "secret-path" not in message

@@ -13,8 +13,9 @@ async def test_models_list_reports_type_state_and_image_limits(stack: Stack) -> 
     r = await stack.client.get("/v1/models")
     assert r.status_code == 200
     data = {m["id"]: m for m in r.json()["data"]}
-    assert set(data) == {"chat-a", "chat-b", "img"}
+    assert set(data) == {"chat-a", "chat-b", "img", "emb"}
     assert data["chat-a"]["type"] == "text" and data["chat-a"]["state"] == "stopped"
+    assert data["emb"]["type"] == "embedding" and not {"vision", "sizes"} & set(data["emb"])
     assert data["chat-a"]["object"] == "model" and "sizes" not in data["chat-a"]
     assert data["img"]["sizes"] == ["64x64", "32x48"] and data["img"]["max_n"] == 2
     # The manager's other ModelStatus fields pass through for the UI.
@@ -128,6 +129,9 @@ async def test_streaming_passes_sse_through_and_ends_with_done(stack: Stack) -> 
         ("/v1/chat/completions", {"model": "nope", "messages": []}, 404, "model_not_found"),
         ("/v1/chat/completions", {"model": "img", "messages": []}, 400, "wrong_model_type"),
         ("/v1/images/generations", {"model": "chat-a", "prompt": "x"}, 400, "wrong_model_type"),
+        ("/v1/embeddings", {"model": "chat-a", "input": "x"}, 400, "wrong_model_type"),
+        ("/v1/chat/completions", {"model": "emb", "messages": []}, 400, "wrong_model_type"),
+        ("/v1/completions", {"model": "emb", "prompt": "x"}, 400, "wrong_model_type"),
         (
             "/v1/images/generations",
             {"model": "img", "prompt": "x", "size": "1024x1024"},
@@ -146,3 +150,23 @@ async def test_refusals_are_proxy_envelopes(stack: Stack, path, body, status, co
     assert err["code"] == code and err["source"] == "proxy"
     assert set(err) == {"message", "type", "param", "code", "source"}
     assert stack.manager.granted == 0, "a refused request must not take a lease (or cause a swap)"
+
+
+async def test_embeddings_go_to_the_embedding_model_and_a_text_model_is_told_which(
+    stack: Stack,
+) -> None:
+    """/v1/embeddings routes to type embedding (not text): the body reaches the embedding
+    model's server unchanged, and a text model asked for embeddings gets a 400 envelope
+    that names the models that do serve it."""
+    body = orjson.dumps({"model": "emb", "input": ["a", "b"], "encoding_format": "float"})
+    r = await stack.client.post(
+        "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    assert [d["index"] for d in r.json()["data"]] == [0, 1]
+    assert stack.upstream.requests[-1][:2] == ("/v1/embeddings", body)
+    r = await stack.client.post("/v1/embeddings", json={"model": "chat-a", "input": "x"})
+    err = r.json()["error"]
+    assert (r.status_code, err["code"], err["param"]) == (400, "wrong_model_type", "model")
+    assert "'chat-a' is a text model and cannot serve /v1/embeddings" in err["message"]
+    assert err["message"].endswith("Models for /v1/embeddings: emb.")

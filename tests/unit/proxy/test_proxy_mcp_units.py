@@ -17,12 +17,14 @@ from proxy_stack import API_KEY
 
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
+from proxy.mcp.handlers import cosine
 from proxy.mcp.picture import INLINE_LIMIT, picture_content, read_image
 from proxy.mcp.progress import Progress, wait_for_lease
 from proxy.mcp.server import body_limit
 from proxy.mcp.tools import (
     ArgumentError,
     ToolFailure,
+    parse_embed,
     parse_img2img,
     parse_img2txt,
     parse_list_models,
@@ -48,6 +50,7 @@ MODELS = {
     "eyes": _status("eyes", "text", description="Sees.", vision=True),
     "sd": _status("sd", "image", sizes=["512x512", "768x512"], max_n=3),
     "xl": _status("xl", "image", sizes=["1024x1024"], max_n=1),
+    "vec": _status("vec", "embedding", description="Sentence vectors."),
 }
 
 
@@ -59,8 +62,11 @@ def _png(width: int = 4, height: int = 3) -> bytes:
 
 def test_tools_are_generated_from_the_model_list() -> None:
     tools = {t.name: t for t in tool_list(MODELS)}
-    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "list_models"}
+    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"}
     assert tools["txt2txt"].input_schema["properties"]["model"]["enum"] == ["chat", "eyes"]
+    assert tools["embed"].input_schema["properties"]["model"]["enum"] == ["vec"]
+    assert "- vec: Sentence vectors." in (tools["embed"].description or "")
+    assert tools["embed"].input_schema["required"] == ["input"]
     assert tools["img2txt"].input_schema["properties"]["model"]["enum"] == ["eyes"]
     img = tools["txt2img"].input_schema["properties"]
     assert img["model"]["enum"] == ["sd", "xl"]
@@ -102,6 +108,12 @@ def test_img2txt_says_when_no_model_takes_images() -> None:
         (parse_img2img, {"prompt": "x", "image": "AAAA", "strength": 0}, "strength"),
         (parse_img2txt, {"image": "AAAA", "model": "chat"}, "model"),
         (parse_img2txt, {"image": "AAAA", "prompt": "  "}, "prompt"),
+        (parse_embed, {}, "input"),
+        (parse_embed, {"input": []}, "input"),
+        (parse_embed, {"input": ["a", " "]}, "input"),
+        (parse_embed, {"input": ["a"] * 33}, "input"),
+        (parse_embed, {"input": "a", "model": "chat"}, "model"),
+        (parse_embed, {"input": "a", "dimensions": 3}, "dimensions"),
     ],
 )
 def test_bad_arguments_name_the_argument(parse, args, param) -> None:  # noqa: ANN001
@@ -128,6 +140,22 @@ def test_good_arguments_become_requests() -> None:
     assert (image.size, image.n, image.seed) == ("768x512", 3, None)
     edit = parse_img2img(MODELS, {"prompt": "x", "image": "AAAA", "strength": 0.5})
     assert edit.extra == {"strength": "0.5"} and edit.model.id == "sd"
+
+
+def test_embed_takes_one_text_or_a_list_and_needs_an_embedding_model() -> None:
+    assert parse_embed(MODELS, {"input": "hi"}).texts == ["hi"]
+    parsed = parse_embed(MODELS, {"input": ["a", "b"], "model": "vec"})
+    assert (parsed.model.id, parsed.texts) == ("vec", ["a", "b"])
+    without = {k: v for k, v in MODELS.items() if k != "vec"}
+    with pytest.raises(ToolFailure, match="No embedding model is configured"):
+        parse_embed(without, {"input": "hi"})
+
+
+def test_cosine_similarity() -> None:
+    assert cosine([1.0, 0.0], [2.0, 0.0]) == pytest.approx(1.0)
+    assert cosine([1.0, 0.0], [0.0, 3.0]) == pytest.approx(0.0)
+    assert cosine([1.0, 1.0], [-1.0, -1.0]) == pytest.approx(-1.0)
+    assert cosine([0.0, 0.0], [1.0, 0.0]) == 0.0
 
 
 async def test_progress_only_rises_and_stays_within_the_total() -> None:

@@ -39,6 +39,6 @@ async def test_upstream_500_raises_internal_server_error(stack: Stack) -> None:
 async def test_busy_manager_raises_rate_limit_error(stack: Stack) -> None:
     stack.manager.busy = True
     with pytest.raises(openai.RateLimitError) as info:
-        await sdk(stack).embeddings.create(model="chat-a", input="x")
+        await sdk(stack).embeddings.create(model="emb", input="x")
     assert info.value.response.headers["retry-after"] == "3"
     assert info.value.body["source"] == "manager"

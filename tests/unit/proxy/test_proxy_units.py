@@ -97,6 +97,12 @@ def test_not_found_and_wrong_type_messages_help_the_client() -> None:
     assert "Known models: a, b" in ModelNotFound("x", ["a", "b"]).message
     msg = WrongModelType("sdxl", "image", "/v1/chat/completions").message
     assert "image model" in msg and "/v1/images/generations" in msg
+    msg = WrongModelType("chat", "text", "/v1/embeddings", ["e1", "e2"]).message
+    assert "a text model and cannot serve /v1/embeddings" in msg
+    assert "it serves /v1/chat/completions and /v1/completions" in msg
+    assert msg.endswith("Models for /v1/embeddings: e1, e2.")
+    msg = WrongModelType("e1", "embedding", "/v1/chat/completions", []).message
+    assert "an embedding model" in msg and "it serves /v1/embeddings" in msg
 
 
 async def test_encode_form_round_trips_through_starlettes_parser() -> None:

@@ -74,7 +74,7 @@ async def test_events_come_from_one_shared_manager_stream(stack: Stack) -> None:
         assert r.headers["x-accel-buffering"] == "no"
         lines, lines2 = r.aiter_lines(), r2.aiter_lines()
         snapshot = await asyncio.wait_for(_read_event(lines, "snapshot"), 10)
-        assert {m["id"] for m in snapshot} == {"chat-a", "chat-b", "img"}
+        assert {m["id"] for m in snapshot} == {"chat-a", "chat-b", "img", "emb"}
         await asyncio.wait_for(_read_event(lines2, "snapshot"), 10)
         assert len(stack.manager.subscribers) == 1
         assert (

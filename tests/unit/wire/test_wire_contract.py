@@ -13,7 +13,7 @@ from manager.settings import ManagerSettings
 from manager.state import ModelState
 from proxy.errors import ManagerRefused
 from proxy.manager_client import ManagerClient
-from tests.unit.manager.manager_fakes import FakeProbe, FakeRuntime, catalogue
+from tests.unit.manager.manager_fakes import CATALOGUE, FakeProbe, FakeRuntime, catalogue
 from tests.unit.proxy.proxy_fakes import serve_asgi
 from wire.events import SseParser, StateEvent, SwapEvent, parse_event
 from wire.lease import LeaseGrant, LeaseRenewal
@@ -68,6 +68,31 @@ async def test_model_list_and_leases_validate_as_the_proxy_reads_them(client) ->
     with pytest.raises(ManagerRefused) as info:
         await client.renew(grant.lease_id)
     assert info.value.status == 404 and info.value.code == "lease_not_found"
+
+
+async def test_an_embedding_model_reads_as_its_own_type_without_text_or_image_fields() -> None:
+    emb = {**CATALOGUE["alpha"], "type": "embedding", "container": "t-emb", "port": 18004}
+    scheduler = Scheduler(
+        catalogue({**CATALOGUE, "emb": emb}), FakeRuntime(), FakeProbe(), SchedulerConfig()
+    )
+    settings = ManagerSettings(manager_token=TOKEN)
+    async with (
+        serve_asgi(create_app(scheduler, settings)) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        raw = await (await session.get(f"{url}/v1/models", headers=_auth())).json()
+        sent = next(m for m in raw["data"] if m["id"] == "emb")
+        assert sent["type"] == "embedding"
+        assert not {"vision", "sizes", "max_n"} & set(sent)
+        client = ManagerClient(url, TOKEN, session, models_ttl=0)
+        assert (await client.models())["emb"].type == "embedding"
+        grant = await client.grant("emb")
+        assert (grant.type, grant.base_url) == ("embedding", "http://127.0.0.1:18004")
+        await client.release(grant.lease_id)
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def test_the_event_stream_parses_with_the_wire_parser(client) -> None:
