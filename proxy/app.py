@@ -41,6 +41,7 @@ from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
@@ -197,7 +198,7 @@ def create_app(
         source=PROXY,
     )
     guarded = Guard(
-        ApiKeyMiddleware(limited, keys=settings.keys()),
+        ApiKeyMiddleware(limited, ring=KeyRing.simple(settings.keys())),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),

@@ -8,17 +8,17 @@ A refusal is a 401 OpenAI envelope that the openai SDK raises as
 ``data``), which MCP clients show as the error. A request that proved no key (the
 proxy is open, or the path needs none) gets its error messages redacted: no internal
 URLs, no model server log lines (`proxy.errors.redact`); ``request.state.keyed`` says
-which.
+which, and ``request.state.principal`` (and `proxy.keys.PRINCIPAL`) whose key it is
+(`proxy.keys`).
 """
 
 from __future__ import annotations
-
-import hmac
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import KEYLESS, AuthenticationFailed
+from proxy.keys import OPEN, PRINCIPAL, KeyRing, Principal
 from wire.errors import PROXY, send_json
 
 PROTECTED_PREFIXES = ("/v1/", "/api/", "/stream/")
@@ -30,34 +30,35 @@ def is_protected(path: str) -> bool:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, ring: KeyRing) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.ring = ring
+        """Replaced in place (`KeyRing.replace`) when the key file changes."""
 
-    def _valid(self, scope: Scope) -> bool:
+    def principal(self, scope: Scope) -> Principal | None:
+        """Whose key the request carries: `OPEN` when the proxy is open, None when it
+        carries no valid key."""
+        if self.ring.open:
+            return OPEN
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() != b"bearer":
-                    return False
-                token = token.strip()
-                # Compare against every key so timing does not tell which one matched.
-                ok = False
-                for key in self.keys:
-                    ok |= hmac.compare_digest(token, key)
-                return ok
-        return False
+                    return None
+                return self.ring.lookup(token.strip())
+        return None
 
     def has_key(self, scope: Scope) -> bool:
         """The request proved a key (always False when the proxy is open)."""
-        return bool(self.keys) and self._valid(scope)
+        return not self.ring.open and self.principal(scope) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        keyed = self.has_key(scope)
-        if self.keys and is_protected(scope["path"]) and not keyed:
+        principal = self.principal(scope)
+        keyed = principal is not None and not self.ring.open
+        if principal is None and is_protected(scope["path"]):
             err = AuthenticationFailed(
                 "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -67,12 +68,24 @@ class ApiKeyMiddleware:
             else:
                 await err.send(send)
             return
-        scope.setdefault("state", {})["keyed"] = keyed
+        state = scope.setdefault("state", {})
+        state["keyed"] = keyed
+        # An open path (the page, images, health) without a valid key acts for nobody:
+        # it owns nothing and sees nothing that is owned.
+        principal = principal if principal is not None else NOBODY
+        state["principal"] = principal
         token = KEYLESS.set(not keyed)
+        who = PRINCIPAL.set(principal)
         try:
             await self.app(scope, receive, send)
         finally:
+            PRINCIPAL.reset(who)
             KEYLESS.reset(token)
+
+
+NOBODY = Principal(name="", models=())
+"""The principal of a request on an open path that carries no valid key: no models,
+owns nothing."""
 
 
 async def _send_rpc_refusal(send: Send, err: AuthenticationFailed) -> None:

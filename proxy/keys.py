@@ -1,0 +1,103 @@
+"""Who a request is: the key ring and the `Principal` each key stands for.
+
+Every request that passes `proxy.auth.ApiKeyMiddleware` carries one `Principal`: in
+``scope["state"]["principal"]`` and, for the code it calls, in the `PRINCIPAL` context
+variable (`current()`). Everything a key makes (jobs, files, batches, images, MCP
+sessions) is owned by its principal's ``name``; the manager learns that name (never the
+key) and its ``priority`` class for its fair share.
+
+The ring holds only SHA-256 digests of the keys: a presented key is hashed and looked
+up (the digest of an attacker's guess says nothing about how close it came, so a dict
+lookup leaks no timing worth having). With the proxy open (``HOMELAB_API_KEYS=off``)
+every request is `OPEN`: an admin named ``anonymous``.
+
+``HOMELAB_API_KEYS=k1,k2`` is the simple form: each key is its own principal, named
+``key-<first 8 hex digits of its digest>``, with every model, class ``normal``, no
+limits, not an admin (two such keys do not see each other's work).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from typing import Literal
+
+import msgspec
+
+PriorityClass = Literal["high", "normal", "low"]
+CLASSES: tuple[PriorityClass, ...] = ("high", "normal", "low")
+"""Priority classes, best first."""
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """One key's identity and what it may do (never the key itself)."""
+
+    name: str
+    admin: bool = False
+    models: tuple[str, ...] = ("*",)
+    """Patterns (`fnmatch`, case-sensitive) of the model names this key may use."""
+    priority: PriorityClass = "normal"
+
+    def may_use(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def owns(self, owner: str | None) -> bool:
+        """May this principal see a thing owned by `owner`? Its own, or any for an admin."""
+        return self.admin or owner == self.name
+
+
+OPEN = Principal(name="anonymous", admin=True)
+"""Every request of an open proxy (no keys)."""
+
+PRINCIPAL: ContextVar[Principal] = ContextVar("principal", default=OPEN)
+"""The principal of the request (or job) being served. Set by the key middleware for
+each request; code that works for a principal outside a request (the job runner) sets
+it around that work."""
+
+
+def current() -> Principal:
+    return PRINCIPAL.get()
+
+
+def digest(key: str | bytes) -> bytes:
+    raw = key.encode() if isinstance(key, str) else key
+    return hashlib.sha256(raw).digest()
+
+
+def simple_name(key: str) -> str:
+    """The name of a key given in the simple form (`HOMELAB_API_KEYS`)."""
+    return "key-" + digest(key).hex()[:8]
+
+
+class KeyRing:
+    """Key digests to principals. Empty: the proxy is open."""
+
+    def __init__(self, entries: Mapping[bytes, Principal] | None = None) -> None:
+        self._by_digest: dict[bytes, Principal] = dict(entries or {})
+
+    @classmethod
+    def simple(cls, keys: Iterable[str]) -> KeyRing:
+        return cls({digest(k): Principal(name=simple_name(k)) for k in keys})
+
+    def replace(self, entries: Mapping[bytes, Principal]) -> None:
+        """Swap in a new set of keys (a re-read key file): requests after it see it."""
+        self._by_digest = dict(entries)
+
+    @property
+    def open(self) -> bool:
+        return not self._by_digest
+
+    def lookup(self, token: bytes) -> Principal | None:
+        """The principal of a presented key, None for an unknown one."""
+        return self._by_digest.get(digest(token))
+
+    def principals(self) -> list[Principal]:
+        return list(self._by_digest.values())
+
+    def by_name(self, name: str) -> Principal | None:
+        for principal in self._by_digest.values():
+            if principal.name == name:
+                return principal
+        return None
