@@ -1,4 +1,5 @@
-"""`python -m proxy`: run the proxy with uvicorn (uvloop + httptools)."""
+"""`python -m proxy`: run the proxy with uvicorn (uvloop + httptools);
+`python -m proxy keys ...`: manage the named keys (`proxy.keys_cli`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from proxy.app import create_app
+from proxy.keyfile import KeyFileError, build_ring
 from proxy.settings import ProxySettings
 
 KEEP_ALIVE = 5
@@ -17,18 +19,30 @@ KEEP_ALIVE = 5
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:
+        from proxy.keys_cli import run
+
+        sys.exit(run(sys.argv[2:]))
     try:
         settings = ProxySettings()
     except ValidationError as exc:
         print(f"proxy: invalid settings:\n{ProxySettings.describe(exc)}", file=sys.stderr)
         sys.exit(2)
-    if settings.api_keys is None:
+    if settings.api_keys is None and not settings.key_path().exists():
         print(
-            "proxy: no API keys: set HOMELAB_API_KEYS=key1,key2 (each at least 16 characters), "
-            "or HOMELAB_API_KEYS=off to let everyone who reaches the proxy use the models",
+            "proxy: no API keys: add named keys (python -m proxy keys add NAME, into "
+            f"{settings.key_path()}), or set HOMELAB_API_KEYS=key1,key2 (each at least 16 "
+            "characters), or HOMELAB_API_KEYS=off to let everyone who reaches the proxy use "
+            "the models",
             file=sys.stderr,
         )
         sys.exit(2)
+    if settings.api_keys != []:  # not open: a bad key file stops the start, named
+        try:
+            build_ring(settings.keys(), settings.key_path())
+        except KeyFileError as exc:
+            print(f"proxy: bad key file: {exc}", file=sys.stderr)
+            sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

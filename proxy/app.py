@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route
 
-from proxy import routes_openai, routes_ops
+from proxy import routes_openai, routes_ops, routes_usage
 from proxy.auth import ApiKeyMiddleware
 from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
@@ -41,14 +41,17 @@ from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.keyfile import KeyFileWatcher, build_ring, write_private
 from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
+from proxy.limits import Limiter
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.modelcall import ModelCalls
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
+from proxy.usage import Usage, UsageCollector
 from proxy.web import mount_ui, proxy_version
 from wire.errors import PROXY, install_error_handlers
 from wire.limits import BodyLimit
@@ -71,6 +74,22 @@ def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     return sock
 
 
+def _write_usage(path: Path, raw: bytes) -> None:
+    try:
+        write_private(path, raw)
+    except OSError as exc:
+        log.error("cannot save the usage counts to %s: %s", path, exc)
+
+
+async def save_usage(usage: Usage, path: Path, interval: float) -> None:
+    """Save the usage counts every `interval` seconds when they changed (until cancelled):
+    encoded on the loop, written in a thread."""
+    while True:
+        await asyncio.sleep(interval)
+        if usage.dirty:
+            await asyncio.to_thread(_write_usage, path, usage.snapshot())
+
+
 def create_app(
     settings: ProxySettings | None = None,
     manager_client: ManagerClient | None = None,
@@ -79,6 +98,13 @@ def create_app(
     """Build the proxy. `manager_client` / `http_client` let tests hand in their own."""
     settings = settings or ProxySettings()
     metrics = Metrics()
+    # Open (HOMELAB_API_KEYS=off): the key file is not read. Else the simple keys and the
+    # key file's; a bad file raises KeyFileError here (`python -m proxy` names it first).
+    ring = (
+        KeyRing() if settings.api_keys == [] else build_ring(settings.keys(), settings.key_path())
+    )
+    usage = Usage.load(settings.usage_path())
+    metrics.registry.register(UsageCollector(usage))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +136,7 @@ def create_app(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.upstream_timeout,
             waiting=waiting,
+            limits=Limiter(usage),
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -133,6 +160,7 @@ def create_app(
                     max_bytes=settings.image_store_max_bytes,
                 ),
                 interactive_waiting=waiting,
+                keys=ring,
             )
             app.state.ctx = ctx
             metrics.watch_leases(leases)
@@ -143,15 +171,26 @@ def create_app(
             )
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(ctx.events.run(), name="manager-events")
+            background = [
+                asyncio.create_task(
+                    save_usage(usage, settings.usage_path(), settings.usage_save_interval),
+                    name="usage-saver",
+                )
+            ]
+            if not ring.open:
+                watcher = KeyFileWatcher(settings.key_path(), ring, settings.keys())
+                background.append(asyncio.create_task(watcher.run(), name="key-file"))
             try:
                 await ctx.jobs.start()
                 async with mcp_endpoint.running():
                     yield
             finally:
                 await ctx.jobs.close()
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
+                for task in (follower, *background):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                _write_usage(settings.usage_path(), usage.snapshot())
                 await leases.close()
                 await upstream.aclose()
                 if http_client is None:
@@ -169,6 +208,7 @@ def create_app(
     )
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_usage.router)
     mcp_endpoint = McpEndpoint(settings, lambda: app.state.ctx)
     app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))
     app.include_router(jobs_rpc.router)
@@ -198,7 +238,7 @@ def create_app(
         source=PROXY,
     )
     guarded = Guard(
-        ApiKeyMiddleware(limited, ring=KeyRing.simple(settings.keys())),
+        ApiKeyMiddleware(limited, ring=ring),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),

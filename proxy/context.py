@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
+from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
@@ -38,3 +39,5 @@ class ProxyContext:
     (the same counter as `model_calls.waiting`)."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""
+    keys: KeyRing = field(default_factory=KeyRing)
+    """The keys in force (re-read from the key file as it changes)."""

@@ -33,6 +33,14 @@ answer is not complete is dropped, and vLLM then aborts the generation) and ends
 lease if still held. Cancellation at any step (a client disconnect) does the same;
 cancelling while queued withdraws the request from the manager's queue.
 
+Keys (docs/keys.md): on entry, before the lease, the caller's principal
+(`proxy.keys.current()`: the request's key, or the job's owner) must be allowed the model
+(else 404 ``model_not_found``, naming no other model) and is admitted by its limits
+(`proxy.limits.Limiter`: 429 with Retry-After, no lease taken). Each call is counted once,
+when it ends, in `proxy.usage.Usage` under the principal's name: one request, the tokens
+of the answer's ``usage`` (a whole JSON answer, or a stream's usage event) and the
+GPU-seconds, the time it held a lease (from the grant to the lease's end, every try).
+
 Metrics, for every call: ``in_flight``, ``queue_wait`` (first lease), and ``requests`` /
 ``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) with the
 status the caller saw: the model server's, the error's, 502 for a broken stream, 499
@@ -50,8 +58,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 
-from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+import msgspec
+
+from proxy.errors import (
+    MODEL_SERVER,
+    ModelNotFound,
+    ProxyError,
+    UpstreamError,
+    normalise_error_body,
+)
+from proxy.keys import Principal, current
 from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.limits import Limiter
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
@@ -69,6 +87,38 @@ OnLease = Callable[[LeaseGrant], Awaitable[None]]
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
 
 
+class _Tokens(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Tokens | None = None
+
+
+_USAGE_MARKS = (b'"usage":{', b'"usage": {')
+USAGE_SCAN_LIMIT = 1 << 20
+"""Whole answers larger than this are not read for their usage (pictures have none)."""
+
+
+def usage_of(raw: bytes | memoryview) -> _Tokens | None:
+    """The ``usage`` of an OpenAI answer (a JSON object), None when it has none."""
+    try:
+        return msgspec.json.decode(raw, type=_WithUsage).usage
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
+def usage_of_events(tail: bytes) -> _Tokens | None:
+    """The last ``usage`` in the ``data:`` lines of a piece of an event stream."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data:") and any(m in line for m in _USAGE_MARKS):
+            found = usage_of(line[5:].strip())
+            if found is not None:
+                return found
+    return None
+
+
 class ModelCalls:
     """Every call to a model server goes through here (module docstring). One per process,
     built in the app's lifespan."""
@@ -84,9 +134,16 @@ class ModelCalls:
         connect_timeout: float,
         read_timeout: float,
         waiting: Counter[str] | None = None,
+        limits: Limiter | None = None,
     ) -> None:
         """`read_timeout`: longest silence from a model server; `waiting`: interactive
-        calls waiting for a lease now, per model (shared with the job dispatcher)."""
+        calls waiting for a lease now, per model (shared with the job dispatcher);
+        `limits`: the keys' limits and, in its `usage`, what each key used."""
+        if limits is None:
+            from proxy.usage import Usage
+
+            limits = Limiter(Usage())
+        self.limits = limits
         self.leases, self.manager, self.metrics = leases, manager, metrics
         self.upstream = upstream
         self.retry_endpoints = frozenset(retry_endpoints)
@@ -190,6 +247,16 @@ class ModelCall:
         self.body: bytes | None = None
         """The whole answer, when not streamed."""
         self.lease: LeaseGrant | None = None
+        self.who: Principal = current()
+        """Whose call this is (counted and limited under its name)."""
+        self._admitted = False
+        self._slot = False
+        self._lease_start: float | None = None
+        self.gpu_seconds = 0.0
+        """Seconds this call held a lease so far (every try)."""
+        self._usage_tail: bytes | None = None
+        self.tokens: _Tokens | None = None
+        """The answer's ``usage`` (prompt and completion tokens), when it reported one."""
 
     @property
     def answer_type(self) -> str:
@@ -202,6 +269,11 @@ class ModelCall:
         self.started = time.perf_counter()
         self._calls.metrics.in_flight.inc()
         try:
+            who = self.who
+            if not who.may_use(self.model):
+                raise ModelNotFound(self.model, None)
+            self._slot = self._calls.limits.admit(who, interactive=self._interactive)
+            self._admitted = True
             await self._open()
         except BaseException as exc:
             self._close(exc)
@@ -216,12 +288,39 @@ class ModelCall:
     ) -> None:
         self._close(exc)
 
+    def _stop_clock(self) -> None:
+        """The lease this call held ends now: count the time it was held."""
+        if self._lease_start is not None:
+            self.gpu_seconds += time.perf_counter() - self._lease_start
+            self._lease_start = None
+
+    def _count(self) -> None:
+        """Count the call under its principal (once, at the end)."""
+        limits = self._calls.limits
+        if self._slot:
+            limits.release(self.who)
+        tokens = self.tokens
+        if tokens is None and self._usage_tail is not None:
+            tokens = self.tokens = usage_of_events(self._usage_tail)
+        limits.usage.record(
+            self.who.name,
+            self.model,
+            time.time(),
+            gpu_seconds=self.gpu_seconds,
+            prompt_tokens=tokens.prompt_tokens if tokens else 0,
+            completion_tokens=tokens.completion_tokens if tokens else 0,
+        )
+
     def _close(self, exc: BaseException | None) -> None:
         if self._resp is not None:
             self._resp.close()  # no-op once complete; otherwise drops the connection
             self._resp = None
         if self._held is not None:
+            self._stop_clock()
             self._held.end()
+        if self._admitted:
+            self._admitted = False
+            self._count()
         if isinstance(exc, ProxyError):
             self._outcome = exc.status
         elif exc is not None:
@@ -254,7 +353,7 @@ class ModelCall:
             last = attempt == attempts
             held = self._held = await self._lease(attempt == 1)
             lease = self.lease = held.lease
-            self.leased = time.perf_counter()
+            self.leased = self._lease_start = time.perf_counter()
             if self._on_lease is not None:
                 await self._on_lease(lease)
             try:
@@ -270,6 +369,7 @@ class ModelCall:
                     read_timeout=calls.read_timeout,
                 )
             except UPSTREAM_ERRORS as exc:
+                self._stop_clock()
                 await calls.lost_server(held, self.model)
                 if not last:
                     continue  # nothing reached the caller: ask again, once
@@ -294,6 +394,7 @@ class ModelCall:
             except UPSTREAM_ERRORS as exc:
                 resp.close()
                 self._resp = None
+                self._stop_clock()
                 await calls.lost_server(held, self.model)
                 if not last:
                     continue  # the answer broke off before the caller got a byte
@@ -307,8 +408,11 @@ class ModelCall:
                     f"The answer of '{self.model}' is larger than {self._limit} bytes",
                     code="answer_too_large",
                 )
+            self._stop_clock()
             held.end()
             self.body = raw
+            if len(raw) <= USAGE_SCAN_LIMIT and "/images/" not in self.endpoint:
+                self.tokens = usage_of(raw)
             self._outcome = resp.status
             return
 
@@ -323,6 +427,8 @@ class ModelCall:
             raise RuntimeError("chunks() is for an open streamed answer")
         try:
             async for chunk in resp.iter_chunks():
+                if b'"usage"' in chunk and any(m in chunk for m in _USAGE_MARKS):
+                    self._usage_tail = chunk
                 yield chunk
         except UPSTREAM_ERRORS as exc:
             err = UpstreamError(
@@ -331,8 +437,10 @@ class ModelCall:
                 code="stream_interrupted",
             )
             self._outcome = err.status
+            self._stop_clock()
             await self._calls.lost_server(held, self.model)
             raise err from exc
+        self._stop_clock()
         held.end()
 
     async def events(self) -> AsyncIterator[str]:

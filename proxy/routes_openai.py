@@ -24,6 +24,7 @@ from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
 from proxy.forward import Forward
 from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
+from proxy.keys import current, visible
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
@@ -52,20 +53,22 @@ def _ctx(request: Request) -> ProxyContext:
 
 
 async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
-    """The manager's ModelStatus for `name`, checked to be of type `want`.
+    """The manager's ModelStatus for `name`, checked to be of type `want` and allowed to
+    the caller's key (a model it may not use is as unknown: 404 naming only its own).
 
     A name missing from the cached list is looked up once more (at most one
     fresh fetch a second), so a model added on the manager is found at once.
     """
+    who = current()
     models = await ctx.manager.models()
     info = models.get(name)
     if info is None:
         models = await ctx.manager.models(max_age=1.0)
         info = models.get(name)
-        if info is None:
-            raise ModelNotFound(name, sorted(models))
+    if info is None or not who.may_use(name):
+        raise ModelNotFound(name, who.visible(models))
     if info.type != want:
-        fitting = sorted(n for n, m in models.items() if m.type == want)
+        fitting = [n for n in who.visible(models) if models[n].type == want]
         raise WrongModelType(name, info.type, endpoint, fitting)
     return info
 
@@ -79,14 +82,14 @@ def model_object(m: ModelStatus) -> dict[str, Any]:
 
 @router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")
 async def list_models(request: Request) -> Response:
-    models = await _ctx(request).manager.models()
+    models = visible(await _ctx(request).manager.models())
     data = [model_object(models[name]) for name in sorted(models)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/v1/models/{model}", responses=ERRORS, summary="One model with its type and state")
 async def get_model(request: Request, model: str) -> Response:
-    models = await _ctx(request).manager.models()
+    models = visible(await _ctx(request).manager.models())
     if model not in models:
         raise ModelNotFound(model[:200], sorted(models))
     return Response(orjson.dumps(model_object(models[model])), media_type="application/json")

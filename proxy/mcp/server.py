@@ -33,9 +33,11 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
+from proxy.auth import NOBODY
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.images import image_url_base
+from proxy.keys import PRINCIPAL, Principal, visible
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -126,7 +128,7 @@ class McpEndpoint:
             models = await self._get_ctx().manager.models()
         except ProxyError as exc:
             raise _rpc_failure(exc) from exc
-        return types.ListToolsResult(tools=tool_list(models))
+        return types.ListToolsResult(tools=tool_list(visible(models, principal_of(rctx))))
 
     def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
         request = rctx.request
@@ -135,11 +137,22 @@ class McpEndpoint:
     async def _call_tool(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        # The session's handlers run in the session's task, not the request's: act for
+        # the key of the HTTP request that carried this call.
+        who = PRINCIPAL.set(principal_of(rctx))
+        try:
+            return await self._call_tool_as(rctx, params)
+        finally:
+            PRINCIPAL.reset(who)
+
+    async def _call_tool_as(
+        self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         ctx = self._get_ctx()
         args = params.arguments or {}
         progress = Progress(rctx.session.report_progress)
         try:
-            models = await ctx.manager.models()
+            models = visible(await ctx.manager.models())
             match params.name:
                 case "txt2txt":
                     return await handlers.run_txt2txt(ctx, parse_txt2txt(models, args), progress)
@@ -170,6 +183,15 @@ class McpEndpoint:
             return _error_result(
                 f"Internal error in the proxy while running {params.name}; see its log."
             )
+
+
+def principal_of(rctx: ServerRequestContext[Any]) -> Principal:
+    """The principal of the HTTP request that carried this MCP message (set by the key
+    middleware); `NOBODY` (no models) without one."""
+    request = rctx.request
+    state = request.scope.get("state") if request is not None else None
+    principal = state.get("principal") if isinstance(state, dict) else None
+    return principal if isinstance(principal, Principal) else NOBODY
 
 
 def _error_result(text: str) -> types.CallToolResult:
