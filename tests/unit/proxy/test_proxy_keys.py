@@ -397,6 +397,7 @@ async def test_each_key_sees_and_uses_only_its_models(tmp_path: Path) -> None:
             )
             assert r.status_code == 404, r.text
             message = r.json()["error"]["message"]
+            assert message.endswith("Known models: chat-a")  # only its own
             assert "chat-b" not in message.replace(f"'{name}'", "")
             assert "img" not in message and "emb" not in message
         r = await c.get("/v1/models/chat-b", headers=bearer(KEY_A))
