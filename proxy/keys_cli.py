@@ -75,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--gpu-month", type=_positive, help="GPU-seconds a (UTC) month")
     add.add_argument("--admin", action="store_true", help="sees and manages everything")
     add.add_argument("--key-stdin", action="store_true", help="register the key read from stdin")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a key of the same name (unchanged when it is the same key and settings)",
+    )
     ls = sub.add_parser("list", help="the keys' names and settings (never the keys)")
     ls.add_argument("--json", action="store_true", help="as JSON")
     revoke = sub.add_parser("revoke", help="remove a key")
@@ -129,7 +134,8 @@ def run(argv: Sequence[str]) -> int:
             return 0
         if args.command == "add":
             data = _read(path, missing_ok=True)
-            if any(e.name == args.name for e in data.keys):
+            same = [e for e in data.keys if e.name == args.name]
+            if same and not args.replace:
                 raise KeyFileError(f"{path}: a key named {args.name!r} exists (rotate it?)")
             if args.key_stdin:
                 key = sys.stdin.readline().strip()
@@ -150,7 +156,11 @@ def run(argv: Sequence[str]) -> int:
                 admin=args.admin,
                 created=now_text(),
             )
-            _save_checked(path, KeyFileData(keys=[*data.keys, entry]))
+            if same and msgspec.structs.replace(same[0], created=entry.created) == entry:
+                print(f"key {args.name!r} is already in {path}", file=sys.stderr)
+                return 0
+            kept = [e for e in data.keys if e.name != args.name]
+            _save_checked(path, KeyFileData(keys=[*kept, entry]))
             if not args.key_stdin:
                 print(key)
             print(f"key {args.name!r} added to {path}", file=sys.stderr)

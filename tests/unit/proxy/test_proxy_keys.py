@@ -151,6 +151,15 @@ def test_cli_add_list_rotate_revoke(tmp_path: Path) -> None:
     assert code == 0 and out == ""  # a key given is not printed back
     assert build_ring([], path).lookup(KEY_A.encode()) == Principal(name="admin", admin=True)
 
+    # --replace: the same key and settings leave the file alone; another key replaces it.
+    before = path.stat().st_mtime_ns
+    code, _, _ = run_cli(*f, "add", "admin", "--admin", "--key-stdin", "--replace", stdin=KEY_A)
+    assert code == 0 and path.stat().st_mtime_ns == before
+    code, _, _ = run_cli(*f, "add", "admin", "--admin", "--key-stdin", "--replace", stdin=KEY_B)
+    ring = build_ring([], path)
+    assert ring.lookup(KEY_A.encode()) is None
+    assert ring.lookup(KEY_B.encode()) == Principal(name="admin", admin=True)
+
     code, out, _ = run_cli(*f, "list")
     assert code == 0 and "alice" in out and "admin" in out
     assert key not in out and digest(key).hex() not in out
