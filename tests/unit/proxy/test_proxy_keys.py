@@ -479,3 +479,32 @@ async def test_mcp_tools_list_only_the_keys_models(tmp_path: Path) -> None:
             assert result.is_error
             assert "chat-b" in text_of(result)  # the name asked for, no other
             assert "img" not in text_of(result)
+
+
+async def test_the_event_stream_of_a_limited_key_names_only_its_models(tmp_path: Path) -> None:
+    async with keyed_stack(
+        tmp_path, entry("alice", KEY_A, models=["chat-a"]), entry("root", KEY_B, admin=True)
+    ) as stack:
+        c = stack.client
+        for _ in range(100):  # the hub connects to the manager's stream at start-up
+            probe = await c.get("/readyz")
+            if probe.status_code == 200 and stack.app.state.ctx.events.models is not None:
+                break
+            await asyncio.sleep(0.05)
+        seen = b""
+        async with c.stream("GET", "/api/events", headers=bearer(KEY_A)) as events:
+            assert events.status_code == 200
+            chunks = events.aiter_bytes()
+            seen += await anext(chunks)
+            assert b"event: snapshot" in seen and b"chat-a" in seen and b"chat-b" not in seen
+            for model in ("chat-b", "chat-a"):  # a swap from a hidden model to its own
+                r = await c.post(
+                    "/v1/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+                    headers=bearer(KEY_B),
+                )
+                assert r.status_code == 200
+            while b'"to":"chat-a"' not in seen:
+                seen += await anext(chunks)
+        assert b"chat-b" not in seen
+        assert b'"from":null' in seen
