@@ -25,7 +25,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from proxy_live import ROOT, TEMPLATE, PortTaken, _process, _stop_model_servers, _wait_ours
+from proxy_live import (
+    ROOT,
+    TEMPLATE,
+    PortTaken,
+    _process,
+    _stop_model_servers,
+    _wait_ours,
+    live_manager_env,
+)
 
 from manager.settings import ManagerSettings
 from tests import tools
@@ -108,17 +116,7 @@ def run_key_stack(work: Path) -> Iterator[KeyStack]:
             )
             manager_url = f"http://127.0.0.1:{manager_port}"
             url = f"http://127.0.0.1:{proxy_port}"
-            manager_env = {
-                **base_env,
-                "HOMELAB_MANAGER_TOKEN": token,
-                "HOMELAB_MODELS_FILE": str(models_file),
-                "HOMELAB_RUNTIME": "process",
-                "HOMELAB_MANAGER_HOST": "127.0.0.1",
-                "HOMELAB_MANAGER_PORT": str(manager_port),
-                "HOMELAB_LOG_DIR": str(log_dir),
-                "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
-                "HOMELAB_LOG_LEVEL": "warning",
-            }
+            manager_env = live_manager_env(base_env, token, models_file, manager_port, log_dir)
             proxy_env = {
                 **base_env,
                 "HOMELAB_MANAGER_URL": manager_url,
@@ -295,3 +293,25 @@ def test_a_key_revoked_while_streaming_finishes_its_stream(key_stack: KeyStack) 
         (slow,) = row["models"]
         assert slow["requests"] == 1
         assert slow["completion_tokens"] > 0  # from the stream's usage event
+
+
+def test_a_bad_key_file_stops_the_start_naming_the_file_the_key_and_the_reason(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "keys.json"
+    keys_cli(key_file, "add", "alice")
+    data = json.loads(key_file.read_text())
+    data["keys"][0]["rate"] = -1
+    key_file.write_text(json.dumps(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    env |= {"HOMELAB_MANAGER_TOKEN": secrets.token_urlsafe(32), "HOMELAB_KEY_FILE": str(key_file)}
+    started = subprocess.run(
+        [sys.executable, "-m", "proxy"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2
+    assert f"{key_file}: key 1 ('alice'): 'rate' must be positive" in started.stderr
