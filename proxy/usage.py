@@ -88,6 +88,7 @@ class Usage:
         self.spent: dict[str, Spent] = {}
         self.refused: dict[str, dict[str, int]] = {}
         self.dirty = False
+        self._today: tuple[float, float, str] = (0.0, 0.0, "")
 
     def record(
         self,
@@ -123,11 +124,20 @@ class Usage:
         per_key[reason] = per_key.get(reason, 0) + 1
         self.dirty = True
 
+    def _day(self, now: float) -> str:
+        """`day_of(now)`, computed once a day (a cached UTC day and its bounds)."""
+        start, end, day = self._today
+        if not start <= now < end:
+            day = day_of(now)
+            start = next_day(now) - 86400.0
+            self._today = (start, start + 86400.0, day)
+        return day
+
     def _current(self, key: str, now: float) -> Spent:
         spent = self.spent.get(key)
         if spent is None:
             spent = self.spent[key] = Spent()
-        day = day_of(now)
+        day = self._day(now)
         if spent.day != day:
             spent.day, spent.day_seconds = day, 0.0
         if spent.month != day[:7]:
@@ -139,7 +149,7 @@ class Usage:
         spent = self.spent.get(key)
         if spent is None:
             return 0.0, 0.0
-        day = day_of(now)
+        day = self._day(now)
         return (
             spent.day_seconds if spent.day == day else 0.0,
             spent.month_seconds if spent.month == day[:7] else 0.0,
