@@ -508,3 +508,27 @@ async def test_the_event_stream_of_a_limited_key_names_only_its_models(tmp_path:
                 seen += await anext(chunks)
         assert b"chat-b" not in seen
         assert b'"from":null' in seen
+
+
+async def test_mcp_progress_names_no_model_outside_the_keys_scope() -> None:
+    from types import SimpleNamespace
+
+    from proxy.keys import PRINCIPAL
+    from proxy.mcp.progress import _queued_text
+    from wire.models import ModelStatus
+
+    def status(name: str, state: str) -> ModelStatus:
+        return ModelStatus(id=name, type="text", state=state, since=0.0)
+
+    async def models(max_age: float = 0.0) -> dict[str, ModelStatus]:
+        return {"chat-a": status("chat-a", "stopped"), "secret": status("secret", "ready")}
+
+    ctx = SimpleNamespace(manager=SimpleNamespace(models=models))
+    token = PRINCIPAL.set(Principal(name="alice", models=("chat-a",)))
+    try:
+        text, _ = await _queued_text(ctx, "chat-a")  # type: ignore[arg-type]
+    finally:
+        PRINCIPAL.reset(token)
+    assert "secret" not in text and "another model (ready)" in text
+    text, _ = await _queued_text(ctx, "chat-a")  # type: ignore[arg-type]
+    assert "secret (ready)" in text  # an admin (the default principal) sees it
