@@ -154,7 +154,7 @@ async function usage(t, args) {
   const answer = await t.api.usage(args || undefined);
   const table = h(
     "table",
-    { class: "models usage" },
+    { class: "usage" },
     h("thead", {}, h("tr", {}, ...["key", "model", "requests", "prompt", "completion", "GPU-s"].map((c) => h("th", { scope: "col", text: c })))),
   );
   const body = table.appendChild(h("tbody"));
@@ -184,7 +184,7 @@ async function usage(t, args) {
     );
   }
   t.screen.print(`usage of ${answer.key.admin && !args ? "every key" : args || answer.key.name} (you are ${answer.key.name}; ${limitsText(answer.key)})`, "info");
-  t.screen.add(h("div", { class: "entry info models" }, table));
+  t.screen.add(h("div", { class: "entry info usage" }, table));
 }
 
 /**
