@@ -532,3 +532,31 @@ async def test_mcp_progress_names_no_model_outside_the_keys_scope() -> None:
     assert "secret" not in text and "another model (ready)" in text
     text, _ = await _queued_text(ctx, "chat-a")  # type: ignore[arg-type]
     assert "secret (ready)" in text  # an admin (the default principal) sees it
+
+
+async def test_a_concurrency_limit_holds_for_a_stream_until_its_end(tmp_path: Path) -> None:
+    async with keyed_stack(tmp_path, entry("one", KEY_A, concurrency=1)) as stack:
+        c = stack.client
+        slow = {"model": "chat-a", "messages": [{"role": "user", "content": "slow"}]}
+        quick = {"model": "chat-b", "messages": [{"role": "user", "content": "hi"}]}
+        async with c.stream(
+            "POST", "/v1/chat/completions", json={**slow, "stream": True}, headers=bearer(KEY_A)
+        ) as stream:
+            chunks = stream.aiter_bytes()
+            assert b"echo" in await anext(chunks)  # the stream runs, held at the gate
+            grants = stack.manager.granted
+            r = await c.post("/v1/chat/completions", json=quick, headers=bearer(KEY_A))
+            assert r.status_code == 429
+            assert r.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert r.headers["Retry-After"] == "1"
+            assert stack.manager.granted == grants
+            stack.upstream.gate.set()
+            async for _ in chunks:
+                pass
+        r = await c.post("/v1/chat/completions", json=quick, headers=bearer(KEY_A))
+        assert r.status_code == 200  # the slot came back at the stream's end
+        (mine,) = (await c.get("/v1/usage", headers=bearer(KEY_A))).json()["data"]
+        assert mine["refused"] == {"concurrency": 1}
+        by_model = {m["model"]: m for m in mine["models"]}
+        assert by_model["chat-a"]["gpu_seconds"] > 0 and by_model["chat-b"]["requests"] == 1
+        assert by_model["chat-b"]["completion_tokens"] == 2  # "echo hi", from the answer
