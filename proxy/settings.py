@@ -181,9 +181,9 @@ class ProxySettings(ServiceSettings):
         gt=0,
         le=3600,
         description=(
-            "Seconds between two saves of the usage counters (beside the embedded job store, "
-            "else <state_dir>/usage-<port>.json; also at shutdown), so a restart keeps the "
-            "GPU budgets spent."
+            "Seconds between two saves of the usage counters (<job store>.usage-<port>.json "
+            "beside the embedded job store, else <state_dir>/usage-<port>.json; also at "
+            "shutdown), so a restart keeps the GPU budgets spent."
         ),
     )
     jobs_url: str | None = Field(
@@ -215,11 +215,11 @@ class ProxySettings(ServiceSettings):
 
     def usage_path(self) -> Path:
         """Where the usage counters are saved: beside an embedded job store, else in the
-        state dir (one file per proxy port)."""
+        state dir; one file per proxy port (proxies may share a store)."""
         store = self.job_store_url()
         if store.startswith(("redis://", "rediss://", "unix://")):
             return self.state_dir / f"usage-{self.proxy_port}.json"
-        return Path(store).with_suffix(".usage.json")
+        return Path(store).with_suffix(f".usage-{self.proxy_port}.json")
 
     def job_store_url(self) -> str:
         return self.jobs_url or str(self.state_dir / f"proxy-jobs-{self.proxy_port}.db")

@@ -560,3 +560,17 @@ async def test_a_concurrency_limit_holds_for_a_stream_until_its_end(tmp_path: Pa
         by_model = {m["model"]: m for m in mine["models"]}
         assert by_model["chat-a"]["gpu_seconds"] > 0 and by_model["chat-b"]["requests"] == 1
         assert by_model["chat-b"]["completion_tokens"] == 2  # "echo hi", from the answer
+
+
+async def test_a_restart_keeps_the_spent_budget(tmp_path: Path) -> None:
+    body = {"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]}
+    budgeted = entry("kid", KEY_A, gpu_day=1e-9)  # any lease time spends it
+    async with keyed_stack(tmp_path, budgeted) as stack:
+        r = await stack.client.post("/v1/chat/completions", json=body, headers=bearer(KEY_A))
+        assert r.status_code == 200
+    async with keyed_stack(tmp_path, budgeted) as stack:  # the same state: a restart
+        r = await stack.client.post("/v1/chat/completions", json=body, headers=bearer(KEY_A))
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "gpu_budget_exceeded"
+        assert "daily GPU budget of key 'kid'" in r.json()["error"]["message"]
+        assert int(r.headers["Retry-After"]) <= 86400
