@@ -94,6 +94,10 @@ class ManagerClient:
         )
         self.outage_window = outage_window
         """Seconds a lease request rides out an unreachable manager (module docstring)."""
+        self.reachable = True
+        """The manager answered the last request (or event stream) the proxy sent it; False
+        from a failed connection until its next answer. Read by the fallback choice
+        (`proxy.routing`); no request is made to learn it."""
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -114,10 +118,12 @@ class ManagerClient:
                 timeout=client_timeout,
             ) as resp:
                 raw = await resp.read()
+                self.reachable = True
                 if resp.status < 400:
                     return resp.status, raw
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.reachable = False
             raise ManagerUnreachable(
                 f"The manager at {self.base_url} cannot be reached: {exc.__class__.__name__}: {exc}"
             ) from exc
@@ -198,10 +204,14 @@ class ManagerClient:
 
     # -- the contract -----------------------------------------------------------
 
-    async def models(self, *, max_age: float | None = None) -> dict[str, ModelStatus]:
+    async def models(
+        self, *, max_age: float | None = None, wait: bool = True
+    ) -> dict[str, ModelStatus]:
         """The manager's ModelStatus objects keyed by id, at most `max_age` seconds old.
 
-        Concurrent callers share one fetch. Raises ManagerUnavailable / ManagerRefused.
+        Concurrent callers share one fetch. Without a list yet, an unreachable manager is
+        waited for (`outage_window`) unless `wait` is False (a model with fallbacks).
+        Raises ManagerUnavailable / ManagerRefused.
         """
         age = self._models_ttl if max_age is None else max_age
         if self._models is not None and time.monotonic() - self._models_at <= age:
@@ -213,7 +223,7 @@ class ManagerClient:
             try:
                 _, raw = await self._ride_out(
                     lambda: self._call("GET", "/v1/models"),
-                    0.0 if self._models is not None else self.outage_window,
+                    0.0 if self._models is not None or not wait else self.outage_window,
                 )
             except ManagerUnavailable:
                 if self._models is None:
@@ -288,7 +298,9 @@ class ManagerClient:
                 timeout=self._events_timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.reachable = False
             raise ManagerUnavailable(f"The manager's event stream cannot be opened: {exc}") from exc
+        self.reachable = True
         if resp.status >= 400:
             raw = await resp.read()
             resp.close()
