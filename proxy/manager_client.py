@@ -57,6 +57,8 @@ OUTAGE_RETRY_AFTER = 5
 """Retry-After (seconds) on the 503 a client gets once the outage window has passed."""
 SETTLE_WINDOW = 600.0
 """Seconds a release that could not be delivered is retried in the background."""
+NO_WAIT_LOCK = 1.0
+"""Seconds `ManagerClient.models(wait=False)` waits for another caller's fetch."""
 SHUTTING_DOWN = "manager_shutting_down"
 """The manager's error code while it shuts down (a restart): retried like an outage."""
 
@@ -216,7 +218,18 @@ class ManagerClient:
         age = self._models_ttl if max_age is None else max_age
         if self._models is not None and time.monotonic() - self._models_at <= age:
             return self._models
-        async with self._models_lock:
+        if not wait and self._models is None and not self.reachable:
+            raise ManagerUnavailable(f"The manager at {self.base_url} cannot be reached")
+        try:
+            async with asyncio.timeout(None if wait else NO_WAIT_LOCK):
+                await self._models_lock.acquire()
+        except TimeoutError:  # another caller rides out an outage with the lock held
+            if self._models is None:
+                raise ManagerUnavailable(
+                    f"The manager at {self.base_url} cannot be reached"
+                ) from None
+            return self._models
+        try:
             if self._models is not None and time.monotonic() - self._models_at <= age:
                 return self._models
             started = time.monotonic()
@@ -234,6 +247,8 @@ class ManagerClient:
             self._models = {m.id: m for m in listing.data}
             self._models_at = started
             return self._models
+        finally:
+            self._models_lock.release()
 
     def invalidate_models(self) -> None:
         """Make the next `models()` call fetch afresh (a state changed)."""

@@ -109,17 +109,13 @@ class Router:
         """Each endpoint's last health (None: not polled yet)."""
         self.errors: dict[str, str | None] = {name: None for name in catalogue.endpoints}
         self.since: dict[str, float] = {name: time.time() for name in catalogue.endpoints}
-        self._local: dict[str, Target] = {}
 
     def target(self, model: str) -> Target:
         """Where `model` is served when it has no fallbacks."""
         remote = self.remote.get(model)
         if remote is not None:
             return remote
-        local = self._local.get(model)
-        if local is None:  # bounded: only names that passed the model check get here
-            local = self._local[model] = Target(model, self.host)
-        return local
+        return Target(model, self.host)
 
     def mark(self, endpoint: str, up: bool, error: str | None = None) -> None:
         """Record an endpoint's health (a poll, or a request that reached it or not)."""

@@ -76,7 +76,10 @@ class ModelStatus(BaseModel):
             data["tools"] = bool(self.tools)
         else:
             del data["vision"], data["tools"]
-        if self.backend != "remote":
+        if self.backend == "remote":  # no lifecycle or GPU on the proxy's side
+            for key in ("gpu_memory_mib", "observed_gpu_memory_mib", "priority", "pinned"):
+                del data[key]
+        else:
             del data["endpoint"], data["reachable"]
         return data
 

@@ -1,0 +1,268 @@
+"""Remote endpoints and fallbacks (the proxy's catalogue, HOMELAB_CATALOGUE) with real
+processes: the real proxy, the real manager of the live stack (proxy_live.py), and a
+remote OpenAI-compatible endpoint played by a second fakevllm process on loopback that
+wants its own key, driven with the real `openai` SDK:
+
+    openai SDK ──▶ proxy A ──▶ manager ──▶ fakevllm (it-chat)
+                        └────────────────▶ fakevllm "standin" (remote-chat, key from a file)
+                        └────────────────▶ a dead port ("gone": gone-chat)
+    openai SDK ──▶ proxy B ──▶ a dead manager port; it-chat falls back to remote-chat
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from proxy_live import (
+    TEMPLATE,
+    LiveStack,
+    PortTaken,
+    _process,
+    _wait_ours,
+    free_ports,
+)
+
+REMOTE_KEY = "rk-" + secrets.token_urlsafe(24)
+REMOTE = "remote-chat"
+GONE = "gone-chat"
+
+
+@contextlib.contextmanager
+def _dead_port() -> Iterator[int]:
+    """A loopback port bound but not listening (connections are refused) for as long as
+    the block runs, so no server of this run or another can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _standin(work: Path) -> Iterator[str]:
+    """A fakevllm text server as a remote endpoint with its own key; yields its /v1 URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMELAB_", "FAKEVLLM_"))}
+    for attempt in range(3):
+        (port,) = free_ports(1)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.fixtures.fakevllm",
+            "--model",
+            "standin/model",
+            "--served-model-name",
+            REMOTE,
+            "--api-key",
+            REMOTE_KEY,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        base = f"http://127.0.0.1:{port}/v1"
+
+        def is_ours(base: str = base) -> bool:
+            r = httpx.get(
+                base + "/models", headers={"Authorization": f"Bearer {REMOTE_KEY}"}, timeout=2
+            )
+            return r.status_code == 200 and r.json()["data"][0]["id"] == REMOTE
+
+        try:
+            with _process(cmd, env, work / "standin.log") as proc:
+                _wait_ours(proc, work / "standin.log", is_ours)
+                yield base
+                return
+        except PortTaken:
+            if attempt == 2:
+                raise
+
+
+def _catalogue(work: Path, remote_base: str, dead_port: int) -> Path:
+    key_file = work / "standin.key"
+    key_file.write_text(REMOTE_KEY + "\n")
+    key_file.chmod(0o600)
+    path = work / "catalogue.json"
+    path.write_text(
+        json.dumps(
+            {
+                "endpoints": {
+                    "standin": {
+                        "base_url": remote_base,
+                        "key_file": "standin.key",
+                        "models": {REMOTE: {"type": "text", "tools": True}},
+                    },
+                    "gone": {
+                        "base_url": f"http://127.0.0.1:{dead_port}/v1",
+                        "models": {GONE: {"type": "text"}},
+                    },
+                },
+                "fallbacks": {"it-chat": {"then": [REMOTE]}},
+            }
+        )
+    )
+    return path
+
+
+@contextlib.contextmanager
+def _proxy(work: Path, name: str, manager_url: str, token: str, catalogue: Path) -> Iterator[str]:
+    """An open proxy (no API keys) with the catalogue; yields its URL once it lists the
+    remote model."""
+    (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
+    (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    for attempt in range(3):
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **base_env,
+            "HOMELAB_MANAGER_URL": manager_url,
+            "HOMELAB_MANAGER_TOKEN": token,
+            "HOMELAB_PROXY_HOST": "127.0.0.1",
+            "HOMELAB_PROXY_PORT": str(port),
+            "HOMELAB_API_KEYS": "off",
+            "HOMELAB_APP_DIR": str(work / "app"),
+            "HOMELAB_JOBS_URL": str(work / f"{name}-jobs-{attempt}.db"),
+            "HOMELAB_CATALOGUE": str(catalogue),
+            "HOMELAB_MANAGER_OUTAGE_WINDOW": "1",
+        }
+
+        def is_ours(url: str = url) -> bool:
+            models = httpx.get(url + "/v1/models", timeout=5).json()["data"]
+            return REMOTE in {m["id"] for m in models}
+
+        log = work / f"{name}.log"
+        try:
+            with _process([sys.executable, "-m", "proxy"], env, log) as proc:
+                _wait_ours(proc, log, is_ours)
+                yield url
+                return
+        except PortTaken:
+            if attempt == 2:
+                raise
+
+
+@pytest.fixture(scope="module")
+def remote_setup(
+    live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(proxy A's URL on the live manager, proxy B's URL on a dead manager port)."""
+    work = tmp_path_factory.mktemp("proxy-remote")
+    with _standin(work) as remote_base, _dead_port() as dead_endpoint, _dead_port() as dead_manager:
+        catalogue = _catalogue(work, remote_base, dead_endpoint)
+        token = live_stack.manager_token
+        with (
+            _proxy(work, "proxy-a", live_stack.manager_url, token, catalogue) as a,
+            _proxy(work, "proxy-b", f"http://127.0.0.1:{dead_manager}", token, catalogue) as b,
+        ):
+            yield a, b
+
+
+def _sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _polled(url: str) -> dict[str, dict]:
+    """/v1/models once both endpoints have been polled (reachable no longer null)."""
+    for _ in range(600):
+        models = {m["id"]: m for m in httpx.get(url + "/v1/models", timeout=5).json()["data"]}
+        if models[REMOTE]["reachable"] is not None and models[GONE]["reachable"] is not None:
+            return models
+        time.sleep(0.05)
+    raise AssertionError("the endpoints were never polled")
+
+
+def test_models_show_backend_capabilities_fallbacks_and_reachability(
+    remote_setup: tuple[str, str], live_stack: LiveStack
+) -> None:
+    url, _ = remote_setup
+    models = _polled(url)
+    remote, gone, local = models[REMOTE], models[GONE], models[live_stack.text]
+    assert (remote["backend"], remote["endpoint"], remote["reachable"]) == (
+        "remote",
+        "standin",
+        True,
+    )
+    assert (remote["type"], remote["tools"], remote["vision"]) == ("text", True, False)
+    assert (gone["reachable"], gone["state"]) == (False, "failed")
+    assert gone["last_error"]
+    assert local["backend"] == "vllm" and "reachable" not in local
+    assert local["fallbacks"] == [REMOTE]
+    assert models[live_stack.image]["backend"] == "diffusers"
+    # the SDK reads the extra fields too
+    listed = {m.id: m.model_dump() for m in _sdk(url).models.list()}
+    assert listed[REMOTE]["backend"] == "remote"
+
+
+def test_a_remote_model_answers_plain_and_streamed_with_its_key_and_the_header(
+    remote_setup: tuple[str, str],
+) -> None:
+    url, _ = remote_setup
+    sdk = _sdk(url)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model=REMOTE, messages=[{"role": "user", "content": "hello remote"}]
+    )
+    assert raw.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
+    assert raw.parse().choices[0].message.content.startswith(f"[{REMOTE}]")
+    with sdk.chat.completions.with_streaming_response.create(
+        model=REMOTE, messages=[{"role": "user", "content": "stream it"}], stream=True
+    ) as streamed:
+        assert streamed.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
+        text = "".join(
+            chunk.choices[0].delta.content or "" for chunk in streamed.parse() if chunk.choices
+        )
+    assert text.startswith(f"[{REMOTE}]")
+    metrics = httpx.get(url + "/metrics", timeout=5).text
+    assert (
+        'homelab_proxy_requests_total{endpoint="/v1/chat/completions",'
+        f'model="{REMOTE}",status="200"}} 2.0'
+    ) in metrics
+
+
+def test_a_local_model_names_its_host_in_the_header(
+    remote_setup: tuple[str, str], live_stack: LiveStack
+) -> None:
+    url, _ = remote_setup
+    raw = _sdk(url).chat.completions.with_raw_response.create(
+        model=live_stack.text, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-homelab-served-by"] == f"{live_stack.text}@local"
+    assert raw.parse().choices[0].message.content.startswith(f"[{live_stack.text}")
+
+
+def test_a_fallback_serves_when_the_managers_host_is_down(
+    remote_setup: tuple[str, str], live_stack: LiveStack
+) -> None:
+    _, url = remote_setup
+    sdk = _sdk(url)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model=live_stack.text, messages=[{"role": "user", "content": "anyone?"}]
+    )
+    assert raw.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
+    assert raw.parse().choices[0].message.content.startswith(f"[{REMOTE}]")
+    with sdk.chat.completions.with_streaming_response.create(
+        model=live_stack.text, messages=[{"role": "user", "content": "stream"}], stream=True
+    ) as streamed:
+        assert streamed.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
+        assert any(chunk.choices for chunk in streamed.parse())
+
+
+def test_a_remote_that_is_down_is_a_clean_503(remote_setup: tuple[str, str]) -> None:
+    url, _ = remote_setup
+    with pytest.raises(openai.APIStatusError) as err:
+        _sdk(url).chat.completions.create(model=GONE, messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503
+    body = err.value.response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == "endpoint_unavailable"
+    assert body["error"]["source"] == "model_server"
+    assert "gone" in body["error"]["message"]
+    assert err.value.response.headers["retry-after"] == "5"
