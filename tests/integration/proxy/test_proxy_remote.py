@@ -12,6 +12,7 @@ wants its own key, driven with the real `openai` SDK:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -266,3 +267,30 @@ def test_a_remote_that_is_down_is_a_clean_503(remote_setup: tuple[str, str]) -> 
     assert body["error"]["source"] == "model_server"
     assert "gone" in body["error"]["message"]
     assert err.value.response.headers["retry-after"] == "5"
+
+
+def test_a_batch_for_a_remote_model_runs_while_the_manager_is_away(
+    remote_setup: tuple[str, str],
+) -> None:
+    _, url = remote_setup  # proxy B: its manager's port is dead
+    sdk = _sdk(url)
+    line = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": REMOTE, "messages": [{"role": "user", "content": "batched"}]},
+    }
+    data = io.BytesIO((json.dumps(line) + "\n").encode())
+    data.name = "batch.jsonl"
+    upload = sdk.files.create(file=data, purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    for _ in range(1200):
+        batch = sdk.batches.retrieve(batch.id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            break
+        time.sleep(0.1)
+    assert batch.status == "completed" and batch.output_file_id
+    out = json.loads(sdk.files.content(batch.output_file_id).text)
+    assert out["response"]["body"]["choices"][0]["message"]["content"] == f"[{REMOTE}] batched"
