@@ -17,10 +17,12 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import openai
@@ -30,9 +32,13 @@ from proxy_live import (
     LiveStack,
     PortTaken,
     _process,
+    _stop_model_servers,
     _wait_ours,
     free_ports,
 )
+
+from manager.settings import ManagerSettings
+from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, text_spec
 
 REMOTE_KEY = "rk-" + secrets.token_urlsafe(24)
 REMOTE = "remote-chat"
@@ -151,11 +157,18 @@ def _proxy(work: Path, name: str, manager_url: str, token: str, catalogue: Path)
                 raise
 
 
+class Setup(NamedTuple):
+    a: str
+    """Proxy A's URL: on the live stack's manager."""
+    b: str
+    """Proxy B's URL: on a dead manager port."""
+    catalogue: Path
+
+
 @pytest.fixture(scope="module")
 def remote_setup(
     live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
-    """(proxy A's URL on the live manager, proxy B's URL on a dead manager port)."""
+) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("proxy-remote")
     with _standin(work) as remote_base, _dead_port() as dead_endpoint, _dead_port() as dead_manager:
         catalogue = _catalogue(work, remote_base, dead_endpoint)
@@ -164,7 +177,7 @@ def remote_setup(
             _proxy(work, "proxy-a", live_stack.manager_url, token, catalogue) as a,
             _proxy(work, "proxy-b", f"http://127.0.0.1:{dead_manager}", token, catalogue) as b,
         ):
-            yield a, b
+            yield Setup(a, b, catalogue)
 
 
 def _sdk(url: str) -> openai.OpenAI:
@@ -182,9 +195,9 @@ def _polled(url: str) -> dict[str, dict]:
 
 
 def test_models_show_backend_capabilities_fallbacks_and_reachability(
-    remote_setup: tuple[str, str], live_stack: LiveStack
+    remote_setup: Setup, live_stack: LiveStack
 ) -> None:
-    url, _ = remote_setup
+    url = remote_setup.a
     models = _polled(url)
     remote, gone, local = models[REMOTE], models[GONE], models[live_stack.text]
     assert (remote["backend"], remote["endpoint"], remote["reachable"]) == (
@@ -204,9 +217,9 @@ def test_models_show_backend_capabilities_fallbacks_and_reachability(
 
 
 def test_a_remote_model_answers_plain_and_streamed_with_its_key_and_the_header(
-    remote_setup: tuple[str, str],
+    remote_setup: Setup,
 ) -> None:
-    url, _ = remote_setup
+    url = remote_setup.a
     sdk = _sdk(url)
     raw = sdk.chat.completions.with_raw_response.create(
         model=REMOTE, messages=[{"role": "user", "content": "hello remote"}]
@@ -229,9 +242,9 @@ def test_a_remote_model_answers_plain_and_streamed_with_its_key_and_the_header(
 
 
 def test_a_local_model_names_its_host_in_the_header(
-    remote_setup: tuple[str, str], live_stack: LiveStack
+    remote_setup: Setup, live_stack: LiveStack
 ) -> None:
-    url, _ = remote_setup
+    url = remote_setup.a
     raw = _sdk(url).chat.completions.with_raw_response.create(
         model=live_stack.text, messages=[{"role": "user", "content": "hi"}]
     )
@@ -240,9 +253,9 @@ def test_a_local_model_names_its_host_in_the_header(
 
 
 def test_a_fallback_serves_when_the_managers_host_is_down(
-    remote_setup: tuple[str, str], live_stack: LiveStack
+    remote_setup: Setup, live_stack: LiveStack
 ) -> None:
-    _, url = remote_setup
+    url = remote_setup.b
     sdk = _sdk(url)
     raw = sdk.chat.completions.with_raw_response.create(
         model=live_stack.text, messages=[{"role": "user", "content": "anyone?"}]
@@ -256,8 +269,8 @@ def test_a_fallback_serves_when_the_managers_host_is_down(
         assert any(chunk.choices for chunk in streamed.parse())
 
 
-def test_a_remote_that_is_down_is_a_clean_503(remote_setup: tuple[str, str]) -> None:
-    url, _ = remote_setup
+def test_a_remote_that_is_down_is_a_clean_503(remote_setup: Setup) -> None:
+    url = remote_setup.a
     with pytest.raises(openai.APIStatusError) as err:
         _sdk(url).chat.completions.create(model=GONE, messages=[{"role": "user", "content": "x"}])
     assert err.value.status_code == 503
@@ -270,9 +283,9 @@ def test_a_remote_that_is_down_is_a_clean_503(remote_setup: tuple[str, str]) -> 
 
 
 def test_a_batch_for_a_remote_model_runs_while_the_manager_is_away(
-    remote_setup: tuple[str, str],
+    remote_setup: Setup,
 ) -> None:
-    _, url = remote_setup  # proxy B: its manager's port is dead
+    url = remote_setup.b  # its manager's port is dead
     sdk = _sdk(url)
     line = {
         "custom_id": "r1",
@@ -294,3 +307,75 @@ def test_a_batch_for_a_remote_model_runs_while_the_manager_is_away(
     assert batch.status == "completed" and batch.output_file_id
     out = json.loads(sdk.files.content(batch.output_file_id).text)
     assert out["response"]["body"]["choices"][0]["message"]["content"] == f"[{REMOTE}] batched"
+
+
+@contextlib.contextmanager
+def _own_manager(work: Path) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """A manager of this test's own (process runtime) serving `it-chat` from a fakevllm
+    process: (its URL, its token, its process), so the test may kill it."""
+    token = secrets.token_urlsafe(32)
+    log_dir = work / "own-logs"
+    settings = ManagerSettings(manager_token=token, log_dir=log_dir, model_host="127.0.0.1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    try:
+        for attempt in range(3):
+            manager_port, model_port = free_ports(2)
+            models = work / f"own-models-{attempt}.json"
+            spec = text_spec("rm-chat", model_port, command=FAKE_COMMAND, env=FAKE_ENV)
+            models.write_text(json.dumps({"it-chat": spec.model_dump(mode="json")}))
+            url = f"http://127.0.0.1:{manager_port}"
+            manager_env = {
+                **env,
+                "HOMELAB_MANAGER_TOKEN": token,
+                "HOMELAB_MODELS_FILE": str(models),
+                "HOMELAB_RUNTIME": "process",
+                "HOMELAB_MANAGER_HOST": "127.0.0.1",
+                "HOMELAB_MANAGER_PORT": str(manager_port),
+                "HOMELAB_LOG_DIR": str(log_dir),
+                "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+                "HOMELAB_LOG_LEVEL": "warning",
+            }
+
+            def is_ours(url: str = url) -> bool:
+                r = httpx.get(
+                    url + "/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=2
+                )
+                return [m["id"] for m in r.json()["data"]] == ["it-chat"]
+
+            log = work / "own-manager.log"
+            try:
+                with _process([sys.executable, "-m", "manager"], manager_env, log) as proc:
+                    _wait_ours(proc, log, is_ours)
+                    yield url, token, proc
+                    return
+            except PortTaken:
+                if attempt == 2:
+                    raise
+    finally:
+        _stop_model_servers(settings)
+
+
+def test_a_fallback_serves_once_the_manager_is_killed(remote_setup: Setup, tmp_path: Path) -> None:
+    catalogue = remote_setup.catalogue
+    with (
+        _own_manager(tmp_path) as (manager_url, token, manager),
+        _proxy(tmp_path, "proxy-c", manager_url, token, catalogue) as url,
+    ):
+        sdk = _sdk(url)
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="it-chat", messages=[{"role": "user", "content": "local first"}]
+        )
+        assert raw.headers["x-homelab-served-by"] == "it-chat@local"
+        assert raw.parse().choices[0].message.content == "[it-chat] local first"
+
+        manager.kill()
+        manager.wait(10)
+        for _ in range(600):  # the proxy notices: its readiness check fails
+            if httpx.get(url + "/readyz", timeout=5).status_code == 503:
+                break
+            time.sleep(0.05)
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="it-chat", messages=[{"role": "user", "content": "now?"}]
+        )
+        assert raw.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
+        assert raw.parse().choices[0].message.content == f"[{REMOTE}] now?"
