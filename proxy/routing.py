@@ -109,6 +109,7 @@ class Router:
         """Each endpoint's last health (None: not polled yet)."""
         self.errors: dict[str, str | None] = {name: None for name in catalogue.endpoints}
         self.since: dict[str, float] = {name: time.time() for name in catalogue.endpoints}
+        self._statuses: dict[str, ModelStatus] = {}
 
     def target(self, model: str) -> Target:
         """Where `model` is served when it has no fallbacks."""
@@ -119,6 +120,10 @@ class Router:
 
     def mark(self, endpoint: str, up: bool, error: str | None = None) -> None:
         """Record an endpoint's health (a poll, or a request that reached it or not)."""
+        error = None if up else error
+        if self.health.get(endpoint) is up and self.errors.get(endpoint) == error:
+            return  # the common case: nothing changed
+        self._statuses.clear()
         if self.health.get(endpoint) is not up:
             self.since[endpoint] = time.time()
             if up:
@@ -126,17 +131,21 @@ class Router:
             else:
                 log.warning("endpoint %s is unreachable: %s", endpoint, error)
         self.health[endpoint] = up
-        self.errors[endpoint] = None if up else error
+        self.errors[endpoint] = error
 
     def status(self, model: str) -> ModelStatus | None:
-        """A remote model as a `ModelStatus` (backend ``remote``), or None."""
+        """A remote model as a `ModelStatus` (backend ``remote``), or None. Made once per
+        change of its endpoint's health."""
+        cached = self._statuses.get(model)
+        if cached is not None:
+            return cached
         target = self.remote.get(model)
         if target is None or target.endpoint is None:
             return None
         spec = target.endpoint.models[model]
         name = target.endpoint.name
         up = self.health[name]
-        return ModelStatus(
+        status = self._statuses[model] = ModelStatus(
             id=model,
             type=spec.type,
             state="failed" if up is False else "ready",
@@ -149,6 +158,7 @@ class Router:
             endpoint=name,
             reachable=up,
         )
+        return status
 
     def statuses(self) -> dict[str, ModelStatus]:
         """Every remote model's status, by name."""
