@@ -248,8 +248,9 @@ def test_a_local_model_names_its_host_in_the_header(
     raw = _sdk(url).chat.completions.with_raw_response.create(
         model=live_stack.text, messages=[{"role": "user", "content": "hi"}]
     )
-    assert raw.headers["x-homelab-served-by"] == f"{live_stack.text}@local"
-    assert raw.parse().choices[0].message.content.startswith(f"[{live_stack.text}")
+    content = raw.parse().choices[0].message.content
+    assert raw.headers["x-homelab-served-by"] == f"{live_stack.text}@local", content
+    assert content.startswith(f"[{live_stack.text}")
 
 
 def test_a_fallback_serves_when_the_managers_host_is_down(
