@@ -4,6 +4,10 @@ key files, and the fallback choice (proxy/routing.py `order`), a pure function."
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +270,20 @@ def test_an_endpoints_health_and_its_model_status(tmp_path: Path) -> None:
     assert router.statuses()["cloud-embed"].reachable is True
     assert "tools" not in router.statuses()["cloud-embed"].to_wire()
     assert router.status("smollm2") is None
+
+
+def test_a_bad_catalogue_stops_python_m_proxy_naming_file_key_and_reason(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"endpoints": {"cloud": {"base_url": "http://x/v1", "models": {}}}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
+    env |= {
+        "HOMELAB_MANAGER_TOKEN": secrets.token_urlsafe(32),
+        "HOMELAB_API_KEYS": "off",
+        "HOMELAB_CATALOGUE": str(path),
+        "HOMELAB_JOBS_URL": str(tmp_path / "jobs.db"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert f"{path}: key 'endpoints.cloud.models': " in done.stderr
+    assert "Traceback" not in done.stderr
