@@ -374,12 +374,7 @@ class ModelCall:
             ) from exc
         calls.router.mark(endpoint.name, True)
         self.status, self.headers = resp.status, resp.headers
-        if resp.status >= 400:
-            try:
-                raw = await resp.read(ERROR_LIMIT)
-            except UPSTREAM_ERRORS:
-                raw = b""
-            raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+        await _raise_for_status(resp)
         self._outcome = resp.status
         if resp.content_type == SSE_MEDIA_TYPE:
             self.streamed = True
@@ -392,12 +387,7 @@ class ModelCall:
                 f"{exc.__class__.__name__}: {exc}",
                 code="model_server_error",
             ) from exc
-        if len(raw) > self._limit:
-            raise UpstreamError(
-                f"The answer of '{target.model}' is larger than {self._limit} bytes",
-                code="answer_too_large",
-            )
-        self.body = raw
+        self.body = self._bounded(raw, target.model)
 
     async def _open_local(self, model: str) -> None:
         """Lease `model` from the host's manager and POST to its server (retry policy in
@@ -435,12 +425,7 @@ class ModelCall:
                     code="model_server_unreachable",
                 ) from exc
             self.status, self.headers = resp.status, resp.headers
-            if resp.status >= 400:
-                try:
-                    raw = await resp.read(ERROR_LIMIT)
-                except UPSTREAM_ERRORS:
-                    raw = b""
-                raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+            await _raise_for_status(resp)
             if resp.content_type == SSE_MEDIA_TYPE:
                 self.streamed = True
                 self._outcome = resp.status
@@ -458,15 +443,19 @@ class ModelCall:
                     f"{exc.__class__.__name__}: {exc}",
                     code="model_server_error",
                 ) from exc
-            if len(raw) > self._limit:
-                raise UpstreamError(
-                    f"The answer of '{model}' is larger than {self._limit} bytes",
-                    code="answer_too_large",
-                )
+            self.body = self._bounded(raw, model)
             held.end()
-            self.body = raw
             self._outcome = resp.status
             return
+
+    def _bounded(self, raw: bytes, model: str) -> bytes:
+        """`raw`, unless it is over the answer limit (``answer_too_large``)."""
+        if len(raw) > self._limit:
+            raise UpstreamError(
+                f"The answer of '{model}' is larger than {self._limit} bytes",
+                code="answer_too_large",
+            )
+        return raw
 
     # -- a streamed answer ---------------------------------------------------------
 
@@ -510,6 +499,16 @@ class ModelCall:
         frame = parser.feed(b"")
         if frame is not None:
             yield frame[1]
+
+
+async def _raise_for_status(resp: UpstreamResponse) -> None:
+    """An error answer (>= 400) raised as the model server's, normalised (its start read)."""
+    if resp.status >= 400:
+        try:
+            raw = await resp.read(ERROR_LIMIT)
+        except UPSTREAM_ERRORS:
+            raw = b""
+        raise normalise_error_body(raw, resp.status, MODEL_SERVER)
 
 
 def _divert(exc: ProxyError) -> bool:
