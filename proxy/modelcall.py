@@ -42,8 +42,9 @@ gets the fallback's name as its ``model``). `ModelCall.served_by` names who serv
 
 Metrics, for every call: ``in_flight``, ``queue_wait`` (first lease), and ``requests`` /
 ``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) and the
-model that served it (remote models and fallbacks included), with the status the caller saw: the model server's, the error's, 502 for a broken stream, 499
-when cancelled.
+model that served it (remote models and fallbacks included), with the status the
+caller saw: the model server's, the error's, 502 for a broken stream, 499 when
+cancelled.
 
 Every error is a `proxy.errors.ProxyError`: the lean client's transport errors
 (`proxy.upstream.UPSTREAM_ERRORS`) are translated here and nowhere else.
@@ -188,7 +189,8 @@ class ModelCalls:
         except UPSTREAM_ERRORS as exc:
             return f"{exc.__class__.__name__}: {exc}"
         if resp.status != 200:
-            return f"GET /models answered {resp.status}: {normalise_error_body(raw, resp.status, MODEL_SERVER).message}"
+            err = normalise_error_body(raw, resp.status, MODEL_SERVER)
+            return f"GET /models answered {resp.status}: {err.message}"
         return None
 
     async def lost_server(self, held: LeaseUse, model: str) -> None:
