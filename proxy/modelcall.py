@@ -376,6 +376,12 @@ class ModelCall:
             ) from exc
         calls.router.mark(endpoint.name, True)
         self.status, self.headers = resp.status, resp.headers
+        if resp.status in (401, 403):  # the proxy's key, not the client's: a 502
+            raise UpstreamError(
+                f"The endpoint '{endpoint.name}' refused the proxy's key for "
+                f"'{target.model}' ({resp.status}); check its key_file in the catalogue.",
+                code="endpoint_key_refused",
+            )
         await _raise_for_status(resp)
         self._outcome = resp.status
         if resp.content_type == SSE_MEDIA_TYPE:

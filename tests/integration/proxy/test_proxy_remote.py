@@ -43,6 +43,7 @@ from tests.integration.conftest import FAKE_COMMAND, FAKE_ENV, text_spec
 REMOTE_KEY = "rk-" + secrets.token_urlsafe(24)
 REMOTE = "remote-chat"
 GONE = "gone-chat"
+WRONG = "wrong-key-chat"
 
 
 @contextlib.contextmanager
@@ -97,6 +98,9 @@ def _catalogue(work: Path, remote_base: str, dead_port: int) -> Path:
     key_file = work / "standin.key"
     key_file.write_text(REMOTE_KEY + "\n")
     key_file.chmod(0o600)
+    wrong_key = work / "wrong.key"
+    wrong_key.write_text("rk-not-the-key-0123456789\n")
+    wrong_key.chmod(0o600)
     path = work / "catalogue.json"
     path.write_text(
         json.dumps(
@@ -106,6 +110,11 @@ def _catalogue(work: Path, remote_base: str, dead_port: int) -> Path:
                         "base_url": remote_base,
                         "key_file": "standin.key",
                         "models": {REMOTE: {"type": "text", "tools": True}},
+                    },
+                    "wrongkey": {
+                        "base_url": remote_base,
+                        "key_file": str(wrong_key),
+                        "models": {WRONG: {"type": "text"}},
                     },
                     "gone": {
                         "base_url": f"http://127.0.0.1:{dead_port}/v1",
@@ -188,7 +197,7 @@ def _polled(url: str) -> dict[str, dict]:
     """/v1/models once both endpoints have been polled (reachable no longer null)."""
     for _ in range(600):
         models = {m["id"]: m for m in httpx.get(url + "/v1/models", timeout=5).json()["data"]}
-        if models[REMOTE]["reachable"] is not None and models[GONE]["reachable"] is not None:
+        if all(models[m]["reachable"] is not None for m in (REMOTE, GONE, WRONG)):
             return models
         time.sleep(0.05)
     raise AssertionError("the endpoints were never polled")
@@ -208,6 +217,8 @@ def test_models_show_backend_capabilities_fallbacks_and_reachability(
     assert (remote["type"], remote["tools"], remote["vision"]) == ("text", True, False)
     assert (gone["reachable"], gone["state"]) == (False, "failed")
     assert gone["last_error"]
+    wrong = models[WRONG]  # its key file holds a key the endpoint refuses
+    assert wrong["reachable"] is False and "answered 401" in wrong["last_error"]
     assert local["backend"] == "vllm" and "reachable" not in local
     assert local["fallbacks"] == [REMOTE]
     assert models[live_stack.image]["backend"] == "diffusers"
@@ -380,3 +391,16 @@ def test_a_fallback_serves_once_the_manager_is_killed(remote_setup: Setup, tmp_p
         )
         assert raw.headers["x-homelab-served-by"] == f"{REMOTE}@standin"
         assert raw.parse().choices[0].message.content == f"[{REMOTE}] now?"
+
+
+def test_a_remote_that_refuses_the_proxys_key_is_a_502_not_the_clients_401(
+    remote_setup: Setup,
+) -> None:
+    with pytest.raises(openai.APIStatusError) as err:
+        _sdk(remote_setup.a).chat.completions.create(
+            model=WRONG, messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.status_code == 502  # the client's own key was fine
+    body = err.value.response.json()["error"]
+    assert (body["source"], body["code"]) == ("model_server", "endpoint_key_refused")
+    assert "key_file" in body["message"]
