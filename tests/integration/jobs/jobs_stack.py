@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 
 from manager.settings import ManagerSettings
 from tests.integration.conftest import (
@@ -152,6 +154,17 @@ class JobsStack:
             proxy.proc.wait(10)
         else:
             _stop(proxy.proc)
+
+
+def wait_batch(sdk: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
+    """The batch once it has ended (completed, failed, cancelled or expired)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        batch = sdk.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from tests.integration.jobs.jobs_stack import (
     TEXT_B,
     JobsStack,
     run_jobs_stack,
+    wait_batch,
 )
 from tests.integration.jobs.sse import read_events, rpc
 from tests.mcp_client import INITIALIZE
@@ -226,16 +227,6 @@ async def _mcp_probe(stack: JobsStack) -> None:
 
 
 # -- batches, streams, images, events ----------------------------------------------------
-
-
-def wait_batch(api: openai.OpenAI, batch_id: str, timeout: float = 120):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        batch = api.batches.retrieve(batch_id)
-        if batch.status in ("completed", "failed", "cancelled", "expired"):
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} still {batch.status}")
 
 
 def test_batches_and_their_output_files_are_their_makers(stack: JobsStack) -> None:
