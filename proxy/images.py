@@ -199,7 +199,7 @@ class ImageStore:
         """Delete image `name` (its URL answers 404 from now on) if it is live and `who`
         owns it (`Principal.owns`: its own, or any for an admin). False otherwise, the
         same for an image that is not there and one that is another key's. Blocking."""
-        if self.get(name) is None or not who.owns(self.owner(name)):
+        if not _NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
             return False
         self._unlink(self.directory / name)
         return True
@@ -207,17 +207,26 @@ class ImageStore:
     def get(self, name: str) -> tuple[bytes, str, float] | None:
         """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""
         match = _NAME.match(name)
-        if not match:
+        left = self._left(name) if match else None
+        if match is None or left is None:
             return None
+        try:
+            return (self.directory / name).read_bytes(), _MEDIA[match.group(1)], left
+        except FileNotFoundError:
+            return None
+
+    def _left(self, name: str) -> float | None:
+        """Seconds image `name` (a checked name) has left; None when it is not there or has
+        expired (then it is deleted). Blocking."""
         path = self.directory / name
         try:
             left = path.stat().st_mtime + self.ttl - time.time()
-            if left <= 0:
-                self._unlink(path)
-                return None
-            return path.read_bytes(), _MEDIA[match.group(1)], left
         except FileNotFoundError:
             return None
+        if left <= 0:
+            self._unlink(path)
+            return None
+        return left
 
     def purge_expired(self) -> int:
         """Delete expired images (and their owner files); returns how many. Blocking."""
