@@ -155,15 +155,9 @@ def test_the_issue_probe_tasks(stack: JobsStack) -> None:
         assert rpc(c, "tasks.list")["result"] == {"tasks": [], "total": 0}
 
 
-def test_the_issue_probe_mcp_session(stack: JobsStack) -> None:
+async def test_the_issue_probe_mcp_session(stack: JobsStack) -> None:
     """B ran tools/list on A's MCP session and then deleted it: now both are refused as an
     unknown session, and A's session goes on working."""
-    import asyncio
-
-    asyncio.run(_mcp_probe(stack))
-
-
-async def _mcp_probe(stack: JobsStack) -> None:
     url = stack.proxies["p1"].url + "/mcp"
     seen: list[str] = []
 
