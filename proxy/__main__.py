@@ -11,7 +11,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from proxy.app import create_app
-from proxy.keyfile import KeyFileError, build_ring
+from proxy.catalogue import CatalogueError
+from proxy.keyfile import KeyFileError
 from proxy.settings import ProxySettings
 
 KEEP_ALIVE = 5
@@ -37,16 +38,17 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    if settings.api_keys != []:  # not open: a bad key file stops the start, named
-        try:
-            build_ring(settings.keys(), settings.key_path())
-        except KeyFileError as exc:
-            print(f"proxy: bad key file: {exc}", file=sys.stderr)
-            sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except CatalogueError as exc:
+        print(f"proxy: invalid catalogue (HOMELAB_CATALOGUE): {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyFileError as exc:  # names the file, the key and the reason
+        print(f"proxy: bad key file: {exc}", file=sys.stderr)
+        sys.exit(2)
     # The objects made so far (about 130k: the imports and the app) leave the collector's
     # view. A full collection of them paused the event loop for 120-165 ms now and then,
     # which was the proxy's worst latency (bench.latency's p99 at one client).

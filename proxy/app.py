@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops, routes_usage
 from proxy.auth import ApiKeyMiddleware
+from proxy.catalogue import load_catalogue
 from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
@@ -41,7 +42,7 @@ from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
-from proxy.keyfile import KeyFileWatcher, build_ring, write_private
+from proxy.keyfile import KeyFileWatcher, build_ring
 from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
 from proxy.limits import Limiter
@@ -49,12 +50,15 @@ from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.modelcall import ModelCalls
+from proxy.routing import Router
+from proxy.routing import cancel as cancel_task
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.usage import Usage, UsageCollector
 from proxy.web import mount_ui, proxy_version
 from wire.errors import PROXY, install_error_handlers
 from wire.limits import BodyLimit
+from wire.private import private_dir, write_private
 
 log = logging.getLogger("proxy")
 
@@ -76,6 +80,7 @@ def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
 
 def _write_usage(path: Path, raw: bytes) -> None:
     try:
+        private_dir(path.parent, tighten=False)
         write_private(path, raw)
     except OSError as exc:
         log.error("cannot save the usage counts to %s: %s", path, exc)
@@ -95,11 +100,14 @@ def create_app(
     manager_client: ManagerClient | None = None,
     http_client: aiohttp.ClientSession | None = None,
 ) -> FastAPI:
-    """Build the proxy. `manager_client` / `http_client` let tests hand in their own."""
+    """Build the proxy. `manager_client` / `http_client` let tests hand in their own.
+    Raises `proxy.catalogue.CatalogueError` for a bad ``HOMELAB_CATALOGUE`` file."""
     settings = settings or ProxySettings()
     metrics = Metrics()
+    router = Router(load_catalogue(settings.catalogue))  # CatalogueError: start-up stops
+    # The keys: checked by the middleware; a job runs as its owner's principal in it.
     # Open (HOMELAB_API_KEYS=off): the key file is not read. Else the simple keys and the
-    # key file's; a bad file raises KeyFileError here (`python -m proxy` names it first).
+    # key file's; a bad file raises KeyFileError here (`python -m proxy` names it).
     ring = (
         KeyRing() if settings.api_keys == [] else build_ring(settings.keys(), settings.key_path())
     )
@@ -136,6 +144,7 @@ def create_app(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.upstream_timeout,
             waiting=waiting,
+            router=router,
             limits=Limiter(usage),
         )
         with contextlib.ExitStack() as stack:
@@ -158,19 +167,31 @@ def create_app(
                     settings.image_url_ttl,
                     max_count=settings.image_store_max_count,
                     max_bytes=settings.image_store_max_bytes,
+                    # a temporary folder is ours; one named in HOMELAB_IMAGE_DIR is made 0700
+                    # only if the proxy creates it
+                    tighten_folder=settings.image_dir is None,
                 ),
                 interactive_waiting=waiting,
-                keys=ring,
+                ring=ring,
             )
             app.state.ctx = ctx
             metrics.watch_leases(leases)
-            store = await asyncio.to_thread(JobStore, settings.job_store_url())
+            # the state folder is ours (0700); a folder named in HOMELAB_JOBS_URL is left
+            # as it is if it exists (the store's files are 0600 either way)
+            store = await asyncio.to_thread(
+                JobStore, settings.job_store_url(), tighten_folder=settings.jobs_url is None
+            )
             stack.callback(store.close)
             ctx.jobs = Dispatcher(
                 ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
             )
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(ctx.events.run(), name="manager-events")
+            health = (
+                asyncio.create_task(router.watch(model_calls.probe), name="endpoint-health")
+                if router.catalogue.endpoints
+                else None
+            )
             background = [
                 asyncio.create_task(
                     save_usage(usage, settings.usage_path(), settings.usage_save_interval),
@@ -186,6 +207,7 @@ def create_app(
                     yield
             finally:
                 await ctx.jobs.close()
+                await cancel_task(health)
                 for task in (follower, *background):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -18,19 +18,17 @@ while it runs is logged and the keys in force kept (`KeyFileWatcher`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from proxy.keys import ALL_MODELS, KeyRing, Principal, PriorityClass, simple_entries
+from wire.private import private_dir, write_private
 
 log = logging.getLogger("proxy.keys")
 
@@ -155,25 +153,8 @@ def entries(data: KeyFileData) -> dict[bytes, Principal]:
 
 def save(path: Path, data: KeyFileData) -> None:
     """Write the key file atomically, mode 0600, its folder made (or tightened to) 0700."""
+    private_dir(path.parent)
     write_private(path, msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
-    os.chmod(path.parent, 0o700)
-
-
-def write_private(path: Path, raw: bytes) -> None:
-    """Write `raw` to `path` atomically (a temporary file renamed over it), mode 0600;
-    the folder is made with mode 0700 if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def build_ring(simple: list[str], path: Path | None) -> KeyRing:

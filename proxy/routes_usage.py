@@ -51,7 +51,7 @@ async def usage(request: Request, key: str | None = None) -> Response:
     if key is not None:
         names: list[str] | None = [key]
     elif who.admin:
-        names = sorted({p.name for p in ctx.keys.principals()} | set(usage.tallies))
+        names = sorted({p.name for p in ctx.ring.principals()} | set(usage.tallies))
     else:
         names = [who.name]
     body = {

@@ -27,7 +27,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.keyfile import write_private
+from wire.private import private_dir, write_private
 
 log = logging.getLogger("proxy.usage")
 
@@ -186,6 +186,8 @@ class Usage:
         )
 
     def save(self, path: Path) -> None:
+        """Write the counts (mode 0600; the folder made 0700 if missing)."""
+        private_dir(path.parent, tighten=False)
         write_private(path, self.snapshot())
 
     @classmethod

@@ -23,21 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from mcp import MCPError, types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
-from proxy.auth import NOBODY
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.images import image_url_base
-from proxy.keys import PRINCIPAL, Principal, visible
+from proxy.keys import OPEN, PRINCIPAL, Principal, visible
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -116,7 +117,16 @@ class McpEndpoint:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI endpoint (the proxy's `BodyLimit` has checked the body against `limit`)."""
+        """The ASGI endpoint (the proxy's `BodyLimit` has checked the body against `limit`).
+
+        Each session belongs to the key that opened it: the SDK's session manager keeps
+        the ``scope["user"]`` of the opening request and answers a request of any other
+        user on that ``Mcp-Session-Id`` exactly as an unknown session (404 "Session not
+        found"). The user is the key's principal name (`proxy.keys`), never the key."""
+        principal = scope.get("state", {}).get("principal", OPEN)
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token="", client_id=principal.name, scopes=[])
+        )
         await self.sessions.handle_request(scope, receive, send)
 
     # -- handlers ---------------------------------------------------------------
@@ -124,11 +134,15 @@ class McpEndpoint:
     async def _list_tools(
         self, rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        with _as_caller(rctx):
+            return await self._tools()
+
+    async def _tools(self) -> types.ListToolsResult:
         try:
             models = await self._get_ctx().manager.models()
         except ProxyError as exc:
             raise _rpc_failure(exc) from exc
-        return types.ListToolsResult(tools=tool_list(visible(models, principal_of(rctx))))
+        return types.ListToolsResult(tools=tool_list(visible(models)))  # the key's models
 
     def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
         request = rctx.request
@@ -137,22 +151,17 @@ class McpEndpoint:
     async def _call_tool(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        # The session's handlers run in the session's task, not the request's: act for
-        # the key of the HTTP request that carried this call.
-        who = PRINCIPAL.set(principal_of(rctx))
-        try:
-            return await self._call_tool_as(rctx, params)
-        finally:
-            PRINCIPAL.reset(who)
+        with _as_caller(rctx):
+            return await self._call(rctx, params)
 
-    async def _call_tool_as(
+    async def _call(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         ctx = self._get_ctx()
         args = params.arguments or {}
         progress = Progress(rctx.session.report_progress)
         try:
-            models = visible(await ctx.manager.models())
+            models = visible(await ctx.manager.models())  # another is as unknown
             match params.name:
                 case "txt2txt":
                     return await handlers.run_txt2txt(ctx, parse_txt2txt(models, args), progress)
@@ -185,13 +194,21 @@ class McpEndpoint:
             )
 
 
-def principal_of(rctx: ServerRequestContext[Any]) -> Principal:
-    """The principal of the HTTP request that carried this MCP message (set by the key
-    middleware); `NOBODY` (no models) without one."""
+@contextlib.contextmanager
+def _as_caller(rctx: ServerRequestContext[Any]) -> Iterator[None]:
+    """`proxy.keys.PRINCIPAL` set to the principal of the HTTP request that carried this
+    message (a session's handlers run in the task of the request that opened it)."""
     request = rctx.request
-    state = request.scope.get("state") if request is not None else None
-    principal = state.get("principal") if isinstance(state, dict) else None
-    return principal if isinstance(principal, Principal) else NOBODY
+    state = request.scope.get("state", {}) if request is not None else {}
+    principal = state.get("principal")
+    if not isinstance(principal, Principal):
+        yield
+        return
+    token = PRINCIPAL.set(principal)
+    try:
+        yield
+    finally:
+        PRINCIPAL.reset(token)
 
 
 def _error_result(text: str) -> types.CallToolResult:
