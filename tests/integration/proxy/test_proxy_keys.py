@@ -315,3 +315,28 @@ def test_a_bad_key_file_stops_the_start_naming_the_file_the_key_and_the_reason(
     )
     assert started.returncode == 2
     assert f"{key_file}: key 1 ('alice'): 'rate' must be positive" in started.stderr
+
+
+def test_a_job_counts_against_its_owners_usage(key_stack: KeyStack) -> None:
+    from tests.integration.jobs.sse import read_events
+
+    with key_stack.client("alice") as alice, key_stack.client("root") as root:
+
+        def chat_requests() -> int:
+            (row,) = root.get("/v1/usage", params={"key": "alice"}).json()["data"]
+            return sum(m["requests"] for m in row["models"] if m["model"] == "k-chat")
+
+        before = chat_requests()
+        r = alice.post(
+            "/rpc",
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "create_message",
+                "params": {"model": "k-chat", "message": "a job"},
+            },
+        )
+        task = r.json()["result"]
+        events = list(read_events(alice, f"/stream/{task['taskId']}"))
+        assert any(e.event == "result" for e in events)
+        assert chat_requests() == before + 1  # counted as alice's, not the runner's
