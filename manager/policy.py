@@ -23,9 +23,10 @@ rules (docs/architecture.md, "Scheduling rules"):
   blocking began.
 * **Fair share.** Each waiter has a `Share`: its key's priority class and the GPU time
   that key used recently. Where not every waiter can be served (the `room` is short, or
-  the blocking allowance), a model's waiters go in *fair order*: a waiter overtaken
-  `MAX_WAITER_OVERTAKES` times by newer ones first (oldest first), then the better
-  class, then the key with less recent GPU time, then the older. The head among
+  the blocking allowance), a model's waiters go in *fair order*: first the oldest
+  waiter of a key that newer requests of other keys overtook `MAX_WAITER_OVERTAKES`
+  times since it was last granted (oldest first), then the better class, then the key
+  with less recent GPU time, then the older. The head among
   waiting models is chosen the same way: class, then the model's `priority`, then
   recent GPU time, then age (docs/architecture.md, "Fair share").
 * **Making room.** For a blocked head, residents are stopped only when they are idle
@@ -46,15 +47,18 @@ MAX_OVERTAKES = 2
 """How many starts of other models a waiting model lets go first (priorities) before it
 goes next whatever its priority."""
 MAX_WAITER_OVERTAKES = 16
-"""How many newer waiters of the same model a waiter lets go first (their keys' class or
-smaller recent GPU time) before it goes next whatever its share: nothing starves."""
+"""How many newer requests of other keys (a better class, or less recent GPU time) a
+key waiting for a model lets go first before its oldest request goes next whatever its
+share: nothing starves, and a key's own backlog is not turned into a FIFO ahead of the
+others (the count is per key and starts again at each of its grants)."""
 
 
 @dataclass(frozen=True, order=True)
 class Share:
     """What a waiter's place in the fair order depends on: the class of the key it comes
-    for (0 high, 1 normal, 2 low), that key's recent GPU-seconds, and how many newer
-    waiters of its model were granted before it."""
+    for (0 high, 1 normal, 2 low), that key's recent GPU-seconds, and, for the oldest
+    waiter of its key on this model (0 for the others), how many newer requests of other
+    keys were granted before it since its key's last grant."""
 
     rank: int = 1
     used: float = 0.0

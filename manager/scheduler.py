@@ -110,8 +110,6 @@ class _Waiter:
     key_name: str = ""
     """The API key's name it waits for (`wire.lease.LeaseRequest.key_name`)."""
     key_class: str = "normal"
-    overtaken: int = 0
-    """Newer waiters of its model granted before it (`policy.MAX_WAITER_OVERTAKES`)."""
 
 
 @dataclass(eq=False)
@@ -199,6 +197,9 @@ class Scheduler:
         self.usage = Usage(self.config.fair_share_half_life, clock)
         """Recent GPU-seconds per API key name: the hold time of its ended leases
         (`manager.fairshare`)."""
+        self._overtaken: dict[tuple[str, str], int] = {}
+        """(model, key name) -> newer requests of other keys granted on the model since
+        that key's last grant there, while it waited (`policy.MAX_WAITER_OVERTAKES`)."""
         self._room_contended: set[str] = set()
         """Ready models whose room is spent while requests of several keys wait or hold
         leases on them (their leases are for one request each, and not shared)."""
@@ -443,14 +444,16 @@ class Scheduler:
                 used[lease.key_name] += now - lease.granted_at
         return used
 
-    @staticmethod
-    def _shares(rec: _Record, used: dict[str, float] | None) -> list[policy.Share]:
+    def _shares(self, rec: _Record, used: dict[str, float] | None) -> list[policy.Share]:
         if used is None:
             return []
-        return [
-            policy.Share(CLASS_RANK[w.key_class], used[w.key_name], w.overtaken)
-            for w in rec.waiters
-        ]
+        out, seen = [], set()
+        for w in rec.waiters:
+            first = w.key_name not in seen
+            seen.add(w.key_name)
+            overtaken = self._overtaken.get((rec.name, w.key_name), 0) if first else 0
+            out.append(policy.Share(CLASS_RANK[w.key_class], used[w.key_name], overtaken))
+        return out
 
     def _view(self) -> policy.View:
         now = self._clock()
@@ -562,7 +565,9 @@ class Scheduler:
         now = {
             rec.name
             for rec in self._records.values()
-            if rec.waiters and rec.state is ModelState.READY and self._several_keys(rec, ())
+            if rec.waiters
+            and rec.state is ModelState.READY
+            and self._several_keys(rec, rec.waiters)
         }
         if now == self._room_contended:
             return
@@ -609,11 +614,25 @@ class Scheduler:
             else:
                 lease = self._new_lease(rec, waiter=waiter)
             waiter.future.set_result(lease)
-        if rec.waiters and chosen:
-            newest = max(w.ticket for w in chosen)
-            for left in rec.waiters:
-                if left.ticket < newest:
-                    left.overtaken += sum(1 for w in chosen if w.ticket > left.ticket)
+        self._count_overtakes(rec, chosen)
+
+    def _count_overtakes(self, rec: _Record, chosen: Sequence[_Waiter]) -> None:
+        """Each key still waiting on `rec` counts the newer requests of other keys just
+        granted; a key just granted starts again from 0."""
+        granted = {w.key_name for w in chosen}
+        oldest: dict[str, int] = {}
+        for w in rec.waiters:
+            oldest.setdefault(w.key_name, w.ticket)
+        counts = self._overtaken
+        for name in granted:
+            counts.pop((rec.name, name), None)
+        for name, ticket in oldest.items():
+            if name not in granted:
+                n = sum(1 for w in chosen if w.ticket > ticket)
+                if n:
+                    counts[(rec.name, name)] = counts.get((rec.name, name), 0) + n
+        for key in [k for k in counts if k[0] == rec.name and k[1] not in oldest]:
+            del counts[key]
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state
