@@ -30,7 +30,6 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from manager import adoption, policy
 from manager.budget import GpuBudget
-from manager.fairshare import Usage
 from manager.errors import (
     BusyError,
     GpuMemoryNotReleased,
@@ -40,6 +39,7 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
+from manager.fairshare import Usage
 from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
@@ -267,10 +267,10 @@ class Scheduler:
 
     # ----------------------------------------------------------------- leases
 
-    async def acquire(  # noqa: ASYNC109
+    async def acquire(
         self,
         model: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         *,
         key_name: str = "",
         key_class: str = "normal",
