@@ -393,11 +393,12 @@ async def test_leases_are_shared_within_one_key_only_and_the_grant_names_it() ->
     async with pooled(max_uses=0, max_concurrent=1) as p:
         first = await p.pool.acquire("chat-a", a)
         p.manager.gate = asyncio.Event()  # later grants wait in the manager's queue
-        a_next = asyncio.create_task(p.pool.acquire("chat-a", a))
         b_next = asyncio.create_task(p.pool.acquire("chat-a", b))
-        await eventually(lambda: len(p.manager.lease_requests) == 3, "both keys to ask")
-        first.end()  # a's slot goes to a's own waiting request, never to b's
-        a_use = await a_next
+        await eventually(lambda: len(p.manager.lease_requests) == 2, "b to ask")
+        a_next = asyncio.create_task(p.pool.acquire("chat-a", a))
+        await eventually(lambda: len(p.manager.lease_requests) == 3, "a to ask")
+        first.end()  # a's slot goes to a's own waiting request, never to b's (older)
+        a_use = await asyncio.wait_for(a_next, 10)  # a guard against a hang only
         assert a_use.lease.lease_id == first.lease.lease_id
         await asyncio.sleep(0.05)
         assert not b_next.done(), "b does not ride a's lease"
