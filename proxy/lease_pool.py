@@ -78,7 +78,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any, NamedTuple
+from typing import Any
 
 from proxy.errors import ManagerRefused, ManagerUnavailable, ManagerUnreachable
 from proxy.manager_client import ManagerClient
@@ -96,14 +96,10 @@ DEFAULT_LINGER: float = ProxySettings.default("lease_linger")
 HOMELAB_LEASE_LINGER's default)."""
 
 
-class Key(NamedTuple):
-    """Whose requests may share a lease: an API key's name and priority class."""
-
-    name: str = ""
-    klass: str = "normal"
-
-
-NO_KEY = Key()
+Key = tuple[str, str]
+"""Whose requests may share a lease: an API key's (name, priority class). A plain tuple:
+it is made once per request on the hot path."""
+NO_KEY: Key = ("", "normal")
 
 
 class _Shared:
@@ -304,7 +300,7 @@ class LeasePool:
 
     async def _run_ask(self, model: str, ask: _Ask) -> None:
         try:
-            lease = await self._manager.grant(model, ask.key.name, ask.key.klass)
+            lease = await self._manager.grant(model, *ask.key)
         except asyncio.CancelledError:
             self._fail_riders(ask, ManagerUnavailable("The proxy is shutting down", status=503))
             raise

@@ -54,7 +54,7 @@ from types import TracebackType
 
 from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
 from proxy.keys import PRINCIPAL
-from proxy.lease_pool import Key, LeasePool, LeaseUse
+from proxy.lease_pool import LeasePool, LeaseUse
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
@@ -241,7 +241,7 @@ class ModelCall:
             waiting[self.model] += 1
         try:
             who = PRINCIPAL.get()
-            acquire = calls.leases.acquire(self.model, Key(who.name, who.priority))
+            acquire = calls.leases.acquire(self.model, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:

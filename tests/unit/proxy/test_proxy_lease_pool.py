@@ -15,7 +15,7 @@ import pytest
 from proxy_fakes import TOKEN, FakeManager, serve_asgi
 
 from proxy.errors import ManagerRefused, ManagerUnavailable
-from proxy.lease_pool import Key, LeasePool
+from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 
 MODELS = {"chat-a": {"type": "text"}, "chat-b": {"type": "text"}}
@@ -389,7 +389,7 @@ async def test_leases_are_shared_within_one_key_only_and_the_grant_names_it() ->
     """The manager orders waiters by key and charges each lease to one key: a grant
     request names its key (never the key itself), and another key's request neither joins
     that lease nor takes a slot freed on it."""
-    a, b = Key("key-a", "normal"), Key("key-b", "high")
+    a, b = ("key-a", "normal"), ("key-b", "high")
     async with pooled(max_uses=0, max_concurrent=1) as p:
         first = await p.pool.acquire("chat-a", a)
         p.manager.gate = asyncio.Event()  # later grants wait in the manager's queue
