@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops
 from proxy.auth import ApiKeyMiddleware
+from proxy.catalogue import load_catalogue
 from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
@@ -47,6 +48,8 @@ from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.modelcall import ModelCalls
+from proxy.routing import Router
+from proxy.routing import cancel as cancel_task
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.web import mount_ui, proxy_version
@@ -76,9 +79,13 @@ def create_app(
     manager_client: ManagerClient | None = None,
     http_client: aiohttp.ClientSession | None = None,
 ) -> FastAPI:
-    """Build the proxy. `manager_client` / `http_client` let tests hand in their own."""
+    """Build the proxy. `manager_client` / `http_client` let tests hand in their own.
+    Raises `proxy.catalogue.CatalogueError` for a bad ``HOMELAB_CATALOGUE`` file."""
     settings = settings or ProxySettings()
     metrics = Metrics()
+    router = Router(load_catalogue(settings.catalogue))  # CatalogueError: start-up stops
+    ring = KeyRing.simple(settings.keys())
+    """The keys: checked by the middleware; a job runs as its owner's principal in it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +117,7 @@ def create_app(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.upstream_timeout,
             waiting=waiting,
+            router=router,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -131,24 +139,38 @@ def create_app(
                     settings.image_url_ttl,
                     max_count=settings.image_store_max_count,
                     max_bytes=settings.image_store_max_bytes,
+                    # a temporary folder is ours; one named in HOMELAB_IMAGE_DIR is made 0700
+                    # only if the proxy creates it
+                    tighten_folder=settings.image_dir is None,
                 ),
                 interactive_waiting=waiting,
+                ring=ring,
             )
             app.state.ctx = ctx
             metrics.watch_leases(leases)
-            store = await asyncio.to_thread(JobStore, settings.job_store_url())
+            # the state folder is ours (0700); a folder named in HOMELAB_JOBS_URL is left
+            # as it is if it exists (the store's files are 0600 either way)
+            store = await asyncio.to_thread(
+                JobStore, settings.job_store_url(), tighten_folder=settings.jobs_url is None
+            )
             stack.callback(store.close)
             ctx.jobs = Dispatcher(
                 ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
             )
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(ctx.events.run(), name="manager-events")
+            health = (
+                asyncio.create_task(router.watch(model_calls.probe), name="endpoint-health")
+                if router.catalogue.endpoints
+                else None
+            )
             try:
                 await ctx.jobs.start()
                 async with mcp_endpoint.running():
                     yield
             finally:
                 await ctx.jobs.close()
+                await cancel_task(health)
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
@@ -198,7 +220,7 @@ def create_app(
         source=PROXY,
     )
     guarded = Guard(
-        ApiKeyMiddleware(limited, ring=KeyRing.simple(settings.keys())),
+        ApiKeyMiddleware(limited, ring=ring),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),

@@ -69,6 +69,12 @@ class AuthenticationFailed(ProxyError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
+class KeyRevoked(AuthenticationFailed):
+    """The key that submitted a job is no longer in the key ring when the job runs (401)."""
+
+    code = "key_revoked"
+
+
 class NotFound(ProxyError):
     """Unknown model, route or image (404)."""
 
@@ -138,6 +144,12 @@ class UpstreamError(ProxyError):
     """The model server failed, was unreachable or answered an error."""
 
     status, type, code, source = 502, "server_error", "model_server_error", MODEL_SERVER
+
+
+class EndpointUnavailable(UpstreamError):
+    """A remote endpoint of the proxy's catalogue could not be reached (503)."""
+
+    status, code = 503, "endpoint_unavailable"
 
 
 def normalise_error_body(raw: bytes, status: int, source: Source) -> ProxyError:

@@ -12,6 +12,9 @@ Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffere
 final ``data: {"error": {...}}`` event, which the openai SDK raises as
 ``APIError``. Everything else is read whole, so errors can be normalised and
 image answers rewritten to URLs (`answer_with_urls`).
+
+Every answer a model gave carries ``X-Homelab-Served-By: <model>@<host or endpoint>``
+(`SERVED_BY`): the model that served it (a fallback's name when one did) and where.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import asyncio
 import orjson
 from starlette.types import Send
 
+from proxy import keys
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
 from proxy.images import ImageStore, urls_for
 from proxy.modelcall import ModelCall
 from wire.disconnect import watch_disconnect
+
+SERVED_BY = b"x-homelab-served-by"
+"""The answer header naming who served it: ``<model>@<host or endpoint>`` (docs/api.md)."""
 
 
 class Forward(Watched):
@@ -65,7 +72,9 @@ class Forward(Watched):
                     return
                 raw, ctype = call.body or b"", call.answer_type
                 if self.url_base is not None:
-                    raw = await answer_with_urls(self.ctx.images, raw, self.url_base)
+                    raw = await answer_with_urls(
+                        self.ctx.images, raw, self.url_base, keys.current().name
+                    )
                     ctype = "application/json"
                 watch.finish()
                 await send(
@@ -75,6 +84,7 @@ class Forward(Watched):
                         "headers": [
                             (b"content-type", ctype.encode()),
                             (b"content-length", str(len(raw)).encode()),
+                            (SERVED_BY, call.served_by.encode()),
                         ],
                     }
                 )
@@ -85,7 +95,8 @@ class Forward(Watched):
 
     @staticmethod
     async def _stream(call: ModelCall, send: Send, watch: watch_disconnect) -> None:
-        await send({"type": "http.response.start", "status": call.status, "headers": SSE_HEADERS})
+        headers = [*SSE_HEADERS, (SERVED_BY, call.served_by.encode())]
+        await send({"type": "http.response.start", "status": call.status, "headers": headers})
         at_boundary = True
         try:
             async for chunk in call.chunks():
@@ -101,13 +112,13 @@ class Forward(Watched):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def answer_with_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
+async def answer_with_urls(images: ImageStore, raw: bytes, url_base: str, owner: str) -> bytes:
     """An images answer with each ``b64_json`` stored and replaced by its URL under
     `url_base` (response_format=url), in a thread. Raises UpstreamError (``bad_image``)."""
-    return await asyncio.to_thread(_to_urls, images, raw, url_base)
+    return await asyncio.to_thread(_to_urls, images, raw, url_base, owner)
 
 
-def _to_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
+def _to_urls(images: ImageStore, raw: bytes, url_base: str, owner: str) -> bytes:
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -118,4 +129,4 @@ def _to_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
         raise UpstreamError(
             "The model server's images answer is not a JSON object", code="bad_image"
         )
-    return orjson.dumps(urls_for(images, answer, url_base))
+    return orjson.dumps(urls_for(images, answer, url_base, owner))

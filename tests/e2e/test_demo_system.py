@@ -46,7 +46,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,15 @@ class SwapRecorder:
             )
             self.following()
             return list(self.swaps)
+
+    def wait_until(self, seen: Callable[[list[tuple[str | None, str]]], bool]) -> bool:
+        """Whether the swaps recorded come to satisfy `seen` within a minute."""
+        with self.changed:
+            met = self.changed.wait_for(
+                lambda: seen(self.swaps) or self._error is not None, timeout=60.0
+            )
+            self.following()
+            return bool(met) and seen(self.swaps)
 
     def close(self) -> None:
         self._stop.set()
@@ -484,6 +493,18 @@ def test_demo_calls_tools_with_the_openai_sdk(demo: Demo) -> None:
         client.close()
 
 
+def _wait_idle(demo: Demo, model: str) -> None:
+    auth = {"Authorization": f"Bearer {demo.api_key}"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
+        entry = next(m for m in listed["data"] if m["id"] == model)
+        if entry["in_flight"] == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{model} still has a lease after 30 s: {entry}")
+
+
 def _use_the_others(client: Any) -> None:
     """A picture from tiny-sd and an embedding from minilm: smollm2 becomes the least
     recently used model, the one a start that needs room stops first."""
@@ -581,6 +602,15 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
         restarted = read_registry(demo.dir / "logs")[GGUF]
         assert restarted.pid != server.pid  # the manager started a new llama-server
 
+        # And back: the vLLM model takes the room of the GGUF one (the least recently used
+        # of the four once the others were used), answering the same question. Its lease
+        # lingers in the proxy's pool for a moment after the last chat, and a model with a
+        # lease is never stopped: wait until the manager counts it idle.
+        _wait_idle(demo, GGUF)
+        _use_the_others(client)
+        reply = client.chat.completions.create(**{**ask, "model": "smollm2"})
+        assert "paris" in (reply.choices[0].message.content or "").lower(), reply
+        assert swaps.wait_until(lambda seen: (GGUF, "smollm2") in seen), swaps.swaps
     finally:
         swaps.close()
         client.close()
