@@ -305,8 +305,10 @@ class ProcessRuntime:
         """Where `manager.model_guard` is written for vLLM servers (first on their PYTHONPATH)."""
         return self._dir.resolve() / "guard"
 
-    def _write_guard(self) -> None:
-        """Write `manager.model_guard`'s text as `homelab_model_guard.py` in `guard_dir`."""
+    def write_guard(self) -> None:
+        """Write `manager.model_guard`'s text as `homelab_model_guard.py` in `guard_dir`
+        (each vLLM spawn does; exposed, like `argv` and `environment`, for a test that
+        launches a server by this recipe itself)."""
         self.guard_dir.mkdir(parents=True, exist_ok=True)
         target = self.guard_dir / f"{model_guard.MODULE}.py"
         text = model_guard.source()
@@ -354,7 +356,7 @@ class ProcessRuntime:
         def open_log() -> Any:
             self._dir.mkdir(parents=True, exist_ok=True)
             if guarded(spec):
-                self._write_guard()
+                self.write_guard()
             if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(path, path.with_suffix(".log.1"))
             handle = path.open("ab")
