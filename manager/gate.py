@@ -44,8 +44,9 @@ MAX_HANDSHAKES = 64
 """Connections handled at once; one more is closed at once."""
 LINE_LIMIT = 512
 """Bytes of a line the gate reads at most (a longer line is a wrong one)."""
-GUARD_SOURCE_ENV = "HOMELAB_GUARD_SOURCE"
-"""The variable whose text the gate writes as the module `GUARD_MODULE` before the exec."""
+GUARD_SOURCE_ENV = "GATE_GUARD_SOURCE"
+"""The variable whose text the gate writes as the module `GUARD_MODULE` before the exec
+(not a ``HOMELAB_*`` name: model containers carry none of the manager's variables)."""
 GUARD_MODULE = "homelab_model_guard"
 
 

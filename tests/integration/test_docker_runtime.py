@@ -19,9 +19,11 @@ import docker.errors
 import httpx
 import pytest
 
+from manager import model_guard
 from manager.docker_runtime import GATE, HF_CACHE_TARGET, DockerRuntime, _send_line
 from manager.errors import RuntimeFailure, StartFailed
 from manager.exit_watch import ExitWatch
+from manager.gate import GUARD_SOURCE_ENV
 from manager.health import HttpReadinessProbe
 from manager.runtime import (
     LABEL_GATED,
@@ -98,8 +100,10 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert container.attrs["Config"]["Cmd"] == [
         "8000", "VLLM_API_KEY", "python3", "-m", "fakevllm",  # the gate, then the image's
         "--model", "fake/chat", "--served-model-name", name,
-        "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "99",
+        "--host", "0.0.0.0", "--port", "8000",
+        "--middleware", "homelab_model_guard.ModelGuard", "--max-model-len", "99",
     ]  # fmt: skip
+    assert env_of(container)[GUARD_SOURCE_ENV] == model_guard.source()
     assert container.attrs["HostConfig"]["IpcMode"] == "host"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
     assert env_of(container)["HF_HOME"] == HF_CACHE_TARGET
@@ -110,7 +114,14 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     auth = await upstream_auth(runtime, name, spec)
     assert env_of(container)["VLLM_API_KEY"] == auth["Authorization"].split()[1]
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
-        assert (await client.get("/v1/models")).status_code == 401  # without the key
+        # The gate wrote the guard, the server loaded it (as vLLM's --middleware): without
+        # the key every path is refused, the fake's own open ones and its test controls too.
+        for path in ("/v1/models", "/health", "/version", "/_fake/stats", "/invocations", "/"):
+            for method in ("GET", "POST"):
+                refused = await client.request(method, path)
+                assert refused.status_code == 401, (method, path, refused.text)
+                assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert (await client.get("/version", headers=auth)).status_code == 200
         client.headers.update(auth)
         reply = await client.post(
             "/v1/chat/completions",

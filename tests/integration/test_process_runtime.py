@@ -101,7 +101,8 @@ async def test_argv_and_environment(
     assert argv == [
         "python3", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "fake/argv", "--served-model-name", model_name("argv"),
-        "--host", "127.0.0.1", "--port", str(port1), "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port1),
+        "--middleware", "homelab_model_guard.ModelGuard", "--enforce-eager",
     ]  # fmt: skip
     image = image_spec("argv-img", port2)
     assert runtime.argv(model_name("argv-img"), image) == ["python3", "-m", "imageserver"]
@@ -125,6 +126,14 @@ async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> N
     auth = await upstream_auth(runtime, name, spec)
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
         assert (await client.post("/v1/completions", json={"prompt": "no key"})).status_code == 401
+        # The server loaded the guard the runtime wrote (vLLM's --middleware): every path,
+        # the fake's own open ones and its test controls too, wants the key.
+        for path in ("/health", "/version", "/_fake/stats", "/invocations", "/tokenize", "/"):
+            for method in ("GET", "POST"):
+                refused = await client.request(method, path)
+                assert refused.status_code == 401, (method, path, refused.text)
+                assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert (await client.get("/version", headers=auth)).status_code == 200
         reply = await client.post("/v1/completions", json={"prompt": "as a process"}, headers=auth)
     assert reply.json()["choices"][0]["text"] == f"[{name}] as a process"
     # The key travels in the environment (not on the command line, which every local user
@@ -348,6 +357,7 @@ async def test_an_unregistered_server_of_this_manager_is_found_and_registered(
     port = free_port()
     name = model_name("proc-stray")
     spec = fake_text("proc-stray", port)
+    runtime.write_guard()  # as a spawn does before it starts the server
     stray = subprocess.Popen(  # noqa: ASYNC220 (a plain child, as a dead manager left it)
         runtime.argv(name, spec),
         env=runtime.environment(name, spec),
