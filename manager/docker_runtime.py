@@ -168,6 +168,14 @@ async def _send_line(host: str, port: int, line: bytes, timeout: float) -> bytes
                 await writer.wait_closed()
 
 
+def _published_on(container: Any) -> list[str]:
+    """The host addresses the container's model port is published on (its HostConfig)."""
+    bindings = ((container.attrs.get("HostConfig") or {}).get("PortBindings") or {}).get(
+        f"{INTERNAL_PORT}/tcp"
+    )
+    return [b.get("HostIp") or "" for b in bindings or () if isinstance(b, dict)]
+
+
 def publish_host(settings: ManagerSettings) -> str:
     """The host address model ports are published on: `model_bind_host`, else 127.0.0.1
     (this machine only; never every interface unless `model_bind_host` says 0.0.0.0)."""
@@ -432,11 +440,17 @@ class DockerRuntime:
             await asyncio.sleep(0.01)
 
     def _matches(self, container: Any, name: str, spec: Spec) -> bool:
-        """Ours, of this model and spec. Raises RuntimeFailure for a foreign container."""
+        """Ours, of this model and spec, its port published where `publish_host` says now
+        (one made before, on another address, is replaced). Raises RuntimeFailure for a
+        foreign container."""
         if not self._is_managed(container):
             raise self._foreign(spec.container)
         labels = container.labels or {}
-        return labels.get(LABEL_SPEC) == spec_hash(spec) and labels.get(LABEL_MODEL) == name
+        return (
+            labels.get(LABEL_SPEC) == spec_hash(spec)
+            and labels.get(LABEL_MODEL) == name
+            and _published_on(container) == [publish_host(self._settings)]
+        )
 
     async def _make(self, name: str, spec: Spec, existing: Any | None) -> Any:
         """Create the container, first removing `existing` (of that name, which differs) and

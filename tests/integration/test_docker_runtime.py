@@ -173,6 +173,39 @@ async def test_start_reuses_a_matching_container_and_restarts_a_stopped_one(
     await runtime.stop(name, spec, timeout=5)
 
 
+async def test_a_container_published_on_another_address_is_replaced(
+    docker_env, hf_cache: str
+) -> None:
+    """Model ports go where HOMELAB_MODEL_BIND_HOST says, else on 127.0.0.1 only (issue
+    23: they were on every address): a container published elsewhere by an earlier
+    manager (before the upgrade, or with another setting) is recreated, not reused."""
+    port = free_port()
+    name = model_name("rebind")
+    spec = text_spec("rebind", port)
+    everywhere = DockerRuntime(settings(hf_cache, model_bind_host="0.0.0.0"))
+    await everywhere.prepare(name, spec)
+    old = docker_env.containers.get(spec.container)
+    assert old.attrs["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == "0.0.0.0"
+    for _ in range(50):  # until its gate listens (so it is known for a standby one)
+        if await gate_answer(port, b"?\n") == b"no\n":
+            break
+        await asyncio.sleep(0.1)
+    runtime = DockerRuntime(settings(hf_cache))
+    try:
+        await runtime.prepare(name, spec)
+        new = docker_env.containers.get(spec.container)
+        assert new.id != old.id
+        assert [b["HostIp"] for b in new.attrs["HostConfig"]["PortBindings"]["8000/tcp"]] == [
+            "127.0.0.1"
+        ]
+        await runtime.start(name, spec)  # the same setting: released, not recreated
+        assert docker_env.containers.get(spec.container).id == new.id
+    finally:
+        await runtime.stop(name, spec, timeout=5)
+        await runtime.aclose()
+        await everywhere.aclose()
+
+
 async def test_start_recreates_a_container_whose_spec_changed(
     runtime: DockerRuntime, docker_env
 ) -> None:
