@@ -28,7 +28,8 @@ from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 # contract's (`wire.model_server`); the runtimes import it from here. vLLM reads
 # `VLLM_API_KEY` (as `--api-key`, but kept out of the process list), the image server
 # `HOMELAB_IMAGE_API_KEY`, llama.cpp's llama-server `LLAMA_API_KEY` (`key_env`); all then
-# refuse `/v1/*` without the key (401).
+# refuse every path without the key (401; vLLM through `manager.model_guard`, llama.cpp
+# but for its `/health`).
 
 
 def key_env(spec: Spec) -> str:

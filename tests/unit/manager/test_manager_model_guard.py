@@ -23,6 +23,7 @@ from manager.runtime import guarded, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import EmbeddingModel, ImageModel, TextModel
 from wire.errors import MODEL_SERVER, envelope
+from wire.model_server import UPSTREAM_KEY_ENV, VLLM_API_KEY_ENV
 
 GOOD = "k9F2-pQx7_LmZr4Ws8Tb"
 KEY = "upstream-" + "Zq7" * 10
@@ -138,6 +139,7 @@ def test_a_websocket_without_the_key_is_closed_and_lifespan_passes() -> None:
 def test_the_guard_reads_vllms_key_variable_and_without_one_refuses_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    assert model_guard.KEY_ENV == VLLM_API_KEY_ENV == UPSTREAM_KEY_ENV["text"]
     monkeypatch.setenv("VLLM_API_KEY", KEY)
     assert call(ModelGuard(None), Authorization=f"Bearer {KEY}")[0]
     monkeypatch.delenv("VLLM_API_KEY")
