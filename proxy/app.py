@@ -79,6 +79,8 @@ def create_app(
     """Build the proxy. `manager_client` / `http_client` let tests hand in their own."""
     settings = settings or ProxySettings()
     metrics = Metrics()
+    ring = KeyRing.simple(settings.keys())
+    """The keys: checked by the middleware; a job runs as its owner's principal in it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,12 +133,20 @@ def create_app(
                     settings.image_url_ttl,
                     max_count=settings.image_store_max_count,
                     max_bytes=settings.image_store_max_bytes,
+                    # a temporary folder is ours; one named in HOMELAB_IMAGE_DIR is made 0700
+                    # only if the proxy creates it
+                    tighten_folder=settings.image_dir is None,
                 ),
                 interactive_waiting=waiting,
+                ring=ring,
             )
             app.state.ctx = ctx
             metrics.watch_leases(leases)
-            store = await asyncio.to_thread(JobStore, settings.job_store_url())
+            # the state folder is ours (0700); a folder named in HOMELAB_JOBS_URL is left
+            # as it is if it exists (the store's files are 0600 either way)
+            store = await asyncio.to_thread(
+                JobStore, settings.job_store_url(), tighten_folder=settings.jobs_url is None
+            )
             stack.callback(store.close)
             ctx.jobs = Dispatcher(
                 ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
@@ -198,7 +208,7 @@ def create_app(
         source=PROXY,
     )
     guarded = Guard(
-        ApiKeyMiddleware(limited, ring=KeyRing.simple(settings.keys())),
+        ApiKeyMiddleware(limited, ring=ring),
         allowed_hosts=default_hosts(
             settings.proxy_host, settings.public_url, settings.allowed_hosts
         ),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
+from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
@@ -36,5 +37,7 @@ class ProxyContext:
     interactive_waiting: Counter[str] = field(default_factory=Counter)
     """Interactive (/v1, MCP) calls waiting for a lease now, per model: jobs yield to them
     (the same counter as `model_calls.waiting`)."""
+    ring: KeyRing = field(default_factory=KeyRing)
+    """The keys (the same ring the key middleware checks): whose principal a job runs as."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

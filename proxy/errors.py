@@ -69,6 +69,12 @@ class AuthenticationFailed(ProxyError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
+class KeyRevoked(AuthenticationFailed):
+    """The key that submitted a job is no longer in the key ring when the job runs (401)."""
+
+    code = "key_revoked"
+
+
 class NotFound(ProxyError):
     """Unknown model, route or image (404)."""
 

@@ -21,6 +21,7 @@ import asyncio
 import orjson
 from starlette.types import Send
 
+from proxy import keys
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
@@ -65,7 +66,9 @@ class Forward(Watched):
                     return
                 raw, ctype = call.body or b"", call.answer_type
                 if self.url_base is not None:
-                    raw = await answer_with_urls(self.ctx.images, raw, self.url_base)
+                    raw = await answer_with_urls(
+                        self.ctx.images, raw, self.url_base, keys.current().name
+                    )
                     ctype = "application/json"
                 watch.finish()
                 await send(
@@ -101,13 +104,13 @@ class Forward(Watched):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def answer_with_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
+async def answer_with_urls(images: ImageStore, raw: bytes, url_base: str, owner: str) -> bytes:
     """An images answer with each ``b64_json`` stored and replaced by its URL under
     `url_base` (response_format=url), in a thread. Raises UpstreamError (``bad_image``)."""
-    return await asyncio.to_thread(_to_urls, images, raw, url_base)
+    return await asyncio.to_thread(_to_urls, images, raw, url_base, owner)
 
 
-def _to_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
+def _to_urls(images: ImageStore, raw: bytes, url_base: str, owner: str) -> bytes:
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -118,4 +121,4 @@ def _to_urls(images: ImageStore, raw: bytes, url_base: str) -> bytes:
         raise UpstreamError(
             "The model server's images answer is not a JSON object", code="bad_image"
         )
-    return orjson.dumps(urls_for(images, answer, url_base))
+    return orjson.dumps(urls_for(images, answer, url_base, owner))

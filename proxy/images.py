@@ -6,6 +6,13 @@ own disk and answers with an absolute URL on its own host
 (``<base>/images/<id>.<ext>``, `image_url_base` says which base), valid for
 ``HOMELAB_IMAGE_URL_TTL`` seconds. URLs never point at the GPU PC.
 
+An image URL is a capability, as OpenAI's are: the 192-bit id is unguessable, so the URL
+works in ``<img src>`` and for clients without a key; it ends when it expires, when the
+store's caps push the image out, or when its owner deletes it (``DELETE
+/v1/images/<id>.<ext>``, `ImageStore.delete`): each image's owner (the name of the key
+that made it) is kept beside it in ``<id>.<ext>.owner``. Images and owner files are
+0600 in a 0700 folder (`wire.private`).
+
 `ImageStore` methods do blocking file I/O: call them through ``asyncio.to_thread``.
 """
 
@@ -13,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
 import secrets
 import time
@@ -24,14 +30,18 @@ from starlette.requests import HTTPConnection
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.guard import ACCEPTED_HOST, authority, host_authority
+from proxy.keys import Principal
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
+from wire.private import private_dir, write_private
 
 if TYPE_CHECKING:
     from proxy.context import ProxyContext
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(png|jpeg|webp|gif)$")
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+OWNER_SUFFIX = ".owner"
+"""Beside each image ``<id>.<ext>``: ``<id>.<ext>.owner``, the name of the key that made it."""
 UPLOAD_FORMATS = frozenset({"png", "jpeg", "webp"})
 """What /v1/images/edits takes as `image` and `mask` (the image server decodes only these)."""
 
@@ -124,25 +134,26 @@ class ImageStore:
         *,
         max_count: int = ProxySettings.default("image_store_max_count"),
         max_bytes: int = ProxySettings.default("image_store_max_bytes"),
+        tighten_folder: bool = True,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = private_dir(directory, tighten=tighten_folder)
         self.ttl = ttl
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._last_purge = 0.0
 
-    def put(self, data: bytes) -> str:
-        """Store an image; returns its file name (``<id>.<ext>``). Blocking."""
+    def put(self, data: bytes, owner: str) -> str:
+        """Store an image for `owner` (a key's name); returns its file name
+        (``<id>.<ext>``). Blocking."""
         fmt = sniff_format(data)
         if fmt is None:
             raise UpstreamError(
                 "The model server returned data that is not an image", code="bad_image"
             )
         name = f"{secrets.token_urlsafe(24)}.{fmt}"
-        tmp = self.directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.directory / name)
+        # The owner first: an image is never there without it.
+        write_private(self.directory / (name + OWNER_SUFFIX), owner.encode())
+        write_private(self.directory / name, data)
         if time.time() - self._last_purge > 60:
             self.purge_expired()
         self.evict(keep=name)
@@ -166,41 +177,79 @@ class ImageStore:
         for _, _, size, path in entries:
             if count <= self.max_count and total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            self._unlink(path)
             count, total, removed = count - 1, total - size, removed + 1
         return removed
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + OWNER_SUFFIX).unlink(missing_ok=True)
+
+    def owner(self, name: str) -> str | None:
+        """The name of the key that made image `name`; None if unknown. Blocking."""
+        if not _NAME.match(name):
+            return None
+        try:
+            return (self.directory / (name + OWNER_SUFFIX)).read_bytes().decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def delete(self, name: str, who: Principal) -> bool:
+        """Delete image `name` (its URL answers 404 from now on) if it is live and `who`
+        owns it (`Principal.owns`: its own, or any for an admin). False otherwise, the
+        same for an image that is not there and one that is another key's. Blocking."""
+        if not _NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
+            return False
+        self._unlink(self.directory / name)
+        return True
 
     def get(self, name: str) -> tuple[bytes, str, float] | None:
         """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""
         match = _NAME.match(name)
-        if not match:
+        left = self._left(name) if match else None
+        if match is None or left is None:
             return None
-        path = self.directory / name
         try:
-            left = path.stat().st_mtime + self.ttl - time.time()
-            if left <= 0:
-                path.unlink(missing_ok=True)
-                return None
-            return path.read_bytes(), _MEDIA[match.group(1)], left
+            return (self.directory / name).read_bytes(), _MEDIA[match.group(1)], left
         except FileNotFoundError:
             return None
 
+    def _left(self, name: str) -> float | None:
+        """Seconds image `name` (a checked name) has left; None when it is not there or has
+        expired (then it is deleted). Blocking."""
+        path = self.directory / name
+        try:
+            left = path.stat().st_mtime + self.ttl - time.time()
+        except FileNotFoundError:
+            return None
+        if left <= 0:
+            self._unlink(path)
+            return None
+        return left
+
     def purge_expired(self) -> int:
-        """Delete expired images; returns how many. Blocking."""
+        """Delete expired images (and their owner files); returns how many. Blocking."""
         self._last_purge = now = time.time()
         removed = 0
         for path in self.directory.iterdir():
             try:
                 if path.stat().st_mtime + self.ttl < now:
-                    path.unlink(missing_ok=True)
-                    removed += 1
+                    if _NAME.match(path.name):  # an image, with its owner file
+                        self._unlink(path)
+                        removed += 1
+                    else:  # a leftover: a temporary file, an orphan owner file
+                        path.unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
         return removed
 
 
-def urls_for(store: ImageStore, answer: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """Replace every ``b64_json`` item of an images answer by a ``url`` on the proxy.
+def urls_for(
+    store: ImageStore, answer: dict[str, Any], base_url: str, owner: str
+) -> dict[str, Any]:
+    """Replace every ``b64_json`` item of an images answer by a ``url`` on the proxy,
+    each image stored as `owner`'s.
 
     Blocking (writes files). Raises UpstreamError when the answer has no image data.
     """
@@ -220,7 +269,7 @@ def urls_for(store: ImageStore, answer: dict[str, Any], base_url: str) -> dict[s
             raise UpstreamError(
                 "The model server returned invalid base64 image data", code="bad_image"
             ) from exc
-        name = store.put(raw)
+        name = store.put(raw, owner)
         new = {k: v for k, v in item.items() if k != "b64_json"}
         new["url"] = f"{base_url}/images/{name}"
         out.append(new)

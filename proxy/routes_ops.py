@@ -1,4 +1,5 @@
-"""The proxy's own endpoints: health, readiness, metrics, and stored image URLs."""
+"""The proxy's own endpoints: health, readiness, metrics, and stored image URLs (read
+with the URL alone; deleted by their owner's key)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from proxy import keys
 from proxy.errors import NotFound
 from proxy.openapi_docs import ERRORS
 
@@ -51,4 +53,21 @@ async def stored_image(request: Request, name: str) -> Response:
     data, media_type, left = found
     return Response(
         data, media_type=media_type, headers={"Cache-Control": f"private, max-age={int(left)}"}
+    )
+
+
+@router.delete(
+    "/v1/images/{name}",
+    responses={401: ERRORS[401], 404: ERRORS[404]},
+    summary="Delete a stored image (its URL answers 404 from now on); the key that made it, or an admin",
+)
+async def delete_image(request: Request, name: str) -> Response:
+    """`name`: the last part of the image's URL (``<id>.<ext>``). Another key's image is a
+    404, as an unknown, expired or mangled one is: whether it exists is not told."""
+    images = request.app.state.ctx.images
+    if not await asyncio.to_thread(images.delete, name, keys.current()):
+        raise NotFound("This image does not exist or its URL has expired.", code="image_not_found")
+    return Response(
+        orjson.dumps({"id": name, "object": "image", "deleted": True}),
+        media_type="application/json",
     )

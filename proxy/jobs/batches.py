@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from proxy import keys
 from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.images import image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
@@ -36,7 +37,7 @@ from proxy.jobs.records import (
     BatchRecord,
     BatchResponse,
     FileList,
-    FileObject,
+    FileRecord,
     Job,
     RequestCounts,
     encode,
@@ -135,33 +136,37 @@ async def upload_file(request: Request) -> Response:
     await asyncio.to_thread(
         _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
     )
-    meta = FileObject(
+    meta = FileRecord(
         id=new_id("file"),
         bytes=len(data),
         created_at=int(time.time()),
         filename=filename,
         purpose="batch",
+        owner=keys.current().name,
     )
     await _jobs(request).store.put_file(meta, data)
-    return _json(meta)
+    return _json(meta.public())
 
 
-async def _file(request: Request, file_id: str) -> FileObject:
+async def _file(request: Request, file_id: str) -> FileRecord:
+    """The file, if the caller owns it (an admin: any); else 404, as for no file at all."""
     meta = await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
-    if meta is None:
+    if meta is None or not keys.current().owns(meta.owner):
         raise NotFound(f"No file {file_id[:200]!r}.", param="file_id", code="file_not_found")
     return meta
 
 
-@router.get("/v1/files", responses=ERRORS, summary="List files")
+@router.get("/v1/files", responses=ERRORS, summary="List the caller's files")
 async def list_files(request: Request) -> Response:
-    files = sorted(await _jobs(request).store.all_files(), key=lambda f: f.created_at, reverse=True)
-    return _json(FileList(data=files))
+    who = keys.current()
+    files = [f for f in await _jobs(request).store.all_files() if who.owns(f.owner)]
+    files.sort(key=lambda f: f.created_at, reverse=True)
+    return _json(FileList(data=[f.public() for f in files]))
 
 
 @router.get("/v1/files/{file_id}", responses=ERRORS, summary="One file's metadata")
 async def get_file(request: Request, file_id: str) -> Response:
-    return _json(await _file(request, file_id))
+    return _json((await _file(request, file_id)).public())
 
 
 @router.get("/v1/files/{file_id}/content", responses=ERRORS, summary="A file's content")
@@ -235,6 +240,7 @@ async def create_batch(request: Request) -> Response:
     items = await _parse_batch_lines(request, content, endpoint)
     now = int(time.time())
     batch_id = new_id("batch")
+    owner = keys.current().name
     url_base = image_url_base(ctx, request) if ENDPOINTS[endpoint] == "image" else None
     job_ids = [f"{batch_id}-{i}" for i in range(len(items))]
     batch = BatchRecord(
@@ -247,6 +253,7 @@ async def create_batch(request: Request) -> Response:
         request_counts=RequestCounts(total=len(items)),
         metadata=metadata,
         jobs=job_ids,
+        owner=owner,
     )
     await jobs.store.put_batch(batch)
     for job_id, item in zip(job_ids, items, strict=True):
@@ -259,6 +266,7 @@ async def create_batch(request: Request) -> Response:
             batch_id=batch_id,
             custom_id=item.custom_id,
             job_id=job_id,
+            owner=owner,
         )
     return _json(batch.public())
 
@@ -309,12 +317,13 @@ async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job])
     now = int(time.time())
     for content, kind in ((out, "output"), (err, "error")):
         if content:
-            meta = FileObject(
+            meta = FileRecord(
                 id=new_id("file"),
                 bytes=len(content),
                 created_at=now,
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
+                owner=batch.owner,
             )
             await jobs.store.put_file(meta, bytes(content))
             if kind == "output":
@@ -341,8 +350,9 @@ async def on_job_finished(jobs: Dispatcher, job: Job) -> None:
 
 
 async def _batch(request: Request, batch_id: str) -> BatchRecord:
+    """The batch, if the caller owns it (an admin: any); else 404, as for no batch."""
     batch = await _jobs(request).store.get_batch(batch_id) if len(batch_id) <= 200 else None
-    if batch is None:
+    if batch is None or not keys.current().owns(batch.owner):
         raise NotFound(f"No batch {batch_id[:200]!r}.", param="batch_id", code="batch_not_found")
     return batch
 
@@ -353,17 +363,15 @@ async def get_batch(request: Request, batch_id: str) -> Response:
     return _json(batch.public())
 
 
-@router.get("/v1/batches", responses=ERRORS, summary="List batches, newest first")
+@router.get("/v1/batches", responses=ERRORS, summary="List the caller's batches, newest first")
 async def list_batches(request: Request) -> Response:
     raw_limit = request.query_params.get("limit", "20")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
         raise InvalidRequest("'limit' must be 1..100.", param="limit")
     after = request.query_params.get("after")
-    batches = sorted(
-        await _jobs(request).store.all_batches(),
-        key=lambda b: (b.created_at, b.id),
-        reverse=True,
-    )
+    who = keys.current()
+    batches = [b for b in await _jobs(request).store.all_batches() if who.owns(b.owner)]
+    batches.sort(key=lambda b: (b.created_at, b.id), reverse=True)
     if after:
         ids = [b.id for b in batches]
         batches = batches[ids.index(after) + 1 :] if after in ids else []

@@ -37,6 +37,7 @@ from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, T
 from proxy.jobs.runner import Outcome, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
+from proxy.keys import Principal
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
@@ -157,9 +158,12 @@ class Dispatcher:
         batch_id: str | None = None,
         custom_id: str | None = None,
         job_id: str | None = None,
+        owner: str,
     ) -> Job:
-        """Accept a job: written (record, PENDING event, queue entry) before this returns."""
+        """Accept a job for `owner` (a key's name): written (record, PENDING event, queue
+        entry) before this returns."""
         job = Job(
+            owner=owner,
             id=job_id or new_id(),
             method=method,
             model=model,
@@ -177,9 +181,11 @@ class Dispatcher:
         self.wake()
         return job
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, who: Principal | None = None) -> Job:
+        """The job; raises JobNotFound when there is none, or when `who` (if given) does
+        not own it (`Principal.owns`): another key's job does not exist for it."""
         job = await self.store.get_job(job_id)
-        if job is None:
+        if job is None or (who is not None and not who.owns(job.owner)):
             raise JobNotFound(job_id)
         return job
 
@@ -190,9 +196,10 @@ class Dispatcher:
         residents = await self._residents()
         return Position(place, None if job.model in residents else job.model)
 
-    async def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job. Raises JobNotFound, JobFinished."""
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, who: Principal | None = None) -> Job:
+        """Cancel a queued or running job (one `who` owns, if given). Raises JobNotFound,
+        JobFinished."""
+        job = await self.get(job_id, who)
         if job.state.terminal:
             raise JobFinished(job_id)
         await self.store.claim(job_id, 0, "cancel")  # the cancel flag: claims[id:0]

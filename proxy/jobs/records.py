@@ -75,6 +75,9 @@ class Job(msgspec.Struct, kw_only=True):
     custom_id: str | None = None
     worker: str | None = None
     """The instance that runs it while STARTED."""
+    owner: str | None = None
+    """The name of the key (`proxy.keys.Principal.name`) that made it; None in records
+    written before jobs had owners (only an admin sees those)."""
 
     def move_to(self, new: TaskState) -> None:
         """Set the state; raises IllegalTransition for a move not in the table."""
@@ -205,7 +208,7 @@ class EndEvent(msgspec.Struct):
 
 
 class FileObject(msgspec.Struct, kw_only=True):
-    """An OpenAI file object: as stored (``homelab_files``, ``meta:<id>``) and as sent."""
+    """An OpenAI file object, as sent (stored as a `FileRecord`)."""
 
     id: str
     object: Literal["file"] = "file"
@@ -214,6 +217,17 @@ class FileObject(msgspec.Struct, kw_only=True):
     filename: str
     purpose: Literal["batch", "batch_output"]
     status: Literal["processed"] = "processed"
+
+
+class FileRecord(FileObject, kw_only=True):
+    """A file as the store keeps it: the OpenAI object plus its owner (`Job.owner`)."""
+
+    owner: str | None = None
+
+    def public(self) -> FileObject:
+        """The object clients see (without the owner)."""
+        fields = FileObject.__struct_fields__
+        return FileObject(**{name: getattr(self, name) for name in fields})
 
 
 class FileList(msgspec.Struct, kw_only=True):
@@ -259,6 +273,8 @@ class BatchRecord(BatchObject, kw_only=True):
     `move_to`, checked against `proxy.jobs.state.BATCH_TRANSITIONS`."""
 
     jobs: list[str]
+    owner: str | None = None
+    """The name of the key that made it (`Job.owner`); its output files are that key's."""
 
     def move_to(self, new: BatchState, at: int) -> None:
         """Set the status and its ``<status>_at`` time; raises IllegalTransition."""

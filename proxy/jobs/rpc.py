@@ -27,12 +27,14 @@ from fastapi import APIRouter, Request
 from msgspec import UNSET, UnsetType
 from starlette.responses import Response
 
+from proxy import keys
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
 from proxy.images import check_image_request, image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
 from proxy.jobs.records import Accepted, TaskList, TaskView, encode
 from proxy.jobs.state import TaskState
+from proxy.keys import Principal
 from proxy.parsing import MAX_MODEL_NAME, read_body
 from proxy.routes_openai import resolve_model
 from wire.models import ModelStatus
@@ -100,6 +102,8 @@ class Call:
         self.ctx: ProxyContext = request.app.state.ctx
         self.jobs: Dispatcher = self.ctx.jobs
         self.params = params
+        self.who: Principal = keys.current()
+        """Whose call this is: it owns what it makes, and sees only what it owns."""
 
     def get(self, name: str, kind: type | tuple[type, ...], *, required: bool = False) -> Any:
         value = self.params.get(name)
@@ -143,7 +147,12 @@ class Call:
         url_base: str | None = None,
     ) -> Accepted:
         job = await self.jobs.submit(
-            method=method, model=model, endpoint=endpoint, body=body, url_base=url_base
+            method=method,
+            model=model,
+            endpoint=endpoint,
+            body=body,
+            url_base=url_base,
+            owner=self.who.name,
         )
         return Accepted.of(job)
 
@@ -230,7 +239,7 @@ async def tasks_get(call: Call) -> TaskView:
     task_id = _task_id(call)
     jobs = call.jobs
     try:
-        job = await jobs.get(task_id)
+        job = await jobs.get(task_id, call.who)
     except JobNotFound as exc:
         raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
     result = await jobs.store.get_result(task_id) if job.state is TaskState.SUCCESS else None
@@ -241,7 +250,7 @@ async def tasks_get(call: Call) -> TaskView:
 async def tasks_cancel(call: Call) -> TaskView:
     task_id = _task_id(call)
     try:
-        job = await call.jobs.cancel(task_id)
+        job = await call.jobs.cancel(task_id, call.who)
     except JobNotFound as exc:
         raise RpcError(TASK_NOT_FOUND, f"No task {task_id!r}") from exc
     except JobFinished as exc:
@@ -259,10 +268,13 @@ async def tasks_list(call: Call) -> TaskList:
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
     jobs = await call.jobs.store.all_jobs()
+    who = call.who
     jobs = [
         j
         for j in jobs
-        if (state is None or j.state == state) and (model is None or j.model == model)
+        if who.owns(j.owner)
+        and (state is None or j.state == state)
+        and (model is None or j.model == model)
     ]
     jobs.sort(key=lambda j: j.created_at, reverse=True)
     return TaskList([TaskView.of(j) for j in jobs[:limit]], len(jobs))

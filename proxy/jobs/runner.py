@@ -7,6 +7,10 @@ server's own events as they come (`ModelCall.events`), and each content delta is
 handed to `on_delta` (the dispatcher turns them into `token` events); a stream that
 breaks off is the job's error. Cancelling `run_job` cancels the call, which closes
 the upstream connection and releases the lease, exactly like a client disconnect.
+
+A job runs as its owner: `run_job` sets `proxy.keys.PRINCIPAL` to the owner's principal,
+looked up by name in the key ring when the job starts (so `proxy.modelcall` sees the
+same principal as for that key's own requests, and a picture it stores is the owner's).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any
 import orjson
 
 from proxy.context import ProxyContext
-from proxy.errors import ProxyError
+from proxy.errors import KeyRevoked, ProxyError
 from proxy.forward import answer_with_urls
 from proxy.jobs.records import Job
+from proxy.keys import OPEN, PRINCIPAL, KeyRing, Principal
 from proxy.modelcall import ModelCall
 
 
@@ -94,11 +99,55 @@ class ChatAssembler:
         }
 
 
+UNOWNED = Principal(name="")
+"""Who runs a job stored before jobs had owners (every model, class normal)."""
+
+
+def job_principal(ring: KeyRing, owner: str | None) -> Principal | None:
+    """The principal a job of `owner` runs as, looked up by name in the key ring now (so
+    a key's current models, class and limits apply); None when that key was revoked since.
+
+    An open proxy runs everything as `OPEN` (an owner named before it opened: under that
+    name). A job stored before owners existed runs as `UNOWNED`."""
+    if owner is None:
+        return UNOWNED
+    if ring.open:
+        return OPEN if owner == OPEN.name else Principal(name=owner, admin=True)
+    return ring.by_name(owner)
+
+
 async def run_job(
     ctx: ProxyContext, job: Job, on_delta: Callable[[str], None] | None = None
 ) -> Outcome:
-    """Call the model for `job` (its endpoint, model, body) and return the outcome.
-    Never raises a ProxyError (it becomes the outcome's error). Cancellable."""
+    """Call the model for `job` (its endpoint, model, body) as its owner
+    (`proxy.keys.PRINCIPAL` is the owner's principal for the call) and return the outcome.
+    A job whose key was revoked since it was accepted fails without a model call
+    (`KeyRevoked`, 401 ``key_revoked``). Never raises a ProxyError (it becomes the
+    outcome's error). Cancellable."""
+    principal = job_principal(ctx.ring, job.owner)
+    if principal is None:
+        return _failed(
+            KeyRevoked(
+                f"The key {job.owner!r} that submitted this job was revoked; the job did not run."
+            )
+        )
+    who = PRINCIPAL.set(principal)
+    try:
+        return await _call(ctx, job, principal, on_delta)
+    except ProxyError as exc:
+        return _failed(exc)
+    finally:
+        PRINCIPAL.reset(who)
+
+
+def _failed(exc: ProxyError) -> Outcome:
+    envelope = exc.envelope()
+    return Outcome(status=exc.status, result=envelope, error=envelope["error"])
+
+
+async def _call(
+    ctx: ProxyContext, job: Job, principal: Principal, on_delta: Callable[[str], None] | None
+) -> Outcome:
     call = ctx.model_calls.call(
         job.model,
         job.endpoint,
@@ -106,22 +155,18 @@ async def run_job(
         "application/json",
         interactive=False,
     )
-    try:
-        async with call:
-            if call.streamed:
-                return await _streamed(call, on_delta)
-            raw = call.body or b""
-            url_base = job.url_base
-            if url_base is not None:
-                raw = await answer_with_urls(ctx.images, raw, url_base)
-            try:
-                parsed = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = {"raw": raw[:2000].decode("utf-8", "replace")}
-            return Outcome(status=call.status, result=parsed)
-    except ProxyError as exc:
-        envelope = exc.envelope()
-        return Outcome(status=exc.status, result=envelope, error=envelope["error"])
+    async with call:
+        if call.streamed:
+            return await _streamed(call, on_delta)
+        raw = call.body or b""
+        url_base = job.url_base
+        if url_base is not None:
+            raw = await answer_with_urls(ctx.images, raw, url_base, principal.name)
+        try:
+            parsed = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = {"raw": raw[:2000].decode("utf-8", "replace")}
+        return Outcome(status=call.status, result=parsed)
 
 
 async def _streamed(call: ModelCall, on_delta: Callable[[str], None] | None) -> Outcome:

@@ -40,7 +40,8 @@ from huey.storage import (  # type: ignore[import-untyped]
     SqliteStorage,
 )
 
-from proxy.jobs.records import BatchRecord, Event, EventName, FileObject, Job, decode, encode
+from proxy.jobs.records import BatchRecord, Event, EventName, FileRecord, Job, decode, encode
+from wire.private import private_dir, private_file
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class JobStore:
     a file path (optionally ``sqlite:`` in front) for the embedded SQLite store.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, tighten_folder: bool = True) -> None:
         self.url = url
         self.shared = url.startswith(("redis://", "rediss://", "unix://"))
         """Whether several proxies may use this store (Redis) or only this one (SQLite)."""
@@ -79,9 +80,16 @@ class JobStore:
             self.jobs: BaseStorage = first
         else:
             path = Path(url.removeprefix("sqlite:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Prompts, answers and batch files: 0600 in a 0700 folder (`wire.private`).
+            # SQLite gives its -wal and -shm files the database file's mode; files an
+            # earlier proxy made 0644 are made 0600 here.
+            private_dir(path.parent, tighten=tighten_folder)
+            for extra in ("", "-wal", "-shm"):
+                if extra == "" or Path(f"{path}{extra}").exists():
+                    private_file(f"{path}{extra}")
             self.path = path
             lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            os.fchmod(lock_fd, 0o600)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -242,21 +250,21 @@ class JobStore:
 
     # -- files (batch input and output) ----------------------------------------
 
-    def put_file(self, meta: FileObject, content: bytes) -> None:
+    def put_file(self, meta: FileRecord, content: bytes) -> None:
         self.files.put_data("data:" + meta.id, content)
         self.files.put_data("meta:" + meta.id, encode(meta))
 
-    def get_file(self, file_id: str) -> FileObject | None:
+    def get_file(self, file_id: str) -> FileRecord | None:
         raw = self.files.peek_data("meta:" + file_id)
-        return None if raw is EmptyData else decode(raw, FileObject)
+        return None if raw is EmptyData else decode(raw, FileRecord)
 
     def file_content(self, file_id: str) -> bytes | None:
         raw = self.files.peek_data("data:" + file_id)
         return None if raw is EmptyData else bytes(raw)
 
-    def all_files(self) -> list[FileObject]:
+    def all_files(self) -> list[FileRecord]:
         return [
-            decode(v, FileObject)
+            decode(v, FileRecord)
             for k, v in self.files.result_items().items()
             if (k.decode() if isinstance(k, bytes) else k).startswith("meta:")
         ]

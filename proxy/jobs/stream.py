@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy import keys
 from proxy.asgi import SSE_HEADERS
 from proxy.errors import InvalidRequest, NotFound
 from proxy.jobs.dispatcher import Dispatcher
@@ -115,6 +116,7 @@ async def stream(request: Request, task_id: str) -> Response:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     if not raw.strip().isdigit() or len(raw) > 12:
         raise InvalidRequest("Last-Event-ID must be a non-negative integer.", param="Last-Event-ID")
-    if len(task_id) > 200 or await jobs.store.get_job(task_id) is None:
+    job = await jobs.store.get_job(task_id) if len(task_id) <= 200 else None
+    if job is None or not keys.current().owns(job.owner):  # another key's: not found
         raise NotFound(f"No task {task_id[:200]!r}.", param="taskId", code="task_not_found")
     return JobStream(jobs, task_id, int(raw))

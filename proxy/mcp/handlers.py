@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from mcp import types
 
+from proxy import keys
 from proxy.context import ProxyContext
 from proxy.errors import UpstreamError
 from proxy.mcp.calls import Answer, call_model
@@ -130,8 +131,9 @@ def _image_fields(args: ImageArgs, seed: int) -> dict[str, Any]:
     return fields
 
 
-def _store(ctx: ProxyContext, answer: Answer, model: str) -> list[tuple[str, str]]:
-    """Keep each picture of an images answer; (file name, base64) pairs. Blocking."""
+def _store(ctx: ProxyContext, answer: Answer, model: str, owner: str) -> list[tuple[str, str]]:
+    """Keep each picture of an images answer as `owner`'s; (file name, base64) pairs.
+    Blocking."""
     items = answer.data.get("data")
     if not isinstance(items, list) or not items:
         raise UpstreamError(f"The images answer of '{model}' has no pictures", code="bad_image")
@@ -146,7 +148,7 @@ def _store(ctx: ProxyContext, answer: Answer, model: str) -> list[tuple[str, str
             raise UpstreamError(
                 f"A picture from '{model}' is not base64", code="bad_image"
             ) from exc
-        out.append((ctx.images.put(raw), b64))
+        out.append((ctx.images.put(raw, owner), b64))
     return out
 
 
@@ -154,7 +156,7 @@ async def _picture_result(
     ctx: ProxyContext, args: ImageArgs, seed: int, answer: Answer, base_url: str | None
 ) -> types.CallToolResult:
     model = args.model.id
-    pictures = await asyncio.to_thread(_store, ctx, answer, model)
+    pictures = await asyncio.to_thread(_store, ctx, answer, model, keys.current().name)
     urls = [f"{base_url}/images/{name}" for name, _ in pictures] if base_url else []
     size = (
         answer.data.get("size") or args.size or (args.model.sizes[0] if args.model.sizes else None)

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from mcp import MCPError, types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -36,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.images import image_url_base
+from proxy.keys import OPEN, PRINCIPAL, Principal
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -114,7 +117,16 @@ class McpEndpoint:
             yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI endpoint (the proxy's `BodyLimit` has checked the body against `limit`)."""
+        """The ASGI endpoint (the proxy's `BodyLimit` has checked the body against `limit`).
+
+        Each session belongs to the key that opened it: the SDK's session manager keeps
+        the ``scope["user"]`` of the opening request and answers a request of any other
+        user on that ``Mcp-Session-Id`` exactly as an unknown session (404 "Session not
+        found"). The user is the key's principal name (`proxy.keys`), never the key."""
+        principal = scope.get("state", {}).get("principal", OPEN)
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token="", client_id=principal.name, scopes=[])
+        )
         await self.sessions.handle_request(scope, receive, send)
 
     # -- handlers ---------------------------------------------------------------
@@ -122,6 +134,10 @@ class McpEndpoint:
     async def _list_tools(
         self, rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        with _as_caller(rctx):
+            return await self._tools()
+
+    async def _tools(self) -> types.ListToolsResult:
         try:
             models = await self._get_ctx().manager.models()
         except ProxyError as exc:
@@ -133,6 +149,12 @@ class McpEndpoint:
         return image_url_base(self._get_ctx(), request) if request is not None else None
 
     async def _call_tool(
+        self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        with _as_caller(rctx):
+            return await self._call(rctx, params)
+
+    async def _call(
         self, rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         ctx = self._get_ctx()
@@ -170,6 +192,23 @@ class McpEndpoint:
             return _error_result(
                 f"Internal error in the proxy while running {params.name}; see its log."
             )
+
+
+@contextlib.contextmanager
+def _as_caller(rctx: ServerRequestContext[Any]) -> Iterator[None]:
+    """`proxy.keys.PRINCIPAL` set to the principal of the HTTP request that carried this
+    message (a session's handlers run in the task of the request that opened it)."""
+    request = rctx.request
+    state = request.scope.get("state", {}) if request is not None else {}
+    principal = state.get("principal")
+    if not isinstance(principal, Principal):
+        yield
+        return
+    token = PRINCIPAL.set(principal)
+    try:
+        yield
+    finally:
+        PRINCIPAL.reset(token)
 
 
 def _error_result(text: str) -> types.CallToolResult:

@@ -123,6 +123,7 @@ def proxy_on_all_addresses(work: Path) -> Iterator[int]:
         "HOMELAB_API_KEYS": "lan-" + secrets.token_urlsafe(24),
         "HOMELAB_PROXY_HOST": "0.0.0.0",
         "HOMELAB_PROXY_PORT": str(port),
+        "HOMELAB_STATE_DIR": str(work / "state"),  # its job store, not the user's
     }
     log = (work / "proxy.log").open("w")
     proc = subprocess.Popen(

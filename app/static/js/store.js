@@ -11,7 +11,9 @@ const MAX_ENTRIES = 400;
 const MAX_HISTORY = 200;
 
 /**
- * @typedef {{id: string, name: string}} ImageRef
+ * @typedef {{id: string, name: string, stored?: string, deleted?: boolean}} ImageRef
+ *   `id`: the blob's key in this browser; `stored`: the picture's name in the proxy's image
+ *   store (it came as a URL), for [delete]; `deleted`: deleted there and here
  * @typedef {{id: string, t: "user", text: string, model: string, mode: "chat" | "image", image?: ImageRef}} UserEntry
  * @typedef {{id: string, t: "assistant", text: string, model: string, stopped?: boolean, truncated?: boolean}} AssistantEntry
  * @typedef {{id: string, t: "image", model: string, prompt: string, images: ImageRef[], edit?: boolean, seconds?: number}} ImageEntry

@@ -37,6 +37,7 @@ export class Terminal {
       screen: this.screen,
       viewer: new ImageViewer(byId("lightbox", HTMLDialogElement)),
       images: new ImageStore(),
+      deleteStored: (name) => this.api.deleteImage(name),
     });
     this.states = new ModelStates({
       bar: byId("status", HTMLElement),

@@ -19,12 +19,16 @@ import { loadTranscript, newId, saveTranscript } from "./store.js";
 export class Transcript {
   /**
    * Starts with the entries this browser kept; `restore()` draws them.
-   * @param {{screen: Scrollback, viewer: ImageViewer, images: ImageStore}} parts
+   * `deleteStored(name)` deletes a picture from the proxy's image store (true: deleted;
+   * false: the proxy no longer has it); pictures with a `stored` name get a [delete].
+   * @param {{screen: Scrollback, viewer: ImageViewer, images: ImageStore,
+   *          deleteStored?: (name: string) => Promise<boolean>}} parts
    */
-  constructor({ screen, viewer, images }) {
+  constructor({ screen, viewer, images, deleteStored }) {
     this.screen = screen;
     this.viewer = viewer;
     this.images = images;
+    this.deleteStored = deleteStored;
     /** Oldest first. Read it; change it only through `record` and `clear`. @type {Entry[]} */
     this.entries = loadTranscript();
   }
@@ -55,12 +59,31 @@ export class Transcript {
    * Store a picture for an entry to refer to.
    * @param {Blob} blob
    * @param {string} name
+   * @param {string} [stored]  its name in the proxy's image store, if it has it
    * @returns {Promise<ImageRef>}
    */
-  async keepImage(blob, name) {
+  async keepImage(blob, name, stored) {
+    /** @type {ImageRef} */
     const ref = { id: newId(), name };
+    if (stored) ref.stored = stored;
     await this.images.put(ref.id, blob);
     return ref;
+  }
+
+  /**
+   * [delete]: the picture goes from the proxy (its URL answers 404 from then on) and
+   * from this browser; the entry keeps a line that says so.
+   * @private
+   * @param {ImageRef} ref
+   * @param {HTMLElement} slot
+   */
+  async deletePicture(ref, slot) {
+    if (!ref.stored || !this.deleteStored) return;
+    await this.deleteStored(ref.stored); // false: the proxy had it no more; gone either way
+    ref.deleted = true;
+    saveTranscript(this.entries);
+    void this.images.prune(this.imageIds());
+    slot.replaceChildren(deletedLine(ref));
   }
 
   /**
@@ -85,6 +108,10 @@ export class Transcript {
         const holder = this.screen.add(h("div", { class: "entry images", "data-model": entry.model }));
         entry.images.forEach((ref, i) => {
           const slot = holder.appendChild(h("div", { class: "image-slot" }));
+          if (ref.deleted) {
+            slot.appendChild(deletedLine(ref));
+            return;
+          }
           void this.images.get(ref.id).then((blob) => {
             if (!blob) {
               slot.appendChild(h("div", { class: "line dim", text: `[image ${ref.name}: no longer stored in this browser]` }));
@@ -96,6 +123,7 @@ export class Transcript {
                 caption: `${entry.model}${entry.edit ? " edit" : ""}${entry.images.length > 1 ? ` ${i + 1}/${entry.images.length}` : ""}${entry.seconds ? ` · ${entry.seconds}s` : ""}`,
                 filename: `${entry.model}-${entry.id}-${i + 1}`,
                 alt: `${entry.edit ? "edited" : "generated"} by ${entry.model}: ${entry.prompt}`,
+                onDelete: ref.stored && this.deleteStored ? () => this.deletePicture(ref, slot) : undefined,
               }),
             );
             this.screen.follow();
@@ -128,7 +156,7 @@ export class Transcript {
     const ids = new Set();
     for (const e of this.entries) {
       if (e.t === "user" && e.image) ids.add(e.image.id);
-      if (e.t === "image") for (const ref of e.images) ids.add(ref.id);
+      if (e.t === "image") for (const ref of e.images) if (!ref.deleted) ids.add(ref.id);
     }
     return ids;
   }
@@ -142,4 +170,12 @@ export class Transcript {
     this.screen.print("── new conversation ──", "dim");
     await this.images.prune(new Set());
   }
+}
+
+/**
+ * The line a deleted picture leaves.
+ * @param {ImageRef} ref
+ */
+function deletedLine(ref) {
+  return h("div", { class: "line dim", text: `[image ${ref.name}: deleted]` });
 }

@@ -150,6 +150,7 @@ class FaultStack:
             "HOMELAB_API_KEYS": self.api_key,
             "HOMELAB_IMAGE_DIR": str(self.work / "images"),
             "HOMELAB_APP_DIR": str(self.work / "app"),
+            "HOMELAB_STATE_DIR": str(self.work / "state"),  # its job store, not the user's
             **self.proxy_env_extra,
         }
 

@@ -11,6 +11,7 @@ and one embedding model (`jb-emb`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -18,11 +19,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 
 from manager.settings import ManagerSettings
 from tests.integration.conftest import (
@@ -93,8 +96,17 @@ class JobsStack:
             base_url=self.proxies[name].url, headers=self.headers(), timeout=60, **kwargs
         )
 
-    def start_proxy(self, name: str, jobs_url: str, extra: dict[str, str] | None = None) -> str:
-        """Start (or restart) proxy `name` on a fresh port with the given job store."""
+    def start_proxy(
+        self,
+        name: str,
+        jobs_url: str,
+        extra: dict[str, str] | None = None,
+        *,
+        is_ours: Callable[[str], bool] | None = None,
+    ) -> str:
+        """Start (or restart) proxy `name` on a fresh port with the given job store.
+        `is_ours(url)`: how to tell it is up and ours (default: `readyz` with the stack's key
+        names this stack's manager; an open proxy tells no key holder that)."""
         for attempt in range(3):
             (port,) = free_ports(1)
             url = f"http://127.0.0.1:{port}"
@@ -125,7 +137,8 @@ class JobsStack:
                 return r.status_code == 200 and r.json()["manager"] == self.manager_url
 
             try:
-                _wait_ours(proc, log, ours)
+                check = ours if is_ours is None else functools.partial(is_ours, url)
+                _wait_ours(proc, log, check)
             except PortTaken:
                 if attempt == 2:
                     raise
@@ -141,6 +154,17 @@ class JobsStack:
             proxy.proc.wait(10)
         else:
             _stop(proxy.proc)
+
+
+def wait_batch(sdk: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
+    """The batch once it has ended (completed, failed, cancelled or expired)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        batch = sdk.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, TEXT_B, JobsStack
+from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, TEXT_B, JobsStack, wait_batch
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,6 @@ def chat_line(custom_id: str, model: str, text: str, **extra) -> dict:
         "url": "/v1/chat/completions",
         "body": {"model": model, "messages": [{"role": "user", "content": text}], **extra},
     }
-
-
-def wait_batch(sdk: openai.OpenAI, batch_id: str, timeout: float = 120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        batch = sdk.batches.retrieve(batch_id)
-        if batch.status in ("completed", "failed", "cancelled", "expired"):
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} still {batch.status}")
 
 
 def test_mixed_model_batch_output_in_request_order(sdk: openai.OpenAI) -> None:

@@ -36,6 +36,7 @@ from proxy.jobs.state import (
     transition,
 )
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.keys import Principal
 
 T, B = TaskState, BatchState
 TASK_MOVES = {
@@ -129,7 +130,11 @@ def test_records_written_by_the_earlier_untyped_proxy_read_back_unchanged() -> N
     }
     job = decode(orjson.dumps(old_job), Job)
     assert job.state is T.STARTED and job.worker == "abcd"
-    assert orjson.loads(encode(job)) == old_job
+    # Written before jobs had owners: no owner, which only an admin key sees.
+    assert job.owner is None
+    assert orjson.loads(encode(job)) == {**old_job, "owner": None}
+    assert Principal(name="admin", admin=True).owns(job.owner)
+    assert not Principal(name="").owns(job.owner)
     old_batch = {
         "id": "batch_y",
         "object": "batch",
@@ -154,8 +159,8 @@ def test_records_written_by_the_earlier_untyped_proxy_read_back_unchanged() -> N
         "jobs": ["batch_y-0"],
     }
     batch = decode(orjson.dumps(old_batch), BatchRecord)
-    assert batch.status is B.CANCELLING
-    assert orjson.loads(encode(batch)) == old_batch
+    assert batch.status is B.CANCELLING and batch.owner is None
+    assert orjson.loads(encode(batch)) == {**old_batch, "owner": None}
     assert list(orjson.loads(encode(batch.public()))) == list(old_batch)[:-1]  # no "jobs"
 
 
@@ -380,7 +385,7 @@ async def test_the_dispatcher_refuses_a_forbidden_move_before_it_writes(tmp_path
     try:
         jobs = Dispatcher(None, AsyncJobStore(store))  # type: ignore[arg-type]  # no ctx needed
         job = await jobs.submit(
-            method="create_completion", model="m", endpoint="/v1/completions", body={}
+            method="create_completion", model="m", endpoint="/v1/completions", body={}, owner="k"
         )
         with pytest.raises(IllegalTransition, match="PENDING -> SUCCESS"):
             await jobs._finish(job, T.SUCCESS, status=200, result={})

@@ -216,7 +216,7 @@ async def test_unknown_or_expired_image_is_404(stack: Stack) -> None:
 
 def test_store_expires_images(tmp_path) -> None:
     store = ImageStore(tmp_path, ttl=60)
-    name = store.put(png_bytes())
+    name = store.put(png_bytes(), "k")
     assert store.get(name)[0] == png_bytes()
     path = tmp_path / name
     old = time.time() - 120
@@ -225,14 +225,14 @@ def test_store_expires_images(tmp_path) -> None:
     os.utime(path, (old, old))
     assert store.get(name) is None
     assert not path.exists()
-    other = store.put(png_bytes())
+    other = store.put(png_bytes(), "k")
     os.utime(tmp_path / other, (old, old))
     assert store.purge_expired() == 1
 
 
 def test_store_refuses_non_images(tmp_path) -> None:
     with pytest.raises(UpstreamError):
-        ImageStore(tmp_path, 60).put(b"<html>")
+        ImageStore(tmp_path, 60).put(b"<html>", "k")
 
 
 def test_urls_for_keeps_other_fields(tmp_path) -> None:
@@ -241,13 +241,13 @@ def test_urls_for_keeps_other_fields(tmp_path) -> None:
         "created": 5,
         "data": [{"b64_json": base64.b64encode(png_bytes()).decode(), "revised_prompt": "p"}],
     }
-    out = urls_for(store, answer, "http://h:1")
+    out = urls_for(store, answer, "http://h:1", "k")
     assert out["created"] == 5
     item = out["data"][0]
     assert item["revised_prompt"] == "p" and "b64_json" not in item
     assert item["url"].startswith("http://h:1/images/")
     with pytest.raises(UpstreamError):
-        urls_for(store, {"data": [{"b64_json": "!!!"}]}, "http://h:1")
+        urls_for(store, {"data": [{"b64_json": "!!!"}]}, "http://h:1", "k")
 
 
 @pytest.mark.parametrize(
@@ -279,14 +279,17 @@ def test_the_image_store_keeps_at_most_its_count_and_bytes_oldest_first(tmp_path
     store = ImageStore(tmp_path, ttl=3600, max_count=3, max_bytes=10 * len(png_bytes()))
     names = []
     for i in range(5):
-        names.append(store.put(png_bytes()))
+        names.append(store.put(png_bytes(), "k"))
         now = time.time() - 100 + i  # distinct ages, oldest first
         __import__("os").utime(tmp_path / names[-1], (now, now))
-    kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == sorted(names[-3:])
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert kept == sorted(n for name in names[-3:] for n in (name, name + ".owner"))
     assert store.get(names[0]) is None and store.get(names[-1]) is not None
 
     by_bytes = ImageStore(tmp_path / "b", ttl=3600, max_count=100, max_bytes=2 * len(png_bytes()))
-    many = [by_bytes.put(png_bytes()) for _ in range(4)]
-    left = list((tmp_path / "b").iterdir())
+    many = [by_bytes.put(png_bytes(), "k") for _ in range(4)]
+    left = [p for p in (tmp_path / "b").iterdir() if not p.name.endswith(".owner")]
     assert len(left) == 2 and many[-1] in {p.name for p in left}
+    assert {p.name for p in (tmp_path / "b").iterdir()} == {
+        n for p in left for n in (p.name, p.name + ".owner")
+    }

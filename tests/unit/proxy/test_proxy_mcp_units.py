@@ -249,7 +249,7 @@ async def test_picture_arguments(tmp_path) -> None:  # noqa: ANN001
     b64 = base64.b64encode(png).decode()
     assert await read_image(store, b64, "image", 10_000) == png
     assert await read_image(store, f"data:image/png;base64,{b64}", "image", 10_000) == png
-    name = store.put(png)
+    name = store.put(png, "k")
     assert await read_image(store, f"http://any-host:8080/images/{name}", "image", 10_000) == png
     for bad, why in (
         ("https://example.com/x.png", "image URL this proxy returned"),

@@ -13,9 +13,11 @@ from mcp import types
 from proxy_fakes import dead_port
 from proxy_stack import API_KEY, Stack
 
+from proxy import keys
 from proxy.errors import UpstreamError
 from proxy.jobs.records import Job
 from proxy.jobs.runner import run_job
+from proxy.keys import Principal, simple_name
 from tests.mcp_client import http_session, text_of
 
 PROXY = Path(__file__).resolve().parents[3] / "proxy"
@@ -225,3 +227,37 @@ async def test_a_whole_answer_over_the_limit_is_refused_and_the_lease_ended(stac
         "chat-a", "/v1/chat/completions", body, "application/json", answer_limit=10_000
     ) as call:
         assert call.body is not None and orjson.loads(call.body)["object"] == "chat.completion"
+
+
+# -- jobs run as their owner (issue 22) ----------------------------------------------------
+
+
+async def test_a_job_calls_the_model_as_its_owner_and_a_revoked_keys_job_not_at_all(
+    make_stack,  # noqa: ANN001
+) -> None:
+    """Inside `proxy.modelcall`, `proxy.keys.current()` is the job's owner (as the ring has
+    it now), as it is the caller for /v1 and MCP; a key revoked since fails its job."""
+    async with make_stack(api_keys=[API_KEY]) as stack:
+        ctx = stack.app.state.ctx
+        seen: list[Principal] = []
+        real = ctx.model_calls.call
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen.append(keys.current())
+            return real(*args, **kwargs)
+
+        ctx.model_calls.call = call
+        owner = simple_name(API_KEY)
+        job = _job("hi")
+        job.owner = owner
+        outcome = await run_job(ctx, job)
+        assert outcome.ok, outcome
+        assert seen == [Principal(name=owner)]
+        assert keys.current() == keys.OPEN  # set for the call only
+
+        job.owner = simple_name("a-key-revoked-since")
+        outcome = await run_job(ctx, job)
+        assert outcome.status == 401 and outcome.error is not None
+        assert outcome.error["code"] == "key_revoked"
+        assert job.owner in outcome.error["message"]
+        assert len(seen) == 1 and stack.manager.granted == 1, "no model call, no lease"
