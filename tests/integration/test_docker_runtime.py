@@ -23,7 +23,7 @@ from manager import model_guard
 from manager.docker_runtime import GATE, HF_CACHE_TARGET, DockerRuntime, _send_line
 from manager.errors import RuntimeFailure, StartFailed
 from manager.exit_watch import ExitWatch
-from manager.gate import GUARD_SOURCE_ENV
+from manager.gate import GUARD_SOURCE_ENV, HANDSHAKE_SECONDS
 from manager.health import HttpReadinessProbe
 from manager.runtime import (
     LABEL_GATED,
@@ -35,6 +35,7 @@ from manager.runtime import (
     spec_hash,
 )
 from manager.settings import ManagerSettings
+from tests import slow_client
 from tests.integration.conftest import (
     FAKE_IMAGE,
     SESSION,
@@ -549,6 +550,32 @@ async def test_a_wrong_key_does_not_release_the_gate(runtime: DockerRuntime, doc
     )
     await runtime.stop(name, spec, timeout=5)
     assert await runtime.inspect(name, spec) is None
+
+
+async def test_a_client_trickling_at_a_standby_gate_is_cut_and_the_key_still_releases_it(
+    runtime: DockerRuntime, probe
+) -> None:
+    """Through Docker's published port (issue 23: a client trickling bytes after a wrong
+    key held the gate open for as long as it trickled): the gate's one deadline per
+    handshake (2 s) cuts it, however it trickles; the manager's release works after.
+    Counted in bytes (0.1 s apart), never timed."""
+    port = free_port()
+    name = model_name("trickle")
+    spec = text_spec("trickle", port, env={"FAKEVLLM_LOAD_SECONDS": "0"})
+    await runtime.prepare(name, spec)
+    for _ in range(50):
+        if await gate_answer(spec.port, b"?\n") == b"no\n":
+            break
+        await asyncio.sleep(0.1)
+    bound = int(5 * HANDSHAKE_SECONDS / 0.1)
+    for first in (b"not-the-key\n", b"n"):
+        taken = await asyncio.to_thread(
+            slow_client.trickle, "127.0.0.1", spec.port, first, every=0.1, limit=3 * bound
+        )
+        assert taken < bound, first
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
 
 
 async def test_a_restarted_runtime_sees_a_standby_container_as_standby_and_can_release_it(

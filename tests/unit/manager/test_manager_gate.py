@@ -12,7 +12,6 @@ the run."""
 from __future__ import annotations
 
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from manager.gate import GUARD_MODULE, GUARD_SOURCE_ENV, HANDSHAKE_SECONDS, RELEASED
+from tests import slow_client
 
 GATE_FILE = Path(__file__).resolve().parents[3] / "manager" / "gate.py"
 KEY = b"the-gate-key"
@@ -72,32 +72,9 @@ def gate(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
         proc.wait()
 
 
-def _answered(conn: socket.socket) -> bool:
-    """Whether the gate has sent anything on `conn` yet: an answer, its end of stream or
-    a reset."""
-    return bool(select.select([conn], [], [], 0)[0])
-
-
-def _drain(conn: socket.socket) -> None:
-    """Read what the gate sent (its answer, its end of stream); OSError on a reset."""
-    while select.select([conn], [], [], 0)[0] and conn.recv(64):
-        pass
-
-
 def trickle(port: int, first: bytes) -> int:
-    """Send `first`, then one byte every TRICKLE_EVERY s until the gate has closed the
-    connection (a send or a read is refused: the gate's socket is gone, not only its
-    half); the bytes trickled by then (OUTER when it never did)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(first)
-        for sent in range(OUTER):
-            time.sleep(TRICKLE_EVERY)
-            try:
-                conn.sendall(b"x")
-                _drain(conn)
-            except OSError:
-                return sent
-    return OUTER
+    """Bytes the gate let a client trickle (one every TRICKLE_EVERY s) after `first`."""
+    return slow_client.trickle("127.0.0.1", port, first, every=TRICKLE_EVERY, limit=OUTER)
 
 
 def test_a_client_trickling_after_a_wrong_key_is_cut(
@@ -122,7 +99,7 @@ def test_idle_connections_do_not_hold_up_the_key(gate: tuple[int, subprocess.Pop
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(KEY + b"\n")
             assert conn.recv(64) == b"ok\n"
-            assert not any(_answered(c) for c in idle)
+            assert not any(slow_client.answered(c) for c in idle)
     finally:
         for c in idle:
             c.close()
