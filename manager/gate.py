@@ -17,7 +17,8 @@ Connections are handled side by side, each within one deadline for its whole
 handshake (`HANDSHAKE_SECONDS`: reading the line, answering, waiting for the client to
 close): a client that sends nothing, or trickles bytes before or after its line, is
 cut when the deadline passes, and never delays another connection (the manager's
-release above all). At most `MAX_HANDSHAKES` run at once; a connection beyond them is
+release above all). A connection that got "ok" releases the gate when it closes or is
+cut, whichever comes first. At most `MAX_HANDSHAKES` run at once; a connection beyond them is
 closed at once.
 
 Before the `execvp`, when the container's environment carries `GUARD_SOURCE_ENV` (the
@@ -50,8 +51,11 @@ GUARD_SOURCE_ENV = "GATE_GUARD_SOURCE"
 GUARD_MODULE = "homelab_model_guard"
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes) -> bool:
-    """Read the first line, answer "ok" or "no", wait for the client to close; True on the key."""
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, sent_ok: list[bool]
+) -> None:
+    """Read the first line, answer "ok" (setting `sent_ok`) or "no", wait for the client to
+    close."""
     data = b""
     while b"\n" not in data and len(data) < LINE_LIMIT:
         chunk = await reader.read(LINE_LIMIT)
@@ -59,14 +63,16 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             break
         data += chunk
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
-    released = bool(key) and hmac.compare_digest(line, key)
-    writer.write(b"ok\n" if released else b"no\n")
+    if key and hmac.compare_digest(line, key):
+        sent_ok.append(True)
+        writer.write(b"ok\n")
+    else:
+        writer.write(b"no\n")
     await writer.drain()
     if writer.can_write_eof():
         writer.write_eof()
     while await reader.read(LINE_LIMIT):  # until the client closes (bounded by the deadline)
         pass
-    return released
 
 
 async def _serve(port: int, key: bytes) -> None:
@@ -80,15 +86,15 @@ async def _serve(port: int, key: bytes) -> None:
             writer.transport.abort()
             return
         busy[0] += 1
-        ok = False
+        sent_ok: list[bool] = []
         try:
-            ok = await asyncio.wait_for(_exchange(reader, writer, key), HANDSHAKE_SECONDS)
+            await asyncio.wait_for(_exchange(reader, writer, key, sent_ok), HANDSHAKE_SECONDS)
         except (asyncio.TimeoutError, OSError):  # noqa: UP041 (Python 3.8: not TimeoutError)
             writer.transport.abort()  # cut: no FIN handshake to wait for
         finally:
             busy[0] -= 1
             writer.close()
-        if ok and not released.done():
+        if sent_ok and not released.done():  # released once "ok" is said, closed or cut
             released.set_result(None)
 
     server = await asyncio.start_server(handle, "0.0.0.0", port, reuse_address=True, backlog=16)

@@ -106,3 +106,16 @@ def test_idle_connections_do_not_hold_up_the_key(gate: tuple[int, subprocess.Pop
     out, _ = proc.communicate(timeout=30)
     assert out.splitlines() == [RELEASED, "True None"]
     assert proc.returncode == 0
+
+
+def test_the_key_releases_the_gate_even_if_its_client_never_closes(
+    gate: tuple[int, subprocess.Popen[str]],
+) -> None:
+    """Once the gate said "ok", it becomes the server when the deadline cuts a client that
+    keeps the connection open (an ok that did not release would leave the model down)."""
+    port, proc = gate
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(KEY + b"\n")
+        assert conn.recv(64) == b"ok\n"
+        out, _ = proc.communicate(timeout=30)  # the connection is still open here
+    assert out.splitlines() == [RELEASED, "True None"]
