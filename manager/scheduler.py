@@ -883,6 +883,7 @@ class Scheduler:
             observed_gpu_memory_mib=rec.observed_mib,
             priority=rec.spec.priority,
             pinned=rec.spec.pinned,
+            backend=text.backend if text else ("diffusers" if image else "vllm"),
         )
 
 

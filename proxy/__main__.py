@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from proxy.app import create_app
+from proxy.catalogue import CatalogueError
 from proxy.settings import ProxySettings
 
 KEEP_ALIVE = 5
@@ -32,7 +33,11 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except CatalogueError as exc:
+        print(f"proxy: invalid catalogue (HOMELAB_CATALOGUE): {exc}", file=sys.stderr)
+        sys.exit(2)
     # The objects made so far (about 130k: the imports and the app) leave the collector's
     # view. A full collection of them paused the event loop for 120-165 ms now and then,
     # which was the proxy's worst latency (bench.latency's p99 at one client).

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops
 from proxy.auth import ApiKeyMiddleware
+from proxy.catalogue import load_catalogue
 from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
@@ -47,6 +48,8 @@ from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
 from proxy.modelcall import ModelCalls
+from proxy.routing import Router
+from proxy.routing import cancel as cancel_task
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
 from proxy.web import mount_ui, proxy_version
@@ -76,9 +79,11 @@ def create_app(
     manager_client: ManagerClient | None = None,
     http_client: aiohttp.ClientSession | None = None,
 ) -> FastAPI:
-    """Build the proxy. `manager_client` / `http_client` let tests hand in their own."""
+    """Build the proxy. `manager_client` / `http_client` let tests hand in their own.
+    Raises `proxy.catalogue.CatalogueError` for a bad ``HOMELAB_CATALOGUE`` file."""
     settings = settings or ProxySettings()
     metrics = Metrics()
+    router = Router(load_catalogue(settings.catalogue))  # CatalogueError: start-up stops
     ring = KeyRing.simple(settings.keys())
     """The keys: checked by the middleware; a job runs as its owner's principal in it."""
 
@@ -112,6 +117,7 @@ def create_app(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.upstream_timeout,
             waiting=waiting,
+            router=router,
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -153,12 +159,18 @@ def create_app(
             )
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(ctx.events.run(), name="manager-events")
+            health = (
+                asyncio.create_task(router.watch(model_calls.probe), name="endpoint-health")
+                if router.catalogue.endpoints
+                else None
+            )
             try:
                 await ctx.jobs.start()
                 async with mcp_endpoint.running():
                     yield
             finally:
                 await ctx.jobs.close()
+                await cancel_task(health)
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower

@@ -146,6 +146,12 @@ class UpstreamError(ProxyError):
     status, type, code, source = 502, "server_error", "model_server_error", MODEL_SERVER
 
 
+class EndpointUnavailable(UpstreamError):
+    """A remote endpoint of the proxy's catalogue could not be reached (503)."""
+
+    status, code = 503, "endpoint_unavailable"
+
+
 def normalise_error_body(raw: bytes, status: int, source: Source) -> ProxyError:
     """Turn a foreign error answer (vLLM's, the manager's, FastAPI's) into a ProxyError.
 

@@ -12,6 +12,9 @@ Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffere
 final ``data: {"error": {...}}`` event, which the openai SDK raises as
 ``APIError``. Everything else is read whole, so errors can be normalised and
 image answers rewritten to URLs (`answer_with_urls`).
+
+Every answer a model gave carries ``X-Homelab-Served-By: <model>@<host or endpoint>``
+(`SERVED_BY`): the model that served it (a fallback's name when one did) and where.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from proxy.errors import ProxyError, UpstreamError
 from proxy.images import ImageStore, urls_for
 from proxy.modelcall import ModelCall
 from wire.disconnect import watch_disconnect
+
+SERVED_BY = b"x-homelab-served-by"
+"""The answer header naming who served it: ``<model>@<host or endpoint>`` (docs/api.md)."""
 
 
 class Forward(Watched):
@@ -78,6 +84,7 @@ class Forward(Watched):
                         "headers": [
                             (b"content-type", ctype.encode()),
                             (b"content-length", str(len(raw)).encode()),
+                            (SERVED_BY, call.served_by.encode()),
                         ],
                     }
                 )
@@ -88,7 +95,8 @@ class Forward(Watched):
 
     @staticmethod
     async def _stream(call: ModelCall, send: Send, watch: watch_disconnect) -> None:
-        await send({"type": "http.response.start", "status": call.status, "headers": SSE_HEADERS})
+        headers = [*SSE_HEADERS, (SERVED_BY, call.served_by.encode())]
+        await send({"type": "http.response.start", "status": call.status, "headers": headers})
         at_boundary = True
         try:
             async for chunk in call.chunks():

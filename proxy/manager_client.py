@@ -57,6 +57,8 @@ OUTAGE_RETRY_AFTER = 5
 """Retry-After (seconds) on the 503 a client gets once the outage window has passed."""
 SETTLE_WINDOW = 600.0
 """Seconds a release that could not be delivered is retried in the background."""
+NO_WAIT_LOCK = 1.0
+"""Seconds `ManagerClient.models(wait=False)` waits for another caller's fetch."""
 SHUTTING_DOWN = "manager_shutting_down"
 """The manager's error code while it shuts down (a restart): retried like an outage."""
 
@@ -94,6 +96,10 @@ class ManagerClient:
         )
         self.outage_window = outage_window
         """Seconds a lease request rides out an unreachable manager (module docstring)."""
+        self.reachable = True
+        """The manager answered the last request (or event stream) the proxy sent it; False
+        from a failed connection until its next answer. Read by the fallback choice
+        (`proxy.routing`); no request is made to learn it."""
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -114,10 +120,12 @@ class ManagerClient:
                 timeout=client_timeout,
             ) as resp:
                 raw = await resp.read()
+                self.reachable = True
                 if resp.status < 400:
                     return resp.status, raw
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.reachable = False
             raise ManagerUnreachable(
                 f"The manager at {self.base_url} cannot be reached: {exc.__class__.__name__}: {exc}"
             ) from exc
@@ -198,22 +206,37 @@ class ManagerClient:
 
     # -- the contract -----------------------------------------------------------
 
-    async def models(self, *, max_age: float | None = None) -> dict[str, ModelStatus]:
+    async def models(
+        self, *, max_age: float | None = None, wait: bool = True
+    ) -> dict[str, ModelStatus]:
         """The manager's ModelStatus objects keyed by id, at most `max_age` seconds old.
 
-        Concurrent callers share one fetch. Raises ManagerUnavailable / ManagerRefused.
+        Concurrent callers share one fetch. Without a list yet, an unreachable manager is
+        waited for (`outage_window`) unless `wait` is False (a model with fallbacks).
+        Raises ManagerUnavailable / ManagerRefused.
         """
         age = self._models_ttl if max_age is None else max_age
         if self._models is not None and time.monotonic() - self._models_at <= age:
             return self._models
-        async with self._models_lock:
+        if not wait and self._models is None and not self.reachable:
+            raise ManagerUnavailable(f"The manager at {self.base_url} cannot be reached")
+        try:
+            async with asyncio.timeout(None if wait else NO_WAIT_LOCK):
+                await self._models_lock.acquire()
+        except TimeoutError:  # another caller rides out an outage with the lock held
+            if self._models is None:
+                raise ManagerUnavailable(
+                    f"The manager at {self.base_url} cannot be reached"
+                ) from None
+            return self._models
+        try:
             if self._models is not None and time.monotonic() - self._models_at <= age:
                 return self._models
             started = time.monotonic()
             try:
                 _, raw = await self._ride_out(
                     lambda: self._call("GET", "/v1/models"),
-                    0.0 if self._models is not None else self.outage_window,
+                    0.0 if self._models is not None or not wait else self.outage_window,
                 )
             except ManagerUnavailable:
                 if self._models is None:
@@ -224,6 +247,8 @@ class ManagerClient:
             self._models = {m.id: m for m in listing.data}
             self._models_at = started
             return self._models
+        finally:
+            self._models_lock.release()
 
     def invalidate_models(self) -> None:
         """Make the next `models()` call fetch afresh (a state changed)."""
@@ -288,7 +313,9 @@ class ManagerClient:
                 timeout=self._events_timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.reachable = False
             raise ManagerUnavailable(f"The manager's event stream cannot be opened: {exc}") from exc
+        self.reachable = True
         if resp.status >= 400:
             raw = await resp.read()
             resp.close()

@@ -33,10 +33,18 @@ answer is not complete is dropped, and vLLM then aborts the generation) and ends
 lease if still held. Cancellation at any step (a client disconnect) does the same;
 cancelling while queued withdraws the request from the manager's queue.
 
+Routing (`proxy.routing`, from the proxy's catalogue): a remote model is POSTed to its
+endpoint with the endpoint's key, with no lease and no retry (an endpoint that cannot
+be reached is a 503 ``endpoint_unavailable``); a model with fallbacks is tried on its
+targets in the order `proxy.routing.order` gives, moving to the next one while nothing
+has reached the caller and the error says the host or endpoint is away or busy (the body
+gets the fallback's name as its ``model``). `ModelCall.served_by` names who served it.
+
 Metrics, for every call: ``in_flight``, ``queue_wait`` (first lease), and ``requests`` /
-``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) with the
-status the caller saw: the model server's, the error's, 502 for a broken stream, 499
-when cancelled.
+``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) and the
+model that served it (remote models and fallbacks included), with the status the
+caller saw: the model server's, the error's, 502 for a broken stream, 499 when
+cancelled.
 
 Every error is a `proxy.errors.ProxyError`: the lean client's transport errors
 (`proxy.upstream.UPSTREAM_ERRORS`) are translated here and nowhere else.
@@ -45,18 +53,34 @@ Every error is a `proxy.errors.ProxyError`: the lean client's transport errors
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 
-from proxy.errors import MODEL_SERVER, ProxyError, UpstreamError, normalise_error_body
+import orjson
+
+from proxy.catalogue import Catalogue, RemoteEndpoint
+from proxy.errors import (
+    MODEL_SERVER,
+    EndpointUnavailable,
+    ManagerRefused,
+    ManagerUnavailable,
+    ProxyError,
+    UpstreamError,
+    normalise_error_body,
+)
 from proxy.lease_pool import LeasePool, LeaseUse
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
+from proxy.routing import Router, Target, order, view
 from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
 from wire.events import SSE_MEDIA_TYPE, SseParser
 from wire.lease import LeaseGrant
+from wire.models import ModelStatus
+
+log = logging.getLogger("proxy.modelcall")
 
 ANSWER_LIMIT = 256 * 1024 * 1024
 """Largest whole answer read by default (a few large pictures in base64)."""
@@ -84,14 +108,17 @@ class ModelCalls:
         connect_timeout: float,
         read_timeout: float,
         waiting: Counter[str] | None = None,
+        router: Router | None = None,
     ) -> None:
         """`read_timeout`: longest silence from a model server; `waiting`: interactive
-        calls waiting for a lease now, per model (shared with the job dispatcher)."""
+        calls waiting for a lease now, per model (shared with the job dispatcher);
+        `router`: the catalogue's remote models and fallbacks (none by default)."""
         self.leases, self.manager, self.metrics = leases, manager, metrics
         self.upstream = upstream
         self.retry_endpoints = frozenset(retry_endpoints)
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.waiting: Counter[str] = Counter() if waiting is None else waiting
+        self.router = router or Router(Catalogue())
 
     def call(
         self,
@@ -145,6 +172,27 @@ class ModelCalls:
                 code="model_server_unreachable",
             ) from exc
 
+    async def probe(self, endpoint: RemoteEndpoint) -> str | None:
+        """A remote endpoint's health: ``GET <base_url>/models`` with its key answered 200
+        (None), or why not. The caller bounds the time (`proxy.routing.Router.watch`)."""
+        try:
+            resp = await self.upstream.get(
+                endpoint.base_url + "/models",
+                {"Accept-Encoding": "identity", **endpoint.headers()},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.connect_timeout,
+            )
+            try:
+                raw = await resp.read(ERROR_LIMIT)
+            finally:
+                resp.close()
+        except UPSTREAM_ERRORS as exc:
+            return f"{exc.__class__.__name__}: {exc}"
+        if resp.status != 200:
+            err = normalise_error_body(raw, resp.status, MODEL_SERVER)
+            return f"GET /models answered {resp.status}: {err.message}"
+        return None
+
     async def lost_server(self, held: LeaseUse, model: str) -> None:
         """`model`'s server could not be reached or broke off: nobody joins this lease any
         more, and the manager checks the server at once."""
@@ -190,6 +238,11 @@ class ModelCall:
         self.body: bytes | None = None
         """The whole answer, when not streamed."""
         self.lease: LeaseGrant | None = None
+        """The manager's lease it was served on (None for a remote endpoint)."""
+        self.served = model
+        """The model that served it: `model`, or a fallback of it (`proxy.routing`)."""
+        self.served_by = ""
+        """``<model>@<host or endpoint>``: the ``X-Homelab-Served-By`` answer header."""
 
     @property
     def answer_type(self) -> str:
@@ -228,31 +281,132 @@ class ModelCall:
             self._outcome = 499
         metrics = self._calls.metrics
         metrics.in_flight.dec()
-        metrics.requests.labels(self.label, self.model, str(self._outcome)).inc()
+        metrics.requests.labels(self.label, self.served, str(self._outcome)).inc()
         metrics.latency.labels(self.label).observe(time.perf_counter() - self.started)
 
-    async def _lease(self, first: bool) -> LeaseUse:
+    async def _lease(self, model: str, first: bool) -> LeaseUse:
         calls = self._calls
         waiting = calls.waiting if self._interactive else None
         if waiting is not None:
-            waiting[self.model] += 1
+            waiting[model] += 1
         try:
-            acquire = calls.leases.acquire(self.model)
+            acquire = calls.leases.acquire(model)
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
-                waiting[self.model] -= 1
+                waiting[model] -= 1
             if first:
-                calls.metrics.queue_wait.labels(self.model).observe(
-                    time.perf_counter() - self.started
-                )
+                calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
 
     async def _open(self) -> None:
         calls = self._calls
+        router = calls.router
+        route = router.routes.get(self.model)
+        if route is None:  # no fallbacks: one target (the host's, unless remote)
+            target = router.remote.get(self.model)
+            if target is None:
+                self.served_by = self.model + "@" + router.host
+                await self._open_local(self.model)
+            else:
+                await self._open_remote(target)
+            return
+        models: dict[str, ModelStatus] = {}
+        if calls.manager.reachable:
+            try:
+                models = await calls.manager.models(wait=False)
+            except ProxyError:
+                models = {}
+        targets = order(
+            route,
+            view(calls.manager.reachable, models, calls.waiting, router.health, route.targets),
+        )
+        for number, target in enumerate(targets, 1):
+            try:
+                if target.endpoint is None:
+                    self.served_by = target.served_by
+                    await self._open_local(target.model)
+                else:
+                    await self._open_remote(target)
+                return
+            except ProxyError as exc:
+                if number == len(targets) or not _divert(exc):
+                    raise
+                if self._resp is not None:
+                    self._resp.close()
+                    self._resp = None
+                if self._held is not None:
+                    self._held.end()
+                    self._held = None
+                self.streamed, self.lease = False, None
+                log.info("%s failed (%s): trying the next fallback", target.served_by, exc.code)
+
+    def _body_for(self, model: str) -> bytes | memoryview:
+        """The body with `model` as its model (a fallback of another name); else unchanged."""
+        if model == self.model or self._content_type != "application/json":
+            return self._body
+        try:
+            data = orjson.loads(self._body)
+        except orjson.JSONDecodeError:
+            return self._body
+        return orjson.dumps({**data, "model": model}) if isinstance(data, dict) else self._body
+
+    async def _open_remote(self, target: Target) -> None:
+        """POST to a remote endpoint of the catalogue with its key; no lease, no retry."""
+        calls, endpoint = self._calls, target.endpoint
+        assert endpoint is not None
+        self.served_by, self.served = target.served_by, target.model
+        try:
+            resp = self._resp = await calls.upstream.post(
+                endpoint.base_url + self.endpoint.removeprefix("/v1"),
+                self._body_for(target.model),
+                {
+                    "Content-Type": self._content_type,
+                    "Accept-Encoding": "identity",
+                    **endpoint.headers(),
+                },
+                connect_timeout=calls.connect_timeout,
+                read_timeout=calls.read_timeout,
+            )
+        except UPSTREAM_ERRORS as exc:
+            why = f"{exc.__class__.__name__}: {exc}"
+            calls.router.mark(endpoint.name, False, why)
+            raise EndpointUnavailable(
+                f"The endpoint '{endpoint.name}' of '{target.model}' cannot be reached: {why}",
+                headers={"Retry-After": "5"},
+            ) from exc
+        calls.router.mark(endpoint.name, True)
+        self.status, self.headers = resp.status, resp.headers
+        if resp.status in (401, 403):  # the proxy's key, not the client's: a 502
+            raise UpstreamError(
+                f"The endpoint '{endpoint.name}' refused the proxy's key for "
+                f"'{target.model}' ({resp.status}); check its key_file in the catalogue.",
+                code="endpoint_key_refused",
+            )
+        await _raise_for_status(resp)
+        self._outcome = resp.status
+        if resp.content_type == SSE_MEDIA_TYPE:
+            self.streamed = True
+            return
+        try:
+            raw = await resp.read(self._limit + 1)
+        except UPSTREAM_ERRORS as exc:
+            raise UpstreamError(
+                f"The answer of '{target.model}' from '{endpoint.name}' broke off: "
+                f"{exc.__class__.__name__}: {exc}",
+                code="model_server_error",
+            ) from exc
+        self.body = self._bounded(raw, target.model)
+
+    async def _open_local(self, model: str) -> None:
+        """Lease `model` from the host's manager and POST to its server (retry policy in
+        the module docstring)."""
+        calls = self._calls
+        self.served = model
+        body = self._body_for(model)
         attempts = 2 if self.endpoint in calls.retry_endpoints else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            held = self._held = await self._lease(attempt == 1)
+            held = self._held = await self._lease(model, attempt == 1)
             lease = self.lease = held.lease
             self.leased = time.perf_counter()
             if self._on_lease is not None:
@@ -260,7 +414,7 @@ class ModelCall:
             try:
                 resp = self._resp = await calls.upstream.post(
                     lease.base_url + self.endpoint,
-                    self._body,
+                    body,
                     {
                         "Content-Type": self._content_type,
                         "Accept-Encoding": "identity",
@@ -270,21 +424,16 @@ class ModelCall:
                     read_timeout=calls.read_timeout,
                 )
             except UPSTREAM_ERRORS as exc:
-                await calls.lost_server(held, self.model)
+                await calls.lost_server(held, model)
                 if not last:
                     continue  # nothing reached the caller: ask again, once
                 raise UpstreamError(
-                    f"The model server of '{self.model}' at {lease.base_url} cannot be "
+                    f"The model server of '{model}' at {lease.base_url} cannot be "
                     f"reached: {exc.__class__.__name__}: {exc}",
                     code="model_server_unreachable",
                 ) from exc
             self.status, self.headers = resp.status, resp.headers
-            if resp.status >= 400:
-                try:
-                    raw = await resp.read(ERROR_LIMIT)
-                except UPSTREAM_ERRORS:
-                    raw = b""
-                raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+            await _raise_for_status(resp)
             if resp.content_type == SSE_MEDIA_TYPE:
                 self.streamed = True
                 self._outcome = resp.status
@@ -294,23 +443,27 @@ class ModelCall:
             except UPSTREAM_ERRORS as exc:
                 resp.close()
                 self._resp = None
-                await calls.lost_server(held, self.model)
+                await calls.lost_server(held, model)
                 if not last:
                     continue  # the answer broke off before the caller got a byte
                 raise UpstreamError(
-                    f"The model server's answer for '{self.model}' broke off: "
+                    f"The model server's answer for '{model}' broke off: "
                     f"{exc.__class__.__name__}: {exc}",
                     code="model_server_error",
                 ) from exc
-            if len(raw) > self._limit:
-                raise UpstreamError(
-                    f"The answer of '{self.model}' is larger than {self._limit} bytes",
-                    code="answer_too_large",
-                )
+            self.body = self._bounded(raw, model)
             held.end()
-            self.body = raw
             self._outcome = resp.status
             return
+
+    def _bounded(self, raw: bytes, model: str) -> bytes:
+        """`raw`, unless it is over the answer limit (``answer_too_large``)."""
+        if len(raw) > self._limit:
+            raise UpstreamError(
+                f"The answer of '{model}' is larger than {self._limit} bytes",
+                code="answer_too_large",
+            )
+        return raw
 
     # -- a streamed answer ---------------------------------------------------------
 
@@ -318,8 +471,8 @@ class ModelCall:
         """The event stream's bytes as they arrive, unbuffered. The lease ends when the
         stream does. A stream that breaks off retires the lease, tells the manager, and
         raises UpstreamError (``stream_interrupted``, 502)."""
-        resp, held = self._resp, self._held
-        if not self.streamed or resp is None or held is None:
+        resp, held = self._resp, self._held  # held: None for a remote endpoint (no lease)
+        if not self.streamed or resp is None:
             raise RuntimeError("chunks() is for an open streamed answer")
         try:
             async for chunk in resp.iter_chunks():
@@ -331,9 +484,11 @@ class ModelCall:
                 code="stream_interrupted",
             )
             self._outcome = err.status
-            await self._calls.lost_server(held, self.model)
+            if held is not None:
+                await self._calls.lost_server(held, self.served)
             raise err from exc
-        held.end()
+        if held is not None:
+            held.end()
 
     async def events(self) -> AsyncIterator[str]:
         """Each event's data (``[DONE]`` included), parsed from `chunks` with
@@ -352,3 +507,23 @@ class ModelCall:
         frame = parser.feed(b"")
         if frame is not None:
             yield frame[1]
+
+
+async def _raise_for_status(resp: UpstreamResponse) -> None:
+    """An error answer (>= 400) raised as the model server's, normalised (its start read)."""
+    if resp.status >= 400:
+        try:
+            raw = await resp.read(ERROR_LIMIT)
+        except UPSTREAM_ERRORS:
+            raw = b""
+        raise normalise_error_body(raw, resp.status, MODEL_SERVER)
+
+
+def _divert(exc: ProxyError) -> bool:
+    """An error after which the next fallback is tried: the host or endpoint is away or
+    busy, or the model server could not be reached (nothing reached the caller)."""
+    if isinstance(exc, ManagerUnavailable | EndpointUnavailable):
+        return True
+    if isinstance(exc, ManagerRefused):
+        return exc.status in (429, 503)
+    return exc.code == "model_server_unreachable"

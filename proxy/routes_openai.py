@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from proxy.context import ProxyContext
-from proxy.errors import InvalidRequest, ModelNotFound, WrongModelType
+from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, WrongModelType
 from proxy.forward import Forward
 from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
@@ -52,44 +52,101 @@ def _ctx(request: Request) -> ProxyContext:
 
 
 async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
-    """The manager's ModelStatus for `name`, checked to be of type `want`.
+    """The ModelStatus for `name` (the manager's, or a remote model's from the proxy's
+    catalogue), checked to be of type `want`.
 
     A name missing from the cached list is looked up once more (at most one
-    fresh fetch a second), so a model added on the manager is found at once.
+    fresh fetch a second), so a model added on the manager is found at once. A model
+    with fallbacks does not wait for an unreachable manager: without its list, the
+    type is its first remote fallback's.
     """
-    models = await ctx.manager.models()
-    info = models.get(name)
+    router = ctx.model_calls.router
+    info = router.status(name) if name in router.remote else None
+    if info is None and name in router.routes:
+        info = await _with_fallbacks(ctx, name)
     if info is None:
-        models = await ctx.manager.models(max_age=1.0)
+        models = await ctx.manager.models()
         info = models.get(name)
         if info is None:
-            raise ModelNotFound(name, sorted(models))
+            models = await ctx.manager.models(max_age=1.0)
+            info = models.get(name)
+            if info is None:
+                raise ModelNotFound(name, sorted({*models, *router.remote}))
     if info.type != want:
-        fitting = sorted(n for n, m in models.items() if m.type == want)
+        every = {**(await _known(ctx)), **router.statuses()}
+        fitting = sorted(n for n, m in every.items() if m.type == want)
         raise WrongModelType(name, info.type, endpoint, fitting)
     return info
 
 
-def model_object(m: ModelStatus) -> dict[str, Any]:
+async def _with_fallbacks(ctx: ProxyContext, name: str) -> ModelStatus | None:
+    router = ctx.model_calls.router
+    if ctx.manager.reachable:
+        try:
+            info = (await ctx.manager.models(wait=False)).get(name)
+        except ProxyError:
+            info = None
+        if info is not None:
+            return info
+    for target in router.routes[name].targets:
+        if target.endpoint is not None:
+            return router.status(target.model)
+    return None  # only host models: wait for the manager as without fallbacks
+
+
+async def _known(ctx: ProxyContext) -> dict[str, ModelStatus]:
+    try:
+        return await ctx.manager.models(wait=False)
+    except ProxyError:
+        return {}
+
+
+def model_object(m: ModelStatus, fallbacks: tuple[str, ...] = ()) -> dict[str, Any]:
     """An OpenAI model object carrying everything the manager reports about the model
-    (type, state, last_error, since, in_flight, waiting, description; sizes and
-    max_n for image models)."""
-    return {**m.to_wire(), "object": "model", "created": _STARTED, "owned_by": "homelab-ai"}
+    (type, backend, state, last_error, since, in_flight, waiting, description; sizes and
+    max_n for image models; tools and vision for text models; endpoint and reachable for
+    remote ones), and the models tried after it (`fallbacks`) when the catalogue lists any."""
+    data = {**m.to_wire(), "object": "model", "created": _STARTED, "owned_by": "homelab-ai"}
+    if fallbacks:
+        data["fallbacks"] = list(fallbacks)
+    return data
+
+
+async def _every_model(
+    request: Request,
+) -> tuple[dict[str, ModelStatus], dict[str, tuple[str, ...]]]:
+    """The manager's models and the catalogue's remote ones (a remote name hides a
+    manager model of the same name), and each model's fallbacks."""
+    ctx = _ctx(request)
+    router = ctx.model_calls.router
+    if not router.remote and not router.routes:
+        return await ctx.manager.models(), {}
+    try:
+        local = await ctx.manager.models(wait=not router.remote)
+    except ProxyError:
+        if not router.remote:
+            raise
+        local = {}
+    after = {n: tuple(t.model for t in r.targets[1:]) for n, r in router.routes.items()}
+    return {**local, **router.statuses()}, after
 
 
 @router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")
 async def list_models(request: Request) -> Response:
-    models = await _ctx(request).manager.models()
-    data = [model_object(models[name]) for name in sorted(models)]
+    models, after = await _every_model(request)
+    data = [model_object(models[name], after.get(name, ())) for name in sorted(models)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/v1/models/{model}", responses=ERRORS, summary="One model with its type and state")
 async def get_model(request: Request, model: str) -> Response:
-    models = await _ctx(request).manager.models()
+    models, after = await _every_model(request)
     if model not in models:
         raise ModelNotFound(model[:200], sorted(models))
-    return Response(orjson.dumps(model_object(models[model])), media_type="application/json")
+    return Response(
+        orjson.dumps(model_object(models[model], after.get(model, ()))),
+        media_type="application/json",
+    )
 
 
 async def _forward_json(request: Request, endpoint: str, want: str) -> Forward:

@@ -37,6 +37,14 @@ class ProxySettings(ServiceSettings):
         pattern=r"^https?://[^\s/]+(:\d+)?/?$",
         description="Base URL of the manager on the GPU PC.",
     )
+    catalogue: Path | None = Field(
+        default=None,
+        description=(
+            "The proxy's catalogue (JSON): remote OpenAI-compatible endpoints and each "
+            'model\'s fallbacks (docs/adding-models.md, "Remote endpoints"). Read once at '
+            "start-up; a bad file stops the proxy. Unset: the manager's models only."
+        ),
+    )
     manager_token: SecretStr = Field(
         description="Bearer token the manager expects (HOMELAB_MANAGER_TOKEN on the GPU PC)."
     )

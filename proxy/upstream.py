@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client, the proxy's one client for model servers (`proxy.modelcall`
 uses it; docs/benchmarks.md, "Upstream client", measures it against aiohttp's).
 
-`UpstreamPool` keeps idle keep-alive connections per (host, port), plain ``http://``
-only, built on an asyncio `Protocol` and `httptools.HttpResponseParser` (what uvicorn
+`UpstreamPool` keeps idle keep-alive connections per (host, port, TLS), ``http://``
+(model servers) and ``https://`` (remote endpoints of the proxy's catalogue), built on an asyncio `Protocol` and `httptools.HttpResponseParser` (what uvicorn
 parses requests with). It does far less per request than aiohttp's client: one
 ``transport.write`` of the request, one parser callback per header, no payload
 registry or per-request timer objects.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 from typing import Any, cast
@@ -50,7 +51,17 @@ import httptools
 HIGH_WATER = 1 << 20
 """Unread body bytes of a response above which reading from its socket pauses."""
 
-_Key = tuple[str, int]
+_Key = tuple[str, int, bool]
+"""(host, port, TLS)."""
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    """The default client TLS context (system CAs, host names checked), made once."""
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
 
 
 UPSTREAM_ERRORS = (OSError, TimeoutError)
@@ -78,16 +89,18 @@ def set_keepalive(sock: Any) -> None:
 
 @lru_cache(maxsize=256)
 def _split(url: str) -> tuple[_Key, str, str]:
-    """(host, port), the Host header and the request target of an ``http://`` URL."""
+    """(host, port, TLS), the Host header and the request target of an ``http://`` or
+    ``https://`` URL."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"UpstreamPool speaks plain http:// only, not {url!r}")
-    port = parts.port or 80
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"UpstreamPool speaks http:// and https:// only, not {url!r}")
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     host = parts.hostname
-    return (host, port), parts.netloc.rpartition("@")[2], target
+    return (host, port, tls), parts.netloc.rpartition("@")[2], target
 
 
 class Headers(dict[str, str]):
@@ -556,7 +569,14 @@ class UpstreamPool:
     async def _connect(self, key: _Key, connect_timeout: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(connect_timeout):
-            _, conn = await loop.create_connection(lambda: _Connection(self, key), *key)
+            host, port, tls = key
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self, key),
+                host,
+                port,
+                ssl=_tls() if tls else None,
+                server_hostname=host if tls else None,
+            )
         if self._closed:
             conn._drop()
             raise UpstreamDisconnected("the upstream pool was closed")

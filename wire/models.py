@@ -12,13 +12,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 ModelType = Literal["text", "image", "embedding"]
+Backend = Literal["vllm", "llama.cpp", "diffusers", "remote"]
+"""Who serves a model: vLLM, llama.cpp's llama-server, the diffusers image server (the
+manager's models), or a remote OpenAI-compatible endpoint (the proxy's catalogue)."""
 ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
 """A model's lifecycle state (the manager's `manager.state.ModelState` values)."""
 
 
 class ModelStatus(BaseModel):
     """One model. ``sizes`` and ``max_n`` are sent for image models only, ``vision`` and
-    ``tools`` for text models only (an embedding model has none of them)."""
+    ``tools`` for text models only (an embedding model has none of them), ``endpoint``
+    and ``reachable`` for remote models only (the proxy adds those, from its catalogue)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -54,6 +58,13 @@ class ModelStatus(BaseModel):
     """models.json ``priority``: among waiting models, the higher goes first."""
     pinned: bool = False
     """models.json ``pinned``: started at boot and never evicted."""
+    backend: Backend | None = None
+    """Who serves it (`Backend`); None from a manager older than this field."""
+    endpoint: str | None = None
+    """Remote models only: the proxy catalogue's endpoint that serves it."""
+    reachable: bool | None = None
+    """Remote models only: the endpoint's ``/v1/models`` answered at the last health poll
+    (None: not polled yet). The manager never sends it."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object the manager sends."""
@@ -65,6 +76,11 @@ class ModelStatus(BaseModel):
             data["tools"] = bool(self.tools)
         else:
             del data["vision"], data["tools"]
+        if self.backend == "remote":  # no lifecycle or GPU on the proxy's side
+            for key in ("gpu_memory_mib", "observed_gpu_memory_mib", "priority", "pinned"):
+                del data[key]
+        else:
+            del data["endpoint"], data["reachable"]
         return data
 
 

@@ -227,10 +227,15 @@ class Dispatcher:
         # The queues first (a local read): an idle proxy does not ask the manager anything.
         if self._known_models and not await self.store.queue_sizes(self._known_models):
             return None
+        router = self.ctx.model_calls.router
         try:
             models = await self.ctx.manager.models()
         except ProxyError:
-            return None
+            if not router.remote:
+                return None
+            models = {}  # the remote models' jobs run while the manager is away
+        if router.remote:  # the proxy catalogue's: always "ready", they hold no GPU
+            models = {**models, **router.statuses()}
         self._known_models = sorted(models)
         queued = await self.store.queue_sizes(self._known_models)
         if not queued:

@@ -26,6 +26,10 @@ import { SseParser } from "./sse.js";
  * @property {boolean} [pinned]
  * @property {boolean} [vision]  text models: takes images in chat messages
  * @property {boolean} [tools]  text models: calls tools (models.json tool_calls)
+ * @property {"vllm" | "llama.cpp" | "diffusers" | "remote" | string} [backend]  who serves it
+ * @property {string} [endpoint]  remote models: the proxy catalogue's endpoint
+ * @property {boolean | null} [reachable]  remote models: the endpoint's last health poll (null: not yet)
+ * @property {string[]} [fallbacks]  the models tried after it (the proxy's catalogue)
  */
 
 /**

@@ -126,13 +126,16 @@ async function listModels(t) {
   const table = h(
     "table",
     { class: "models" },
-    h("thead", {}, h("tr", {}, ...["", "model", "type", "state", "about"].map((c) => h("th", { scope: "col", class: c, text: c })))),
+    h("thead", {}, h("tr", {}, ...["", "model", "type", "backend", "state", "about"].map((c) => h("th", { scope: "col", class: c, text: c })))),
   );
   const body = table.appendChild(h("tbody"));
   for (const m of models) {
     const current = m.id === t.model;
     const about = [
       m.description ?? "",
+      m.endpoint ? `via ${m.endpoint}` : "",
+      m.reachable === false ? "unreachable" : "",
+      m.fallbacks?.length ? `then ${m.fallbacks.join(", ")}` : "",
       m.type === "image" && m.sizes?.length ? `sizes ${m.sizes.join(" ")}` : "",
       m.vision ? "vision" : "",
       m.tools ? "tools" : "",
@@ -149,6 +152,7 @@ async function listModels(t) {
         h("td", { text: current ? "*" : "" }),
         h("td", { class: "name", text: m.id }),
         h("td", { class: "type", text: m.type }),
+        h("td", { class: "backend", text: m.backend ?? "" }),
         h("td", { class: `state ${m.state}`, text: m.state }),
         h("td", { class: "about", text: about.join(" · ") }),
       ),

@@ -113,10 +113,17 @@ def test_models_lists_types_and_states_and_model_switches(ui: Ui, stack: Stack) 
     ui.type_line("/models")
     table = page.locator("table.models").last
     expect(table.locator("tr[data-model=chat] td")).to_have_text(
-        ["*", "chat", "text", "ready", re.compile(r"echoes.* · tools$")]
+        ["*", "chat", "text", "vllm", "ready", re.compile(r"echoes.* · tools$")]
     )
     expect(table.locator("tr[data-model=paint] td")).to_have_text(
-        ["", "paint", "image", "stopped", re.compile(r"sizes 64x64 128x128 · GPU 2048 MiB")]
+        [
+            "",
+            "paint",
+            "image",
+            "diffusers",
+            "stopped",
+            re.compile(r"sizes 64x64 128x128 · GPU 2048 MiB"),
+        ]
     )
     expect(table.locator("tr[data-model=slow] td").nth(2)).to_have_text("text")
     ui.shot("models")

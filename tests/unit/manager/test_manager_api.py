@@ -142,7 +142,9 @@ async def test_list_models(api):
         "observed_gpu_memory_mib",
         "priority",
         "pinned",
+        "backend",
     }
+    assert first["backend"] == "vllm" and body["data"][2]["backend"] == "diffusers"
     assert first["vision"] is False  # text models say whether they take images
     assert first["tools"] is False  # ... and whether they call tools (models.json tool_calls)
     assert body["data"][1]["tools"] is True

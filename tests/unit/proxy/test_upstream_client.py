@@ -524,3 +524,82 @@ def test_under_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+async def test_https_for_remote_endpoints_checks_the_certificate(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    from proxy import upstream
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path, "auth": request.headers["Authorization"]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    pool = UpstreamPool()
+    url = f"https://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        # The system's CAs do not know this certificate: refused.
+        monkeypatch.setattr(upstream, "_TLS", None)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await pool.post(url, b"{}", {"Authorization": "Bearer k"}, **T)
+        # Trusting it (as the system would a real CA's): the request goes through TLS.
+        monkeypatch.setattr(upstream, "_TLS", ssl.create_default_context(cafile=cert))
+        for _ in range(2):  # the second on the kept connection
+            resp = await pool.post(url, b"{}", {"Authorization": "Bearer k"}, **T)
+            assert resp.status == 200
+            assert await resp.read() == b'{"path": "/v1/chat/completions", "auth": "Bearer k"}'
+    finally:
+        await pool.aclose()
+        await runner.cleanup()
