@@ -106,6 +106,15 @@ class ManagerSettings(ServiceSettings):
     lease_ttl: float = Field(
         default=300.0, gt=0, description="Seconds a lease lives unless renewed."
     )
+    fair_share_half_life: float = Field(
+        default=600.0,
+        gt=0,
+        le=30 * 86400,
+        description=(
+            "Fair share: seconds after which the GPU time an API key used counts half when "
+            "its waiting requests are ordered against other keys' (same class)."
+        ),
+    )
     stop_timeout: float = Field(
         default=30.0, gt=0, description="Seconds between SIGTERM and kill when stopping a server."
     )
