@@ -6,7 +6,9 @@ jobs (`proxy.jobs.runner`).
 entry it does, in order:
 
 1. **Lease**: a share of a manager lease on `model` from the lease pool
-   (`proxy.lease_pool.LeasePool`), which blocks while the model is queued or loading.
+   (`proxy.lease_pool.LeasePool`), for the caller's key (`proxy.keys.current()`: its
+   name and class, the manager's fair share), which blocks while the model is queued
+   or loading.
    An *interactive* call (a client waits: ``/v1``, MCP) is counted in `waiting` while it
    waits, so jobs (``interactive=False``) yield to it (`proxy.jobs.dispatcher`).
 2. **POST** the body, unchanged, to the same `endpoint` on the leased server, with the
@@ -389,7 +391,8 @@ class ModelCall:
         if waiting is not None:
             waiting[model] += 1
         try:
-            acquire = calls.leases.acquire(model)
+            who = self.who  # the caller's key, read once at the call's start
+            acquire = calls.leases.acquire(model, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
