@@ -200,21 +200,24 @@ class Dispatcher:
         """Where a PENDING job stands: its place in its model's line under the fair order
         (`order.fair_position`: how many jobs this proxy would start on the model before
         it, plus one, if no more came) and what must load."""
-        owner = job.owner or ""
-        queued = await self.store.queued(job.model, owner)
-        place: int | None = None
-        if job.id in queued:
-            sizes = await self.store.owner_sizes(job.model)
-            place = fair_position(
-                owner,
-                queued.index(job.id) + 1,
-                sizes,
-                classes=self._classes(sizes),
-                running=self._running_counts(),
-                served=self._served,
-            )
+        place = await self._place(job)
         residents = await self._residents()
         return Position(place, None if job.model in residents else job.model)
+
+    async def _place(self, job: Job) -> int | None:
+        owner = job.owner or ""
+        queued = await self.store.queued(job.model, owner)
+        if job.id not in queued:
+            return None
+        sizes = await self.store.owner_sizes(job.model)
+        return fair_position(
+            owner,
+            queued.index(job.id) + 1,
+            sizes,
+            classes=self._classes(sizes),
+            running=self._running_counts(),
+            served=self._served,
+        )
 
     async def cancel(self, job_id: str, who: Principal | None = None) -> Job:
         """Cancel a queued or running job (one `who` owns, if given). Raises JobNotFound,

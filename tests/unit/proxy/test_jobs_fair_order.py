@@ -135,3 +135,41 @@ def test_store_keeps_one_fifo_per_model_and_owner_across_a_reopen(tmp_path) -> N
         assert [again.dequeue("m", "key-a") for _ in range(4)] == ["a0", "a1", "a2", None]
     finally:
         again.close()
+
+
+async def test_the_dispatcher_takes_classes_from_the_key_ring_and_recovers_per_owner(
+    tmp_path,
+) -> None:
+    from types import SimpleNamespace
+
+    from proxy.jobs.dispatcher import Dispatcher
+    from proxy.jobs.records import Job
+    from proxy.jobs.store import AsyncJobStore
+    from proxy.keys import KeyRing, Principal, digest
+
+    ring = KeyRing(
+        {
+            digest("k1"): Principal(name="key-a"),
+            digest("k2"): Principal(name="vip", priority="high"),
+        }
+    )
+    store = JobStore(str(tmp_path / "jobs.db"))
+    try:
+        jobs = Dispatcher(SimpleNamespace(ring=ring), AsyncJobStore(store))  # type: ignore[arg-type]
+        submitted = [
+            await jobs.submit(
+                method="create_completion", model="m", endpoint="/v1/completions", body={}, owner=o
+            )
+            for o in ("key-a", "key-a", "vip")
+        ]
+        assert store.owner_sizes("m") == {"key-a": 2, "vip": 1}
+        assert await jobs._choose_owner("m") == "vip"  # the high class first
+        assert [await jobs._place(j) for j in submitted] == [2, 3, 1]
+        # A pending job missing from its queue (a store written before per-key queues)
+        # goes back into its key's queue at start-up.
+        lost = Job(id="lost", method="m", model="m", endpoint="/v1/x", body={}, owner="key-a")
+        store.put_job(lost)
+        assert await jobs.recover(startup=True) == 1
+        assert store.queued("m", "key-a") == [submitted[0].id, submitted[1].id, "lost"]
+    finally:
+        store.close()
