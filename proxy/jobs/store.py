@@ -65,7 +65,7 @@ def _owner_key(model: str, owner: str) -> str:
 
 
 class JobStore:
-    """Jobs, events, results, claims, files and per-model queues on one engine.
+    """Jobs, events, results, claims, files and per-(model, owner) queues on one engine.
 
     `url`: ``redis://host:port/db`` (or ``rediss://``) for a Redis server, otherwise
     a file path (optionally ``sqlite:`` in front) for the embedded SQLite store.
