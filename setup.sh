@@ -285,6 +285,9 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a
      line. Keys are on by default: with none given (and none from an earlier run) a new
      key is generated into the env file (never printed; clients read it from there).
+     The first key is also registered as the admin key, named "admin", in the key file
+     on the volume homelab-proxy-state (docs/keys.md: named keys with their own models
+     and limits, added with docker exec NAME python -m proxy keys add ...).
      --open: no API keys (HOMELAB_API_KEYS=off), anyone who reaches the port may use
      the models. HOMELAB_ALLOWED_HOSTS (the Host names the proxy answers to, besides IP
      addresses and localhost) gets this machine's names, plus any you set
@@ -1162,6 +1165,15 @@ cmd_server() {
             HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
+    if [[ "$keys" != off ]]; then
+        # The first key is also the admin key, named "admin" in the key file on the proxy's
+        # state volume (docs/keys.md); more keys: docker exec $name python -m proxy keys add NAME
+        printf '%s\n' "${keys%%,*}" |
+            docker run --rm -i --network none --entrypoint python \
+                -v homelab-proxy-state:/var/lib/homelab-ai/state "$PROXY_IMAGE" \
+                -m proxy keys add admin --admin --key-stdin --replace >/dev/null ||
+            die "could not register the admin key in the proxy's key file"
+    fi
     if [[ "$keys" == off ]]; then
         info "no API keys (--open): anyone who reaches port $port may use the models"
     elif ((generated)); then

@@ -348,6 +348,9 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         auth = {"Authorization": f"Bearer {keys[0]}"}
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=auth, timeout=30).json()
         assert [m["id"] for m in models["data"]] == ["demo-text"]
+        # That key is the admin key, named "admin" in the key file (docs/keys.md).
+        me = httpx.get(f"http://127.0.0.1:{port}/v1/usage", headers=auth, timeout=30).json()
+        assert me["key"]["name"] == "admin" and me["key"]["admin"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200  # the UI
 
         # The proxy's image carries the wire contract, not the manager nor the docker SDK.
