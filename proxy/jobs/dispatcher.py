@@ -2,8 +2,10 @@
 
 One `Dispatcher` per proxy process (built in the lifespan). `workers` asyncio tasks
 each pick a model with `order.pick_model` (resident first, grouped by model,
-interactive requests first), pop that model's next job id from the store, claim it
-and run it through `runner.run_job`. Every state change goes through `Job.move_to`
+interactive requests first), then an owner with `order.pick_owner` (the fair share
+between keys: class, then an equal share of the workers, then round robin), pop that
+owner's oldest job id on that model from the store, claim it and run it through
+`runner.run_job`. Every state change goes through `Job.move_to`
 (refused unless `proxy.jobs.state.TASK_TRANSITIONS` has it) and is written to the store
 before it is announced, so a reader on any proxy sees the same events.
 
@@ -27,17 +29,17 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
-from proxy.jobs.order import pick_model
+from proxy.jobs.order import fair_position, pick_model, pick_owner
 from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, TokenEvent
-from proxy.jobs.runner import Outcome, run_job
+from proxy.jobs.runner import Outcome, job_principal, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
-from proxy.keys import Principal
+from proxy.keys import Principal, PriorityClass
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
 
@@ -91,6 +93,11 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._running_models: dict[str, str] = {}
         """job id -> model, from dequeue until the job is finished (for `pick_model`)."""
+        self._running_owners: dict[str, str] = {}
+        """job id -> owner, from dequeue until the job is finished (for `pick_owner`)."""
+        self._served: dict[str, int] = {}
+        """owner -> the turn at which a worker last took one of its jobs (`pick_owner`)."""
+        self._turn = 0
         self._cancelled: set[str] = set()
         self._last_model: str | None = None
         self._known_models: list[str] = []
@@ -175,7 +182,7 @@ class Dispatcher:
         )
         await self.store.put_job(job)
         await self.emit(job.id, "state", StateEvent(TaskState.PENDING, model=model))
-        await self.store.enqueue(model, job.id)
+        await self.store.enqueue(model, job.id, owner)
         if model not in self._known_models:
             self._known_models = sorted({*self._known_models, model})
         self.wake()
@@ -190,11 +197,27 @@ class Dispatcher:
         return job
 
     async def position(self, job: Job) -> Position:
-        """Where a PENDING job stands: its place in its model's line and what must load."""
-        queued = await self.store.queued(job.model)
-        place = queued.index(job.id) + 1 if job.id in queued else None
+        """Where a PENDING job stands: its place in its model's line under the fair order
+        (`order.fair_position`: how many jobs this proxy would start on the model before
+        it, plus one, if no more came) and what must load."""
+        place = await self._place(job)
         residents = await self._residents()
         return Position(place, None if job.model in residents else job.model)
+
+    async def _place(self, job: Job) -> int | None:
+        owner = job.owner or ""
+        queued = await self.store.queued(job.model, owner)
+        if job.id not in queued:
+            return None
+        sizes = await self.store.owner_sizes(job.model)
+        return fair_position(
+            owner,
+            queued.index(job.id) + 1,
+            sizes,
+            classes=self._classes(sizes),
+            running=self._running_counts(),
+            served=self._served,
+        )
 
     async def cancel(self, job_id: str, who: Principal | None = None) -> Job:
         """Cancel a queued or running job (one `who` owns, if given). Raises JobNotFound,
@@ -244,9 +267,12 @@ class Dispatcher:
         oldest: dict[str, float] = {}
         for model in queued:
             if model not in residents and model != self._last_model:
-                head_id = await self.store.head(model)
-                head = await self.store.get_job(head_id) if head_id else None
-                oldest[model] = head.created_at if head else float("inf")
+                oldest[model] = float("inf")
+                for owner in await self.store.owner_sizes(model):
+                    head_id = await self.store.head(model, owner)
+                    head = await self.store.get_job(head_id) if head_id else None
+                    if head is not None:
+                        oldest[model] = min(oldest[model], head.created_at)
         running: dict[str, int] = {}
         for model in self._running_models.values():
             running[model] = running.get(model, 0) + 1
@@ -259,22 +285,52 @@ class Dispatcher:
             oldest=oldest,
         )
 
+    def _classes(self, owners: Iterable[str]) -> dict[str, PriorityClass]:
+        """Each owner's priority class, from the key ring now (a revoked key: normal)."""
+        out: dict[str, PriorityClass] = {}
+        for owner in owners:
+            principal = job_principal(self.ctx.ring, owner or None)
+            out[owner] = principal.priority if principal is not None else "normal"
+        return out
+
+    def _running_counts(self) -> dict[str, int]:
+        running: dict[str, int] = {}
+        for owner in self._running_owners.values():
+            running[owner] = running.get(owner, 0) + 1
+        return running
+
+    async def _choose_owner(self, model: str) -> str | None:
+        sizes = await self.store.owner_sizes(model)
+        return pick_owner(
+            sizes,
+            classes=self._classes(sizes),
+            running=self._running_counts(),
+            served=self._served,
+        )
+
     async def _worker(self) -> None:
         while True:
             try:
                 model = await self._choose()
-                job_id = await self.store.dequeue(model) if model else None
-                if model is None or job_id is None:
+                owner = await self._choose_owner(model) if model else None
+                job_id = (
+                    await self.store.dequeue(model, owner) if model and owner is not None else None
+                )
+                if model is None or owner is None or job_id is None:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
                     continue
                 self._last_model = model
+                self._turn += 1
+                self._served[owner] = self._turn
                 self._running_models[job_id] = model
+                self._running_owners[job_id] = owner
                 try:
                     await self._run(job_id)
                 finally:
                     self._running_models.pop(job_id, None)
+                    self._running_owners.pop(job_id, None)
                     self.wake()
             except asyncio.CancelledError:
                 raise
@@ -390,7 +446,7 @@ class Dispatcher:
         await self.emit(
             job.id, "state", StateEvent(TaskState.PENDING, model=job.model, requeued=reason)
         )
-        await self.store.enqueue(job.model, job.id)
+        await self.store.enqueue(job.model, job.id, job.owner or "")
         self.wake()
 
     # -- recovery, cancel watch, housekeeping ----------------------------------
@@ -410,7 +466,7 @@ class Dispatcher:
             return instance is None or alive.get(instance, 0.0) < now - DEAD_AFTER
 
         jobs = await self.store.all_jobs()
-        queued: dict[str, set[str]] = {}
+        queued: dict[tuple[str, str], set[str]] = {}
         requeued = 0
         suspects: set[str] = set()
         for job in jobs:
@@ -422,17 +478,17 @@ class Dispatcher:
                 await self._requeue(job, reason="its proxy stopped")
                 requeued += 1
             elif job.state is TaskState.PENDING:
-                model = job.model
-                if model not in queued:
-                    queued[model] = set(await self.store.queued(model))
-                if job.id in queued[model]:
+                model, owner = job.model, job.owner or ""
+                if (model, owner) not in queued:
+                    queued[model, owner] = set(await self.store.queued(model, owner))
+                if job.id in queued[model, owner]:
                     continue
                 # Missing from its queue: a worker may be between dequeue and claim
                 # (Redis: another proxy), so only act when seen twice in a row.
                 if startup and not shared or job.id in self._suspects:
                     fresh = await self.store.get_job(job.id)
                     if fresh and fresh.state is TaskState.PENDING:
-                        await self.store.enqueue(model, job.id)
+                        await self.store.enqueue(model, job.id, owner)
                         requeued += 1
                 else:
                     suspects.add(job.id)

@@ -1,7 +1,10 @@
-"""Which model's jobs run next: a pure function of what the proxy sees. No I/O.
+"""Which jobs run next: pure functions of what the proxy sees. No I/O.
 
-The broker keeps one FIFO per model; *which* FIFO a worker drains is decided here,
-from the swap planner's point of view (docs/jobs.md, "Order"):
+The store keeps one FIFO per model and owner (the key's name). A free worker first
+picks a model (`pick_model`), then whose job on it (`pick_owner`, the fair share
+between keys, docs/jobs.md "Fair share between keys"), then that owner's oldest job.
+
+Which model, from the swap planner's point of view (docs/jobs.md, "Order"):
 
 1. Interactive requests come first. While an interactive request of this proxy waits
    for model B, no job for any other model starts (jobs already running finish): the
@@ -21,6 +24,8 @@ from the swap planner's point of view (docs/jobs.md, "Order"):
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+
+from proxy.keys import CLASSES, PriorityClass
 
 
 def pick_model(
@@ -63,3 +68,72 @@ def pick_model(
         return last
     ages = oldest or {}
     return min(have, key=lambda m: (ages.get(m, float("inf")), m))
+
+
+def _owner_rank(
+    owner: str,
+    classes: Mapping[str, PriorityClass],
+    running: Mapping[str, int],
+    served: Mapping[str, int],
+) -> tuple[int, int, int, str]:
+    return (
+        CLASSES.index(classes.get(owner, "normal")),
+        running.get(owner, 0),
+        served.get(owner, -1),
+        owner,
+    )
+
+
+def pick_owner(
+    queued: Mapping[str, int],
+    *,
+    classes: Mapping[str, PriorityClass],
+    running: Mapping[str, int],
+    served: Mapping[str, int],
+) -> str | None:
+    """Whose job on a model a free worker takes next, or None (nothing queued).
+
+    `queued`: jobs waiting per owner; `classes`: each owner's priority class (missing:
+    ``normal``); `running`: jobs this proxy runs now per owner; `served`: per owner, the
+    turn (a counter, higher = later) at which a worker last took one of its jobs.
+
+    The owner of the best class; among those, the one with the fewest jobs running here
+    (an equal share of the workers), then the one served least recently (round robin),
+    then the smaller name. Within one owner, jobs go first come, first served.
+    """
+    have = [o for o, n in queued.items() if n > 0]
+    if not have:
+        return None
+    return min(have, key=lambda o: _owner_rank(o, classes, running, served))
+
+
+def fair_position(
+    owner: str,
+    place: int,
+    queued: Mapping[str, int],
+    *,
+    classes: Mapping[str, PriorityClass],
+    running: Mapping[str, int],
+    served: Mapping[str, int],
+) -> int:
+    """The position (1 = next) of `owner`'s `place`-th queued job in the model's line,
+    if workers took jobs by `pick_owner` from now on and no job came or finished:
+    how many jobs start before it, plus one. Jobs of a better class that arrive later,
+    or a finished job of another key, can move it."""
+    left = {o: n for o, n in queued.items() if n > 0}
+    left[owner] = max(left.get(owner, 0), place)
+    busy, turns = dict(running), dict(served)
+    turn = max(turns.values(), default=0)
+    mine = 0
+    for position in range(1, sum(left.values()) + 1):
+        who = pick_owner(left, classes=classes, running=busy, served=turns)
+        assert who is not None
+        if who == owner:
+            mine += 1
+            if mine == place:
+                return position
+        left[who] -= 1
+        busy[who] = busy.get(who, 0) + 1
+        turn += 1
+        turns[who] = turn
+    return place  # unreachable: `owner` has `place` jobs in `left`

@@ -2,11 +2,13 @@
 
 Everything a job is lives here, so a proxy restart (or another proxy on the same
 Redis) picks it up: the job record, its numbered event log (what `/stream` replays),
-its result, and one FIFO queue of job ids per model. huey's storages give the same
+its result, and one FIFO queue of job ids per model and owner (the key's name; the
+dispatcher chooses between owners, docs/jobs.md "Fair share between keys"). huey's storages give the same
 operations on both engines, each atomic on its own: `enqueue` / `dequeue` (pop one
 id), `put_data` / `peek_data` / `pop_data` (a key-value hash), `put_if_empty` and
 `incr`. Namespaces are separate huey storages (``jobs``, ``events``, ``results``,
-``claims``, ``files``, ``alive`` and one queue per model). With SQLite (WAL), every
+``claims``, ``files``, ``alive``, ``queue_owners`` (which (model, owner) queues
+exist) and one queue per model and owner). With SQLite (WAL), every
 commit survives a crash of the proxy; job records and queues are also fsynced on each
 commit (they survive a power loss), the rest (events, results, claims) are not, which
 keeps a job's dozen small writes cheap.
@@ -51,13 +53,19 @@ class StoreInUse(RuntimeError):
     """The embedded store's file is locked by another running proxy."""
 
 
-def _queue_name(model: str) -> str:
-    # Redis storage names drop everything but [A-Za-z0-9_]; hex keeps model names distinct.
-    return "homelab_q_" + model.encode().hex()
+def _queue_name(model: str, owner: str) -> str:
+    # Redis storage names drop everything but [A-Za-z0-9_]; hex keeps names distinct.
+    # (Stores written before owners had one queue per model, "homelab_q_<model hex>":
+    # recovery puts their pending jobs into these queues.)
+    return f"homelab_q_{model.encode().hex()}_{owner.encode().hex()}"
+
+
+def _owner_key(model: str, owner: str) -> str:
+    return f"{model.encode().hex()}.{owner.encode().hex()}"
 
 
 class JobStore:
-    """Jobs, events, results, claims, files and per-model queues on one engine.
+    """Jobs, events, results, claims, files and per-(model, owner) queues on one engine.
 
     `url`: ``redis://host:port/db`` (or ``rediss://``) for a Redis server, otherwise
     a file path (optionally ``sqlite:`` in front) for the embedded SQLite store.
@@ -113,7 +121,10 @@ class JobStore:
         self.claims = self._make("homelab_claims")
         self.files = self._make("homelab_files")
         self.alive = self._make("homelab_alive")
-        self._queues: dict[str, BaseStorage] = {}
+        self.queue_owners = self._make("homelab_queue_owners")
+        """``<model hex>.<owner hex>`` for every (model, owner) queue ever used."""
+        self._queues: dict[tuple[str, str], BaseStorage] = {}
+        self._registered: set[tuple[str, str]] = set()
 
     def close(self) -> None:
         for storage in (
@@ -123,6 +134,7 @@ class JobStore:
             self.claims,
             self.files,
             self.alive,
+            self.queue_owners,
             *self._queues.values(),
         ):
             storage.close()
@@ -130,10 +142,10 @@ class JobStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def _queue(self, model: str) -> BaseStorage:
-        queue = self._queues.get(model)
+    def _queue(self, model: str, owner: str) -> BaseStorage:
+        queue = self._queues.get((model, owner))
         if queue is None:
-            queue = self._queues[model] = self._make_queue(_queue_name(model))
+            queue = self._queues[model, owner] = self._make_queue(_queue_name(model, owner))
         return queue
 
     # -- jobs -------------------------------------------------------------------
@@ -168,23 +180,48 @@ class JobStore:
 
     # -- queues -----------------------------------------------------------------
 
-    def enqueue(self, model: str, job_id: str) -> None:
-        self._queue(model).enqueue(job_id.encode())
+    def enqueue(self, model: str, job_id: str, owner: str = "") -> None:
+        """Append `job_id` to the queue of (`model`, `owner`)."""
+        queue = self._queue(model, owner)
+        if (model, owner) not in self._registered:  # written once per process
+            self.queue_owners.put_data(_owner_key(model, owner), b"1")
+            self._registered.add((model, owner))
+        queue.enqueue(job_id.encode())
 
-    def dequeue(self, model: str) -> str | None:
-        raw = self._queue(model).dequeue()
+    def dequeue(self, model: str, owner: str = "") -> str | None:
+        raw = self._queue(model, owner).dequeue()
         return None if raw is None else bytes(raw).decode()
 
-    def queued(self, model: str) -> list[str]:
-        return [bytes(raw).decode() for raw in self._queue(model).enqueued_items()]
+    def queued(self, model: str, owner: str = "") -> list[str]:
+        return [bytes(raw).decode() for raw in self._queue(model, owner).enqueued_items()]
 
-    def head(self, model: str) -> str | None:
-        """The id the next `dequeue(model)` would return, or None."""
-        items = self._queue(model).enqueued_items(limit=1)
+    def head(self, model: str, owner: str = "") -> str | None:
+        """The id the next `dequeue(model, owner)` would return, or None."""
+        items = self._queue(model, owner).enqueued_items(limit=1)
         return bytes(items[0]).decode() if items else None
 
+    def owners(self) -> dict[str, set[str]]:
+        """Per model, the owners that have (or had) a queue for it."""
+        out: dict[str, set[str]] = {}
+        for key in self.queue_owners.result_items():
+            model, _, owner = (key.decode() if isinstance(key, bytes) else key).partition(".")
+            out.setdefault(bytes.fromhex(model).decode(), set()).add(bytes.fromhex(owner).decode())
+        return out
+
+    def owner_sizes(self, model: str) -> dict[str, int]:
+        """Queued jobs per owner for `model` (owners with none left out)."""
+        owners = self.owners().get(model, set())
+        return {o: n for o in sorted(owners) if (n := self._queue(model, o).queue_size())}
+
     def queue_sizes(self, models: Iterable[str]) -> dict[str, int]:
-        return {m: n for m in models if (n := self._queue(m).queue_size())}
+        """Queued jobs per model, all owners together (models with none left out)."""
+        owners = self.owners()
+        out: dict[str, int] = {}
+        for m in models:
+            n = sum(self._queue(m, o).queue_size() for o in owners.get(m, ()))
+            if n:
+                out[m] = n
+        return out
 
     # -- events -----------------------------------------------------------------
 
@@ -324,6 +361,8 @@ class AsyncJobStore:
         self.dequeue = _threaded(store.dequeue)
         self.queued = _threaded(store.queued)
         self.head = _threaded(store.head)
+        self.owners = _threaded(store.owners)
+        self.owner_sizes = _threaded(store.owner_sizes)
         self.queue_sizes = _threaded(store.queue_sizes)
         self.append_event = _threaded(store.append_event)
         self.last_event = _threaded(store.last_event)

@@ -398,7 +398,7 @@ async def test_the_dispatcher_refuses_a_forbidden_move_before_it_writes(tmp_path
         cancelled = await jobs.get(job.id)
         with pytest.raises(IllegalTransition, match="CANCELLED -> PENDING"):
             await jobs._requeue(cancelled, reason="test")
-        assert store.queued("m") == [job.id]  # the submit's entry only: nothing requeued
+        assert store.queued("m", "k") == [job.id]  # the submit's entry only: nothing requeued
         assert [e.data for _, e in store.events_after(job.id, 0)][-1] == {"state": "CANCELLED"}
     finally:
         store.close()
