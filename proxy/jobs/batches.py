@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from proxy import keys
 from proxy.errors import InvalidRequest, NotFound, ProxyError
-from proxy.images import image_url_base
+from proxy.images import check_image_request, image_url_base
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
 from proxy.jobs.records import (
     BatchItem,
@@ -212,9 +212,15 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
         if not isinstance(model, str) or not model:
             raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
         try:
-            await resolve_model(ctx, model, want, endpoint)
+            info = await resolve_model(ctx, model, want, endpoint)
+            if want == "image":  # the direct route's checks, on the line's body
+                check_image_request(
+                    info, body.get("n"), body.get("size"), body.get("response_format")
+                )
         except ProxyError as exc:
-            raise InvalidRequest(f"Line {number}: {exc.message}", code=exc.code) from exc
+            raise InvalidRequest(
+                f"Line {number}: {exc.message}", param=exc.param, code=exc.code
+            ) from exc
         items.append(BatchItem(custom_id, model, body))
     return items
 

@@ -209,19 +209,17 @@ async def create_embedding(call: Call) -> Accepted:
 async def create_image(call: Call) -> Accepted:
     model = call.model()
     prompt = call.get("prompt", str, required=True)
-    n = call.get("n", int)
-    size = call.get("size", str)
+    body: dict[str, Any] = {**call.options(), "model": model, "prompt": prompt}
+    for name in ("n", "size"):  # a named param wins over the same one in `options`
+        if call.params.get(name) is not None:
+            body[name] = call.params[name]
     info = await call.resolve(model, "image", "/v1/images/generations")
     try:
-        check_image_request(info, n, size, "url")
+        # The body as it will be sent, `options` included: the direct route's checks.
+        check_image_request(info, body.get("n"), body.get("size"), body.get("response_format"))
     except InvalidRequest as exc:
         raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
-    body: dict[str, Any] = {**call.options(), "model": model, "prompt": prompt}
     body["response_format"] = "b64_json"
-    if n is not None:
-        body["n"] = n
-    if size is not None:
-        body["size"] = size
     url_base = image_url_base(call.ctx, call.request)
     return await call.submit(
         "create_image", model, "/v1/images/generations", body, url_base=url_base
