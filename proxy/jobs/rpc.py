@@ -11,7 +11,10 @@ only notifications); protocol errors are the spec's: -32700 parse error, -32600
 invalid request, -32601 method not found, -32602 invalid params (a bad model, wrong
 type, bad size: ``data`` carries the OpenAI error envelope's inner object), -32603
 internal error; and ours: -32001 task not found, -32002 task already finished,
--32003 the manager cannot be reached. HTTP-level refusals stay HTTP (401 key, 413
+-32003 the manager cannot be reached, -32004 not run: the batch's answer is already
+at its byte bound. A batch is capped by total work, not only by count: at most
+`MAX_BATCH` calls and `MAX_BATCH_RECORDS` records (a ``tasks.list`` counts its
+``limit``), refused whole (-32600) before any call runs. HTTP-level refusals stay HTTP (401 key, 413
 body over the limit) with the OpenAI envelope.
 """
 
@@ -51,6 +54,13 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
 )
 TASK_NOT_FOUND, TASK_FINISHED, MANAGER_DOWN = -32001, -32002, -32003
 MAX_BATCH = 100
+DEFAULT_LIST_LIMIT = 50
+MAX_BATCH_RECORDS = 1000
+"""A batch's total work: each call counts 1, a `tasks.list` counts its `limit` (50 if
+not given). A batch over it is refused whole, before any call runs."""
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+"""A batch's answer stops growing here: the calls after it answer -32004 unrun."""
+ANSWER_TOO_LARGE = -32004
 _RESERVED = {"model", "messages", "prompt", "input", "stream"}
 
 
@@ -262,7 +272,7 @@ async def tasks_list(call: Call) -> TaskList:
         raise _params_error("'state' must be PENDING, STARTED, SUCCESS, FAILURE or CANCELLED")
     model = call.get("model", str)
     limit = call.get("limit", int)
-    limit = 50 if limit is None else limit
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
     jobs = await call.jobs.store.all_jobs()
@@ -334,6 +344,40 @@ async def handle_one(request: Request, msg: Any) -> Reply | None:
         return _response(id_, error=err) if has_id else None
 
 
+def work_of(msg: Any) -> int:
+    """What one request object of a batch may cost, in records (see MAX_BATCH_RECORDS);
+    read before anything runs, so a malformed one counts 1 and fails in `handle_one`."""
+    if isinstance(msg, dict) and msg.get("method") == "tasks.list":
+        params = msg.get("params")
+        limit = params.get("limit") if isinstance(params, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            return max(1, min(limit, 1000))
+        return DEFAULT_LIST_LIMIT
+    return 1
+
+
+async def handle_batch(request: Request, msgs: list[Any]) -> list[Reply]:
+    """Run a batch's calls in order; the answer stops growing at MAX_ANSWER_BYTES."""
+    replies: list[Reply] = []
+    size = 0
+    for msg in msgs:
+        if size > MAX_ANSWER_BYTES:
+            if isinstance(msg, dict) and "id" in msg:
+                id_ = msg["id"] if isinstance(msg["id"], str | int | float) else None
+                error = RpcError(
+                    ANSWER_TOO_LARGE,
+                    f"Not run: the batch's answer passed {MAX_ANSWER_BYTES} bytes; "
+                    "send this call again on its own",
+                )
+                replies.append(_response(id_, error=error))
+            continue
+        reply = await handle_one(request, msg)
+        if reply is not None:
+            size += len(encode(reply))
+            replies.append(reply)
+    return replies
+
+
 def _json(body: Reply | list[Reply]) -> Response:
     return Response(encode(body), media_type="application/json")
 
@@ -359,7 +403,14 @@ async def rpc(request: Request) -> Response:
                     ),
                 )
             )
-        replies = [r for r in [await handle_one(request, m) for m in msg] if r is not None]
+        work = sum(work_of(m) for m in msg)
+        if work > MAX_BATCH_RECORDS:
+            message = (
+                f"Invalid Request: the batch may return {work} records, more than "
+                f"{MAX_BATCH_RECORDS} (each call counts 1, a tasks.list its limit)"
+            )
+            return _json(_response(None, error=RpcError(INVALID_REQUEST, message)))
+        replies = await handle_batch(request, msg)
         return _json(replies) if replies else Response(status_code=204)
     reply = await handle_one(request, msg)
     return _json(reply) if reply is not None else Response(status_code=204)
