@@ -28,6 +28,7 @@ from starlette.responses import Response
 from proxy import keys
 from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.images import check_image_request, image_url_base
+from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
 from proxy.jobs.records import (
     BatchItem,
@@ -156,12 +157,27 @@ async def _file(request: Request, file_id: str) -> FileRecord:
     return meta
 
 
-@router.get("/v1/files", responses=ERRORS, summary="List the caller's files")
+def _limit(request: Request, default: int, most: int) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f"'limit' must be 1..{most}.", param="limit")
+    return int(raw)
+
+
+@router.get("/v1/files", responses=ERRORS, summary="List the caller's files, newest first")
 async def list_files(request: Request) -> Response:
-    who = keys.current()
-    files = [f for f in await _jobs(request).store.all_files() if who.owns(f.owner)]
-    files.sort(key=lambda f: f.created_at, reverse=True)
-    return _json(FileList(data=[f.public() for f in files]))
+    limit = _limit(request, 100, 1000)
+    after = request.query_params.get("after")
+    store = _jobs(request).store
+    files, more = await listing.page(store, "files", keys.current(), after, limit)
+    return _json(
+        FileList(
+            data=[f.public() for f in files],
+            first_id=files[0].id if files else None,
+            last_id=files[-1].id if files else None,
+            has_more=more is not None,
+        )
+    )
 
 
 @router.get("/v1/files/{file_id}", responses=ERRORS, summary="One file's metadata")
@@ -371,23 +387,16 @@ async def get_batch(request: Request, batch_id: str) -> Response:
 
 @router.get("/v1/batches", responses=ERRORS, summary="List the caller's batches, newest first")
 async def list_batches(request: Request) -> Response:
-    raw_limit = request.query_params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise InvalidRequest("'limit' must be 1..100.", param="limit")
+    limit = _limit(request, 20, 100)
     after = request.query_params.get("after")
-    who = keys.current()
-    batches = [b for b in await _jobs(request).store.all_batches() if who.owns(b.owner)]
-    batches.sort(key=lambda b: (b.created_at, b.id), reverse=True)
-    if after:
-        ids = [b.id for b in batches]
-        batches = batches[ids.index(after) + 1 :] if after in ids else []
-    page = batches[: int(raw_limit)]
+    store = _jobs(request).store
+    page, more = await listing.page(store, "batches", keys.current(), after, limit)
     return _json(
         BatchList(
             data=[b.public() for b in page],
             first_id=page[0].id if page else None,
             last_id=page[-1].id if page else None,
-            has_more=len(batches) > len(page),
+            has_more=more is not None,
         )
     )
 

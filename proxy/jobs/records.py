@@ -150,6 +150,9 @@ class TaskView(msgspec.Struct):
 class TaskList(msgspec.Struct):
     tasks: list[TaskView]
     total: int
+    """How many tasks the caller has (any state and model)."""
+    next: str | None = None
+    """The cursor of the next page (pass it as ``after``); None on the last page."""
 
 
 def stream_path(job_id: str) -> str:
@@ -233,6 +236,8 @@ class FileRecord(FileObject, kw_only=True):
 class FileList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
     has_more: bool = False
 
 

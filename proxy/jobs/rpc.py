@@ -34,8 +34,9 @@ from proxy import keys
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
 from proxy.images import check_image_request, image_url_base
+from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
-from proxy.jobs.records import Accepted, TaskList, TaskView, encode
+from proxy.jobs.records import Accepted, Job, TaskList, TaskView, encode
 from proxy.jobs.state import TaskState
 from proxy.keys import Principal
 from proxy.parsing import MAX_MODEL_NAME, read_body
@@ -275,17 +276,20 @@ async def tasks_list(call: Call) -> TaskList:
     limit = DEFAULT_LIST_LIMIT if limit is None else limit
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
-    jobs = await call.jobs.store.all_jobs()
-    who = call.who
-    jobs = [
-        j
-        for j in jobs
-        if who.owns(j.owner)
-        and (state is None or j.state == state)
-        and (model is None or j.model == model)
-    ]
-    jobs.sort(key=lambda j: j.created_at, reverse=True)
-    return TaskList([TaskView.of(j) for j in jobs[:limit]], len(jobs))
+    after = call.get("after", str)
+    keep = None
+    if state is not None or model is not None:
+
+        def keep(job: Job) -> bool:
+            return (state is None or job.state == state) and (model is None or job.model == model)
+
+    store = call.jobs.store
+    try:
+        jobs, cursor = await listing.page(store, "tasks", call.who, after, limit, keep)
+    except listing.BadCursor as exc:
+        raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
+    total = await store.list_size("tasks", listing.scope(call.who))
+    return TaskList([TaskView.of(j) for j in jobs], total, cursor)
 
 
 METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {

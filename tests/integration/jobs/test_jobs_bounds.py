@@ -1,11 +1,23 @@
 """Bounded work per request (issue 23), against a real proxy + manager + stand-in models:
-a JSON-RPC batch capped by total work."""
+a JSON-RPC batch capped by total work; tasks, files and batches listed a page at a time
+by a cursor, owner-scoped, with the proxy's peak memory measured around a walk over
+many records."""
 
 from __future__ import annotations
 
-import httpx
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from tests.integration.jobs.jobs_stack import TEXT_A, JobsStack
+import httpx
+import pytest
+
+from proxy.jobs.records import BatchRecord, FileRecord, Job, RequestCounts
+from proxy.jobs.state import BatchState, TaskState
+from proxy.jobs.store import JobStore
+from proxy.keys import simple_name
+from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, JobsStack, run_redis
 from tests.integration.jobs.sse import rpc
 
 
@@ -45,3 +57,209 @@ def test_an_rpc_batch_over_its_total_work_is_refused_before_any_call_runs(
         replies = client.post("/rpc", json=fits).json()
         assert [x["id"] for x in replies] == list(range(20))
         assert all("tasks" in x["result"] for x in replies)
+
+
+# -- listing a page at a time --------------------------------------------------------
+
+KEY_B = "bounds-b-" + secrets.token_urlsafe(24)
+TASKS_A, TASKS_B, BODY = 5000, 40, 32 * 1024  # 160 MB of task bodies for key A
+FILES_A, FILE_BYTES = 160, 512 * 1024  # 80 MB of file content
+BATCHES_A = 250
+
+
+def _seed(path: Path, owner_a: str, owner_b: str) -> int:
+    """Fill a job store the way a long-running proxy would have, before the proxy
+    starts. Returns the bytes of task bodies and file content written for key A."""
+    store = JobStore(str(path))
+    now = time.time() - 3600
+    try:
+        for i in range(TASKS_A + TASKS_B):
+            owner = owner_a if i < TASKS_A else owner_b
+            job = Job(
+                id=f"task_seed{i:06d}",
+                method="create_completion",
+                model=TEXT_A,
+                endpoint="/v1/completions",
+                body={"model": TEXT_A, "prompt": "x" * BODY},
+                state=TaskState.SUCCESS,
+                created_at=now + i * 0.001,
+                finished_at=time.time(),
+                owner=owner,
+            )
+            store.put_job(job)
+        for i in range(FILES_A + 3):
+            meta = FileRecord(
+                id=f"file_seed{i:05d}",
+                bytes=FILE_BYTES,
+                created_at=int(now) + i // 10,  # ten to a second: ties broken by id
+                filename="seed.jsonl",
+                purpose="batch",
+                owner=owner_a if i < FILES_A else owner_b,
+            )
+            store.put_file(meta, b"y" * FILE_BYTES)
+        for i in range(BATCHES_A + 3):
+            batch = BatchRecord(
+                id=f"batch_seed{i:05d}",
+                endpoint="/v1/completions",
+                input_file_id="file_seed00000",
+                status=BatchState.COMPLETED,
+                created_at=int(now) + i,
+                request_counts=RequestCounts(total=0),
+                jobs=[],
+                owner=owner_a if i < BATCHES_A else owner_b,
+            )
+            store.put_batch(batch)
+    finally:
+        store.close()
+    return TASKS_A * BODY + FILES_A * FILE_BYTES
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def seeded(jobs_stack: JobsStack) -> Iterator[tuple[str, int]]:
+    """A second proxy (p2) on a store seeded with many records of two keys."""
+    path = jobs_stack.work / "seeded" / "jobs.db"
+    path.parent.mkdir()
+    seeded_bytes = _seed(path, simple_name(jobs_stack.api_key), simple_name(KEY_B))
+    keys = {"HOMELAB_API_KEYS": f"{jobs_stack.api_key},{KEY_B}"}
+    jobs_stack.start_proxy("p2", str(path), keys)
+    yield "p2", seeded_bytes
+    jobs_stack.stop_proxy("p2")
+
+
+def _walk(fetch: Callable[[str | None], tuple[list[str], str | None]]) -> list[str]:
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = fetch(cursor)
+        ids += page
+        if cursor is None:
+            return ids
+
+
+def test_listing_walks_every_record_once_without_loading_them_all(
+    jobs_stack: JobsStack, seeded: tuple[str, int]
+) -> None:
+    name, seeded_bytes = seeded
+    pid = jobs_stack.proxies[name].proc.pid
+    with jobs_stack.client(name) as client:
+        client.get("/v1/files", params={"limit": 1})  # warm the routes up
+        rpc(client, "tasks.list", {"limit": 1})
+        before = _peak_rss(pid)
+
+        def tasks(after: str | None) -> tuple[list[str], str | None]:
+            params: dict = {"limit": 100} | ({"after": after} if after else {})
+            result = rpc(client, "tasks.list", params)["result"]
+            assert result["total"] == TASKS_A
+            return [t["taskId"] for t in result["tasks"]], result["next"]
+
+        def openai_list(path: str, limit: int) -> Callable:
+            def fetch(after: str | None) -> tuple[list[str], str | None]:
+                params: dict = {"limit": limit} | ({"after": after} if after else {})
+                r = client.get(path, params=params)
+                assert r.status_code == 200, r.text
+                page = r.json()
+                ids = [x["id"] for x in page["data"]]
+                assert page["last_id"] == (ids[-1] if ids else None)
+                return ids, page["last_id"] if page["has_more"] else None
+
+            return fetch
+
+        task_ids = _walk(tasks)
+        file_ids = _walk(openai_list("/v1/files", 50))
+        batch_ids = _walk(openai_list("/v1/batches", 100))
+        grown = _peak_rss(pid) - before
+    # Every one of key A's records once, newest first; none of key B's.
+    assert task_ids == [f"task_seed{i:06d}" for i in reversed(range(TASKS_A))]
+    assert len(file_ids) == len(set(file_ids)) == FILES_A
+    assert set(file_ids) == {f"file_seed{i:05d}" for i in range(FILES_A)}
+    assert batch_ids == [f"batch_seed{i:05d}" for i in reversed(range(BATCHES_A))]
+    # Memory: the listing held a page at a time, never the 240 MB seeded for key A.
+    assert grown < seeded_bytes // 8, (grown, seeded_bytes)
+
+
+def test_a_cursor_survives_new_records_and_another_keys_cursor_is_refused(
+    jobs_stack: JobsStack, seeded: tuple[str, int]
+) -> None:
+    name, _ = seeded
+    with jobs_stack.client(name) as client:
+        first = rpc(client, "tasks.list", {"limit": 10})["result"]
+        new = rpc(client, "create_embedding", {"model": EMBED, "input": "new"})["result"]
+        second = rpc(client, "tasks.list", {"limit": 10, "after": first["next"]})["result"]
+        # The new task is in front of the first page, not in the second: nothing twice.
+        seen = [t["taskId"] for t in first["tasks"] + second["tasks"]]
+        assert len(set(seen)) == 20 and new["taskId"] not in seen
+        assert seen == [f"task_seed{i:06d}" for i in reversed(range(TASKS_A - 20, TASKS_A))]
+        # A file id as the cursor works as OpenAI's `after` does.
+        files = client.get("/v1/files", params={"limit": 3}).json()
+        after = client.get("/v1/files", params={"limit": 3, "after": files["last_id"]}).json()
+        assert not {f["id"] for f in files["data"]} & {f["id"] for f in after["data"]}
+    b = httpx.Client(
+        base_url=jobs_stack.proxies[name].url,
+        headers={"Authorization": f"Bearer {KEY_B}"},
+        timeout=60,
+    )
+    with b:
+        # Key B sees its own three batches only; key A's batch id is no cursor for B.
+        own = b.get("/v1/batches").json()
+        assert [x["id"] for x in own["data"]] == [
+            f"batch_seed{i:05d}" for i in reversed(range(BATCHES_A, BATCHES_A + 3))
+        ]
+        crossing = b.get("/v1/batches", params={"after": "batch_seed00001"})
+        assert crossing.status_code == 400
+        assert crossing.json()["error"]["code"] == "invalid_cursor"
+        listed = rpc(b, "tasks.list", {"limit": 1000})["result"]
+        assert listed["total"] == TASKS_B and listed["next"] is None
+        assert {t["taskId"] for t in listed["tasks"]} == {
+            f"task_seed{i:06d}" for i in range(TASKS_A, TASKS_A + TASKS_B)
+        }
+
+
+def test_the_listing_index_on_a_real_redis(tmp_path: Path) -> None:
+    """The same keyset pages on Redis (sorted sets read with ZREVRANGEBYLEX)."""
+    with run_redis(tmp_path) as url:
+        store = JobStore(url)
+        try:
+            for i in range(25):
+                store.put_job(
+                    Job(
+                        id=f"task_r{i:03d}",
+                        method="create_completion",
+                        model=TEXT_A,
+                        endpoint="/v1/completions",
+                        body={},
+                        created_at=1_000_000 + i,
+                        owner="a" if i % 2 else "b",
+                    )
+                )
+            ids, cursor = [], None
+            while True:
+                page, cursor = store.list_page("tasks", "a", cursor, 4)
+                ids += [j.id for j in page]
+                if cursor is None:
+                    break
+            assert ids == [f"task_r{i:03d}" for i in reversed(range(25)) if i % 2]
+            assert store.list_size("tasks", None) == 25 and store.list_size("tasks", "b") == 13
+            store.delete_job("task_r023")
+            assert store.list_page("tasks", "a", None, 1)[0][0].id == "task_r021"
+            # A store from before the index: indexed once when a proxy opens it.
+            store.index.conn.delete(*store.index.conn.keys("homelab_index*"))
+            store.index.delete_data("indexed-v1")
+            assert store.list_page("tasks", None, None, 5) == ([], None)
+        finally:
+            store.close()
+        store = JobStore(url)
+        try:
+            assert [j.id for j in store.list_page("tasks", None, None, 2)[0]] == [
+                "task_r024",
+                "task_r022",
+            ]
+        finally:
+            store.close()
