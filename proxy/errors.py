@@ -117,6 +117,14 @@ class WrongModelType(InvalidRequest):
         super().__init__(message, param="model", code="wrong_model_type")
 
 
+class FileQuotaExceeded(ProxyError):
+    """Keeping one more file would pass a file quota: the key's own
+    (``HOMELAB_FILE_QUOTA_BYTES``, code ``key_file_quota_exceeded``) or all keys' together
+    (``HOMELAB_FILES_TOTAL_BYTES``, ``total_file_quota_exceeded``) (403)."""
+
+    status, type, code = 403, "insufficient_quota", "key_file_quota_exceeded"
+
+
 class UnsupportedMediaType(ProxyError):
     """The body's Content-Type is not what the endpoint takes (415)."""
 

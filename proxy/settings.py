@@ -199,6 +199,24 @@ class ProxySettings(ServiceSettings):
     max_batch_lines: int = Field(
         default=50_000, gt=0, description="Most requests in one batch input file."
     )
+    file_ttl: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Seconds a file (a batch's input, output or error file) is kept: "
+        "then it is gone from /v1/files and deleted by the periodic sweep.",
+    )
+    file_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of files one key may keep (its uploads and its batches' output); "
+        "an upload over it is a 403 insufficient_quota.",
+    )
+    files_total_bytes: int = Field(
+        default=8 * 1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of files all keys together may keep; an upload over it is a 403 "
+        "insufficient_quota.",
+    )
 
     def job_store_url(self) -> str:
         return self.jobs_url or str(self.state_dir / f"proxy-jobs-{self.proxy_port}.db")

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy import keys
-from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.errors import FileQuotaExceeded, InvalidRequest, NotFound, ProxyError
 from proxy.images import check_image_request, image_url_base
 from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
@@ -44,6 +44,7 @@ from proxy.jobs.records import (
     encode,
 )
 from proxy.jobs.state import BatchState, TaskState
+from proxy.jobs.store import QuotaExceeded
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
 from proxy.routes_openai import resolve_model
@@ -137,22 +138,40 @@ async def upload_file(request: Request) -> Response:
     await asyncio.to_thread(
         _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
     )
+    now = int(time.time())
     meta = FileRecord(
         id=new_id("file"),
         bytes=len(data),
-        created_at=int(time.time()),
+        created_at=now,
         filename=filename,
         purpose="batch",
         owner=keys.current().name,
+        expires_at=now + int(settings.file_ttl),
     )
-    await _jobs(request).store.put_file(meta, data)
+    quota = (settings.file_quota_bytes, settings.files_total_bytes)
+    try:
+        await _jobs(request).store.put_file(meta, data, quota)
+    except QuotaExceeded as exc:
+        if exc.which == "key":
+            raise FileQuotaExceeded(
+                f"This key's file quota is full: {exc.used} of {exc.limit} bytes in use "
+                f"(HOMELAB_FILE_QUOTA_BYTES); this file has {len(data)}. Delete files, or "
+                "wait for them to expire.",
+                param="file",
+            ) from exc
+        raise FileQuotaExceeded(
+            f"The proxy's file storage is full: {exc.used} of {exc.limit} bytes in use by "
+            f"all keys (HOMELAB_FILES_TOTAL_BYTES); this file has {len(data)}.",
+            param="file",
+            code="total_file_quota_exceeded",
+        ) from exc
     return _json(meta.public())
 
 
 async def _file(request: Request, file_id: str) -> FileRecord:
     """The file, if the caller owns it (an admin: any); else 404, as for no file at all."""
     meta = await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
-    if meta is None or not keys.current().owns(meta.owner):
+    if meta is None or not keys.current().owns(meta.owner) or meta.expired(time.time()):
         raise NotFound(f"No file {file_id[:200]!r}.", param="file_id", code="file_not_found")
     return meta
 
@@ -169,7 +188,10 @@ async def list_files(request: Request) -> Response:
     limit = _limit(request, 100, 1000)
     after = request.query_params.get("after")
     store = _jobs(request).store
-    files, more = await listing.page(store, "files", keys.current(), after, limit)
+    now = time.time()
+    files, more = await listing.page(
+        store, "files", keys.current(), after, limit, lambda f: not f.expired(now)
+    )
     return _json(
         FileList(
             data=[f.public() for f in files],
@@ -346,6 +368,7 @@ async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job])
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 owner=batch.owner,
+                expires_at=now + int(jobs.ctx.settings.file_ttl),
             )
             await jobs.store.put_file(meta, bytes(content))
             if kind == "output":

@@ -466,7 +466,7 @@ class Dispatcher:
                 if self.store.shared and now - last_recover >= RECOVER_INTERVAL:
                     last_recover = now
                     await self.recover()
-                if now - last_sweep >= SWEEP_INTERVAL:
+                if now - last_sweep >= self.sweep_interval():
                     last_sweep = now
                     await self.sweep()
                     with contextlib.suppress(ProxyError):  # models added to models.json
@@ -476,10 +476,17 @@ class Dispatcher:
             except Exception:
                 log.exception("job housekeeping failed; retrying")
 
+    def sweep_interval(self) -> float:
+        """Seconds between sweeps: SWEEP_INTERVAL, or half the shorter of the job and
+        file TTLs when that is less (so nothing outlives its TTL by more than half)."""
+        file_ttl = self.ctx.settings.file_ttl
+        return max(HEARTBEAT, min(SWEEP_INTERVAL, self.ttl / 2, file_ttl / 2))
+
     async def sweep(self) -> int:
-        """Forget finished jobs older than the TTL. Returns how many."""
+        """Forget finished jobs older than the TTL, and delete expired files
+        (``HOMELAB_FILE_TTL``). Returns how many jobs and files."""
         cutoff = time.time() - self.ttl
-        gone = 0
+        gone = await self.store.sweep_files(time.time())
         for job in await self.store.all_jobs():
             if job.state.terminal and (job.finished_at or 0) < cutoff:
                 await self.store.delete_job(job.id)

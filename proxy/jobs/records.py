@@ -220,12 +220,17 @@ class FileObject(msgspec.Struct, kw_only=True):
     filename: str
     purpose: Literal["batch", "batch_output"]
     status: Literal["processed"] = "processed"
+    expires_at: int | None = None
+    """When the file is deleted (``HOMELAB_FILE_TTL`` after its creation)."""
 
 
 class FileRecord(FileObject, kw_only=True):
     """A file as the store keeps it: the OpenAI object plus its owner (`Job.owner`)."""
 
     owner: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def public(self) -> FileObject:
         """The object clients see (without the owner)."""

@@ -51,6 +51,21 @@ class StoreInUse(RuntimeError):
     """The embedded store's file is locked by another running proxy."""
 
 
+class QuotaExceeded(Exception):
+    """Storing a file would pass a quota: `which` is ``key`` or ``total``."""
+
+    def __init__(self, which: str, limit: int, used: int) -> None:
+        super().__init__(f"{which} file quota {limit} bytes; {used} in use")
+        self.which, self.limit, self.used = which, limit, used
+
+
+def _usage_key(owner: str | None) -> str:
+    return "usage:" + ("\x00none" if owner is None else owner)
+
+
+TOTAL_USAGE = "usage-total"
+
+
 def _queue_name(model: str) -> str:
     # Redis storage names drop everything but [A-Za-z0-9_]; hex keeps model names distinct.
     return "homelab_q_" + model.encode().hex()
@@ -258,7 +273,22 @@ class JobStore:
 
     # -- files (batch input and output) ----------------------------------------
 
-    def put_file(self, meta: FileRecord, content: bytes) -> None:
+    def put_file(
+        self, meta: FileRecord, content: bytes, quota: tuple[int, int] | None = None
+    ) -> None:
+        """Store a file. `quota` (per key, in total): raise QuotaExceeded instead when the
+        file would pass either; the usage counters are reserved atomically first, so
+        two uploads at once cannot both pass. Without `quota` (a batch's output) the
+        file is counted but never refused."""
+        size = len(content)
+        mine = self.count(_usage_key(meta.owner), size)
+        total = self.count(TOTAL_USAGE, size)
+        if quota is not None and (mine > quota[0] or total > quota[1]):
+            self.count(_usage_key(meta.owner), -size)
+            self.count(TOTAL_USAGE, -size)
+            if mine > quota[0]:
+                raise QuotaExceeded("key", quota[0], mine - size)
+            raise QuotaExceeded("total", quota[1], total - size)
         self.files.put_data("data:" + meta.id, content)
         self._index("files", meta.owner, meta.created_at, meta.id)
         self.files.put_data("meta:" + meta.id, encode(meta))
@@ -284,7 +314,29 @@ class JobStore:
         if meta is not None:
             self._unindex("files", meta.owner, meta.created_at, meta.id)
         self.files.delete_data("data:" + file_id)
-        return bool(self.files.delete_data("meta:" + file_id))
+        gone = bool(self.files.delete_data("meta:" + file_id))
+        if gone and meta is not None:  # only the one caller that deleted it uncounts it
+            self.count(_usage_key(meta.owner), -meta.bytes)
+            self.count(TOTAL_USAGE, -meta.bytes)
+        return gone
+
+    def file_usage(self, owner: str | None) -> tuple[int, int]:
+        """Bytes of files kept for `owner`, and for everyone."""
+        return self.count(_usage_key(owner), 0), self.count(TOTAL_USAGE, 0)
+
+    def sweep_files(self, now: float, chunk: int = 500) -> int:
+        """Delete the files expired at `now`, a chunk of metadata at a time. Returns how
+        many."""
+        gone = 0
+        cursor: str | None = None
+        while True:
+            found, cursor = self.list_page(
+                "files", None, cursor, chunk, lambda f: f.expired(now), budget=chunk * 10
+            )
+            for meta in found:
+                gone += self.delete_file(meta.id)
+            if cursor is None:
+                return gone
 
     # -- batches (records in the files namespace) -------------------------------
 
@@ -442,6 +494,8 @@ class JobStore:
         for _, raw in self._scan(self.files, "meta:"):
             meta = decode(raw, FileRecord)
             self._index("files", meta.owner, meta.created_at, meta.id)
+            self.count(_usage_key(meta.owner), meta.bytes)
+            self.count(TOTAL_USAGE, meta.bytes)
         for _, raw in self._scan(self.files, "batch:"):
             batch = decode(raw, BatchRecord)
             self._index("batches", batch.owner, batch.created_at, batch.id)
@@ -498,6 +552,8 @@ class AsyncJobStore:
         self.get_file = _threaded(store.get_file)
         self.file_content = _threaded(store.file_content)
         self.get_files = _threaded(store.get_files)
+        self.file_usage = _threaded(store.file_usage)
+        self.sweep_files = _threaded(store.sweep_files)
         self.delete_file = _threaded(store.delete_file)
         self.put_batch = _threaded(store.put_batch)
         self.get_batch = _threaded(store.get_batch)

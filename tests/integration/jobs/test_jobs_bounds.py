@@ -5,7 +5,10 @@ many records."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,3 +266,88 @@ def test_the_listing_index_on_a_real_redis(tmp_path: Path) -> None:
             ]
         finally:
             store.close()
+
+
+# -- files: expiry and quotas ---------------------------------------------------------
+
+FILE_TTL, QUOTA_KEY, QUOTA_TOTAL, UPLOAD = 4, 4500, 5000, 2000
+
+
+def _upload(client: httpx.Client, size: int = UPLOAD) -> httpx.Response:
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": TEXT_A, "prompt": ""},
+    }
+    line["body"]["prompt"] = "p" * (size - len(json.dumps(line)) - 1)
+    data = (json.dumps(line) + "\n").encode()
+    assert len(data) == size
+    return client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+
+
+def _stored(path: Path, file_id: str) -> bool:
+    """Whether the store still holds the file's bytes (read beside the running proxy)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT count(*) FROM kv WHERE queue = 'homelab_files' AND key = ?",
+            ("data:" + file_id,),
+        ).fetchone()
+    return bool(row[0])
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, what
+        time.sleep(0.2)
+
+
+def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) -> None:
+    path = jobs_stack.work / "quota" / "jobs.db"
+    path.parent.mkdir()
+    env = {
+        "HOMELAB_API_KEYS": f"{jobs_stack.api_key},{KEY_B}",
+        "HOMELAB_FILE_TTL": str(FILE_TTL),
+        "HOMELAB_FILE_QUOTA_BYTES": str(QUOTA_KEY),
+        "HOMELAB_FILES_TOTAL_BYTES": str(QUOTA_TOTAL),
+    }
+    jobs_stack.start_proxy("p3", str(path), env)
+    b = httpx.Client(
+        base_url=jobs_stack.proxies["p3"].url,
+        headers={"Authorization": f"Bearer {KEY_B}"},
+        timeout=60,
+    )
+    try:
+        with jobs_stack.client("p3") as a, b:
+            first, second = (_upload(a).json() for _ in range(2))
+            assert first["expires_at"] == first["created_at"] + FILE_TTL
+            over_key = _upload(a)  # 6000 > the key's 4500
+            assert over_key.status_code == 403, over_key.text
+            error = over_key.json()["error"]
+            assert (error["type"], error["code"]) == (
+                "insufficient_quota",
+                "key_file_quota_exceeded",
+            )
+            assert "HOMELAB_FILE_QUOTA_BYTES" in error["message"]
+            over_total = _upload(b)  # B's 2000 is under its quota, but 6000 > 5000 in all
+            assert over_total.status_code == 403
+            assert over_total.json()["error"]["code"] == "total_file_quota_exceeded"
+            assert "HOMELAB_FILES_TOTAL_BYTES" in over_total.json()["error"]["message"]
+            listed = [f["id"] for f in a.get("/v1/files").json()["data"]]
+            assert set(listed) == {first["id"], second["id"]} and len(listed) == 2
+            # Past expires_at: gone from list, get and content at once ...
+            _until(lambda: time.time() > second["expires_at"] + 0.5, "the files to expire")
+            assert a.get("/v1/files").json()["data"] == []
+            for path_ in (f"/v1/files/{first['id']}", f"/v1/files/{first['id']}/content"):
+                gone = a.get(path_)
+                assert gone.status_code == 404 and gone.json()["error"]["code"] == "file_not_found"
+            # ... and deleted from the store by the sweep, which frees the quota.
+            _until(
+                lambda: not _stored(path, first["id"]) and not _stored(path, second["id"]),
+                "the sweep to delete the expired files",
+            )
+            assert _upload(b).status_code == 200
+            assert _upload(a).status_code == 200
+    finally:
+        jobs_stack.stop_proxy("p3")

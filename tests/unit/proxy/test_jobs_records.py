@@ -230,7 +230,7 @@ BATCH_KEYS = [
     "request_counts",
     "metadata",
 ]
-FILE_KEYS = ["id", "object", "bytes", "created_at", "filename", "purpose", "status"]
+FILE_KEYS = ["id", "object", "bytes", "created_at", "filename", "purpose", "status", "expires_at"]
 
 
 async def _rpc(client, method: str, **params) -> dict:
