@@ -125,6 +125,12 @@ class FileQuotaExceeded(ProxyError):
     status, type, code = 403, "insufficient_quota", "key_file_quota_exceeded"
 
 
+class TooManyStreams(ProxyError):
+    """The key has ``HOMELAB_MAX_STREAMS_PER_KEY`` job streams open already (429)."""
+
+    status, type, code = 429, "rate_limit_error", "too_many_streams"
+
+
 class UnsupportedMediaType(ProxyError):
     """The body's Content-Type is not what the endpoint takes (415)."""
 

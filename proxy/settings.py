@@ -199,6 +199,12 @@ class ProxySettings(ServiceSettings):
     max_batch_lines: int = Field(
         default=50_000, gt=0, description="Most requests in one batch input file."
     )
+    max_streams_per_key: int = Field(
+        default=32,
+        ge=1,
+        description="Most /stream/{taskId} connections one key may hold open at once "
+        "(one more: 429 too_many_streams).",
+    )
     file_ttl: float = Field(
         default=7 * 86400.0,
         gt=0,

@@ -37,6 +37,7 @@ from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, T
 from proxy.jobs.runner import Outcome, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
+from proxy.jobs.watch import TaskWatchers
 from proxy.keys import Principal
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
@@ -96,6 +97,8 @@ class Dispatcher:
         self._known_models: list[str] = []
         """Model names from the manager's last list: whose queues to look at."""
         self._listeners: dict[str, set[asyncio.Event]] = {}
+        self.watchers = TaskWatchers(self)
+        """One watcher per task with a `/stream` open here (`proxy.jobs.watch`)."""
         self._suspects: set[str] = set()
         self.on_finished: list[Callable[[Job], Awaitable[None]]] = []
         """Callbacks `await cb(job)` after a job reached a terminal state (batches)."""

@@ -5,6 +5,7 @@ many records."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -351,3 +352,89 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             assert _upload(a).status_code == 200
     finally:
         jobs_stack.stop_proxy("p3")
+
+
+# -- /stream: one watcher per task, streams capped per key ------------------------------
+
+STREAMS = 40
+
+
+def _gauge(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def _follow(
+    client: httpx.AsyncClient, path: str, opened: asyncio.Event, tokened: asyncio.Event
+) -> list[tuple]:
+    """Read one stream to its end: the (id, event) of every stored event."""
+    seen: list[tuple] = []
+    async with client.stream("GET", path, timeout=120) as resp:
+        assert resp.status_code == 200
+        opened.set()
+        ev_id = None
+        async for line in resp.aiter_lines():
+            if line.startswith("id:"):
+                ev_id = int(line[3:].strip())
+            elif line.startswith("event:") and ev_id is not None:
+                seen.append((ev_id, line[6:].strip()))
+                if seen[-1][1] == "token":
+                    tokened.set()
+                ev_id = None
+    return seen
+
+
+async def test_streams_of_one_task_share_one_watcher_and_a_key_has_a_cap(
+    jobs_stack: JobsStack,
+) -> None:
+    path = jobs_stack.work / "streams" / "jobs.db"
+    path.parent.mkdir()
+    jobs_stack.start_proxy("p4", str(path), {"HOMELAB_MAX_STREAMS_PER_KEY": str(STREAMS)})
+    url = jobs_stack.proxies["p4"].url
+    try:
+        with jobs_stack.client("p4") as sync:
+            long = " ".join(f"w{i}" for i in range(600))  # streamed a word every 0.05 s
+            task = rpc(sync, "create_message", {"model": TEXT_A, "message": long})["result"]
+            limits = httpx.Limits(max_connections=STREAMS + 5)
+            async with httpx.AsyncClient(
+                base_url=url, headers=jobs_stack.headers(), limits=limits
+            ) as client:
+                opened = [asyncio.Event() for _ in range(STREAMS)]
+                tokened = asyncio.Event()
+                readers = [
+                    asyncio.create_task(_follow(client, task["stream"], opened[i], tokened))
+                    for i in range(STREAMS)
+                ]
+                await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 60)
+
+                def counted() -> bool:
+                    return _gauge(sync, "homelab_proxy_job_streams") == STREAMS
+
+                await asyncio.to_thread(_until, counted, "the streams to be counted")
+                # One watcher reads the store for all forty streams of the task.
+                assert _gauge(sync, "homelab_proxy_job_watchers") == 1
+                # One stream more for this key: a 429 envelope, not a forty-first reader.
+                over = await client.get(task["stream"])
+                assert over.status_code == 429, over.text
+                assert over.json()["error"]["code"] == "too_many_streams"
+                assert "HOMELAB_MAX_STREAMS_PER_KEY" in over.json()["error"]["message"]
+                await asyncio.wait_for(tokened.wait(), 120)  # the model answers meanwhile
+                assert _gauge(sync, "homelab_proxy_job_watchers") == 1
+                rpc(sync, "tasks.cancel", {"taskId": task["taskId"]})
+                seen = await asyncio.wait_for(asyncio.gather(*readers), 120)
+            # Every stream got the same events, each once, in order, to the end.
+            assert all(s == seen[0] for s in seen)
+            ids = [i for i, _ in seen[0]]
+            assert ids == list(range(1, len(ids) + 1)) and seen[0][-1][1] == "end"
+            assert any(name == "token" for _, name in seen[0])
+            _until(
+                lambda: (
+                    _gauge(sync, "homelab_proxy_job_streams") == 0
+                    and _gauge(sync, "homelab_proxy_job_watchers") == 0
+                ),
+                "the streams and the watcher to be gone",
+            )
+    finally:
+        jobs_stack.stop_proxy("p4")
