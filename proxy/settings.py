@@ -205,6 +205,17 @@ class ProxySettings(ServiceSettings):
         description="Most /stream/{taskId} connections one key may hold open at once "
         "(one more: 429 too_many_streams).",
     )
+    mcp_sessions_per_key: int = Field(
+        default=16,
+        ge=1,
+        description="Most MCP sessions (/mcp) one key may hold open at once (one more: 429).",
+    )
+    mcp_session_idle_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds an MCP session may go with no request in flight (and no open "
+        "GET stream) before it is ended; its id then answers 404.",
+    )
     file_ttl: float = Field(
         default=7 * 86400.0,
         gt=0,

@@ -23,6 +23,7 @@ from proxy.jobs.store import JobStore
 from proxy.keys import simple_name
 from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, JobsStack, run_redis
 from tests.integration.jobs.sse import rpc
+from tests.mcp_client import INITIALIZE
 
 
 def _call(method: str, params: dict, id_: int | None) -> dict:
@@ -438,3 +439,59 @@ async def test_streams_of_one_task_share_one_watcher_and_a_key_has_a_cap(
             )
     finally:
         jobs_stack.stop_proxy("p4")
+
+
+# -- MCP sessions: a cap per key and an idle timeout ----------------------------------
+
+MCP_PER_KEY, MCP_IDLE = 3, 3
+
+
+def _mcp_headers(key: str, session: str | None = None) -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-06-18",
+    }
+    return headers | ({"Mcp-Session-Id": session} if session else {})
+
+
+def test_mcp_sessions_are_capped_per_key_and_end_when_idle(jobs_stack: JobsStack) -> None:
+    path = jobs_stack.work / "mcp" / "jobs.db"
+    path.parent.mkdir()
+    env = {
+        "HOMELAB_API_KEYS": f"{jobs_stack.api_key},{KEY_B}",
+        "HOMELAB_MCP_SESSIONS_PER_KEY": str(MCP_PER_KEY),
+        "HOMELAB_MCP_SESSION_IDLE_TIMEOUT": str(MCP_IDLE),
+    }
+    jobs_stack.start_proxy("p5", str(path), env)
+    url = jobs_stack.proxies["p5"].url + "/mcp"
+    key_a = jobs_stack.api_key
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    try:
+        with httpx.Client(timeout=30) as http:
+
+            def open_session(key: str) -> httpx.Response:
+                return http.post(url, json=INITIALIZE, headers=_mcp_headers(key))
+
+            sessions = [open_session(key_a).headers["mcp-session-id"] for _ in range(MCP_PER_KEY)]
+            over = open_session(key_a)
+            assert over.status_code == 429, over.text
+            assert "HOMELAB_MCP_SESSIONS_PER_KEY" in over.json()["error"]["message"]
+            # The cap is per key: another key opens its own.
+            assert open_session(KEY_B).status_code == 200
+            # A session in use keeps working ...
+            used = http.post(url, json=ping, headers=_mcp_headers(key_a, sessions[0]))
+            assert used.status_code == 200
+            # ... and idle ones end after the idle timeout (a refused open touches none
+            # of them): the key may open sessions again, and their ids answer 404.
+            reopened: list[httpx.Response] = []
+            _until(
+                lambda: reopened.append(open_session(key_a)) or reopened[-1].status_code == 200,
+                "the idle sessions to end",
+            )
+            assert {r.status_code for r in reopened[:-1]} <= {429}
+            gone = http.post(url, json=ping, headers=_mcp_headers(key_a, sessions[1]))
+            assert gone.status_code == 404
+    finally:
+        jobs_stack.stop_proxy("p5")
