@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from proxy_stack import build_stack
+
 from proxy.jobs.records import Job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import JobStore
@@ -71,3 +74,22 @@ def test_a_store_from_before_the_index_is_indexed_once_at_start(tmp_path: Path) 
     store = JobStore(str(tmp_path / "j.db"))
     assert _walk(store, "a", 10) == ["task_0002", "task_0001", "task_0000"]
     store.close()
+
+
+async def test_an_rpc_batch_answer_stops_growing_at_its_byte_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.jobs import rpc
+
+    monkeypatch.setattr(rpc, "MAX_ANSWER_BYTES", 300)
+    async with build_stack(tmp_path) as stack:
+        calls = [
+            {"jsonrpc": "2.0", "id": i, "method": "tasks.get", "params": {"taskId": "x" * 150}}
+            for i in range(5)
+        ]
+        replies = (await stack.client.post("/rpc", json=calls)).json()
+    codes = [r["error"]["code"] for r in replies]
+    assert [r["id"] for r in replies] == list(range(5))
+    # Each "No task" answer is ~200 bytes: two fit under 300, the rest are not run.
+    assert codes == [-32001, -32001, -32004, -32004, -32004]
+    assert "send this call again on its own" in replies[-1]["error"]["message"]
