@@ -412,7 +412,9 @@ class Dispatcher:
                 return True  # the embedded store has one proxy: any other one is gone
             return instance is None or alive.get(instance, 0.0) < now - DEAD_AFTER
 
-        jobs = await self.store.all_jobs()
+        jobs = await self.store.jobs_where(
+            lambda j: j.state in (TaskState.STARTED, TaskState.PENDING)
+        )
         queued: dict[str, set[str]] = {}
         requeued = 0
         suspects: set[str] = set()
@@ -490,8 +492,10 @@ class Dispatcher:
         (``HOMELAB_FILE_TTL``). Returns how many jobs and files."""
         cutoff = time.time() - self.ttl
         gone = await self.store.sweep_files(time.time())
-        for job in await self.store.all_jobs():
-            if job.state.terminal and (job.finished_at or 0) < cutoff:
-                await self.store.delete_job(job.id)
-                gone += 1
+        old = await self.store.jobs_where(
+            lambda j: j.state.terminal and (j.finished_at or 0) < cutoff
+        )
+        for job in old:
+            await self.store.delete_job(job.id)
+            gone += 1
         return gone

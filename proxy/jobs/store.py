@@ -174,8 +174,10 @@ class JobStore:
                 out[name] = decode(raw, Job)
         return out
 
-    def all_jobs(self) -> list[Job]:
-        return [decode(raw, Job) for raw in self.jobs.result_items().values()]
+    def jobs_where(self, keep: Callable[[Job], bool]) -> list[Job]:
+        """The jobs `keep` passes, read a few hundred at a time (never every job in
+        memory at once: the recovery and expiry passes want the few unfinished or old)."""
+        return [job for _, raw in self._scan(self.jobs) if keep(job := decode(raw, Job))]
 
     def delete_job(self, job_id: str) -> None:
         """Forget a job, its result, its claims' leftovers and its events."""
@@ -530,7 +532,7 @@ class AsyncJobStore:
         self.put_job = _threaded(store.put_job)
         self.get_job = _threaded(store.get_job)
         self.get_jobs = _threaded(store.get_jobs)
-        self.all_jobs = _threaded(store.all_jobs)
+        self.jobs_where = _threaded(store.jobs_where)
         self.delete_job = _threaded(store.delete_job)
         self.enqueue = _threaded(store.enqueue)
         self.dequeue = _threaded(store.dequeue)
