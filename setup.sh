@@ -223,8 +223,9 @@ EOF
 
 help_gpu_pc() {
     cat <<EOF
-Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--server-address ADDR] [--port N]
-                         [--models FILE] [--env-file FILE] [--skip-gpu-check] [--show-token]
+Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--model-bind ADDR] [--server-address ADDR]
+                         [--port N] [--models FILE] [--env-file FILE] [--skip-gpu-check]
+                         [--show-token]
 
 On the GPU PC (a WSL 2 shell or Git Bash with Docker Desktop, or Linux with Docker and
 the NVIDIA Container Toolkit). Each step checks first and skips what is done:
@@ -243,7 +244,8 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   6. creates the Hugging Face cache volume (\$HOMELAB_HF_CACHE, default $HF_CACHE_DEFAULT)
   7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
      HOMELAB_MANAGER_TOKEN (python -m wire.tokens new, run in the manager image), or
-     keeps the token already there when the token rules accept it. Add HOMELAB_HF_TOKEN=...
+     keeps the token already there when the token rules accept it, and
+     HOMELAB_MODEL_BIND_HOST (--model-bind). Add HOMELAB_HF_TOKEN=...
      to it yourself for gated models; other HOMELAB_* lines you add are kept
      (docs/settings.md lists them).
   8. starts the manager as the container $MANAGER_CONTAINER: --restart unless-stopped
@@ -255,6 +257,10 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   --advertise-host HOST  the GPU PC's LAN name or address the server reaches it by
                          (required under WSL and Git Bash: see \`ipconfig\` in
                          PowerShell; on Linux the first address of \`hostname -I\`)
+  --model-bind ADDR      the address model ports are published on: only the server
+                         reaches them there, by the lease addresses (default: the
+                         advertise host's address; the manager reaches them there too;
+                         0.0.0.0 publishes on every address). Kept in --env-file
   --server-address ADDR  the server's LAN address (IPv4/IPv6, or a subnet like
                          192.168.1.0/24): the printed firewall rule lets only it in.
                          Without it the rule has a <SERVER-ADDRESS> placeholder
@@ -279,6 +285,9 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      PC's .env (its HOMELAB_MANAGER_TOKEN= line); --api-keys-file: one client API key a
      line. Keys are on by default: with none given (and none from an earlier run) a new
      key is generated into the env file (never printed; clients read it from there).
+     The first key is also registered as the admin key, named "admin", in the key file
+     on the volume homelab-proxy-state (docs/keys.md: named keys with their own models
+     and limits, added with docker exec NAME python -m proxy keys add ...).
      --open: no API keys (HOMELAB_API_KEYS=off), anyone who reaches the port may use
      the models. HOMELAB_ALLOWED_HOSTS (the Host names the proxy answers to, besides IP
      addresses and localhost) gets this machine's names, plus any you set
@@ -840,11 +849,41 @@ models_query() {
     docker run --rm -i --entrypoint python "$MANAGER_IMAGE" -c "$code" <"$file"
 }
 
+# `model_bind_address ADVERTISE [GIVEN]`: the address the manager publishes model ports on
+# (HOMELAB_MODEL_BIND_HOST): GIVEN (--model-bind, or the env file's), else ADVERTISE when
+# it is an IP address, else the first IPv4 address the name ADVERTISE resolves to;
+# nothing when it resolves to none.
+model_bind_address() {
+    local advertise="$1" given="${2:-}"
+    if [[ -n "$given" ]]; then
+        printf '%s\n' "$given"
+    elif [[ "$advertise" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || "$advertise" == *:* ]]; then
+        printf '%s\n' "$advertise"
+    else
+        { getent ahostsv4 "$advertise" 2>/dev/null || true; } | awk 'NR == 1 {print $1}'
+    fi
+}
+
+# `model_host_for BIND`: how the manager, in its container, reaches model ports published
+# on BIND: at BIND itself (a port published on one address is reachable only there), or
+# through the host gateway when they are published on every address.
+model_host_for() {
+    case "$1" in
+        0.0.0.0 | :: | "[::]") printf 'host.docker.internal\n' ;;
+        *) printf '%s\n' "$1" ;;
+    esac
+}
+
 cmd_gpu_pc() {
     local models="$REPO_DIR/models.json" env_file="$REPO_DIR/.env" port=8090
-    local advertise="" skip_gpu=0 show_token=0 server_address=""
+    local advertise="" skip_gpu=0 show_token=0 server_address="" model_bind=""
     while (($#)); do
         case "$1" in
+            --model-bind)
+                [[ "${2:-}" =~ ^[0-9A-Fa-f.:]{2,45}$ ]] || die "--model-bind needs an IP address of this PC like 192.168.1.50 (0.0.0.0: every address)"
+                model_bind="$2"
+                shift
+                ;;
             --server-address)
                 [[ "${2:-}" =~ ^[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?$ ]] || die "--server-address needs an IP address (or subnet) like 192.168.1.20"
                 server_address="$2"
@@ -881,6 +920,10 @@ cmd_gpu_pc() {
         info "advertise host: $advertise (guessed from hostname -I; --advertise-host to change)"
     fi
     [[ "$advertise" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || die "--advertise-host must be a host name or address, got: $advertise"
+    [[ -n "$model_bind" ]] || model_bind="$(env_file_value "$env_file" HOMELAB_MODEL_BIND_HOST)"
+    model_bind="$(model_bind_address "$advertise" "$model_bind")"
+    [[ "$model_bind" =~ ^[0-9A-Fa-f.:]{2,45}$ ]] || die "--model-bind is required here: $advertise is not an IP address and resolves to none; pass the GPU PC's LAN address the server reaches (--model-bind 192.168.1.50)"
+    info "model ports on $model_bind only (--model-bind to change)"
 
     step "Docker"
     require_docker
@@ -963,8 +1006,9 @@ for name, m in d.items():
         echo "# Written by ./setup.sh gpu-pc. Secret: never commit or share this file."
         echo "HOMELAB_MANAGER_TOKEN=$token"
         echo "HOMELAB_ADVERTISE_HOST=$advertise"
+        echo "HOMELAB_MODEL_BIND_HOST=$model_bind"
         if [[ -n "$hf_token" ]]; then echo "HOMELAB_HF_TOKEN=$hf_token"; fi
-        other_settings "$env_file" HOMELAB_MANAGER_TOKEN HOMELAB_ADVERTISE_HOST HOMELAB_HF_TOKEN
+        other_settings "$env_file" HOMELAB_MANAGER_TOKEN HOMELAB_ADVERTISE_HOST HOMELAB_MODEL_BIND_HOST HOMELAB_HF_TOKEN
     } | write_private "$env_file"
     info "written (mode 600)"
 
@@ -984,7 +1028,7 @@ for name, m in d.items():
         -v /var/run/docker.sock:/var/run/docker.sock \
         -v "$models_host:/etc/homelab-ai/models.json:ro" \
         --env-file "$(host_path "$env_file")" \
-        -e HOMELAB_MODEL_HOST=host.docker.internal \
+        -e "HOMELAB_MODEL_HOST=$(model_host_for "$model_bind")" \
         --add-host host.docker.internal:host-gateway \
         -e "HOMELAB_HF_CACHE=$hf_cache" \
         "$MANAGER_IMAGE"
@@ -1121,6 +1165,15 @@ cmd_server() {
             HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
+    if [[ "$keys" != off ]]; then
+        # The first key is also the admin key, named "admin" in the key file on the proxy's
+        # state volume (docs/keys.md); more keys: docker exec $name python -m proxy keys add NAME
+        printf '%s\n' "${keys%%,*}" |
+            docker run --rm -i --network none --entrypoint python \
+                -v homelab-proxy-state:/var/lib/homelab-ai/state "$PROXY_IMAGE" \
+                -m proxy keys add admin --admin --key-stdin --replace >/dev/null ||
+            die "could not register the admin key in the proxy's key file"
+    fi
     if [[ "$keys" == off ]]; then
         info "no API keys (--open): anyone who reaches port $port may use the models"
     elif ((generated)); then

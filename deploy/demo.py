@@ -207,6 +207,23 @@ def api_key(demo_dir: Path) -> str:
     return secret_file(demo_dir / "api-key")
 
 
+def admin_key_file(python: Path, demo_dir: Path, key: str, env: dict[str, str]) -> Path:
+    """DIR/keys.json with `key` as the admin key named "admin" (replacing an older entry of
+    that name; keys added by hand are kept), written by the proxy's own key command."""
+    path = demo_dir / "keys.json"
+    subprocess.run(
+        [str(python), "-m", "proxy", "keys", "--file", str(path)]
+        + ["add", "admin", "--admin", "--key-stdin", "--replace"],
+        cwd=REPO_DIR,
+        env=env,
+        input=key + "\n",
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    return path
+
+
 def secret_file(path: Path) -> str:
     """The secret kept in `path`, generated (32 random bytes, mode 600) on first use."""
     if path.is_file():
@@ -400,6 +417,12 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
         "HOMELAB_API_KEYS": "off" if opts.open else api_key(demo_dir),
     }
+    if not opts.open:
+        # The same key, named "admin" with every right, in the demo's key file
+        # (docs/keys.md): `python -m proxy keys --file DIR/keys.json add ...` adds others.
+        proxy_env["HOMELAB_KEY_FILE"] = str(
+            admin_key_file(opts.image_python, demo_dir, api_key(demo_dir), base_env)
+        )
     if opts.host not in WILDCARDS:
         # Image URLs on the address the banner prints. Bound to every interface, the
         # proxy builds them from the Host each client used (an allowed one) instead:

@@ -41,7 +41,7 @@ class UnsupportedTask(InvalidRequest):
 
 
 class MissingUpstreamKey(ImageServerError):
-    """A ``/v1/*`` request without the manager's per-start key (`imageserver.upstream_key`):
+    """A request without the manager's per-start key (`imageserver.upstream_key`):
     401 ``invalid_api_key`` with ``WWW-Authenticate: Bearer``."""
 
     status, type, code = 401, "authentication_error", "invalid_api_key"

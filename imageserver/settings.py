@@ -98,7 +98,7 @@ class Settings(HomelabSettings):
         default=None,
         validation_alias=IMAGE_API_KEY_ENV,  # the contract's name (wire.model_server)
         description=(
-            "The upstream key the manager made for this start: /v1/* requests must send "
+            "The upstream key the manager made for this start: every request must send "
             "it as `Authorization: Bearer`. Unset: no key needed."
         ),
     )

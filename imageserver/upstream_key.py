@@ -1,12 +1,13 @@
-"""`UpstreamKey`: the image server answers `/v1/*` only to the holder of its upstream key.
+"""`UpstreamKey`: the image server answers only the holder of its upstream key.
 
 The manager makes a new key whenever it launches the server and passes it in
 `HOMELAB_IMAGE_API_KEY` (`wire.model_server.IMAGE_API_KEY_ENV`); the proxy sends it as
-`Authorization: Bearer <key>`. A request under `/v1/` without it gets the 401 envelope
-of `imageserver.errors.MissingUpstreamKey` (`invalid_api_key`, ``source: model_server``,
-written by `wire.errors` as every other error). `/health` stays open: it says only whether the pipeline
-is loaded (the manager's probe sends the key anyway). Without a key configured
-everything is open, as before. Pure ASGI (no `BaseHTTPMiddleware`).
+`Authorization: Bearer <key>`. Any request without it (every path and method, `/health`,
+`/docs`, `/openapi.json` and unknown paths included, before routing) gets the 401
+envelope of `imageserver.errors.MissingUpstreamKey` (`invalid_api_key`, ``source:
+model_server``, written by `wire.errors` as every other error); the manager's probe
+sends the key. Without a key configured everything is open (a server run by hand).
+Pure ASGI (no `BaseHTTPMiddleware`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-GUARDED_PREFIX = "/v1"
 
 
 def _digest(value: bytes) -> bytes:
@@ -46,12 +45,10 @@ class UpstreamKey:
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.key is None
-            or scope["type"] != "http"
-            or not scope["path"].startswith(GUARDED_PREFIX)
-            or self._valid(scope)
-        ):
+        if self.key is None or scope["type"] not in ("http", "websocket") or self._valid(scope):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
             return
         await MissingUpstreamKey().send(send, MODEL_SERVER)

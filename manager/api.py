@@ -25,6 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from manager.errors import BusyError, Unauthorized
+from manager.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from manager.metrics import render as render_metrics
 from manager.scheduler import Scheduler
 from manager.settings import ManagerSettings
 from wire.disconnect import watch_disconnect
@@ -147,7 +149,9 @@ async def create_lease(
 ) -> LeaseGrant:
     """Blocks until the model is ready (or 429/503). A client that leaves stops waiting."""
     scheduler.spec(body.model)
-    lease = await unless_disconnected(request, scheduler.acquire(body.model))
+    lease = await unless_disconnected(
+        request, scheduler.acquire(body.model, key_name=body.key_name, key_class=body.key_class)
+    )
     return lease.grant
 
 
@@ -205,6 +209,13 @@ async def events(scheduler: SchedulerDep, settings: SettingsDep) -> StreamingRes
         media_type=SSE_MEDIA_TYPE,
         headers=SSE_HEADERS,
     )
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(scheduler: SchedulerDep) -> Response:
+    """Prometheus text: the queue and live leases per model and API key name and class,
+    each key's recent GPU-seconds (`manager.metrics`)."""
+    return Response(render_metrics(scheduler), media_type=METRICS_CONTENT_TYPE)
 
 
 @router.get("/openapi.json", include_in_schema=False)

@@ -58,7 +58,7 @@ import docker.errors
 import docker.types
 import requests
 
-from manager import gate
+from manager import gate, model_guard
 from manager.engine_events import DieWatcher, terminate
 from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
@@ -72,6 +72,7 @@ from manager.runtime import (
     LABEL_SPEC,
     Instance,
     Spec,
+    guarded,
     key_env,
     new_upstream_key,
     spec_hash,
@@ -136,6 +137,8 @@ def _instance(container: Any, fallback_name: str | None = None) -> Instance:
     )
 
 
+LOCAL_HOST = "127.0.0.1"
+"""Where model ports are published when `model_bind_host` is unset."""
 _RELEASE_TIMEOUT = 30.0
 """Seconds `start` waits for a standby container's gate to answer."""
 
@@ -165,10 +168,18 @@ async def _send_line(host: str, port: int, line: bytes, timeout: float) -> bytes
                 await writer.wait_closed()
 
 
+def _published_on(container: Any) -> list[str]:
+    """The host addresses the container's model port is published on (its HostConfig)."""
+    bindings = ((container.attrs.get("HostConfig") or {}).get("PortBindings") or {}).get(
+        f"{INTERNAL_PORT}/tcp"
+    )
+    return [b.get("HostIp") or "" for b in bindings or () if isinstance(b, dict)]
+
+
 def publish_host(settings: ManagerSettings) -> str:
-    """The host address model ports are published on: `model_bind_host`, else the
-    address the manager itself listens on (`manager_host`)."""
-    return settings.model_bind_host or settings.manager_host
+    """The host address model ports are published on: `model_bind_host`, else 127.0.0.1
+    (this machine only; never every interface unless `model_bind_host` says 0.0.0.0)."""
+    return settings.model_bind_host or LOCAL_HOST
 
 
 class DockerRuntime:
@@ -302,7 +313,9 @@ class DockerRuntime:
         server's upstream key) goes into its `key_env` variable. With
         `image_argv` (the image's entrypoint and command, `_image_argv`), the container
         runs `GATE`, which launches the server once released (labelled `LABEL_GATED`);
-        without it, the server at once.
+        without it, the server at once. A vLLM container also carries
+        `manager.model_guard`'s text in `gate.GUARD_SOURCE_ENV`, which the gate writes
+        as the module vLLM's `--middleware` loads (so a vLLM container needs the gate).
         """
         env = {"HF_HOME": HF_CACHE_TARGET}
         env.update(server_env(name, spec, self._settings, port=INTERNAL_PORT, api_key=api_key))
@@ -329,6 +342,8 @@ class DockerRuntime:
             config["entrypoint"] = ["python3", "-c", GATE]
             config["command"] = [str(INTERNAL_PORT), key_env(spec), *argv]
             config["labels"][LABEL_GATED] = "true"
+            if guarded(spec):
+                env[gate.GUARD_SOURCE_ENV] = model_guard.source()
         if spec.gpu:
             config["device_requests"] = [
                 docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
@@ -425,11 +440,17 @@ class DockerRuntime:
             await asyncio.sleep(0.01)
 
     def _matches(self, container: Any, name: str, spec: Spec) -> bool:
-        """Ours, of this model and spec. Raises RuntimeFailure for a foreign container."""
+        """Ours, of this model and spec, its port published where `publish_host` says now
+        (one made before, on another address, is replaced). Raises RuntimeFailure for a
+        foreign container."""
         if not self._is_managed(container):
             raise self._foreign(spec.container)
         labels = container.labels or {}
-        return labels.get(LABEL_SPEC) == spec_hash(spec) and labels.get(LABEL_MODEL) == name
+        return (
+            labels.get(LABEL_SPEC) == spec_hash(spec)
+            and labels.get(LABEL_MODEL) == name
+            and _published_on(container) == [publish_host(self._settings)]
+        )
 
     async def _make(self, name: str, spec: Spec, existing: Any | None) -> Any:
         """Create the container, first removing `existing` (of that name, which differs) and

@@ -12,61 +12,118 @@ waiting, and on the key answers "ok", closes its socket (the client closes first
 port is left without TIME_WAIT sockets), prints `RELEASED` and `execvp`s the server
 argv. It holds no GPU memory while it waits. SIGTERM ends it at once (PID 1 ignores
 signals it has no handler for).
+
+Connections are handled side by side, each within one deadline for its whole
+handshake (`HANDSHAKE_SECONDS`: reading the line, answering, waiting for the client to
+close): a client that sends nothing, or trickles bytes before or after its line, is
+cut when the deadline passes, and never delays another connection (the manager's
+release above all). A connection that got "ok" releases the gate when it closes or is
+cut, whichever comes first. At most `MAX_HANDSHAKES` run at once; a connection beyond them is
+closed at once.
+
+Before the `execvp`, when the container's environment carries `GUARD_SOURCE_ENV` (the
+Docker runtime sets it for vLLM: `manager.model_guard`), the gate writes that text as
+the module `homelab_model_guard` into a fresh private folder, puts the folder first on
+`PYTHONPATH` and drops the variable, so vLLM's ``--middleware
+homelab_model_guard.ModelGuard`` finds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import signal
-import socket
 import sys
+import tempfile
 
 RELEASED = "homelab-ai gate: released"
 """The gate's one line of output, printed just before it becomes the server."""
+HANDSHAKE_SECONDS = 2.0
+"""The deadline of one connection's whole handshake, from accept to close."""
+MAX_HANDSHAKES = 64
+"""Connections handled at once; one more is closed at once."""
+LINE_LIMIT = 512
+"""Bytes of a line the gate reads at most (a longer line is a wrong one)."""
+GUARD_SOURCE_ENV = "GATE_GUARD_SOURCE"
+"""The variable whose text the gate writes as the module `GUARD_MODULE` before the exec
+(not a ``HOMELAB_*`` name: model containers carry none of the manager's variables)."""
+GUARD_MODULE = "homelab_model_guard"
 
 
-def _first_line(conn: socket.socket) -> bytes:
-    """The first line the client sends (at most 512 bytes, without its line end)."""
-    conn.settimeout(2.0)
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, sent_ok: list[bool]
+) -> None:
+    """Read the first line, answer "ok" (setting `sent_ok`) or "no", wait for the client to
+    close."""
     data = b""
-    while b"\n" not in data and len(data) < 512:
-        chunk = conn.recv(512)
+    while b"\n" not in data and len(data) < LINE_LIMIT:
+        chunk = await reader.read(LINE_LIMIT)
         if not chunk:
             break
         data += chunk
-    return data.split(b"\n", 1)[0].rstrip(b"\r")
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if key and hmac.compare_digest(line, key):
+        sent_ok.append(True)
+        writer.write(b"ok\n")
+    else:
+        writer.write(b"no\n")
+    await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+    while await reader.read(LINE_LIMIT):  # until the client closes (bounded by the deadline)
+        pass
 
 
-def wait_for_key(port: int, key: bytes) -> None:
+async def _serve(port: int, key: bytes) -> None:
     """Answer connections on `port` until one sends `key` (never, for an empty key)."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(16)
-    released = False
-    while not released:
-        conn = srv.accept()[0]
+    loop = asyncio.get_event_loop()
+    released = loop.create_future()
+    busy = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if busy[0] >= MAX_HANDSHAKES:
+            writer.transport.abort()
+            return
+        busy[0] += 1
+        sent_ok: list[bool] = []
         try:
-            released = bool(key) and hmac.compare_digest(_first_line(conn), key)
-            conn.sendall(b"ok\n" if released else b"no\n")
-            conn.shutdown(socket.SHUT_WR)
-            while conn.recv(512):
-                pass
-        except OSError:
-            pass
+            await asyncio.wait_for(_exchange(reader, writer, key, sent_ok), HANDSHAKE_SECONDS)
+        except (asyncio.TimeoutError, OSError):  # noqa: UP041 (Python 3.8: not TimeoutError)
+            writer.transport.abort()  # cut: no FIN handshake to wait for
         finally:
-            conn.close()
-    srv.close()
+            busy[0] -= 1
+            writer.close()
+        if sent_ok and not released.done():  # released once "ok" is said, closed or cut
+            released.set_result(None)
+
+    server = await asyncio.start_server(handle, "0.0.0.0", port, reuse_address=True, backlog=16)
+    await released
+    server.close()
+
+
+def _install_guard(env: dict[str, str]) -> None:
+    """Write `env[GUARD_SOURCE_ENV]` as `GUARD_MODULE` and put its folder first on PYTHONPATH."""
+    source = env.pop(GUARD_SOURCE_ENV, None)
+    if not source:
+        return
+    folder = tempfile.mkdtemp(prefix="homelab-guard-")
+    with open(os.path.join(folder, GUARD_MODULE + ".py"), "w", encoding="utf-8") as f:
+        f.write(source)
+    rest = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = folder + (os.pathsep + rest if rest else "")
 
 
 def main(args: list[str]) -> None:
     """`args`: the port, the name of the key variable, then the server's argv."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port, variable, argv = int(args[0]), args[1], args[2:]
-    wait_for_key(port, os.environ.get(variable, "").encode())
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_serve(port, os.environ.get(variable, "").encode()))
     print(RELEASED, flush=True)
-    os.execvp(argv[0], argv)
+    env = dict(os.environ)
+    _install_guard(env)
+    os.execvpe(argv[0], argv, env)
 
 
 if __name__ == "__main__":  # `python3 -c <this file> ...`: argv[0] is "-c"

@@ -192,17 +192,19 @@ class HttpReadinessProbe:
             return Verdict("failed", f"the image server failed: {body.error or 'no reason given'}")
         return Verdict("loading", "the image server is loading its pipeline")
 
-    async def knock(self, base_url: str, within: float) -> int | str:
+    async def knock(self, base_url: str, within: float, api_key: str | None = None) -> int | str:
         """The status code when something answers HTTP at `base_url` (a status line to
-        `GET /health` within `within` seconds), else why not ("connection refused",
-        "connection closed", ...). Cheap: one raw connection, no httpx. Never raises."""
+        `GET /health` within `within` seconds, sending the server's upstream key `api_key`
+        when given: every path of a model server wants it), else why not ("connection
+        refused", "connection closed", ...). Cheap: one raw connection, no httpx. Never raises."""
         url = httpx.URL(base_url)
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(max(0.05, min(within, self._timeout))):
                 reader, writer = await asyncio.open_connection(url.host, url.port)
+                auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
                 writer.write(
-                    f"GET /health HTTP/1.1\r\nHost: {url.netloc.decode()}\r\n"
+                    f"GET /health HTTP/1.1\r\nHost: {url.netloc.decode()}\r\n{auth}"
                     "Connection: close\r\n\r\n".encode()
                 )
                 line = await reader.readline()
@@ -254,7 +256,7 @@ class HttpReadinessProbe:
                 gone, api_key = await self._look(name, spec, runtime)
                 if gone is not None:
                     raise gone
-            knocked = await self.knock(base_url, deadline - clock())
+            knocked = await self.knock(base_url, deadline - clock(), api_key)
             if isinstance(knocked, str):
                 verdict = Verdict("loading", f"not answering yet ({knocked})")
             else:

@@ -12,6 +12,7 @@ imports this module only.
 
 from __future__ import annotations
 
+from manager import model_guard
 from manager.runtime import Spec, key_env
 from manager.settings import ManagerSettings
 from manager.spec import EmbeddingModel, ImageModel, LanguageModel, TextModel
@@ -26,7 +27,9 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
     `python -m vllm.entrypoints.openai.api_server` both accept these; `vllm serve`
     logs that `--model` is deprecated in favour of a positional model but honours it.
     The spec's `tool_calls` adds vLLM's tool flags (`manager.tool_calls.vllm_args`); an
-    embedding model runs on vLLM's pooling runner (`--runner pooling`) instead.
+    embedding model runs on vLLM's pooling runner (`--runner pooling`) instead. Every
+    vLLM launch loads `manager.model_guard` (`--middleware`), which refuses every path
+    without the upstream key; the runtime puts the module on the server's PYTHONPATH.
     """
     if isinstance(spec, TextModel) and spec.backend == "llama.cpp":
         return llama_server_args(name, spec, host, port)
@@ -43,6 +46,8 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
         host,
         "--port",
         str(port),
+        "--middleware",
+        model_guard.MIDDLEWARE,
         *extra,
         *spec.args,
     ]
@@ -52,7 +57,9 @@ def llama_server_args(name: str, spec: TextModel, host: str, port: int) -> list[
     """llama.cpp's `llama-server` arguments: the GGUF file, `name` as the alias /v1/models
     lists, the context (`-c`), the layers on the GPU (`-ngl`), `--jinja` (the model's own
     chat template, which tool calls need), then the spec's `args`. The upstream key is not
-    here but in `LLAMA_API_KEY` (`server_env`), out of the process list."""
+    here but in `LLAMA_API_KEY` (`server_env`), out of the process list. `--no-webui`: no
+    chat page; llama.cpp then answers only `/health` and `/v1/health` without the key
+    (its public paths are compiled in)."""
     return [
         "-m",
         spec.model,
@@ -67,6 +74,7 @@ def llama_server_args(name: str, spec: TextModel, host: str, port: int) -> list[
         "-ngl",
         str(spec.llama_gpu_layers),
         "--jinja",
+        "--no-webui",
         *spec.args,
     ]
 

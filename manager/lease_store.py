@@ -43,6 +43,9 @@ class StoredLease:
     """Unix seconds."""
     max_concurrent: int = 1
     """Absent in files written before it existed: 1."""
+    key_name: str = ""
+    """The name of the API key it was granted for (fair share); absent: unnamed."""
+    key_class: str = "normal"
 
 
 class LeaseStore:

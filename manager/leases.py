@@ -35,6 +35,12 @@ class Lease:
     grant: LeaseGrant
     expires_at: float
     """On the scheduler's monotonic clock."""
+    key_name: str = ""
+    """The name of the API key it was granted for (`wire.lease.LeaseRequest.key_name`)."""
+    key_class: str = "normal"
+    granted_at: float = 0.0
+    """On the scheduler's monotonic clock: its hold time is charged to `key_name`
+    (`manager.fairshare`) when it ends."""
 
     @property
     def lease_id(self) -> str:
@@ -117,9 +123,12 @@ class LeaseTable:
         *,
         max_concurrent: int = 1,
         api_key: str | None = None,
+        key_name: str = "",
+        key_class: str = "normal",
     ) -> Lease:
-        """A new lease on `model`, live until dropped or expired, carrying the model
-        server's upstream key `api_key`. `max_uses` 0: unbounded (`wire.lease.LeaseGrant`)."""
+        """A new lease on `model` for the API key named `key_name`, live until dropped or
+        expired, carrying the model server's upstream key `api_key`. `max_uses` 0:
+        unbounded (`wire.lease.LeaseGrant`)."""
         grant = LeaseGrant(
             lease_id=secrets.token_urlsafe(18),
             model=model,
@@ -130,7 +139,8 @@ class LeaseTable:
             max_concurrent=max_concurrent,
             api_key=api_key,
         )
-        lease = Lease(grant, expires_at=self._clock() + self.ttl)
+        now = self._clock()
+        lease = Lease(grant, now + self.ttl, key_name, key_class, granted_at=now)
         self._add(lease)
         return lease
 
@@ -180,6 +190,14 @@ class LeaseTable:
         not see the proxy's joins): `max_uses - 1` each, `unbounded` for an unbounded one."""
         return sum(unbounded if lease.unbounded else lease.max_uses - 1 for lease in self.of(model))
 
+    def holders(self, model: str) -> set[str]:
+        """The key names `model`'s live leases are held for."""
+        return {self._leases[i].key_name for i in self._by_model.get(model, ())}
+
+    def all(self) -> list[Lease]:
+        """Every live lease."""
+        return list(self._leases.values())
+
     def of(self, model: str) -> list[Lease]:
         """`model`'s live leases."""
         return [self._leases[i] for i in self._by_model.get(model, ())]
@@ -213,6 +231,8 @@ class LeaseTable:
                     max_uses=lease.max_uses,
                     max_concurrent=lease.max_concurrent,
                     expires=wall + (lease.expires_at - now),
+                    key_name=lease.key_name,
+                    key_class=lease.key_class,
                 )
                 for lease in self._leases.values()
             ]
@@ -239,7 +259,7 @@ class LeaseTable:
                 max_uses=max(0, int(stored.max_uses)),
                 max_concurrent=max(1, int(stored.max_concurrent)),
             )
-            lease = Lease(grant, expires_at=now + left)
+            lease = Lease(grant, now + left, stored.key_name, stored.key_class, granted_at=now)
             self._add(lease)
             restored.append(lease)
         return restored

@@ -21,6 +21,14 @@ rules (docs/architecture.md, "Scheduling rules"):
   may have to make room (not pinned) still grants the waiters that queued before the
   head's oldest waiter, and newer ones only until it has granted `batch_bound` since the
   blocking began.
+* **Fair share.** Each waiter has a `Share`: its key's priority class and the GPU time
+  that key used recently. Where not every waiter can be served (the `room` is short, or
+  the blocking allowance), a model's waiters go in *fair order*: first the oldest
+  waiter of a key that newer requests of other keys overtook `MAX_WAITER_OVERTAKES`
+  times since it was last granted (oldest first), then the better class, then the key
+  with less recent GPU time, then the older. The head among
+  waiting models is chosen the same way: class, then the model's `priority`, then
+  recent GPU time, then age (docs/architecture.md, "Fair share").
 * **Making room.** For a blocked head, residents are stopped only when they are idle
   (ready or failed, nothing in flight) and not pinned, least recently used first, then
   lowest priority, and only when the idle ones (with what is already stopping) free
@@ -38,6 +46,26 @@ from manager.state import ModelState
 MAX_OVERTAKES = 2
 """How many starts of other models a waiting model lets go first (priorities) before it
 goes next whatever its priority."""
+MAX_WAITER_OVERTAKES = 16
+"""How many newer requests of other keys (a better class, or less recent GPU time) a
+key waiting for a model lets go first before its oldest request goes next whatever its
+share: nothing starves, and a key's own backlog is not turned into a FIFO ahead of the
+others (the count is per key and starts again at each of its grants)."""
+
+
+@dataclass(frozen=True, order=True)
+class Share:
+    """What a waiter's place in the fair order depends on: the class of the key it comes
+    for (0 high, 1 normal, 2 low), that key's recent GPU-seconds, and, for the oldest
+    waiter of its key on this model (0 for the others), how many newer requests of other
+    keys were granted before it since its key's last grant."""
+
+    rank: int = 1
+    used: float = 0.0
+    overtaken: int = 0
+
+
+EQUAL = Share()
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,29 @@ class ModelView:
     """Grants that counted against `batch_bound` since the head became blocked."""
     overtaken: int = 0
     """Starts of other models that went first while it waited."""
+    shares: Sequence[Share] = ()
+    """Each waiter's `Share`, in the order of `waiters`; empty: all equal (FIFO)."""
+
+    def share(self, i: int) -> Share:
+        return self.shares[i] if self.shares else EQUAL
+
+    def fair_order(self) -> list[int]:
+        """Indices into `waiters`, in the order they are granted (module docstring)."""
+        if not self.shares:
+            return list(range(len(self.waiters)))
+        return sorted(range(len(self.waiters)), key=self._fair_key)
+
+    def _fair_key(self, i: int) -> tuple[bool, int, float, float]:
+        share = self.shares[i]
+        if share.overtaken >= MAX_WAITER_OVERTAKES:
+            return (False, 0, 0.0, self.waiters[i])
+        return (True, share.rank, share.used, self.waiters[i])
+
+    def best(self) -> tuple[int, float]:
+        """The best (class, recent GPU time) among its waiters (for the head)."""
+        if not self.shares:
+            return (1, 0.0)
+        return min((s.rank, s.used) for s in self.shares)
 
     @property
     def resident(self) -> bool:
@@ -83,13 +134,15 @@ class View:
 class Decision:
     """One step. At most one of `grant`, `stop`, `start` is set; none of them means wait.
 
-    `grant` names a ready resident and `count` how many of its oldest waiters get a
-    lease now; `counted` how many of those count against `batch_bound`.
+    `grant` names a ready resident and `count` how many of its waiters get a lease now:
+    `picks`, their indices in its `waiters`, in grant order (fair order); `counted` how
+    many of those count against `batch_bound`.
     """
 
     grant: str | None = None
     count: int = 0
     counted: int = 0
+    picks: tuple[int, ...] = field(default=(), compare=False)
     stop: str | None = None
     start: str | None = None
 
@@ -126,7 +179,7 @@ def head(view: View) -> str | None:
     """The waiting, non-resident model that starts next (see the module's rules)."""
     candidates = [
         (
-            (False, 0) if m.overtaken >= MAX_OVERTAKES else (True, -m.priority),
+            (False, 0, 0, 0.0) if m.overtaken >= MAX_OVERTAKES else _head_key(m),
             m.waiters[0],
             name,
         )
@@ -136,28 +189,34 @@ def head(view: View) -> str | None:
     return min(candidates)[2] if candidates else None
 
 
+def _head_key(m: ModelView) -> tuple[bool, int, int, float]:
+    rank, used = m.best()
+    return (True, rank, -m.priority, used)
+
+
 def blocked(view: View) -> str | None:
     """The head, when it does not fit now (residents must make room first); else None."""
     name = head(view)
     return name if name is not None and not fits(view, name) else None
 
 
-def grants(view: View, name: str, blocker: str | None) -> tuple[int, int]:
-    """(how many of `name`'s oldest waiters to grant, how many of those count)."""
+def grants(view: View, name: str, blocker: str | None) -> tuple[tuple[int, ...], int]:
+    """(which of `name`'s waiters to grant now, as indices into its `waiters` in fair
+    order; how many of those count against `batch_bound`)."""
     m = view.models[name]
     if m.state is not ModelState.READY or m.stop_requested or not m.waiters:
-        return 0, 0
-    count, counted = len(m.waiters), 0
+        return (), 0
+    order = m.fair_order()
+    newer: set[int] = set()
     if blocker is not None and not m.pinned:
         first_blocked = view.models[blocker].waiters[0]
-        ahead = sum(1 for t in m.waiters if t < first_blocked)
         allowance = max(0, view.batch_bound - m.granted_since_blocked)
-        counted = min(len(m.waiters) - ahead, allowance)
-        count = ahead + counted
-    if m.room is not None and count > m.room:
-        counted -= min(counted, count - m.room)  # the uncounted ones are oldest: first
-        count = m.room
-    return count, counted
+        newer = {i for i in order if m.waiters[i] > first_blocked}
+        allowed = [i for i in order if i in newer][:allowance]
+        order = [i for i in order if i not in newer or i in allowed]
+    if m.room is not None:
+        order = order[: m.room]
+    return tuple(order), sum(1 for i in order if i in newer)
 
 
 def victims(view: View, name: str) -> list[str] | None:
@@ -202,9 +261,9 @@ def decide(view: View) -> Decision:
         if m.state is ModelState.READY and m.waiters
     )
     for _, name in ready:
-        count, counted = grants(view, name, blocker)
-        if count:
-            return Decision(grant=name, count=count, counted=counted)
+        picks, counted = grants(view, name, blocker)
+        if picks:
+            return Decision(grant=name, count=len(picks), counted=counted, picks=picks)
     if blocker is not None:
         chosen = victims(view, blocker)
         if chosen:

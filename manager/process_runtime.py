@@ -30,7 +30,9 @@ The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
 variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
 `HOMELAB_IMAGE_API_KEY`: in the environment, not on the command line, which every
-local user can read) are added.
+local user can read) are added. A vLLM server gets `<log_dir>/guard` first on its
+`PYTHONPATH`, where each spawn writes `manager.model_guard`'s text as
+`homelab_model_guard.py` (the `--middleware` that refuses every path without the key).
 
 POSIX only (process groups, signals).
 """
@@ -49,9 +51,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from manager import model_guard
 from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
-from manager.runtime import KEY_ENVS, Instance, Spec, new_upstream_key, spec_hash
+from manager.runtime import KEY_ENVS, Instance, Spec, guarded, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import LanguageModel, TextModel
 from wire.procs import (
@@ -289,10 +292,30 @@ class ProcessRuntime:
                 name, spec, self._settings, port=spec.port, host=self.bind_host, api_key=api_key
             )
         )
+        if guarded(spec):
+            rest = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = str(self.guard_dir) + (os.pathsep + rest if rest else "")
         return env
 
     def log_path(self, name: str) -> Path:
         return self._dir / f"{name}.log"
+
+    @property
+    def guard_dir(self) -> Path:
+        """Where `manager.model_guard` is written for vLLM servers (first on their PYTHONPATH)."""
+        return self._dir.resolve() / "guard"
+
+    def write_guard(self) -> None:
+        """Write `manager.model_guard`'s text as `homelab_model_guard.py` in `guard_dir`
+        (each vLLM spawn does; exposed, like `argv` and `environment`, for a test that
+        launches a server by this recipe itself)."""
+        self.guard_dir.mkdir(parents=True, exist_ok=True)
+        target = self.guard_dir / f"{model_guard.MODULE}.py"
+        text = model_guard.source()
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
 
     # ---- ContainerRuntime ---------------------------------------------------------------------
     def _lock(self, name: str) -> asyncio.Lock:
@@ -332,6 +355,8 @@ class ProcessRuntime:
 
         def open_log() -> Any:
             self._dir.mkdir(parents=True, exist_ok=True)
+            if guarded(spec):
+                self.write_guard()
             if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(path, path.with_suffix(".log.1"))
             handle = path.open("ab")

@@ -19,7 +19,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from manager.spec import AnyModel, TextModel
+from manager import model_guard
+from manager.spec import AnyModel, LanguageModel, TextModel
 from wire.model_server import LLAMA_API_KEY_ENV
 from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 
@@ -27,7 +28,8 @@ from wire.model_server import UPSTREAM_KEY_ENV as UPSTREAM_KEY_ENV
 # contract's (`wire.model_server`); the runtimes import it from here. vLLM reads
 # `VLLM_API_KEY` (as `--api-key`, but kept out of the process list), the image server
 # `HOMELAB_IMAGE_API_KEY`, llama.cpp's llama-server `LLAMA_API_KEY` (`key_env`); all then
-# refuse `/v1/*` without the key (401).
+# refuse every path without the key (401; vLLM through `manager.model_guard`, llama.cpp
+# but for its `/health`).
 
 
 def key_env(spec: Spec) -> str:
@@ -36,6 +38,14 @@ def key_env(spec: Spec) -> str:
     if isinstance(spec, TextModel) and spec.backend == "llama.cpp":
         return LLAMA_API_KEY_ENV
     return UPSTREAM_KEY_ENV[spec.type]
+
+
+def guarded(spec: Spec) -> bool:
+    """Whether `spec`'s server is vLLM, launched with `manager.model_guard` (`--middleware`)
+    on its path; the image server and llama.cpp's server check the key themselves."""
+    return isinstance(spec, LanguageModel) and not (
+        isinstance(spec, TextModel) and spec.backend == "llama.cpp"
+    )
 
 
 KEY_ENVS = (*UPSTREAM_KEY_ENV.values(), LLAMA_API_KEY_ENV)
@@ -71,7 +81,12 @@ def spec_hash(spec: Spec) -> str:
     # The same for the llama.cpp fields: a vLLM model's hash is what it was before them.
     if getattr(spec, "backend", None) == "vllm":
         exclude.update(("backend", "context_size", "gpu_layers"))
-    blob = json.dumps(spec.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
+    fields = spec.model_dump(mode="json", exclude=exclude)
+    # A vLLM server launched without the guard (before it existed), or with another text of
+    # it, still answers paths without the key: its hash differs, so it is replaced.
+    if guarded(spec):
+        fields["$guard"] = model_guard.revision()
+    blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -39,6 +39,7 @@ from manager.errors import (
     StartFailed,
     UnknownModelError,
 )
+from manager.fairshare import Usage
 from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
@@ -49,6 +50,7 @@ from manager.spec import Catalogue, ImageModel, TextModel
 from manager.state import ModelState, transition
 from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
 from wire.fanout import Fanout
+from wire.lease import CLASS_RANK
 from wire.models import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class SchedulerConfig:
     stop_timeout: float = _DEFAULT("stop_timeout")
     gpu_release_timeout: float = _DEFAULT("gpu_release_timeout")
     liveness_interval: float = _DEFAULT("liveness_interval")
+    fair_share_half_life: float = _DEFAULT("fair_share_half_life")
     advertise_host: str | None = None
     """The host in lease base_urls (`ManagerSettings.advertised_host()`); None: the runtime's."""
     stop_attempts: int = 3
@@ -92,6 +95,7 @@ class SchedulerConfig:
             stop_timeout=settings.stop_timeout,
             gpu_release_timeout=settings.gpu_release_timeout,
             liveness_interval=settings.liveness_interval,
+            fair_share_half_life=settings.fair_share_half_life,
             advertise_host=settings.advertised_host(),
             standby=settings.standby,
         )
@@ -103,6 +107,9 @@ class _Waiter:
     ticket: int
     """Arrival order across all models (strictly increasing): the FIFO key."""
     future: asyncio.Future[Lease]
+    key_name: str = ""
+    """The API key's name it waits for (`wire.lease.LeaseRequest.key_name`)."""
+    key_class: str = "normal"
 
 
 @dataclass(eq=False)
@@ -187,6 +194,15 @@ class Scheduler:
             self.config.lease_ttl, clock, store=lease_store, wall_clock=wall_clock
         )
         """Every live lease (`manager.leases`)."""
+        self.usage = Usage(self.config.fair_share_half_life, clock)
+        """Recent GPU-seconds per API key name: the hold time of its ended leases
+        (`manager.fairshare`)."""
+        self._overtaken: dict[tuple[str, str], int] = {}
+        """(model, key name) -> newer requests of other keys granted on the model since
+        that key's last grant there, while it waited (`policy.MAX_WAITER_OVERTAKES`)."""
+        self._room_contended: set[str] = set()
+        """Ready models whose room is spent while requests of several keys wait or hold
+        leases on them (their leases are for one request each, and not shared)."""
         self._blocked: str | None = None
         """The waiting model that does not fit until residents make room, at the last pump."""
         self._last_stopped: str | None = None
@@ -228,6 +244,8 @@ class Scheduler:
         """Whether another model waits for memory that `model` may have to give up: its
         leases should not be shared any more (`wire.lease.LeaseRenewal.contended`)."""
         rec = self._record(model)
+        if model in self._room_contended:
+            return True
         return self._blocked is not None and _resident(rec) and not rec.spec.pinned
 
     def state(self, model: str) -> ModelState:
@@ -249,8 +267,16 @@ class Scheduler:
 
     # ----------------------------------------------------------------- leases
 
-    async def acquire(self, model: str, timeout: float | None = None) -> Lease:  # noqa: ASYNC109
-        """Wait until `model` is ready and return a lease on it.
+    async def acquire(
+        self,
+        model: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        key_name: str = "",
+        key_class: str = "normal",
+    ) -> Lease:
+        """Wait until `model` is ready and return a lease on it, for the API key named
+        `key_name` of priority class `key_class` (its place in the fair order).
 
         Blocks (queued behind other models as the policy says) for at most
         `timeout` seconds (default: `queue_timeout`). Raises UnknownModelError,
@@ -261,7 +287,13 @@ class Scheduler:
         """
         rec = self._record(model)
         self._check_open()
-        waiter = _Waiter(model, next(self._tickets), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(
+            model,
+            next(self._tickets),
+            asyncio.get_running_loop().create_future(),
+            key_name,
+            key_class if key_class in CLASS_RANK else "normal",
+        )
         rec.waiters.append(waiter)
         self._pump()
         if not waiter.future.done() and self.waiting_count() > self.config.queue_limit:
@@ -328,10 +360,33 @@ class Scheduler:
         rec = self._record(model)
         return await self.runtime.logs(model, rec.spec, tail)
 
+    def waiting_by_key(self) -> dict[tuple[str, str, str], int]:
+        """Waiters now per (model, key class, key name) (metrics)."""
+        out: dict[tuple[str, str, str], int] = {}
+        for rec in self._records.values():
+            for w in rec.waiters:
+                k = (rec.name, w.key_class, w.key_name)
+                out[k] = out.get(k, 0) + 1
+        return out
+
+    def leases_by_key(self) -> dict[tuple[str, str, str], int]:
+        """Live leases now per (model, key class, key name) (metrics)."""
+        out: dict[tuple[str, str, str], int] = {}
+        for lease in self.leases.all():
+            k = (lease.model, lease.key_class, lease.key_name)
+            out[k] = out.get(k, 0) + 1
+        return out
+
     def waiting_count(self) -> int:
         return sum(len(rec.waiters) for rec in self._records.values())
 
-    def _new_lease(self, rec: _Record, max_uses: int = 1, max_concurrent: int = 1) -> Lease:
+    def _new_lease(
+        self,
+        rec: _Record,
+        max_uses: int = 1,
+        max_concurrent: int = 1,
+        waiter: _Waiter | None = None,
+    ) -> Lease:
         lease = self.leases.grant(
             rec.name,
             rec.spec.type,
@@ -339,12 +394,15 @@ class Scheduler:
             max_uses,
             max_concurrent=max_concurrent,
             api_key=rec.api_key,
+            key_name=waiter.key_name if waiter else "",
+            key_class=waiter.key_class if waiter else "normal",
         )
         self._touch(rec)
         return lease
 
     def _drop_lease(self, lease: Lease) -> None:
-        self.leases.drop(lease)
+        if self.leases.drop(lease):
+            self.usage.charge(lease.key_name, self._clock() - lease.granted_at)
         self._touch(self._records[lease.model])
 
     def _touch(self, rec: _Record) -> None:
@@ -372,8 +430,34 @@ class Scheduler:
 
     # ----------------------------------------------------------------- the pump
 
+    def _used_now(self) -> dict[str, float] | None:
+        """Recent GPU-seconds of every key name that waits (ended leases, decayed, plus
+        the hold time so far of its live ones); None when fewer than two names wait (the
+        fair order is then the arrival order)."""
+        names = {w.key_name for rec in self._records.values() for w in rec.waiters}
+        if len(names) < 2:
+            return None
+        used = {name: self.usage.used(name) for name in names}
+        now = self._clock()
+        for lease in self.leases.all():
+            if lease.key_name in used:
+                used[lease.key_name] += now - lease.granted_at
+        return used
+
+    def _shares(self, rec: _Record, used: dict[str, float] | None) -> list[policy.Share]:
+        if used is None:
+            return []
+        out, seen = [], set()
+        for w in rec.waiters:
+            first = w.key_name not in seen
+            seen.add(w.key_name)
+            overtaken = self._overtaken.get((rec.name, w.key_name), 0) if first else 0
+            out.append(policy.Share(CLASS_RANK[w.key_class], used[w.key_name], overtaken))
+        return out
+
     def _view(self) -> policy.View:
         now = self._clock()
+        used = self._used_now()
         return policy.View(
             models={
                 name: policy.ModelView(
@@ -388,6 +472,7 @@ class Scheduler:
                     stop_requested=rec.stop_requested or self._idle(rec, now),
                     granted_since_blocked=rec.granted_since_blocked,
                     overtaken=rec.overtaken,
+                    shares=self._shares(rec, used),
                 )
                 for name, rec in self._records.items()
             },
@@ -420,10 +505,11 @@ class Scheduler:
             self._note_blocked(policy.blocked(view))
             decision = policy.decide(view)
             if decision.is_wait:
+                self._note_room_contention()
                 return
             if decision.grant:
                 rec = self._records[decision.grant]
-                self._grant(rec, decision.count)
+                self._grant(rec, decision.picks)
                 rec.granted_since_blocked += decision.counted
             elif decision.stop:
                 rec = self._records[decision.stop]
@@ -462,6 +548,34 @@ class Scheduler:
         if told:
             self.events.publish(ContentionEvent(models=told, at=self._wall()))
 
+    def _several_keys(self, rec: _Record, waiters: Sequence[_Waiter]) -> bool:
+        """Whether requests of more than one key wait among `waiters` or hold `rec`'s
+        leases."""
+        names = self.leases.holders(rec.name)
+        names.update(w.key_name for w in waiters)
+        return len(names) > 1
+
+    def _note_room_contention(self) -> None:
+        """After a pump: a ready model whose waiters wait for room (its `max_in_flight`
+        spent) while several keys wait or hold leases on it is *room-contended*: its
+        leases are no longer shared (a ``contention`` event and ``contended`` renewals,
+        as for a blocked model), so room comes back to the manager's fair order one
+        request at a time instead of being handed on inside one key's lease. One key
+        alone keeps its shared leases (its burst costs one grant)."""
+        now = {
+            rec.name
+            for rec in self._records.values()
+            if rec.waiters
+            and rec.state is ModelState.READY
+            and self._several_keys(rec, rec.waiters)
+        }
+        if now == self._room_contended:
+            return
+        told = sorted(n for n in now - self._room_contended if self.leases.held(n))
+        self._room_contended = now
+        if told:
+            self.events.publish(ContentionEvent(models=told, at=self._wall()))
+
     def _prepare(self, rec: _Record) -> None:
         """Let the runtime do ahead what `rec`'s start needs (Docker: a standby container),
         so the start costs only the launch: while residents make room for `rec`, and
@@ -478,21 +592,47 @@ class Scheduler:
         except Exception as exc:  # only an optimisation: the start does it all again
             log.info("preparing %s failed (its start will do it): %s", rec.name, exc)
 
-    def _grant(self, rec: _Record, count: int) -> None:
-        """Grant `count` (<= room) waiters. Unless the model may have to make room for a
-        blocked one, each lease is unbounded (`max_uses` 0) and may carry at once the room
-        left after the rest of this batch got one each, at most the batch bound; else
-        each lease is for one request."""
-        shared = self._blocked is None or rec.spec.pinned
-        for i in range(count):
+    def _grant(self, rec: _Record, picks: Sequence[int]) -> None:
+        """Grant the waiters at `picks` (indices into its queue, in fair order; no more
+        than its room). Unless the model may have to make room for a blocked one, or
+        requests of other keys will still wait for its room afterwards, each lease is
+        unbounded (`max_uses` 0) and may carry at once the room left after the rest of
+        this batch got one each, at most the batch bound; else each lease is for one
+        request. The waiters left behind count the newer ones that went first."""
+        chosen = [rec.waiters[i] for i in picks]
+        for waiter in chosen:
+            rec.waiters.remove(waiter)
+        shared = (self._blocked is None or rec.spec.pinned) and not (
+            rec.waiters and self._several_keys(rec, [*rec.waiters, *chosen])
+        )
+        count = len(chosen)
+        for i, waiter in enumerate(chosen):
             room_left = self._room(rec) - (count - 1 - i)
-            waiter = rec.waiters.popleft()
             if shared:
                 at_once = max(1, min(self.config.batch_bound, room_left))
-                lease = self._new_lease(rec, max_uses=0, max_concurrent=at_once)
+                lease = self._new_lease(rec, max_uses=0, max_concurrent=at_once, waiter=waiter)
             else:
-                lease = self._new_lease(rec)
+                lease = self._new_lease(rec, waiter=waiter)
             waiter.future.set_result(lease)
+        self._count_overtakes(rec, chosen)
+
+    def _count_overtakes(self, rec: _Record, chosen: Sequence[_Waiter]) -> None:
+        """Each key still waiting on `rec` counts the newer requests of other keys just
+        granted; a key just granted starts again from 0."""
+        granted = {w.key_name for w in chosen}
+        oldest: dict[str, int] = {}
+        for w in rec.waiters:
+            oldest.setdefault(w.key_name, w.ticket)
+        counts = self._overtaken
+        for name in granted:
+            counts.pop((rec.name, name), None)
+        for name, ticket in oldest.items():
+            if name not in granted:
+                n = sum(1 for w in chosen if w.ticket > ticket)
+                if n:
+                    counts[(rec.name, name)] = counts.get((rec.name, name), 0) + n
+        for key in [k for k in counts if k[0] == rec.name and k[1] not in oldest]:
+            del counts[key]
 
     def _set_state(self, rec: _Record, new: ModelState, error: str | None = None) -> None:
         previous = rec.state

@@ -66,9 +66,10 @@ class ManagerSettings(ServiceSettings):
         default=None,
         pattern=_HOST_PATTERN,
         description=(
-            "Address model servers' ports are bound to: the address the proxy reaches "
-            "(127.0.0.1 when it runs on this machine). Unset: Docker publishes on "
-            "HOMELAB_MANAGER_HOST, the process runtime listens on 127.0.0.1."
+            "Address model servers' ports are bound to (Docker: published on): the address "
+            "the proxy reaches them by, e.g. the GPU PC's LAN address (`./setup.sh gpu-pc` "
+            "writes it); 0.0.0.0 is every interface. Unset: 127.0.0.1, this machine only "
+            "(a proxy on this machine)."
         ),
     )
     advertise_host: str | None = Field(
@@ -104,6 +105,15 @@ class ManagerSettings(ServiceSettings):
     )
     lease_ttl: float = Field(
         default=300.0, gt=0, description="Seconds a lease lives unless renewed."
+    )
+    fair_share_half_life: float = Field(
+        default=600.0,
+        gt=0,
+        le=30 * 86400,
+        description=(
+            "Fair share: seconds after which the GPU time an API key used counts half when "
+            "its waiting requests are ordered against other keys' (same class)."
+        ),
     )
     stop_timeout: float = Field(
         default=30.0, gt=0, description="Seconds between SIGTERM and kill when stopping a server."

@@ -1,4 +1,5 @@
-"""`python -m proxy`: run the proxy with uvicorn (uvloop + httptools)."""
+"""`python -m proxy`: run the proxy with uvicorn (uvloop + httptools);
+`python -m proxy keys ...`: manage the named keys (`proxy.keys_cli`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from proxy.app import create_app
 from proxy.catalogue import CatalogueError
+from proxy.keyfile import KeyFileError
 from proxy.settings import ProxySettings
 
 KEEP_ALIVE = 5
@@ -18,15 +20,21 @@ KEEP_ALIVE = 5
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:
+        from proxy.keys_cli import run
+
+        sys.exit(run(sys.argv[2:]))
     try:
         settings = ProxySettings()
     except ValidationError as exc:
         print(f"proxy: invalid settings:\n{ProxySettings.describe(exc)}", file=sys.stderr)
         sys.exit(2)
-    if settings.api_keys is None:
+    if settings.api_keys is None and not settings.key_path().exists():
         print(
-            "proxy: no API keys: set HOMELAB_API_KEYS=key1,key2 (each at least 16 characters), "
-            "or HOMELAB_API_KEYS=off to let everyone who reaches the proxy use the models",
+            "proxy: no API keys: add named keys (python -m proxy keys add NAME, into "
+            f"{settings.key_path()}), or set HOMELAB_API_KEYS=key1,key2 (each at least 16 "
+            "characters), or HOMELAB_API_KEYS=off to let everyone who reaches the proxy use "
+            "the models",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -37,6 +45,9 @@ def main() -> None:
         app = create_app(settings)
     except CatalogueError as exc:
         print(f"proxy: invalid catalogue (HOMELAB_CATALOGUE): {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyFileError as exc:  # names the file, the key and the reason
+        print(f"proxy: bad key file: {exc}", file=sys.stderr)
         sys.exit(2)
     # The objects made so far (about 130k: the imports and the app) leave the collector's
     # view. A full collection of them paused the event loop for 120-165 ms now and then,

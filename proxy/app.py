@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route
 
-from proxy import routes_openai, routes_ops
+from proxy import routes_openai, routes_ops, routes_usage
 from proxy.auth import ApiKeyMiddleware
 from proxy.catalogue import load_catalogue
 from proxy.context import ProxyContext
@@ -42,8 +42,10 @@ from proxy.jobs import rpc as jobs_rpc
 from proxy.jobs import stream as jobs_stream
 from proxy.jobs.dispatcher import Dispatcher
 from proxy.jobs.store import AsyncJobStore, JobStore
+from proxy.keyfile import KeyFileWatcher, build_ring
 from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
+from proxy.limits import Limiter
 from proxy.manager_client import ManagerClient
 from proxy.mcp.server import McpEndpoint
 from proxy.metrics import Metrics
@@ -52,9 +54,11 @@ from proxy.routing import Router
 from proxy.routing import cancel as cancel_task
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamPool, set_keepalive
+from proxy.usage import Usage, UsageCollector
 from proxy.web import mount_ui, proxy_version
 from wire.errors import PROXY, install_error_handlers
 from wire.limits import BodyLimit
+from wire.private import private_dir, write_private
 
 log = logging.getLogger("proxy")
 
@@ -74,6 +78,23 @@ def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     return sock
 
 
+def _write_usage(path: Path, raw: bytes) -> None:
+    try:
+        private_dir(path.parent, tighten=False)
+        write_private(path, raw)
+    except OSError as exc:
+        log.error("cannot save the usage counts to %s: %s", path, exc)
+
+
+async def save_usage(usage: Usage, path: Path, interval: float) -> None:
+    """Save the usage counts every `interval` seconds when they changed (until cancelled):
+    encoded on the loop, written in a thread."""
+    while True:
+        await asyncio.sleep(interval)
+        if usage.dirty:
+            await asyncio.to_thread(_write_usage, path, usage.snapshot())
+
+
 def create_app(
     settings: ProxySettings | None = None,
     manager_client: ManagerClient | None = None,
@@ -84,8 +105,14 @@ def create_app(
     settings = settings or ProxySettings()
     metrics = Metrics()
     router = Router(load_catalogue(settings.catalogue))  # CatalogueError: start-up stops
-    ring = KeyRing.simple(settings.keys())
-    """The keys: checked by the middleware; a job runs as its owner's principal in it."""
+    # The keys: checked by the middleware; a job runs as its owner's principal in it.
+    # Open (HOMELAB_API_KEYS=off): the key file is not read. Else the simple keys and the
+    # key file's; a bad file raises KeyFileError here (`python -m proxy` names it).
+    ring = (
+        KeyRing() if settings.api_keys == [] else build_ring(settings.keys(), settings.key_path())
+    )
+    usage = Usage.load(settings.usage_path())
+    metrics.registry.register(UsageCollector(usage))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +145,7 @@ def create_app(
             read_timeout=settings.upstream_timeout,
             waiting=waiting,
             router=router,
+            limits=Limiter(usage),
         )
         with contextlib.ExitStack() as stack:
             image_dir = settings.image_dir or stack.enter_context(
@@ -165,6 +193,15 @@ def create_app(
                 if router.catalogue.endpoints
                 else None
             )
+            background = [
+                asyncio.create_task(
+                    save_usage(usage, settings.usage_path(), settings.usage_save_interval),
+                    name="usage-saver",
+                )
+            ]
+            if not ring.open:
+                watcher = KeyFileWatcher(settings.key_path(), ring, settings.keys())
+                background.append(asyncio.create_task(watcher.run(), name="key-file"))
             try:
                 await ctx.jobs.start()
                 async with mcp_endpoint.running():
@@ -172,9 +209,11 @@ def create_app(
             finally:
                 await ctx.jobs.close()
                 await cancel_task(health)
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
+                for task in (follower, *background):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                _write_usage(settings.usage_path(), usage.snapshot())
                 await leases.close()
                 await upstream.aclose()
                 if http_client is None:
@@ -192,6 +231,7 @@ def create_app(
     )
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_usage.router)
     mcp_endpoint = McpEndpoint(settings, lambda: app.state.ctx)
     app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))
     app.include_router(jobs_rpc.router)

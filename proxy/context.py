@@ -38,6 +38,7 @@ class ProxyContext:
     """Interactive (/v1, MCP) calls waiting for a lease now, per model: jobs yield to them
     (the same counter as `model_calls.waiting`)."""
     ring: KeyRing = field(default_factory=KeyRing)
-    """The keys (the same ring the key middleware checks): whose principal a job runs as."""
+    """The keys (the same ring the key middleware checks, re-read from the key file as it
+    changes): whose principal a job runs as."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

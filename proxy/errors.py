@@ -82,13 +82,15 @@ class NotFound(ProxyError):
 
 
 class ModelNotFound(NotFound):
-    def __init__(self, name: str, known: list[str]) -> None:
-        known_text = ", ".join(known) if known else "(none)"
-        super().__init__(
-            f"The model '{name}' does not exist. Known models: {known_text}",
-            param="model",
-            code="model_not_found",
-        )
+    """An unknown model, or one the caller's key may not use (the same answer: a hidden
+    model's existence is not revealed). `known`: the models the caller may use, listed in
+    the message (None: no list)."""
+
+    def __init__(self, name: str, known: list[str] | None) -> None:
+        message = f"The model '{name}' does not exist."
+        if known is not None:
+            message += f" Known models: {', '.join(known) if known else '(none)'}"
+        super().__init__(message, param="model", code="model_not_found")
 
 
 SERVES = {

@@ -27,21 +27,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 from starlette.types import Send
 
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.errors import ManagerUnavailable, ProxyError
+from proxy.keys import ALL_MODELS, OPEN, Principal, visible
 from proxy.manager_client import ManagerClient
 from proxy.settings import ProxySettings
 from wire.disconnect import watch_disconnect
 from wire.events import (
+    KEEPALIVE,
+    ContentionEvent,
     Event,
     Parsed,
     SseParser,
     StateEvent,
+    SwapEvent,
     event_frame,
     event_stream,
     parse_event,
@@ -145,10 +149,10 @@ class EventHub:
         self._snapshot = None
 
     # ---- browser subscribers ---------------------------------------------------------------
-    def subscribe(self) -> tuple[Subscription[Event], bytes]:
+    def subscribe(self, who: Principal = OPEN) -> tuple[Subscription[Event], bytes]:
         """A new subscriber and the ``snapshot`` frame it starts with (taken at the same
-        instant). Raises ManagerUnavailable (503) while not connected or when
-        `max_subscribers` are in."""
+        instant), of the models `who` may use. Raises ManagerUnavailable (503) while not
+        connected or when `max_subscribers` are in."""
         if self.models is None:
             raise ManagerUnavailable(
                 "The manager's event stream is not available right now; retry shortly."
@@ -162,27 +166,76 @@ class EventHub:
                 source="proxy",
                 headers={"Retry-After": "5"},
             ) from None
+        if who.models != ALL_MODELS:  # a key limited to some models: its own snapshot
+            shown = visible(self.models, who)
+            return sub, snapshot_frame(shown[k] for k in sorted(shown))
         if self._snapshot is None:
             self._snapshot = snapshot_frame(self.models[k] for k in sorted(self.models))
         return sub, self._snapshot
 
 
+def scoped(event: Event, who: Principal) -> Event | None:
+    """`event` as a key limited to some models sees it: None when it is about models it may
+    not use only; a swap from such a model shows no name (``from`` null)."""
+    if isinstance(event, StateEvent):
+        return event if who.may_use(event.model) else None
+    if isinstance(event, SwapEvent):
+        if not who.may_use(event.to):
+            return None
+        if event.from_model is not None and not who.may_use(event.from_model):
+            return event.model_copy(update={"from_model": None})
+        return event
+    if isinstance(event, ContentionEvent):
+        models = [m for m in event.models if who.may_use(m)]
+        return event.model_copy(update={"models": models}) if models else None
+    return None
+
+
+async def scoped_stream(
+    first: bytes, sub: Subscription[Event], heartbeat: float, who: Principal
+) -> AsyncGenerator[bytes, None]:
+    """As `wire.events.event_stream`, with each event `scoped` to `who` (encoded for this
+    reader alone: only keys limited to some models take this way)."""
+    try:
+        yield first
+        while True:
+            try:
+                item = await sub.next(heartbeat)
+            except StopAsyncIteration:
+                return
+            if item is None:
+                yield KEEPALIVE
+                continue
+            shown = scoped(item, who)
+            if shown is not None:
+                yield event_frame(shown)
+    finally:
+        sub.close()
+
+
 class EventStream(Watched):
     """``GET /api/events``: the hub's events for one browser, until either side closes."""
 
-    def __init__(self, hub: EventHub, heartbeat: float) -> None:
+    def __init__(self, hub: EventHub, heartbeat: float, who: Principal = OPEN) -> None:
         self.hub = hub
         self.heartbeat = heartbeat
+        self.who = who
+        """Whose stream: a key limited to some models sees events about those only."""
 
     async def run(self, send: Send, watch: watch_disconnect) -> None:
         try:
-            sub, snapshot = self.hub.subscribe()
+            sub, snapshot = self.hub.subscribe(self.who)
         except ProxyError as exc:
             watch.finish()
             await exc.send(send)
             return
         try:
-            async with contextlib.aclosing(event_stream(snapshot, sub, self.heartbeat)) as frames:
+            frames_of = (
+                event_stream(snapshot, sub, self.heartbeat)
+                if self.who.models == ALL_MODELS
+                else scoped_stream(snapshot, sub, self.heartbeat, self.who)
+            )
+            async with contextlib.aclosing(frames_of) as frames:
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                 async for chunk in frames:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -7,7 +7,8 @@ types the manager sends (`wire.events.Parsed`). It counts ``swap`` events into
 or ``snapshot`` event, so /v1/models shows "loading" vs "ready" at once, and hands
 ``state`` and ``swap`` events to `ctx.feed` (proxy/feed.py: progress of waiting MCP
 calls, load-time history). A ``contention`` event (another model waits for the memory
-of the models it names) retires the lease pool's leases on those models: nobody joins
+of the models it names, or other keys' requests wait for their room) retires the lease
+pool's leases on those models: nobody joins
 them any more and each is released once its requests end (proxy/lease_pool.py).
 """
 

@@ -13,7 +13,9 @@ every request is `OPEN`: an admin named ``anonymous``.
 
 ``HOMELAB_API_KEYS=k1,k2`` is the simple form: each key is its own principal, named
 ``key-<first 8 hex digits of its digest>``, with every model, class ``normal``, no
-limits, not an admin (two such keys do not see each other's work).
+limits, not an admin (two such keys do not see each other's work). Named keys, with
+their own models, class, limits and budgets, come from the key file (`proxy.keyfile`,
+docs/keys.md); both may be given (the union; a key in both is the file's).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import fnmatch
 import hashlib
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -31,17 +33,44 @@ CLASSES: tuple[PriorityClass, ...] = ("high", "normal", "low")
 """Priority classes, best first."""
 
 
+ALL_MODELS: tuple[str, ...] = ("*",)
+
+
 class Principal(msgspec.Struct, frozen=True):
     """One key's identity and what it may do (never the key itself)."""
 
     name: str
     admin: bool = False
-    models: tuple[str, ...] = ("*",)
+    models: tuple[str, ...] = ALL_MODELS
     """Patterns (`fnmatch`, case-sensitive) of the model names this key may use."""
     priority: PriorityClass = "normal"
+    rate: int | None = None
+    """Requests a minute (a token bucket of that size, refilled evenly); None: no limit."""
+    concurrency: int | None = None
+    """Model calls in flight at once; None: no limit."""
+    gpu_day: float | None = None
+    """GPU-seconds a UTC day (time holding a model lease); None: no budget."""
+    gpu_month: float | None = None
+    """GPU-seconds a UTC calendar month; None: no budget."""
 
     def may_use(self, model: str) -> bool:
+        if self.models == ALL_MODELS:
+            return True
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def visible(self, names: Iterable[str]) -> list[str]:
+        """The names of `names` this principal may use, sorted."""
+        return sorted(n for n in names if self.may_use(n))
+
+    @property
+    def limited(self) -> bool:
+        """Has a rate or concurrency limit or a GPU budget (`proxy.limits`)."""
+        return (
+            self.rate is not None
+            or self.concurrency is not None
+            or self.gpu_day is not None
+            or self.gpu_month is not None
+        )
 
     def owns(self, owner: str | None) -> bool:
         """May this principal see a thing owned by `owner`? Its own, or any for an admin."""
@@ -61,6 +90,17 @@ def current() -> Principal:
     return PRINCIPAL.get()
 
 
+T = TypeVar("T")
+
+
+def visible(models: Mapping[str, T], who: Principal | None = None) -> dict[str, T]:
+    """The entries of `models` (by model name) that `who` (default: `current()`) may use."""
+    who = who or current()
+    if who.models == ALL_MODELS:
+        return dict(models)
+    return {name: m for name, m in models.items() if who.may_use(name)}
+
+
 def digest(key: str | bytes) -> bytes:
     raw = key.encode() if isinstance(key, str) else key
     return hashlib.sha256(raw).digest()
@@ -71,23 +111,35 @@ def simple_name(key: str) -> str:
     return "key-" + digest(key).hex()[:8]
 
 
-class KeyRing:
-    """Key digests to principals. Empty: the proxy is open."""
+def simple_entries(keys: Iterable[str]) -> dict[bytes, Principal]:
+    """The ring entries of keys given in the simple form."""
+    return {digest(k): Principal(name=simple_name(k)) for k in keys}
 
-    def __init__(self, entries: Mapping[bytes, Principal] | None = None) -> None:
+
+class KeyRing:
+    """Key digests to principals. Open (every request is `OPEN`) only when built so:
+    by default when built empty; a ring from a key file is never open, even with no
+    keys left in it (then every request is refused)."""
+
+    def __init__(
+        self, entries: Mapping[bytes, Principal] | None = None, *, open: bool | None = None
+    ) -> None:
         self._by_digest: dict[bytes, Principal] = dict(entries or {})
+        self._open = not self._by_digest if open is None else open
 
     @classmethod
     def simple(cls, keys: Iterable[str]) -> KeyRing:
-        return cls({digest(k): Principal(name=simple_name(k)) for k in keys})
+        return cls(simple_entries(keys))
 
     def replace(self, entries: Mapping[bytes, Principal]) -> None:
-        """Swap in a new set of keys (a re-read key file): requests after it see it."""
+        """Swap in a new set of keys (a re-read key file): requests after it see it. A
+        ring that was open stays open only if `entries` is empty."""
         self._by_digest = dict(entries)
+        self._open = self._open and not self._by_digest
 
     @property
     def open(self) -> bool:
-        return not self._by_digest
+        return self._open
 
     def lookup(self, token: bytes) -> Principal | None:
         """The principal of a presented key, None for an unknown one."""

@@ -15,24 +15,33 @@ shared. Each lease says how (`wire.lease.LeaseGrant`, docs/architecture.md, "Lea
 * ``max_concurrent``: how many requests may hold it at once (the model's room at grant
   time, at most the manager's batch bound).
 
+Leases are shared only among requests of one API key (`Key`: its name and priority
+class, `proxy.keys.Principal`): a grant request tells the manager whose it is
+(`wire.lease.LeaseRequest.key_name`, never the key), so the manager can order its waiters
+fairly between keys and charge each lease's hold time to one key (docs/architecture.md,
+"Fair share"). One key's burst still costs one grant; several keys at once cost one
+grant each.
+
 How a request gets its share (`LeasePool.acquire`):
 
-* It joins the model's first *open* lease with a free slot: not retired (by
+* It joins the first *open* lease of its model and key with a free slot: not retired (by
   contention, a failed renewal, a lost lease or a broken model server), not past its
   expiry, fewer than ``max_concurrent`` requests on it now and, when bounded, fewer
   than ``max_uses`` admitted in all. A lease that is spent (expired, or every use
   admitted) is retired on the way.
-* Otherwise it rides on a grant request already in flight for the model when that
-  one has room (fewer riders than the model's last grant could take at once), or
+* Otherwise it rides on a grant request already in flight for its model and key when
+  that one has room (fewer riders than the model's last grant could take at once), or
   starts a new one. When the grant arrives its riders are admitted in arrival order
   while it has slots; the ones left over try again. A refused grant (429, 503, ...)
   fails all its riders with the manager's error. A grant request whose riders have
   all gone (clients disconnected) is cancelled, which withdraws it from the manager's
   queue.
-* When a request ends its share of an open lease and requests are waiting on a grant
-  for that model, the slot goes straight to the oldest of them: a model whose room
+* When a request ends its share of an open lease and requests of the same key are
+  waiting on a grant for that model, the slot goes straight to the oldest of them: a model whose room
   at the manager is spent (``max_in_flight``) keeps serving from the leases it holds
-  instead of waiting for a release that would never come while they stay busy.
+  instead of waiting for a release that would never come while they stay busy. (When
+  another key waits for that room at the manager, the manager says ``contention`` and
+  the leases are retired, so the room goes back to its fair order.)
 * The request ends its share with `LeaseUse.end()` (or `discard()` when the model
   server could not be reached or broke off: nobody joins that lease any more).
   When a lease's last share ends it is released to the manager, after ``linger``
@@ -87,10 +96,17 @@ DEFAULT_LINGER: float = ProxySettings.default("lease_linger")
 HOMELAB_LEASE_LINGER's default)."""
 
 
+Key = tuple[str, str]
+"""Whose requests may share a lease: an API key's (name, priority class). A plain tuple:
+it is made once per request on the hot path."""
+NO_KEY: Key = ("", "normal")
+
+
 class _Shared:
     """One manager lease and the requests sharing it."""
 
     __slots__ = (
+        "key",
         "lease",
         "refs",
         "uses",
@@ -102,7 +118,8 @@ class _Shared:
         "renewal",
     )
 
-    def __init__(self, lease: LeaseGrant, now: float) -> None:
+    def __init__(self, lease: LeaseGrant, now: float, key: Key) -> None:
+        self.key = key
         self.lease = lease
         self.refs = 0
         """Requests holding a share now (never more than `lease.max_concurrent`)."""
@@ -165,10 +182,11 @@ class LeaseUse:
 class _Ask:
     """A grant request in flight and the requests waiting on it, oldest first."""
 
-    __slots__ = ("model", "task", "riders", "epoch")
+    __slots__ = ("model", "key", "task", "riders", "epoch")
 
-    def __init__(self, model: str, epoch: int) -> None:
+    def __init__(self, model: str, key: Key, epoch: int) -> None:
         self.model = model
+        self.key = key
         self.task: asyncio.Task[None] | None = None
         self.riders: list[asyncio.Future[LeaseUse | None]] = []
         self.epoch = epoch
@@ -200,9 +218,9 @@ class LeasePool:
 
     # -- requests ---------------------------------------------------------------
 
-    async def acquire(self, model: str) -> LeaseUse:
-        """A share of a lease on `model`: joined at once when possible, else after a grant
-        (or a slot another request hands back meanwhile).
+    async def acquire(self, model: str, key: Key = NO_KEY) -> LeaseUse:
+        """A share of a lease on `model` for API key `key`: joined at once when possible,
+        else after a grant (or a slot another request of that key hands back meanwhile).
 
         Raises what the grant raises (ManagerRefused, ManagerUnavailable) and
         ManagerUnavailable (503) once the pool is closed. Cancellable: a cancelled
@@ -212,10 +230,10 @@ class LeasePool:
         while True:
             if self._closed:
                 raise ManagerUnavailable("The proxy is shutting down", status=503)
-            shared = self._find(model, loop.time())
+            shared = self._find(model, key, loop.time())
             if shared is not None:
                 return self._join(shared)
-            ask = self._ask_for(model)
+            ask = self._ask_for(model, key)
             rider: asyncio.Future[LeaseUse | None] = loop.create_future()
             ask.riders.append(rider)
             try:
@@ -236,24 +254,25 @@ class LeasePool:
         for shared in list(self._open.get(model, ())):
             self._retire(shared)
 
-    def _find(self, model: str, now: float) -> _Shared | None:
-        """The model's first open lease with a free slot; spent ones are retired."""
+    def _find(self, model: str, key: Key, now: float) -> _Shared | None:
+        """The first open lease of `model` and `key` with a free slot; spent ones are
+        retired."""
         leases = self._open.get(model)
         if not leases:
             return None
         for shared in list(leases):
             if shared.spent(now):
                 self._retire(shared)
-            elif shared.refs < shared.lease.max_concurrent:
+            elif shared.refs < shared.lease.max_concurrent and shared.key == key:
                 return shared
         return None
 
-    def _ask_for(self, model: str) -> _Ask:
+    def _ask_for(self, model: str, key: Key) -> _Ask:
         room = self._hint.get(model, 1)
         for ask in self._asks.get(model, ()):
-            if len(ask.riders) < room:
+            if len(ask.riders) < room and ask.key == key:
                 return ask
-        ask = _Ask(model, self._epoch.get(model, 0))
+        ask = _Ask(model, key, self._epoch.get(model, 0))
         self._asks.setdefault(model, []).append(ask)
         ask.task = self._spawn(self._run_ask(model, ask))
         return ask
@@ -281,7 +300,7 @@ class LeasePool:
 
     async def _run_ask(self, model: str, ask: _Ask) -> None:
         try:
-            lease = await self._manager.grant(model)
+            lease = await self._manager.grant(model, *ask.key)
         except asyncio.CancelledError:
             self._fail_riders(ask, ManagerUnavailable("The proxy is shutting down", status=503))
             raise
@@ -304,7 +323,7 @@ class LeasePool:
         now = asyncio.get_running_loop().time()
         self.granted[model] += 1
         self._hint[model] = _capacity(lease)
-        shared = _Shared(lease, now)
+        shared = _Shared(lease, now, ask.key)
         self._live.add(shared)
         self._schedule_renewal(shared)
         if self._closed:
@@ -339,13 +358,15 @@ class LeasePool:
             self._idle(shared)
 
     def _hand_over(self, shared: _Shared) -> bool:
-        """Give `shared`'s freed slot to the oldest request waiting on a grant for its
-        model; whether one got it. The grant request goes on even when nobody waits on it
+        """Give `shared`'s freed slot to the oldest request of its key waiting on a grant
+        for its model; whether one got it. The grant request goes on even when nobody waits on it
         any more (cancelling it could leave a lease granted meanwhile held at the manager
         until its ttl): its lease serves later requests or is released after the linger."""
         if self._closed or not shared.has_slot(asyncio.get_running_loop().time()):
             return False
         for ask in self._asks.get(shared.lease.model, ()):
+            if ask.key != shared.key:
+                continue
             for rider in ask.riders:
                 if not rider.done():
                     ask.riders.remove(rider)

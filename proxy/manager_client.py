@@ -254,11 +254,13 @@ class ManagerClient:
         """Make the next `models()` call fetch afresh (a state changed)."""
         self._models_at = float("-inf")
 
-    async def grant(self, model: str) -> LeaseGrant:
+    async def grant(self, model: str, key_name: str = "", key_class: str = "normal") -> LeaseGrant:
         """POST /v1/leases: block until `model` is ready and a lease is granted (bounded
-        by the manager's queue timeout). Cancellable: cancelling closes the connection,
-        which withdraws the request from the manager's queue."""
-        body = orjson.dumps({"model": model})
+        by the manager's queue timeout), for the API key named `key_name` of class
+        `key_class` (the manager's fair share; never the key itself). Cancellable:
+        cancelling closes the connection, which withdraws the request from the manager's
+        queue."""
+        body = orjson.dumps({"model": model, "key_name": key_name, "key_class": key_class})
         _, raw = await self._ride_out(
             lambda: self._call("POST", "/v1/leases", body, client_timeout=self._lease_timeout),
             self.outage_window,

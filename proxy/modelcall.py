@@ -6,7 +6,9 @@ jobs (`proxy.jobs.runner`).
 entry it does, in order:
 
 1. **Lease**: a share of a manager lease on `model` from the lease pool
-   (`proxy.lease_pool.LeasePool`), which blocks while the model is queued or loading.
+   (`proxy.lease_pool.LeasePool`), for the caller's key (`proxy.keys.current()`: its
+   name and class, the manager's fair share), which blocks while the model is queued
+   or loading.
    An *interactive* call (a client waits: ``/v1``, MCP) is counted in `waiting` while it
    waits, so jobs (``interactive=False``) yield to it (`proxy.jobs.dispatcher`).
 2. **POST** the body, unchanged, to the same `endpoint` on the leased server, with the
@@ -40,6 +42,15 @@ targets in the order `proxy.routing.order` gives, moving to the next one while n
 has reached the caller and the error says the host or endpoint is away or busy (the body
 gets the fallback's name as its ``model``). `ModelCall.served_by` names who served it.
 
+Keys (docs/keys.md): on entry, before the lease, the caller's principal
+(`proxy.keys.current()`: the request's key, or the job's owner) must be allowed the model
+(else 404 ``model_not_found``, naming no other model) and is admitted by its limits
+(`proxy.limits.Limiter`: 429 with Retry-After, no lease taken). Each call is counted once,
+when it ends, in `proxy.usage.Usage` under the principal's name: one request, the tokens
+of the answer's ``usage`` (a whole JSON answer, or a stream's usage event) and the
+GPU-seconds, the time it held a lease (from the grant to the lease's end, every try; a
+remote endpoint's call holds none).
+
 Metrics, for every call: ``in_flight``, ``queue_wait`` (first lease), and ``requests`` /
 ``latency`` under `label` (the endpoint by default; MCP uses ``mcp:<tool>``) and the
 model that served it (remote models and fallbacks included), with the status the
@@ -59,6 +70,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 
+import msgspec
 import orjson
 
 from proxy.catalogue import Catalogue, RemoteEndpoint
@@ -67,11 +79,14 @@ from proxy.errors import (
     EndpointUnavailable,
     ManagerRefused,
     ManagerUnavailable,
+    ModelNotFound,
     ProxyError,
     UpstreamError,
     normalise_error_body,
 )
+from proxy.keys import Principal, current
 from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.limits import Limiter
 from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.routing import Router, Target, order, view
@@ -93,6 +108,38 @@ OnLease = Callable[[LeaseGrant], Awaitable[None]]
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
 
 
+class _Tokens(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Tokens | None = None
+
+
+_USAGE_MARKS = (b'"usage":{', b'"usage": {')
+USAGE_SCAN_LIMIT = 1 << 20
+"""Whole answers larger than this are not read for their usage (pictures have none)."""
+
+
+def usage_of(raw: bytes | memoryview) -> _Tokens | None:
+    """The ``usage`` of an OpenAI answer (a JSON object), None when it has none."""
+    try:
+        return msgspec.json.decode(raw, type=_WithUsage).usage
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
+def usage_of_events(tail: bytes) -> _Tokens | None:
+    """The last ``usage`` in the ``data:`` lines of a piece of an event stream."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data:") and any(m in line for m in _USAGE_MARKS):
+            found = usage_of(line[5:].strip())
+            if found is not None:
+                return found
+    return None
+
+
 class ModelCalls:
     """Every call to a model server goes through here (module docstring). One per process,
     built in the app's lifespan."""
@@ -109,10 +156,17 @@ class ModelCalls:
         read_timeout: float,
         waiting: Counter[str] | None = None,
         router: Router | None = None,
+        limits: Limiter | None = None,
     ) -> None:
         """`read_timeout`: longest silence from a model server; `waiting`: interactive
         calls waiting for a lease now, per model (shared with the job dispatcher);
-        `router`: the catalogue's remote models and fallbacks (none by default)."""
+        `router`: the catalogue's remote models and fallbacks (none by default);
+        `limits`: the keys' limits and, in its `usage`, what each key used."""
+        if limits is None:
+            from proxy.usage import Usage
+
+            limits = Limiter(Usage())
+        self.limits = limits
         self.leases, self.manager, self.metrics = leases, manager, metrics
         self.upstream = upstream
         self.retry_endpoints = frozenset(retry_endpoints)
@@ -243,6 +297,16 @@ class ModelCall:
         """The model that served it: `model`, or a fallback of it (`proxy.routing`)."""
         self.served_by = ""
         """``<model>@<host or endpoint>``: the ``X-Homelab-Served-By`` answer header."""
+        self.who: Principal = current()
+        """Whose call this is (counted and limited under its name)."""
+        self._admitted = False
+        self._slot = False
+        self._lease_start: float | None = None
+        self.gpu_seconds = 0.0
+        """Seconds this call held a lease so far (every try)."""
+        self._usage_tail: bytes | None = None
+        self.tokens: _Tokens | None = None
+        """The answer's ``usage`` (prompt and completion tokens), when it reported one."""
 
     @property
     def answer_type(self) -> str:
@@ -255,6 +319,11 @@ class ModelCall:
         self.started = time.perf_counter()
         self._calls.metrics.in_flight.inc()
         try:
+            who = self.who
+            if not who.may_use(self.model):
+                raise ModelNotFound(self.model, None)
+            self._slot = self._calls.limits.admit(who, interactive=self._interactive)
+            self._admitted = True
             await self._open()
         except BaseException as exc:
             self._close(exc)
@@ -269,11 +338,40 @@ class ModelCall:
     ) -> None:
         self._close(exc)
 
+    def _stop_clock(self) -> None:
+        """The lease this call held ends now: count the time it was held."""
+        if self._lease_start is not None:
+            self.gpu_seconds += time.perf_counter() - self._lease_start
+            self._lease_start = None
+
+    def _read_tokens(self, raw: bytes) -> None:
+        """The tokens of a whole answer's ``usage`` (not for pictures: they are large)."""
+        if len(raw) <= USAGE_SCAN_LIMIT and "/images/" not in self.endpoint:
+            self.tokens = usage_of(raw)
+
+    def _count(self) -> None:
+        """Count the call under its principal (once, at the end)."""
+        limits = self._calls.limits
+        if self._slot:
+            limits.release(self.who)
+        tokens = self.tokens
+        if tokens is None and self._usage_tail is not None:
+            tokens = self.tokens = usage_of_events(self._usage_tail)
+        limits.usage.record(
+            self.who.name,
+            self.served,
+            time.time(),
+            gpu_seconds=self.gpu_seconds,
+            prompt_tokens=tokens.prompt_tokens if tokens else 0,
+            completion_tokens=tokens.completion_tokens if tokens else 0,
+        )
+
     def _close(self, exc: BaseException | None) -> None:
         if self._resp is not None:
             self._resp.close()  # no-op once complete; otherwise drops the connection
             self._resp = None
         if self._held is not None:
+            self._stop_clock()
             self._held.end()
         if isinstance(exc, ProxyError):
             self._outcome = exc.status
@@ -283,6 +381,9 @@ class ModelCall:
         metrics.in_flight.dec()
         metrics.requests.labels(self.label, self.served, str(self._outcome)).inc()
         metrics.latency.labels(self.label).observe(time.perf_counter() - self.started)
+        if self._admitted:
+            self._admitted = False
+            self._count()
 
     async def _lease(self, model: str, first: bool) -> LeaseUse:
         calls = self._calls
@@ -290,7 +391,8 @@ class ModelCall:
         if waiting is not None:
             waiting[model] += 1
         try:
-            acquire = calls.leases.acquire(model)
+            who = self.who  # the caller's key, read once at the call's start
+            acquire = calls.leases.acquire(model, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
@@ -335,6 +437,7 @@ class ModelCall:
                     self._resp.close()
                     self._resp = None
                 if self._held is not None:
+                    self._stop_clock()
                     self._held.end()
                     self._held = None
                 self.streamed, self.lease = False, None
@@ -396,6 +499,7 @@ class ModelCall:
                 code="model_server_error",
             ) from exc
         self.body = self._bounded(raw, target.model)
+        self._read_tokens(raw)
 
     async def _open_local(self, model: str) -> None:
         """Lease `model` from the host's manager and POST to its server (retry policy in
@@ -408,7 +512,7 @@ class ModelCall:
             last = attempt == attempts
             held = self._held = await self._lease(model, attempt == 1)
             lease = self.lease = held.lease
-            self.leased = time.perf_counter()
+            self.leased = self._lease_start = time.perf_counter()
             if self._on_lease is not None:
                 await self._on_lease(lease)
             try:
@@ -424,6 +528,7 @@ class ModelCall:
                     read_timeout=calls.read_timeout,
                 )
             except UPSTREAM_ERRORS as exc:
+                self._stop_clock()
                 await calls.lost_server(held, model)
                 if not last:
                     continue  # nothing reached the caller: ask again, once
@@ -443,6 +548,7 @@ class ModelCall:
             except UPSTREAM_ERRORS as exc:
                 resp.close()
                 self._resp = None
+                self._stop_clock()
                 await calls.lost_server(held, model)
                 if not last:
                     continue  # the answer broke off before the caller got a byte
@@ -452,7 +558,9 @@ class ModelCall:
                     code="model_server_error",
                 ) from exc
             self.body = self._bounded(raw, model)
+            self._stop_clock()
             held.end()
+            self._read_tokens(raw)
             self._outcome = resp.status
             return
 
@@ -476,6 +584,8 @@ class ModelCall:
             raise RuntimeError("chunks() is for an open streamed answer")
         try:
             async for chunk in resp.iter_chunks():
+                if b'"usage"' in chunk and any(m in chunk for m in _USAGE_MARKS):
+                    self._usage_tail = chunk
                 yield chunk
         except UPSTREAM_ERRORS as exc:
             err = UpstreamError(
@@ -484,9 +594,11 @@ class ModelCall:
                 code="stream_interrupted",
             )
             self._outcome = err.status
+            self._stop_clock()
             if held is not None:
                 await self._calls.lost_server(held, self.served)
             raise err from exc
+        self._stop_clock()
         if held is not None:
             held.end()
 

@@ -24,6 +24,7 @@ from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, WrongModelType
 from proxy.forward import Forward
 from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
+from proxy.keys import current, visible
 from proxy.openapi_docs import ERRORS, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
@@ -59,8 +60,15 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
     fresh fetch a second), so a model added on the manager is found at once. A model
     with fallbacks does not wait for an unreachable manager: without its list, the
     type is its first remote fallback's.
+
+    A model the caller's key may not use (`proxy.keys.current()`) is answered as an
+    unknown one: 404 listing only the key's own models.
     """
     router = ctx.model_calls.router
+    who = current()
+    if not who.may_use(name):
+        models = await ctx.manager.models()
+        raise ModelNotFound(name, who.visible({*models, *router.remote}))
     info = router.status(name) if name in router.remote else None
     if info is None and name in router.routes:
         info = await _with_fallbacks(ctx, name)
@@ -71,10 +79,10 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
             models = await ctx.manager.models(max_age=1.0)
             info = models.get(name)
             if info is None:
-                raise ModelNotFound(name, sorted({*models, *router.remote}))
+                raise ModelNotFound(name, who.visible({*models, *router.remote}))
     if info.type != want:
         every = {**(await _known(ctx)), **router.statuses()}
-        fitting = sorted(n for n, m in every.items() if m.type == want)
+        fitting = [n for n in who.visible(every) if every[n].type == want]
         raise WrongModelType(name, info.type, endpoint, fitting)
     return info
 
@@ -134,6 +142,7 @@ async def _every_model(
 @router.get("/v1/models", responses=ERRORS, summary="List models with their type and state")
 async def list_models(request: Request) -> Response:
     models, after = await _every_model(request)
+    models = visible(models)
     data = [model_object(models[name], after.get(name, ())) for name in sorted(models)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -141,6 +150,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/v1/models/{model}", responses=ERRORS, summary="One model with its type and state")
 async def get_model(request: Request, model: str) -> Response:
     models, after = await _every_model(request)
+    models = visible(models)
     if model not in models:
         raise ModelNotFound(model[:200], sorted(models))
     return Response(

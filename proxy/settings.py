@@ -21,6 +21,7 @@ from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, HomelabSettings, ServiceSe
 from wire.tokens import check_token, token_problem
 
 _APP_DIR = Path(__file__).resolve().parent.parent / "app"
+KEY_FILE_NAME = "keys.json"
 
 
 class ProxySettings(ServiceSettings):
@@ -176,6 +177,23 @@ class ProxySettings(ServiceSettings):
         default=Path.home() / ".local" / "share" / "homelab-ai",
         description="Where the proxy keeps durable state (the embedded job store).",
     )
+    key_file: Path | None = Field(
+        default=None,
+        description=(
+            "The named keys (docs/keys.md; `python -m proxy keys` manages it), re-read when "
+            "it changes. Unset: <state_dir>/keys.json, used when it exists."
+        ),
+    )
+    usage_save_interval: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between two saves of the usage counters (<job store>.usage-<port>.json "
+            "beside the embedded job store, else <state_dir>/usage-<port>.json; also at "
+            "shutdown), so a restart keeps the GPU budgets spent."
+        ),
+    )
     jobs_url: str | None = Field(
         default=None,
         description=(
@@ -234,6 +252,17 @@ class ProxySettings(ServiceSettings):
         description="Bytes of files all keys together may keep; an upload over it is a 403 "
         "insufficient_quota.",
     )
+
+    def key_path(self) -> Path:
+        return self.key_file or self.state_dir / KEY_FILE_NAME
+
+    def usage_path(self) -> Path:
+        """Where the usage counters are saved: beside an embedded job store, else in the
+        state dir; one file per proxy port (proxies may share a store)."""
+        store = self.job_store_url()
+        if store.startswith(("redis://", "rediss://", "unix://")):
+            return self.state_dir / f"usage-{self.proxy_port}.json"
+        return Path(store).with_suffix(f".usage-{self.proxy_port}.json")
 
     def job_store_url(self) -> str:
         return self.jobs_url or str(self.state_dir / f"proxy-jobs-{self.proxy_port}.db")

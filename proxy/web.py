@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from proxy.errors import ProxyError
 from proxy.event_hub import EventStream
+from proxy.keys import current
 from proxy.openapi_docs import ERRORS
 from proxy.settings import ProxySettings
 
@@ -71,7 +72,7 @@ def mount_ui(app: FastAPI, settings: ProxySettings) -> None:
     )
     async def events(request: Request) -> Response:
         ctx = request.app.state.ctx
-        return EventStream(ctx.events, ctx.settings.sse_heartbeat)
+        return EventStream(ctx.events, ctx.settings.sse_heartbeat, current())
 
     app.mount(
         "/static",

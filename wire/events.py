@@ -68,10 +68,12 @@ class SwapEvent(BaseModel):
 
 
 class ContentionEvent(BaseModel):
-    """Other models wait for the GPU memory of `models` (residents that hold leases): a
-    proxy stops sharing its leases on them (no new requests join; each is released once
-    its requests end) and asks for new, counted ones, so the fairness bound counts
-    requests (docs/architecture.md, "Leases")."""
+    """Other models wait for the GPU memory of `models` (residents that hold leases), or
+    requests of several API keys wait for the room of a ready model in `models`: a proxy
+    stops sharing its leases on them (no new requests join; each is released once its
+    requests end) and asks for new, counted ones, so the fairness bound counts requests
+    and freed room goes back to the manager's fair order (docs/architecture.md,
+    "Leases", "Fair share between API keys")."""
 
     kind: ClassVar[str] = CONTENTION
     model_config = ConfigDict(frozen=True)

@@ -7,6 +7,8 @@ expired; up to ``max_uses`` proxy requests may share it (docs/architecture.md,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wire.models import ModelType
@@ -16,13 +18,29 @@ LEASE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 UPSTREAM_KEY_PATTERN = r"^[\x21-\x7e]{1,512}$"
 """An upstream key goes into a header: printable ASCII without spaces only."""
 
+PriorityClass = Literal["high", "normal", "low"]
+"""An API key's priority class for the manager's fair share (the proxy's
+`proxy.keys.Principal.priority`)."""
+CLASS_RANK: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
+"""Each class's place in the fair order, best first."""
+
 
 class LeaseRequest(BaseModel):
-    """``POST /v1/leases`` body. Only `model` is read; other fields are ignored."""
+    """``POST /v1/leases`` body. `model`, and who the lease is for; other fields are
+    ignored.
+
+    The proxy shares a lease only among requests of one key (`proxy.lease_pool`), so a
+    grant request speaks for one key: `key_name` is that key's *name* (never the key),
+    `key_class` its priority class. The manager orders its waiters by class, then by the
+    GPU time each name used recently (docs/architecture.md, "Fair share"); an older proxy
+    that sends neither is one unnamed key of class normal."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
+    key_name: str = Field(default="", max_length=128)
+    """The API key's name (`proxy.keys.Principal.name`); empty: unnamed."""
+    key_class: PriorityClass = "normal"
 
 
 class LeaseGrant(BaseModel):

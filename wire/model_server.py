@@ -3,8 +3,10 @@
 - The **upstream key**: a new key for every start of a server (``manager.runtime``),
   passed in the environment variable of its type, `UPSTREAM_KEY_ENV`: vLLM reads
   ``VLLM_API_KEY`` (vLLM's own name), homelab-ai's image server `IMAGE_API_KEY_ENV`
-  (``imageserver.settings``), llama.cpp's server `LLAMA_API_KEY_ENV`. All then refuse ``/v1/*`` without
-  ``Authorization: Bearer <key>``; the proxy gets the key in its lease.
+  (``imageserver.settings``), llama.cpp's server `LLAMA_API_KEY_ENV`. All then refuse every
+  path without ``Authorization: Bearer <key>`` (vLLM through the guard middleware the
+  manager launches it with, ``manager.model_guard``; llama.cpp answers ``/health`` and
+  ``/v1/health`` without it); the proxy gets the key in its lease.
 - The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
   read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
   503 once failed.
@@ -20,9 +22,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
-"""vLLM's OpenAI server refuses ``/v1/*`` without this key (vLLM's own variable)."""
+"""vLLM's OpenAI server refuses every path without this key (vLLM's own variable, read
+by its ``/v1`` check and by ``manager.model_guard`` for the rest)."""
 IMAGE_API_KEY_ENV = "HOMELAB_IMAGE_API_KEY"
-"""The image server refuses ``/v1/*`` without this key (``imageserver.upstream_key``)."""
+"""The image server refuses every path without this key (``imageserver.upstream_key``)."""
 UPSTREAM_KEY_ENV = {
     "text": VLLM_API_KEY_ENV,
     "embedding": VLLM_API_KEY_ENV,
@@ -30,8 +33,8 @@ UPSTREAM_KEY_ENV = {
 }
 """The variable that carries a server's upstream key, by model type."""
 LLAMA_API_KEY_ENV = "LLAMA_API_KEY"
-"""llama.cpp's ``llama-server`` (a text model's other backend) refuses ``/v1/*`` without
-this key (llama.cpp's own variable for ``--api-key``); it replaces `VLLM_API_KEY_ENV`."""
+"""llama.cpp's ``llama-server`` (a text model's other backend) refuses every path but
+``/health`` and ``/v1/health`` without this key (llama.cpp's own variable for ``--api-key``); it replaces `VLLM_API_KEY_ENV`."""
 
 ImageServerStatus = Literal["loading", "ready", "failed"]
 

@@ -67,11 +67,20 @@ def private_file(path: Path | str) -> Path:
     return path
 
 
-def write_private(path: Path | str, data: bytes) -> None:
-    """Replace `path` atomically with `data`, mode 0600 from the first byte. Raises OSError."""
+def write_private(path: Path | str, data: bytes, *, tmp_name: str | None = None) -> None:
+    """Replace `path` atomically with `data`, mode 0600 from the first byte. Raises OSError.
+
+    The temporary file gets a fresh random name, or `tmp_name` (beside `path`) for a file
+    with one writer: a fixed name lets a leftover be overwritten, and lets a test hold the
+    write (a FIFO in its place) at a known point."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    if tmp_name is None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    else:
+        tmp = path.with_name(tmp_name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(tmp, flags, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), FILE_MODE)

@@ -103,4 +103,5 @@ def write_registry(directory: Path, records: dict[str, ProcessRecord]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     blob = json.dumps({k: asdict(v) for k, v in records.items()}, indent=2).encode()
     # The registry holds upstream keys: only its owner may read it (mode 600).
-    write_private(directory / REGISTRY_FILE, blob)
+    # One writer (the manager): a fixed temporary name, which the fault tests hold on a FIFO.
+    write_private(directory / REGISTRY_FILE, blob, tmp_name="registry.tmp")

@@ -24,6 +24,7 @@ from mcp import types
 from proxy import keys
 from proxy.context import ProxyContext
 from proxy.errors import UpstreamError
+from proxy.keys import visible
 from proxy.mcp.calls import Answer, call_model
 from proxy.mcp.picture import (
     data_url,
@@ -294,7 +295,7 @@ async def run_embed(ctx: ProxyContext, args: EmbedArgs, progress: Progress) -> t
 
 
 async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
-    models = await ctx.manager.models(max_age=0.5)
+    models = visible(await ctx.manager.models(max_age=0.5))
     rows: list[dict[str, Any]] = []
     for name in sorted(models):
         m = models[name]

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.context import ProxyContext
+from proxy.keys import current
 from proxy.lease_pool import LeaseUse
 from wire.events import StateEvent, SwapEvent
 
@@ -74,6 +75,12 @@ def _loading_text(model: str, elapsed: float, usual: float | None) -> str:
     return f"loading {model}: {elapsed:.0f} s so far ({usual_text})"
 
 
+def shown(model: str) -> str:
+    """`model`'s name as the caller's key may read it: a model outside its scope is
+    "another model" (docs/keys.md, "Scoping")."""
+    return model if current().may_use(model) else "another model"
+
+
 async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
     """What the call waits for now, and whether `model` is already loading."""
     try:
@@ -83,7 +90,7 @@ async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
     me = models.get(model)
     resident = [m for m in models.values() if m.state in RESIDENT]
     ahead = sum(m.waiting for m in models.values())
-    now = ", ".join(f"{m.id} ({m.state})" for m in resident) or "nothing"
+    now = ", ".join(f"{shown(m.id)} ({m.state})" for m in resident) or "nothing"
     if me is not None and me.state == "starting":
         return f"loading {model}", True
     return (
@@ -165,7 +172,7 @@ async def wait_for_lease(
                         before = event.from_model
                         await progress.say(
                             9.0,
-                            f"swapping: unloading {before}, then loading {model}"
+                            f"swapping: unloading {shown(before)}, then loading {model}"
                             if before
                             else f"loading {model} (nothing was loaded)",
                         )
@@ -180,7 +187,7 @@ async def wait_for_lease(
                     elif isinstance(event, StateEvent) and event.state == "stopping":
                         await progress.say(
                             progress.last + 0.5,
-                            f"unloading {event.model} to make room for {model}",
+                            f"unloading {shown(event.model)} to make room for {model}",
                         )
                 elif started is not None:
                     elapsed = time.time() - started

@@ -42,7 +42,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.images import image_url_base
-from proxy.keys import OPEN, PRINCIPAL, Principal
+from proxy.keys import OPEN, PRINCIPAL, Principal, visible
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -179,7 +179,7 @@ class McpEndpoint:
             models = await self._get_ctx().manager.models()
         except ProxyError as exc:
             raise _rpc_failure(exc) from exc
-        return types.ListToolsResult(tools=tool_list(models))
+        return types.ListToolsResult(tools=tool_list(visible(models)))  # the key's models
 
     def _base_url(self, rctx: ServerRequestContext[Any]) -> str | None:
         request = rctx.request
@@ -198,7 +198,7 @@ class McpEndpoint:
         args = params.arguments or {}
         progress = Progress(rctx.session.report_progress)
         try:
-            models = await ctx.manager.models()
+            models = visible(await ctx.manager.models())  # another is as unknown
             match params.name:
                 case "txt2txt":
                     return await handlers.run_txt2txt(ctx, parse_txt2txt(models, args), progress)

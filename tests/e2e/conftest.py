@@ -16,9 +16,11 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
   vLLM itself (process runtime).
 - ``vllm_server``: a running ``python -m vllm.entrypoints.openai.api_server`` on
   127.0.0.1 (a free port of 18200-18299, picked at random), serving the model as
-  ``smollm2`` behind a key made for this session (``--api-key``): the fixture waits
-  until the port answers with that key and refuses without it, so a server another
-  run left on the port is never taken for ours. FAILS (not
+  ``smollm2``, launched by the manager's process-runtime recipe (``ProcessRuntime.argv``
+  and ``.environment``: the guard middleware ``manager.model_guard`` that refuses every
+  path without the key, and the key, made for this session, in ``VLLM_API_KEY``): the
+  fixture waits until the port answers with that key and refuses without it, so a
+  server another run left on the port is never taken for ours. FAILS (not
   skips) when the server exits or is not healthy in time, with its log tail.
   Torn down (process group: TERM, then KILL) at the end of the session.
 - ``openai_client``: the real ``openai`` SDK pointed at ``vllm_server``, with its key.
@@ -26,7 +28,8 @@ Fixtures (all session-scoped, so vLLM starts once per test session, ~35 s):
 The real-model stacks (tests/e2e/test_mcp_real_models.py,
 tests/e2e/browser/test_real_models.py) serve ``tiny_sd`` (tests/conftest.py) as ``tiny-sd``.
 
-The server's log is kept in ``test-artifacts/vllm-server-PORT.log``.
+The server's log is kept in ``test-artifacts/vllm-server-PORT.log`` (the guard module
+in ``test-artifacts/vllm-server-PORT/guard/``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,17 @@ PORT_RANGE = range(18200, 18300)
 # HOMELAB_VLLM_START_TIMEOUT on a slow machine.
 START_TIMEOUT_S = float(os.environ.get("HOMELAB_VLLM_START_TIMEOUT", "600"))
 STOP_TIMEOUT_S = 30.0
+CPU_ARGS = ["--enforce-eager", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048"]
+"""vLLM's arguments for the CPU build: on the CPU backend ``--gpu-memory-utilization`` is
+the share of RAM reserved for the KV cache; the default 0.92 fails."""
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+"""Every phone-home of a model server switched off."""
 
 
 def state_dir() -> Path:
@@ -92,8 +106,7 @@ class VllmRuntime:
         ``api_key``: ``/v1`` only for its holder).
 
         ``vllm serve`` fails on a package-metadata lookup in the CPU build, hence
-        the module entry point. On the CPU backend ``--gpu-memory-utilization`` is
-        the share of RAM reserved for the KV cache; the default 0.92 fails.
+        the module entry point; `CPU_ARGS` for the CPU backend.
         """
         return [
             str(self.python),
@@ -103,11 +116,7 @@ class VllmRuntime:
             str(self.model_dir),
             "--served-model-name",
             self.served_name,
-            "--enforce-eager",
-            "--gpu-memory-utilization",
-            "0.2",
-            "--max-model-len",
-            "2048",
+            *CPU_ARGS,
             "--host",
             host,
             "--port",
@@ -125,7 +134,12 @@ class VllmServer:
     port: int
     log_path: Path
     api_key: str = ""
-    """What ``/v1`` wants as ``Authorization: Bearer`` (made for this session)."""
+    """What every path wants as ``Authorization: Bearer`` (made for this session)."""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The ``Authorization`` header with the key."""
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     @property
     def root_url(self) -> str:
@@ -142,15 +156,7 @@ class VllmServer:
 
 def offline_env() -> dict[str, str]:
     """The environment for a model server: ours, with every phone-home switched off."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return {**os.environ, **OFFLINE}
 
 
 def free_port(candidates: range = PORT_RANGE) -> int:
@@ -162,8 +168,7 @@ def free_port(candidates: range = PORT_RANGE) -> int:
 def is_ours(client: httpx.Client, server: VllmServer) -> bool:
     """Whether the server answering at ``server``'s address is the one we started: it
     lists our served name to our key and refuses a request without it."""
-    auth = {"Authorization": f"Bearer {server.api_key}"}
-    models = client.get(f"{server.base_url}/models", headers=auth)
+    models = client.get(f"{server.base_url}/models", headers=server.auth)
     if models.status_code != 200:
         return False
     if server.model not in [m.get("id") for m in models.json().get("data", [])]:
@@ -213,9 +218,8 @@ def wait_until_healthy(
             if code is not None:
                 raise RuntimeError(f"vLLM exited with code {code} while loading")
             try:
-                if client.get(f"{server.root_url}/health").status_code == 200 and is_ours(
-                    client, server
-                ):
+                health = client.get(f"{server.root_url}/health", headers=server.auth)
+                if health.status_code == 200 and is_ours(client, server):
                     return
             except (httpx.TransportError, ValueError):
                 pass
@@ -238,6 +242,39 @@ def vllm_runtime() -> VllmRuntime:
     return VllmRuntime(python=python, model_dir=model_dir)
 
 
+def process_runtime_launch(
+    runtime: VllmRuntime, port: int, api_key: str, work: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment the manager's process runtime launches vLLM with for the
+    model on 127.0.0.1:`port` (`ProcessRuntime.argv` / `.environment`: the guard
+    middleware, written into `work`/guard, and `api_key` in ``VLLM_API_KEY``), with the
+    arguments of `VllmRuntime.server_command` and every phone-home off."""
+    from manager.process_runtime import ProcessRuntime
+    from manager.settings import ManagerSettings
+    from manager.spec import TextModel
+
+    settings = ManagerSettings(
+        manager_token="e2e-" + secrets.token_urlsafe(24), runtime="process", log_dir=work
+    )
+    spec = TextModel.model_validate(
+        {
+            "type": "text",
+            "container": f"e2e-vllm-{port}",
+            "port": port,
+            "image": "vllm/vllm-openai:v0.32.0",
+            "model": str(runtime.model_dir),
+            "command": [str(runtime.python), "-m", "vllm.entrypoints.openai.api_server"],
+            "args": CPU_ARGS,
+            "gpu": False,
+        }
+    )
+    launcher = ProcessRuntime(settings)
+    launcher.write_guard()
+    env = launcher.environment(runtime.served_name, spec, api_key)
+    env.update(OFFLINE)
+    return launcher.argv(runtime.served_name, spec), env
+
+
 @pytest.fixture(scope="session")
 def vllm_server(vllm_runtime: VllmRuntime) -> Iterator[VllmServer]:
     """A real vLLM OpenAI server for the whole session; see the module docstring."""
@@ -246,13 +283,14 @@ def vllm_server(vllm_runtime: VllmRuntime) -> Iterator[VllmServer]:
     log_path = ARTIFACTS / f"vllm-server-{port}.log"
     key = "e2e-" + secrets.token_urlsafe(24)
     server = VllmServer(runtime=vllm_runtime, host=host, port=port, log_path=log_path, api_key=key)
+    argv, env = process_runtime_launch(vllm_runtime, port, key, ARTIFACTS / f"vllm-server-{port}")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            vllm_runtime.server_command(port, host, api_key=key),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=offline_env(),
+            env=env,
             start_new_session=True,  # its own process group, so teardown reaches the engine core
         )
     try:

@@ -369,6 +369,14 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
             "tiny-sd": "ready",
             "minilm": "ready",
         }
+        # Issue 23's probe, which must fail against the demo: a model port answers only
+        # with its upstream key, on every path (vLLM's /invocations is a whole chat).
+        for name in ("smollm2", "tiny-sd", "minilm"):
+            base = f"http://127.0.0.1:{written[name]['port']}"
+            for path in ("/invocations", "/tokenize", "/metrics", "/health", "/v1/models"):
+                for method in ("GET", "POST"):
+                    answer = httpx.request(method, base + path, json={}, timeout=30)
+                    assert answer.status_code == 401, (name, method, path, answer.text[:200])
     finally:
         swaps.close()
         client.close()

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from manager.runtime import LABEL_MANAGED, LABEL_MODEL
@@ -67,6 +68,24 @@ async def upstream_auth(runtime: Any, name: str, spec: Any) -> dict[str, str]:
     instance = await runtime.inspect(name, spec)
     assert instance is not None and instance.api_key, "the runtime reported no upstream key"
     return {"Authorization": f"Bearer {instance.api_key}"}
+
+
+GUARDED_PATHS = ("/v1/models", "/health", "/version", "/_fake/stats", "/invocations", "/")
+"""Paths of fakevllm's text server, its open ones and test controls among them, that the
+guard vLLM is launched with (manager/model_guard.py) must refuse without the key."""
+
+
+async def assert_every_path_wants_the_key(base_url: str, auth: dict[str, str]) -> None:
+    """The server at `base_url` loaded the guard (as vLLM's --middleware): without the
+    key, or with another, every path of `GUARDED_PATHS` is refused in the guard's
+    envelope; with `auth` an open one answers."""
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as client:
+        for path in GUARDED_PATHS:
+            for method, headers in (("GET", {}), ("POST", {"Authorization": "Bearer x"})):
+                refused = await client.request(method, path, headers=headers)
+                assert refused.status_code == 401, (method, path, refused.text)
+                assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert (await client.get("/version", headers=auth)).status_code == 200
 
 
 def text_spec(

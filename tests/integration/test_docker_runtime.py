@@ -19,9 +19,11 @@ import docker.errors
 import httpx
 import pytest
 
+from manager import model_guard
 from manager.docker_runtime import GATE, HF_CACHE_TARGET, DockerRuntime, _send_line
 from manager.errors import RuntimeFailure, StartFailed
 from manager.exit_watch import ExitWatch
+from manager.gate import GUARD_SOURCE_ENV, HANDSHAKE_SECONDS
 from manager.health import HttpReadinessProbe
 from manager.runtime import (
     LABEL_GATED,
@@ -33,9 +35,11 @@ from manager.runtime import (
     spec_hash,
 )
 from manager.settings import ManagerSettings
+from tests import slow_client
 from tests.integration.conftest import (
     FAKE_IMAGE,
     SESSION,
+    assert_every_path_wants_the_key,
     free_port,
     free_ports,
     image_spec,
@@ -98,8 +102,10 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     assert container.attrs["Config"]["Cmd"] == [
         "8000", "VLLM_API_KEY", "python3", "-m", "fakevllm",  # the gate, then the image's
         "--model", "fake/chat", "--served-model-name", name,
-        "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "99",
+        "--host", "0.0.0.0", "--port", "8000",
+        "--middleware", "homelab_model_guard.ModelGuard", "--max-model-len", "99",
     ]  # fmt: skip
+    assert env_of(container)[GUARD_SOURCE_ENV] == model_guard.source()
     assert container.attrs["HostConfig"]["IpcMode"] == "host"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
     assert env_of(container)["HF_HOME"] == HF_CACHE_TARGET
@@ -109,8 +115,9 @@ async def test_start_wait_ready_answer_and_stop(runtime: DockerRuntime, probe, d
     await probe.wait_ready(name, spec, runtime)
     auth = await upstream_auth(runtime, name, spec)
     assert env_of(container)["VLLM_API_KEY"] == auth["Authorization"].split()[1]
+    # The gate wrote the guard, the server loaded it (as vLLM's --middleware).
+    await assert_every_path_wants_the_key(runtime.base_url(spec), auth)
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
-        assert (await client.get("/v1/models")).status_code == 401  # without the key
         client.headers.update(auth)
         reply = await client.post(
             "/v1/chat/completions",
@@ -160,6 +167,39 @@ async def test_start_reuses_a_matching_container_and_restarts_a_stopped_one(
     assert container.id == first and container.status == "running"
     await probe.wait_ready(name, spec, runtime)
     await runtime.stop(name, spec, timeout=5)
+
+
+async def test_a_container_published_on_another_address_is_replaced(
+    docker_env, hf_cache: str
+) -> None:
+    """Model ports go where HOMELAB_MODEL_BIND_HOST says, else on 127.0.0.1 only (issue
+    23: they were on every address): a container published elsewhere by an earlier
+    manager (before the upgrade, or with another setting) is recreated, not reused."""
+    port = free_port()
+    name = model_name("rebind")
+    spec = text_spec("rebind", port)
+    everywhere = DockerRuntime(settings(hf_cache, model_bind_host="0.0.0.0"))
+    await everywhere.prepare(name, spec)
+    old = docker_env.containers.get(spec.container)
+    assert old.attrs["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == "0.0.0.0"
+    for _ in range(50):  # until its gate listens (so it is known for a standby one)
+        if await gate_answer(port, b"?\n") == b"no\n":
+            break
+        await asyncio.sleep(0.1)
+    runtime = DockerRuntime(settings(hf_cache))
+    try:
+        await runtime.prepare(name, spec)
+        new = docker_env.containers.get(spec.container)
+        assert new.id != old.id
+        assert [b["HostIp"] for b in new.attrs["HostConfig"]["PortBindings"]["8000/tcp"]] == [
+            "127.0.0.1"
+        ]
+        await runtime.start(name, spec)  # the same setting: released, not recreated
+        assert docker_env.containers.get(spec.container).id == new.id
+    finally:
+        await runtime.stop(name, spec, timeout=5)
+        await runtime.aclose()
+        await everywhere.aclose()
 
 
 async def test_start_recreates_a_container_whose_spec_changed(
@@ -510,6 +550,32 @@ async def test_a_wrong_key_does_not_release_the_gate(runtime: DockerRuntime, doc
     )
     await runtime.stop(name, spec, timeout=5)
     assert await runtime.inspect(name, spec) is None
+
+
+async def test_a_client_trickling_at_a_standby_gate_is_cut_and_the_key_still_releases_it(
+    runtime: DockerRuntime, probe
+) -> None:
+    """Through Docker's published port (issue 23: a client trickling bytes after a wrong
+    key held the gate open for as long as it trickled): the gate's one deadline per
+    handshake (2 s) cuts it, however it trickles; the manager's release works after.
+    Counted in bytes (0.1 s apart), never timed."""
+    port = free_port()
+    name = model_name("trickle")
+    spec = text_spec("trickle", port, env={"FAKEVLLM_LOAD_SECONDS": "0"})
+    await runtime.prepare(name, spec)
+    for _ in range(50):
+        if await gate_answer(spec.port, b"?\n") == b"no\n":
+            break
+        await asyncio.sleep(0.1)
+    bound = int(5 * HANDSHAKE_SECONDS / 0.1)
+    for first in (b"not-the-key\n", b"n"):
+        taken = await asyncio.to_thread(
+            slow_client.trickle, "127.0.0.1", spec.port, first, every=0.1, limit=3 * bound
+        )
+        assert taken < bound, first
+    await runtime.start(name, spec)
+    await probe.wait_ready(name, spec, runtime)
+    await runtime.stop(name, spec, timeout=5)
 
 
 async def test_a_restarted_runtime_sees_a_standby_container_as_standby_and_can_release_it(

@@ -163,8 +163,9 @@ async def test_a_model_port_is_closed_to_the_lan_and_the_proxy_port_is_open(
             for _ in range(100):
                 instance = await runtime.inspect(name, spec)
                 key = instance.api_key if instance else None
+                auth = {"Authorization": f"Bearer {key}"} if key else {}
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/health")).status_code == 200:
+                    if (await client.get("/health", headers=auth)).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
             assert key, "the runtime made no upstream key"
@@ -174,6 +175,7 @@ async def test_a_model_port_is_closed_to_the_lan_and_the_proxy_port_is_open(
                 assert curl_from(ns, f"http://{mine}:{spec.port}/v1/models") != 0
             # On the proxy-facing address the server answers, but only with its key.
             assert (await client.get("/v1/models")).status_code == 401
+            assert (await client.get("/health")).status_code == 401
             auth = {"Authorization": f"Bearer {key}"}
             assert (await client.get("/v1/models", headers=auth)).status_code == 200
     finally:

@@ -27,6 +27,7 @@ from manager.settings import ManagerSettings
 from tests.integration.conftest import (
     FAKE_COMMAND,
     FAKE_ENV,
+    assert_every_path_wants_the_key,
     free_port,
     free_ports,
     image_spec,
@@ -101,7 +102,8 @@ async def test_argv_and_environment(
     assert argv == [
         "python3", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "fake/argv", "--served-model-name", model_name("argv"),
-        "--host", "127.0.0.1", "--port", str(port1), "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port1),
+        "--middleware", "homelab_model_guard.ModelGuard", "--enforce-eager",
     ]  # fmt: skip
     image = image_spec("argv-img", port2)
     assert runtime.argv(model_name("argv-img"), image) == ["python3", "-m", "imageserver"]
@@ -123,6 +125,8 @@ async def test_start_ready_answer_logs_stop(runtime: ProcessRuntime, probe) -> N
     await runtime.start(name, spec)
     await probe.wait_ready(name, spec, runtime)
     auth = await upstream_auth(runtime, name, spec)
+    # The server loaded the guard the runtime wrote (vLLM's --middleware).
+    await assert_every_path_wants_the_key(runtime.base_url(spec), auth)
     async with httpx.AsyncClient(base_url=runtime.base_url(spec), trust_env=False) as client:
         assert (await client.post("/v1/completions", json={"prompt": "no key"})).status_code == 401
         reply = await client.post("/v1/completions", json={"prompt": "as a process"}, headers=auth)
@@ -348,6 +352,7 @@ async def test_an_unregistered_server_of_this_manager_is_found_and_registered(
     port = free_port()
     name = model_name("proc-stray")
     spec = fake_text("proc-stray", port)
+    runtime.write_guard()  # as a spawn does before it starts the server
     stray = subprocess.Popen(  # noqa: ASYNC220 (a plain child, as a dead manager left it)
         runtime.argv(name, spec),
         env=runtime.environment(name, spec),

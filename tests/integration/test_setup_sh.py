@@ -191,6 +191,38 @@ def test_gpu_pc_refuses_an_advertise_host_that_is_not_a_host(tmp_path: Path) -> 
     assert "--advertise-host must be a host name or address" in result.stderr
 
 
+def test_gpu_pc_publishes_model_ports_on_the_advertised_address_only() -> None:
+    """gpu-pc's HOMELAB_MODEL_BIND_HOST (issue 23): --model-bind, else the advertise host's
+    address (a name resolved), never every address unless asked; the manager in its
+    container then reaches the ports at that address (host.docker.internal only when
+    they are on every address)."""
+
+    def run(function: str, *args: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", f'source ./setup.sh && {function} "$@"', function, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert run("model_bind_address", "192.168.1.50") == "192.168.1.50"
+    assert run("model_bind_address", "192.168.1.50", "10.0.0.7") == "10.0.0.7"
+    assert run("model_bind_address", "fd00::5") == "fd00::5"
+    assert run("model_bind_address", "localhost") == "127.0.0.1"
+    assert run("model_bind_address", "no-such-host.invalid") == ""
+    assert run("model_host_for", "192.168.1.50") == "192.168.1.50"
+    assert run("model_host_for", "0.0.0.0") == "host.docker.internal"
+
+
+def test_gpu_pc_refuses_a_model_bind_that_is_not_an_address(tmp_path: Path) -> None:
+    result = setup_sh("gpu-pc", "--model-bind", "pc;x", "--env-file", str(tmp_path / "e"))
+    assert result.returncode == 1
+    assert "--model-bind needs an IP address" in result.stderr
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.fixture(scope="module")
 def python_base(docker_client, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: ANN001
     """A Python + pip base image made offline from the Debian test base (cached by Docker)."""
@@ -316,6 +348,9 @@ def test_server_builds_and_starts_the_proxy_container_pointed_at_the_manager(
         auth = {"Authorization": f"Bearer {keys[0]}"}
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=auth, timeout=30).json()
         assert [m["id"] for m in models["data"]] == ["demo-text"]
+        # That key is the admin key, named "admin" in the key file (docs/keys.md).
+        me = httpx.get(f"http://127.0.0.1:{port}/v1/usage", headers=auth, timeout=30).json()
+        assert me["key"]["name"] == "admin" and me["key"]["admin"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200  # the UI
 
         # The proxy's image carries the wire contract, not the manager nor the docker SDK.

@@ -50,6 +50,42 @@ import { SseParser } from "./sse.js";
  */
 
 /** An error the proxy (or the network) reported, shaped like OpenAI's envelope. */
+/**
+ * @typedef {object} KeyInfo  who a key is (GET v1/usage's "key"; never the key itself)
+ * @property {string} name
+ * @property {boolean} admin
+ * @property {string} priority  high, normal or low
+ * @property {string[]} models  the patterns of the models it may use
+ * @property {number | null} rate  requests a minute
+ * @property {number | null} concurrency
+ * @property {number | null} gpu_day  GPU-seconds a day
+ * @property {number | null} gpu_month  GPU-seconds a month
+ */
+
+/**
+ * @typedef {object} ModelUsage
+ * @property {string} model
+ * @property {number} requests
+ * @property {number} prompt_tokens
+ * @property {number} completion_tokens
+ * @property {number} gpu_seconds
+ */
+
+/**
+ * @typedef {object} KeyUsage
+ * @property {string} key  the key's name
+ * @property {number} gpu_seconds_today
+ * @property {number} gpu_seconds_this_month
+ * @property {Record<string, number>} refused  requests refused by a limit, by reason
+ * @property {ModelUsage[]} models
+ */
+
+/**
+ * @typedef {object} Usage
+ * @property {KeyInfo} key
+ * @property {KeyUsage[]} data
+ */
+
 export class ApiError extends Error {
   /**
    * @param {string} message
@@ -306,6 +342,17 @@ export function createApi({ getKey, base = document.baseURI }) {
     async listModels(signal) {
       const body = await (await request("v1/models", { signal })).json();
       return Array.isArray(body?.data) ? body.data : [];
+    },
+
+    /**
+     * GET v1/usage: who the key is (its name and limits) and what it used; an admin key
+     * gets every key's, or `key`'s alone.
+     * @param {string} [key]
+     * @returns {Promise<Usage>}
+     */
+    async usage(key) {
+      const res = await request(key ? `v1/usage?key=${encodeURIComponent(key)}` : "v1/usage");
+      return await res.json();
     },
 
     /**

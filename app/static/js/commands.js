@@ -38,6 +38,8 @@ export function applyTheme(name) {
 export const COMMANDS = [
   { names: ["help"], usage: "/help", summary: "this list", run: (t) => help(t) },
   { names: ["models"], usage: "/models", summary: "every model, with its type and state", run: (t) => listModels(t) },
+  { names: ["usage"], usage: "/usage [KEY]", summary: "what your key used (an admin key: every key's, or KEY's)", run: (t, args) => usage(t, args) },
+  { names: ["whoami"], usage: "/whoami", summary: "your key's name and limits", run: (t) => whoami(t) },
   { names: ["model"], usage: "/model NAME", summary: "switch to NAME (the next request loads it)", run: (t, args) => switchModel(t, args) },
   {
     names: ["image", "img"],
@@ -114,6 +116,75 @@ function help(t) {
       table,
     ),
   );
+}
+
+/**
+ * A key's limits in words.
+ * @param {import("./api.js").KeyInfo} k
+ */
+function limitsText(k) {
+  const parts = [
+    k.rate ? `${k.rate} requests/min` : "",
+    k.concurrency ? `${k.concurrency} at once` : "",
+    k.gpu_day ? `${k.gpu_day} GPU-s/day` : "",
+    k.gpu_month ? `${k.gpu_month} GPU-s/month` : "",
+  ].filter(Boolean);
+  return parts.join(" · ") || "no limits";
+}
+
+/**
+ * /whoami: the key's name, class, models and limits.
+ * @param {Terminal} t
+ */
+async function whoami(t) {
+  const { key } = await t.api.usage();
+  t.whoami = key.name;
+  t.screen.print(
+    `you are ${key.name || "(no key)"}${key.admin ? " (admin)" : ""} · class ${key.priority} · models ${key.models.join(", ")} · ${limitsText(key)}`,
+    "info",
+  );
+}
+
+/**
+ * /usage: requests, tokens and GPU-seconds per key and model.
+ * @param {Terminal} t
+ * @param {string} args  a key's name (admins), or nothing
+ */
+async function usage(t, args) {
+  const answer = await t.api.usage(args || undefined);
+  const table = h(
+    "table",
+    { class: "usage" },
+    h("thead", {}, h("tr", {}, ...["key", "model", "requests", "prompt", "completion", "GPU-s"].map((c) => h("th", { scope: "col", text: c })))),
+  );
+  const body = table.appendChild(h("tbody"));
+  for (const row of answer.data) {
+    for (const m of row.models) {
+      body.appendChild(
+        h(
+          "tr",
+          { "data-key": row.key, "data-model": m.model },
+          h("td", { class: "name", text: row.key }),
+          h("td", { text: m.model }),
+          h("td", { text: String(m.requests) }),
+          h("td", { text: String(m.prompt_tokens) }),
+          h("td", { text: String(m.completion_tokens) }),
+          h("td", { text: m.gpu_seconds.toFixed(1) }),
+        ),
+      );
+    }
+    const refused = Object.entries(row.refused).map(([why, n]) => `${n} refused (${why})`);
+    body.appendChild(
+      h(
+        "tr",
+        { class: "total", "data-key": row.key },
+        h("td", { class: "name", text: row.key }),
+        h("td", { class: "about", text: `GPU-s today ${row.gpu_seconds_today.toFixed(1)} · this month ${row.gpu_seconds_this_month.toFixed(1)}${refused.length ? ` · ${refused.join(", ")}` : ""}` }),
+      ),
+    );
+  }
+  t.screen.print(`usage of ${answer.key.admin && !args ? "every key" : args || answer.key.name} (you are ${answer.key.name}; ${limitsText(answer.key)})`, "info");
+  t.screen.add(h("div", { class: "entry info usage" }, table));
 }
 
 /**

@@ -83,6 +83,8 @@ export class Terminal {
 
     /** @type {ModelInfo[]} */
     this.models = [];
+    /** The name of this page's key (GET v1/usage), once known. */
+    this.whoami = "";
     /** The model chat goes to. */
     this.model = getPref("model") ?? "";
     /** The request being answered, if any. @type {AbortController | null} */
@@ -139,7 +141,19 @@ export class Terminal {
       this.setModel(this.model);
     }
     if (!names.length) this.screen.print("the proxy lists no models: check models.json on the manager", "warn");
+    void this.sayWho();
     void this.resumeImageJobs();
+  }
+
+  /** Say whose key this page uses (GET v1/usage), once connected. */
+  async sayWho() {
+    try {
+      const { key } = await this.api.usage();
+      this.whoami = key.name;
+      this.screen.print(`signed in as ${key.name}${key.admin ? " (admin)" : ""} · /usage shows what you used`, "dim");
+    } catch {
+      // an older proxy without v1/usage: say nothing
+    }
   }
 
   /** Pictures still being made when the page was closed or reloaded: pick them up. */

@@ -487,6 +487,24 @@ def test_api_key_is_asked_for_checked_and_kept(auth_ui: Ui) -> None:
     assert page.evaluate("localStorage.getItem('homelab-ai.apiKey')") == API_KEY
 
 
+def test_the_page_says_whose_key_it_uses_and_usage_counts_a_chat(ui: Ui) -> None:
+    page = ui.page
+    ui.wait_ready()
+    # The open proxy: every request is the admin "anonymous" (docs/keys.md).
+    expect(page.locator(".line.dim", has_text="signed in as")).to_contain_text(
+        "signed in as anonymous (admin)"
+    )
+    ui.type_line("hello usage")
+    ui.answered("[chat] hello usage")
+    ui.type_line("/usage")
+    row = page.locator('table.usage tr[data-key="anonymous"][data-model="chat"]')
+    expect(row).to_be_visible()
+    assert int(row.locator("td").nth(2).inner_text()) >= 1  # requests
+    ui.type_line("/whoami")
+    expect(page.locator(".line.info").last).to_contain_text("you are anonymous (admin)")
+    ui.shot("usage")
+
+
 def test_phone_viewport_stays_readable(phone: Ui) -> None:
     page = phone.page
     phone.wait_ready()

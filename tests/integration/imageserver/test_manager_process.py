@@ -87,11 +87,17 @@ async def test_the_manager_starts_checks_uses_and_stops_the_image_server(
     async with httpx.AsyncClient(
         base_url=runtime.base_url(spec), trust_env=False, timeout=120
     ) as stranger:
-        # The real server refuses /v1 without this start's key (or with another), in an
-        # envelope; its /health stays open for the probe.
+        # The real server refuses every path without this start's key (or with another),
+        # in an envelope, /health and its OpenAPI document too (issue 23; the probe sends it).
         wrong = {"Authorization": auth["Authorization"][:-1] + "x"}
         for headers in ({}, wrong, {"Authorization": auth["Authorization"].split()[1]}):
-            for method, path in (("GET", "/v1/models"), ("POST", "/v1/images/generations")):
+            for method, path in (
+                ("GET", "/v1/models"),
+                ("POST", "/v1/images/generations"),
+                ("GET", "/health"),
+                ("GET", "/openapi.json"),
+                ("GET", "/docs"),
+            ):
                 body = {"model": name, "prompt": "a kite", "size": "64x64"}
                 r = await stranger.request(
                     method, path, json=body if method == "POST" else None, headers=headers
@@ -101,7 +107,6 @@ async def test_the_manager_starts_checks_uses_and_stops_the_image_server(
                 error = r.json()["error"]
                 assert error["code"] == "invalid_api_key" and error["source"] == "model_server"
                 assert set(error) >= {"message", "type", "param", "code"}
-        assert (await stranger.get("/health")).json()["status"] == "ready"
     async with httpx.AsyncClient(
         base_url=runtime.base_url(spec), headers=auth, trust_env=False, timeout=120
     ) as client:

@@ -53,7 +53,7 @@ TEXT_B_DELAY = "0.4"
 """jb-b answers non-streamed requests (batch lines, completions) after this many seconds."""
 
 
-def _models_json(ports: list[int], image_delay: str) -> str:
+def _models_json(ports: list[int], image_delay: str, fields: dict[str, dict] | None = None) -> str:
     pa, pb, pi, pe = ports
     slow = {**FAKE_ENV, "FAKEVLLM_STREAM_DELAY": STREAM_DELAY}
     specs = {
@@ -69,7 +69,8 @@ def _models_json(ports: list[int], image_delay: str) -> str:
         ),
         EMBED: embedding_spec("jb-emb", pe, command=FAKE_COMMAND, env=FAKE_ENV),
     }
-    return json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
+    out = {n: s.model_dump(mode="json") | (fields or {}).get(n, {}) for n, s in specs.items()}
+    return json.dumps(out, indent=2)
 
 
 @dataclass
@@ -168,8 +169,11 @@ def wait_batch(sdk: openai.OpenAI, batch_id: str, timeout: float = 120) -> Any:
 
 
 @contextlib.contextmanager
-def run_jobs_stack(work: Path, *, image_delay: str = IMAGE_DELAY) -> Iterator[JobsStack]:
-    """Start the manager; yield a stack to start proxies on; stop everything at the end."""
+def run_jobs_stack(
+    work: Path, *, image_delay: str = IMAGE_DELAY, fields: dict[str, dict] | None = None
+) -> Iterator[JobsStack]:
+    """Start the manager; yield a stack to start proxies on; stop everything at the end.
+    `fields`: models.json fields to set per model (e.g. ``{"jb-a": {"max_in_flight": 1}}``)."""
     import secrets
 
     (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
@@ -184,7 +188,7 @@ def run_jobs_stack(work: Path, *, image_delay: str = IMAGE_DELAY) -> Iterator[Jo
         for attempt in range(3):
             manager_port, *model_ports = free_ports(5)
             models_file = work / f"models-{attempt}.json"
-            models_file.write_text(_models_json(model_ports, image_delay))
+            models_file.write_text(_models_json(model_ports, image_delay, fields))
             env = {
                 **base_env,
                 "HOMELAB_MANAGER_TOKEN": token,

@@ -136,6 +136,25 @@ def _models_json(ports: list[int]) -> str:
     return json.dumps({n: s.model_dump(mode="json") for n, s in specs.items()}, indent=2)
 
 
+def live_manager_env(
+    base_env: dict[str, str], token: str, models_file: Path, port: int, log_dir: Path
+) -> dict[str, str]:
+    """The environment of a live stack's manager (process runtime, on loopback)."""
+    return {
+        **base_env,
+        "HOMELAB_MANAGER_TOKEN": token,
+        "HOMELAB_MODELS_FILE": str(models_file),
+        "HOMELAB_RUNTIME": "process",
+        "HOMELAB_MANAGER_HOST": "127.0.0.1",
+        "HOMELAB_MANAGER_PORT": str(port),
+        "HOMELAB_LOG_DIR": str(log_dir),
+        "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
+        "HOMELAB_QUEUE_TIMEOUT": "60",
+        "HOMELAB_STOP_TIMEOUT": "5",
+        "HOMELAB_LOG_LEVEL": "warning",
+    }
+
+
 @contextlib.contextmanager
 def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     with log.open("a") as out:
@@ -208,19 +227,7 @@ def run_live_stack(work: Path) -> Iterator[LiveStack]:
             proxy_url = f"http://127.0.0.1:{proxy_port}"
             models_file = work / f"models-{attempt}.json"
             models_file.write_text(_models_json(model_ports))
-            manager_env = {
-                **base_env,
-                "HOMELAB_MANAGER_TOKEN": token,
-                "HOMELAB_MODELS_FILE": str(models_file),
-                "HOMELAB_RUNTIME": "process",
-                "HOMELAB_MANAGER_HOST": "127.0.0.1",
-                "HOMELAB_MANAGER_PORT": str(manager_port),
-                "HOMELAB_LOG_DIR": str(log_dir),
-                "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
-                "HOMELAB_QUEUE_TIMEOUT": "60",
-                "HOMELAB_STOP_TIMEOUT": "5",
-                "HOMELAB_LOG_LEVEL": "warning",
-            }
+            manager_env = live_manager_env(base_env, token, models_file, manager_port, log_dir)
             proxy_env = {
                 **base_env,
                 "HOMELAB_MANAGER_URL": manager_url,

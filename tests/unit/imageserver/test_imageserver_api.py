@@ -24,9 +24,9 @@ from imageserver.errors import GenerationFailed, LoadFailed
 from imageserver.model import StepMeter
 
 
-async def wait_status(client: httpx.AsyncClient, want: str) -> dict:
+async def wait_status(client: httpx.AsyncClient, want: str, headers: dict | None = None) -> dict:
     for _ in range(2000):
-        body = (await client.get("/health")).json()
+        body = (await client.get("/health", headers=headers)).json()
         if body["status"] == want:
             return body
         await asyncio.sleep(0.01)
@@ -550,23 +550,30 @@ async def test_a_full_queue_answers_429_with_retry_after() -> None:
         ).status_code == 200
 
 
-async def test_with_an_upstream_key_v1_needs_it_and_health_stays_open() -> None:
+async def test_with_an_upstream_key_every_path_needs_it() -> None:
     """The manager's per-start key (HOMELAB_IMAGE_API_KEY): only the proxy, which got it in
-    its lease, may use the server; the manager's probe reads /health without it too."""
+    its lease, may use the server, on any path (issue 23: /health, the OpenAPI document
+    and unknown paths too, before routing); the manager's probe sends it."""
     key = "upstream-" + "k3Y9" * 8
+    auth = {"Authorization": f"Bearer {key}"}
     async with serve(settings(api_key=key), loader_for(FakeModel())) as client:
-        await wait_status(client, "ready")
+        await wait_status(client, "ready", auth)
         body = {"prompt": "a cat", "size": "64x64", "response_format": "b64_json"}
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": key}):
             refused = await client.post("/v1/images/generations", json=body, headers=headers)
             assert_envelope(refused, 401, "invalid_api_key")
             assert refused.headers["WWW-Authenticate"] == "Bearer"
-        assert (await client.get("/v1/models")).status_code == 401
-        auth = {"Authorization": f"Bearer {key}"}
+        document = await client.get("/openapi.json", headers=auth)
+        paths = set(document.json()["paths"]) | {"/openapi.json", "/docs", "/", "/no-such-path"}
+        assert {"/health", "/v1/models", "/v1/progress", "/v1/images/edits"} <= paths
+        for path in sorted(paths):
+            for method in ("GET", "POST", "OPTIONS"):
+                refused = await client.request(method, path)
+                assert refused.status_code == 401, (method, path, refused.text)
         done = await client.post("/v1/images/generations", json=body, headers=auth)
         assert done.status_code == 200, done.text
         assert (await client.get("/v1/models", headers=auth)).status_code == 200
-        assert (await client.get("/health")).json()["status"] == "ready"
+        assert (await client.get("/health", headers=auth)).json()["status"] == "ready"
 
 
 async def test_steps_above_the_models_max_steps_are_refused() -> None:

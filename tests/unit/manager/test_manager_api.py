@@ -543,3 +543,18 @@ async def test_event_streams_beyond_the_cap_get_a_429(sched):
     for call in (calls[1], again):
         call.hangup.set()
         await call.task
+
+
+async def test_a_lease_request_names_its_key_and_the_metrics_show_it_by_name(api, app):
+    """The fair share's contract: a lease request carries the key's name and class (never
+    the key), and `GET /metrics` (token only) shows the leases by model, class and name."""
+    r = await api.post("/v1/leases", json={"model": "alpha", "key_name": "ann", "key_class": "low"})
+    assert r.status_code == 200, r.text
+    bad = await api.post("/v1/leases", json={"model": "alpha", "key_class": "urgent"})
+    assert_envelope(bad, 400, "invalid_request")
+    metrics = await api.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'homelab_manager_leases{key="ann",key_class="low",model="alpha"} 1.0' in metrics.text
+    async with client_for(app, headers={}) as anonymous:
+        assert_envelope(await anonymous.get("/metrics"), 401, "invalid_api_key")
+    await api.delete(f"/v1/leases/{r.json()['lease_id']}")

@@ -59,7 +59,7 @@ class ScriptedServer(HttpReadinessProbe):
         self.final = final
         self.looks: list[float] = []
 
-    async def knock(self, base_url: str, within: float) -> int | str:
+    async def knock(self, base_url: str, within: float, api_key: str | None = None) -> int | str:
         return 200  # every look goes on to the scripted `check`
 
     async def check(

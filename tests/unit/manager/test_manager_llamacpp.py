@@ -70,8 +70,9 @@ def test_models_json_refuses_a_llama_cpp_model_that_cannot_run(
     assert reason in str(caught.value)
 
 
-def test_a_vllm_models_hash_is_what_it_was_before_the_llama_cpp_fields() -> None:
-    """Adding the backend fields must not restart every running vLLM model on upgrade."""
+def test_a_vllm_models_hash_is_its_fields_without_the_llama_cpp_ones_and_with_the_guard() -> None:
+    """Adding the backend fields must not restart every running vLLM model on upgrade; the
+    guard (issue 23) must: a vLLM server launched without it answers paths without the key."""
     vllm = TextModel.model_validate(
         {"type": "text", "container": "c", "port": 18201, "image": "a/b:1", "model": "m"}
     )
@@ -82,6 +83,9 @@ def test_a_vllm_models_hash_is_what_it_was_before_the_llama_cpp_fields() -> None
     import json
 
     legacy.pop("max_in_flight")
+    from manager import model_guard
+
+    legacy["$guard"] = model_guard.revision()
     blob = json.dumps(legacy, sort_keys=True).encode()
     assert spec_hash(vllm) == hashlib.sha256(blob).hexdigest()[:16]
     assert spec_hash(spec()) != spec_hash(spec(context_size=8192))
@@ -94,7 +98,7 @@ def test_llama_server_gets_the_file_alias_context_layers_and_jinja() -> None:
     argv = text_server_args("gguf", spec(context_size=8192, args=["-t", "4"]), "0.0.0.0", 8000)
     assert argv == [
         "-m", "/models/chat.Q4_K_M.gguf", "--alias", "gguf", "--host", "0.0.0.0",
-        "--port", "8000", "-c", "8192", "-ngl", "999", "--jinja", "-t", "4",
+        "--port", "8000", "-c", "8192", "-ngl", "999", "--jinja", "--no-webui", "-t", "4",
     ]  # fmt: skip
     assert text_server_args("gguf", spec(gpu=False), "h", 1)[9:12] == ["4096", "-ngl", "0"]
     assert text_server_args("gguf", spec(gpu_layers=12), "h", 1)[11] == "12"

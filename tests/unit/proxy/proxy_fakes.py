@@ -156,6 +156,8 @@ class FakeManager:
         self.states = {name: "stopped" for name in models}
         self.leases: dict[str, str] = {}
         self.granted = 0
+        self.lease_requests: list[dict] = []
+        """Every POST /v1/leases body, in order (who waits: `key_name`, `key_class`)."""
         self.granted_ids: list[str] = []
         """Every lease id granted, in order (`leases` forgets the released ones)."""
         self.released: list[str] = []
@@ -269,6 +271,7 @@ class FakeManager:
         @app.post("/v1/leases")
         async def lease(request: Request):
             body = await request.json()
+            fake.lease_requests.append(body)
             name = body.get("model")
             if name not in fake.models:
                 known = ", ".join(sorted(fake.models))

@@ -383,3 +383,30 @@ async def test_an_unbounded_grant_asked_for_before_contention_is_not_shared_afte
         use.end()
         await eventually(lambda: use.lease.lease_id in p.manager.released, "released on drain")
         second.end()
+
+
+async def test_leases_are_shared_within_one_key_only_and_the_grant_names_it() -> None:
+    """The manager orders waiters by key and charges each lease to one key: a grant
+    request names its key (never the key itself), and another key's request neither joins
+    that lease nor takes a slot freed on it."""
+    a, b = ("key-a", "normal"), ("key-b", "high")
+    async with pooled(max_uses=0, max_concurrent=1) as p:
+        first = await p.pool.acquire("chat-a", a)
+        p.manager.gate = asyncio.Event()  # later grants wait in the manager's queue
+        b_next = asyncio.create_task(p.pool.acquire("chat-a", b))
+        await eventually(lambda: len(p.manager.lease_requests) == 2, "b to ask")
+        a_next = asyncio.create_task(p.pool.acquire("chat-a", a))
+        await eventually(lambda: len(p.manager.lease_requests) == 3, "a to ask")
+        first.end()  # a's slot goes to a's own waiting request, never to b's (older)
+        a_use = await asyncio.wait_for(a_next, 10)  # a guard against a hang only
+        assert a_use.lease.lease_id == first.lease.lease_id
+        await asyncio.sleep(0.05)
+        assert not b_next.done(), "b does not ride a's lease"
+        p.manager.gate.set()
+        b_use = await b_next
+        assert b_use.lease.lease_id != first.lease.lease_id
+        asked = sorted((r["key_name"], r["key_class"]) for r in p.manager.lease_requests)
+        assert asked == [("key-a", "normal"), ("key-a", "normal"), ("key-b", "high")]
+        assert all(set(r) == {"model", "key_name", "key_class"} for r in p.manager.lease_requests)
+        for use in (a_use, b_use):
+            use.end()

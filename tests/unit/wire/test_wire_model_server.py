@@ -65,7 +65,7 @@ async def test_health_is_read_by_the_managers_probe_and_the_refusal_is_the_wire_
         HttpReadinessProbe() as probe,
         aiohttp.ClientSession() as http,
     ):
-        async with http.get(url + "/health") as resp:
+        async with http.get(url + "/health", headers=AUTH) as resp:
             body = ImageHealth.model_validate_json(await resp.read())
         assert (body.status, resp.status, body.model) == ("loading", 200, "fake-image")
         assert (await probe.check("pix", spec, url, api_key=KEY)).state == "loading"
@@ -76,14 +76,15 @@ async def test_health_is_read_by_the_managers_probe_and_the_refusal_is_the_wire_
                 break
             await asyncio.sleep(0.01)
         assert verdict.state == "ready", verdict
-        async with http.get(url + "/v1/progress") as refused:
-            assert refused.status == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
-            error = ErrorEnvelope.model_validate_json(await refused.read()).error
-        assert (error.code, error.type, error.source) == (
-            "invalid_api_key",
-            "authentication_error",
-            MODEL_SERVER,
-        )
+        for path in ("/v1/progress", "/health"):  # every path wants the key (issue 23)
+            async with http.get(url + path) as refused:
+                assert refused.status == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+                error = ErrorEnvelope.model_validate_json(await refused.read()).error
+            assert (error.code, error.type, error.source) == (
+                "invalid_api_key",
+                "authentication_error",
+                MODEL_SERVER,
+            )
 
 
 async def test_a_failed_load_is_a_failed_verdict_with_its_reason() -> None:
@@ -119,7 +120,7 @@ async def test_progress_is_read_by_the_proxys_step_poll() -> None:
         )
         poll = StepPoll(calls, lease)
         for _ in range(500):
-            async with http.get(url + "/health") as resp:
+            async with http.get(url + "/health", headers=AUTH) as resp:
                 if ImageHealth.model_validate_json(await resp.read()).status == "ready":
                     break
             await asyncio.sleep(0.01)

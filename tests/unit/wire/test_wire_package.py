@@ -74,6 +74,9 @@ CONTRACT_NAMES = {"HOMELAB_IMAGE_API_KEY", "VLLM_API_KEY"}
 """Spelled in `wire.model_server` only."""
 FRAMING = ("event: ", "id: ", ": keepalive", "retry: ")
 """How an SSE frame begins: written by `wire.events` only."""
+STANDALONE = {"manager/model_guard.py"}
+"""Run inside vLLM's Python, where `wire` is not: it spells `VLLM_API_KEY` itself, and
+tests/unit/manager/test_manager_model_guard.py checks it equals the contract's."""
 
 
 def _literals(path: Path) -> list[tuple[int, str]]:
@@ -103,6 +106,8 @@ def test_the_programs_leave_the_contract_to_wire(program: str) -> None:
     spells them again would drift from it unseen."""
     spelled = []
     for path in sorted((ROOT / program).rglob("*.py")):
+        if path.relative_to(ROOT).as_posix() in STANDALONE:
+            continue
         for line, text in _literals(path):
             if text in CONTRACT_NAMES or text.lstrip("\n").startswith(FRAMING):
                 spelled.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
