@@ -185,6 +185,7 @@ def create_app(
             ctx.jobs = Dispatcher(
                 ctx, AsyncJobStore(store), workers=settings.job_workers, ttl=settings.job_ttl
             )
+            metrics.watch_streams(ctx.jobs.watchers)
             ctx.jobs.on_finished.append(lambda job: jobs_batches.on_job_finished(ctx.jobs, job))
             follower = asyncio.create_task(ctx.events.run(), name="manager-events")
             health = (

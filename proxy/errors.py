@@ -119,6 +119,20 @@ class WrongModelType(InvalidRequest):
         super().__init__(message, param="model", code="wrong_model_type")
 
 
+class FileQuotaExceeded(ProxyError):
+    """Keeping one more file would pass a file quota: the key's own
+    (``HOMELAB_FILE_QUOTA_BYTES``, code ``key_file_quota_exceeded``) or all keys' together
+    (``HOMELAB_FILES_TOTAL_BYTES``, ``total_file_quota_exceeded``) (403)."""
+
+    status, type, code = 403, "insufficient_quota", "key_file_quota_exceeded"
+
+
+class TooManyStreams(ProxyError):
+    """The key has ``HOMELAB_MAX_STREAMS_PER_KEY`` job streams open already (429)."""
+
+    status, type, code = 429, "rate_limit_error", "too_many_streams"
+
+
 class UnsupportedMediaType(ProxyError):
     """The body's Content-Type is not what the endpoint takes (415)."""
 

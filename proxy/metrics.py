@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from proxy.jobs.watch import TaskWatchers
     from proxy.lease_pool import LeasePool
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -61,6 +62,10 @@ class Metrics:
         """Report `pool`'s grants, releases and leases held (read at each scrape)."""
         self.registry.register(_LeaseCollector(pool))
 
+    def watch_streams(self, watchers: TaskWatchers) -> None:
+        """Report the job streams open and the task watchers feeding them (at each scrape)."""
+        self.registry.register(_StreamCollector(watchers))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -83,3 +88,18 @@ class _LeaseCollector(Collector):
         held = GaugeMetricFamily("homelab_proxy_leases_held", "Manager leases held now.")
         held.add_metric([], self._pool.stats()["leases"])
         yield from (grants, releases, held)
+
+
+class _StreamCollector(Collector):
+    def __init__(self, watchers: TaskWatchers) -> None:
+        self._watchers = watchers
+
+    def collect(self) -> Iterator[Metric]:
+        streams = GaugeMetricFamily("homelab_proxy_job_streams", "/stream connections open now.")
+        streams.add_metric([], self._watchers.streams)
+        watching = GaugeMetricFamily(
+            "homelab_proxy_job_watchers",
+            "Task watchers running now: one per task with a stream open, whatever its streams.",
+        )
+        watching.add_metric([], self._watchers.watching)
+        yield from (streams, watching)

@@ -217,6 +217,41 @@ class ProxySettings(ServiceSettings):
     max_batch_lines: int = Field(
         default=50_000, gt=0, description="Most requests in one batch input file."
     )
+    max_streams_per_key: int = Field(
+        default=32,
+        ge=1,
+        description="Most /stream/{taskId} connections one key may hold open at once "
+        "(one more: 429 too_many_streams).",
+    )
+    mcp_sessions_per_key: int = Field(
+        default=16,
+        ge=1,
+        description="Most MCP sessions (/mcp) one key may hold open at once (one more: 429).",
+    )
+    mcp_session_idle_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds an MCP session may go with no request in flight (and no open "
+        "GET stream) before it is ended; its id then answers 404.",
+    )
+    file_ttl: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Seconds a file (a batch's input, output or error file) is kept: "
+        "then it is gone from /v1/files and deleted by the periodic sweep.",
+    )
+    file_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of files one key may keep (its uploads and its batches' output); "
+        "an upload over it is a 403 insufficient_quota.",
+    )
+    files_total_bytes: int = Field(
+        default=8 * 1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of files all keys together may keep; an upload over it is a 403 "
+        "insufficient_quota.",
+    )
 
     def key_path(self) -> Path:
         return self.key_file or self.state_dir / KEY_FILE_NAME

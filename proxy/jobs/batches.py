@@ -26,8 +26,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy import keys
-from proxy.errors import InvalidRequest, NotFound, ProxyError
-from proxy.images import image_url_base
+from proxy.errors import FileQuotaExceeded, InvalidRequest, NotFound, ProxyError
+from proxy.images import check_image_request, image_url_base
+from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound, new_id
 from proxy.jobs.records import (
     BatchItem,
@@ -43,6 +44,7 @@ from proxy.jobs.records import (
     encode,
 )
 from proxy.jobs.state import BatchState, TaskState
+from proxy.jobs.store import QuotaExceeded
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
 from proxy.routes_openai import resolve_model
@@ -136,32 +138,68 @@ async def upload_file(request: Request) -> Response:
     await asyncio.to_thread(
         _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
     )
+    now = int(time.time())
     meta = FileRecord(
         id=new_id("file"),
         bytes=len(data),
-        created_at=int(time.time()),
+        created_at=now,
         filename=filename,
         purpose="batch",
         owner=keys.current().name,
+        expires_at=now + int(settings.file_ttl),
     )
-    await _jobs(request).store.put_file(meta, data)
+    quota = (settings.file_quota_bytes, settings.files_total_bytes)
+    try:
+        await _jobs(request).store.put_file(meta, data, quota)
+    except QuotaExceeded as exc:
+        if exc.which == "key":
+            raise FileQuotaExceeded(
+                f"This key's file quota is full: {exc.used} of {exc.limit} bytes in use "
+                f"(HOMELAB_FILE_QUOTA_BYTES); this file has {len(data)}. Delete files, or "
+                "wait for them to expire.",
+                param="file",
+            ) from exc
+        raise FileQuotaExceeded(
+            f"The proxy's file storage is full: {exc.used} of {exc.limit} bytes in use by "
+            f"all keys (HOMELAB_FILES_TOTAL_BYTES); this file has {len(data)}.",
+            param="file",
+            code="total_file_quota_exceeded",
+        ) from exc
     return _json(meta.public())
 
 
 async def _file(request: Request, file_id: str) -> FileRecord:
     """The file, if the caller owns it (an admin: any); else 404, as for no file at all."""
     meta = await _jobs(request).store.get_file(file_id) if len(file_id) <= 200 else None
-    if meta is None or not keys.current().owns(meta.owner):
+    if meta is None or not keys.current().owns(meta.owner) or meta.expired(time.time()):
         raise NotFound(f"No file {file_id[:200]!r}.", param="file_id", code="file_not_found")
     return meta
 
 
-@router.get("/v1/files", responses=ERRORS, summary="List the caller's files")
+def _limit(request: Request, default: int, most: int) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f"'limit' must be 1..{most}.", param="limit")
+    return int(raw)
+
+
+@router.get("/v1/files", responses=ERRORS, summary="List the caller's files, newest first")
 async def list_files(request: Request) -> Response:
-    who = keys.current()
-    files = [f for f in await _jobs(request).store.all_files() if who.owns(f.owner)]
-    files.sort(key=lambda f: f.created_at, reverse=True)
-    return _json(FileList(data=[f.public() for f in files]))
+    limit = _limit(request, 100, 1000)
+    after = request.query_params.get("after")
+    store = _jobs(request).store
+    now = time.time()
+    files, more = await listing.page(
+        store, "files", keys.current(), after, limit, lambda f: not f.expired(now)
+    )
+    return _json(
+        FileList(
+            data=[f.public() for f in files],
+            first_id=files[0].id if files else None,
+            last_id=files[-1].id if files else None,
+            has_more=more is not None,
+        )
+    )
 
 
 @router.get("/v1/files/{file_id}", responses=ERRORS, summary="One file's metadata")
@@ -212,9 +250,15 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
         if not isinstance(model, str) or not model:
             raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
         try:
-            await resolve_model(ctx, model, want, endpoint)
+            info = await resolve_model(ctx, model, want, endpoint)
+            if want == "image":  # the direct route's checks, on the line's body
+                check_image_request(
+                    info, body.get("n"), body.get("size"), body.get("response_format")
+                )
         except ProxyError as exc:
-            raise InvalidRequest(f"Line {number}: {exc.message}", code=exc.code) from exc
+            raise InvalidRequest(
+                f"Line {number}: {exc.message}", param=exc.param, code=exc.code
+            ) from exc
         items.append(BatchItem(custom_id, model, body))
     return items
 
@@ -324,6 +368,7 @@ async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job])
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 owner=batch.owner,
+                expires_at=now + int(jobs.ctx.settings.file_ttl),
             )
             await jobs.store.put_file(meta, bytes(content))
             if kind == "output":
@@ -365,23 +410,16 @@ async def get_batch(request: Request, batch_id: str) -> Response:
 
 @router.get("/v1/batches", responses=ERRORS, summary="List the caller's batches, newest first")
 async def list_batches(request: Request) -> Response:
-    raw_limit = request.query_params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise InvalidRequest("'limit' must be 1..100.", param="limit")
+    limit = _limit(request, 20, 100)
     after = request.query_params.get("after")
-    who = keys.current()
-    batches = [b for b in await _jobs(request).store.all_batches() if who.owns(b.owner)]
-    batches.sort(key=lambda b: (b.created_at, b.id), reverse=True)
-    if after:
-        ids = [b.id for b in batches]
-        batches = batches[ids.index(after) + 1 :] if after in ids else []
-    page = batches[: int(raw_limit)]
+    store = _jobs(request).store
+    page, more = await listing.page(store, "batches", keys.current(), after, limit)
     return _json(
         BatchList(
             data=[b.public() for b in page],
             first_id=page[0].id if page else None,
             last_id=page[-1].id if page else None,
-            has_more=len(batches) > len(page),
+            has_more=more is not None,
         )
     )
 

@@ -39,6 +39,7 @@ from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, T
 from proxy.jobs.runner import Outcome, job_principal, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
+from proxy.jobs.watch import TaskWatchers
 from proxy.keys import Principal, PriorityClass
 from proxy.settings import ProxySettings
 from wire.models import ModelStatus
@@ -103,6 +104,8 @@ class Dispatcher:
         self._known_models: list[str] = []
         """Model names from the manager's last list: whose queues to look at."""
         self._listeners: dict[str, set[asyncio.Event]] = {}
+        self.watchers = TaskWatchers(self)
+        """One watcher per task with a `/stream` open here (`proxy.jobs.watch`)."""
         self._suspects: set[str] = set()
         self.on_finished: list[Callable[[Job], Awaitable[None]]] = []
         """Callbacks `await cb(job)` after a job reached a terminal state (batches)."""
@@ -465,7 +468,9 @@ class Dispatcher:
                 return True  # the embedded store has one proxy: any other one is gone
             return instance is None or alive.get(instance, 0.0) < now - DEAD_AFTER
 
-        jobs = await self.store.all_jobs()
+        jobs = await self.store.jobs_where(
+            lambda j: j.state in (TaskState.STARTED, TaskState.PENDING)
+        )
         queued: dict[tuple[str, str], set[str]] = {}
         requeued = 0
         suspects: set[str] = set()
@@ -522,7 +527,7 @@ class Dispatcher:
                 if self.store.shared and now - last_recover >= RECOVER_INTERVAL:
                     last_recover = now
                     await self.recover()
-                if now - last_sweep >= SWEEP_INTERVAL:
+                if now - last_sweep >= self.sweep_interval():
                     last_sweep = now
                     await self.sweep()
                     with contextlib.suppress(ProxyError):  # models added to models.json
@@ -532,12 +537,21 @@ class Dispatcher:
             except Exception:
                 log.exception("job housekeeping failed; retrying")
 
+    def sweep_interval(self) -> float:
+        """Seconds between sweeps: SWEEP_INTERVAL, or half the shorter of the job and
+        file TTLs when that is less (so nothing outlives its TTL by more than half)."""
+        file_ttl = self.ctx.settings.file_ttl
+        return max(HEARTBEAT, min(SWEEP_INTERVAL, self.ttl / 2, file_ttl / 2))
+
     async def sweep(self) -> int:
-        """Forget finished jobs older than the TTL. Returns how many."""
+        """Forget finished jobs older than the TTL, and delete expired files
+        (``HOMELAB_FILE_TTL``). Returns how many jobs and files."""
         cutoff = time.time() - self.ttl
-        gone = 0
-        for job in await self.store.all_jobs():
-            if job.state.terminal and (job.finished_at or 0) < cutoff:
-                await self.store.delete_job(job.id)
-                gone += 1
+        gone = await self.store.sweep_files(time.time())
+        old = await self.store.jobs_where(
+            lambda j: j.state.terminal and (j.finished_at or 0) < cutoff
+        )
+        for job in old:
+            await self.store.delete_job(job.id)
+            gone += 1
         return gone

@@ -150,6 +150,9 @@ class TaskView(msgspec.Struct):
 class TaskList(msgspec.Struct):
     tasks: list[TaskView]
     total: int
+    """How many tasks the caller has (any state and model)."""
+    next: str | None = None
+    """The cursor of the next page (pass it as ``after``); None on the last page."""
 
 
 def stream_path(job_id: str) -> str:
@@ -217,12 +220,17 @@ class FileObject(msgspec.Struct, kw_only=True):
     filename: str
     purpose: Literal["batch", "batch_output"]
     status: Literal["processed"] = "processed"
+    expires_at: int | None = None
+    """When the file is deleted (``HOMELAB_FILE_TTL`` after its creation)."""
 
 
 class FileRecord(FileObject, kw_only=True):
     """A file as the store keeps it: the OpenAI object plus its owner (`Job.owner`)."""
 
     owner: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def public(self) -> FileObject:
         """The object clients see (without the owner)."""
@@ -233,6 +241,8 @@ class FileRecord(FileObject, kw_only=True):
 class FileList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
     has_more: bool = False
 
 

@@ -11,7 +11,10 @@ only notifications); protocol errors are the spec's: -32700 parse error, -32600
 invalid request, -32601 method not found, -32602 invalid params (a bad model, wrong
 type, bad size: ``data`` carries the OpenAI error envelope's inner object), -32603
 internal error; and ours: -32001 task not found, -32002 task already finished,
--32003 the manager cannot be reached. HTTP-level refusals stay HTTP (401 key, 413
+-32003 the manager cannot be reached, -32004 not run: the batch's answer is already
+at its byte bound. A batch is capped by total work, not only by count: at most
+`MAX_BATCH` calls and `MAX_BATCH_RECORDS` records (a ``tasks.list`` counts its
+``limit``), refused whole (-32600) before any call runs. HTTP-level refusals stay HTTP (401 key, 413
 body over the limit) with the OpenAI envelope.
 """
 
@@ -31,8 +34,9 @@ from proxy import keys
 from proxy.context import ProxyContext
 from proxy.errors import InvalidRequest, ManagerRefused, ManagerUnavailable, ProxyError
 from proxy.images import check_image_request, image_url_base
+from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
-from proxy.jobs.records import Accepted, TaskList, TaskView, encode
+from proxy.jobs.records import Accepted, Job, TaskList, TaskView, encode
 from proxy.jobs.state import TaskState
 from proxy.keys import Principal
 from proxy.parsing import MAX_MODEL_NAME, read_body
@@ -51,6 +55,13 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
 )
 TASK_NOT_FOUND, TASK_FINISHED, MANAGER_DOWN = -32001, -32002, -32003
 MAX_BATCH = 100
+DEFAULT_LIST_LIMIT = 50
+MAX_BATCH_RECORDS = 1000
+"""A batch's total work: each call counts 1, a `tasks.list` counts its `limit` (50 if
+not given). A batch over it is refused whole, before any call runs."""
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+"""A batch's answer stops growing here: the calls after it answer -32004 unrun."""
+ANSWER_TOO_LARGE = -32004
 _RESERVED = {"model", "messages", "prompt", "input", "stream"}
 
 
@@ -209,19 +220,17 @@ async def create_embedding(call: Call) -> Accepted:
 async def create_image(call: Call) -> Accepted:
     model = call.model()
     prompt = call.get("prompt", str, required=True)
-    n = call.get("n", int)
-    size = call.get("size", str)
+    body: dict[str, Any] = {**call.options(), "model": model, "prompt": prompt}
+    for name in ("n", "size"):  # a named param wins over the same one in `options`
+        if call.params.get(name) is not None:
+            body[name] = call.params[name]
     info = await call.resolve(model, "image", "/v1/images/generations")
     try:
-        check_image_request(info, n, size, "url")
+        # The body as it will be sent, `options` included: the direct route's checks.
+        check_image_request(info, body.get("n"), body.get("size"), body.get("response_format"))
     except InvalidRequest as exc:
         raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
-    body: dict[str, Any] = {**call.options(), "model": model, "prompt": prompt}
     body["response_format"] = "b64_json"
-    if n is not None:
-        body["n"] = n
-    if size is not None:
-        body["size"] = size
     url_base = image_url_base(call.ctx, call.request)
     return await call.submit(
         "create_image", model, "/v1/images/generations", body, url_base=url_base
@@ -264,20 +273,23 @@ async def tasks_list(call: Call) -> TaskList:
         raise _params_error("'state' must be PENDING, STARTED, SUCCESS, FAILURE or CANCELLED")
     model = call.get("model", str)
     limit = call.get("limit", int)
-    limit = 50 if limit is None else limit
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
     if not 1 <= limit <= 1000:
         raise _params_error("'limit' must be 1..1000", "limit")
-    jobs = await call.jobs.store.all_jobs()
-    who = call.who
-    jobs = [
-        j
-        for j in jobs
-        if who.owns(j.owner)
-        and (state is None or j.state == state)
-        and (model is None or j.model == model)
-    ]
-    jobs.sort(key=lambda j: j.created_at, reverse=True)
-    return TaskList([TaskView.of(j) for j in jobs[:limit]], len(jobs))
+    after = call.get("after", str)
+    keep = None
+    if state is not None or model is not None:
+
+        def keep(job: Job) -> bool:
+            return (state is None or job.state == state) and (model is None or job.model == model)
+
+    store = call.jobs.store
+    try:
+        jobs, cursor = await listing.page(store, "tasks", call.who, after, limit, keep)
+    except listing.BadCursor as exc:
+        raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
+    total = await store.list_size("tasks", listing.scope(call.who))
+    return TaskList([TaskView.of(j) for j in jobs], total, cursor)
 
 
 METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
@@ -336,6 +348,40 @@ async def handle_one(request: Request, msg: Any) -> Reply | None:
         return _response(id_, error=err) if has_id else None
 
 
+def work_of(msg: Any) -> int:
+    """What one request object of a batch may cost, in records (see MAX_BATCH_RECORDS);
+    read before anything runs, so a malformed one counts 1 and fails in `handle_one`."""
+    if isinstance(msg, dict) and msg.get("method") == "tasks.list":
+        params = msg.get("params")
+        limit = params.get("limit") if isinstance(params, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            return max(1, min(limit, 1000))
+        return DEFAULT_LIST_LIMIT
+    return 1
+
+
+async def handle_batch(request: Request, msgs: list[Any]) -> list[Reply]:
+    """Run a batch's calls in order; the answer stops growing at MAX_ANSWER_BYTES."""
+    replies: list[Reply] = []
+    size = 0
+    for msg in msgs:
+        if size > MAX_ANSWER_BYTES:
+            if isinstance(msg, dict) and "id" in msg:
+                id_ = msg["id"] if isinstance(msg["id"], str | int | float) else None
+                error = RpcError(
+                    ANSWER_TOO_LARGE,
+                    f"Not run: the batch's answer passed {MAX_ANSWER_BYTES} bytes; "
+                    "send this call again on its own",
+                )
+                replies.append(_response(id_, error=error))
+            continue
+        reply = await handle_one(request, msg)
+        if reply is not None:
+            size += len(encode(reply))
+            replies.append(reply)
+    return replies
+
+
 def _json(body: Reply | list[Reply]) -> Response:
     return Response(encode(body), media_type="application/json")
 
@@ -361,7 +407,14 @@ async def rpc(request: Request) -> Response:
                     ),
                 )
             )
-        replies = [r for r in [await handle_one(request, m) for m in msg] if r is not None]
+        work = sum(work_of(m) for m in msg)
+        if work > MAX_BATCH_RECORDS:
+            message = (
+                f"Invalid Request: the batch may return {work} records, more than "
+                f"{MAX_BATCH_RECORDS} (each call counts 1, a tasks.list its limit)"
+            )
+            return _json(_response(None, error=RpcError(INVALID_REQUEST, message)))
+        replies = await handle_batch(request, msg)
         return _json(replies) if replies else Response(status_code=204)
     reply = await handle_one(request, msg)
     return _json(reply) if reply is not None else Response(status_code=204)

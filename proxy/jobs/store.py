@@ -30,7 +30,7 @@ import fcntl
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -62,6 +62,21 @@ def _queue_name(model: str, owner: str) -> str:
 
 def _owner_key(model: str, owner: str) -> str:
     return f"{model.encode().hex()}.{owner.encode().hex()}"
+
+
+class QuotaExceeded(Exception):
+    """Storing a file would pass a quota: `which` is ``key`` or ``total``."""
+
+    def __init__(self, which: str, limit: int, used: int) -> None:
+        super().__init__(f"{which} file quota {limit} bytes; {used} in use")
+        self.which, self.limit, self.used = which, limit, used
+
+
+def _usage_key(owner: str | None) -> str:
+    return "usage:" + ("\x00none" if owner is None else owner)
+
+
+TOTAL_USAGE = "usage-total"
 
 
 class JobStore:
@@ -125,6 +140,9 @@ class JobStore:
         """``<model hex>.<owner hex>`` for every (model, owner) queue ever used."""
         self._queues: dict[tuple[str, str], BaseStorage] = {}
         self._registered: set[tuple[str, str]] = set()
+        self.index = self._make("homelab_index")
+        """The listing index: per list, one ordered key per record (`ListIndex`)."""
+        self._backfill_index()
 
     def close(self) -> None:
         for storage in (
@@ -135,6 +153,7 @@ class JobStore:
             self.files,
             self.alive,
             self.queue_owners,
+            self.index,
             *self._queues.values(),
         ):
             storage.close()
@@ -151,6 +170,7 @@ class JobStore:
     # -- jobs -------------------------------------------------------------------
 
     def put_job(self, job: Job) -> None:
+        self._index("tasks", job.owner, job.created_at, job.id)  # first: never unlisted
         self.jobs.put_data(job.id, encode(job))
 
     def get_job(self, job_id: str) -> Job | None:
@@ -166,11 +186,16 @@ class JobStore:
                 out[name] = decode(raw, Job)
         return out
 
-    def all_jobs(self) -> list[Job]:
-        return [decode(raw, Job) for raw in self.jobs.result_items().values()]
+    def jobs_where(self, keep: Callable[[Job], bool]) -> list[Job]:
+        """The jobs `keep` passes, read a few hundred at a time (never every job in
+        memory at once: the recovery and expiry passes want the few unfinished or old)."""
+        return [job for _, raw in self._scan(self.jobs) if keep(job := decode(raw, Job))]
 
     def delete_job(self, job_id: str) -> None:
         """Forget a job, its result, its claims' leftovers and its events."""
+        job = self.get_job(job_id)
+        if job is not None:
+            self._unindex("tasks", job.owner, job.created_at, job.id)
         last = self.last_event(job_id)
         for seq in range(1, last + 1):
             self.events.delete_data(f"{job_id}:{seq}")
@@ -287,8 +312,24 @@ class JobStore:
 
     # -- files (batch input and output) ----------------------------------------
 
-    def put_file(self, meta: FileRecord, content: bytes) -> None:
+    def put_file(
+        self, meta: FileRecord, content: bytes, quota: tuple[int, int] | None = None
+    ) -> None:
+        """Store a file. `quota` (per key, in total): raise QuotaExceeded instead when the
+        file would pass either; the usage counters are reserved atomically first, so
+        two uploads at once cannot both pass. Without `quota` (a batch's output) the
+        file is counted but never refused."""
+        size = len(content)
+        mine = self.count(_usage_key(meta.owner), size)
+        total = self.count(TOTAL_USAGE, size)
+        if quota is not None and (mine > quota[0] or total > quota[1]):
+            self.count(_usage_key(meta.owner), -size)
+            self.count(TOTAL_USAGE, -size)
+            if mine > quota[0]:
+                raise QuotaExceeded("key", quota[0], mine - size)
+            raise QuotaExceeded("total", quota[1], total - size)
         self.files.put_data("data:" + meta.id, content)
+        self._index("files", meta.owner, meta.created_at, meta.id)
         self.files.put_data("meta:" + meta.id, encode(meta))
 
     def get_file(self, file_id: str) -> FileRecord | None:
@@ -299,32 +340,205 @@ class JobStore:
         raw = self.files.peek_data("data:" + file_id)
         return None if raw is EmptyData else bytes(raw)
 
-    def all_files(self) -> list[FileRecord]:
-        return [
-            decode(v, FileRecord)
-            for k, v in self.files.result_items().items()
-            if (k.decode() if isinstance(k, bytes) else k).startswith("meta:")
-        ]
+    def get_files(self, ids: list[str]) -> dict[str, FileRecord]:
+        """The metadata of those of `ids` that exist (never their bytes)."""
+        found = self.files.peek_many(["meta:" + i for i in ids]) if ids else {}
+        return {
+            (k.decode() if isinstance(k, bytes) else k)[5:]: decode(v, FileRecord)
+            for k, v in found.items()
+        }
 
     def delete_file(self, file_id: str) -> bool:
+        meta = self.get_file(file_id)
+        if meta is not None:
+            self._unindex("files", meta.owner, meta.created_at, meta.id)
         self.files.delete_data("data:" + file_id)
-        return bool(self.files.delete_data("meta:" + file_id))
+        gone = bool(self.files.delete_data("meta:" + file_id))
+        if gone and meta is not None:  # only the one caller that deleted it uncounts it
+            self.count(_usage_key(meta.owner), -meta.bytes)
+            self.count(TOTAL_USAGE, -meta.bytes)
+        return gone
+
+    def file_usage(self, owner: str | None) -> tuple[int, int]:
+        """Bytes of files kept for `owner`, and for everyone."""
+        return self.count(_usage_key(owner), 0), self.count(TOTAL_USAGE, 0)
+
+    def sweep_files(self, now: float, chunk: int = 500) -> int:
+        """Delete the files expired at `now`, a chunk of metadata at a time. Returns how
+        many."""
+        gone = 0
+        cursor: str | None = None
+        while True:
+            found, cursor = self.list_page(
+                "files", None, cursor, chunk, lambda f: f.expired(now), budget=chunk * 10
+            )
+            for meta in found:
+                gone += self.delete_file(meta.id)
+            if cursor is None:
+                return gone
 
     # -- batches (records in the files namespace) -------------------------------
 
     def put_batch(self, batch: BatchRecord) -> None:
+        self._index("batches", batch.owner, batch.created_at, batch.id)
         self.files.put_data("batch:" + batch.id, encode(batch))
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
         raw = self.files.peek_data("batch:" + batch_id)
         return None if raw is EmptyData else decode(raw, BatchRecord)
 
-    def all_batches(self) -> list[BatchRecord]:
-        return [
-            decode(v, BatchRecord)
-            for k, v in self.files.result_items().items()
-            if (k.decode() if isinstance(k, bytes) else k).startswith("batch:")
-        ]
+    def get_batches(self, ids: list[str]) -> dict[str, BatchRecord]:
+        found = self.files.peek_many(["batch:" + i for i in ids]) if ids else {}
+        return {
+            (k.decode() if isinstance(k, bytes) else k)[6:]: decode(v, BatchRecord)
+            for k, v in found.items()
+        }
+
+    # -- the listing index (keyset pages, newest first) ------------------------
+
+    @staticmethod
+    def _lists(kind: str, owner: str | None) -> tuple[str, str]:
+        """The two lists a record is in: everyone's (an admin's view) and its owner's."""
+        return f"{kind}\x1fall", (f"{kind}\x1fnone" if owner is None else f"{kind}\x1fo:{owner}")
+
+    @staticmethod
+    def sort_key(created_at: float, record_id: str) -> str:
+        """A record's place in its lists: creation time (microseconds), then its id."""
+        return f"{round(created_at * 1_000_000):017d}:{record_id}"
+
+    def _index(self, kind: str, owner: str | None, created_at: float, record_id: str) -> None:
+        key = self.sort_key(created_at, record_id)
+        for name in self._lists(kind, owner):
+            if self.shared:
+                self.index.conn.zadd("homelab_index:" + name, {key: 0})
+            else:
+                self.index.put_data(f"{name}\x1f{key}", b"")
+
+    def _unindex(self, kind: str, owner: str | None, created_at: float, record_id: str) -> None:
+        key = self.sort_key(created_at, record_id)
+        for name in self._lists(kind, owner):
+            if self.shared:
+                self.index.conn.zrem("homelab_index:" + name, key)
+            else:
+                self.index.delete_data(f"{name}\x1f{key}")
+
+    def page(self, kind: str, owner: str | None, before: str | None, limit: int) -> list[str]:
+        """Up to `limit` sort keys of list (`kind`, `owner`; None: everyone's), newest
+        first, each older than `before` (a sort key; None: from the newest). Reads
+        only the index: one range query (SQLite ``ORDER BY key DESC LIMIT``, Redis
+        ``ZREVRANGEBYLEX``), whatever the list's length."""
+        name = f"{kind}\x1fall" if owner is None else self._lists(kind, owner)[1]
+        if self.shared:
+            top = "(" + before if before else "+"
+            keys = self.index.conn.zrevrangebylex(
+                "homelab_index:" + name, top, "-", start=0, num=limit
+            )
+            return [k.decode() if isinstance(k, bytes) else k for k in keys]
+        low, high = name + "\x1f", name + "\x1f" + (before if before else "\x7f")
+        rows = self.index.sql(
+            "SELECT key FROM kv WHERE queue = ? AND key > ? AND key < ? ORDER BY key DESC LIMIT ?",
+            (self.index.name, low, high, limit),
+            results=True,
+        )
+        return [row[0][len(low) :] for row in rows]
+
+    def list_page(
+        self,
+        kind: str,
+        owner: str | None,
+        before: str | None,
+        limit: int,
+        keep: Callable[[Any], bool] | None = None,
+        budget: int = 5000,
+    ) -> tuple[list[Any], str | None]:
+        """One page of list (`kind`, `owner`), newest first, after the sort key `before`:
+        up to `limit` records (`keep`: only those it passes), and the cursor of the next
+        page (the sort key of the last record looked at; None at the list's end). Looks
+        at most `budget` index entries, so a filter that matches little still ends; the
+        records are read by id, a chunk at a time (never a whole namespace)."""
+        load: Callable[[list[str]], Mapping[str, Any]]
+        if kind == "tasks":
+            load = self.get_jobs
+        else:
+            load = self.get_files if kind == "files" else self.get_batches
+        out: list[Any] = []
+        cursor = before
+        looked = 0
+        while True:
+            want = limit - len(out)
+            chunk = want + 1 if keep is None else min(max(want * 2, 100), 500)
+            keys = self.page(kind, owner, cursor, chunk)
+            found = load([k.split(":", 1)[1] for k in keys])
+            for n, key in enumerate(keys):
+                if len(out) == limit:
+                    return out, cursor  # more keys follow this page
+                looked += 1
+                cursor = key
+                record = found.get(key.split(":", 1)[1])
+                if record is not None and (keep is None or keep(record)):
+                    out.append(record)
+                if looked >= budget and n + 1 < len(keys):
+                    return out, cursor
+            if len(keys) < chunk:
+                return out, None  # the list's end
+            if looked >= budget:
+                return out, cursor
+
+    def find(self, kind: str, record_id: str) -> Job | FileRecord | BatchRecord | None:
+        """The task, file's metadata or batch with that id."""
+        if kind == "tasks":
+            return self.get_job(record_id)
+        return self.get_file(record_id) if kind == "files" else self.get_batch(record_id)
+
+    def list_size(self, kind: str, owner: str | None) -> int:
+        """How many records list (`kind`, `owner`) holds, counted in the index."""
+        name = f"{kind}\x1fall" if owner is None else self._lists(kind, owner)[1]
+        if self.shared:
+            return int(self.index.conn.zcard("homelab_index:" + name))
+        low = name + "\x1f"
+        rows = self.index.sql(
+            "SELECT COUNT(*) FROM kv WHERE queue = ? AND key > ? AND key < ?",
+            (self.index.name, low, low + "\x7f"),
+            results=True,
+        )
+        return int(rows[0][0])
+
+    def _scan(self, storage: BaseStorage, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """(key, value) of a namespace's keys starting with `prefix`, a few hundred at a
+        time (never the whole namespace in memory)."""
+        if self.shared:
+            for key, value in storage.conn.hscan_iter(storage.result_key, prefix + "*", 500):
+                yield (key.decode() if isinstance(key, bytes) else key), bytes(value)
+            return
+        after = prefix
+        while True:
+            rows = storage.sql(
+                "SELECT key, value FROM kv WHERE queue = ? AND key > ? AND key < ? "
+                "ORDER BY key LIMIT 500",
+                (storage.name, after, prefix + "\x7f"),
+                results=True,
+            )
+            yield from ((k, bytes(v)) for k, v in rows)
+            if len(rows) < 500:
+                return
+            after = rows[-1][0]
+
+    def _backfill_index(self) -> None:
+        """Index records written before the index existed (once per store)."""
+        if self.index.peek_data("indexed-v1") is not EmptyData:
+            return
+        for _, raw in self._scan(self.jobs):
+            job = decode(raw, Job)
+            self._index("tasks", job.owner, job.created_at, job.id)
+        for _, raw in self._scan(self.files, "meta:"):
+            meta = decode(raw, FileRecord)
+            self._index("files", meta.owner, meta.created_at, meta.id)
+            self.count(_usage_key(meta.owner), meta.bytes)
+            self.count(TOTAL_USAGE, meta.bytes)
+        for _, raw in self._scan(self.files, "batch:"):
+            batch = decode(raw, BatchRecord)
+            self._index("batches", batch.owner, batch.created_at, batch.id)
+        self.index.put_data("indexed-v1", b"1")
 
     def count(self, key: str, amount: int = 1) -> int:
         """Add `amount` to the counter `key` (atomic) and return its new value."""
@@ -355,7 +569,7 @@ class AsyncJobStore:
         self.put_job = _threaded(store.put_job)
         self.get_job = _threaded(store.get_job)
         self.get_jobs = _threaded(store.get_jobs)
-        self.all_jobs = _threaded(store.all_jobs)
+        self.jobs_where = _threaded(store.jobs_where)
         self.delete_job = _threaded(store.delete_job)
         self.enqueue = _threaded(store.enqueue)
         self.dequeue = _threaded(store.dequeue)
@@ -378,10 +592,16 @@ class AsyncJobStore:
         self.put_file = _threaded(store.put_file)
         self.get_file = _threaded(store.get_file)
         self.file_content = _threaded(store.file_content)
-        self.all_files = _threaded(store.all_files)
+        self.get_files = _threaded(store.get_files)
+        self.file_usage = _threaded(store.file_usage)
+        self.sweep_files = _threaded(store.sweep_files)
         self.delete_file = _threaded(store.delete_file)
         self.put_batch = _threaded(store.put_batch)
         self.get_batch = _threaded(store.get_batch)
-        self.all_batches = _threaded(store.all_batches)
+        self.get_batches = _threaded(store.get_batches)
+        self.page = _threaded(store.page)
+        self.list_size = _threaded(store.list_size)
+        self.list_page = _threaded(store.list_page)
+        self.find = _threaded(store.find)
         self.count = _threaded(store.count)
         self.lock_once = _threaded(store.lock_once)

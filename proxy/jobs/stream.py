@@ -11,16 +11,15 @@ While the job waits, ``state`` events *without* an id report its place in line
 (``position``) and which model must load first (``load_first``); they are not
 stored, so a resume neither loses nor repeats stored events. ``: keepalive``
 comments keep idle connections open. Frames and keep-alives are `wire.events`'
-(`frame`, `KEEPALIVE` after `HEARTBEAT` idle seconds), as on every other stream. The
-stream reads from the store, so it works on any proxy that shares the job's store
-(Redis), whoever runs the job.
+(`frame`, `KEEPALIVE` after `HEARTBEAT` idle seconds), as on every other stream.
+
+A stream replays what it missed from the store, then follows the task's one watcher on
+this proxy (`proxy.jobs.watch`: one store reader per task, fanned out to its streams),
+so it works on any proxy that shares the job's store (Redis), whoever runs the job. A
+key holds at most ``HOMELAB_MAX_STREAMS_PER_KEY`` streams at once (one more: 429).
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-import time
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -28,29 +27,25 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import keys
 from proxy.asgi import SSE_HEADERS
-from proxy.errors import InvalidRequest, NotFound
+from proxy.errors import InvalidRequest, NotFound, TooManyStreams
 from proxy.jobs.dispatcher import Dispatcher
-from proxy.jobs.records import Position, StateEvent, to_json_value
-from proxy.jobs.state import TaskState
+from proxy.jobs.records import StateEvent, to_json_value
+from proxy.jobs.watch import Stored
 from wire.disconnect import ClientDisconnected, watch_disconnect
 from wire.events import HEARTBEAT, KEEPALIVE, frame
 
 router = APIRouter()
 
-POLL = 0.25
-"""Seconds between store reads when no local notification comes (other proxies)."""
-GAP_GRACE = 2.0
-"""An event id handed out but never written (its writer died) is skipped after this."""
-
 
 class JobStream(Response):
-    """An ASGI response that relays one job's events until `end` or a disconnect."""
+    """An ASGI response that relays one job's events until `end` or a disconnect.
+    `key`: whose stream it is (counted in by the route; counted out here, at the end)."""
 
     background = None
     status_code = 200
 
-    def __init__(self, jobs: Dispatcher, job_id: str, after: int) -> None:  # no Response.__init__
-        self.jobs, self.job_id, self.after = jobs, job_id, after
+    def __init__(self, jobs: Dispatcher, job_id: str, after: int, key: str) -> None:  # noqa: D107
+        self.jobs, self.job_id, self.after, self.key = jobs, job_id, after, key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -61,62 +56,83 @@ class JobStream(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except ClientDisconnected:
             return  # the reader went away; a reconnect resumes with Last-Event-ID
+        finally:
+            self.jobs.watchers.close(self.key)
+
+    async def _replay(self, send: Send) -> bool:
+        """Send the stored events after `self.after`, a bounded chunk at a time; True
+        once `end` was sent."""
+        while True:
+            events = await self.jobs.store.events_after(self.job_id, self.after)
+            for seq, ev in events:
+                await self._send(send, frame(ev.event, ev.data, seq))
+                self.after = seq
+                if ev.event == "end":
+                    return True
+            if not events:
+                return False
+
+    async def _send(self, send: Send, body: bytes) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _relay(self, send: Send) -> None:
-        jobs, job_id = self.jobs, self.job_id
-        store = jobs.store
-        last = self.after
-        wake = jobs.listen(job_id)
-        last_sent = time.monotonic()
-        stuck_since: float | None = None
-        last_position: Position | None = None
+        watchers = self.jobs.watchers
+        sub = watchers.subscribe(self.job_id, self.after)  # first: nothing falls between
         try:
+            if await self._replay(send):
+                return
+            dropped = 0
+            last_position = watchers.position(self.job_id)
+            if last_position is not None:  # published before this stream joined
+                await self._send(
+                    send, frame("state", to_json_value(StateEvent.waiting(last_position)))
+                )
             while True:
-                wake.clear()
-                events = await store.events_after(job_id, last)
-                for seq, ev in events:
-                    body = frame(ev.event, ev.data, seq)
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    last = seq
-                    last_sent = time.monotonic()
-                    if ev.event == "end":
+                try:
+                    item = await sub.next(HEARTBEAT)
+                except StopAsyncIteration:  # the watcher ended: end sent, or job gone
+                    await self._replay(send)
+                    return
+                if sub.dropped != dropped:  # fell behind: the store has what was lost
+                    dropped = sub.dropped
+                    if await self._replay(send):
                         return
-                if events:
-                    stuck_since = None
-                    continue
-                if await store.last_event(job_id) > last:
-                    now = time.monotonic()
-                    stuck_since = stuck_since or now
-                    if now - stuck_since > GAP_GRACE:
-                        last += 1  # a writer died between numbering and writing: skip
-                        stuck_since = None
+                if item is None:
+                    await self._send(send, KEEPALIVE)
+                elif isinstance(item, Stored):
+                    if item.seq <= self.after:
+                        continue  # already replayed
+                    if item.seq > self.after + 1 and await self._replay(send):
+                        return  # a gap (a skipped id): the store's order is the truth
+                    if item.seq <= self.after:
                         continue
-                job = await store.get_job(job_id)
-                if job is None:
-                    return  # expired meanwhile
-                if job.state is TaskState.PENDING:
-                    position = await jobs.position(job)
-                    if position != last_position:
-                        last_position = position
-                        body = frame("state", to_json_value(StateEvent.waiting(position)))
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                        last_sent = time.monotonic()
-                if time.monotonic() - last_sent > HEARTBEAT:
-                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-                    last_sent = time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL)
+                    await self._send(send, frame(item.event.event, item.event.data, item.seq))
+                    self.after = item.seq
+                    if item.event.event == "end":
+                        return
+                elif item != last_position:
+                    last_position = item
+                    waiting = to_json_value(StateEvent.waiting(item))
+                    await self._send(send, frame("state", waiting))
         finally:
-            jobs.unlisten(job_id, wake)
+            watchers.unsubscribe(self.job_id, sub)
 
 
 @router.get("/stream/{task_id}", summary="A job's events as Server-Sent Events (docs/jobs.md)")
 async def stream(request: Request, task_id: str) -> Response:
-    jobs: Dispatcher = request.app.state.ctx.jobs
+    ctx = request.app.state.ctx
+    jobs: Dispatcher = ctx.jobs
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     if not raw.strip().isdigit() or len(raw) > 12:
         raise InvalidRequest("Last-Event-ID must be a non-negative integer.", param="Last-Event-ID")
+    who = keys.current()
     job = await jobs.store.get_job(task_id) if len(task_id) <= 200 else None
-    if job is None or not keys.current().owns(job.owner):  # another key's: not found
+    if job is None or not who.owns(job.owner):  # another key's: not found
         raise NotFound(f"No task {task_id[:200]!r}.", param="taskId", code="task_not_found")
-    return JobStream(jobs, task_id, int(raw))
+    cap = ctx.settings.max_streams_per_key
+    if not jobs.watchers.open(who.name, cap):
+        raise TooManyStreams(
+            f"This key has {cap} job streams open already (HOMELAB_MAX_STREAMS_PER_KEY); "
+            "close one, or follow the task with tasks.get.",
+        )
+    return JobStream(jobs, task_id, int(raw), who.name)

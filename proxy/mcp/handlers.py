@@ -28,8 +28,6 @@ from proxy.keys import visible
 from proxy.mcp.calls import Answer, call_model
 from proxy.mcp.picture import (
     data_url,
-    is_http_url,
-    is_own_image_url,
     picture_content,
     read_image,
 )
@@ -86,11 +84,10 @@ async def run_img2txt(
     ctx: ProxyContext, args: VisionArgs, progress: Progress
 ) -> types.CallToolResult:
     model = args.model.id
-    if is_http_url(args.image) and not is_own_image_url(args.image):
-        url = args.image.strip()  # a foreign URL: the model server fetches it, as on /v1
-    else:
-        data = await read_image(ctx.images, args.image, "image", ctx.settings.max_upload_bytes)
-        url = data_url(data)
+    # Only data URLs, base64 and this proxy's own image URLs: a foreign http(s) URL is
+    # refused here (`read_image`), never passed on for the model server to fetch.
+    data = await read_image(ctx.images, args.image, "image", ctx.settings.max_upload_bytes)
+    url = data_url(data)
     messages = [
         {
             "role": "user",

@@ -11,7 +11,9 @@ JSON-RPC error body MCP clients show.
 Limits: `body_limit` is what an ``img2img`` call with an image and a mask as base64
 needs at the proxy's upload limit (``HOMELAB_MAX_UPLOAD_BYTES``); the proxy's
 `BodyLimit` refuses a larger ``/mcp`` body (413 ``request_too_large``, as everywhere in
-the proxy) and the SDK's own limit is set to the same value. The SDK's DNS-rebinding (Host / Origin) check follows
+the proxy) and the SDK's own limit is set to the same value. Sessions: at most
+``HOMELAB_MCP_SESSIONS_PER_KEY`` per key (`KeyedSessions`; one more is a 429), each
+ended after ``HOMELAB_MCP_SESSION_IDLE_TIMEOUT`` seconds with no request in flight. The SDK's DNS-rebinding (Host / Origin) check follows
 ``HOMELAB_ALLOWED_HOSTS``: off when unset, as the rest of the proxy accepts any Host.
 
 Every failure of a call is an ``isError`` result whose text says what went wrong (a
@@ -26,6 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import orjson
 from mcp import MCPError, types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -33,6 +36,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.context import ProxyContext
@@ -83,6 +87,29 @@ def _failure_text(exc: ProxyError) -> str:
     return text + ")"
 
 
+class KeyedSessions(StreamableHTTPSessionManager):
+    """The SDK's session manager with a cap per key: `per_key` sessions of one principal
+    (the ``client_id`` `McpEndpoint` gives each request) at once.
+
+    `McpEndpoint.__call__` refuses an opening request over the cap with a 429 before the
+    SDK sees it; `_admit_session` (the SDK's admission, under its creation lock) checks
+    again, so two opening requests at once cannot both pass (the second then gets the
+    SDK's own 503). Idle sessions end after the SDK's ``session_idle_timeout``."""
+
+    def __init__(self, *args: Any, per_key: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_key = per_key
+
+    def open_for(self, name: str) -> int:
+        """Sessions of principal `name` open now."""
+        return sum(1 for o in self._session_owners.values() if o["client_id"] == name)
+
+    def _admit_session(self, requestor: Any) -> Any:
+        if requestor is not None and self.open_for(requestor["client_id"]) >= self.per_key:
+            return None
+        return super()._admit_session(requestor)
+
+
 class McpEndpoint:
     """The MCP server, its session manager and the ASGI endpoint for ``/mcp``."""
 
@@ -103,11 +130,13 @@ class McpEndpoint:
             allowed_hosts=hosts,
             allowed_origins=[f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")],
         )
-        self.sessions = StreamableHTTPSessionManager(
+        self.sessions = KeyedSessions(
             app=self.server,
             json_response=False,  # SSE responses: progress notifications need them
             security_settings=security,
             max_request_body_size=self.limit,
+            session_idle_timeout=settings.mcp_session_idle_timeout,
+            per_key=settings.mcp_sessions_per_key,
         )
 
     @contextlib.asynccontextmanager
@@ -127,6 +156,14 @@ class McpEndpoint:
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=principal.name, scopes=[])
         )
+        opening = scope.get("method") == "POST" and not any(
+            name == b"mcp-session-id" for name, _ in scope.get("headers", ())
+        )
+        cap = self.sessions.per_key
+        if opening and self.sessions.open_for(principal.name) >= cap:
+            refusal = _too_many_sessions(cap)
+            await refusal(scope, receive, send)
+            return
         await self.sessions.handle_request(scope, receive, send)
 
     # -- handlers ---------------------------------------------------------------
@@ -217,3 +254,14 @@ def _error_result(text: str) -> types.CallToolResult:
 
 def _rpc_failure(exc: ProxyError) -> MCPError:
     return MCPError(code=-32603, message=_failure_text(exc))
+
+
+def _too_many_sessions(cap: int) -> Response:
+    """429 with a JSON-RPC error body (what MCP clients show), no request id."""
+    message = (
+        f"This key has {cap} MCP sessions open already (HOMELAB_MCP_SESSIONS_PER_KEY): "
+        "close one (DELETE /mcp with its Mcp-Session-Id), or wait for an idle one to end "
+        "(HOMELAB_MCP_SESSION_IDLE_TIMEOUT)."
+    )
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
+    return Response(orjson.dumps(body), status_code=429, media_type="application/json")

@@ -19,6 +19,8 @@ from typing import Any
 
 from mcp import types
 
+from proxy.errors import InvalidRequest
+from proxy.images import check_image_request
 from wire.models import ModelStatus
 
 MAX_PROMPT_CHARS = 32_000
@@ -455,13 +457,11 @@ def _image_common(models: Models, args: dict[str, Any]) -> ImageArgs:
     prompt = _text(args, "prompt", required=True)
     assert prompt is not None
     size = args.get("size")
-    sizes = list(model.sizes or [])
-    if size is not None and (not isinstance(size, str) or (sizes and size not in sizes)):
-        raise ArgumentError(
-            "size", f"model '{model.id}' takes only these sizes: {', '.join(sizes)}"
-        )
-    max_n = model.max_n or 1
-    n = _int(args, "n", 1, max_n)
+    n = _int(args, "n", 1, model.max_n or 1)  # JSON clients may send 3.0
+    try:  # the direct route's checks (proxy.images), so every entry refuses the same
+        check_image_request(model, n, size, None)
+    except InvalidRequest as exc:
+        raise ArgumentError(exc.param or "size", exc.message) from exc
     seed = _int(args, "seed", 0, MAX_SEED)
     return ImageArgs(model=model, prompt=prompt, size=size, n=n or 1, seed=seed)
 
@@ -510,7 +510,7 @@ def parse_img2txt(models: Models, args: dict[str, Any]) -> VisionArgs:
     model = pick_model(models, args, kind="text", vision=True)
     image = args.get("image")
     if not isinstance(image, str) or not image.strip():
-        raise ArgumentError("image", "is required: an image URL, a data URL or base64")
+        raise ArgumentError("image", "is required: a proxy image URL, a data URL or base64")
     prompt = _text(args, "prompt", default="Describe this picture.")
     assert prompt is not None
     if not prompt.strip():

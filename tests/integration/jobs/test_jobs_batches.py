@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, TEXT_B, JobsStack, wait_batch
+from tests.integration.jobs.jobs_stack import EMBED, IMAGE, TEXT_A, TEXT_B, JobsStack, wait_batch
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,31 @@ def test_an_embeddings_batch_runs_on_the_embedding_model(sdk: openai.OpenAI) -> 
             "cannot serve /v1/embeddings",
         ),
         ([chat_line("a", TEXT_A, "x", stream=True)], "/v1/chat/completions", "cannot stream"),
+        # An image line gets the direct route's n/size checks (max_n 2, sizes 64x64, 32x48).
+        (
+            [
+                {
+                    "custom_id": "a",
+                    "method": "POST",
+                    "url": "/v1/images/generations",
+                    "body": {"model": IMAGE, "prompt": "x", "n": 9},
+                }
+            ],
+            "/v1/images/generations",
+            "max_n=2",
+        ),
+        (
+            [
+                {
+                    "custom_id": "a",
+                    "method": "POST",
+                    "url": "/v1/images/generations",
+                    "body": {"model": IMAGE, "prompt": "x", "size": "9x9"},
+                }
+            ],
+            "/v1/images/generations",
+            "size '9x9'",
+        ),
     ],
 )
 def test_bad_batches_are_refused_naming_the_line(

@@ -114,6 +114,30 @@ def test_model_errors_carry_the_openai_error_as_data(jobs_stack: JobsStack) -> N
     assert clash["code"] == -32602 and clash["data"] == {"param": "options"}
 
 
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"options": {"n": 50}}, "n"),  # max_n is 2
+        ({"options": {"size": "9x9"}}, "size"),
+        ({"options": {"n": 0}}, "n"),
+        ({"options": {"response_format": "jpeg"}}, "response_format"),
+        ({"size": "64x64", "options": {"n": 3}}, "n"),
+    ],
+)
+def test_create_image_options_get_the_direct_routes_checks(
+    jobs_stack: JobsStack, params: dict, param: str
+) -> None:
+    """`options` cannot carry n/size past the checks /v1/images/generations applies."""
+    with jobs_stack.client() as client:
+        error = rpc(client, "create_image", {"model": IMAGE, "prompt": "a cat", **params})["error"]
+        direct = client.post(
+            "/v1/images/generations",
+            json={"model": IMAGE, "prompt": "a cat", **params.get("options", {})},
+        )
+    assert error["code"] == -32602 and error["data"]["param"] == param, error
+    assert direct.status_code == 400 and direct.json()["error"]["param"] == param
+
+
 def test_batch_calls_and_notifications(jobs_stack: JobsStack) -> None:
     with jobs_stack.client() as client:
         r = client.post(

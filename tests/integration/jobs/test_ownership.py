@@ -152,7 +152,7 @@ def test_the_issue_probe_tasks(stack: JobsStack) -> None:
         result = finished(stack, KEY_A, task["taskId"])
         assert SECRET in result["text"]
     with client(stack, KEY_C) as c:
-        assert rpc(c, "tasks.list")["result"] == {"tasks": [], "total": 0}
+        assert rpc(c, "tasks.list")["result"] == {"tasks": [], "total": 0, "next": None}
 
 
 async def test_the_issue_probe_mcp_session(stack: JobsStack) -> None:

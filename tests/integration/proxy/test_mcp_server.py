@@ -207,6 +207,11 @@ async def test_img2txt_sends_the_picture_to_the_stand_in_vision_model(mcp_stack:
         ("img2img", {"image": "https://example.com/a.png", "prompt": "x"}, "'image'"),
         ("img2img", {"image": png_data_url(8, 8), "prompt": "x", "mask": "AAAA"}, "'mask'"),
         ("img2txt", {"model": "chat", "image": png_data_url(8, 8)}, "'model'"),
+        # A foreign URL is refused here, never passed on for the model server to fetch.
+        ("img2txt", {"image": "https://example.com/a.png"}, "'image'"),
+        ("img2txt", {"image": "http://127.0.0.1:9/private/secret.png"}, "'image'"),
+        # The direct route's n check (proxy.images.check_image_request): n >= 1.
+        ("txt2img", {"model": "paint", "prompt": "x", "n": 0}, "'n'"),
     ],
 )
 async def test_bad_arguments_give_tool_errors_naming_the_argument(

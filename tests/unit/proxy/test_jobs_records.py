@@ -230,7 +230,7 @@ BATCH_KEYS = [
     "request_counts",
     "metadata",
 ]
-FILE_KEYS = ["id", "object", "bytes", "created_at", "filename", "purpose", "status"]
+FILE_KEYS = ["id", "object", "bytes", "created_at", "filename", "purpose", "status", "expires_at"]
 
 
 async def _rpc(client, method: str, **params) -> dict:
@@ -299,7 +299,9 @@ async def test_rpc_tasks_and_their_stream_keep_the_documented_shapes(tmp_path) -
         assert isinstance(failed["error"]["message"], str)
 
         listed = (await _rpc(client, "tasks.list", state="SUCCESS"))["result"]
-        assert list(listed) == ["tasks", "total"] and listed["total"] == 1
+        # total: the caller's tasks (any state); next: None on the last page
+        assert list(listed) == ["tasks", "total", "next"] and listed["total"] == 2
+        assert listed["next"] is None and len(listed["tasks"]) == 1
         assert listed["tasks"][0]["taskId"] == task_id
         bad = (await _rpc(client, "tasks.list", state="RUNNING"))["error"]
         assert bad["code"] == -32602 and list(bad) == ["code", "message"]
@@ -373,7 +375,7 @@ async def test_a_batch_keeps_the_openai_shapes(tmp_path) -> None:
         assert list(page) == ["object", "data", "first_id", "last_id", "has_more"]
         assert [list(b) for b in page["data"]] == [BATCH_KEYS]
         files = (await client.get("/v1/files")).json()
-        assert list(files) == ["object", "data", "has_more"]
+        assert list(files) == ["object", "data", "first_id", "last_id", "has_more"]
         assert all(list(f) == FILE_KEYS for f in files["data"]) and len(files["data"]) == 2
         # cancelling a finished batch changes nothing (completed is terminal)
         r = await client.post(f"/v1/batches/{batch['id']}/cancel")

@@ -1,0 +1,95 @@
+"""The job store's listing index (SQLite): keyset pages, filters with a bound, and the
+one-time backfill of a store written before the index existed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from proxy_stack import build_stack
+
+from proxy.jobs.records import Job
+from proxy.jobs.state import TaskState
+from proxy.jobs.store import JobStore
+
+
+def _job(i: int, owner: str, state: TaskState = TaskState.SUCCESS) -> Job:
+    return Job(
+        id=f"task_{i:04d}",
+        method="create_completion",
+        model="m",
+        endpoint="/v1/completions",
+        body={},
+        state=state,
+        created_at=1_000_000 + i,
+        owner=owner,
+    )
+
+
+def _walk(store: JobStore, owner: str | None, limit: int, keep=None) -> list[str]:
+    ids, cursor = [], None
+    while True:
+        page, cursor = store.list_page("tasks", owner, cursor, limit, keep)
+        ids += [j.id for j in page]
+        if cursor is None:
+            return ids
+
+
+def test_pages_walk_each_record_once_newest_first_per_owner(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    for i in range(23):
+        store.put_job(_job(i, "a" if i % 3 else "b"))
+    store.put_job(_job(5, "a", TaskState.FAILURE))  # a second write: still listed once
+    mine = [f"task_{i:04d}" for i in reversed(range(23)) if i % 3]
+    assert _walk(store, "a", 4) == mine
+    assert _walk(store, None, 5) == [f"task_{i:04d}" for i in reversed(range(23))]
+    assert store.list_size("tasks", "a") == len(mine) and store.list_size("tasks", "b") == 8
+    failed = _walk(store, "a", 2, keep=lambda j: j.state is TaskState.FAILURE)
+    assert failed == ["task_0005"]
+    store.delete_job("task_0022")
+    assert _walk(store, "a", 100)[0] == "task_0020"
+    store.close()
+
+
+def test_a_filter_that_matches_little_stops_at_its_budget(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    for i in range(30):
+        store.put_job(_job(i, "a"))
+    page, cursor = store.list_page("tasks", "a", None, 5, lambda j: False, budget=10)
+    assert page == [] and cursor == JobStore.sort_key(1_000_020, "task_0020")
+    page, cursor = store.list_page("tasks", "a", cursor, 5, lambda j: j.id < "task_0003", 10)
+    assert page == [] and cursor is not None  # 10 more looked at, none matched
+    page, cursor = store.list_page("tasks", "a", cursor, 5, lambda j: j.id < "task_0003", 10)
+    assert [j.id for j in page] == ["task_0002", "task_0001", "task_0000"] and cursor is None
+    store.close()
+
+
+def test_a_store_from_before_the_index_is_indexed_once_at_start(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    for i in range(3):
+        store.put_job(_job(i, "a"))
+    store.index.sql("DELETE FROM kv WHERE queue = ?", (store.index.name,), commit=True)
+    assert _walk(store, "a", 10) == []
+    store.close()
+    store = JobStore(str(tmp_path / "j.db"))
+    assert _walk(store, "a", 10) == ["task_0002", "task_0001", "task_0000"]
+    store.close()
+
+
+async def test_an_rpc_batch_answer_stops_growing_at_its_byte_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.jobs import rpc
+
+    monkeypatch.setattr(rpc, "MAX_ANSWER_BYTES", 300)
+    async with build_stack(tmp_path) as stack:
+        calls = [
+            {"jsonrpc": "2.0", "id": i, "method": "tasks.get", "params": {"taskId": "x" * 150}}
+            for i in range(5)
+        ]
+        replies = (await stack.client.post("/rpc", json=calls)).json()
+    codes = [r["error"]["code"] for r in replies]
+    assert [r["id"] for r in replies] == list(range(5))
+    # Each "No task" answer is ~200 bytes: two fit under 300, the rest are not run.
+    assert codes == [-32001, -32001, -32004, -32004, -32004]
+    assert "send this call again on its own" in replies[-1]["error"]["message"]
