@@ -18,7 +18,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import KEYLESS, AuthenticationFailed
-from proxy.keys import OPEN, PRINCIPAL, KeyRing, Principal
+from proxy.keys import NOBODY, OPEN, PRINCIPAL, KeyRing, Principal
 from wire.errors import PROXY, send_json
 
 PROTECTED_PREFIXES = ("/v1/", "/api/", "/stream/")
@@ -81,11 +81,6 @@ class ApiKeyMiddleware:
         finally:
             PRINCIPAL.reset(who)
             KEYLESS.reset(token)
-
-
-NOBODY = Principal(name="", models=())
-"""The principal of a request on an open path that carries no valid key: no models,
-owns nothing."""
 
 
 async def _send_rpc_refusal(send: Send, err: AuthenticationFailed) -> None:

@@ -80,6 +80,10 @@ class Principal(msgspec.Struct, frozen=True):
 OPEN = Principal(name="anonymous", admin=True)
 """Every request of an open proxy (no keys)."""
 
+NOBODY = Principal(name="", models=())
+"""The principal of a request on an open path (the page, images) that carries no valid
+key, and of anything that cannot tell who it works for: no models, owns nothing."""
+
 PRINCIPAL: ContextVar[Principal] = ContextVar("principal", default=OPEN)
 """The principal of the request (or job) being served. Set by the key middleware for
 each request; code that works for a principal outside a request (the job runner) sets

@@ -42,7 +42,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.images import image_url_base
-from proxy.keys import OPEN, PRINCIPAL, Principal, visible
+from proxy.keys import NOBODY, PRINCIPAL, Principal, visible
 from proxy.mcp import handlers
 from proxy.mcp.progress import Progress
 from proxy.mcp.tools import (
@@ -152,7 +152,7 @@ class McpEndpoint:
         the ``scope["user"]`` of the opening request and answers a request of any other
         user on that ``Mcp-Session-Id`` exactly as an unknown session (404 "Session not
         found"). The user is the key's principal name (`proxy.keys`), never the key."""
-        principal = scope.get("state", {}).get("principal", OPEN)
+        principal = scope.get("state", {}).get("principal", NOBODY)
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=principal.name, scopes=[])
         )
@@ -238,9 +238,8 @@ def _as_caller(rctx: ServerRequestContext[Any]) -> Iterator[None]:
     request = rctx.request
     state = request.scope.get("state", {}) if request is not None else {}
     principal = state.get("principal")
-    if not isinstance(principal, Principal):
-        yield
-        return
+    if not isinstance(principal, Principal):  # never through the key middleware: nobody
+        principal = NOBODY
     token = PRINCIPAL.set(principal)
     try:
         yield
