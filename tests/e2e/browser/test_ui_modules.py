@@ -290,6 +290,8 @@ def test_help_is_drawn_from_the_command_table(ui: Ui) -> None:
         "/clear",
         "/key",
         "/theme",
+        "/whoami",
+        "/usage",
     }
 
     ui.wait_ready()
