@@ -54,11 +54,22 @@ def find_program(name: str) -> str | None:
     return shutil.which(name, path=os.pathsep.join(d for d in extra if d))
 
 
+_HANDED_OUT: dict[range, list[int]] = {}
+"""Per range, the ports `free_ports` handed out lately, newest last."""
+
+
 def free_ports(ports: range, count: int) -> list[int]:
     """`count` ports of `ports` free on 127.0.0.1 right now, picked at random so that two
-    runs on one machine rarely reach for the same ones. Raises RuntimeError."""
-    found = []
+    runs on one machine rarely reach for the same ones, and none of the ones this process
+    handed out lately (the last half of the range): a stack reserves its model servers'
+    ports long before they bind them, and a port that is still free then must not go to
+    the next server it starts (a proxy once got a model's port that way, and the model's
+    start failed). Raises RuntimeError."""
+    recent = _HANDED_OUT.setdefault(ports, [])
+    found: list[int] = []
     for port in random.sample(ports, len(ports)):
+        if port in recent:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -66,5 +77,7 @@ def free_ports(ports: range, count: int) -> list[int]:
                 continue
         found.append(port)
         if len(found) == count:
+            recent.extend(found)
+            del recent[: max(0, len(recent) - len(ports) // 2)]
             return found
     raise RuntimeError(f"not enough free ports in {ports.start}-{ports.stop - 1}")
