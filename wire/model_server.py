@@ -26,10 +26,15 @@ VLLM_API_KEY_ENV = "VLLM_API_KEY"
 by its ``/v1`` check and by ``manager.model_guard`` for the rest)."""
 IMAGE_API_KEY_ENV = "HOMELAB_IMAGE_API_KEY"
 """The image server refuses every path without this key (``imageserver.upstream_key``)."""
+AUDIO_API_KEY_ENV = "HOMELAB_AUDIO_API_KEY"
+"""The audio server (stt and tts models) refuses every path but ``/health`` without this
+key (``audioserver``)."""
 UPSTREAM_KEY_ENV = {
     "text": VLLM_API_KEY_ENV,
     "embedding": VLLM_API_KEY_ENV,
     "image": IMAGE_API_KEY_ENV,
+    "stt": AUDIO_API_KEY_ENV,
+    "tts": AUDIO_API_KEY_ENV,
 }
 """The variable that carries a server's upstream key, by model type."""
 LLAMA_API_KEY_ENV = "LLAMA_API_KEY"

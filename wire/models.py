@@ -11,10 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ModelType = Literal["text", "image", "embedding"]
-Backend = Literal["vllm", "llama.cpp", "diffusers", "remote"]
-"""Who serves a model: vLLM, llama.cpp's llama-server, the diffusers image server (the
-manager's models), or a remote OpenAI-compatible endpoint (the proxy's catalogue)."""
+ModelType = Literal["text", "image", "embedding", "stt", "tts"]
+"""What a model does: ``stt`` transcribes speech (``/v1/audio/transcriptions`` and
+``translations``), ``tts`` speaks text (``/v1/audio/speech``)."""
+Backend = Literal["vllm", "llama.cpp", "diffusers", "audio", "remote"]
+"""Who serves a model: vLLM, llama.cpp's llama-server, the diffusers image server, the
+audio server (``audioserver``: faster-whisper or Piper) (the manager's models), or a
+remote OpenAI-compatible endpoint (the proxy's catalogue)."""
 ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
 """A model's lifecycle state (the manager's `manager.state.ModelState` values)."""
 
