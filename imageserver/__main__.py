@@ -18,6 +18,11 @@ from pydantic import ValidationError
 
 from imageserver.api import create_app
 from imageserver.settings import Settings
+from wire import http_server
+
+CONNECTION_LIMITS = http_server.ConnectionLimits(per_address=64, max_connections=256)
+"""The image server's clients are the proxy and the manager's readiness probe: few
+connections (docs/security.md)."""
 
 
 def _settings() -> Settings:
@@ -44,13 +49,16 @@ def main() -> None:
         stream=sys.stderr,
     )
     logging.getLogger("uvicorn.access").addFilter(_NoHealthChecks())
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.Server(
+        http_server.config(
+            create_app(settings),
+            settings.host,
+            settings.port,
+            CONNECTION_LIMITS,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )
+    ).run()
 
 
 if __name__ == "__main__":

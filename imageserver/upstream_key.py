@@ -19,6 +19,7 @@ from typing import Any
 
 from imageserver.errors import MissingUpstreamKey
 from wire.errors import MODEL_SERVER
+from wire.http_server import trust
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -46,6 +47,7 @@ class UpstreamKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key is None or scope["type"] not in ("http", "websocket") or self._valid(scope):
+            trust(scope)
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

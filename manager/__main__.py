@@ -39,13 +39,16 @@ from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, json_schema, load_catalogue
+from wire import http_server
 
 log = logging.getLogger("manager")
 
 SHUTDOWN_GRACE = 10
 """Seconds uvicorn waits for open requests at shutdown before cancelling them."""
-MAX_CONNECTIONS = 1024
-"""Connections uvicorn serves at once (a waiting lease request holds one)."""
+CONNECTION_LIMITS = http_server.ConnectionLimits(per_address=1024, max_connections=1024)
+"""The manager's connections (`wire.http_server`): its clients are a few proxies, and a
+waiting lease request holds one connection, so one address may hold them all; without
+the token, a connection is the first shed (docs/security.md)."""
 
 RUNTIMES = {
     "docker": ("manager.docker_runtime", "DockerRuntime"),
@@ -202,15 +205,14 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         gpu_used=build_gpu_meter(),
         footprints=footprints.FootprintStore(settings.footprint_path()),
     )
-    config = uvicorn.Config(
+    config = http_server.config(
         create_app(scheduler, settings),
-        host=settings.manager_host,
-        port=settings.manager_port,
+        settings.manager_host,
+        settings.manager_port,
+        CONNECTION_LIMITS,
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
-        limit_concurrency=MAX_CONNECTIONS,
-        timeout_keep_alive=5,
     )
     log.info(
         "manager: %d models from %s, GPU budget %s MiB (%s), %s runtime, listening on %s:%d",

@@ -33,6 +33,7 @@ from wire.disconnect import watch_disconnect
 from wire.errors import MANAGER, install_error_handlers
 from wire.events import SSE_HEADERS, SSE_MEDIA_TYPE, Event, event_stream, snapshot_frame
 from wire.fanout import Subscription, TooManySubscribers
+from wire.http_server import trust
 from wire.lease import LeaseGrant, LeaseRenewal, LeaseRequest
 from wire.limits import BodyLimit
 from wire.models import EnsureAnswer, ModelList, StopAnswer
@@ -73,6 +74,7 @@ async def require_token(
             if credentials
             else "missing bearer token: send 'Authorization: Bearer <HOMELAB_MANAGER_TOKEN>'"
         )
+    trust(request.scope)
 
 
 def known_model(

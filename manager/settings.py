@@ -35,7 +35,7 @@ class ManagerSettings(ServiceSettings):
         "HOMELAB_LEASE_FILE": "the lease file is leases.json in HOMELAB_LOG_DIR",
         "HOMELAB_FOOTPRINT_FILE": "the footprints file is footprints.json in HOMELAB_LOG_DIR",
         "HOMELAB_MAX_CONNECTIONS": (
-            "the manager's connection limit is fixed (manager.__main__.MAX_CONNECTIONS); "
+            "the manager's connection limit is fixed (manager.__main__.CONNECTION_LIMITS); "
             "for the proxy's, set HOMELAB_PROXY_MAX_CONNECTIONS"
         ),
     }

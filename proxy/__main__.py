@@ -1,4 +1,5 @@
-"""`python -m proxy`: run the proxy with uvicorn (uvloop + httptools);
+"""`python -m proxy`: run the proxy with uvicorn (`wire.http_server`: uvloop, httptools and
+the connection deadlines);
 `python -m proxy keys ...`: manage the named keys (`proxy.keys_cli`)."""
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from proxy.app import create_app
 from proxy.catalogue import CatalogueError
 from proxy.keyfile import KeyFileError
 from proxy.settings import ProxySettings
-
-KEEP_ALIVE = 5
-"""Seconds an idle client connection is kept open."""
+from wire import http_server
 
 
 def main() -> None:
@@ -53,18 +52,16 @@ def main() -> None:
     # view. A full collection of them paused the event loop for 120-165 ms now and then,
     # which was the proxy's worst latency (bench.latency's p99 at one client).
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.proxy_host,
-        port=settings.proxy_port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        server_header=False,
-        limit_concurrency=settings.proxy_max_connections,
-        timeout_keep_alive=KEEP_ALIVE,
-    )
+    uvicorn.Server(
+        http_server.config(
+            app,
+            settings.proxy_host,
+            settings.proxy_port,
+            settings.connection_limits(),
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+        )
+    ).run()
 
 
 if __name__ == "__main__":

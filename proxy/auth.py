@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.errors import KEYLESS, AuthenticationFailed
 from proxy.keys import NOBODY, OPEN, PRINCIPAL, KeyRing, Principal
 from wire.errors import PROXY, send_json
+from wire.http_server import trust
 
 PROTECTED_PREFIXES = ("/v1/", "/api/", "/stream/")
 PROTECTED_PATHS = ("/metrics", "/mcp", "/rpc")
@@ -68,6 +69,8 @@ class ApiKeyMiddleware:
             else:
                 await err.send(send)
             return
+        if principal is not None:  # a valid key, or an open proxy: never shed first
+            trust(scope)
         state = scope.setdefault("state", {})
         state["keyed"] = keyed
         # An open path (the page, images, health) without a valid key acts for nobody:

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from wire.events import HEARTBEAT
+from wire.http_server import ConnectionLimits
 from wire.settings import BATCH_BOUND, QUEUE_TIMEOUT, HomelabSettings, ServiceSettings
 from wire.tokens import check_token, token_problem
 
@@ -158,7 +159,32 @@ class ProxySettings(ServiceSettings):
     proxy_max_connections: int = Field(
         default=2048,
         ge=1,
-        description="Connections uvicorn serves at once; more are refused with 503.",
+        description=(
+            "Connections at once. A new one past it closes the oldest connection that has "
+            "not made a request with a valid key; when all have, it is refused with 503."
+        ),
+    )
+    proxy_max_connections_per_address: int = Field(
+        default=128,
+        ge=1,
+        description="Connections at once from one client address; the next gets 429.",
+    )
+    proxy_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds from a request's first byte to its last header (408 and closed after); "
+            "also how long a body may take before its rate is checked."
+        ),
+    )
+    proxy_min_body_rate: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Bytes a second a request body must average once it has taken "
+            "HOMELAB_PROXY_HEADER_TIMEOUT seconds (408 and closed otherwise; 0: no minimum)."
+        ),
     )
     default_model: str | None = Field(default=None, description="Model the UI selects first.")
     app_dir: Path = Field(default=_APP_DIR, description="The web UI (templates/ and static/).")
@@ -252,6 +278,16 @@ class ProxySettings(ServiceSettings):
         description="Bytes of files all keys together may keep; an upload over it is a 403 "
         "insufficient_quota.",
     )
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The deadlines and caps of the proxy's connections (`wire.http_server`)."""
+        return ConnectionLimits(
+            header_timeout=self.proxy_header_timeout,
+            body_grace=self.proxy_header_timeout,
+            min_body_rate=self.proxy_min_body_rate,
+            per_address=self.proxy_max_connections_per_address,
+            max_connections=self.proxy_max_connections,
+        )
 
     def key_path(self) -> Path:
         return self.key_file or self.state_dir / KEY_FILE_NAME

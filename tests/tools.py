@@ -10,12 +10,15 @@ test run without setup.sh finds the same programs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import shutil
 import socket
 import sys
 import sysconfig
+import time
 
 # Every external program the required tiers (and bench/'s harness tests) run, with
 # what installs it. tests/integration/test_tools_on_path.py checks each is found
@@ -81,3 +84,33 @@ def free_ports(ports: range, count: int) -> list[int]:
             del recent[: max(0, len(recent) - len(ports) // 2)]
             return found
     raise RuntimeError(f"not enough free ports in {ports.start}-{ports.stop - 1}")
+
+
+# -- raw sockets for the connection deadlines (wire.http_server) ------------------
+
+
+async def connect_from(url: str, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to `url`'s host and port from the local address `source` (any of
+    127/8 on Linux: each is its own client address to the server)."""
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+
+
+async def until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and when it closed (monotonic)."""
+    data = b""
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(limit):
+            while chunk := await reader.read(4096):
+                data += chunk
+    return data, time.monotonic()
+
+
+async def trickle(writer: asyncio.StreamWriter, head: bytes, byte: bytes) -> None:
+    """Send `head`, then `byte` every 0.3 s until the server closes the connection."""
+    with contextlib.suppress(ConnectionError):
+        writer.write(head)
+        while not writer.transport.is_closing():
+            await asyncio.sleep(0.3)
+            writer.write(byte)
+            await writer.drain()

@@ -3,14 +3,18 @@ the openai SDK, and a clean SIGTERM. Marker `diffusers` (real torch + diffusers 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.tools import connect_from, trickle, until_closed
 
 from .conftest import ImageServerProcess, free_port, server_env
 
@@ -225,3 +229,22 @@ def test_invalid_settings_exit_2_with_the_variable_named(tiny_pipeline: Path, st
     proc = start_server(tiny_pipeline, sizes="100x100")
     assert proc.proc.wait(60) == 2
     assert "HOMELAB_IMAGE_SIZES" in proc.logs()
+
+
+def test_silent_and_slow_header_sockets_are_closed_in_time(server: ImageServerProcess) -> None:
+    """`wire.http_server`'s deadlines on the image server (imageserver.__main__'s limits):
+    a silent socket closed after the 5 s keep-alive, a trickled request's headers cut
+    with a 408 after 10 s."""
+
+    async def scenario() -> list[tuple[bytes, float]]:
+        started = time.monotonic()
+        silent, _ = await connect_from(server.base_url, "127.0.0.30")
+        slow, slow_writer = await connect_from(server.base_url, "127.0.0.31")
+        feeding = asyncio.create_task(trickle(slow_writer, b"GET /health HTTP/1.1\r\nX: ", b"a"))
+        closes = [await until_closed(silent, 30), await until_closed(slow, 30)]
+        feeding.cancel()
+        return [(data, at - started) for data, at in closes]
+
+    (silent, silent_s), (slow, slow_s) = asyncio.run(scenario())
+    assert silent == b"" and 4.5 <= silent_s < 9
+    assert slow.startswith(b"HTTP/1.1 408 ") and 9.5 <= slow_s < 14

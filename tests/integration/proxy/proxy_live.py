@@ -167,10 +167,14 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextlib.contextmanager
 def run_open_proxy(
-    stack: LiveStack, work: Path, extra_env: dict[str, str | None] | None = None
+    stack: LiveStack,
+    work: Path,
+    extra_env: dict[str, str | None] | None = None,
+    api_key: str | None = None,
 ) -> Iterator[str]:
-    """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode) and
-    `extra_env` settings (None: the setting left unset); yields its URL."""
+    """A second proxy on the same manager with HOMELAB_API_KEYS=off (the open mode), or
+    `api_key` its one key, and `extra_env` settings (None: the setting left unset);
+    yields its URL."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HOMELAB_")}
     (work / "app" / "templates").mkdir(parents=True, exist_ok=True)
     (work / "app" / "templates" / "index.html").write_text(TEMPLATE)
@@ -183,7 +187,7 @@ def run_open_proxy(
             "HOMELAB_MANAGER_TOKEN": stack.manager_token,
             "HOMELAB_PROXY_HOST": "127.0.0.1",
             "HOMELAB_PROXY_PORT": str(port),
-            "HOMELAB_API_KEYS": "off",
+            "HOMELAB_API_KEYS": api_key or "off",
             "HOMELAB_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
             "HOMELAB_IMAGE_DIR": str(work / "open-images"),
             "HOMELAB_APP_DIR": str(work / "app"),
@@ -197,8 +201,9 @@ def run_open_proxy(
 
         def is_ours(url: str = url) -> bool:
             r = httpx.get(url + "/readyz", timeout=2)
-            # Open: no key, so the manager's address is not told; the model list is ours.
-            models = httpx.get(url + "/v1/models", timeout=2).json()["data"]
+            # The model list is ours (the manager's address is told to a key, not to all).
+            keyed = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            models = httpx.get(url + "/v1/models", headers=keyed, timeout=2).json()["data"]
             return r.status_code == 200 and {m["id"] for m in models} == set(NAMES.values())
 
         try:
