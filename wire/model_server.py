@@ -10,6 +10,9 @@
 - The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
   read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
   503 once failed.
+- The audio server's ``GET /health`` body, `AudioHealth` (written by ``audioserver.api``,
+  read by ``manager.health``): as the image server's, plus the model's type (stt or tts);
+  open without the upstream key.
 - The image server's ``GET /v1/progress`` body, `ImageProgress` (written by
   ``imageserver.api`` from its step meter, read by the proxy's MCP calls while a picture
   is made, ``proxy.mcp.calls``).
@@ -55,6 +58,27 @@ class ImageHealth(BaseModel):
     """Why loading failed (status ``failed``)."""
     model: str = ""
     """The served name."""
+
+    @property
+    def http_status(self) -> int:
+        """503 once failed, else 200."""
+        return 503 if self.status == "failed" else 200
+
+
+class AudioHealth(BaseModel):
+    """``GET /health`` of the audio server (``audioserver``): whether its model (a
+    faster-whisper model for ``stt``, a Piper voice for ``tts``) is loaded. Open without
+    the upstream key (it says nothing else); 503 once failed."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    status: ImageServerStatus
+    error: str | None = None
+    """Why loading failed (status ``failed``)."""
+    model: str = ""
+    """The served name."""
+    type: Literal["stt", "tts"]
+    """What the model does: transcribe (``stt``) or speak (``tts``)."""
 
     @property
     def http_status(self) -> int:
