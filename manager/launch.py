@@ -15,7 +15,7 @@ from __future__ import annotations
 from manager import model_guard
 from manager.runtime import Spec, key_env
 from manager.settings import ManagerSettings
-from manager.spec import EmbeddingModel, ImageModel, LanguageModel, TextModel
+from manager.spec import AudioModel, EmbeddingModel, ImageModel, LanguageModel, SttModel, TextModel
 from manager.tool_calls import vllm_args
 
 
@@ -99,6 +99,21 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     return env
 
 
+def audio_server_env(name: str, spec: AudioModel, port: int) -> dict[str, str]:
+    """The `HOMELAB_AUDIO_*` variables the audio server reads (`audioserver.settings`):
+    the type (stt or tts), the model, the served name, the device, the compute type (stt)."""
+    env = {
+        "HOMELAB_AUDIO_TYPE": spec.type,
+        "HOMELAB_AUDIO_MODEL": spec.model,
+        "HOMELAB_AUDIO_SERVED_NAME": name,
+        "HOMELAB_AUDIO_DEVICE": spec.device,
+        "HOMELAB_AUDIO_PORT": str(port),
+    }
+    if isinstance(spec, SttModel):
+        env["HOMELAB_AUDIO_COMPUTE_TYPE"] = spec.compute_type
+    return env
+
+
 def hf_token(settings: ManagerSettings) -> str | None:
     """The Hugging Face token from settings (`hf_token`, HOMELAB_HF_TOKEN), or None."""
     if settings.hf_token is None:
@@ -128,6 +143,10 @@ def server_env(
         env.update(image_server_env(name, spec, port))
         if host is not None:
             env["HOMELAB_IMAGE_HOST"] = host
+    elif isinstance(spec, AudioModel):
+        env.update(audio_server_env(name, spec, port))
+        if host is not None:
+            env["HOMELAB_AUDIO_HOST"] = host
     env.update(spec.env)
     if api_key:
         env[key_env(spec)] = api_key

@@ -6,7 +6,8 @@ reaches every child it spawned (vLLM runs its engine in a child process):
 SIGTERM to the group, then SIGKILL after the timeout.
 
 Text models run `[vllm_python, -m, vllm.entrypoints.openai.api_server]`, image
-models `[imageserver_python, -m, imageserver]`; a spec's `command` replaces that
+models `[imageserver_python, -m, imageserver]`, speech models (stt, tts)
+`[audioserver_python, -m, audioserver]`; a spec's `command` replaces that
 program part and the type's arguments are appended. Servers listen on
 `<model_bind_host>:<spec.port>` (127.0.0.1 unless configured).
 
@@ -28,7 +29,7 @@ never take another program's answer for the new server's.
 
 The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
-variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
+(the audio server's `HOMELAB_AUDIO_*`) variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
 `HOMELAB_IMAGE_API_KEY`: in the environment, not on the command line, which every
 local user can read) are added. A vLLM server gets `<log_dir>/guard` first on its
 `PYTHONPATH`, where each spawn writes `manager.model_guard`'s text as
@@ -56,7 +57,7 @@ from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
 from manager.runtime import KEY_ENVS, Instance, Spec, guarded, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import LanguageModel, TextModel
+from manager.spec import AudioModel, LanguageModel, TextModel
 from wire.procs import (
     REGISTRY_FILE,
     ProcessRecord,
@@ -270,6 +271,8 @@ class ProcessRuntime:
                     "vllm.entrypoints.openai.api_server",
                 ]
             return [*program, *text_server_args(name, spec, self.bind_host, spec.port)]
+        if isinstance(spec, AudioModel):
+            return list(spec.command or [self._settings.audioserver_python, "-m", "audioserver"])
         return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
 
     @property

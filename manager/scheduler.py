@@ -46,12 +46,12 @@ from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import Catalogue, ImageModel, TextModel
+from manager.spec import AudioModel, Catalogue, ImageModel, TextModel
 from manager.state import ModelState, transition
 from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
 from wire.fanout import Fanout
 from wire.lease import CLASS_RANK
-from wire.models import ModelStatus
+from wire.models import Backend, ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -1023,8 +1023,19 @@ class Scheduler:
             observed_gpu_memory_mib=rec.observed_mib,
             priority=rec.spec.priority,
             pinned=rec.spec.pinned,
-            backend=text.backend if text else ("diffusers" if image else "vllm"),
+            backend=_backend(rec.spec),
         )
+
+
+def _backend(spec: object) -> Backend:
+    """Who serves `spec` (`wire.models.Backend`)."""
+    if isinstance(spec, TextModel):
+        return spec.backend
+    if isinstance(spec, ImageModel):
+        return "diffusers"
+    if isinstance(spec, AudioModel):
+        return "audio"
+    return "vllm"
 
 
 def _as_start_failed(model: str, exc: Exception) -> StartFailed:

@@ -148,6 +148,11 @@ class ManagerSettings(ServiceSettings):
         min_length=1,
         description="Process runtime: Python that has the image server's stack.",
     )
+    audioserver_python: str = Field(
+        default="python3",
+        min_length=1,
+        description="Process runtime: Python that has the audio server's stack (faster-whisper, piper-tts).",
+    )
     log_dir: Path = Field(
         default=Path("logs"),
         description=(

@@ -407,6 +407,84 @@ class ImageModel(_ModelBase):
         return value
 
 
+class _AudioModel(_ModelBase):
+    """A speech model served by homelab-ai's audio server (``audioserver``)."""
+
+    device: Literal["cpu", "cuda"] = Field(
+        default="cuda",
+        description=(
+            "Where the model runs. The server never falls back: no GPU for `cuda` fails the start."
+        ),
+        examples=["cpu"],
+    )
+    start_timeout: Seconds = Field(default=600.0, description=START_TIMEOUT, examples=[300])
+    max_in_flight: int = Field(
+        default=9,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the audio server is given at once (default: the one it runs plus "
+            "the 8 its queue holds); more wait in the manager's queue."
+        ),
+        examples=[2],
+    )
+
+
+class SttModel(_AudioModel):
+    """A speech-to-text model: faster-whisper (a CTranslate2 Whisper model)."""
+
+    type: Literal["stt"] = Field(
+        description=(
+            "`stt`: speech to text on homelab-ai's audio server (faster-whisper): "
+            "/v1/audio/transcriptions and /v1/audio/translations."
+        ),
+        examples=["stt"],
+    )
+    compute_type: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description=(
+            "CTranslate2's compute type (`int8`, `float16`, `int8_float16`, ...). "
+            "`default`: int8 on the CPU, float16 on CUDA."
+        ),
+        examples=["int8_float16"],
+    )
+
+
+class TtsModel(_AudioModel):
+    """A text-to-speech model: a Piper voice (an .onnx file with its .onnx.json beside it)."""
+
+    type: Literal["tts"] = Field(
+        description=(
+            "`tts`: text to speech on homelab-ai's audio server (Piper): /v1/audio/speech "
+            "and /v1/audio/voices."
+        ),
+        examples=["tts"],
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu",
+        description=(
+            "Where the voice runs: Piper speaks faster than real time on the CPU; `cuda` "
+            "needs onnxruntime-gpu in the image."
+        ),
+        examples=["cuda"],
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _onnx(cls, value: str) -> str:
+        if not value.endswith(".onnx"):
+            raise ValueError(
+                "a Piper voice is its .onnx file (with the .onnx.json beside it): model must "
+                "end in .onnx"
+            )
+        return value
+
+
+AudioModel = SttModel | TtsModel
+"""The specs the audio server serves."""
+
+
 LanguageModel = TextModel | EmbeddingModel
 """The specs a language-model server serves (`isinstance(spec, LanguageModel)`): vLLM, or
 llama.cpp's llama-server for a text model with `backend` llama.cpp; `served_by_vllm` tells
@@ -421,7 +499,7 @@ def served_by_vllm(spec: object) -> TypeGuard[LanguageModel]:
     )
 
 
-AnyModel = TextModel | ImageModel | EmbeddingModel
+AnyModel = TextModel | ImageModel | EmbeddingModel | SttModel | TtsModel
 """Any models.json entry."""
 
 
@@ -464,7 +542,7 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
         # A bad model *name* is reported at the name, without pydantic's '[key]' marker.
         loc = [str(p) for p in err["loc"] if p != "[key]"]
         # A discriminated union puts the tag (the type) in the path: drop it.
-        if len(loc) > 1 and loc[1] in ("text", "image", "embedding"):
+        if len(loc) > 1 and loc[1] in ("text", "image", "embedding", "stt", "tts"):
             loc.pop(1)
         raise CatalogueError(source, ".".join(loc), err["msg"]) from exc
     _check_unique(models, "container", source)
