@@ -253,7 +253,7 @@ def create_app(
         forwarding,
         max_bytes=settings.proxy_max_body_bytes,
         per_path={
-            routes_openai.EDITS: settings.max_upload_bytes,
+            **dict.fromkeys(routes_openai.UPLOADS, settings.max_upload_bytes),
             "/mcp": mcp_endpoint.limit,
             # a batch input file, plus room for the multipart framing and fields
             jobs_batches.FILES: settings.max_batch_file_bytes + jobs_batches.FORM_OVERHEAD,

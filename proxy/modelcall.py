@@ -16,9 +16,11 @@ entry it does, in order:
    chosen over aiohttp's by measurement: docs/benchmarks.md, "Upstream client").
 3. **The answer**: an error status (>= 400) raises the model server's error, normalised
    into an OpenAI envelope (`proxy.errors.normalise_error_body`). An event stream
-   (``text/event-stream``) is handed over as it comes (`ModelCall.chunks`, or
-   `ModelCall.events` for each event's data); anything else is read whole, bounded by
-   `answer_limit`, into `ModelCall.body`.
+   (``text/event-stream``) or audio (``audio/*``: speech, sent as it is synthesised) is
+   handed over as it comes (`ModelCall.chunks`, or `ModelCall.events` for each event's
+   data); anything else is read whole, bounded by `answer_limit`, into `ModelCall.body`.
+   A call made with ``method="GET"`` (the audio server's ``/v1/audio/voices``) sends no
+   body and is otherwise the same.
 
 Retry policy: when the model server cannot be reached, or breaks off before the caller
 got a byte (a whole answer that broke off while being read; a stream before its
@@ -67,8 +69,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
+from typing import Literal
 
 import msgspec
 import orjson
@@ -105,6 +108,7 @@ ERROR_LIMIT = 1 << 20
 WaitForLease = Callable[[Awaitable[LeaseUse]], Awaitable[LeaseUse]]
 """Awaits the lease pool's acquire on the caller's behalf (MCP reports progress meanwhile)."""
 OnLease = Callable[[LeaseGrant], Awaitable[None]]
+Method = Literal["POST", "GET"]
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
 
 
@@ -186,10 +190,12 @@ class ModelCalls:
         answer_limit: int = ANSWER_LIMIT,
         wait: WaitForLease | None = None,
         on_lease: OnLease | None = None,
+        method: Method = "POST",
     ) -> ModelCall:
         """One call (use with ``async with``). Raises ProxyError on entry: the manager's
         errors (from the lease), the model server's, ``model_server_unreachable``,
-        ``model_server_error`` (broke off), ``answer_too_large``."""
+        ``model_server_error`` (broke off), ``answer_too_large``. `method` ``GET`` sends
+        no body (`body` is ignored)."""
         return ModelCall(
             self,
             model,
@@ -201,6 +207,7 @@ class ModelCalls:
             answer_limit=answer_limit,
             wait=wait,
             on_lease=on_lease,
+            method=method,
         )
 
     async def get(self, lease: LeaseGrant, path: str, *, within: float) -> tuple[int, bytes]:
@@ -271,8 +278,10 @@ class ModelCall:
         answer_limit: int,
         wait: WaitForLease | None,
         on_lease: OnLease | None,
+        method: Method = "POST",
     ) -> None:
         self._calls = calls
+        self._method = method
         self.model, self.endpoint, self.label = model, endpoint, label
         self._body, self._content_type = body, content_type
         self._interactive, self._limit = interactive, answer_limit
@@ -288,7 +297,7 @@ class ModelCall:
         """The model server's HTTP status (< 400 once entered)."""
         self.headers = Headers()
         self.streamed = False
-        """The answer is an event stream: read it with `chunks` or `events`."""
+        """The answer is an event stream or audio: read it with `chunks` (or `events`)."""
         self.body: bytes | None = None
         """The whole answer, when not streamed."""
         self.lease: LeaseGrant | None = None
@@ -459,16 +468,10 @@ class ModelCall:
         assert endpoint is not None
         self.served_by, self.served = target.served_by, target.model
         try:
-            resp = self._resp = await calls.upstream.post(
+            resp = self._resp = await self._send(
                 endpoint.base_url + self.endpoint.removeprefix("/v1"),
                 self._body_for(target.model),
-                {
-                    "Content-Type": self._content_type,
-                    "Accept-Encoding": "identity",
-                    **endpoint.headers(),
-                },
-                connect_timeout=calls.connect_timeout,
-                read_timeout=calls.read_timeout,
+                endpoint.headers(),
             )
         except UPSTREAM_ERRORS as exc:
             why = f"{exc.__class__.__name__}: {exc}"
@@ -487,7 +490,7 @@ class ModelCall:
             )
         await _raise_for_status(resp)
         self._outcome = resp.status
-        if resp.content_type == SSE_MEDIA_TYPE:
+        if _streams(resp.content_type):
             self.streamed = True
             return
         try:
@@ -516,16 +519,8 @@ class ModelCall:
             if self._on_lease is not None:
                 await self._on_lease(lease)
             try:
-                resp = self._resp = await calls.upstream.post(
-                    lease.base_url + self.endpoint,
-                    body,
-                    {
-                        "Content-Type": self._content_type,
-                        "Accept-Encoding": "identity",
-                        **lease.upstream_headers(),
-                    },
-                    connect_timeout=calls.connect_timeout,
-                    read_timeout=calls.read_timeout,
+                resp = self._resp = await self._send(
+                    lease.base_url + self.endpoint, body, lease.upstream_headers()
                 )
             except UPSTREAM_ERRORS as exc:
                 self._stop_clock()
@@ -539,7 +534,7 @@ class ModelCall:
                 ) from exc
             self.status, self.headers = resp.status, resp.headers
             await _raise_for_status(resp)
-            if resp.content_type == SSE_MEDIA_TYPE:
+            if _streams(resp.content_type):
                 self.streamed = True
                 self._outcome = resp.status
                 return
@@ -564,6 +559,26 @@ class ModelCall:
             self._outcome = resp.status
             return
 
+    async def _send(
+        self, url: str, body: bytes | memoryview, auth: Mapping[str, str]
+    ) -> UpstreamResponse:
+        """The request on the lean client: a POST of `body`, or a GET (`method`)."""
+        calls = self._calls
+        if self._method == "GET":
+            return await calls.upstream.get(
+                url,
+                {"Accept-Encoding": "identity", **auth},
+                connect_timeout=calls.connect_timeout,
+                read_timeout=calls.read_timeout,
+            )
+        return await calls.upstream.post(
+            url,
+            body,
+            {"Content-Type": self._content_type, "Accept-Encoding": "identity", **auth},
+            connect_timeout=calls.connect_timeout,
+            read_timeout=calls.read_timeout,
+        )
+
     def _bounded(self, raw: bytes, model: str) -> bytes:
         """`raw`, unless it is over the answer limit (``answer_too_large``)."""
         if len(raw) > self._limit:
@@ -576,7 +591,7 @@ class ModelCall:
     # -- a streamed answer ---------------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The event stream's bytes as they arrive, unbuffered. The lease ends when the
+        """The event stream's (or audio's) bytes as they arrive, unbuffered. The lease ends when the
         stream does. A stream that breaks off retires the lease, tells the manager, and
         raises UpstreamError (``stream_interrupted``, 502)."""
         resp, held = self._resp, self._held  # held: None for a remote endpoint (no lease)
@@ -619,6 +634,12 @@ class ModelCall:
         frame = parser.feed(b"")
         if frame is not None:
             yield frame[1]
+
+
+def _streams(content_type: str) -> bool:
+    """An answer passed on as it comes: an event stream, or audio (speech is sent as it is
+    synthesised, sentence by sentence)."""
+    return content_type == SSE_MEDIA_TYPE or content_type.startswith("audio/")
 
 
 async def _raise_for_status(resp: UpstreamResponse) -> None:

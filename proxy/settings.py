@@ -84,7 +84,10 @@ class ProxySettings(ServiceSettings):
     max_upload_bytes: int = Field(
         default=25 * 1024 * 1024,
         gt=0,
-        description="Largest multipart upload (images/edits), all parts together.",
+        description=(
+            "Largest multipart upload (images/edits, audio/transcriptions and "
+            "audio/translations), all parts together."
+        ),
     )
     image_url_ttl: float = Field(
         default=3600.0, gt=0, description="Seconds an image URL stays valid."
