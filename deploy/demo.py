@@ -5,7 +5,8 @@ the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh 
 too, so the demo is what is tested.
 
     python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T
-                                [--embed-model E] [--llama-server L --gguf G] [--port N]
+                                [--embed-model E] [--llama-server L --gguf G]
+                                [--stt-model W --tts-voice V] [--port N]
     python deploy/demo.py start ...   (the same, then detach and return once both answer)
     python deploy/demo.py stop  --dir DIR
     python deploy/demo.py status --dir DIR
@@ -16,7 +17,10 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     `tiny-sd` (the real diffusers image server with the tiny offline
                     pipeline), with --embed-model `minilm` (all-MiniLM-L6-v2 on vLLM's
                     pooling runner), and with --llama-server and --gguf `smollm2-gguf` (the
-                    same model's GGUF on llama.cpp's llama-server, CPU build)
+                    same model's GGUF on llama.cpp's llama-server, CPU build), with
+                    --stt-model and --tts-voice `whisper` (Whisper tiny.en on
+                    faster-whisper) and `piper` (Piper's en_US-joe-medium voice), both on
+                    the audio server (scripts/prepare_audio_models.py makes them)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
@@ -26,7 +30,7 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     runtime's registry of them (`wire.procs`)
 
 Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
-model servers on N+11, N+12 and N+13. Only 127.0.0.1 unless `--host` says otherwise.
+model servers on N+11 to N+16. Only 127.0.0.1 unless `--host` says otherwise.
 
 Contracts: `run` blocks until SIGINT/SIGTERM or until the manager or the proxy exits,
 then stops everything (model servers first, through the manager). `start` is
@@ -62,18 +66,23 @@ TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
 IMAGE_MODEL = "tiny-sd"
 EMBED_MODEL = "minilm"
 # Model server modules: only processes running one of them are ever killed as leftovers.
-SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
+SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver", "audioserver")
 LLAMA_SERVER = "llama-server"
 """llama.cpp's server program (killed as a leftover when the registry names it)."""
 GGUF_MODEL = "smollm2-gguf"
+STT_MODEL = "whisper"
+TTS_MODEL = "piper"
 GGUF_CONTEXT = 8192
 MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, GGUF_OFFSET, EMBED_OFFSET = 10, 11, 12, 13, 14
+STT_OFFSET, TTS_OFFSET = 15, 16
+LAST_OFFSET = TTS_OFFSET
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
-DEMO_BUDGET_MIB = 3328
-"""The GPU budget the demo declares: the vLLM model, the image model and the embeddings
-model fit together (2048 + 512 + 512 MiB, 256 to spare); the GGUF model (its estimate,
-over 256 MiB) fits beside the image and embeddings models but not beside the vLLM one as
+DEMO_BUDGET_MIB = 3456
+"""The GPU budget the demo declares: the vLLM model, the image model, the embeddings
+model and the speech models fit together (2048 + 512 + 512 + 128 (Whisper tiny) + 0
+(Piper speaks on the CPU) MiB, 256 to spare); the GGUF model (its estimate, over 256
+MiB) fits beside the image, embeddings and speech models but not beside the vLLM one as
 well, so asking for one of the text models swaps the other."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -104,6 +113,8 @@ def demo_models(
     port: int,
     gguf: Path | None = None,
     embed_model: Path | None = None,
+    stt_model: Path | None = None,
+    tts_voice: Path | None = None,
 ) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
@@ -114,7 +125,9 @@ def demo_models(
     The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
     With `gguf`, the GGUF model on llama.cpp declares what it would take with every layer
     on a GPU (`manager.budget.llama_cpp_mib`), and swaps with the vLLM model. With
-    `embed_model`, also an embeddings model on vLLM's pooling runner.
+    `embed_model`, also an embeddings model on vLLM's pooling runner. With `stt_model`
+    (a faster-whisper folder) and `tts_voice` (a Piper .onnx file), the speech models on
+    the audio server.
     """
     models: dict = {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
@@ -173,6 +186,43 @@ def demo_models(
         }
     if gguf is not None:
         models[GGUF_MODEL] = gguf_model(gguf, port)
+    models.update(speech_models(port, stt_model, tts_voice))
+    return models
+
+
+def speech_models(port: int, stt_model: Path | None, tts_voice: Path | None) -> dict:
+    """The speech models' entries (each when given): Whisper on faster-whisper (int8 on
+    the CPU; on a GPU it would take about 128 MiB) and a Piper voice (on the CPU anyway)."""
+    models: dict = {}
+    if stt_model is not None:
+        models[STT_MODEL] = {
+            "type": "stt",
+            "container": f"demo-{STT_MODEL}",
+            "port": port + STT_OFFSET,
+            "image": "homelab-ai/audioserver:0.1.0",
+            "model": str(stt_model),
+            "device": "cpu",
+            "compute_type": "int8",
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 128,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "Whisper tiny.en on faster-whisper: speech to English text.",
+        }
+    if tts_voice is not None:
+        models[TTS_MODEL] = {
+            "type": "tts",
+            "container": f"demo-{TTS_MODEL}",
+            "port": port + TTS_OFFSET,
+            "image": "homelab-ai/audioserver:0.1.0",
+            "model": str(tts_voice),
+            "device": "cpu",
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 0,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "Piper's en_US-joe-medium voice: text to speech.",
+        }
     return models
 
 
@@ -358,6 +408,10 @@ def start(opts: argparse.Namespace) -> dict:
         raise DemoError(f"no text model at {opts.text_model}: run ./setup.sh deps")
     if opts.embed_model is not None and not (opts.embed_model / "config.json").is_file():
         raise DemoError(f"no embeddings model at {opts.embed_model}: run ./setup.sh deps")
+    if opts.stt_model is not None and not (opts.stt_model / "model.bin").is_file():
+        raise DemoError(f"no Whisper model at {opts.stt_model}: run ./setup.sh deps")
+    if opts.tts_voice is not None and not opts.tts_voice.is_file():
+        raise DemoError(f"no Piper voice at {opts.tts_voice}: run ./setup.sh deps")
     if not (opts.image_model / "model_index.json").is_file():
         raise DemoError(
             f"no image pipeline at {opts.image_model}: "
@@ -372,17 +426,27 @@ def start(opts: argparse.Namespace) -> dict:
     ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
     ports += [port + GGUF_OFFSET] if gguf else []
     ports += [port + EMBED_OFFSET] if opts.embed_model is not None else []
+    ports += [port + STT_OFFSET] if opts.stt_model is not None else []
+    ports += [port + TTS_OFFSET] if opts.tts_voice is not None else []
     busy = [p for p in ports if not _port_free("127.0.0.1", p)]
     if busy:
         raise DemoError(
             f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
-            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{EMBED_OFFSET})"
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{LAST_OFFSET})"
         )
 
     logs = demo_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models_file = demo_dir / "models.json"
-    models = demo_models(opts.text_model, opts.image_model, port, gguf, opts.embed_model)
+    models = demo_models(
+        opts.text_model,
+        opts.image_model,
+        port,
+        gguf,
+        opts.embed_model,
+        opts.stt_model,
+        opts.tts_voice,
+    )
     models_file.write_text(json.dumps(models, indent=2) + "\n")
     say(f"wrote {models_file} ({', '.join(models)})")
     token = manager_token(demo_dir)
@@ -402,6 +466,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_RUNTIME": "process",
         "HOMELAB_VLLM_PYTHON": str(opts.vllm_python),
         "HOMELAB_IMAGESERVER_PYTHON": str(opts.image_python),
+        "HOMELAB_AUDIOSERVER_PYTHON": str(opts.image_python),
         "HOMELAB_LLAMA_SERVER": str(opts.llama_server or LLAMA_SERVER),
         "HOMELAB_LOG_DIR": str(logs),
         "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
@@ -598,14 +663,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--embed-model", type=Path, help="the small embeddings model's folder (optional)"
     )
     parser.add_argument(
+        "--stt-model", type=Path, help="the faster-whisper model's folder (optional)"
+    )
+    parser.add_argument("--tts-voice", type=Path, help="the Piper voice's .onnx file (optional)")
+    parser.add_argument(
         "--image-python",
         type=Path,
         default=Path(sys.executable),
-        help="python with the project and diffusers (default: this one)",
+        help="python with the project, diffusers and the audio stack (default: this one)",
     )
     opts = parser.parse_args(argv)
-    if not 1024 <= opts.port <= 65535 - EMBED_OFFSET:
-        parser.error(f"--port must be between 1024 and {65535 - EMBED_OFFSET}")
+    if not 1024 <= opts.port <= 65535 - LAST_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - LAST_OFFSET}")
     if opts.action in ("run", "start"):
         missing = [
             f"--{n.replace('_', '-')}"
