@@ -3,7 +3,8 @@
 Routes (the contract: wire.model_server, wire.audio):
 - `GET /health` -> `wire.model_server.AudioHealth` (200 while loading or ready, 503 once
   failed); the only path open without the upstream key.
-- `GET /v1/models` -> the one model, with its type.
+- `GET /v1/models` -> the one model, with its type; `GET /v1/progress` ->
+  `wire.model_server.AudioProgress` (the running request's sentences or seconds).
 - stt: `POST /v1/audio/transcriptions` and `POST /v1/audio/translations` (multipart:
   file, model, language, prompt, temperature, response_format json|text|srt|vtt|
   verbose_json, stream). With `stream=true` an event stream: one
@@ -32,9 +33,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from audioserver.errors import InferenceFailed, InvalidRequest, WrongEndpoint
+from audioserver.errors import InferenceFailed, InvalidRequest, ModelNotReady, WrongEndpoint
 from audioserver.formats import SPEECH_FORMATS, Encoder, check_upload
 from audioserver.host import Loader, ModelHost
+from audioserver.meter import Meter
 from audioserver.settings import Settings
 from audioserver.stt import TEXT_FORMATS, Heard, Segment, Task, TranscribeJob, Transcriber, render
 from audioserver.stt import whole_text as _whole_text
@@ -45,7 +47,7 @@ from wire.audio import SAMPLE_RATE_HEADER, SPEECH_MEDIA_TYPES
 from wire.errors import MODEL_SERVER, ApiError, install_error_handlers
 from wire.events import SSE_HEADERS, SSE_MEDIA_TYPE, data_frame
 from wire.limits import BodyLimit
-from wire.model_server import AudioHealth
+from wire.model_server import AudioHealth, AudioProgress
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,17 @@ async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
     status, error = host.snapshot()
     body = AudioHealth(status=status, error=error, model=settings.served_name, type=settings.type)
     return JSONResponse(body.model_dump(), status_code=body.http_status)
+
+
+@router.get("/v1/progress")
+async def progress(host: HostDep) -> AudioProgress:
+    """The request running now, `wire.model_server.AudioProgress` (sentences spoken, or
+    seconds heard; all zero when idle or loading)."""
+    try:
+        meter: Meter | None = getattr(host.ready_model(), "meter", None)
+    except ModelNotReady:
+        meter = None
+    return meter.snapshot() if meter is not None else AudioProgress()
 
 
 @router.get("/v1/models")

@@ -8,6 +8,7 @@ Whisper finishes it, so a stream can send segments while the rest is still being
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -16,6 +17,7 @@ import numpy as np
 
 from audioserver.errors import InvalidRequest, LoadFailed
 from audioserver.formats import decode
+from audioserver.meter import Meter
 from audioserver.settings import Settings
 
 Task = Literal["transcribe", "translate"]
@@ -69,6 +71,8 @@ class Segment:
 class Transcriber(Protocol):
     multilingual: bool
     """False for an English-only model (``*.en``): it cannot translate other languages."""
+    meter: Meter
+    """Whole seconds heard of the audio's, while `transcribe` runs."""
 
     def transcribe(self, job: TranscribeJob) -> Iterator[Heard | Segment]:
         """Yield a `Heard`, then the segments. Blocks; raises UndecodableAudio."""
@@ -91,6 +95,7 @@ class WhisperTranscriber:
         except Exception as exc:
             raise LoadFailed(f"cannot load the Whisper model {settings.model!r}: {exc}") from exc
         self.multilingual = bool(self._model.model.is_multilingual)
+        self.meter = Meter()
 
     def transcribe(self, job: TranscribeJob) -> Iterator[Heard | Segment]:
         samples = decode(job.audio)
@@ -110,7 +115,15 @@ class WhisperTranscriber:
             vad_filter=False,
         )
         yield Heard(language=info.language, duration=float(info.duration))
+        self.meter.begin(math.ceil(info.duration))
+        try:
+            yield from self._segments(segments)
+        finally:
+            self.meter.end()
+
+    def _segments(self, segments: Iterator[Any]) -> Iterator[Segment]:
         for number, seg in enumerate(segments):
+            self.meter.advance(int(seg.end))
             yield Segment(
                 id=number,
                 start=float(seg.start),

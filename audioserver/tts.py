@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from audioserver.errors import InvalidRequest, LoadFailed
+from audioserver.meter import Meter
 from audioserver.settings import Settings
 
 OPENAI_VOICES = (
@@ -61,6 +62,8 @@ class SpeakJob:
 class Speaker(Protocol):
     voices: list[Voice]
     """The first is the default."""
+    meter: Meter
+    """Sentences spoken of the text's sentences, while `speak` runs."""
 
     def speak(self, job: SpeakJob) -> Iterator[bytes]:
         """Each sentence's 16-bit mono PCM at the voice's rate. Blocks."""
@@ -105,6 +108,7 @@ class PiperSpeaker:
         stem = model.name.removesuffix(".onnx")
         name = str(meta.get("dataset") or stem)
         speakers: dict[str, int] = meta.get("speaker_id_map") or {}
+        self.meter = Meter()
         self.voices = [Voice(stem, name, language, rate)] + [
             Voice(f"{stem}:{speaker}", speaker, language, rate, number)
             for speaker, number in sorted(speakers.items(), key=lambda kv: kv[1])
@@ -116,8 +120,15 @@ class PiperSpeaker:
         config = SynthesisConfig(
             speaker_id=job.voice.speaker, length_scale=self._length_scale / job.speed
         )
-        for chunk in self._voice.synthesize(job.text, config):
-            yield chunk.audio_int16_bytes
+        # Piper splits the text into sentences as it speaks; asking first how it will
+        # (espeak-ng's phonemes, quick) gives the meter its total.
+        self.meter.begin(sum(1 for phonemes in self._voice.phonemize(job.text) if phonemes))
+        try:
+            for number, chunk in enumerate(self._voice.synthesize(job.text, config), 1):
+                self.meter.advance(number)
+                yield chunk.audio_int16_bytes
+        finally:
+            self.meter.end()
 
     def warm_up(self) -> None:
         for _ in self.speak(SpeakJob("Ready.", self.voices[0])):

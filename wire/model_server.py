@@ -12,7 +12,7 @@
   503 once failed.
 - The audio server's ``GET /health`` body, `AudioHealth` (written by ``audioserver.api``,
   read by ``manager.health``): as the image server's, plus the model's type (stt or tts);
-  open without the upstream key.
+  open without the upstream key; its ``GET /v1/progress`` body, `AudioProgress`.
 - The image server's ``GET /v1/progress`` body, `ImageProgress` (written by
   ``imageserver.api`` from its step meter, read by the proxy's MCP calls while a picture
   is made, ``proxy.mcp.calls``).
@@ -84,6 +84,18 @@ class AudioHealth(BaseModel):
     def http_status(self) -> int:
         """503 once failed, else 200."""
         return 503 if self.status == "failed" else 200
+
+
+class AudioProgress(BaseModel):
+    """``GET /v1/progress`` of the audio server: the request running now, in steps: a
+    speech answer's sentences spoken of all its sentences, a transcription's whole
+    seconds heard of the audio's (all zero when idle)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    running: bool = False
+    step: int = 0
+    steps: int = 0
 
 
 class ImageProgress(BaseModel):

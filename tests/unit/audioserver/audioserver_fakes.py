@@ -19,6 +19,7 @@ import uvicorn
 
 from audioserver.api import create_app
 from audioserver.formats import decode
+from audioserver.meter import Meter
 from audioserver.settings import Settings
 from audioserver.stt import Heard, Segment, TranscribeJob
 from audioserver.tts import SpeakJob, Voice
@@ -85,15 +86,21 @@ class FakeSpeaker:
         """When set: after the first sentence, wait for it (the rest not yet spoken)."""
         self.spoken = 0
         """Sentences synthesised so far."""
+        self.meter = Meter()
 
     def speak(self, job: SpeakJob) -> Iterator[bytes]:
         self.jobs.append(job)
         sentences = [s for s in job.text.split(".") if s.strip()]
-        for number, _ in enumerate(sentences):
-            if number == 1 and self.gate is not None and not self.gate.wait(timeout=30):
-                raise RuntimeError("the test never let the fake speaker go on")
-            self.spoken += 1
-            yield b"\x01\x00" * int(self.voices[0].sample_rate * 0.1 / job.speed)
+        self.meter.begin(len(sentences))
+        try:
+            for number, _ in enumerate(sentences):
+                if number == 1 and self.gate is not None and not self.gate.wait(timeout=30):
+                    raise RuntimeError("the test never let the fake speaker go on")
+                self.spoken += 1
+                self.meter.advance(self.spoken)
+                yield b"\x01\x00" * int(self.voices[0].sample_rate * 0.1 / job.speed)
+        finally:
+            self.meter.end()
 
 
 def loader_for(model: object, gate: threading.Event | None = None) -> Callable[[Settings], object]:

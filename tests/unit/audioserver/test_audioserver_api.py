@@ -263,10 +263,14 @@ async def test_speech_streams_its_first_sentence_before_the_rest_is_spoken() -> 
             chunks = answer.aiter_raw()
             first = await chunks.__anext__()
             assert first and speaker.spoken == 1
+            progress = (await client.get("/v1/progress")).json()
+            assert progress == {"running": True, "step": 1, "steps": 3}
             speaker.gate.set()
             rest = b"".join([chunk async for chunk in chunks])
         assert speaker.spoken == 3
         assert len(first + rest) == 3 * 2 * int(22050 * 0.1)
+        idle = (await client.get("/v1/progress")).json()
+        assert idle == {"running": False, "step": 0, "steps": 0}
 
 
 async def test_a_full_queue_is_429_with_retry_after() -> None:
