@@ -252,7 +252,9 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   4. builds the manager image homelab-ai/manager:$HOMELAB_VERSION (dockerfiles/manager.Dockerfile)
      and checks models.json with it (--models FILE, default ./models.json)
   5. builds the image-server image (dockerfiles/imageserver.Dockerfile) for the image
-     models that name homelab-ai/imageserver:*, and pulls every other pinned image
+     models that name homelab-ai/imageserver:*, the audio-server image
+     (dockerfiles/audioserver.Dockerfile) for the stt and tts models that name
+     homelab-ai/audioserver:*, and pulls every other pinned image
      models.json names (vLLM); images already present are kept
   6. creates the Hugging Face cache volume (\$HOMELAB_HF_CACHE, default $HF_CACHE_DEFAULT)
   7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
@@ -1000,6 +1002,15 @@ for name, m in d.items():
             info "docker build -t $image -f dockerfiles/imageserver.Dockerfile (context: imageserver, wire; pulls the CUDA PyTorch base: several GB)"
             tar -C "$REPO_DIR" --exclude=__pycache__ -c imageserver wire dockerfiles/imageserver.Dockerfile |
                 DOCKER_BUILDKIT=0 docker build -q "${ibase[@]}" -t "$image" -f dockerfiles/imageserver.Dockerfile - >/dev/null ||
+                die "could not build $image"
+            built+=" $image"
+        elif [[ "$type" == stt || "$type" == tts ]] && [[ "$image" == homelab-ai/audioserver:* ]]; then
+            [[ " $built " == *" $image "* ]] && continue
+            local abase=()
+            [[ -n "${HOMELAB_AUDIOSERVER_BASE:-}" ]] && abase=(--build-arg "BASE=$HOMELAB_AUDIOSERVER_BASE")
+            info "docker build -t $image -f dockerfiles/audioserver.Dockerfile (context: audioserver, wire; pulls the CUDA runtime base: a few GB)"
+            tar -C "$REPO_DIR" --exclude=__pycache__ -c audioserver wire dockerfiles/audioserver.Dockerfile |
+                DOCKER_BUILDKIT=0 docker build -q "${abase[@]}" -t "$image" -f dockerfiles/audioserver.Dockerfile - >/dev/null ||
                 die "could not build $image"
             built+=" $image"
         else
