@@ -809,3 +809,24 @@ def test_docs_mcp_python_example_calls_a_tool_on_the_demo(running_demo: Demo) ->
     assert lines and lines[-1].strip(), printed.getvalue()
     # A failed call's text names where it failed: "... (from the proxy)" and the like.
     assert "(from the " not in lines[-1], lines
+
+
+@pytest.mark.speech
+def test_readme_speech_example_speaks_and_hears_on_the_demo(
+    running_demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # noqa: ANN001 (capsys)
+    """The README's speech snippet, as written, against the demo's `piper` and `whisper`:
+    the spoken file is MP3, and Whisper hears the words that were spoken."""
+    written = json.loads((running_demo.dir / "models.json").read_text())
+    if not {"whisper", "piper"} <= set(written):
+        pytest.skip("the demo offers no speech models: run ./setup.sh deps")
+    assert (written["whisper"]["type"], written["piper"]["type"]) == ("stt", "tts")
+    [code] = _doc_blocks("README.md", "python", "client.audio.speech.create")
+    monkeypatch.chdir(tmp_path)
+    exec(  # noqa: S102 - the README's own example
+        compile(code, "README.md", "exec"),
+        {"__name__": "readme_speech", "client": running_demo.client()},
+    )
+    assert (tmp_path / "hello.mp3").read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
+    heard = capsys.readouterr().out.lower()
+    assert "hello" in heard and "lab" in heard, heard
