@@ -125,7 +125,20 @@ class ImageStore:
 
     Bounded: at most `max_count` images and `max_bytes` bytes; storing one more
     deletes the oldest first (their URLs then answer 404, as expired ones do).
+
+    `proxy.audio.AudioStore` is the same store for generated audio: a subclass names its
+    files (`NAME`, `MEDIA`) and tells their format from their bytes (`sniff`).
     """
+
+    NAME = _NAME
+    """A stored file's name, ``<id>.<ext>``; group 1 is the extension (a `MEDIA` key)."""
+    MEDIA = _MEDIA
+    WHAT = "an image"
+
+    @staticmethod
+    def sniff(data: bytes) -> str | None:
+        """The extension for `data` by its magic bytes, None when it is not one we keep."""
+        return sniff_format(data)
 
     def __init__(
         self,
@@ -145,10 +158,11 @@ class ImageStore:
     def put(self, data: bytes, owner: str) -> str:
         """Store an image for `owner` (a key's name); returns its file name
         (``<id>.<ext>``). Blocking."""
-        fmt = sniff_format(data)
+        fmt = self.sniff(data)
         if fmt is None:
             raise UpstreamError(
-                "The model server returned data that is not an image", code="bad_image"
+                f"The model server returned data that is not {self.WHAT}",
+                code="bad_image" if self.WHAT == "an image" else "bad_audio",
             )
         name = f"{secrets.token_urlsafe(24)}.{fmt}"
         # The owner first: an image is never there without it.
@@ -164,7 +178,7 @@ class ImageStore:
         returns how many went. Blocking."""
         entries = []
         for path in self.directory.iterdir():
-            if not _NAME.match(path.name):
+            if not self.NAME.match(path.name):
                 continue
             try:
                 info = path.stat()
@@ -188,7 +202,7 @@ class ImageStore:
 
     def owner(self, name: str) -> str | None:
         """The name of the key that made image `name`; None if unknown. Blocking."""
-        if not _NAME.match(name):
+        if not self.NAME.match(name):
             return None
         try:
             return (self.directory / (name + OWNER_SUFFIX)).read_bytes().decode()
@@ -199,19 +213,19 @@ class ImageStore:
         """Delete image `name` (its URL answers 404 from now on) if it is live and `who`
         owns it (`Principal.owns`: its own, or any for an admin). False otherwise, the
         same for an image that is not there and one that is another key's. Blocking."""
-        if not _NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
+        if not self.NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
             return False
         self._unlink(self.directory / name)
         return True
 
     def get(self, name: str) -> tuple[bytes, str, float] | None:
         """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""
-        match = _NAME.match(name)
+        match = self.NAME.match(name)
         left = self._left(name) if match else None
         if match is None or left is None:
             return None
         try:
-            return (self.directory / name).read_bytes(), _MEDIA[match.group(1)], left
+            return (self.directory / name).read_bytes(), self.MEDIA[match.group(1)], left
         except FileNotFoundError:
             return None
 
@@ -235,7 +249,7 @@ class ImageStore:
         for path in self.directory.iterdir():
             try:
                 if path.stat().st_mtime + self.ttl < now:
-                    if _NAME.match(path.name):  # an image, with its owner file
+                    if self.NAME.match(path.name):  # an image, with its owner file
                         self._unlink(path)
                         removed += 1
                     else:  # a leftover: a temporary file, an orphan owner file
