@@ -120,16 +120,7 @@ class AudioStore(ImageStore):
     def evict_owner(self, owner: str, keep: str | None = None) -> int:
         """Delete `owner`'s oldest files until they hold at most `key_bytes` together
         (`keep` last of all); returns how many went. Blocking."""
-        entries = []
-        for path in self.directory.iterdir():
-            if not self.NAME.match(path.name) or self.owner(path.name) != owner:
-                continue
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
-        entries.sort(key=lambda e: (e[0], e[1]))
+        entries = self._entries(keep, owner)
         total, removed = sum(e[2] for e in entries), 0
         for _, _, size, path in entries:
             if total <= self.key_bytes:

@@ -176,16 +176,7 @@ class ImageStore:
     def evict(self, keep: str | None = None) -> int:
         """Delete the oldest images until the count and byte caps hold (`keep` last of all);
         returns how many went. Blocking."""
-        entries = []
-        for path in self.directory.iterdir():
-            if not self.NAME.match(path.name):
-                continue
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
-        entries.sort(key=lambda e: (e[0], e[1]))  # oldest first, the new one last
+        entries = self._entries(keep)
         count, total = len(entries), sum(e[2] for e in entries)
         removed = 0
         for _, _, size, path in entries:
@@ -194,6 +185,25 @@ class ImageStore:
             self._unlink(path)
             count, total, removed = count - 1, total - size, removed + 1
         return removed
+
+    def _entries(
+        self, keep: str | None, owner: str | None = None
+    ) -> list[tuple[bool, float, int, Path]]:
+        """(is `keep`, mtime, size, path) of every stored file (only `owner`'s, if given),
+        oldest first and `keep` last of all. Blocking."""
+        entries = []
+        for path in self.directory.iterdir():
+            if not self.NAME.match(path.name):
+                continue
+            if owner is not None and self.owner(path.name) != owner:
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        return entries
 
     @staticmethod
     def _unlink(path: Path) -> None:
