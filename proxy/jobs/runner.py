@@ -15,6 +15,7 @@ same principal as for that key's own requests, and a picture it stores is the ow
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ async def audio_of(ctx: ProxyContext, value: object, who: Principal, limit: int)
             if meta is None or not who.owns(meta.owner) or meta.expired(time.time()):
                 raise NotFound(f"No file {value[:200]!r}.", param="file", code="file_not_found")
             return checked_audio(await store.file_content(value) or b"", "file", limit)
-        return decode_data_url(value, "file", limit)
+        return await asyncio.to_thread(decode_data_url, value, "file", limit)
     except AudioArgumentError as exc:
         raise InvalidRequest(f"'file' {exc.message}.", param="file") from exc
 

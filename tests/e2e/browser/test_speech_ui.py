@@ -13,7 +13,6 @@ audio server's protocol; it "hears" a recording as ``heard N.N seconds of webm a
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from tests.e2e.browser.uistack import (
     PHONE,
     Stack,
     Ui,
+    audio_entry,
     fake_entry,
-    free_port,
     open_page,
     require_browser,
     run_stack,
@@ -41,23 +40,6 @@ expect = pytest.importorskip(
 ).expect
 
 SAID = "Testing the microphone. One two three."
-
-
-def audio_entry(kind: str) -> dict:
-    """A stt or tts model served by the stand-in audio server (process runtime)."""
-    port = free_port()
-    return {
-        "type": kind,
-        "container": f"ui-test-{port}",
-        "port": port,
-        "image": "homelab-ai/audioserver:test",
-        "model": "fake/voice.onnx" if kind == "tts" else "fake/whisper",
-        "command": [sys.executable, "-m", "tests.fixtures.fakeaudio"],
-        "device": "cpu",
-        "gpu": False,
-        "start_timeout": 60,
-        "description": f"Stand-in {kind} model.",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +183,7 @@ def test_a_refused_microphone_is_explained(
     for ui in _page(refusing_browser, speech_stack, request, DESKTOP):
         ui.wait_ready()
         ui.page.locator("#mic-btn").click()
-        expect(ui.page.locator(".line.error").last).to_contain_text(
-            "microphone permission refused"
-        )
+        expect(ui.page.locator(".line.error").last).to_contain_text("microphone permission refused")
         expect(ui.page.locator("#mic-btn")).to_have_text("[mic]")
         ui.shot("refused")
         # the refusal is not an uncaught error: open_page's check passes after this

@@ -100,6 +100,25 @@ def fake_entry(kind: str, **extra: object) -> dict:
     }
 
 
+def audio_entry(kind: str, **extra: object) -> dict:
+    """One models.json entry: a stt or tts model served by the stand-in audio server
+    (tests/fixtures/fakeaudio), launched by the manager's process runtime."""
+    port = free_port()
+    return {
+        "type": kind,
+        "container": f"ui-test-{port}",
+        "port": port,
+        "image": "homelab-ai/audioserver:test",
+        "model": "fake/voice.onnx" if kind == "tts" else "fake/whisper",
+        "command": [sys.executable, "-m", "tests.fixtures.fakeaudio"],
+        "device": "cpu",
+        "gpu": False,
+        "start_timeout": 60,
+        "description": f"Stand-in {kind} model (tests/fixtures/fakeaudio).",
+        **extra,
+    }
+
+
 def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
     """The catalogue: `chat`, `slow` (loads in `slow_load` seconds) and `paint` (an image
     model that loads in SLOW_LOAD_S seconds)."""
