@@ -99,10 +99,10 @@ def refusing_browser() -> Iterator[object]:
 
 
 def _page(
-    browser: object, stack: Stack, request: pytest.FixtureRequest, view: dict
+    browser: object, stack: Stack, request: pytest.FixtureRequest, view: dict, **options: object
 ) -> Iterator[Ui]:
     stack.stop_all_models()
-    yield from open_page(browser, stack.proxy_url, request.node.name, view)
+    yield from open_page(browser, stack.proxy_url, request.node.name, view, **options)
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def mic_ui(
 def mic_phone(
     mic_browser: object, speech_stack: Stack, request: pytest.FixtureRequest
 ) -> Iterator[Ui]:
-    yield from _page(mic_browser, speech_stack, request, PHONE)
+    yield from _page(mic_browser, speech_stack, request, PHONE, has_touch=True, is_mobile=True)
 
 
 def test_holding_the_mic_transcribes_into_the_prompt(mic_ui: Ui) -> None:
@@ -148,10 +148,10 @@ def test_tapping_the_mic_twice_records_on_a_phone(mic_phone: Ui) -> None:
     phone.input.fill("I said:")
     mic = page.locator("#mic-btn")
     expect(mic).to_be_visible()
-    mic.click()  # a short press: recording goes on after it
+    mic.tap()  # a short press: recording goes on after it
     expect(page.locator("html")).to_have_attribute("data-mic", "recording")
     page.wait_for_timeout(1200)
-    mic.click()  # the second press stops it
+    mic.tap()  # the second press stops it
     expect(phone.input).to_have_value(re.compile(r"^I said: heard \d+\.\d seconds"))
     phone.shot("phone")
 
@@ -169,7 +169,7 @@ def test_say_voices_and_spoken_answers(mic_ui: Ui) -> None:
     ui.type_line("/speak on")
     expect(page.locator("#speak-btn")).to_have_attribute("aria-pressed", "true")
     ui.type_line("First sentence here. And a second one!")
-    ui.answered("First sentence here. And a second one!")
+    ui.answered("[chat] First sentence here. And a second one!")
     # the echoed answer's two sentences, each spoken as it was complete
     expect(page.locator("html")).to_have_attribute("data-spoken", "3")
     ui.shot("spoken")

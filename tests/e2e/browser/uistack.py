@@ -513,9 +513,12 @@ def load(page: object, url: str, errors: list[str]) -> None:
                 raise
 
 
-def open_page(browser: object, url: str, test_name: str, viewport: dict) -> Iterator[Ui]:
-    """A fresh browser context (empty storage) on `url`; asserts no uncaught page error at the end."""
-    context = browser.new_context(viewport=viewport, accept_downloads=True)  # type: ignore[attr-defined]
+def open_page(
+    browser: object, url: str, test_name: str, viewport: dict, **options: object
+) -> Iterator[Ui]:
+    """A fresh browser context (empty storage) on `url`; asserts no uncaught page error at the end.
+    `options`: more of playwright's context options (a phone's ``has_touch``, ``is_mobile``)."""
+    context = browser.new_context(viewport=viewport, accept_downloads=True, **options)  # type: ignore[attr-defined]
     context.set_default_timeout(30_000)
     page = context.new_page()
     errors: list[str] = []
