@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops, routes_usage
+from proxy.audio import AudioStore
 from proxy.auth import ApiKeyMiddleware
 from proxy.catalogue import load_catalogue
 from proxy.context import ProxyContext
@@ -173,6 +174,16 @@ def create_app(
                 ),
                 interactive_waiting=waiting,
                 ring=ring,
+            )
+            audio_dir = settings.audio_dir or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="homelab-proxy-audio-")
+            )
+            ctx.audio = AudioStore(
+                Path(audio_dir),
+                settings.audio_ttl,
+                max_bytes=settings.audio_store_max_bytes,
+                key_bytes=settings.audio_store_key_bytes,
+                tighten_folder=settings.audio_dir is None,
             )
             app.state.ctx = ctx
             metrics.watch_leases(leases)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from proxy.audio import AudioStore
 from proxy.feed import EventFeed
 from proxy.images import ImageStore
 from proxy.keys import KeyRing
@@ -40,5 +41,7 @@ class ProxyContext:
     ring: KeyRing = field(default_factory=KeyRing)
     """The keys (the same ring the key middleware checks, re-read from the key file as it
     changes): whose principal a job runs as."""
+    audio: AudioStore | None = None
+    """Generated audio (MCP ``txt2speech``), owned per key (`proxy.audio`); set in the lifespan."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

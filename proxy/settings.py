@@ -95,6 +95,25 @@ class ProxySettings(ServiceSettings):
     image_dir: Path | None = Field(
         default=None, description="Where url-format images are kept. Unset: a temporary directory."
     )
+    audio_dir: Path | None = Field(
+        default=None,
+        description="Where generated audio (MCP txt2speech) is kept. Unset: a temporary directory.",
+    )
+    audio_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a generated audio file stays at its link (/v1/audio/files/...).",
+    )
+    audio_store_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of generated audio kept, all keys together (oldest go first).",
+    )
+    audio_store_key_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of generated audio kept per key (that key's oldest go first).",
+    )
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",

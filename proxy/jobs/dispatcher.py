@@ -35,13 +35,22 @@ from typing import Any
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.jobs.order import fair_position, pick_model, pick_owner
-from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, TokenEvent
+from proxy.jobs.records import (
+    EndEvent,
+    EventName,
+    Job,
+    Position,
+    ProgressEvent,
+    StateEvent,
+    TokenEvent,
+)
 from proxy.jobs.runner import Outcome, job_principal, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
 from proxy.jobs.watch import TaskWatchers
 from proxy.keys import Principal, PriorityClass
 from proxy.settings import ProxySettings
+from proxy.speech import Segment
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.jobs")
@@ -359,16 +368,21 @@ class Dispatcher:
         await self.emit(job_id, "state", StateEvent(TaskState.STARTED, attempt=attempt))
 
         pending: list[str] = []
+        progress: ProgressEvent | None = None
+        """A transcription's latest segment not yet written (written after its text)."""
         flusher: asyncio.Task[None] | None = None
 
         async def flush() -> None:
             await asyncio.sleep(TOKEN_FLUSH)
-            nonlocal flusher
+            nonlocal flusher, progress
             flusher = None
             if pending:
                 text = "".join(pending)
                 pending.clear()
                 await self.emit(job_id, "token", TokenEvent(text, attempt))
+            if progress is not None:
+                said, progress = progress, None
+                await self.emit(job_id, "progress", said)
 
         def on_delta(text: str) -> None:
             nonlocal flusher
@@ -376,7 +390,13 @@ class Dispatcher:
             if flusher is None:
                 flusher = asyncio.create_task(flush())
 
-        task = asyncio.create_task(run_job(self.ctx, job, on_delta))
+        def on_segment(segment: Segment, fraction: float | None) -> None:
+            nonlocal flusher, progress
+            progress = ProgressEvent(fraction, vars(segment), attempt)
+            if flusher is None:
+                flusher = asyncio.create_task(flush())
+
+        task = asyncio.create_task(run_job(self.ctx, job, on_delta, on_segment))
         self._running[job_id] = task
         cancelled = False
         outcome: Outcome | None = None
@@ -399,6 +419,9 @@ class Dispatcher:
         if pending:
             await self.emit(job_id, "token", TokenEvent("".join(pending), attempt))
             pending.clear()
+        if progress is not None:
+            await self.emit(job_id, "progress", progress)
+            progress = None
         if await self.store.take_claim(job_id, attempt) != self.instance:
             log.warning("job %s attempt %d was taken over; dropping its outcome", job_id, attempt)
             return

@@ -58,6 +58,14 @@ export const COMMANDS = [
       t.screen.print("attachment dropped", "dim");
     },
   },
+  { names: ["say"], usage: "/say [-v VOICE] TEXT", summary: "speak TEXT aloud (a text-to-speech model)", run: (t, args) => say(t, args) },
+  {
+    names: ["speak"],
+    usage: "/speak [on|off]",
+    summary: "speak answers aloud as they are written, sentence by sentence ([spk])",
+    run: (t, args) => speak(t, args),
+  },
+  { names: ["voices"], usage: "/voices [MODEL]", summary: "the voices of a text-to-speech model", run: (t, args) => voices(t, args) },
   {
     names: ["set"],
     usage: "/set [NAME [VALUE]]",
@@ -75,6 +83,7 @@ export const KEYS = [
   { usage: "Up / Down", summary: "previous / next line from history" },
   { usage: "Esc  or  Ctrl+C", summary: "stop the answer being written" },
   { usage: "Ctrl+L", summary: "same as /clear" },
+  { usage: "[mic]", summary: "hold to talk, or press to start and again to stop: the words go into the prompt" },
 ];
 
 /**
@@ -251,6 +260,11 @@ async function switchModel(t, name) {
     });
     return;
   }
+  if (info.type === "stt" || info.type === "tts") {
+    const how = info.type === "stt" ? "[mic] records into the prompt with it" : "/say TEXT and /speak use it";
+    t.screen.error(`${info.id} is a ${info.type === "stt" ? "speech-to-text" : "text-to-speech"} model, not for chat: ${how}`, { source: "ui" });
+    return;
+  }
   if (info.type === "embedding") {
     t.screen.error(`${info.id} is an embedding model: it answers /v1/embeddings (and the MCP tool embed), not chat or pictures`, { source: "ui" });
     return;
@@ -324,3 +338,71 @@ function theme(t, name) {
   t.screen.print(`phosphor: ${name}`, "ok");
 }
 
+
+/**
+ * /say [-v VOICE] TEXT: speak TEXT with the text-to-speech model.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function say(t, args) {
+  const match = /^(?:-v\s+(\S+)\s+)?([\s\S]*)$/.exec(args);
+  const voice = match?.[1];
+  const text = match?.[2].trim() ?? "";
+  if (!text) return void t.screen.error("/say needs a text: /say [-v VOICE] TEXT", { source: "ui" });
+  if (!t.models.length) await t.refreshModels();
+  const model = t.speechModel("tts");
+  if (!model) return void t.noSpeechModel("tts");
+  const pending = t.screen.pending(`${model} · speaking`);
+  try {
+    const seconds = await t.speaker.say(model, text, voice);
+    t.screen.print(`♪ ${model}${voice ? ` (${voice})` : ""}: ${seconds.toFixed(1)} s`, "dim");
+  } catch {
+    // reported by the speaker (or stopped)
+  } finally {
+    pending.done();
+  }
+}
+
+/**
+ * /speak [on|off]: speak answers aloud as they stream (no argument: toggle).
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function speak(t, args) {
+  if (args && args !== "on" && args !== "off") return void t.screen.error("/speak on, or /speak off", { source: "ui" });
+  if (!t.models.length) await t.refreshModels();
+  t.setSpeaking(args ? args === "on" : !t.speaking);
+}
+
+/**
+ * /voices [MODEL]: the voices of a text-to-speech model.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function voices(t, args) {
+  if (!t.models.length) await t.refreshModels();
+  const model = args || t.speechModel("tts");
+  if (!model) return void t.noSpeechModel("tts");
+  const list = await t.api.voices(model);
+  if (!list.length) return void t.screen.print(`${model} lists no voices`, "warn");
+  const table = h(
+    "table",
+    { class: "voices" },
+    h("thead", {}, h("tr", {}, ...["voice", "name", "language", "rate"].map((c) => h("th", { scope: "col", text: c })))),
+  );
+  const body = table.appendChild(h("tbody"));
+  for (const v of list) {
+    body.appendChild(
+      h(
+        "tr",
+        { "data-voice": v.id },
+        h("td", { class: "name", text: v.id }),
+        h("td", { text: v.name }),
+        h("td", { text: v.language }),
+        h("td", { text: `${v.sample_rate} Hz` }),
+      ),
+    );
+  }
+  t.screen.print(`voices of ${model} (/say -v VOICE TEXT)`, "info");
+  t.screen.add(h("div", { class: "entry info voices" }, table));
+}

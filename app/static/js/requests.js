@@ -12,6 +12,7 @@ import { ApiError, isAbort } from "./api.js";
 import { buildMessages } from "./conversation.js";
 import { blobToDataUrl } from "./images.js";
 import * as imageJobs from "./imagejobs.js";
+import { SentenceSplitter, plain } from "./speech.js";
 import { loadOptions, newId } from "./store.js";
 
 /** @typedef {import("./terminal.js").Terminal} Terminal */
@@ -49,6 +50,25 @@ function waitFor(t, model, doing) {
 }
 
 /**
+ * While answers are spoken ([spk], /speak on): a function taking each streamed piece (null
+ * at the end) that speaks every sentence as soon as it is complete; null otherwise.
+ * @param {Terminal} t
+ * @returns {((piece: string | null) => void) | null}
+ */
+function speakAlong(t) {
+  const model = t.speaking ? t.speechModel("tts") : null;
+  if (!model) return null;
+  const splitter = new SentenceSplitter();
+  return (piece) => {
+    const sentences = piece === null ? splitter.end() : splitter.feed(piece);
+    for (const sentence of sentences) {
+      const text = plain(sentence);
+      if (text) t.speaker.say(model, text).catch(() => {}); // a failure is reported by the speaker
+    }
+  };
+}
+
+/**
  * Send a chat message (with the attachment, if any) to the current model and
  * stream the answer. Resolves when the answer is finished, stopped or failed.
  * @param {Terminal} t
@@ -67,6 +87,7 @@ export async function runChat(t, text) {
 
   const controller = t.begin();
   const wait = waitFor(t, model, "thinking");
+  const voice = speakAlong(t);
   /** @type {StreamingAnswer | null} */
   let answer = null;
   let stopped = false;
@@ -85,8 +106,10 @@ export async function runChat(t, text) {
           answer = t.screen.stream(model);
         }
         answer.append(piece);
+        voice?.(piece);
       },
     });
+    voice?.(null);
   } catch (err) {
     if (isAbort(err)) stopped = true;
     else {
