@@ -735,6 +735,11 @@ class Scheduler:
             )
         if self._footprints is not None:
             self._footprints.record(rec.name, observed, declared, self._wall())
+        if rec.name in self.catalogue.estimated:
+            # Planned from a table (or an older reading): what was seen plans it from now on.
+            seen = max(self._footprints.readings(rec.name) if self._footprints else [observed])
+            if self.budget.mib is None or seen <= self.budget.mib:
+                rec.spec = rec.spec.model_copy(update={"gpu_memory_mib": seen})
 
     def _start_failed(self, rec: _Record, failure: StartFailed) -> None:
         self._set_state(rec, ModelState.FAILED, error=_describe(failure))

@@ -507,6 +507,9 @@ class Catalogue(BaseModel):
     gpu_budget_mib: int | None = None
     """The file's ``$gpu_budget_mib``: the GPU memory the models may share (MiB); the
     manager's HOMELAB_GPU_BUDGET_MIB overrides it (`manager.budget`)."""
+    estimated: dict[str, str] = {}
+    """Models whose ``gpu_memory_mib`` the manager filled in, and how (an image model's
+    from its options or its learned footprint, `manager.budget.with_image_estimates`)."""
 
     def get(self, name: str) -> AnyModel | None:
         return self.models.get(name)

@@ -27,7 +27,8 @@ def _name(requirement: str) -> str:
 
 def test_container_requirements_match_the_pyproject_pins() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["image"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["image"] + extras["image-gpu"]
     pins = {_name(r): r for r in declared}
     lines = [
         line.strip()
