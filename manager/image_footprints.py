@@ -123,6 +123,12 @@ BYTES_PER_PARAM = {
 GGUF_BITS = {
     "Q8_0": 8.5,
     "Q6_K": 6.5625,
+    "Q5_K_M": 5.69,
+    "Q5_K_S": 5.54,
+    "Q4_K_M": 4.85,
+    "Q4_K_S": 4.58,
+    "Q3_K_M": 3.91,
+    "Q3_K_S": 3.5,
     "Q5_1": 6.0,
     "Q5_0": 5.5,
     "Q5_K": 5.5,
@@ -135,8 +141,8 @@ GGUF_BITS = {
     "F16": 16.0,
     "F32": 32.0,
 }
-"""Bits per weight of GGUF's block formats (ggml's block sizes; K-quant S/M/L variants
-mix types: their base type is used)."""
+"""Bits per weight of GGUF's formats: ggml's block sizes, and for the K-quant mixes
+(_S/_M) llama.cpp's quantize table (another mix falls back to its base type)."""
 
 TILED_DECODE_GB = 0.7
 """The VAE decode with `vae_tiling` (tiles of 512x512)."""
@@ -187,6 +193,8 @@ def denoiser_option(spec: ImageModel) -> str | None:
     kind = gguf_type(spec.gguf_file or "")
     if kind is None:
         return None
+    if kind in GGUF_BITS:
+        return f"gguf:{kind}"
     base = re.sub(r"_[SML]$", "", kind)
     return f"gguf:{base}" if base in GGUF_BITS else None
 
