@@ -16,6 +16,8 @@ from imageserver.errors import LoadFailed
 from imageserver.model import EditJob, GenerateJob
 from imageserver.settings import Settings
 
+from .conftest import ImageServerProcess, free_port, server_env
+
 pytestmark = pytest.mark.diffusers
 
 
@@ -146,3 +148,53 @@ def test_a_missing_backend_package_is_refused_with_the_model_named(
         LoadFailed, match=r"model 'tiny-q': quantize 'quanto-int8' needs .*optimum-quanto"
     ):
         load(tiny_pipeline, quantize="quanto-int8")
+
+
+def test_the_server_reports_what_it_loaded_in_its_health(
+    tiny_pipeline: Path, unet_gguf: Path, tmp_path: Path
+) -> None:
+    env = server_env(
+        tiny_pipeline,
+        free_port(),
+        quantize="gguf",
+        gguf_file=str(unet_gguf),
+        text_encoder_quantize="torchao-int8",
+        offload="model",
+        vae_tiling="true",
+    )
+    server = ImageServerProcess(env, tmp_path / "server.log")
+    try:
+        body = server.wait_for("ready", "failed")
+    finally:
+        server.terminate()
+    assert body["status"] == "ready", body
+    assert body["loaded"] == {
+        "pipeline": "StableDiffusionPipeline",
+        "device": "cpu",
+        "dtype": "fp32",
+        "quantize": "gguf",
+        "gguf_type": "Q8_0",
+        "text_encoder_quantize": "torchao-int8",
+        "text_encoders": ["text_encoder"],
+        "offload": "model",
+        "vae_slicing": False,
+        "vae_tiling": True,
+    }
+    assert "loaded" not in server.first_body  # not while loading
+
+
+def test_a_gguf_file_that_does_not_load_fails_the_start_naming_the_model(
+    tiny_pipeline: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "unet-Q4_0.gguf"
+    broken.write_bytes(b"not a gguf file")
+    env = server_env(tiny_pipeline, free_port(), quantize="gguf", gguf_file=str(broken))
+    server = ImageServerProcess(env, tmp_path / "server.log")
+    try:
+        body = server.wait_for("ready", "failed")
+    finally:
+        server.terminate()
+    assert body["status"] == "failed"
+    assert body["error"].startswith(
+        "model 'tiny-sd': cannot load UNet2DConditionModel from the GGUF file"
+    )
