@@ -59,7 +59,9 @@ class Settings(HomelabSettings):
     device: str = Field(
         default="cuda", pattern=DEVICE_RE, description="Torch device (models.json `device`)."
     )
-    cpu_offload: bool = Field(default=False, description="enable_model_cpu_offload() (GPU only)")
+    cpu_offload: bool = Field(
+        default=False, description="enable_model_cpu_offload(): the same as offload `model`"
+    )
     attention_slicing: bool = Field(default=False, description="enable_attention_slicing()")
     vae_tiling: bool = Field(default=False, description="vae.enable_tiling()")
     vae_slicing: bool = Field(default=False, description="vae.enable_slicing()")
