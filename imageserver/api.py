@@ -1,8 +1,9 @@
 """The image server's HTTP surface: OpenAI's images API for one diffusers model.
 
 Routes:
-- `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name}`
-  (200 while loading or ready, 503 once failed).
+- `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name,
+  "loaded": {...}|null}` (200 while loading or ready, 503 once failed; `loaded`, once ready,
+  is how the pipeline was loaded: `wire.image_options.ImageLoaded`).
 - `GET /v1/models` -> the one model (with its sizes, max_n and, once loaded, what it can do).
 - `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart)
   -> OpenAI's ImagesResponse with `b64_json` images.
@@ -187,8 +188,14 @@ async def _respond(images: list, fmt: str, width: int, height: int) -> dict[str,
 async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
     """`wire.model_server.ImageHealth` (503 once failed)."""
     status, error = host.snapshot()
-    body = ImageHealth(status=status, error=error, model=settings.served_name)
-    return JSONResponse(body.model_dump(), status_code=body.http_status)
+    loaded = None
+    if status == "ready":
+        with contextlib.suppress(ModelNotReady):
+            loaded = getattr(host.ready_model(), "loaded", None)
+    body = ImageHealth(status=status, error=error, model=settings.served_name, loaded=loaded)
+    # `loaded` is only there once ready (older readers never see the key)
+    shown = body.model_dump(exclude={"loaded"} if loaded is None else None)
+    return JSONResponse(shown, status_code=body.http_status)
 
 
 @router.get("/v1/progress")

@@ -9,6 +9,11 @@ file (``footprints.json``)::
 
     {"models": {"sdxl": {"declared_mib": 8000, "readings": [[<Unix s>, 7612], ...]}}}
 
+An image model that declares no ``gpu_memory_mib`` is planned with the most it was seen
+to take once there is a reading (``manager.budget.with_image_estimates``; before that,
+its options' estimate), from the next start of the manager and, in a running one, from
+the reading on.
+
 ``python -m manager footprints`` prints each model's declaration beside what was seen and
 exits 1 when a model was seen to take more than it declares, so a catalogue's
 declarations can be checked against history.
@@ -73,6 +78,10 @@ class FootprintStore:
         """`model`'s readings in MiB, oldest first."""
         entry = self._data.get(model, {})
         return [int(mib) for _, mib in entry.get("readings", [])]
+
+    def all_readings(self) -> dict[str, list[int]]:
+        """Every model's readings in MiB, oldest first."""
+        return {name: values for name in self._data if (values := self.readings(name))}
 
     def observed(self) -> dict[str, int]:
         """Each model's last reading."""

@@ -96,6 +96,15 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     }
     if spec.max_steps is not None:
         env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
+    loading = {
+        "HOMELAB_IMAGE_OFFLOAD": spec.offload,
+        "HOMELAB_IMAGE_QUANTIZE": spec.quantize,
+        "HOMELAB_IMAGE_GGUF_FILE": spec.gguf_file or "",
+        "HOMELAB_IMAGE_TEXT_ENCODER_QUANTIZE": spec.text_encoder_quantize,
+        "HOMELAB_IMAGE_VAE_SLICING": "true" if spec.vae_slicing else "false",
+    }
+    # Only what differs from the defaults, so an older image server is told nothing new.
+    env.update({k: v for k, v in loading.items() if v not in ("none", "", "false")})
     return env
 
 

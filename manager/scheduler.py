@@ -725,7 +725,17 @@ class Scheduler:
         observed = max(0, after - before)
         rec.observed_mib = observed
         declared = rec.spec.gpu_memory_mib
-        if declared is not None and observed > declared:
+        estimated = rec.name in self.catalogue.estimated
+        if declared is not None and observed > declared and estimated:
+            log.warning(
+                "model %s takes %d MiB of GPU memory, more than the %d MiB it was planned "
+                "with (%s): it is planned with what was seen from now on",
+                rec.name,
+                observed,
+                declared,
+                self.catalogue.estimated[rec.name],
+            )
+        elif declared is not None and observed > declared:
             log.warning(
                 "model %s takes %d MiB of GPU memory, more than the %d MiB models.json "
                 "declares: raise gpu_memory_mib or the budget may be overrun",
@@ -734,7 +744,14 @@ class Scheduler:
                 declared,
             )
         if self._footprints is not None:
-            self._footprints.record(rec.name, observed, declared, self._wall())
+            self._footprints.record(
+                rec.name, observed, None if estimated else declared, self._wall()
+            )
+        if estimated:
+            # Planned from a table (or an older reading): what was seen plans it from now on.
+            seen = max(self._footprints.readings(rec.name) if self._footprints else [observed])
+            if self.budget.mib is None or seen <= self.budget.mib:
+                rec.spec = rec.spec.model_copy(update={"gpu_memory_mib": seen})
 
     def _start_failed(self, rec: _Record, failure: StartFailed) -> None:
         self._set_state(rec, ModelState.FAILED, error=_describe(failure))

@@ -33,6 +33,7 @@ from pydantic import (
 
 from manager.errors import CatalogueError
 from manager.tool_calls import ToolCalls, args_problem
+from wire.image_options import Offload, Quantize, TextQuantize, problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model and container names: what Docker accepts, without a leading separator."""
@@ -340,6 +341,51 @@ class ImageModel(_ModelBase):
         ),
         examples=[True],
     )
+    offload: Offload = Field(
+        default="none",
+        description=(
+            "Where weights wait while unused: `model` (as `cpu_offload`: whole components "
+            "move to the GPU while they run), `sequential` (layer by layer: least GPU memory, "
+            "slowest; CUDA only), `group-block` / `group-leaf` (diffusers' group offloading "
+            "of every model component by block or by leaf layer: little GPU memory, needs "
+            "the weights in system RAM). `none`: all on the device (or `cpu_offload`)."
+        ),
+        examples=["group-leaf"],
+    )
+    quantize: Quantize = Field(
+        default="none",
+        description=(
+            "How the transformer/UNet is loaded: `gguf` (the GGUF file `gguf_file`), "
+            "`torchao-int8`, `torchao-int4` (CUDA only), `quanto-int8`, `quanto-int4`, "
+            "`bnb-nf4` (bitsandbytes 4-bit, CUDA only). `none`: in `dtype`."
+        ),
+        examples=["gguf"],
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        min_length=6,
+        max_length=1024,
+        description=(
+            "With `quantize` `gguf`: the transformer/UNet as a GGUF file, a local path or a "
+            "Hugging Face file URL (https://huggingface.co/OWNER/REPO/blob/main/FILE.gguf); "
+            "the rest of the pipeline comes from `model`. Its name's quantization type "
+            "(Q4_K_S, Q8_0, ...) chooses the footprint estimate."
+        ),
+        examples=["https://huggingface.co/city96/FLUX.1-dev-gguf/blob/main/flux1-dev-Q4_K_S.gguf"],
+    )
+    text_encoder_quantize: TextQuantize = Field(
+        default="none",
+        description=(
+            "How the text encoders (every `text_encoder*` component) are loaded: as "
+            "`quantize`, without `gguf`."
+        ),
+        examples=["bnb-nf4"],
+    )
+    vae_slicing: bool = Field(
+        default=False,
+        description="vae.enable_slicing(): decode a batch one image at a time; less memory with n > 1.",
+        examples=[True],
+    )
     attention_slicing: bool = Field(
         default=False,
         description="enable_attention_slicing(): attention in slices; a little less memory, slower.",
@@ -396,6 +442,29 @@ class ImageModel(_ModelBase):
         if self.max_steps is not None and self.steps > self.max_steps:
             raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
         return self
+
+    @model_validator(mode="after")
+    def _loading_options(self) -> ImageModel:
+        if self.cpu_offload and self.offload not in ("none", "model"):
+            raise ValueError(
+                f"cpu_offload is offload 'model'; it cannot be combined with offload {self.offload!r}"
+            )
+        found = problems(
+            device=self.device,
+            dtype=self.dtype,
+            quantize=self.quantize,
+            gguf_file=self.gguf_file,
+            text_encoder_quantize=self.text_encoder_quantize,
+            offload=self.load_offload,
+        )
+        if found:
+            raise ValueError("; ".join(found))
+        return self
+
+    @property
+    def load_offload(self) -> str:
+        """The offloading the server applies: `offload`, or 'model' for `cpu_offload`."""
+        return "model" if self.cpu_offload and self.offload == "none" else self.offload
 
     @field_validator("sizes")
     @classmethod
@@ -516,6 +585,9 @@ class Catalogue(BaseModel):
     gpu_budget_mib: int | None = None
     """The file's ``$gpu_budget_mib``: the GPU memory the models may share (MiB); the
     manager's HOMELAB_GPU_BUDGET_MIB overrides it (`manager.budget`)."""
+    estimated: dict[str, str] = {}
+    """Models whose ``gpu_memory_mib`` the manager filled in, and how (an image model's
+    from its options or its learned footprint, `manager.budget.with_image_estimates`)."""
 
     def get(self, name: str) -> AnyModel | None:
         return self.models.get(name)

@@ -9,7 +9,7 @@
   ``/v1/health`` without it); the proxy gets the key in its lease.
 - The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
   read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
-  503 once failed.
+  503 once failed; once ready it says how the pipeline was loaded (``wire.image_options``).
 - The audio server's ``GET /health`` body, `AudioHealth` (written by ``audioserver.api``,
   read by ``manager.health``): as the image server's, plus the model's type (stt or tts);
   open without the upstream key; its ``GET /v1/progress`` body, `AudioProgress`.
@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from wire.image_options import ImageLoaded
 
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
 """vLLM's OpenAI server refuses every path without this key (vLLM's own variable, read
@@ -58,6 +60,8 @@ class ImageHealth(BaseModel):
     """Why loading failed (status ``failed``)."""
     model: str = ""
     """The served name."""
+    loaded: ImageLoaded | None = None
+    """Once ready: how the pipeline was loaded (quantization, offloading; `ImageLoaded`)."""
 
     @property
     def http_status(self) -> int:
