@@ -102,7 +102,22 @@ def test_no_catalogue_is_an_empty_one_on_the_local_host() -> None:
             "endpoints.lan.models.cloud-chat",
             "already served by endpoint 'cloud'",
         ),
-        (lambda d: d["hosts"].update(second={}), "hosts", "one host in this release"),
+        (lambda d: d["hosts"].update(second={}), "hosts.second.url", "only one host"),
+        (
+            lambda d: d["hosts"].update(second={"url": "http://10.0.0.2:8090"}),
+            "hosts.second.token_file",
+            "required with `url`",
+        ),
+        (
+            lambda d: d["hosts"].update(second={"url": "http://h:1", "mac": "zz"}),
+            "hosts.second.mac",
+            "should match pattern",
+        ),
+        (
+            lambda d: d["hosts"].update(second={"sleepable": True}),
+            "hosts.second.url",
+            "only one host",
+        ),
         (lambda d: d["fallbacks"].update(a={"then": []}), "fallbacks.a.then", "at least 1"),
         (
             lambda d: d["fallbacks"].update(a={"then": ["a"]}),

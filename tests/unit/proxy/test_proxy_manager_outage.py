@@ -101,7 +101,7 @@ async def test_the_model_list_is_served_from_the_last_one_while_the_manager_is_a
                 assert (await client.get("/v1/models")).status_code == 200
                 ctx = app.state.ctx
                 ctx.manager.invalidate_models()
-                ctx.manager.base_url = "http://127.0.0.1:9"  # the manager is away
+                ctx.manager.first.client.base_url = "http://127.0.0.1:9"  # the manager is away
                 r = await client.get("/v1/models")
                 assert r.status_code == 200
                 assert {m["id"] for m in r.json()["data"]} == set(MODELS)
