@@ -111,7 +111,7 @@ class Fleet:
         self._known_ids: tuple[tuple[str, str], ...] = ()
         self._changed = asyncio.Event()
         self.wakes = 0
-        """Magic packets sent (every host)."""
+        """Magic packets sent or tried (every host)."""
 
     # -- what the routes read as "the manager" --------------------------------------
 
@@ -346,12 +346,12 @@ class Fleet:
             return
         link.woken_at = now
         link.retry_at = now
+        self.wakes += 1
         try:
             await wake(link.spec.mac, link.spec.broadcast, link.spec.wol_port)
         except OSError as exc:
             log.warning("the magic packet for host %s could not be sent: %s", link.name, exc)
             return
-        self.wakes += 1
         link.poke.set()
         log.info("sent the Wake-on-LAN packet to host %s (%s)", link.name, link.spec.mac)
 
