@@ -309,6 +309,7 @@ class Fleet:
         limit = self.outage_window if bound is None else bound
         woke: str | None = None
         while True:
+            changed = self._changed  # taken first: a change while this pass runs is seen
             placement = self.place(model)
             for name in placement.order:
                 if name not in tried:
@@ -332,7 +333,6 @@ class Fleet:
                 timeout = min(timeout, max(0.05, min(due) - now))
             if woke is not None:
                 timeout = min(timeout, WAKE_RESEND)
-            changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), timeout)
             except TimeoutError:
