@@ -202,8 +202,7 @@ def create_app(
                 ring=ring,
             )
             app.state.ctx = ctx
-            for link in fleet.links.values():
-                metrics.watch_leases(link.leases)
+            metrics.watch_leases(*(link.leases for link in fleet.links.values()))
             # the state folder is ours (0700); a folder named in HOMELAB_JOBS_URL is left
             # as it is if it exists (the store's files are 0600 either way)
             store = await asyncio.to_thread(
