@@ -189,7 +189,7 @@ EOF
 
 help_demo() {
     cat <<EOF
-Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--open] [--no-deps]
+Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--open] [--no-deps] [--hosts 2]
        ./setup.sh demo stop | status
 
 The whole system on this one Linux machine, on the CPU, no GPU and no internet needed:
@@ -214,6 +214,9 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
+  --hosts 2   two GPU hosts on this one machine (docs/hosts.md): a second manager, gpu-2,
+              on N+15 serves tiny-sd (N+16) and minilm (N+17) too; the UI lists each
+              model once with its hosts, and placement picks one per request
 
 The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2,
 tiny-sd and minilm fit the demo's GPU budget together, so they then stay loaded side by
@@ -672,7 +675,7 @@ ensure_tiny_pipeline() {
 }
 
 cmd_demo() {
-    local action=run detach=0 deps=1 port=8080 host=127.0.0.1 open=()
+    local action=run detach=0 deps=1 port=8080 host=127.0.0.1 open=() hosts=1
     case "${1:-}" in
         stop | status)
             action="$1"
@@ -685,8 +688,13 @@ cmd_demo() {
             --detach | -d) detach=1 ;;
             --no-deps) deps=0 ;;
             --open) open=(--open) ;;
+            --hosts)
+                [[ "${2:-}" =~ ^[12]$ ]] || die "--hosts needs 1 or 2"
+                hosts="$2"
+                shift
+                ;;
             --port)
-                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65522)"
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65518)"
                 port="$2"
                 shift
                 ;;
@@ -724,7 +732,7 @@ cmd_demo() {
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
         --embed-model "$EMBED_MODEL_DIR" \
-        --image-python "$PY" "${open[@]}" "${gguf[@]}"
+        --image-python "$PY" --hosts "$hosts" "${open[@]}" "${gguf[@]}"
 }
 
 # ---------------------------------------------------------------- gpu-pc and server: Docker helpers
