@@ -134,12 +134,15 @@ class Fleet:
         none answers)."""
         if not self.multi:
             return await self.first.client.health()
-        answers: dict[str, Any] = {}
-        for link in self.links.values():
+
+        async def one(link: HostLink) -> dict[str, Any]:
             try:
-                answers[link.name] = await link.client.health()
+                return await link.client.health()
             except ProxyError as exc:
-                answers[link.name] = {"status": "unreachable", "error": exc.message}
+                return {"status": "unreachable", "error": exc.message}
+
+        found = await asyncio.gather(*(one(link) for link in self.links.values()))
+        answers = dict(zip(self.links, found, strict=True))
         if all(a.get("status") == "unreachable" for a in answers.values()):
             raise ManagerUnavailable("No host's manager can be reached")
         return {"status": "ok", "hosts": answers}
@@ -160,15 +163,10 @@ class Fleet:
             self._remember(models)
             return models
         per: dict[str, dict[str, ModelStatus]] = {}
-        now = time.monotonic()
-        for link in self.links.values():
-            listing = link.client.last
-            if link.up or now >= link.retry_at:
-                try:
-                    listing = await link.client.models(max_age=max_age, wait=False)
-                except ManagerUnavailable:
-                    self.mark_down(link)
-                    listing = link.client.last
+        listings = await asyncio.gather(
+            *(self._listing(link, max_age) for link in self.links.values())
+        )
+        for link, listing in zip(self.links.values(), listings, strict=True):
             if listing is not None:
                 per[link.name] = listing
         if not per:
@@ -180,6 +178,20 @@ class Fleet:
         merged = self.merge(per)
         self._remember(merged)
         return merged
+
+    async def _listing(
+        self, link: HostLink, max_age: float | None
+    ) -> dict[str, ModelStatus] | None:
+        """`link`'s list: fetched while it is up, else its last one (a host that is away is
+        not asked here, so a PC that is off costs no connect timeout: its event stream,
+        reconnecting in the background, brings it back)."""
+        if not link.up:
+            return link.client.last
+        try:
+            return await link.client.models(max_age=max_age, wait=False)
+        except ManagerUnavailable:
+            self.mark_down(link)
+            return link.client.last
 
     def merge(self, per: Mapping[str, Mapping[str, ModelStatus]]) -> dict[str, ModelStatus]:
         """Each host's models as one list: each model once, with the best state among the
