@@ -23,6 +23,8 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     printed; `--open` runs the proxy without keys instead)
     pids.json       the manager's and the proxy's pid and start time (while running)
     jobs.db         the proxy's job store (docs/jobs.md)
+    known-models-N.json  the proxy's last known model list (docs/hosts.md)
+    catalogue.json  with --hosts 2: the proxy's catalogue naming both hosts
     logs/           manager.log, proxy.log, one log per model server, and the process
                     runtime's registry of them (`wire.procs`)
 
@@ -443,6 +445,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_PROXY_PORT": str(port),
         "HOMELAB_DEFAULT_MODEL": TEXT_MODEL,
         "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
+        "HOMELAB_STATE_DIR": str(demo_dir),
         "HOMELAB_API_KEYS": "off" if opts.open else api_key(demo_dir),
     }
     if not opts.open:
