@@ -105,6 +105,8 @@ ERROR_LIMIT = 1 << 20
 WaitForLease = Callable[[Awaitable[LeaseUse]], Awaitable[LeaseUse]]
 """Awaits the lease pool's acquire on the caller's behalf (MCP reports progress meanwhile)."""
 OnLease = Callable[[LeaseGrant], Awaitable[None]]
+PickHost = Callable[[], Awaitable[HostLink]]
+"""Several hosts: chooses the host a lease is asked of (`proxy.hosts.Fleet.choose`)."""
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
 
 
@@ -387,20 +389,32 @@ class ModelCall:
             self._admitted = False
             self._count()
 
-    async def _lease(self, model: str, first: bool, link: HostLink) -> LeaseUse:
+    async def _lease(self, model: str, first: bool, pick: PickHost | None) -> LeaseUse:
+        """A share of a lease on `model`: from `self._link`'s pool, or (`pick`, several
+        hosts) from the pool of the host `pick` chooses, waited for inside the same wait
+        (MCP reports progress meanwhile: waiting for a host, or one being woken)."""
         calls = self._calls
         waiting = calls.waiting if self._interactive else None
         if waiting is not None:
             waiting[model] += 1
         try:
             who = self.who  # the caller's key, read once at the call's start
-            acquire = link.leases.acquire(model, (who.name, who.priority))
+            if pick is None:
+                assert self._link is not None
+                acquire = self._link.leases.acquire(model, (who.name, who.priority))
+            else:
+                acquire = self._pick_and_acquire(model, pick, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
                 waiting[model] -= 1
             if first:
                 calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
+
+    async def _pick_and_acquire(self, model: str, pick: PickHost, key: tuple[str, str]) -> LeaseUse:
+        link = self._link = await pick()
+        self.served_by = model + "@" + link.name
+        return await link.leases.acquire(model, key)
 
     async def _open(self) -> None:
         calls = self._calls
@@ -502,19 +516,24 @@ class ModelCall:
         spans two hosts). One host: its manager, as always."""
         fleet = self._calls.fleet
         if not fleet.multi:
+            self._link = fleet.first
             self.served_by = model + "@" + fleet.first.name
-            await self._open_on(fleet.first, model)
+            await self._open_on(model, None)
             return
         tried: set[str] = set()
+
+        def pick() -> Awaitable[HostLink]:
+            return fleet.choose(model, tried)
+
         while True:
-            link = await fleet.choose(model, tried)
-            self.served_by = model + "@" + link.name
+            self._link = None
             try:
-                await self._open_on(link, model)
+                await self._open_on(model, pick)
                 return
             except ProxyError as exc:
-                if not _divert(exc):
-                    raise
+                link = self._link
+                if link is None or not _divert(exc):
+                    raise  # no host came (choose's 503), or an answer to pass on
                 if isinstance(exc, ManagerUnavailable):
                     fleet.mark_down(link)
                 tried.add(link.name)
@@ -532,17 +551,18 @@ class ModelCall:
             self._held = None
         self.streamed, self.lease = False, None
 
-    async def _open_on(self, link: HostLink, model: str) -> None:
-        """Lease `model` from `link`'s manager and POST to its server (retry policy in
-        the module docstring)."""
+    async def _open_on(self, model: str, pick: PickHost | None) -> None:
+        """Lease `model` from `self._link`'s manager (or, with `pick`, the host it picks)
+        and POST to its server (retry policy in the module docstring)."""
         calls = self._calls
-        self._link = link
         self.served = model
         body = self._body_for(model)
         attempts = 2 if self.endpoint in calls.retry_endpoints else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            held = self._held = await self._lease(model, attempt == 1, link)
+            held = self._held = await self._lease(model, attempt == 1, pick)
+            link = self._link
+            assert link is not None
             lease = self.lease = held.lease
             self.leased = self._lease_start = time.perf_counter()
             if self._on_lease is not None:

@@ -16,6 +16,7 @@ runtime, the stand-in model server) in its own network namespace, made and remov
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import time
@@ -35,6 +36,8 @@ from tests.integration.proxy.hosts_net import (
     network,
     start_proxy,
 )
+from tests.integration.proxy.proxy_live import API_KEY
+from tests.mcp_client import http_session
 
 _problem = netns_problem()
 pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
@@ -129,6 +132,8 @@ def test_placement_fail_over_rejoin_wake_and_work_while_away(tmp_path: Path) -> 
             assert [m for m in listed if m == "both"] == ["both"]
             assert listed["both"]["hosts"] == ["h1", "h2"]
             assert listed["sleepy"]["hosts"] == ["h3"]
+            enum = asyncio.run(_chat_tool_models(proxy))
+            assert enum.count("both") == 1 and {"only-h2", "sleepy"} <= set(enum)
 
             # Resident on h2 (asked of h2's manager itself): served from h2.
             h2.ensure("both")
@@ -188,6 +193,8 @@ def test_placement_fail_over_rejoin_wake_and_work_while_away(tmp_path: Path) -> 
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["retry-after"]
                 assert refused.json()["error"]["code"] == "manager_unavailable"
+                failed, text = asyncio.run(_mcp_chat(proxy, "both"))
+                assert failed and "retry after" in text, text
                 state = rpc(client, "tasks.get", {"taskId": task_id})["result"]["state"]
                 assert state in ("PENDING", "STARTED")
                 h1.start()
@@ -195,6 +202,21 @@ def test_placement_fail_over_rejoin_wake_and_work_while_away(tmp_path: Path) -> 
                 assert events[-1].data == {"state": "SUCCESS"}, events[-3:]
         finally:
             proxy.stop()
+
+
+async def _chat_tool_models(proxy: Proxy) -> list[str]:
+    """The models MCP's txt2txt tool offers (its ``model`` enum)."""
+    async with http_session(proxy.url + "/mcp", API_KEY) as session:
+        tools = await session.list_tools()
+    chat = next(t for t in tools.tools if t.name == "txt2txt")
+    return list(chat.input_schema["properties"]["model"]["enum"])
+
+
+async def _mcp_chat(proxy: Proxy, model: str) -> tuple[bool, str]:
+    async with http_session(proxy.url + "/mcp", API_KEY) as session:
+        result = await session.call_tool("txt2txt", {"model": model, "prompt": "hi"})
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    return bool(result.is_error), text
 
 
 def _chat_served(proxy: Proxy, model: str) -> str:
