@@ -87,10 +87,10 @@ from proxy.errors import (
     UpstreamError,
     normalise_error_body,
 )
+from proxy.hosts import Fleet, HostLink
 from proxy.keys import Principal, current
-from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.lease_pool import LeaseUse
 from proxy.limits import Limiter
-from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.routing import Router, Target, order, view
 from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
@@ -108,8 +108,10 @@ ERROR_LIMIT = 1 << 20
 WaitForLease = Callable[[Awaitable[LeaseUse]], Awaitable[LeaseUse]]
 """Awaits the lease pool's acquire on the caller's behalf (MCP reports progress meanwhile)."""
 OnLease = Callable[[LeaseGrant], Awaitable[None]]
-Method = Literal["POST", "GET"]
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
+Method = Literal["POST", "GET"]
+PickHost = Callable[[], Awaitable[HostLink]]
+"""Several hosts: chooses the host a lease is asked of (`proxy.hosts.Fleet.choose`)."""
 
 
 class _Tokens(msgspec.Struct):
@@ -151,8 +153,7 @@ class ModelCalls:
     def __init__(
         self,
         *,
-        leases: LeasePool,
-        manager: ManagerClient,
+        fleet: Fleet,
         metrics: Metrics,
         upstream: UpstreamPool,
         retry_endpoints: Iterable[str],
@@ -162,7 +163,8 @@ class ModelCalls:
         router: Router | None = None,
         limits: Limiter | None = None,
     ) -> None:
-        """`read_timeout`: longest silence from a model server; `waiting`: interactive
+        """`fleet`: the hosts (their managers and lease pools, placement);
+        `read_timeout`: longest silence from a model server; `waiting`: interactive
         calls waiting for a lease now, per model (shared with the job dispatcher);
         `router`: the catalogue's remote models and fallbacks (none by default);
         `limits`: the keys' limits and, in its `usage`, what each key used."""
@@ -171,7 +173,7 @@ class ModelCalls:
 
             limits = Limiter(Usage())
         self.limits = limits
-        self.leases, self.manager, self.metrics = leases, manager, metrics
+        self.fleet, self.metrics = fleet, metrics
         self.upstream = upstream
         self.retry_endpoints = frozenset(retry_endpoints)
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
@@ -254,11 +256,11 @@ class ModelCalls:
             return f"GET /models answered {resp.status}: {err.message}"
         return None
 
-    async def lost_server(self, held: LeaseUse, model: str) -> None:
-        """`model`'s server could not be reached or broke off: nobody joins this lease any
-        more, and the manager checks the server at once."""
+    async def lost_server(self, held: LeaseUse, model: str, link: HostLink) -> None:
+        """`model`'s server on `link` could not be reached or broke off: nobody joins this
+        lease any more, and that host's manager checks the server at once."""
         held.discard()
-        await self.manager.report_unreachable(model)
+        await link.client.report_unreachable(model)
 
 
 class ModelCall:
@@ -287,6 +289,8 @@ class ModelCall:
         self._interactive, self._limit = interactive, answer_limit
         self._wait, self._on_lease = wait, on_lease
         self._held: LeaseUse | None = None
+        self._link: HostLink | None = None
+        """The host whose lease this call holds (None: a remote endpoint)."""
         self._resp: UpstreamResponse | None = None
         self._outcome = 499  # nginx's "client closed request", if cancelled
         self.started = 0.0
@@ -394,20 +398,32 @@ class ModelCall:
             self._admitted = False
             self._count()
 
-    async def _lease(self, model: str, first: bool) -> LeaseUse:
+    async def _lease(self, model: str, first: bool, pick: PickHost | None) -> LeaseUse:
+        """A share of a lease on `model`: from `self._link`'s pool, or (`pick`, several
+        hosts) from the pool of the host `pick` chooses, waited for inside the same wait
+        (MCP reports progress meanwhile: waiting for a host, or one being woken)."""
         calls = self._calls
         waiting = calls.waiting if self._interactive else None
         if waiting is not None:
             waiting[model] += 1
         try:
             who = self.who  # the caller's key, read once at the call's start
-            acquire = calls.leases.acquire(model, (who.name, who.priority))
+            if pick is None:
+                assert self._link is not None
+                acquire = self._link.leases.acquire(model, (who.name, who.priority))
+            else:
+                acquire = self._pick_and_acquire(model, pick, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
                 waiting[model] -= 1
             if first:
                 calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
+
+    async def _pick_and_acquire(self, model: str, pick: PickHost, key: tuple[str, str]) -> LeaseUse:
+        link = self._link = await pick()
+        self.served_by = model + "@" + link.name
+        return await link.leases.acquire(model, key)
 
     async def _open(self) -> None:
         calls = self._calls
@@ -416,25 +432,24 @@ class ModelCall:
         if route is None:  # no fallbacks: one target (the host's, unless remote)
             target = router.remote.get(self.model)
             if target is None:
-                self.served_by = self.model + "@" + router.host
                 await self._open_local(self.model)
             else:
                 await self._open_remote(target)
             return
         models: dict[str, ModelStatus] = {}
-        if calls.manager.reachable:
+        fleet = calls.fleet
+        if fleet.reachable:
             try:
-                models = await calls.manager.models(wait=False)
+                models = await fleet.models(wait=False)
             except ProxyError:
                 models = {}
         targets = order(
             route,
-            view(calls.manager.reachable, models, calls.waiting, router.health, route.targets),
+            view(fleet.reachable, models, calls.waiting, router.health, route.targets),
         )
         for number, target in enumerate(targets, 1):
             try:
                 if target.endpoint is None:
-                    self.served_by = target.served_by
                     await self._open_local(target.model)
                 else:
                     await self._open_remote(target)
@@ -442,14 +457,7 @@ class ModelCall:
             except ProxyError as exc:
                 if number == len(targets) or not _divert(exc):
                     raise
-                if self._resp is not None:
-                    self._resp.close()
-                    self._resp = None
-                if self._held is not None:
-                    self._stop_clock()
-                    self._held.end()
-                    self._held = None
-                self.streamed, self.lease = False, None
+                self._drop_try()
                 log.info("%s failed (%s): trying the next fallback", target.served_by, exc.code)
 
     def _body_for(self, model: str) -> bytes | memoryview:
@@ -505,15 +513,59 @@ class ModelCall:
         self._read_tokens(raw)
 
     async def _open_local(self, model: str) -> None:
-        """Lease `model` from the host's manager and POST to its server (retry policy in
-        the module docstring)."""
+        """Lease `model` from a host's manager and POST to its server: the host placement
+        chooses (`proxy.hosts.Fleet.choose`); when that host is away or busy before
+        anything reached the caller, the next one, each with its own lease (a lease never
+        spans two hosts). One host: its manager, as always."""
+        fleet = self._calls.fleet
+        if not fleet.multi:
+            self._link = fleet.first
+            self.served_by = model + "@" + fleet.first.name
+            await self._open_on(model, None)
+            return
+        tried: set[str] = set()
+
+        def pick() -> Awaitable[HostLink]:
+            return fleet.choose(model, tried)
+
+        while True:
+            self._link = None
+            try:
+                await self._open_on(model, pick)
+                return
+            except ProxyError as exc:
+                link = self._link
+                if link is None or not _divert(exc):
+                    raise  # no host came (choose's 503), or an answer to pass on
+                if isinstance(exc, ManagerUnavailable):
+                    fleet.mark_down(link)
+                tried.add(link.name)
+                self._drop_try()
+                log.info("%s failed (%s): placing it on another host", self.served_by, exc.code)
+
+    def _drop_try(self) -> None:
+        """Forget a failed try that reached nobody: its answer and its lease."""
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._held is not None:
+            self._stop_clock()
+            self._held.end()
+            self._held = None
+        self.streamed, self.lease = False, None
+
+    async def _open_on(self, model: str, pick: PickHost | None) -> None:
+        """Lease `model` from `self._link`'s manager (or, with `pick`, the host it picks)
+        and POST to its server (retry policy in the module docstring)."""
         calls = self._calls
         self.served = model
         body = self._body_for(model)
         attempts = 2 if self.endpoint in calls.retry_endpoints else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            held = self._held = await self._lease(model, attempt == 1)
+            held = self._held = await self._lease(model, attempt == 1, pick)
+            link = self._link
+            assert link is not None
             lease = self.lease = held.lease
             self.leased = self._lease_start = time.perf_counter()
             if self._on_lease is not None:
@@ -524,7 +576,7 @@ class ModelCall:
                 )
             except UPSTREAM_ERRORS as exc:
                 self._stop_clock()
-                await calls.lost_server(held, model)
+                await calls.lost_server(held, model, link)
                 if not last:
                     continue  # nothing reached the caller: ask again, once
                 raise UpstreamError(
@@ -544,7 +596,7 @@ class ModelCall:
                 resp.close()
                 self._resp = None
                 self._stop_clock()
-                await calls.lost_server(held, model)
+                await calls.lost_server(held, model, link)
                 if not last:
                     continue  # the answer broke off before the caller got a byte
                 raise UpstreamError(
@@ -610,8 +662,8 @@ class ModelCall:
             )
             self._outcome = err.status
             self._stop_clock()
-            if held is not None:
-                await self._calls.lost_server(held, self.served)
+            if held is not None and self._link is not None:
+                await self._calls.lost_server(held, self.served, self._link)
             raise err from exc
         self._stop_clock()
         if held is not None:

@@ -64,9 +64,13 @@ def _ctx(request: Request) -> ProxyContext:
     return ctx
 
 
-async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
+async def resolve_model(
+    ctx: ProxyContext, name: str, want: str, endpoint: str, *, wait: bool = True
+) -> ModelStatus:
     """The ModelStatus for `name` (the manager's, or a remote model's from the proxy's
-    catalogue), checked to be of type `want`.
+    catalogue), checked to be of type `want`. `wait=False` (jobs and batches: accepted at
+    once, run when a host is back): while every host is away, the last known catalogue
+    answers (`proxy.hosts.Fleet.models`) instead of a wait for a manager.
 
     A name missing from the cached list is looked up once more (at most one
     fresh fetch a second), so a model added on the manager is found at once. A model
@@ -79,16 +83,16 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
     router = ctx.model_calls.router
     who = current()
     if not who.may_use(name):
-        models = await ctx.manager.models()
+        models = await ctx.manager.models(wait=wait)
         raise ModelNotFound(name, who.visible({*models, *router.remote}))
     info = router.status(name) if name in router.remote else None
     if info is None and name in router.routes:
         info = await _with_fallbacks(ctx, name)
     if info is None:
-        models = await ctx.manager.models()
+        models = await ctx.manager.models(wait=wait)
         info = models.get(name)
         if info is None:
-            models = await ctx.manager.models(max_age=1.0)
+            models = await ctx.manager.models(max_age=1.0, wait=wait)
             info = models.get(name)
             if info is None:
                 raise ModelNotFound(name, who.visible({*models, *router.remote}))

@@ -31,9 +31,14 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     ctx = request.app.state.ctx
     await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope (redacted if keyless)
-    body: dict[str, str] = {"status": "ready"}
+    body: dict[str, object] = {"status": "ready"}
     if getattr(request.state, "keyed", False):  # the manager's address only for key holders
         body["manager"] = ctx.manager.base_url
+        if ctx.manager.multi:
+            body["hosts"] = {
+                name: {"url": link.client.base_url, "up": link.up}
+                for name, link in ctx.manager.links.items()
+            }
     return Response(orjson.dumps(body), media_type="application/json")
 
 

@@ -154,6 +154,15 @@ class ProxySettings(ServiceSettings):
             "backoff, before it gets a 503 with Retry-After (0: fail at once)."
         ),
     )
+    wake_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a request waits for a sleeping host it woke (Wake-on-LAN, docs/hosts.md) "
+            "before it gets a 503 with Retry-After."
+        ),
+    )
     retry_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
         description=(
@@ -274,6 +283,10 @@ class ProxySettings(ServiceSettings):
         description="Bytes of files all keys together may keep; an upload over it is a 403 "
         "insufficient_quota.",
     )
+
+    def known_models_path(self) -> Path:
+        """Where the last known catalogue is kept (`proxy.hosts.Fleet`), per proxy port."""
+        return self.state_dir / f"known-models-{self.proxy_port}.json"
 
     def key_path(self) -> Path:
         return self.key_file or self.state_dir / KEY_FILE_NAME

@@ -68,6 +68,17 @@ class ModelStatus(BaseModel):
     reachable: bool | None = None
     """Remote models only: the endpoint's ``/v1/models`` answered at the last health poll
     (None: not polled yet). The manager never sends it."""
+    hosts: list[str] | None = None
+    """Several hosts (the proxy's catalogue, docs/hosts.md): the hosts that can serve it, in
+    the catalogue's order. None (not sent): one host, or a remote model. The manager never
+    sends it, nor the three below."""
+    resident_on: list[str] | None = None
+    """Several hosts: where it is ``ready`` now."""
+    loading_on: list[str] | None = None
+    """Several hosts: where it is on its way to ready (``starting``, or waking)."""
+    away_on: list[str] | None = None
+    """Several hosts: those of `hosts` that are away (unreachable, or asleep) now; their
+    states are the last known."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object the manager sends."""
@@ -84,6 +95,9 @@ class ModelStatus(BaseModel):
                 del data[key]
         else:
             del data["endpoint"], data["reachable"]
+        for key in ("hosts", "resident_on", "loading_on", "away_on"):
+            if data[key] is None:
+                del data[key]
         return data
 
 

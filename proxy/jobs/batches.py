@@ -268,7 +268,7 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
         if not isinstance(model, str) or not model:
             raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
         try:
-            info = await resolve_model(ctx, model, want, endpoint)
+            info = await resolve_model(ctx, model, want, endpoint, wait=False)
             if want == "image":  # the direct route's checks, on the line's body
                 check_image_request(
                     info, body.get("n"), body.get("size"), body.get("response_format")

@@ -65,6 +65,8 @@ model state change wakes it at once; this only matters for other proxies' jobs).
 TOKEN_FLUSH = 0.1
 CANCEL_POLL = 0.5
 BUSY_RETRY = 2.0
+AWAY = frozenset({"manager_unavailable", "manager_shutting_down"})
+"""Error codes that mean the job's hosts are away: it is requeued, not failed."""
 
 
 class JobNotFound(Exception):
@@ -254,7 +256,7 @@ class Dispatcher:
 
     async def _residents(self) -> set[str]:
         try:
-            return residents_of(await self.ctx.manager.models())
+            return residents_of(await self.ctx.manager.models(wait=False))
         except ProxyError:
             return set()
 
@@ -264,7 +266,7 @@ class Dispatcher:
             return None
         router = self.ctx.model_calls.router
         try:
-            models = await self.ctx.manager.models()
+            models = await self.ctx.manager.models(wait=False)
         except ProxyError:
             if not router.remote:
                 return None
@@ -436,6 +438,11 @@ class Dispatcher:
         ):
             await asyncio.sleep(BUSY_RETRY)  # the manager's queue is full: try again later
             await self._requeue(job, reason="manager busy")
+        elif outcome.error is not None and outcome.error.get("code") in AWAY:
+            # every host that serves the model is away (or asleep and not up yet): the job
+            # was accepted against the last known catalogue and runs when one is back
+            await asyncio.sleep(BUSY_RETRY)
+            await self._requeue(job, reason="hosts away")
         elif outcome.ok:
             await self.store.put_result(job_id, outcome.result)
             await self._finish(job, TaskState.SUCCESS, status=outcome.status, result=outcome.result)
@@ -554,7 +561,7 @@ class Dispatcher:
                     last_sweep = now
                     await self.sweep()
                     with contextlib.suppress(ProxyError):  # models added to models.json
-                        self._known_models = sorted(await self.ctx.manager.models())
+                        self._known_models = sorted(await self.ctx.manager.models(wait=False))
             except asyncio.CancelledError:
                 raise
             except Exception:

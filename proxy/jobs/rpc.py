@@ -145,7 +145,7 @@ class Call:
 
     async def resolve(self, model: str, want: str, endpoint: str) -> ModelStatus:
         try:
-            return await resolve_model(self.ctx, model, want, endpoint)
+            return await resolve_model(self.ctx, model, want, endpoint, wait=False)
         except (ManagerUnavailable, ManagerRefused) as exc:
             raise RpcError(MANAGER_DOWN, exc.message, exc.envelope()["error"]) from exc
         except ProxyError as exc:

@@ -93,6 +93,9 @@ async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
     now = ", ".join(f"{shown(m.id)} ({m.state})" for m in resident) or "nothing"
     if me is not None and me.state == "starting":
         return f"loading {model}", True
+    if me is not None and me.hosts and me.away_on and set(me.away_on) >= set(me.hosts):
+        # several hosts (docs/hosts.md): every host of the model is away or being woken
+        return f"waiting for a host of {model} to answer: {', '.join(me.away_on)} (away)", False
     return (
         f"queued for {model}: {ahead} request(s) waiting at the manager; loaded now: {now}",
         False,

@@ -30,6 +30,10 @@ import { SseParser } from "./sse.js";
  * @property {string} [endpoint]  remote models: the proxy catalogue's endpoint
  * @property {boolean | null} [reachable]  remote models: the endpoint's last health poll (null: not yet)
  * @property {string[]} [fallbacks]  the models tried after it (the proxy's catalogue)
+ * @property {string[]} [hosts]  several GPU hosts: those that can serve it (docs/hosts.md)
+ * @property {string[]} [resident_on]  several hosts: where it is ready now
+ * @property {string[]} [loading_on]  several hosts: where it is loading or waking
+ * @property {string[]} [away_on]  several hosts: those away (unreachable or asleep) now
  */
 
 /**

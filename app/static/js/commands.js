@@ -203,10 +203,12 @@ async function usage(t, args) {
 async function listModels(t) {
   const models = await t.refreshModels();
   if (!models.length) return void t.screen.print("no models are configured", "warn");
+  const several = models.some((m) => m.hosts?.length);
+  const columns = ["", "model", "type", "backend", "state", ...(several ? ["hosts"] : []), "about"];
   const table = h(
     "table",
     { class: "models" },
-    h("thead", {}, h("tr", {}, ...["", "model", "type", "backend", "state", "about"].map((c) => h("th", { scope: "col", class: c, text: c })))),
+    h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col", class: c, text: c })))),
   );
   const body = table.appendChild(h("tbody"));
   for (const m of models) {
@@ -234,11 +236,29 @@ async function listModels(t) {
         h("td", { class: "type", text: m.type }),
         h("td", { class: "backend", text: m.backend ?? "" }),
         h("td", { class: `state ${m.state}`, text: m.state }),
+        ...(several ? [h("td", { class: "hosts", text: hostsText(m) })] : []),
         h("td", { class: "about", text: about.join(" · ") }),
       ),
     );
   }
   t.screen.add(h("div", { class: "entry info models" }, table));
+}
+
+/**
+ * The hosts that serve a model (several GPU hosts, docs/hosts.md): each name, with `*` where
+ * it is resident, `~` where it is loading and `(away)` where the host is away.
+ * @param {import("./api.js").ModelInfo} m
+ * @returns {string}
+ */
+export function hostsText(m) {
+  return (m.hosts ?? [])
+    .map((name) => {
+      if (m.away_on?.includes(name)) return `${name} (away)`;
+      if (m.resident_on?.includes(name)) return `${name}*`;
+      if (m.loading_on?.includes(name)) return `${name}~`;
+      return name;
+    })
+    .join(" ");
 }
 
 /**
