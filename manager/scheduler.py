@@ -1167,7 +1167,7 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stop housekeeping and background tasks; fail waiters; end event streams;
-        call the probe's and runtime's `aclose()` where they have one.
+        call the probe's, runtime's and warm control's `aclose()` where they have one.
 
         Model servers are left as they are (the next manager adopts them).
         Idempotent.
@@ -1187,7 +1187,7 @@ class Scheduler:
             rec.waiters.clear()
             self._settle_stops(rec, error=closed)
         self.events.close()
-        for part in (self.probe, self.runtime):
+        for part in (self.probe, self.runtime, self._warm):
             aclose = getattr(part, "aclose", None)
             if aclose is not None:
                 try:

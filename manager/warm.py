@@ -194,6 +194,32 @@ class SwapTimes:
         return list(self._data.get(model, {}).get(kind, []))
 
 
+HOST_SHARE = 0.5
+"""The share of the host's memory sleeping models may hold when no budget is set: the
+rest is the system's, the desktop's and the awake servers' own."""
+
+
+def host_budget(setting_mib: int | None, total_mib: int | None) -> tuple[int | None, str]:
+    """The host-memory budget (None: no warm tier) and where it came from: the setting
+    (0 turns the tier off), else `HOST_SHARE` of `total_mib`, else none."""
+    if setting_mib is not None:
+        return (setting_mib or None), "HOMELAB_HOST_BUDGET_MIB"
+    if total_mib:
+        return int(total_mib * HOST_SHARE), f"half of the {total_mib} MiB the runtime sees"
+    return None, "none (the host's memory is unknown): no model is kept warm"
+
+
+def meminfo_total_mib(path: Path = Path("/proc/meminfo")) -> int | None:
+    """MemTotal of this machine's /proc/meminfo in MiB, or None."""
+    try:
+        for line in path.read_text(encoding="ascii").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def host_mib_of(spec: Spec, times: SwapTimes, model: str) -> int | None:
     """The host memory `model` holds asleep: its declaration, else the largest of its
     recent readings; None: not known (it may then only sleep alone)."""
