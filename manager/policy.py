@@ -259,11 +259,15 @@ def worth_keeping_warm(view: View, name: str) -> bool:
 
 
 def host_room_for(view: View, name: str) -> list[str] | None:
-    """The sleeping models to stop so that `name` can fall asleep ([] when it fits now),
+    """The sleeping models to stop so that `name` can fall asleep: [] when it fits now,
     least valuable first and only those worth less than it; None when that is not
-    enough (then `name` is stopped instead)."""
+    enough (then `name` is stopped instead). Host memory that sleeping models being
+    stopped still hold counts as free already (`make_room` waits for it)."""
     assert view.host_capacity is not None
     short = host_used(view) + host_cost(view, name) - view.host_capacity
+    if short <= 0:
+        return []
+    short -= host_freeing(view)
     if short <= 0:
         return []
     mine = warm_value(view, name)
@@ -281,6 +285,15 @@ def host_room_for(view: View, name: str) -> list[str] | None:
         if short <= 0:
             return chosen
     return None
+
+
+def host_freeing(view: View) -> int:
+    """Host memory that models being stopped still hold (it is free once they stop)."""
+    return sum(
+        host_cost(view, n)
+        for n, m in view.models.items()
+        if m.host_held and m.state is ModelState.STOPPING
+    )
 
 
 def head(view: View) -> str | None:
@@ -391,8 +404,10 @@ def make_room(view: View, name: str) -> Decision:
     stops), else stopped."""
     if worth_keeping_warm(view, name):
         sleepers = host_room_for(view, name)
-        if sleepers == []:
-            return Decision(sleep=name)
         if sleepers:
             return Decision(stop=sleepers[0])
+        if sleepers == []:
+            if host_used(view) + host_cost(view, name) > (view.host_capacity or 0):
+                return WAIT  # sleepers being stopped still hold the room it needs
+            return Decision(sleep=name)
     return Decision(stop=name)
