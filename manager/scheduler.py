@@ -255,9 +255,9 @@ class Scheduler:
         self.adopted = False
         """Whether adoption has run (it is retried by `tick()` until it has)."""
         self.swaps = 0
-        """How many starts the scheduler has begun (adoption excluded)."""
+        """How many starts and wakes the scheduler has begun (adoption excluded)."""
         self.evictions = 0
-        """How many ready models it stopped to make room for another."""
+        """How many ready models it stopped or put to sleep to make room for another."""
         self.sleeps = 0
         """How many times it put a model to sleep."""
         self.wakes = 0

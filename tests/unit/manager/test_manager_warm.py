@@ -107,6 +107,10 @@ async def test_a_warm_model_sleeps_to_make_room_and_wakes_instead_of_starting(
     assert runtime.calls.count(("start", "a")) == 1
     assert [c[:2] for c in warm.calls] == [("sleep", "a"), ("wake", "a")]
     assert (sched.sleeps, sched.wakes) == (1, 1)
+    from manager.metrics import render
+
+    text = render(sched).decode()
+    assert "homelab_manager_sleeps_total 1.0" in text and "homelab_manager_wakes_total 1.0" in text
     moves = []
     while (event := await events.next(0)) is not None:
         if isinstance(event, StateEvent) and event.model == "a":
