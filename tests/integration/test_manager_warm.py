@@ -218,3 +218,23 @@ async def test_a_sleeping_server_that_dies_is_noticed(
             break
         await asyncio.sleep(0.05)
     assert (await model_status(api, "warm-a"))["state"] == "ready"
+
+
+async def test_an_image_model_is_parked_and_unparked(
+    runtime: str, managers, tmp_path: Path
+) -> None:
+    ports = free_ports(3)
+    models = catalogue(runtime, ports)
+    models["warm-a"].update(type="image", device="cpu", sizes=["64x64"], max_n=1)
+    models["warm-a"]["env"]["FAKEVLLM_KIND"] = "image"
+    manager = await launch(managers, models, ports[2], tmp_path, runtime)
+    api = manager.client()
+    lease = await use(api, "warm-a")
+    server = await server_of(manager, "warm-a")
+    await use(api, "cold-c")
+    status = await model_status(api, "warm-a")
+    assert status["state"] == "sleeping" and status["backend"] == "diffusers"
+    assert (await fake_stats(lease))["sleeping"] == 1  # parked: /park was called
+    await use(api, "warm-a")
+    assert await server_of(manager, "warm-a") == server
+    assert (await fake_stats(lease))["wakes"] == 1  # /unpark
