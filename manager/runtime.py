@@ -110,7 +110,9 @@ class Instance:
     standby: bool = False
     """A standby container (Docker): started ahead behind its gate, the server not yet
     launched. `running` is False for it: nothing serves, and nothing will until a
-    `start` releases the gate."""
+    `start` releases the gate. A kind of *cold* (the model is `stopped`; nothing is
+    loaded), never to be confused with a *sleeping* server (the warm tier: a running
+    server whose weights wait in host memory, `manager.state`)."""
 
 
 @runtime_checkable

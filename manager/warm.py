@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from manager.errors import ManagerError
+from manager.footprints import write_atomic
 from manager.runtime import Spec
 from manager.spec import ImageModel
 
@@ -177,10 +177,7 @@ class SwapTimes:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"models": self._data}), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, {"models": self._data})
         except OSError as exc:
             log.warning("could not write the swap-times file %s: %s", self.path, exc)
 
