@@ -775,12 +775,13 @@ class Scheduler:
             self._gpu_generation += 1
             self._last_stopped = rec.name
             self._set_state(rec, ModelState.SLEEPING)
-            await self._learn_host_memory(rec)
+            # Measured aside: Docker's stats take a second or two, the pump must not wait.
+            self._spawn(self._learn_host_memory(rec), name=f"host memory of {rec.name}")
         self._pump()
 
     async def _learn_host_memory(self, rec: _Record) -> None:
         """Read what the sleeping server holds in host memory (where the runtime can say)
-        and keep it; warn when it is over its declaration."""
+        and keep it; warn when it is over its declaration. Cancelled by close()."""
         if not isinstance(self.runtime, HostMemoryRuntime):
             return
         try:

@@ -290,7 +290,7 @@ async def test_host_memory_is_learned_once_asleep(runtime, probe, clock) -> None
     try:
         await use(sched, "a")
         await use(sched, "c")
-        assert times.readings("a", "host_mib") == [1234]
+        await until(lambda: times.readings("a", "host_mib") == [1234], "the reading")
         assert sched.model_status("a").host_memory_mib == 1234
         assert times.readings("a", "load_s") == [60.0, 60.0, 0.0]  # the fake clock stood still
     finally:
