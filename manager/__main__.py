@@ -165,11 +165,14 @@ def build_gpu_check(settings: ManagerSettings) -> GpuReleaseCheck | None:
 def host_budget_of(settings: ManagerSettings, runtime: ContainerRuntime) -> tuple[int | None, str]:
     """The host-memory budget of the warm tier (`manager.warm.host_budget`): the setting,
     else half of what the runtime sees (`host_total_mib`: Docker's engine info, or
-    /proc/meminfo)."""
+    /proc/meminfo; /proc/meminfo too when the engine does not answer)."""
     if settings.host_budget_mib is not None:
         return warm.host_budget(settings.host_budget_mib, None)
-    total = getattr(runtime, "host_total_mib", None)
-    return warm.host_budget(None, total() if total is not None else warm.meminfo_total_mib())
+    read = getattr(runtime, "host_total_mib", None)
+    total = read() if read is not None else None
+    # The engine not up yet (Docker Desktop starting): this machine's /proc/meminfo, which
+    # inside WSL 2 (or the manager's container there) is the same VM's memory.
+    return warm.host_budget(None, total or warm.meminfo_total_mib())
 
 
 def build_gpu_meter() -> footprints.GpuUsed | None:
