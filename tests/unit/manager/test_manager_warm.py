@@ -295,3 +295,33 @@ async def test_host_memory_is_learned_once_asleep(runtime, probe, clock) -> None
         assert times.readings("a", "load_s") == [60.0, 60.0, 0.0]  # the fake clock stood still
     finally:
         await sched.close()
+
+
+async def test_without_a_gpu_budget_one_model_runs_and_the_other_sleeps(probe, clock) -> None:
+    runtime = FakeRuntime()  # never two servers on the GPU at once (asleep ones aside)
+    data = {k: v for k, v in models().items() if k != "$gpu_budget_mib"}
+    for entry in data.values():
+        entry.pop("gpu_memory_mib")
+    cat = catalogue(data)
+    times = SwapTimes()
+    for name in cat.models:
+        for _ in range(9):
+            times.record(name, "load_s", 60.0)
+    sched = Scheduler(
+        cat,
+        runtime,
+        probe,
+        SchedulerConfig(queue_timeout=30, stop_backoff=0),
+        clock=clock,
+        warm=FakeWarm(runtime, cat),
+        host_budget_mib=40_000,
+        swap_times=times,
+    )
+    try:
+        for name in ("a", "b", "a", "c", "b"):
+            await use(sched, name)
+        assert sched.state("b") is S.READY and sched.residents == ["b"]
+        assert sched.state("a") is S.SLEEPING and sched.state("c") is S.STOPPED
+        assert runtime.calls.count(("start", "a")) == 1  # woken, never started again
+    finally:
+        await sched.close()
