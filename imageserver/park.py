@@ -12,7 +12,9 @@ never sees a half-moved pipeline. While parked, a generation or edit is refused 
 On the CPU the move is a no-op (the modules are there already), but the state, the API
 and the accounting are the real ones. A pipeline with ``cpu_offload`` cannot be parked
 (its offload hooks own where each module lives; the manager's models.json check refuses
-``warm`` with it): 409 ``cannot_park``. Both routes are idempotent and need the
+``warm`` with it), nor one whose modules refuse the move (bitsandbytes-quantized weights
+cannot be moved with ``.to()``): 409 ``cannot_park`` (the manager then stops the server
+instead, and does not try to park it again until it is restarted). Both routes are idempotent and need the
 upstream key, as every route but ``/health``.
 """
 
@@ -112,7 +114,12 @@ class Parking:
         with self._lock:
             if self._parked == parked:
                 return
-        move(model, device)
+        try:
+            move(model, device)
+        except Exception as exc:  # e.g. bitsandbytes-quantized modules refuse `.to()`
+            raise CannotPark(
+                f"the pipeline cannot be moved to {device}: {type(exc).__name__}: {exc}"
+            ) from exc
         with self._lock:
             self._parked = parked
             self.moves += 1

@@ -63,6 +63,21 @@ async def test_a_pipeline_with_cpu_offload_cannot_be_parked() -> None:
         assert_envelope(await c.post("/park"), 409, "cannot_park")
 
 
+async def test_a_pipeline_that_refuses_the_move_cannot_be_parked() -> None:
+    class Quantized(FakePipe):
+        def to(self, device: str) -> FakePipe:
+            raise ValueError("`.to` is not supported for `4-bit` bitsandbytes models")
+
+    model = ParkableModel()
+    model.pipelines = {"generate": Quantized()}
+    async with serve(settings(), loader_for(model)) as client:
+        await wait_status(client, "ready")
+        refused = await client.post("/park")
+        assert_envelope(refused, 409, "cannot_park")
+        assert "bitsandbytes" in refused.json()["error"]["message"]
+        assert (await client.get("/is_parked")).json() == {"is_parked": False}
+
+
 async def test_the_park_routes_want_the_upstream_key() -> None:
     async with serve(settings(api_key="k" * 32), loader_for(ParkableModel())) as client:
         for method, path in (("POST", "/park"), ("POST", "/unpark"), ("GET", "/is_parked")):
