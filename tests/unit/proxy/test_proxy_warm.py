@@ -1,6 +1,6 @@
 """The warm tier seen from the proxy: MCP progress says a model wakes from host memory
-(with the manager's usual wake time), and the jobs dispatcher counts a sleeping or waking
-model as cheap to reach."""
+(with the manager's usual wake time), and the jobs dispatcher counts a waking model as
+resident (batches may follow the wake)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ async def test_a_waking_model_is_reported_as_waking_not_queued() -> None:
     assert (text, loading) == ("waking chat from host memory, usually 2.5 s", True)
 
 
-def test_jobs_count_a_sleeping_or_waking_model_as_cheap_to_reach() -> None:
+def test_jobs_count_a_waking_model_as_resident_but_not_a_sleeping_one() -> None:
     models = {
         name: status(name, state)
         for name, state in (
@@ -79,4 +79,4 @@ def test_jobs_count_a_sleeping_or_waking_model_as_cheap_to_reach() -> None:
             ("e", "falling_asleep"),
         )
     }
-    assert residents_of(models) == {"a", "b", "c"}
+    assert residents_of(models) == {"a", "c"}
