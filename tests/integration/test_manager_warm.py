@@ -109,6 +109,17 @@ async def use(api: httpx.AsyncClient, name: str) -> dict[str, Any]:
     return lease
 
 
+async def learned_host_memory(api: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    """`name`'s status once its host memory was read (aside: Docker's stats take a second
+    or two)."""
+    for _ in range(200):
+        status = await model_status(api, name)
+        if status["host_memory_mib"] is not None:
+            return status
+        await asyncio.sleep(0.05)
+    return status
+
+
 async def server_of(manager: RunningManager, name: str) -> str:
     """What identifies the model's running server: its pid, or its container's id."""
     spec = manager.scheduler.spec(name)
@@ -151,6 +162,7 @@ async def test_a_warm_model_sleeps_wakes_and_is_adopted_asleep(
         await use(api, "cold-c")  # no GPU room for both: warm-a falls asleep, not stopped
         status = await model_status(api, "warm-a")
         assert status["state"] == "sleeping" and status["warm_level"] == 1
+        status = await learned_host_memory(api, "warm-a")
         assert status["host_memory_mib"] >= WEIGHTS_MIB  # read from the sleeping server
         stats = await fake_stats(lease)
         assert (stats["sleeping"], stats["sleeps"], stats["sleep_mode"]) == (1, 1, False)
