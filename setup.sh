@@ -291,6 +291,21 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
                          Without it the rule has a <SERVER-ADDRESS> placeholder
   --host-name NAME       this PC's name in the server's catalogue (default: hostname -s)
   --idle-suspend MINUTES suspend this PC after MINUTES quiet (off by default; step 10)
+
+Host memory for warm models (models.json "warm": a model kept asleep in host RAM wakes
+in a second or two instead of a cold start; docs/architecture.md, "Three tiers"):
+sleeping models together hold at most HOMELAB_HOST_BUDGET_MIB (add it to --env-file),
+by default half of the memory Docker's engine reports (docker info: MemTotal). On
+Docker Desktop that is the WSL 2 VM's limit, not the PC's RAM: WSL 2 takes half of the
+PC's memory unless %UserProfile%\\.wslconfig says otherwise, e.g. on a 64 GB PC
+
+    [wsl2]
+    memory=48GB
+    swap=8GB
+
+then 'wsl --shutdown' in PowerShell and start Docker Desktop again. Leave the desktop
+and the awake model servers room: the budget is for the sleeping ones alone, so that
+warm models never push the PC into swap. HOMELAB_HOST_BUDGET_MIB=0 keeps no model warm.
 EOF
 }
 

@@ -29,7 +29,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from manager import budget as gpu_budget
-from manager import footprints, image_footprints
+from manager import footprints, image_footprints, warm
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
 from manager.gguf import GgufError, GgufShape, read_shape
@@ -40,6 +40,7 @@ from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import Catalogue, ImageModel, json_schema, load_catalogue
+from manager.warm import HttpWarmControl, SwapTimes
 
 log = logging.getLogger("manager")
 
@@ -169,6 +170,19 @@ def build_gpu_check(settings: ManagerSettings) -> GpuReleaseCheck | None:
     return wait_gpu_memory_released
 
 
+def host_budget_of(settings: ManagerSettings, runtime: ContainerRuntime) -> tuple[int | None, str]:
+    """The host-memory budget of the warm tier (`manager.warm.host_budget`): the setting,
+    else half of what the runtime sees (`host_total_mib`: Docker's engine info, or
+    /proc/meminfo; /proc/meminfo too when the engine does not answer)."""
+    if settings.host_budget_mib is not None:
+        return warm.host_budget(settings.host_budget_mib, None)
+    read = getattr(runtime, "host_total_mib", None)
+    total = read() if read is not None else None
+    # The engine not up yet (Docker Desktop starting): this machine's /proc/meminfo, which
+    # inside WSL 2 (or the manager's container there) is the same VM's memory.
+    return warm.host_budget(None, total or warm.meminfo_total_mib())
+
+
 def build_gpu_meter() -> footprints.GpuUsed | None:
     """`manager.gpu.used_mib` (footprints), or None when NVML cannot be imported."""
     try:
@@ -200,6 +214,7 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
     catalogue = budgeted(load_models(str(settings.models_file)), budget, store.all_readings())
     runtime = build_runtime(settings)
     probe = build_probe()
+    host_mib, host_source = host_budget_of(settings, runtime)
     scheduler = Scheduler(
         catalogue,
         runtime,
@@ -210,6 +225,9 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         budget=budget,
         gpu_used=build_gpu_meter(),
         footprints=store,
+        warm=HttpWarmControl() if host_mib is not None else None,
+        host_budget_mib=host_mib,
+        swap_times=SwapTimes(settings.swap_times_path()),
     )
     config = uvicorn.Config(
         create_app(scheduler, settings),
@@ -222,11 +240,14 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         timeout_keep_alive=5,
     )
     log.info(
-        "manager: %d models from %s, GPU budget %s MiB (%s), %s runtime, listening on %s:%d",
+        "manager: %d models from %s, GPU budget %s MiB (%s), host-memory budget %s MiB (%s), "
+        "%s runtime, listening on %s:%d",
         len(catalogue.models),
         catalogue.source,
         budget.mib if budget.mib is not None else "-",
         budget.source,
+        host_mib if host_mib is not None else "-",
+        host_source,
         settings.runtime,
         settings.manager_host,
         settings.manager_port,

@@ -67,10 +67,7 @@ class FootprintStore:
         entry["declared_mib"] = declared_mib
         entry["readings"] = [*entry.get("readings", []), [round(at, 3), observed_mib]][-HISTORY:]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"models": self._data}), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, {"models": self._data})
         except OSError as exc:
             log.warning("could not write the footprints file %s: %s", self.path, exc)
 
@@ -86,6 +83,15 @@ class FootprintStore:
     def observed(self) -> dict[str, int]:
         """Each model's last reading."""
         return {name: values[-1] for name in self._data if (values := self.readings(name))}
+
+
+def write_atomic(path: Path, data: object) -> None:
+    """Write `data` as JSON to `path` through a temporary file and a rename (a reader
+    never sees half a file). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def report(catalogue: Catalogue, store: FootprintStore) -> tuple[list[str], bool]:

@@ -37,6 +37,8 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
         extra = ["--runner", "pooling"]
     else:
         extra = vllm_args(spec.tool_calls)
+    if sleep_mode(spec):
+        extra = [*extra, SLEEP_MODE_FLAG]
     return [
         "--model",
         spec.model,
@@ -51,6 +53,27 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
         *extra,
         *spec.args,
     ]
+
+
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
+DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
+"""vLLM registers ``/sleep``, ``/wake_up``, ``/is_sleeping`` (and its other development
+routes, such as ``/collective_rpc``) only with this variable set to 1; the model guard
+closes every one of them to a request without the upstream key."""
+
+
+def sleep_mode(spec: Spec) -> bool:
+    """Whether `spec`'s vLLM server is launched with sleep mode: it opts in (``warm``) and
+    runs on the GPU. vLLM's CPU build has no sleep mode (its platform check allows CUDA,
+    ROCm and XPU only), so a ``gpu: false`` model never gets the flag; the manager still
+    asks such a server to sleep, and one that cannot is stopped instead
+    (`manager.warm`)."""
+    return (
+        isinstance(spec, LanguageModel)
+        and spec.warm is not None
+        and spec.gpu
+        and (not isinstance(spec, TextModel) or spec.backend == "vllm")
+    )
 
 
 def llama_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
@@ -142,6 +165,7 @@ def server_env(
     """The variables every launch of `name` sets, in this order (a later one wins): the
     Hugging Face token (`HF_TOKEN` and `HUGGING_FACE_HUB_TOKEN`, when configured); for an
     image model the image server's variables, listening on `port` (and `host` when given);
+    ``VLLM_SERVER_DEV_MODE=1`` for a vLLM model launched with sleep mode (`sleep_mode`);
     the spec's `env`; `api_key` (the server's upstream key) in its `key_env` variable."""
     env: dict[str, str] = {}
     token = hf_token(settings)
@@ -156,6 +180,8 @@ def server_env(
         env.update(audio_server_env(name, spec, port))
         if host is not None:
             env["HOMELAB_AUDIO_HOST"] = host
+    if sleep_mode(spec):
+        env[DEV_MODE_ENV] = "1"
     env.update(spec.env)
     if api_key:
         env[key_env(spec)] = api_key

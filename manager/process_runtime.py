@@ -58,6 +58,7 @@ from manager.launch import server_env, text_server_args
 from manager.runtime import KEY_ENVS, Instance, Spec, guarded, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
 from manager.spec import AudioModel, LanguageModel, TextModel
+from manager.warm import meminfo_total_mib
 from wire.procs import (
     REGISTRY_FILE,
     ProcessRecord,
@@ -132,6 +133,28 @@ def _discover(owner: str) -> dict[int, tuple[str, str, str | None]]:
             keys[0].decode(errors="replace") if keys else None,
         )
     return found
+
+
+def group_rss_mib(pgid: int) -> int | None:
+    """The summed VmRSS (MiB) of the processes in group `pgid` (Linux /proc), or None."""
+    total_kib, found = 0, False
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            for line in Path(f"/proc/{entry.name}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+                    found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return total_kib // 1024 if found else None
 
 
 def _port_busy(host: str, port: int) -> bool:
@@ -493,6 +516,19 @@ class ProcessRuntime:
         return Instance(
             model=name, running=running, spec_hash=record.spec_hash, api_key=record.api_key
         )
+
+    async def host_memory_mib(self, name: str, spec: Spec) -> int | None:
+        """The resident memory (MiB) of `name`'s process group (the server and the
+        children it spawned, such as vLLM's engine core), from /proc; None when it does
+        not run (`manager.runtime.HostMemoryRuntime`)."""
+        record = await self._record(name)
+        if record is None or not self._is_ours(record):
+            return None
+        return await asyncio.to_thread(group_rss_mib, record.pid)
+
+    def host_total_mib(self) -> int | None:
+        """This machine's memory (/proc/meminfo), for the host-memory budget."""
+        return meminfo_total_mib()
 
     async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
         """The last `tail` lines of the server's log file ('' if none)."""

@@ -53,6 +53,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Warm(_Strict):
+    """models.json ``warm``: the model may be kept warm in host memory instead of stopped."""
+
+    level: Literal[1, 2] = Field(
+        default=1,
+        description=(
+            "vLLM's sleep level: 1 moves the weights to host memory (wakes in about the time "
+            "of a PCIe copy of them); 2 drops them (little host memory; a wake reloads them "
+            "from disk, still without a new process, CUDA graphs or compilation). An image "
+            "pipeline is parked on the CPU whatever the level."
+        ),
+        examples=[1],
+    )
+    host_memory_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Host memory (MiB) the sleeping server holds. Unset: learned from the server's "
+            "resident memory the first time it sleeps; until then it may sleep only alone in "
+            "the host-memory budget."
+        ),
+        examples=[17000],
+    )
+
+
 class _ModelBase(_Strict):
     container: str = Field(
         pattern=NAME_PATTERN,
@@ -153,6 +179,17 @@ class _ModelBase(_Strict):
             "stop still stops it). Needs `gpu_memory_mib` and a GPU budget; not with `idle_ttl`."
         ),
         examples=[True],
+    )
+    warm: Warm | None = Field(
+        default=None,
+        description=(
+            "Keep the model warm in host memory when the GPU is wanted for another (vLLM's "
+            "sleep mode; an image pipeline parked on the CPU), when the manager's policy finds "
+            'that cheaper than stopping it (docs/architecture.md, "Three tiers"). vLLM on the '
+            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, nor with `cpu_offload`. Unset: "
+            "the model is stopped."
+        ),
+        examples=[{"level": 1, "host_memory_mib": 17000}],
     )
 
     @field_validator("image")
@@ -255,6 +292,8 @@ class TextModel(_ModelBase):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} is for backend llama.cpp (vLLM: put it in args)")
             return self
+        if self.warm is not None:
+            raise ValueError("warm is not supported with backend llama.cpp (no sleep mode)")
         if not self.model.lower().endswith(".gguf"):
             raise ValueError("a llama.cpp model names its GGUF file: model must end in .gguf")
         if self.vision:
@@ -439,6 +478,11 @@ class ImageModel(_ModelBase):
 
     @model_validator(mode="after")
     def _steps_within_max(self) -> ImageModel:
+        if self.warm is not None and self.cpu_offload:
+            raise ValueError(
+                "warm is not possible with cpu_offload: the offload hooks own where each "
+                "component lives, so the pipeline cannot be parked on the CPU as a whole"
+            )
         if self.max_steps is not None and self.steps > self.max_steps:
             raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
         return self

@@ -77,9 +77,16 @@ class JobFinished(Exception):
     """The job already reached a terminal state (cannot be cancelled)."""
 
 
+CHEAP_STATES = ("ready", "starting", "waking")
+"""States in which a model holds or is taking the GPU: waking from host memory (the warm
+tier) is as good as resident, so batches may follow it. A model still asleep is not: its
+jobs would make the manager swap it in while others run."""
+
+
 def residents_of(models: Mapping[str, ModelStatus]) -> set[str]:
-    """The models that hold (or are taking) GPU memory: ready or starting."""
-    return {name for name, info in models.items() if info.state in ("ready", "starting")}
+    """The models that hold (or are taking) GPU memory: ready, starting, or waking from
+    host memory (`CHEAP_STATES`)."""
+    return {name for name, info in models.items() if info.state in CHEAP_STATES}
 
 
 def new_id(prefix: str = "task") -> str:

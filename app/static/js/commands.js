@@ -291,7 +291,12 @@ async function switchModel(t, name) {
   }
   t.setModel(info.id);
   const how = info.type === "image" ? "image model: what you type becomes the picture's prompt" : "text model";
-  const when = info.state === "ready" ? "ready" : `${info.state}, it loads on the first request`;
+  const when =
+    info.state === "ready"
+      ? "ready"
+      : info.state === "sleeping"
+        ? "sleeping in host memory, it wakes on the first request"
+        : `${info.state}, it loads on the first request`;
   t.screen.print(`switched to ${info.id} (${how}; ${when})`, "ok");
 }
 

@@ -33,6 +33,7 @@ function waitFor(t, model, doing) {
     const act = t.states.activity();
     if (act && (act.model === model || act.phase === "swapping")) pending.set(`${act.text} · then ${doing}`);
     else if (s?.state === "starting") pending.set(`loading ${model} · then ${doing}`);
+    else if (s?.state === "waking") pending.set(`waking ${model} from host memory · then ${doing}`);
     else pending.set(`${model} · ${doing}`);
   };
   update();
