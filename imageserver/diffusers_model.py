@@ -10,8 +10,9 @@ model's model_index.json (Stable Diffusion, SDXL, FLUX, Qwen-Image,
 Qwen-Image-Edit, ... need no code here); `imageserver.classify` decides what
 it can do, and edit/inpaint pipelines are made with
 `AutoPipelineForImage2Image.from_pipe` / `AutoPipelineForInpainting.from_pipe`
-(the same modules, no second copy of the weights). Then the device, offload,
-attention slicing and VAE tiling options are applied.
+(the same modules, no second copy of the weights). Quantization and offloading
+follow the model's loading options (`imageserver.loading`); then the device, offload,
+attention slicing and VAE slicing/tiling options are applied.
 
 Generation: `torch.OutOfMemoryError` (or a backend's "out of memory"
 RuntimeError) becomes OutOfMemory after freeing the cached memory; anything
@@ -36,6 +37,7 @@ from diffusers.pipelines.auto_pipeline import (
 )
 from PIL.Image import Image
 
+from imageserver import loading
 from imageserver.classify import SELF, guidance_parameter, plan_pipelines, resolve_device
 from imageserver.errors import (
     GenerationFailed,
@@ -47,6 +49,7 @@ from imageserver.errors import (
 )
 from imageserver.model import Capabilities, EditJob, GenerateJob, StepMeter
 from imageserver.settings import Settings
+from wire.image_options import ImageLoaded
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,12 @@ def load_diffusers_model(settings: Settings) -> DiffusersModel:
         ),
         torch_cuda=torch.version.cuda,
     )
+    loading.check_environment(settings, cuda=device.startswith("cuda"))
+    extra, encoders = loading.pretrained_kwargs(settings, DTYPES[settings.dtype])
     try:
-        main = DiffusionPipeline.from_pretrained(settings.model, dtype=DTYPES[settings.dtype])
+        main = DiffusionPipeline.from_pretrained(
+            settings.model, dtype=DTYPES[settings.dtype], **extra
+        )
     except Exception as exc:
         raise LoadFailed(f"cannot load pipeline from {settings.model!r}: {_oneline(exc)}") from exc
     if not isinstance(main, DiffusionPipeline):
@@ -98,7 +105,9 @@ def load_diffusers_model(settings: Settings) -> DiffusersModel:
     _place(pipelines, main, settings, device)
     for pipe in pipelines:
         pipe.set_progress_bar_config(disable=True)
-    return DiffusersModel(generate=generate, edit=edit, inpaint=inpaint, main=main, device=device)
+    model = DiffusersModel(generate=generate, edit=edit, inpaint=inpaint, main=main, device=device)
+    model.loaded = loading.loaded(main, settings, device, encoders)
+    return model
 
 
 def _derive(main: DiffusionPipeline, target: str | None, auto: Any) -> DiffusionPipeline | None:
@@ -127,33 +136,14 @@ def _derive(main: DiffusionPipeline, target: str | None, auto: Any) -> Diffusion
 def _place(
     pipelines: list[DiffusionPipeline], main: DiffusionPipeline, settings: Settings, device: str
 ) -> None:
-    """Device and memory options. Modules are shared, so most calls act on all pipelines."""
+    """Device, offloading and memory options (`imageserver.loading.place`), worded as
+    LoadFailed."""
     try:
-        if settings.cpu_offload and device != "cpu":
-            # Each pipeline installs its own offload hooks on the shared modules and
-            # re-installs them after every call (diffusers' maybe_free_model_hooks);
-            # main goes last so its hooks are the ones in place at first.
-            for pipe in pipelines:
-                pipe.enable_model_cpu_offload(device=device)
-        else:
-            if settings.cpu_offload:
-                log.warning("HOMELAB_IMAGE_CPU_OFFLOAD is ignored on the CPU")
-            main.to(device)
-        if settings.attention_slicing:
-            if hasattr(main, "enable_attention_slicing"):
-                main.enable_attention_slicing()
-            else:
-                log.warning("%s has no attention slicing; option ignored", type(main).__name__)
-        if settings.vae_tiling:
-            vae = getattr(main, "vae", None)
-            if vae is not None and hasattr(vae, "enable_tiling"):
-                vae.enable_tiling()
-            else:
-                log.warning("%s has no tiling VAE; option ignored", type(main).__name__)
+        loading.place(pipelines, main, settings, device)
     except torch.OutOfMemoryError as exc:
         raise LoadFailed(
             f"out of memory placing the model on {device}: {_oneline(exc)}; "
-            "try cpu_offload, a smaller dtype, or a smaller model"
+            "try offload, quantize, a smaller dtype, or a smaller model"
         ) from exc
     except Exception as exc:
         raise LoadFailed(f"cannot place the model on {device}: {_oneline(exc)}") from exc
@@ -183,6 +173,8 @@ class DiffusersModel:
         config = getattr(getattr(main, "transformer", None), "config", None)
         self._guidance_embeds = bool(config is not None and config.get("guidance_embeds", False))
         self.meter = StepMeter()
+        self.loaded: ImageLoaded | None = None
+        """How it was loaded (`imageserver.loading.loaded`), for ``/health``."""
         self._stop: threading.Event | None = None
         """The running job's `stop` (one job at a time, on the worker thread)."""
         """Steps of the running generation, for ``GET /v1/progress``."""

@@ -2,7 +2,8 @@
 
 The manager passes these from the model's models.json entry (see
 `manager.spec.ImageModel`): model, served name, host, port, dtype, device,
-cpu_offload, attention_slicing, vae_tiling, sizes, max_n, steps. The rest
+cpu_offload, attention_slicing, vae_tiling, sizes, max_n, steps, and the loading options
+of `wire.image_options` (offload, quantize, gguf_file, text_encoder_quantize, vae_slicing). The rest
 (queue limit, upload limit, warm-up) are the server's own knobs with defaults.
 
 `Settings()` raises `pydantic.ValidationError` on a bad value; `__main__`
@@ -17,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from wire.image_options import Offload, Quantize, TextQuantize, problems
 from wire.model_server import IMAGE_API_KEY_ENV
 from wire.settings import HomelabSettings
 
@@ -57,9 +59,25 @@ class Settings(HomelabSettings):
     device: str = Field(
         default="cuda", pattern=DEVICE_RE, description="Torch device (models.json `device`)."
     )
-    cpu_offload: bool = Field(default=False, description="enable_model_cpu_offload() (GPU only)")
+    cpu_offload: bool = Field(
+        default=False, description="enable_model_cpu_offload(): the same as offload `model`"
+    )
     attention_slicing: bool = Field(default=False, description="enable_attention_slicing()")
     vae_tiling: bool = Field(default=False, description="vae.enable_tiling()")
+    vae_slicing: bool = Field(default=False, description="vae.enable_slicing()")
+    offload: Offload = Field(
+        default="none",
+        description="model, sequential, group-block, group-leaf (models.json `offload`)",
+    )
+    quantize: Quantize = Field(
+        default="none", description="The transformer/UNet's quantization (models.json `quantize`)."
+    )
+    gguf_file: str = Field(
+        default="", max_length=1024, description="With quantize gguf: the .gguf file or its URL."
+    )
+    text_encoder_quantize: TextQuantize = Field(
+        default="none", description="The text encoders' quantization (models.json)."
+    )
     sizes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["1024x1024"],
         min_length=1,
@@ -124,6 +142,30 @@ class Settings(HomelabSettings):
         if not self.served_name:
             object.__setattr__(self, "served_name", self.model)
         return self
+
+    @model_validator(mode="after")
+    def _loading_options(self) -> Settings:
+        """The combinations models.json refuses, refused again here (the server may be
+        started by hand), with the model named."""
+        if self.cpu_offload and self.offload not in ("none", "model"):
+            found = [f"cpu_offload cannot be combined with offload {self.offload!r}"]
+        else:
+            found = problems(
+                device=self.device,
+                dtype=self.dtype,
+                quantize=self.quantize,
+                gguf_file=self.gguf_file or None,
+                text_encoder_quantize=self.text_encoder_quantize,
+                offload=self.load_offload,
+            )
+        if found:
+            raise ValueError(f"model {self.served_name!r}: " + "; ".join(found))
+        return self
+
+    @property
+    def load_offload(self) -> str:
+        """The offloading to apply: `offload`, or 'model' for `cpu_offload`."""
+        return "model" if self.cpu_offload and self.offload == "none" else self.offload
 
     @property
     def size_pairs(self) -> list[tuple[int, int]]:

@@ -15,6 +15,9 @@ real one.
 `--kind image2image` saves the same weights as a StableDiffusionImg2ImgPipeline,
 which the server classifies as an edit-only model.
 
+`--gguf Q8_0` also writes the UNet as a GGUF file (`denoiser_gguf`), for models.json's
+`quantize` `gguf` (`gguf_file`).
+
 Building blocks for a few seconds on the CPU and is deterministic for a seed.
 """
 
@@ -134,6 +137,37 @@ def build(out_dir: str | Path, *, kind: str = "text2image", seed: int = 0) -> Pa
     return out
 
 
+def denoiser_gguf(pipeline_dir: str | Path, out_file: str | Path, *, qtype: str = "Q8_0") -> Path:
+    """Write the pipeline's UNet (or transformer) as a GGUF file, the way GGUF conversions
+    of diffusion models are laid out: diffusers' tensor names, each 2-D weight whose rows
+    fit the type's blocks in `qtype` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the rest in F32.
+    Returns the file. Needs the `gguf` package. For the tests of models.json's
+    `quantize` `gguf` (diffusers loads it with ``from_single_file``)."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    block, _ = gguf.GGML_QUANT_SIZES[kind]
+    folder = Path(pipeline_dir)
+    name = "transformer" if (folder / "transformer").is_dir() else "unet"
+    weights = load_file(str(next((folder / name).glob("*.safetensors"))))
+    out = Path(out_file)
+    writer = gguf.GGUFWriter(str(out), arch=name)
+    for key, tensor in weights.items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[-1] % block == 0:
+            packed = gguf.quants.quantize(array, kind)
+            writer.add_tensor(key, packed, raw_shape=packed.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(key, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m imageserver.tiny",
@@ -142,9 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="folder to write (created if missing)")
     parser.add_argument("--kind", choices=KINDS, default="text2image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gguf",
+        metavar="QTYPE",
+        help="also write its UNet as OUT_DIR/unet-QTYPE.gguf (e.g. Q8_0; needs `gguf`)",
+    )
     args = parser.parse_args(argv)
     path = build(args.out_dir, kind=args.kind, seed=args.seed)
     print(path)
+    if args.gguf:
+        print(denoiser_gguf(path, path / f"unet-{args.gguf}.gguf", qtype=args.gguf))
     return 0
 
 

@@ -7,50 +7,17 @@ The manager makes a new key whenever it launches the server and passes it in
 envelope of `imageserver.errors.MissingUpstreamKey` (`invalid_api_key`, ``source:
 model_server``, written by `wire.errors` as every other error); the manager's probe
 sends the key. Without a key configured everything is open (a server run by hand).
-Pure ASGI (no `BaseHTTPMiddleware`).
+The mechanism is `wire.upstream_key.UpstreamKey`, shared with the audio server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from imageserver.errors import MissingUpstreamKey
 from wire.errors import MODEL_SERVER
-from wire.http_server import trust
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from wire.upstream_key import ASGIApp
+from wire.upstream_key import UpstreamKey as _UpstreamKey
 
 
-def _digest(value: bytes) -> bytes:
-    return hashlib.sha256(value).digest()
-
-
-class UpstreamKey:
+class UpstreamKey(_UpstreamKey):
     def __init__(self, app: ASGIApp, key: str | None) -> None:
-        self.app = app
-        self.key = _digest(key.encode()) if key else None
-
-    def _valid(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers") or ():
-            if name == b"authorization":
-                scheme, _, token = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    _digest(token.strip()), self.key or b""
-                )
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] not in ("http", "websocket") or self._valid(scope):
-            trust(scope)
-            await self.app(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await MissingUpstreamKey().send(send, MODEL_SERVER)
+        super().__init__(app, key, refusal=MissingUpstreamKey, source=MODEL_SERVER)

@@ -2,7 +2,8 @@
 
     python -m manager [serve]            run the daemon (settings from HOMELAB_* variables)
     python -m manager schema             print the JSON Schema of models.json
-    python -m manager check FILE         validate a models.json file (and its GPU budget)
+    python -m manager check FILE         validate a models.json file (and its GPU budget);
+                                         prints each image model's planned GPU footprint
     python -m manager footprints         compare models.json's GPU declarations with
                                          the footprints the manager has seen (exit 1: over)
 
@@ -28,7 +29,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from manager import budget as gpu_budget
-from manager import footprints
+from manager import footprints, image_footprints, warm
 from manager.api import create_app
 from manager.errors import CatalogueError, ManagerError
 from manager.gguf import GgufError, GgufShape, read_shape
@@ -38,7 +39,8 @@ from manager.probe import GpuReleaseCheck, ReadinessProbe
 from manager.runtime import ContainerRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
-from manager.spec import Catalogue, json_schema, load_catalogue
+from manager.spec import Catalogue, ImageModel, json_schema, load_catalogue
+from manager.warm import HttpWarmControl, SwapTimes
 from wire import http_server
 
 log = logging.getLogger("manager")
@@ -99,10 +101,17 @@ def load_budget(settings: ManagerSettings, catalogue: Catalogue) -> gpu_budget.G
     )
 
 
-def budgeted(catalogue: Catalogue, budget: gpu_budget.GpuBudget) -> Catalogue:
+def budgeted(
+    catalogue: Catalogue,
+    budget: gpu_budget.GpuBudget,
+    learned: dict[str, list[int]] | None = None,
+) -> Catalogue:
     """`manager.budget.apply`, after estimating undeclared llama.cpp models from their GGUF
-    files (`manager.budget.with_estimates`). Raises ConfigProblem naming file, key and reason."""
+    files (`manager.budget.with_estimates`) and undeclared image models from their
+    options or their `learned` footprints (`manager.budget.with_image_estimates`). Raises
+    ConfigProblem naming file, key and reason."""
     try:
+        catalogue = gpu_budget.with_image_estimates(catalogue, learned or {}, budget.mib)
         if budget.mib is not None:
             catalogue = gpu_budget.with_estimates(catalogue, gguf_shapes(catalogue))
         return gpu_budget.apply(catalogue, budget)
@@ -164,6 +173,19 @@ def build_gpu_check(settings: ManagerSettings) -> GpuReleaseCheck | None:
     return wait_gpu_memory_released
 
 
+def host_budget_of(settings: ManagerSettings, runtime: ContainerRuntime) -> tuple[int | None, str]:
+    """The host-memory budget of the warm tier (`manager.warm.host_budget`): the setting,
+    else half of what the runtime sees (`host_total_mib`: Docker's engine info, or
+    /proc/meminfo; /proc/meminfo too when the engine does not answer)."""
+    if settings.host_budget_mib is not None:
+        return warm.host_budget(settings.host_budget_mib, None)
+    read = getattr(runtime, "host_total_mib", None)
+    total = read() if read is not None else None
+    # The engine not up yet (Docker Desktop starting): this machine's /proc/meminfo, which
+    # inside WSL 2 (or the manager's container there) is the same VM's memory.
+    return warm.host_budget(None, total or warm.meminfo_total_mib())
+
+
 def build_gpu_meter() -> footprints.GpuUsed | None:
     """`manager.gpu.used_mib` (footprints), or None when NVML cannot be imported."""
     try:
@@ -191,9 +213,11 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
     """Everything `serve` runs: catalogue, runtime, probe, scheduler, app, server.
     Raises ConfigProblem."""
     budget = load_budget(settings, load_models(str(settings.models_file)))
-    catalogue = budgeted(load_models(str(settings.models_file)), budget)
+    store = footprints.FootprintStore(settings.footprint_path())
+    catalogue = budgeted(load_models(str(settings.models_file)), budget, store.all_readings())
     runtime = build_runtime(settings)
     probe = build_probe()
+    host_mib, host_source = host_budget_of(settings, runtime)
     scheduler = Scheduler(
         catalogue,
         runtime,
@@ -203,7 +227,10 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         lease_store=LeaseStore(settings.lease_path()),
         budget=budget,
         gpu_used=build_gpu_meter(),
-        footprints=footprints.FootprintStore(settings.footprint_path()),
+        footprints=store,
+        warm=HttpWarmControl() if host_mib is not None else None,
+        host_budget_mib=host_mib,
+        swap_times=SwapTimes(settings.swap_times_path()),
     )
     config = http_server.config(
         create_app(scheduler, settings),
@@ -215,11 +242,14 @@ def build_server(settings: ManagerSettings) -> ManagerServer:
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     log.info(
-        "manager: %d models from %s, GPU budget %s MiB (%s), %s runtime, listening on %s:%d",
+        "manager: %d models from %s, GPU budget %s MiB (%s), host-memory budget %s MiB (%s), "
+        "%s runtime, listening on %s:%d",
         len(catalogue.models),
         catalogue.source,
         budget.mib if budget.mib is not None else "-",
         budget.source,
+        host_mib if host_mib is not None else "-",
+        host_source,
         settings.runtime,
         settings.manager_host,
         settings.manager_port,
@@ -238,12 +268,15 @@ def serve() -> int:
     return 0
 
 
-def check(path: str) -> int:
+def check(path: str, footprint_file: str | None = None) -> int:
     catalogue = load_models(path)
     budget = gpu_budget.resolve(
         setting_mib=None, catalogue_mib=catalogue.gpu_budget_mib, card_mib=None, reserve_mib=0
     )
-    budgeted(catalogue, budget)
+    learned = (
+        footprints.FootprintStore(Path(footprint_file)).all_readings() if footprint_file else {}
+    )
+    planned = budgeted(catalogue, budget, learned)
     names = catalogue.names()
     shown = (
         f"{budget.mib} MiB"
@@ -251,7 +284,31 @@ def check(path: str) -> int:
         else "from the card (NVML total less HOMELAB_GPU_RESERVE_MIB) where the manager runs"
     )
     print(f"{path}: ok, {len(names)} models: {', '.join(names)}; GPU budget {shown}")
+    for line in image_plan(planned):
+        print(line)
     return 0
+
+
+def image_plan(catalogue: Catalogue) -> list[str]:
+    """One line per image model: the GPU memory it is planned with, and why."""
+    lines = []
+    for name in catalogue.names():
+        spec = catalogue.models[name]
+        if not isinstance(spec, ImageModel):
+            continue
+        if spec.gpu_memory_mib is None:
+            plan = image_footprints.estimate(spec) if spec.gpu else None
+            how = (
+                f"runs alone: its estimate, {plan.mib} MiB ({plan.how}), is over the budget"
+                if plan is not None
+                else "runs alone: no gpu_memory_mib and no estimate for this pipeline"
+            )
+            mib = "-"
+        else:
+            how = catalogue.estimated.get(name, "declared in models.json")
+            mib = f"{spec.gpu_memory_mib} MiB"
+        lines.append(f"  image {name}: {mib} planned ({how})")
+    return lines
 
 
 def show_footprints(models: str, path: str) -> int:
@@ -266,8 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the manager daemon (the default)")
     commands.add_parser("schema", help="print the JSON Schema of models.json")
-    check_cmd = commands.add_parser("check", help="validate a models.json file")
+    check_cmd = commands.add_parser(
+        "check", help="validate a models.json file; show each image model's planned footprint"
+    )
     check_cmd.add_argument("file")
+    check_cmd.add_argument(
+        "--footprints",
+        default=None,
+        help="a footprints.json whose learned footprints replace the image models' estimates",
+    )
     prints = commands.add_parser(
         "footprints", help="compare GPU declarations with what was seen (exit 1: over)"
     )
@@ -289,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(json_schema(), indent=2))
             return 0
         if args.command == "check":
-            return check(args.file)
+            return check(args.file, args.footprints)
         if args.command == "footprints":
             return show_footprints(args.models, args.file)
         return serve()

@@ -9,7 +9,9 @@ together (without a budget: the first one only); every other owned server (stopp
 exited, an unknown model, an outdated spec, one that does not fit) is removed, with the
 reason. A standby container (Docker: started behind its gate, no server) of a known model
 with the current spec hash is left alone (the model's next start releases it); one of an
-unknown model or another spec is removed. The scheduler applies the plan (`Scheduler.adopt`): it removes through the
+unknown model or another spec is removed. A server that says it sleeps (a warm model,
+``GET /is_sleeping``) takes no GPU memory: it is kept, asleep, while the sleeping ones
+fit the host-memory budget. The scheduler applies the plan (`Scheduler.adopt`): it removes through the
 runtime and starts health-checking the kept ones as `starting`.
 """
 
@@ -44,11 +46,16 @@ def plan(
     fits: Callable[[Sequence[str]], bool],
     residents: Collection[str] = (),
     leased: Collection[str] = (),
+    asleep: Collection[str] = (),
+    fits_host: Callable[[Sequence[str]], bool] | None = None,
 ) -> Plan:
     """Which of `owned` to keep and which to remove. `catalogue` is in models.json order;
     `residents` are the models the scheduler already uses (their servers are never
     removed); `leased` are models with leases in flight, kept before any other; `fits`
-    says whether the given models (the residents among them) fit the budget together."""
+    says whether the given models (the residents among them) fit the budget together.
+    `asleep` are models whose running server says it sleeps (the warm tier): such a one
+    takes no GPU memory, so it is kept while the sleeping ones kept fit the host-memory
+    budget together (`fits_host`; None: none is kept)."""
     order = {name: i for i, name in enumerate(catalogue)}
     ordered = sorted(
         owned,
@@ -64,7 +71,19 @@ def plan(
             if known is None or inst.spec_hash != known.spec_hash:
                 remove.append((inst, "unknown model" if known is None else "outdated standby"))
             continue
-        kept = [*residents, *(k.model for k in keep)]
+        if inst.model in asleep:
+            sleeping = [k.model for k in keep if k.model in asleep]
+            if (
+                _adoptable(inst, known)
+                and fits_host is not None
+                and inst.model not in sleeping
+                and fits_host([*sleeping, inst.model])
+            ):
+                keep.append(inst)
+                continue
+            remove.append((inst, "asleep, no host memory for it" if known else "unknown model"))
+            continue
+        kept = [*residents, *(k.model for k in keep if k.model not in asleep)]
         if _adoptable(inst, known) and inst.model not in kept and fits([*kept, inst.model]):
             keep.append(inst)
             continue

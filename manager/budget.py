@@ -29,6 +29,10 @@ output layer), plus the KV cache of its context on those layers (f16 keys and va
 context x layers x kv heads x (key + value length) x 2 bytes), plus `LLAMA_COMPUTE_MIB`
 for llama.cpp's compute buffers. A file the manager cannot read leaves it undeclared (it
 runs alone). docs/adding-models.md ("GGUF models") works an example.
+
+An image model on the GPU that declares none is planned from its loading options
+(`with_image_estimates`, `manager.image_footprints`: a table per known pipeline, published
+figures where they exist), and from the footprint the manager learned once it has loaded.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from manager import image_footprints
 from manager.errors import CatalogueError
 from manager.gguf import GgufShape
-from manager.spec import AnyModel, Catalogue, TextModel, served_by_vllm
+from manager.spec import AnyModel, Catalogue, ImageModel, TextModel, served_by_vllm
 
 LLAMA_COMPUTE_MIB = 256
 """llama.cpp's compute buffers on the GPU (batch activations, logits) in the estimate:
@@ -223,3 +228,24 @@ def needs_estimate(spec: AnyModel) -> bool:
         and spec.gpu
         and spec.gpu_memory_mib is None
     )
+
+
+def with_image_estimates(
+    catalogue: Catalogue, learned: dict[str, list[int]], budget_mib: int | None = None
+) -> Catalogue:
+    """The catalogue with each image model on the GPU that declares no ``gpu_memory_mib``
+    planned at `manager.image_footprints.planned`: the largest of its `learned` footprints
+    (MiB, by model name) once there are any, else the estimate from its loading options
+    for a known pipeline. An unknown pipeline, or a plan over `budget_mib`, leaves it
+    undeclared: it runs alone, as before. How each was planned goes into
+    ``catalogue.estimated``."""
+    models = dict(catalogue.models)
+    estimated = dict(catalogue.estimated)
+    for name, spec in models.items():
+        if not isinstance(spec, ImageModel) or not spec.gpu or spec.gpu_memory_mib is not None:
+            continue
+        plan = image_footprints.planned(spec, learned.get(name, []))
+        if plan is not None and (budget_mib is None or plan.mib <= budget_mib):
+            models[name] = spec.model_copy(update={"gpu_memory_mib": plan.mib})
+            estimated[name] = plan.how
+    return catalogue.model_copy(update={"models": models, "estimated": estimated})

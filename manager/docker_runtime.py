@@ -657,6 +657,37 @@ class DockerRuntime:
         answer = await _send_line(self._settings.model_host, int(host_port), _GATE_KNOCK, 2.0)
         return answer.startswith(b"no")
 
+    async def host_memory_mib(self, name: str, spec: Spec) -> int | None:
+        """The container's memory usage (MiB; the engine's stats, less its inactive file
+        cache), or None when it does not run (`manager.runtime.HostMemoryRuntime`)."""
+        container = await self._get(spec.container)
+        if container is None or not self._is_managed(container):
+            return None
+        try:
+            stats = await self._call(
+                container.stats, stream=False, what=f"read the stats of {spec.container}"
+            )
+        except docker.errors.NotFound:
+            return None
+        memory = stats.get("memory_stats") or {}
+        usage = memory.get("usage")
+        if not isinstance(usage, int):
+            return None
+        cache = (memory.get("stats") or {}).get("inactive_file", 0)
+        return max(0, usage - (cache if isinstance(cache, int) else 0)) // (1024 * 1024)
+
+    def host_total_mib(self) -> int | None:
+        """The memory the engine's machine has (``docker info`` MemTotal: on Docker
+        Desktop the WSL2 VM's limit, set in .wslconfig), for the host-memory budget; None
+        when the engine does not answer. Blocks (start-up only)."""
+        try:
+            client = self._client or docker.from_env()
+            total = client.info().get("MemTotal")
+        except _ENGINE_ERRORS as exc:
+            log.warning("could not read the engine's memory (docker info): %s", exc)
+            return None
+        return int(total) // (1024 * 1024) if isinstance(total, int) and total > 0 else None
+
     def base_url(self, spec: Spec) -> str:
         return f"http://{self._settings.model_host}:{spec.port}"
 

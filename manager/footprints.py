@@ -9,6 +9,11 @@ file (``footprints.json``)::
 
     {"models": {"sdxl": {"declared_mib": 8000, "readings": [[<Unix s>, 7612], ...]}}}
 
+An image model that declares no ``gpu_memory_mib`` is planned with the most it was seen
+to take once there is a reading (``manager.budget.with_image_estimates``; before that,
+its options' estimate), from the next start of the manager and, in a running one, from
+the reading on.
+
 ``python -m manager footprints`` prints each model's declaration beside what was seen and
 exits 1 when a model was seen to take more than it declares, so a catalogue's
 declarations can be checked against history.
@@ -62,10 +67,7 @@ class FootprintStore:
         entry["declared_mib"] = declared_mib
         entry["readings"] = [*entry.get("readings", []), [round(at, 3), observed_mib]][-HISTORY:]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"models": self._data}), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, {"models": self._data})
         except OSError as exc:
             log.warning("could not write the footprints file %s: %s", self.path, exc)
 
@@ -74,9 +76,22 @@ class FootprintStore:
         entry = self._data.get(model, {})
         return [int(mib) for _, mib in entry.get("readings", [])]
 
+    def all_readings(self) -> dict[str, list[int]]:
+        """Every model's readings in MiB, oldest first."""
+        return {name: values for name in self._data if (values := self.readings(name))}
+
     def observed(self) -> dict[str, int]:
         """Each model's last reading."""
         return {name: values[-1] for name in self._data if (values := self.readings(name))}
+
+
+def write_atomic(path: Path, data: object) -> None:
+    """Write `data` as JSON to `path` through a temporary file and a rename (a reader
+    never sees half a file). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def report(catalogue: Catalogue, store: FootprintStore) -> tuple[list[str], bool]:

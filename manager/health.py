@@ -12,7 +12,8 @@ fails ends the process, which the runtime reports).
 Image models (homelab-ai's image server): `GET /health` answers
 `wire.model_server.ImageHealth` (`{"status": "loading" | "ready" | "failed", "error":
 str | null, "model": name}`) whatever its HTTP status; "failed" fails the start with
-that error.
+that error. Speech models (stt, tts: homelab-ai's audio server) the same with
+`wire.model_server.AudioHealth`.
 
 `wait_ready` has one shape for both: a first look after `first_delay` (20 ms), then
 looks every `interval` (20 ms) until the spec's `start_timeout`, so a server that
@@ -49,8 +50,8 @@ from pydantic import ValidationError
 
 from manager.errors import RuntimeFailure, StartFailed
 from manager.runtime import ContainerRuntime, Spec
-from manager.spec import LanguageModel, TextModel
-from wire.model_server import ImageHealth
+from manager.spec import AudioModel, LanguageModel, TextModel
+from wire.model_server import AudioHealth, ImageHealth
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ class HttpReadinessProbe:
             return await self._check_text(
                 name, base_url, limit, headers, health == 200, loading_503
             )
-        return await self._check_image(base_url, limit, headers)
+        if isinstance(spec, AudioModel):
+            return await self._check_server(base_url, limit, headers, AudioHealth, "audio")
+        return await self._check_server(base_url, limit, headers, ImageHealth, "image")
 
     async def _check_text(
         self,
@@ -174,23 +177,32 @@ class HttpReadinessProbe:
             return Verdict("loading", f"the server lists {ids}, not {name!r}")
         return Verdict("ready", "ready")
 
-    async def _check_image(self, base_url: str, limit: float, headers: dict[str, str]) -> Verdict:
+    async def _check_server(
+        self,
+        base_url: str,
+        limit: float,
+        headers: dict[str, str],
+        shape: type[ImageHealth] | type[AudioHealth],
+        kind: str,
+    ) -> Verdict:
+        """Our own servers' `GET /health` (`shape`: the image or the audio server's body)."""
         try:
             health = await self._client.get(f"{base_url}/health", timeout=limit, headers=headers)
         except httpx.TransportError as exc:
             return Verdict("loading", f"not answering yet ({type(exc).__name__})")
         try:
-            body = ImageHealth.model_validate_json(health.content)
+            body = shape.model_validate_json(health.content)
         except ValidationError:
             return Verdict(
                 "loading",
-                f"GET /health answered {health.status_code} without the image server's health JSON",
+                f"GET /health answered {health.status_code} without the {kind} server's health JSON",
             )
         if body.status == "ready":
             return Verdict("ready", "ready")
         if body.status == "failed":
-            return Verdict("failed", f"the image server failed: {body.error or 'no reason given'}")
-        return Verdict("loading", "the image server is loading its pipeline")
+            return Verdict("failed", f"the {kind} server failed: {body.error or 'no reason given'}")
+        what = "its pipeline" if kind == "image" else "its model"
+        return Verdict("loading", f"the {kind} server is loading {what}")
 
     async def knock(self, base_url: str, within: float, api_key: str | None = None) -> int | str:
         """The status code when something answers HTTP at `base_url` (a status line to

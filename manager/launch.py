@@ -15,7 +15,7 @@ from __future__ import annotations
 from manager import model_guard
 from manager.runtime import Spec, key_env
 from manager.settings import ManagerSettings
-from manager.spec import EmbeddingModel, ImageModel, LanguageModel, TextModel
+from manager.spec import AudioModel, EmbeddingModel, ImageModel, LanguageModel, SttModel, TextModel
 from manager.tool_calls import vllm_args
 
 
@@ -37,6 +37,8 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
         extra = ["--runner", "pooling"]
     else:
         extra = vllm_args(spec.tool_calls)
+    if sleep_mode(spec):
+        extra = [*extra, SLEEP_MODE_FLAG]
     return [
         "--model",
         spec.model,
@@ -51,6 +53,27 @@ def text_server_args(name: str, spec: LanguageModel, host: str, port: int) -> li
         *extra,
         *spec.args,
     ]
+
+
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
+DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
+"""vLLM registers ``/sleep``, ``/wake_up``, ``/is_sleeping`` (and its other development
+routes, such as ``/collective_rpc``) only with this variable set to 1; the model guard
+closes every one of them to a request without the upstream key."""
+
+
+def sleep_mode(spec: Spec) -> bool:
+    """Whether `spec`'s vLLM server is launched with sleep mode: it opts in (``warm``) and
+    runs on the GPU. vLLM's CPU build has no sleep mode (its platform check allows CUDA,
+    ROCm and XPU only), so a ``gpu: false`` model never gets the flag; the manager still
+    asks such a server to sleep, and one that cannot is stopped instead
+    (`manager.warm`)."""
+    return (
+        isinstance(spec, LanguageModel)
+        and spec.warm is not None
+        and spec.gpu
+        and (not isinstance(spec, TextModel) or spec.backend == "vllm")
+    )
 
 
 def llama_server_args(name: str, spec: TextModel, host: str, port: int) -> list[str]:
@@ -96,6 +119,30 @@ def image_server_env(name: str, spec: ImageModel, port: int) -> dict[str, str]:
     }
     if spec.max_steps is not None:
         env["HOMELAB_IMAGE_MAX_STEPS"] = str(spec.max_steps)
+    loading = {
+        "HOMELAB_IMAGE_OFFLOAD": spec.offload,
+        "HOMELAB_IMAGE_QUANTIZE": spec.quantize,
+        "HOMELAB_IMAGE_GGUF_FILE": spec.gguf_file or "",
+        "HOMELAB_IMAGE_TEXT_ENCODER_QUANTIZE": spec.text_encoder_quantize,
+        "HOMELAB_IMAGE_VAE_SLICING": "true" if spec.vae_slicing else "false",
+    }
+    # Only what differs from the defaults, so an older image server is told nothing new.
+    env.update({k: v for k, v in loading.items() if v not in ("none", "", "false")})
+    return env
+
+
+def audio_server_env(name: str, spec: AudioModel, port: int) -> dict[str, str]:
+    """The `HOMELAB_AUDIO_*` variables the audio server reads (`audioserver.settings`):
+    the type (stt or tts), the model, the served name, the device, the compute type (stt)."""
+    env = {
+        "HOMELAB_AUDIO_TYPE": spec.type,
+        "HOMELAB_AUDIO_MODEL": spec.model,
+        "HOMELAB_AUDIO_SERVED_NAME": name,
+        "HOMELAB_AUDIO_DEVICE": spec.device,
+        "HOMELAB_AUDIO_PORT": str(port),
+    }
+    if isinstance(spec, SttModel):
+        env["HOMELAB_AUDIO_COMPUTE_TYPE"] = spec.compute_type
     return env
 
 
@@ -118,6 +165,7 @@ def server_env(
     """The variables every launch of `name` sets, in this order (a later one wins): the
     Hugging Face token (`HF_TOKEN` and `HUGGING_FACE_HUB_TOKEN`, when configured); for an
     image model the image server's variables, listening on `port` (and `host` when given);
+    ``VLLM_SERVER_DEV_MODE=1`` for a vLLM model launched with sleep mode (`sleep_mode`);
     the spec's `env`; `api_key` (the server's upstream key) in its `key_env` variable."""
     env: dict[str, str] = {}
     token = hf_token(settings)
@@ -128,6 +176,12 @@ def server_env(
         env.update(image_server_env(name, spec, port))
         if host is not None:
             env["HOMELAB_IMAGE_HOST"] = host
+    elif isinstance(spec, AudioModel):
+        env.update(audio_server_env(name, spec, port))
+        if host is not None:
+            env["HOMELAB_AUDIO_HOST"] = host
+    if sleep_mode(spec):
+        env[DEV_MODE_ENV] = "1"
     env.update(spec.env)
     if api_key:
         env[key_env(spec)] = api_key

@@ -7,7 +7,8 @@ Collected at scrape time from the scheduler (nothing is counted on the lease pat
 * ``homelab_manager_leases{model, key_class, key}``: live leases now.
 * ``homelab_manager_key_gpu_seconds{key}``: each key's recent GPU-seconds, decayed with
   ``HOMELAB_FAIR_SHARE_HALF_LIFE`` (`manager.fairshare`): what the fair order compares.
-* ``homelab_manager_swaps_total``, ``homelab_manager_evictions_total``.
+* ``homelab_manager_swaps_total``, ``homelab_manager_evictions_total``,
+  ``homelab_manager_sleeps_total``, ``homelab_manager_wakes_total`` (the warm tier).
 
 An unnamed key (an older proxy, or a request without one) is ``key=""``.
 """
@@ -53,11 +54,19 @@ class SchedulerCollector(Collector):
             used.add_metric([key], seconds)
         yield used
         yield CounterMetricFamily(
-            "homelab_manager_swaps", "Model starts the scheduler began.", value=s.swaps
+            "homelab_manager_swaps",
+            "Model starts and wakes the scheduler began.",
+            value=s.swaps,
         )
         yield CounterMetricFamily(
-            "homelab_manager_evictions", "Ready models stopped to make room.", value=s.evictions
+            "homelab_manager_evictions",
+            "Ready models stopped or put to sleep to make room.",
+            value=s.evictions,
         )
+        yield CounterMetricFamily(
+            "homelab_manager_sleeps", "Models put to sleep in host memory.", value=s.sleeps
+        )
+        yield CounterMetricFamily("homelab_manager_wakes", "Sleeping models woken.", value=s.wakes)
 
 
 def render(scheduler: Scheduler) -> bytes:

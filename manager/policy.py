@@ -34,10 +34,25 @@ rules (docs/architecture.md, "Scheduling rules"):
   lowest priority, and only when the idle ones (with what is already stopping) free
   enough: otherwise the policy waits for leases to end. A resident with a lease in
   flight is never stopped.
+* **The warm tier** (docs/architecture.md, "Three tiers"). A model that opts in (`warm`)
+  may leave the GPU by *sleeping* instead of stopping: its server keeps running with its
+  weights in host memory, which a second budget, `host_capacity`, bounds (a sleeping
+  model takes its `host_cost` of it from the moment it begins to fall asleep until it is
+  awake again or stopped; one without a known cost takes all of it). A sleeping model
+  takes none of the GPU (but while it wakes, or stops after failing to wake, it takes its
+  `cost`); a waiting sleeping model is *woken* instead of started when it is the head and
+  fits. Each idle resident chosen to make room is put to sleep when that is worth it
+  (`worth_keeping_warm`: it is warm, ready, its wake saves at least `MIN_SAVING` seconds
+  over its cold start, and it is not too big for the host budget), after stopping, to
+  make host room, sleeping models (with no waiters) worth less than it (`warm_value`: the
+  seconds a wake saves over a cold start, weighted by how recently it was used, per MiB of
+  host memory); otherwise it is stopped. A sleeping model with a stop asked for is
+  stopped. A model with a lease in flight is never put to sleep.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +61,12 @@ from manager.state import ModelState
 MAX_OVERTAKES = 2
 """How many starts of other models a waiting model lets go first (priorities) before it
 goes next whatever its priority."""
+MIN_SAVING = 1.0
+"""Seconds a wake must save over a cold start for a model to be kept warm: below that the
+host memory is better left to others (stop what is cheap to cold-start)."""
+RECENCY = 600.0
+"""Seconds of idleness that halve a sleeping model's `warm_value` (how likely it is to be
+asked for again)."""
 MAX_WAITER_OVERTAKES = 16
 """How many newer requests of other keys (a better class, or less recent GPU time) a
 key waiting for a model lets go first before its oldest request goes next whatever its
@@ -94,6 +115,20 @@ class ModelView:
     """Starts of other models that went first while it waited."""
     shares: Sequence[Share] = ()
     """Each waiter's `Share`, in the order of `waiters`; empty: all equal (FIFO)."""
+    warm: bool = False
+    """It may be put to sleep (models.json ``warm``)."""
+    host_cost: int | None = None
+    """Host memory it takes while asleep; None: all of the host capacity."""
+    gpu_free: bool = False
+    """Its GPU memory is given back: it fell asleep and has not begun to wake (then it
+    takes no GPU memory even while `stopping` or `failed`)."""
+    host_held: bool = False
+    """Its weights are (or are going) into host memory: from the moment it begins to fall
+    asleep until it is awake again or its server is gone."""
+    wake_s: float = 0.0
+    """How long its wake takes (learned, else an estimate)."""
+    load_s: float = 0.0
+    """How long its cold start takes (learned, else an estimate)."""
 
     def share(self, i: int) -> Share:
         return self.shares[i] if self.shares else EQUAL
@@ -118,7 +153,14 @@ class ModelView:
 
     @property
     def resident(self) -> bool:
-        return self.state is not ModelState.STOPPED
+        """On the GPU (or may be): any state but stopped and sleeping, and not a model
+        whose GPU memory went with its sleep (`gpu_free`)."""
+        return self.state.on_gpu and not self.gpu_free
+
+    @property
+    def startable(self) -> bool:
+        """Off the GPU, so a waiter makes it start (stopped) or wake (sleeping)."""
+        return self.state in (ModelState.STOPPED, ModelState.SLEEPING)
 
 
 @dataclass(frozen=True)
@@ -128,11 +170,17 @@ class View:
     models: Mapping[str, ModelView] = field(default_factory=dict)
     capacity: int | None = None
     batch_bound: int = 1
+    host_capacity: int | None = None
+    """Host memory sleeping models may take together; None: no warm tier (nothing sleeps)."""
+    now: float = 0.0
+    """The clock `last_used` is on (for `warm_value`'s recency)."""
 
 
 @dataclass(frozen=True)
 class Decision:
-    """One step. At most one of `grant`, `stop`, `start` is set; none of them means wait.
+    """One step. At most one of `grant`, `stop`, `start`, `sleep`, `wake` is set; none of
+    them means wait. `sleep` names an idle ready model to put to sleep, `wake` a sleeping
+    model to wake.
 
     `grant` names a ready resident and `count` how many of its waiters get a lease now:
     `picks`, their indices in its `waiters`, in grant order (fair order); `counted` how
@@ -145,10 +193,12 @@ class Decision:
     picks: tuple[int, ...] = field(default=(), compare=False)
     stop: str | None = None
     start: str | None = None
+    sleep: str | None = None
+    wake: str | None = None
 
     @property
     def is_wait(self) -> bool:
-        return not (self.grant or self.stop or self.start)
+        return not (self.grant or self.stop or self.start or self.sleep or self.wake)
 
 
 WAIT = Decision()
@@ -171,8 +221,79 @@ def used(view: View) -> int:
 
 
 def fits(view: View, name: str) -> bool:
-    """Whether `name` can start now beside the residents."""
+    """Whether `name` can start (or wake) now beside the residents."""
     return used(view) + cost(view, name) <= capacity(view)
+
+
+def host_cost(view: View, name: str) -> int:
+    """What `name` takes of the host capacity while asleep (unknown: all of it)."""
+    declared = view.models[name].host_cost
+    cap = view.host_capacity or 0
+    return cap if declared is None else declared
+
+
+def host_used(view: View) -> int:
+    return sum(host_cost(view, n) for n, m in view.models.items() if m.host_held)
+
+
+def warm_value(view: View, name: str) -> float:
+    """How much keeping `name` warm is worth per MiB of host memory: the seconds its wake
+    saves over a cold start, halved for every `RECENCY` seconds it has been idle."""
+    m = view.models[name]
+    idle = max(0.0, view.now - m.last_used)
+    saving = max(0.0, m.load_s - m.wake_s) * math.pow(0.5, idle / RECENCY)
+    return saving / max(1, host_cost(view, name))
+
+
+def worth_keeping_warm(view: View, name: str) -> bool:
+    """Whether `name` may be put to sleep at all: warm, ready, with a host budget that can
+    hold it, and a wake that saves at least `MIN_SAVING` seconds over its cold start."""
+    m = view.models[name]
+    return (
+        m.warm
+        and m.state is ModelState.READY
+        and view.host_capacity is not None
+        and host_cost(view, name) <= view.host_capacity
+        and m.load_s - m.wake_s >= MIN_SAVING
+    )
+
+
+def host_room_for(view: View, name: str) -> list[str] | None:
+    """The sleeping models to stop so that `name` can fall asleep: [] when it fits now,
+    least valuable first and only those worth less than it; None when that is not
+    enough (then `name` is stopped instead). Host memory that sleeping models being
+    stopped still hold counts as free already (`make_room` waits for it)."""
+    assert view.host_capacity is not None
+    short = host_used(view) + host_cost(view, name) - view.host_capacity
+    if short <= 0:
+        return []
+    short -= host_freeing(view)
+    if short <= 0:
+        return []
+    mine = warm_value(view, name)
+    sleepers = sorted(
+        (warm_value(view, n), n)
+        for n, m in view.models.items()
+        if m.state is ModelState.SLEEPING and not m.waiters and not m.stop_requested
+    )
+    chosen: list[str] = []
+    for value, n in sleepers:
+        if value >= mine:
+            break
+        chosen.append(n)
+        short -= host_cost(view, n)
+        if short <= 0:
+            return chosen
+    return None
+
+
+def host_freeing(view: View) -> int:
+    """Host memory that models being stopped still hold (it is free once they stop)."""
+    return sum(
+        host_cost(view, n)
+        for n, m in view.models.items()
+        if m.host_held and m.state is ModelState.STOPPING
+    )
 
 
 def head(view: View) -> str | None:
@@ -184,7 +305,7 @@ def head(view: View) -> str | None:
             name,
         )
         for name, m in view.models.items()
-        if m.waiters and not m.resident
+        if m.waiters and m.startable
     ]
     return min(candidates)[2] if candidates else None
 
@@ -224,7 +345,11 @@ def victims(view: View, name: str) -> list[str] | None:
     lowest priority), [] when what is already stopping is enough, None when the idle ones
     are not enough (wait for leases to end)."""
     short = used(view) + cost(view, name) - capacity(view)
-    short -= sum(cost(view, n) for n, m in view.models.items() if m.state is ModelState.STOPPING)
+    short -= sum(
+        cost(view, n)
+        for n, m in view.models.items()
+        if m.resident and m.state in (ModelState.STOPPING, ModelState.FALLING_ASLEEP)
+    )
     if short <= 0:
         return []
     idle = sorted(
@@ -249,10 +374,12 @@ def decide(view: View) -> Decision:
             continue
         if m.state is ModelState.FAILED and (anyone_waiting or m.stop_requested):
             return Decision(stop=name)
-        if m.state is ModelState.READY and m.stop_requested:
+        if m.state in (ModelState.READY, ModelState.SLEEPING) and m.stop_requested:
             return Decision(stop=name)
     first = head(view)
     if first is not None and fits(view, first):
+        if view.models[first].state is ModelState.SLEEPING:
+            return Decision(wake=first)
         return Decision(start=first)
     blocker = first
     ready = sorted(
@@ -267,5 +394,20 @@ def decide(view: View) -> Decision:
     if blocker is not None:
         chosen = victims(view, blocker)
         if chosen:
-            return Decision(stop=chosen[0])
+            return make_room(view, chosen[0])
     return WAIT
+
+
+def make_room(view: View, name: str) -> Decision:
+    """How the idle resident `name` leaves the GPU: put to sleep when it is worth keeping
+    warm and the host has room (after stopping sleeping models worth less: first those
+    stops), else stopped."""
+    if worth_keeping_warm(view, name):
+        sleepers = host_room_for(view, name)
+        if sleepers:
+            return Decision(stop=sleepers[0])
+        if sleepers == []:
+            if host_used(view) + host_cost(view, name) > (view.host_capacity or 0):
+                return WAIT  # sleepers being stopped still hold the room it needs
+            return Decision(sleep=name)
+    return Decision(stop=name)

@@ -6,7 +6,8 @@ reaches every child it spawned (vLLM runs its engine in a child process):
 SIGTERM to the group, then SIGKILL after the timeout.
 
 Text models run `[vllm_python, -m, vllm.entrypoints.openai.api_server]`, image
-models `[imageserver_python, -m, imageserver]`; a spec's `command` replaces that
+models `[imageserver_python, -m, imageserver]`, speech models (stt, tts)
+`[audioserver_python, -m, audioserver]`; a spec's `command` replaces that
 program part and the type's arguments are appended. Servers listen on
 `<model_bind_host>:<spec.port>` (127.0.0.1 unless configured).
 
@@ -28,7 +29,7 @@ never take another program's answer for the new server's.
 
 The inherited environment is passed on without any `HOMELAB_*` variable (the
 manager's token stays in the manager); the image server's `HOMELAB_IMAGE_*`
-variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
+(the audio server's `HOMELAB_AUDIO_*`) variables, the spec's `env` and the server's new upstream key (`VLLM_API_KEY` or
 `HOMELAB_IMAGE_API_KEY`: in the environment, not on the command line, which every
 local user can read) are added. A vLLM server gets `<log_dir>/guard` first on its
 `PYTHONPATH`, where each spawn writes `manager.model_guard`'s text as
@@ -56,7 +57,8 @@ from manager.errors import RuntimeFailure
 from manager.launch import server_env, text_server_args
 from manager.runtime import KEY_ENVS, Instance, Spec, guarded, new_upstream_key, spec_hash
 from manager.settings import ManagerSettings
-from manager.spec import LanguageModel, TextModel
+from manager.spec import AudioModel, LanguageModel, TextModel
+from manager.warm import meminfo_total_mib
 from wire.procs import (
     REGISTRY_FILE,
     ProcessRecord,
@@ -131,6 +133,28 @@ def _discover(owner: str) -> dict[int, tuple[str, str, str | None]]:
             keys[0].decode(errors="replace") if keys else None,
         )
     return found
+
+
+def group_rss_mib(pgid: int) -> int | None:
+    """The summed VmRSS (MiB) of the processes in group `pgid` (Linux /proc), or None."""
+    total_kib, found = 0, False
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            for line in Path(f"/proc/{entry.name}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+                    found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return total_kib // 1024 if found else None
 
 
 def _port_busy(host: str, port: int) -> bool:
@@ -270,6 +294,8 @@ class ProcessRuntime:
                     "vllm.entrypoints.openai.api_server",
                 ]
             return [*program, *text_server_args(name, spec, self.bind_host, spec.port)]
+        if isinstance(spec, AudioModel):
+            return list(spec.command or [self._settings.audioserver_python, "-m", "audioserver"])
         return list(spec.command or [self._settings.imageserver_python, "-m", "imageserver"])
 
     @property
@@ -490,6 +516,19 @@ class ProcessRuntime:
         return Instance(
             model=name, running=running, spec_hash=record.spec_hash, api_key=record.api_key
         )
+
+    async def host_memory_mib(self, name: str, spec: Spec) -> int | None:
+        """The resident memory (MiB) of `name`'s process group (the server and the
+        children it spawned, such as vLLM's engine core), from /proc; None when it does
+        not run (`manager.runtime.HostMemoryRuntime`)."""
+        record = await self._record(name)
+        if record is None or not self._is_ours(record):
+            return None
+        return await asyncio.to_thread(group_rss_mib, record.pid)
+
+    def host_total_mib(self) -> int | None:
+        """This machine's memory (/proc/meminfo), for the host-memory budget."""
+        return meminfo_total_mib()
 
     async def logs(self, name: str, spec: Spec, tail: int = 100) -> str:
         """The last `tail` lines of the server's log file ('' if none)."""

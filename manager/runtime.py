@@ -78,6 +78,9 @@ def spec_hash(spec: Spec) -> str:
     exclude = set(SCHEDULING_FIELDS)
     if getattr(spec, "max_steps", None) is None:
         exclude.add("max_steps")
+    # And an unset `warm`: a model that is not kept warm keeps its hash from before it.
+    if getattr(spec, "warm", None) is None:
+        exclude.add("warm")
     # The same for the llama.cpp fields: a vLLM model's hash is what it was before them.
     if getattr(spec, "backend", None) == "vllm":
         exclude.update(("backend", "context_size", "gpu_layers"))
@@ -107,7 +110,9 @@ class Instance:
     standby: bool = False
     """A standby container (Docker): started ahead behind its gate, the server not yet
     launched. `running` is False for it: nothing serves, and nothing will until a
-    `start` releases the gate."""
+    `start` releases the gate. A kind of *cold* (the model is `stopped`; nothing is
+    loaded), never to be confused with a *sleeping* server (the warm tier: a running
+    server whose weights wait in host memory, `manager.state`)."""
 
 
 @runtime_checkable
@@ -143,6 +148,18 @@ class ContainerRuntime(Protocol):
 
     def base_url(self, spec: Spec) -> str:
         """Where the manager reaches the server, e.g. 'http://127.0.0.1:8001'."""
+
+
+@runtime_checkable
+class HostMemoryRuntime(Protocol):
+    """An optional extension of `ContainerRuntime` (both runtimes have it): what a server
+    holds in host memory, which the scheduler reads once a warm model has fallen asleep
+    to learn its host footprint (`manager.warm`)."""
+
+    async def host_memory_mib(self, name: str, spec: Spec) -> int | None:
+        """The resident memory (MiB) of `name`'s server (Docker: the container's memory
+        usage; processes: the RSS of its process group), or None when it does not run or
+        cannot be read. Raises RuntimeFailure for engine errors."""
 
 
 @runtime_checkable

@@ -10,8 +10,16 @@ housekeeping tick) updates the records and calls `_pump()`, which asks the pure
 stop, begin a start) until the answer is "wait". Starts and stops run as
 background tasks that report back through `_pump()`.
 
-The scheduler touches model servers only through the `ContainerRuntime` and
-`ReadinessProbe` protocols: no Docker, no HTTP here.
+The scheduler touches model servers only through the `ContainerRuntime`,
+`ReadinessProbe` and `manager.warm.WarmControl` protocols: no Docker, no HTTP here.
+
+The warm tier (docs/architecture.md, "Three tiers"): with a `WarmControl` and a host
+memory budget, the policy may put an idle model that opts in (models.json ``warm``) to
+sleep instead of stopping it (`ready -> falling_asleep -> sleeping`), and wake it for
+the next request (`sleeping -> waking -> ready`). A sleep that fails leaves the model
+`failed` (it is then stopped); a wake that fails too, and its waiters stay queued: the
+policy stops the server and cold-starts the model for them. Cold-start and wake times
+and each sleeping server's host memory are learned (`manager.warm.SwapTimes`).
 """
 
 from __future__ import annotations
@@ -44,14 +52,29 @@ from manager.footprints import FootprintStore, GpuUsed
 from manager.lease_store import LeaseStore
 from manager.leases import Lease, LeaseTable
 from manager.probe import GpuReleaseCheck, ReadinessProbe
-from manager.runtime import ContainerRuntime, Instance, PreparingRuntime, Spec, spec_hash
+from manager.runtime import (
+    ContainerRuntime,
+    HostMemoryRuntime,
+    Instance,
+    PreparingRuntime,
+    Spec,
+    spec_hash,
+)
 from manager.settings import ManagerSettings
-from manager.spec import Catalogue, ImageModel, TextModel
+from manager.spec import AudioModel, Catalogue, ImageModel, TextModel
 from manager.state import ModelState, transition
+from manager.warm import (
+    DEFAULT_LOAD_S,
+    DEFAULT_WAKE_S,
+    SwapTimes,
+    WarmControl,
+    WarmFailure,
+    host_mib_of,
+)
 from wire.events import ContentionEvent, Event, StateEvent, SwapEvent, event_frame
 from wire.fanout import Fanout
 from wire.lease import CLASS_RANK
-from wire.models import ModelStatus
+from wire.models import Backend, ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +156,13 @@ class _Record:
     """Starts of other models that went ahead of its waiters (reset when it starts)."""
     observed_mib: int | None = None
     """GPU memory it was seen to take when it last became ready (`manager.footprints`)."""
+    gpu_free: bool = False
+    """It fell asleep and has not begun to wake: its GPU memory is given back."""
+    host_held: bool = False
+    """Its weights are (or are going) into host memory: from falling asleep until it is
+    awake again or its server is gone."""
+    sleep_broken: bool = False
+    """Its server failed to sleep or wake: it is not put to sleep again until restarted."""
 
 
 class Scheduler:
@@ -159,13 +189,19 @@ class Scheduler:
         budget: GpuBudget | None = None,
         gpu_used: GpuUsed | None = None,
         footprints: FootprintStore | None = None,
+        warm: WarmControl | None = None,
+        host_budget_mib: int | None = None,
+        swap_times: SwapTimes | None = None,
     ) -> None:
         """`lease_store`: where the lease table is kept across restarts
         (`manager.lease_store`); None keeps leases in memory only. `budget`: the GPU
         memory the models share (`manager.budget`; None: one model at a time); the
         catalogue is expected to have been through `manager.budget.apply`. `gpu_used`
         reads the GPU's used memory (NVML) to learn each model's footprint into
-        `footprints` (`manager.footprints`); None: footprints are not measured."""
+        `footprints` (`manager.footprints`); None: footprints are not measured. `warm`
+        puts servers to sleep and wakes them (`manager.warm`), within `host_budget_mib`
+        of host memory; either None: no model is kept warm. `swap_times` keeps the
+        learned cold-start and wake times (None: in memory only)."""
         self.catalogue = catalogue
         self.runtime = runtime
         self.probe = probe
@@ -176,6 +212,10 @@ class Scheduler:
         self.budget = budget or GpuBudget(None, None, "none")
         self._gpu_used = gpu_used
         self._footprints = footprints
+        self._warm = warm
+        self.host_budget_mib = host_budget_mib if warm is not None else None
+        """Host memory sleeping models may take together (None: no warm tier)."""
+        self.swap_times = swap_times or SwapTimes()
         self._gpu_generation = 0
         """Bumped at every start and every finished stop: a footprint is only taken when
         nothing else started or stopped during the model's start."""
@@ -215,9 +255,13 @@ class Scheduler:
         self.adopted = False
         """Whether adoption has run (it is retried by `tick()` until it has)."""
         self.swaps = 0
-        """How many starts the scheduler has begun (adoption excluded)."""
+        """How many starts and wakes the scheduler has begun (adoption excluded)."""
         self.evictions = 0
-        """How many ready models it stopped to make room for another."""
+        """How many ready models it stopped or put to sleep to make room for another."""
+        self.sleeps = 0
+        """How many times it put a model to sleep."""
+        self.wakes = 0
+        """How many times it began waking a model."""
         watch = getattr(runtime, "watch_exits", None)
         if watch is not None:
             watch(self._server_exited)
@@ -236,9 +280,15 @@ class Scheduler:
 
     @property
     def residents(self) -> list[str]:
-        """The models that may hold GPU memory now (starting, ready, stopping or failed),
-        in catalogue order."""
-        return [name for name, rec in self._records.items() if _resident(rec)]
+        """The models that may hold GPU memory now (starting, ready, stopping, failed,
+        falling asleep or waking; not those whose GPU memory went with their sleep), in
+        catalogue order."""
+        return [name for name, rec in self._records.items() if _on_gpu(rec)]
+
+    @property
+    def sleepers(self) -> list[str]:
+        """The models whose weights are (or are going) into host memory, in catalogue order."""
+        return [name for name, rec in self._records.items() if rec.host_held]
 
     def contended(self, model: str) -> bool:
         """Whether another model waits for memory that `model` may have to give up: its
@@ -246,7 +296,7 @@ class Scheduler:
         rec = self._record(model)
         if model in self._room_contended:
             return True
-        return self._blocked is not None and _resident(rec) and not rec.spec.pinned
+        return self._blocked is not None and _on_gpu(rec) and not rec.spec.pinned
 
     def state(self, model: str) -> ModelState:
         return self._record(model).state
@@ -347,7 +397,7 @@ class Scheduler:
         """
         rec = self._record(model)
         self._check_open()
-        if not _resident(rec):
+        if not _has_server(rec):
             return rec.state
         future: asyncio.Future[ModelState] = asyncio.get_running_loop().create_future()
         rec.stop_futures.append(future)
@@ -459,8 +509,16 @@ class Scheduler:
         now = self._clock()
         used = self._used_now()
         return policy.View(
+            now=now,
+            host_capacity=self.host_budget_mib,
             models={
                 name: policy.ModelView(
+                    warm=rec.spec.warm is not None and not rec.sleep_broken,
+                    host_cost=host_mib_of(rec.spec, self.swap_times, name),
+                    gpu_free=rec.gpu_free,
+                    host_held=rec.host_held,
+                    wake_s=self._usual_wake(rec),
+                    load_s=self._usual_load(rec),
                     state=rec.state,
                     cost=self.budget.cost(rec.spec),
                     in_flight=self.leases.held(name),
@@ -479,6 +537,16 @@ class Scheduler:
             capacity=self.budget.mib,
             batch_bound=self.config.batch_bound,
         )
+
+    def _usual_wake(self, rec: _Record) -> float:
+        learned = self.swap_times.usual(rec.name, "wake_s")
+        if learned is not None:
+            return learned
+        return DEFAULT_WAKE_S[rec.spec.warm.level if rec.spec.warm else 1]
+
+    def _usual_load(self, rec: _Record) -> float:
+        learned = self.swap_times.usual(rec.name, "load_s")
+        return DEFAULT_LOAD_S if learned is None else learned
 
     def _room(self, rec: _Record) -> int:
         """How many more requests `rec`'s server may be given: its `max_in_flight` minus
@@ -518,6 +586,11 @@ class Scheduler:
                 self._begin_stop(rec)
             elif decision.start:
                 self._begin_start(self._records[decision.start])
+            elif decision.sleep:
+                self.evictions += 1
+                self._begin_sleep(self._records[decision.sleep])
+            elif decision.wake:
+                self._begin_wake(self._records[decision.wake])
         log.error("scheduler pump did not settle; state: %s", self._view())
 
     def _note_blocked(self, blocked: str | None) -> None:
@@ -527,7 +600,7 @@ class Scheduler:
         leases (granted before) count against the bound, and the proxies are told to stop
         sharing those leases (`wire.events.ContentionEvent`)."""
         was, self._blocked = self._blocked, blocked
-        if blocked is not None and blocked != was:
+        if blocked is not None and blocked != was and not _has_server(self._records[blocked]):
             self._prepare(self._records[blocked])
         if blocked is None:
             if was is not None:
@@ -538,7 +611,7 @@ class Scheduler:
             return
         told = []
         for rec in self._records.values():
-            if _resident(rec) and not rec.spec.pinned:
+            if _on_gpu(rec) and not rec.spec.pinned:
                 rec.granted_since_blocked = min(
                     self.config.batch_bound,
                     self.leases.spare_uses(rec.name, unbounded=self.config.batch_bound),
@@ -656,22 +729,111 @@ class Scheduler:
 
     def _begin_start(self, rec: _Record, *, adopted: bool = False) -> None:
         self._set_state(rec, ModelState.STARTING)
+        self._going_first(rec, swap=not adopted)
+        self._spawn(self._run_start(rec, adopted), name=f"start {rec.name}")
+
+    def _going_first(self, rec: _Record, *, swap: bool) -> None:
+        """A start or wake of `rec` begins: the waiting models it goes ahead of count it,
+        and (unless adopted) a swap event names what left the GPU last."""
         rec.stop_requested = False
         rec.granted_since_blocked = 0
         self._gpu_generation += 1
         first = rec.waiters[0].ticket if rec.waiters else math.inf
         for other in self._records.values():
-            if other is not rec and not _resident(other) and other.waiters:
+            if other is not rec and _startable(other) and other.waiters:
                 if other.waiters[0].ticket < first:
                     other.overtaken += 1
         rec.overtaken = 0
-        if not adopted:
+        if swap:
             self.swaps += 1
             self.events.publish(
                 SwapEvent(from_model=self._last_stopped, to=rec.name, at=self._wall())
             )
         self._last_stopped = None
-        self._spawn(self._run_start(rec, adopted), name=f"start {rec.name}")
+
+    # ----------------------------------------------------------------- sleeping and waking
+
+    def _begin_sleep(self, rec: _Record) -> None:
+        self._set_state(rec, ModelState.FALLING_ASLEEP)
+        rec.host_held = True
+        self.sleeps += 1
+        self._spawn(self._run_sleep(rec), name=f"sleep {rec.name}")
+
+    async def _run_sleep(self, rec: _Record) -> None:
+        """Ask the server to sleep; record the outcome. Cancelled by close()."""
+        assert self._warm is not None
+        try:
+            await self._warm.sleep(rec.spec, self.runtime.base_url(rec.spec), rec.api_key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task boundary: a server that cannot sleep is stopped
+            rec.sleep_broken = True
+            self._set_state(rec, ModelState.FAILED, error=f"sleep failed: {exc}")
+        else:
+            rec.gpu_free = True
+            self._gpu_dirty = True
+            self._gpu_generation += 1
+            self._last_stopped = rec.name
+            self._set_state(rec, ModelState.SLEEPING)
+            # Measured aside: Docker's stats take a second or two, the pump must not wait.
+            self._spawn(self._learn_host_memory(rec), name=f"host memory of {rec.name}")
+        self._pump()
+
+    async def _learn_host_memory(self, rec: _Record) -> None:
+        """Read what the sleeping server holds in host memory (where the runtime can say)
+        and keep it; warn when it is over its declaration. Cancelled by close()."""
+        if not isinstance(self.runtime, HostMemoryRuntime):
+            return
+        try:
+            mib = await self.runtime.host_memory_mib(rec.name, rec.spec)
+        except Exception as exc:  # only a measurement
+            log.info("could not read the host memory of %s: %s", rec.name, exc)
+            return
+        if mib is None:
+            return
+        self.swap_times.record(rec.name, "host_mib", mib)
+        declared = rec.spec.warm.host_memory_mib if rec.spec.warm else None
+        if declared is not None and mib > declared:
+            log.warning(
+                "model %s holds %d MiB of host memory asleep, more than the %d MiB "
+                "models.json declares (warm.host_memory_mib)",
+                rec.name,
+                mib,
+                declared,
+            )
+
+    def _begin_wake(self, rec: _Record) -> None:
+        self._set_state(rec, ModelState.WAKING)
+        rec.gpu_free = False
+        self.wakes += 1
+        self._going_first(rec, swap=True)
+        self._spawn(self._run_wake(rec), name=f"wake {rec.name}")
+
+    async def _run_wake(self, rec: _Record) -> None:
+        """Wait for GPU room, wake the server, check it answers; record the outcome. A
+        failed wake leaves the model `failed` with its waiters queued: the policy stops
+        it and cold-starts it for them. Cancelled by close()."""
+        assert self._warm is not None
+        try:
+            await self._wait_gpu_room(rec)
+            began = self._clock()
+            await self._warm.wake(rec.spec, self.runtime.base_url(rec.spec), rec.api_key)
+            reason = await self.probe.check_alive(rec.name, rec.spec, self.runtime)
+            if reason:
+                raise WarmFailure(f"the server does not answer after waking: {reason}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task boundary: fall back to a cold start
+            rec.sleep_broken = True
+            self._set_state(
+                rec, ModelState.FAILED, error=f"wake failed: {exc}; it is cold-started instead"
+            )
+        else:
+            self.swap_times.record(rec.name, "wake_s", self._clock() - began)
+            rec.host_held = False
+            self._set_state(rec, ModelState.READY)
+            rec.last_active = self._clock()
+        self._pump()
 
     async def _run_start(self, rec: _Record, adopted: bool) -> None:
         """Launch (unless adopted) and wait for ready; record the outcome. Cancelled by close()."""
@@ -681,6 +843,7 @@ class Scheduler:
                 await self._wait_gpu_room(rec)
                 generation = self._gpu_generation
                 before = await self._gpu_used() if self._gpu_used else None
+                began = self._clock()
                 await self.runtime.start(rec.name, rec.spec)
             rec.api_key = None
             await self.probe.wait_ready(rec.name, rec.spec, self.runtime)
@@ -696,6 +859,9 @@ class Scheduler:
                     self._drop_lease(lease)
             self._start_failed(rec, _as_start_failed(rec.name, exc))
         else:
+            if not adopted:
+                self.swap_times.record(rec.name, "load_s", self._clock() - began)
+            rec.sleep_broken = False
             self._set_state(rec, ModelState.READY)
             rec.last_active = self._clock()
         self._pump()
@@ -725,7 +891,17 @@ class Scheduler:
         observed = max(0, after - before)
         rec.observed_mib = observed
         declared = rec.spec.gpu_memory_mib
-        if declared is not None and observed > declared:
+        estimated = rec.name in self.catalogue.estimated
+        if declared is not None and observed > declared and estimated:
+            log.warning(
+                "model %s takes %d MiB of GPU memory, more than the %d MiB it was planned "
+                "with (%s): it is planned with what was seen from now on",
+                rec.name,
+                observed,
+                declared,
+                self.catalogue.estimated[rec.name],
+            )
+        elif declared is not None and observed > declared:
             log.warning(
                 "model %s takes %d MiB of GPU memory, more than the %d MiB models.json "
                 "declares: raise gpu_memory_mib or the budget may be overrun",
@@ -734,7 +910,14 @@ class Scheduler:
                 declared,
             )
         if self._footprints is not None:
-            self._footprints.record(rec.name, observed, declared, self._wall())
+            self._footprints.record(
+                rec.name, observed, None if estimated else declared, self._wall()
+            )
+        if estimated:
+            # Planned from a table (or an older reading): what was seen plans it from now on.
+            seen = max(self._footprints.readings(rec.name) if self._footprints else [observed])
+            if self.budget.mib is None or seen <= self.budget.mib:
+                rec.spec = rec.spec.model_copy(update={"gpu_memory_mib": seen})
 
     def _start_failed(self, rec: _Record, failure: StartFailed) -> None:
         self._set_state(rec, ModelState.FAILED, error=_describe(failure))
@@ -765,6 +948,7 @@ class Scheduler:
             self._settle_stops(rec, error=RuntimeFailure(f"model {rec.name!r}: {error}"))
         else:
             self._set_state(rec, ModelState.STOPPED)
+            rec.gpu_free = rec.host_held = False
             rec.stop_requested = False
             self._last_stopped = rec.name
             self._gpu_dirty = True
@@ -817,7 +1001,7 @@ class Scheduler:
     def _server_exited(self, name: str) -> None:
         """The runtime saw `name`'s server exit: check it now, not at the next housekeeping."""
         rec = self._records.get(name)
-        if not self._closed and rec is not None and _resident(rec):
+        if not self._closed and rec is not None and _has_server(rec):
             self._spawn(self._check_now(name), name=f"check {name}")
 
     async def _check_now(self, name: str) -> None:
@@ -835,7 +1019,8 @@ class Scheduler:
 
     async def _check_liveness(self, only: str | None = None) -> None:
         names = [only] if only is not None else list(self._records)
-        ready = [n for n in names if self._records[n].state is ModelState.READY]
+        watched = (ModelState.READY, ModelState.SLEEPING)
+        ready = [n for n in names if self._records[n].state in watched]
         if ready:
             await asyncio.gather(*(self._check_one(name) for name in ready))
 
@@ -848,6 +1033,9 @@ class Scheduler:
             return
         if reason and rec.state is ModelState.READY:
             self._set_state(rec, ModelState.FAILED, error=f"server died: {reason}")
+        elif reason and rec.state is ModelState.SLEEPING:
+            rec.host_held = False  # its process, and the weights it held, are gone
+            self._set_state(rec, ModelState.FAILED, error=f"server died while asleep: {reason}")
 
     async def _housekeeping(self) -> None:
         while True:
@@ -904,28 +1092,64 @@ class Scheduler:
             name: adoption.Candidate(spec_hash(rec.spec), rec.state is ModelState.STOPPED)
             for name, rec in self._records.items()
         }
+        asleep = await self._asleep(owned)
         decided = adoption.plan(
             owned,
             candidates,
             fits=self._fit_together,
-            residents=self.residents,
+            residents=[n for n, r in self._records.items() if _has_server(r)],
             leased=set(self.leases.in_flight()),
+            asleep=asleep,
+            fits_host=self._fit_host,
         )
         for inst, why in decided.remove:
             await self._remove_owned(inst, why)
         for keep in decided.keep:
             rec = self._records[keep.model]
-            if rec.state is ModelState.STOPPED and self._fit_together(
-                [*self.residents, keep.model]
+            if (
+                keep.model in asleep
+                and rec.state is ModelState.STOPPED
+                and self._fit_host([*self.sleepers, keep.model])
+            ):
+                log.info("adopting the sleeping server of %s (kept warm)", keep.model)
+                rec.api_key = keep.api_key
+                rec.gpu_free = rec.host_held = True
+                self._set_state(rec, ModelState.SLEEPING)
+            elif (
+                keep.model not in asleep
+                and rec.state is ModelState.STOPPED
+                and self._fit_together([*self.residents, keep.model])
             ):
                 log.info("adopting running server of %s", keep.model)
                 self._begin_start(rec, adopted=True)
             else:  # a request started a model while others were being removed
                 await self._remove_owned(keep, "extra or outdated")
         for lease in [lease for m in self.leases.in_flight() for lease in self.leases.of(m)]:
-            if not _resident(self._records[lease.model]):  # its server is not running
+            if not _on_gpu(self._records[lease.model]):  # its server is not running
                 log.warning("dropping lease %s: %s is not running", lease.lease_id, lease.model)
                 self._drop_lease(lease)
+
+    async def _asleep(self, owned: Sequence[Instance]) -> set[str]:
+        """The running owned servers of warm models that say they sleep."""
+        if self._warm is None or self.host_budget_mib is None:
+            return set()
+        found: set[str] = set()
+        for inst in owned:
+            rec = self._records.get(inst.model)
+            if rec is None or not inst.running or rec.spec.warm is None:
+                continue
+            base_url = self.runtime.base_url(rec.spec)
+            if await self._warm.is_sleeping(rec.spec, base_url, inst.api_key):
+                found.add(inst.model)
+        return found
+
+    def _fit_host(self, names: Sequence[str]) -> bool:
+        """Whether `names` fit the host-memory budget together asleep."""
+        capacity = self.host_budget_mib
+        if capacity is None:
+            return False
+        costs = [host_mib_of(self._records[n].spec, self.swap_times, n) for n in set(names)]
+        return sum(capacity if c is None else c for c in costs) <= capacity
 
     def _fit_together(self, names: Sequence[str]) -> bool:
         """Whether `names` fit the budget together (without one: at most one model)."""
@@ -951,7 +1175,7 @@ class Scheduler:
 
     async def _remove_owned(self, inst: Instance, why: str) -> None:
         rec = self._records.get(inst.model)
-        if rec is not None and _resident(rec):
+        if rec is not None and _has_server(rec):
             return  # never remove a server this scheduler is using
         log.info("removing owned server of %s (%s)", inst.model, why)
         try:
@@ -961,7 +1185,7 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stop housekeeping and background tasks; fail waiters; end event streams;
-        call the probe's and runtime's `aclose()` where they have one.
+        call the probe's, runtime's and warm control's `aclose()` where they have one.
 
         Model servers are left as they are (the next manager adopts them).
         Idempotent.
@@ -981,7 +1205,7 @@ class Scheduler:
             rec.waiters.clear()
             self._settle_stops(rec, error=closed)
         self.events.close()
-        for part in (self.probe, self.runtime):
+        for part in (self.probe, self.runtime, self._warm):
             aclose = getattr(part, "aclose", None)
             if aclose is not None:
                 try:
@@ -1023,8 +1247,23 @@ class Scheduler:
             observed_gpu_memory_mib=rec.observed_mib,
             priority=rec.spec.priority,
             pinned=rec.spec.pinned,
-            backend=text.backend if text else ("diffusers" if image else "vllm"),
+            backend=_backend(rec.spec),
+            warm_level=rec.spec.warm.level if rec.spec.warm else None,
+            host_memory_mib=host_mib_of(rec.spec, self.swap_times, rec.name),
+            wake_seconds=self.swap_times.usual(rec.name, "wake_s"),
+            load_seconds=self.swap_times.usual(rec.name, "load_s"),
         )
+
+
+def _backend(spec: object) -> Backend:
+    """Who serves `spec` (`wire.models.Backend`)."""
+    if isinstance(spec, TextModel):
+        return spec.backend
+    if isinstance(spec, ImageModel):
+        return "diffusers"
+    if isinstance(spec, AudioModel):
+        return "audio"
+    return "vllm"
 
 
 def _as_start_failed(model: str, exc: Exception) -> StartFailed:
@@ -1045,6 +1284,17 @@ def _describe(failure: StartFailed) -> str:
     return text
 
 
-def _resident(rec: _Record) -> bool:
-    """Whether `rec` may hold GPU memory now (any state but stopped)."""
+def _has_server(rec: _Record) -> bool:
+    """Whether `rec`'s server runs (or may): any state but stopped."""
     return rec.state is not ModelState.STOPPED
+
+
+def _on_gpu(rec: _Record) -> bool:
+    """Whether `rec` may hold GPU memory now: its state is on the GPU, and it did not
+    give its memory back by falling asleep."""
+    return rec.state.on_gpu and not rec.gpu_free
+
+
+def _startable(rec: _Record) -> bool:
+    """Off the GPU, so a waiter makes it start (stopped) or wake (sleeping)."""
+    return rec.state in (ModelState.STOPPED, ModelState.SLEEPING)

@@ -148,12 +148,17 @@ class ManagerSettings(ServiceSettings):
         min_length=1,
         description="Process runtime: Python that has the image server's stack.",
     )
+    audioserver_python: str = Field(
+        default="python3",
+        min_length=1,
+        description="Process runtime: Python that has the audio server's stack (faster-whisper, piper-tts).",
+    )
     log_dir: Path = Field(
         default=Path("logs"),
         description=(
             "Where the manager keeps its files: the leases in flight (leases.json, so a "
-            "restarted manager knows them), the learned GPU footprints (footprints.json) "
-            "and, with the process runtime, model servers' output."
+            "restarted manager knows them), the learned GPU footprints (footprints.json), "
+            "the learned cold-start and wake times (swaptimes.json) and, with the process runtime, model servers' output."
         ),
     )
     gpu_budget_mib: int | None = Field(
@@ -170,6 +175,17 @@ class ManagerSettings(ServiceSettings):
         default=1024,
         ge=0,
         description="GPU memory (MiB) kept out of the default budget (desktop, other programs).",
+    )
+    host_budget_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000_000,
+        description=(
+            "Host memory (MiB) the models kept warm (asleep, models.json `warm`) may hold "
+            "together, so they never push the machine into swap. Unset: half the memory the "
+            "runtime sees (Docker: the engine's MemTotal, on Docker Desktop WSL2's limit from "
+            ".wslconfig; processes: /proc/meminfo). 0: no model is kept warm."
+        ),
     )
     standby: bool = Field(
         default=True,
@@ -194,6 +210,10 @@ class ManagerSettings(ServiceSettings):
     def footprint_path(self) -> Path:
         """The learned footprints: `log_dir`/footprints.json."""
         return self.log_dir / FOOTPRINT_FILE
+
+    def swap_times_path(self) -> Path:
+        """The learned cold-start and wake times: `log_dir`/swaptimes.json."""
+        return self.log_dir / "swaptimes.json"
 
     def advertised_host(self) -> str:
         """The host the proxy should use to reach model servers."""

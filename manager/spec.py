@@ -33,6 +33,7 @@ from pydantic import (
 
 from manager.errors import CatalogueError
 from manager.tool_calls import ToolCalls, args_problem
+from wire.image_options import Offload, Quantize, TextQuantize, problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model and container names: what Docker accepts, without a leading separator."""
@@ -50,6 +51,32 @@ START_TIMEOUT = (
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Warm(_Strict):
+    """models.json ``warm``: the model may be kept warm in host memory instead of stopped."""
+
+    level: Literal[1, 2] = Field(
+        default=1,
+        description=(
+            "vLLM's sleep level: 1 moves the weights to host memory (wakes in about the time "
+            "of a PCIe copy of them); 2 drops them (little host memory; a wake reloads them "
+            "from disk, still without a new process, CUDA graphs or compilation). An image "
+            "pipeline is parked on the CPU whatever the level."
+        ),
+        examples=[1],
+    )
+    host_memory_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Host memory (MiB) the sleeping server holds. Unset: learned from the server's "
+            "resident memory the first time it sleeps; until then it may sleep only alone in "
+            "the host-memory budget."
+        ),
+        examples=[17000],
+    )
 
 
 class _ModelBase(_Strict):
@@ -153,6 +180,17 @@ class _ModelBase(_Strict):
         ),
         examples=[True],
     )
+    warm: Warm | None = Field(
+        default=None,
+        description=(
+            "Keep the model warm in host memory when the GPU is wanted for another (vLLM's "
+            "sleep mode; an image pipeline parked on the CPU), when the manager's policy finds "
+            'that cheaper than stopping it (docs/architecture.md, "Three tiers"). vLLM on the '
+            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, nor with `cpu_offload`. Unset: "
+            "the model is stopped."
+        ),
+        examples=[{"level": 1, "host_memory_mib": 17000}],
+    )
 
     @field_validator("image")
     @classmethod
@@ -254,6 +292,8 @@ class TextModel(_ModelBase):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} is for backend llama.cpp (vLLM: put it in args)")
             return self
+        if self.warm is not None:
+            raise ValueError("warm is not supported with backend llama.cpp (no sleep mode)")
         if not self.model.lower().endswith(".gguf"):
             raise ValueError("a llama.cpp model names its GGUF file: model must end in .gguf")
         if self.vision:
@@ -340,6 +380,51 @@ class ImageModel(_ModelBase):
         ),
         examples=[True],
     )
+    offload: Offload = Field(
+        default="none",
+        description=(
+            "Where weights wait while unused: `model` (as `cpu_offload`: whole components "
+            "move to the GPU while they run), `sequential` (layer by layer: least GPU memory, "
+            "slowest; CUDA only), `group-block` / `group-leaf` (diffusers' group offloading "
+            "of every model component by block or by leaf layer: little GPU memory, needs "
+            "the weights in system RAM). `none`: all on the device (or `cpu_offload`)."
+        ),
+        examples=["group-leaf"],
+    )
+    quantize: Quantize = Field(
+        default="none",
+        description=(
+            "How the transformer/UNet is loaded: `gguf` (the GGUF file `gguf_file`), "
+            "`torchao-int8`, `torchao-int4` (CUDA only), `quanto-int8`, `quanto-int4`, "
+            "`bnb-nf4` (bitsandbytes 4-bit, CUDA only). `none`: in `dtype`."
+        ),
+        examples=["gguf"],
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        min_length=6,
+        max_length=1024,
+        description=(
+            "With `quantize` `gguf`: the transformer/UNet as a GGUF file, a local path or a "
+            "Hugging Face file URL (https://huggingface.co/OWNER/REPO/blob/main/FILE.gguf); "
+            "the rest of the pipeline comes from `model`. Its name's quantization type "
+            "(Q4_K_S, Q8_0, ...) chooses the footprint estimate."
+        ),
+        examples=["https://huggingface.co/city96/FLUX.1-dev-gguf/blob/main/flux1-dev-Q4_K_S.gguf"],
+    )
+    text_encoder_quantize: TextQuantize = Field(
+        default="none",
+        description=(
+            "How the text encoders (every `text_encoder*` component) are loaded: as "
+            "`quantize`, without `gguf`."
+        ),
+        examples=["bnb-nf4"],
+    )
+    vae_slicing: bool = Field(
+        default=False,
+        description="vae.enable_slicing(): decode a batch one image at a time; less memory with n > 1.",
+        examples=[True],
+    )
     attention_slicing: bool = Field(
         default=False,
         description="enable_attention_slicing(): attention in slices; a little less memory, slower.",
@@ -393,9 +478,37 @@ class ImageModel(_ModelBase):
 
     @model_validator(mode="after")
     def _steps_within_max(self) -> ImageModel:
+        if self.warm is not None and self.cpu_offload:
+            raise ValueError(
+                "warm is not possible with cpu_offload: the offload hooks own where each "
+                "component lives, so the pipeline cannot be parked on the CPU as a whole"
+            )
         if self.max_steps is not None and self.steps > self.max_steps:
             raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
         return self
+
+    @model_validator(mode="after")
+    def _loading_options(self) -> ImageModel:
+        if self.cpu_offload and self.offload not in ("none", "model"):
+            raise ValueError(
+                f"cpu_offload is offload 'model'; it cannot be combined with offload {self.offload!r}"
+            )
+        found = problems(
+            device=self.device,
+            dtype=self.dtype,
+            quantize=self.quantize,
+            gguf_file=self.gguf_file,
+            text_encoder_quantize=self.text_encoder_quantize,
+            offload=self.load_offload,
+        )
+        if found:
+            raise ValueError("; ".join(found))
+        return self
+
+    @property
+    def load_offload(self) -> str:
+        """The offloading the server applies: `offload`, or 'model' for `cpu_offload`."""
+        return "model" if self.cpu_offload and self.offload == "none" else self.offload
 
     @field_validator("sizes")
     @classmethod
@@ -405,6 +518,84 @@ class ImageModel(_ModelBase):
             if w % 8 or h % 8:
                 raise ValueError(f"size {size} must have width and height divisible by 8")
         return value
+
+
+class _AudioModel(_ModelBase):
+    """A speech model served by homelab-ai's audio server (``audioserver``)."""
+
+    device: Literal["cpu", "cuda"] = Field(
+        default="cuda",
+        description=(
+            "Where the model runs. The server never falls back: no GPU for `cuda` fails the start."
+        ),
+        examples=["cpu"],
+    )
+    start_timeout: Seconds = Field(default=600.0, description=START_TIMEOUT, examples=[300])
+    max_in_flight: int = Field(
+        default=9,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most requests the audio server is given at once (default: the one it runs plus "
+            "the 8 its queue holds); more wait in the manager's queue."
+        ),
+        examples=[2],
+    )
+
+
+class SttModel(_AudioModel):
+    """A speech-to-text model: faster-whisper (a CTranslate2 Whisper model)."""
+
+    type: Literal["stt"] = Field(
+        description=(
+            "`stt`: speech to text on homelab-ai's audio server (faster-whisper): "
+            "/v1/audio/transcriptions and /v1/audio/translations."
+        ),
+        examples=["stt"],
+    )
+    compute_type: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description=(
+            "CTranslate2's compute type (`int8`, `float16`, `int8_float16`, ...). "
+            "`default`: int8 on the CPU, float16 on CUDA."
+        ),
+        examples=["int8_float16"],
+    )
+
+
+class TtsModel(_AudioModel):
+    """A text-to-speech model: a Piper voice (an .onnx file with its .onnx.json beside it)."""
+
+    type: Literal["tts"] = Field(
+        description=(
+            "`tts`: text to speech on homelab-ai's audio server (Piper): /v1/audio/speech "
+            "and /v1/audio/voices."
+        ),
+        examples=["tts"],
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu",
+        description=(
+            "Where the voice runs: Piper speaks faster than real time on the CPU; `cuda` "
+            "needs onnxruntime-gpu in the image."
+        ),
+        examples=["cuda"],
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _onnx(cls, value: str) -> str:
+        if not value.endswith(".onnx"):
+            raise ValueError(
+                "a Piper voice is its .onnx file (with the .onnx.json beside it): model must "
+                "end in .onnx"
+            )
+        return value
+
+
+AudioModel = SttModel | TtsModel
+"""The specs the audio server serves."""
 
 
 LanguageModel = TextModel | EmbeddingModel
@@ -421,7 +612,7 @@ def served_by_vllm(spec: object) -> TypeGuard[LanguageModel]:
     )
 
 
-AnyModel = TextModel | ImageModel | EmbeddingModel
+AnyModel = TextModel | ImageModel | EmbeddingModel | SttModel | TtsModel
 """Any models.json entry."""
 
 
@@ -438,6 +629,9 @@ class Catalogue(BaseModel):
     gpu_budget_mib: int | None = None
     """The file's ``$gpu_budget_mib``: the GPU memory the models may share (MiB); the
     manager's HOMELAB_GPU_BUDGET_MIB overrides it (`manager.budget`)."""
+    estimated: dict[str, str] = {}
+    """Models whose ``gpu_memory_mib`` the manager filled in, and how (an image model's
+    from its options or its learned footprint, `manager.budget.with_image_estimates`)."""
 
     def get(self, name: str) -> AnyModel | None:
         return self.models.get(name)
@@ -464,7 +658,7 @@ def parse_catalogue(data: object, source: str = "<memory>") -> Catalogue:
         # A bad model *name* is reported at the name, without pydantic's '[key]' marker.
         loc = [str(p) for p in err["loc"] if p != "[key]"]
         # A discriminated union puts the tag (the type) in the path: drop it.
-        if len(loc) > 1 and loc[1] in ("text", "image", "embedding"):
+        if len(loc) > 1 and loc[1] in ("text", "image", "embedding", "stt", "tts"):
             loc.pop(1)
         raise CatalogueError(source, ".".join(loc), err["msg"]) from exc
     _check_unique(models, "container", source)

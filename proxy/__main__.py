@@ -1,6 +1,7 @@
 """`python -m proxy`: run the proxy with uvicorn (`wire.http_server`: uvloop, httptools and
 the connection deadlines);
-`python -m proxy keys ...`: manage the named keys (`proxy.keys_cli`)."""
+`python -m proxy keys ...`: manage the named keys (`proxy.keys_cli`);
+`python -m proxy hosts ...`: the GPU hosts in the catalogue (`proxy.hosts_cli`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def main() -> None:
         from proxy.keys_cli import run
 
         sys.exit(run(sys.argv[2:]))
+    if sys.argv[1:2] == ["hosts"]:
+        from proxy.hosts_cli import run as run_hosts
+
+        sys.exit(run_hosts(sys.argv[2:]))
     try:
         settings = ProxySettings()
     except ValidationError as exc:

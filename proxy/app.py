@@ -29,12 +29,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route
 
 from proxy import routes_openai, routes_ops, routes_usage
+from proxy.audio import AudioStore
 from proxy.auth import ApiKeyMiddleware
-from proxy.catalogue import load_catalogue
+from proxy.catalogue import Catalogue, HostSpec, load_catalogue
 from proxy.context import ProxyContext
 from proxy.event_hub import EventHub
 from proxy.events import handle_event
 from proxy.guard import Guard, default_hosts
+from proxy.hosts import Fleet, HostLink
 from proxy.hotpath import HotPath, ProxyApp, ServerErrors
 from proxy.images import ImageStore
 from proxy.jobs import batches as jobs_batches
@@ -95,6 +97,42 @@ async def save_usage(usage: Usage, path: Path, interval: float) -> None:
             await asyncio.to_thread(_write_usage, path, usage.snapshot())
 
 
+def build_fleet(
+    settings: ProxySettings,
+    catalogue: Catalogue,
+    http: aiohttp.ClientSession,
+    manager_client: ManagerClient | None = None,
+) -> Fleet:
+    """The hosts of the catalogue (none listed: the one at HOMELAB_MANAGER_URL), each with
+    its manager client and lease pool. With several hosts each client fails at once when its
+    manager is away (outage window 0): the fleet places the request on another host, or
+    waits for one, within HOMELAB_MANAGER_OUTAGE_WINDOW (`proxy.hosts.Fleet.choose`)."""
+    specs = list(catalogue.hosts.values()) or [HostSpec(name=catalogue.host)]
+    multi = len(specs) > 1
+    links: list[HostLink] = []
+    for spec in specs:
+        if spec.url is None and manager_client is not None:
+            client = manager_client
+        else:
+            client = ManagerClient(
+                spec.url or settings.manager_url,
+                spec.token or settings.manager_token.get_secret_value(),
+                http,
+                models_ttl=settings.models_cache_ttl,
+                connect_timeout=settings.connect_timeout,
+                outage_window=0.0 if multi else settings.manager_outage_window,
+                lease_read_timeout=settings.lease_read_timeout,
+                events_read_timeout=settings.events_read_timeout,
+            )
+        links.append(HostLink(spec, client, LeasePool(client, linger=settings.lease_linger)))
+    return Fleet(
+        links,
+        known_path=settings.known_models_path(),
+        outage_window=settings.manager_outage_window,
+        wake_timeout=settings.wake_timeout,
+    )
+
+
 def create_app(
     settings: ProxySettings | None = None,
     manager_client: ManagerClient | None = None,
@@ -123,21 +161,11 @@ def create_app(
             auto_decompress=False,
         )
         upstream = UpstreamPool(keepalive_timeout=30.0)
-        manager = manager_client or ManagerClient(
-            settings.manager_url,
-            settings.manager_token.get_secret_value(),
-            http,
-            models_ttl=settings.models_cache_ttl,
-            connect_timeout=settings.connect_timeout,
-            outage_window=settings.manager_outage_window,
-            lease_read_timeout=settings.lease_read_timeout,
-            events_read_timeout=settings.events_read_timeout,
-        )
-        leases = LeasePool(manager, linger=settings.lease_linger)
+        fleet = build_fleet(settings, router.catalogue, http, manager_client)
+        leases = fleet.first.leases
         waiting: Counter[str] = Counter()
         model_calls = ModelCalls(
-            leases=leases,
-            manager=manager,
+            fleet=fleet,
             metrics=metrics,
             upstream=upstream,
             retry_endpoints=settings.retry_endpoints,
@@ -153,13 +181,13 @@ def create_app(
             )
             ctx = ProxyContext(
                 settings=settings,
-                manager=manager,
+                manager=fleet,
                 leases=leases,
                 model_calls=model_calls,
                 metrics=metrics,
                 events=EventHub(
-                    manager,
-                    lambda parsed: handle_event(app.state.ctx, parsed),
+                    fleet,
+                    lambda parsed, link: handle_event(app.state.ctx, parsed, link),
                     max_subscribers=settings.max_event_clients,
                 ),
                 images=ImageStore(
@@ -174,8 +202,18 @@ def create_app(
                 interactive_waiting=waiting,
                 ring=ring,
             )
+            audio_dir = settings.audio_dir or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="homelab-proxy-audio-")
+            )
+            ctx.audio = AudioStore(
+                Path(audio_dir),
+                settings.audio_ttl,
+                max_bytes=settings.audio_store_max_bytes,
+                key_bytes=settings.audio_store_key_bytes,
+                tighten_folder=settings.audio_dir is None,
+            )
             app.state.ctx = ctx
-            metrics.watch_leases(leases)
+            metrics.watch_leases(*(link.leases for link in fleet.links.values()))
             # the state folder is ours (0700); a folder named in HOMELAB_JOBS_URL is left
             # as it is if it exists (the store's files are 0600 either way)
             store = await asyncio.to_thread(
@@ -214,7 +252,8 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 _write_usage(settings.usage_path(), usage.snapshot())
-                await leases.close()
+                for link in fleet.links.values():
+                    await link.leases.close()
                 await upstream.aclose()
                 if http_client is None:
                     await http.close()
@@ -253,7 +292,7 @@ def create_app(
         forwarding,
         max_bytes=settings.proxy_max_body_bytes,
         per_path={
-            routes_openai.EDITS: settings.max_upload_bytes,
+            **dict.fromkeys(routes_openai.UPLOADS, settings.max_upload_bytes),
             "/mcp": mcp_endpoint.limit,
             # a batch input file, plus room for the multipart framing and fields
             jobs_batches.FILES: settings.max_batch_file_bytes + jobs_batches.FORM_OVERHEAD,

@@ -7,7 +7,11 @@ It lives on the proxy's side because the proxy must reach these while the GPU PC
 A JSON object::
 
     {
-      "hosts": {"gpu-pc": {}},
+      "hosts": {
+        "gpu-pc": {"url": "http://192.168.1.20:8090", "token_file": "gpu-pc.token"},
+        "laptop": {"url": "http://192.168.1.30:8090", "token_file": "laptop.token",
+                   "mac": "aa:bb:cc:dd:ee:ff", "sleepable": true}
+      },
       "endpoints": {
         "cloud": {
           "base_url": "https://api.example.com/v1",
@@ -18,11 +22,15 @@ A JSON object::
       "fallbacks": {"smollm2-gguf": {"then": ["gpt-4o-mini"], "max_queue": 4}}
     }
 
-- ``hosts``: the GPU PCs, each with a manager. This release has one, the manager at
-  ``HOMELAB_MANAGER_URL``; the entry only names it (``<model>@<host>`` in the
-  ``X-Homelab-Served-By`` header; ``local`` when the file names none). The several-hosts
-  work adds its fields (manager URL, token file, Wake-on-LAN address) and lifts the limit
-  of one.
+- ``hosts``: the GPU PCs, each with a manager (docs/hosts.md). ``url`` is the manager's
+  base URL and ``token_file`` a file holding its token (mode 600, like an endpoint's
+  ``key_file``; relative to the catalogue's folder); a host without ``url`` is the manager
+  at ``HOMELAB_MANAGER_URL`` with ``HOMELAB_MANAGER_TOKEN`` (at most one such entry: the
+  one-host form, which only names it). ``mac`` (and ``broadcast``, ``wol_port``) say
+  where its Wake-on-LAN magic packet goes; ``sleepable`` marks a host that may be asleep
+  (woken when a request needs it, `proxy.wol`). The host's name is the ``@<host>`` of
+  ``X-Homelab-Served-By`` (``local`` when the file names none). No file, or no
+  ``hosts``: the one host at ``HOMELAB_MANAGER_URL``.
 - ``endpoints``: remote OpenAI-compatible servers. ``base_url`` is what the openai SDK
   would be given (usually ending in ``/v1``); ``key_file`` a file holding the key sent as
   ``Authorization: Bearer`` (never the key itself; relative to the catalogue's folder;
@@ -49,10 +57,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from wire.tokens import token_problem
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model, endpoint and host names (as the manager's `manager.spec.NAME_PATTERN`)."""
 LOCAL_HOST = "local"
 """The name of the one host (the manager at HOMELAB_MANAGER_URL) when the file names none."""
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -71,7 +82,47 @@ class _Strict(BaseModel):
 
 
 class Host(_Strict):
-    """A GPU PC with a manager. No fields yet: the one host is HOMELAB_MANAGER_URL's."""
+    """A GPU PC with a manager."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+        description="The manager's base URL. Unset: HOMELAB_MANAGER_URL (one such host).",
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="File holding the manager's token (mode 600; relative: to the "
+        "catalogue's folder). Required with `url`.",
+    )
+    mac: str | None = Field(
+        default=None, pattern=MAC_PATTERN, description="MAC address for Wake-on-LAN."
+    )
+    broadcast: str = Field(
+        default="255.255.255.255",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
+        description="IPv4 address the magic packet is sent to (the LAN's broadcast).",
+    )
+    wol_port: int = Field(default=9, ge=1, le=65535, description="UDP port of the magic packet.")
+    sleepable: bool = Field(
+        default=False,
+        description="The host may be asleep: woken (Wake-on-LAN, needs `mac`) when a request "
+        "needs it and no awake host can serve.",
+    )
+
+
+class HostSpec(BaseModel):
+    """A host as loaded: its token read from its token file (None: the one-host form's
+    HOMELAB_MANAGER_URL and HOMELAB_MANAGER_TOKEN)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    url: str | None = None
+    token: str | None = Field(default=None, repr=False)
+    mac: str | None = None
+    broadcast: str = "255.255.255.255"
+    wol_port: int = 9
+    sleepable: bool = False
 
 
 class RemoteModel(_Strict):
@@ -112,7 +163,7 @@ class Fallback(_Strict):
 
 class _File(_Strict):
     schema_: str | None = Field(default=None, alias="$schema")
-    hosts: dict[Name, Host] = Field(default_factory=dict, max_length=1)
+    hosts: dict[Name, Host] = Field(default_factory=dict)
     endpoints: dict[Name, Endpoint] = Field(default_factory=dict)
     fallbacks: dict[Name, Fallback] = Field(default_factory=dict)
 
@@ -139,6 +190,9 @@ class Catalogue(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     host: str = LOCAL_HOST
+    """The first host's name (the one host's, in the one-host form)."""
+    hosts: dict[str, HostSpec] = Field(default_factory=dict)
+    """Every host by name, in the file's order (empty: the one host at HOMELAB_MANAGER_URL)."""
     endpoints: dict[str, RemoteEndpoint] = Field(default_factory=dict)
     fallbacks: dict[str, Fallback] = Field(default_factory=dict)
     source: str = "<none>"
@@ -164,8 +218,6 @@ def parse_catalogue(data: object, source: str = "<memory>", base: Path | None = 
         reason = err["msg"]
         if err["type"] == "extra_forbidden":
             reason = "unknown key"
-        elif err["type"] == "too_long" and loc == "hosts":
-            reason = "one host in this release (the manager at HOMELAB_MANAGER_URL)"
         raise CatalogueError(source, loc, reason) from exc
     served: dict[str, str] = {}
     endpoints: dict[str, RemoteEndpoint] = {}
@@ -189,6 +241,7 @@ def parse_catalogue(data: object, source: str = "<memory>", base: Path | None = 
             health_interval=ep.health_interval,
         )
     host = next(iter(parsed.hosts), LOCAL_HOST)
+    hosts = _load_hosts(parsed.hosts, base, source)
     for name in (*served, *parsed.fallbacks):
         if name in parsed.hosts or name in parsed.endpoints:
             where = f"endpoints.{served[name]}.models.{name}" if name in served else "fallbacks"
@@ -206,8 +259,53 @@ def parse_catalogue(data: object, source: str = "<memory>", base: Path | None = 
                 "same endpoints",
             )
     return Catalogue(
-        host=host, endpoints=endpoints, fallbacks=dict(parsed.fallbacks), source=source
+        host=host,
+        hosts=hosts,
+        endpoints=endpoints,
+        fallbacks=dict(parsed.fallbacks),
+        source=source,
     )
+
+
+def _load_hosts(hosts: dict[str, Host], base: Path | None, source: str) -> dict[str, HostSpec]:
+    out: dict[str, HostSpec] = {}
+    urls: dict[str, str] = {}
+    plain = [name for name, h in hosts.items() if h.url is None]
+    if len(plain) > 1:
+        raise CatalogueError(
+            source,
+            f"hosts.{plain[1]}.url",
+            f"missing: only one host ({plain[0]!r}) may be the one at HOMELAB_MANAGER_URL",
+        )
+    for name, h in hosts.items():
+        where = f"hosts.{name}"
+        if h.url is None and h.token_file is not None:
+            raise CatalogueError(source, f"{where}.token_file", "needs `url` beside it")
+        if h.url is not None and h.token_file is None:
+            raise CatalogueError(source, f"{where}.token_file", "required with `url`")
+        if h.sleepable and h.mac is None:
+            raise CatalogueError(source, f"{where}.mac", "required for a sleepable host")
+        url = h.url.rstrip("/") if h.url is not None else None
+        if url is not None:
+            if url in urls:
+                raise CatalogueError(source, f"{where}.url", f"already host {urls[url]!r}'s")
+            urls[url] = name
+        token = None
+        if h.token_file is not None:
+            token = _read_key(h.token_file, base, source, f"{where}.token_file")
+            problem = token_problem(token)
+            if problem:
+                raise CatalogueError(source, f"{where}.token_file", problem)
+        out[name] = HostSpec(
+            name=name,
+            url=url,
+            token=token,
+            mac=h.mac,
+            broadcast=h.broadcast,
+            wol_port=h.wol_port,
+            sleepable=h.sleepable,
+        )
+    return out
 
 
 def _type_of(model: str, endpoints: dict[str, RemoteEndpoint]) -> str | None:

@@ -6,11 +6,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from proxy.audio import AudioStore
 from proxy.feed import EventFeed
+from proxy.hosts import Fleet
 from proxy.images import ImageStore
 from proxy.keys import KeyRing
 from proxy.lease_pool import LeasePool
-from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.modelcall import ModelCalls
 from proxy.settings import ProxySettings
@@ -22,10 +23,11 @@ if TYPE_CHECKING:  # event_hub imports forward, which imports this module
 @dataclass(slots=True)
 class ProxyContext:
     settings: ProxySettings
-    manager: ManagerClient
-    """The manager's HTTP API (model list, health, events; leases through `leases`)."""
+    manager: Fleet
+    """The hosts' managers as one (the model list of every host, health; placement and each
+    host's client and lease pool: `proxy.hosts`)."""
     leases: LeasePool
-    """Manager leases shared among requests; `model_calls` takes its leases here."""
+    """The first host's lease pool (each host has its own: `manager.links`)."""
     model_calls: ModelCalls
     """The one way to a model server (HTTP forwarding, MCP, jobs)."""
     metrics: Metrics
@@ -40,5 +42,7 @@ class ProxyContext:
     ring: KeyRing = field(default_factory=KeyRing)
     """The keys (the same ring the key middleware checks, re-read from the key file as it
     changes): whose principal a job runs as."""
+    audio: AudioStore | None = None
+    """Generated audio (MCP ``txt2speech``), owned per key (`proxy.audio`); set in the lifespan."""
     jobs: Any = None
     """The job dispatcher (`proxy.jobs.dispatcher.Dispatcher`), set in the lifespan."""

@@ -97,6 +97,8 @@ SERVES = {
     "text": "/v1/chat/completions and /v1/completions",
     "embedding": "/v1/embeddings",
     "image": "/v1/images/generations and /v1/images/edits",
+    "stt": "/v1/audio/transcriptions and /v1/audio/translations",
+    "tts": "/v1/audio/speech and /v1/audio/voices",
 }
 """The endpoints each model type serves, as a client reads them."""
 
@@ -137,6 +139,12 @@ class UnsupportedMediaType(ProxyError):
     """The body's Content-Type is not what the endpoint takes (415)."""
 
     status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class UnsupportedAudio(UnsupportedMediaType):
+    """An uploaded file that is not audio of a known format, by its first bytes (415)."""
+
+    code = "unsupported_audio_format"
 
 
 class ManagerUnavailable(ProxyError):

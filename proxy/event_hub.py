@@ -1,16 +1,24 @@
-"""`EventHub`: one event stream from the manager, fanned out to every browser.
+"""`EventHub`: each manager's event stream, fanned out to every browser.
 
 `EventHub.run` is a lifespan task for the life of the proxy. It holds ONE
-connection to the manager's ``GET /v1/events`` (reconnecting with backoff, 1 s
-doubling to 30 s), parses each frame once into the `wire.events` types
+connection to each host's manager's ``GET /v1/events`` (`proxy.hosts.Fleet`; reconnecting
+with backoff, 1 s doubling to 30 s, at once when the host was woken), parses each frame
+once into the `wire.events` types
 (`wire.events.parse_event`; a frame that is not the contract is skipped), and for each:
 
 - hands it to `on_event` (`proxy.events.handle_event`: swap metrics, the cached model
   list dropped, the lease pool's contention, the MCP feed);
-- keeps its own typed copy of the model list (the manager's ``snapshot``, with each
-  ``state`` event's state, time and error applied), and
+- keeps its own typed copy of that host's model list (`proxy.hosts.HostLink.events`: the
+  manager's ``snapshot``, with each ``state`` event's state, time and error applied):
+  the placement state (`proxy.placement`), and
 - publishes the event to the browsers' fan-out (`wire.fanout.Fanout`: each event's
-  frame is made once for every browser).
+  frame is made once for every browser). With several hosts a ``state`` event is
+  published with the model's merged state (`proxy.hosts.Fleet.merge`), so a browser sees
+  one state per model.
+
+A host's stream connecting marks it up (`Fleet.mark_up`); its end marks it down, ends
+every browser's stream (they reconnect and get a fresh snapshot) and drops that
+host's copy.
 
 `EventStream` (``GET /api/events``) subscribes and sends that copy as the first
 ``snapshot`` event, then every event, with a ``: keepalive`` comment after
@@ -34,8 +42,8 @@ from starlette.types import Send
 
 from proxy.asgi import SSE_HEADERS, Watched
 from proxy.errors import ManagerUnavailable, ProxyError
+from proxy.hosts import Fleet, HostLink
 from proxy.keys import ALL_MODELS, OPEN, Principal, visible
-from proxy.manager_client import ManagerClient
 from proxy.settings import ProxySettings
 from wire.disconnect import watch_disconnect
 from wire.events import (
@@ -62,20 +70,33 @@ QUEUE_SIZE = 256
 class EventHub:
     def __init__(
         self,
-        manager: ManagerClient,
-        on_event: Callable[[Parsed], None],
+        fleet: Fleet,
+        on_event: Callable[[Parsed, HostLink], None],
         *,
         max_subscribers: int = ProxySettings.default("max_event_clients"),
     ) -> None:
-        self.manager = manager
+        self.fleet = fleet
         self.on_event = on_event
-        self.models: dict[str, ModelStatus] | None = None
-        """The manager's model list as of the last event; None while not connected."""
         self._snapshot: bytes | None = None
         """`models` as a ``snapshot`` frame, made once until the next change."""
+        self._models: dict[str, ModelStatus] | None = None
+        self._stale = True
         self._browsers: Fanout[Event] = Fanout(
             queue_size=QUEUE_SIZE, max_subscribers=max_subscribers, encode=event_frame
         )
+
+    @property
+    def models(self) -> dict[str, ModelStatus] | None:
+        """The model list (each model once) as of the last event; None while no host's
+        stream is connected."""
+        if self._stale:
+            self._models = self.fleet.event_models()
+            self._stale = False
+        return self._models
+
+    def _changed(self) -> None:
+        self._stale = True
+        self._snapshot = None
 
     @property
     def max_subscribers(self) -> int | None:
@@ -85,28 +106,38 @@ class EventHub:
     def subscriber_count(self) -> int:
         return self._browsers.subscriber_count
 
-    # ---- the one manager connection ------------------------------------------------------
+    # ---- one connection per manager ------------------------------------------------------
     async def run(self) -> None:
-        """Follow the manager's stream until cancelled; never raises otherwise."""
+        """Follow every host's stream until cancelled; never raises otherwise."""
+        async with asyncio.TaskGroup() as group:
+            for link in self.fleet.links.values():
+                group.create_task(self._run_one(link), name=f"events-{link.name}")
+
+    async def _run_one(self, link: HostLink) -> None:
         backoff = 1.0
         while True:
+            link.poke.clear()
+            connected = False
             try:
-                resp = await self.manager.open_events()
+                resp = await link.client.open_events()
                 try:
                     backoff = 1.0
-                    await self._follow(resp)
+                    connected = True
+                    self.fleet.mark_up(link)
+                    await self._follow(resp, link)
                 finally:
                     resp.close()
             except (ProxyError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.debug("manager event stream unavailable: %s", exc)
+                log.debug("host %s: event stream unavailable: %s", link.name, exc)
             except Exception:  # a malformed stream must not end the hub for good
-                log.exception("following the manager's event stream failed; reconnecting")
+                log.exception("following host %s's event stream failed; reconnecting", link.name)
             finally:
-                self._disconnected()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+                self._disconnected(link, connected)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.poke.wait(), backoff)
+            backoff = 1.0 if link.poke.is_set() else min(backoff * 2, 30.0)
 
-    async def _follow(self, resp: aiohttp.ClientResponse) -> None:
+    async def _follow(self, resp: aiohttp.ClientResponse, link: HostLink) -> None:
         parser = SseParser()
         async for line in resp.content:
             frame = parser.feed(line)
@@ -116,44 +147,56 @@ class EventHub:
             if parsed is None:
                 log.debug("skipped a manager event that is not the contract: %s", frame[0])
                 continue
-            self.handle(parsed)
+            self.handle(parsed, link)
 
-    def _disconnected(self) -> None:
-        self.models = None
-        self._snapshot = None
-        self._browsers.end_all()
+    def _disconnected(self, link: HostLink, was_connected: bool) -> None:
+        link.events = None
+        if self.fleet.multi and was_connected:
+            self.fleet.mark_down(link)
+        self._changed()
+        if was_connected or not self.fleet.multi:
+            self._browsers.end_all()
 
-    def handle(self, parsed: Parsed) -> None:
-        """Apply one manager event: `on_event`, the model copy, every subscriber."""
+    def handle(self, parsed: Parsed, link: HostLink | None = None) -> None:
+        """Apply one event of `link`'s manager (default: the first host): `on_event`, the
+        host's model copy, every subscriber."""
+        link = link or self.fleet.first
         try:
-            self.on_event(parsed)
+            self.on_event(parsed, link)
         except Exception:  # metrics or a feed must not stop the browsers' stream
             log.exception("handling a manager event failed")
         if isinstance(parsed, list):
-            self.models = {m.id: m for m in parsed}
-            self._snapshot = None
+            link.events = {m.id: m for m in parsed}
+            self._changed()
+            self.fleet.notify()
             return  # subscribers get the hub's own snapshot when they join
-        if isinstance(parsed, StateEvent) and self.models is not None:
-            self._apply(parsed)
+        if isinstance(parsed, StateEvent) and link.events is not None:
+            self._apply(parsed, link)
+            self.fleet.notify()
+            if self.fleet.multi:
+                merged = (self.models or {}).get(parsed.model)
+                if merged is not None and merged.state != parsed.state:
+                    parsed = parsed.model_copy(update={"state": merged.state})
         self._browsers.publish(parsed)
 
-    def _apply(self, event: StateEvent) -> None:
-        assert self.models is not None
-        model = self.models.get(event.model)
+    def _apply(self, event: StateEvent, link: HostLink) -> None:
+        assert link.events is not None
+        model = link.events.get(event.model)
         if model is None:
             return
         changes: dict[str, object] = {"state": event.state, "since": event.at}
         if event.error is not None:
             changes["last_error"] = event.error
-        self.models[event.model] = model.model_copy(update=changes)
-        self._snapshot = None
+        link.events[event.model] = model.model_copy(update=changes)
+        self._changed()
 
     # ---- browser subscribers ---------------------------------------------------------------
     def subscribe(self, who: Principal = OPEN) -> tuple[Subscription[Event], bytes]:
         """A new subscriber and the ``snapshot`` frame it starts with (taken at the same
         instant), of the models `who` may use. Raises ManagerUnavailable (503) while not
         connected or when `max_subscribers` are in."""
-        if self.models is None:
+        models = self.models
+        if models is None:
             raise ManagerUnavailable(
                 "The manager's event stream is not available right now; retry shortly."
             )
@@ -167,10 +210,10 @@ class EventHub:
                 headers={"Retry-After": "5"},
             ) from None
         if who.models != ALL_MODELS:  # a key limited to some models: its own snapshot
-            shown = visible(self.models, who)
+            shown = visible(models, who)
             return sub, snapshot_frame(shown[k] for k in sorted(shown))
         if self._snapshot is None:
-            self._snapshot = snapshot_frame(self.models[k] for k in sorted(self.models))
+            self._snapshot = snapshot_frame(models[k] for k in sorted(models))
         return sub, self._snapshot
 
 

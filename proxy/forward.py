@@ -10,7 +10,10 @@ generation) and releases the lease.
 Streaming (``text/event-stream`` from upstream) passes chunk by chunk, unbuffered
 (``X-Accel-Buffering: no``). If the upstream dies mid-stream the client gets a
 final ``data: {"error": {...}}`` event, which the openai SDK raises as
-``APIError``. Everything else is read whole, so errors can be normalised and
+``APIError``. Audio (``audio/*``, speech as it is synthesised) passes the same way with
+its own Content-Type and ``X-Sample-Rate``; one that breaks off is cut (the connection
+ends without the chunked body's end, which clients report as an incomplete read): audio
+has no place for an error event. Everything else is read whole, so errors can be normalised and
 image answers rewritten to URLs (`answer_with_urls`).
 
 Every answer a model gave carries ``X-Homelab-Served-By: <model>@<host or endpoint>``
@@ -30,7 +33,9 @@ from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
 from proxy.images import ImageStore, urls_for
 from proxy.modelcall import ModelCall
+from wire.audio import SAMPLE_RATE_HEADER
 from wire.disconnect import watch_disconnect
+from wire.events import SSE_MEDIA_TYPE
 
 SERVED_BY = b"x-homelab-served-by"
 """The answer header naming who served it: ``<model>@<host or endpoint>`` (docs/api.md)."""
@@ -95,7 +100,18 @@ class Forward(Watched):
 
     @staticmethod
     async def _stream(call: ModelCall, send: Send, watch: watch_disconnect) -> None:
-        headers = [*SSE_HEADERS, (SERVED_BY, call.served_by.encode())]
+        events = call.answer_type.partition(";")[0].strip().lower() == SSE_MEDIA_TYPE
+        if events:
+            headers = [*SSE_HEADERS, (SERVED_BY, call.served_by.encode())]
+        else:
+            headers = [
+                (b"content-type", call.answer_type.encode("latin-1")),
+                (b"x-accel-buffering", b"no"),
+                (SERVED_BY, call.served_by.encode()),
+            ]
+            rate = call.headers.get(SAMPLE_RATE_HEADER)
+            if rate:
+                headers.append((SAMPLE_RATE_HEADER.lower().encode(), str(rate).encode("latin-1")))
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         at_boundary = True
         try:
@@ -103,6 +119,8 @@ class Forward(Watched):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 at_boundary = chunk.endswith(b"\n\n")
         except UpstreamError as err:
+            if not events:
+                raise AudioCut(str(err)) from err
             # A half-sent event cannot be withdrawn in SSE; end it so the error is its own event.
             tail = (b"" if at_boundary else b"\n\n") + b"data: " + err.body() + b"\n\n"
             watch.finish()
@@ -110,6 +128,10 @@ class Forward(Watched):
             return
         watch.finish()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class AudioCut(Exception):
+    """Streamed audio broke off after its answer began: the server drops the connection."""
 
 
 async def answer_with_urls(images: ImageStore, raw: bytes, url_base: str, owner: str) -> bytes:

@@ -125,7 +125,20 @@ class ImageStore:
 
     Bounded: at most `max_count` images and `max_bytes` bytes; storing one more
     deletes the oldest first (their URLs then answer 404, as expired ones do).
+
+    `proxy.audio.AudioStore` is the same store for generated audio: a subclass names its
+    files (`NAME`, `MEDIA`) and tells their format from their bytes (`sniff`).
     """
+
+    NAME = _NAME
+    """A stored file's name, ``<id>.<ext>``; group 1 is the extension (a `MEDIA` key)."""
+    MEDIA = _MEDIA
+    WHAT = "an image"
+
+    @staticmethod
+    def sniff(data: bytes) -> str | None:
+        """The extension for `data` by its magic bytes, None when it is not one we keep."""
+        return sniff_format(data)
 
     def __init__(
         self,
@@ -145,10 +158,11 @@ class ImageStore:
     def put(self, data: bytes, owner: str) -> str:
         """Store an image for `owner` (a key's name); returns its file name
         (``<id>.<ext>``). Blocking."""
-        fmt = sniff_format(data)
+        fmt = self.sniff(data)
         if fmt is None:
             raise UpstreamError(
-                "The model server returned data that is not an image", code="bad_image"
+                f"The model server returned data that is not {self.WHAT}",
+                code="bad_image" if self.WHAT == "an image" else "bad_audio",
             )
         name = f"{secrets.token_urlsafe(24)}.{fmt}"
         # The owner first: an image is never there without it.
@@ -162,16 +176,7 @@ class ImageStore:
     def evict(self, keep: str | None = None) -> int:
         """Delete the oldest images until the count and byte caps hold (`keep` last of all);
         returns how many went. Blocking."""
-        entries = []
-        for path in self.directory.iterdir():
-            if not _NAME.match(path.name):
-                continue
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                continue
-            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
-        entries.sort(key=lambda e: (e[0], e[1]))  # oldest first, the new one last
+        entries = self._entries(keep)
         count, total = len(entries), sum(e[2] for e in entries)
         removed = 0
         for _, _, size, path in entries:
@@ -181,6 +186,25 @@ class ImageStore:
             count, total, removed = count - 1, total - size, removed + 1
         return removed
 
+    def _entries(
+        self, keep: str | None, owner: str | None = None
+    ) -> list[tuple[bool, float, int, Path]]:
+        """(is `keep`, mtime, size, path) of every stored file (only `owner`'s, if given),
+        oldest first and `keep` last of all. Blocking."""
+        entries = []
+        for path in self.directory.iterdir():
+            if not self.NAME.match(path.name):
+                continue
+            if owner is not None and self.owner(path.name) != owner:
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((path.name == keep, info.st_mtime, info.st_size, path))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        return entries
+
     @staticmethod
     def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -188,7 +212,7 @@ class ImageStore:
 
     def owner(self, name: str) -> str | None:
         """The name of the key that made image `name`; None if unknown. Blocking."""
-        if not _NAME.match(name):
+        if not self.NAME.match(name):
             return None
         try:
             return (self.directory / (name + OWNER_SUFFIX)).read_bytes().decode()
@@ -199,19 +223,19 @@ class ImageStore:
         """Delete image `name` (its URL answers 404 from now on) if it is live and `who`
         owns it (`Principal.owns`: its own, or any for an admin). False otherwise, the
         same for an image that is not there and one that is another key's. Blocking."""
-        if not _NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
+        if not self.NAME.match(name) or self._left(name) is None or not who.owns(self.owner(name)):
             return False
         self._unlink(self.directory / name)
         return True
 
     def get(self, name: str) -> tuple[bytes, str, float] | None:
         """(data, media type, seconds left) for a live image, None if unknown or expired. Blocking."""
-        match = _NAME.match(name)
+        match = self.NAME.match(name)
         left = self._left(name) if match else None
         if match is None or left is None:
             return None
         try:
-            return (self.directory / name).read_bytes(), _MEDIA[match.group(1)], left
+            return (self.directory / name).read_bytes(), self.MEDIA[match.group(1)], left
         except FileNotFoundError:
             return None
 
@@ -235,7 +259,7 @@ class ImageStore:
         for path in self.directory.iterdir():
             try:
                 if path.stat().st_mtime + self.ttl < now:
-                    if _NAME.match(path.name):  # an image, with its owner file
+                    if self.NAME.match(path.name):  # an image, with its owner file
                         self._unlink(path)
                         removed += 1
                     else:  # a leftover: a temporary file, an orphan owner file

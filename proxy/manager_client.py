@@ -250,6 +250,11 @@ class ManagerClient:
         finally:
             self._models_lock.release()
 
+    @property
+    def last(self) -> dict[str, ModelStatus] | None:
+        """The last model list fetched (however old); None before the first."""
+        return self._models
+
     def invalidate_models(self) -> None:
         """Make the next `models()` call fetch afresh (a state changed)."""
         self._models_at = float("-inf")

@@ -11,6 +11,7 @@ the manager knows (else ``"unknown"``), so clients cannot grow the label set.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -58,9 +59,10 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_leases(self, pool: LeasePool) -> None:
-        """Report `pool`'s grants, releases and leases held (read at each scrape)."""
-        self.registry.register(_LeaseCollector(pool))
+    def watch_leases(self, *pools: LeasePool) -> None:
+        """Report the `pools`' grants, releases and leases held, summed over the pools (one per
+        host), read at each scrape."""
+        self.registry.register(_LeaseCollector(pools))
 
     def watch_streams(self, watchers: TaskWatchers) -> None:
         """Report the job streams open and the task watchers feeding them (at each scrape)."""
@@ -71,22 +73,27 @@ class Metrics:
 
 
 class _LeaseCollector(Collector):
-    def __init__(self, pool: LeasePool) -> None:
-        self._pool = pool
+    def __init__(self, pools: tuple[LeasePool, ...]) -> None:
+        self._pools = pools
 
     def collect(self) -> Iterator[Metric]:
+        granted: collections.Counter[str] = collections.Counter()
+        released: collections.Counter[str] = collections.Counter()
+        for pool in self._pools:
+            granted.update(pool.granted)
+            released.update(pool.released)
         grants = CounterMetricFamily(
             "homelab_proxy_lease_grants", "Leases the manager granted, by model.", labels=["model"]
         )
-        for model, count in sorted(self._pool.granted.items()):
+        for model, count in sorted(granted.items()):
             grants.add_metric([model], count)
         releases = CounterMetricFamily(
             "homelab_proxy_lease_releases", "Leases released to the manager.", labels=["model"]
         )
-        for model, count in sorted(self._pool.released.items()):
+        for model, count in sorted(released.items()):
             releases.add_metric([model], count)
         held = GaugeMetricFamily("homelab_proxy_leases_held", "Manager leases held now.")
-        held.add_metric([], self._pool.stats()["leases"])
+        held.add_metric([], sum(pool.stats()["leases"] for pool in self._pools))
         yield from (grants, releases, held)
 
 

@@ -16,9 +16,11 @@ entry it does, in order:
    chosen over aiohttp's by measurement: docs/benchmarks.md, "Upstream client").
 3. **The answer**: an error status (>= 400) raises the model server's error, normalised
    into an OpenAI envelope (`proxy.errors.normalise_error_body`). An event stream
-   (``text/event-stream``) is handed over as it comes (`ModelCall.chunks`, or
-   `ModelCall.events` for each event's data); anything else is read whole, bounded by
-   `answer_limit`, into `ModelCall.body`.
+   (``text/event-stream``) or audio (``audio/*``: speech, sent as it is synthesised) is
+   handed over as it comes (`ModelCall.chunks`, or `ModelCall.events` for each event's
+   data); anything else is read whole, bounded by `answer_limit`, into `ModelCall.body`.
+   A call made with ``method="GET"`` (the audio server's ``/v1/audio/voices``) sends no
+   body and is otherwise the same.
 
 Retry policy: when the model server cannot be reached, or breaks off before the caller
 got a byte (a whole answer that broke off while being read; a stream before its
@@ -67,8 +69,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
+from typing import Literal
 
 import msgspec
 import orjson
@@ -84,10 +87,10 @@ from proxy.errors import (
     UpstreamError,
     normalise_error_body,
 )
+from proxy.hosts import Fleet, HostLink
 from proxy.keys import Principal, current
-from proxy.lease_pool import LeasePool, LeaseUse
+from proxy.lease_pool import LeaseUse
 from proxy.limits import Limiter
-from proxy.manager_client import ManagerClient
 from proxy.metrics import Metrics
 from proxy.routing import Router, Target, order, view
 from proxy.upstream import UPSTREAM_ERRORS, Headers, UpstreamPool, UpstreamResponse
@@ -106,6 +109,9 @@ WaitForLease = Callable[[Awaitable[LeaseUse]], Awaitable[LeaseUse]]
 """Awaits the lease pool's acquire on the caller's behalf (MCP reports progress meanwhile)."""
 OnLease = Callable[[LeaseGrant], Awaitable[None]]
 """Called with each lease granted, before the request goes out (MCP polls progress)."""
+Method = Literal["POST", "GET"]
+PickHost = Callable[[], Awaitable[HostLink]]
+"""Several hosts: chooses the host a lease is asked of (`proxy.hosts.Fleet.choose`)."""
 
 
 class _Tokens(msgspec.Struct):
@@ -147,8 +153,7 @@ class ModelCalls:
     def __init__(
         self,
         *,
-        leases: LeasePool,
-        manager: ManagerClient,
+        fleet: Fleet,
         metrics: Metrics,
         upstream: UpstreamPool,
         retry_endpoints: Iterable[str],
@@ -158,7 +163,8 @@ class ModelCalls:
         router: Router | None = None,
         limits: Limiter | None = None,
     ) -> None:
-        """`read_timeout`: longest silence from a model server; `waiting`: interactive
+        """`fleet`: the hosts (their managers and lease pools, placement);
+        `read_timeout`: longest silence from a model server; `waiting`: interactive
         calls waiting for a lease now, per model (shared with the job dispatcher);
         `router`: the catalogue's remote models and fallbacks (none by default);
         `limits`: the keys' limits and, in its `usage`, what each key used."""
@@ -167,7 +173,7 @@ class ModelCalls:
 
             limits = Limiter(Usage())
         self.limits = limits
-        self.leases, self.manager, self.metrics = leases, manager, metrics
+        self.fleet, self.metrics = fleet, metrics
         self.upstream = upstream
         self.retry_endpoints = frozenset(retry_endpoints)
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
@@ -186,10 +192,12 @@ class ModelCalls:
         answer_limit: int = ANSWER_LIMIT,
         wait: WaitForLease | None = None,
         on_lease: OnLease | None = None,
+        method: Method = "POST",
     ) -> ModelCall:
         """One call (use with ``async with``). Raises ProxyError on entry: the manager's
         errors (from the lease), the model server's, ``model_server_unreachable``,
-        ``model_server_error`` (broke off), ``answer_too_large``."""
+        ``model_server_error`` (broke off), ``answer_too_large``. `method` ``GET`` sends
+        no body (`body` is ignored)."""
         return ModelCall(
             self,
             model,
@@ -201,6 +209,7 @@ class ModelCalls:
             answer_limit=answer_limit,
             wait=wait,
             on_lease=on_lease,
+            method=method,
         )
 
     async def get(self, lease: LeaseGrant, path: str, *, within: float) -> tuple[int, bytes]:
@@ -247,11 +256,11 @@ class ModelCalls:
             return f"GET /models answered {resp.status}: {err.message}"
         return None
 
-    async def lost_server(self, held: LeaseUse, model: str) -> None:
-        """`model`'s server could not be reached or broke off: nobody joins this lease any
-        more, and the manager checks the server at once."""
+    async def lost_server(self, held: LeaseUse, model: str, link: HostLink) -> None:
+        """`model`'s server on `link` could not be reached or broke off: nobody joins this
+        lease any more, and that host's manager checks the server at once."""
         held.discard()
-        await self.manager.report_unreachable(model)
+        await link.client.report_unreachable(model)
 
 
 class ModelCall:
@@ -271,13 +280,17 @@ class ModelCall:
         answer_limit: int,
         wait: WaitForLease | None,
         on_lease: OnLease | None,
+        method: Method = "POST",
     ) -> None:
         self._calls = calls
+        self._method = method
         self.model, self.endpoint, self.label = model, endpoint, label
         self._body, self._content_type = body, content_type
         self._interactive, self._limit = interactive, answer_limit
         self._wait, self._on_lease = wait, on_lease
         self._held: LeaseUse | None = None
+        self._link: HostLink | None = None
+        """The host whose lease this call holds (None: a remote endpoint)."""
         self._resp: UpstreamResponse | None = None
         self._outcome = 499  # nginx's "client closed request", if cancelled
         self.started = 0.0
@@ -288,7 +301,7 @@ class ModelCall:
         """The model server's HTTP status (< 400 once entered)."""
         self.headers = Headers()
         self.streamed = False
-        """The answer is an event stream: read it with `chunks` or `events`."""
+        """The answer is an event stream or audio: read it with `chunks` (or `events`)."""
         self.body: bytes | None = None
         """The whole answer, when not streamed."""
         self.lease: LeaseGrant | None = None
@@ -385,20 +398,32 @@ class ModelCall:
             self._admitted = False
             self._count()
 
-    async def _lease(self, model: str, first: bool) -> LeaseUse:
+    async def _lease(self, model: str, first: bool, pick: PickHost | None) -> LeaseUse:
+        """A share of a lease on `model`: from `self._link`'s pool, or (`pick`, several
+        hosts) from the pool of the host `pick` chooses, waited for inside the same wait
+        (MCP reports progress meanwhile: waiting for a host, or one being woken)."""
         calls = self._calls
         waiting = calls.waiting if self._interactive else None
         if waiting is not None:
             waiting[model] += 1
         try:
             who = self.who  # the caller's key, read once at the call's start
-            acquire = calls.leases.acquire(model, (who.name, who.priority))
+            if pick is None:
+                assert self._link is not None
+                acquire = self._link.leases.acquire(model, (who.name, who.priority))
+            else:
+                acquire = self._pick_and_acquire(model, pick, (who.name, who.priority))
             return await (self._wait(acquire) if self._wait is not None else acquire)
         finally:
             if waiting is not None:
                 waiting[model] -= 1
             if first:
                 calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
+
+    async def _pick_and_acquire(self, model: str, pick: PickHost, key: tuple[str, str]) -> LeaseUse:
+        link = self._link = await pick()
+        self.served_by = model + "@" + link.name
+        return await link.leases.acquire(model, key)
 
     async def _open(self) -> None:
         calls = self._calls
@@ -407,25 +432,24 @@ class ModelCall:
         if route is None:  # no fallbacks: one target (the host's, unless remote)
             target = router.remote.get(self.model)
             if target is None:
-                self.served_by = self.model + "@" + router.host
                 await self._open_local(self.model)
             else:
                 await self._open_remote(target)
             return
         models: dict[str, ModelStatus] = {}
-        if calls.manager.reachable:
+        fleet = calls.fleet
+        if fleet.reachable:
             try:
-                models = await calls.manager.models(wait=False)
+                models = await fleet.models(wait=False)
             except ProxyError:
                 models = {}
         targets = order(
             route,
-            view(calls.manager.reachable, models, calls.waiting, router.health, route.targets),
+            view(fleet.reachable, models, calls.waiting, router.health, route.targets),
         )
         for number, target in enumerate(targets, 1):
             try:
                 if target.endpoint is None:
-                    self.served_by = target.served_by
                     await self._open_local(target.model)
                 else:
                     await self._open_remote(target)
@@ -433,14 +457,7 @@ class ModelCall:
             except ProxyError as exc:
                 if number == len(targets) or not _divert(exc):
                     raise
-                if self._resp is not None:
-                    self._resp.close()
-                    self._resp = None
-                if self._held is not None:
-                    self._stop_clock()
-                    self._held.end()
-                    self._held = None
-                self.streamed, self.lease = False, None
+                self._drop_try()
                 log.info("%s failed (%s): trying the next fallback", target.served_by, exc.code)
 
     def _body_for(self, model: str) -> bytes | memoryview:
@@ -459,16 +476,10 @@ class ModelCall:
         assert endpoint is not None
         self.served_by, self.served = target.served_by, target.model
         try:
-            resp = self._resp = await calls.upstream.post(
+            resp = self._resp = await self._send(
                 endpoint.base_url + self.endpoint.removeprefix("/v1"),
                 self._body_for(target.model),
-                {
-                    "Content-Type": self._content_type,
-                    "Accept-Encoding": "identity",
-                    **endpoint.headers(),
-                },
-                connect_timeout=calls.connect_timeout,
-                read_timeout=calls.read_timeout,
+                endpoint.headers(),
             )
         except UPSTREAM_ERRORS as exc:
             why = f"{exc.__class__.__name__}: {exc}"
@@ -487,7 +498,7 @@ class ModelCall:
             )
         await _raise_for_status(resp)
         self._outcome = resp.status
-        if resp.content_type == SSE_MEDIA_TYPE:
+        if _streams(resp.content_type):
             self.streamed = True
             return
         try:
@@ -502,34 +513,70 @@ class ModelCall:
         self._read_tokens(raw)
 
     async def _open_local(self, model: str) -> None:
-        """Lease `model` from the host's manager and POST to its server (retry policy in
-        the module docstring)."""
+        """Lease `model` from a host's manager and POST to its server: the host placement
+        chooses (`proxy.hosts.Fleet.choose`); when that host is away or busy before
+        anything reached the caller, the next one, each with its own lease (a lease never
+        spans two hosts). One host: its manager, as always."""
+        fleet = self._calls.fleet
+        if not fleet.multi:
+            self._link = fleet.first
+            self.served_by = model + "@" + fleet.first.name
+            await self._open_on(model, None)
+            return
+        tried: set[str] = set()
+
+        def pick() -> Awaitable[HostLink]:
+            return fleet.choose(model, tried)
+
+        while True:
+            self._link = None
+            try:
+                await self._open_on(model, pick)
+                return
+            except ProxyError as exc:
+                link = self._link
+                if link is None or not _divert(exc):
+                    raise  # no host came (choose's 503), or an answer to pass on
+                if isinstance(exc, ManagerUnavailable):
+                    fleet.mark_down(link)
+                tried.add(link.name)
+                self._drop_try()
+                log.info("%s failed (%s): placing it on another host", self.served_by, exc.code)
+
+    def _drop_try(self) -> None:
+        """Forget a failed try that reached nobody: its answer and its lease."""
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._held is not None:
+            self._stop_clock()
+            self._held.end()
+            self._held = None
+        self.streamed, self.lease = False, None
+
+    async def _open_on(self, model: str, pick: PickHost | None) -> None:
+        """Lease `model` from `self._link`'s manager (or, with `pick`, the host it picks)
+        and POST to its server (retry policy in the module docstring)."""
         calls = self._calls
         self.served = model
         body = self._body_for(model)
         attempts = 2 if self.endpoint in calls.retry_endpoints else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            held = self._held = await self._lease(model, attempt == 1)
+            held = self._held = await self._lease(model, attempt == 1, pick)
+            link = self._link
+            assert link is not None
             lease = self.lease = held.lease
             self.leased = self._lease_start = time.perf_counter()
             if self._on_lease is not None:
                 await self._on_lease(lease)
             try:
-                resp = self._resp = await calls.upstream.post(
-                    lease.base_url + self.endpoint,
-                    body,
-                    {
-                        "Content-Type": self._content_type,
-                        "Accept-Encoding": "identity",
-                        **lease.upstream_headers(),
-                    },
-                    connect_timeout=calls.connect_timeout,
-                    read_timeout=calls.read_timeout,
+                resp = self._resp = await self._send(
+                    lease.base_url + self.endpoint, body, lease.upstream_headers()
                 )
             except UPSTREAM_ERRORS as exc:
                 self._stop_clock()
-                await calls.lost_server(held, model)
+                await calls.lost_server(held, model, link)
                 if not last:
                     continue  # nothing reached the caller: ask again, once
                 raise UpstreamError(
@@ -539,7 +586,7 @@ class ModelCall:
                 ) from exc
             self.status, self.headers = resp.status, resp.headers
             await _raise_for_status(resp)
-            if resp.content_type == SSE_MEDIA_TYPE:
+            if _streams(resp.content_type):
                 self.streamed = True
                 self._outcome = resp.status
                 return
@@ -549,7 +596,7 @@ class ModelCall:
                 resp.close()
                 self._resp = None
                 self._stop_clock()
-                await calls.lost_server(held, model)
+                await calls.lost_server(held, model, link)
                 if not last:
                     continue  # the answer broke off before the caller got a byte
                 raise UpstreamError(
@@ -564,6 +611,26 @@ class ModelCall:
             self._outcome = resp.status
             return
 
+    async def _send(
+        self, url: str, body: bytes | memoryview, auth: Mapping[str, str]
+    ) -> UpstreamResponse:
+        """The request on the lean client: a POST of `body`, or a GET (`method`)."""
+        calls = self._calls
+        if self._method == "GET":
+            return await calls.upstream.get(
+                url,
+                {"Accept-Encoding": "identity", **auth},
+                connect_timeout=calls.connect_timeout,
+                read_timeout=calls.read_timeout,
+            )
+        return await calls.upstream.post(
+            url,
+            body,
+            {"Content-Type": self._content_type, "Accept-Encoding": "identity", **auth},
+            connect_timeout=calls.connect_timeout,
+            read_timeout=calls.read_timeout,
+        )
+
     def _bounded(self, raw: bytes, model: str) -> bytes:
         """`raw`, unless it is over the answer limit (``answer_too_large``)."""
         if len(raw) > self._limit:
@@ -576,7 +643,7 @@ class ModelCall:
     # -- a streamed answer ---------------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The event stream's bytes as they arrive, unbuffered. The lease ends when the
+        """The event stream's (or audio's) bytes as they arrive, unbuffered. The lease ends when the
         stream does. A stream that breaks off retires the lease, tells the manager, and
         raises UpstreamError (``stream_interrupted``, 502)."""
         resp, held = self._resp, self._held  # held: None for a remote endpoint (no lease)
@@ -595,8 +662,8 @@ class ModelCall:
             )
             self._outcome = err.status
             self._stop_clock()
-            if held is not None:
-                await self._calls.lost_server(held, self.served)
+            if held is not None and self._link is not None:
+                await self._calls.lost_server(held, self.served, self._link)
             raise err from exc
         self._stop_clock()
         if held is not None:
@@ -619,6 +686,12 @@ class ModelCall:
         frame = parser.feed(b"")
         if frame is not None:
             yield frame[1]
+
+
+def _streams(content_type: str) -> bool:
+    """An answer passed on as it comes: an event stream, or audio (speech is sent as it is
+    synthesised, sentence by sentence)."""
+    return content_type == SSE_MEDIA_TYPE or content_type.startswith("audio/")
 
 
 async def _raise_for_status(resp: UpstreamResponse) -> None:

@@ -75,6 +75,19 @@ _BODIES = {
         "required": ["model", "input"],
         "properties": {"model": _MODEL, "input": {}, "encoding_format": {"type": "string"}},
     },
+    "speech": {
+        "required": ["model", "input"],
+        "properties": {
+            "model": _MODEL,
+            "input": {"type": "string", "minLength": 1},
+            "voice": {"type": "string"},
+            "response_format": {
+                "type": "string",
+                "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"],
+            },
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0},
+        },
+    },
     "image": {
         "required": ["model", "prompt"],
         "properties": {
@@ -109,6 +122,28 @@ def edit_schema() -> dict[str, Any]:
             "response_format": {"type": "string", "enum": ["url", "b64_json"]},
         },
     }
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
+def audio_upload_schema(translation: bool = False) -> dict[str, Any]:
+    """`openapi_extra` declaring the multipart body of /v1/audio/transcriptions (or, with
+    `translation`, /v1/audio/translations: no language)."""
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary"},
+        "model": _MODEL,
+        "prompt": {"type": "string"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "response_format": {
+            "type": "string",
+            "enum": ["json", "text", "srt", "verbose_json", "vtt"],
+        },
+        "stream": {"type": "boolean"},
+    }
+    if not translation:
+        properties["language"] = {"type": "string"}
+    schema = {"type": "object", "required": ["file", "model"], "properties": properties}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }

@@ -21,11 +21,17 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from proxy.context import ProxyContext
-from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, WrongModelType
+from proxy.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ProxyError,
+    UnsupportedAudio,
+    WrongModelType,
+)
 from proxy.forward import Forward
 from proxy.images import UPLOAD_FORMATS, check_image_request, image_url_base, sniff_format
 from proxy.keys import current, visible
-from proxy.openapi_docs import ERRORS, body_schema, edit_schema
+from proxy.openapi_docs import ERRORS, audio_upload_schema, body_schema, edit_schema
 from proxy.parsing import (
     check_stream,
     encode_form,
@@ -38,12 +44,18 @@ from proxy.parsing import (
     require_json,
     routed_fields,
 )
+from wire.audio import SNIFF_BYTES, sniff_audio
 from wire.models import ModelStatus
 
 router = APIRouter()
 Endpoint = Callable[[Request], Awaitable[Response]]
 EDITS = "/v1/images/edits"
-"""The multipart route: its body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_PROXY_MAX_BODY_BYTES."""
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
+SPEECH = "/v1/audio/speech"
+VOICES = "/v1/audio/voices"
+UPLOADS = (EDITS, TRANSCRIPTIONS, TRANSLATIONS)
+"""The multipart routes: their body limit is HOMELAB_MAX_UPLOAD_BYTES, not HOMELAB_PROXY_MAX_BODY_BYTES."""
 _STARTED = int(time.time())
 
 
@@ -52,9 +64,13 @@ def _ctx(request: Request) -> ProxyContext:
     return ctx
 
 
-async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) -> ModelStatus:
+async def resolve_model(
+    ctx: ProxyContext, name: str, want: str, endpoint: str, *, wait: bool = True
+) -> ModelStatus:
     """The ModelStatus for `name` (the manager's, or a remote model's from the proxy's
-    catalogue), checked to be of type `want`.
+    catalogue), checked to be of type `want`. `wait=False` (jobs and batches: accepted at
+    once, run when a host is back): while every host is away, the last known catalogue
+    answers (`proxy.hosts.Fleet.models`) instead of a wait for a manager.
 
     A name missing from the cached list is looked up once more (at most one
     fresh fetch a second), so a model added on the manager is found at once. A model
@@ -67,16 +83,16 @@ async def resolve_model(ctx: ProxyContext, name: str, want: str, endpoint: str) 
     router = ctx.model_calls.router
     who = current()
     if not who.may_use(name):
-        models = await ctx.manager.models()
+        models = await ctx.manager.models(wait=wait)
         raise ModelNotFound(name, who.visible({*models, *router.remote}))
     info = router.status(name) if name in router.remote else None
     if info is None and name in router.routes:
         info = await _with_fallbacks(ctx, name)
     if info is None:
-        models = await ctx.manager.models()
+        models = await ctx.manager.models(wait=wait)
         info = models.get(name)
         if info is None:
-            models = await ctx.manager.models(max_age=1.0)
+            models = await ctx.manager.models(max_age=1.0, wait=wait)
             info = models.get(name)
             if info is None:
                 raise ModelNotFound(name, who.visible({*models, *router.remote}))
@@ -226,6 +242,46 @@ async def _forward_edit(request: Request, endpoint: str, want: str) -> Forward:
     )
 
 
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+async def _forward_audio(request: Request, endpoint: str, want: str) -> Forward:
+    """A transcription or translation: an audio file (checked by its first bytes, not its
+    name or declared type) and the routed fields, forwarded as the client sent them."""
+    ctx = _ctx(request)
+    raw = await read_body(request)
+    form = await parse_form(request, raw, ctx.settings.max_upload_bytes)
+    try:
+        model = model_name(form_text(form, "model"))
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("'file' must be uploaded as a file part.", param="file")
+        if sniff_audio(await upload.read(SNIFF_BYTES)) is None:
+            raise UnsupportedAudio(
+                "'file' is not audio of a known format (by its content): send flac, m4a, "
+                "mp3, mp4, ogg, wav or webm.",
+                param="file",
+            )
+        if form_text(form, "stream") not in (None, "true", "false"):
+            raise InvalidRequest("'stream' must be true or false.", param="stream")
+        fmt = form_text(form, "response_format")
+        if fmt is not None and fmt not in TRANSCRIPT_FORMATS:
+            raise InvalidRequest(
+                f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
+                param="response_format",
+            )
+        await resolve_model(ctx, model, want, endpoint)
+    finally:
+        await form.close()
+    return Forward(
+        ctx,
+        endpoint=endpoint,
+        model=model,
+        body=raw,
+        content_type=request.headers["content-type"],
+    )
+
+
 Handler = Callable[[Request, str, str], Awaitable[Forward]]
 
 
@@ -286,6 +342,30 @@ ROUTES = (
         edit_schema(),
         "Edit an uploaded image (image models; multipart/form-data)",
     ),
+    ForwardingRoute(
+        TRANSCRIPTIONS,
+        "audio_transcriptions",
+        "stt",
+        _forward_audio,
+        audio_upload_schema(),
+        "Transcribe speech (stt models; multipart/form-data; SSE by segment when stream is true)",
+    ),
+    ForwardingRoute(
+        TRANSLATIONS,
+        "audio_translations",
+        "stt",
+        _forward_audio,
+        audio_upload_schema(translation=True),
+        "Speech to English text (stt models; multipart/form-data)",
+    ),
+    ForwardingRoute(
+        SPEECH,
+        "audio_speech",
+        "tts",
+        _forward_json,
+        body_schema("speech"),
+        "Speak text (tts models; the audio streamed sentence by sentence)",
+    ),
 )
 """The forwarding routes, each declared once: FastAPI's router (so /openapi.json
 describes them) and `proxy.hotpath.HotPath` (which serves them) are both built here."""
@@ -303,3 +383,33 @@ for _route in ROUTES:
 
 FORWARDING: dict[str, Endpoint] = {route.path: route.endpoint for route in ROUTES}
 """The forwarding endpoints by path, for `proxy.hotpath.HotPath`."""
+
+
+@router.get(
+    VOICES,
+    responses=ERRORS,
+    summary="The voices of a tts model (?model=NAME)",
+)
+async def list_voices(request: Request, model: str | None = None) -> Response:
+    """``GET /v1/audio/voices?model=NAME``: the tts model's voices, from its server (the
+    model is leased, and started if it is not running, like any call)."""
+    ctx = _ctx(request)
+    if not model:
+        every = {**(await _known(ctx)), **ctx.model_calls.router.statuses()}
+        fitting = [n for n in current().visible(every) if every[n].type == "tts"]
+        raise InvalidRequest(
+            f"Name the tts model: {VOICES}?model=NAME. "
+            f"Models for {VOICES}: {', '.join(fitting) or '(none configured)'}.",
+            param="model",
+        )
+    name = model_name(model)
+    await resolve_model(ctx, name, "tts", VOICES)
+    call = ctx.model_calls.call(name, VOICES, b"", "application/json", method="GET")
+    async with call:
+        raw = call.body or b""
+        return Response(
+            raw,
+            status_code=call.status,
+            media_type=call.answer_type,
+            headers={"X-Homelab-Served-By": call.served_by},
+        )

@@ -1,5 +1,6 @@
-"""The proxy's own endpoints: health, readiness, metrics, and stored image URLs (read
-with the URL alone; deleted by their owner's key)."""
+"""The proxy's own endpoints: health, readiness, metrics, stored image URLs (read
+with the URL alone; deleted by their owner's key) and generated audio files (read and
+deleted by their owner's key only)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,14 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     ctx = request.app.state.ctx
     await ctx.manager.health()  # raises ManagerUnavailable -> 503 envelope (redacted if keyless)
-    body: dict[str, str] = {"status": "ready"}
+    body: dict[str, object] = {"status": "ready"}
     if getattr(request.state, "keyed", False):  # the manager's address only for key holders
         body["manager"] = ctx.manager.base_url
+        if ctx.manager.multi:
+            body["hosts"] = {
+                name: {"url": link.client.base_url, "up": link.up}
+                for name, link in ctx.manager.links.items()
+            }
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -69,5 +75,39 @@ async def delete_image(request: Request, name: str) -> Response:
         raise NotFound("This image does not exist or its URL has expired.", code="image_not_found")
     return Response(
         orjson.dumps({"id": name, "object": "image", "deleted": True}),
+        media_type="application/json",
+    )
+
+
+AUDIO_NOT_FOUND = "This audio file does not exist, has expired, or is not this key's."
+
+
+@router.get(
+    "/v1/audio/files/{name}",
+    responses={401: ERRORS[401], 404: ERRORS[404]},
+    summary="A generated audio file (MCP txt2speech): the key that made it, or an admin",
+)
+async def stored_audio(request: Request, name: str) -> Response:
+    """`name`: the last part of the link (``<id>.<ext>``). Another key's file is a 404, as
+    an unknown, expired or mangled one is (proxy/audio.py)."""
+    found = await asyncio.to_thread(request.app.state.ctx.audio.get_owned, name, keys.current())
+    if found is None:
+        raise NotFound(AUDIO_NOT_FOUND, code="audio_not_found")
+    data, media_type, left = found
+    return Response(
+        data, media_type=media_type, headers={"Cache-Control": f"private, max-age={int(left)}"}
+    )
+
+
+@router.delete(
+    "/v1/audio/files/{name}",
+    responses={401: ERRORS[401], 404: ERRORS[404]},
+    summary="Delete a generated audio file; the key that made it, or an admin",
+)
+async def delete_audio(request: Request, name: str) -> Response:
+    if not await asyncio.to_thread(request.app.state.ctx.audio.delete, name, keys.current()):
+        raise NotFound(AUDIO_NOT_FOUND, code="audio_not_found")
+    return Response(
+        orjson.dumps({"id": name, "object": "audio.file", "deleted": True}),
         media_type="application/json",
     )

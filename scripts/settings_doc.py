@@ -4,7 +4,8 @@
     python -m scripts.settings_doc --check    exit 1 if it differs from what the classes give
 
 The classes (wire.settings.ServiceSettings, manager.settings.ManagerSettings,
-proxy.settings.ProxySettings and McpBridgeSettings, imageserver.settings.Settings) hold
+proxy.settings.ProxySettings and McpBridgeSettings, imageserver.settings.Settings,
+audioserver.settings.Settings) hold
 each setting's type, limits, default and text; this script only lays them out, and a
 unit test (tests/unit/test_settings_doc.py) fails when the doc drifts from them.
 `render` refuses a setting without a description, and a type it cannot describe, rather
@@ -21,6 +22,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from audioserver.settings import Settings as AudioServerSettings
 from imageserver.settings import Settings as ImageServerSettings
 from manager.settings import ManagerSettings
 from proxy.settings import McpBridgeSettings, ProxySettings
@@ -37,7 +39,7 @@ HEADER = """\
 
 <!-- Generated from the settings classes by `python -m scripts.settings_doc`; do not edit.
      A setting's type, default and text live in its class (wire/settings.py,
-     manager/settings.py, proxy/settings.py, imageserver/settings.py): change them there,
+     manager/settings.py, proxy/settings.py, imageserver/settings.py, audioserver/settings.py): change them there,
      then run this script. tests/unit/test_settings_doc.py checks that they agree. -->
 
 Every program reads its settings from environment variables when it starts, and refuses
@@ -80,6 +82,14 @@ SECTIONS: list[tuple[str, type[HomelabSettings], str]] = [
         "manager sets these from the model's models.json entry (docs/models-json.md) and "
         "makes the upstream key for each start; set `env` in models.json only for the "
         "server's own knobs (`HOMELAB_IMAGE_QUEUE_LIMIT`, say).",
+    ),
+    (
+        "Audio server",
+        AudioServerSettings,
+        "`python -m audioserver`, inside a speech model's (stt or tts) container or "
+        "process. The manager sets these from the model's models.json entry "
+        "(docs/models-json.md) and makes the upstream key for each start; set `env` in "
+        "models.json only for the server's own knobs (`HOMELAB_AUDIO_MAX_UPLOAD_BYTES`, say).",
     ),
 ]
 

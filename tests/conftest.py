@@ -1,10 +1,10 @@
 """Suite-wide rules: tier markers, and refusing a run where a required tier was skipped.
 
-Tiers are pytest markers (`docker`, `vllm`, `diffusers`, `browser`, `llamacpp`; unmarked
+Tiers are pytest markers (`docker`, `vllm`, `diffusers`, `browser`, `llamacpp`, `speech`; unmarked
 tests are the fast unit tier). A tier's fixtures skip its tests when the real
 part is missing (no Docker engine, no Chromium, ...). That is fine on a
 laptop, but CI must prove every tier ran: set
-`HOMELAB_REQUIRE_TIERS=docker,vllm,diffusers,browser,llamacpp` (`.ci/run` does) and the
+`HOMELAB_REQUIRE_TIERS=docker,vllm,diffusers,browser,llamacpp,speech` (`.ci/run` does) and the
 session fails if any test of a listed tier was skipped, or none of it ran. A module
 skipped while it loads (a module-level `pytest.importorskip`) counts as skipped tests of
 the tiers its `pytestmark` names: pytest never collects its tests, so without this the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("docker", "vllm", "diffusers", "browser", "llamacpp")
+TIERS = ("docker", "vllm", "diffusers", "browser", "llamacpp", "speech")
 
 _ran: dict[str, int] = {t: 0 for t in TIERS}
 _skipped: dict[str, list[str]] = {t: [] for t in TIERS}

@@ -101,6 +101,14 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
     return f"{head}{body}\n\n".encode()
 
 
+def data_frame(data: Any) -> bytes:
+    """One SSE frame with only a ``data:`` line (single-line compact UTF-8 JSON): the
+    shape OpenAI's own streams use (chat chunks, ``transcript.text.delta`` events),
+    which clients read by the JSON's ``type``, not by an ``event:`` name."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {body}\n\n".encode()
+
+
 def event_frame(event: Event) -> bytes:
     """`event`'s frame (its payload serialised by its own type)."""
     data = event.model_dump_json(by_alias=True)

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -284,3 +286,38 @@ def config(
         timeout_keep_alive=max(1, round(limits.keep_alive)),
         **uvicorn_options,
     )
+
+
+MODEL_SERVER_LIMITS = ConnectionLimits(per_address=64, max_connections=256)
+"""Our model servers' (image, audio) clients are the proxy and the manager's readiness
+probe: few connections (docs/security.md)."""
+
+
+class _NoHealthChecks(logging.Filter):
+    """Drops uvicorn access-log records of `GET /health` (the manager asks it every few
+    tens of milliseconds while a model loads; the log is for what clients did)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) >= 3 and args[2] == "/health")
+
+
+def serve_model_server(app: ASGIApp, host: str, port: int, log_level: str) -> None:
+    """Run one of our model servers (imageserver, audioserver) until SIGTERM: logging to
+    stderr without the health checks, `MODEL_SERVER_LIMITS`, 5 s to finish on shutdown."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("uvicorn.access").addFilter(_NoHealthChecks())
+    uvicorn.Server(
+        config(
+            app,
+            host,
+            port,
+            MODEL_SERVER_LIMITS,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
+    ).run()

@@ -9,7 +9,10 @@
   ``/v1/health`` without it); the proxy gets the key in its lease.
 - The image server's ``GET /health`` body, `ImageHealth` (written by ``imageserver.api``,
   read by the manager's readiness probe, ``manager.health``): 200 while loading or ready,
-  503 once failed.
+  503 once failed; once ready it says how the pipeline was loaded (``wire.image_options``).
+- The audio server's ``GET /health`` body, `AudioHealth` (written by ``audioserver.api``,
+  read by ``manager.health``): as the image server's, plus the model's type (stt or tts);
+  open without the upstream key; its ``GET /v1/progress`` body, `AudioProgress`.
 - The image server's ``GET /v1/progress`` body, `ImageProgress` (written by
   ``imageserver.api`` from its step meter, read by the proxy's MCP calls while a picture
   is made, ``proxy.mcp.calls``).
@@ -20,6 +23,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from wire.image_options import ImageLoaded
 
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
 """vLLM's OpenAI server refuses every path without this key (vLLM's own variable, read
@@ -55,11 +60,46 @@ class ImageHealth(BaseModel):
     """Why loading failed (status ``failed``)."""
     model: str = ""
     """The served name."""
+    loaded: ImageLoaded | None = None
+    """Once ready: how the pipeline was loaded (quantization, offloading; `ImageLoaded`)."""
 
     @property
     def http_status(self) -> int:
         """503 once failed, else 200."""
         return 503 if self.status == "failed" else 200
+
+
+class AudioHealth(BaseModel):
+    """``GET /health`` of the audio server (``audioserver``): whether its model (a
+    faster-whisper model for ``stt``, a Piper voice for ``tts``) is loaded. Open without
+    the upstream key (it says nothing else); 503 once failed."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    status: ImageServerStatus
+    error: str | None = None
+    """Why loading failed (status ``failed``)."""
+    model: str = ""
+    """The served name."""
+    type: Literal["stt", "tts"]
+    """What the model does: transcribe (``stt``) or speak (``tts``)."""
+
+    @property
+    def http_status(self) -> int:
+        """503 once failed, else 200."""
+        return 503 if self.status == "failed" else 200
+
+
+class AudioProgress(BaseModel):
+    """``GET /v1/progress`` of the audio server: the request running now, in steps: a
+    speech answer's sentences spoken of all its sentences, a transcription's whole
+    seconds heard of the audio's (all zero when idle)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    running: bool = False
+    step: int = 0
+    steps: int = 0
 
 
 class ImageProgress(BaseModel):

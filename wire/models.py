@@ -18,8 +18,16 @@ Backend = Literal["vllm", "llama.cpp", "diffusers", "audio", "remote"]
 """Who serves a model: vLLM, llama.cpp's llama-server, the diffusers image server, the
 audio server (``audioserver``: faster-whisper or Piper) (the manager's models), or a
 remote OpenAI-compatible endpoint (the proxy's catalogue)."""
-ModelStateName = Literal["stopped", "starting", "ready", "stopping", "failed"]
-"""A model's lifecycle state (the manager's `manager.state.ModelState` values)."""
+ModelStateName = Literal[
+    "stopped", "starting", "ready", "stopping", "failed", "falling_asleep", "sleeping", "waking"
+]
+"""A model's lifecycle state (the manager's `manager.state.ModelState` values).
+``sleeping``: its server runs with its weights in host memory (the warm tier: vLLM's sleep
+mode, an image pipeline parked on the CPU); ``falling_asleep`` and ``waking`` are the
+moves into and out of it. A Docker *standby* container is not sleeping: the model is
+``stopped`` (docs/architecture.md, "Three tiers")."""
+WARM_STATES = ("falling_asleep", "sleeping", "waking")
+"""The states of the warm tier (the server runs, its weights are or were in host memory)."""
 
 
 class ModelStatus(BaseModel):
@@ -63,11 +71,32 @@ class ModelStatus(BaseModel):
     """models.json ``pinned``: started at boot and never evicted."""
     backend: Backend | None = None
     """Who serves it (`Backend`); None from a manager older than this field."""
+    warm_level: int | None = None
+    """models.json ``warm.level``: the sleep level it is kept warm with (1: weights in host
+    memory; 2: weights dropped, reloaded from disk on wake); None: it is never kept warm."""
+    host_memory_mib: int | None = None
+    """Host memory (MiB) it holds while sleeping: declared (``warm.host_memory_mib``), or
+    the last one measured; None: not warm, or not known yet."""
+    wake_seconds: float | None = None
+    """How long a wake usually takes (learned; None: never woken yet)."""
+    load_seconds: float | None = None
+    """How long a cold start usually takes (learned; None: never started yet)."""
     endpoint: str | None = None
     """Remote models only: the proxy catalogue's endpoint that serves it."""
     reachable: bool | None = None
     """Remote models only: the endpoint's ``/v1/models`` answered at the last health poll
     (None: not polled yet). The manager never sends it."""
+    hosts: list[str] | None = None
+    """Several hosts (the proxy's catalogue, docs/hosts.md): the hosts that can serve it, in
+    the catalogue's order. None (not sent): one host, or a remote model. The manager never
+    sends it, nor the three below."""
+    resident_on: list[str] | None = None
+    """Several hosts: where it is ``ready`` now."""
+    loading_on: list[str] | None = None
+    """Several hosts: where it is on its way to ready (``starting``, or waking)."""
+    away_on: list[str] | None = None
+    """Several hosts: those of `hosts` that are away (unreachable, or asleep) now; their
+    states are the last known."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object the manager sends."""
@@ -80,10 +109,22 @@ class ModelStatus(BaseModel):
         else:
             del data["vision"], data["tools"]
         if self.backend == "remote":  # no lifecycle or GPU on the proxy's side
-            for key in ("gpu_memory_mib", "observed_gpu_memory_mib", "priority", "pinned"):
+            for key in (
+                "gpu_memory_mib",
+                "observed_gpu_memory_mib",
+                "priority",
+                "pinned",
+                "warm_level",
+                "host_memory_mib",
+                "wake_seconds",
+                "load_seconds",
+            ):
                 del data[key]
         else:
             del data["endpoint"], data["reachable"]
+        for key in ("hosts", "resident_on", "loading_on", "away_on"):
+            if data[key] is None:
+                del data[key]
         return data
 
 

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy import keys
+from proxy.audio import MEDIA, sniff_audio
 from proxy.errors import FileQuotaExceeded, InvalidRequest, NotFound, ProxyError
 from proxy.images import check_image_request, image_url_base
 from proxy.jobs import listing
@@ -43,6 +44,7 @@ from proxy.jobs.records import (
     RequestCounts,
     encode,
 )
+from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import BatchState, TaskState
 from proxy.jobs.store import QuotaExceeded
 from proxy.openapi_docs import ERRORS
@@ -61,7 +63,11 @@ ENDPOINTS = {
     "/v1/completions": "text",
     "/v1/embeddings": "embedding",
     "/v1/images/generations": "image",
+    TRANSCRIPTIONS: "stt",
 }
+USER_DATA = "user_data"
+"""The purpose of an uploaded audio file a transcription (a batch line's or a JSON-RPC
+job's ``file``) names by its id."""
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -127,24 +133,33 @@ async def upload_file(request: Request) -> Response:
         purpose = form.get("purpose")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("'file' must be uploaded as a file part.", param="file")
-        if purpose != "batch":
-            raise InvalidRequest("Only purpose 'batch' is supported.", param="purpose")
+        if purpose not in ("batch", USER_DATA):
+            raise InvalidRequest(
+                f"The purpose must be 'batch' (a JSONL batch) or '{USER_DATA}' (audio to "
+                "transcribe).",
+                param="purpose",
+            )
         data = await upload.read(limit + 1)
         if len(data) > limit:
             raise too_large(limit, "The file")
         filename = (upload.filename or "batch.jsonl")[:255]
     finally:
         await form.close()
-    await asyncio.to_thread(
-        _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
-    )
+    if purpose == "batch":
+        await asyncio.to_thread(
+            _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
+        )
+    elif sniff_audio(data) is None:
+        raise InvalidRequest(
+            f"A '{USER_DATA}' file must be audio: WAV, MP3, Ogg, FLAC or WebM.", param="file"
+        )
     now = int(time.time())
     meta = FileRecord(
         id=new_id("file"),
         bytes=len(data),
         created_at=now,
         filename=filename,
-        purpose="batch",
+        purpose="batch" if purpose == "batch" else "user_data",
         owner=keys.current().name,
         expires_at=now + int(settings.file_ttl),
     )
@@ -209,9 +224,12 @@ async def get_file(request: Request, file_id: str) -> Response:
 
 @router.get("/v1/files/{file_id}/content", responses=ERRORS, summary="A file's content")
 async def file_content(request: Request, file_id: str) -> Response:
-    await _file(request, file_id)
-    content = await _jobs(request).store.file_content(file_id)
-    return Response(content or b"", media_type="application/jsonl")
+    meta = await _file(request, file_id)
+    content = await _jobs(request).store.file_content(file_id) or b""
+    media = "application/jsonl"
+    if meta.purpose == USER_DATA:
+        media = MEDIA.get(sniff_audio(content) or "", "application/octet-stream")
+    return Response(content, media_type=media)
 
 
 @router.delete("/v1/files/{file_id}", responses=ERRORS, summary="Delete a file")
@@ -250,11 +268,14 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
         if not isinstance(model, str) or not model:
             raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
         try:
-            info = await resolve_model(ctx, model, want, endpoint)
+            info = await resolve_model(ctx, model, want, endpoint, wait=False)
             if want == "image":  # the direct route's checks, on the line's body
                 check_image_request(
                     info, body.get("n"), body.get("size"), body.get("response_format")
                 )
+            elif want == "stt":  # the audio is there and is audio (read again when it runs)
+                limit = ctx.settings.max_upload_bytes
+                await audio_of(ctx, body.get("file"), keys.current(), limit)
         except ProxyError as exc:
             raise InvalidRequest(
                 f"Line {number}: {exc.message}", param=exc.param, code=exc.code
@@ -279,7 +300,10 @@ async def create_batch(request: Request) -> Response:
     file_id = data.get("input_file_id")
     if not isinstance(file_id, str):
         raise InvalidRequest("'input_file_id' is required.", param="input_file_id")
-    await _file(request, file_id)
+    if (await _file(request, file_id)).purpose != "batch":
+        raise InvalidRequest(
+            "'input_file_id' must be a file uploaded with purpose 'batch'.", param="input_file_id"
+        )
     content = await jobs.store.file_content(file_id) or b""
     items = await _parse_batch_lines(request, content, endpoint)
     now = int(time.time())

@@ -35,13 +35,22 @@ from typing import Any
 from proxy.context import ProxyContext
 from proxy.errors import ProxyError
 from proxy.jobs.order import fair_position, pick_model, pick_owner
-from proxy.jobs.records import EndEvent, EventName, Job, Position, StateEvent, TokenEvent
+from proxy.jobs.records import (
+    EndEvent,
+    EventName,
+    Job,
+    Position,
+    ProgressEvent,
+    StateEvent,
+    TokenEvent,
+)
 from proxy.jobs.runner import Outcome, job_principal, run_job
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import AsyncJobStore
 from proxy.jobs.watch import TaskWatchers
 from proxy.keys import Principal, PriorityClass
 from proxy.settings import ProxySettings
+from proxy.speech import Segment
 from wire.models import ModelStatus
 
 log = logging.getLogger("proxy.jobs")
@@ -56,6 +65,8 @@ model state change wakes it at once; this only matters for other proxies' jobs).
 TOKEN_FLUSH = 0.1
 CANCEL_POLL = 0.5
 BUSY_RETRY = 2.0
+AWAY = frozenset({"manager_unavailable", "manager_shutting_down"})
+"""Error codes that mean the job's hosts are away: it is requeued, not failed."""
 
 
 class JobNotFound(Exception):
@@ -66,9 +77,16 @@ class JobFinished(Exception):
     """The job already reached a terminal state (cannot be cancelled)."""
 
 
+CHEAP_STATES = ("ready", "starting", "waking")
+"""States in which a model holds or is taking the GPU: waking from host memory (the warm
+tier) is as good as resident, so batches may follow it. A model still asleep is not: its
+jobs would make the manager swap it in while others run."""
+
+
 def residents_of(models: Mapping[str, ModelStatus]) -> set[str]:
-    """The models that hold (or are taking) GPU memory: ready or starting."""
-    return {name for name, info in models.items() if info.state in ("ready", "starting")}
+    """The models that hold (or are taking) GPU memory: ready, starting, or waking from
+    host memory (`CHEAP_STATES`)."""
+    return {name for name, info in models.items() if info.state in CHEAP_STATES}
 
 
 def new_id(prefix: str = "task") -> str:
@@ -245,7 +263,7 @@ class Dispatcher:
 
     async def _residents(self) -> set[str]:
         try:
-            return residents_of(await self.ctx.manager.models())
+            return residents_of(await self.ctx.manager.models(wait=False))
         except ProxyError:
             return set()
 
@@ -255,7 +273,7 @@ class Dispatcher:
             return None
         router = self.ctx.model_calls.router
         try:
-            models = await self.ctx.manager.models()
+            models = await self.ctx.manager.models(wait=False)
         except ProxyError:
             if not router.remote:
                 return None
@@ -359,16 +377,21 @@ class Dispatcher:
         await self.emit(job_id, "state", StateEvent(TaskState.STARTED, attempt=attempt))
 
         pending: list[str] = []
+        progress: ProgressEvent | None = None
+        """A transcription's latest segment not yet written (written after its text)."""
         flusher: asyncio.Task[None] | None = None
 
         async def flush() -> None:
             await asyncio.sleep(TOKEN_FLUSH)
-            nonlocal flusher
+            nonlocal flusher, progress
             flusher = None
             if pending:
                 text = "".join(pending)
                 pending.clear()
                 await self.emit(job_id, "token", TokenEvent(text, attempt))
+            if progress is not None:
+                said, progress = progress, None
+                await self.emit(job_id, "progress", said)
 
         def on_delta(text: str) -> None:
             nonlocal flusher
@@ -376,7 +399,13 @@ class Dispatcher:
             if flusher is None:
                 flusher = asyncio.create_task(flush())
 
-        task = asyncio.create_task(run_job(self.ctx, job, on_delta))
+        def on_segment(segment: Segment, fraction: float | None) -> None:
+            nonlocal flusher, progress
+            progress = ProgressEvent(fraction, vars(segment), attempt)
+            if flusher is None:
+                flusher = asyncio.create_task(flush())
+
+        task = asyncio.create_task(run_job(self.ctx, job, on_delta, on_segment))
         self._running[job_id] = task
         cancelled = False
         outcome: Outcome | None = None
@@ -399,6 +428,9 @@ class Dispatcher:
         if pending:
             await self.emit(job_id, "token", TokenEvent("".join(pending), attempt))
             pending.clear()
+        if progress is not None:
+            await self.emit(job_id, "progress", progress)
+            progress = None
         if await self.store.take_claim(job_id, attempt) != self.instance:
             log.warning("job %s attempt %d was taken over; dropping its outcome", job_id, attempt)
             return
@@ -413,6 +445,11 @@ class Dispatcher:
         ):
             await asyncio.sleep(BUSY_RETRY)  # the manager's queue is full: try again later
             await self._requeue(job, reason="manager busy")
+        elif outcome.error is not None and outcome.error.get("code") in AWAY:
+            # every host that serves the model is away (or asleep and not up yet): the job
+            # was accepted against the last known catalogue and runs when one is back
+            await asyncio.sleep(BUSY_RETRY)
+            await self._requeue(job, reason="hosts away")
         elif outcome.ok:
             await self.store.put_result(job_id, outcome.result)
             await self._finish(job, TaskState.SUCCESS, status=outcome.status, result=outcome.result)
@@ -531,7 +568,7 @@ class Dispatcher:
                     last_sweep = now
                     await self.sweep()
                     with contextlib.suppress(ProxyError):  # models added to models.json
-                        self._known_models = sorted(await self.ctx.manager.models())
+                        self._known_models = sorted(await self.ctx.manager.models(wait=False))
             except asyncio.CancelledError:
                 raise
             except Exception:

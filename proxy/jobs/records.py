@@ -161,7 +161,7 @@ def stream_path(job_id: str) -> str:
 
 # -- events (the SSE stream's stored log) ------------------------------------------
 
-EventName = Literal["state", "token", "result", "end"]
+EventName = Literal["state", "token", "progress", "result", "end"]
 
 
 class Event(msgspec.Struct):
@@ -201,6 +201,17 @@ class TokenEvent(msgspec.Struct):
     attempt: int
 
 
+class ProgressEvent(msgspec.Struct):
+    """``event: progress``: how far a transcription is (``end / duration`` of the last
+    segment the audio server recognised; docs/jobs.md)."""
+
+    progress: float | None
+    """0..1; None when the audio server gave no duration."""
+    segment: dict[str, Any]
+    """The last segment: ``id``, ``start``, ``end`` (seconds), ``text``."""
+    attempt: int
+
+
 class EndEvent(msgspec.Struct):
     """``event: end``: the last event of a job's log."""
 
@@ -218,7 +229,7 @@ class FileObject(msgspec.Struct, kw_only=True):
     bytes: int
     created_at: int
     filename: str
-    purpose: Literal["batch", "batch_output"]
+    purpose: Literal["batch", "batch_output", "user_data"]
     status: Literal["processed"] = "processed"
     expires_at: int | None = None
     """When the file is deleted (``HOMELAB_FILE_TTL`` after its creation)."""

@@ -1,7 +1,8 @@
 """JSON-RPC 2.0 at ``POST /rpc``: start jobs and manage them (docs/jobs.md).
 
 Methods: ``create_message`` (a chat turn: history, message, optional tools, model),
-``create_completion``, ``create_embedding``, ``create_image``; ``tasks.get``,
+``create_completion``, ``create_embedding``, ``create_image``, ``create_transcription``
+(audio as a data URL or an uploaded file's id; ``progress`` events by segment); ``tasks.get``,
 ``tasks.cancel``, ``tasks.list``. A ``create_*`` call answers at once with
 ``{"taskId", "state": "PENDING", "stream": "/stream/<taskId>"}``; the work runs when
 its model is resident.
@@ -37,6 +38,7 @@ from proxy.images import check_image_request, image_url_base
 from proxy.jobs import listing
 from proxy.jobs.dispatcher import Dispatcher, JobFinished, JobNotFound
 from proxy.jobs.records import Accepted, Job, TaskList, TaskView, encode
+from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import TaskState
 from proxy.keys import Principal
 from proxy.parsing import MAX_MODEL_NAME, read_body
@@ -143,7 +145,7 @@ class Call:
 
     async def resolve(self, model: str, want: str, endpoint: str) -> ModelStatus:
         try:
-            return await resolve_model(self.ctx, model, want, endpoint)
+            return await resolve_model(self.ctx, model, want, endpoint, wait=False)
         except (ManagerUnavailable, ManagerRefused) as exc:
             raise RpcError(MANAGER_DOWN, exc.message, exc.envelope()["error"]) from exc
         except ProxyError as exc:
@@ -237,6 +239,27 @@ async def create_image(call: Call) -> Accepted:
     )
 
 
+async def create_transcription(call: Call) -> Accepted:
+    model = call.model()
+    audio = call.params.get("file")
+    body: dict[str, Any] = {"model": model, "file": audio}
+    fields: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+        ("language", str),
+        ("prompt", str),
+        ("temperature", (int, float)),
+    )
+    for name, kind in fields:
+        value = call.get(name, kind)
+        if value is not None:
+            body[name] = value
+    await call.resolve(model, "stt", TRANSCRIPTIONS)
+    try:  # checked now (and read again when the job runs): a bad one is refused at once
+        await audio_of(call.ctx, audio, call.who, call.ctx.settings.max_upload_bytes)
+    except ProxyError as exc:
+        raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
+    return await call.submit("create_transcription", model, TRANSCRIPTIONS, body)
+
+
 def _task_id(call: Call) -> str:
     task_id: str = call.get("taskId", str, required=True)
     if len(task_id) > 200:
@@ -297,6 +320,7 @@ METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
     "create_completion": create_completion,
     "create_embedding": create_embedding,
     "create_image": create_image,
+    "create_transcription": create_transcription,
     "tasks.get": tasks_get,
     "tasks.cancel": tasks_cancel,
     "tasks.list": tasks_list,

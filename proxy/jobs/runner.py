@@ -15,6 +15,8 @@ same principal as for that key's own requests, and a picture it stores is the ow
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +24,23 @@ from typing import Any
 import orjson
 
 from proxy.context import ProxyContext
-from proxy.errors import KeyRevoked, ProxyError
+from proxy.errors import InvalidRequest, KeyRevoked, NotFound, ProxyError, UpstreamError
 from proxy.forward import answer_with_urls
 from proxy.jobs.records import Job
 from proxy.keys import OPEN, PRINCIPAL, KeyRing, Principal
 from proxy.modelcall import ModelCall
+from proxy.speech import (
+    AudioArgumentError,
+    Segment,
+    checked_audio,
+    decode_data_url,
+    read_transcript,
+    transcription_form,
+)
+
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+"""A transcription job: its body's ``file`` is a data URL or a file id (`audio_of`)."""
+OnSegment = Callable[[Segment, float | None], None]
 
 
 @dataclass
@@ -117,13 +131,17 @@ def job_principal(ring: KeyRing, owner: str | None) -> Principal | None:
 
 
 async def run_job(
-    ctx: ProxyContext, job: Job, on_delta: Callable[[str], None] | None = None
+    ctx: ProxyContext,
+    job: Job,
+    on_delta: Callable[[str], None] | None = None,
+    on_segment: OnSegment | None = None,
 ) -> Outcome:
     """Call the model for `job` (its endpoint, model, body) as its owner
     (`proxy.keys.PRINCIPAL` is the owner's principal for the call) and return the outcome.
     A job whose key was revoked since it was accepted fails without a model call
-    (`KeyRevoked`, 401 ``key_revoked``). Never raises a ProxyError (it becomes the
-    outcome's error). Cancellable."""
+    (`KeyRevoked`, 401 ``key_revoked``). A transcription streams from the audio server:
+    each segment's text goes to `on_delta` and the segment with the progress so far to
+    `on_segment`. Never raises a ProxyError (it becomes the outcome's error). Cancellable."""
     principal = job_principal(ctx.ring, job.owner)
     if principal is None:
         return _failed(
@@ -133,6 +151,8 @@ async def run_job(
         )
     who = PRINCIPAL.set(principal)
     try:
+        if job.endpoint == TRANSCRIPTIONS:
+            return await _transcribe(ctx, job, principal, on_delta, on_segment)
         return await _call(ctx, job, principal, on_delta)
     except ProxyError as exc:
         return _failed(exc)
@@ -186,3 +206,49 @@ async def _streamed(call: ModelCall, on_delta: Callable[[str], None] | None) -> 
     if chat.error is not None:
         return Outcome(status=502, error=chat.error)
     return Outcome(status=call.status, result=chat.result())
+
+
+async def audio_of(ctx: ProxyContext, value: object, who: Principal, limit: int) -> bytes:
+    """The audio of a transcription job's ``file``: a data URL (or base64), or the id of a
+    file `who` uploaded (``purpose=user_data``). Raises InvalidRequest / NotFound (404
+    ``file_not_found``, also for another key's file), naming ``file``."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest("'file' must be a data URL or an uploaded file's id.", param="file")
+    try:
+        if value.startswith("file"):
+            store = ctx.jobs.store
+            meta = await store.get_file(value) if len(value) <= 200 else None
+            if meta is None or not who.owns(meta.owner) or meta.expired(time.time()):
+                raise NotFound(f"No file {value[:200]!r}.", param="file", code="file_not_found")
+            return checked_audio(await store.file_content(value) or b"", "file", limit)
+        return await asyncio.to_thread(decode_data_url, value, "file", limit)
+    except AudioArgumentError as exc:
+        raise InvalidRequest(f"'file' {exc.message}.", param="file") from exc
+
+
+async def _transcribe(
+    ctx: ProxyContext,
+    job: Job,
+    principal: Principal,
+    on_delta: Callable[[str], None] | None,
+    on_segment: OnSegment | None,
+) -> Outcome:
+    """A transcription job through the audio server's stream (`proxy.speech`)."""
+    audio = await audio_of(ctx, job.body.get("file"), principal, ctx.settings.max_upload_bytes)
+    body, ctype = transcription_form(job.model, audio, job.body)
+
+    def said(segment: Segment, fraction: float | None) -> None:
+        if on_delta is not None and segment.text:
+            on_delta(segment.text)
+        if on_segment is not None:
+            on_segment(segment, fraction)
+
+    call = ctx.model_calls.call(job.model, TRANSCRIPTIONS, body, ctype, interactive=False)
+    async with call:
+        if not call.streamed:
+            raise UpstreamError(
+                f"'{job.model}' answered a streamed transcription with {call.answer_type}",
+                code="model_server_error",
+            )
+        transcript = await read_transcript(call, said)
+    return Outcome(status=call.status, result=transcript.result())

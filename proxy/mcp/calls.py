@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
 from proxy.lease_pool import LeaseUse
 from proxy.mcp.progress import Progress, wait_for_lease
-from proxy.modelcall import ModelCalls
+from proxy.modelcall import ModelCall, ModelCalls
 from wire.lease import LeaseGrant
 from wire.model_server import ImageProgress
 
@@ -57,6 +57,10 @@ class Answer:
     """The model server's part."""
     loaded: float | None
     """The load this call waited for, when it waited for one."""
+    raw: bytes = b""
+    """The answer's bytes, for a call made with `raw` (speech: audio, not JSON)."""
+    media_type: str = ""
+    """The answer's Content-Type (with `raw`)."""
 
 
 async def call_model(
@@ -69,6 +73,9 @@ async def call_model(
     progress: Progress,
     running: str,
     steps: bool = False,
+    *,
+    raw: bool = False,
+    read_stream: Callable[[ModelCall], Awaitable[dict[str, Any]]] | None = None,
 ) -> Answer:
     """POST `body` to `endpoint` of `model`'s server under a lease; the answer as JSON.
 
@@ -76,6 +83,8 @@ async def call_model(
     it works, and each new diffusion step is reported ("step N of M").
 
     `running` is the progress message sent once the model server has the request.
+    With `raw` the answer is kept as bytes (`Answer.raw`), not parsed; `read_stream`
+    reads an event stream answer (a streamed transcription) into the answer's data.
     Raises ProxyError subclasses (the manager's and the model server's errors too).
     """
     ticker = _Running(ctx.model_calls, progress, running, steps)
@@ -96,8 +105,25 @@ async def call_model(
         )
         async with call:
             await ticker.stop()
-            if call.streamed:  # the tools never ask for a stream
+            if call.streamed and read_stream is not None:
+                data = await read_stream(call)
+                return Answer(
+                    data=data,
+                    waited=call.leased - call.started,
+                    ran=time.perf_counter() - ticker.started,
+                    loaded=progress.loaded,
+                )
+            if call.streamed:  # only speech2txt asks for a stream
                 raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
+            if raw:
+                return Answer(
+                    data={},
+                    waited=call.leased - call.started,
+                    ran=time.perf_counter() - ticker.started,
+                    loaded=progress.loaded,
+                    raw=call.body or b"",
+                    media_type=call.answer_type,
+                )
             try:
                 data = orjson.loads(call.body or b"")
             except orjson.JSONDecodeError as exc:

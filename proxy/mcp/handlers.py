@@ -22,17 +22,38 @@ import orjson
 from mcp import types
 
 from proxy import keys
+from proxy.audio import FORMAT_EXT, sniff_audio, wav_seconds
 from proxy.context import ProxyContext
 from proxy.errors import UpstreamError
 from proxy.keys import visible
 from proxy.mcp.calls import Answer, call_model
 from proxy.mcp.picture import (
+    INLINE_LIMIT,
     data_url,
     picture_content,
     read_image,
 )
 from proxy.mcp.progress import RESIDENT, Progress
-from proxy.mcp.tools import ArgumentError, ChatArgs, EditArgs, EmbedArgs, ImageArgs, VisionArgs
+from proxy.mcp.tools import (
+    ArgumentError,
+    ChatArgs,
+    EditArgs,
+    EmbedArgs,
+    ImageArgs,
+    SpeechArgs,
+    TranscribeArgs,
+    VisionArgs,
+)
+from proxy.modelcall import ModelCall
+from proxy.speech import (
+    AUDIO_PATH,
+    AudioArgumentError,
+    Segment,
+    multipart,
+    read_audio,
+    read_transcript,
+    transcription_form,
+)
 
 
 def _timings(answer: Answer) -> dict[str, float | None]:
@@ -195,22 +216,6 @@ async def run_txt2img(
     return await _picture_result(ctx, args, seed, answer, base_url)
 
 
-def _multipart(fields: dict[str, Any], files: dict[str, bytes]) -> tuple[bytes, str]:
-    boundary = "homelab-mcp-" + secrets.token_hex(12)
-    out = bytearray()
-    for name, value in fields.items():
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-        out += str(value).encode() + b"\r\n"
-    for name, data in files.items():
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        ).encode()
-        out += data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
-
-
 async def run_img2img(
     ctx: ProxyContext, args: EditArgs, progress: Progress, base_url: str | None
 ) -> types.CallToolResult:
@@ -222,7 +227,7 @@ async def run_img2img(
         raise ArgumentError("mask", f"image and mask together are larger than {limit} bytes")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     model = args.model.id
-    body, ctype = _multipart(_image_fields(args, seed), files)
+    body, ctype = multipart(_image_fields(args, seed), {k: (k, v) for k, v in files.items()})
     answer = await call_model(
         ctx,
         "img2img",
@@ -328,3 +333,109 @@ async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
         content=[types.TextContent(type="text", text="\n".join(lines))],
         structured_content={"resident": resident, "models": rows},
     )
+
+
+async def run_speech2txt(
+    ctx: ProxyContext, args: TranscribeArgs, progress: Progress
+) -> types.CallToolResult:
+    """Transcribe through the audio server's stream: one progress notification per
+    segment ("N s of M s", rising with ``end / duration``)."""
+    model = args.model.id
+    assert ctx.audio is not None
+    limit = ctx.settings.max_upload_bytes
+    try:
+        audio = await read_audio(ctx.audio, args.audio, "audio", limit, keys.current())
+    except AudioArgumentError as exc:
+        raise ArgumentError(exc.param, exc.message) from exc
+    body, ctype = transcription_form(model, audio, args.options)
+
+    async def said(segment: Segment, fraction: float | None) -> None:
+        if fraction is not None:
+            await progress.say(
+                80.0 + 19.0 * fraction, f"{model} is transcribing: {segment.end:.0f} s done"
+            )
+        else:
+            await progress.say(80.0, f"{model} is transcribing: segment {segment.id + 1}")
+
+    async def read(call: ModelCall) -> dict[str, Any]:
+        return (await read_transcript(call, said)).result()
+
+    answer = await call_model(
+        ctx,
+        "speech2txt",
+        model,
+        "/v1/audio/transcriptions",
+        body,
+        ctype,
+        progress,
+        running=f"{model} is listening",
+        read_stream=read,
+    )
+    text = str(answer.data.get("text") or "")
+    meta = {"model": model, **answer.data, "timings": _timings(answer)}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text or "(no speech recognised)")],
+        structured_content=meta,
+    )
+
+
+async def run_txt2speech(
+    ctx: ProxyContext, args: SpeechArgs, progress: Progress, base_url: str | None
+) -> types.CallToolResult:
+    """Speak `args.text`; keep the audio in the proxy's audio store as the caller's and
+    answer with it inline (while small) and a link to it."""
+    model = args.model.id
+    assert ctx.audio is not None
+    fields: dict[str, Any] = {"model": model, "input": args.text, "response_format": args.format}
+    if args.voice:
+        fields["voice"] = args.voice
+    if args.speed is not None:
+        fields["speed"] = args.speed
+    answer = await call_model(
+        ctx,
+        "txt2speech",
+        model,
+        "/v1/audio/speech",
+        orjson.dumps(fields),
+        "application/json",
+        progress,
+        running=f"{model} is speaking",
+        raw=True,
+    )
+    ext = sniff_audio(answer.raw)
+    if ext != FORMAT_EXT[args.format]:
+        raise UpstreamError(
+            f"'{model}' answered {ext or 'no known'} audio when {args.format} was asked for",
+            code="bad_audio",
+        )
+    name = await asyncio.to_thread(ctx.audio.put, answer.raw, keys.current().name)
+    media = ctx.audio.MEDIA[ext]
+    url = f"{base_url}{AUDIO_PATH}{name}" if base_url else None
+    seconds = wav_seconds(answer.raw) if ext == "wav" else None
+    meta: dict[str, Any] = {
+        "model": model,
+        "voice": args.voice,
+        "format": args.format,
+        "bytes": len(answer.raw),
+        "duration_s": round(seconds, 3) if seconds is not None else None,
+        "url": url,
+        "timings": _timings(answer),
+    }
+    how_long = f"{seconds:.1f} s of " if seconds is not None else ""
+    summary = f"{how_long}{args.format} speech from {model}" + (f": {url}" if url else "")
+    content: list[Any] = [types.TextContent(type="text", text=summary)]
+    encoded = base64.b64encode(answer.raw).decode()
+    if len(encoded) <= INLINE_LIMIT * 3:  # MCP clients take 1 MiB per event
+        content.append(types.AudioContent(type="audio", data=encoded, mime_type=media))
+    if url:
+        content.append(
+            types.ResourceLink(
+                type="resource_link",
+                uri=url,
+                name="speech",
+                mime_type=media,
+                description="The audio on the proxy, for this API key only (expires; see "
+                "HOMELAB_AUDIO_TTL).",
+            )
+        )
+    return types.CallToolResult(content=content, structured_content=meta)

@@ -3,7 +3,9 @@
 A call goes through three phases: *queued* (waiting for the manager while another
 model is resident or other requests are ahead), *loading* (the manager is starting
 the model: which one, seconds so far, the usual load time from this proxy's
-history) and *running* (the model server works on it). `wait_for_lease` runs the
+history; or waking it from host memory, the warm tier: "waking smollm2 from host
+memory, usually 0.8 s", the manager's learned `wake_seconds`) and *running* (the model
+server works on it). `wait_for_lease` runs the
 lease request and, while it waits, turns the manager's ``state`` / ``swap`` events
 (`proxy.feed`) and a one-second tick into notifications.
 
@@ -32,7 +34,7 @@ log = logging.getLogger("proxy.mcp")
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
 TOTAL = 100.0
 TICK = 1.0
-RESIDENT = ("starting", "ready", "stopping")
+RESIDENT = ("starting", "ready", "stopping", "falling_asleep", "waking")
 
 
 class Progress:
@@ -75,6 +77,19 @@ def _loading_text(model: str, elapsed: float, usual: float | None) -> str:
     return f"loading {model}: {elapsed:.0f} s so far ({usual_text})"
 
 
+def waking_text(model: str, usual: float | None) -> str:
+    """The message of a wake (the warm tier), with the manager's usual wake time."""
+    return f"waking {model} from host memory" + (f", usually {usual:.1f} s" if usual else "")
+
+
+async def _usual_wake(ctx: ProxyContext, model: str) -> float | None:
+    try:
+        me = (await ctx.manager.models(max_age=5.0)).get(model)
+    except Exception:  # only a message
+        return None
+    return me.wake_seconds if me is not None else None
+
+
 def shown(model: str) -> str:
     """`model`'s name as the caller's key may read it: a model outside its scope is
     "another model" (docs/keys.md, "Scoping")."""
@@ -93,6 +108,11 @@ async def _queued_text(ctx: ProxyContext, model: str) -> tuple[str, bool]:
     now = ", ".join(f"{shown(m.id)} ({m.state})" for m in resident) or "nothing"
     if me is not None and me.state == "starting":
         return f"loading {model}", True
+    if me is not None and me.hosts and me.away_on and set(me.away_on) >= set(me.hosts):
+        # several hosts (docs/hosts.md): every host of the model is away or being woken
+        return f"waiting for a host of {model} to answer: {', '.join(me.away_on)} (away)", False
+    if me is not None and me.state == "waking":
+        return waking_text(model, me.wake_seconds), True
     return (
         f"queued for {model}: {ahead} request(s) waiting at the manager; loaded now: {now}",
         False,
@@ -181,6 +201,10 @@ async def wait_for_lease(
                         if state == "starting":
                             started = time.time()
                             await progress.say(10.0, _loading_text(model, 0, usual))
+                        elif state == "waking":
+                            started = time.time()
+                            wake = await _usual_wake(ctx, model)
+                            await progress.say(10.0, waking_text(model, wake))
                         elif state == "ready" and started is not None:
                             await _loaded(progress, model, started)
                             started = None
@@ -188,6 +212,12 @@ async def wait_for_lease(
                         await progress.say(
                             progress.last + 0.5,
                             f"unloading {shown(event.model)} to make room for {model}",
+                        )
+                    elif isinstance(event, StateEvent) and event.state == "falling_asleep":
+                        await progress.say(
+                            progress.last + 0.5,
+                            f"putting {shown(event.model)} to sleep in host memory to make "
+                            f"room for {model}",
                         )
                 elif started is not None:
                     elapsed = time.time() - started

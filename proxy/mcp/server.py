@@ -51,7 +51,9 @@ from proxy.mcp.tools import (
     parse_img2img,
     parse_img2txt,
     parse_list_models,
+    parse_speech2txt,
     parse_txt2img,
+    parse_txt2speech,
     parse_txt2txt,
     tool_list,
 )
@@ -62,7 +64,8 @@ log = logging.getLogger("proxy.mcp")
 INSTRUCTIONS = (
     "homelab-ai: the models of one home lab behind one endpoint. txt2txt chats with a text "
     "model, txt2img paints, img2img edits a picture, img2txt asks a vision model about a "
-    "picture, embed turns texts into vectors (and says how similar they are), list_models "
+    "picture, embed turns texts into vectors (and says how similar they are), speech2txt "
+    "transcribes a recording, txt2speech speaks a text, list_models "
     "says what exists and what is loaded. Models share the GPU within "
     "its memory budget, so the first call for a model that is not loaded waits while it "
     "loads (and others unload if it does not fit); progress notifications say so."
@@ -212,13 +215,21 @@ class McpEndpoint:
                     return await handlers.run_img2img(ctx, edit, progress, self._base_url(rctx))
                 case "embed":
                     return await handlers.run_embed(ctx, parse_embed(models, args), progress)
+                case "speech2txt":
+                    heard = parse_speech2txt(models, args)
+                    return await handlers.run_speech2txt(ctx, heard, progress)
+                case "txt2speech":
+                    speech = parse_txt2speech(models, args)
+                    return await handlers.run_txt2speech(
+                        ctx, speech, progress, self._base_url(rctx)
+                    )
                 case "list_models":
                     parse_list_models(args)
                     return await handlers.run_list_models(ctx)
                 case _:
                     raise ToolFailure(
                         f"Unknown tool '{params.name}'; the tools are txt2txt, txt2img, img2img, "
-                        "img2txt, embed and list_models."
+                        "img2txt, embed, speech2txt, txt2speech and list_models."
                     )
         except ToolFailure as exc:
             return _error_result(exc.message)

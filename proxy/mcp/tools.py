@@ -1,7 +1,7 @@
 """The MCP tools, generated from the manager's model list, and their argument checks.
 
 `tool_list(models)` turns the manager's `wire.models.ModelStatus` objects (what
-``GET /v1/models`` shows) into the six tools, so a model added to models.json appears in the enums
+``GET /v1/models`` shows) into the eight tools, so a model added to models.json appears in the enums
 as soon as the proxy's model list is fresh. The ``parse_*`` functions check a
 call's arguments against the same list and raise `ArgumentError` naming the
 argument; the JSON schemas say the same things up front, so a careful agent
@@ -29,6 +29,10 @@ MAX_TOKENS = 32_768
 MAX_SEED = 2**32 - 1
 MAX_EMBED_INPUTS = 32
 """Most texts one `embed` call takes (its result carries every vector)."""
+MAX_SPEECH_CHARS = 4096
+"""Longest text `txt2speech` speaks in one call (OpenAI's limit on /v1/audio/speech)."""
+SPEECH_FORMATS = ("wav", "mp3", "opus", "flac")
+"""What `txt2speech` may ask the audio server for (not ``pcm``: it has no header)."""
 ROLES = ("system", "user", "assistant")
 
 Models = dict[str, ModelStatus]
@@ -86,7 +90,7 @@ _LOAD_NOTE = (
 
 
 def tool_list(models: Models) -> list[types.Tool]:
-    """The six tools for the models in `models` (the manager's ModelStatus by id)."""
+    """The eight tools for the models in `models` (the manager's ModelStatus by id)."""
     text = _names(models, kind="text")
     embedding = _names(models, kind="embedding")
     image = _names(models, kind="image")
@@ -302,16 +306,102 @@ def tool_list(models: Models) -> list[types.Tool]:
                 "additionalProperties": False,
             },
         ),
+        *_speech_tools(models),
         types.Tool(
             name="list_models",
             title="List the models",
             description=(
-                "Every model this endpoint serves: its type (text/image/embedding), whether it "
+                "Every model this endpoint serves: its type (text/image/embedding/stt/tts), "
+                "whether it "
                 "takes images, "
                 "its state (stopped, starting = loading, ready, stopping, failed), which one is "
                 "loaded now, and how long a load usually takes."
             ),
             input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+        ),
+    ]
+
+
+def _speech_tools(models: Models) -> list[types.Tool]:
+    stt = _names(models, kind="stt")
+    tts = _names(models, kind="tts")
+    return [
+        types.Tool(
+            name="speech2txt",
+            title="Transcribe speech to text",
+            description=(
+                "Write down what is said in a recording with a speech-to-text model. Returns "
+                "the text, and in the structured result each segment with its start and end "
+                "seconds. Progress notifications follow the recording as it is transcribed."
+                "\nSpeech-to-text models:\n" + _described(models, stt) + "\n" + _LOAD_NOTE
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "model": _model_prop(stt, "The speech-to-text model."),
+                    "audio": {
+                        "type": "string",
+                        "description": (
+                            "The recording: a data URL (data:audio/wav;base64,...) or plain "
+                            "base64 of a WAV, MP3, Ogg, FLAC or WebM file, or a link "
+                            "txt2speech returned (…/v1/audio/files/<id>). Other URLs are "
+                            "refused: the proxy fetches nothing."
+                        ),
+                    },
+                    "language": {
+                        "type": "string",
+                        "maxLength": 16,
+                        "description": "The spoken language (ISO 639-1, e.g. 'en'); omitted: "
+                        "detected.",
+                    },
+                    "prompt": {
+                        "type": "string",
+                        "maxLength": MAX_PROMPT_CHARS,
+                        "description": "Text that guides the spelling (names, terms).",
+                    },
+                },
+                "required": ["audio"],
+                "additionalProperties": False,
+            },
+        ),
+        types.Tool(
+            name="txt2speech",
+            title="Speak a text aloud",
+            description=(
+                "Turn a text into speech with a text-to-speech model. Returns the audio (inline "
+                "when small) and a link to it on this proxy (for this API key only; it expires), "
+                "plus its duration.\nText-to-speech models:\n"
+                + _described(models, tts)
+                + "\n"
+                + _LOAD_NOTE
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "model": _model_prop(tts, "The text-to-speech model."),
+                    "input": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_SPEECH_CHARS,
+                        "description": "The text to speak.",
+                    },
+                    "voice": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "description": "The voice (GET /v1/audio/voices?model=... lists them); "
+                        "omitted: the model's first.",
+                    },
+                    "format": {
+                        "type": "string",
+                        "enum": list(SPEECH_FORMATS),
+                        "default": "wav",
+                        "description": "The audio file's format.",
+                    },
+                    "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0},
+                },
+                "required": ["input"],
+                "additionalProperties": False,
+            },
         ),
     ]
 
@@ -552,3 +642,54 @@ def b64decode_strict(text: str, param: str) -> bytes:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ArgumentError(param, "is not valid base64") from exc
+
+
+@dataclass
+class TranscribeArgs:
+    model: ModelStatus
+    audio: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_speech2txt(models: Models, args: dict[str, Any]) -> TranscribeArgs:
+    _check_keys(args, {"model", "audio", "language", "prompt"})
+    model = pick_model(models, args, kind="stt")
+    audio = args.get("audio")
+    if not isinstance(audio, str) or not audio.strip():
+        raise ArgumentError("audio", "is required: a data URL or an audio link this proxy returned")
+    options: dict[str, Any] = {}
+    language = _text(args, "language")
+    if language is not None:
+        if not language.strip() or len(language) > 16:
+            raise ArgumentError("language", "must be a language code such as 'en'")
+        options["language"] = language.strip()
+    prompt = _text(args, "prompt")
+    if prompt:
+        options["prompt"] = prompt
+    return TranscribeArgs(model=model, audio=audio, options=options)
+
+
+@dataclass
+class SpeechArgs:
+    model: ModelStatus
+    text: str
+    voice: str | None
+    format: str
+    speed: float | None
+
+
+def parse_txt2speech(models: Models, args: dict[str, Any]) -> SpeechArgs:
+    _check_keys(args, {"model", "input", "voice", "format", "speed"})
+    model = pick_model(models, args, kind="tts")
+    text = _text(args, "input", required=True)
+    assert text is not None
+    if len(text) > MAX_SPEECH_CHARS:
+        raise ArgumentError("input", f"is longer than {MAX_SPEECH_CHARS} characters")
+    voice = args.get("voice")
+    if voice is not None and (not isinstance(voice, str) or not voice.strip() or len(voice) > 200):
+        raise ArgumentError("voice", "must be a voice name")
+    fmt = args.get("format", "wav")
+    if fmt not in SPEECH_FORMATS:
+        raise ArgumentError("format", f"must be one of {', '.join(SPEECH_FORMATS)}")
+    speed = _number(args, "speed", 0.25, 4.0)
+    return SpeechArgs(model=model, text=text, voice=voice, format=fmt, speed=speed)

@@ -62,8 +62,8 @@ from wire.procs import is_alive, read_registry
 pytestmark = [pytest.mark.vllm, pytest.mark.diffusers]
 
 PORT_BASES = range(18700, 18786)
-"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+14 (models)."""
-OFFSETS = (0, 10, 11, 12, 13, 14)
+"""The proxy's port N; the demo also takes N+10 (manager), N+11 to N+16 (models)."""
+OFFSETS = (0, 10, 11, 12, 13, 14, 15, 16)
 GGUF = "smollm2-gguf"
 LOAD_DEADLINE_S = 900.0
 QUESTION = "What is the capital of France? Answer in one word."
@@ -79,7 +79,7 @@ def _free(port: int) -> bool:
 
 
 def free_port_base() -> int:
-    """A proxy port N in our range with N, N+10 and N+11 to N+14 all free."""
+    """A proxy port N in our range with N, N+10 and N+11 to N+16 all free."""
     for base in PORT_BASES:
         if all(_free(base + offset) for offset in OFFSETS):
             return base
@@ -316,16 +316,18 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
     # The models.json the demo wrote: the CPU settings the issue asks for.
     written = json.loads((demo.dir / "models.json").read_text())
     gguf = {GGUF: "text"} if GGUF in written else {}
+    speech = {m: t for m, t in (("whisper", "stt"), ("piper", "tts")) if m in written}
     assert {m["id"]: m["type"] for m in models["data"]} == {
         "smollm2": "text",
         "tiny-sd": "image",
         "minilm": "embedding",
         **gguf,
+        **speech,
     }
     assert written["smollm2"]["gpu"] is False and "--enforce-eager" in written["smollm2"]["args"]
     assert written["tiny-sd"]["device"] == "cpu" and written["tiny-sd"]["dtype"] == "fp32"
     # ... and a GPU budget all models fit in together.
-    declared = sum(written[m]["gpu_memory_mib"] for m in ("smollm2", "tiny-sd", "minilm"))
+    declared = sum(written[m]["gpu_memory_mib"] for m in ("smollm2", "tiny-sd", "minilm", *speech))
     assert declared <= written["$gpu_budget_mib"]
 
     swaps = SwapRecorder(demo)
@@ -364,7 +366,7 @@ def test_demo_answers_chat_then_draws_then_chats_again_without_a_swap(demo: Demo
         assert not [s for s in swaps.states if s[1] in ("stopping", "stopped")], swaps.states
         listed = httpx.get(f"{demo.proxy_url}/v1/models", headers=auth, timeout=30).json()
         states = {m["id"]: m["state"] for m in listed["data"]}
-        assert {k: v for k, v in states.items() if k != GGUF} == {
+        assert {k: v for k, v in states.items() if k != GGUF and k not in speech} == {
             "smollm2": "ready",
             "tiny-sd": "ready",
             "minilm": "ready",
@@ -556,10 +558,14 @@ def test_demo_serves_the_gguf_model_on_llama_cpp_swaps_it_and_survives_a_kill(
         pytest.skip(f"the demo offers no {GGUF}: no llama-server (run ./setup.sh deps)")
     entry = written[GGUF]
     assert entry["backend"] == "llama.cpp" and entry["model"].endswith(".gguf")
-    # The budget makes the two text models swap: each fits beside tiny-sd and minilm, not
-    # beside the other.
+    # The budget makes the two text models swap: each fits beside the models of the other
+    # types (tiny-sd, minilm, the speech models), not beside the other.
     budget = written["$gpu_budget_mib"]
-    others = written["tiny-sd"]["gpu_memory_mib"] + written["minilm"]["gpu_memory_mib"]
+    others = sum(
+        spec["gpu_memory_mib"]
+        for name, spec in written.items()
+        if not name.startswith("$") and spec["type"] != "text"
+    )
     assert entry["gpu_memory_mib"] + others <= budget
     assert entry["gpu_memory_mib"] + others + written["smollm2"]["gpu_memory_mib"] > budget
 
@@ -803,3 +809,24 @@ def test_docs_mcp_python_example_calls_a_tool_on_the_demo(running_demo: Demo) ->
     assert lines and lines[-1].strip(), printed.getvalue()
     # A failed call's text names where it failed: "... (from the proxy)" and the like.
     assert "(from the " not in lines[-1], lines
+
+
+@pytest.mark.speech
+def test_readme_speech_example_speaks_and_hears_on_the_demo(
+    running_demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # noqa: ANN001 (capsys)
+    """The README's speech snippet, as written, against the demo's `piper` and `whisper`:
+    the spoken file is MP3, and Whisper hears the words that were spoken."""
+    written = json.loads((running_demo.dir / "models.json").read_text())
+    if not {"whisper", "piper"} <= set(written):
+        pytest.skip("the demo offers no speech models: run ./setup.sh deps")
+    assert (written["whisper"]["type"], written["piper"]["type"]) == ("stt", "tts")
+    [code] = _doc_blocks("README.md", "python", "client.audio.speech.create")
+    monkeypatch.chdir(tmp_path)
+    exec(  # noqa: S102 - the README's own example
+        compile(code, "README.md", "exec"),
+        {"__name__": "readme_speech", "client": running_demo.client()},
+    )
+    assert (tmp_path / "hello.mp3").read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
+    heard = capsys.readouterr().out.lower()
+    assert "hello" in heard and "lab" in heard, heard

@@ -1,7 +1,8 @@
 """Run the real manager app (scheduler + HTTP API + a real runtime) on a loopback port.
 
 `start_manager` builds what `python -m manager serve` builds (settings, the GPU budget,
-runtime, HttpReadinessProbe, the NVML check, the lease and footprint files, Scheduler,
+runtime, HttpReadinessProbe, the NVML check, the lease, footprint and swap-time files,
+the warm control where a test sets `host_budget_mib`, Scheduler,
 create_app) and serves it with
 uvicorn inside the test's event loop. Stopping it runs the app's lifespan
 shutdown, which leaves model servers running, as a real manager exit does, so a
@@ -25,7 +26,13 @@ from typing import Any
 import httpx
 import uvicorn
 
-from manager.__main__ import budgeted, build_gpu_check, build_gpu_meter, load_budget
+from manager.__main__ import (
+    budgeted,
+    build_gpu_check,
+    build_gpu_meter,
+    host_budget_of,
+    load_budget,
+)
 from manager.api import create_app
 from manager.docker_runtime import DockerRuntime
 from manager.footprints import FootprintStore
@@ -35,6 +42,7 @@ from manager.process_runtime import ProcessRuntime
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
 from manager.spec import parse_catalogue
+from manager.warm import HttpWarmControl, SwapTimes
 from tests.integration.conftest import SESSION, token
 from tests.uvicorn_server import QuickServer
 
@@ -105,6 +113,8 @@ async def start_manager(
     catalogue = parse_catalogue(models, source=str(models_file))
     budget = load_budget(settings, catalogue)
     rt = DockerRuntime(settings) if runtime == "docker" else ProcessRuntime(settings)
+    # The warm tier only where a test sets a host budget (as the daemon, from the setting).
+    host_mib = host_budget_of(settings, rt)[0] if settings.host_budget_mib is not None else None
     scheduler = Scheduler(
         budgeted(catalogue, budget),
         rt,
@@ -115,6 +125,9 @@ async def start_manager(
         budget=budget,
         gpu_used=build_gpu_meter(),
         footprints=FootprintStore(settings.footprint_path()),
+        warm=HttpWarmControl() if host_mib is not None else None,
+        host_budget_mib=host_mib,
+        swap_times=SwapTimes(settings.swap_times_path()),
     )
     app = create_app(scheduler, settings)
     config = uvicorn.Config(

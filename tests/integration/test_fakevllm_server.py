@@ -22,7 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import FAKE_COMMAND, ROOT
+from tests.integration.conftest import FAKE_COMMAND, ROOT, free_port
 
 Starter = Callable[..., subprocess.Popen]
 
@@ -195,3 +195,41 @@ def test_the_module_runs_standalone_without_the_repo_on_sys_path(tmp_path) -> No
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_sleep_levels_through_the_managers_warm_control(fake: Starter) -> None:
+    """The stand-in's sleep mode, driven by `manager.warm.HttpWarmControl` as the manager
+    drives vLLM's: level 1 keeps the weights (a plain wake serves), level 2 drops them
+    (served only after the three-step wake that reloads them)."""
+    from manager.spec import TextModel
+    from manager.warm import HttpWarmControl, WarmFailure
+
+    port = free_port()
+    fake(port, "--served-model-name", "nap", FAKEVLLM_WEIGHTS_MIB="8")
+    base = f"http://127.0.0.1:{port}"
+    spec = TextModel(
+        type="text", container="nap", port=port, image="a/b:1", model="m", warm={"level": 1}
+    )
+    level2 = spec.model_copy(update={"warm": spec.warm.model_copy(update={"level": 2})})
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    warm = HttpWarmControl()
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            for s in (spec, level2):
+                assert await warm.is_sleeping(s, base, None) is False
+                await warm.sleep(s, base, None)
+                assert await warm.is_sleeping(s, base, None) is True
+                assert (await http.post("/v1/chat/completions", json=chat)).status_code == 503
+                await warm.wake(s, base, None)
+                assert await warm.is_sleeping(s, base, None) is False
+                reply = await http.post("/v1/chat/completions", json=chat)
+                assert reply.json()["choices"][0]["message"]["content"] == "[nap] hi"
+            await warm.sleep(level2, base, None)
+            await warm.wake(spec, base, None)  # a plain wake after level 2: nothing reloaded
+            assert (await http.post("/v1/chat/completions", json=chat)).status_code == 500
+            stats = (await http.get("/_fake/stats")).json()
+            assert (stats["sleeps"], stats["wakes"]) == (3, 3)
+        with pytest.raises(WarmFailure, match="404"):
+            await warm.sleep(spec, f"{base}/nowhere", None)
+    finally:
+        await warm.aclose()

@@ -405,3 +405,33 @@ def test_server_stops_with_a_clear_message_without_a_manager_url(tmp_path: Path)
     )
     assert result.returncode == 1
     assert "no manager URL: pass --manager-url" in result.stderr
+
+
+def test_gpu_pc_prints_its_hosts_line_and_writes_the_idle_suspend_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    """The line that adds a GPU PC to a server with several (docs/hosts.md), with its MAC
+    for Wake-on-LAN, and the optional idle suspend script (off unless --idle-suspend)."""
+
+    def run(script: str, *args: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", f"source ./setup.sh && {script}", "x", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        return done.stdout
+
+    line = run('hosts_line "$@"', "gpu2", "http://10.0.0.2:8090", ".env", "aa:bb:cc:dd:ee:ff")
+    assert "--host gpu2,http://10.0.0.2:8090,FILE,aa:bb:cc:dd:ee:ff,sleepable" in line
+    assert '"gpu2": {"url": "http://10.0.0.2:8090", "token_file": "hosts/gpu2.token", ' in line
+    assert '"mac": "aa:bb:cc:dd:ee:ff", "sleepable": true}' in line
+    assert "sleepable" not in run('hosts_line "$@"', "gpu2", "http://h:8090", ".env")
+    env_file = tmp_path / ".env"
+    run('write_idle_suspend "$@"', "30", "8090", str(env_file))
+    script = tmp_path / ".idle-suspend.sh"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o700
+    text = script.read_text()
+    assert "manager/idle.py" in text and "--quiet-minutes 30" in text and "-- " in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
-PACKAGES = ("manager", "proxy", "wire", "imageserver")
+PACKAGES = ("manager", "proxy", "wire", "imageserver", "audioserver")
 START = "## The shared contract"
 END = "## One request"
 

@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
+from audioserver.settings import Settings as AudioServerSettings
 from imageserver.settings import Settings as ImageServerSettings
 from manager.settings import ManagerSettings
 from proxy.settings import McpBridgeSettings, ProxySettings
 from scripts.settings_doc import DOC_FILE, SECTIONS, SettingsNotDocumented, main, render
 from wire.settings import HomelabSettings, ServiceSettings
 
-CLASSES = [ServiceSettings, ManagerSettings, ProxySettings, McpBridgeSettings, ImageServerSettings]
+CLASSES = [
+    ServiceSettings,
+    ManagerSettings,
+    ProxySettings,
+    McpBridgeSettings,
+    ImageServerSettings,
+    AudioServerSettings,
+]
 
 
 def rows(doc: str) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import { SseParser } from "./sse.js";
 /**
  * @typedef {object} ModelInfo
  * @property {string} id
- * @property {"text" | "image" | "embedding" | string} type
+ * @property {"text" | "image" | "embedding" | "stt" | "tts" | string} type
  * @property {string} state  stopped | starting | ready | stopping | failed
  * @property {string} [description]
  * @property {string[]} [sizes]
@@ -30,6 +30,10 @@ import { SseParser } from "./sse.js";
  * @property {string} [endpoint]  remote models: the proxy catalogue's endpoint
  * @property {boolean | null} [reachable]  remote models: the endpoint's last health poll (null: not yet)
  * @property {string[]} [fallbacks]  the models tried after it (the proxy's catalogue)
+ * @property {string[]} [hosts]  several GPU hosts: those that can serve it (docs/hosts.md)
+ * @property {string[]} [resident_on]  several hosts: where it is ready now
+ * @property {string[]} [loading_on]  several hosts: where it is loading or waking
+ * @property {string[]} [away_on]  several hosts: those away (unreachable or asleep) now
  */
 
 /**
@@ -528,6 +532,47 @@ export function createApi({ getKey, base = document.baseURI }) {
       if (size) form.append("size", size);
       const res = await request("v1/images/edits", { method: "POST", body: form, signal });
       return imagesFrom(await res.json(), signal);
+    },
+
+    /**
+     * POST v1/audio/transcriptions (multipart, as OpenAI defines it): what is said in a
+     * recording, as text.
+     * @param {{model: string, audio: Blob, filename: string, language?: string, signal?: AbortSignal}} args
+     * @returns {Promise<string>}
+     */
+    async transcribe({ model, audio, filename, language, signal }) {
+      const form = new FormData();
+      form.append("model", model);
+      form.append("file", audio, filename);
+      form.append("response_format", "json");
+      if (language) form.append("language", language);
+      const res = await request("v1/audio/transcriptions", { method: "POST", body: form, signal });
+      const body = await res.json();
+      if (typeof body?.text !== "string") throw new ApiError("the transcription has no text", { source: "model_server" });
+      return body.text;
+    },
+
+    /**
+     * POST v1/audio/speech: `input` spoken by a text-to-speech model, as a WAV file's bytes.
+     * @param {{model: string, input: string, voice?: string, signal?: AbortSignal}} args
+     * @returns {Promise<ArrayBuffer>}
+     */
+    async speech({ model, input, voice, signal }) {
+      /** @type {Record<string, unknown>} */
+      const body = { model, input, response_format: "wav" };
+      if (voice) body.voice = voice;
+      const res = await postJson("v1/audio/speech", body, signal);
+      return await res.arrayBuffer();
+    },
+
+    /**
+     * GET v1/audio/voices?model=NAME: the voices of a text-to-speech model.
+     * @param {string} model
+     * @returns {Promise<{id: string, name: string, language: string, sample_rate: number}[]>}
+     */
+    async voices(model) {
+      const body = await (await request(`v1/audio/voices?model=${encodeURIComponent(model)}`)).json();
+      return Array.isArray(body?.data) ? body.data : [];
     },
 
     /**

@@ -58,6 +58,14 @@ export const COMMANDS = [
       t.screen.print("attachment dropped", "dim");
     },
   },
+  { names: ["say"], usage: "/say [-v VOICE] TEXT", summary: "speak TEXT aloud (a text-to-speech model)", run: (t, args) => say(t, args) },
+  {
+    names: ["speak"],
+    usage: "/speak [on|off]",
+    summary: "speak answers aloud as they are written, sentence by sentence ([spk])",
+    run: (t, args) => speak(t, args),
+  },
+  { names: ["voices"], usage: "/voices [MODEL]", summary: "the voices of a text-to-speech model", run: (t, args) => voices(t, args) },
   {
     names: ["set"],
     usage: "/set [NAME [VALUE]]",
@@ -75,6 +83,7 @@ export const KEYS = [
   { usage: "Up / Down", summary: "previous / next line from history" },
   { usage: "Esc  or  Ctrl+C", summary: "stop the answer being written" },
   { usage: "Ctrl+L", summary: "same as /clear" },
+  { usage: "[mic]", summary: "hold to talk, or press to start and again to stop: the words go into the prompt" },
 ];
 
 /**
@@ -194,10 +203,12 @@ async function usage(t, args) {
 async function listModels(t) {
   const models = await t.refreshModels();
   if (!models.length) return void t.screen.print("no models are configured", "warn");
+  const several = models.some((m) => m.hosts?.length);
+  const columns = ["", "model", "type", "backend", "state", ...(several ? ["hosts"] : []), "about"];
   const table = h(
     "table",
     { class: "models" },
-    h("thead", {}, h("tr", {}, ...["", "model", "type", "backend", "state", "about"].map((c) => h("th", { scope: "col", class: c, text: c })))),
+    h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col", class: c, text: c })))),
   );
   const body = table.appendChild(h("tbody"));
   for (const m of models) {
@@ -225,11 +236,29 @@ async function listModels(t) {
         h("td", { class: "type", text: m.type }),
         h("td", { class: "backend", text: m.backend ?? "" }),
         h("td", { class: `state ${m.state}`, text: m.state }),
+        ...(several ? [h("td", { class: "hosts", text: hostsText(m) })] : []),
         h("td", { class: "about", text: about.join(" · ") }),
       ),
     );
   }
   t.screen.add(h("div", { class: "entry info models" }, table));
+}
+
+/**
+ * The hosts that serve a model (several GPU hosts, docs/hosts.md): each name, with `*` where
+ * it is resident, `~` where it is loading and `(away)` where the host is away.
+ * @param {import("./api.js").ModelInfo} m
+ * @returns {string}
+ */
+export function hostsText(m) {
+  return (m.hosts ?? [])
+    .map((name) => {
+      if (m.away_on?.includes(name)) return `${name} (away)`;
+      if (m.resident_on?.includes(name)) return `${name}*`;
+      if (m.loading_on?.includes(name)) return `${name}~`;
+      return name;
+    })
+    .join(" ");
 }
 
 /**
@@ -251,13 +280,23 @@ async function switchModel(t, name) {
     });
     return;
   }
+  if (info.type === "stt" || info.type === "tts") {
+    const how = info.type === "stt" ? "[mic] records into the prompt with it" : "/say TEXT and /speak use it";
+    t.screen.error(`${info.id} is a ${info.type === "stt" ? "speech-to-text" : "text-to-speech"} model, not for chat: ${how}`, { source: "ui" });
+    return;
+  }
   if (info.type === "embedding") {
     t.screen.error(`${info.id} is an embedding model: it answers /v1/embeddings (and the MCP tool embed), not chat or pictures`, { source: "ui" });
     return;
   }
   t.setModel(info.id);
   const how = info.type === "image" ? "image model: what you type becomes the picture's prompt" : "text model";
-  const when = info.state === "ready" ? "ready" : `${info.state}, it loads on the first request`;
+  const when =
+    info.state === "ready"
+      ? "ready"
+      : info.state === "sleeping"
+        ? "sleeping in host memory, it wakes on the first request"
+        : `${info.state}, it loads on the first request`;
   t.screen.print(`switched to ${info.id} (${how}; ${when})`, "ok");
 }
 
@@ -324,3 +363,71 @@ function theme(t, name) {
   t.screen.print(`phosphor: ${name}`, "ok");
 }
 
+
+/**
+ * /say [-v VOICE] TEXT: speak TEXT with the text-to-speech model.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function say(t, args) {
+  const match = /^(?:-v\s+(\S+)\s+)?([\s\S]*)$/.exec(args);
+  const voice = match?.[1];
+  const text = match?.[2].trim() ?? "";
+  if (!text) return void t.screen.error("/say needs a text: /say [-v VOICE] TEXT", { source: "ui" });
+  if (!t.models.length) await t.refreshModels();
+  const model = t.speechModel("tts");
+  if (!model) return void t.noSpeechModel("tts");
+  const pending = t.screen.pending(`${model} · speaking`);
+  try {
+    const seconds = await t.speaker.say(model, text, voice);
+    t.screen.print(`♪ ${model}${voice ? ` (${voice})` : ""}: ${seconds.toFixed(1)} s`, "dim");
+  } catch {
+    // reported by the speaker (or stopped)
+  } finally {
+    pending.done();
+  }
+}
+
+/**
+ * /speak [on|off]: speak answers aloud as they stream (no argument: toggle).
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function speak(t, args) {
+  if (args && args !== "on" && args !== "off") return void t.screen.error("/speak on, or /speak off", { source: "ui" });
+  if (!t.models.length) await t.refreshModels();
+  t.setSpeaking(args ? args === "on" : !t.speaking);
+}
+
+/**
+ * /voices [MODEL]: the voices of a text-to-speech model.
+ * @param {Terminal} t
+ * @param {string} args
+ */
+async function voices(t, args) {
+  if (!t.models.length) await t.refreshModels();
+  const model = args || t.speechModel("tts");
+  if (!model) return void t.noSpeechModel("tts");
+  const list = await t.api.voices(model);
+  if (!list.length) return void t.screen.print(`${model} lists no voices`, "warn");
+  const table = h(
+    "table",
+    { class: "voices" },
+    h("thead", {}, h("tr", {}, ...["voice", "name", "language", "rate"].map((c) => h("th", { scope: "col", text: c })))),
+  );
+  const body = table.appendChild(h("tbody"));
+  for (const v of list) {
+    body.appendChild(
+      h(
+        "tr",
+        { "data-voice": v.id },
+        h("td", { class: "name", text: v.id }),
+        h("td", { text: v.name }),
+        h("td", { text: v.language }),
+        h("td", { text: `${v.sample_rate} Hz` }),
+      ),
+    );
+  }
+  t.screen.print(`voices of ${model} (/say -v VOICE TEXT)`, "info");
+  t.screen.add(h("div", { class: "entry info voices" }, table));
+}

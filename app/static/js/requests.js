@@ -12,6 +12,7 @@ import { ApiError, isAbort } from "./api.js";
 import { buildMessages } from "./conversation.js";
 import { blobToDataUrl } from "./images.js";
 import * as imageJobs from "./imagejobs.js";
+import { SentenceSplitter, plain } from "./speech.js";
 import { loadOptions, newId } from "./store.js";
 
 /** @typedef {import("./terminal.js").Terminal} Terminal */
@@ -32,6 +33,7 @@ function waitFor(t, model, doing) {
     const act = t.states.activity();
     if (act && (act.model === model || act.phase === "swapping")) pending.set(`${act.text} · then ${doing}`);
     else if (s?.state === "starting") pending.set(`loading ${model} · then ${doing}`);
+    else if (s?.state === "waking") pending.set(`waking ${model} from host memory · then ${doing}`);
     else pending.set(`${model} · ${doing}`);
   };
   update();
@@ -45,6 +47,25 @@ function waitFor(t, model, doing) {
       unsubscribe();
       pending.done();
     },
+  };
+}
+
+/**
+ * While answers are spoken ([spk], /speak on): a function taking each streamed piece (null
+ * at the end) that speaks every sentence as soon as it is complete; null otherwise.
+ * @param {Terminal} t
+ * @returns {((piece: string | null) => void) | null}
+ */
+function speakAlong(t) {
+  const model = t.speaking ? t.speechModel("tts") : null;
+  if (!model) return null;
+  const splitter = new SentenceSplitter();
+  return (piece) => {
+    const sentences = piece === null ? splitter.end() : splitter.feed(piece);
+    for (const sentence of sentences) {
+      const text = plain(sentence);
+      if (text) t.speaker.say(model, text).catch(() => {}); // a failure is reported by the speaker
+    }
   };
 }
 
@@ -67,6 +88,7 @@ export async function runChat(t, text) {
 
   const controller = t.begin();
   const wait = waitFor(t, model, "thinking");
+  const voice = speakAlong(t);
   /** @type {StreamingAnswer | null} */
   let answer = null;
   let stopped = false;
@@ -85,8 +107,10 @@ export async function runChat(t, text) {
           answer = t.screen.stream(model);
         }
         answer.append(piece);
+        voice?.(piece);
       },
     });
+    voice?.(null);
   } catch (err) {
     if (isAbort(err)) stopped = true;
     else {

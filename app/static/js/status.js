@@ -3,14 +3,16 @@
  * Model states as the manager reports them (through the proxy's api/events
  * relay), and the status bar that shows them: which model is loading, that a
  * swap is under way, and for how long; when nothing changes, the chosen model's
- * state and every resident model (several fit the GPU together within its budget).
+ * state and every resident model (several fit the GPU together within its budget),
+ * and the models asleep in host memory (the warm tier: they wake in about a second).
  */
 
 import { formatElapsed } from "./dom.js";
 
 /**
  * @typedef {object} ModelState
- * @property {string} state   stopped | starting | ready | stopping | failed
+ * @property {string} state   stopped | starting | ready | stopping | failed |
+ *   falling_asleep | sleeping | waking (the warm tier: weights in host memory)
  * @property {string} type    text | image | embedding
  * @property {number} since   local epoch ms when this state began
  * @property {string | null} error
@@ -119,40 +121,59 @@ export class ModelStates {
    */
   transitional(name) {
     const s = this.models.get(name)?.state;
-    return s === "starting" || s === "stopping" || s === undefined;
+    return s === "starting" || s === "stopping" || s === "falling_asleep" || s === "waking" || s === undefined;
   }
 
   /**
    * What is happening to the GPU right now, in words, or null when nothing is.
-   * @returns {{phase: "swapping" | "loading" | "stopping", model: string, text: string, since: number} | null}
+   * @returns {{phase: "swapping" | "loading" | "waking" | "sleeping" | "stopping", model: string, text: string, since: number} | null}
    */
   activity() {
+    const coming = (/** @type {string} */ to) =>
+      this.models.get(to)?.state === "waking" ? `waking ${to} from host memory` : `loading ${to}`;
     if (this.swap && !this.swap.from) {
-      // A start that stopped nothing: the model loads beside the residents.
-      return { phase: "loading", model: this.swap.to, text: `loading ${this.swap.to}`, since: this.swap.since };
+      // A start (or wake) that stopped nothing: the model comes beside the residents.
+      const waking = this.models.get(this.swap.to)?.state === "waking";
+      return { phase: waking ? "waking" : "loading", model: this.swap.to, text: coming(this.swap.to), since: this.swap.since };
     }
     if (this.swap) {
       const from = this.swap.from ? this.models.get(this.swap.from) : undefined;
-      const step = from && from.state === "stopping" ? `stopping ${this.swap.from}` : `loading ${this.swap.to}`;
+      const step =
+        from && from.state === "stopping"
+          ? `stopping ${this.swap.from}`
+          : from && from.state === "falling_asleep"
+            ? `putting ${this.swap.from} to sleep`
+            : coming(this.swap.to);
       const route = `${this.swap.from} → ${this.swap.to}`;
       return { phase: "swapping", model: this.swap.to, text: `swapping ${route} · ${step}`, since: this.swap.since };
     }
     for (const [name, m] of this.models) {
       if (m.state === "starting") return { phase: "loading", model: name, text: `loading ${name}`, since: m.since };
+      if (m.state === "waking") return { phase: "waking", model: name, text: coming(name), since: m.since };
     }
     for (const [name, m] of this.models) {
+      if (m.state === "falling_asleep")
+        return { phase: "sleeping", model: name, text: `putting ${name} to sleep in host memory`, since: m.since };
       if (m.state === "stopping") return { phase: "stopping", model: name, text: `stopping ${name}`, since: m.since };
     }
     return null;
   }
 
   /**
-   * The models that hold (or are taking or giving back) their memory: every state but
-   * stopped, in the manager's order.
+   * The models that hold (or are taking or giving back) their GPU memory: every state but
+   * stopped and sleeping, in the manager's order.
    * @returns {string[]}
    */
   residents() {
-    return [...this.models].filter(([, m]) => m.state !== "stopped").map(([name]) => name);
+    return [...this.models].filter(([, m]) => m.state !== "stopped" && m.state !== "sleeping").map(([name]) => name);
+  }
+
+  /**
+   * The models asleep in host memory (the warm tier), in the manager's order.
+   * @returns {string[]}
+   */
+  sleepers() {
+    return [...this.models].filter(([, m]) => m.state === "sleeping").map(([name]) => name);
   }
 
   /**
@@ -180,9 +201,14 @@ export class ModelStates {
       const m = this.models.get(this.current);
       const state = m ? m.state : "unknown";
       const residents = this.residents();
-      const loaded = residents.length ? ` · resident: ${residents.join(", ")}` : "";
+      const sleepers = this.sleepers();
+      const loaded =
+        (residents.length ? ` · resident: ${residents.join(", ")}` : "") +
+        (sleepers.length ? ` · asleep: ${sleepers.join(", ")}` : "");
+      const hint =
+        m?.state === "stopped" ? " (loads on first use)" : m?.state === "sleeping" ? " in host memory (wakes on first use)" : "";
       this.text.textContent = this.current
-        ? `${this.current} · ${state}${m?.state === "failed" && m.error ? `: ${m.error}` : ""}${m?.state === "stopped" ? " (loads on first use)" : ""}${loaded}`
+        ? `${this.current} · ${state}${m?.state === "failed" && m.error ? `: ${m.error}` : ""}${hint}${loaded}`
         : `no model selected${loaded}`;
       this.bar.dataset.state = state;
     }

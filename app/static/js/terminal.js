@@ -17,6 +17,7 @@ import { parseInput } from "./input.js";
 import { Prompt } from "./prompt.js";
 import { followImageJob, runChat, runImage } from "./requests.js";
 import { Scrollback } from "./scrollback.js";
+import { Microphone, Speaker } from "./speech.js";
 import { ModelStates } from "./status.js";
 import { ImageStore, getPref, loadHistory, newId, saveHistory, setPref } from "./store.js";
 import { Transcript } from "./transcript.js";
@@ -80,6 +81,24 @@ export class Terminal {
       },
     });
     byId("attach-btn", HTMLButtonElement).addEventListener("click", () => this.uploads.pick());
+    this.speaker = new Speaker({ api: this.api, onError: (err) => this.fail(err) });
+    this.microphone = new Microphone({
+      button: byId("mic-btn", HTMLButtonElement),
+      canStart: () => this.speechModel("stt") !== null || (this.noSpeechModel("stt"), false),
+      onRecorded: (audio, filename) => this.transcribeInto(audio, filename),
+      onRefused: (message) => this.screen.error(message, { source: "ui" }),
+      onState: (on) => {
+        if (on) this.screen.print("recording… (let go, or press [mic] again, to stop)", "dim");
+      },
+    });
+    /** Answers are spoken aloud as they stream (/speak, [spk]). */
+    this.speaking = false;
+    this.speakButton = byId("speak-btn", HTMLButtonElement);
+    this.speakButton.addEventListener("click", () => {
+      this.speaker.unlock();
+      this.setSpeaking(!this.speaking);
+    });
+    this.setSpeaking(getPref("speak") === "on", false);
 
     /** @type {ModelInfo[]} */
     this.models = [];
@@ -227,6 +246,69 @@ export class Terminal {
     return this.models.find((m) => m.type === "image")?.id ?? null;
   }
 
+  // ── speech ───────────────────────────────────────────────────────────────
+
+  /**
+   * The speech model for `type`: the current model if it has that type, else the first one.
+   * @param {"stt" | "tts"} type
+   * @returns {string | null}
+   */
+  speechModel(type) {
+    if (this.info(this.model)?.type === type) return this.model;
+    return this.models.find((m) => m.type === type)?.id ?? null;
+  }
+
+  /**
+   * Say that no model of `type` is configured.
+   * @param {"stt" | "tts"} type
+   */
+  noSpeechModel(type) {
+    const what = type === "stt" ? "speech-to-text (stt)" : "text-to-speech (tts)";
+    this.screen.error(`no ${what} model is configured: add one with "type": "${type}" to models.json on the manager`, { source: "ui" });
+  }
+
+  /**
+   * Speak answers aloud as they stream (kept in this browser).
+   * @param {boolean} on
+   * @param {boolean} [say]  print the change
+   */
+  setSpeaking(on, say = true) {
+    if (on && say && !this.speechModel("tts")) {
+      this.noSpeechModel("tts");
+      on = false;
+    }
+    this.speaking = on;
+    setPref("speak", on ? "on" : null);
+    this.speakButton.setAttribute("aria-pressed", String(on));
+    this.speakButton.classList.toggle("on", on);
+    if (!on) this.speaker.stop();
+    if (say) this.screen.print(on ? "answers are spoken aloud as they come (/speak off stops)" : "answers are not spoken", "ok");
+  }
+
+  /**
+   * A recording from the microphone: transcribed, and put into the prompt.
+   * @param {Blob} audio
+   * @param {string} filename
+   */
+  async transcribeInto(audio, filename) {
+    const model = this.speechModel("stt");
+    if (!model) return void this.noSpeechModel("stt");
+    const pending = this.screen.pending(`${model} · listening to ${(audio.size / 1024).toFixed(0)} KiB`);
+    try {
+      const text = (await this.api.transcribe({ model, audio, filename })).trim();
+      if (!text) this.screen.print("(nothing was heard)", "dim");
+      else {
+        const before = this.prompt.input.value;
+        this.prompt.setValue(before && !/\s$/.test(before) ? `${before} ${text}` : before + text);
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      pending.done();
+      this.prompt.focus();
+    }
+  }
+
   // ── input ────────────────────────────────────────────────────────────────
 
   /**
@@ -234,6 +316,7 @@ export class Terminal {
    * @param {string} text
    */
   async submit(text) {
+    this.speaker.unlock(); // a key press or a click: the page may make sound from now on
     if (this.askingKey) {
       await this.takeKey(text.trim());
       return;
@@ -308,6 +391,7 @@ export class Terminal {
   /** Stop the request in flight, if any. */
   stop() {
     this.inflight?.abort();
+    this.speaker.stop();
   }
 
   /**

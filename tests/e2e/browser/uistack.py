@@ -100,6 +100,25 @@ def fake_entry(kind: str, **extra: object) -> dict:
     }
 
 
+def audio_entry(kind: str, **extra: object) -> dict:
+    """One models.json entry: a stt or tts model served by the stand-in audio server
+    (tests/fixtures/fakeaudio), launched by the manager's process runtime."""
+    port = free_port()
+    return {
+        "type": kind,
+        "container": f"ui-test-{port}",
+        "port": port,
+        "image": "homelab-ai/audioserver:test",
+        "model": "fake/voice.onnx" if kind == "tts" else "fake/whisper",
+        "command": [sys.executable, "-m", "tests.fixtures.fakeaudio"],
+        "device": "cpu",
+        "gpu": False,
+        "start_timeout": 60,
+        "description": f"Stand-in {kind} model (tests/fixtures/fakeaudio).",
+        **extra,
+    }
+
+
 def fake_models(slow_load: str = SLOW_LOAD_S) -> dict:
     """The catalogue: `chat`, `slow` (loads in `slow_load` seconds) and `paint` (an image
     model that loads in SLOW_LOAD_S seconds)."""
@@ -494,9 +513,12 @@ def load(page: object, url: str, errors: list[str]) -> None:
                 raise
 
 
-def open_page(browser: object, url: str, test_name: str, viewport: dict) -> Iterator[Ui]:
-    """A fresh browser context (empty storage) on `url`; asserts no uncaught page error at the end."""
-    context = browser.new_context(viewport=viewport, accept_downloads=True)  # type: ignore[attr-defined]
+def open_page(
+    browser: object, url: str, test_name: str, viewport: dict, **options: object
+) -> Iterator[Ui]:
+    """A fresh browser context (empty storage) on `url`; asserts no uncaught page error at the end.
+    `options`: more of playwright's context options (a phone's ``has_touch``, ``is_mobile``)."""
+    context = browser.new_context(viewport=viewport, accept_downloads=True, **options)  # type: ignore[attr-defined]
     context.set_default_timeout(30_000)
     page = context.new_page()
     errors: list[str] = []

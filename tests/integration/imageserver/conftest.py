@@ -103,6 +103,8 @@ class ImageServerProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.statuses: list[str] = []
+        self.first_body: dict = {}
+        """The first /health body seen."""
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imageserver"],
@@ -131,6 +133,8 @@ class ImageServerProcess:
                 except httpx.TransportError:
                     time.sleep(0.05)
                     continue
+                if not self.statuses:
+                    self.first_body = body
                 self.statuses.append(body["status"])
                 if body["status"] in final:
                     return body

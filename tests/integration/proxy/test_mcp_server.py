@@ -86,7 +86,10 @@ async def _waiting(stack: Stack) -> dict[str, tuple[str, int]]:
 async def test_tools_and_schemas_follow_models_json(mcp_stack: Stack) -> None:
     async with http_session(_mcp_url(mcp_stack), API_KEY) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"}
+    assert set(tools) == {
+        *("txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"),
+        *("speech2txt", "txt2speech"),
+    }
     models = mcp_stack.models
     text = sorted(n for n, m in models.items() if m["type"] == "text")
     image = sorted(n for n, m in models.items() if m["type"] == "image")

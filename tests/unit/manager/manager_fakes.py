@@ -14,6 +14,7 @@ from collections import defaultdict
 from manager.errors import RuntimeFailure, StartFailed
 from manager.runtime import Instance, Spec, spec_hash
 from manager.spec import parse_catalogue
+from manager.warm import WarmFailure
 
 CATALOGUE = {
     "alpha": {
@@ -68,6 +69,10 @@ class FakeRuntime:
         self.stop_specs: list[Spec | None] = []
         self.log_lines: dict[str, list[str]] = defaultdict(list)
         self.max_running = 0
+        self.asleep: set[str] = set()
+        """Servers that sleep (`FakeWarm`): running, but holding no GPU memory."""
+        self.host_mib: dict[str, int] = {}
+        """What `host_memory_mib` reports per server (`manager.runtime.HostMemoryRuntime`)."""
 
     def running(self) -> list[str]:
         return sorted(name for name, inst in self.instances.items() if inst.running)
@@ -93,7 +98,7 @@ class FakeRuntime:
         self.calls.append(("start", name))
         if name in self.start_failures:
             raise self.start_failures.pop(name)
-        others = [n for n in self.running() if n != name]
+        others = [n for n in self.running() if n != name and n not in self.asleep]
         if self.capacity is None and others:
             raise TwoResident(f"starting {name} while {others} run")
         if self.capacity is not None:
@@ -115,6 +120,11 @@ class FakeRuntime:
             self.stop_failures[name] -= 1
             raise RuntimeFailure(f"engine refused to stop {name}")
         self.instances.pop(name, None)
+        self.asleep.discard(name)
+
+    async def host_memory_mib(self, name: str, spec: Spec) -> int | None:
+        inst = self.instances.get(name)
+        return self.host_mib.get(name) if inst is not None and inst.running else None
 
     async def inspect(self, name: str, spec: Spec) -> Instance | None:
         return self.instances.get(name)
@@ -180,6 +190,55 @@ class FakeProbe:
         if not inst.running:
             return f"the server exited with code {inst.exit_code}"
         return None
+
+
+class FakeWarm:
+    """A `manager.warm.WarmControl` over a `FakeRuntime`: a sleeping server is marked in
+    `runtime.asleep` (so the fake GPU does not count it). `fail_sleep` / `fail_wake` name
+    models whose next call fails; `hold(name)` blocks its next sleep or wake until
+    `release(name)`; `calls` records ("sleep"|"wake", name, key)."""
+
+    def __init__(self, runtime: FakeRuntime, models) -> None:
+        self.runtime, self.models = runtime, models
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.fail_sleep: set[str] = set()
+        self.fail_wake: set[str] = set()
+        self.gates: dict[str, asyncio.Event] = {}
+
+    def hold(self, name: str) -> None:
+        self.gates[name] = asyncio.Event()
+
+    def release(self, name: str) -> None:
+        self.gates.pop(name).set()
+
+    def _name(self, spec: Spec) -> str:
+        return next(n for n, s in self.models.models.items() if s.port == spec.port)
+
+    async def _gate(self, name: str) -> None:
+        gate = self.gates.get(name)
+        if gate is not None:
+            await gate.wait()
+
+    async def sleep(self, spec: Spec, base_url: str, api_key: str | None) -> None:
+        name = self._name(spec)
+        self.calls.append(("sleep", name, api_key))
+        await self._gate(name)
+        if name in self.fail_sleep:
+            self.fail_sleep.discard(name)
+            raise WarmFailure(f"{name} cannot sleep")
+        self.runtime.asleep.add(name)
+
+    async def wake(self, spec: Spec, base_url: str, api_key: str | None) -> None:
+        name = self._name(spec)
+        self.calls.append(("wake", name, api_key))
+        await self._gate(name)
+        if name in self.fail_wake:
+            self.fail_wake.discard(name)
+            raise WarmFailure(f"{name} did not wake")
+        self.runtime.asleep.discard(name)
+
+    async def is_sleeping(self, spec: Spec, base_url: str, api_key: str | None) -> bool | None:
+        return self._name(spec) in self.runtime.asleep
 
 
 class FakeClock:

@@ -143,7 +143,12 @@ async def test_list_models(api):
         "priority",
         "pinned",
         "backend",
+        "warm_level",
+        "host_memory_mib",
+        "wake_seconds",
+        "load_seconds",
     }
+    assert first["warm_level"] is None  # not kept warm (models.json has no `warm`)
     assert first["backend"] == "vllm" and body["data"][2]["backend"] == "diffusers"
     assert first["vision"] is False  # text models say whether they take images
     assert first["tools"] is False  # ... and whether they call tools (models.json tool_calls)

@@ -104,6 +104,23 @@ def test_serve_wires_settings_runtime_probe_and_scheduler(monkeypatch):
     assert type(scheduler.probe).__name__ == "HttpReadinessProbe"
     assert scheduler.config.advertise_host == "10.0.0.5"
     assert "llama3-8b" in scheduler.catalogue.models
+    assert scheduler.host_budget_mib is not None  # half of /proc/meminfo: the warm tier is on
+    assert type(scheduler._warm).__name__ == "HttpWarmControl"
+
+
+def test_the_host_budget_setting_wins_and_zero_turns_the_warm_tier_off(monkeypatch):
+    monkeypatch.setenv("HOMELAB_MANAGER_TOKEN", GOOD)
+
+    class Engine:
+        def host_total_mib(self) -> int | None:
+            return 8000
+
+    assert cli.host_budget_of(cli.ManagerSettings(), Engine()) == (
+        4000,
+        "half of the 8000 MiB the runtime sees",
+    )
+    assert cli.host_budget_of(cli.ManagerSettings(host_budget_mib=1234), Engine())[0] == 1234
+    assert cli.host_budget_of(cli.ManagerSettings(host_budget_mib=0), Engine())[0] is None
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_the_repository_models_json_is_valid():
     catalogue = load_catalogue(ROOT / "models.json")
     assert catalogue.names()
     types = {spec.type for spec in catalogue.models.values()}
-    assert types == {"text", "image", "embedding"}
+    assert types == {"text", "image", "embedding", "stt", "tts"}
 
 
 def test_schema_file_is_up_to_date():

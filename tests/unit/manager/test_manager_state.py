@@ -19,6 +19,15 @@ ALLOWED = {
     (S.STOPPING, S.FAILED),
     (S.FAILED, S.STARTING),
     (S.FAILED, S.STOPPING),
+    (S.READY, S.FALLING_ASLEEP),
+    (S.STOPPED, S.SLEEPING),
+    (S.FALLING_ASLEEP, S.SLEEPING),
+    (S.FALLING_ASLEEP, S.FAILED),
+    (S.SLEEPING, S.WAKING),
+    (S.SLEEPING, S.STOPPING),
+    (S.SLEEPING, S.FAILED),
+    (S.WAKING, S.READY),
+    (S.WAKING, S.FAILED),
 }
 
 
@@ -37,4 +46,17 @@ def test_every_state_has_a_way_out() -> None:
 
 
 def test_states_serialise_as_their_names() -> None:
-    assert [s.value for s in S] == ["stopped", "starting", "ready", "stopping", "failed"]
+    assert [s.value for s in S] == [
+        "stopped",
+        "starting",
+        "ready",
+        "stopping",
+        "failed",
+        "falling_asleep",
+        "sleeping",
+        "waking",
+    ]
+
+
+def test_only_stopped_and_sleeping_models_hold_no_gpu_memory() -> None:
+    assert {s for s in S if not s.on_gpu} == {S.STOPPED, S.SLEEPING}

@@ -150,6 +150,8 @@ class FakeManager:
     ):
         self.models = models
         self.base_url = base_url
+        self.urls: dict[str, str] = {}
+        """A model's own server where it has one (else `base_url`)."""
         self.swap_delay = swap_delay
         self.ttl = ttl
         self.resident: str | None = None
@@ -305,7 +307,7 @@ class FakeManager:
                 "lease_id": lease_id,
                 "model": name,
                 "type": fake.models[name]["type"],
-                "base_url": fake.base_url,
+                "base_url": fake.urls.get(name, fake.base_url),
                 "ttl": fake.ttl,
             }
             if fake.max_uses is not None:

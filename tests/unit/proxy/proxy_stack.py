@@ -53,6 +53,7 @@ async def build_stack(
                 "app_dir": tmp_path / "app",
                 "image_dir": tmp_path / "images",
                 "jobs_url": str(tmp_path / "jobs.db"),
+                "state_dir": tmp_path / "state",
                 "models_cache_ttl": 0.5,
                 "api_keys": [],
                 **overrides,

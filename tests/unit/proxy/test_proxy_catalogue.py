@@ -102,7 +102,22 @@ def test_no_catalogue_is_an_empty_one_on_the_local_host() -> None:
             "endpoints.lan.models.cloud-chat",
             "already served by endpoint 'cloud'",
         ),
-        (lambda d: d["hosts"].update(second={}), "hosts", "one host in this release"),
+        (lambda d: d["hosts"].update(second={}), "hosts.second.url", "only one host"),
+        (
+            lambda d: d["hosts"].update(second={"url": "http://10.0.0.2:8090"}),
+            "hosts.second.token_file",
+            "required with `url`",
+        ),
+        (
+            lambda d: d["hosts"].update(second={"url": "http://h:1", "mac": "zz"}),
+            "hosts.second.mac",
+            "should match pattern",
+        ),
+        (
+            lambda d: d["hosts"].update(second={"sleepable": True}),
+            "hosts.second.url",
+            "only one host",
+        ),
         (lambda d: d["fallbacks"].update(a={"then": []}), "fallbacks.a.then", "at least 1"),
         (
             lambda d: d["fallbacks"].update(a={"then": ["a"]}),
@@ -287,3 +302,61 @@ def test_a_bad_catalogue_stops_python_m_proxy_naming_file_key_and_reason(tmp_pat
     assert done.returncode == 2
     assert f"{path}: key 'endpoints.cloud.models': " in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _token(tmp_path: Path, name: str, mode: int = 0o600) -> str:
+    path = tmp_path / f"{name}.token"
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    path.chmod(mode)
+    return path.name
+
+
+def test_several_hosts_load_with_their_tokens_and_wake_on_lan_fields(tmp_path: Path) -> None:
+    data = {
+        "hosts": {
+            "gpu-pc": {},
+            "laptop": {
+                "url": "http://10.0.0.3:8090/",
+                "token_file": _token(tmp_path, "laptop"),
+                "mac": "AA:bb:cc:dd:ee:01",
+                "broadcast": "10.0.0.255",
+                "sleepable": True,
+            },
+        }
+    }
+    cat = load_catalogue(_file(tmp_path, data))
+    assert cat.host == "gpu-pc" and list(cat.hosts) == ["gpu-pc", "laptop"]
+    assert cat.hosts["gpu-pc"].url is None and cat.hosts["gpu-pc"].token is None
+    laptop = cat.hosts["laptop"]
+    assert laptop.url == "http://10.0.0.3:8090" and laptop.sleepable and laptop.wol_port == 9
+    assert laptop.token and laptop.token not in repr(laptop)
+
+
+def test_a_host_token_file_readable_by_others_or_a_weak_token_is_refused(tmp_path: Path) -> None:
+    data = {"hosts": {"a": {"url": "http://h:1", "token_file": _token(tmp_path, "a", 0o644)}}}
+    with pytest.raises(CatalogueError) as err:
+        load_catalogue(_file(tmp_path, data))
+    assert err.value.key == "hosts.a.token_file" and "chmod 600" in err.value.reason
+    (tmp_path / "weak.token").write_text("short\n")
+    (tmp_path / "weak.token").chmod(0o600)
+    data = {"hosts": {"a": {"url": "http://h:1", "token_file": "weak.token"}}}
+    with pytest.raises(CatalogueError) as err:
+        load_catalogue(_file(tmp_path, data))
+    assert err.value.key == "hosts.a.token_file"
+
+
+def test_a_sleepable_host_needs_a_mac_and_two_hosts_one_url(tmp_path: Path) -> None:
+    tok = _token(tmp_path, "t")
+    for hosts, key in [
+        ({"a": {"url": "http://h:1", "token_file": tok, "sleepable": True}}, "hosts.a.mac"),
+        (
+            {
+                "a": {"url": "http://h:1", "token_file": tok},
+                "b": {"url": "http://h:1/", "token_file": tok},
+            },
+            "hosts.b.url",
+        ),
+    ]:
+        with pytest.raises(CatalogueError) as err:
+            load_catalogue(_file(tmp_path, {"hosts": hosts}))
+        assert err.value.key == key, err.value

@@ -29,6 +29,7 @@ def settings(tmp_path: Path, manager_url: str, window: float) -> ProxySettings:
         manager_token=TOKEN,
         app_dir=tmp_path / "app",
         image_dir=tmp_path / "images",
+        state_dir=tmp_path / "state",
         manager_outage_window=window,
     )
 
@@ -101,7 +102,7 @@ async def test_the_model_list_is_served_from_the_last_one_while_the_manager_is_a
                 assert (await client.get("/v1/models")).status_code == 200
                 ctx = app.state.ctx
                 ctx.manager.invalidate_models()
-                ctx.manager.base_url = "http://127.0.0.1:9"  # the manager is away
+                ctx.manager.first.client.base_url = "http://127.0.0.1:9"  # the manager is away
                 r = await client.get("/v1/models")
                 assert r.status_code == 200
                 assert {m["id"] for m in r.json()["data"]} == set(MODELS)
@@ -175,3 +176,35 @@ async def test_a_release_sent_while_the_manager_is_down_is_delivered_when_it_is_
         assert manager.released == ["kept-lease"]
     finally:
         sock.close()
+
+
+async def test_a_job_is_accepted_at_once_against_the_last_known_models_while_the_manager_is_away(
+    tmp_path: Path,
+) -> None:
+    """Issue 26: a create_message sent while the manager is away (since the proxy started)
+    is answered at once: accepted, with its task id, when the proxy knew the model from
+    an earlier run (its known-models file); refused at once (-32003) when it never did."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "create_message",
+        "params": {"model": "chat-a", "message": "later"},
+    }
+    upstream = FakeModelServer()
+    async with serve_aiohttp(upstream.app) as upstream_url:
+        manager = FakeManager(MODELS, upstream_url)
+        async with serve_asgi(manager.app) as manager_url:  # a first run learns the models
+            app = create_app(settings(tmp_path, manager_url, window=30.0))
+            async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/v1/models")).status_code == 200
+    with dead_port() as port:
+        away = f"http://127.0.0.1:{port}"
+        never = settings(tmp_path / "other", away, window=30.0)
+        async with serve_asgi(create_app(never)) as url, httpx.AsyncClient(base_url=url) as c:
+            r = await asyncio.wait_for(c.post("/rpc", json=body), 20)
+        assert r.json()["error"]["code"] == -32003, r.text
+        app = create_app(settings(tmp_path, away, window=30.0))
+        async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+            r = await asyncio.wait_for(client.post("/rpc", json=body), 20)
+            result = r.json()["result"]
+            assert result["taskId"] and result["state"] in ("PENDING", "STARTED"), r.text

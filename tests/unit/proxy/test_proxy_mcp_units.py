@@ -62,7 +62,10 @@ def _png(width: int = 4, height: int = 3) -> bytes:
 
 def test_tools_are_generated_from_the_model_list() -> None:
     tools = {t.name: t for t in tool_list(MODELS)}
-    assert set(tools) == {"txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"}
+    assert set(tools) == {
+        *("txt2txt", "txt2img", "img2img", "img2txt", "embed", "list_models"),
+        *("speech2txt", "txt2speech"),
+    }
     assert tools["txt2txt"].input_schema["properties"]["model"]["enum"] == ["chat", "eyes"]
     assert tools["embed"].input_schema["properties"]["model"]["enum"] == ["vec"]
     assert "- vec: Sentence vectors." in (tools["embed"].description or "")

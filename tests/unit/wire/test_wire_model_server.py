@@ -106,8 +106,7 @@ async def test_progress_is_read_by_the_proxys_step_poll() -> None:
     upstream = UpstreamPool()
     # The proxy's one model call (its GET needs only the lean client; no lease is taken).
     calls = ModelCalls(
-        leases=None,  # type: ignore[arg-type]
-        manager=None,  # type: ignore[arg-type]
+        fleet=None,  # type: ignore[arg-type]
         metrics=None,  # type: ignore[arg-type]
         upstream=upstream,
         retry_endpoints=(),

@@ -69,8 +69,8 @@ def test_importing_wire_loads_none_of_the_programs() -> None:
     assert result.stdout.strip() == "[]"
 
 
-PROGRAMS = ("manager", "proxy", "imageserver")
-CONTRACT_NAMES = {"HOMELAB_IMAGE_API_KEY", "VLLM_API_KEY"}
+PROGRAMS = ("manager", "proxy", "imageserver", "audioserver")
+CONTRACT_NAMES = {"HOMELAB_IMAGE_API_KEY", "HOMELAB_AUDIO_API_KEY", "VLLM_API_KEY"}
 """Spelled in `wire.model_server` only."""
 FRAMING = ("event: ", "id: ", ": keepalive", "retry: ")
 """How an SSE frame begins: written by `wire.events` only."""

@@ -1,0 +1,158 @@
+"""Parking: the loaded pipeline moved to the CPU and back, the image server's warm tier.
+
+The manager keeps an image model *warm* (models.json ``warm``) by parking it instead of
+stopping the server: ``POST /park`` moves every pipeline's modules to the CPU
+(``pipe.to("cpu")``, then the CUDA cache is emptied) so the GPU memory is free, and
+``POST /unpark`` moves them back to the model's device; ``GET /is_parked`` answers
+``{"is_parked": bool}`` (the manager's adoption asks it after a restart). The moves run
+on the GPU worker thread, after the generations queued before them, so a generation
+never sees a half-moved pipeline. While parked, a generation or edit is refused with
+503 ``model_parked`` (the manager sends none: a sleeping model gets no leases).
+
+On the CPU the move is a no-op (the modules are there already), but the state, the API
+and the accounting are the real ones. A pipeline with ``cpu_offload`` cannot be parked
+(its offload hooks own where each module lives; the manager's models.json check refuses
+``warm`` with it), nor one whose modules refuse the move (bitsandbytes-quantized weights
+cannot be moved with ``.to()``): 409 ``cannot_park`` (the manager then stops the server
+instead, and does not try to park it again until it is restarted). Both routes are idempotent and need the
+upstream key, as every route but ``/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from imageserver.errors import ImageServerError
+from imageserver.host import ModelHost
+from imageserver.settings import Settings
+from imageserver.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+
+
+class CannotPark(ImageServerError):
+    """The pipeline cannot be parked (it uses CPU offload)."""
+
+    status, type, code = 409, "invalid_request_error", "cannot_park"
+
+
+class ModelParked(ImageServerError):
+    """A generation while the pipeline is parked on the CPU."""
+
+    status, type, code = 503, "server_error", "model_parked"
+
+
+def move(model: object, device: str) -> None:
+    """Move every pipeline of `model` (its ``pipelines``; they share modules) to `device`,
+    then free the CUDA cache when leaving a GPU. Blocks (the worker thread)."""
+    pipelines = getattr(model, "pipelines", {})
+    seen: set[int] = set()
+    for pipe in pipelines.values():
+        if id(pipe) not in seen:
+            seen.add(id(pipe))
+            pipe.to(device)
+    if device == "cpu":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # a model without torch (the unit tier's fakes)
+            pass
+
+
+class Parking:
+    """Whether the one model is parked, and the moves. `park` and `unpark` are coroutines
+    that queue the move on the GPU worker and return once it is done."""
+
+    def __init__(self, settings: Settings, host: ModelHost, worker: GpuWorker) -> None:
+        self._settings, self._host, self._worker = settings, host, worker
+        self._lock = threading.Lock()
+        self._parked = False
+        self.moves = 0
+        """Moves done (either way), for tests and logs."""
+
+    @property
+    def parked(self) -> bool:
+        with self._lock:
+            return self._parked
+
+    def check_not_parked(self) -> None:
+        """Raise ModelParked while the pipeline waits on the CPU."""
+        if self.parked:
+            raise ModelParked(
+                f"model {self._settings.served_name!r} is parked in host memory; the manager "
+                "unparks it before sending requests"
+            )
+
+    async def park(self) -> None:
+        if self._settings.cpu_offload and self._settings.device != "cpu":
+            raise CannotPark("a pipeline with cpu_offload cannot be parked")
+        model = self._host.ready_model()
+        if self.parked:
+            return
+        await asyncio.wrap_future(
+            self._worker.submit_background(lambda: self._move(model, "cpu", parked=True))
+        )
+
+    async def unpark(self) -> None:
+        model = self._host.ready_model()
+        if not self.parked:
+            return
+        home = self._settings.device
+        await asyncio.wrap_future(
+            self._worker.submit_background(lambda: self._move(model, home, parked=False))
+        )
+
+    def _move(self, model: object, device: str, *, parked: bool) -> None:
+        with self._lock:
+            if self._parked == parked:
+                return
+        try:
+            move(model, device)
+        except Exception as exc:  # e.g. bitsandbytes-quantized modules refuse `.to()`
+            raise CannotPark(
+                f"the pipeline cannot be moved to {device}: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._lock:
+            self._parked = parked
+            self.moves += 1
+        log.info(
+            "model %s %s",
+            self._settings.served_name,
+            "parked on the CPU" if parked else f"back on {device}",
+        )
+
+
+def _parking(request: Request) -> Parking:
+    parking: Parking = request.app.state.parking
+    return parking
+
+
+ParkingDep = Annotated[Parking, Depends(_parking)]
+router = APIRouter()
+
+
+@router.post("/park")
+async def park(parking: ParkingDep) -> Response:
+    """Move the pipeline to the CPU (the manager puts the model to sleep)."""
+    await parking.park()
+    return Response(status_code=200)
+
+
+@router.post("/unpark")
+async def unpark(parking: ParkingDep) -> Response:
+    """Move the pipeline back to its device (the manager wakes the model)."""
+    await parking.unpark()
+    return Response(status_code=200)
+
+
+@router.get("/is_parked")
+async def is_parked(parking: ParkingDep) -> dict[str, Any]:
+    return {"is_parked": parking.parked}

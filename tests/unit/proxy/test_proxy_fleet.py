@@ -1,0 +1,113 @@
+"""The hosts as one (proxy/hosts.py `Fleet`): the merged catalogue, placement on the hosts'
+states, a down host skipped, a sleeping one woken (its magic packet seen on a UDP socket),
+and a 503 with Retry-After when no host comes back within the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from proxy.catalogue import HostSpec
+from proxy.errors import ManagerUnavailable
+from proxy.hosts import Fleet, HostLink
+from proxy.lease_pool import LeasePool
+from proxy.manager_client import ManagerClient
+from proxy.wol import magic_packet
+from wire.models import ModelStatus
+
+MAC = "02:00:00:00:00:26"
+
+
+def _status(name: str, state: str, **kw: object) -> ModelStatus:
+    return ModelStatus(id=name, type="text", state=state, since=time.time(), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _fleet(http: aiohttp.ClientSession, *specs: HostSpec, bound: float = 0.3) -> Fleet:
+    links = []
+    for spec in specs:
+        client = ManagerClient(f"http://127.0.0.1:9/{spec.name}", "t" * 43, http, outage_window=0)
+        links.append(HostLink(spec, client, LeasePool(client)))
+    return Fleet(links, outage_window=bound, wake_timeout=bound)
+
+
+async def test_the_merged_list_shows_each_model_once_with_its_hosts(
+    http: aiohttp.ClientSession,
+) -> None:
+    fleet = _fleet(http, HostSpec(name="a"), HostSpec(name="b"), HostSpec(name="c"))
+    a, b, c = fleet.links.values()
+    a.events = {"chat": _status("chat", "stopped", waiting=1), "only-a": _status("only-a", "ready")}
+    b.events = {"chat": _status("chat", "ready", waiting=2, in_flight=1)}
+    c.events = {"chat": _status("chat", "starting")}
+    c.client.reachable = False
+    merged = fleet.event_models()
+    assert merged is not None and set(merged) == {"chat", "only-a"}
+    chat = merged["chat"]
+    assert chat.state == "ready" and chat.hosts == ["a", "b", "c"]
+    assert chat.resident_on == ["b"] and chat.loading_on == [] and chat.away_on == ["c"]
+    assert chat.waiting == 3 and chat.in_flight == 1
+    wire = chat.to_wire()
+    assert wire["hosts"] == ["a", "b", "c"] and wire["resident_on"] == ["b"]
+    assert "hosts" not in _status("x", "ready").to_wire()  # the manager sends none of them
+
+
+async def test_placement_follows_the_hosts_states_and_skips_a_down_one(
+    http: aiohttp.ClientSession,
+) -> None:
+    fleet = _fleet(http, HostSpec(name="a"), HostSpec(name="b"))
+    a, b = fleet.links.values()
+    a.events = {"chat": _status("chat", "stopped")}
+    b.events = {"chat": _status("chat", "ready")}
+    assert (await fleet.choose("chat", set())) is b
+    assert (await fleet.choose("chat", {"b"})) is a  # b failed this request: the next
+    fleet.mark_down(b)
+    assert (await fleet.choose("chat", set())) is a
+
+
+async def test_no_host_back_within_the_bound_is_a_503_with_retry_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    fleet = _fleet(http, HostSpec(name="a"), HostSpec(name="b"))
+    for link in fleet.links.values():
+        link.events = {"chat": _status("chat", "ready")}
+        link.client.reachable = False
+        link.failures, link.retry_at = 5, time.monotonic() + 3600
+    with pytest.raises(ManagerUnavailable) as err:
+        await fleet.choose("chat", set())
+    assert err.value.status == 503 and err.value.headers == {"Retry-After": "5"}
+
+
+async def test_a_sleeping_host_is_woken_and_chosen_once_it_is_up(
+    http: aiohttp.ClientSession,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        sleepy = HostSpec(
+            name="sleepy", mac=MAC, broadcast="127.0.0.1", wol_port=port, sleepable=True
+        )
+        fleet = _fleet(http, HostSpec(name="awake"), sleepy, bound=30)
+        awake, asleep = fleet.links.values()
+        awake.events = {"other": _status("other", "ready")}
+        asleep.events = None
+        asleep.client.reachable = False
+        asleep.client._models = {"big": _status("big", "stopped")}  # its last known list
+        chosen = asyncio.create_task(fleet.choose("big", set()))
+        loop = asyncio.get_running_loop()
+        packet = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
+        assert packet == magic_packet(MAC) and fleet.wakes == 1
+        assert not chosen.done()  # it waits for the host
+        asleep.events = {"big": _status("big", "stopped")}
+        fleet.mark_up(asleep)  # its event stream connected
+        assert (await asyncio.wait_for(chosen, 10)) is asleep
