@@ -621,6 +621,37 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _slowclients_section(sc: dict) -> tuple[str, list[str]]:
+    from bench import slowclients
+
+    s = sc["settings"]
+    out = [
+        "## Slow and idle clients\n",
+        "`python -m bench.slowclients`: a keyed client (wrk, one keep-alive connection) sends the "
+        "latency benchmark's chat request while N sockets without a key hold the proxy's door, "
+        f"{s['per_address']} per loopback address, a third each idle, trickling a request's headers "
+        f"and trickling its body (a byte every {s['trickle_s']} s); each one the proxy closes is "
+        "opened again at once. The N = 0 row is the plain run, measured in the same process "
+        f"between the others ({s['repeats']} repeats of {s['duration_s']:.0f} s per row). The "
+        "deadlines that close them are in docs/security.md.",
+        "",
+        slowclients.render(sc),
+    ]
+    findings = []
+    for row in sc["summary"]:
+        if row["sockets"]:
+            findings.append(
+                f"{row['sockets']} slow sockets: the keyed client got {row['requests'] - row['errors']} "
+                f"of {row['requests']} answers, p99 {fmt(row['p99_vs_none'])}x the run without them; "
+                f"the longest a slow socket stayed open: "
+                + ", ".join(
+                    f"{k} {fmt(v, 1)} s" for k, v in row["open_s_max"].items() if v is not None
+                )
+                + "."
+            )
+    return "\n".join(out), findings
+
+
 def upstream_client_table(rows: list[dict]) -> str:
     """bench/upstream_client.py's summary rows as a table."""
     return table(
@@ -695,6 +726,7 @@ def render() -> str:
         "faults",
         "faults-before",
         "upstream-client",
+        "slowclients",
     ]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
@@ -772,6 +804,10 @@ def render() -> str:
         parts += ["## faults\n\nNot run: bench/results/faults.json is missing.", ""]
     if "upstream-client" in results:
         text, found = _upstream_client_section(results["upstream-client"])
+        parts += [text, ""]
+        findings += found
+    if "slowclients" in results:
+        text, found = _slowclients_section(results["slowclients"])
         parts += [text, ""]
         findings += found
     if bigbody:

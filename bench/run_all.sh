@@ -30,8 +30,9 @@ if [[ $QUICK == 1 ]]; then
     JOBS=(--requests 60)
     MEMORY=(--duration 3 --rounds 1)
     CLIENT=(--rounds 2 --requests 300)
+    SLOW=(--sockets 0,100 --duration 6 --repeats 1)
 else
-    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=() CLIENT=()
+    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=() CLIENT=() SLOW=()
 fi
 
 failed=()
@@ -50,6 +51,7 @@ run() {
 
 run latency bench.latency "${LATENCY[@]}"
 run streaming bench.streaming "${STREAMING[@]}"
+run slowclients bench.slowclients "${SLOW[@]}"
 if docker info >/dev/null 2>&1; then
     run swap bench.swap "${SWAP[@]}"
 else

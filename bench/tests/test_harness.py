@@ -168,3 +168,33 @@ def test_wrk_runner_reports_error_statuses(upstream, tmp_path):
     result = wrk.run(f"http://{upstream[0]}:{upstream[1]}/v1/chat/completions", body, 1, 1)
     assert result["requests"] > 0
     assert result["non_2xx"] == result["requests"]
+
+
+def test_slow_sockets_are_held_and_reopened_when_the_server_closes_them():
+    """bench.slowclients keeps N sockets open: each the server closes is opened again,
+    and its kind, time open and answer are recorded."""
+    import asyncio
+
+    from bench.slowclients import KINDS, SlowSockets
+
+    async def scenario() -> SlowSockets:
+        async def close_soon(reader, writer):
+            await asyncio.sleep(0.2)
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(close_soon, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        slow = SlowSockets("127.0.0.1", port, 3, per_address=2)
+        slow.start()
+        await asyncio.sleep(1.0)
+        await slow.stop()
+        server.close()
+        return slow
+
+    slow = asyncio.run(scenario())
+    for kind in KINDS:
+        assert len(slow.closed[kind]) >= 3, slow.closed  # reopened after each close
+        assert all(0.15 <= s < 0.6 for s in slow.closed[kind])
+        assert slow.answers[kind].get("408", 0) == len(slow.closed[kind])
+    assert slow.failed_opens == 0
