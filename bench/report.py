@@ -621,6 +621,35 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _servers_section(sv: dict) -> tuple[str, list[str]]:
+    from bench import servers
+
+    s = sv["settings"]
+    out = [
+        "## HTTP servers for the proxy, side by side\n",
+        "`python -m bench.servers`: the same app behind each HTTP server, each in front of its own "
+        "manager and stand-in upstream, the servers taking turns "
+        f"({s['repeats']} repeats of {s['duration_s']:.0f} s per point). *uvicorn-guarded* ships "
+        "(`wire.http_server`: the deadlines and caps of docs/security.md); *uvicorn-plain* is the "
+        "proxy's server before them. The goals (issue 23): at most "
+        f"{TARGET_GATEWAY_CPU_MS:g} ms of proxy CPU per request and +1 ms added p99 at one client, "
+        "and the 64-client p99 within 3x its p50.",
+        "",
+        servers.render(sv),
+    ]
+    findings = []
+    for name, row in sv["summary"].items():
+        cpu = row.get("cpu_ms_per_req_c1")
+        if cpu is not None:
+            findings.append(
+                f"{name}: {fmt(cpu, 3)} ms proxy CPU per request at one client "
+                f"({'within' if cpu <= TARGET_GATEWAY_CPU_MS else 'over'} the "
+                f"{TARGET_GATEWAY_CPU_MS:g} ms goal), 64-client p99/p50 "
+                f"{fmt(row.get('p99_over_p50_cN'))}."
+            )
+    return "\n".join(out), findings
+
+
 def _slowclients_section(sc: dict) -> tuple[str, list[str]]:
     from bench import slowclients
 
@@ -727,6 +756,7 @@ def render() -> str:
         "faults-before",
         "upstream-client",
         "slowclients",
+        "servers",
     ]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
@@ -804,6 +834,10 @@ def render() -> str:
         parts += ["## faults\n\nNot run: bench/results/faults.json is missing.", ""]
     if "upstream-client" in results:
         text, found = _upstream_client_section(results["upstream-client"])
+        parts += [text, ""]
+        findings += found
+    if "servers" in results:
+        text, found = _servers_section(results["servers"])
         parts += [text, ""]
         findings += found
     if "slowclients" in results:

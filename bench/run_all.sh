@@ -31,8 +31,9 @@ if [[ $QUICK == 1 ]]; then
     MEMORY=(--duration 3 --rounds 1)
     CLIENT=(--rounds 2 --requests 300)
     SLOW=(--sockets 0,100 --duration 6 --repeats 1)
+    SERVERS=(--duration 3 --repeats 1)
 else
-    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=() CLIENT=() SLOW=()
+    LATENCY=() STREAMING=() SWAP=() STORM=() JOBS=() MEMORY=() CLIENT=() SLOW=() SERVERS=()
 fi
 
 failed=()
@@ -52,6 +53,7 @@ run() {
 run latency bench.latency "${LATENCY[@]}"
 run streaming bench.streaming "${STREAMING[@]}"
 run slowclients bench.slowclients "${SLOW[@]}"
+run servers bench.servers "${SERVERS[@]}"
 if docker info >/dev/null 2>&1; then
     run swap bench.swap "${SWAP[@]}"
 else
