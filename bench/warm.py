@@ -260,15 +260,25 @@ async def measure_model(
 
 
 def summary(rows: list[dict]) -> list[dict]:
+    """Per model and case: the median seconds to the first token, how many times faster
+    than the model's cold start that is (`cold_over_this`), and the last round's memory."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        for case in dict.fromkeys(r["case"] for r in rows if r["model"] == model):
-            mine = [r for r in rows if r["model"] == model and r["case"] == case]
+        cases: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["model"] == model:
+                cases.setdefault(r["case"], []).append(r)
+        medians = {
+            c: median([r["seconds_to_first_token"] for r in mine]) for c, mine in cases.items()
+        }
+        cold = medians.get("cold")
+        for case, mine in cases.items():
             out.append(
                 {
                     "model": model,
                     "case": case,
-                    "median_s": median([r["seconds_to_first_token"] for r in mine]),
+                    "median_s": medians[case],
+                    "cold_over_this": cold / medians[case] if cold and medians[case] else None,
                     "rounds": len(mine),
                     "gpu_mib_asleep": mine[-1]["gpu_mib_asleep"],
                     "gpu_mib_after": mine[-1]["gpu_mib_after"],
@@ -284,6 +294,7 @@ def render(result: dict) -> str:
             s["model"],
             s["case"],
             fmt(s["median_s"]),
+            "-" if s.get("cold_over_this") is None else f"{s['cold_over_this']:.1f}x",
             s["gpu_mib_asleep"] or "-",
             s["gpu_mib_after"] or "-",
             s["host_mib_asleep"] or "-",
@@ -295,12 +306,13 @@ def render(result: dict) -> str:
         "model",
         "case",
         "to first token s",
+        "cold / this",
         "GPU MiB asleep",
         "GPU MiB after",
         "host MiB asleep",
         "n",
     ]
-    return f"{result['card']}\n" + table(headers, rows)
+    return f"{result['card']}\n\n" + table(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
