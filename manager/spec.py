@@ -109,7 +109,10 @@ class _ModelBase(_Strict):
     start_timeout: Seconds = Field(default=900.0, description=START_TIMEOUT, examples=[1800])
     idle_ttl: Seconds | None = Field(
         default=None,
-        description="Stop the model after this many idle seconds. Unset: never.",
+        description=(
+            "Stop the model after this many idle seconds, resident or asleep in host "
+            "memory (`warm`). Unset: never."
+        ),
         examples=[3600],
     )
     gpu: bool = Field(
