@@ -41,6 +41,13 @@ def test_the_text_model_is_launched_with_sleep_mode() -> None:
     assert server_env("bench-text", spec, settings, port=spec.port)[DEV_MODE_ENV] == "1"
 
 
+def test_the_image_model_may_be_measured_quantized() -> None:
+    args = warm.parse_args(["--skip-text", "--image-quantize", "quanto-int8"])
+    (spec,) = warm.specs(args).values()
+    assert (spec.quantize, spec.load_offload) == ("quanto-int8", "none")
+    assert spec.warm is not None  # parked, not stopped
+
+
 def test_without_a_cuda_gpu_it_refuses_and_says_why(monkeypatch, capsys) -> None:  # noqa: ANN001
     import manager.gpu
 
