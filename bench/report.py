@@ -741,6 +741,27 @@ def _upstream_client_section(uc: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _warm_section(result: dict | None) -> str:
+    """The warm tier on a GPU (`bench.warm`): its table with the card named, or how to get it."""
+    from bench import warm
+
+    head = "## Warm tier: swap to first token on a GPU"
+    if result is None:
+        return (
+            f"{head}\n\nNot measured yet: `python -m bench.warm` needs a CUDA GPU (vLLM's sleep "
+            "mode exists only there; the warm tier's logic is tested on the CPU). On the GPU PC: "
+            "`python -m bench.warm --vllm-python PY --imageserver-python PY`, then "
+            "`python -m bench.report`."
+        )
+    return (
+        f"{head}\n\n`{result['command']}`: per model, seconds from the move (a cold start, nothing, "
+        "a wake from sleep level 1 or 2, an unpark) to the first token or picture, median of the "
+        "rounds; *cold / this* is how many times faster than the model's cold start. Memory is "
+        "NVML's used GPU memory and the server's resident host memory (its process group).\n\n"
+        + warm.render(result)
+    )
+
+
 def render() -> str:
     names = [
         "latency",
@@ -848,6 +869,7 @@ def render() -> str:
         text, found = _bigbody_section(bigbody)
         parts += [text, ""]
         findings += found
+    parts += [_warm_section(read_json("warm")), ""]
     parts += ["## Findings (computed from the numbers above)", ""]
     parts += [f"- {f}" for f in findings]
     parts.append("")

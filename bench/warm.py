@@ -2,6 +2,7 @@
 
     python -m bench.warm                      # a small text model and an image model
     python -m bench.warm --text-model Qwen/Qwen2.5-1.5B-Instruct --image-model stabilityai/sdxl-turbo
+    python -m bench.warm --skip-text --image-quantize bnb-nf4 --output warm-nf4   # a quantized pipeline parked
 
 Needs a CUDA GPU (NVML answers, and torch sees it): vLLM's CPU build has no sleep mode, so
 on a machine without one this refuses at once, saying so (exit 2). No Docker: the servers
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import command_line, fmt, median, table, write_csv, write_json
+from wire.image_options import QUANTIZE
 
 TEXT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 IMAGE_MODEL = "stabilityai/sd-turbo"
@@ -73,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: vLLM's own 0.9 of the card",
     )
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument(
+        "--image-quantize",
+        default="none",
+        choices=[q for q in QUANTIZE if q != "gguf"],
+        help="load the image model's transformer/UNet quantized (models.json `quantize`): "
+        "how parking a quantized pipeline compares",
+    )
     p.add_argument("--image-steps", type=int, default=1, help="steps of the timed picture")
     p.add_argument("--image-size", default="512x512")
     p.add_argument("--vllm-python", default=sys.executable, help="the Python that has vLLM")
@@ -146,6 +155,7 @@ def specs(args: argparse.Namespace) -> dict[str, Any]:
             sizes=[args.image_size],
             steps=args.image_steps,
             dtype="fp16",
+            quantize=args.image_quantize,
             start_timeout=args.start_timeout,
             warm={"level": 1},
         )
@@ -260,15 +270,25 @@ async def measure_model(
 
 
 def summary(rows: list[dict]) -> list[dict]:
+    """Per model and case: the median seconds to the first token, how many times faster
+    than the model's cold start that is (`cold_over_this`), and the last round's memory."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        for case in dict.fromkeys(r["case"] for r in rows if r["model"] == model):
-            mine = [r for r in rows if r["model"] == model and r["case"] == case]
+        cases: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["model"] == model:
+                cases.setdefault(r["case"], []).append(r)
+        medians = {
+            c: median([r["seconds_to_first_token"] for r in mine]) for c, mine in cases.items()
+        }
+        cold = medians.get("cold")
+        for case, mine in cases.items():
             out.append(
                 {
                     "model": model,
                     "case": case,
-                    "median_s": median([r["seconds_to_first_token"] for r in mine]),
+                    "median_s": medians[case],
+                    "cold_over_this": cold / medians[case] if cold and medians[case] else None,
                     "rounds": len(mine),
                     "gpu_mib_asleep": mine[-1]["gpu_mib_asleep"],
                     "gpu_mib_after": mine[-1]["gpu_mib_after"],
@@ -284,6 +304,7 @@ def render(result: dict) -> str:
             s["model"],
             s["case"],
             fmt(s["median_s"]),
+            "-" if s.get("cold_over_this") is None else f"{s['cold_over_this']:.1f}x",
             s["gpu_mib_asleep"] or "-",
             s["gpu_mib_after"] or "-",
             s["host_mib_asleep"] or "-",
@@ -295,12 +316,13 @@ def render(result: dict) -> str:
         "model",
         "case",
         "to first token s",
+        "cold / this",
         "GPU MiB asleep",
         "GPU MiB after",
         "host MiB asleep",
         "n",
     ]
-    return f"{result['card']}\n" + table(headers, rows)
+    return f"{result['card']}\n\n" + table(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

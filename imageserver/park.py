@@ -10,12 +10,15 @@ never sees a half-moved pipeline. While parked, a generation or edit is refused 
 503 ``model_parked`` (the manager sends none: a sleeping model gets no leases).
 
 On the CPU the move is a no-op (the modules are there already), but the state, the API
-and the accounting are the real ones. A pipeline with ``cpu_offload`` cannot be parked
-(its offload hooks own where each module lives; the manager's models.json check refuses
-``warm`` with it), nor one whose modules refuse the move (bitsandbytes-quantized weights
-cannot be moved with ``.to()``): 409 ``cannot_park`` (the manager then stops the server
-instead, and does not try to park it again until it is restarted). Both routes are idempotent and need the
-upstream key, as every route but ``/health``.
+and the accounting are the real ones. A pipeline loaded with any offloading (``offload``
+``model``, ``sequential``, ``group-*``, or ``cpu_offload``) cannot be parked: its offload
+hooks own where each module lives (``pipe.to`` would undo model offloading, refuse
+sequential offloading and skip group-offloaded modules; the manager's models.json check
+refuses ``warm`` with them). Quantized weights (GGUF, torchao, quanto, and bitsandbytes
+with a recent ``bitsandbytes``) move with ``.to()`` and stay quantized; a module that
+refuses the move answers 409 ``cannot_park`` too (the manager then stops the server
+instead, and does not try to park it again until it is restarted). Both routes are
+idempotent and need the upstream key, as every route but ``/health``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class CannotPark(ImageServerError):
-    """The pipeline cannot be parked (it uses CPU offload)."""
+    """The pipeline cannot be parked (it is offloaded, or a module refuses the move)."""
 
     status, type, code = 409, "invalid_request_error", "cannot_park"
 
@@ -92,8 +95,12 @@ class Parking:
             )
 
     async def park(self) -> None:
-        if self._settings.cpu_offload and self._settings.device != "cpu":
-            raise CannotPark("a pipeline with cpu_offload cannot be parked")
+        offload = self._settings.load_offload
+        if offload != "none":
+            raise CannotPark(
+                f"a pipeline loaded with offload {offload!r} cannot be parked: its offload "
+                "hooks own where each component lives"
+            )
         model = self._host.ready_model()
         if self.parked:
             return

@@ -554,11 +554,13 @@ class Scheduler:
         return max(0, rec.spec.max_in_flight - self.leases.uses(rec.name))
 
     def _idle(self, rec: _Record, now: float) -> bool:
+        """`rec` has been unused for its `idle_ttl`: ready, or asleep (a sleeping model
+        gives its host memory back then too)."""
         ttl = rec.spec.idle_ttl
         return (
             ttl is not None
             and not rec.spec.pinned
-            and rec.state is ModelState.READY
+            and rec.state in (ModelState.READY, ModelState.SLEEPING)
             and not self.leases.held(rec.name)
             and not rec.waiters
             and now - rec.last_active >= ttl

@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from manager.errors import CatalogueError
 from manager.tool_calls import ToolCalls, args_problem
@@ -108,7 +109,10 @@ class _ModelBase(_Strict):
     start_timeout: Seconds = Field(default=900.0, description=START_TIMEOUT, examples=[1800])
     idle_ttl: Seconds | None = Field(
         default=None,
-        description="Stop the model after this many idle seconds. Unset: never.",
+        description=(
+            "Stop the model after this many idle seconds, resident or asleep in host "
+            "memory (`warm`). Unset: never."
+        ),
         examples=[3600],
     )
     gpu: bool = Field(
@@ -186,8 +190,8 @@ class _ModelBase(_Strict):
             "Keep the model warm in host memory when the GPU is wanted for another (vLLM's "
             "sleep mode; an image pipeline parked on the CPU), when the manager's policy finds "
             'that cheaper than stopping it (docs/architecture.md, "Three tiers"). vLLM on the '
-            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, nor with `cpu_offload`. Unset: "
-            "the model is stopped."
+            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, speech models (stt, tts), nor "
+            "image models with `cpu_offload` or `offload`. Unset: the model is stopped."
         ),
         examples=[{"level": 1, "host_memory_mib": 17000}],
     )
@@ -478,9 +482,10 @@ class ImageModel(_ModelBase):
 
     @model_validator(mode="after")
     def _steps_within_max(self) -> ImageModel:
-        if self.warm is not None and self.cpu_offload:
+        if self.warm is not None and self.load_offload != "none":
+            option = "cpu_offload" if self.cpu_offload else f"offload {self.offload!r}"
             raise ValueError(
-                "warm is not possible with cpu_offload: the offload hooks own where each "
+                f"warm is not possible with {option}: the offload hooks own where each "
                 "component lives, so the pipeline cannot be parked on the CPU as a whole"
             )
         if self.max_steps is not None and self.steps > self.max_steps:
@@ -541,6 +546,19 @@ class _AudioModel(_ModelBase):
         ),
         examples=[2],
     )
+
+    warm: SkipJsonSchema[Warm | None] = None
+    """Refused (`_no_warm`) and left out of the schema: there is nothing to keep warm with."""
+
+    @field_validator("warm")
+    @classmethod
+    def _no_warm(cls, value: Warm | None) -> Warm | None:
+        if value is not None:
+            raise ValueError(
+                "a speech model cannot be kept warm: the audio server has no sleep or park "
+                "route (drop warm; it is stopped when the GPU is wanted)"
+            )
+        return value
 
 
 class SttModel(_AudioModel):

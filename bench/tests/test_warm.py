@@ -41,6 +41,13 @@ def test_the_text_model_is_launched_with_sleep_mode() -> None:
     assert server_env("bench-text", spec, settings, port=spec.port)[DEV_MODE_ENV] == "1"
 
 
+def test_the_image_model_may_be_measured_quantized() -> None:
+    args = warm.parse_args(["--skip-text", "--image-quantize", "quanto-int8"])
+    (spec,) = warm.specs(args).values()
+    assert (spec.quantize, spec.load_offload) == ("quanto-int8", "none")
+    assert spec.warm is not None  # parked, not stopped
+
+
 def test_without_a_cuda_gpu_it_refuses_and_says_why(monkeypatch, capsys) -> None:  # noqa: ANN001
     import manager.gpu
 
@@ -48,3 +55,44 @@ def test_without_a_cuda_gpu_it_refuses_and_says_why(monkeypatch, capsys) -> None
     assert warm.main(["--rounds", "1"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "no sleep mode" in err
+
+
+def _row(model: str, case: str, seconds: float, asleep: int | None = None) -> dict:
+    return {
+        "model": model,
+        "case": case,
+        "seconds_to_first_token": seconds,
+        "gpu_mib_asleep": asleep,
+        "gpu_mib_after": 9000,
+        "host_mib_asleep": asleep and 4000,
+    }
+
+
+def test_the_summary_compares_each_case_with_the_cold_start() -> None:
+    rows = [
+        _row("t", "cold", 40.0),
+        _row("t", "cold", 50.0),
+        _row("t", "warm L1", 0.5, asleep=600),
+        _row("t", "warm L1", 1.5, asleep=600),
+        _row("i", "warm (parked)", 2.0, asleep=300),  # no cold start measured
+    ]
+    by_case = {(s["model"], s["case"]): s for s in warm.summary(rows)}
+    assert by_case[("t", "cold")]["cold_over_this"] == 1.0
+    assert by_case[("t", "warm L1")]["median_s"] == 1.0
+    assert by_case[("t", "warm L1")]["cold_over_this"] == 45.0
+    assert by_case[("i", "warm (parked)")]["cold_over_this"] is None
+    text = warm.render({"card": "NVIDIA X (24576 MiB)", "summary": warm.summary(rows)})
+    assert text.startswith("NVIDIA X (24576 MiB)\n")
+    assert "| 45.0x " in text and "| -  " in text
+
+
+def test_the_report_names_the_command_and_card_or_says_how_to_measure() -> None:
+    from bench.report import _warm_section
+
+    missing = _warm_section(None)
+    assert "Not measured yet" in missing and "python -m bench.warm" in missing
+    rows = [_row("t", "cold", 30.0), _row("t", "resident", 0.1)]
+    result = {"command": "python -m bench.warm", "card": "NVIDIA Y (8192 MiB)"}
+    shown = _warm_section({**result, "summary": warm.summary(rows)})
+    assert "`python -m bench.warm`" in shown and "NVIDIA Y (8192 MiB)" in shown
+    assert "| 300.0x " in shown

@@ -16,7 +16,7 @@ import { SseParser } from "./sse.js";
  * @typedef {object} ModelInfo
  * @property {string} id
  * @property {"text" | "image" | "embedding" | "stt" | "tts" | string} type
- * @property {string} state  stopped | starting | ready | stopping | failed
+ * @property {string} state  stopped | starting | ready | stopping | failed | falling_asleep | sleeping | waking
  * @property {string} [description]
  * @property {string[]} [sizes]
  * @property {number} [max_n]
@@ -24,6 +24,10 @@ import { SseParser } from "./sse.js";
  * @property {number | null} [gpu_memory_mib]  GPU memory it declares (models.json)
  * @property {number | null} [observed_gpu_memory_mib]  GPU memory it was seen to take
  * @property {boolean} [pinned]
+ * @property {number | null} [warm_level]  models.json warm.level: kept warm in host memory (null: never)
+ * @property {number | null} [host_memory_mib]  host memory it holds asleep (declared or measured)
+ * @property {number | null} [wake_seconds]  how long a wake usually takes (learned)
+ * @property {number | null} [load_seconds]  how long a cold start usually takes (learned)
  * @property {boolean} [vision]  text models: takes images in chat messages
  * @property {boolean} [tools]  text models: calls tools (models.json tool_calls)
  * @property {"vllm" | "llama.cpp" | "diffusers" | "remote" | string} [backend]  who serves it

@@ -225,6 +225,7 @@ async function listModels(t) {
         ? `GPU ${m.gpu_memory_mib} MiB${m.observed_gpu_memory_mib != null ? ` (seen ${m.observed_gpu_memory_mib})` : ""}`
         : "",
       m.pinned ? "pinned" : "",
+      warmText(m),
       m.state === "failed" && m.last_error ? m.last_error : "",
     ].filter(Boolean);
     body.appendChild(
@@ -242,6 +243,27 @@ async function listModels(t) {
     );
   }
   t.screen.add(h("div", { class: "entry info models" }, table));
+}
+
+/**
+ * What the warm tier knows of a model (models.json `warm`): its sleep level, the host memory
+ * it holds asleep and how long its wakes and cold starts usually take; "" for a model never
+ * kept warm.
+ * @param {import("./api.js").ModelInfo} m
+ * @returns {string}
+ */
+export function warmText(m) {
+  if (m.warm_level == null) return "";
+  const parts = [`sleep level ${m.warm_level}`];
+  if (m.host_memory_mib != null) parts.push(`${m.host_memory_mib} MiB of host memory asleep`);
+  if (m.wake_seconds != null) parts.push(`wakes in ${seconds(m.wake_seconds)}`);
+  if (m.load_seconds != null) parts.push(`cold start ${seconds(m.load_seconds)}`);
+  return `warm (${parts.join(", ")})`;
+}
+
+/** @param {number} s */
+function seconds(s) {
+  return s < 10 ? `${s.toFixed(1)} s` : `${Math.round(s)} s`;
 }
 
 /**

@@ -384,6 +384,24 @@ def test_model_states_describe_a_swap(ui: Ui) -> None:
     assert got["clock"] in ("0:05", "0:06")
 
 
+def test_the_models_table_says_what_the_warm_tier_knows(ui: Ui) -> None:
+    got = run(
+        ui,
+        """return [
+          m.warmText({warm_level: 2, host_memory_mib: 900, wake_seconds: 0.84, load_seconds: 41.2}),
+          m.warmText({warm_level: 1, host_memory_mib: null, wake_seconds: null, load_seconds: 7}),
+          m.warmText({warm_level: null, host_memory_mib: null}),
+          m.warmText({}),
+        ];""",
+    )
+    assert got == [
+        "warm (sleep level 2, 900 MiB of host memory asleep, wakes in 0.8 s, cold start 41 s)",
+        "warm (sleep level 1, cold start 7.0 s)",
+        "",
+        "",
+    ], got
+
+
 def test_time_helpers(ui: Ui) -> None:
     got = run(
         ui,

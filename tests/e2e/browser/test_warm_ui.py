@@ -76,6 +76,13 @@ def test_the_status_bar_shows_a_model_going_to_sleep_and_waking(
     expect(status).to_have_attribute("data-phase", "idle")
     expect(text).to_have_text("chat · ready · resident: chat · asleep: nap")
     ui.shot("asleep")
+    ui.type_line("/models")
+    row = page.locator("table.models tr[data-model=nap]").last
+    expect(row.locator("td.state")).to_have_text("sleeping")
+    # the seeded cold start (60 s) and the level; the host memory once it was read
+    expect(row.locator("td.about")).to_contain_text(
+        re.compile(r"warm \(sleep level 1, (\d+ MiB of host memory asleep, )?cold start 60 s\)")
+    )
 
     ui.type_line("/model nap")
     expect(page.locator(".line.ok").last).to_contain_text(

@@ -48,3 +48,39 @@ def test_move_puts_every_module_on_the_cpu(tiny_pipeline: Path) -> None:
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 assert {p.device.type for p in module.parameters()} <= {"cpu"}
+
+
+@pytest.mark.parametrize("quantize", ["gguf", "quanto-int8", "torchao-int8"])
+def test_a_quantized_pipeline_parks_and_stays_quantized(
+    tiny_pipeline: Path, tmp_path: Path, quantize: str
+) -> None:
+    # issue 25's quantized weights move with pipe.to and keep their quantized type, so a
+    # quantized image model may be kept warm (models.json refuses warm only with offload)
+    backend = {"gguf": "gguf", "quanto-int8": "optimum.quanto", "torchao-int8": "torchao"}
+    pytest.importorskip(backend[quantize], reason=f"{backend[quantize]} is not installed")
+    from imageserver.diffusers_model import load_diffusers_model
+    from imageserver.model import GenerateJob
+    from imageserver.park import move
+    from imageserver.settings import Settings
+    from imageserver.tiny import denoiser_gguf
+
+    options: dict[str, str] = {"quantize": quantize}
+    if quantize == "gguf":
+        options["gguf_file"] = str(denoiser_gguf(tiny_pipeline, tmp_path / "unet-Q8_0.gguf"))
+    model = load_diffusers_model(
+        Settings(
+            model=str(tiny_pipeline), served_name="tiny-q", device="cpu", dtype="fp32", **options
+        )
+    )
+    unet = model.pipelines["generate"].unet
+
+    def weight_types() -> dict[str, str]:
+        return {n: type(p).__name__ for n, p in unet.named_parameters() if p.dim() == 2}
+
+    before = weight_types()
+    assert set(before.values()) - {"Parameter"}, "no quantized weights in the UNet"
+    move(model, "cpu")  # park
+    move(model, "cpu")  # unpark: home is the CPU here
+    assert weight_types() == before
+    job = GenerateJob(prompt="a cat", n=1, width=64, height=64, steps=2, seed=1)
+    assert [im.size for im in model.generate(job)] == [(64, 64)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from imageserver_fakes import FakeModel, loader_for, serve, settings
 from test_imageserver_api import assert_envelope, wait_status
 
@@ -57,10 +58,26 @@ async def test_a_model_still_loading_cannot_be_parked() -> None:
         gate.set()
 
 
-async def test_a_pipeline_with_cpu_offload_cannot_be_parked() -> None:
-    async with serve(settings(device="cuda", cpu_offload=True), loader_for(ParkableModel())) as c:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"device": "cuda", "cpu_offload": True},
+        {"device": "cpu", "offload": "model"},
+        {"device": "cpu", "offload": "group-leaf"},
+        {"device": "cuda", "offload": "sequential"},
+    ],
+    ids=["cpu_offload", "model", "group-leaf", "sequential"],
+)
+async def test_an_offloaded_pipeline_cannot_be_parked(options: dict) -> None:
+    # pipe.to would undo model offloading, refuse sequential and skip group offloading
+    model = ParkableModel()
+    async with serve(settings(**options), loader_for(model)) as c:
         await wait_status(c, "ready")
-        assert_envelope(await c.post("/park"), 409, "cannot_park")
+        refused = await c.post("/park")
+        assert_envelope(refused, 409, "cannot_park")
+        assert "offload" in refused.json()["error"]["message"]
+        assert (await c.get("/is_parked")).json() == {"is_parked": False}
+    assert all(not pipe.moves for pipe in model.pipelines.values())
 
 
 async def test_a_pipeline_that_refuses_the_move_cannot_be_parked() -> None:

@@ -122,6 +122,26 @@ async def test_a_warm_model_sleeps_to_make_room_and_wakes_instead_of_starting(
     assert status.warm_level == 1 and status.wake_seconds is not None
 
 
+async def test_idle_ttl_stops_a_sleeping_model_too(runtime, probe, clock) -> None:
+    # asleep, it holds host memory: its idle_ttl gives that back as it gives back the GPU
+    sched, warm = make(runtime, probe, clock, models(a={"idle_ttl": 60}))
+    try:
+        await use(sched, "a")
+        clock.advance(30)
+        await use(sched, "c")  # a falls asleep 30 s into its idle time
+        assert sched.state("a") is S.SLEEPING
+        clock.advance(20)  # c's use does not count as a's
+        await sched.tick()
+        assert sched.state("a") is S.SLEEPING
+        clock.advance(11)
+        await sched.tick()
+        await until(lambda: sched.state("a") is S.STOPPED, "idle stop of a sleeper")
+        assert ("stop", "a") in runtime.calls and sched.sleepers == []
+        assert sched.state("c") is S.READY
+    finally:
+        await sched.close()
+
+
 async def test_a_model_with_a_lease_in_flight_is_never_put_to_sleep(warm_sched) -> None:
     sched, warm = warm_sched
     held = await sched.acquire("a")

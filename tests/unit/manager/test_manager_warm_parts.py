@@ -80,6 +80,14 @@ def test_host_memory_is_declared_else_learned() -> None:
             {**VLLM, "type": "image", "cpu_offload": True, "warm": {"level": 1}},
             "not possible with cpu_offload",
         ),
+        (
+            {**VLLM, "type": "image", "offload": "group-leaf", "warm": {"level": 1}},
+            "not possible with offload 'group-leaf'",
+        ),
+        (
+            {**VLLM, "type": "image", "offload": "model", "warm": {"level": 1}},
+            "not possible with offload 'model'",
+        ),
         ({**VLLM, "warm": {"level": 3}}, "warm.level"),
         ({**VLLM, "warm": {"level": 1, "extra": 1}}, "warm.extra"),
     ],
@@ -87,6 +95,31 @@ def test_host_memory_is_declared_else_learned() -> None:
 def test_models_json_refuses_a_warm_that_cannot_work(entry: dict, why: str) -> None:
     with pytest.raises(CatalogueError, match=why.replace(".", r"\.")):
         catalogue({"m": entry})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {**VLLM, "type": "stt", "model": "Systran/faster-whisper-small"},
+        {**VLLM, "type": "tts", "model": "/voices/en_US-joe-medium.onnx"},
+    ],
+    ids=["stt", "tts"],
+)
+def test_a_speech_model_cannot_be_kept_warm(entry: dict) -> None:
+    # the audio server has no sleep or park route: refused at the key, with the reason
+    with pytest.raises(CatalogueError) as refused:
+        catalogue({"voice": {**entry, "warm": {"level": 1}}})
+    assert refused.value.key == "voice.warm"
+    assert "speech model cannot be kept warm" in str(refused.value)
+    catalogue({"voice": entry})  # without warm it loads
+
+
+def test_a_quantized_image_model_may_be_kept_warm() -> None:
+    # quantized weights move with .to() and stay quantized (imageserver.park)
+    image = {**VLLM, "type": "image", "warm": {"level": 1}}
+    for quantize in ("quanto-int8", "torchao-int8", "bnb-nf4"):
+        spec = catalogue({"m": {**image, "quantize": quantize}}).models["m"]
+        assert spec.warm is not None
 
 
 def test_only_a_warm_vllm_model_on_the_gpu_gets_sleep_mode() -> None:
