@@ -115,6 +115,11 @@ def summarise(runs: list[dict], concurrencies: list[int]) -> dict:
     return out
 
 
+def signed(value: float | None) -> str:
+    """An added time with its sign: a negative one says the run was noisier than the gap."""
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
 def render(result: dict) -> str:
     rows = []
     for name, s in result["summary"].items():
@@ -122,7 +127,7 @@ def render(result: dict) -> str:
             [
                 name,
                 fmt(s.get("cpu_ms_per_req_c1"), 3),
-                f"+{fmt(s.get('added_p50_ms_c1'), 3)} / +{fmt(s.get('added_p99_ms_c1'), 3)}",
+                f"{signed(s.get('added_p50_ms_c1'))} / {signed(s.get('added_p99_ms_c1'))}",
                 fmt(s.get("cpu_ms_per_req_cN"), 3),
                 f"{fmt(s.get('p50_ms_cN'), 2)} / {fmt(s.get('p99_ms_cN'), 2)}",
                 fmt(s.get("p99_over_p50_cN")),
