@@ -33,7 +33,7 @@ from pydantic import (
 
 from manager.errors import CatalogueError
 from manager.tool_calls import ToolCalls, args_problem
-from wire.image_options import Offload, Quantize, TextQuantize, problems
+from wire.image_options import Offload, Quantize, TextQuantize, park_problem, problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model and container names: what Docker accepts, without a leading separator."""
@@ -186,7 +186,8 @@ class _ModelBase(_Strict):
             "Keep the model warm in host memory when the GPU is wanted for another (vLLM's "
             "sleep mode; an image pipeline parked on the CPU), when the manager's policy finds "
             'that cheaper than stopping it (docs/architecture.md, "Three tiers"). vLLM on the '
-            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, nor with `cpu_offload`. Unset: "
+            "GPU gets `--enable-sleep-mode`. Not for llama.cpp, nor with `cpu_offload` or an image "
+            "`offload` (quantized image models park). Unset: "
             "the model is stopped."
         ),
         examples=[{"level": 1, "host_memory_mib": 17000}],
@@ -483,6 +484,9 @@ class ImageModel(_ModelBase):
                 "warm is not possible with cpu_offload: the offload hooks own where each "
                 "component lives, so the pipeline cannot be parked on the CPU as a whole"
             )
+        parking = park_problem(self.load_offload)
+        if self.warm is not None and parking is not None:
+            raise ValueError(f"warm is not possible: {parking}")
         if self.max_steps is not None and self.steps > self.max_steps:
             raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
         return self
