@@ -18,6 +18,7 @@ from imageserver.api import create_app
 from imageserver.settings import Settings
 from wire import http_server
 
+
 def _settings() -> Settings:
     try:
         return Settings()

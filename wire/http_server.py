@@ -293,7 +293,7 @@ MODEL_SERVER_LIMITS = ConnectionLimits(per_address=64, max_connections=256)
 probe: few connections (docs/security.md)."""
 
 
-class _NoHealthChecks(logging.Filter):
+class NoHealthChecks(logging.Filter):
     """Drops uvicorn access-log records of `GET /health` (the manager asks it every few
     tens of milliseconds while a model loads; the log is for what clients did)."""
 
@@ -310,7 +310,7 @@ def serve_model_server(app: ASGIApp, host: str, port: int, log_level: str) -> No
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("uvicorn.access").addFilter(_NoHealthChecks())
+    logging.getLogger("uvicorn.access").addFilter(NoHealthChecks())
     uvicorn.Server(
         config(
             app,

@@ -182,12 +182,12 @@ def test_the_manager_closes_silent_and_slow_header_sockets(live_stack: LiveStack
         started = time.monotonic()
         silent_r, _ = await connect_from(live_stack.manager_url, "127.0.0.20")
         slow_r, slow_w = await connect_from(live_stack.manager_url, "127.0.0.21")
-        trickle = asyncio.create_task(trickle(slow_w, b"GET /v1/models HTTP/1.1\r\nX-Slow: ", b"a"))
+        feeding = asyncio.create_task(trickle(slow_w, b"GET /v1/models HTTP/1.1\r\nX-Slow: ", b"a"))
         closes = [
             await until_closed(silent_r, 10 + 3 * SLACK),
             await until_closed(slow_r, 10 + 3 * SLACK),
         ]
-        trickle.cancel()
+        feeding.cancel()
         return [(data, at - started) for data, at in closes]
 
     (silent, silent_s), (slow, slow_s) = asyncio.run(scenario())

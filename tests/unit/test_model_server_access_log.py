@@ -1,11 +1,11 @@
-"""The image server's access log leaves out the manager's health checks (it asks every
+"""Our model servers' (image, audio) access log leaves out the manager's health checks (it asks every
 few tens of milliseconds while the model loads) and keeps what clients did."""
 
 from __future__ import annotations
 
 import logging
 
-from imageserver.__main__ import _NoHealthChecks
+from wire.http_server import NoHealthChecks
 
 
 def record(path: str) -> logging.LogRecord:
@@ -21,7 +21,7 @@ def record(path: str) -> logging.LogRecord:
 
 
 def test_health_checks_are_left_out_of_the_access_log() -> None:
-    keep = _NoHealthChecks().filter
+    keep = NoHealthChecks().filter
     assert not keep(record("/health"))
     assert keep(record("/v1/images/generations"))
     assert keep(record("/health?full=1"))  # not the manager's probe
