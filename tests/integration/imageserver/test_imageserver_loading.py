@@ -1,6 +1,7 @@
 """The image server's loading options on the CPU, with the real diffusers loading code and
-the tiny pipeline: a GGUF UNet written with the `gguf` package, quanto and torchao int8
-weights, model and group offloading, VAE slicing; what was loaded is reported; the
+the tiny pipeline: a GGUF UNet written with the `gguf` package, quanto int8 and int4 and
+torchao int8 weights, model and group offloading, VAE slicing and tiling; parking each
+quantized pipeline (the warm tier); what was loaded is reported; the
 options that cannot load here are refused at start-up with the model named.
 
 Marker `diffusers`. Needs gguf, optimum-quanto and torchao (the `image` extra).
@@ -71,8 +72,10 @@ def test_a_gguf_unet_loads_through_the_option_and_generates(
     assert edit.unet is model.pipelines["generate"].unet
 
 
-@pytest.mark.parametrize("option", ["quanto-int8", "torchao-int8"])
-def test_int8_weights_load_and_generate_and_edit(tiny_pipeline: Path, option: str) -> None:
+@pytest.mark.parametrize("option", ["quanto-int8", "torchao-int8", "quanto-int4"])
+def test_quantized_weights_load_and_generate_and_edit(tiny_pipeline: Path, option: str) -> None:
+    """Every backend option the CPU can run (torchao-int4 and bnb-nf4 need CUDA: refused at
+    start-up, tests/unit/imageserver/test_imageserver_load_options.py)."""
     backend = {"quanto": "optimum.quanto", "torchao": "torchao"}[option.split("-")[0]]
     pytest.importorskip(backend, reason=f"{backend} is not installed (pip install -e '.[image]')")
     model = load(tiny_pipeline, quantize=option, text_encoder_quantize=option)
