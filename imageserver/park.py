@@ -10,15 +10,15 @@ never sees a half-moved pipeline. While parked, a generation or edit is refused 
 503 ``model_parked`` (the manager sends none: a sleeping model gets no leases).
 
 On the CPU the move is a no-op (the modules are there already), but the state, the API
-and the accounting are the real ones. A pipeline loaded with any offloading (``offload``
-``model``, ``sequential``, ``group-*``, or ``cpu_offload``) cannot be parked: its offload
-hooks own where each module lives (``pipe.to`` would undo model offloading, refuse
-sequential offloading and skip group-offloaded modules; the manager's models.json check
-refuses ``warm`` with them). Quantized weights (GGUF, torchao, quanto, and bitsandbytes
-with a recent ``bitsandbytes``) move with ``.to()`` and stay quantized; a module that
-refuses the move answers 409 ``cannot_park`` too (the manager then stops the server
-instead, and does not try to park it again until it is restarted). Both routes are
-idempotent and need the upstream key, as every route but ``/health``.
+and the accounting are the real ones. Quantized pipelines (GGUF, torchao, quanto) park:
+their tensors carry the quantized data along. A pipeline with any ``offload`` (or
+``cpu_offload``) cannot be parked, on any device (`wire.image_options.park_problem`: its
+hooks own where each module lives; the manager's models.json check refuses ``warm`` with
+it), nor one whose modules refuse the move (an old bitsandbytes): 409 ``cannot_park``
+(the manager then stops the server instead, and does not try to park it again until it
+is restarted). A move that fails half way is undone (the moved modules go back), so the
+model keeps serving where it was. Both routes are idempotent and need the upstream key,
+as every route but ``/health``.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ from imageserver.errors import ImageServerError
 from imageserver.host import ModelHost
 from imageserver.settings import Settings
 from imageserver.worker import GpuWorker
+from wire.image_options import park_problem
 
 log = logging.getLogger(__name__)
 
 
 class CannotPark(ImageServerError):
-    """The pipeline cannot be parked (it is offloaded, or a module refuses the move)."""
+    """The pipeline cannot be parked (it is offloaded, or its modules refuse the move)."""
 
     status, type, code = 409, "invalid_request_error", "cannot_park"
 
@@ -95,12 +96,9 @@ class Parking:
             )
 
     async def park(self) -> None:
-        offload = self._settings.load_offload
-        if offload != "none":
-            raise CannotPark(
-                f"a pipeline loaded with offload {offload!r} cannot be parked: its offload "
-                "hooks own where each component lives"
-            )
+        problem = park_problem(self._settings.load_offload)
+        if problem is not None:
+            raise CannotPark(f"model {self._settings.served_name!r}: {problem}")
         model = self._host.ready_model()
         if self.parked:
             return
@@ -124,6 +122,7 @@ class Parking:
         try:
             move(model, device)
         except Exception as exc:  # e.g. bitsandbytes-quantized modules refuse `.to()`
+            self._undo(model, device, parked=parked)
             raise CannotPark(
                 f"the pipeline cannot be moved to {device}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -135,6 +134,22 @@ class Parking:
             self._settings.served_name,
             "parked on the CPU" if parked else f"back on {device}",
         )
+
+    def _undo(self, model: object, failed: str, *, parked: bool) -> None:
+        """Put back what a failed move to `failed` moved: the pipelines return to where
+        they were (the device when parking, the CPU when unparking)."""
+        back = self._settings.device if parked else "cpu"
+        try:
+            move(model, back)
+        except Exception:
+            log.exception(
+                "model %s: a failed move to %s could not be undone; its modules may be split "
+                "between %s and %s",
+                self._settings.served_name,
+                failed,
+                failed,
+                back,
+            )
 
 
 def _parking(request: Request) -> Parking:

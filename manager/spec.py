@@ -34,7 +34,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from manager.errors import CatalogueError
 from manager.tool_calls import ToolCalls, args_problem
-from wire.image_options import Offload, Quantize, TextQuantize, problems
+from wire.image_options import Offload, Quantize, TextQuantize, park_problem, problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Model and container names: what Docker accepts, without a leading separator."""
@@ -191,7 +191,8 @@ class _ModelBase(_Strict):
             "sleep mode; an image pipeline parked on the CPU), when the manager's policy finds "
             'that cheaper than stopping it (docs/architecture.md, "Three tiers"). vLLM on the '
             "GPU gets `--enable-sleep-mode`. Not for llama.cpp, speech models (stt, tts), nor "
-            "image models with `cpu_offload` or `offload`. Unset: the model is stopped."
+            "with `cpu_offload` or an image `offload` (quantized image models park). Unset: the "
+            "model is stopped."
         ),
         examples=[{"level": 1, "host_memory_mib": 17000}],
     )
@@ -482,12 +483,10 @@ class ImageModel(_ModelBase):
 
     @model_validator(mode="after")
     def _steps_within_max(self) -> ImageModel:
-        if self.warm is not None and self.load_offload != "none":
-            option = "cpu_offload" if self.cpu_offload else f"offload {self.offload!r}"
-            raise ValueError(
-                f"warm is not possible with {option}: the offload hooks own where each "
-                "component lives, so the pipeline cannot be parked on the CPU as a whole"
-            )
+        parking = park_problem(self.load_offload)
+        if self.warm is not None and parking is not None:
+            named = " with cpu_offload" if self.cpu_offload and self.offload == "none" else ""
+            raise ValueError(f"warm is not possible{named}: {parking}")
         if self.max_steps is not None and self.steps > self.max_steps:
             raise ValueError(f"steps ({self.steps}) must not exceed max_steps ({self.max_steps})")
         return self

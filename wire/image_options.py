@@ -18,7 +18,9 @@ manager's footprint table (``manager.image_footprints``) is keyed by the same va
   ``group-leaf`` (diffusers' group offloading of every model component by block or by
   leaf layer).
 
-`problems` lists the combinations that cannot work, for both programs.
+`problems` lists the combinations that cannot work, for both programs; `park_problem`
+says why a pipeline loaded with these options cannot be parked on the CPU (the warm tier:
+``imageserver.park``, models.json ``warm``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,27 @@ def problems(
             f"with device {device!r}); use 'model' or 'group-leaf'"
         )
     return out
+
+
+def park_problem(offload: str) -> str | None:
+    """Why a pipeline with this offloading cannot be parked in host memory and moved back
+    (None: it can). Pure.
+
+    Every offload option installs hooks that own where each module lives: diffusers
+    refuses ``.to('cuda')`` after sequential offload, skips group-offloaded modules in
+    ``.to()`` (the move would do nothing), and warns that moving a model-offloaded
+    pipeline to the GPU loses the offload. Their weights wait in host memory between
+    uses already, so a stop frees the GPU as well. Quantized weights move with ``.to()``:
+    GGUF, torchao and quanto tensors carry their quantized data along (the diffusers tier
+    parks each on the CPU), bitsandbytes NF4 since bitsandbytes 0.43.2; a move that fails
+    anyway is the image server's 409 ``cannot_park``."""
+    if offload == "none":
+        return None
+    return (
+        f"offload {offload!r} cannot be parked: its hooks own where each module lives, so "
+        "diffusers will not move the pipeline as a whole (and its weights wait in host "
+        "memory between uses already)"
+    )
 
 
 class ImageLoaded(BaseModel):

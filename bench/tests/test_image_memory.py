@@ -71,3 +71,34 @@ def test_without_cuda_it_refuses_clearly() -> None:
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr
     assert not list((ROOT / "bench" / "results").glob("image-memory-m.json"))
+
+
+def test_tiny_needs_no_model_runs_the_whole_matrix_with_gguf_at_64x64() -> None:
+    args = image_memory.parse_args(["--tiny"])
+    assert (args.model, args.size) == (None, "64x64")
+    assert args.sets == image_memory.matrix(image_memory.TINY_GGUF)
+    assert [s for s in args.sets if s.get("quantize") == "gguf"]
+    assert image_memory.parse_args(["--tiny", "--size", "128x128"]).size == "128x128"
+    for bad in (["--tiny", "--model", "m"], ["--tiny", "--gguf-file", "/x-Q4_0.gguf"], []):
+        with pytest.raises(SystemExit) as caught:
+            image_memory.parse_args(bad)
+        assert caught.value.code == 2
+
+
+def test_the_park_column_says_what_parking_did() -> None:
+    assert image_memory.parked({"refused": "offload 'model' cannot be parked"}) == "refused"
+    assert image_memory.parked({"error": "ValueError: no"}) == "failed"
+    assert image_memory.parked({"allocated_parked_mib": 3, "park_s": 0.2}) == "3"
+    row = image_memory.table(
+        [
+            {
+                "label": "bf16, all on the GPU",
+                "load_s": 1.0,
+                "s_per_image": 2.0,
+                "torch_peak_allocated_mib": 900,
+                "nvml_used_at_end_mib": 1200,
+                "park": {"allocated_parked_mib": 12},
+            }
+        ]
+    ).splitlines()[1]
+    assert row.split()[-1] == "12"

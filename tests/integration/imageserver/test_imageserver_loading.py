@@ -1,6 +1,7 @@
 """The image server's loading options on the CPU, with the real diffusers loading code and
-the tiny pipeline: a GGUF UNet written with the `gguf` package, quanto and torchao int8
-weights, model and group offloading, VAE slicing; what was loaded is reported; the
+the tiny pipeline: a GGUF UNet written with the `gguf` package, quanto int8 and int4 and
+torchao int8 weights, model and group offloading, VAE slicing and tiling; parking each
+quantized pipeline (the warm tier); what was loaded is reported; the
 options that cannot load here are refused at start-up with the model named.
 
 Marker `diffusers`. Needs gguf, optimum-quanto and torchao (the `image` extra).
@@ -71,8 +72,10 @@ def test_a_gguf_unet_loads_through_the_option_and_generates(
     assert edit.unet is model.pipelines["generate"].unet
 
 
-@pytest.mark.parametrize("option", ["quanto-int8", "torchao-int8"])
-def test_int8_weights_load_and_generate_and_edit(tiny_pipeline: Path, option: str) -> None:
+@pytest.mark.parametrize("option", ["quanto-int8", "torchao-int8", "quanto-int4"])
+def test_quantized_weights_load_and_generate_and_edit(tiny_pipeline: Path, option: str) -> None:
+    """Every backend option the CPU can run (torchao-int4 and bnb-nf4 need CUDA: refused at
+    start-up, tests/unit/imageserver/test_imageserver_load_options.py)."""
     backend = {"quanto": "optimum.quanto", "torchao": "torchao"}[option.split("-")[0]]
     pytest.importorskip(backend, reason=f"{backend} is not installed (pip install -e '.[image]')")
     model = load(tiny_pipeline, quantize=option, text_encoder_quantize=option)
@@ -198,3 +201,92 @@ def test_a_gguf_file_that_does_not_load_fails_the_start_naming_the_model(
     assert body["error"].startswith(
         "model 'tiny-sd': cannot load UNet2DConditionModel from the GGUF file"
     )
+
+
+def _quantized_weights(model) -> list[str]:  # noqa: ANN001
+    """The tensor classes of the UNet's and text encoder's weights that are not plain."""
+    pipe = model.pipelines["generate"]
+    found = set()
+    for module in (pipe.unet, pipe.text_encoder):
+        for param in module.parameters():
+            if type(param).__name__ != "Parameter":
+                found.add(type(param).__name__)
+    return sorted(found)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quantize": "gguf"},
+        {"quantize": "quanto-int8", "text_encoder_quantize": "quanto-int8"},
+        {"quantize": "torchao-int8", "text_encoder_quantize": "torchao-int8"},
+    ],
+    ids=["gguf", "quanto-int8", "torchao-int8"],
+)
+def test_a_quantized_pipeline_parks_and_unparks_and_makes_the_same_picture(
+    tiny_pipeline: Path, unet_gguf: Path, options: dict[str, str]
+) -> None:
+    """The warm tier's move (`imageserver.park.move`, diffusers' ``pipe.to``) lets each
+    quantized pipeline through and leaves its weights quantized. On the CPU the copy itself
+    is a no-op; bench/image_memory.py parks on a GPU."""
+    from imageserver.park import move
+
+    backend = options["quantize"].split("-")[0]
+    pytest.importorskip({"gguf": "gguf", "quanto": "optimum.quanto", "torchao": "torchao"}[backend])
+    gguf = {"gguf_file": str(unet_gguf)} if backend == "gguf" else {}
+    model = load(tiny_pipeline, **options, **gguf)
+    before = _quantized_weights(model)
+    assert before, "no quantized weights to park"
+    job = GenerateJob(prompt="a cat", n=1, width=64, height=64, steps=2, seed=5)
+    first = model.generate(job)[0]
+    move(model, "cpu")  # park
+    move(model, "cpu")  # unpark: this model's home is the CPU
+    assert _quantized_weights(model) == before
+    again = model.generate(job)[0]
+    assert again.tobytes() == first.tobytes()
+
+
+def test_a_quantized_server_parks_and_an_offloaded_one_refuses_clearly(
+    tiny_pipeline: Path, unet_gguf: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    generate_body = {"prompt": "a lighthouse", "size": "64x64", "steps": 1}
+    quantized = ImageServerProcess(
+        server_env(
+            tiny_pipeline,
+            free_port(),
+            quantize="gguf",
+            gguf_file=str(unet_gguf),
+            text_encoder_quantize="quanto-int8",
+        ),
+        tmp_path / "quantized.log",
+    )
+    try:
+        assert quantized.wait_for("ready", "failed")["status"] == "ready"
+        with httpx.Client(base_url=quantized.base_url, timeout=60) as client:
+            assert client.post("/park").status_code == 200
+            assert client.get("/is_parked").json() == {"is_parked": True}
+            assert client.post("/unpark").status_code == 200
+            answer = client.post("/v1/images/generations", json=generate_body)
+            assert answer.status_code == 200, answer.text
+    finally:
+        quantized.terminate()
+    offloaded = ImageServerProcess(
+        server_env(tiny_pipeline, free_port(), offload="group-leaf"), tmp_path / "offloaded.log"
+    )
+    try:
+        assert offloaded.wait_for("ready", "failed")["status"] == "ready"
+        with httpx.Client(base_url=offloaded.base_url, timeout=60) as client:
+            refused = client.post("/park")
+            assert refused.status_code == 409, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "cannot_park"
+            assert error["message"].startswith(
+                "model 'tiny-sd': offload 'group-leaf' cannot be parked"
+            )
+            assert client.get("/is_parked").json() == {"is_parked": False}
+            answer = client.post("/v1/images/generations", json=generate_body)
+            assert answer.status_code == 200, answer.text
+    finally:
+        offloaded.terminate()

@@ -59,25 +59,47 @@ async def test_a_model_still_loading_cannot_be_parked() -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "named"),
     [
-        {"device": "cuda", "cpu_offload": True},
-        {"device": "cpu", "offload": "model"},
-        {"device": "cpu", "offload": "group-leaf"},
-        {"device": "cuda", "offload": "sequential"},
+        ({"device": "cuda", "cpu_offload": True}, "offload 'model'"),
+        ({"device": "cpu", "cpu_offload": True}, "offload 'model'"),
+        ({"device": "cuda", "offload": "sequential"}, "offload 'sequential'"),
+        ({"device": "cuda", "offload": "group-block"}, "offload 'group-block'"),
+        ({"device": "cpu", "offload": "group-leaf"}, "offload 'group-leaf'"),
     ],
-    ids=["cpu_offload", "model", "group-leaf", "sequential"],
 )
-async def test_an_offloaded_pipeline_cannot_be_parked(options: dict) -> None:
-    # pipe.to would undo model offloading, refuse sequential and skip group offloading
+async def test_an_offloaded_pipeline_cannot_be_parked_and_nothing_moves(
+    options: dict, named: str
+) -> None:
     model = ParkableModel()
     async with serve(settings(**options), loader_for(model)) as c:
         await wait_status(c, "ready")
         refused = await c.post("/park")
         assert_envelope(refused, 409, "cannot_park")
-        assert "offload" in refused.json()["error"]["message"]
+        message = refused.json()["error"]["message"]
+        assert message.startswith(f"model 'fake-image': {named} cannot be parked"), message
         assert (await c.get("/is_parked")).json() == {"is_parked": False}
-    assert all(not pipe.moves for pipe in model.pipelines.values())
+        assert (await c.post("/v1/images/generations", json=GENERATE)).status_code == 200
+    assert model.pipelines["generate"].moves == []
+
+
+async def test_a_move_that_fails_half_way_is_undone_and_the_model_keeps_serving() -> None:
+    class Refusing(FakePipe):
+        def to(self, device: str) -> FakePipe:
+            if device == "cpu":
+                raise ValueError("`.to` is not supported for `4-bit` bitsandbytes models")
+            return super().to(device)
+
+    model = ParkableModel()
+    moved, refusing = FakePipe(), Refusing()
+    model.pipelines = {"generate": moved, "inpaint": refusing}
+    async with serve(settings(device="cuda"), loader_for(model)) as client:
+        await wait_status(client, "ready")
+        assert_envelope(await client.post("/park"), 409, "cannot_park")
+        assert (await client.get("/is_parked")).json() == {"is_parked": False}
+    # the first pipeline went to the CPU, then back home with the rest
+    assert [d for d, _ in moved.moves] == ["cpu", "cuda"]
+    assert [d for d, _ in refusing.moves] == ["cuda"]
 
 
 async def test_a_pipeline_that_refuses_the_move_cannot_be_parked() -> None:

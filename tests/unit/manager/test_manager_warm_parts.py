@@ -82,11 +82,11 @@ def test_host_memory_is_declared_else_learned() -> None:
         ),
         (
             {**VLLM, "type": "image", "offload": "group-leaf", "warm": {"level": 1}},
-            "not possible with offload 'group-leaf'",
+            "warm is not possible: offload 'group-leaf' cannot be parked",
         ),
         (
             {**VLLM, "type": "image", "offload": "model", "warm": {"level": 1}},
-            "not possible with offload 'model'",
+            "warm is not possible: offload 'model' cannot be parked",
         ),
         ({**VLLM, "warm": {"level": 3}}, "warm.level"),
         ({**VLLM, "warm": {"level": 1, "extra": 1}}, "warm.extra"),
