@@ -34,7 +34,7 @@ from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
 from proxy.lease_pool import LeaseUse
 from proxy.mcp.progress import Progress, wait_for_lease
-from proxy.modelcall import ModelCall, ModelCalls
+from proxy.modelcall import ANSWER_LIMIT, ModelCall, ModelCalls
 from wire.lease import LeaseGrant
 from wire.model_server import ImageProgress
 
@@ -113,17 +113,18 @@ async def call_model(
                     ran=time.perf_counter() - ticker.started,
                     loaded=progress.loaded,
                 )
-            if call.streamed:  # only speech2txt asks for a stream
-                raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
-            if raw:
+            if raw:  # speech: audio is streamed as it is synthesised; a tool returns it whole
+                body = await _read_whole(call, model) if call.streamed else call.body or b""
                 return Answer(
                     data={},
                     waited=call.leased - call.started,
                     ran=time.perf_counter() - ticker.started,
                     loaded=progress.loaded,
-                    raw=call.body or b"",
+                    raw=body,
                     media_type=call.answer_type,
                 )
+            if call.streamed:  # only speech2txt asks for an event stream
+                raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
             try:
                 data = orjson.loads(call.body or b"")
             except orjson.JSONDecodeError as exc:
@@ -139,6 +140,20 @@ async def call_model(
             )
     finally:
         await ticker.stop()
+
+
+async def _read_whole(call: ModelCall, model: str) -> bytes:
+    """A streamed answer (speech) read to its end, bounded by `ANSWER_LIMIT` (raises
+    UpstreamError ``answer_too_large`` beyond it, and as `ModelCall.chunks` does)."""
+    out = bytearray()
+    async for chunk in call.chunks():
+        out += chunk
+        if len(out) > ANSWER_LIMIT:
+            raise UpstreamError(
+                f"The answer of '{model}' is larger than {ANSWER_LIMIT} bytes",
+                code="answer_too_large",
+            )
+    return bytes(out)
 
 
 class StepPoll:
