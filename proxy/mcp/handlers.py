@@ -54,6 +54,7 @@ from proxy.speech import (
     read_transcript,
     transcription_form,
 )
+from wire.model_server import AudioProgress, ImageProgress
 
 
 def _timings(answer: Answer) -> dict[str, float | None]:
@@ -211,7 +212,7 @@ async def run_txt2img(
         "application/json",
         progress,
         running=f"{model} is painting {args.n} picture(s)",
-        steps=True,
+        steps=ImageProgress,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -237,7 +238,7 @@ async def run_img2img(
         ctype,
         progress,
         running=f"{model} is editing the picture",
-        steps=True,
+        steps=ImageProgress,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -400,6 +401,8 @@ async def run_txt2speech(
         "application/json",
         progress,
         running=f"{model} is speaking",
+        steps=AudioProgress,
+        step_word="sentence",
         raw=True,
     )
     raw = closed_wav(answer.raw)  # streamed WAV declares open sizes: set them

@@ -182,7 +182,8 @@ class Speech:
 
 @pytest.fixture
 async def speech(tmp_path: Path) -> AsyncIterator[Speech]:
-    with fake_audio("stt", "hear", delay=0.01) as stt, fake_audio("tts", "say") as tts:
+    # the stand-in speaker takes 0.6 s a sentence: MCP's progress polls sentences each 0.5 s
+    with fake_audio("stt", "hear", delay=0.01) as stt, fake_audio("tts", "say", 0.6) as tts:
         manager = FakeManager(MODELS, stt)
         manager.urls = {"hear": stt, "say": tts}
         async with serve_asgi(manager.app) as manager_url:
@@ -343,6 +344,7 @@ async def test_mcp_speaks_links_and_transcribes_its_own_speech(speech: Speech) -
         meta = said.structured_content or {}
         assert meta["url"] == link and meta["duration_s"] == pytest.approx(spoken_seconds, abs=1e-3)
         assert recorder.messages and recorder.rising()
+        assert "say is speaking: sentence 1 of 2" in recorder.messages, recorder.messages
         # the link: alice's only
         assert (await speech.a.get(link)).content == raw
         async with httpx.AsyncClient() as nobody:
