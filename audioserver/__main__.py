@@ -19,7 +19,7 @@ from wire import http_server
 
 def _settings() -> Settings:
     try:
-        return Settings()  # type: ignore[call-arg]
+        return Settings()
     except ValidationError as exc:
         print(f"audioserver: invalid settings:\n{Settings.describe(exc)}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -16,22 +16,7 @@ from typing import Any, Protocol
 from audioserver.errors import InvalidRequest, LoadFailed
 from audioserver.meter import Meter
 from audioserver.settings import Settings
-
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "nova",
-    "onyx",
-    "sage",
-    "shimmer",
-    "verse",
-)
-"""OpenAI's voice names: accepted as the model's default voice, so clients that always
-send one of them work unchanged."""
+from wire.audio import OPENAI_VOICES
 
 
 @dataclass(frozen=True)

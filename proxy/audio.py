@@ -1,7 +1,7 @@
 """The generated-audio store: speech made for MCP's ``txt2speech`` (and kept for links).
 
 `AudioStore` is the image store (`proxy.images.ImageStore`) for audio files: each file is
-named by an unguessable id (``<id>.<ext>``: mp3, wav, ogg, flac, webm), kept beside the
+named by an unguessable id (``<id>.<ext>``: a `MEDIA` key), kept beside the
 name of the key that made it (``<id>.<ext>.owner``), 0600 in a 0700 folder, for
 ``HOMELAB_AUDIO_TTL`` seconds, and bounded in total (`MAX_COUNT` files,
 ``HOMELAB_AUDIO_STORE_MAX_BYTES``: the oldest go first) and per key
@@ -22,37 +22,54 @@ from pathlib import Path
 
 from proxy.images import ImageStore
 from proxy.keys import Principal
+from wire.audio import SNIFF_BYTES
+from wire.audio import sniff_audio as wire_sniff
 
 MAX_COUNT = 1000
 """Most audio files kept, all keys together (the oldest go first)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(mp3|wav|ogg|flac|webm)$")
 MEDIA = {
     "mp3": "audio/mpeg",
     "wav": "audio/wav",
     "ogg": "audio/ogg",
     "flac": "audio/flac",
     "webm": "audio/webm",
+    "mp4": "audio/mp4",
+    "aac": "audio/aac",
 }
-FORMAT_EXT = {"mp3": "mp3", "wav": "wav", "opus": "ogg", "flac": "flac"}
+"""The audio kept, by the extension `sniff_audio` gives: every container
+`wire.audio.sniff_audio` knows (uploads for transcription, speech made)."""
+_NAME = re.compile(r"^[A-Za-z0-9_-]{32}\.(" + "|".join(MEDIA) + r")$")
+FORMAT_EXT = {"mp3": "mp3", "wav": "wav", "opus": "ogg", "flac": "flac", "aac": "aac"}
 """``/v1/audio/speech``'s ``response_format`` -> the extension its file is kept under
 (``pcm`` has no header: it is wrapped as WAV first, `pcm_to_wav`)."""
+KNOWN = "WAV, MP3, Ogg, FLAC, WebM, M4A/MP4 or AAC"
+"""The audio files the proxy takes, in words (error messages)."""
 
 
 def sniff_audio(data: bytes) -> str | None:
-    """The extension of an audio file by its magic bytes (mp3, wav, ogg, flac, webm), or
-    None when it is none of these."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav"
-    if data.startswith(b"OggS"):
-        return "ogg"
-    if data.startswith(b"fLaC"):
-        return "flac"
-    if data.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: WebM (what MediaRecorder records)
-        return "webm"
-    if data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        return "mp3"
-    return None
+    """The extension of an audio file by its first bytes (a `MEDIA` key), or None:
+    `wire.audio.sniff_audio`, the one check the proxy and the audio server share."""
+    return wire_sniff(data[:SNIFF_BYTES])
+
+
+def closed_wav(data: bytes) -> bytes:
+    """A streamed WAV (the audio server declares open sizes, 0xFFFFFFFF, while it speaks)
+    with its RIFF and data sizes set to what it holds, so any player and `wave` read its
+    length; other bytes as they are."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    out = bytearray(data)
+    pos = 12
+    while pos + 8 <= len(out):
+        size = int.from_bytes(out[pos + 4 : pos + 8], "little")
+        if out[pos : pos + 4] == b"data":
+            held = len(out) - pos - 8
+            out[pos + 4 : pos + 8] = (held - held % 2).to_bytes(4, "little")
+            out[4:8] = (len(out) - 8).to_bytes(4, "little")
+            return bytes(out)
+        pos += 8 + size + size % 2
+    return data
 
 
 def pcm_to_wav(pcm: bytes, rate: int) -> bytes:

@@ -30,14 +30,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.audio import AudioStore, sniff_audio
+from proxy.audio import KNOWN, MEDIA, AudioStore, sniff_audio
 from proxy.errors import UpstreamError
 from proxy.keys import Principal
 from proxy.modelcall import ModelCall
 
 AUDIO_PATH = "/v1/audio/files/"
 """Where the proxy serves generated audio (`proxy.routes_ops.stored_audio`)."""
-_OWN_PATH = re.compile(r"^(?:.*)/v1/audio/files/([A-Za-z0-9_-]{32}\.(?:mp3|wav|ogg|flac|webm))$")
+_OWN_PATH = re.compile(r"^(?:.*)/v1/audio/files/([A-Za-z0-9_-]{32}\.(?:" + "|".join(MEDIA) + r"))$")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[^;,]*)*;base64,", re.IGNORECASE)
 TRANSCRIPT_FIELDS = ("language", "prompt", "temperature")
 """The optional fields of a transcription request the proxy's callers may set."""
@@ -79,12 +79,12 @@ def decode_data_url(value: str, param: str, limit: int) -> bytes:
 
 
 def checked_audio(data: bytes, param: str, limit: int) -> bytes:
-    """`data` if it is an audio file we know (WAV, MP3, Ogg, FLAC, WebM) of at most
+    """`data` if it is an audio file we know (`proxy.audio.KNOWN`) of at most
     `limit` bytes; else AudioArgumentError."""
     if len(data) > limit:
         raise AudioArgumentError(param, f"the audio is larger than {limit} bytes")
     if sniff_audio(data) is None:
-        raise AudioArgumentError(param, "is not a WAV, MP3, Ogg, FLAC or WebM audio file")
+        raise AudioArgumentError(param, f"is not a {KNOWN} audio file")
     return data
 
 

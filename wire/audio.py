@@ -25,6 +25,21 @@ SPEECH_MEDIA_TYPES: dict[str, str] = {
 }
 """The ``Content-Type`` of each ``/v1/audio/speech`` ``response_format``: ``opus`` is Ogg
 Opus, ``pcm`` 16-bit little-endian mono at the rate in ``X-Sample-Rate``."""
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+)
+"""OpenAI's voice names: accepted as the model's default voice, so clients that always
+send one of them work unchanged."""
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
 """The speech answer's sample rate in Hz (every format; ``pcm`` has no header of its own)."""
 

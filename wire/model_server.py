@@ -101,6 +101,12 @@ class AudioProgress(BaseModel):
     step: int = 0
     steps: int = 0
 
+    def step_of(self) -> tuple[int, int] | None:
+        """(step, steps) while a request is under way with a step done, else None."""
+        if self.running and 0 < self.step <= self.steps:
+            return self.step, self.steps
+        return None
+
 
 class ImageProgress(BaseModel):
     """``GET /v1/progress`` of the image server: the diffusion steps of the picture being

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy import keys
-from proxy.audio import MEDIA, sniff_audio
+from proxy.audio import KNOWN, MEDIA, sniff_audio
 from proxy.errors import FileQuotaExceeded, InvalidRequest, NotFound, ProxyError
 from proxy.images import check_image_request, image_url_base
 from proxy.jobs import listing
@@ -150,9 +150,7 @@ async def upload_file(request: Request) -> Response:
             _check_lines, data, settings.max_batch_lines, settings.proxy_max_body_bytes
         )
     elif sniff_audio(data) is None:
-        raise InvalidRequest(
-            f"A '{USER_DATA}' file must be audio: WAV, MP3, Ogg, FLAC or WebM.", param="file"
-        )
+        raise InvalidRequest(f"A '{USER_DATA}' file must be audio: {KNOWN}.", param="file")
     now = int(time.time())
     meta = FileRecord(
         id=new_id("file"),

@@ -12,7 +12,8 @@ results.
 While it waits for the lease, the manager's events become progress notifications
 (`proxy.mcp.progress.wait_for_lease`); while the model server works, "still running"
 ones, and for image models each new diffusion step read from the image server's
-``GET /v1/progress`` (`StepPoll`, also through `proxy.modelcall`).
+``GET /v1/progress`` (`StepPoll`, also through `proxy.modelcall`); for speech, each
+sentence spoken, from the audio server's (the same shape), while its audio streams in.
 
 Cancellable at every step: cancelling while queued withdraws the request from the
 manager's queue; cancelling while the model server works closes the connection
@@ -34,10 +35,12 @@ from proxy.context import ProxyContext
 from proxy.errors import ProxyError, UpstreamError
 from proxy.lease_pool import LeaseUse
 from proxy.mcp.progress import Progress, wait_for_lease
-from proxy.modelcall import ModelCall, ModelCalls
+from proxy.modelcall import ANSWER_LIMIT, ModelCall, ModelCalls
 from wire.lease import LeaseGrant
-from wire.model_server import ImageProgress
+from wire.model_server import AudioProgress, ImageProgress
 
+ProgressBody = type[ImageProgress] | type[AudioProgress]
+"""What a model server's ``GET /v1/progress`` answers (both have `step_of`)."""
 RUN_TICK = 5.0
 """Seconds between "still running" progress notifications while the model server works."""
 STEP_POLL = 0.5
@@ -72,22 +75,25 @@ async def call_model(
     content_type: str,
     progress: Progress,
     running: str,
-    steps: bool = False,
+    steps: ProgressBody | None = None,
     *,
+    step_word: str = "step",
     raw: bool = False,
     read_stream: Callable[[ModelCall], Awaitable[dict[str, Any]]] | None = None,
 ) -> Answer:
     """POST `body` to `endpoint` of `model`'s server under a lease; the answer as JSON.
 
-    With `steps` (image models) the image server's ``GET /v1/progress`` is polled while
-    it works, and each new diffusion step is reported ("step N of M").
+    With `steps` (its body: `ImageProgress` for image models, `AudioProgress` for speech)
+    the model server's ``GET /v1/progress`` is polled while it works, and
+    each new step is reported ("`step_word` N of M": an image's diffusion steps, speech's
+    sentences).
 
     `running` is the progress message sent once the model server has the request.
     With `raw` the answer is kept as bytes (`Answer.raw`), not parsed; `read_stream`
     reads an event stream answer (a streamed transcription) into the answer's data.
     Raises ProxyError subclasses (the manager's and the model server's errors too).
     """
-    ticker = _Running(ctx.model_calls, progress, running, steps)
+    ticker = _Running(ctx.model_calls, progress, running, steps, step_word)
 
     async def wait(lease: Awaitable[LeaseUse]) -> LeaseUse:
         await ticker.stop()  # a retry: the server it watched is gone
@@ -104,7 +110,8 @@ async def call_model(
             on_lease=ticker.leased,
         )
         async with call:
-            await ticker.stop()
+            if not (raw and call.streamed):  # streamed speech: the steps go on while it comes
+                await ticker.stop()
             if call.streamed and read_stream is not None:
                 data = await read_stream(call)
                 return Answer(
@@ -113,17 +120,19 @@ async def call_model(
                     ran=time.perf_counter() - ticker.started,
                     loaded=progress.loaded,
                 )
-            if call.streamed:  # only speech2txt asks for a stream
-                raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
-            if raw:
+            if raw:  # speech: audio is streamed as it is synthesised; a tool returns it whole
+                body = await _read_whole(call, model) if call.streamed else call.body or b""
+                await ticker.stop()
                 return Answer(
                     data={},
                     waited=call.leased - call.started,
                     ran=time.perf_counter() - ticker.started,
                     loaded=progress.loaded,
-                    raw=call.body or b"",
+                    raw=body,
                     media_type=call.answer_type,
                 )
+            if call.streamed:  # only speech2txt asks for an event stream
+                raise UpstreamError(f"The answer of '{model}' is an event stream, not JSON")
             try:
                 data = orjson.loads(call.body or b"")
             except orjson.JSONDecodeError as exc:
@@ -141,14 +150,32 @@ async def call_model(
         await ticker.stop()
 
 
+async def _read_whole(call: ModelCall, model: str) -> bytes:
+    """A streamed answer (speech) read to its end, bounded by `ANSWER_LIMIT` (raises
+    UpstreamError ``answer_too_large`` beyond it, and as `ModelCall.chunks` does)."""
+    out = bytearray()
+    async for chunk in call.chunks():
+        out += chunk
+        if len(out) > ANSWER_LIMIT:
+            raise UpstreamError(
+                f"The answer of '{model}' is larger than {ANSWER_LIMIT} bytes",
+                code="answer_too_large",
+            )
+    return bytes(out)
+
+
 class StepPoll:
-    """Reads the image server's ``GET /v1/progress`` (`wire.model_server.ImageProgress`).
+    """Reads a model server's ``GET /v1/progress``: the image server's
+    (`wire.model_server.ImageProgress`) or the audio server's (`AudioProgress`, the
+    same fields).
 
     A server without it (404, an older image server or a stand-in) is not asked again.
     Never raises: progress is only a message."""
 
-    def __init__(self, calls: ModelCalls, lease: LeaseGrant) -> None:
-        self._calls, self._lease = calls, lease
+    def __init__(
+        self, calls: ModelCalls, lease: LeaseGrant, body: ProgressBody = ImageProgress
+    ) -> None:
+        self._calls, self._lease, self._body = calls, lease, body
         self.dead = False
 
     async def __call__(self) -> tuple[int, int] | None:
@@ -162,7 +189,7 @@ class StepPoll:
                 return None
             if status != 200:
                 return None
-            return ImageProgress.model_validate_json(raw).step_of()
+            return self._body.model_validate_json(raw).step_of()
         except (ProxyError, ValueError):  # pydantic's ValidationError is a ValueError
             return None
 
@@ -173,8 +200,16 @@ class _Running:
     (which also keeps MCP clients' read timeouts from firing on a long generation).
     Started by each lease (`leased`; a retry starts afresh on its new lease)."""
 
-    def __init__(self, calls: ModelCalls, progress: Progress, running: str, steps: bool) -> None:
+    def __init__(
+        self,
+        calls: ModelCalls,
+        progress: Progress,
+        running: str,
+        steps: ProgressBody | None,
+        word: str,
+    ) -> None:
         self._calls, self._progress, self._running, self._steps = calls, progress, running, steps
+        self._word = word
         self._task: asyncio.Task[None] | None = None
         self.started = time.perf_counter()
 
@@ -182,7 +217,7 @@ class _Running:
         await self.stop()
         await self._progress.say(80.0, self._running)
         self.started = time.perf_counter()
-        poll = StepPoll(self._calls, lease) if self._steps else None
+        poll = StepPoll(self._calls, lease, self._steps) if self._steps else None
         self._task = asyncio.create_task(self._tick(poll), name="mcp-running")
 
     async def stop(self) -> None:
@@ -205,7 +240,8 @@ class _Running:
                 if step is not None and step != last_step:
                     last_step, last_said = step, now
                     await progress.say(
-                        80.0 + 19.0 * step[0] / step[1], f"{running}: step {step[0]} of {step[1]}"
+                        80.0 + 19.0 * step[0] / step[1],
+                        f"{running}: {self._word} {step[0]} of {step[1]}",
                     )
                     continue
             if now - last_said >= RUN_TICK - 0.01:

@@ -22,7 +22,7 @@ import orjson
 from mcp import types
 
 from proxy import keys
-from proxy.audio import FORMAT_EXT, sniff_audio, wav_seconds
+from proxy.audio import FORMAT_EXT, closed_wav, sniff_audio, wav_seconds
 from proxy.context import ProxyContext
 from proxy.errors import UpstreamError
 from proxy.keys import visible
@@ -54,6 +54,7 @@ from proxy.speech import (
     read_transcript,
     transcription_form,
 )
+from wire.model_server import AudioProgress, ImageProgress
 
 
 def _timings(answer: Answer) -> dict[str, float | None]:
@@ -211,7 +212,7 @@ async def run_txt2img(
         "application/json",
         progress,
         running=f"{model} is painting {args.n} picture(s)",
-        steps=True,
+        steps=ImageProgress,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -237,7 +238,7 @@ async def run_img2img(
         ctype,
         progress,
         running=f"{model} is editing the picture",
-        steps=True,
+        steps=ImageProgress,
     )
     return await _picture_result(ctx, args, seed, answer, base_url)
 
@@ -400,23 +401,26 @@ async def run_txt2speech(
         "application/json",
         progress,
         running=f"{model} is speaking",
+        steps=AudioProgress,
+        step_word="sentence",
         raw=True,
     )
-    ext = sniff_audio(answer.raw)
+    raw = closed_wav(answer.raw)  # streamed WAV declares open sizes: set them
+    ext = sniff_audio(raw)
     if ext != FORMAT_EXT[args.format]:
         raise UpstreamError(
             f"'{model}' answered {ext or 'no known'} audio when {args.format} was asked for",
             code="bad_audio",
         )
-    name = await asyncio.to_thread(ctx.audio.put, answer.raw, keys.current().name)
+    name = await asyncio.to_thread(ctx.audio.put, raw, keys.current().name)
     media = ctx.audio.MEDIA[ext]
     url = f"{base_url}{AUDIO_PATH}{name}" if base_url else None
-    seconds = wav_seconds(answer.raw) if ext == "wav" else None
+    seconds = wav_seconds(raw) if ext == "wav" else None
     meta: dict[str, Any] = {
         "model": model,
         "voice": args.voice,
         "format": args.format,
-        "bytes": len(answer.raw),
+        "bytes": len(raw),
         "duration_s": round(seconds, 3) if seconds is not None else None,
         "url": url,
         "timings": _timings(answer),
@@ -424,7 +428,7 @@ async def run_txt2speech(
     how_long = f"{seconds:.1f} s of " if seconds is not None else ""
     summary = f"{how_long}{args.format} speech from {model}" + (f": {url}" if url else "")
     content: list[Any] = [types.TextContent(type="text", text=summary)]
-    encoded = base64.b64encode(answer.raw).decode()
+    encoded = base64.b64encode(raw).decode()
     if len(encoded) <= INLINE_LIMIT * 3:  # MCP clients take 1 MiB per event
         content.append(types.AudioContent(type="audio", data=encoded, mime_type=media))
     if url:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mcp import types
 
+from proxy.audio import KNOWN
 from proxy.errors import InvalidRequest
 from proxy.images import check_image_request
 from wire.models import ModelStatus
@@ -343,7 +344,7 @@ def _speech_tools(models: Models) -> list[types.Tool]:
                         "type": "string",
                         "description": (
                             "The recording: a data URL (data:audio/wav;base64,...) or plain "
-                            "base64 of a WAV, MP3, Ogg, FLAC or WebM file, or a link "
+                            f"base64 of a {KNOWN} file, or a link "
                             "txt2speech returned (…/v1/audio/files/<id>). Other URLs are "
                             "refused: the proxy fetches nothing."
                         ),

@@ -11,6 +11,9 @@ Piper voice en_US-joe-medium), behind the real proxy with an API key, driven by 
 - a long speech answer arrives a sentence at a time: its first bytes reach the client
   while the server is still synthesising the rest (read from the audio server's
   ``/v1/progress`` right after them, with a lease's key: an order, not a timing);
+- the MCP tools through the real ``mcp`` client: ``txt2speech`` speaks with Piper (a WAV
+  whose header holds its real length, and a link), ``speech2txt`` hears that link back
+  with Whisper, with progress by segment (a round trip through the audio store);
 - a wrong model type is the proxy's ``wrong_model_type``; an upload that is not audio
   its 415.
 
@@ -200,6 +203,42 @@ def test_long_speech_streams_before_the_text_is_all_spoken(speech_stack: Stack) 
         assert len(first) < len(first + rest) / 10
     finally:
         speech_stack.manager("DELETE", f"/v1/leases/{lease['lease_id']}")
+
+
+async def test_mcp_speaks_with_piper_and_hears_its_link_with_whisper(
+    speech_stack: Stack,
+) -> None:
+    import base64
+    import wave
+
+    from mcp import types
+
+    from tests.mcp_client import Recorder, http_session, links, text_of
+
+    said_progress, heard_progress = Recorder(), Recorder()
+    async with http_session(speech_stack.auth_proxy_url + "mcp", API_KEY) as session:
+        said = await session.call_tool(
+            "txt2speech",
+            {"model": "piper", "input": SPOKEN, "format": "wav"},
+            progress_callback=said_progress,
+        )
+        assert not said.is_error, text_of(said)
+        (clip,) = [c for c in said.content if isinstance(c, types.AudioContent)]
+        raw = base64.b64decode(clip.data)
+        with wave.open(io.BytesIO(raw)) as w:  # the stream's open sizes were set on keeping
+            seconds = w.getnframes() / w.getframerate()
+        assert w.getframerate() == 22050 and 2.0 < seconds < 15.0, seconds
+        assert (said.structured_content or {})["duration_s"] == pytest.approx(seconds, abs=0.01)
+        (link,) = links(said)
+        heard = await session.call_tool(
+            "speech2txt", {"model": "whisper", "audio": link}, progress_callback=heard_progress
+        )
+        assert not heard.is_error, text_of(heard)
+    wer = word_error_rate(SPOKEN, text_of(heard))
+    print(f"\nMCP round trip WER {wer:.3f}: {text_of(heard)!r}")
+    assert wer <= ROUND_TRIP_BOUND, text_of(heard)
+    assert said_progress.seen and said_progress.rising() and heard_progress.rising()
+    assert any("transcribing" in m for m in heard_progress.messages), heard_progress.messages
 
 
 def test_wrong_types_and_non_audio_are_refused(speech_stack: Stack, tmp_path: Path) -> None:

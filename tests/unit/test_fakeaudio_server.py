@@ -1,6 +1,7 @@
 """The stand-in audio server (tests/fixtures/fakeaudio) keeps to the audio server's
 protocol (issue 24's contract): the tests that use it in place of the real one are only
-as good as this."""
+as good as this. Its answers are compared with the real server's request by request in
+tests/unit/audioserver/test_fakeaudio_contract.py; here, what it does with its words."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _spoken(text: str) -> bytes:
 def _envelope(resp: httpx.Response, status: int) -> dict:
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "source"}
     return error
 
 
@@ -101,7 +102,7 @@ def test_transcription_in_every_format_and_as_a_stream(servers: dict[str, httpx.
     assert _envelope(other, 415)["param"] == "file"
     no_file = stt.post("/v1/audio/transcriptions", files={"model": (None, "x")})
     assert _envelope(no_file, 400)["param"] == "file"
-    assert _envelope(stt.post("/v1/audio/transcriptions", data={"model": "x"}), 415)
+    assert _envelope(stt.post("/v1/audio/transcriptions", data={"model": "x"}), 400)
 
 
 def test_speech_streams_wav_and_pcm_and_lists_voices(servers: dict[str, httpx.Client]) -> None:
@@ -120,5 +121,5 @@ def test_speech_streams_wav_and_pcm_and_lists_voices(servers: dict[str, httpx.Cl
     assert tts.post("/v1/audio/speech", json={"input": TEXT}).content[:3] == b"ID3"  # mp3
     assert _envelope(tts.post("/v1/audio/speech", json={"input": ""}), 400)["param"] == "input"
     bad = tts.post("/v1/audio/speech", json={"input": "x", "response_format": "ogg"})
-    assert _envelope(bad, 422)["param"] == "response_format"
-    assert _envelope(tts.post("/v1/audio/speech", content=b"x"), 415)
+    assert _envelope(bad, 400)["param"] == "response_format"
+    assert _envelope(tts.post("/v1/audio/speech", content=b"x"), 400)

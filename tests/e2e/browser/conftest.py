@@ -1,7 +1,8 @@
 """Fixtures of the browser tests (marker ``browser``); the harness is in uistack.py.
 
 - ``stack`` (session): the real manager + proxy + API-key proxy, fakevllm model servers.
-- ``browser`` (session): Debian's Chromium through playwright.
+- ``playwright_driver`` (session): the one Playwright driver; ``browser`` (session):
+  Debian's Chromium through it.
 - ``ui`` / ``phone``: a fresh page on the proxy's UI (desktop / phone viewport), every
   model stopped first; ``auth_ui``: the same on the proxy that requires an API key.
 All skip with the reason when Chromium or playwright is missing.
@@ -35,7 +36,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def playwright_driver() -> Iterator[object]:
+    """The one Playwright driver of the session: its sync API runs an event loop of its
+    own, and a second one started while it runs fails, so every Chromium (this file's
+    `browser`, the speech tests' fake-microphone ones) is launched from this one."""
     require_browser()
     from playwright.sync_api import expect, sync_playwright
 
@@ -43,11 +47,18 @@ def browser() -> Iterator[object]:
     # (two cores shared by several test runs) a streamed answer can take longer than that.
     expect.set_options(timeout=30_000)
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+        yield pw
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver: object) -> Iterator[object]:
+    chromium = playwright_driver.chromium.launch(  # type: ignore[attr-defined]
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS
+    )
+    try:
+        yield chromium
+    finally:
+        chromium.close()
 
 
 @pytest.fixture

@@ -63,39 +63,37 @@ def capture_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _launch(args: list[str]) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + args)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def _launch(driver: object, args: list[str]) -> Iterator[object]:
+    """A Chromium of its own (other flags), from the session's one Playwright driver."""
+    chromium = driver.chromium.launch(  # type: ignore[attr-defined]
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS + args
+    )
+    try:
+        yield chromium
+    finally:
+        chromium.close()
 
 
 @pytest.fixture(scope="module")
-def mic_browser(capture_wav: Path) -> Iterator[object]:
+def mic_browser(playwright_driver: object, capture_wav: Path) -> Iterator[object]:
     """Chromium whose microphone is the fake device playing `capture_wav`, allowed without
     asking, and that may play sound without a gesture."""
-    require_browser()
     yield from _launch(
+        playwright_driver,
         [
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={capture_wav}",
             "--autoplay-policy=no-user-gesture-required",
-        ]
+        ],
     )
 
 
 @pytest.fixture(scope="module")
-def refusing_browser() -> Iterator[object]:
+def refusing_browser(playwright_driver: object) -> Iterator[object]:
     """Chromium with a fake microphone but no fake permission prompt: headless, the
     prompt is dismissed, so the page is refused."""
-    require_browser()
-    yield from _launch(["--use-fake-device-for-media-stream"])
+    yield from _launch(playwright_driver, ["--use-fake-device-for-media-stream"])
 
 
 def _page(

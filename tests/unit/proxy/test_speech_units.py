@@ -25,7 +25,7 @@ from mcp import types
 from proxy_fakes import TOKEN, FakeManager, serve_asgi
 
 from proxy.app import create_app
-from proxy.audio import AudioStore, pcm_to_wav, sniff_audio, wav_seconds
+from proxy.audio import AudioStore, closed_wav, pcm_to_wav, sniff_audio, wav_seconds
 from proxy.errors import UpstreamError
 from proxy.keys import Principal
 from proxy.settings import ProxySettings
@@ -115,6 +115,20 @@ def test_only_audio_is_stored_and_formats_are_told_by_their_bytes(tmp_path: Path
     assert sniff_audio(b"ID3\4") == "mp3" and sniff_audio(b"\x1a\x45\xdf\xa3") == "webm"
     assert sniff_audio(b"RIFF\0\0\0\0WEBP") is None
     assert wav_seconds(wav(1.5)) == pytest.approx(1.5)
+    m4a = store.put(b"\0\0\0\x20ftypM4A \0\0\0\0", ALICE.name)  # uploads OpenAI takes
+    assert m4a.endswith(".mp4") and store.get_owned(m4a, ALICE) is not None
+
+
+def test_a_streamed_wav_is_kept_with_the_sizes_it_holds() -> None:
+    """The audio server streams WAV with open sizes (0xFFFFFFFF); kept as such, players
+    and `wave` read a length of 37 hours."""
+    made = wav(1.25)
+    streamed = made[:4] + b"\xff\xff\xff\xff" + made[8:40] + b"\xff\xff\xff\xff" + made[44:]
+    assert wav_seconds(streamed) != pytest.approx(1.25)
+    assert closed_wav(streamed) == made and wav_seconds(closed_wav(streamed)) == 1.25
+    odd = streamed + b"\0"  # a torn last sample is not counted
+    assert closed_wav(odd)[40:44] == made[40:44]
+    assert closed_wav(b"ID3\4 not a wav") == b"ID3\4 not a wav"
 
 
 # -- audio arguments ------------------------------------------------------------------
@@ -168,7 +182,8 @@ class Speech:
 
 @pytest.fixture
 async def speech(tmp_path: Path) -> AsyncIterator[Speech]:
-    with fake_audio("stt", "hear", delay=0.01) as stt, fake_audio("tts", "say") as tts:
+    # the stand-in speaker takes 0.6 s a sentence: MCP's progress polls sentences each 0.5 s
+    with fake_audio("stt", "hear", delay=0.01) as stt, fake_audio("tts", "say", 0.6) as tts:
         manager = FakeManager(MODELS, stt)
         manager.urls = {"hear": stt, "say": tts}
         async with serve_asgi(manager.app) as manager_url:
@@ -321,12 +336,15 @@ async def test_mcp_speaks_links_and_transcribes_its_own_speech(speech: Speech) -
         audio = [c for c in said.content if isinstance(c, types.AudioContent)]
         assert audio and audio[0].mime_type == "audio/wav"
         raw = base64.b64decode(audio[0].data)
-        with wave.open(io.BytesIO(raw)) as w:
-            assert w.getframerate() == 16000 and w.getnframes() > 0
+        spoken_seconds = sum(map(len, speech_parts(SENTENCE, 1.0))) / 2 / 16000
+        with wave.open(io.BytesIO(raw)) as w:  # streamed with open sizes, kept with real ones
+            assert w.getframerate() == 16000
+            assert w.getnframes() / 16000 == pytest.approx(spoken_seconds)
         (link,) = links(said)
         meta = said.structured_content or {}
-        assert meta["url"] == link and meta["duration_s"] > 0.5
+        assert meta["url"] == link and meta["duration_s"] == pytest.approx(spoken_seconds, abs=1e-3)
         assert recorder.messages and recorder.rising()
+        assert "say is speaking: sentence 1 of 2" in recorder.messages, recorder.messages
         # the link: alice's only
         assert (await speech.a.get(link)).content == raw
         async with httpx.AsyncClient() as nobody:
