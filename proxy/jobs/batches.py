@@ -49,7 +49,7 @@ from proxy.jobs.state import BatchState, TaskState
 from proxy.jobs.store import QuotaExceeded
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import check_stream, model_name, parse_object, read_body
-from proxy.routes_openai import resolve_model
+from proxy.routes_openai import check_transcript_format, resolve_model
 from wire.limits import too_large
 
 router = APIRouter()
@@ -273,6 +273,7 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
                     info, body.get("n"), body.get("size"), body.get("response_format")
                 )
             elif want == "stt":  # the audio is there and is audio (read again when it runs)
+                check_transcript_format(body.get("response_format"))
                 limit = ctx.settings.max_upload_bytes
                 await audio_of(ctx, body.get("file"), keys.current(), limit)
         except ProxyError as exc:
