@@ -42,6 +42,7 @@ START_TIMEOUT_S = float(os.environ.get("HOMELAB_LLAMA_START_TIMEOUT", "300"))
 PUBLIC = {"/health", "/v1/health"}
 """What llama.cpp answers without a key (its liveness: "ok", or "Loading model")."""
 _PATH = re.compile(rb"(?<=\x00)/[A-Za-z0-9_][A-Za-z0-9_:./-]{0,80}(?=\x00)")
+_SOURCE = re.compile(r"\.(c|cc|cpp|h|hpp|cu|cuh|m|metal|inc|py|so)(\.[0-9.]+)?$")
 _UI_ASSET = re.compile(r"^/$|\.(html|js|mjs|css|svg|ico|png|json|woff2?|txt|map)(\.gz)?$")
 
 
@@ -65,6 +66,8 @@ def compiled_paths(binary: Path) -> set[str]:
     for file in [binary, *binary.parent.glob("*.so*")]:
         for match in _PATH.finditer(file.read_bytes()):
             text = match.group().decode()
+            if _SOURCE.search(text):  # assert messages name source files and libraries
+                continue
             found |= {text[i:] for i, c in enumerate(text) if c == "/" and text[i + 1 : i + 2]}
     # Routes with parameters are written with them (/slots/:id_slot): ask a real value too.
     return found | {p.replace(":id_slot", "0") for p in found if ":" in p}
