@@ -285,7 +285,11 @@ the NVIDIA Container Toolkit). Each step checks first and skips what is done:
   --model-bind ADDR      the address model ports are published on: only the server
                          reaches them there, by the lease addresses (default: the
                          advertise host's address; the manager reaches them there too;
-                         0.0.0.0 publishes on every address). Kept in --env-file
+                         0.0.0.0 publishes on every address). Not every address by
+                         default: then they stay off the PC's other interfaces (VPN,
+                         Wi-Fi, WSL's and Docker's networks); on the LAN address the
+                         upstream key and the firewall rule keep others out
+                         (docs/security.md). Kept in --env-file
   --server-address ADDR  the server's LAN address (IPv4/IPv6, or a subnet like
                          192.168.1.0/24): the printed firewall rule lets only it in.
                          Without it the rule has a <SERVER-ADDRESS> placeholder

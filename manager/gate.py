@@ -18,8 +18,11 @@ handshake (`HANDSHAKE_SECONDS`: reading the line, answering, waiting for the cli
 close): a client that sends nothing, or trickles bytes before or after its line, is
 cut when the deadline passes, and never delays another connection (the manager's
 release above all). A connection that got "ok" releases the gate when it closes or is
-cut, whichever comes first. At most `MAX_HANDSHAKES` run at once; a connection beyond them is
-closed at once.
+cut, whichever comes first. At most `MAX_HANDSHAKES` run at once; a new connection
+beyond them cuts an older one to take its place (one already answered "no" first, else
+the oldest), so clients that keep the gate's connections full cannot lock the
+manager's release out: its connection says its line within milliseconds of connecting,
+and would have to be pushed out by `MAX_HANDSHAKES` newer ones in that time.
 
 Before the `execvp`, when the container's environment carries `GUARD_SOURCE_ENV` (the
 Docker runtime sets it for vLLM: `manager.model_guard`), the gate writes that text as
@@ -42,7 +45,7 @@ RELEASED = "homelab-ai gate: released"
 HANDSHAKE_SECONDS = 2.0
 """The deadline of one connection's whole handshake, from accept to close."""
 MAX_HANDSHAKES = 64
-"""Connections handled at once; one more is closed at once."""
+"""Connections handled at once; one more cuts an older one (module docstring)."""
 LINE_LIMIT = 512
 """Bytes of a line the gate reads at most (a longer line is a wrong one)."""
 GUARD_SOURCE_ENV = "GATE_GUARD_SOURCE"
@@ -51,11 +54,19 @@ GUARD_SOURCE_ENV = "GATE_GUARD_SOURCE"
 GUARD_MODULE = "homelab_model_guard"
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, sent_ok: list[bool]
-) -> None:
-    """Read the first line, answer "ok" (setting `sent_ok`) or "no", wait for the client to
-    close."""
+class _Conn:
+    """One connection in its handshake: `answered` once the gate said "ok" or "no"."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.answered = False
+        self.sent_ok = False
+
+
+async def _exchange(reader: asyncio.StreamReader, conn: _Conn, key: bytes) -> None:
+    """Read the first line, answer "ok" (setting `conn.sent_ok`) or "no", wait for the
+    client to close."""
+    writer = conn.writer
     data = b""
     while b"\n" not in data and len(data) < LINE_LIMIT:
         chunk = await reader.read(LINE_LIMIT)
@@ -64,10 +75,11 @@ async def _exchange(
         data += chunk
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if key and hmac.compare_digest(line, key):
-        sent_ok.append(True)
+        conn.sent_ok = True
         writer.write(b"ok\n")
     else:
         writer.write(b"no\n")
+    conn.answered = True
     await writer.drain()
     if writer.can_write_eof():
         writer.write_eof()
@@ -79,22 +91,24 @@ async def _serve(port: int, key: bytes) -> None:
     """Answer connections on `port` until one sends `key` (never, for an empty key)."""
     loop = asyncio.get_event_loop()
     released = loop.create_future()
-    busy = [0]
+    active: list[_Conn] = []  # oldest first
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if busy[0] >= MAX_HANDSHAKES:
-            writer.transport.abort()
-            return
-        busy[0] += 1
-        sent_ok: list[bool] = []
+        if len(active) >= MAX_HANDSHAKES:  # cut one to make room (module docstring)
+            victim = next((c for c in active if c.answered), active[0])
+            active.remove(victim)
+            victim.writer.transport.abort()
+        conn = _Conn(writer)
+        active.append(conn)
         try:
-            await asyncio.wait_for(_exchange(reader, writer, key, sent_ok), HANDSHAKE_SECONDS)
+            await asyncio.wait_for(_exchange(reader, conn, key), HANDSHAKE_SECONDS)
         except (asyncio.TimeoutError, OSError):  # noqa: UP041 (Python 3.8: not TimeoutError)
             writer.transport.abort()  # cut: no FIN handshake to wait for
         finally:
-            busy[0] -= 1
+            if conn in active:
+                active.remove(conn)
             writer.close()
-        if sent_ok and not released.done():  # released once "ok" is said, closed or cut
+        if conn.sent_ok and not released.done():  # released once "ok" is said, closed or cut
             released.set_result(None)
 
     server = await asyncio.start_server(handle, "0.0.0.0", port, reuse_address=True, backlog=16)

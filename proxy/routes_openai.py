@@ -245,6 +245,15 @@ async def _forward_edit(request: Request, endpoint: str, want: str) -> Forward:
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
+def check_transcript_format(value: object) -> None:
+    """A transcription's ``response_format``: one of `TRANSCRIPT_FORMATS`, or absent."""
+    if value is not None and value not in TRANSCRIPT_FORMATS:
+        raise InvalidRequest(
+            f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
+            param="response_format",
+        )
+
+
 async def _forward_audio(request: Request, endpoint: str, want: str) -> Forward:
     """A transcription or translation: an audio file (checked by its first bytes, not its
     name or declared type) and the routed fields, forwarded as the client sent them."""
@@ -264,12 +273,7 @@ async def _forward_audio(request: Request, endpoint: str, want: str) -> Forward:
             )
         if form_text(form, "stream") not in (None, "true", "false"):
             raise InvalidRequest("'stream' must be true or false.", param="stream")
-        fmt = form_text(form, "response_format")
-        if fmt is not None and fmt not in TRANSCRIPT_FORMATS:
-            raise InvalidRequest(
-                f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
-                param="response_format",
-            )
+        check_transcript_format(form_text(form, "response_format"))
         await resolve_model(ctx, model, want, endpoint)
     finally:
         await form.close()

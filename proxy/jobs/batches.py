@@ -48,8 +48,8 @@ from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import BatchState, TaskState
 from proxy.jobs.store import QuotaExceeded
 from proxy.openapi_docs import ERRORS
-from proxy.parsing import parse_object, read_body
-from proxy.routes_openai import resolve_model
+from proxy.parsing import check_stream, model_name, parse_object, read_body
+from proxy.routes_openai import check_transcript_format, resolve_model
 from wire.limits import too_large
 
 router = APIRouter()
@@ -260,18 +260,18 @@ async def _parse_batch_lines(request: Request, data: bytes, endpoint: str) -> li
                 f"Line {number}: url {item.get('url')!r} is not the batch's endpoint {endpoint}."
             )
         body = item["body"]
-        if body.get("stream") is True:
-            raise InvalidRequest(f"Line {number}: a batch request cannot stream.")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest(f"Line {number}: body.model must be a non-empty string.")
-        try:
+        try:  # the direct route's checks (proxy.parsing, proxy.images), on the line's body
+            check_stream(body.get("stream"))
+            if body.get("stream") is True:
+                raise InvalidRequest("a batch request cannot stream.", param="stream")
+            model = model_name(body.get("model"))
             info = await resolve_model(ctx, model, want, endpoint, wait=False)
-            if want == "image":  # the direct route's checks, on the line's body
+            if want == "image":
                 check_image_request(
                     info, body.get("n"), body.get("size"), body.get("response_format")
                 )
             elif want == "stt":  # the audio is there and is audio (read again when it runs)
+                check_transcript_format(body.get("response_format"))
                 limit = ctx.settings.max_upload_bytes
                 await audio_of(ctx, body.get("file"), keys.current(), limit)
         except ProxyError as exc:

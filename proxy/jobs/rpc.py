@@ -41,7 +41,7 @@ from proxy.jobs.records import Accepted, Job, TaskList, TaskView, encode
 from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import TaskState
 from proxy.keys import Principal
-from proxy.parsing import MAX_MODEL_NAME, read_body
+from proxy.parsing import model_name, read_body
 from proxy.routes_openai import resolve_model
 from wire.models import ModelStatus
 
@@ -131,10 +131,11 @@ class Call:
         return value
 
     def model(self) -> str:
-        model: str = self.get("model", str, required=True)
-        if not model or len(model) > MAX_MODEL_NAME:
-            raise _params_error("'model' must be a non-empty string", "model")
-        return model
+        """The ``model`` param, checked as the direct routes check it (`model_name`)."""
+        try:
+            return model_name(self.params.get("model"))
+        except InvalidRequest as exc:
+            raise RpcError(INVALID_PARAMS, exc.message, exc.envelope()["error"]) from exc
 
     def options(self) -> dict[str, Any]:
         options = self.get("options", dict) or {}

@@ -547,8 +547,9 @@ def _image_common(models: Models, args: dict[str, Any]) -> ImageArgs:
     model = pick_model(models, args, kind="image")
     prompt = _text(args, "prompt", required=True)
     assert prompt is not None
-    size = args.get("size")
-    n = _int(args, "n", 1, model.max_n or 1)  # JSON clients may send 3.0
+    size, n = args.get("size"), args.get("n")
+    if isinstance(n, float) and n.is_integer():  # JSON clients may send 3.0
+        n = int(n)
     try:  # the direct route's checks (proxy.images), so every entry refuses the same
         check_image_request(model, n, size, None)
     except InvalidRequest as exc:

@@ -35,6 +35,7 @@ in ``test-artifacts/vllm-server-PORT/guard/``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -50,6 +51,7 @@ import pytest
 from tests import tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ROUTES = Path(__file__).with_name("vllm_routes.py")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 SERVED_NAME = "smollm2"
 PORT_RANGE = range(18200, 18300)
@@ -314,3 +316,52 @@ def openai_client(vllm_server: VllmServer):
     )
     yield client
     client.close()
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+def vllm_paths(server: VllmServer) -> set[str]:
+    """Every path this vLLM has: its app's routes and mounts and every router it ships
+    (tests/e2e/vllm_routes.py, run with vLLM's Python), and its OpenAPI document."""
+    runtime = server.runtime
+    listed = subprocess.run(
+        [str(runtime.python), str(ROUTES), "--model", str(runtime.model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**OFFLINE, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    routes = set(json.loads(listed.stdout.splitlines()[-1]))
+    document = httpx.get(f"{server.root_url}/openapi.json", headers=server.auth)
+    assert document.status_code == 200
+    return routes | set(document.json()["paths"])
+
+
+def refuse_every_vllm_path(server: VllmServer) -> tuple[set[str], int]:
+    """Ask every path of `server` (`vllm_paths`, ``/`` and an unknown one) with GET, POST
+    and OPTIONS, without a key and with a wrong one: each must be the guard's 401. Then a
+    whole chat through ``/invocations`` with the key (and refused without). Returns the
+    paths and how many requests were refused."""
+    paths = vllm_paths(server) | {"/", "/no-such-path"}
+    named = {"/invocations", "/tokenize", "/detokenize", "/metrics", "/pooling", "/classify"}
+    assert named | {"/score", "/rerank", "/v1/chat/completions", "/health", "/docs"} <= paths
+    refused = 0
+    with httpx.Client(base_url=server.root_url, timeout=30) as client:
+        for path in sorted(paths):
+            url = path.replace("{", "").replace("}", "")  # /v1/responses/{response_id}
+            for method in ("GET", "POST", "OPTIONS"):
+                for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+                    answer = client.request(method, url, headers=headers, json={})
+                    assert answer.status_code == 401, (method, path, answer.text[:200])
+                    assert answer.json()["error"]["code"] == "invalid_api_key"
+                    refused += 1
+        # The key opens them: a whole chat through /invocations.
+        chat = {"model": server.model, "messages": QUESTION, "max_tokens": 4}
+        opened = client.post("/invocations", json=chat, headers=server.auth)
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["choices"][0]["message"]["content"]
+        assert client.post("/invocations", json=chat).status_code == 401
+    return paths, refused

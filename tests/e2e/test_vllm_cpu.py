@@ -9,22 +9,15 @@ only ``/v1``, is refused without the upstream key (issue 23).
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import OFFLINE
+from tests.e2e.conftest import QUESTION, refuse_every_vllm_path
 
 pytestmark = pytest.mark.vllm
-
-ROUTES = Path(__file__).with_name("vllm_routes.py")
-
-QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 def test_health_and_models_list_the_served_name(vllm_server, openai_client):
@@ -92,48 +85,11 @@ def test_unknown_model_is_an_openai_404(vllm_server, openai_client):
     assert "no-such-model" in str(caught.value.message)
 
 
-def vllm_paths(vllm_server) -> set[str]:  # noqa: ANN001
-    """Every path this vLLM has: its app's routes and mounts and every router it ships
-    (tests/e2e/vllm_routes.py, run with vLLM's Python), and its OpenAPI document."""
-    runtime = vllm_server.runtime
-    listed = subprocess.run(
-        [str(runtime.python), str(ROUTES), "--model", str(runtime.model_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**OFFLINE, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert listed.returncode == 0, listed.stderr[-3000:]
-    routes = set(json.loads(listed.stdout.splitlines()[-1]))
-    document = httpx.get(f"{vllm_server.root_url}/openapi.json", headers=vllm_server.auth)
-    assert document.status_code == 200
-    return routes | set(document.json()["paths"])
-
-
 def test_every_vllm_path_is_refused_without_the_upstream_key(vllm_server):
     """vLLM's own key guards only /v1, /v2, /inference and /cohere; the guard middleware
     the manager launches it with (manager/model_guard.py) closes every path, whatever
     the method, before vLLM routes it: a path a new vLLM adds is listed and checked."""
-    paths = vllm_paths(vllm_server) | {"/", "/no-such-path"}
-    named = {"/invocations", "/tokenize", "/detokenize", "/metrics", "/pooling", "/classify"}
-    assert named | {"/score", "/rerank", "/v1/chat/completions", "/health", "/docs"} <= paths
-    refused = 0
-    with httpx.Client(base_url=vllm_server.root_url, timeout=30) as client:
-        for path in sorted(paths):
-            url = path.replace("{", "").replace("}", "")  # /v1/responses/{response_id}
-            for method in ("GET", "POST", "OPTIONS"):
-                for headers in ({}, {"Authorization": "Bearer not-the-key"}):
-                    answer = client.request(method, url, headers=headers, json={})
-                    assert answer.status_code == 401, (method, path, answer.text[:200])
-                    assert answer.json()["error"]["code"] == "invalid_api_key"
-                    refused += 1
-        # The key opens them: a whole chat through /invocations.
-        chat = {"model": vllm_server.model, "messages": QUESTION, "max_tokens": 4}
-        opened = client.post("/invocations", json=chat, headers=vllm_server.auth)
-        assert opened.status_code == 200, opened.text
-        assert opened.json()["choices"][0]["message"]["content"]
-        assert client.post("/invocations", json=chat).status_code == 401
+    paths, refused = refuse_every_vllm_path(vllm_server)
     assert refused == len(paths) * 6
 
 

@@ -136,6 +136,14 @@ def test_an_embeddings_batch_runs_on_the_embedding_model(sdk: openai.OpenAI) -> 
             "cannot serve /v1/embeddings",
         ),
         ([chat_line("a", TEXT_A, "x", stream=True)], "/v1/chat/completions", "cannot stream"),
+        # The direct routes' own checks (proxy.parsing), not copies of them.
+        (
+            [chat_line("a", TEXT_A, "x", stream="yes")],
+            "/v1/chat/completions",
+            "'stream' must be true or false",
+        ),
+        ([chat_line("a", "m" * 300, "x")], "/v1/chat/completions", "'model' is longer than"),
+        ([chat_line("a", "", "x")], "/v1/chat/completions", "'model' is required"),
         # An image line gets the direct route's n/size checks (max_n 2, sizes 64x64, 32x48).
         (
             [

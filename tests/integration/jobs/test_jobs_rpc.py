@@ -114,6 +114,22 @@ def test_model_errors_carry_the_openai_error_as_data(jobs_stack: JobsStack) -> N
     assert clash["code"] == -32602 and clash["data"] == {"param": "options"}
 
 
+@pytest.mark.parametrize("model", ["m" * 300, "", 7])
+def test_a_model_name_is_checked_as_the_direct_routes_check_it(
+    jobs_stack: JobsStack, model: object
+) -> None:
+    """One check (`proxy.parsing.model_name`) at both entries: the same message."""
+    with jobs_stack.client() as client:
+        error = rpc(client, "create_message", {"model": model, "message": "hi"})["error"]
+        direct = client.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert direct.status_code == 400, direct.text
+    assert error["code"] == -32602 and error["data"]["param"] == "model", error
+    assert error["message"] == direct.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

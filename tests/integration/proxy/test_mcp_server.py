@@ -231,6 +231,28 @@ async def test_bad_arguments_give_tool_errors_naming_the_argument(
     }
 
 
+@pytest.mark.parametrize(
+    "args",
+    [{"size": "13x13"}, {"n": 5}, {"n": 0}, {"n": "2"}, {"n": 1.5}, {"size": 64}],
+)
+async def test_image_limits_are_refused_by_mcp_as_by_the_direct_route(
+    mcp_stack: Stack, args: dict
+) -> None:
+    """One check (proxy.images.check_image_request) at both entries: the same refusal,
+    naming the same argument, before any lease."""
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        direct = await client.post(
+            mcp_stack.auth_proxy_url + "v1/images/generations",
+            json={"model": "paint", "prompt": "x", **args},
+        )
+    assert direct.status_code == 400, direct.text
+    error = direct.json()["error"]
+    async with http_session(_mcp_url(mcp_stack), API_KEY) as session:
+        result = await session.call_tool("txt2img", {"model": "paint", "prompt": "x", **args})
+    assert result.is_error
+    assert f"Invalid argument '{error['param']}': {error['message']}" in text_of(result)
+
+
 async def test_cancelling_mid_swap_leaves_nothing_queued(mcp_stack: Stack) -> None:
     await asyncio.to_thread(mcp_stack.ensure, "chat")
     async with http_session(_mcp_url(mcp_stack), API_KEY) as session:

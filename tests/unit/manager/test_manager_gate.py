@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from manager.gate import GUARD_MODULE, GUARD_SOURCE_ENV, HANDSHAKE_SECONDS, RELEASED
+from manager.gate import (
+    GUARD_MODULE,
+    GUARD_SOURCE_ENV,
+    HANDSHAKE_SECONDS,
+    MAX_HANDSHAKES,
+    RELEASED,
+)
 from tests import slow_client
 
 GATE_FILE = Path(__file__).resolve().parents[3] / "manager" / "gate.py"
@@ -44,6 +50,20 @@ def _free_port() -> int:
 def gate(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """The real gate on a free port; its server (once released) prints its PYTHONPATH and
     whether it can import the guard module."""
+    yield from _run_gate(tmp_path, GATE_FILE.read_text())
+
+
+@pytest.fixture
+def patient_gate(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """The real gate with a handshake deadline of a minute instead of `HANDSHAKE_SECONDS`,
+    so that connections a test holds open stay in however slowly it opens them."""
+    text = GATE_FILE.read_text()
+    line = f"HANDSHAKE_SECONDS = {HANDSHAKE_SECONDS!r}"
+    assert line in text
+    yield from _run_gate(tmp_path, text.replace(line, "HANDSHAKE_SECONDS = 60.0"))
+
+
+def _run_gate(tmp_path: Path, text: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     port = _free_port()
     env = {**os.environ, "GATE_TEST_KEY": KEY.decode(), GUARD_SOURCE_ENV: "GUARDED = True\n"}
     env.pop("PYTHONPATH", None)
@@ -53,7 +73,7 @@ def gate(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
         f"import os, {GUARD_MODULE} as g; print(g.GUARDED, os.environ.get({GUARD_SOURCE_ENV!r}))",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-c", GATE_FILE.read_text(), str(port), "GATE_TEST_KEY", *server],
+        [sys.executable, "-c", text, str(port), "GATE_TEST_KEY", *server],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -118,4 +138,42 @@ def test_the_key_releases_the_gate_even_if_its_client_never_closes(
         conn.sendall(KEY + b"\n")
         assert conn.recv(64) == b"ok\n"
         out, _ = proc.communicate(timeout=30)  # the connection is still open here
+    assert out.splitlines() == [RELEASED, "True None"]
+
+
+def _cut(conn: socket.socket) -> bool:
+    """Whether the gate has closed `conn` (its end of stream, or a reset), nothing more
+    sent."""
+    if not slow_client.answered(conn):
+        return False
+    try:
+        return conn.recv(64) == b""
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("first", [b"", b"wrong\n"], ids=["silent", "answered-no"])
+def test_connections_that_fill_the_gate_cannot_lock_the_key_out(
+    patient_gate: tuple[int, subprocess.Popen[str]], first: bytes
+) -> None:
+    """`MAX_HANDSHAKES` connections held open (silent, or told "no" and never closing):
+    the key's connection cuts one of them to take its place, so it is answered at once,
+    not refused (a full gate used to close every new connection, the manager's too)."""
+    port, proc = patient_gate
+    held = []
+    try:
+        for _ in range(MAX_HANDSHAKES):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.sendall(first)
+            held.append(conn)
+        if first:
+            assert all(c.recv(64) == b"no\n" for c in held)  # all in, all answered
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(KEY + b"\n")
+            assert conn.recv(64) == b"ok\n"
+        assert any(_cut(c) for c in held)  # the one that made room
+    finally:
+        for c in held:
+            c.close()
+    out, _ = proc.communicate(timeout=30)
     assert out.splitlines() == [RELEASED, "True None"]

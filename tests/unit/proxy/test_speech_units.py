@@ -323,6 +323,28 @@ async def test_a_batch_transcribes_uploaded_files_and_data_urls(speech: Speech) 
     assert texts == {"by-id": "Hello there.", "inline": "Good bye."}
 
 
+async def test_a_transcription_batch_line_gets_the_direct_routes_format_check(
+    speech: Speech,
+) -> None:
+    """`check_transcript_format` at both entries: the same message, the line named."""
+    line = {"model": "hear", "file": data_url(wav()), "response_format": "xml"}
+    row = {"custom_id": "x", "method": "POST", "url": "/v1/audio/transcriptions", "body": line}
+    upload = await _upload(speech.a, (json.dumps(row) + "\n").encode(), "batch", "b.jsonl")
+    create = {"endpoint": "/v1/audio/transcriptions", "completion_window": "24h"}
+    refused = await speech.a.post(
+        "/v1/batches", json={**create, "input_file_id": upload.json()["id"]}
+    )
+    direct = await speech.a.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav())},
+        data={"model": "hear", "response_format": "xml"},
+    )
+    assert refused.status_code == direct.status_code == 400, (refused.text, direct.text)
+    error, want = refused.json()["error"], direct.json()["error"]
+    assert error["param"] == want["param"] == "response_format"
+    assert error["message"] == f"Line 1: {want['message']}"
+
+
 async def test_mcp_speaks_links_and_transcribes_its_own_speech(speech: Speech) -> None:
     recorder = Recorder()
     async with http_session(speech.url + "/mcp", KEY_A) as session:
