@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 
 from proxy.placement import HostView, Other, Placement, place, rank, stops_nothing
 
-STATES = ["ready", "starting", "waking", "sleeping", "stopping", "stopped", "failed", "odd-new"]
+STATES = [
+    "ready",
+    "starting",
+    "waking",
+    "sleeping",
+    "falling_asleep",
+    "stopping",
+    "stopped",
+    "failed",
+    "odd-new",
+]
 """The manager's states, the warm-models ones, and one this module does not know."""
 
 
