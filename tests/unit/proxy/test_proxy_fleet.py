@@ -16,6 +16,7 @@ from proxy_fakes import TOKEN, FakeManager, serve_asgi
 
 from proxy.catalogue import HostSpec
 from proxy.errors import ManagerUnavailable
+from proxy.event_hub import EventHub
 from proxy.hosts import Fleet, HostLink
 from proxy.lease_pool import LeasePool
 from proxy.manager_client import ManagerClient
@@ -171,3 +172,21 @@ async def test_queues_come_from_the_hosts_lists_not_the_stream_copy_and_are_refr
             await asyncio.sleep(0.02)
         assert fleet.place("chat").order == ("b", "a")
         assert (await fleet.choose("chat", set())).name == "b"
+
+
+async def test_a_host_coming_back_makes_browsers_rejoin_for_the_merged_snapshot(
+    http: aiohttp.ClientSession,
+) -> None:
+    fleet = _fleet(http, HostSpec(name="a"), HostSpec(name="b"))
+    a, b = fleet.links.values()
+    hub = EventHub(fleet, lambda parsed, link: None)
+    hub.handle([_status("chat", "ready")], a)
+    b.client.reachable = False
+    b.client._models = {"chat": _status("chat", "stopped")}  # b's last known list
+    sub, frame = hub.subscribe()
+    assert b'"away_on":["b"]' in frame.replace(b" ", b"")
+    hub.handle([_status("chat", "stopped")], b)  # b's stream connected: its snapshot
+    assert sub.ended
+    fleet.mark_up(b)
+    _, frame = hub.subscribe()
+    assert b'"away_on":[]' in frame.replace(b" ", b"")
