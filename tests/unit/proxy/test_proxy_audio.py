@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from proxy_fakes import TOKEN, FakeManager, serve_asgi
+from proxy_stack import stack_settings
 
 from proxy.app import create_app
 from proxy.keyfile import KeyEntry, KeyFileData, save
 from proxy.keys import digest
-from proxy.settings import ProxySettings
 
 pytest.importorskip("faster_whisper", reason="the audio server's stack (pip install -e '.[audio]')")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "audioserver"))
@@ -85,18 +85,8 @@ async def audio_stack(
             entry = {"url": second_url, "token_file": "h2.token"}
             catalogue.write_text(json.dumps({"hosts": {"h1": {}, "h2": entry}}))
             overrides["catalogue"] = catalogue
-        values = {
-            "manager_url": manager_url,
-            "manager_token": TOKEN,
-            "app_dir": tmp_path / "app",
-            "image_dir": tmp_path / "images",
-            "jobs_url": str(tmp_path / "jobs.db"),
-            "models_cache_ttl": 0.5,
-            "api_keys": [],
-            "max_upload_bytes": 48 * 1024,
-            **overrides,
-        }
-        app = create_app(ProxySettings(**values))
+        proxy = stack_settings(tmp_path, manager_url, max_upload_bytes=48 * 1024, **overrides)
+        app = create_app(proxy)
         async with serve_asgi(app) as url:
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 client.manager = manager  # type: ignore[attr-defined]
