@@ -85,7 +85,8 @@ async def audio_stack(
             entry = {"url": second_url, "token_file": "h2.token"}
             catalogue.write_text(json.dumps({"hosts": {"h1": {}, "h2": entry}}))
             overrides["catalogue"] = catalogue
-        proxy = stack_settings(tmp_path, manager_url, max_upload_bytes=48 * 1024, **overrides)
+        values = {"manager_url": manager_url, "max_upload_bytes": 48 * 1024, **overrides}
+        proxy = stack_settings(tmp_path, **values)
         app = create_app(proxy)
         async with serve_asgi(app) as url:
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
