@@ -332,6 +332,22 @@ class Fleet:
                 continue
             task = asyncio.get_running_loop().create_task(self._refresh_one(link))
             self._refreshing[link.name] = task
+            task.add_done_callback(self._refreshed)
+
+    async def close(self) -> None:
+        """Stop the background list fetches (`refresh`). Idempotent."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._refreshing.clear()
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        """A fetch ended (or was cancelled, even before it ran): the host may be fetched
+        again."""
+        for name, running in list(self._refreshing.items()):
+            if running is task:
+                del self._refreshing[name]
 
     async def _refresh_one(self, link: HostLink) -> None:
         try:
@@ -339,8 +355,6 @@ class Fleet:
                 self.notify()
         except ProxyError as exc:
             log.debug("host %s: its list could not be read: %s", link.name, exc)
-        finally:
-            self._refreshing.pop(link.name, None)
 
     def place(self, model: str) -> Placement:
         return place(self.views(model))

@@ -170,8 +170,14 @@ async def test_queues_come_from_the_hosts_lists_not_the_stream_copy_and_are_refr
             if not fleet._refreshing:
                 break
             await asyncio.sleep(0.02)
+        assert not fleet._refreshing  # each fetch, once done, lets the host be fetched again
         assert fleet.place("chat").order == ("b", "a")
         assert (await fleet.choose("chat", set())).name == "b"
+        fleet.invalidate_models()
+        fleet.refresh()
+        assert set(fleet._refreshing) == {"a", "b"}
+        await fleet.close()  # the app's shutdown: no fetch left behind
+        assert not fleet._refreshing
 
 
 async def test_a_host_coming_back_makes_browsers_rejoin_for_the_merged_snapshot(
