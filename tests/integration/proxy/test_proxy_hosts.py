@@ -145,6 +145,10 @@ def test_placement_fail_over_rejoin_wake_and_work_while_away(tmp_path: Path) -> 
                 r = _chat(client, "both")
             assert r.status_code == 200, r.text
             assert r.headers["x-homelab-served-by"] == "both@h2"
+            text, rows = asyncio.run(_mcp_list_models(proxy))  # MCP says where, too
+            row = next(r for r in rows if r["id"] == "both")
+            assert row["hosts"] == ["h1", "h2"] and row["resident_on"] == ["h2"], row
+            assert "both [text] ready on h1 h2*" in text, text
 
             # h2 loses power mid-run.
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -213,6 +217,14 @@ async def _chat_tool_models(proxy: Proxy) -> list[str]:
         tools = await session.list_tools()
     chat = next(t for t in tools.tools if t.name == "txt2txt")
     return list(chat.input_schema["properties"]["model"]["enum"])
+
+
+async def _mcp_list_models(proxy: Proxy) -> tuple[str, list[dict[str, Any]]]:
+    """MCP's list_models tool: its text and its rows."""
+    async with http_session(proxy.url + "/mcp", API_KEY) as session:
+        result = await session.call_tool("list_models", {})
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    return text, (result.structured_content or {}).get("models", [])
 
 
 async def _mcp_chat(proxy: Proxy, model: str) -> tuple[bool, str]:
