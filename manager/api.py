@@ -124,7 +124,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(scheduler: SchedulerDep) -> JSONResponse:
-    return JSONResponse(ModelList(data=scheduler.status()).to_wire())
+    listing = ModelList(data=scheduler.status(), gpu_budget_mib=scheduler.budget.mib)
+    return JSONResponse(listing.to_wire())
 
 
 async def lease_request(request: Request) -> LeaseRequest:

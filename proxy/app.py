@@ -252,6 +252,7 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 _write_usage(settings.usage_path(), usage.snapshot())
+                await fleet.close()
                 for link in fleet.links.values():
                     await link.leases.close()
                 await upstream.aclose()

@@ -169,6 +169,8 @@ class EventHub:
             link.events = {m.id: m for m in parsed}
             self._changed()
             self.fleet.notify()
+            if self.fleet.multi:  # a host (back): browsers rejoin for the merged snapshot
+                self._browsers.end_all()
             return  # subscribers get the hub's own snapshot when they join
         if isinstance(parsed, StateEvent) and link.events is not None:
             self._apply(parsed, link)

@@ -53,7 +53,15 @@ MAX_BACKOFF = 30.0
 """Longest wait (seconds) before a host that did not answer is tried again."""
 WAKE_RESEND = 15.0
 """Seconds between two magic packets to one host while requests wait for it."""
-_BEST = {"ready": 0, "starting": 1, "waking": 2, "sleeping": 3, "stopping": 4, "stopped": 5}
+_BEST = {
+    "ready": 0,
+    "starting": 1,
+    "waking": 2,
+    "sleeping": 3,
+    "falling_asleep": 4,
+    "stopping": 5,
+    "stopped": 6,
+}
 """Which state a merged model shows (the best among its hosts); unknown ones after these."""
 
 
@@ -110,6 +118,8 @@ class Fleet:
         self._known: dict[str, ModelStatus] | None = _read_known(known_path)
         self._known_ids: tuple[tuple[str, str], ...] = ()
         self._changed = asyncio.Event()
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        """Per host: its list being fetched in the background (`refresh`)."""
         self.wakes = 0
         """Magic packets sent or tried (every host)."""
 
@@ -273,20 +283,23 @@ class Fleet:
 
     # -- placement -------------------------------------------------------------------
 
-    def views(self, model: str, waiting: int = 0) -> list[HostView]:
-        """What placement sees of each host for `model` now (`waiting`: this proxy's
-        requests waiting for it, counted on the host they would join: the best one)."""
+    def views(self, model: str) -> list[HostView]:
+        """What placement sees of each host for `model` now: the states from its event
+        stream (else its last list), the queues and requests in flight from its last list
+        (the stream carries states only; `refresh` keeps the list young), plus this proxy's
+        requests riding on its grant requests there, and its GPU budget."""
         now = time.monotonic()
         out: list[HostView] = []
         for link in self.links.values():
             models = link.models() or {}
+            counts = link.client.last or {}
             status = models.get(model)
             others = tuple(
                 Other(
                     name=o.id,
                     state=o.state,
                     gpu_memory_mib=o.gpu_memory_mib,
-                    in_flight=o.in_flight,
+                    in_flight=(counts.get(o.id) or o).in_flight,
                     pinned=o.pinned,
                 )
                 for o in models.values()
@@ -299,12 +312,49 @@ class Fleet:
                     up=link.up,
                     retry_due=not link.up and now >= link.retry_at,
                     asleep=link.asleep,
-                    queue=0 if status is None else status.waiting,
+                    queue=0
+                    if status is None
+                    else (counts.get(model) or status).waiting + link.leases.riding(model),
                     need_mib=None if status is None else status.gpu_memory_mib,
+                    budget_mib=link.client.gpu_budget_mib,
                     others=others,
                 )
             )
         return out
+
+    def refresh(self) -> None:
+        """Fetch the list of each host that is up and whose list is older than the cache's
+        ttl, in the background (placement never waits for it: it places on what it has,
+        and the next request sees the fresh counts). A host that does not answer is
+        marked down. Never raises."""
+        for link in self.links.values():
+            if not link.up or link.client.fresh() or link.name in self._refreshing:
+                continue
+            task = asyncio.get_running_loop().create_task(self._refresh_one(link))
+            self._refreshing[link.name] = task
+            task.add_done_callback(self._refreshed)
+
+    async def close(self) -> None:
+        """Stop the background list fetches (`refresh`). Idempotent."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._refreshing.clear()
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        """A fetch ended (or was cancelled, even before it ran): the host may be fetched
+        again."""
+        for name, running in list(self._refreshing.items()):
+            if running is task:
+                del self._refreshing[name]
+
+    async def _refresh_one(self, link: HostLink) -> None:
+        try:
+            if await self._listing(link, None) is not None:
+                self.notify()
+        except ProxyError as exc:
+            log.debug("host %s: its list could not be read: %s", link.name, exc)
 
     def place(self, model: str) -> Placement:
         return place(self.views(model))
@@ -320,6 +370,7 @@ class Fleet:
         start = time.monotonic()
         limit = self.outage_window if bound is None else bound
         woke: str | None = None
+        self.refresh()
         while True:
             changed = self._changed  # taken first: a change while this pass runs is seen
             placement = self.place(model)

@@ -473,6 +473,15 @@ class LeasePool:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def riding(self, model: str) -> int:
+        """This proxy's requests for `model` waiting on a grant besides the grant requests
+        themselves (which the manager counts in its queue): what placement adds to that
+        host's queue (`proxy.hosts.Fleet.views`)."""
+        return sum(
+            max(0, sum(1 for r in ask.riders if not r.done()) - 1)
+            for ask in self._asks.get(model, ())
+        )
+
     def stats(self) -> dict[str, int]:
         """Leases held now and grant requests in flight (for tests and metrics)."""
         return {"leases": len(self._live), "asks": sum(len(a) for a in self._asks.values())}

@@ -87,6 +87,8 @@ class ManagerClient:
         self._models_ttl = models_ttl
         self._models: dict[str, ModelStatus] | None = None
         self._models_at = 0.0
+        self.gpu_budget_mib: int | None = None
+        """The manager's GPU budget, from its last model list (None: none, or not known)."""
         self._models_lock = asyncio.Lock()
         self._lease_timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=lease_read_timeout
@@ -246,6 +248,7 @@ class ManagerClient:
             listing = self._parse(ModelList, raw, "GET /v1/models")
             self._models = {m.id: m for m in listing.data}
             self._models_at = started
+            self.gpu_budget_mib = listing.gpu_budget_mib
             return self._models
         finally:
             self._models_lock.release()
@@ -254,6 +257,12 @@ class ManagerClient:
     def last(self) -> dict[str, ModelStatus] | None:
         """The last model list fetched (however old); None before the first."""
         return self._models
+
+    def fresh(self, max_age: float | None = None) -> bool:
+        """The last list is at most `max_age` seconds old (default: the cache's ttl) and
+        was not invalidated since."""
+        age = self._models_ttl if max_age is None else max_age
+        return self._models is not None and time.monotonic() - self._models_at <= age
 
     def invalidate_models(self) -> None:
         """Make the next `models()` call fetch afresh (a state changed)."""

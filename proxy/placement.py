@@ -10,15 +10,15 @@ The order (docs/hosts.md, "Placement"):
 
 1. a host where the model is ``ready`` (resident);
 2. one where it is loading (``starting``);
-3. one where it is ``waking`` or ``sleeping`` (in host RAM, cheap to wake; states of the
-   warm-models work, taken here by name);
+3. one where it is ``waking``, ``sleeping`` or ``falling_asleep`` (in host RAM, cheap to
+   wake: the warm tier, `wire.models.WARM_STATES`);
 4. one where starting it stops nothing: no other model holds the GPU there, or the
    model's declared memory fits the host's budget beside every holder's declared memory;
 5. the rest by the cheapest eviction: fewest requests in flight on the models in the
    way, then fewest pinned ones among them, then fewest models, then fewest MiB;
 
 and within each of those, the shortest queue (the manager's waiting lease requests plus
-this proxy's), then the host's name (so every proxy that sees the same states picks the
+this proxy's requests riding on them), then the host's name (so every proxy that sees the same states picks the
 same host). A state this module does not know counts, for the model asked for, as one that
 needs a start, and for another model, as one that holds memory.
 
@@ -37,12 +37,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wire.models import WARM_STATES
+
 READY, LOADING, WARM, FREE, EVICT = range(5)
 """The ranks, best first (module docstring)."""
 
 NOT_HOLDING = frozenset({"stopped", "failed", "sleeping"})
-"""States of a model that hold no GPU memory; any other state (unknown ones included) does."""
-WARM_STATES = frozenset({"waking", "sleeping"})
+"""States of a model that hold no GPU memory; any other state (unknown ones included) does
+(``falling_asleep`` and ``waking`` included: their weights are on the move)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ class HostView:
     need_mib: int | None = None
     """The model's declared GPU memory on this host (None: undeclared, it runs alone)."""
     budget_mib: int | None = None
-    """The host's GPU budget, when known."""
+    """The host's GPU budget (its manager's list says it), when known."""
     others: tuple[Other, ...] = ()
     """The host's other models."""
 

@@ -133,9 +133,16 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelStatus]
+    gpu_budget_mib: int | None = None
+    """The manager's GPU budget (MiB) its models share (``manager.budget``); None: none
+    (one model at a time), or not a manager's list. Several hosts' placement reads it
+    (`proxy.placement`: a start that fits beside the residents stops nothing)."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"object": "list", "data": [m.to_wire() for m in self.data]}
+        out: dict[str, Any] = {"object": "list", "data": [m.to_wire() for m in self.data]}
+        if self.gpu_budget_mib is not None:
+            out["gpu_budget_mib"] = self.gpu_budget_mib
+        return out
 
 
 class EnsureAnswer(BaseModel):

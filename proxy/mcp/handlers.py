@@ -300,6 +300,20 @@ async def run_embed(ctx: ProxyContext, args: EmbedArgs, progress: Progress) -> t
     )
 
 
+def _hosts_text(row: dict[str, Any]) -> str:
+    """A model's hosts: `*` where it is resident, `~` where it loads, `(away)` where the host
+    is away (the web UI's /models column says the same)."""
+
+    def one(host: str) -> str:
+        if host in row["away_on"]:
+            return f"{host} (away)"
+        if host in row["resident_on"]:
+            return f"{host}*"
+        return f"{host}~" if host in row["loading_on"] else host
+
+    return " ".join(one(h) for h in row["hosts"])
+
+
 async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
     models = visible(await ctx.manager.models(max_age=0.5))
     rows: list[dict[str, Any]] = []
@@ -319,6 +333,11 @@ async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
         if m.type == "image":
             row["sizes"] = m.sizes
             row["max_n"] = m.max_n
+        if m.hosts:  # several GPU hosts (docs/hosts.md)
+            row["hosts"] = m.hosts
+            row["resident_on"] = m.resident_on or []
+            row["loading_on"] = m.loading_on or []
+            row["away_on"] = m.away_on or []
         rows.append(row)
     resident = [r["id"] for r in rows if r["loaded"]]
     lines = [f"loaded now: {', '.join(resident) or 'nothing'}"]
@@ -329,7 +348,10 @@ async def run_list_models(ctx: ProxyContext) -> types.CallToolResult:
             if r["usual_load_s"]
             else "load time not seen yet"
         )
-        lines.append(f"- {r['id']} [{kind}] {r['state']}; {load}. {r['description']}".rstrip())
+        where = f" on {_hosts_text(r)}" if r.get("hosts") else ""
+        lines.append(
+            f"- {r['id']} [{kind}] {r['state']}{where}; {load}. {r['description']}".rstrip()
+        )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text="\n".join(lines))],
         structured_content={"resident": resident, "models": rows},

@@ -77,6 +77,8 @@ def _described(models: Models, names: list[str]) -> str:
         extra = ""
         if m.type == "image":
             extra = f" sizes {', '.join(m.sizes or [])}; max_n {m.max_n}."
+        if m.hosts and len(m.hosts) > 1:  # several GPU hosts serve it (docs/hosts.md)
+            extra += f" Served by the hosts {', '.join(m.hosts)}."
         desc = m.description.strip()
         lines.append(f"- {name}: {desc or '(no description)'}{extra}")
     return "\n".join(lines) if lines else "- (none configured)"

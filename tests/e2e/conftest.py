@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -77,6 +78,23 @@ def state_dir() -> Path:
     """``$HOMELAB_STATE_DIR``, default ``~/.local/share/homelab-ai`` (as in setup.sh)."""
     raw = os.environ.get("HOMELAB_STATE_DIR")
     return Path(raw).expanduser() if raw else Path.home() / ".local" / "share" / "homelab-ai"
+
+
+def free_port_base(bases: range, offsets: tuple[int, ...]) -> int:
+    """A port N of `bases` with N + each of `offsets` free on 127.0.0.1 (the demo's ports)."""
+    for base in bases:
+        if all(_port_free(base + offset) for offset in offsets):
+            return base
+    raise RuntimeError(f"no free demo ports in {bases.start}-{bases.stop + max(offsets)}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def vllm_python_path() -> Path:

@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -55,6 +54,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, REPO_ROOT, VllmRuntime, state_dir
+from tests.e2e.conftest import free_port_base as port_base
 from tests.integration.faults.load import Outcome, classify
 from tests.mcp_client import http_session, stdio_session
 from wire.procs import is_alive, read_registry
@@ -69,21 +69,9 @@ LOAD_DEADLINE_S = 900.0
 QUESTION = "What is the capital of France? Answer in one word."
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_base() -> int:
     """A proxy port N in our range with N, N+10 and N+11 to N+16 all free."""
-    for base in PORT_BASES:
-        if all(_free(base + offset) for offset in OFFSETS):
-            return base
-    raise RuntimeError("no free demo ports in 18700-18799")
+    return port_base(PORT_BASES, OFFSETS)
 
 
 @dataclass

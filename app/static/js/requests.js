@@ -31,7 +31,8 @@ function waitFor(t, model, doing) {
   const update = () => {
     const s = t.states.get(model);
     const act = t.states.activity();
-    if (act && (act.model === model || act.phase === "swapping")) pending.set(`${act.text} · then ${doing}`);
+    if (s?.away.length) pending.set(`waiting for host ${s.away.join(", ")} (away or waking) · then ${doing}`);
+    else if (act && (act.model === model || act.phase === "swapping")) pending.set(`${act.text} · then ${doing}`);
     else if (s?.state === "starting") pending.set(`loading ${model} · then ${doing}`);
     else if (s?.state === "waking") pending.set(`waking ${model} from host memory · then ${doing}`);
     else pending.set(`${model} · ${doing}`);

@@ -16,6 +16,8 @@ import { formatElapsed } from "./dom.js";
  * @property {string} type    text | image | embedding
  * @property {number} since   local epoch ms when this state began
  * @property {string | null} error
+ * @property {string[]} away  several GPU hosts (docs/hosts.md): the model's hosts that are
+ *   away (asleep or unreachable) when every one of them is; empty while one answers
  */
 
 /** A server clock further off than this is ignored in favour of the browser's. */
@@ -85,7 +87,10 @@ export class ModelStates {
         seen.add(m.id);
         const old = this.models.get(m.id);
         const since = old && old.state === m.state ? old.since : toLocalTime(m.since);
-        this.models.set(m.id, { state: String(m.state), type: String(m.type ?? old?.type ?? ""), since, error: m.last_error ?? null });
+        const hosts = Array.isArray(m.hosts) ? m.hosts : [];
+        const awayOn = Array.isArray(m.away_on) ? m.away_on.map(String) : [];
+        const away = hosts.length && awayOn.length === hosts.length ? awayOn : [];
+        this.models.set(m.id, { state: String(m.state), type: String(m.type ?? old?.type ?? ""), since, error: m.last_error ?? null, away });
       }
       for (const id of [...this.models.keys()]) if (!seen.has(id)) this.models.delete(id);
       if (this.swap && !this.transitional(this.swap.to)) this.swap = null;
@@ -96,6 +101,7 @@ export class ModelStates {
         type: old?.type ?? "",
         since: toLocalTime(data.at),
         error: data.error ?? null,
+        away: old?.away ?? [],
       });
       if (this.swap && data.model === this.swap.to && !this.transitional(data.model)) this.swap = null;
     } else if (event === "swap" && data && typeof data.to === "string") {
@@ -161,11 +167,14 @@ export class ModelStates {
 
   /**
    * The models that hold (or are taking or giving back) their GPU memory: every state but
-   * stopped and sleeping, in the manager's order.
+   * stopped and sleeping, in the manager's order (not those whose every host is away: their
+   * state is the last one known).
    * @returns {string[]}
    */
   residents() {
-    return [...this.models].filter(([, m]) => m.state !== "stopped" && m.state !== "sleeping").map(([name]) => name);
+    return [...this.models]
+      .filter(([, m]) => m.state !== "stopped" && m.state !== "sleeping" && !m.away.length)
+      .map(([name]) => name);
   }
 
   /**
@@ -205,8 +214,13 @@ export class ModelStates {
       const loaded =
         (residents.length ? ` · resident: ${residents.join(", ")}` : "") +
         (sleepers.length ? ` · asleep: ${sleepers.join(", ")}` : "");
-      const hint =
-        m?.state === "stopped" ? " (loads on first use)" : m?.state === "sleeping" ? " in host memory (wakes on first use)" : "";
+      const hint = m?.away.length
+        ? ` · host ${m.away.join(", ")} away (woken on first use if it sleeps)`
+        : m?.state === "stopped"
+          ? " (loads on first use)"
+          : m?.state === "sleeping"
+            ? " in host memory (wakes on first use)"
+            : "";
       this.text.textContent = this.current
         ? `${this.current} · ${state}${m?.state === "failed" && m.error ? `: ${m.error}` : ""}${hint}${loaded}`
         : `no model selected${loaded}`;

@@ -471,3 +471,28 @@ def test_a_stored_picture_is_fetched_from_this_proxy_whatever_host_its_url_names
         ],
         "pictures": 2,
     }, got
+
+
+def test_model_states_and_the_hosts_column_with_several_hosts(ui: Ui) -> None:
+    got = run(
+        ui,
+        """const mk = () => document.createElement('span');
+           const s = new m.ModelStates({bar: document.createElement('div'), text: mk(), clock: mk(), live: mk()});
+           const seen = [];
+           const note = () => seen.push(s.text.textContent);
+           const both = {id: 'chat', type: 'text', state: 'ready', hosts: ['h1', 'h2']};
+           const sleepy = {id: 'big', type: 'text', state: 'ready', hosts: ['h3']};
+           s.setCurrent('big');
+           s.apply({event: 'snapshot', data: [{...both, resident_on: ['h2'], away_on: ['h1']}, {...sleepy, away_on: ['h3']}]}); note();
+           s.apply({event: 'snapshot', data: [{...both, resident_on: ['h2'], away_on: []}, {...sleepy, resident_on: ['h3'], away_on: []}]}); note();
+           clearInterval(s.timer);
+           const text = m.hostsText({...both, resident_on: ['h2'], loading_on: [], away_on: ['h1']});
+           const text2 = m.hostsText({...both, resident_on: [], loading_on: ['h1'], away_on: []});
+           return {seen, text, text2};""",
+    )
+    assert got["seen"] == [
+        # every host of big is away: its last known state is no residence
+        "big · ready · host h3 away (woken on first use if it sleeps) · resident: chat",
+        "big · ready · resident: chat, big",
+    ]
+    assert got["text"] == "h1 (away) h2*" and got["text2"] == "h1~ h2"

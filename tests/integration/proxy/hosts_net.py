@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -78,7 +79,7 @@ class Host:
     mac: str
     work: Path
     token: str
-    models: dict[str, dict]
+    models: dict[str, Any]
     """models.json of this host."""
     env: dict[str, str] = field(default_factory=dict)
     manager: subprocess.Popen | None = None
@@ -124,7 +125,8 @@ class Host:
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=2,
             )
-            return r.status_code == 200 and {m["id"] for m in r.json()["data"]} == set(self.models)
+            names = {name for name in self.models if not name.startswith("$")}
+            return r.status_code == 200 and {m["id"] for m in r.json()["data"]} == names
 
         _wait_ours(self.manager, log, ours)
 
@@ -178,7 +180,7 @@ class Host:
 
 
 @contextlib.contextmanager
-def network(work: Path, models: list[dict[str, dict]]) -> Iterator[list[Host]]:
+def network(work: Path, models: list[dict[str, Any]]) -> Iterator[list[Host]]:
     """One namespace per entry of `models` (that host's models.json), linked to this
     namespace by a veth pair (10.<n>.<i>.1 here, .2 there); all removed at the end."""
     tag = os.getpid() % 100000
@@ -222,13 +224,17 @@ def network(work: Path, models: list[dict[str, dict]]) -> Iterator[list[Host]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def chat_model(suffix: str, port: int = MODEL_PORT) -> dict:
-    """A text model served by the stand-in on `port` (streams paced)."""
+def chat_model(
+    suffix: str, port: int = MODEL_PORT, *, env: dict[str, str] | None = None, **fields: object
+) -> dict:
+    """A text model served by the stand-in on `port` (streams paced); `env` and `fields`
+    on top (models.json's ``warm``, ``gpu_memory_mib``, ...)."""
     spec = text_spec(
         suffix,
         port,
         command=FAKE_COMMAND,
-        env={**FAKE_ENV, "FAKEVLLM_STREAM_DELAY": STREAM_DELAY},
+        env={**FAKE_ENV, "FAKEVLLM_STREAM_DELAY": STREAM_DELAY, **(env or {})},
+        **fields,
     )
     return spec.model_dump(mode="json")
 

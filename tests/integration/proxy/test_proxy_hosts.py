@@ -11,7 +11,9 @@ runtime, the stand-in model server) in its own network namespace, made and remov
 - every host away: a JSON-RPC job is accepted at once and runs when a host is back; a
   plain request gets 503 with Retry-After;
 - two proxies on one Redis with two hosts: every job runs to one result, none lost when a
-  proxy is killed.
+  proxy is killed;
+- the warm tier on one host of two: a model asleep in h1's memory is woken there, not
+  started on h2.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import concurrent.futures
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -142,6 +145,10 @@ def test_placement_fail_over_rejoin_wake_and_work_while_away(tmp_path: Path) -> 
                 r = _chat(client, "both")
             assert r.status_code == 200, r.text
             assert r.headers["x-homelab-served-by"] == "both@h2"
+            text, rows = asyncio.run(_mcp_list_models(proxy))  # MCP says where, too
+            row = next(r for r in rows if r["id"] == "both")
+            assert row["hosts"] == ["h1", "h2"] and row["resident_on"] == ["h2"], row
+            assert "both [text] ready on h1 h2*" in text, text
 
             # h2 loses power mid-run.
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -212,6 +219,14 @@ async def _chat_tool_models(proxy: Proxy) -> list[str]:
     return list(chat.input_schema["properties"]["model"]["enum"])
 
 
+async def _mcp_list_models(proxy: Proxy) -> tuple[str, list[dict[str, Any]]]:
+    """MCP's list_models tool: its text and its rows."""
+    async with http_session(proxy.url + "/mcp", API_KEY) as session:
+        result = await session.call_tool("list_models", {})
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    return text, (result.structured_content or {}).get("models", [])
+
+
 async def _mcp_chat(proxy: Proxy, model: str) -> tuple[bool, str]:
     async with http_session(proxy.url + "/mcp", API_KEY) as session:
         result = await session.call_tool("txt2txt", {"model": model, "prompt": "hi"})
@@ -268,3 +283,56 @@ def test_two_proxies_on_one_redis_with_two_hosts_lose_no_job(tmp_path: Path) -> 
             p2.stop()
             if p1.proc.poll() is None:
                 p1.stop()
+
+
+def test_a_model_asleep_in_one_hosts_memory_is_woken_there_not_started_on_another(
+    tmp_path: Path,
+) -> None:
+    """The warm tier (issue 27) on one host of two: h1 put `warm` to sleep to make room for
+    `cold` (its GPU budget holds one of them), h2 serves `warm` too, stopped there. The
+    merged list shows it sleeping on h1, and a request wakes it on h1 (placement: a model
+    in a host's memory before a start that stops nothing) while h2 is never asked to
+    start it."""
+    warm: dict[str, Any] = {
+        "warm": {"level": 1},
+        "gpu_memory_mib": 10,
+        "env": {"FAKEVLLM_WEIGHTS_MIB": "16"},
+    }
+    models: list[dict[str, Any]] = [
+        {
+            "warm": chat_model("warm", **warm),
+            "cold": chat_model("cold", 9101, gpu_memory_mib=10),
+            "$gpu_budget_mib": 10,
+        },
+        {"warm": chat_model("warm", gpu_memory_mib=10)},
+    ]
+    with network(tmp_path, models) as hosts:
+        h1, h2 = hosts
+        h1.env = {**h1.env, "HOMELAB_HOST_BUDGET_MIB": "4096"}
+        learned = tmp_path / "logs-h1"  # a cold start looks slow: keeping it warm pays
+        learned.mkdir()
+        seeded = {"models": {name: {"load_s": [60.0] * 5} for name in ("warm", "cold")}}
+        (learned / "swaptimes.json").write_text(json.dumps(seeded))
+        for host in hosts:
+            host.start()
+        proxy = start_proxy(
+            tmp_path, hosts, "p1", {"HOMELAB_CATALOGUE": str(catalogue(tmp_path, hosts))}
+        )
+        try:
+            proxy.wait_hosts({"h1": True, "h2": True})
+            h1.ensure("warm")
+            h1.ensure("cold")  # no room for both on h1: warm falls asleep there
+            _wait(lambda: _listed(proxy)["warm"]["state"] == "sleeping", "warm asleep on h1")
+            listed = _listed(proxy)["warm"]
+            assert listed["hosts"] == ["h1", "h2"] and listed["resident_on"] == []
+            with proxy.client() as client:
+                r = _chat(client, "warm")
+            assert r.status_code == 200, r.text
+            assert r.headers["x-homelab-served-by"] == "warm@h1"
+            _wait(lambda: _listed(proxy)["warm"]["resident_on"] == ["h1"], "warm awake on h1")
+            on_h2 = httpx.get(
+                h2.url + "/v1/models", headers={"Authorization": f"Bearer {h2.token}"}
+            ).json()["data"]
+            assert [m["state"] for m in on_h2 if m["id"] == "warm"] == ["stopped"]
+        finally:
+            proxy.stop()

@@ -10,6 +10,7 @@ import pytest
 from manager_fakes import catalogue, until
 
 from manager.api import MAX_BODY_BYTES, create_app
+from manager.budget import GpuBudget
 from manager.errors import RuntimeFailure
 from manager.scheduler import Scheduler, SchedulerConfig
 from manager.settings import ManagerSettings
@@ -156,6 +157,28 @@ async def test_list_models(api):
     assert "vision" not in body["data"][2] and "tools" not in body["data"][2]
     assert body["data"][2]["sizes"] == ["512x512", "768x768"]
     assert body["data"][2]["max_n"] == 2
+    assert "gpu_budget_mib" not in body  # no budget: one model at a time
+
+
+async def test_the_list_carries_the_gpu_budget_for_the_proxys_placement(
+    runtime, probe, clock, config, gpu
+):
+    sched = Scheduler(
+        catalogue(),
+        runtime,
+        probe,
+        config,
+        clock=clock,
+        gpu_released=gpu,
+        budget=GpuBudget(20_000, 24_000, "test"),
+    )
+    try:
+        app = create_app(sched, make_settings(), manage_scheduler=False)
+        async with client_for(app) as client:
+            body = (await client.get("/v1/models")).json()
+    finally:
+        await sched.close()
+    assert body["gpu_budget_mib"] == 20_000
 
 
 async def test_lease_lifecycle(api, sched):

@@ -40,7 +40,7 @@ from PIL import Image
 from tests.uvicorn_server import QuickServer
 from wire.errors import MANAGER, envelope
 from wire.events import ContentionEvent, StateEvent, SwapEvent
-from wire.models import ModelStatus
+from wire.models import ModelList, ModelStatus
 
 PORTS = range(18400, 18500)
 TOKEN = "fm-7Qx2kLp9Vd4Rw8Zs"
@@ -188,6 +188,10 @@ class FakeManager:
         """Models a proxy reported unreachable (POST /v1/models/{name}/check)."""
         self.restart_on_check: str | None = None
         """When set, a check "restarts" the model there (base_url becomes this)."""
+        self.gpu_budget_mib: int | None = None
+        """The GPU budget its list says (the real manager's ``manager.budget``)."""
+        self.waiting: dict[str, int] = {}
+        """Lease requests its list says wait, per model."""
         self.subscribers: list[asyncio.Queue] = []
         self._lock = asyncio.Lock()
         self.app = self._build()
@@ -202,6 +206,8 @@ class FakeManager:
             state=self.states[name],
             since=time.time(),
             in_flight=sum(1 for m in self.leases.values() if m == name),
+            waiting=self.waiting.get(name, 0),
+            gpu_memory_mib=spec.get("gpu_memory_mib"),
             description=f"fake {spec['type']} model",
             sizes=spec.get("sizes", ["64x64"]) if image else None,
             max_n=spec.get("max_n", 2) if image else None,
@@ -261,7 +267,8 @@ class FakeManager:
         @app.get("/v1/models")
         async def models():
             fake.model_fetches += 1
-            return {"object": "list", "data": [fake.status(n) for n in sorted(fake.models)]}
+            data = [ModelStatus.model_validate(fake.status(n)) for n in sorted(fake.models)]
+            return ModelList(data=data, gpu_budget_mib=fake.gpu_budget_mib).to_wire()
 
         @app.post("/v1/models/{name}/check")
         async def check(name: str):

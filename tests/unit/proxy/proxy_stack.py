@@ -28,6 +28,23 @@ MODELS = {
 API_KEY = "ut-k3y-9Fq2Lm7Xc4Vb"
 
 
+def stack_settings(tmp_path: Path, **overrides: Any) -> ProxySettings:
+    """The unit stacks' proxy settings: the fake manager's token (its URL in `overrides`),
+    every file in `tmp_path`, the model list cached half a second, no API keys;
+    `overrides` on top."""
+    values = {
+        "manager_token": TOKEN,
+        "app_dir": tmp_path / "app",
+        "image_dir": tmp_path / "images",
+        "jobs_url": str(tmp_path / "jobs.db"),
+        "state_dir": tmp_path / "state",
+        "models_cache_ttl": 0.5,
+        "api_keys": [],
+        **overrides,
+    }
+    return ProxySettings(**values)
+
+
 @dataclass
 class Stack:
     url: str
@@ -47,18 +64,7 @@ async def build_stack(
     async with serve_aiohttp(upstream.app) as upstream_url:
         manager = FakeManager(MODELS, upstream_url, swap_delay=swap_delay, ttl=ttl)
         async with serve_asgi(manager.app) as manager_url:
-            values = {
-                "manager_url": manager_url,
-                "manager_token": TOKEN,
-                "app_dir": tmp_path / "app",
-                "image_dir": tmp_path / "images",
-                "jobs_url": str(tmp_path / "jobs.db"),
-                "state_dir": tmp_path / "state",
-                "models_cache_ttl": 0.5,
-                "api_keys": [],
-                **overrides,
-            }
-            settings = ProxySettings(**values)
+            settings = stack_settings(tmp_path, **{"manager_url": manager_url, **overrides})
             app = create_app(settings)
             async with serve_asgi(app) as url:
                 async with httpx.AsyncClient(base_url=url, timeout=30) as client:

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from proxy_fakes import TOKEN, FakeManager, serve_asgi
+from proxy_stack import stack_settings
 
 from proxy.app import create_app
 from proxy.keyfile import KeyEntry, KeyFileData, save
 from proxy.keys import digest
-from proxy.settings import ProxySettings
 
 pytest.importorskip("faster_whisper", reason="the audio server's stack (pip install -e '.[audio]')")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "audioserver"))
@@ -61,32 +61,38 @@ class BothAudioServers:
 
 
 @contextlib.asynccontextmanager
-async def audio_stack(tmp_path: Path, speaker: FakeSpeaker, **overrides: Any) -> AsyncIterator[Any]:
+async def audio_stack(
+    tmp_path: Path, speaker: FakeSpeaker, *, hosts: int = 1, **overrides: Any
+) -> AsyncIterator[Any]:
+    """`hosts=2`: two managers behind the proxy (docs/hosts.md), the first serving the text
+    model, the second (host ``h2``, in the proxy's catalogue) the speech models."""
     hearer = FakeTranscriber()
     both = BothAudioServers(
         audio_app(settings("stt", served_name="ears"), loader_for(hearer)),
         audio_app(settings("tts", served_name="voice"), loader_for(speaker)),
     )
-    async with serve_asgi(both) as audio_url:
-        manager = FakeManager(MODELS, audio_url)
-        async with serve_asgi(manager.app) as manager_url:
-            values = {
-                "manager_url": manager_url,
-                "manager_token": TOKEN,
-                "app_dir": tmp_path / "app",
-                "image_dir": tmp_path / "images",
-                "jobs_url": str(tmp_path / "jobs.db"),
-                "models_cache_ttl": 0.5,
-                "api_keys": [],
-                "max_upload_bytes": 48 * 1024,
-                **overrides,
-            }
-            app = create_app(ProxySettings(**values))
-            async with serve_asgi(app) as url:
-                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                    client.manager = manager  # type: ignore[attr-defined]
-                    client.hearer = hearer  # type: ignore[attr-defined]
-                    yield client
+    async with contextlib.AsyncExitStack() as stack:
+        audio_url = await stack.enter_async_context(serve_asgi(both))
+        speech = {k: v for k, v in MODELS.items() if v["type"] != "text"}
+        manager = FakeManager(MODELS if hosts == 1 else {"chat": MODELS["chat"]}, audio_url)
+        manager_url = await stack.enter_async_context(serve_asgi(manager.app))
+        if hosts == 2:
+            second = FakeManager(speech, audio_url)
+            second_url = await stack.enter_async_context(serve_asgi(second.app))
+            (tmp_path / "h2.token").write_text(TOKEN + "\n")
+            (tmp_path / "h2.token").chmod(0o600)
+            catalogue = tmp_path / "catalogue.json"
+            entry = {"url": second_url, "token_file": "h2.token"}
+            catalogue.write_text(json.dumps({"hosts": {"h1": {}, "h2": entry}}))
+            overrides["catalogue"] = catalogue
+        values = {"manager_url": manager_url, "max_upload_bytes": 48 * 1024, **overrides}
+        proxy = stack_settings(tmp_path, **values)
+        app = create_app(proxy)
+        async with serve_asgi(app) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                client.manager = manager  # type: ignore[attr-defined]
+                client.hearer = hearer  # type: ignore[attr-defined]
+                yield client
 
 
 def upload(data: bytes, model: str = "ears", **fields: str) -> dict:
@@ -145,6 +151,22 @@ async def test_speech_is_streamed_through_with_its_type_and_rate(tmp_path: Path)
             speaker.gate.set()
             rest = b"".join([c async for c in chunks])
         assert len(first + rest) == 3 * 2 * int(22050 * 0.1)
+
+
+async def test_speech_models_of_a_second_host_are_placed_there_like_the_others(
+    tmp_path: Path,
+) -> None:
+    async with audio_stack(tmp_path, FakeSpeaker(), hosts=2) as client:
+        listed = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+        assert listed["ears"]["hosts"] == ["h2"] and listed["chat"]["hosts"] == ["h1"]
+        heard = await client.post("/v1/audio/transcriptions", **upload(wav(1.0)))
+        assert heard.status_code == 200, heard.text
+        assert heard.headers["x-homelab-served-by"] == "ears@h2"
+        body = {"model": "voice", "input": "One.", "response_format": "wav"}
+        spoken = await client.post("/v1/audio/speech", json=body)
+        assert spoken.status_code == 200, spoken.text
+        assert spoken.headers["x-homelab-served-by"] == "voice@h2"
+        assert client.manager.granted == 0  # the first host was never asked for them
 
 
 async def test_voices_need_a_tts_model_named(tmp_path: Path) -> None:

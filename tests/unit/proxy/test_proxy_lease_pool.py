@@ -410,3 +410,20 @@ async def test_leases_are_shared_within_one_key_only_and_the_grant_names_it() ->
         assert all(set(r) == {"model", "key_name", "key_class"} for r in p.manager.lease_requests)
         for use in (a_use, b_use):
             use.end()
+
+
+async def test_riding_counts_the_requests_behind_a_grant_request_that_the_manager_cannot_see() -> (
+    None
+):
+    async with pooled(max_uses=0, max_concurrent=2) as p:
+        held = [await p.pool.acquire("chat-a") for _ in range(2)]  # the lease is full
+        assert p.pool.riding("chat-a") == 0
+        p.manager.gate = asyncio.Event()  # the next grant waits at the manager
+        waiting = [asyncio.create_task(p.pool.acquire("chat-a")) for _ in range(2)]
+        await eventually(lambda: p.pool.stats()["asks"] == 1, "one grant request")
+        assert p.pool.riding("chat-a") == 1  # the manager counts the ask, not its 2nd rider
+        assert p.pool.riding("chat-b") == 0
+        p.manager.gate.set()
+        for use in [*held, *await asyncio.gather(*waiting)]:
+            use.end()
+        assert p.pool.riding("chat-a") == 0

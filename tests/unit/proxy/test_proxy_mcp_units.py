@@ -78,6 +78,14 @@ def test_tools_are_generated_from_the_model_list() -> None:
     assert "sizes 512x512, 768x512; max_n 3" in (tools["txt2img"].description or "")
     for tool in tools.values():
         assert tool.input_schema["additionalProperties"] is False
+    assert "Served by the hosts" not in (tools["txt2txt"].description or "")  # one host
+
+
+def test_a_model_of_several_hosts_is_offered_once_naming_its_hosts() -> None:
+    several = {**MODELS, "chat": _status("chat", "text", hosts=["gpu-1", "gpu-2"])}
+    chat = {t.name: t for t in tool_list(several)}["txt2txt"]
+    assert chat.input_schema["properties"]["model"]["enum"] == ["chat", "eyes"]
+    assert "- chat: (no description) Served by the hosts gpu-1, gpu-2." in (chat.description or "")
 
 
 def test_img2txt_says_when_no_model_takes_images() -> None:
