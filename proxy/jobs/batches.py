@@ -41,6 +41,7 @@ from proxy.jobs.records import (
     FileList,
     FileRecord,
     Job,
+    JobSummary,
     RequestCounts,
     encode,
 )
@@ -340,8 +341,9 @@ async def create_batch(request: Request) -> Response:
 
 
 async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
-    """Current request counts; finalise (output and error files) once every job ended."""
-    found = await jobs.store.get_jobs(batch.jobs)
+    """Current request counts; finalise (output and error files) once every job ended.
+    Reads the jobs' summaries, never their request bodies."""
+    found = await jobs.store.get_summaries(batch.jobs)
     states = [found[j].state if j in found else None for j in batch.jobs]
     counts = RequestCounts(
         total=len(states),
@@ -360,7 +362,7 @@ async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
     return batch
 
 
-def _output_line(job: Job, result: Any) -> BatchOutputLine:
+def _output_line(job: JobSummary, result: Any) -> BatchOutputLine:
     """A finished job's line of its batch's output (SUCCESS) or error file."""
     line = BatchOutputLine(f"batch_req_{job.id}", job.custom_id, None, None)
     if job.state is TaskState.SUCCESS:
@@ -375,7 +377,7 @@ def _output_line(job: Job, result: Any) -> BatchOutputLine:
     return line
 
 
-async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job]) -> None:
+async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, JobSummary]) -> None:
     """Write the output and error files, and move the batch to its end status."""
     out, err = bytearray(), bytearray()
     for job_id in batch.jobs:

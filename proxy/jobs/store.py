@@ -42,7 +42,18 @@ from huey.storage import (  # type: ignore[import-untyped]
     SqliteStorage,
 )
 
-from proxy.jobs.records import BatchRecord, Event, EventName, FileRecord, Job, decode, encode
+from proxy.jobs.records import (
+    BatchListed,
+    BatchRecord,
+    Event,
+    EventName,
+    FileRecord,
+    Job,
+    JobSummary,
+    R,
+    decode,
+    encode,
+)
 from wire.private import private_dir, private_file
 
 P = ParamSpec("P")
@@ -140,6 +151,8 @@ class JobStore:
         """``<model hex>.<owner hex>`` for every (model, owner) queue ever used."""
         self._queues: dict[tuple[str, str], BaseStorage] = {}
         self._registered: set[tuple[str, str]] = set()
+        self.summaries = self._make("homelab_summaries")
+        """Each job's `JobSummary` (no request body), rewritten with its record."""
         self.index = self._make("homelab_index")
         """The listing index: per list, one ordered key per record (`ListIndex`)."""
         self._backfill_index()
@@ -153,6 +166,7 @@ class JobStore:
             self.files,
             self.alive,
             self.queue_owners,
+            self.summaries,
             self.index,
             *self._queues.values(),
         ):
@@ -172,18 +186,30 @@ class JobStore:
     def put_job(self, job: Job) -> None:
         self._index("tasks", job.owner, job.created_at, job.id)  # first: never unlisted
         self.jobs.put_data(job.id, encode(job))
+        self.summaries.put_data(job.id, encode(JobSummary.of(job)))
 
     def get_job(self, job_id: str) -> Job | None:
         raw = self.jobs.peek_data(job_id)
         return None if raw is EmptyData else decode(raw, Job)
 
-    def get_jobs(self, ids: list[str]) -> dict[str, Job]:
-        out: dict[str, Job] = {}
+    def _read(self, storage: BaseStorage, ids: list[str], kind: type[R]) -> dict[str, R]:
+        """Those of `ids` that `storage` holds, decoded as `kind`, 500 at a time."""
+        out: dict[str, R] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for key, raw in self.jobs.peek_many(chunk).items():
-                name = key.decode() if isinstance(key, bytes) else key
-                out[name] = decode(raw, Job)
+            for key, raw in storage.peek_many(ids[start : start + 500]).items():
+                out[key.decode() if isinstance(key, bytes) else key] = decode(raw, kind)
+        return out
+
+    def get_jobs(self, ids: list[str]) -> dict[str, Job]:
+        return self._read(self.jobs, ids, Job)
+
+    def get_summaries(self, ids: list[str]) -> dict[str, JobSummary]:
+        """The summaries of those of `ids` that exist: never a request body (a job
+        written before summaries existed is read whole and summed up)."""
+        out = self._read(self.summaries, ids, JobSummary)
+        missing = [i for i in ids if i not in out]
+        if missing:
+            out |= {i: JobSummary.of(job) for i, job in self.get_jobs(missing).items()}
         return out
 
     def jobs_where(self, keep: Callable[[Job], bool]) -> list[Job]:
@@ -202,6 +228,7 @@ class JobStore:
         self.events.delete_counter(job_id)
         self.results.delete_data(job_id)
         self.jobs.delete_data(job_id)
+        self.summaries.delete_data(job_id)
 
     # -- queues -----------------------------------------------------------------
 
@@ -387,12 +414,17 @@ class JobStore:
         raw = self.files.peek_data("batch:" + batch_id)
         return None if raw is EmptyData else decode(raw, BatchRecord)
 
-    def get_batches(self, ids: list[str]) -> dict[str, BatchRecord]:
-        found = self.files.peek_many(["batch:" + i for i in ids]) if ids else {}
-        return {
-            (k.decode() if isinstance(k, bytes) else k)[6:]: decode(v, BatchRecord)
-            for k, v in found.items()
-        }
+    def get_batches(self, ids: list[str]) -> dict[str, BatchListed]:
+        """Those of `ids` that exist, without their job ids, read a few at a time (a
+        stored batch holds up to ``HOMELAB_MAX_BATCH_LINES`` ids)."""
+        out: dict[str, BatchListed] = {}
+        for start in range(0, len(ids), 16):
+            found = self.files.peek_many(["batch:" + i for i in ids[start : start + 16]])
+            for key, raw in found.items():
+                out[(key.decode() if isinstance(key, bytes) else key)[6:]] = decode(
+                    raw, BatchListed
+                )
+        return out
 
     # -- the listing index (keyset pages, newest first) ------------------------
 
@@ -458,7 +490,7 @@ class JobStore:
         records are read by id, a chunk at a time (never a whole namespace)."""
         load: Callable[[list[str]], Mapping[str, Any]]
         if kind == "tasks":
-            load = self.get_jobs
+            load = self.get_summaries
         else:
             load = self.get_files if kind == "files" else self.get_batches
         out: list[Any] = []
@@ -524,7 +556,13 @@ class JobStore:
             after = rows[-1][0]
 
     def _backfill_index(self) -> None:
-        """Index records written before the index existed (once per store)."""
+        """Index records written before the index existed, and sum up jobs written
+        before summaries did (once per store each)."""
+        if self.index.peek_data("summaries-v1") is EmptyData:
+            for job_id, raw in self._scan(self.jobs):
+                if self.summaries.peek_data(job_id) is EmptyData:
+                    self.summaries.put_data(job_id, encode(JobSummary.of(decode(raw, Job))))
+            self.index.put_data("summaries-v1", b"1")
         if self.index.peek_data("indexed-v1") is not EmptyData:
             return
         for _, raw in self._scan(self.jobs):
@@ -569,6 +607,7 @@ class AsyncJobStore:
         self.put_job = _threaded(store.put_job)
         self.get_job = _threaded(store.get_job)
         self.get_jobs = _threaded(store.get_jobs)
+        self.get_summaries = _threaded(store.get_summaries)
         self.jobs_where = _threaded(store.jobs_where)
         self.delete_job = _threaded(store.delete_job)
         self.enqueue = _threaded(store.enqueue)

@@ -12,6 +12,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -225,6 +226,70 @@ def test_a_cursor_survives_new_records_and_another_keys_cursor_is_refused(
         assert {t["taskId"] for t in listed["tasks"]} == {
             f"task_seed{i:06d}" for i in range(TASKS_A, TASKS_A + TASKS_B)
         }
+
+
+def _rss(pid: int) -> int:
+    """The process's resident memory now (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+PROBES = 4
+"""Issue 23's probe sent this many times at once (it took the proxy to 528 MB)."""
+
+
+def test_the_rpc_probe_is_refused_and_the_largest_batch_allowed_stays_small(
+    jobs_stack: JobsStack, seeded: tuple[str, int]
+) -> None:
+    """Issue 23's probe (100 x tasks.list {limit: 1000} in one batch, four at once) on a
+    store of 5000 tasks of 32 KB bodies is refused before any call runs; the largest
+    listing a batch may ask for (one tasks.list of 1000), four at once, answers without
+    holding the tasks' bodies: the proxy's memory is measured before, at its peak and
+    after."""
+    name, _ = seeded
+    pid = jobs_stack.proxies[name].proc.pid
+    probe = [_call("tasks.list", {"limit": 1000}, i) for i in range(100)]
+    largest = [_call("tasks.list", {"limit": 1000}, 1)]
+
+    def post_all(batch: list[dict]) -> list[httpx.Response]:
+        def post(_: int) -> httpx.Response:
+            with jobs_stack.client(name) as client:
+                return client.post("/rpc", json=batch)
+
+        with ThreadPoolExecutor(PROBES) as pool:
+            return list(pool.map(post, range(PROBES)))
+
+    with jobs_stack.client(name) as client:
+        rpc(client, "tasks.list", {"limit": 1000})  # warm the route up
+    before, peak_before = _rss(pid), _peak_rss(pid)
+    refused = post_all(probe)
+    for r in refused:
+        error = r.json()["error"]
+        assert error["code"] == -32600, error
+        assert error["data"] == {"cap": "MAX_BATCH_RECORDS", "limit": 1000, "work": 100_000}
+        assert "1000" in error["message"] and "100000" in error["message"]
+    refused_peak = _peak_rss(pid)
+    answered = post_all(largest)
+    for r in answered:
+        (reply,) = r.json()
+        assert len(reply["result"]["tasks"]) == 1000, reply.get("error")
+        assert "body" not in reply["result"]["tasks"][0]
+    peak, after = _peak_rss(pid), _rss(pid)
+    mib = 1024 * 1024
+    print(
+        f"\nRPC probe x{PROBES}: RSS before {before / mib:.1f} MiB (peak so far "
+        f"{peak_before / mib:.1f} MiB), peak "
+        f"{refused_peak / mib:.1f} MiB (refused); largest batch x{PROBES}: peak "
+        f"{peak / mib:.1f} MiB, after {after / mib:.1f} MiB; answers "
+        f"{sum(len(r.content) for r in answered) / mib:.1f} MiB"
+    )
+    # Refused before anything was read: no growth worth a page.
+    assert refused_peak - peak_before < 8 * mib, (refused_peak, peak_before)
+    # Four pages of 1000 tasks at once: far less than the 4 x 32 MB of their bodies.
+    bodies = PROBES * 1000 * BODY
+    assert peak - peak_before < bodies // 4, (peak, peak_before, bodies)
 
 
 def test_the_listing_index_on_a_real_redis(tmp_path: Path) -> None:

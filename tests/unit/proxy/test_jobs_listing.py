@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from proxy_stack import build_stack
 
-from proxy.jobs.records import Job
+from proxy.jobs.records import Job, JobSummary
 from proxy.jobs.state import TaskState
 from proxy.jobs.store import JobStore
 
@@ -93,3 +93,37 @@ async def test_an_rpc_batch_answer_stops_growing_at_its_byte_bound(
     # Each "No task" answer is ~200 bytes: two fit under 300, the rest are not run.
     assert codes == [-32001, -32001, -32004, -32004, -32004]
     assert "send this call again on its own" in replies[-1]["error"]["message"]
+
+
+def test_a_list_reads_summaries_never_request_bodies(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    big = _job(0, "a", TaskState.STARTED)
+    big.body = {"prompt": "x" * 100_000}
+    store.put_job(big)
+    big.move_to(TaskState.FAILURE)  # the summary follows the record's writes
+    store.put_job(big)
+    (listed,), _ = store.list_page("tasks", "a", None, 10)
+    assert type(listed) is JobSummary and listed.state is TaskState.FAILURE
+    assert len(store.summaries.peek_data(big.id)) < 1000
+    store.delete_job(big.id)
+    assert store.get_summaries([big.id]) == {}
+    store.close()
+
+
+def test_jobs_from_before_summaries_are_summed_up_once_at_start(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    for i in range(3):
+        store.put_job(_job(i, "a"))
+    store.summaries.sql("DELETE FROM kv WHERE queue = ?", (store.summaries.name,), commit=True)
+    # Meanwhile a list reads such a job whole and sums it up.
+    assert [j.id for j in store.get_summaries(["task_0001"]).values()] == ["task_0001"]
+    store.index.delete_data("summaries-v1")
+    store.close()
+    store = JobStore(str(tmp_path / "j.db"))
+    assert store.summaries.peek_data("task_0002") is not None
+    assert [j.id for j in store.list_page("tasks", "a", None, 10)[0]] == [
+        "task_0002",
+        "task_0001",
+        "task_0000",
+    ]
+    store.close()
