@@ -506,6 +506,82 @@ async def test_streams_of_one_task_share_one_watcher_and_a_key_has_a_cap(
         jobs_stack.stop_proxy("p4")
 
 
+PROBE_STREAMS, DEFAULT_STREAM_CAP = 150, 32
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+async def test_the_stream_probe_meets_the_per_key_cap_on_one_watcher(
+    jobs_stack: JobsStack, tmp_path: Path, engine: str
+) -> None:
+    """Issue 23's probe: 150 /stream connections of one key on one task. At the default
+    cap 32 are served, all from one watcher, and the other 118 are refused with a 429
+    envelope; the proxy's memory is measured before, at its peak and after (on the
+    embedded store and on a real Redis, whose watcher also polls for other proxies)."""
+    with contextlib.ExitStack() as stop:
+        if engine == "redis":
+            store = stop.enter_context(run_redis(tmp_path))
+        else:
+            store = str(jobs_stack.work / "probe-streams" / "jobs.db")
+        name = f"p6-{engine}"
+        jobs_stack.start_proxy(name, store)
+        stop.callback(jobs_stack.stop_proxy, name)
+        pid = jobs_stack.proxies[name].proc.pid
+        with jobs_stack.client(name) as sync:
+            long = " ".join(f"w{i}" for i in range(600))
+            task = rpc(sync, "create_message", {"model": TEXT_A, "message": long})["result"]
+            before = _rss(pid)
+            # One stream at a time, as a client would hold them: each accepted one stays
+            # open; a refused one gives its connection back.
+            limits = httpx.Limits(max_connections=DEFAULT_STREAM_CAP + 8)
+            async with httpx.AsyncClient(
+                base_url=jobs_stack.proxies[name].url,
+                headers=jobs_stack.headers(),
+                limits=limits,
+                timeout=120,
+            ) as client:
+                held: list[httpx.Response] = []
+                codes: list[int] = []
+                refusals: set[str] = set()
+                for _ in range(PROBE_STREAMS):
+                    request = client.build_request("GET", task["stream"])
+                    resp = await client.send(request, stream=True)
+                    codes.append(resp.status_code)
+                    if resp.status_code == 200:
+                        held.append(resp)
+                    else:
+                        await resp.aread()
+                        refusals.add(resp.json()["error"]["code"])
+                        await resp.aclose()
+                assert codes.count(200) == DEFAULT_STREAM_CAP, codes
+                assert codes.count(429) == PROBE_STREAMS - DEFAULT_STREAM_CAP
+                assert refusals == {"too_many_streams"}
+                assert _gauge(sync, "homelab_proxy_job_streams") == DEFAULT_STREAM_CAP
+                assert _gauge(sync, "homelab_proxy_job_watchers") == 1
+                # Every held stream is read: each gets the task's first stored events.
+                for resp in held:
+                    lines = resp.aiter_lines()
+                    while not (await asyncio.wait_for(anext(lines), 60)).startswith("id:"):
+                        pass
+                peak = _peak_rss(pid)
+                for resp in held:
+                    await resp.aclose()
+            _until(
+                lambda: (
+                    _gauge(sync, "homelab_proxy_job_streams") == 0
+                    and _gauge(sync, "homelab_proxy_job_watchers") == 0
+                ),
+                "the streams and the watcher to be gone",
+            )
+            after = _rss(pid)
+            rpc(sync, "tasks.cancel", {"taskId": task["taskId"]})
+    mib = 1024 * 1024
+    print(
+        f"\n{PROBE_STREAMS} streams ({engine}): {codes.count(200)} served, "
+        f"{codes.count(429)} refused; RSS before {before / mib:.1f} MiB, peak "
+        f"{peak / mib:.1f} MiB, after {after / mib:.1f} MiB"
+    )
+
+
 # -- MCP sessions: a cap per key and an idle timeout ----------------------------------
 
 MCP_PER_KEY, MCP_IDLE = 3, 3
