@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from proxy.jobs.records import BatchRecord, FileRecord, Job, RequestCounts
 from proxy.jobs.state import BatchState, TaskState
-from proxy.jobs.store import JobStore
+from proxy.jobs.store import JobStore, QuotaExceeded
 from proxy.keys import simple_name
 from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, JobsStack, run_redis
 from tests.integration.jobs.sse import rpc
@@ -341,6 +342,12 @@ FILE_TTL, QUOTA_KEY, QUOTA_TOTAL, UPLOAD = 4, 4500, 5000, 2000
 
 
 def _upload(client: httpx.Client, size: int = UPLOAD) -> httpx.Response:
+    data = _batch_file(size)
+    return client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+
+
+def _batch_file(size: int) -> bytes:
+    """A one-line batch input file of exactly `size` bytes."""
     line = {
         "custom_id": "x",
         "method": "POST",
@@ -350,7 +357,7 @@ def _upload(client: httpx.Client, size: int = UPLOAD) -> httpx.Response:
     line["body"]["prompt"] = "p" * (size - len(json.dumps(line)) - 1)
     data = (json.dumps(line) + "\n").encode()
     assert len(data) == size
-    return client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+    return data
 
 
 def _stored(path: Path, file_id: str) -> bool:
@@ -390,7 +397,8 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             first, second = (_upload(a).json() for _ in range(2))
             assert first["expires_at"] == first["created_at"] + FILE_TTL
             over_key = _upload(a)  # 6000 > the key's 4500
-            assert over_key.status_code == 403, over_key.text
+            assert over_key.status_code == 429, over_key.text
+            assert over_key.headers["x-should-retry"] == "false"
             error = over_key.json()["error"]
             assert (error["type"], error["code"]) == (
                 "insufficient_quota",
@@ -398,9 +406,16 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             )
             assert "HOMELAB_FILE_QUOTA_BYTES" in error["message"]
             over_total = _upload(b)  # B's 2000 is under its quota, but 6000 > 5000 in all
-            assert over_total.status_code == 403
+            assert over_total.status_code == 429
             assert over_total.json()["error"]["code"] == "total_file_quota_exceeded"
             assert "HOMELAB_FILES_TOTAL_BYTES" in over_total.json()["error"]["message"]
+            # The openai SDK reads it as OpenAI's own spent quota: a RateLimitError.
+            sdk = openai.OpenAI(
+                base_url=jobs_stack.proxies["p3"].url + "/v1", api_key=jobs_stack.api_key
+            )
+            with pytest.raises(openai.RateLimitError) as refused:
+                sdk.files.create(file=("b.jsonl", _batch_file(UPLOAD)), purpose="batch")
+            assert refused.value.type == "insufficient_quota"
             listed = [f["id"] for f in a.get("/v1/files").json()["data"]]
             assert set(listed) == {first["id"], second["id"]} and len(listed) == 2
             # Past expires_at: gone from list, get and content at once ...
@@ -418,6 +433,47 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             assert _upload(a).status_code == 200
     finally:
         jobs_stack.stop_proxy("p3")
+
+
+def test_file_quotas_and_the_sweep_on_a_real_redis(tmp_path: Path) -> None:
+    """The quota counters (atomic INCRs, reserved before the write) and the expiry sweep
+    (a page of the listing index at a time) on Redis, as several proxies share them."""
+    with run_redis(tmp_path) as url:
+        store, other = JobStore(url), JobStore(url)  # two proxies on one Redis
+        try:
+            now = int(time.time())
+
+            def meta(i: int, owner: str, expires: int) -> FileRecord:
+                return FileRecord(
+                    id=f"file_r{i:03d}",
+                    bytes=1000,
+                    created_at=now + i,
+                    filename="r.jsonl",
+                    purpose="batch",
+                    owner=owner,
+                    expires_at=expires,
+                )
+
+            quota = (2500, 4000)
+            store.put_file(meta(0, "a", now - 1), b"x" * 1000, quota)  # already expired
+            other.put_file(meta(1, "a", now + 3600), b"x" * 1000, quota)
+            with pytest.raises(QuotaExceeded) as key_full:
+                store.put_file(meta(2, "a", now + 3600), b"x" * 1000, (1500, 4000))
+            assert (key_full.value.which, key_full.value.used) == ("key", 2000)
+            other.put_file(meta(3, "b", now + 3600), b"x" * 1000, quota)
+            with pytest.raises(QuotaExceeded) as total_full:
+                store.put_file(meta(4, "b", now + 3600), b"x" * 1000, (2500, 3500))
+            assert (total_full.value.which, total_full.value.used) == ("total", 3000)
+            assert other.file_usage("a") == (2000, 3000)  # the refused ones left no trace
+            # The sweep deletes only the expired file, its bytes, and frees its quota.
+            assert store.sweep_files(now) == 1
+            assert other.get_file("file_r000") is None and other.file_content("file_r000") is None
+            assert other.file_usage("a") == (1000, 2000)
+            page, _ = other.list_page("files", "a", None, 10)
+            assert [f.id for f in page] == ["file_r001"]
+        finally:
+            store.close()
+            other.close()
 
 
 # -- /stream: one watcher per task, streams capped per key ------------------------------
