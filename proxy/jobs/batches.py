@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from proxy import keys
 from proxy.audio import MEDIA, sniff_audio
@@ -225,12 +226,24 @@ async def get_file(request: Request, file_id: str) -> Response:
 
 @router.get("/v1/files/{file_id}/content", responses=ERRORS, summary="A file's content")
 async def file_content(request: Request, file_id: str) -> Response:
+    """Sent a piece (`proxy.jobs.store.FILE_CHUNK`) at a time as the client reads it: a
+    download holds one piece of the file in memory, not the file."""
     meta = await _file(request, file_id)
-    content = await _jobs(request).store.file_content(file_id) or b""
+    store = _jobs(request).store
+    pieces = await store.file_pieces(meta)
+    first = await store.file_piece(file_id, 0) if pieces else b""
     media = "application/jsonl"
     if meta.purpose == USER_DATA:
-        media = MEDIA.get(sniff_audio(content) or "", "application/octet-stream")
-    return Response(content, media_type=media)
+        media = MEDIA.get(sniff_audio(first) or "", "application/octet-stream")
+
+    async def content() -> AsyncIterator[bytes]:
+        yield first
+        for n in range(1, pieces):
+            yield await store.file_piece(file_id, n)
+
+    # The length is known: a download cut short (the file deleted meanwhile) shows as one.
+    headers = {"Content-Length": str(meta.bytes)}
+    return StreamingResponse(content(), media_type=media, headers=headers)
 
 
 @router.delete("/v1/files/{file_id}", responses=ERRORS, summary="Delete a file")

@@ -88,6 +88,9 @@ def _usage_key(owner: str | None) -> str:
 
 
 TOTAL_USAGE = "usage-total"
+FILE_CHUNK = 1024 * 1024
+"""A stored file's content is kept in pieces of this many bytes (``data:<id>:<n>``), so
+a download reads one piece at a time; files stored before were one ``data:<id>``."""
 
 
 class JobStore:
@@ -355,7 +358,8 @@ class JobStore:
             if mine > quota[0]:
                 raise QuotaExceeded("key", quota[0], mine - size)
             raise QuotaExceeded("total", quota[1], total - size)
-        self.files.put_data("data:" + meta.id, content)
+        for n, start in enumerate(range(0, size, FILE_CHUNK)):
+            self.files.put_data(f"data:{meta.id}:{n}", content[start : start + FILE_CHUNK])
         self._index("files", meta.owner, meta.created_at, meta.id)
         self.files.put_data("meta:" + meta.id, encode(meta))
 
@@ -364,8 +368,25 @@ class JobStore:
         return None if raw is EmptyData else decode(raw, FileRecord)
 
     def file_content(self, file_id: str) -> bytes | None:
-        raw = self.files.peek_data("data:" + file_id)
-        return None if raw is EmptyData else bytes(raw)
+        """A file's whole content (a batch's input, audio to transcribe); None if none."""
+        meta = self.get_file(file_id)
+        if meta is None:
+            return None
+        return b"".join(self.file_piece(file_id, n) for n in range(self.file_pieces(meta)))
+
+    def file_pieces(self, meta: FileRecord) -> int:
+        """How many pieces `file_piece` gives for the file (a file stored before pieces:
+        one)."""
+        if self.files.has_data_for_key("data:" + meta.id):
+            return 1
+        return -(-meta.bytes // FILE_CHUNK)
+
+    def file_piece(self, file_id: str, n: int) -> bytes:
+        """Piece `n` of a file's content (b"" once it is gone)."""
+        raw = self.files.peek_data(f"data:{file_id}:{n}")
+        if raw is EmptyData and n == 0:
+            raw = self.files.peek_data("data:" + file_id)  # stored before pieces
+        return b"" if raw is EmptyData else bytes(raw)
 
     def get_files(self, ids: list[str]) -> dict[str, FileRecord]:
         """The metadata of those of `ids` that exist (never their bytes)."""
@@ -380,6 +401,8 @@ class JobStore:
         if meta is not None:
             self._unindex("files", meta.owner, meta.created_at, meta.id)
         self.files.delete_data("data:" + file_id)
+        for n in range(-(-meta.bytes // FILE_CHUNK) if meta is not None else 0):
+            self.files.delete_data(f"data:{file_id}:{n}")
         gone = bool(self.files.delete_data("meta:" + file_id))
         if gone and meta is not None:  # only the one caller that deleted it uncounts it
             self.count(_usage_key(meta.owner), -meta.bytes)
@@ -631,6 +654,8 @@ class AsyncJobStore:
         self.put_file = _threaded(store.put_file)
         self.get_file = _threaded(store.get_file)
         self.file_content = _threaded(store.file_content)
+        self.file_pieces = _threaded(store.file_pieces)
+        self.file_piece = _threaded(store.file_piece)
         self.get_files = _threaded(store.get_files)
         self.file_usage = _threaded(store.file_usage)
         self.sweep_files = _threaded(store.sweep_files)

@@ -364,8 +364,8 @@ def _stored(path: Path, file_id: str) -> bool:
     """Whether the store still holds the file's bytes (read beside the running proxy)."""
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         row = db.execute(
-            "SELECT count(*) FROM kv WHERE queue = 'homelab_files' AND key = ?",
-            ("data:" + file_id,),
+            "SELECT count(*) FROM kv WHERE queue = 'homelab_files' AND (key = ? OR key LIKE ?)",
+            ("data:" + file_id, f"data:{file_id}:%"),
         ).fetchone()
     return bool(row[0])
 
@@ -433,6 +433,52 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             assert _upload(a).status_code == 200
     finally:
         jobs_stack.stop_proxy("p3")
+
+
+DOWNLOADS, BIG_LINES = 12, 24  # 12 readers at once of a 24 MB file
+
+
+def test_downloads_at_once_hold_a_piece_each_not_the_file(jobs_stack: JobsStack) -> None:
+    """GET /v1/files/{id}/content sends the file a piece at a time as the client reads:
+    twelve downloads at once of a 24 MB file (288 MB if each held it) leave the proxy's
+    peak memory about where the upload left it; each download is whole."""
+    path = jobs_stack.work / "downloads" / "jobs.db"
+    path.parent.mkdir()
+    jobs_stack.start_proxy("p7", str(path))
+    pid = jobs_stack.proxies["p7"].proc.pid
+    line = _batch_file(1024 * 1024)
+    data = line * BIG_LINES
+    try:
+        with jobs_stack.client("p7") as client:
+            files = {"file": ("big.jsonl", data)}
+            up = client.post("/v1/files", files=files, data={"purpose": "batch"})
+            assert up.status_code == 200, up.text
+            file_id = up.json()["id"]
+            assert client.get(f"/v1/files/{file_id}/content").content == data  # warm up
+        before, peak_before = _rss(pid), _peak_rss(pid)
+
+        def download(_: int) -> tuple[int, int]:
+            with jobs_stack.client("p7") as c, c.stream("GET", f"/v1/files/{file_id}/content") as r:
+                assert r.headers["content-length"] == str(len(data))
+                size = 0
+                for piece in r.iter_bytes():
+                    size += len(piece)
+                    time.sleep(0.001)  # a reader a little slower than loopback
+                return r.status_code, size
+
+        with ThreadPoolExecutor(DOWNLOADS) as pool:
+            got = list(pool.map(download, range(DOWNLOADS)))
+        peak, after = _peak_rss(pid), _rss(pid)
+    finally:
+        jobs_stack.stop_proxy("p7")
+    assert got == [(200, len(data))] * DOWNLOADS
+    mib = 1024 * 1024
+    print(
+        f"\n{DOWNLOADS} downloads of {len(data) / mib:.0f} MiB at once: RSS before "
+        f"{before / mib:.1f} MiB (peak so far {peak_before / mib:.1f}), peak {peak / mib:.1f} "
+        f"MiB, after {after / mib:.1f} MiB"
+    )
+    assert peak - peak_before < len(data) * DOWNLOADS // 4, (peak, peak_before)
 
 
 def test_file_quotas_and_the_sweep_on_a_real_redis(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The job store's listing index (SQLite): keyset pages, filters with a bound, and the
-one-time backfill of a store written before the index existed."""
+one-time backfill of a store written before the index existed; job summaries and file
+pieces, what lists and downloads read instead of whole records."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 from proxy_stack import build_stack
 
-from proxy.jobs.records import Job, JobSummary
+from proxy.jobs.records import FileRecord, Job, JobSummary
 from proxy.jobs.state import TaskState
-from proxy.jobs.store import JobStore
+from proxy.jobs.store import FILE_CHUNK, JobStore
 
 
 def _job(i: int, owner: str, state: TaskState = TaskState.SUCCESS) -> Job:
@@ -126,4 +127,28 @@ def test_jobs_from_before_summaries_are_summed_up_once_at_start(tmp_path: Path) 
         "task_0001",
         "task_0000",
     ]
+    store.close()
+
+
+def test_a_file_is_kept_in_pieces_and_one_stored_whole_still_reads(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "j.db"))
+    content = bytes(range(256)) * (FILE_CHUNK // 128 + 3)  # two pieces and a bit
+    meta = FileRecord(
+        id="file_p", bytes=len(content), created_at=1, filename="p", purpose="batch", owner="a"
+    )
+    store.put_file(meta, content)
+    assert store.file_pieces(meta) == 3
+    assert b"".join(store.file_piece("file_p", n) for n in range(3)) == content
+    assert store.file_content("file_p") == content
+    old = FileRecord(id="file_w", bytes=5, created_at=2, filename="w", purpose="batch", owner="a")
+    store.put_file(old, b"")  # metadata and counters; then its bytes as a store before pieces
+    store.files.put_data("data:file_w", b"whole")
+    assert store.file_pieces(old) == 1 and store.file_content("file_w") == b"whole"
+    assert store.delete_file("file_p") and store.delete_file("file_w")
+    left = store.files.sql(
+        "SELECT count(*) FROM kv WHERE queue = ? AND key LIKE 'data:%'",
+        (store.files.name,),
+        results=True,
+    )
+    assert left[0][0] == 0
     store.close()
