@@ -48,7 +48,7 @@ from proxy.jobs.records import (
 )
 from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import BatchState, TaskState
-from proxy.jobs.store import QuotaExceeded
+from proxy.jobs.store import FILE_CHUNK, AsyncJobStore, QuotaExceeded
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import parse_object, read_body
 from proxy.routes_openai import resolve_model
@@ -390,26 +390,52 @@ def _output_line(job: JobSummary, result: Any) -> BatchOutputLine:
     return line
 
 
+class _Pieces:
+    """A batch's output or error file, written to the store a piece (`FILE_CHUNK`) at a
+    time as its lines are made: never whole in memory."""
+
+    def __init__(self, store: AsyncJobStore) -> None:
+        self.store, self.id = store, new_id("file")
+        self.buffer, self.pieces, self.size = bytearray(), 0, 0
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        while len(self.buffer) >= FILE_CHUNK:
+            await self._flush(FILE_CHUNK)
+
+    async def _flush(self, size: int) -> None:
+        await self.store.put_file_piece(self.id, self.pieces, bytes(self.buffer[:size]))
+        del self.buffer[:size]
+        self.pieces += 1
+
+    async def close(self) -> None:
+        if self.buffer:
+            await self._flush(len(self.buffer))
+
+
 async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, JobSummary]) -> None:
-    """Write the output and error files, and move the batch to its end status."""
-    out, err = bytearray(), bytearray()
+    """Write the output and error files (a piece at a time, each job's result read on its
+    own), and move the batch to its end status."""
+    out, err = _Pieces(jobs.store), _Pieces(jobs.store)
     for job_id in batch.jobs:
         job = found[job_id]
         line = _output_line(job, await jobs.store.get_result(job_id))
-        (out if job.state is TaskState.SUCCESS else err).extend(encode(line) + b"\n")
+        await (out if job.state is TaskState.SUCCESS else err).write(encode(line) + b"\n")
     now = int(time.time())
-    for content, kind in ((out, "output"), (err, "error")):
-        if content:
+    for pieces, kind in ((out, "output"), (err, "error")):
+        if pieces.size:
+            await pieces.close()
             meta = FileRecord(
-                id=new_id("file"),
-                bytes=len(content),
+                id=pieces.id,
+                bytes=pieces.size,
                 created_at=now,
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 owner=batch.owner,
                 expires_at=now + int(jobs.ctx.settings.file_ttl),
             )
-            await jobs.store.put_file(meta, bytes(content))
+            await jobs.store.finish_file(meta)
             if kind == "output":
                 batch.output_file_id = meta.id
             else:

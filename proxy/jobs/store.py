@@ -359,7 +359,22 @@ class JobStore:
                 raise QuotaExceeded("key", quota[0], mine - size)
             raise QuotaExceeded("total", quota[1], total - size)
         for n, start in enumerate(range(0, size, FILE_CHUNK)):
-            self.files.put_data(f"data:{meta.id}:{n}", content[start : start + FILE_CHUNK])
+            self.put_file_piece(meta.id, n, content[start : start + FILE_CHUNK])
+        self._list_file(meta)
+
+    def put_file_piece(self, file_id: str, n: int, piece: bytes) -> None:
+        """Write piece `n` of a file being made (`FILE_CHUNK` bytes, the last one less);
+        `finish_file` then lists it."""
+        self.files.put_data(f"data:{file_id}:{n}", piece)
+
+    def finish_file(self, meta: FileRecord) -> None:
+        """List a file whose pieces `put_file_piece` wrote, counted in its owner's usage
+        (never refused: a batch's output)."""
+        self.count(_usage_key(meta.owner), meta.bytes)
+        self.count(TOTAL_USAGE, meta.bytes)
+        self._list_file(meta)
+
+    def _list_file(self, meta: FileRecord) -> None:
         self._index("files", meta.owner, meta.created_at, meta.id)
         self.files.put_data("meta:" + meta.id, encode(meta))
 
@@ -652,6 +667,8 @@ class AsyncJobStore:
         self.forget_instance = _threaded(store.forget_instance)
         self.instances = _threaded(store.instances)
         self.put_file = _threaded(store.put_file)
+        self.put_file_piece = _threaded(store.put_file_piece)
+        self.finish_file = _threaded(store.finish_file)
         self.get_file = _threaded(store.get_file)
         self.file_content = _threaded(store.file_content)
         self.file_pieces = _threaded(store.file_pieces)

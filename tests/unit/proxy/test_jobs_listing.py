@@ -152,3 +152,25 @@ def test_a_file_is_kept_in_pieces_and_one_stored_whole_still_reads(tmp_path: Pat
     )
     assert left[0][0] == 0
     store.close()
+
+
+async def test_a_batch_output_is_written_a_piece_at_a_time(tmp_path: Path) -> None:
+    from proxy.jobs.batches import _Pieces
+    from proxy.jobs.store import AsyncJobStore
+
+    store = JobStore(str(tmp_path / "j.db"))
+    pieces = _Pieces(AsyncJobStore(store))
+    lines = [f'{{"n": {i}, "pad": "{"x" * (i * 7 % 5000)}"}}\n'.encode() for i in range(1200)]
+    for line in lines:
+        await pieces.write(line)
+        assert len(pieces.buffer) < FILE_CHUNK  # never more than a piece held
+    await pieces.close()
+    content = b"".join(lines)
+    meta = FileRecord(
+        id=pieces.id, bytes=pieces.size, created_at=1, filename="o", purpose="batch_output"
+    )
+    store.finish_file(meta)
+    assert pieces.size == len(content) and store.file_pieces(meta) == pieces.pieces > 2
+    assert store.file_content(pieces.id) == content
+    assert store.file_usage(None) == (len(content), len(content))
+    store.close()
