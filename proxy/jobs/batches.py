@@ -355,7 +355,10 @@ async def create_batch(request: Request) -> Response:
 
 async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
     """Current request counts; finalise (output and error files) once every job ended.
-    Reads the jobs' summaries, never their request bodies."""
+    Reads the jobs' summaries, never their request bodies; an ended batch reads nothing
+    (its counts were kept when it ended, and outlive its jobs' TTL)."""
+    if batch.status.terminal:
+        return batch
     found = await jobs.store.get_summaries(batch.jobs)
     states = [found[j].state if j in found else None for j in batch.jobs]
     counts = RequestCounts(
