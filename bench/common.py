@@ -10,7 +10,9 @@ import os
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("HOMELAB_BENCH_RESULTS", REPO / "bench" / "results"))
@@ -143,3 +145,20 @@ def command_line(module: str, argv: list[str] | None) -> str:
     """How this result was produced, for the report: 'python -m bench.x --flag ...'."""
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python -m " + module, *args])
+
+
+def run_bench(
+    module: str,
+    argv: list[str] | None,
+    parse_args: Callable[[list[str] | None], Any],
+    measure: Callable[[Any], dict],
+    render: Callable[[dict], str],
+) -> int:
+    """A benchmark's `main`: parse, measure, write `<--output>.json`, print its table."""
+    args = parse_args(argv)
+    result = measure(args)
+    result["command"] = command_line(module, argv)
+    path = write_json(args.output, result)
+    print(render(result))
+    print(f"raw numbers: {path}")
+    return 0

@@ -124,9 +124,15 @@ class WrongModelType(InvalidRequest):
 class FileQuotaExceeded(ProxyError):
     """Keeping one more file would pass a file quota: the key's own
     (``HOMELAB_FILE_QUOTA_BYTES``, code ``key_file_quota_exceeded``) or all keys' together
-    (``HOMELAB_FILES_TOTAL_BYTES``, ``total_file_quota_exceeded``) (403)."""
+    (``HOMELAB_FILES_TOTAL_BYTES``, ``total_file_quota_exceeded``). 429 with type
+    ``insufficient_quota``, as OpenAI answers a spent quota, and ``x-should-retry: false``
+    (the openai SDK would otherwise send the upload twice more: it frees only as files
+    are deleted or expire)."""
 
-    status, type, code = 403, "insufficient_quota", "key_file_quota_exceeded"
+    status, type, code = 429, "insufficient_quota", "key_file_quota_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code, headers={"x-should-retry": "false"})
 
 
 class TooManyStreams(ProxyError):

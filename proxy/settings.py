@@ -301,13 +301,13 @@ class ProxySettings(ServiceSettings):
         default=1024 * 1024 * 1024,
         gt=0,
         description="Bytes of files one key may keep (its uploads and its batches' output); "
-        "an upload over it is a 403 insufficient_quota.",
+        "an upload over it is a 429 insufficient_quota (key_file_quota_exceeded).",
     )
     files_total_bytes: int = Field(
         default=8 * 1024 * 1024 * 1024,
         gt=0,
-        description="Bytes of files all keys together may keep; an upload over it is a 403 "
-        "insufficient_quota.",
+        description="Bytes of files all keys together may keep; an upload over it is a 429 "
+        "insufficient_quota (total_file_quota_exceeded).",
     )
 
     def connection_limits(self) -> ConnectionLimits:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from proxy import keys
 from proxy.audio import KNOWN, MEDIA, sniff_audio
@@ -41,12 +42,13 @@ from proxy.jobs.records import (
     FileList,
     FileRecord,
     Job,
+    JobSummary,
     RequestCounts,
     encode,
 )
 from proxy.jobs.runner import TRANSCRIPTIONS, audio_of
 from proxy.jobs.state import BatchState, TaskState
-from proxy.jobs.store import QuotaExceeded
+from proxy.jobs.store import FILE_CHUNK, AsyncJobStore, QuotaExceeded
 from proxy.openapi_docs import ERRORS
 from proxy.parsing import check_stream, model_name, parse_object, read_body
 from proxy.routes_openai import check_transcript_format, resolve_model
@@ -222,12 +224,24 @@ async def get_file(request: Request, file_id: str) -> Response:
 
 @router.get("/v1/files/{file_id}/content", responses=ERRORS, summary="A file's content")
 async def file_content(request: Request, file_id: str) -> Response:
+    """Sent a piece (`proxy.jobs.store.FILE_CHUNK`) at a time as the client reads it: a
+    download holds one piece of the file in memory, not the file."""
     meta = await _file(request, file_id)
-    content = await _jobs(request).store.file_content(file_id) or b""
+    store = _jobs(request).store
+    pieces = await store.file_pieces(meta)
+    first = await store.file_piece(file_id, 0) if pieces else b""
     media = "application/jsonl"
     if meta.purpose == USER_DATA:
-        media = MEDIA.get(sniff_audio(content) or "", "application/octet-stream")
-    return Response(content, media_type=media)
+        media = MEDIA.get(sniff_audio(first) or "", "application/octet-stream")
+
+    async def content() -> AsyncIterator[bytes]:
+        yield first
+        for n in range(1, pieces):
+            yield await store.file_piece(file_id, n)
+
+    # The length is known: a download cut short (the file deleted meanwhile) shows as one.
+    headers = {"Content-Length": str(meta.bytes)}
+    return StreamingResponse(content(), media_type=media, headers=headers)
 
 
 @router.delete("/v1/files/{file_id}", responses=ERRORS, summary="Delete a file")
@@ -338,8 +352,12 @@ async def create_batch(request: Request) -> Response:
 
 
 async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
-    """Current request counts; finalise (output and error files) once every job ended."""
-    found = await jobs.store.get_jobs(batch.jobs)
+    """Current request counts; finalise (output and error files) once every job ended.
+    Reads the jobs' summaries, never their request bodies; an ended batch reads nothing
+    (its counts were kept when it ended, and outlive its jobs' TTL)."""
+    if batch.status.terminal:
+        return batch
+    found = await jobs.store.get_summaries(batch.jobs)
     states = [found[j].state if j in found else None for j in batch.jobs]
     counts = RequestCounts(
         total=len(states),
@@ -358,7 +376,7 @@ async def refresh(jobs: Dispatcher, batch: BatchRecord) -> BatchRecord:
     return batch
 
 
-def _output_line(job: Job, result: Any) -> BatchOutputLine:
+def _output_line(job: JobSummary, result: Any) -> BatchOutputLine:
     """A finished job's line of its batch's output (SUCCESS) or error file."""
     line = BatchOutputLine(f"batch_req_{job.id}", job.custom_id, None, None)
     if job.state is TaskState.SUCCESS:
@@ -373,26 +391,52 @@ def _output_line(job: Job, result: Any) -> BatchOutputLine:
     return line
 
 
-async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, Job]) -> None:
-    """Write the output and error files, and move the batch to its end status."""
-    out, err = bytearray(), bytearray()
+class _Pieces:
+    """A batch's output or error file, written to the store a piece (`FILE_CHUNK`) at a
+    time as its lines are made: never whole in memory."""
+
+    def __init__(self, store: AsyncJobStore) -> None:
+        self.store, self.id = store, new_id("file")
+        self.buffer, self.pieces, self.size = bytearray(), 0, 0
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        while len(self.buffer) >= FILE_CHUNK:
+            await self._flush(FILE_CHUNK)
+
+    async def _flush(self, size: int) -> None:
+        await self.store.put_file_piece(self.id, self.pieces, bytes(self.buffer[:size]))
+        del self.buffer[:size]
+        self.pieces += 1
+
+    async def close(self) -> None:
+        if self.buffer:
+            await self._flush(len(self.buffer))
+
+
+async def _finalize(jobs: Dispatcher, batch: BatchRecord, found: dict[str, JobSummary]) -> None:
+    """Write the output and error files (a piece at a time, each job's result read on its
+    own), and move the batch to its end status."""
+    out, err = _Pieces(jobs.store), _Pieces(jobs.store)
     for job_id in batch.jobs:
         job = found[job_id]
         line = _output_line(job, await jobs.store.get_result(job_id))
-        (out if job.state is TaskState.SUCCESS else err).extend(encode(line) + b"\n")
+        await (out if job.state is TaskState.SUCCESS else err).write(encode(line) + b"\n")
     now = int(time.time())
-    for content, kind in ((out, "output"), (err, "error")):
-        if content:
+    for pieces, kind in ((out, "output"), (err, "error")):
+        if pieces.size:
+            await pieces.close()
             meta = FileRecord(
-                id=new_id("file"),
-                bytes=len(content),
+                id=pieces.id,
+                bytes=pieces.size,
                 created_at=now,
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 owner=batch.owner,
                 expires_at=now + int(jobs.ctx.settings.file_ttl),
             )
-            await jobs.store.put_file(meta, bytes(content))
+            await jobs.store.finish_file(meta)
             if kind == "output":
                 batch.output_file_id = meta.id
             else:

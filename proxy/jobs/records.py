@@ -49,20 +49,15 @@ def decode(raw: bytes | bytearray | memoryview, kind: type[R]) -> R:
 # -- jobs (tasks) -------------------------------------------------------------------
 
 
-class Job(msgspec.Struct, kw_only=True):
-    """One job as the store keeps it (``homelab_jobs``). Its `state` moves only through
-    `move_to`, checked against `proxy.jobs.state.TASK_TRANSITIONS`."""
+class JobSummary(msgspec.Struct, kw_only=True):
+    """A job without its request (body, endpoint, URL base, worker): what a list shows
+    and a batch counts and finalises from. The store keeps one beside each job record
+    (``homelab_summaries``, rewritten with it), so listing never reads a request body."""
 
     id: str
     method: str
     """The JSON-RPC method that made it (``create_message``, ...), or ``batch``."""
     model: str
-    endpoint: str
-    """The `/v1` path the job posts to."""
-    body: dict[str, Any]
-    """The request body, forwarded as is."""
-    url_base: str | None = None
-    """Where image URLs point (an image job that answers URLs)."""
     state: TaskState = TaskState.PENDING
     attempt: int = 0
     created_at: float = msgspec.field(default_factory=time.time)
@@ -73,11 +68,29 @@ class Job(msgspec.Struct, kw_only=True):
     status_code: int | None = None
     batch_id: str | None = None
     custom_id: str | None = None
-    worker: str | None = None
-    """The instance that runs it while STARTED."""
     owner: str | None = None
     """The name of the key (`proxy.keys.Principal.name`) that made it; None in records
     written before jobs had owners (only an admin sees those)."""
+
+    @classmethod
+    def of(cls, job: JobSummary) -> JobSummary:
+        """The summary of a job (its request left out)."""
+        return JobSummary(**{name: getattr(job, name) for name in JobSummary.__struct_fields__})
+
+
+class Job(JobSummary, kw_only=True):
+    """One job as the store keeps it (``homelab_jobs``): its summary and its request.
+    Its `state` moves only through `move_to`, checked against
+    `proxy.jobs.state.TASK_TRANSITIONS`."""
+
+    endpoint: str
+    """The `/v1` path the job posts to."""
+    body: dict[str, Any]
+    """The request body, forwarded as is."""
+    url_base: str | None = None
+    """Where image URLs point (an image job that answers URLs)."""
+    worker: str | None = None
+    """The instance that runs it while STARTED."""
 
     def move_to(self, new: TaskState) -> None:
         """Set the state; raises IllegalTransition for a move not in the table."""
@@ -124,7 +137,7 @@ class TaskView(msgspec.Struct):
     load_first: str | None | UnsetType = UNSET
 
     @classmethod
-    def of(cls, job: Job, result: Any = None, where: Position | None = None) -> TaskView:
+    def of(cls, job: JobSummary, result: Any = None, where: Position | None = None) -> TaskView:
         view = cls(
             taskId=job.id,
             state=job.state,
@@ -288,24 +301,31 @@ class BatchObject(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
-class BatchRecord(BatchObject, kw_only=True):
+class BatchListed(BatchObject, kw_only=True):
+    """A batch as a list reads it from the store: the OpenAI object and its owner,
+    without its jobs' ids (up to ``HOMELAB_MAX_BATCH_LINES`` of them), which the
+    decoder skips."""
+
+    owner: str | None = None
+    """The name of the key that made it (`Job.owner`); its output files are that key's."""
+
+    def public(self) -> BatchObject:
+        """The object clients see (without the owner and the job ids)."""
+        fields = BatchObject.__struct_fields__
+        return BatchObject(**{name: getattr(self, name) for name in fields})
+
+
+class BatchRecord(BatchListed, kw_only=True):
     """A batch as the store keeps it (``homelab_files``, ``batch:<id>``): the OpenAI
     object plus its jobs' ids, in input order. Its `status` moves only through
     `move_to`, checked against `proxy.jobs.state.BATCH_TRANSITIONS`."""
 
     jobs: list[str]
-    owner: str | None = None
-    """The name of the key that made it (`Job.owner`); its output files are that key's."""
 
     def move_to(self, new: BatchState, at: int) -> None:
         """Set the status and its ``<status>_at`` time; raises IllegalTransition."""
         self.status = transition(self.status, new)
         setattr(self, f"{new.value}_at", at)
-
-    def public(self) -> BatchObject:
-        """The object clients see (without the job ids)."""
-        fields = BatchObject.__struct_fields__
-        return BatchObject(**{name: getattr(self, name) for name in fields})
 
 
 class BatchList(msgspec.Struct, kw_only=True):

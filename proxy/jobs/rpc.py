@@ -428,7 +428,9 @@ async def rpc(request: Request) -> Response:
                 _response(
                     None,
                     error=RpcError(
-                        INVALID_REQUEST, f"Invalid Request: more than {MAX_BATCH} calls"
+                        INVALID_REQUEST,
+                        f"Invalid Request: {len(msg)} calls, more than {MAX_BATCH} (MAX_BATCH)",
+                        {"cap": "MAX_BATCH", "limit": MAX_BATCH, "work": len(msg)},
                     ),
                 )
             )
@@ -436,9 +438,11 @@ async def rpc(request: Request) -> Response:
         if work > MAX_BATCH_RECORDS:
             message = (
                 f"Invalid Request: the batch may return {work} records, more than "
-                f"{MAX_BATCH_RECORDS} (each call counts 1, a tasks.list its limit)"
+                f"{MAX_BATCH_RECORDS} (MAX_BATCH_RECORDS: each call counts 1, a tasks.list "
+                "its limit); split it"
             )
-            return _json(_response(None, error=RpcError(INVALID_REQUEST, message)))
+            cap = {"cap": "MAX_BATCH_RECORDS", "limit": MAX_BATCH_RECORDS, "work": work}
+            return _json(_response(None, error=RpcError(INVALID_REQUEST, message, cap)))
         replies = await handle_batch(request, msg)
         return _json(replies) if replies else Response(status_code=204)
     reply = await handle_one(request, msg)

@@ -42,7 +42,18 @@ from huey.storage import (  # type: ignore[import-untyped]
     SqliteStorage,
 )
 
-from proxy.jobs.records import BatchRecord, Event, EventName, FileRecord, Job, decode, encode
+from proxy.jobs.records import (
+    BatchListed,
+    BatchRecord,
+    Event,
+    EventName,
+    FileRecord,
+    Job,
+    JobSummary,
+    R,
+    decode,
+    encode,
+)
 from wire.private import private_dir, private_file
 
 P = ParamSpec("P")
@@ -77,6 +88,9 @@ def _usage_key(owner: str | None) -> str:
 
 
 TOTAL_USAGE = "usage-total"
+FILE_CHUNK = 1024 * 1024
+"""A stored file's content is kept in pieces of this many bytes (``data:<id>:<n>``), so
+a download reads one piece at a time; files stored before were one ``data:<id>``."""
 
 
 class JobStore:
@@ -140,6 +154,8 @@ class JobStore:
         """``<model hex>.<owner hex>`` for every (model, owner) queue ever used."""
         self._queues: dict[tuple[str, str], BaseStorage] = {}
         self._registered: set[tuple[str, str]] = set()
+        self.summaries = self._make("homelab_summaries")
+        """Each job's `JobSummary` (no request body), rewritten with its record."""
         self.index = self._make("homelab_index")
         """The listing index: per list, one ordered key per record (`ListIndex`)."""
         self._backfill_index()
@@ -153,6 +169,7 @@ class JobStore:
             self.files,
             self.alive,
             self.queue_owners,
+            self.summaries,
             self.index,
             *self._queues.values(),
         ):
@@ -172,18 +189,30 @@ class JobStore:
     def put_job(self, job: Job) -> None:
         self._index("tasks", job.owner, job.created_at, job.id)  # first: never unlisted
         self.jobs.put_data(job.id, encode(job))
+        self.summaries.put_data(job.id, encode(JobSummary.of(job)))
 
     def get_job(self, job_id: str) -> Job | None:
         raw = self.jobs.peek_data(job_id)
         return None if raw is EmptyData else decode(raw, Job)
 
-    def get_jobs(self, ids: list[str]) -> dict[str, Job]:
-        out: dict[str, Job] = {}
+    def _read(self, storage: BaseStorage, ids: list[str], kind: type[R]) -> dict[str, R]:
+        """Those of `ids` that `storage` holds, decoded as `kind`, 500 at a time."""
+        out: dict[str, R] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for key, raw in self.jobs.peek_many(chunk).items():
-                name = key.decode() if isinstance(key, bytes) else key
-                out[name] = decode(raw, Job)
+            for key, raw in storage.peek_many(ids[start : start + 500]).items():
+                out[key.decode() if isinstance(key, bytes) else key] = decode(raw, kind)
+        return out
+
+    def get_jobs(self, ids: list[str]) -> dict[str, Job]:
+        return self._read(self.jobs, ids, Job)
+
+    def get_summaries(self, ids: list[str]) -> dict[str, JobSummary]:
+        """The summaries of those of `ids` that exist: never a request body (a job
+        written before summaries existed is read whole and summed up)."""
+        out = self._read(self.summaries, ids, JobSummary)
+        missing = [i for i in ids if i not in out]
+        if missing:
+            out |= {i: JobSummary.of(job) for i, job in self.get_jobs(missing).items()}
         return out
 
     def jobs_where(self, keep: Callable[[Job], bool]) -> list[Job]:
@@ -202,6 +231,7 @@ class JobStore:
         self.events.delete_counter(job_id)
         self.results.delete_data(job_id)
         self.jobs.delete_data(job_id)
+        self.summaries.delete_data(job_id)
 
     # -- queues -----------------------------------------------------------------
 
@@ -328,7 +358,23 @@ class JobStore:
             if mine > quota[0]:
                 raise QuotaExceeded("key", quota[0], mine - size)
             raise QuotaExceeded("total", quota[1], total - size)
-        self.files.put_data("data:" + meta.id, content)
+        for n, start in enumerate(range(0, size, FILE_CHUNK)):
+            self.put_file_piece(meta.id, n, content[start : start + FILE_CHUNK])
+        self._list_file(meta)
+
+    def put_file_piece(self, file_id: str, n: int, piece: bytes) -> None:
+        """Write piece `n` of a file being made (`FILE_CHUNK` bytes, the last one less);
+        `finish_file` then lists it."""
+        self.files.put_data(f"data:{file_id}:{n}", piece)
+
+    def finish_file(self, meta: FileRecord) -> None:
+        """List a file whose pieces `put_file_piece` wrote, counted in its owner's usage
+        (never refused: a batch's output)."""
+        self.count(_usage_key(meta.owner), meta.bytes)
+        self.count(TOTAL_USAGE, meta.bytes)
+        self._list_file(meta)
+
+    def _list_file(self, meta: FileRecord) -> None:
         self._index("files", meta.owner, meta.created_at, meta.id)
         self.files.put_data("meta:" + meta.id, encode(meta))
 
@@ -337,8 +383,25 @@ class JobStore:
         return None if raw is EmptyData else decode(raw, FileRecord)
 
     def file_content(self, file_id: str) -> bytes | None:
-        raw = self.files.peek_data("data:" + file_id)
-        return None if raw is EmptyData else bytes(raw)
+        """A file's whole content (a batch's input, audio to transcribe); None if none."""
+        meta = self.get_file(file_id)
+        if meta is None:
+            return None
+        return b"".join(self.file_piece(file_id, n) for n in range(self.file_pieces(meta)))
+
+    def file_pieces(self, meta: FileRecord) -> int:
+        """How many pieces `file_piece` gives for the file (a file stored before pieces:
+        one)."""
+        if self.files.has_data_for_key("data:" + meta.id):
+            return 1
+        return -(-meta.bytes // FILE_CHUNK)
+
+    def file_piece(self, file_id: str, n: int) -> bytes:
+        """Piece `n` of a file's content (b"" once it is gone)."""
+        raw = self.files.peek_data(f"data:{file_id}:{n}")
+        if raw is EmptyData and n == 0:
+            raw = self.files.peek_data("data:" + file_id)  # stored before pieces
+        return b"" if raw is EmptyData else bytes(raw)
 
     def get_files(self, ids: list[str]) -> dict[str, FileRecord]:
         """The metadata of those of `ids` that exist (never their bytes)."""
@@ -353,6 +416,8 @@ class JobStore:
         if meta is not None:
             self._unindex("files", meta.owner, meta.created_at, meta.id)
         self.files.delete_data("data:" + file_id)
+        for n in range(-(-meta.bytes // FILE_CHUNK) if meta is not None else 0):
+            self.files.delete_data(f"data:{file_id}:{n}")
         gone = bool(self.files.delete_data("meta:" + file_id))
         if gone and meta is not None:  # only the one caller that deleted it uncounts it
             self.count(_usage_key(meta.owner), -meta.bytes)
@@ -387,12 +452,17 @@ class JobStore:
         raw = self.files.peek_data("batch:" + batch_id)
         return None if raw is EmptyData else decode(raw, BatchRecord)
 
-    def get_batches(self, ids: list[str]) -> dict[str, BatchRecord]:
-        found = self.files.peek_many(["batch:" + i for i in ids]) if ids else {}
-        return {
-            (k.decode() if isinstance(k, bytes) else k)[6:]: decode(v, BatchRecord)
-            for k, v in found.items()
-        }
+    def get_batches(self, ids: list[str]) -> dict[str, BatchListed]:
+        """Those of `ids` that exist, without their job ids, read a few at a time (a
+        stored batch holds up to ``HOMELAB_MAX_BATCH_LINES`` ids)."""
+        out: dict[str, BatchListed] = {}
+        for start in range(0, len(ids), 16):
+            found = self.files.peek_many(["batch:" + i for i in ids[start : start + 16]])
+            for key, raw in found.items():
+                out[(key.decode() if isinstance(key, bytes) else key)[6:]] = decode(
+                    raw, BatchListed
+                )
+        return out
 
     # -- the listing index (keyset pages, newest first) ------------------------
 
@@ -458,7 +528,7 @@ class JobStore:
         records are read by id, a chunk at a time (never a whole namespace)."""
         load: Callable[[list[str]], Mapping[str, Any]]
         if kind == "tasks":
-            load = self.get_jobs
+            load = self.get_summaries
         else:
             load = self.get_files if kind == "files" else self.get_batches
         out: list[Any] = []
@@ -524,7 +594,13 @@ class JobStore:
             after = rows[-1][0]
 
     def _backfill_index(self) -> None:
-        """Index records written before the index existed (once per store)."""
+        """Index records written before the index existed, and sum up jobs written
+        before summaries did (once per store each)."""
+        if self.index.peek_data("summaries-v1") is EmptyData:
+            for job_id, raw in self._scan(self.jobs):
+                if self.summaries.peek_data(job_id) is EmptyData:
+                    self.summaries.put_data(job_id, encode(JobSummary.of(decode(raw, Job))))
+            self.index.put_data("summaries-v1", b"1")
         if self.index.peek_data("indexed-v1") is not EmptyData:
             return
         for _, raw in self._scan(self.jobs):
@@ -569,6 +645,7 @@ class AsyncJobStore:
         self.put_job = _threaded(store.put_job)
         self.get_job = _threaded(store.get_job)
         self.get_jobs = _threaded(store.get_jobs)
+        self.get_summaries = _threaded(store.get_summaries)
         self.jobs_where = _threaded(store.jobs_where)
         self.delete_job = _threaded(store.delete_job)
         self.enqueue = _threaded(store.enqueue)
@@ -590,8 +667,12 @@ class AsyncJobStore:
         self.forget_instance = _threaded(store.forget_instance)
         self.instances = _threaded(store.instances)
         self.put_file = _threaded(store.put_file)
+        self.put_file_piece = _threaded(store.put_file_piece)
+        self.finish_file = _threaded(store.finish_file)
         self.get_file = _threaded(store.get_file)
         self.file_content = _threaded(store.file_content)
+        self.file_pieces = _threaded(store.file_pieces)
+        self.file_piece = _threaded(store.file_piece)
         self.get_files = _threaded(store.get_files)
         self.file_usage = _threaded(store.file_usage)
         self.sweep_files = _threaded(store.sweep_files)

@@ -12,14 +12,16 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from proxy.jobs.records import BatchRecord, FileRecord, Job, RequestCounts
 from proxy.jobs.state import BatchState, TaskState
-from proxy.jobs.store import JobStore
+from proxy.jobs.store import JobStore, QuotaExceeded
 from proxy.keys import simple_name
 from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, JobsStack, run_redis
 from tests.integration.jobs.sse import rpc
@@ -227,6 +229,70 @@ def test_a_cursor_survives_new_records_and_another_keys_cursor_is_refused(
         }
 
 
+def _rss(pid: int) -> int:
+    """The process's resident memory now (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+PROBES = 4
+"""Issue 23's probe sent this many times at once (it took the proxy to 528 MB)."""
+
+
+def test_the_rpc_probe_is_refused_and_the_largest_batch_allowed_stays_small(
+    jobs_stack: JobsStack, seeded: tuple[str, int]
+) -> None:
+    """Issue 23's probe (100 x tasks.list {limit: 1000} in one batch, four at once) on a
+    store of 5000 tasks of 32 KB bodies is refused before any call runs; the largest
+    listing a batch may ask for (one tasks.list of 1000), four at once, answers without
+    holding the tasks' bodies: the proxy's memory is measured before, at its peak and
+    after."""
+    name, _ = seeded
+    pid = jobs_stack.proxies[name].proc.pid
+    probe = [_call("tasks.list", {"limit": 1000}, i) for i in range(100)]
+    largest = [_call("tasks.list", {"limit": 1000}, 1)]
+
+    def post_all(batch: list[dict]) -> list[httpx.Response]:
+        def post(_: int) -> httpx.Response:
+            with jobs_stack.client(name) as client:
+                return client.post("/rpc", json=batch)
+
+        with ThreadPoolExecutor(PROBES) as pool:
+            return list(pool.map(post, range(PROBES)))
+
+    with jobs_stack.client(name) as client:
+        rpc(client, "tasks.list", {"limit": 1000})  # warm the route up
+    before, peak_before = _rss(pid), _peak_rss(pid)
+    refused = post_all(probe)
+    for r in refused:
+        error = r.json()["error"]
+        assert error["code"] == -32600, error
+        assert error["data"] == {"cap": "MAX_BATCH_RECORDS", "limit": 1000, "work": 100_000}
+        assert "1000" in error["message"] and "100000" in error["message"]
+    refused_peak = _peak_rss(pid)
+    answered = post_all(largest)
+    for r in answered:
+        (reply,) = r.json()
+        assert len(reply["result"]["tasks"]) == 1000, reply.get("error")
+        assert "body" not in reply["result"]["tasks"][0]
+    peak, after = _peak_rss(pid), _rss(pid)
+    mib = 1024 * 1024
+    print(
+        f"\nRPC probe x{PROBES}: RSS before {before / mib:.1f} MiB (peak so far "
+        f"{peak_before / mib:.1f} MiB), peak "
+        f"{refused_peak / mib:.1f} MiB (refused); largest batch x{PROBES}: peak "
+        f"{peak / mib:.1f} MiB, after {after / mib:.1f} MiB; answers "
+        f"{sum(len(r.content) for r in answered) / mib:.1f} MiB"
+    )
+    # Refused before anything was read: no growth worth a page.
+    assert refused_peak - peak_before < 8 * mib, (refused_peak, peak_before)
+    # Four pages of 1000 tasks at once: far less than the 4 x 32 MB of their bodies.
+    bodies = PROBES * 1000 * BODY
+    assert peak - peak_before < bodies // 4, (peak, peak_before, bodies)
+
+
 def test_the_listing_index_on_a_real_redis(tmp_path: Path) -> None:
     """The same keyset pages on Redis (sorted sets read with ZREVRANGEBYLEX)."""
     with run_redis(tmp_path) as url:
@@ -276,6 +342,12 @@ FILE_TTL, QUOTA_KEY, QUOTA_TOTAL, UPLOAD = 4, 4500, 5000, 2000
 
 
 def _upload(client: httpx.Client, size: int = UPLOAD) -> httpx.Response:
+    data = _batch_file(size)
+    return client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+
+
+def _batch_file(size: int) -> bytes:
+    """A one-line batch input file of exactly `size` bytes."""
     line = {
         "custom_id": "x",
         "method": "POST",
@@ -285,15 +357,15 @@ def _upload(client: httpx.Client, size: int = UPLOAD) -> httpx.Response:
     line["body"]["prompt"] = "p" * (size - len(json.dumps(line)) - 1)
     data = (json.dumps(line) + "\n").encode()
     assert len(data) == size
-    return client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+    return data
 
 
 def _stored(path: Path, file_id: str) -> bool:
     """Whether the store still holds the file's bytes (read beside the running proxy)."""
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         row = db.execute(
-            "SELECT count(*) FROM kv WHERE queue = 'homelab_files' AND key = ?",
-            ("data:" + file_id,),
+            "SELECT count(*) FROM kv WHERE queue = 'homelab_files' AND (key = ? OR key LIKE ?)",
+            ("data:" + file_id, f"data:{file_id}:%"),
         ).fetchone()
     return bool(row[0])
 
@@ -325,7 +397,8 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             first, second = (_upload(a).json() for _ in range(2))
             assert first["expires_at"] == first["created_at"] + FILE_TTL
             over_key = _upload(a)  # 6000 > the key's 4500
-            assert over_key.status_code == 403, over_key.text
+            assert over_key.status_code == 429, over_key.text
+            assert over_key.headers["x-should-retry"] == "false"
             error = over_key.json()["error"]
             assert (error["type"], error["code"]) == (
                 "insufficient_quota",
@@ -333,9 +406,16 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             )
             assert "HOMELAB_FILE_QUOTA_BYTES" in error["message"]
             over_total = _upload(b)  # B's 2000 is under its quota, but 6000 > 5000 in all
-            assert over_total.status_code == 403
+            assert over_total.status_code == 429
             assert over_total.json()["error"]["code"] == "total_file_quota_exceeded"
             assert "HOMELAB_FILES_TOTAL_BYTES" in over_total.json()["error"]["message"]
+            # The openai SDK reads it as OpenAI's own spent quota: a RateLimitError.
+            sdk = openai.OpenAI(
+                base_url=jobs_stack.proxies["p3"].url + "/v1", api_key=jobs_stack.api_key
+            )
+            with pytest.raises(openai.RateLimitError) as refused:
+                sdk.files.create(file=("b.jsonl", _batch_file(UPLOAD)), purpose="batch")
+            assert refused.value.type == "insufficient_quota"
             listed = [f["id"] for f in a.get("/v1/files").json()["data"]]
             assert set(listed) == {first["id"], second["id"]} and len(listed) == 2
             # Past expires_at: gone from list, get and content at once ...
@@ -353,6 +433,93 @@ def test_files_expire_and_are_swept_and_quotas_say_which(jobs_stack: JobsStack) 
             assert _upload(a).status_code == 200
     finally:
         jobs_stack.stop_proxy("p3")
+
+
+DOWNLOADS, BIG_LINES = 12, 24  # 12 readers at once of a 24 MB file
+
+
+def test_downloads_at_once_hold_a_piece_each_not_the_file(jobs_stack: JobsStack) -> None:
+    """GET /v1/files/{id}/content sends the file a piece at a time as the client reads:
+    twelve downloads at once of a 24 MB file (288 MB if each held it) leave the proxy's
+    peak memory about where the upload left it; each download is whole."""
+    path = jobs_stack.work / "downloads" / "jobs.db"
+    path.parent.mkdir()
+    jobs_stack.start_proxy("p7", str(path))
+    pid = jobs_stack.proxies["p7"].proc.pid
+    line = _batch_file(1024 * 1024)
+    data = line * BIG_LINES
+    try:
+        with jobs_stack.client("p7") as client:
+            files = {"file": ("big.jsonl", data)}
+            up = client.post("/v1/files", files=files, data={"purpose": "batch"})
+            assert up.status_code == 200, up.text
+            file_id = up.json()["id"]
+            assert client.get(f"/v1/files/{file_id}/content").content == data  # warm up
+        before, peak_before = _rss(pid), _peak_rss(pid)
+
+        def download(_: int) -> tuple[int, int]:
+            with jobs_stack.client("p7") as c, c.stream("GET", f"/v1/files/{file_id}/content") as r:
+                assert r.headers["content-length"] == str(len(data))
+                size = 0
+                for piece in r.iter_bytes():
+                    size += len(piece)
+                    time.sleep(0.001)  # a reader a little slower than loopback
+                return r.status_code, size
+
+        with ThreadPoolExecutor(DOWNLOADS) as pool:
+            got = list(pool.map(download, range(DOWNLOADS)))
+        peak, after = _peak_rss(pid), _rss(pid)
+    finally:
+        jobs_stack.stop_proxy("p7")
+    assert got == [(200, len(data))] * DOWNLOADS
+    mib = 1024 * 1024
+    print(
+        f"\n{DOWNLOADS} downloads of {len(data) / mib:.0f} MiB at once: RSS before "
+        f"{before / mib:.1f} MiB (peak so far {peak_before / mib:.1f}), peak {peak / mib:.1f} "
+        f"MiB, after {after / mib:.1f} MiB"
+    )
+    assert peak - peak_before < len(data) * DOWNLOADS // 4, (peak, peak_before)
+
+
+def test_file_quotas_and_the_sweep_on_a_real_redis(tmp_path: Path) -> None:
+    """The quota counters (atomic INCRs, reserved before the write) and the expiry sweep
+    (a page of the listing index at a time) on Redis, as several proxies share them."""
+    with run_redis(tmp_path) as url:
+        store, other = JobStore(url), JobStore(url)  # two proxies on one Redis
+        try:
+            now = int(time.time())
+
+            def meta(i: int, owner: str, expires: int) -> FileRecord:
+                return FileRecord(
+                    id=f"file_r{i:03d}",
+                    bytes=1000,
+                    created_at=now + i,
+                    filename="r.jsonl",
+                    purpose="batch",
+                    owner=owner,
+                    expires_at=expires,
+                )
+
+            quota = (2500, 4000)
+            store.put_file(meta(0, "a", now - 1), b"x" * 1000, quota)  # already expired
+            other.put_file(meta(1, "a", now + 3600), b"x" * 1000, quota)
+            with pytest.raises(QuotaExceeded) as key_full:
+                store.put_file(meta(2, "a", now + 3600), b"x" * 1000, (1500, 4000))
+            assert (key_full.value.which, key_full.value.used) == ("key", 2000)
+            other.put_file(meta(3, "b", now + 3600), b"x" * 1000, quota)
+            with pytest.raises(QuotaExceeded) as total_full:
+                store.put_file(meta(4, "b", now + 3600), b"x" * 1000, (2500, 3500))
+            assert (total_full.value.which, total_full.value.used) == ("total", 3000)
+            assert other.file_usage("a") == (2000, 3000)  # the refused ones left no trace
+            # The sweep deletes only the expired file, its bytes, and frees its quota.
+            assert store.sweep_files(now) == 1
+            assert other.get_file("file_r000") is None and other.file_content("file_r000") is None
+            assert other.file_usage("a") == (1000, 2000)
+            page, _ = other.list_page("files", "a", None, 10)
+            assert [f.id for f in page] == ["file_r001"]
+        finally:
+            store.close()
+            other.close()
 
 
 # -- /stream: one watcher per task, streams capped per key ------------------------------
@@ -439,6 +606,82 @@ async def test_streams_of_one_task_share_one_watcher_and_a_key_has_a_cap(
             )
     finally:
         jobs_stack.stop_proxy("p4")
+
+
+PROBE_STREAMS, DEFAULT_STREAM_CAP = 150, 32
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+async def test_the_stream_probe_meets_the_per_key_cap_on_one_watcher(
+    jobs_stack: JobsStack, tmp_path: Path, engine: str
+) -> None:
+    """Issue 23's probe: 150 /stream connections of one key on one task. At the default
+    cap 32 are served, all from one watcher, and the other 118 are refused with a 429
+    envelope; the proxy's memory is measured before, at its peak and after (on the
+    embedded store and on a real Redis, whose watcher also polls for other proxies)."""
+    with contextlib.ExitStack() as stop:
+        if engine == "redis":
+            store = stop.enter_context(run_redis(tmp_path))
+        else:
+            store = str(jobs_stack.work / "probe-streams" / "jobs.db")
+        name = f"p6-{engine}"
+        jobs_stack.start_proxy(name, store)
+        stop.callback(jobs_stack.stop_proxy, name)
+        pid = jobs_stack.proxies[name].proc.pid
+        with jobs_stack.client(name) as sync:
+            long = " ".join(f"w{i}" for i in range(600))
+            task = rpc(sync, "create_message", {"model": TEXT_A, "message": long})["result"]
+            before = _rss(pid)
+            # One stream at a time, as a client would hold them: each accepted one stays
+            # open; a refused one gives its connection back.
+            limits = httpx.Limits(max_connections=DEFAULT_STREAM_CAP + 8)
+            async with httpx.AsyncClient(
+                base_url=jobs_stack.proxies[name].url,
+                headers=jobs_stack.headers(),
+                limits=limits,
+                timeout=120,
+            ) as client:
+                held: list[httpx.Response] = []
+                codes: list[int] = []
+                refusals: set[str] = set()
+                for _ in range(PROBE_STREAMS):
+                    request = client.build_request("GET", task["stream"])
+                    resp = await client.send(request, stream=True)
+                    codes.append(resp.status_code)
+                    if resp.status_code == 200:
+                        held.append(resp)
+                    else:
+                        await resp.aread()
+                        refusals.add(resp.json()["error"]["code"])
+                        await resp.aclose()
+                assert codes.count(200) == DEFAULT_STREAM_CAP, codes
+                assert codes.count(429) == PROBE_STREAMS - DEFAULT_STREAM_CAP
+                assert refusals == {"too_many_streams"}
+                assert _gauge(sync, "homelab_proxy_job_streams") == DEFAULT_STREAM_CAP
+                assert _gauge(sync, "homelab_proxy_job_watchers") == 1
+                # Every held stream is read: each gets the task's first stored events.
+                for resp in held:
+                    lines = resp.aiter_lines()
+                    while not (await asyncio.wait_for(anext(lines), 60)).startswith("id:"):
+                        pass
+                peak = _peak_rss(pid)
+                for resp in held:
+                    await resp.aclose()
+            _until(
+                lambda: (
+                    _gauge(sync, "homelab_proxy_job_streams") == 0
+                    and _gauge(sync, "homelab_proxy_job_watchers") == 0
+                ),
+                "the streams and the watcher to be gone",
+            )
+            after = _rss(pid)
+            rpc(sync, "tasks.cancel", {"taskId": task["taskId"]})
+    mib = 1024 * 1024
+    print(
+        f"\n{PROBE_STREAMS} streams ({engine}): {codes.count(200)} served, "
+        f"{codes.count(429)} refused; RSS before {before / mib:.1f} MiB, peak "
+        f"{peak / mib:.1f} MiB, after {after / mib:.1f} MiB"
+    )
 
 
 # -- MCP sessions: a cap per key and an idle timeout ----------------------------------
