@@ -621,6 +621,36 @@ def _bigbody_section(runs: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _streams_section(results: dict[str, dict]) -> tuple[str, list[str]]:
+    from bench import streams
+
+    out = [
+        "## Job streams on one task\n",
+        "`python -m bench.streams` (tokens flowing: a chunk every 0.1 s or so) and "
+        "`python -m bench.streams --gap-ms 5000 --output streams-quiet` (a quiet task): N "
+        "`/stream` readers of one task, the proxy's CPU and peak memory over each window. "
+        "*before*: the same script at bd91ced, when every stream read the store every 0.25 s; "
+        "now one watcher per task fans out to its streams (proxy/jobs/watch.py).",
+    ]
+    findings = []
+    for name, label in (
+        ("streams", "tokens flowing"),
+        ("streams-before", "tokens flowing, before"),
+        ("streams-quiet", "quiet task"),
+        ("streams-quiet-before", "quiet task, before"),
+    ):
+        if name in results:
+            out += ["", f"**{label}**", "", streams.render(results[name])]
+            runs = results[name]["runs"]
+            if len(runs) > 1 and runs[0]["proxy_cpu_share"]:
+                findings.append(
+                    f"Job streams ({label}): {runs[-1]['streams']} streams cost the proxy "
+                    f"{fmt(runs[-1]['proxy_cpu_share'] / runs[0]['proxy_cpu_share'], 1)}x the CPU of "
+                    f"{runs[0]['streams']}."
+                )
+    return "\n".join(out), findings
+
+
 def _servers_section(sv: dict) -> tuple[str, list[str]]:
     from bench import servers
 
@@ -778,6 +808,10 @@ def render() -> str:
         "upstream-client",
         "slowclients",
         "servers",
+        "streams",
+        "streams-before",
+        "streams-quiet",
+        "streams-quiet-before",
     ]
     results = {n: r for n in names if (r := read_json(n)) is not None}
     bigbody = [r for n in ("bigbody-before", "bigbody-after") if (r := read_json(n)) is not None]
@@ -859,6 +893,10 @@ def render() -> str:
         findings += found
     if "servers" in results:
         text, found = _servers_section(results["servers"])
+        parts += [text, ""]
+        findings += found
+    if "streams" in results:
+        text, found = _streams_section(results)
         parts += [text, ""]
         findings += found
     if "slowclients" in results:
