@@ -116,11 +116,18 @@ NO_VISION = "No vision model is configured"
 """proxy/mcp/tools.py's refusal when no model takes images: nothing could fetch the URL."""
 
 
-def decide_img2txt(is_error: bool, text: str) -> bool:
-    """Held when the tool refuses the foreign URL as a bad `image` (never fetched), or is
-    refused before it because no vision model is configured (no model server to fetch it;
-    the line says so, since the URL check itself was not reached)."""
-    return is_error and ("'image'" in text or NO_VISION in text)
+def decide_img2txt(is_error: bool, text: str, img2img: tuple[bool, str] | None = None) -> bool:
+    """Held when the tool refuses the foreign URL as a bad `image` (never fetched). Where
+    no vision model is configured, img2txt is refused before its URL is read (nothing
+    could fetch it), so the same URL check (`proxy.mcp.picture.read_image`) is asked of
+    img2img: held when that refuses it as a bad `image`."""
+    if NO_VISION in text and img2img is not None:
+        return is_error and _bad_image(*img2img)
+    return _bad_image(is_error, text)
+
+
+def _bad_image(is_error: bool, text: str) -> bool:
+    return is_error and "'image'" in text
 
 
 def decide_mcp_sessions(codes: Sequence[int]) -> bool:
@@ -384,9 +391,12 @@ async def probe_image_options(t: Target) -> Result:
 
 
 async def probe_img2txt(t: Target) -> Result:
-    from mcp.types import TextContent
+    from mcp.types import CallToolResult, TextContent
 
     from tests.mcp_client import http_session
+
+    def text_of(result: CallToolResult) -> str:
+        return " ".join(c.text for c in result.content if isinstance(c, TextContent))
 
     foreign = "http://127.0.0.1:9/private/secret.png"
     async with http_session(t.url + "/mcp", t.key) as session:
@@ -394,17 +404,19 @@ async def probe_img2txt(t: Target) -> Result:
         if "img2txt" not in tools:
             return Result("MCP img2txt with a foreign URL", "nothing", "no img2txt tool", True)
         result = await session.call_tool("img2txt", {"image": foreign})
-    text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+        text, sent = text_of(result), f"img2txt image={foreign}"
+        got = f"{'tool error' if result.is_error else 'answered'}: {text[:90]!r}"
+        edit = None
+        if NO_VISION in text and "img2img" in tools:
+            other = await session.call_tool("img2img", {"image": foreign, "prompt": "x"})
+            edit = (bool(other.is_error), text_of(other))
+            sent += ", then img2img with it (no vision model here: the same URL check)"
+            got += f"; img2img {'tool error' if other.is_error else 'answered'}: {edit[1][:90]!r}"
     return Result(
         "MCP img2txt with a foreign URL",
-        f"img2txt image={foreign}",
-        f"{'tool error' if result.is_error else 'answered'}: {text[:100]!r}"
-        + (
-            " (no vision model here: the URL check itself is not reached)"
-            if NO_VISION in text
-            else ""
-        ),
-        decide_img2txt(bool(result.is_error), text),
+        sent,
+        got,
+        decide_img2txt(bool(result.is_error), text, edit),
     )
 
 

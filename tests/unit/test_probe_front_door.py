@@ -59,7 +59,11 @@ def test_request_decisions() -> None:
     assert not probe.decide_image_options({"n": {"taskId": "t1", "stream": "/stream/t1"}})
     assert not probe.decide_image_options({"size": refused})  # refused, but not for size
     assert probe.decide_img2txt(True, "Invalid argument 'image': a data URL or this proxy's")
-    assert probe.decide_img2txt(True, probe.NO_VISION + ": mark a text model ...")
+    no_vision = probe.NO_VISION + ": mark a text model ..."
+    bad_image = "Invalid argument 'image': a data URL, base64 or this proxy's image URL"
+    assert probe.decide_img2txt(True, no_vision, (True, bad_image))
+    assert not probe.decide_img2txt(True, no_vision, (False, "a picture"))
+    assert not probe.decide_img2txt(True, no_vision, (True, "the model server could not fetch"))
     assert not probe.decide_img2txt(False, "A picture of a server room.")
     assert not probe.decide_img2txt(True, "the model server could not fetch the image")
     assert probe.decide_mcp_sessions([200] * 16 + [429])
