@@ -164,8 +164,9 @@ class Target:
 
 
 def _source(url: str) -> str:
-    """The local address to connect from: loopback for a loopback server, else any."""
-    return "127.0.0.1" if "//127." in url or "//localhost" in url else "0.0.0.0"
+    """The local address to connect from: loopback for a 127/8 server, else any IPv4 one
+    (the raw-socket probes speak IPv4: give an address, not a name that may be ::1)."""
+    return "127.0.0.1" if "//127." in url else "0.0.0.0"
 
 
 async def _close_of(url: str, head: bytes, trickled: bytes | None, wait: float) -> Closed:
