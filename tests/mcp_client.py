@@ -32,6 +32,17 @@ INITIALIZE = {
 """A raw JSON-RPC ``initialize`` request, for tests that POST to /mcp without the SDK."""
 
 
+def mcp_headers(key: str, session: str | None = None) -> dict[str, str]:
+    """The headers of a raw POST to /mcp with `key` (and a session's id)."""
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-06-18",
+    }
+    return headers | ({"Mcp-Session-Id": session} if session else {})
+
+
 @contextlib.asynccontextmanager
 async def http_session(url: str, key: str | None) -> AsyncIterator[ClientSession]:
     """An initialised session to `url` (a proxy's /mcp) over Streamable HTTP."""

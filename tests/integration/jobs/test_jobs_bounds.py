@@ -25,7 +25,7 @@ from proxy.jobs.store import JobStore, QuotaExceeded
 from proxy.keys import simple_name
 from tests.integration.jobs.jobs_stack import EMBED, TEXT_A, JobsStack, run_redis
 from tests.integration.jobs.sse import rpc
-from tests.mcp_client import INITIALIZE
+from tests.mcp_client import INITIALIZE, mcp_headers
 
 
 def _call(method: str, params: dict, id_: int | None) -> dict:
@@ -689,16 +689,6 @@ async def test_the_stream_probe_meets_the_per_key_cap_on_one_watcher(
 MCP_PER_KEY, MCP_IDLE = 3, 3
 
 
-def _mcp_headers(key: str, session: str | None = None) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {key}",
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-        "MCP-Protocol-Version": "2025-06-18",
-    }
-    return headers | ({"Mcp-Session-Id": session} if session else {})
-
-
 def test_mcp_sessions_are_capped_per_key_and_end_when_idle(jobs_stack: JobsStack) -> None:
     path = jobs_stack.work / "mcp" / "jobs.db"
     path.parent.mkdir()
@@ -715,7 +705,7 @@ def test_mcp_sessions_are_capped_per_key_and_end_when_idle(jobs_stack: JobsStack
         with httpx.Client(timeout=30) as http:
 
             def open_session(key: str) -> httpx.Response:
-                return http.post(url, json=INITIALIZE, headers=_mcp_headers(key))
+                return http.post(url, json=INITIALIZE, headers=mcp_headers(key))
 
             sessions = [open_session(key_a).headers["mcp-session-id"] for _ in range(MCP_PER_KEY)]
             over = open_session(key_a)
@@ -724,7 +714,7 @@ def test_mcp_sessions_are_capped_per_key_and_end_when_idle(jobs_stack: JobsStack
             # The cap is per key: another key opens its own.
             assert open_session(KEY_B).status_code == 200
             # A session in use keeps working ...
-            used = http.post(url, json=ping, headers=_mcp_headers(key_a, sessions[0]))
+            used = http.post(url, json=ping, headers=mcp_headers(key_a, sessions[0]))
             assert used.status_code == 200
             # ... and idle ones end after the idle timeout (a refused open touches none
             # of them): the key may open sessions again, and their ids answer 404.
@@ -734,7 +724,7 @@ def test_mcp_sessions_are_capped_per_key_and_end_when_idle(jobs_stack: JobsStack
                 "the idle sessions to end",
             )
             assert {r.status_code for r in reopened[:-1]} <= {429}
-            gone = http.post(url, json=ping, headers=_mcp_headers(key_a, sessions[1]))
+            gone = http.post(url, json=ping, headers=mcp_headers(key_a, sessions[1]))
             assert gone.status_code == 404
     finally:
         jobs_stack.stop_proxy("p5")
