@@ -97,7 +97,8 @@ async def connect_from(url: str, source: str) -> tuple[asyncio.StreamReader, asy
 
 
 async def until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes, and when it closed (monotonic)."""
+    """Everything the server sends until it closes, and when it closed (monotonic).
+    Raises TimeoutError when the server keeps it open past `limit` seconds."""
     data = b""
     with contextlib.suppress(ConnectionError):
         async with asyncio.timeout(limit):
