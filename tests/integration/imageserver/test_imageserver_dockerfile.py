@@ -141,7 +141,9 @@ def test_the_image_builds_and_serves_the_tiny_pipeline(
     )
     try:
         body = _wait_ready(container, f"http://127.0.0.1:{port}")
+        loaded = body.pop("loaded")  # how it was loaded (wire.image_options.ImageLoaded)
         assert body == {"status": "ready", "error": None, "model": name}
+        assert loaded["device"] == "cpu" and loaded["offload"] == "none", loaded
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/images/generations",
             json={"model": name, "prompt": "in a container", "n": 1},

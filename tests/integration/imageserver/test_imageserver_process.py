@@ -56,7 +56,10 @@ def test_health_is_up_while_loading_then_ready(server: ImageServerProcess) -> No
     assert set(server.statuses[:first_ready]) == {"loading"}
     response = httpx.get(f"{server.base_url}/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "error": None, "model": "tiny-sd"}
+    body = response.json()
+    loaded = body.pop("loaded")  # how it was loaded (wire.image_options.ImageLoaded)
+    assert body == {"status": "ready", "error": None, "model": "tiny-sd"}
+    assert loaded["quantize"] == "none" and loaded["offload"] == "none", loaded
 
 
 def test_models_lists_the_served_name(server: ImageServerProcess) -> None:

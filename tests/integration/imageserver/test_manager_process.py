@@ -111,6 +111,7 @@ async def test_the_manager_starts_checks_uses_and_stops_the_image_server(
         base_url=runtime.base_url(spec), headers=auth, trust_env=False, timeout=120
     ) as client:
         health = (await client.get("/health")).json()
+        assert health.pop("loaded")["offload"] == "none"  # wire.image_options.ImageLoaded
         assert health == {"status": "ready", "error": None, "model": name}
         reply = await client.post(
             "/v1/images/generations",

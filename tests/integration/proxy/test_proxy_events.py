@@ -13,6 +13,8 @@ from pathlib import Path
 
 from proxy_live import LiveStack
 
+from tests.tools import connect_from
+
 CLIENTS = 200
 ESTABLISHED = "01"
 
@@ -30,8 +32,10 @@ def manager_connections(port: int) -> int:
     return count
 
 
-async def open_stream(host: str, port: int, key: str) -> asyncio.StreamWriter:
-    reader, writer = await asyncio.open_connection(host, port)
+async def open_stream(host: str, port: int, key: str, n: int) -> asyncio.StreamWriter:
+    # 50 browsers per client address: the proxy takes at most 128 from one
+    # (HOMELAB_PROXY_MAX_CONNECTIONS_PER_ADDRESS)
+    reader, writer = await connect_from(f"http://{host}:{port}", f"127.0.1.{n // 50 + 1}")
     writer.write(
         (
             f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -52,7 +56,7 @@ def test_two_hundred_event_clients_share_one_manager_connection(live_stack: Live
     async def crowd() -> tuple[int, int]:
         before = manager_connections(manager_port)
         writers = await asyncio.gather(
-            *(open_stream(host, int(port), live_stack.api_key) for _ in range(CLIENTS))
+            *(open_stream(host, int(port), live_stack.api_key, n) for n in range(CLIENTS))
         )
         during = manager_connections(manager_port)
         for writer in writers:
