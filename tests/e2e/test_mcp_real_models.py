@@ -167,7 +167,16 @@ async def test_mcp_tools_chat_paint_edit_cancel_and_relay_on_real_models(real_st
     # The stdio relay: the same tools, over `python -m proxy.mcp`.
     async with stdio_session(url, API_KEY) as relay:
         names = sorted(t.name for t in (await relay.list_tools()).tools)
-        assert names == ["embed", "img2img", "img2txt", "list_models", "txt2img", "txt2txt"]
+        assert names == [
+            "embed",
+            "img2img",
+            "img2txt",
+            "list_models",
+            "speech2txt",
+            "txt2img",
+            "txt2speech",
+            "txt2txt",
+        ]
         listed = await relay.call_tool("list_models", {})
         assert {r["id"] for r in listed.structured_content["models"]} == {"smollm2", "tiny-sd"}
 
