@@ -292,6 +292,9 @@ def test_help_is_drawn_from_the_command_table(ui: Ui) -> None:
         "/theme",
         "/whoami",
         "/usage",
+        "/say",
+        "/speak",
+        "/voices",
     }
 
     ui.wait_ready()
