@@ -392,8 +392,7 @@ class ModelCall:
             self._outcome = 499
         metrics = self._calls.metrics
         metrics.in_flight.dec()
-        metrics.requests.labels(self.label, self.served, str(self._outcome)).inc()
-        metrics.latency.labels(self.label).observe(time.perf_counter() - self.started)
+        metrics.answered(self.label, self.served, self._outcome, time.perf_counter() - self.started)
         if self._admitted:
             self._admitted = False
             self._count()
@@ -418,7 +417,7 @@ class ModelCall:
             if waiting is not None:
                 waiting[model] -= 1
             if first:
-                calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
+                calls.metrics.waited(model, time.perf_counter() - self.started)
 
     async def _pick_and_acquire(self, model: str, pick: PickHost, key: tuple[str, str]) -> LeaseUse:
         link = self._link = await pick()
