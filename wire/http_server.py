@@ -37,6 +37,7 @@ import json
 import logging
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,13 +50,24 @@ CONNECTION_SCOPE_KEY = "homelab.connection"
 
 
 class Trust:
-    """Whether a request on a connection carried a valid key (set by `trust`). Its own
-    object, so that a scope kept by the app holds no reference to the protocol."""
+    """What a request can know of its connection: whether a request on it carried a
+    valid key (set by `trust`), whether it is lost, and the one callback to run when it
+    is lost (`on_lost`: `wire.disconnect.watch_disconnect` cancels its work from there,
+    without a task reading ``receive``). Its own object, so that a scope kept by the app
+    holds no reference to the protocol."""
 
-    __slots__ = ("trusted",)
+    __slots__ = ("trusted", "lost", "on_lost")
 
     def __init__(self) -> None:
         self.trusted = False
+        self.lost = False
+        self.on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,9 @@ class GuardedProtocol(HttpToolsProtocol):
             self.registered = False
             self.registry.leave(self)
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # the request's ``receive`` says http.disconnect
+        if hasattr(self, "trust"):
+            self.trust.connection_lost()  # and its watcher hears it at the same moment
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
