@@ -52,6 +52,10 @@ class Metrics:
         self.in_flight = Gauge(
             "homelab_proxy_in_flight", "Requests being forwarded now.", registry=self.registry
         )
+        self.calls_in_flight = 0
+        """What `in_flight` reports when read: a plain count (ModelCall adds and takes one),
+        not two locked updates of the gauge on every call."""
+        self.in_flight.set_function(lambda: self.calls_in_flight)
         self.swaps = Counter(
             "homelab_proxy_swaps",
             "Model swaps reported by the manager's event stream.",

@@ -330,7 +330,7 @@ class ModelCall:
 
     async def __aenter__(self) -> ModelCall:
         self.started = time.perf_counter()
-        self._calls.metrics.in_flight.inc()
+        self._calls.metrics.calls_in_flight += 1
         try:
             who = self.who
             if not who.may_use(self.model):
@@ -391,7 +391,7 @@ class ModelCall:
         elif exc is not None:
             self._outcome = 499
         metrics = self._calls.metrics
-        metrics.in_flight.dec()
+        metrics.calls_in_flight -= 1
         metrics.answered(self.label, self.served, self._outcome, time.perf_counter() - self.started)
         if self._admitted:
             self._admitted = False
