@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from bench.common import DOC, fmt, read_json, table
+from bench.common import DOC, RESULTS, fmt, read_json, table
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_ADDED_P99_MS = 0.5
@@ -711,6 +711,42 @@ def _slowclients_section(sc: dict) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _instructions_section(runs: list[dict]) -> tuple[str, list[str]]:
+    """`bench.instructions` runs: main's first, the final (`after`) last, the steps between
+    in the order they trimmed (most instructions first)."""
+    order = {"main": 0, "after": 2}
+    runs = sorted(runs, key=lambda r: (order.get(r["label"], 1), -r["instructions_per_request"]))
+    first = runs[0]["instructions_per_request"]
+    out = [
+        "## The proxy's instructions per request\n",
+        "`python -m bench.instructions --label LABEL`: the proxy under valgrind's callgrind, "
+        "2000 sequential keep-alive chat requests per round (one client), the idle rate "
+        "subtracted, the median of the rounds: a figure the machine's other load does not "
+        "move. *main* is the proxy before issue 23's trims, each later row one trim more "
+        "(the commits name them), *after* all of them.",
+        "",
+        table(
+            ["run", "k instructions per request", "rounds", "vs first"],
+            [
+                [
+                    r["label"],
+                    fmt(r["instructions_per_request"] / 1000, 1),
+                    ", ".join(fmt(x["instructions_per_request"] / 1000, 1) for x in r["rounds"]),
+                    fmt(r["instructions_per_request"] / first, 3),
+                ]
+                for r in runs
+            ],
+        ),
+    ]
+    last = runs[-1]
+    findings = [
+        f"Proxy instructions per request: {fmt(first / 1000, 1)} k ({runs[0]['label']}) -> "
+        f"{fmt(last['instructions_per_request'] / 1000, 1)} k ({last['label']}), "
+        f"{fmt(100 * (1 - last['instructions_per_request'] / first), 1)}% fewer."
+    ]
+    return "\n".join(out), findings
+
+
 def upstream_client_table(rows: list[dict]) -> str:
     """bench/upstream_client.py's summary rows as a table."""
     return table(
@@ -901,6 +937,15 @@ def render() -> str:
         findings += found
     if "slowclients" in results:
         text, found = _slowclients_section(results["slowclients"])
+        parts += [text, ""]
+        findings += found
+    instructions = [
+        r
+        for path in sorted(RESULTS.glob("instructions-*.json"))
+        if (r := read_json(path.stem)) is not None
+    ]
+    if instructions:
+        text, found = _instructions_section(instructions)
         parts += [text, ""]
         findings += found
     if bigbody:

@@ -171,9 +171,16 @@ class Stack:
         return proc
 
     def start_proxy(
-        self, port: int, env: dict[str, str] | None = None, module: str = "proxy"
+        self,
+        port: int,
+        env: dict[str, str] | None = None,
+        module: str = "proxy",
+        wrapper: Sequence[str] = (),
+        timeout: float = 60.0,
     ) -> Proc:
-        """Start `python -m <module>` (the proxy, or an experiment that wraps it) on `port`."""
+        """Start `python -m <module>` (the proxy, or an experiment that wraps it) on `port`;
+        `wrapper` goes before that command line (a profiler, say: `bench.instructions` runs
+        the proxy under valgrind), `timeout` bounds the wait for its first answer."""
         if self.manager_port is None:
             raise StackError("start the manager before the proxy")
         self.proxy_port = port
@@ -187,13 +194,15 @@ class Stack:
         }
         base.update(self.extra_env)
         base.update(env or {})
-        proc = self.spawn("proxy", [sys.executable, "-m", module], base)
+        proc = self.spawn("proxy", [*wrapper, sys.executable, "-m", module], base)
         manager_url = f"http://{HOST}:{self.manager_port}"
 
         def ours(resp: httpraw.Response) -> bool:  # our key, and it reads our manager
             return json.loads(resp.body).get("manager") == manager_url
 
-        wait_http(HOST, port, "/readyz", proc, headers=self.client_headers(), ours=ours)
+        wait_http(
+            HOST, port, "/readyz", proc, timeout=timeout, headers=self.client_headers(), ours=ours
+        )
         return proc
 
     def client_headers(self) -> dict[str, str]:
@@ -413,6 +422,8 @@ def one_model(
     direct_only: bool,
     proxy_module: str = "proxy",
     manager_module: str = "manager",
+    proxy_wrapper: Sequence[str] = (),
+    proxy_timeout: float = 60.0,
 ) -> OneModel:
     """Direct only: a stand-in upstream on `ports[0]`. Otherwise the manager (process runtime,
     on `ports[1]`) launches that upstream from models.json and makes it resident, and the
@@ -429,7 +440,9 @@ def one_model(
     models = {model: text_model(model, upstream_port, st.upstream_command(model, upstream_args))}
     mgr = st.start_manager(manager_port, "process", st.write_models(models), module=manager_module)
     st.ensure(model)
-    prx = st.start_proxy(proxy_port, module=proxy_module)
+    prx = st.start_proxy(
+        proxy_port, module=proxy_module, wrapper=proxy_wrapper, timeout=proxy_timeout
+    )
     upstream_pid = st.upstream_pid(model)
     if upstream_pid is None:
         raise StackError("the manager started the upstream but its pidfile is missing")

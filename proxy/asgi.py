@@ -30,7 +30,7 @@ class Watched(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with watch_disconnect(receive) as watch:
+            async with watch_disconnect(receive, scope) as watch:
                 await self.run(send, watch)
         except ClientDisconnected:
             return

@@ -113,16 +113,35 @@ def default_hosts(proxy_host: str, public_url: str | None, extra: Iterable[str])
     return {h for h in hosts if h}
 
 
+_VERDICTS = 256
+"""Host header values whose verdict `Guard` keeps (clients send the same one or two)."""
+
+
 class Guard:
     def __init__(self, app: ASGIApp, allowed_hosts: set[str]) -> None:
         self.app = app
         self.any_host = "*" in allowed_hosts
         self.allowed = allowed_hosts
+        self._verdicts: dict[str, tuple[str, bool]] = {}
+        """Host header value -> (`host_name` of it, `known_host` of that), at most
+        `_VERDICTS` of them: parsing an IP literal on every request cost more than the
+        rest of the check. Emptied when full (a client cycling Host values gains nothing)."""
 
     def known_host(self, name: str) -> bool:
         """Allowed by name or as an IP address (not merely because of ``*``)."""
         name = name.rstrip(".")
         return name in self.allowed or _is_ip(name)
+
+    def _verdict(self, host: str) -> tuple[str, bool]:
+        """(`host_name`, known) of a Host header value, from `_verdicts` when there."""
+        found = self._verdicts.get(host)
+        if found is None:
+            name = host_name(host)
+            found = (name, bool(name) and self.known_host(name))
+            if len(self._verdicts) >= _VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[host] = found
+        return found
 
     def allowed_host(self, name: str) -> bool:
         return self.any_host or self.known_host(name)
@@ -143,8 +162,7 @@ class Guard:
                 host = value.decode("latin-1")
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        name = host_name(host)
-        known = bool(name) and self.known_host(name)
+        name, known = self._verdict(host)
         if not known and not (name and self.any_host):
             await (
                 ProxyError(

@@ -117,6 +117,9 @@ class Fleet:
         self.known_path = known_path
         self._known: dict[str, ModelStatus] | None = _read_known(known_path)
         self._known_ids: tuple[tuple[str, str], ...] = ()
+        self._remembered: dict[str, ModelStatus] | None = None
+        """The last list `_remember` read (a manager client's cached list comes again and
+        again, never changed in place)."""
         self._changed = asyncio.Event()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         """Per host: its list being fetched in the background (`refresh`)."""
@@ -244,6 +247,9 @@ class Fleet:
 
     def _remember(self, models: dict[str, ModelStatus]) -> None:
         """Keep the catalogue's names and types in `known_path` when they changed."""
+        if models is self._remembered:  # a manager's cached list, seen already
+            return
+        self._remembered = models
         ids = tuple(sorted((m.id, m.type) for m in models.values() if m.backend != "remote"))
         if ids == self._known_ids:
             return

@@ -52,12 +52,42 @@ class Metrics:
         self.in_flight = Gauge(
             "homelab_proxy_in_flight", "Requests being forwarded now.", registry=self.registry
         )
+        self.calls_in_flight = 0
+        """What `in_flight` reports when read: a plain count (ModelCall adds and takes one),
+        not two locked updates of the gauge on every call."""
+        self.in_flight.set_function(lambda: self.calls_in_flight)
         self.swaps = Counter(
             "homelab_proxy_swaps",
             "Model swaps reported by the manager's event stream.",
             ["from_model", "to_model"],
             registry=self.registry,
         )
+
+        self._answered: dict[tuple[str, str, int], Counter] = {}
+        self._took: dict[str, Histogram] = {}
+        self._waited: dict[str, Histogram] = {}
+
+    # The labelled children of the per-call metrics, kept per label values: `labels()`
+    # checks and converts its arguments and takes a lock on every call.
+
+    def answered(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        """A call answered `status` after `seconds`: `requests` and `latency`."""
+        key = (endpoint, model, status)
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self.requests.labels(endpoint, model, str(status))
+        counter.inc()
+        took = self._took.get(endpoint)
+        if took is None:
+            took = self._took[endpoint] = self.latency.labels(endpoint)
+        took.observe(seconds)
+
+    def waited(self, model: str, seconds: float) -> None:
+        """A call waited `seconds` for its first lease on `model`: `queue_wait`."""
+        waited = self._waited.get(model)
+        if waited is None:
+            waited = self._waited[model] = self.queue_wait.labels(model)
+        waited.observe(seconds)
 
     def watch_leases(self, *pools: LeasePool) -> None:
         """Report the `pools`' grants, releases and leases held, summed over the pools (one per

@@ -330,7 +330,7 @@ class ModelCall:
 
     async def __aenter__(self) -> ModelCall:
         self.started = time.perf_counter()
-        self._calls.metrics.in_flight.inc()
+        self._calls.metrics.calls_in_flight += 1
         try:
             who = self.who
             if not who.may_use(self.model):
@@ -391,9 +391,8 @@ class ModelCall:
         elif exc is not None:
             self._outcome = 499
         metrics = self._calls.metrics
-        metrics.in_flight.dec()
-        metrics.requests.labels(self.label, self.served, str(self._outcome)).inc()
-        metrics.latency.labels(self.label).observe(time.perf_counter() - self.started)
+        metrics.calls_in_flight -= 1
+        metrics.answered(self.label, self.served, self._outcome, time.perf_counter() - self.started)
         if self._admitted:
             self._admitted = False
             self._count()
@@ -418,7 +417,7 @@ class ModelCall:
             if waiting is not None:
                 waiting[model] -= 1
             if first:
-                calls.metrics.queue_wait.labels(model).observe(time.perf_counter() - self.started)
+                calls.metrics.waited(model, time.perf_counter() - self.started)
 
     async def _pick_and_acquire(self, model: str, pick: PickHost, key: tuple[str, str]) -> LeaseUse:
         link = self._link = await pick()

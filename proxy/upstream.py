@@ -330,10 +330,8 @@ class _Connection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = resp.headers
-        if key in headers:
-            dict.__setitem__(headers, key, dict.__getitem__(headers, key) + ", " + text)
-        else:
-            dict.__setitem__(headers, key, text)
+        known = dict.get(headers, key)  # (lower case already: `Headers`' own methods lower again)
+        dict.__setitem__(headers, key, text if known is None else known + ", " + text)
 
     def on_headers_complete(self) -> None:
         resp = self.resp
@@ -344,14 +342,14 @@ class _Connection(asyncio.Protocol):
             self.interim = True  # 100 Continue & co: the real answer follows
             return
         resp.status = status
-        headers = resp.headers
+        headers = resp.headers  # read with dict's own methods: these names are lower case
         self.until_eof = (
-            "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "").lower()
+            not dict.__contains__(headers, "content-length")
+            and "chunked" not in dict.get(headers, "transfer-encoding", "").lower()
             and status not in (204, 304)
         )
-        if self.parser.get_http_version() != "1.1" or "close" in headers.get(
-            "connection", ""
+        if self.parser.get_http_version() != "1.1" or "close" in dict.get(
+            headers, "connection", ""
         ).lower().replace(" ", "").split(","):
             self.reusable = False
         resp._headers_done = True

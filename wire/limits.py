@@ -3,8 +3,9 @@
 A body over the limit is answered 413 ``request_too_large`` (an OpenAI envelope with
 the app's ``source``), in the manager, the proxy and the image server alike:
 
-- a declared ``Content-Length`` over the limit is refused before the app runs;
-- any other body is counted as the app reads it: past the limit, the read raises
+- a declared ``Content-Length`` over the limit is refused before the app runs (one
+  within it is not counted: the HTTP server delivers exactly that many bytes);
+- any other body (chunked) is counted as the app reads it: past the limit, the read raises
   `BodyTooLarge` (an ``HTTPException`` 413, so FastAPI's body parsing lets it through
   to the app's handler, `wire.errors.install_error_handlers`); if it escapes the app
   before an answer started, the middleware answers itself.
@@ -74,6 +75,11 @@ class BodyLimit:
         declared = content_length(scope)
         if declared is not None and declared > limit:
             await too_large(limit).send(send, self.source)
+            return
+        if declared is not None:
+            # Within the limit: the HTTP server delivers exactly Content-Length bytes of
+            # body (a longer one is not this request's), so there is nothing to count.
+            await self.app(scope, receive, send)
             return
         seen = 0
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-from proxy_live import LiveStack, run_open_proxy
+import uvicorn
+from proxy_live import PORTS, LiveStack, run_open_proxy
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.tools import connect_from, trickle, until_closed
+from proxy.asgi import Watched
+from tests.tools import connect_from, free_ports, trickle, until_closed
+from wire import http_server
+from wire.disconnect import watch_disconnect
+from wire.http_server import CONNECTION_SCOPE_KEY, ConnectionLimits, Trust
 
 HEADER_TIMEOUT = 1.5
 KEEP_ALIVE = 5.0  # wire.http_server.ConnectionLimits' default (not a proxy setting)
@@ -193,3 +200,85 @@ def test_the_manager_closes_silent_and_slow_header_sockets(live_stack: LiveStack
     (silent, silent_s), (slow, slow_s) = asyncio.run(scenario())
     assert silent == b"" and KEEP_ALIVE - 0.5 <= silent_s < KEEP_ALIVE + SLACK
     assert slow.startswith(b"HTTP/1.1 408 ") and 10 - 0.5 <= slow_s < 10 + SLACK
+
+
+def test_a_client_that_leaves_cancels_the_work_through_its_connection() -> None:
+    """Under our server, `watch_disconnect` hears a disconnect from the connection
+    (`Trust.on_lost`) instead of a task reading ``receive``: the work is cancelled as the
+    client goes, and the hook is gone once the answer is over."""
+    seen: dict[str, object] = {}
+    working, returned = asyncio.Event(), asyncio.Event()
+
+    class Work(Watched):
+        connection: Trust
+
+        async def run(self, send: Send, watch: watch_disconnect) -> None:
+            seen["hooked"] = self.connection.on_lost is not None
+            working.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                seen["cancelled"] = True
+                raise
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        work = Work()
+        work.connection = scope[CONNECTION_SCOPE_KEY]
+        await work(scope, receive, send)
+        seen["unhooked"] = work.connection.on_lost is None
+        returned.set()
+
+    async def scenario() -> None:
+        async with _serving(app) as port:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await asyncio.wait_for(working.wait(), 10)
+            writer.close()
+            await asyncio.wait_for(returned.wait(), 10)
+
+    asyncio.run(scenario())
+    assert seen == {"hooked": True, "cancelled": True, "unhooked": True}
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: ASGIApp) -> AsyncIterator[int]:
+    """`app` under `wire.http_server` (uvicorn with `GuardedProtocol`) on a free port."""
+    (port,) = free_ports(PORTS, 1)
+    sock = socket.create_server(("127.0.0.1", port))  # listening: connects queue up
+    server = uvicorn.Server(
+        http_server.config(app, "127.0.0.1", port, ConnectionLimits(), lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_answer_headers_are_checked_though_each_pair_only_once() -> None:
+    """The server checks each answer header pair once per process (`wire.http_server`'s
+    cycle): a clean pair passes every time; a value with a line break is refused every
+    time, however often it comes (as uvicorn does: the connection is closed, no answer)."""
+    good = [(b"content-type", b"text/plain"), (b"x-clean", b"a b\tc")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        bad = scope["path"] == "/bad"
+        headers = [*good, (b"x-bad", b"a\r\nx-injected: 1")] if bad else good
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> list[str]:
+        seen = []
+        async with _serving(app) as port:
+            for path in ("/good", "/bad", "/good", "/bad"):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                    try:
+                        r = await client.get(path)
+                    except httpx.RemoteProtocolError:
+                        seen.append("refused")
+                    else:
+                        seen.append(f"{r.status_code} {r.headers.get('x-clean')}")
+        return seen
+
+    assert asyncio.run(scenario()) == ["200 a b\tc", "refused", "200 a b\tc", "refused"]
