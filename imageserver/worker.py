@@ -1,85 +1,20 @@
-"""The GPU worker: one dedicated thread runs every pipeline call, in arrival order.
-
-Loading, warm-up and each generation run on the same single thread, so two
-never touch the GPU at once and the event loop (and /health) stays free.
-Requests beyond the running one wait in a FIFO bounded by `queue_limit`;
-one more is refused at once with `QueueFull` (HTTP 429).
-
-Cancellation: a caller cancelled while its job is still waiting removes the
-job from the queue. A job that is already running cannot be interrupted
-(torch offers no way); it finishes and its result is dropped, and the next
-job still starts only after it.
+"""The GPU worker: `wire.worker.ModelWorker` with the image server's thread and
+`QueueFull` (HTTP 429). Loading, warm-up and each generation run on its one thread, so
+two never touch the GPU at once; cancellation as that module says.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
-
 from imageserver.errors import QueueFull
+from wire.worker import ModelWorker
 
-T = TypeVar("T")
 
-
-class GpuWorker:
-    """Serialises blocking jobs on one thread with a bounded wait queue."""
-
+class GpuWorker(ModelWorker):
     def __init__(self, queue_limit: int) -> None:
-        self.queue_limit = queue_limit
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imageserver-gpu")
-        self._lock = threading.Lock()
-        self._admitted = 0  # requests submitted and not finished: running + waiting
-        self._last_seconds = 0.0  # how long the last request job ran
-
-    @property
-    def admitted(self) -> int:
-        """Requests running or waiting right now (background jobs not counted)."""
-        with self._lock:
-            return self._admitted
-
-    def submit_background(self, fn: Callable[[], T]) -> Future[T]:
-        """Queue a job that does not count against the limit (loading). Does not block."""
-        return self._executor.submit(fn)
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(*args)` on the worker thread once every earlier job is done.
-
-        Raises QueueFull at once if one job runs and `queue_limit` wait.
-        Cancellable (see the module docstring). Exceptions of `fn` propagate.
-        """
-        with self._lock:
-            if self._admitted >= 1 + self.queue_limit:
-                raise QueueFull(
-                    f"the image server is busy: 1 generation is running and {self.queue_limit} "
-                    "are waiting; retry later",
-                    retry_after=max(1, math.ceil(self._last_seconds * self._admitted)),
-                )
-            self._admitted += 1
-        try:
-            future = self._executor.submit(self._timed, fn, *args)
-        except BaseException:
-            self._release(None)
-            raise
-        future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
-
-    def _timed(self, fn: Callable[..., T], *args: object) -> T:
-        started = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            with self._lock:
-                self._last_seconds = time.monotonic() - started
-
-    def _release(self, _future: Future | None) -> None:
-        with self._lock:
-            self._admitted -= 1
-
-    def shutdown(self) -> None:
-        """Drop waiting jobs and stop accepting new ones. Does not wait for the running one."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        super().__init__(
+            queue_limit,
+            thread="imageserver-gpu",
+            server="image server",
+            busy="1 generation is running",
+            refusal=QueueFull,
+        )
